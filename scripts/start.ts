@@ -1,0 +1,46 @@
+/**
+ * `npm start`: migrate and seed the example schema, then run the Worker under `wrangler dev`
+ * (real workerd, the Durable Object, Hyperdrive's local mode pointed at DATABASE_URL or at an
+ * embedded PGlite) on 127.0.0.1:$PORT.
+ */
+import { spawn } from "node:child_process";
+import postgres from "postgres";
+import { migrate, seed } from "../src/db/schema.ts";
+import { ensureDatabase, redact, withPassword } from "./database.ts";
+
+const port = process.env.PORT ?? "8787";
+const db = await ensureDatabase(process.env.DATABASE_URL, { embeddedPort: Number(process.env.PGLITE_PORT ?? 0) });
+
+const sql = postgres(db.url, { max: 1, onnotice: () => {} });
+try {
+  await migrate(sql);
+  const seeded = await seed(sql);
+  console.log(`database: ${db.kind} ${redact(db.url)}${seeded ? `, seeded ${seeded} pitches` : ""}`);
+} finally {
+  await sql.end();
+}
+
+// Settings from the environment reach the Worker as vars; the rest keep wrangler.toml's values.
+const passed = ["LEASE_LIMIT", "LEASE_WAIT_MS", "LEASE_TTL_MS", "LEASE_MAX_QUEUE", "LEASE_POOL", "COORDINATOR", "DEBUG_TOKEN"];
+const vars = passed.filter((name) => process.env[name] !== undefined).flatMap((name) => ["--var", `${name}:${process.env[name]}`]);
+
+const wrangler = spawn(
+  "wrangler",
+  ["dev", "--ip", "127.0.0.1", "--port", port, "--show-interactive-dev-session=false", ...vars],
+  {
+    stdio: "inherit",
+    env: { ...process.env, CLOUDFLARE_HYPERDRIVE_LOCAL_CONNECTION_STRING_HYPERDRIVE: withPassword(db.url) },
+  },
+);
+
+let stopping = false;
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.on(signal, () => {
+    stopping = true;
+    wrangler.kill(signal);
+  });
+}
+wrangler.on("exit", async (code) => {
+  await db.stop();
+  process.exit(stopping ? 0 : (code ?? 1));
+});

@@ -1,0 +1,73 @@
+/**
+ * `npm test`: brings up a Postgres (the local cluster, started if it is down; embedded PGlite when
+ * none is installed), creates and migrates the test database, then runs every suite: the core and
+ * local adapter on Node, and the Worker and Durable Object in real workerd.
+ */
+import { spawnSync } from "node:child_process";
+import { mkdirSync, readFileSync } from "node:fs";
+import postgres from "postgres";
+import { migrate, seed } from "../src/db/schema.ts";
+import { ensureDatabase, redact, withPassword } from "./database.ts";
+
+const TEST_DB = "leasegate_test";
+const server = await ensureDatabase(process.env.DATABASE_URL);
+let url = server.url;
+
+if (server.kind !== "embedded") {
+  // A database of its own, so tests never touch the developer's data.
+  const admin = postgres(server.url, { max: 1, onnotice: () => {} });
+  try {
+    const [exists] = await admin`SELECT 1 FROM pg_database WHERE datname = ${TEST_DB}`;
+    if (!exists) await admin.unsafe(`CREATE DATABASE ${TEST_DB}`);
+  } finally {
+    await admin.end();
+  }
+  const u = new URL(server.url);
+  u.pathname = `/${TEST_DB}`;
+  url = u.toString();
+}
+
+const sql = postgres(url, { max: 1, onnotice: () => {} });
+try {
+  await migrate(sql);
+  await seed(sql);
+} finally {
+  await sql.end();
+}
+console.log(`test database: ${server.kind} ${redact(url)}`);
+
+const env = {
+  ...process.env,
+  LEASEGATE_TEST_DATABASE_URL: url,
+  LEASEGATE_TEST_HYPERDRIVE_URL: withPassword(url),
+};
+const suites = [
+  { name: "node", args: ["run", "--config", "vitest.config.ts"] },
+  { name: "workerd", args: ["run", "--config", "vitest.workers.config.ts"] },
+];
+// Extra arguments (a file filter, say) go to every suite.
+const extra = process.argv.slice(2);
+mkdirSync("test-artifacts", { recursive: true });
+
+let passed = 0;
+let failed = 0;
+let broken = false;
+for (const suite of suites) {
+  const report = `test-artifacts/vitest-${suite.name}.json`;
+  const run = spawnSync(
+    "vitest",
+    [...suite.args, "--reporter=default", "--reporter=json", `--outputFile.json=${report}`, ...extra],
+    { stdio: "inherit", env },
+  );
+  try {
+    const result = JSON.parse(readFileSync(report, "utf8")) as { numPassedTests: number; numFailedTests: number };
+    passed += result.numPassedTests;
+    failed += result.numFailedTests;
+  } catch {
+    broken = true;
+  }
+  if (run.status !== 0) broken = true;
+}
+await server.stop();
+console.log(`\n${passed} passed, ${failed} failed`);
+process.exit(broken || failed > 0 || passed === 0 ? 1 : 0);

@@ -1,0 +1,159 @@
+import {
+  type AcquireOptions,
+  type AcquireResult,
+  type Failure,
+  type LeaseGrant,
+  type LeaseRef,
+  type PoolStats,
+  type ReleaseResult,
+  type RenewResult,
+  LeaseError,
+  isLeaseError,
+} from "../core/index.ts";
+
+/**
+ * What a coordinator answers: the Durable Object stub and the local Postgres coordinator both
+ * implement it, so application code is the same on Workers, Node and Deno.
+ */
+export interface Coordinator {
+  acquire(options?: AcquireOptions): Promise<AcquireResult>;
+  release(ref: LeaseRef): Promise<ReleaseResult>;
+  renew(ref: LeaseRef, ttlMs?: number): Promise<RenewResult>;
+  stats(): Promise<PoolStats>;
+}
+
+/** Registers background work that must finish even after the response is sent (`ctx.waitUntil`). */
+export type WaitUntil = (promise: Promise<unknown>) => void;
+
+export interface WithLeaseOptions extends AcquireOptions {
+  /**
+   * Runs the release in the background (Workers: `ctx.waitUntil`), off the response path.
+   * Without it, `withLease` awaits the release before returning.
+   */
+  waitUntil?: WaitUntil | undefined;
+}
+
+/** Cleanups registered while a lease is held; they run, in order, before the slot is given back. */
+export interface LeaseScope {
+  readonly lease: LeaseGrant;
+  /** Runs `cleanup` before the release, e.g. closing the connection the lease pays for. */
+  beforeRelease(cleanup: () => Promise<unknown> | unknown): void;
+}
+
+function toError(failure: Failure): LeaseError {
+  return new LeaseError(failure.code, failure.message, { retryAfterMs: failure.retryAfterMs });
+}
+
+function unavailable(cause: unknown): LeaseError {
+  // A call that threw rather than answered: the coordinator restarted, was unreachable or
+  // overloaded. Safe to retry: a waiter whose call failed holds no slot it knows of, and a slot it
+  // was granted without hearing of it comes back at its TTL.
+  return new LeaseError("COORDINATOR_UNAVAILABLE", "The lease coordinator could not be reached", { cause, retryAfterMs: 100 });
+}
+
+async function call<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (error) {
+    throw isLeaseError(error) ? error : unavailable(error);
+  }
+}
+
+/**
+ * Application-facing leases for one pool: `acquire`, `release`, `renew` throw `LeaseError`s with
+ * stable codes; `withLease` holds a slot exactly as long as a piece of work.
+ *
+ * @example
+ * const leases = new Leases(env.COORDINATOR_DO.getByName("main"), { holder: requestId });
+ * const rows = await leases.withLease(() => sql`select 1`, { waitUntil: ctx.waitUntil.bind(ctx) });
+ */
+export class Leases {
+  readonly #coordinator: Coordinator;
+  readonly #holder: string;
+
+  constructor(coordinator: Coordinator, options: { holder?: string } = {}) {
+    this.#coordinator = coordinator;
+    this.#holder = options.holder ?? "";
+  }
+
+  /**
+   * Waits for a slot; throws `QUEUE_FULL`, `ACQUIRE_TIMEOUT` or `COORDINATOR_UNAVAILABLE`.
+   *
+   * @example
+   * const lease = await leases.acquire({ waitMs: 2000 });
+   */
+  async acquire(options: AcquireOptions = {}): Promise<LeaseGrant> {
+    const result = await call(() =>
+      this.#coordinator.acquire({ holder: options.holder ?? this.#holder, waitMs: options.waitMs, ttlMs: options.ttlMs }),
+    );
+    if (!result.ok) throw toError(result);
+    return result.lease;
+  }
+
+  /**
+   * Gives the slot back; throws `LEASE_EXPIRED`, `LEASE_NOT_FOUND` or `STALE_FENCE` when the
+   * coordinator no longer counts this lease (the slot is not freed twice).
+   *
+   * @example
+   * await leases.release(lease);
+   */
+  async release(lease: LeaseGrant): Promise<void> {
+    const result = await call(() => this.#coordinator.release({ leaseId: lease.id, fence: lease.fence }));
+    if (!result.ok) throw toError(result);
+  }
+
+  /**
+   * Extends the lease; returns the renewed lease with its new `expiresAt`.
+   *
+   * @example
+   * lease = await leases.renew(lease, 30_000);
+   */
+  async renew(lease: LeaseGrant, ttlMs?: number): Promise<LeaseGrant> {
+    const result = await call(() => this.#coordinator.renew({ leaseId: lease.id, fence: lease.fence }, ttlMs));
+    if (!result.ok) throw toError(result);
+    return result.lease;
+  }
+
+  /** The pool's live state for operators. */
+  async stats(): Promise<PoolStats> {
+    return await call(() => this.#coordinator.stats());
+  }
+
+  /**
+   * Acquires, runs `fn`, and releases in `finally` — also when `fn` throws. With `waitUntil` the
+   * cleanups and the release run in the background, so the response does not wait for them.
+   *
+   * @example
+   * const user = await leases.withLease(async ({ beforeRelease }) => {
+   *   const sql = connect(); beforeRelease(() => sql.end());
+   *   return (await sql`select * from users where id = ${id}`)[0];
+   * }, { waitUntil: (p) => ctx.waitUntil(p) });
+   */
+  async withLease<T>(fn: (scope: LeaseScope) => Promise<T> | T, options: WithLeaseOptions = {}): Promise<T> {
+    const lease = await this.acquire(options);
+    const cleanups: Array<() => Promise<unknown> | unknown> = [];
+    const scope: LeaseScope = { lease, beforeRelease: (cleanup) => void cleanups.push(cleanup) };
+    try {
+      return await fn(scope);
+    } finally {
+      const done = this.#finish(lease, cleanups);
+      if (options.waitUntil) options.waitUntil(done);
+      else await done;
+    }
+  }
+
+  async #finish(lease: LeaseGrant, cleanups: Array<() => Promise<unknown> | unknown>): Promise<void> {
+    for (const cleanup of cleanups) {
+      try {
+        await cleanup();
+      } catch {
+        // A failed cleanup must not keep the slot: the connection is gone either way.
+      }
+    }
+    try {
+      await this.release(lease);
+    } catch {
+      // Already expired or reaped: the coordinator has taken the slot back itself.
+    }
+  }
+}

@@ -1,0 +1,36 @@
+import type { ErrorCode } from "./errors.ts";
+
+/**
+ * What crosses a process or RPC boundary. Errors lose their class and fields over Durable Object
+ * RPC, so coordinators answer with result objects and clients turn failures into `LeaseError`s.
+ */
+export interface LeaseGrant {
+  readonly id: string;
+  readonly fence: number;
+  readonly holder: string;
+  readonly grantedAt: number;
+  readonly expiresAt: number;
+}
+
+export interface Failure {
+  readonly ok: false;
+  readonly code: ErrorCode;
+  readonly message: string;
+  readonly retryAfterMs?: number | undefined;
+}
+
+export type Result<T> = ({ readonly ok: true } & T) | Failure;
+
+export type AcquireResult = Result<{ lease: LeaseGrant }>;
+export type ReleaseResult = Result<{ released: true }>;
+export type RenewResult = Result<{ lease: LeaseGrant }>;
+
+/** Options of one acquire, as sent to a coordinator. */
+export interface AcquireOptions {
+  /** Who holds the lease, shown to operators (request id, process id). */
+  holder?: string | undefined;
+  /** How long to wait in the queue, ms; 0 = only if a slot is free now. Default: the pool's `waitMs`. */
+  waitMs?: number | undefined;
+  /** Lease lifetime without renewal, ms. Default: the pool's `leaseTtlMs`. */
+  ttlMs?: number | undefined;
+}

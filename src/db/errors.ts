@@ -1,0 +1,39 @@
+import { LeaseError, isLeaseError } from "../core/index.ts";
+
+/** SQLSTATEs and driver codes after which the database, not the query, is the problem. */
+const UNAVAILABLE = new Set([
+  "53300", // too_many_connections
+  "53400", // configuration_limit_exceeded
+  "57P01", // admin_shutdown
+  "57P02", // crash_shutdown
+  "57P03", // cannot_connect_now
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "EPIPE",
+  "ETIMEDOUT",
+  "CONNECT_TIMEOUT",
+  "CONNECTION_CLOSED",
+  "CONNECTION_ENDED",
+  "CONNECTION_DESTROYED",
+]);
+
+/**
+ * Turns whatever a driver threw into a `LeaseError`: `DATABASE_UNAVAILABLE` (retryable: refused,
+ * reset, timeouts, too many connections, shutdown) or `DATABASE_ERROR`. The message never carries
+ * the driver's text, which may quote a connection string or query parameters.
+ *
+ * @example
+ * catch (e) { throw toDatabaseError(e) }
+ */
+export function toDatabaseError(error: unknown): LeaseError {
+  if (isLeaseError(error)) return error;
+  const code = typeof error === "object" && error !== null ? String((error as { code?: unknown }).code ?? "") : "";
+  if (UNAVAILABLE.has(code) || code.startsWith("08")) {
+    return new LeaseError("DATABASE_UNAVAILABLE", `The database is unavailable (${code})`, { cause: error, retryAfterMs: 1000 });
+  }
+  const message = String((error as { message?: unknown })?.message ?? "");
+  if (/connect|closed|network|socket|stream/i.test(message) && code === "") {
+    return new LeaseError("DATABASE_UNAVAILABLE", "The database connection failed", { cause: error, retryAfterMs: 1000 });
+  }
+  return new LeaseError("DATABASE_ERROR", code ? `The query failed (SQLSTATE ${code})` : "The query failed", { cause: error });
+}

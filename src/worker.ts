@@ -1,0 +1,65 @@
+import type { Sql } from "postgres";
+import { ConnectionCoordinator } from "../durable-objects/connection-coordinator.ts";
+import { Leases } from "./client/leases.ts";
+import type { PoolEnv } from "./core/index.ts";
+import { closeConnection, connectFromWorker } from "./db/hyperdrive.ts";
+import { toDatabaseError } from "./db/errors.ts";
+import { type AppDeps, type WithDatabase, handle } from "./http/app.ts";
+
+export { ConnectionCoordinator };
+
+export interface Env extends PoolEnv {
+  COORDINATOR_DO: DurableObjectNamespace<ConnectionCoordinator>;
+  HYPERDRIVE: Hyperdrive;
+  /** `off` bypasses leasing: for side-by-side comparisons only. */
+  COORDINATOR?: string;
+  DEBUG_TOKEN?: string;
+  /** Pool name: one coordinator object per name. */
+  LEASE_POOL?: string;
+  /** `application_name` of the Worker's connections, to find them in `pg_stat_activity`. */
+  APPLICATION_NAME?: string;
+}
+
+function connect(env: Env): Sql {
+  return connectFromWorker(env.HYPERDRIVE.connectionString, env.APPLICATION_NAME || "leasegate");
+}
+
+function depsFor(env: Env, ctx: ExecutionContext): AppDeps {
+  const pool = env.LEASE_POOL || "main";
+  const waitUntil = (p: Promise<unknown>) => ctx.waitUntil(p);
+  if (env.COORDINATOR === "off") {
+    const withDatabase: WithDatabase = async (fn) => {
+      const sql = connect(env);
+      try {
+        return await fn(sql);
+      } catch (error) {
+        throw toDatabaseError(error);
+      } finally {
+        waitUntil(closeConnection(sql));
+      }
+    };
+    return { withDatabase, stats: undefined, debugToken: env.DEBUG_TOKEN, pool };
+  }
+  const coordinator = env.COORDINATOR_DO.get(env.COORDINATOR_DO.idFromName(pool));
+  const leases = new Leases(coordinator);
+  const withDatabase: WithDatabase = (fn, { holder, waitMs }) =>
+    leases.withLease(
+      async ({ beforeRelease }) => {
+        const sql = connect(env);
+        beforeRelease(() => closeConnection(sql));
+        try {
+          return await fn(sql);
+        } catch (error) {
+          throw toDatabaseError(error);
+        }
+      },
+      { holder, waitMs, waitUntil },
+    );
+  return { withDatabase, stats: () => leases.stats(), debugToken: env.DEBUG_TOKEN, pool };
+}
+
+export default {
+  async fetch(request, env, ctx): Promise<Response> {
+    return handle(request, depsFor(env, ctx));
+  },
+} satisfies ExportedHandler<Env>;

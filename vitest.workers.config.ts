@@ -1,0 +1,30 @@
+import { cloudflareTest } from "@cloudflare/vitest-plugin";
+import { defineConfig } from "vitest/config";
+
+// Real workerd, the real Durable Object with SQLite storage, Hyperdrive's local mode pointed at a
+// real Postgres. `npm test` creates and migrates the test database and sets the URL.
+const databaseUrl = process.env.LEASEGATE_TEST_HYPERDRIVE_URL ?? "postgres://postgres:leasegate@127.0.0.1:5432/leasegate_test";
+
+export default defineConfig({
+  test: {
+    include: ["test/workers/**/*.test.ts"],
+    testTimeout: 20_000,
+  },
+  plugins: [
+    cloudflareTest({
+      wrangler: { configPath: "./wrangler.toml" },
+      miniflare: {
+        hyperdrives: { HYPERDRIVE: databaseUrl },
+        bindings: {
+          LEASE_POOL: "main",
+          LEASE_LIMIT: "3",
+          LEASE_WAIT_MS: "400",
+          LEASE_TTL_MS: "30000",
+          LEASE_MAX_QUEUE: "5",
+          DEBUG_TOKEN: "test-token",
+          APPLICATION_NAME: "leasegate-test",
+        },
+      },
+    }),
+  ],
+});
