@@ -22,7 +22,7 @@ export default defineConfig({
           LEASE_TTL_MS: "30000",
           LEASE_MAX_QUEUE: "5",
           DEBUG_TOKEN: "test-token",
-          APPLICATION_NAME: "leasegate-test",
+          APPLICATION_NAME: process.env.LEASEGATE_TEST_APP_NAME ?? "leasegate-test",
         },
       },
     }),

@@ -1,7 +1,7 @@
 /**
- * Finds or starts the Postgres that `npm start` and `npm test` use: DATABASE_URL when set; else the
- * local cluster on 127.0.0.1:5432 (started with pg_ctlcluster when installed but down); else an
- * embedded PGlite socket server, so a machine with no database still runs.
+ * Finds or starts a Postgres. `npm test` takes DATABASE_URL when set; else the local cluster on
+ * 127.0.0.1:5432 (started with pg_ctlcluster when installed but down); else an embedded PGlite
+ * socket server, so a machine with no database still runs. `npm start` takes DATABASE_URL or PGlite.
  */
 import { execFileSync } from "node:child_process";
 import { existsSync, readdirSync } from "node:fs";

@@ -6,10 +6,13 @@
 import { spawn } from "node:child_process";
 import postgres from "postgres";
 import { migrate, seed } from "../src/db/schema.ts";
-import { ensureDatabase, redact, withPassword } from "./database.ts";
+import { redact, startEmbedded, withPassword } from "./database.ts";
 
 const port = process.env.PORT ?? "8787";
-const db = await ensureDatabase(process.env.DATABASE_URL, { embeddedPort: Number(process.env.PGLITE_PORT ?? 0) });
+// DATABASE_URL when set; otherwise an embedded PGlite, so the demo needs no database installed.
+const db = process.env.DATABASE_URL
+  ? { url: process.env.DATABASE_URL, kind: "external" as const, stop: async () => {} }
+  : await startEmbedded(Number(process.env.PGLITE_PORT ?? 0));
 
 const sql = postgres(db.url, { max: 1, onnotice: () => {} });
 try {

@@ -9,7 +9,9 @@ import postgres from "postgres";
 import { migrate, seed } from "../src/db/schema.ts";
 import { ensureDatabase, redact, withPassword } from "./database.ts";
 
-const TEST_DB = "leasegate_test";
+// Parallel runs on one server (several checkouts) each take their own database.
+const TEST_DB = process.env.LEASEGATE_TEST_DB ?? "leasegate_test";
+if (!/^[a-z_][a-z0-9_]{0,62}$/.test(TEST_DB)) throw new Error(`LEASEGATE_TEST_DB must be a plain identifier, got ${TEST_DB}`);
 const server = await ensureDatabase(process.env.DATABASE_URL);
 let url = server.url;
 
@@ -40,7 +42,15 @@ const env = {
   ...process.env,
   LEASEGATE_TEST_DATABASE_URL: url,
   LEASEGATE_TEST_HYPERDRIVE_URL: withPassword(url),
+  LEASEGATE_TEST_APP_NAME: `${TEST_DB}-app`,
 };
+// Strict types first: a type error fails the run like a failing test.
+const typecheck = spawnSync("tsc", ["--noEmit", "-p", "."], { stdio: "inherit" });
+if (typecheck.status !== 0) {
+  console.log("\n0 passed, 1 failed (typecheck)");
+  process.exit(1);
+}
+
 const suites = [
   { name: "node", args: ["run", "--config", "vitest.config.ts"] },
   { name: "workerd", args: ["run", "--config", "vitest.workers.config.ts"] },

@@ -1,5 +1,7 @@
+type LeasegateWorkerEnv = import("../../src/worker.ts").Env;
+
 declare namespace Cloudflare {
-  interface Env extends import("../../src/worker.ts").Env {}
+  interface Env extends LeasegateWorkerEnv {}
   interface GlobalProps {
     mainModule: typeof import("../../src/worker.ts");
   }

@@ -130,7 +130,7 @@ describe("example app in workerd against the real Postgres", () => {
 
   it("never lets more connections reach Postgres than the limit, under rounds of concurrent requests", async () => {
     const appConnections = async () =>
-      Number((await observer`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'leasegate-test'`)[0]!.n);
+      Number((await observer`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${env.APPLICATION_NAME!}`)[0]!.n);
     let peak = 0;
     let sampling = true;
     const sampler = (async () => {
