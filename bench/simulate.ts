@@ -1,0 +1,315 @@
+/**
+ * A discrete-event simulation of leasegate past one Durable Object: isolates send requests through
+ * sharded coordinators (the real `src/core/` pool logic, one per shard) over a simulated network,
+ * optionally batching leases per isolate (`src/core/lease-block.ts`). Time is simulated: the run is
+ * deterministic for a seed and takes seconds of real time for many simulated seconds.
+ *
+ * Each coordinator is one thread: every call costs `callCostMs` of its time, so one object serves
+ * at most 1000 / callCostMs calls/s — Cloudflare documents a soft limit of about 1,000 requests/s
+ * per object, the default here.
+ *
+ *   node bench/simulate.ts            # the scenarios in the README's "Scaling" table
+ *   node bench/simulate.ts --smoke    # one short run (CI)
+ */
+import { type Lease, acquire, createPool, release, tick } from "../src/core/pool.ts";
+import { type BlockEffect, type BlockState, createBlock, expireIdle, finished, granted, refused, request } from "../src/core/lease-block.ts";
+import { type ShardLoad, pickShard, shardLimits } from "../src/core/shard.ts";
+import { createHistogram, percentile, record } from "../src/core/histogram.ts";
+
+export interface Scenario {
+  name: string;
+  ratePerSec: number;
+  isolates: number;
+  shards: number;
+  limit: number;
+  /** Lease batching per isolate; 0 = one acquire and one release per request. */
+  maxBlock: number;
+  idleMs: number;
+  durationMs: number;
+  oneWayMs: number;
+  serviceMs: number;
+  callCostMs: number;
+  waitMs: number;
+  seed: number;
+}
+
+export interface Result {
+  scenario: Scenario;
+  offered: number;
+  completed: number;
+  goodputPerSec: number;
+  shed: number;
+  peakHeld: number;
+  peakInUse: number;
+  waitP50: number;
+  waitP99: number;
+  callsPerRequest: number;
+  maxShardUtilization: number;
+}
+
+/** Mulberry32: a small seeded generator, so runs repeat exactly. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** A binary min-heap of timed events; ties keep insertion order. */
+class Events {
+  private heap: Array<{ at: number; seq: number; run: () => void }> = [];
+  private seq = 0;
+  push(at: number, run: () => void): void {
+    const h = this.heap;
+    h.push({ at, seq: this.seq++, run });
+    let i = h.length - 1;
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (this.less(h[p]!, h[i]!)) break;
+      [h[p], h[i]] = [h[i]!, h[p]!];
+      i = p;
+    }
+  }
+  pop(): { at: number; run: () => void } | undefined {
+    const h = this.heap;
+    if (h.length === 0) return undefined;
+    const top = h[0]!;
+    const last = h.pop()!;
+    if (h.length > 0) {
+      h[0] = last;
+      let i = 0;
+      for (;;) {
+        const l = 2 * i + 1;
+        const r = l + 1;
+        let m = i;
+        if (l < h.length && this.less(h[l]!, h[m]!)) m = l;
+        if (r < h.length && this.less(h[r]!, h[m]!)) m = r;
+        if (m === i) break;
+        [h[m], h[i]] = [h[i]!, h[m]!];
+        i = m;
+      }
+    }
+    return top;
+  }
+  private less(a: { at: number; seq: number }, b: { at: number; seq: number }): boolean {
+    return a.at < b.at || (a.at === b.at && a.seq < b.seq);
+  }
+}
+
+export function simulate(s: Scenario): Result {
+  const random = rng(s.seed);
+  const events = new Events();
+  const limits = shardLimits(s.limit, s.shards);
+  const shards = limits.map((limit) => ({
+    pool: createPool({ limit: Math.max(1, limit), maxQueue: 100_000, waitMs: s.waitMs, leaseTtlMs: 30_000 }),
+    usable: limit > 0,
+    busyUntil: 0,
+    busyMs: 0,
+    waiters: new Map<string, (lease: Lease | null) => void>(),
+    nextTick: Infinity,
+  }));
+  const loads: ShardLoad[][] = Array.from({ length: s.isolates }, () => limits.map((limit) => ({ held: 0, waiting: 0, limit })));
+  type Held = { lease: Lease; shard: number };
+  const blocks: BlockState<Held>[] = Array.from({ length: s.isolates }, () =>
+    createBlock<Held>({ maxBlock: s.maxBlock, idleMs: s.idleMs }),
+  );
+  const arrivals = new Map<string, number>();
+  const waits = createHistogram();
+  let calls = 0;
+  let completed = 0;
+  let shed = 0;
+  let inUse = 0;
+  let peakInUse = 0;
+  let peakHeld = 0;
+  let seq = 0;
+  /** The simulated time of the event being run. */
+  let clock = 0;
+  let lastCompletion = 0;
+  const heldNow = () => shards.reduce((n, sh) => n + sh.pool.leases.size, 0);
+
+  /** Runs `work` on shard `i`'s single thread, after the calls already queued there. */
+  function onShard(i: number, arriveAt: number, work: (now: number) => void): void {
+    const sh = shards[i]!;
+    calls++;
+    const start = Math.max(arriveAt, sh.busyUntil);
+    sh.busyUntil = start + s.callCostMs;
+    sh.busyMs += s.callCostMs;
+    events.push(sh.busyUntil, () => work(sh.busyUntil));
+  }
+
+  function settle(i: number, fx: { granted: Lease[]; timedOut: Array<{ leaseId: string }> }): void {
+    const sh = shards[i]!;
+    for (const l of fx.granted) sh.waiters.get(l.id)?.(l), sh.waiters.delete(l.id);
+    for (const w of fx.timedOut) sh.waiters.get(w.leaseId)?.(null), sh.waiters.delete(w.leaseId);
+    peakHeld = Math.max(peakHeld, heldNow());
+    // Every waiter has the same wait, so the head of the queue has the earliest deadline.
+    const next = sh.pool.queue[0]?.deadline ?? Infinity;
+    if (next < sh.nextTick) {
+      sh.nextTick = next;
+      events.push(next, () => {
+        sh.nextTick = Infinity;
+        settle(i, tick(sh.pool, next));
+      });
+    }
+  }
+
+  /** Sends one acquire from isolate `iso` to a shard picked by two random choices. */
+  function sendAcquire(iso: number, now: number, onReply: (held: Held | null, at: number) => void): void {
+    const usable = limits.map((l, k) => (l > 0 ? k : -1)).filter((k) => k >= 0);
+    const a = usable[Math.floor(random() * usable.length)]!;
+    const b = usable[Math.floor(random() * usable.length)]!;
+    const shard = pickShard(loads[iso]!, a, b);
+    onShard(shard, now + s.oneWayMs, (t) => {
+      const sh = shards[shard]!;
+      const id = `l${seq++}`;
+      const reply = (lease: Lease | null, at: number) => {
+        const load = { held: sh.pool.leases.size, waiting: sh.pool.queue.length, limit: limits[shard]! };
+        events.push(at + s.oneWayMs, () => {
+          loads[iso]![shard] = load;
+          onReply(lease ? { lease, shard } : null, at + s.oneWayMs);
+        });
+      };
+      const { outcome, effects } = acquire(sh.pool, { leaseId: id, holder: `isolate-${iso}` }, t);
+      if (outcome.status === "granted") reply(outcome.lease, t);
+      else if (outcome.status === "rejected") reply(null, t);
+      else sh.waiters.set(id, (lease) => reply(lease, clock));
+      settle(shard, effects);
+    });
+  }
+
+  /** The block's answer to an acquire it sent. */
+  function blockReply(iso: number): (held: Held | null, at: number) => void {
+    return (held, at) => {
+      if (held) return perform(iso, granted(blocks[iso]!, held, at), at);
+      const failed = refused(blocks[iso]!);
+      if (failed !== undefined) {
+        shed++;
+        arrivals.delete(failed);
+      }
+    };
+  }
+
+  function sendRelease(held: Held, now: number): void {
+    onShard(held.shard, now + s.oneWayMs, (t) => {
+      const sh = shards[held.shard]!;
+      settle(held.shard, release(sh.pool, { leaseId: held.lease.id, fence: held.lease.fence }, t).effects);
+    });
+  }
+
+  function perform(iso: number, effects: BlockEffect<Held>[], now: number): void {
+    for (const fx of effects) {
+      if (fx.kind === "acquire") sendAcquire(iso, now, blockReply(iso));
+      else if (fx.kind === "release") sendRelease(fx.lease, now);
+      else start(iso, fx.request, fx.lease, now);
+    }
+  }
+
+  /** Runs one request's query with `held`; then hands the lease on (batching) or releases it. */
+  function start(iso: number, requestId: string, held: Held, now: number): void {
+    const arrived = arrivals.get(requestId)!;
+    arrivals.delete(requestId);
+    record(waits, now - arrived);
+    inUse++;
+    peakInUse = Math.max(peakInUse, inUse);
+    const done = now + s.serviceMs * (0.5 + random());
+    events.push(done, () => {
+      inUse--;
+      completed++;
+      lastCompletion = done;
+      if (s.maxBlock === 0) return sendRelease(held, done);
+      perform(iso, finished(blocks[iso]!, held, done), done);
+      events.push(done + s.idleMs, () => perform(iso, expireIdle(blocks[iso]!, done + s.idleMs), done + s.idleMs));
+    });
+  }
+
+  // Poisson arrivals spread uniformly over isolates.
+  let offered = 0;
+  for (let t = 0; ; ) {
+    t += -Math.log(1 - random()) * (1000 / s.ratePerSec);
+    if (t >= s.durationMs) break;
+    offered++;
+    const iso = Math.floor(random() * s.isolates);
+    const id = `r${offered}`;
+    events.push(t, () => {
+      arrivals.set(id, t);
+      if (s.maxBlock > 0) return perform(iso, request(blocks[iso]!, id, t), t);
+      // No batching: one acquire and one release per request.
+      sendAcquire(iso, t, (held, at) => {
+        // The caller gives up at its deadline, also while its call waits in a busy object's input.
+        if (held && at - t <= s.waitMs) return start(iso, id, held, at);
+        if (held) sendRelease(held, at);
+        shed++;
+        arrivals.delete(id);
+      });
+    });
+  }
+  for (let e = events.pop(); e; e = events.pop()) {
+    clock = e.at;
+    e.run();
+  }
+
+  // A backlog may run past the arrivals: rates are over the time until the last request finished.
+  const elapsed = Math.max(s.durationMs, lastCompletion);
+  const maxBusy = Math.max(...shards.map((sh) => sh.busyMs));
+  return {
+    scenario: s,
+    offered,
+    completed,
+    goodputPerSec: Math.round((completed / elapsed) * 1000),
+    shed,
+    peakHeld,
+    peakInUse,
+    waitP50: Math.round(percentile(waits, 0.5) * 10) / 10,
+    waitP99: Math.round(percentile(waits, 0.99) * 10) / 10,
+    callsPerRequest: Math.round((calls / Math.max(1, completed)) * 100) / 100,
+    // Demand on the busiest object while requests arrive; above 1 it cannot keep up.
+    maxShardUtilization: Math.round((maxBusy / s.durationMs) * 100) / 100,
+  };
+}
+
+const base: Scenario = {
+  name: "",
+  ratePerSec: 10_000,
+  isolates: 200,
+  shards: 1,
+  limit: 400,
+  maxBlock: 0,
+  idleMs: 0,
+  durationMs: 3_000,
+  oneWayMs: 10,
+  serviceMs: 5,
+  callCostMs: 1,
+  waitMs: 2_000,
+  seed: 7,
+};
+
+export const SCENARIOS: Scenario[] = [
+  { ...base, name: "1 shard, 400 req/s", ratePerSec: 400 },
+  { ...base, name: "1 shard, 600 req/s", ratePerSec: 600 },
+  { ...base, name: "1 shard, 10,000 req/s" },
+  { ...base, name: "16 shards, 10,000 req/s", shards: 16 },
+  { ...base, name: "32 shards, 10,000 req/s", shards: 32 },
+  { ...base, name: "16 shards + batching (block 4, idle 20 ms)", shards: 16, maxBlock: 4, idleMs: 20 },
+  { ...base, name: "8 shards + batching (block 4, idle 20 ms)", shards: 8, maxBlock: 4, idleMs: 20 },
+];
+
+function row(r: Result): string {
+  return `| ${r.scenario.name} | ${r.offered} | ${r.goodputPerSec} | ${r.shed} | ${r.peakHeld} / ${r.scenario.limit} | ${r.waitP50} | ${r.waitP99} | ${r.callsPerRequest} | ${r.maxShardUtilization} |`;
+}
+
+if (import.meta.main) {
+  const smoke = process.argv.includes("--smoke");
+  const scenarios = smoke ? [{ ...base, name: "smoke: 2 shards + batching", shards: 2, maxBlock: 2, idleMs: 5, durationMs: 200, ratePerSec: 2_000 }] : SCENARIOS;
+  console.log(`simulated ${scenarios[0]!.durationMs / 1000} s each; ${base.isolates} isolates, one-way latency ${base.oneWayMs} ms, query ${base.serviceMs} ms (±50 %), ${base.callCostMs} ms per coordinator call, deadline ${base.waitMs} ms`);
+  console.log("| scenario | requests | goodput/s | shed | peak held / limit | wait p50 ms | wait p99 ms | coordinator calls/request | busiest shard load (1 = saturated) |");
+  console.log("|---|---|---|---|---|---|---|---|---|");
+  for (const s of scenarios) {
+    const r = simulate(s);
+    if (r.peakHeld > s.limit) throw new Error(`global limit broken: ${r.peakHeld} > ${s.limit}`);
+    console.log(row(r));
+  }
+}

@@ -1,0 +1,126 @@
+/**
+ * Lease batching inside one isolate: the isolate keeps the leases it was granted for a short idle
+ * time and hands them to its own next requests without a round trip, returning them when idle.
+ *
+ * Pure: the shell feeds events (a request arrives, a grant arrives, work finishes, time passes)
+ * and performs the returned effects (send an acquire, send a release, start work with a lease).
+ * Bounded: at most `maxBlock` leases held or requested per isolate, and a lease idle for
+ * `idleMs` goes back, so a quiet isolate cannot sit on slots a busy one needs.
+ */
+export interface BlockConfig {
+  /** Most leases this isolate may hold or have requested at once. */
+  maxBlock: number;
+  /** How long a lease may sit unused before it is released, ms. */
+  idleMs: number;
+}
+
+export interface BlockState<L> {
+  config: BlockConfig;
+  idle: Array<{ lease: L; since: number }>;
+  inUse: number;
+  inFlight: number;
+  /** Local requests waiting for a lease, in arrival order. */
+  waiting: string[];
+}
+
+export type BlockEffect<L> =
+  | { kind: "acquire" }
+  | { kind: "release"; lease: L }
+  | { kind: "start"; request: string; lease: L };
+
+/**
+ * An isolate's empty block.
+ *
+ * @example
+ * const block = createBlock<Lease>({ maxBlock: 4, idleMs: 5 });
+ */
+export function createBlock<L>(config: BlockConfig): BlockState<L> {
+  return { config, idle: [], inUse: 0, inFlight: 0, waiting: [] };
+}
+
+function held<L>(s: BlockState<L>): number {
+  return s.idle.length + s.inUse + s.inFlight;
+}
+
+/**
+ * A local request wants a lease: served from the idle block at once, else queued locally, with
+ * an acquire sent when the block has room for one more.
+ *
+ * @example
+ * for (const fx of request(block, "req-1", now)) perform(fx);
+ */
+export function request<L>(s: BlockState<L>, id: string, now: number): BlockEffect<L>[] {
+  void now;
+  const free = s.idle.pop();
+  if (free) {
+    s.inUse++;
+    return [{ kind: "start", request: id, lease: free.lease }];
+  }
+  s.waiting.push(id);
+  // One acquire per local waiter not yet covered by an acquire in flight, within the block bound.
+  if (s.inFlight < s.waiting.length && held(s) < s.config.maxBlock) {
+    s.inFlight++;
+    return [{ kind: "acquire" }];
+  }
+  return [];
+}
+
+function place<L>(s: BlockState<L>, lease: L, now: number): BlockEffect<L>[] {
+  const next = s.waiting.shift();
+  if (next !== undefined) {
+    s.inUse++;
+    return [{ kind: "start", request: next, lease }];
+  }
+  s.idle.push({ lease, since: now });
+  return [];
+}
+
+/**
+ * The coordinator granted a lease this isolate asked for.
+ *
+ * @example
+ * granted(block, lease, now)
+ */
+export function granted<L>(s: BlockState<L>, lease: L, now: number): BlockEffect<L>[] {
+  s.inFlight--;
+  return place(s, lease, now);
+}
+
+/**
+ * An acquire this isolate sent failed (timeout, shed): the oldest local waiter fails with it.
+ *
+ * @example
+ * const failedRequest = refused(block);
+ */
+export function refused<L>(s: BlockState<L>): string | undefined {
+  s.inFlight--;
+  // Only fail a waiter that no other in-flight acquire will cover.
+  return s.waiting.length > s.inFlight ? s.waiting.shift() : undefined;
+}
+
+/**
+ * A request finished with its lease: the lease goes straight to the next local waiter, or idles.
+ *
+ * @example
+ * finished(block, lease, now)
+ */
+export function finished<L>(s: BlockState<L>, lease: L, now: number): BlockEffect<L>[] {
+  s.inUse--;
+  return place(s, lease, now);
+}
+
+/**
+ * Time passes: leases idle for `idleMs` or more are released.
+ *
+ * @example
+ * for (const fx of expireIdle(block, now)) perform(fx);
+ */
+export function expireIdle<L>(s: BlockState<L>, now: number): BlockEffect<L>[] {
+  const out: BlockEffect<L>[] = [];
+  s.idle = s.idle.filter((entry) => {
+    if (now - entry.since < s.config.idleMs) return true;
+    out.push({ kind: "release", lease: entry.lease });
+    return false;
+  });
+  return out;
+}
