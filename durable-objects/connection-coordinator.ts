@@ -212,7 +212,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
       const leaseId = crypto.randomUUID();
       const { outcome, effects } = acquire(
         pool,
-        { leaseId, holder: opts.holder ?? "", waitMs: opts.waitMs, ttlMs: opts.ttlMs },
+        { leaseId, holder: opts.holder ?? "", waitMs: opts.waitMs, ttlMs: opts.ttlMs, priority: opts.priority, tenant: opts.tenant },
         Date.now(),
       );
       if (outcome.status === "granted") {

@@ -84,7 +84,13 @@ export class Leases {
    */
   async acquire(options: AcquireOptions = {}): Promise<LeaseGrant> {
     const result = await call(() =>
-      this.#coordinator.acquire({ holder: options.holder ?? this.#holder, waitMs: options.waitMs, ttlMs: options.ttlMs }),
+      this.#coordinator.acquire({
+        holder: options.holder ?? this.#holder,
+        waitMs: options.waitMs,
+        ttlMs: options.ttlMs,
+        priority: options.priority,
+        tenant: options.tenant,
+      }),
     );
     if (!result.ok) throw toError(result);
     return result.lease;

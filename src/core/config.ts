@@ -1,4 +1,5 @@
 import { LeaseError, expected } from "./errors.ts";
+import type { AdaptiveConfig } from "./scheduling.ts";
 
 /** The limits of one pool. All durations are milliseconds. */
 export interface PoolConfig {
@@ -10,6 +11,12 @@ export interface PoolConfig {
   readonly waitMs: number;
   /** Lease lifetime without renewal. */
   readonly leaseTtlMs: number;
+  /** Slots only `critical` waiters may use (like PgBouncer's reserve pool). Default 0. */
+  readonly reserved?: number | undefined;
+  /** Most leases `batch` waiters may hold at once. Default: no cap beyond the limit. */
+  readonly batchMax?: number | undefined;
+  /** Moves the limit between a floor and `limit` by observed hold times. Default: off. */
+  readonly adaptive?: AdaptiveConfig | undefined;
 }
 
 /** Upper bounds that keep a single bad setting or request from pinning the coordinator. */
@@ -54,11 +61,27 @@ export function checkInt(
  * validateConfig({ limit: 18, maxQueue: 1000, waitMs: 5000, leaseTtlMs: 30000 })
  */
 export function validateConfig(config: PoolConfig): PoolConfig {
+  const limit = checkInt("limit", config.limit, 1, BOUNDS.limit, "INVALID_CONFIG");
+  const optional = (name: string, value: number | undefined, min: number, max: number) =>
+    value === undefined ? undefined : checkInt(name, value, min, max, "INVALID_CONFIG");
+  const adaptive = config.adaptive;
+  if (adaptive !== undefined) {
+    if (typeof adaptive !== "object" || adaptive === null) {
+      throw new LeaseError("INVALID_CONFIG", expected("adaptive", "an object with `floor`", adaptive));
+    }
+    checkInt("adaptive.floor", adaptive.floor, 1, limit, "INVALID_CONFIG");
+    if (adaptive.tolerance !== undefined && !(adaptive.tolerance >= 1 && adaptive.tolerance <= 10)) {
+      throw new LeaseError("INVALID_CONFIG", expected("adaptive.tolerance", "a number from 1 to 10", adaptive.tolerance));
+    }
+  }
   return {
-    limit: checkInt("limit", config.limit, 1, BOUNDS.limit, "INVALID_CONFIG"),
+    limit,
     maxQueue: checkInt("maxQueue", config.maxQueue, 0, BOUNDS.maxQueue, "INVALID_CONFIG"),
     waitMs: checkInt("waitMs", config.waitMs, 0, BOUNDS.waitMs, "INVALID_CONFIG"),
     leaseTtlMs: checkInt("leaseTtlMs", config.leaseTtlMs, 1, BOUNDS.leaseTtlMs, "INVALID_CONFIG"),
+    reserved: optional("reserved", config.reserved, 0, limit - 1),
+    batchMax: optional("batchMax", config.batchMax, 0, limit),
+    adaptive: adaptive === undefined ? undefined : { floor: adaptive.floor, tolerance: adaptive.tolerance },
   };
 }
 
@@ -68,9 +91,14 @@ export interface PoolEnv {
   LEASE_MAX_QUEUE?: string | undefined;
   LEASE_WAIT_MS?: string | undefined;
   LEASE_TTL_MS?: string | undefined;
+  LEASE_RESERVED?: string | undefined;
+  LEASE_BATCH_MAX?: string | undefined;
+  /** `on` moves the limit by observed hold times; `off` (default) keeps it fixed. */
+  LEASE_ADAPTIVE?: string | undefined;
+  LEASE_ADAPTIVE_FLOOR?: string | undefined;
 }
 
-function intFromEnv(name: string, raw: string | undefined, fallback: number): number {
+function intFromEnv<T extends number | undefined>(name: string, raw: string | undefined, fallback: T): number | T {
   if (raw === undefined || raw.trim() === "") return fallback;
   const trimmed = raw.trim();
   if (!/^\d+$/.test(trimmed)) throw new LeaseError("INVALID_CONFIG", expected(name, "a whole number", raw));
@@ -90,18 +118,30 @@ export function configFromEnv(env: PoolEnv): PoolConfig {
     maxQueue: intFromEnv("LEASE_MAX_QUEUE", env.LEASE_MAX_QUEUE, DEFAULT_CONFIG.maxQueue),
     waitMs: intFromEnv("LEASE_WAIT_MS", env.LEASE_WAIT_MS, DEFAULT_CONFIG.waitMs),
     leaseTtlMs: intFromEnv("LEASE_TTL_MS", env.LEASE_TTL_MS, DEFAULT_CONFIG.leaseTtlMs),
+    reserved: intFromEnv("LEASE_RESERVED", env.LEASE_RESERVED, undefined),
+    batchMax: intFromEnv("LEASE_BATCH_MAX", env.LEASE_BATCH_MAX, undefined),
+    adaptive: undefined as PoolConfig["adaptive"],
   };
+  const mode = (env.LEASE_ADAPTIVE ?? "off").trim();
+  if (mode !== "on" && mode !== "off") throw new LeaseError("INVALID_CONFIG", expected("LEASE_ADAPTIVE", "`on` or `off`", env.LEASE_ADAPTIVE));
+  if (mode === "on") {
+    const fallback = Math.max(1, Math.floor(config.limit / 4));
+    config.adaptive = { floor: intFromEnv("LEASE_ADAPTIVE_FLOOR", env.LEASE_ADAPTIVE_FLOOR, fallback) };
+  }
   try {
     return validateConfig(config);
   } catch (error) {
     // Name the variable the operator set, not the internal field.
     const names: Record<string, string> = {
+      reserved: "LEASE_RESERVED",
+      batchMax: "LEASE_BATCH_MAX",
+      "adaptive.floor": "LEASE_ADAPTIVE_FLOOR",
       limit: "LEASE_LIMIT",
       maxQueue: "LEASE_MAX_QUEUE",
       waitMs: "LEASE_WAIT_MS",
       leaseTtlMs: "LEASE_TTL_MS",
     };
-    const message = (error as Error).message.replace(/`(\w+)`/, (m, field: string) => `\`${names[field] ?? field}\``);
+    const message = (error as Error).message.replace(/`([\w.]+)`/, (_, field: string) => `\`${names[field] ?? field}\``);
     throw new LeaseError("INVALID_CONFIG", message);
   }
 }

@@ -5,3 +5,4 @@ export * from "./pool.ts";
 export * from "./protocol.ts";
 export * from "./shard.ts";
 export * as block from "./lease-block.ts";
+export * from "./scheduling.ts";

@@ -1,6 +1,17 @@
 import { BOUNDS, type PoolConfig, checkInt, validateConfig } from "./config.ts";
 import { LeaseError, expected } from "./errors.ts";
 import { type Histogram, createHistogram, percentile, record } from "./histogram.ts";
+import {
+  type AdaptiveState,
+  type Priority,
+  PRIORITIES,
+  capacity,
+  eligible,
+  isScheduled,
+  observeHold,
+  pickNext,
+  served,
+} from "./scheduling.ts";
 
 /** The right to hold one database connection until released or until `expiresAt`. */
 export interface Lease {
@@ -12,6 +23,8 @@ export interface Lease {
   readonly holder: string;
   readonly grantedAt: number;
   expiresAt: number;
+  /** The class it was granted in, when not `normal`. */
+  readonly priority?: Priority | undefined;
 }
 
 /** A request queued for a slot. It is granted under `leaseId` or times out at `deadline`. */
@@ -21,6 +34,8 @@ export interface Waiter {
   readonly enqueuedAt: number;
   readonly deadline: number;
   readonly ttlMs: number;
+  readonly priority?: Priority | undefined;
+  readonly tenant?: string | undefined;
 }
 
 export interface Counters {
@@ -47,6 +62,13 @@ export interface PoolState {
   /** Sum and count of completed hold times, for the Retry-After estimate. */
   holdMsSum: number;
   holdCount: number;
+  /** Waiters in the queue that use a class or tenant (0 = plain FIFO, served from the head). */
+  scheduled: number;
+  /** Per tenant, the turn it was last served in; `serveSeq` counts turns. */
+  lastServed: Map<string, number>;
+  serveSeq: number;
+  /** The adaptive limit's state, when `config.adaptive` is set. */
+  adaptive: AdaptiveState | undefined;
 }
 
 /** What a transition did besides its own answer: the shell wakes, fails or forgets these. */
@@ -81,6 +103,10 @@ export interface AcquireRequest {
   waitMs?: number | undefined;
   /** Lease lifetime; defaults to config.leaseTtlMs. */
   ttlMs?: number | undefined;
+  /** Priority class; defaults to `normal`. */
+  priority?: Priority | undefined;
+  /** Fairness key: tenants take turns within a class. */
+  tenant?: string | undefined;
 }
 
 export interface LeaseRef {
@@ -106,7 +132,12 @@ export function createPool(config: PoolConfig, restored?: { leases: Iterable<Lea
     waits: createHistogram(),
     holdMsSum: 0,
     holdCount: 0,
+    scheduled: 0,
+    lastServed: new Map(),
+    serveSeq: 0,
+    adaptive: undefined,
   };
+  state.adaptive = initialAdaptive(state.config);
   if (restored) {
     for (const lease of restored.leases) {
       state.leases.set(lease.id, { ...lease });
@@ -115,6 +146,10 @@ export function createPool(config: PoolConfig, restored?: { leases: Iterable<Lea
     if (restored.nextFence > state.nextFence) state.nextFence = restored.nextFence;
   }
   return state;
+}
+
+function initialAdaptive(config: PoolConfig): AdaptiveState | undefined {
+  return config.adaptive ? { limit: config.limit, recentMs: 0, baselineMs: 0, samples: 0 } : undefined;
 }
 
 const MAX_ID = 128;
@@ -139,10 +174,14 @@ function checkRef(ref: LeaseRef): void {
 function retryAfterMs(state: PoolState): number {
   const meanHold = state.holdCount === 0 ? 100 : state.holdMsSum / state.holdCount;
   const ahead = state.queue.length + 1;
-  return Math.min(30_000, Math.max(50, Math.ceil((meanHold * ahead) / state.config.limit)));
+  return Math.min(30_000, Math.max(50, Math.ceil((meanHold * ahead) / capacity(state))));
 }
 
-function grantTo(state: PoolState, w: { leaseId: string; holder: string; ttlMs: number }, now: number): Lease {
+function grantTo(
+  state: PoolState,
+  w: { leaseId: string; holder: string; ttlMs: number; priority?: Priority | undefined },
+  now: number,
+): Lease {
   const lease: Lease = {
     id: w.leaseId,
     fence: state.nextFence++,
@@ -150,15 +189,26 @@ function grantTo(state: PoolState, w: { leaseId: string; holder: string; ttlMs: 
     grantedAt: now,
     expiresAt: now + w.ttlMs,
   };
+  if (w.priority !== undefined && w.priority !== "normal") (lease as { priority?: Priority }).priority = w.priority;
   state.leases.set(lease.id, lease);
   state.counters.granted++;
   return lease;
 }
 
-/** Free slots go to the head of the queue, in order; a waiter is never skipped. */
+function removeAt(state: PoolState, i: number): Waiter {
+  const [w] = state.queue.splice(i, 1);
+  if (isScheduled(w!)) state.scheduled--;
+  return w!;
+}
+
+/**
+ * Free slots go to the queue: in plain FIFO pools to the head, in order, never skipping a waiter;
+ * with classes and tenants, to the most urgent class that may take one, tenants taking turns.
+ */
 function fill(state: PoolState, now: number, fx: Effects): void {
-  while (state.leases.size < state.config.limit && state.queue.length > 0) {
-    const w = state.queue.shift()!;
+  for (let i = pickNext(state); i >= 0; i = pickNext(state)) {
+    const w = i === 0 && state.scheduled === 0 ? state.queue.shift()! : removeAt(state, i);
+    served(state, w);
     record(state.waits, now - w.enqueuedAt);
     fx.granted.push(grantTo(state, w, now));
   }
@@ -180,6 +230,7 @@ function advance(state: PoolState, now: number, fx: Effects): void {
     let kept = 0;
     for (const w of state.queue) {
       if (w.deadline <= now) {
+        if (isScheduled(w)) state.scheduled--;
         state.counters.timedOut++;
         record(state.waits, now - w.enqueuedAt);
         fx.timedOut.push(w);
@@ -214,18 +265,30 @@ export function acquire(state: PoolState, req: AcquireRequest, now: number): { o
   }
   const waitMs = req.waitMs === undefined ? state.config.waitMs : checkInt("waitMs", req.waitMs, 0, BOUNDS.waitMs);
   const ttlMs = req.ttlMs === undefined ? state.config.leaseTtlMs : checkInt("ttlMs", req.ttlMs, 1, BOUNDS.leaseTtlMs);
+  const priority = req.priority ?? "normal";
+  if (!(PRIORITIES as readonly string[]).includes(priority)) {
+    throw new LeaseError("INVALID_ARGUMENT", expected("priority", `one of ${PRIORITIES.join(", ")}`, req.priority));
+  }
+  if (req.tenant !== undefined && (typeof req.tenant !== "string" || req.tenant.length > MAX_ID)) {
+    throw new LeaseError("INVALID_ARGUMENT", expected("tenant", `a string of at most ${MAX_ID} characters`, req.tenant));
+  }
   if (state.leases.has(leaseId) || state.queue.some((w) => w.leaseId === leaseId)) {
     throw new LeaseError("INVALID_ARGUMENT", `Lease id \`${leaseId.slice(0, 8)}…\` is already in use`);
   }
 
   const fx = noEffects();
   advance(state, now, fx);
-  const { limit, maxQueue } = state.config;
+  const { maxQueue } = state.config;
+  const limit = capacity(state);
   const held = state.leases.size;
 
-  if (held < limit && state.queue.length === 0) {
+  // After `advance`, every waiter still queued is one that may not take a slot now; so a newcomer
+  // that may take one passes no one who could have had it.
+  if (eligible(state, priority)) {
+    const waiter = { leaseId, holder: req.holder, ttlMs, priority, tenant: req.tenant };
+    served(state, { ...waiter, enqueuedAt: now, deadline: now });
     record(state.waits, 0);
-    return { outcome: { status: "granted", lease: grantTo(state, { leaseId, holder: req.holder, ttlMs }, now) }, effects: fx };
+    return { outcome: { status: "granted", lease: grantTo(state, waiter, now) }, effects: fx };
   }
   if (waitMs === 0) {
     state.counters.timedOut++;
@@ -252,7 +315,11 @@ export function acquire(state: PoolState, req: AcquireRequest, now: number): { o
     };
   }
   const deadline = now + waitMs;
-  state.queue.push({ leaseId, holder: req.holder, enqueuedAt: now, deadline, ttlMs });
+  const waiter: Waiter = { leaseId, holder: req.holder, enqueuedAt: now, deadline, ttlMs };
+  if (priority !== "normal") (waiter as { priority?: Priority }).priority = priority;
+  if (req.tenant) (waiter as { tenant?: string }).tenant = req.tenant;
+  if (isScheduled(waiter)) state.scheduled++;
+  state.queue.push(waiter);
   return { outcome: { status: "queued", deadline, position: state.queue.length }, effects: fx };
 }
 
@@ -297,6 +364,7 @@ export function release(state: PoolState, ref: LeaseRef, now: number): { outcome
     state.counters.released++;
     state.holdMsSum += now - found.lease.grantedAt;
     state.holdCount++;
+    observeHold(state, found.lease, now - found.lease.grantedAt);
   }
   const fx = noEffects();
   advance(state, now, fx);
@@ -335,7 +403,7 @@ export function cancel(state: PoolState, leaseId: string, now: number): { remove
   checkTime(now);
   const i = state.queue.findIndex((w) => w.leaseId === leaseId);
   if (i >= 0) {
-    state.queue.splice(i, 1);
+    removeAt(state, i);
     state.counters.cancelled++;
   }
   const fx = noEffects();
@@ -385,7 +453,10 @@ export function nextExpiryAt(state: PoolState): number | null {
  */
 export function reconfigure(state: PoolState, config: PoolConfig, now: number): Effects {
   checkTime(now);
+  const wasAdaptive = state.config.adaptive !== undefined;
   state.config = validateConfig(config);
+  if (!state.config.adaptive) state.adaptive = undefined;
+  else if (!wasAdaptive || !state.adaptive) state.adaptive = initialAdaptive(state.config);
   const fx = noEffects();
   advance(state, now, fx);
   return fx;
@@ -401,6 +472,9 @@ export interface HeldLease {
 
 export interface PoolStats {
   limit: number;
+  /** The limit in force now: below `limit` while the adaptive limit has shrunk it. */
+  effectiveLimit: number;
+  reserved: number;
   held: number;
   waiting: number;
   /** Age of the oldest waiter, ms (0 when nobody waits). */
@@ -425,6 +499,8 @@ export function stats(state: PoolState, now: number): PoolStats {
   const w = state.waits;
   return {
     limit: state.config.limit,
+    effectiveLimit: capacity(state),
+    reserved: state.config.reserved ?? 0,
     held: state.leases.size,
     waiting: state.queue.length,
     maxWaitMs: oldest === Infinity ? 0 : now - oldest,

@@ -1,4 +1,5 @@
 import type { ErrorCode } from "./errors.ts";
+import type { Priority } from "./scheduling.ts";
 
 /**
  * What crosses a process or RPC boundary. Errors lose their class and fields over Durable Object
@@ -33,4 +34,8 @@ export interface AcquireOptions {
   waitMs?: number | undefined;
   /** Lease lifetime without renewal, ms. Default: the pool's `leaseTtlMs`. */
   ttlMs?: number | undefined;
+  /** `critical` may use reserved slots and goes first; `batch` is capped. Default `normal`. */
+  priority?: Priority | undefined;
+  /** Fairness key (customer, API key): tenants take turns for slots within a class. */
+  tenant?: string | undefined;
 }

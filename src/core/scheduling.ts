@@ -1,0 +1,112 @@
+import type { Lease, PoolState, Waiter } from "./pool.ts";
+
+/**
+ * Priority classes, most urgent first. `critical` may use the reserved slots; `batch` is capped.
+ * Within a class, tenants take turns (the one served least recently goes next), and each tenant's
+ * waiters go in arrival order — so one tenant's burst cannot starve the others.
+ */
+export const PRIORITIES = ["critical", "normal", "batch"] as const;
+export type Priority = (typeof PRIORITIES)[number];
+
+/** How an adaptive limit moves: a floor it never goes below, and how much slowness it tolerates. */
+export interface AdaptiveConfig {
+  /** The adaptive limit never goes below this many slots. */
+  floor: number;
+  /** Shrink when recent hold times exceed the long-run baseline by this factor (default 1.5). */
+  tolerance?: number | undefined;
+}
+
+/** The adaptive limit's memory: plain data, like the rest of the pool. */
+export interface AdaptiveState {
+  limit: number;
+  /** EWMA of recent hold times (fast) and of the long-run baseline (slow), ms. */
+  recentMs: number;
+  baselineMs: number;
+  samples: number;
+}
+
+/** The limit in force now: the adaptive one when enabled, never above the configured maximum. */
+export function capacity(state: PoolState): number {
+  const max = state.config.limit;
+  return state.adaptive ? Math.max(1, Math.min(max, Math.floor(state.adaptive.limit))) : max;
+}
+
+function batchHeld(state: PoolState): number {
+  let n = 0;
+  for (const lease of state.leases.values()) if (lease.priority === "batch") n++;
+  return n;
+}
+
+/** Whether a waiter of `priority` may take a slot now. */
+export function eligible(state: PoolState, priority: Priority): boolean {
+  const held = state.leases.size;
+  const cap = capacity(state);
+  if (priority === "critical") return held < cap;
+  if (held >= cap - (state.config.reserved ?? 0)) return false;
+  if (priority === "batch" && state.config.batchMax !== undefined) return batchHeld(state) < state.config.batchMax;
+  return true;
+}
+
+/**
+ * The index in the queue of the waiter to grant next, or -1 when none may take a slot now.
+ * Plain FIFO pools (no classes, no tenants queued) take the head without a scan.
+ */
+export function pickNext(state: PoolState): number {
+  if (state.queue.length === 0) return -1;
+  if (state.scheduled === 0) return eligible(state, "normal") ? 0 : -1;
+  for (const priority of PRIORITIES) {
+    if (!eligible(state, priority)) continue;
+    let best = -1;
+    let bestTurn = Infinity;
+    for (let i = 0; i < state.queue.length; i++) {
+      const w = state.queue[i]!;
+      if ((w.priority ?? "normal") !== priority) continue;
+      const turn = state.lastServed.get(w.tenant ?? "") ?? -1;
+      // Earlier index wins ties: arrival order within a tenant, and between equal turns.
+      if (turn < bestTurn) {
+        best = i;
+        bestTurn = turn;
+      }
+    }
+    if (best >= 0) return best;
+  }
+  return -1;
+}
+
+/** Records that `w` was granted, for the tenants' turns; keeps the memory bounded. */
+export function served(state: PoolState, w: Waiter): void {
+  if (state.lastServed.size > 10_000) state.lastServed.clear();
+  state.lastServed.set(w.tenant ?? "", ++state.serveSeq);
+}
+
+/** True when a waiter uses a class or tenant, so the queue needs a scan rather than its head. */
+export function isScheduled(w: { priority?: Priority | undefined; tenant?: string | undefined }): boolean {
+  return (w.priority !== undefined && w.priority !== "normal") || (w.tenant !== undefined && w.tenant !== "");
+}
+
+/**
+ * Feeds one hold time (grant to release) into the adaptive limit, in the spirit of Netflix's
+ * Gradient2: when recent hold times rise above the long-run baseline by more than the tolerance,
+ * the limit shrinks by their ratio; otherwise it grows by about √limit per step, up to the maximum.
+ * The baseline follows slowly, so a database that stays slow is eventually taken as the new normal.
+ */
+export function observeHold(state: PoolState, lease: Lease, holdMs: number): void {
+  const a = state.adaptive;
+  const cfg = state.config.adaptive;
+  if (!a || !cfg) return;
+  void lease;
+  const sample = Math.max(0.1, holdMs);
+  if (a.samples === 0) {
+    a.recentMs = sample;
+    a.baselineMs = sample;
+  } else {
+    a.recentMs = a.recentMs * 0.8 + sample * 0.2;
+    a.baselineMs = a.baselineMs * 0.99 + sample * 0.01;
+  }
+  a.samples++;
+  const tolerance = cfg.tolerance ?? 1.5;
+  const gradient = Math.max(0.5, Math.min(1, (tolerance * a.baselineMs) / a.recentMs));
+  const target = a.limit * gradient + Math.sqrt(a.limit);
+  const next = a.limit * 0.8 + target * 0.2;
+  a.limit = Math.max(cfg.floor, Math.min(state.config.limit, next));
+}
