@@ -1,0 +1,20 @@
+/**
+ * leasegate: global admission control for Postgres connections.
+ *
+ * This entry is runtime-neutral (Workers, Node, Deno): the client, the error type, the shared
+ * types and the pure core. The Durable Object and the Workers connection helpers are in
+ * `leasegate/workers`; the Postgres-backed coordinator for Node and Deno in `leasegate/local`.
+ *
+ * @example
+ * import { Leases, isLeaseError } from "leasegate";
+ */
+export { Leases } from "./client/leases.ts";
+export type { Coordinator, LeaseScope, WaitUntil, WithLeaseOptions } from "./client/leases.ts";
+export { LeaseError, isLeaseError, isRetryableCode, ErrorCodes } from "./core/errors.ts";
+export type { ErrorCode } from "./core/errors.ts";
+export { configFromEnv, validateConfig, DEFAULT_CONFIG } from "./core/config.ts";
+export type { PoolConfig, PoolEnv } from "./core/config.ts";
+export type { PoolStats, HeldLease, Counters } from "./core/pool.ts";
+export type { AcquireOptions, AcquireResult, Failure, LeaseGrant, ReleaseResult, RenewResult, Result } from "./core/protocol.ts";
+export type { Priority, AdaptiveConfig } from "./core/scheduling.ts";
+export { shardLimits, pickShard } from "./core/shard.ts";

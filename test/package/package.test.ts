@@ -1,0 +1,50 @@
+import { spawnSync } from "node:child_process";
+import { cpSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { withPassword } from "../../scripts/database.ts";
+
+// What a user gets: the packed tarball, installed into a fresh project. A broken export, a file
+// missing from `files`, or a declaration that does not resolve fails here.
+const root = join(import.meta.dirname, "..", "..");
+const work = mkdtempSync(join(tmpdir(), "leasegate-package-"));
+afterAll(() => rmSync(work, { recursive: true, force: true }));
+
+function run(command: string, args: string[], cwd: string, env: Record<string, string> = {}) {
+  const result = spawnSync(command, args, { cwd, encoding: "utf8", env: { ...process.env, ...env }, timeout: 240_000 });
+  return { status: result.status, output: `${result.stdout}\n${result.stderr}` };
+}
+
+describe("the published package", () => {
+  it("packs, installs into the example Worker, and passes the example's own tests in workerd", () => {
+    const pack = run("npm", ["pack", "--pack-destination", work], root);
+    expect(pack.status, pack.output).toBe(0);
+    const tarball = readdirSync(work).find((f) => f.endsWith(".tgz"))!;
+    const app = join(work, "app");
+    cpSync(join(root, "examples", "worker-app"), app, {
+      recursive: true,
+      filter: (src) => !/node_modules|[/\\]dist$/.test(src),
+    });
+    cpSync(join(work, tarball), join(app, "leasegate.tgz"));
+
+    const install = run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline"], app);
+    expect(install.status, install.output).toBe(0);
+    const installed = JSON.parse(readFileSync(join(app, "node_modules", "leasegate", "package.json"), "utf8"));
+    expect(installed.exports["./workers"]).toBeDefined();
+
+    const database = withPassword(process.env.LEASEGATE_TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres");
+    const test = run("npm", ["test"], app, { EXAMPLE_DATABASE_URL: database });
+    expect(test.status, test.output).toBe(0);
+    expect(test.output.replace(/\x1b\[[0-9;]*m/g, "")).toMatch(/Tests\s+2 passed \(2\)/);
+  }, 300_000);
+
+  it("bundles the demo Worker for production with wrangler deploy --dry-run", () => {
+    const out = join(work, "demo-bundle");
+    const build = run("wrangler", ["deploy", "--dry-run", "--outdir", out], root);
+    expect(build.status, build.output).toBe(0);
+    const bundle = readFileSync(join(out, "worker.js"), "utf8");
+    expect(bundle).toContain("ConnectionCoordinator");
+    expect(existsSync(join(out, "worker.js"))).toBe(true);
+  }, 120_000);
+});
