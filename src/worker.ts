@@ -4,7 +4,8 @@ import { Leases } from "./client/leases.ts";
 import type { PoolEnv } from "./core/index.ts";
 import { closeConnection, connectFromWorker } from "./db/hyperdrive.ts";
 import { toDatabaseError } from "./db/errors.ts";
-import { type AppDeps, type WithDatabase, handle } from "./http/app.ts";
+import { countConnections } from "./db/reconcile.ts";
+import { type AppDeps, type OperatorControls, type WithDatabase, handle } from "./http/app.ts";
 
 export { ConnectionCoordinator };
 
@@ -24,7 +25,14 @@ function connect(env: Env): Sql {
   return connectFromWorker(env.HYPERDRIVE.connectionString, env.APPLICATION_NAME || "leasegate");
 }
 
-function depsFor(env: Env, ctx: ExecutionContext): AppDeps {
+/**
+ * The app's dependencies for one request: leases from the pool's coordinator, connections through
+ * Hyperdrive, and the operator controls.
+ *
+ * @example
+ * handle(request, depsFor(env, ctx))
+ */
+export function depsFor(env: Env, ctx: ExecutionContext): AppDeps {
   const pool = env.LEASE_POOL || "main";
   const waitUntil = (p: Promise<unknown>) => ctx.waitUntil(p);
   if (env.COORDINATOR === "off") {
@@ -55,11 +63,50 @@ function depsFor(env: Env, ctx: ExecutionContext): AppDeps {
       },
       { holder, waitMs, waitUntil },
     );
-  return { withDatabase, stats: () => leases.stats(), debugToken: env.DEBUG_TOKEN, pool };
+  return { withDatabase, stats: () => leases.stats(), debugToken: env.DEBUG_TOKEN, pool, operator: operatorFor(env, coordinator) };
+}
+
+/** `application_name` of the reconciliation's own connection (it never counts itself). */
+export const OBSERVER_APPLICATION_NAME = "leasegate-reconcile";
+
+/**
+ * Reads `pg_stat_activity` through one short-lived connection outside any lease (an observer must
+ * not wait behind the pool it observes) and lets the coordinator compare it with its leases.
+ *
+ * @example
+ * const result = await reconcileNow(env, env.COORDINATOR_DO.getByName("main"));
+ */
+export async function reconcileNow(env: Env, coordinator: DurableObjectStub<ConnectionCoordinator>) {
+  const sql = connectFromWorker(env.HYPERDRIVE.connectionString, OBSERVER_APPLICATION_NAME);
+  try {
+    const counts = await countConnections(sql, env.APPLICATION_NAME || "leasegate");
+    return await coordinator.reconcile(counts);
+  } catch (error) {
+    throw toDatabaseError(error);
+  } finally {
+    await closeConnection(sql);
+  }
+}
+
+function operatorFor(env: Env, coordinator: DurableObjectStub<ConnectionCoordinator>): OperatorControls {
+  return {
+    stats: () => coordinator.operatorStats(),
+    pause: () => coordinator.pause(),
+    resume: () => coordinator.resume(),
+    setLimit: (limit) => coordinator.setLimit(limit),
+    revoke: (id) => coordinator.revoke(id),
+    reconcile: () => reconcileNow(env, coordinator),
+  };
 }
 
 export default {
   async fetch(request, env, ctx): Promise<Response> {
     return handle(request, depsFor(env, ctx));
+  },
+  // Periodic reconciliation (the cron in wrangler.toml); on demand: POST /__coordinator/reconcile.
+  async scheduled(_controller, env, ctx): Promise<void> {
+    if (env.COORDINATOR === "off") return;
+    const pool = env.LEASE_POOL || "main";
+    ctx.waitUntil(reconcileNow(env, env.COORDINATOR_DO.get(env.COORDINATOR_DO.idFromName(pool))).then(() => undefined));
   },
 } satisfies ExportedHandler<Env>;

@@ -34,3 +34,9 @@ export interface AcquireOptions {
   /** Lease lifetime without renewal, ms. Default: the pool's `leaseTtlMs`. */
   ttlMs?: number | undefined;
 }
+
+/** The answer to an operator control (pause, resume, limit change): the pool's settings after it. */
+export type ControlResult = Result<{ paused: boolean; limit: number; limitOverride: number | null }>;
+
+/** The answer to an operator's forced release: who held the lease that was freed. */
+export type RevokeResult = Result<{ released: true; idPrefix: string; holder: string }>;
