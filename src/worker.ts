@@ -25,14 +25,7 @@ function connect(env: Env): Sql {
   return connectFromWorker(env.HYPERDRIVE.connectionString, env.APPLICATION_NAME || "leasegate");
 }
 
-/**
- * The app's dependencies for one request: leases from the pool's coordinator, connections through
- * Hyperdrive, and the operator controls.
- *
- * @example
- * handle(request, depsFor(env, ctx))
- */
-export function depsFor(env: Env, ctx: ExecutionContext): AppDeps {
+function depsFor(env: Env, ctx: ExecutionContext): AppDeps {
   const pool = env.LEASE_POOL || "main";
   const waitUntil = (p: Promise<unknown>) => ctx.waitUntil(p);
   if (env.COORDINATOR === "off") {
@@ -66,17 +59,16 @@ export function depsFor(env: Env, ctx: ExecutionContext): AppDeps {
   return { withDatabase, stats: () => leases.stats(), debugToken: env.DEBUG_TOKEN, pool, operator: operatorFor(env, coordinator) };
 }
 
+// A Worker's main module may export only handlers and classes: these helpers stay private.
+
 /** `application_name` of the reconciliation's own connection (it never counts itself). */
-export const OBSERVER_APPLICATION_NAME = "leasegate-reconcile";
+const OBSERVER_APPLICATION_NAME = "leasegate-reconcile";
 
 /**
  * Reads `pg_stat_activity` through one short-lived connection outside any lease (an observer must
  * not wait behind the pool it observes) and lets the coordinator compare it with its leases.
- *
- * @example
- * const result = await reconcileNow(env, env.COORDINATOR_DO.getByName("main"));
  */
-export async function reconcileNow(env: Env, coordinator: DurableObjectStub<ConnectionCoordinator>) {
+async function reconcileNow(env: Env, coordinator: DurableObjectStub<ConnectionCoordinator>) {
   const sql = connectFromWorker(env.HYPERDRIVE.connectionString, OBSERVER_APPLICATION_NAME);
   try {
     const counts = await countConnections(sql, env.APPLICATION_NAME || "leasegate");

@@ -145,19 +145,22 @@ export const DASHBOARD_HTML = `<!doctype html>
     const svg = $("chart");
     const W = 600, H = 220, pad = 6;
     const top = Math.max(1, ...history_.map((p) => Math.max(p.limit, p.held, p.waiting)));
-    const x = (i) => pad + (i * (W - 2 * pad)) / Math.max(1, KEEP - 1);
+    // The samples fill the width from the first one; past KEEP samples the window scrolls.
+    const n = Math.max(2, history_.length);
+    const x = (i) => pad + (i * (W - 2 * pad)) / (n - 1);
     const y = (v) => H - pad - (v * (H - 2 * pad)) / (top * 1.1);
     const line = (key, color, dash) => {
-      const pts = history_.map((p, i) => x(i + KEEP - history_.length).toFixed(1) + "," + y(p[key]).toFixed(1)).join(" ");
+      const pts = history_.map((p, i) => x(i).toFixed(1) + "," + y(p[key]).toFixed(1)).join(" ");
       return '<polyline data-series="' + key + '" fill="none" stroke="' + color + '" stroke-width="2.5"' + (dash ? ' stroke-dasharray="6 4"' : "") + ' points="' + pts + '"/>';
     };
     let grid = "";
     for (let v = 0; v <= top * 1.1; v += Math.max(1, Math.ceil(top / 4))) {
       grid += '<line x1="0" x2="' + W + '" y1="' + y(v) + '" y2="' + y(v) + '" stroke="#2a323c"/><text x="2" y="' + (y(v) - 2) + '" fill="#8a96a3" font-size="10">' + v + "</text>";
     }
-    const area = history_.length ? '<polygon fill="rgba(79,179,255,.15)" points="' + x(KEEP - history_.length) + "," + y(0) + " " +
-      history_.map((p, i) => x(i + KEEP - history_.length).toFixed(1) + "," + y(p.held).toFixed(1)).join(" ") + " " + x(KEEP - 1) + "," + y(0) + '"/>' : "";
-    svg.innerHTML = grid + area + line("limit", "#ff6b6b", true) + line("waiting", "#ffc24b") + line("held", "#4fb3ff");
+    const area = history_.length ? '<polygon fill="rgba(79,179,255,.15)" points="' + x(0) + "," + y(0) + " " +
+      history_.map((p, i) => x(i).toFixed(1) + "," + y(p.held).toFixed(1)).join(" ") + " " + x(history_.length - 1) + "," + y(0) + '"/>' : "";
+    // The limit goes on top: a pool at its limit shows the dashed line over the held line.
+    svg.innerHTML = grid + area + line("waiting", "#ffc24b") + line("held", "#4fb3ff") + line("limit", "#ff6b6b", true);
     svg.dataset.samples = String(history_.length);
     svg.dataset.maxHeld = String(Math.max(0, ...history_.map((p) => p.held)));
     svg.dataset.lastHeld = String(history_.length ? history_[history_.length - 1].held : 0);

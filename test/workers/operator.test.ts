@@ -4,8 +4,7 @@ import parsePrometheusTextFormat from "parse-prometheus-text-format";
 import { describe, expect, it } from "vitest";
 import type { Sql } from "postgres";
 import { closeConnection, connectFromWorker } from "../../src/db/hyperdrive.ts";
-import { handle } from "../../src/http/app.ts";
-import worker, { type Env, depsFor } from "../../src/worker.ts";
+import worker, { type Env } from "../../src/worker.ts";
 
 // Every test drives a pool of its own through the real HTTP handler, the real Durable Object and
 // Hyperdrive's local mode into the real Postgres; objects keep state across tests in a file.
@@ -17,7 +16,10 @@ function app(overrides: Partial<Env> = {}) {
   const e: Env = { ...env, LEASE_POOL: pool, ...overrides };
   const call = async (path: string, init: RequestInit = {}) => {
     const ctx = createExecutionContext();
-    const response = await handle(new Request(`http://example.test${path}`, init), depsFor(e, ctx));
+    // The Worker's own fetch handler, given an env whose pool (and app name) is this test's.
+    // Requests built in a test carry no `cf` object; the handler never reads it.
+    const request = new Request(`http://example.test${path}`, init) as Request<unknown, IncomingRequestCfProperties>;
+    const response = await worker.fetch(request, e, ctx);
     await waitOnExecutionContext(ctx);
     return response;
   };
@@ -152,15 +154,18 @@ describe("reconciliation with pg_stat_activity", () => {
     // An application name of its own, so other tests' connections never count as this app's.
     const appName = `ops-recon-${Date.now().toString(36)}`;
     const a = app({ APPLICATION_NAME: appName });
-    const deps = depsFor(a.env, createExecutionContext());
-    // Inside a real lease with its connection open, the database sees exactly one app connection.
-    const inside = await deps.withDatabase(
-      async (sql) => {
-        await sql`SELECT 1`;
-        return (await a.post("/__coordinator/reconcile")).body;
-      },
-      { holder: "reconcile-probe" },
-    );
+    // Inside a real lease with its connection open (what the app's withDatabase does), the
+    // database sees exactly one connection of the app.
+    const lease = await grant(a.stub(), "reconcile-probe");
+    const leased = connectFromWorker(env.HYPERDRIVE.connectionString, appName);
+    let inside: Record<string, any>;
+    try {
+      await leased`SELECT 1`;
+      inside = (await a.post("/__coordinator/reconcile")).body;
+    } finally {
+      await closeConnection(leased);
+    }
+    expect((await a.stub().release({ leaseId: lease.id, fence: lease.fence })).ok).toBe(true);
     expect(inside).toMatchObject({ held: 1, appConnections: 1, drift: 0, applicationName: appName, role: "postgres" });
     expect(inside.roleConnections).toBeGreaterThanOrEqual(1);
 
