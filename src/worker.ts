@@ -96,9 +96,10 @@ export default {
     return handle(request, depsFor(env, ctx));
   },
   // Periodic reconciliation (the cron in wrangler.toml); on demand: POST /__coordinator/reconcile.
-  async scheduled(_controller, env, ctx): Promise<void> {
+  async scheduled(_controller, env, _ctx): Promise<void> {
     if (env.COORDINATOR === "off") return;
     const pool = env.LEASE_POOL || "main";
-    ctx.waitUntil(reconcileNow(env, env.COORDINATOR_DO.get(env.COORDINATOR_DO.idFromName(pool))).then(() => undefined));
+    // Awaited, so a failed run (database down) shows as a failed cron invocation.
+    await reconcileNow(env, env.COORDINATOR_DO.get(env.COORDINATOR_DO.idFromName(pool)));
   },
 } satisfies ExportedHandler<Env>;

@@ -58,6 +58,11 @@ describe("operator endpoints: auth and formats", () => {
       expect(r.status, path).toBe(401);
       expect(((await r.json()) as { error: { code: string } }).error.code).toBe("UNAUTHORIZED");
     }
+    // Controls change state, so they answer POST only.
+    for (const path of ["/__coordinator/pause", "/__coordinator/limit", "/__coordinator/reconcile"]) {
+      expect((await a.call(path, { headers: auth })).status, path).toBe(405);
+    }
+    expect((await a.stats()).paused).toBe(false);
     const page = await a.call("/__coordinator/");
     expect(page.status).toBe(200);
     expect(page.headers.get("content-type")).toMatch(/^text\/html/);
