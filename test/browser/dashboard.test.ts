@@ -17,6 +17,8 @@ let wrangler: ChildProcess | undefined;
 let browser: Browser | undefined;
 let persistDir = "";
 let output = "";
+/** Why the browser or the server could not start: the test fails with it (a failed hook would only mark it skipped). */
+let setupError: Error | undefined;
 
 async function waitForServer(deadline: number): Promise<void> {
   while (Date.now() < deadline) {
@@ -62,17 +64,20 @@ beforeAll(async () => {
   );
   wrangler.stdout!.on("data", (d: Buffer) => (output += d.toString()));
   wrangler.stderr!.on("data", (d: Buffer) => (output += d.toString()));
-  const started = waitForServer(Date.now() + 25_000);
-  // The browser starts while wrangler does; a browser that cannot start fails the suite, it never skips.
+  const started = waitForServer(Date.now() + 25_000).then(
+    () => undefined,
+    (error: Error) => error,
+  );
+  // The browser starts while wrangler does.
   try {
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
     });
   } catch (error) {
-    throw new Error(`Cannot launch Chromium at ${CHROMIUM} (install Debian's \`chromium\`; .ci/run does): ${String(error)}`);
+    setupError = new Error(`Cannot launch Chromium at ${CHROMIUM} (install Debian's \`chromium\`; .ci/run does): ${String(error)}`);
   }
-  await started;
+  setupError ??= await started;
 });
 
 afterAll(async () => {
@@ -110,6 +115,7 @@ function load(concurrency: number) {
 
 describe("dashboard in headless Chromium", () => {
   it("charts occupancy under load and drives pause, resume and reconciliation", async () => {
+    if (setupError) throw setupError;
     const page = await browser!.newPage({ viewport: { width: 1280, height: 860 } });
     const pageErrors: string[] = [];
     page.on("pageerror", (e) => pageErrors.push(String(e)));
