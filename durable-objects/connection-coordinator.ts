@@ -393,6 +393,8 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    */
   async reconcile(counts: ConnectionCounts): Promise<Reconciliation> {
     const pool = this.requirePool();
+    checkInt("roleConnections", counts.roleConnections, 0, Number.MAX_SAFE_INTEGER);
+    checkInt("appConnections", counts.appConnections, 0, Number.MAX_SAFE_INTEGER);
     this.lastReconciliation = compareConnections({ held: pool.leases.size, limit: pool.config.limit }, counts, Date.now());
     return this.lastReconciliation;
   }
