@@ -2,12 +2,17 @@ import { DurableObject } from "cloudflare:workers";
 import {
   type AcquireOptions,
   type AcquireResult,
+  type ConnectionCounts,
+  type ControlResult,
+  type Reconciliation,
+  type RevokeResult,
   type Effects,
   type Failure,
   type Lease,
   type LeaseGrant,
   type LeaseOutcome,
   type LeaseRef,
+  type OperatorStats,
   type PoolEnv,
   type PoolState,
   type PoolStats,
@@ -15,16 +20,22 @@ import {
   type RenewResult,
   type Waiter,
   LeaseError,
+  BOUNDS,
   acquire,
+  checkInt,
+  compareConnections,
   configFromEnv,
+  findByPrefix,
   createPool,
   expected,
   isLeaseError,
   nextExpiryAt,
   nextWakeAt,
+  reconfigure,
   release,
   renew,
   retryAfterHint,
+  setPaused,
   stats,
   tick,
   timeoutMessage,
@@ -89,7 +100,10 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
       sql.exec(`CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`);
     });
     try {
-      const config = configFromEnv(this.env);
+      const envConfig = configFromEnv(this.env);
+      // An operator's live limit change outlives restarts; LEASE_LIMIT is only the default.
+      const override = this.readMeta("limit");
+      const config = override === null ? envConfig : { ...envConfig, limit: Number(override) };
       const leases = sql
         .exec<{ id: string; fence: number; holder: string; granted_at: number; expires_at: number }>(
           "SELECT id, fence, holder, granted_at, expires_at FROM leases",
@@ -99,6 +113,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
       const fenceRow = sql.exec<{ value: string }>("SELECT value FROM meta WHERE key = 'next_fence'").toArray()[0];
       this.pool = createPool(config, { leases, nextFence: fenceRow ? Number(fenceRow.value) : 1 });
       this.persistedFence = this.pool.nextFence;
+      this.pool.paused = this.readMeta("paused") === "1";
     } catch (error) {
       this.configError = isLeaseError(error) ? error : new LeaseError("INVALID_CONFIG", String(error));
       return;
@@ -272,5 +287,131 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    */
   async stats(): Promise<PoolStats> {
     return stats(this.requirePool(), Date.now());
+  }
+
+  // ── Operator controls. Each is one transition, persisted before it answers. ──
+
+  /** Operator's last reconciliation, kept in memory: it is re-read within a period after a restart. */
+  private lastReconciliation: Reconciliation | null = null;
+
+  private readMeta(key: string): string | null {
+    const row = this.ctx.storage.sql.exec<{ value: string }>("SELECT value FROM meta WHERE key = ?", key).toArray()[0];
+    return row ? row.value : null;
+  }
+
+  private writeMeta(key: string, value: string | null): void {
+    if (value === null) this.ctx.storage.sql.exec("DELETE FROM meta WHERE key = ?", key);
+    else this.ctx.storage.sql.exec("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", key, value);
+  }
+
+  private controlState(pool: PoolState): ControlResult {
+    const override = this.readMeta("limit");
+    return { ok: true, paused: pool.paused === true, limit: pool.config.limit, limitOverride: override === null ? null : Number(override) };
+  }
+
+  /**
+   * Stops granting (drain, say before a migration): held leases run on, callers queue and time out
+   * at their deadlines. Persisted: a restarted object stays paused.
+   *
+   * @example
+   * await stub.pause(); // wait until (await stub.stats()).held === 0, migrate, then stub.resume()
+   */
+  async pause(): Promise<ControlResult> {
+    return this.setPausedState(true);
+  }
+
+  /**
+   * Grants again; queued callers get free slots at once, in order.
+   *
+   * @example
+   * await stub.resume();
+   */
+  async resume(): Promise<ControlResult> {
+    return this.setPausedState(false);
+  }
+
+  private setPausedState(paused: boolean): ControlResult | Failure {
+    try {
+      const pool = this.requirePool();
+      const fx = setPaused(pool, paused, Date.now());
+      this.writeMeta("paused", paused ? "1" : null);
+      this.afterTransition(fx, []);
+      return this.controlState(pool);
+    } catch (error) {
+      return failureOf(error);
+    }
+  }
+
+  /**
+   * Changes the limit without a restart and keeps it across restarts; `null` returns to the
+   * default from `LEASE_LIMIT`. Raising it grants queued callers at once; lowering it revokes
+   * nothing (no one is granted until held falls below the new limit).
+   *
+   * @example
+   * await stub.setLimit(20); await stub.setLimit(null);
+   */
+  async setLimit(limit: number | null): Promise<ControlResult> {
+    try {
+      const pool = this.requirePool();
+      const target = limit === null ? configFromEnv(this.env).limit : checkInt("limit", limit, 1, BOUNDS.limit);
+      const fx = reconfigure(pool, { ...pool.config, limit: target }, Date.now());
+      this.writeMeta("limit", limit === null ? null : String(pool.config.limit));
+      this.afterTransition(fx, []);
+      return this.controlState(pool);
+    } catch (error) {
+      return failureOf(error);
+    }
+  }
+
+  /**
+   * Frees a stuck lease by its id or an unambiguous prefix of at least 8 characters (stats show
+   * the first 8). The holder's later release or renewal fails with `LEASE_NOT_FOUND`.
+   *
+   * @example
+   * await stub.revoke("3f2a9c1b");
+   */
+  async revoke(idOrPrefix: string): Promise<RevokeResult> {
+    try {
+      const pool = this.requirePool();
+      const lease = findByPrefix(pool, idOrPrefix);
+      const { outcome, effects } = release(pool, { leaseId: lease.id, fence: lease.fence }, Date.now());
+      if (outcome.status === "ok") this.ctx.storage.sql.exec("DELETE FROM leases WHERE id = ?", lease.id);
+      this.afterTransition(effects, []);
+      // An already-expired lease was reaped by the same transition: the slot is free either way.
+      return { ok: true, released: true, idPrefix: lease.id.slice(0, 8), holder: lease.holder };
+    } catch (error) {
+      return failureOf(error);
+    }
+  }
+
+  /**
+   * Compares counts the caller read from `pg_stat_activity` with the leases held right now, and
+   * keeps the result for `operatorStats()`.
+   *
+   * @example
+   * const r = await stub.reconcile(await countConnections(sql, "my-app"));
+   */
+  async reconcile(counts: ConnectionCounts): Promise<Reconciliation> {
+    const pool = this.requirePool();
+    checkInt("roleConnections", counts.roleConnections, 0, Number.MAX_SAFE_INTEGER);
+    checkInt("appConnections", counts.appConnections, 0, Number.MAX_SAFE_INTEGER);
+    this.lastReconciliation = compareConnections({ held: pool.leases.size, limit: pool.config.limit }, counts, Date.now());
+    return this.lastReconciliation;
+  }
+
+  /**
+   * `stats()` plus what only operators need: the limit override and the last reconciliation.
+   *
+   * @example
+   * const { paused, reconciliation } = await stub.operatorStats();
+   */
+  async operatorStats(): Promise<OperatorStats> {
+    const pool = this.requirePool();
+    const override = this.readMeta("limit");
+    return {
+      ...stats(pool, Date.now()),
+      limitOverride: override === null ? null : Number(override),
+      reconciliation: this.lastReconciliation,
+    };
   }
 }

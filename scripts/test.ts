@@ -54,6 +54,7 @@ if (typecheck.status !== 0) {
 const suites = [
   { name: "node", args: ["run", "--config", "vitest.config.ts"] },
   { name: "workerd", args: ["run", "--config", "vitest.workers.config.ts"] },
+  { name: "browser", args: ["run", "--config", "vitest.browser.config.ts"] },
 ];
 // Extra arguments (a file filter, say) go to every suite.
 const extra = process.argv.slice(2);

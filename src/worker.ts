@@ -4,7 +4,8 @@ import { Leases } from "./client/leases.ts";
 import type { PoolEnv } from "./core/index.ts";
 import { closeConnection, connectFromWorker } from "./db/hyperdrive.ts";
 import { toDatabaseError } from "./db/errors.ts";
-import { type AppDeps, type WithDatabase, handle } from "./http/app.ts";
+import { countConnections } from "./db/reconcile.ts";
+import { type AppDeps, type OperatorControls, type WithDatabase, handle } from "./http/app.ts";
 
 export { ConnectionCoordinator };
 
@@ -55,11 +56,50 @@ function depsFor(env: Env, ctx: ExecutionContext): AppDeps {
       },
       { holder, waitMs, waitUntil },
     );
-  return { withDatabase, stats: () => leases.stats(), debugToken: env.DEBUG_TOKEN, pool };
+  return { withDatabase, stats: () => leases.stats(), debugToken: env.DEBUG_TOKEN, pool, operator: operatorFor(env, coordinator) };
+}
+
+// A Worker's main module may export only handlers and classes: these helpers stay private.
+
+/** `application_name` of the reconciliation's own connection (it never counts itself). */
+const OBSERVER_APPLICATION_NAME = "leasegate-reconcile";
+
+/**
+ * Reads `pg_stat_activity` through one short-lived connection outside any lease (an observer must
+ * not wait behind the pool it observes) and lets the coordinator compare it with its leases.
+ */
+async function reconcileNow(env: Env, coordinator: DurableObjectStub<ConnectionCoordinator>) {
+  const sql = connectFromWorker(env.HYPERDRIVE.connectionString, OBSERVER_APPLICATION_NAME);
+  try {
+    const counts = await countConnections(sql, env.APPLICATION_NAME || "leasegate");
+    return await coordinator.reconcile(counts);
+  } catch (error) {
+    throw toDatabaseError(error);
+  } finally {
+    await closeConnection(sql);
+  }
+}
+
+function operatorFor(env: Env, coordinator: DurableObjectStub<ConnectionCoordinator>): OperatorControls {
+  return {
+    stats: () => coordinator.operatorStats(),
+    pause: () => coordinator.pause(),
+    resume: () => coordinator.resume(),
+    setLimit: (limit) => coordinator.setLimit(limit),
+    revoke: (id) => coordinator.revoke(id),
+    reconcile: () => reconcileNow(env, coordinator),
+  };
 }
 
 export default {
   async fetch(request, env, ctx): Promise<Response> {
     return handle(request, depsFor(env, ctx));
+  },
+  // Periodic reconciliation (the cron in wrangler.toml); on demand: POST /__coordinator/reconcile.
+  async scheduled(_controller, env, _ctx): Promise<void> {
+    if (env.COORDINATOR === "off") return;
+    const pool = env.LEASE_POOL || "main";
+    // Awaited, so a failed run (database down) shows as a failed cron invocation.
+    await reconcileNow(env, env.COORDINATOR_DO.get(env.COORDINATOR_DO.idFromName(pool)));
   },
 } satisfies ExportedHandler<Env>;

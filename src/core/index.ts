@@ -6,3 +6,4 @@ export * from "./protocol.ts";
 export * from "./shard.ts";
 export * as block from "./lease-block.ts";
 export * from "./scheduling.ts";
+export * from "./reconcile.ts";

@@ -69,6 +69,11 @@ export interface PoolState {
   serveSeq: number;
   /** The adaptive limit's state, when `config.adaptive` is set. */
   adaptive: AdaptiveState | undefined;
+  /**
+   * Operator drain: while set, no slot is granted (held leases keep running, waiters queue and
+   * time out at their deadlines). Optional so that states built before it existed stay valid.
+   */
+  paused?: boolean;
 }
 
 /** What a transition did besides its own answer: the shell wakes, fails or forgets these. */
@@ -136,6 +141,7 @@ export function createPool(config: PoolConfig, restored?: { leases: Iterable<Lea
     lastServed: new Map(),
     serveSeq: 0,
     adaptive: undefined,
+    paused: false,
   };
   state.adaptive = initialAdaptive(state.config);
   if (restored) {
@@ -296,7 +302,7 @@ export function acquire(state: PoolState, req: AcquireRequest, now: number): { o
       outcome: {
         status: "rejected",
         code: "ACQUIRE_TIMEOUT",
-        message: `No connection slot free (limit ${limit}, ${held} held, ${state.queue.length} waiting) and the caller would not wait`,
+        message: `No connection slot free (limit ${limit}, ${held} held, ${state.queue.length} waiting${state.paused ? ", paused" : ""}) and the caller would not wait`,
         retryAfterMs: retryAfterMs(state),
       },
       effects: fx,
@@ -486,6 +492,8 @@ export interface PoolStats {
   waitTimeMs: { p50: number; p90: number; p99: number; max: number; count: number; sum: number };
   waitHistogram: { bounds: readonly number[]; counts: number[] };
   leases: HeldLease[];
+  /** True while an operator has paused granting (drain). */
+  paused: boolean;
 }
 
 /**
@@ -524,5 +532,50 @@ export function stats(state: PoolState, now: number): PoolStats {
       ageMs: now - l.grantedAt,
       expiresInMs: l.expiresAt - now,
     })),
+    paused: state.paused === true,
   };
+}
+
+/**
+ * Pauses granting (drain, say for a migration) or resumes it. Pausing revokes nothing: holders
+ * keep their leases, new callers queue and time out at their deadlines. Resuming grants free slots
+ * to the queue at once, in order.
+ *
+ * @example
+ * setPaused(pool, true, Date.now()); // … migrate … then:
+ * const { granted } = setPaused(pool, false, Date.now());
+ */
+export function setPaused(state: PoolState, paused: boolean, now: number): Effects {
+  checkTime(now);
+  if (typeof paused !== "boolean") throw new LeaseError("INVALID_ARGUMENT", expected("paused", "a boolean", paused));
+  state.paused = paused;
+  const fx = noEffects();
+  advance(state, now, fx);
+  return fx;
+}
+
+/** Shortest lease-id prefix an operator may name a lease by. */
+export const MIN_ID_PREFIX = 8;
+
+/**
+ * The held lease whose id starts with `prefix` (operators see only the first 8 characters in
+ * stats). Fails with `LEASE_NOT_FOUND` when none matches and `INVALID_ARGUMENT` when the prefix
+ * is shorter than 8 characters or matches more than one lease: the operator must then give more.
+ *
+ * @example
+ * const lease = findByPrefix(pool, "3f2a9c1b");
+ */
+export function findByPrefix(state: PoolState, prefix: string): Lease {
+  if (typeof prefix !== "string" || prefix.length < MIN_ID_PREFIX || prefix.length > MAX_ID) {
+    throw new LeaseError(
+      "INVALID_ARGUMENT",
+      expected("id", `a lease id or its prefix of ${MIN_ID_PREFIX} to ${MAX_ID} characters`, prefix),
+    );
+  }
+  const matches = [...state.leases.values()].filter((l) => l.id.startsWith(prefix));
+  if (matches.length === 0) throw new LeaseError("LEASE_NOT_FOUND", `No held lease has an id starting with \`${prefix}\``);
+  if (matches.length > 1) {
+    throw new LeaseError("INVALID_ARGUMENT", `${matches.length} held leases have ids starting with \`${prefix}\`: give more characters`);
+  }
+  return matches[0]!;
 }

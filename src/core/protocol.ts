@@ -39,3 +39,9 @@ export interface AcquireOptions {
   /** Fairness key (customer, API key): tenants take turns for slots within a class. */
   tenant?: string | undefined;
 }
+
+/** The answer to an operator control (pause, resume, limit change): the pool's settings after it. */
+export type ControlResult = Result<{ paused: boolean; limit: number; limitOverride: number | null }>;
+
+/** The answer to an operator's forced release: who held the lease that was freed. */
+export type RevokeResult = Result<{ released: true; idPrefix: string; holder: string }>;

@@ -39,6 +39,8 @@ function batchHeld(state: PoolState): number {
 
 /** Whether a waiter of `priority` may take a slot now. */
 export function eligible(state: PoolState, priority: Priority): boolean {
+  // An operator drain: nobody is granted, whatever their class.
+  if (state.paused) return false;
   const held = state.leases.size;
   const cap = capacity(state);
   if (priority === "critical") return held < cap;

@@ -1,7 +1,19 @@
 import type { Sql } from "postgres";
-import { type PoolStats, checkInt, expected, isLeaseError } from "../core/index.ts";
+import {
+  type ControlResult,
+  type OperatorStats,
+  type PoolStats,
+  type Reconciliation,
+  type RevokeResult,
+  LeaseError,
+  checkInt,
+  expected,
+  isLeaseError,
+} from "../core/index.ts";
 import { GENRES } from "../db/schema.ts";
 import { authorize } from "./auth.ts";
+import { DASHBOARD_HTML } from "./dashboard.ts";
+import { METRICS_CONTENT_TYPE, formatMetrics } from "./metrics.ts";
 import { errorResponse, fail, json } from "./respond.ts";
 
 /** Runs `fn` with a database client while holding one lease (or none, with the coordinator off). */
@@ -14,6 +26,23 @@ export interface AppDeps {
   stats: (() => Promise<PoolStats>) | undefined;
   debugToken: string | undefined;
   pool: string;
+  /** The live controls and the operator's view; undefined with `COORDINATOR=off`. */
+  operator?: OperatorControls | undefined;
+  /** The database circuit breaker's state for stats, once there is one; null until then. */
+  breaker?: (() => unknown) | undefined;
+}
+
+/** What the operator endpoints drive: the coordinator's controls plus one reconciliation run. */
+export interface OperatorControls {
+  stats(): Promise<OperatorStats>;
+  pause(): Promise<ControlResult>;
+  resume(): Promise<ControlResult>;
+  /** `null` returns to the configured default. */
+  setLimit(limit: number | null): Promise<ControlResult>;
+  /** Frees a held lease by its id or an unambiguous prefix of at least 8 characters. */
+  revoke(idOrPrefix: string): Promise<RevokeResult>;
+  /** Reads `pg_stat_activity` now and compares it with the held leases. */
+  reconcile(): Promise<Reconciliation>;
 }
 
 const MAX_BODY_BYTES = 16 * 1024;
@@ -129,13 +158,73 @@ async function health(deps: AppDeps, holder: string): Promise<Response> {
   return json({ status, database, coordinator }, healthy ? 200 : 503);
 }
 
+/** Turns a control's failure result back into the error it stands for. */
+function controlled<T extends { ok: boolean }>(result: T | { ok: false; code: LeaseError["code"]; message: string }): T {
+  if (!result.ok) {
+    const failure = result as { code: LeaseError["code"]; message: string };
+    throw new LeaseError(failure.code, failure.message);
+  }
+  return result as T;
+}
+
 async function operator(request: Request, path: string, deps: AppDeps): Promise<Response> {
+  // The page itself holds no data: a browser cannot send a bearer token on navigation, so it is
+  // served to anyone once a token is configured, and its script calls the endpoints below with it.
+  if (path === "/__coordinator") {
+    if (!deps.debugToken) fail("NOT_FOUND", "No such endpoint");
+    if (request.method !== "GET") fail("METHOD_NOT_ALLOWED", "Use GET");
+    return new Response(DASHBOARD_HTML, {
+      headers: {
+        "content-type": "text/html; charset=utf-8",
+        "cache-control": "no-store",
+        "content-security-policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+        "referrer-policy": "no-referrer",
+      },
+    });
+  }
   const denied = await authorize(request, deps.debugToken);
   if (denied) return denied;
   if (!deps.stats) fail("NOT_FOUND", "The coordinator is off (COORDINATOR=off)");
+  const method = (m: "GET" | "POST") => {
+    if (request.method !== m) fail("METHOD_NOT_ALLOWED", `Use ${m}`);
+  };
+  const op = deps.operator;
   if (path === "/__coordinator/stats") {
-    if (request.method !== "GET") fail("METHOD_NOT_ALLOWED", "Use GET");
-    return json({ pool: deps.pool, ...(await deps.stats()) });
+    method("GET");
+    const breaker = deps.breaker ? deps.breaker() : null;
+    return json({ pool: deps.pool, ...(op ? await op.stats() : await deps.stats()), breaker });
+  }
+  if (!op) return fail("NOT_FOUND", "No such endpoint");
+  switch (path) {
+    case "/__coordinator/metrics":
+      method("GET");
+      return new Response(formatMetrics(deps.pool, await op.stats()), {
+        headers: { "content-type": METRICS_CONTENT_TYPE, "cache-control": "no-store" },
+      });
+    case "/__coordinator/pause":
+      method("POST");
+      return json({ pool: deps.pool, ...controlled(await op.pause()) });
+    case "/__coordinator/resume":
+      method("POST");
+      return json({ pool: deps.pool, ...controlled(await op.resume()) });
+    case "/__coordinator/limit": {
+      method("POST");
+      const body = await readJson(request);
+      const limit = body.limit;
+      if (limit !== null && (typeof limit !== "number" || !Number.isInteger(limit))) {
+        fail("INVALID_ARGUMENT", expected("limit", "an integer, or null for the configured default", limit));
+      }
+      return json({ pool: deps.pool, ...controlled(await op.setLimit(limit)) });
+    }
+    case "/__coordinator/release": {
+      method("POST");
+      const id = (await readJson(request)).id;
+      if (typeof id !== "string") fail("INVALID_ARGUMENT", expected("id", "a lease id or its first 8+ characters", id));
+      return json({ pool: deps.pool, ...controlled(await op.revoke(id)) });
+    }
+    case "/__coordinator/reconcile":
+      method("POST");
+      return json({ pool: deps.pool, ...(await op.reconcile()) });
   }
   return fail("NOT_FOUND", "No such endpoint");
 }

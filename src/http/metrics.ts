@@ -1,0 +1,74 @@
+import type { OperatorStats } from "../core/index.ts";
+
+/** The content type of the Prometheus text exposition format, version 0.0.4. */
+export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
+
+type Kind = "counter" | "gauge" | "histogram";
+
+/** Label values escape `\`, `"` and newlines, as the text format requires. */
+function label(value: string): string {
+  return value.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
+}
+
+/** Numbers in the text format: integers as such, `+Inf` spelled out. */
+function num(value: number): string {
+  if (value === Infinity) return "+Inf";
+  return Number.isFinite(value) ? String(value) : "NaN";
+}
+
+/**
+ * One pool's stats in the Prometheus text exposition format. Every series carries a `pool` label;
+ * durations are in seconds (`_seconds`), counters end in `_total`, and the wait-time histogram
+ * has cumulative `_bucket{le}` series plus `_sum` and `_count`. Pure: no clock, no I/O.
+ *
+ * @example
+ * new Response(formatMetrics("main", await stub.operatorStats()), { headers: { "content-type": METRICS_CONTENT_TYPE } })
+ */
+export function formatMetrics(pool: string, s: OperatorStats): string {
+  const lines: string[] = [];
+  const p = `pool="${label(pool)}"`;
+  const family = (name: string, kind: Kind, help: string, samples: Array<[suffixAndLabels: string, value: number]>) => {
+    lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${kind}`);
+    for (const [rest, value] of samples) lines.push(`${name}${rest} ${num(value)}`);
+  };
+  const one = (name: string, kind: Kind, help: string, value: number) => family(name, kind, help, [[`{${p}}`, value]]);
+
+  one("leasegate_limit_leases", "gauge", "Slots in the pool: leases that may be held at once.", s.limit);
+  one("leasegate_held_leases", "gauge", "Leases held now.", s.held);
+  one("leasegate_waiting_requests", "gauge", "Callers queued for a slot now.", s.waiting);
+  one("leasegate_oldest_wait_seconds", "gauge", "Age of the oldest queued caller (0 when none waits).", s.maxWaitMs / 1000);
+  one("leasegate_max_queue_requests", "gauge", "Queue length beyond which callers are shed with QUEUE_FULL.", s.maxQueue);
+  one("leasegate_paused", "gauge", "1 while an operator has paused granting (drain), else 0.", s.paused ? 1 : 0);
+
+  one("leasegate_leases_granted_total", "counter", "Leases granted.", s.counters.granted);
+  one("leasegate_leases_released_total", "counter", "Leases released by their holders (or by an operator).", s.counters.released);
+  one("leasegate_leases_expired_total", "counter", "Leases reaped because their holder neither released nor renewed them.", s.counters.expired);
+  one("leasegate_acquire_timeouts_total", "counter", "Acquires that failed with ACQUIRE_TIMEOUT.", s.counters.timedOut);
+  one("leasegate_acquire_rejected_total", "counter", "Acquires shed at once with QUEUE_FULL.", s.counters.rejected);
+  one("leasegate_acquire_cancelled_total", "counter", "Queued acquires whose caller gave up.", s.counters.cancelled);
+
+  // Prometheus buckets are cumulative; ours count each bucket alone, the last one being +Inf.
+  const { bounds, counts } = s.waitHistogram;
+  const buckets: Array<[string, number]> = [];
+  let cumulative = 0;
+  for (let i = 0; i < counts.length; i++) {
+    cumulative += counts[i]!;
+    const le = i < bounds.length ? num(bounds[i]! / 1000) : "+Inf";
+    buckets.push([`_bucket{${p},le="${le}"}`, cumulative]);
+  }
+  buckets.push([`_sum{${p}}`, s.waitTimeMs.sum / 1000], [`_count{${p}}`, s.waitTimeMs.count]);
+  family("leasegate_wait_seconds", "histogram", "Time from acquire to grant or timeout.", buckets);
+
+  const r = s.reconciliation;
+  if (r) {
+    const db = `${p},role="${label(r.role)}"`;
+    family("leasegate_db_connections", "gauge", "Client connections of the role seen in pg_stat_activity at the last reconciliation.", [
+      [`{${db},scope="role"}`, r.roleConnections],
+      [`{${db},scope="application"}`, r.appConnections],
+    ]);
+    one("leasegate_reconcile_drift_connections", "gauge", "Application connections minus held leases at the last reconciliation.", r.drift);
+    one("leasegate_db_over_limit", "gauge", "1 when the role held more connections than the limit at the last reconciliation.", r.overLimit ? 1 : 0);
+    one("leasegate_reconcile_timestamp_seconds", "gauge", "When the last reconciliation read pg_stat_activity (Unix time).", r.checkedAt / 1000);
+  }
+  return `${lines.join("\n")}\n`;
+}
