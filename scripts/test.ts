@@ -54,6 +54,8 @@ if (typecheck.status !== 0) {
 const suites = [
   { name: "node", args: ["run", "--config", "vitest.config.ts"] },
   { name: "workerd", args: ["run", "--config", "vitest.workers.config.ts"] },
+  // Fault injection: restarts a private Postgres cluster of its own (never the shared one).
+  { name: "faults", args: ["run", "--config", "vitest.faults.config.ts"] },
 ];
 // Extra arguments (a file filter, say) go to every suite.
 const extra = process.argv.slice(2);

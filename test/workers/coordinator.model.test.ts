@@ -25,7 +25,7 @@ import {
  * The run count is the figure quoted in the README's "Reliability" section; the core alone runs
  * 10,000 sequences in test/core/pool.property.test.ts.
  */
-export const DO_RUNS = 300;
+export const DO_RUNS = 250;
 const MAX_STEPS = 30;
 
 // Must equal the bindings in vitest.workers.config.ts: the object reads its config from them.
