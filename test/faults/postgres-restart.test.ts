@@ -23,6 +23,8 @@ interface Sample {
   code: string | undefined;
   retryAfter: string | null;
   ms: number;
+  /** The error message, checked for leaked connection details. */
+  message: string | undefined;
 }
 
 let observer: ReturnType<typeof connectFromWorker> | undefined;
@@ -41,8 +43,15 @@ describe("Postgres restarts mid-load", () => {
         const at = phase;
         const started = Date.now();
         const r = await get(i % 2 ? "/api/pitches/trending?limit=3" : "/api/pitches/public?limit=3");
-        const body = (await r.json()) as { error?: { code?: string } };
-        samples.push({ phase: at, status: r.status, code: body.error?.code, retryAfter: r.headers.get("retry-after"), ms: Date.now() - started });
+        const body = (await r.json()) as { error?: { code?: string; message?: string } };
+        samples.push({
+          phase: at,
+          status: r.status,
+          code: body.error?.code,
+          message: body.error?.message,
+          retryAfter: r.headers.get("retry-after"),
+          ms: Date.now() - started,
+        });
         await sleep(5);
       }
     };
@@ -65,6 +74,8 @@ describe("Postgres restarts mid-load", () => {
     // Every failure was a clear, retryable 503 with Retry-After; nothing else, nothing slow.
     const unclear = samples.filter((s) => s.status !== 200 && !(s.status === 503 && s.code === "DATABASE_UNAVAILABLE" && Number(s.retryAfter) >= 1));
     expect(unclear).toEqual([]);
+    // The driver's errors quote host and port; the responses never do.
+    expect(samples.filter((s) => /postgres:\/\/|127\.0\.0\.1|5490|leasegate@/.test(s.message ?? ""))).toEqual([]);
     const down = samples.filter((s) => s.phase === "down");
     expect(down.filter((s) => s.status === 503).length).toBeGreaterThan(0);
     expect(Math.max(...samples.map((s) => s.ms))).toBeLessThan(5000);
