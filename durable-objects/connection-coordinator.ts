@@ -220,14 +220,23 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
   async acquire(options: AcquireOptions = {}): Promise<AcquireResult> {
     try {
       const pool = this.requirePool();
-      if (typeof options !== "object" || options === null) {
+      // An array is an object too, and would otherwise be taken as "all defaults".
+      if (typeof options !== "object" || options === null || Array.isArray(options)) {
         throw new LeaseError("INVALID_ARGUMENT", expected("options", "an object", options));
       }
       const opts = options;
       const leaseId = crypto.randomUUID();
       const { outcome, effects } = acquire(
         pool,
-        { leaseId, holder: opts.holder ?? "", waitMs: opts.waitMs, ttlMs: opts.ttlMs, priority: opts.priority, tenant: opts.tenant },
+        // Only a missing holder defaults; null or another type is refused like any bad field.
+        {
+          leaseId,
+          holder: opts.holder === undefined ? "" : opts.holder,
+          waitMs: opts.waitMs,
+          ttlMs: opts.ttlMs,
+          priority: opts.priority,
+          tenant: opts.tenant,
+        },
         Date.now(),
       );
       if (outcome.status === "granted") {

@@ -25,7 +25,14 @@ function connect(env: Env): Sql {
   return connectFromWorker(env.HYPERDRIVE.connectionString, env.APPLICATION_NAME || "leasegate");
 }
 
-function depsFor(env: Env, ctx: ExecutionContext): AppDeps {
+/**
+ * The Worker's wiring of the example app: leases from the pool's coordinator, connections through
+ * Hyperdrive. Exported so tests can drive `handle` with the real wiring on a pool of their own.
+ *
+ * @example
+ * handle(request, depsFor({ ...env, LEASE_POOL: "fuzz" }, ctx))
+ */
+export function depsFor(env: Env, ctx: ExecutionContext): AppDeps {
   const pool = env.LEASE_POOL || "main";
   const waitUntil = (p: Promise<unknown>) => ctx.waitUntil(p);
   if (env.COORDINATOR === "off") {
