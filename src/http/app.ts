@@ -14,6 +14,8 @@ export interface AppDeps {
   stats: (() => Promise<PoolStats>) | undefined;
   debugToken: string | undefined;
   pool: string;
+  /** The database layer's circuit breaker and safe mode, as plain data (shown in /health and stats). */
+  status?: (() => { breaker: unknown; safeMode: unknown }) | undefined;
 }
 
 const MAX_BODY_BYTES = 16 * 1024;
@@ -126,7 +128,7 @@ async function health(deps: AppDeps, holder: string): Promise<Response> {
   }
   const healthy = database !== "down" && coordinator !== "down";
   const status = !healthy ? "unavailable" : database === "saturated" ? "degraded" : "ok";
-  return json({ status, database, coordinator }, healthy ? 200 : 503);
+  return json({ status, database, coordinator, ...deps.status?.() }, healthy ? 200 : 503);
 }
 
 async function operator(request: Request, path: string, deps: AppDeps): Promise<Response> {
@@ -135,7 +137,7 @@ async function operator(request: Request, path: string, deps: AppDeps): Promise<
   if (!deps.stats) fail("NOT_FOUND", "The coordinator is off (COORDINATOR=off)");
   if (path === "/__coordinator/stats") {
     if (request.method !== "GET") fail("METHOD_NOT_ALLOWED", "Use GET");
-    return json({ pool: deps.pool, ...(await deps.stats()) });
+    return json({ pool: deps.pool, ...(await deps.stats()), ...deps.status?.() });
   }
   return fail("NOT_FOUND", "No such endpoint");
 }

@@ -85,7 +85,7 @@ describe("example app in workerd against the real Postgres", () => {
   it("reports health of the database and the coordinator", async () => {
     const r = await get("/health");
     expect(r.status).toBe(200);
-    expect(await r.json()).toEqual({ status: "ok", database: "up", coordinator: "up" });
+    expect(await r.json()).toMatchObject({ status: "ok", database: "up", coordinator: "up", breaker: { state: "closed" } });
   });
 
   it("keeps the stats behind the bearer token", async () => {
