@@ -86,9 +86,11 @@ export function parseConnectionString(name: string, raw: string): { url: URL; pa
 
 // A connection string as it may appear in a message: credentials blanked, length bounded.
 function shown(text: string, secrets: readonly string[] = []): string {
-  // Without a parsable URL we cannot tell where the password is: blank everything between the
-  // scheme and the last "@", which is where credentials sit.
-  const blanked = redact(text, secrets).replace(/^([a-z][a-z0-9+.-]*:\/\/)[^/]*@/i, (m, scheme: string) => `${scheme}***@`);
+  // Credentials sit before the last "@": blank all of that, keeping a recognizable scheme, so even
+  // a string too malformed to parse (`postgres//u:p@h`) cannot leak its password.
+  const at = text.lastIndexOf("@");
+  const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(text)?.[0] ?? "";
+  const blanked = redact(at >= 0 ? `${scheme}***${text.slice(at)}` : text, secrets);
   const result = blanked.length > 120 ? `${blanked.slice(0, 120)}…` : blanked;
   return `\`${result}\``;
 }
