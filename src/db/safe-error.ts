@@ -11,7 +11,7 @@ export interface SerializeOptions {
 export const DEFAULT_SERIALIZE: SerializeOptions = { maxBytes: 8 * 1024, maxDepth: 4, secrets: [] };
 
 const MAX_STRING = 1000;
-const MAX_KEYS = 20;
+const MAX_KEYS = 30;
 
 // Credentials in a URL (`postgres://user:secret@host`), in key=value strings (`password=secret`),
 // and in JSON-ish text (`"password":"secret"`).
@@ -31,6 +31,9 @@ export function redact(text: string, secrets: readonly string[] = []): string {
   }
   return out;
 }
+
+// Fields whose value is a credential whatever it looks like (node-postgres clients keep `password`).
+const SECRET_KEY = /pass(word|wd)?$|secret|token|api_?key|authorization|cookie/i;
 
 const KEYS = ["name", "code", "message", "severity", "detail", "hint", "routine", "errno", "syscall", "retryable", "retryAfterMs", "stack"];
 
@@ -79,10 +82,15 @@ export function serializeError(error: unknown, options: Partial<SerializeOptions
     if (Array.isArray(obj)) return obj.slice(0, MAX_KEYS).map((v) => plain(v, depth + 1));
     const out: Record<string, unknown> = {};
     const keys = obj instanceof Error ? [...KEYS, ...safeKeys(obj).filter((k) => !KEYS.includes(k))] : safeKeys(obj);
-    for (const key of keys.slice(0, MAX_KEYS)) {
+    let kept = 0;
+    for (const key of keys) {
+      if (kept >= MAX_KEYS) break;
       if (key === "cause" || key === "query" || key === "parameters" || key === "args") continue;
-      const v = plain(read(obj, key), depth + 1);
-      if (v !== undefined) out[key] = v;
+      const v = SECRET_KEY.test(key) ? "***" : plain(read(obj, key), depth + 1);
+      if (v !== undefined) {
+        out[key] = v;
+        kept++;
+      }
     }
     // The failing query's parameters may hold personal data; the query text is kept, shortened.
     const query = read(obj, "query");
