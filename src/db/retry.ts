@@ -1,4 +1,5 @@
 import { isLeaseError } from "../core/index.ts";
+import { toDatabaseError } from "./errors.ts";
 
 /** How a retry policy waits and gives up. All durations are milliseconds. */
 export interface RetryOptions {
@@ -64,7 +65,9 @@ export function isRetryable(error: unknown): boolean {
     if (e.retryable === true && e.overloaded !== true && !isLeaseError(current)) return true;
     current = e.cause;
   }
-  return false;
+  // Runtimes that report a failed connect without a code (workerd's sockets, a WebSocket's error
+  // event) are recognized by the same rule that answers them with DATABASE_UNAVAILABLE.
+  return !isLeaseError(error) && toDatabaseError(error).code === "DATABASE_UNAVAILABLE";
 }
 
 /**
