@@ -158,7 +158,8 @@ export class Database {
           const gate = this.breaker.admit();
           if (!gate.allowed) throw circuitOpen(this.name, gate.retryAfterMs);
           try {
-            const result = await this.#underLease(work, options, deadline);
+            const attempt: AttemptState = { phase: "acquiring", abandoned: false };
+            const result = await this.#beforeDeadline(this.#underLease(work, options, deadline, attempt), deadline, attempt);
             this.breaker.succeeded();
             return result;
           } catch (error) {
@@ -225,7 +226,38 @@ export class Database {
     return this.timed(text, () => conn.query(text, params), holder);
   }
 
-  async #underLease<T>(work: (scope: AttemptScope) => Promise<T>, options: CallOptions, deadline: number): Promise<T> {
+  // The caller gets an answer at the deadline at the latest. The abandoned attempt still finishes
+  // in the background (a connect or statement cannot be recalled), then closes its connection and
+  // gives its slot back; one still queued for a slot gives it back as soon as it is granted.
+  #beforeDeadline<T>(running: Promise<T>, deadline: number, attempt: AttemptState): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const ms = Math.max(0, deadline - this.#rt.now());
+      const cancel = this.#rt.setTimer(() => {
+        attempt.abandoned = true;
+        running.catch(() => {});
+        reject(
+          attempt.phase === "acquiring"
+            ? new LeaseError("ACQUIRE_TIMEOUT", "No connection slot within the request's deadline", { retryAfterMs: 1000 })
+            : new LeaseError("DATABASE_UNAVAILABLE", "The database did not answer within the request's deadline", {
+                retryAfterMs: 1000,
+                cause: { code: "DEADLINE_EXCEEDED" },
+              }),
+        );
+      }, ms);
+      running.then(
+        (value) => {
+          cancel();
+          resolve(value);
+        },
+        (error: unknown) => {
+          cancel();
+          reject(error);
+        },
+      );
+    });
+  }
+
+  async #underLease<T>(work: (scope: AttemptScope) => Promise<T>, options: CallOptions, deadline: number, attempt: AttemptState): Promise<T> {
     const leases = this.#o.leases;
     const cleanups: Array<() => Promise<unknown> | unknown> = [];
     let lease: LeaseGrant | undefined;
@@ -242,6 +274,13 @@ export class Database {
         giveBack = this.safeMode.fallback(error);
       }
     }
+    if (attempt.abandoned) {
+      // The caller already has its answer: hand the slot straight back.
+      const done = finish([], lease && leases ? () => leases.release(lease) : undefined, giveBack);
+      if (this.#o.waitUntil) this.#o.waitUntil(done);
+      throw new LeaseError("ACQUIRE_TIMEOUT", "Abandoned at the request's deadline");
+    }
+    attempt.phase = "working";
     const stopRenewing = lease && leases ? this.#keepAlive(leases, lease) : () => {};
     try {
       return await work({ lease, beforeRelease: (cleanup) => void cleanups.push(cleanup) });
@@ -279,6 +318,12 @@ export class Database {
       cancel();
     };
   }
+}
+
+interface AttemptState {
+  phase: "acquiring" | "working";
+  /** Set when the deadline passed: the caller has its answer, the attempt only cleans up. */
+  abandoned: boolean;
 }
 
 async function finish(

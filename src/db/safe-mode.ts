@@ -1,4 +1,4 @@
-import { LeaseError, isLeaseError } from "../core/index.ts";
+import { isLeaseError } from "../core/index.ts";
 
 /**
  * What to do when the coordinator itself cannot answer (unreachable, restarting, overloaded):
@@ -72,7 +72,3 @@ export class SafeMode {
   }
 }
 
-/** Re-exported for callers that build the error themselves. */
-export function coordinatorUnavailable(cause?: unknown): LeaseError {
-  return new LeaseError("COORDINATOR_UNAVAILABLE", "The lease coordinator could not be reached", { cause, retryAfterMs: 100 });
-}
