@@ -151,6 +151,33 @@ describe("backends killed with pg_terminate_backend", () => {
   });
 });
 
+describe("too many connections", () => {
+  it("retries 53300 within the deadline, answers 503 DATABASE_UNAVAILABLE, and succeeds once a connection frees", async () => {
+    const admin = postgres(url, { max: 1, onnotice: () => {} });
+    await admin.unsafe("DROP ROLE IF EXISTS limited");
+    await admin.unsafe("CREATE ROLE limited LOGIN CONNECTION LIMIT 1");
+    const limitedUrl = `postgres://limited:${PASSWORD}@127.0.0.1:${PORT}/postgres`;
+    // Someone else holds the role's only connection.
+    const holder = postgres(limitedUrl, { max: 1, onnotice: () => {} });
+    await holder`SELECT 1`;
+    const config = { ...databaseConfig({ DATABASE_URL: limitedUrl, DB_DEADLINE_MS: "3000" }), retry: { maxAttempts: 3, baseDelayMs: 20, maxDelayMs: 50 } };
+    const log = captureLog();
+    const db = new Database({ name: "limited", driver: openDriver(config), leases: undefined, config, log: log.write });
+    try {
+      const error = await db.query("SELECT 1").catch((e: unknown) => e);
+      expect(error).toMatchObject({ code: "DATABASE_UNAVAILABLE", cause: { code: "53300" } });
+      expect(db.breaker.state).toEqual({ state: "closed", failures: 3 });
+      expect(log.raw.join("")).not.toContain(PASSWORD);
+      await holder.end();
+      expect(await db.query("SELECT 1 AS one")).toEqual([{ one: 1 }]);
+      expect(db.breaker.state.failures).toBe(0);
+    } finally {
+      await holder.end();
+      await admin.end();
+    }
+  });
+});
+
 describe("transactions under one lease", () => {
   it("commits when fn returns, rolls back when it throws, and gives the slot back", async () => {
     const { db, coordinator } = setup();
