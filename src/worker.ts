@@ -4,7 +4,7 @@ import { Leases } from "./client/leases.ts";
 import type { PoolEnv } from "./core/index.ts";
 import { closeConnection, connectFromWorker } from "./db/hyperdrive.ts";
 import { CircuitBreaker } from "./db/circuit-breaker.ts";
-import { type DatabaseEnv, databaseConfig } from "./db/config.ts";
+import { type DatabaseConfig, type DatabaseEnv, databaseConfig } from "./db/config.ts";
 import { openDriver } from "./db/connect.ts";
 import { Database } from "./db/database.ts";
 import { SafeMode } from "./db/safe-mode.ts";
@@ -28,11 +28,14 @@ export interface Env extends PoolEnv, DatabaseEnv {
 // Per isolate, per pool: the breaker and the safe-mode budget outlive a request, so that one
 // request's failures spare the next ones the wait.
 const isolate = new Map<string, { breaker: CircuitBreaker; safeMode: SafeMode }>();
+// Validated once per env object (once per isolate in production), not on every request.
+const configs = new WeakMap<Env, DatabaseConfig>();
 
 function depsFor(env: Env, ctx: ExecutionContext): AppDeps {
   const pool = env.LEASE_POOL || "main";
   const waitUntil = (p: Promise<unknown>) => ctx.waitUntil(p);
-  const config = databaseConfig(env);
+  const config = configs.get(env) ?? databaseConfig(env);
+  configs.set(env, config);
   let kept = isolate.get(pool);
   if (!kept) {
     kept = { breaker: new CircuitBreaker(pool, config.breaker), safeMode: new SafeMode(config.safeMode) };

@@ -1,9 +1,20 @@
+import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test";
 import { env, exports } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { Leases } from "../../src/client/leases.ts";
 import { databaseConfig } from "../../src/db/config.ts";
 import { openDriver } from "../../src/db/connect.ts";
 import { Database } from "../../src/db/database.ts";
+import worker, { type Env } from "../../src/worker.ts";
+
+// The Worker's own fetch with some bindings changed: a separate pool name keeps the module-level
+// breaker of "main" out of it.
+async function fetchWith(overrides: Partial<Env>, path: string): Promise<Response> {
+  const ctx = createExecutionContext();
+  const response = await worker.fetch(new Request(`http://example.test${path}`), { ...env, ...overrides } as Env, ctx);
+  await waitOnExecutionContext(ctx);
+  return response;
+}
 
 const get = (path: string, init?: RequestInit) => exports.default.fetch(new Request(`http://example.test${path}`, init));
 const auth = { authorization: "Bearer test-token" };
@@ -53,5 +64,33 @@ describe("database layer in workerd", () => {
     expect((await env.COORDINATOR_DO.getByName("resilience-dead").stats()).held).toBe(0);
     // The Worker is unharmed: the app still answers from the real database.
     expect((await get("/api/pitches/trending?limit=1")).status).toBe(200);
+  });
+
+  it("the Worker answers a dead database with 503s, then fails fast with the circuit open, and stays up", async () => {
+    const dead = { LEASE_POOL: "dead-pool", HYPERDRIVE: { connectionString: "postgres://postgres:Edge-Secret@127.0.0.1:5486/none" } as Hyperdrive };
+    const codes: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      const r = await fetchWith(dead, "/api/pitches/trending");
+      expect(r.status).toBe(503);
+      const text = await r.text();
+      expect(text).not.toContain("Edge-Secret");
+      codes.push((JSON.parse(text) as { error: { code: string } }).error.code);
+    }
+    expect(new Set(codes)).toEqual(new Set(["DATABASE_UNAVAILABLE"]));
+    const health = await fetchWith(dead, "/health");
+    expect(health.status).toBe(503);
+    expect(await health.json()).toMatchObject({ database: "down", breaker: { name: "dead-pool", state: "open" } });
+    expect((await get("/health")).status).toBe(200);
+  });
+
+  it("answers a malformed setting with 500 INVALID_CONFIG naming it, never the password", async () => {
+    const r = await fetchWith({ LEASE_SAFE_MODE: "sometimes" }, "/api/pitches/trending");
+    expect(r.status).toBe(500);
+    const body = (await r.json()) as { error: { code: string; message: string } };
+    expect(body.error.code).toBe("INVALID_CONFIG");
+    expect(body.error.message).toContain("LEASE_SAFE_MODE");
+    const bad = await fetchWith({ HYPERDRIVE: { connectionString: "postgres//app:Edge-Secret@db" } as Hyperdrive }, "/health");
+    expect(bad.status).toBe(500);
+    expect(await bad.text()).not.toContain("Edge-Secret");
   });
 });
