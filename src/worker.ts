@@ -3,13 +3,19 @@ import { ConnectionCoordinator } from "../durable-objects/connection-coordinator
 import { Leases } from "./client/leases.ts";
 import type { PoolEnv } from "./core/index.ts";
 import { closeConnection, connectFromWorker } from "./db/hyperdrive.ts";
+import { CircuitBreaker } from "./db/circuit-breaker.ts";
+import { type DatabaseConfig, type DatabaseEnv, databaseConfig } from "./db/config.ts";
+import { openDriver } from "./db/connect.ts";
+import { Database } from "./db/database.ts";
 import { toDatabaseError } from "./db/errors.ts";
 import { countConnections } from "./db/reconcile.ts";
+import { SafeMode } from "./db/safe-mode.ts";
 import { type AppDeps, type OperatorControls, type WithDatabase, handle } from "./http/app.ts";
+import { errorResponse } from "./http/respond.ts";
 
 export { ConnectionCoordinator };
 
-export interface Env extends PoolEnv {
+export interface Env extends PoolEnv, DatabaseEnv {
   COORDINATOR_DO: DurableObjectNamespace<ConnectionCoordinator>;
   HYPERDRIVE: Hyperdrive;
   /** `off` bypasses leasing: for side-by-side comparisons only. */
@@ -21,9 +27,11 @@ export interface Env extends PoolEnv {
   APPLICATION_NAME?: string;
 }
 
-function connect(env: Env): Sql {
-  return connectFromWorker(env.HYPERDRIVE.connectionString, env.APPLICATION_NAME || "leasegate");
-}
+// Per isolate, per pool: the breaker and the safe-mode budget outlive a request, so that one
+// request's failures spare the next ones the wait.
+const isolate = new Map<string, { breaker: CircuitBreaker; safeMode: SafeMode }>();
+// Validated once per env object (once per isolate in production), not on every request.
+const configs = new WeakMap<Env, DatabaseConfig>();
 
 /**
  * The Worker's wiring of the example app: leases from the pool's coordinator, connections through
@@ -35,35 +43,34 @@ function connect(env: Env): Sql {
 export function depsFor(env: Env, ctx: ExecutionContext): AppDeps {
   const pool = env.LEASE_POOL || "main";
   const waitUntil = (p: Promise<unknown>) => ctx.waitUntil(p);
-  if (env.COORDINATOR === "off") {
-    const withDatabase: WithDatabase = async (fn) => {
-      const sql = connect(env);
-      try {
-        return await fn(sql);
-      } catch (error) {
-        throw toDatabaseError(error);
-      } finally {
-        waitUntil(closeConnection(sql));
-      }
-    };
-    return { withDatabase, stats: undefined, debugToken: env.DEBUG_TOKEN, pool };
+  const config = configs.get(env) ?? databaseConfig(env);
+  configs.set(env, config);
+  let kept = isolate.get(pool);
+  if (!kept) {
+    kept = { breaker: new CircuitBreaker(pool, config.breaker), safeMode: new SafeMode(config.safeMode) };
+    isolate.set(pool, kept);
   }
-  const coordinator = env.COORDINATOR_DO.get(env.COORDINATOR_DO.idFromName(pool));
-  const leases = new Leases(coordinator);
+  const off = env.COORDINATOR === "off";
+  const coordinator = off ? undefined : env.COORDINATOR_DO.get(env.COORDINATOR_DO.idFromName(pool));
+  const leases = coordinator && new Leases(coordinator);
+  const db = new Database({ name: pool, driver: openDriver(config), leases, config, ...kept, waitUntil });
   const withDatabase: WithDatabase = (fn, { holder, waitMs }) =>
-    leases.withLease(
+    db.run(
       async ({ beforeRelease }) => {
-        const sql = connect(env);
+        const sql: Sql = connectFromWorker(config.connectionString, config.applicationName);
         beforeRelease(() => closeConnection(sql));
-        try {
-          return await fn(sql);
-        } catch (error) {
-          throw toDatabaseError(error);
-        }
+        return db.timed(holder, () => fn(sql), holder);
       },
-      { holder, waitMs, waitUntil },
+      { holder, waitMs },
     );
-  return { withDatabase, stats: () => leases.stats(), debugToken: env.DEBUG_TOKEN, pool, operator: operatorFor(env, coordinator) };
+  return {
+    withDatabase,
+    stats: leases && (() => leases.stats()),
+    debugToken: env.DEBUG_TOKEN,
+    pool,
+    operator: coordinator && operatorFor(env, coordinator),
+    status: () => db.status(),
+  };
 }
 
 // A Worker's main module may export only handlers and classes: these helpers stay private.
@@ -100,7 +107,14 @@ function operatorFor(env: Env, coordinator: DurableObjectStub<ConnectionCoordina
 
 export default {
   async fetch(request, env, ctx): Promise<Response> {
-    return handle(request, depsFor(env, ctx));
+    let deps: AppDeps;
+    try {
+      deps = depsFor(env, ctx);
+    } catch (error) {
+      // INVALID_CONFIG: the message names the variable and never echoes a password.
+      return errorResponse(error);
+    }
+    return handle(request, deps);
   },
   // Periodic reconciliation (the cron in wrangler.toml); on demand: POST /__coordinator/reconcile.
   async scheduled(_controller, env, _ctx): Promise<void> {

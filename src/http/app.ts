@@ -28,8 +28,8 @@ export interface AppDeps {
   pool: string;
   /** The live controls and the operator's view; undefined with `COORDINATOR=off`. */
   operator?: OperatorControls | undefined;
-  /** The database circuit breaker's state for stats, once there is one; null until then. */
-  breaker?: (() => unknown) | undefined;
+  /** The database layer's circuit breaker and safe mode, as plain data (shown in /health and stats). */
+  status?: (() => { breaker: unknown; safeMode: unknown }) | undefined;
 }
 
 /** What the operator endpoints drive: the coordinator's controls plus one reconciliation run. */
@@ -155,7 +155,7 @@ async function health(deps: AppDeps, holder: string): Promise<Response> {
   }
   const healthy = database !== "down" && coordinator !== "down";
   const status = !healthy ? "unavailable" : database === "saturated" ? "degraded" : "ok";
-  return json({ status, database, coordinator }, healthy ? 200 : 503);
+  return json({ status, database, coordinator, ...deps.status?.() }, healthy ? 200 : 503);
 }
 
 /** Turns a control's failure result back into the error it stands for. */
@@ -191,8 +191,8 @@ async function operator(request: Request, path: string, deps: AppDeps): Promise<
   const op = deps.operator;
   if (path === "/__coordinator/stats") {
     method("GET");
-    const breaker = deps.breaker ? deps.breaker() : null;
-    return json({ pool: deps.pool, ...(op ? await op.stats() : await deps.stats()), breaker });
+    const resilience = deps.status?.() ?? { breaker: null, safeMode: null };
+    return json({ pool: deps.pool, ...(op ? await op.stats() : await deps.stats()), ...resilience });
   }
   if (!op) return fail("NOT_FOUND", "No such endpoint");
   switch (path) {

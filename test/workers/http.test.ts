@@ -85,7 +85,7 @@ describe("example app in workerd against the real Postgres", () => {
   it("reports health of the database and the coordinator", async () => {
     const r = await get("/health");
     expect(r.status).toBe(200);
-    expect(await r.json()).toEqual({ status: "ok", database: "up", coordinator: "up" });
+    expect(await r.json()).toMatchObject({ status: "ok", database: "up", coordinator: "up", breaker: { state: "closed" } });
   });
 
   it("keeps the stats behind the bearer token", async () => {
@@ -132,10 +132,12 @@ describe("example app in workerd against the real Postgres", () => {
     const appConnections = async () =>
       Number((await observer`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${env.APPLICATION_NAME!}`)[0]!.n);
     let peak = 0;
+    let peakHeld = 0;
     let sampling = true;
     const sampler = (async () => {
       while (sampling) {
         peak = Math.max(peak, await appConnections());
+        peakHeld = Math.max(peakHeld, (await main().stats()).held);
         await new Promise((r) => setTimeout(r, 2));
       }
     })();
@@ -152,7 +154,11 @@ describe("example app in workerd against the real Postgres", () => {
     await sampler;
     expect(statuses.filter((s) => s !== 200)).toEqual([]);
     expect(peak).toBeGreaterThan(0);
-    expect(peak).toBeLessThanOrEqual(3);
+    expect(peakHeld).toBeLessThanOrEqual(3);
+    // A slot is released only after its connection is closed, but the server process behind it
+    // exits a moment later: pg_stat_activity may show one closing backend beside the new one.
+    // (That is why LEASE_LIMIT should sit a little below the database's own limit.)
+    expect(peak).toBeLessThanOrEqual(3 + 1);
     await expect.poll(async () => (await main().stats()).held).toBe(0);
     await expect.poll(appConnections).toBe(0);
   });

@@ -1,0 +1,148 @@
+import { LeaseError, expected } from "../core/index.ts";
+import { DEFAULT_BREAKER, type BreakerOptions } from "./circuit-breaker.ts";
+import { DEFAULT_RETRY, type RetryOptions } from "./retry.ts";
+import type { SafeModeOptions } from "./safe-mode.ts";
+import { redact } from "./safe-error.ts";
+
+/**
+ * Where the code runs decides the driver:
+ * - `edge`: a Worker with a Hyperdrive binding → postgres.js over `cloudflare:sockets` through Hyperdrive.
+ * - `production`: a Neon URL (or `DATABASE_DRIVER=neon`) without Hyperdrive → `@neondatabase/serverless` Pool over WebSocket.
+ * - `local`: any other Postgres URL → postgres.js over TCP.
+ */
+export type DatabaseConfig = {
+  readonly environment: "edge" | "production" | "local";
+  readonly driver: "hyperdrive" | "neon" | "postgres";
+  /** Never log this: it holds the password. Use {@link describeConfig}. */
+  readonly connectionString: string;
+  /** The password alone, so logs can blank it wherever it appears. */
+  readonly secrets: readonly string[];
+  readonly applicationName: string;
+  readonly connectTimeoutMs: number;
+  readonly slowQueryMs: number;
+  readonly safeMode: SafeModeOptions;
+  readonly retry: RetryOptions;
+  readonly breaker: BreakerOptions;
+  /** A request's whole budget for database work, retries included, ms. */
+  readonly deadlineMs: number;
+};
+
+/** The variables the database layer reads. Values are strings, as environment variables are. */
+export interface DatabaseEnv {
+  HYPERDRIVE?: { connectionString: string } | undefined;
+  DATABASE_URL?: string | undefined;
+  /** `neon` or `postgres`: overrides the choice by host name (for a Neon-compatible proxy). */
+  DATABASE_DRIVER?: string | undefined;
+  APPLICATION_NAME?: string | undefined;
+  DB_CONNECT_TIMEOUT_MS?: string | undefined;
+  DB_DEADLINE_MS?: string | undefined;
+  SLOW_QUERY_MS?: string | undefined;
+  LEASE_SAFE_MODE?: string | undefined;
+  LEASE_SAFE_BUDGET?: string | undefined;
+}
+
+function invalid(message: string): never {
+  throw new LeaseError("INVALID_CONFIG", message);
+}
+
+function int(env: DatabaseEnv, name: keyof DatabaseEnv, fallback: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || (typeof raw === "string" && raw.trim() === "")) return fallback;
+  const text = String(raw).trim();
+  const value = /^\d{1,9}$/.test(text) ? Number(text) : NaN;
+  if (!(value >= min && value <= max)) invalid(expected(name, `an integer from ${min} to ${max}`, text));
+  return value;
+}
+
+/**
+ * Parses a Postgres connection string. A malformed one fails with `INVALID_CONFIG` and a message
+ * that names the problem and shows the string with its password blanked — never the password,
+ * not even inside a `cause` (the URL parser's own error quotes its input, so it is dropped).
+ *
+ * @example
+ * parseConnectionString("DATABASE_URL", "postgres://app:s3cret@db.example.com/app").password // "s3cret"
+ */
+export function parseConnectionString(name: string, raw: string): { url: URL; password: string } {
+  const text = raw.trim();
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    invalid(`\`${name}\` is not a valid URL: ${shown(text)}`);
+  }
+  const password = decodeURIComponent(url.password);
+  const secrets = password ? [password, url.password] : [];
+  const fail = (what: string): never => invalid(`\`${name}\` ${what}: ${shown(text, secrets)}`);
+  if (url.protocol !== "postgres:" && url.protocol !== "postgresql:") fail("must start with postgres:// or postgresql://");
+  if (!url.hostname) fail("names no host");
+  if (url.port && !(Number(url.port) >= 1 && Number(url.port) <= 65535)) fail("has an invalid port");
+  if (url.pathname.length > 64) fail("names a database longer than 63 characters");
+  const sslmode = url.searchParams.get("sslmode");
+  if (sslmode !== null && !["disable", "allow", "prefer", "require", "verify-ca", "verify-full", "no-verify"].includes(sslmode)) {
+    fail(`has an unknown sslmode \`${sslmode.slice(0, 20)}\``);
+  }
+  return { url, password };
+}
+
+// A connection string as it may appear in a message: credentials blanked, length bounded.
+function shown(text: string, secrets: readonly string[] = []): string {
+  // Credentials sit before the last "@": blank all of that, keeping a recognizable scheme, so even
+  // a string too malformed to parse (`postgres//u:p@h`) cannot leak its password.
+  const at = text.lastIndexOf("@");
+  const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(text)?.[0] ?? "";
+  const blanked = redact(at >= 0 ? `${scheme}***${text.slice(at)}` : text, secrets);
+  const result = blanked.length > 120 ? `${blanked.slice(0, 120)}…` : blanked;
+  return `\`${result}\``;
+}
+
+/**
+ * Reads and validates the database configuration once, at start: the environment, the driver,
+ * timeouts, slow-query threshold and safe mode. Every malformed value fails with `INVALID_CONFIG`
+ * naming the variable.
+ *
+ * @example
+ * const config = databaseConfig({ DATABASE_URL: "postgres://postgres@127.0.0.1:5432/app", SLOW_QUERY_MS: "200" });
+ * config.driver // "postgres"
+ */
+export function databaseConfig(env: DatabaseEnv): DatabaseConfig {
+  const connectTimeoutMs = int(env, "DB_CONNECT_TIMEOUT_MS", 5000, 100, 120_000);
+  const deadlineMs = int(env, "DB_DEADLINE_MS", 10_000, 100, 600_000);
+  const slowQueryMs = int(env, "SLOW_QUERY_MS", 500, 0, 3_600_000);
+  const budget = int(env, "LEASE_SAFE_BUDGET", 2, 1, 10_000);
+  const mode = (env.LEASE_SAFE_MODE ?? "").trim() || "closed";
+  if (mode !== "closed" && mode !== "budget") invalid(expected("LEASE_SAFE_MODE", "`closed` or `budget`", mode));
+  const safeMode: SafeModeOptions = mode === "budget" ? { mode: "budget", budget } : { mode: "closed" };
+  const applicationName = (env.APPLICATION_NAME ?? "").trim() || "leasegate";
+  if (applicationName.length > 63) invalid(expected("APPLICATION_NAME", "at most 63 characters", applicationName));
+  const common = { applicationName, connectTimeoutMs, slowQueryMs, safeMode, deadlineMs, retry: DEFAULT_RETRY, breaker: DEFAULT_BREAKER };
+
+  const forced = (env.DATABASE_DRIVER ?? "").trim();
+  if (forced !== "" && forced !== "neon" && forced !== "postgres") invalid(expected("DATABASE_DRIVER", "`neon` or `postgres`", forced));
+
+  if (env.HYPERDRIVE && typeof env.HYPERDRIVE.connectionString === "string") {
+    const { password } = parseConnectionString("HYPERDRIVE.connectionString", env.HYPERDRIVE.connectionString);
+    return { ...common, environment: "edge", driver: "hyperdrive", connectionString: env.HYPERDRIVE.connectionString, secrets: password ? [password] : [] };
+  }
+  const raw = env.DATABASE_URL;
+  if (raw === undefined || raw.trim() === "") invalid("Set `DATABASE_URL` (or bind `HYPERDRIVE` on Workers): no database is configured");
+  const { url, password } = parseConnectionString("DATABASE_URL", raw);
+  const neon = forced === "neon" || (forced === "" && /\.neon\.tech$/i.test(url.hostname));
+  return {
+    ...common,
+    environment: neon ? "production" : "local",
+    driver: neon ? "neon" : "postgres",
+    connectionString: raw.trim(),
+    secrets: password ? [password] : [],
+  };
+}
+
+/**
+ * The configuration as it may be logged or shown: the connection string with its password blanked.
+ *
+ * @example
+ * console.log(describeConfig(config)); // { environment: "local", driver: "postgres", database: "postgres://app:***@…" }
+ */
+export function describeConfig(config: DatabaseConfig): Record<string, unknown> {
+  const { connectionString, secrets, ...rest } = config;
+  return { ...rest, database: redact(connectionString, secrets) };
+}

@@ -1,0 +1,112 @@
+import { isLeaseError } from "../core/index.ts";
+import { toDatabaseError } from "./errors.ts";
+
+/** How a retry policy waits and gives up. All durations are milliseconds. */
+export interface RetryOptions {
+  /** Attempts in total, the first included: 1 = never retry. */
+  readonly maxAttempts: number;
+  /** Upper bound of the first backoff; doubles per attempt. */
+  readonly baseDelayMs: number;
+  /** Upper bound of any one backoff. */
+  readonly maxDelayMs: number;
+}
+
+export const DEFAULT_RETRY: RetryOptions = { maxAttempts: 3, baseDelayMs: 50, maxDelayMs: 1000 };
+
+/** What a retry loop needs from its runtime; injected so tests run on real time without fake timers. */
+export interface RetryRuntime {
+  /** The request's own deadline (epoch ms): no attempt starts and no wait ends past it. */
+  readonly deadline: number;
+  now(): number;
+  /** A number in [0, 1). */
+  random(): number;
+  sleep(ms: number): Promise<void>;
+}
+
+/** SQLSTATEs and driver codes after which the same statement may succeed on a fresh attempt. */
+const RETRYABLE_CODES = new Set([
+  "53300", // too_many_connections
+  "57P01", // admin_shutdown: the backend was terminated
+  "57P02", // crash_shutdown
+  "57P03", // cannot_connect_now: starting up or shutting down
+  "40001", // serialization_failure: the transaction was rolled back
+  "40P01", // deadlock_detected: the transaction was rolled back
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "EPIPE",
+  "ETIMEDOUT",
+  "CONNECT_TIMEOUT",
+  "CONNECTION_CLOSED",
+  "CONNECTION_ENDED",
+  "CONNECTION_DESTROYED",
+  "COORDINATOR_UNAVAILABLE",
+]);
+
+/**
+ * True when `error` (or one of its causes) is a failure that a fresh attempt may not repeat:
+ * refused/reset/timed-out connections, too many connections, terminated backends, serialization
+ * failures and deadlocks, an unreachable coordinator, a Durable Object error marked `retryable`.
+ * Never for syntax, constraint or permission errors, overload sheds (`QUEUE_FULL`,
+ * `ACQUIRE_TIMEOUT`: retrying would add to the load they shed) or an open circuit.
+ *
+ * @example
+ * isRetryable(Object.assign(new Error("x"), { code: "40001" })) // true
+ */
+export function isRetryable(error: unknown): boolean {
+  let current: unknown = error;
+  // Bounded walk: a cause chain may be circular.
+  for (let depth = 0; depth < 5 && typeof current === "object" && current !== null; depth++) {
+    const e = current as { code?: unknown; retryable?: unknown; overloaded?: unknown; circuit?: unknown; cause?: unknown };
+    if (e.circuit === "open") return false;
+    if (isLeaseError(current) && (current.code === "QUEUE_FULL" || current.code === "ACQUIRE_TIMEOUT" || current.code === "INVALID_CONFIG")) return false;
+    const code = typeof e.code === "string" ? e.code : "";
+    if (RETRYABLE_CODES.has(code) || /^08/.test(code)) return true;
+    // Durable Object errors carry `retryable`; an overloaded object must not get more calls.
+    if (e.retryable === true && e.overloaded !== true && !isLeaseError(current)) return true;
+    current = e.cause;
+  }
+  // Runtimes that report a failed connect without a code (workerd's sockets, a WebSocket's error
+  // event) are recognized by the same rule that answers them with DATABASE_UNAVAILABLE.
+  return !isLeaseError(error) && toDatabaseError(error).code === "DATABASE_UNAVAILABLE";
+}
+
+/**
+ * The wait before attempt `attempt + 1` (attempt counts from 1): "full jitter", a uniform draw
+ * from [0, min(maxDelayMs, baseDelayMs · 2^(attempt-1))), so retrying callers spread out instead of
+ * arriving together.
+ *
+ * @example
+ * backoffMs(3, DEFAULT_RETRY, 0.5) // 100: half of min(1000, 50·4)
+ */
+export function backoffMs(attempt: number, options: RetryOptions, random: number): number {
+  const cap = Math.min(options.maxDelayMs, options.baseDelayMs * 2 ** Math.max(0, attempt - 1));
+  return Math.floor(cap * Math.min(Math.max(random, 0), 1));
+}
+
+/**
+ * Runs `fn` until it succeeds, fails with a non-retryable error, runs out of attempts, or the next
+ * wait would end past the deadline; then throws the last error. `fn` receives the attempt number.
+ *
+ * @example
+ * await retry((n) => db.query("select 1"), DEFAULT_RETRY, {
+ *   deadline: Date.now() + 5000, now: Date.now, random: Math.random, sleep: (ms) => new Promise((r) => setTimeout(r, ms)),
+ * });
+ */
+export async function retry<T>(
+  fn: (attempt: number) => Promise<T>,
+  options: RetryOptions,
+  runtime: RetryRuntime,
+  retryable: (error: unknown) => boolean = isRetryable,
+): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn(attempt);
+    } catch (error) {
+      if (attempt >= options.maxAttempts || !retryable(error)) throw error;
+      const delay = backoffMs(attempt, options, runtime.random());
+      // Never past the request's deadline: an answer after it is no use to the caller.
+      if (runtime.now() + delay >= runtime.deadline) throw error;
+      await runtime.sleep(delay);
+    }
+  }
+}
