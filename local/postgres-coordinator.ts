@@ -337,12 +337,17 @@ export class PostgresCoordinator implements Coordinator {
     this.#closed = true;
     clearTimeout(this.#timer);
     const ids = [...this.#pending.keys()];
+    for (const id of ids) {
+      this.#settle(id, { ok: false, code: "COORDINATOR_UNAVAILABLE", message: "The coordinator was closed", retryAfterMs: 100 });
+    }
     if (ids.length > 0 && this.#ready) {
       try {
         await this.#transition((state, now) => {
           const effects: Effects = { granted: [], timedOut: [], expired: [] };
           for (const id of ids) {
-            const fx = cancel(state, id, now).effects;
+            // Granted just now, before its caller could hear of it: give the slot straight back.
+            const lease = state.leases.get(id);
+            const fx = lease ? release(state, { leaseId: id, fence: lease.fence }, now).effects : cancel(state, id, now).effects;
             effects.granted.push(...fx.granted);
             effects.timedOut.push(...fx.timedOut);
             effects.expired.push(...fx.expired);
@@ -350,11 +355,8 @@ export class PostgresCoordinator implements Coordinator {
           return { answer: null, effects };
         });
       } catch {
-        // The rows time out at their deadlines on their own.
+        // The rows time out at their deadlines (and expire at their TTL) on their own.
       }
-    }
-    for (const id of [...this.#pending.keys()]) {
-      this.#settle(id, { ok: false, code: "COORDINATOR_UNAVAILABLE", message: "The coordinator was closed", retryAfterMs: 100 });
     }
     await this.#unlisten?.().catch(() => {});
   }
