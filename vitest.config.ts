@@ -4,5 +4,7 @@ import { defineConfig } from "vitest/config";
 export default defineConfig({
   test: {
     include: ["test/core/**/*.test.ts", "test/local/**/*.test.ts"],
+    // The local tests run OS processes under load; files take turns so timed tests keep their CPU.
+    fileParallelism: false,
   },
 });

@@ -1,4 +1,4 @@
-import type { JSONValue, Sql, TransactionSql } from "postgres";
+import type { JSONValue, ReservedSql, Sql, TransactionSql } from "postgres";
 import {
   type AcquireOptions,
   type AcquireResult,
@@ -181,6 +181,7 @@ export class PostgresCoordinator implements Coordinator {
   #nextExpiry: number | null = null;
   #closed = false;
   #batch: Call[] = [];
+  #conn: ReservedSql | undefined;
   #flushing = false;
 
   constructor(options: PostgresCoordinatorOptions) {
@@ -359,35 +360,35 @@ export class PostgresCoordinator implements Coordinator {
       }
     }
     await this.#unlisten?.().catch(() => {});
+    this.#conn?.release();
+    this.#conn = undefined;
   }
 
-  /** Loads the pool under its advisory lock (the caller's transaction holds it until commit). */
-  async #load(tx: TransactionSql): Promise<Loaded> {
-    // One round trip: postgres.js pipelines queries issued together on a transaction.
-    const [, , [pool], leaseRows, waiterRows] = await Promise.all([
-      this.#durable ? tx`SELECT 1` : tx`SET LOCAL synchronous_commit = off`,
+  /**
+   * Loads the pool under its advisory lock, which the open transaction holds until it ends. With
+   * `begin`, the BEGIN goes in the same round trip (on a reserved connection).
+   */
+  async #load(tx: Sql | TransactionSql, begin = false): Promise<Loaded> {
+    // One round trip: postgres.js pipelines queries issued together on one connection. The read
+    // is its own statement after the lock's, so its snapshot sees every earlier transition.
+    const [, , [pool]] = await Promise.all([
+      begin ? tx`BEGIN` : tx`SELECT 1`,
       tx`SELECT pg_advisory_xact_lock(hashtext(${this.pool}))`,
-      tx`SELECT next_fence, config, counters, waits, hold_ms_sum, hold_count FROM leasegate_pools WHERE pool = ${this.pool}`,
-      tx`SELECT id, fence, holder, granted_at, expires_at FROM leasegate_leases WHERE pool = ${this.pool}`,
-      tx`SELECT id, holder, enqueued_at, deadline, ttl_ms FROM leasegate_waiters WHERE pool = ${this.pool} ORDER BY seq`,
+      tx`
+        SELECT p.next_fence, p.config, p.counters, p.waits, p.hold_ms_sum, p.hold_count,
+          (SELECT coalesce(json_agg(json_build_array(id, fence, holder, granted_at, expires_at)), '[]')
+             FROM leasegate_leases WHERE pool = p.pool)::text AS leases,
+          (SELECT coalesce(json_agg(json_build_array(id, holder, enqueued_at, deadline, ttl_ms) ORDER BY seq), '[]')
+             FROM leasegate_waiters WHERE pool = p.pool)::text AS waiters
+        FROM leasegate_pools p WHERE p.pool = ${this.pool}`,
     ]);
     if (!pool) throw new LeaseError("INTERNAL", `Pool ${this.pool} has no row: was the database reset under a running coordinator?`);
-    const leases: Lease[] = leaseRows.map((r) => ({
-      id: r.id as string,
-      fence: Number(r.fence),
-      holder: r.holder as string,
-      grantedAt: Number(r.granted_at),
-      expiresAt: Number(r.expires_at),
-    }));
+    const leases = (JSON.parse(pool.leases as string) as Array<[string, number, string, number, number]>).map(
+      ([id, fence, holder, grantedAt, expiresAt]): Lease => ({ id, fence, holder, grantedAt, expiresAt }),
+    );
     const state = createPool(pool.config as PoolConfig, { leases, nextFence: Number(pool.next_fence) });
-    state.queue = waiterRows.map(
-      (r): Waiter => ({
-        leaseId: r.id as string,
-        holder: r.holder as string,
-        enqueuedAt: Number(r.enqueued_at),
-        deadline: Number(r.deadline),
-        ttlMs: Number(r.ttl_ms),
-      }),
+    state.queue = (JSON.parse(pool.waiters as string) as Array<[string, string, number, number, number]>).map(
+      ([leaseId, holder, enqueuedAt, deadline, ttlMs]): Waiter => ({ leaseId, holder, enqueuedAt, deadline, ttlMs }),
     );
     state.counters = pool.counters as Counters;
     const waits = pool.waits as Histogram;
@@ -416,11 +417,13 @@ export class PostgresCoordinator implements Coordinator {
   async #flush(): Promise<void> {
     this.#flushing = true;
     while (this.#batch.length > 0) {
-      const batch = this.#batch.splice(0, MAX_BATCH);
+      // The batch is cut once the lock is ours: calls made while we waited for it join this one.
+      let batch: Call[] | undefined;
+      const take = () => (batch = this.#batch.splice(0, MAX_BATCH));
       try {
-        await this.#run(batch);
+        await this.#run(take);
       } catch (error) {
-        for (const call of batch) call.reject(error);
+        for (const call of batch ?? take()) call.reject(error);
       }
     }
     this.#flushing = false;
@@ -431,9 +434,21 @@ export class PostgresCoordinator implements Coordinator {
    * call alone: the core validates before it mutates), write the difference and the notices,
    * commit; then answer the calls and this process's waiters the transition settled.
    */
-  async #run(batch: Call[]): Promise<void> {
-    const done = await this.#sql.begin(async (tx) => {
-      const loaded = await this.#load(tx);
+  async #run(take: () => Call[]): Promise<void> {
+    let batch: Call[] = [];
+    // One reserved connection per process runs the transitions: batches are sequential anyway, and
+    // managing BEGIN/COMMIT ourselves lets the writes and the COMMIT share one round trip, so the
+    // pool's lock is held for about one round trip per batch.
+    if (!this.#conn) {
+      const conn = await this.#sql.reserve();
+      // See `durableCommits`: set once for this connection instead of in every transaction.
+      if (!this.#durable) await conn`SET synchronous_commit = off`;
+      this.#conn = conn;
+    }
+    const tx = this.#conn;
+    const transaction = async () => {
+      const loaded = await this.#load(tx, true);
+      batch = take();
       const { state } = loaded;
       const effects: Effects = { granted: [], timedOut: [], expired: [] };
       const answers: Array<{ ok: true; answer: unknown } | { ok: false; error: unknown }> = [];
@@ -449,54 +464,79 @@ export class PostgresCoordinator implements Coordinator {
           answers.push({ ok: false, error });
         }
       }
-      await Promise.all(this.#writes(tx, loaded, effects));
+      await Promise.all([...this.#writes(tx, loaded, effects), tx`COMMIT`]);
       return { answers, effects, state };
-    });
+    };
+    let done: Awaited<ReturnType<typeof transaction>>;
+    try {
+      done = await transaction();
+    } catch (error) {
+      try {
+        await tx`ROLLBACK`;
+      } catch {
+        // A broken connection: the server rolled back when it dropped; take a fresh one next time.
+        tx.release();
+        this.#conn = undefined;
+      }
+      throw error;
+    }
     done.answers.forEach((a, i) => (a.ok ? batch[i]!.resolve(a.answer) : batch[i]!.reject(a.error)));
     this.#after(done.state, done.effects);
   }
 
   /** The statements that bring the tables in line with `state`; sent together (pipelined). */
-  #writes(tx: TransactionSql, loaded: Loaded, effects: Effects): Promise<unknown>[] {
+  #writes(tx: Sql, loaded: Loaded, effects: Effects): Promise<unknown>[] {
     const { state, leasesBefore, queueBefore } = loaded;
-    const pool = this.pool;
-    const writes: Promise<unknown>[] = [];
     const gone = [...leasesBefore.keys()].filter((id) => !state.leases.has(id));
-    if (gone.length > 0) writes.push(tx`DELETE FROM leasegate_leases WHERE pool = ${pool} AND id = ANY(${gone})`);
-    const added: Row[] = [];
+    const added: unknown[] = [];
+    const renewed: unknown[] = [];
     for (const l of state.leases.values()) {
       const before = leasesBefore.get(l.id);
-      if (before === undefined) {
-        added.push({ pool, id: l.id, fence: l.fence, holder: l.holder, granted_at: l.grantedAt, expires_at: l.expiresAt });
-      } else if (before !== l.expiresAt) {
-        writes.push(tx`UPDATE leasegate_leases SET expires_at = ${l.expiresAt} WHERE pool = ${pool} AND id = ${l.id}`);
-      }
+      if (before === undefined) added.push([l.id, l.fence, l.holder, l.grantedAt, l.expiresAt]);
+      else if (before !== l.expiresAt) renewed.push([l.id, l.expiresAt]);
     }
-    if (added.length > 0) writes.push(tx`INSERT INTO leasegate_leases ${tx(added)}`);
     const queued = new Set(state.queue.map((w) => w.leaseId));
     const left = [...queueBefore].filter((id) => !queued.has(id));
-    if (left.length > 0) writes.push(tx`DELETE FROM leasegate_waiters WHERE pool = ${pool} AND id = ANY(${left})`);
-    // At most the acquire's own waiter is new; insertion order under the lock is queue order.
-    for (const w of state.queue) {
-      if (queueBefore.has(w.leaseId)) continue;
-      writes.push(tx`
-        INSERT INTO leasegate_waiters (pool, id, holder, enqueued_at, deadline, ttl_ms)
-        VALUES (${pool}, ${w.leaseId}, ${w.holder}, ${w.enqueuedAt}, ${w.deadline}, ${w.ttlMs})`);
-    }
-    writes.push(tx`
-      UPDATE leasegate_pools SET next_fence = ${state.nextFence}, counters = ${tx.json(asJson(state.counters))},
-        waits = ${tx.json(asJson({ counts: state.waits.counts, count: state.waits.count, sum: state.waits.sum, max: state.waits.max }))},
-        hold_ms_sum = ${state.holdMsSum}, hold_count = ${state.holdCount}
-      WHERE pool = ${pool}`);
+    // New waiters in queue order: their sequence numbers are drawn in this order, under the lock.
+    const joined = state.queue
+      .filter((w) => !queueBefore.has(w.leaseId))
+      .map((w) => [w.leaseId, w.holder, w.enqueuedAt, w.deadline, w.ttlMs]);
     // Waiters settled here may belong to any process: announce them; delivered on commit only.
     const lines = [
       ...effects.granted.map((l) => `g ${l.id} ${l.fence} ${l.grantedAt} ${l.expiresAt}`),
       ...effects.timedOut.map((w) => `t ${w.leaseId} ${w.deadline - w.enqueuedAt} ${retryAfterHint(state)}`),
     ];
-    for (let i = 0; i < lines.length; i += NOTIFY_BATCH) {
-      writes.push(tx`SELECT pg_notify(${this.#channel}, ${lines.slice(i, i + NOTIFY_BATCH).join("\n")})`);
-    }
-    return writes;
+    const notices: string[] = [];
+    for (let i = 0; i < lines.length; i += NOTIFY_BATCH) notices.push(lines.slice(i, i + NOTIFY_BATCH).join("\n"));
+    const waits = { counts: state.waits.counts, count: state.waits.count, sum: state.waits.sum, max: state.waits.max };
+    // The whole difference is one statement: few messages and one executor start under the lock.
+    return [
+      tx`
+      WITH
+        del_leases AS (
+          DELETE FROM leasegate_leases WHERE pool = ${this.pool}
+            AND id IN (SELECT json_array_elements_text(${JSON.stringify(gone)}::text::json))),
+        add_leases AS (
+          INSERT INTO leasegate_leases (pool, id, fence, holder, granted_at, expires_at)
+          SELECT ${this.pool}, e->>0, (e->>1)::bigint, e->>2, (e->>3)::bigint, (e->>4)::bigint
+          FROM json_array_elements(${JSON.stringify(added)}::text::json) e),
+        renew_leases AS (
+          UPDATE leasegate_leases l SET expires_at = (e->>1)::bigint
+          FROM json_array_elements(${JSON.stringify(renewed)}::text::json) e
+          WHERE l.pool = ${this.pool} AND l.id = e->>0),
+        del_waiters AS (
+          DELETE FROM leasegate_waiters WHERE pool = ${this.pool}
+            AND id IN (SELECT json_array_elements_text(${JSON.stringify(left)}::text::json))),
+        add_waiters AS (
+          INSERT INTO leasegate_waiters (pool, id, holder, enqueued_at, deadline, ttl_ms)
+          SELECT ${this.pool}, e->>0, e->>1, (e->>2)::bigint, (e->>3)::bigint, (e->>4)::bigint
+          FROM json_array_elements(${JSON.stringify(joined)}::text::json) WITH ORDINALITY AS j(e, n) ORDER BY n),
+        pool_row AS (
+          UPDATE leasegate_pools SET next_fence = ${state.nextFence}, counters = ${JSON.stringify(state.counters)}::text::jsonb,
+            waits = ${JSON.stringify(waits)}::text::jsonb, hold_ms_sum = ${state.holdMsSum}, hold_count = ${state.holdCount}
+          WHERE pool = ${this.pool})
+      SELECT pg_notify(${this.#channel}, n) FROM json_array_elements_text(${JSON.stringify(notices)}::text::json) n`,
+    ];
   }
 
   /** After a commit: answer our waiters it settled (the NOTIFY may come later or never), re-arm. */

@@ -78,6 +78,18 @@ for (const suite of suites) {
   }
   if (run.status !== 0) broken = true;
 }
+// The local adapter and server on Deno (deno from npm), counted like the vitest suites.
+const deno = spawnSync("deno", ["task", "test"], { env: { ...env, NO_COLOR: "1" }, encoding: "utf8" });
+process.stdout.write(deno.stdout ?? "");
+process.stderr.write(deno.stderr ?? "");
+const denoSummary = /(\d+) passed[^\n]*?(\d+) failed/.exec(deno.stdout ?? "");
+if (denoSummary) {
+  passed += Number(denoSummary[1]);
+  failed += Number(denoSummary[2]);
+} else {
+  broken = true;
+}
+if (deno.status !== 0) broken = true;
 await server.stop();
 console.log(`\n${passed} passed, ${failed} failed`);
 process.exit(broken || failed > 0 || passed === 0 ? 1 : 0);

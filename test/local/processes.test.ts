@@ -173,10 +173,10 @@ describe("PostgresCoordinator across 4 OS processes sharing LEASE_LIMIT=5", () =
       await p3.next(granted(`doomed${i}`));
     }
     for (let i = 0; i < 2; i++) {
-      p0.send({ cmd: "hold", tag: `live${i}` });
+      p0.send({ cmd: "hold", tag: `live${i}`, ttlMs: 10_000 });
       await p0.next(granted(`live${i}`));
     }
-    p1.send({ cmd: "hold", tag: "after-kill", waitMs: 5000 });
+    p1.send({ cmd: "hold", tag: "after-kill", waitMs: 5000, ttlMs: 10_000 });
     await untilWaiting(1);
     const killedAt = Date.now();
     p3.child.kill("SIGKILL");
@@ -191,7 +191,11 @@ describe("PostgresCoordinator across 4 OS processes sharing LEASE_LIMIT=5", () =
     expect(stats.ledger).toBeLessThanOrEqual(LIMIT);
     p1.send({ cmd: "release", tag: "after-kill" });
     for (let i = 0; i < 2; i++) p0.send({ cmd: "release", tag: `live${i}` });
-    await p1.next((x) => x.event === "released" && x.tag === "after-kill");
-    await p0.next((x) => x.event === "released" && x.tag === "live1");
+    const released = await Promise.all([
+      p1.next((x) => x.event === "released" && x.tag === "after-kill"),
+      p0.next((x) => x.event === "released" && x.tag === "live0"),
+      p0.next((x) => x.event === "released" && x.tag === "live1"),
+    ]);
+    expect(released.map((x) => x.event === "released" && x.code)).toEqual([undefined, undefined, undefined]);
   }, 15_000);
 });

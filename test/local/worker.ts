@@ -9,7 +9,7 @@ import { Leases } from "../../src/client/leases.ts";
 import { type LeaseGrant, configFromEnv, isLeaseError } from "../../src/core/index.ts";
 
 export type Command =
-  | { cmd: "hold"; tag: string; waitMs?: number }
+  | { cmd: "hold"; tag: string; waitMs?: number; ttlMs?: number }
   | { cmd: "release"; tag: string }
   | { cmd: "load"; durationMs: number; concurrency: number }
   | { cmd: "exit" };
@@ -18,7 +18,7 @@ export type Event =
   | { event: "ready"; pid: number }
   | { event: "granted"; tag: string; fence: number; waitedMs: number }
   | { event: "failed"; tag: string; code: string; waitedMs: number }
-  | { event: "released"; tag: string }
+  | { event: "released"; tag: string; code?: string }
   | { event: "loaded"; grants: number; errors: string[] };
 
 const url = process.env.DATABASE_URL!;
@@ -37,10 +37,10 @@ async function open(): Promise<Sql> {
   return conn;
 }
 
-async function hold(tag: string, waitMs: number | undefined): Promise<void> {
+async function hold(tag: string, waitMs: number | undefined, ttlMs: number | undefined): Promise<void> {
   const start = Date.now();
   try {
-    const lease = await leases.acquire({ waitMs, holder: `${process.pid} ${tag}` });
+    const lease = await leases.acquire({ waitMs, ttlMs, holder: `${process.pid} ${tag}` });
     held.set(tag, { lease, conn: await open() });
     send({ event: "granted", tag, fence: lease.fence, waitedMs: Date.now() - start });
   } catch (error) {
@@ -53,8 +53,12 @@ async function releaseTag(tag: string): Promise<void> {
   held.delete(tag);
   // The connection is closed before the slot is given back: held connections never exceed leases.
   await h.conn.end({ timeout: 0 });
-  await leases.release(h.lease);
-  send({ event: "released", tag });
+  try {
+    await leases.release(h.lease);
+    send({ event: "released", tag });
+  } catch (error) {
+    send({ event: "released", tag, code: isLeaseError(error) ? error.code : String(error) });
+  }
 }
 
 async function load(durationMs: number, concurrency: number): Promise<void> {
@@ -81,7 +85,7 @@ async function load(durationMs: number, concurrency: number): Promise<void> {
 }
 
 process.on("message", (msg: Command) => {
-  if (msg.cmd === "hold") void hold(msg.tag, msg.waitMs);
+  if (msg.cmd === "hold") void hold(msg.tag, msg.waitMs, msg.ttlMs);
   else if (msg.cmd === "release") void releaseTag(msg.tag);
   else if (msg.cmd === "load") void load(msg.durationMs, msg.concurrency);
   else if (msg.cmd === "exit") {
