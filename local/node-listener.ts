@@ -1,7 +1,12 @@
 import { type IncomingMessage, type ServerResponse, createServer } from "node:http";
 import { Readable } from "node:stream";
 
-/** A running HTTP listener. */
+/**
+ * A running HTTP listener.
+ *
+ * @example
+ * const { port, close } = await listen(0, "127.0.0.1", handler); await close();
+ */
 export interface Listener {
   readonly port: number;
   close(): Promise<void>;

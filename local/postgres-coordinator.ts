@@ -32,7 +32,12 @@ import {
 } from "../src/core/index.ts";
 import type { Coordinator } from "../src/client/leases.ts";
 
-/** Options of a {@link PostgresCoordinator}. */
+/**
+ * Options of a {@link PostgresCoordinator}.
+ *
+ * @example
+ * const options: PostgresCoordinatorOptions = { sql, pool: "main", config: configFromEnv(process.env) };
+ */
 export interface PostgresCoordinatorOptions {
   /**
    * A postgres.js client for the coordinator's own bookkeeping (not the connections the leases pay
@@ -73,8 +78,6 @@ interface Pending {
   resolve: (result: AcquireResult) => void;
   settled: boolean;
 }
-
-type Row = Record<string, unknown>;
 
 /** postgres.js types `sql.json` narrowly; our plain-data objects are JSON by construction. */
 const asJson = (value: object): JSONValue => value as JSONValue;
@@ -143,7 +146,7 @@ interface Loaded {
   queueBefore: Set<string>;
 }
 
-/** What a transition's body returns: its answer, the core's effects and leases it wrote itself. */
+/** What one call's core step returns: its answer and the core's effects. */
 interface Step<T> {
   answer: T;
   effects: Effects;
@@ -242,6 +245,9 @@ export class PostgresCoordinator implements Coordinator {
   async acquire(options: AcquireOptions = {}): Promise<AcquireResult> {
     if (typeof options !== "object" || options === null) {
       return { ok: false, code: "INVALID_ARGUMENT", message: expected("options", "an object", options) };
+    }
+    if (this.#closed) {
+      return { ok: false, code: "COORDINATOR_UNAVAILABLE", message: "The coordinator was closed", retryAfterMs: 100 };
     }
     await this.ready();
     const leaseId = crypto.randomUUID();

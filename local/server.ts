@@ -12,7 +12,12 @@ import { migrate, seed } from "../src/db/schema.ts";
 import { type AppDeps, type WithDatabase, handle } from "../src/http/app.ts";
 import { PostgresCoordinator } from "./postgres-coordinator.ts";
 
-/** The variables the local server reads: the same names as the Worker's. */
+/**
+ * The variables the local server reads: the same names as the Worker's.
+ *
+ * @example
+ * const env: LocalEnv = { DATABASE_URL: "postgres://postgres@127.0.0.1:5432/postgres", LEASE_LIMIT: "18" };
+ */
 export interface LocalEnv extends PoolEnv {
   DATABASE_URL?: string | undefined;
   /** `off` bypasses leasing: for side-by-side comparisons only. */
@@ -23,6 +28,12 @@ export interface LocalEnv extends PoolEnv {
   APPLICATION_NAME?: string | undefined;
 }
 
+/**
+ * A running local app: a fetch-style handler and its shutdown.
+ *
+ * @example
+ * const app: LocalApp = await createLocalApp(process.env); await app.close();
+ */
 export interface LocalApp {
   /** Answers one request: hand it to any fetch-style listener. */
   fetch(request: Request): Promise<Response>;
@@ -30,7 +41,12 @@ export interface LocalApp {
   close(): Promise<void>;
 }
 
-/** The local Postgres of the developers' and CI machines, when DATABASE_URL is unset. */
+/**
+ * The local Postgres of the developers' and CI machines, when DATABASE_URL is unset.
+ *
+ * @example
+ * const url = env.DATABASE_URL || DEFAULT_DATABASE_URL;
+ */
 export const DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /**

@@ -135,5 +135,7 @@ describe("PostgresCoordinator", () => {
     const r = await waiting;
     expect(r.ok ? "granted" : r.code).toBe("COORDINATOR_UNAVAILABLE");
     expect(a.ok).toBe(true);
+    const after = await c.acquire();
+    expect(after.ok ? "granted" : after.code).toBe("COORDINATOR_UNAVAILABLE");
   });
 });
