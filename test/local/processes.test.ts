@@ -147,7 +147,7 @@ describe("PostgresCoordinator across 4 OS processes sharing LEASE_LIMIT=5", () =
     const short = await p3.next(granted("short"));
     expect(short.event === "failed" && short.code).toBe("ACQUIRE_TIMEOUT");
     expect(short.event === "failed" && short.waitedMs).toBeGreaterThanOrEqual(300);
-    expect(short.event === "failed" && short.waitedMs).toBeLessThan(450);
+    expect(short.event === "failed" && short.waitedMs).toBeLessThan(600);
 
     // Slots freed by p0 go to the waiters of p1..p3 in the order they queued.
     const fences: number[] = [];
@@ -184,7 +184,7 @@ describe("PostgresCoordinator across 4 OS processes sharing LEASE_LIMIT=5", () =
     expect(e.event).toBe("granted");
     const reclaimMs = e.at - killedAt;
     // The doomed leases were granted before the kill, so they expire less than one TTL after it.
-    expect(reclaimMs).toBeLessThanOrEqual(TTL_MS + 150);
+    expect(reclaimMs).toBeLessThanOrEqual(TTL_MS + 250);
     console.log(`slots of the killed process returned ${reclaimMs} ms after kill -9 (TTL ${TTL_MS} ms)`);
     const stats = await counts();
     expect(stats.ledger).toBeGreaterThanOrEqual(3);
