@@ -1,7 +1,8 @@
 /**
  * `npm test`: brings up a Postgres (the local cluster, started if it is down; embedded PGlite when
  * none is installed), creates and migrates the test database, then runs every suite: the core and
- * local adapter on Node, and the Worker and Durable Object in real workerd.
+ * local adapter on Node, and the Worker and Durable Object in real workerd, then the local adapter
+ * on Deno (`deno task test`).
  */
 import { spawnSync } from "node:child_process";
 import { mkdirSync, readFileSync } from "node:fs";
