@@ -29,6 +29,7 @@ import {
   stats,
   tick,
   validateConfig,
+  withdraw,
 } from "../src/core/index.ts";
 import type { Coordinator } from "../src/client/leases.ts";
 
@@ -113,6 +114,8 @@ CREATE TABLE IF NOT EXISTS leasegate_waiters (
   PRIMARY KEY (pool, id)
 );
 CREATE INDEX IF NOT EXISTS leasegate_waiters_order ON leasegate_waiters (pool, seq);
+-- The backend pid of the waiting process's LISTEN connection: gone from pg_stat_activity = dead.
+ALTER TABLE leasegate_waiters ADD COLUMN IF NOT EXISTS owner_pid integer;
 `;
 
 /** Any fixed number: the key of the advisory lock that serializes schema creation. */
@@ -144,6 +147,8 @@ interface Loaded {
   state: PoolState;
   leasesBefore: Map<string, number>;
   queueBefore: Set<string>;
+  /** Waiters whose process's LISTEN connection is gone: nobody would ever take their grant. */
+  dead: string[];
 }
 
 /** What one call's core step returns: its answer and the core's effects. */
@@ -178,6 +183,8 @@ export class PostgresCoordinator implements Coordinator {
   readonly #pending = new Map<string, Pending>();
   #ready: Promise<void> | undefined;
   #unlisten: (() => Promise<void>) | undefined;
+  /** Backend pid of our LISTEN connection, stamped on our waiter rows as proof of life. */
+  #ownerPid: number | null = null;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #timerAt = Infinity;
   /** The pool's earliest lease expiry as of our last transition: when a dead holder's slot returns. */
@@ -231,8 +238,29 @@ export class PostgresCoordinator implements Coordinator {
               ${sql.json(asJson(empty.waits))})
       ON CONFLICT (pool) DO UPDATE SET config = excluded.config`;
     // Listening starts before any waiter of ours is queued, so no grant can be missed.
-    const sub = await sql.listen(this.#channel, (payload) => this.#onNotify(payload));
+    let first = true;
+    const sub = await sql.listen(
+      this.#channel,
+      (payload) => this.#onNotify(payload),
+      () => {
+        // Called again after postgres.js re-listens on a new connection: adopt its pid.
+        if (first) first = false;
+        else void this.#adoptListener().catch(() => {});
+      },
+    );
+    this.#ownerPid = sub.state.pid;
     this.#unlisten = sub.unlisten;
+  }
+
+  /** After a LISTEN reconnect: stamp our queued waiters with the new connection's pid. */
+  async #adoptListener(): Promise<void> {
+    const probe = await this.#sql.listen(this.#channel, () => {});
+    await probe.unlisten();
+    this.#ownerPid = probe.state.pid;
+    const ids = [...this.#pending.keys()];
+    if (ids.length > 0) {
+      await this.#sql`UPDATE leasegate_waiters SET owner_pid = ${this.#ownerPid} WHERE pool = ${this.pool} AND id = ANY(${ids})`;
+    }
   }
 
   /**
@@ -384,7 +412,8 @@ export class PostgresCoordinator implements Coordinator {
         SELECT p.next_fence, p.config, p.counters, p.waits, p.hold_ms_sum, p.hold_count,
           (SELECT coalesce(json_agg(json_build_array(id, fence, holder, granted_at, expires_at)), '[]')
              FROM leasegate_leases WHERE pool = p.pool)::text AS leases,
-          (SELECT coalesce(json_agg(json_build_array(id, holder, enqueued_at, deadline, ttl_ms) ORDER BY seq), '[]')
+          (SELECT coalesce(json_agg(json_build_array(id, holder, enqueued_at, deadline, ttl_ms,
+                     owner_pid IS NULL OR owner_pid = ANY(ARRAY(SELECT pid FROM pg_stat_activity))) ORDER BY seq), '[]')
              FROM leasegate_waiters WHERE pool = p.pool)::text AS waiters
         FROM leasegate_pools p WHERE p.pool = ${this.pool}`,
     ]);
@@ -393,7 +422,8 @@ export class PostgresCoordinator implements Coordinator {
       ([id, fence, holder, grantedAt, expiresAt]): Lease => ({ id, fence, holder, grantedAt, expiresAt }),
     );
     const state = createPool(pool.config as PoolConfig, { leases, nextFence: Number(pool.next_fence) });
-    state.queue = (JSON.parse(pool.waiters as string) as Array<[string, string, number, number, number]>).map(
+    const waiterRows = JSON.parse(pool.waiters as string) as Array<[string, string, number, number, number, boolean]>;
+    state.queue = waiterRows.map(
       ([leaseId, holder, enqueuedAt, deadline, ttlMs]): Waiter => ({ leaseId, holder, enqueuedAt, deadline, ttlMs }),
     );
     state.counters = pool.counters as Counters;
@@ -405,6 +435,7 @@ export class PostgresCoordinator implements Coordinator {
       state,
       leasesBefore: new Map(leases.map((l) => [l.id, l.expiresAt])),
       queueBefore: new Set(state.queue.map((w) => w.leaseId)),
+      dead: waiterRows.filter((r) => !r[5]).map((r) => r[0]),
     };
   }
 
@@ -458,6 +489,14 @@ export class PostgresCoordinator implements Coordinator {
       const { state } = loaded;
       const effects: Effects = { granted: [], timedOut: [], expired: [] };
       const answers: Array<{ ok: true; answer: unknown } | { ok: false; error: unknown }> = [];
+      // A dead process's waiters are withdrawn (the core's `cancel`) before anyone is granted, so a
+      // freed slot never goes to a caller that no longer exists.
+      if (loaded.dead.length > 0) {
+        const fx = withdraw(state, loaded.dead, Date.now()).effects;
+        effects.granted.push(...fx.granted);
+        effects.timedOut.push(...fx.timedOut);
+        effects.expired.push(...fx.expired);
+      }
       for (const call of batch) {
         try {
           const { answer, effects: fx } = call.step(state, Date.now());
@@ -506,7 +545,7 @@ export class PostgresCoordinator implements Coordinator {
     // New waiters in queue order: their sequence numbers are drawn in this order, under the lock.
     const joined = state.queue
       .filter((w) => !queueBefore.has(w.leaseId))
-      .map((w) => [w.leaseId, w.holder, w.enqueuedAt, w.deadline, w.ttlMs]);
+      .map((w) => [w.leaseId, w.holder, w.enqueuedAt, w.deadline, w.ttlMs, this.#ownerPid]);
     // Waiters settled here may belong to any process: announce them; delivered on commit only.
     const lines = [
       ...effects.granted.map((l) => `g ${l.id} ${l.fence} ${l.grantedAt} ${l.expiresAt}`),
@@ -534,8 +573,8 @@ export class PostgresCoordinator implements Coordinator {
           DELETE FROM leasegate_waiters WHERE pool = ${this.pool}
             AND id IN (SELECT json_array_elements_text(${JSON.stringify(left)}::text::json))),
         add_waiters AS (
-          INSERT INTO leasegate_waiters (pool, id, holder, enqueued_at, deadline, ttl_ms)
-          SELECT ${this.pool}, e->>0, e->>1, (e->>2)::bigint, (e->>3)::bigint, (e->>4)::bigint
+          INSERT INTO leasegate_waiters (pool, id, holder, enqueued_at, deadline, ttl_ms, owner_pid)
+          SELECT ${this.pool}, e->>0, e->>1, (e->>2)::bigint, (e->>3)::bigint, (e->>4)::bigint, (e->>5)::integer
           FROM json_array_elements(${JSON.stringify(joined)}::text::json) WITH ORDINALITY AS j(e, n) ORDER BY n),
         pool_row AS (
           UPDATE leasegate_pools SET next_fence = ${state.nextFence}, counters = ${JSON.stringify(state.counters)}::text::jsonb,

@@ -166,7 +166,7 @@ describe("PostgresCoordinator across 4 OS processes sharing LEASE_LIMIT=5", () =
     expect(await counts()).toEqual({ conns: 0, ledger: 0, waiting: 0 });
   }, 15_000);
 
-  it("returns the slots of a kill -9'd process within the TTL", async () => {
+  it("returns the slots of a kill -9'd process within the TTL and withdraws its waiters", async () => {
     const [p0, p1, , p3] = procs as [Proc, Proc, Proc, Proc];
     for (let i = 0; i < 3; i++) {
       p3.send({ cmd: "hold", tag: `doomed${i}` });
@@ -176,8 +176,12 @@ describe("PostgresCoordinator across 4 OS processes sharing LEASE_LIMIT=5", () =
       p0.send({ cmd: "hold", tag: `live${i}`, ttlMs: 10_000 });
       await p0.next(granted(`live${i}`));
     }
-    p1.send({ cmd: "hold", tag: "after-kill", waitMs: 5000, ttlMs: 10_000 });
+    // The doomed process also waits at the head of the queue: once it is dead, that waiter must be
+    // withdrawn, not granted a slot nobody would take.
+    p3.send({ cmd: "hold", tag: "ghost", waitMs: 5000 });
     await untilWaiting(1);
+    p1.send({ cmd: "hold", tag: "after-kill", waitMs: 5000, ttlMs: 10_000 });
+    await untilWaiting(2);
     const killedAt = Date.now();
     p3.child.kill("SIGKILL");
     const e = await p1.next(granted("after-kill"));
@@ -189,6 +193,11 @@ describe("PostgresCoordinator across 4 OS processes sharing LEASE_LIMIT=5", () =
     const stats = await counts();
     expect(stats.ledger).toBeGreaterThanOrEqual(3);
     expect(stats.ledger).toBeLessThanOrEqual(LIMIT);
+    expect(stats.waiting).toBe(0);
+    const [ghost] = await admin`SELECT count(*)::int AS n FROM leasegate_leases WHERE pool = ${POOL} AND holder LIKE '% ghost'`;
+    expect(ghost!.n).toBe(0);
+    const [pool] = await admin`SELECT (counters->>'cancelled')::int AS cancelled FROM leasegate_pools WHERE pool = ${POOL}`;
+    expect(pool!.cancelled).toBe(1);
     p1.send({ cmd: "release", tag: "after-kill" });
     for (let i = 0; i < 2; i++) p0.send({ cmd: "release", tag: `live${i}` });
     const released = await Promise.all([
