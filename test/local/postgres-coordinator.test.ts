@@ -139,3 +139,35 @@ describe("PostgresCoordinator", () => {
     expect(after.ok ? "granted" : after.code).toBe("COORDINATOR_UNAVAILABLE");
   });
 });
+
+describe("PostgresCoordinator after its LISTEN connection is cut", () => {
+  it("listens again, and its new waiters are neither withdrawn as dead nor left without their grant", async () => {
+    const name = `${base}-relisten`;
+    const waiting = coordinator({ limit: 1, waitMs: 3000 }, name);
+    const other = coordinator({ limit: 1, waitMs: 3000 }, name);
+    const held = await other.acquire();
+    if (!held.ok) throw new Error("expected a grant");
+    await waiting.ready();
+    const admin = clients[0]!;
+    const killed = await admin`
+      SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = ${`listen "leasegate.${name}"`} AND pid <> pg_backend_pid()`;
+    expect(killed.length).toBe(2);
+    // postgres.js re-listens on a new connection; give it a moment (test-side wait).
+    const until = Date.now() + 3000;
+    while ((await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = ${`listen "leasegate.${name}"`}`)[0]!.n < 2) {
+      if (Date.now() > until) throw new Error("never listened again");
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await new Promise((r) => setTimeout(r, 100));
+    const started = Date.now();
+    const pending = waiting.acquire();
+    await new Promise((r) => setTimeout(r, 100));
+    // A transition by the other process: it must not withdraw the live waiter.
+    expect((await other.acquire({ waitMs: 0 })).ok).toBe(false);
+    const released = await other.release({ leaseId: held.lease.id, fence: held.lease.fence });
+    expect(released.ok).toBe(true);
+    const got = await pending;
+    expect(got.ok ? "granted" : got.code).toBe("granted");
+    expect(Date.now() - started).toBeLessThan(1000);
+  });
+});
