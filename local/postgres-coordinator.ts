@@ -198,6 +198,11 @@ export class PostgresCoordinator implements Coordinator {
     if (typeof options !== "object" || options === null || typeof options.sql !== "function") {
       throw new LeaseError("INVALID_ARGUMENT", expected("options.sql", "a postgres.js client", options?.sql));
     }
+    // One connection stays reserved for transitions; stats() and setup need another.
+    const max = (options.sql as { options?: { max?: number } }).options?.max;
+    if (typeof max === "number" && max < 2) {
+      throw new LeaseError("INVALID_ARGUMENT", expected("options.sql", "a postgres.js client with `max` of at least 2", `max: ${max}`));
+    }
     const pool = options.pool ?? "main";
     if (typeof pool !== "string" || !POOL_NAME.test(pool)) {
       throw new LeaseError("INVALID_ARGUMENT", expected("pool", "1 to 48 characters of A-Z a-z 0-9 _ . : -", pool));

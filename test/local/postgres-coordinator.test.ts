@@ -124,6 +124,11 @@ describe("PostgresCoordinator", () => {
     expect(() => new PostgresCoordinator({ sql, pool: "ok", config: { limit: 0, maxQueue: 1, waitMs: 1, leaseTtlMs: 1 } })).toThrow(
       expect.objectContaining({ code: "INVALID_CONFIG" }),
     );
+    const single = postgres(url, { max: 1 });
+    clients.push(single);
+    expect(() => new PostgresCoordinator({ sql: single, pool: "ok", config: { limit: 1, maxQueue: 1, waitMs: 1, leaseTtlMs: 1 } })).toThrow(
+      expect.objectContaining({ code: "INVALID_ARGUMENT" }),
+    );
   });
 
   it("withdraws its waiters on close", async () => {
