@@ -3,6 +3,14 @@ import { defineConfig } from "vitest/config";
 // Plain Node tests: the pure core and the local adapter against the real Postgres.
 export default defineConfig({
   test: {
-    include: ["test/core/**/*.test.ts", "test/db/**/*.test.ts", "test/package/**/*.test.ts", "test/security/**/*.test.ts"],
+    include: [
+      "test/core/**/*.test.ts",
+      "test/db/**/*.test.ts",
+      "test/local/**/*.test.ts",
+      "test/package/**/*.test.ts",
+      "test/security/**/*.test.ts",
+    ],
+    // The local tests run OS processes under load; files take turns so timed tests keep their CPU.
+    fileParallelism: false,
   },
 });

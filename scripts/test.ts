@@ -1,7 +1,8 @@
 /**
  * `npm test`: brings up a Postgres (the local cluster, started if it is down; embedded PGlite when
  * none is installed), creates and migrates the test database, then runs every suite: the core and
- * local adapter on Node, and the Worker and Durable Object in real workerd.
+ * local adapter on Node, and the Worker and Durable Object in real workerd, then the local adapter
+ * on Deno (`deno task test`).
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, readdirSync } from "node:fs";
@@ -84,6 +85,18 @@ for (const suite of suites) {
   }
   if (run.status !== 0) broken = true;
 }
+// The local adapter and server on Deno (deno from npm), counted like the vitest suites.
+const deno = spawnSync("deno", ["task", "test"], { env: { ...env, NO_COLOR: "1" }, encoding: "utf8" });
+process.stdout.write(deno.stdout ?? "");
+process.stderr.write(deno.stderr ?? "");
+const denoSummary = /(\d+) passed[^\n]*?(\d+) failed/.exec(deno.stdout ?? "");
+if (denoSummary) {
+  passed += Number(denoSummary[1]);
+  failed += Number(denoSummary[2]);
+} else {
+  broken = true;
+}
+if (deno.status !== 0) broken = true;
 await server.stop();
 console.log(`\n${passed} passed, ${failed} failed`);
 process.exit(broken || failed > 0 || passed === 0 ? 1 : 0);

@@ -418,6 +418,26 @@ export function cancel(state: PoolState, leaseId: string, now: number): { remove
 }
 
 /**
+ * Removes several waiters at once (their callers are known to be gone), then brings the pool to
+ * `now`. Unlike repeated `cancel`s, no slot can go to one of them in between. Returns how many were
+ * queued.
+ *
+ * @example
+ * withdraw(pool, ["3f…", "9a…"], Date.now())
+ */
+export function withdraw(state: PoolState, leaseIds: readonly string[], now: number): { removed: number; effects: Effects } {
+  checkTime(now);
+  const gone = new Set(leaseIds);
+  const before = state.queue.length;
+  state.queue = state.queue.filter((w) => !gone.has(w.leaseId));
+  const removed = before - state.queue.length;
+  state.counters.cancelled += removed;
+  const fx = noEffects();
+  advance(state, now, fx);
+  return { removed, effects: fx };
+}
+
+/**
  * Brings the pool to `now` with no request: the shell calls it when a timer or alarm fires.
  *
  * @example

@@ -25,6 +25,7 @@ interface Sample {
   ms: number;
   /** The error message, checked for leaked connection details. */
   message: string | undefined;
+  endedAt: number;
 }
 
 let observer: ReturnType<typeof connectFromWorker> | undefined;
@@ -51,6 +52,7 @@ describe("Postgres restarts mid-load", () => {
           message: body.error?.message,
           retryAfter: r.headers.get("retry-after"),
           ms: Date.now() - started,
+          endedAt: Date.now(),
         });
         await sleep(5);
       }
@@ -58,6 +60,7 @@ describe("Postgres restarts mid-load", () => {
     const load = [0, 1, 2, 3].map(client);
     await sleep(300);
     phase = "down";
+    const stoppedAt = Date.now();
     await control("stop");
     await sleep(600);
     const health = await get("/health");
@@ -79,7 +82,8 @@ describe("Postgres restarts mid-load", () => {
     const down = samples.filter((s) => s.phase === "down");
     expect(down.filter((s) => s.status === 503).length).toBeGreaterThan(0);
     expect(Math.max(...samples.map((s) => s.ms))).toBeLessThan(5000);
-    expect(samples.filter((s) => s.phase === "before").every((s) => s.status === 200)).toBe(true);
+    // Before the stop, everything was served (a request still in flight when it came may fail).
+    expect(samples.filter((s) => s.endedAt < stoppedAt).every((s) => s.status === 200)).toBe(true);
 
     // No leaked lease: every grant was given back, nothing expired, nothing held or queued.
     await expect.poll(async () => (await main().stats()).held).toBe(0);
