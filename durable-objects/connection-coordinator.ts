@@ -18,10 +18,13 @@ import {
   type PoolStats,
   type ReleaseResult,
   type RenewResult,
+  type ShardLoad,
+  type ShardRef,
   type Waiter,
   LeaseError,
   BOUNDS,
   acquire,
+  capacity,
   checkInt,
   compareConnections,
   configFromEnv,
@@ -36,6 +39,7 @@ import {
   renew,
   retryAfterHint,
   setPaused,
+  shardConfig,
   stats,
   tick,
   timeoutMessage,
@@ -79,6 +83,8 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
   private timerAt = Infinity;
   /** The alarm time we last stored; the alarm only has to be early enough, never exact. */
   private alarmAt: number | null = null;
+  /** Shard `index/count` as persisted in meta, or null for an unsharded pool. */
+  private shard: string | null = null;
 
   constructor(ctx: DurableObjectState, env: CoordinatorEnv) {
     super(ctx, env);
@@ -100,7 +106,9 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
       sql.exec(`CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`);
     });
     try {
-      const envConfig = configFromEnv(this.env);
+      // A shard enforces its part of LEASE_LIMIT (persisted when a sharded client first said so).
+      this.shard = this.readMeta("shard");
+      const envConfig = this.baseConfig();
       // An operator's live limit change outlives restarts; LEASE_LIMIT is only the default.
       const override = this.readMeta("limit");
       const config = override === null ? envConfig : { ...envConfig, limit: Number(override) };
@@ -120,6 +128,37 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
     }
     // Leases that expired while the object was gone are reaped now; live ones are honored.
     this.afterTransition(tick(this.pool, Date.now()), []);
+  }
+
+  /** LEASE_* from env, split to this object's part when it is a shard. */
+  private baseConfig() {
+    const config = configFromEnv(this.env);
+    if (this.shard === null) return config;
+    const [index, count] = this.shard.split("/").map(Number);
+    return shardConfig(config, index!, count!);
+  }
+
+  /**
+   * A sharded client names the part this object is. Applied once (one transition, persisted in
+   * meta) and again only if the client's split changes, e.g. a new LEASE_SHARDS. An operator's
+   * limit override still wins: it is the operator's word for this object.
+   */
+  private applyShard(pool: PoolState, ref: ShardRef): void {
+    if (typeof ref !== "object" || ref === null) throw new LeaseError("INVALID_ARGUMENT", expected("shard", "an object { index, count }", ref));
+    const key = `${ref.index}/${ref.count}`;
+    if (key === this.shard) return;
+    const next = shardConfig(configFromEnv(this.env), ref.index, ref.count);
+    const override = this.readMeta("limit");
+    const config = override === null ? next : { ...next, limit: Number(override) };
+    const fx = reconfigure(pool, config, Date.now());
+    this.writeMeta("shard", key);
+    this.shard = key;
+    this.afterTransition(fx, []);
+  }
+
+  /** What a sharded client picks shards by: held, waiting, and the slots grantable now (0 while paused). */
+  private loadOf(pool: PoolState): ShardLoad {
+    return { held: pool.leases.size, waiting: pool.queue.length, limit: pool.paused ? 0 : capacity(pool) };
   }
 
   private requirePool(): PoolState {
@@ -155,13 +194,13 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
         }
       });
     }
-    for (const lease of fx.granted) this.settle(lease.id, { ok: true, lease: grantOf(lease) });
+    for (const lease of fx.granted) this.settle(lease.id, { ok: true, lease: grantOf(lease), load: this.loadOf(pool) });
     for (const w of fx.timedOut) this.settle(w.leaseId, this.timedOut(pool, w));
     this.schedule();
   }
 
   private timedOut(pool: PoolState, w: Waiter): AcquireResult {
-    return { ok: false, code: "ACQUIRE_TIMEOUT", message: timeoutMessage(pool, w), retryAfterMs: retryAfterHint(pool) };
+    return { ok: false, code: "ACQUIRE_TIMEOUT", message: timeoutMessage(pool, w), retryAfterMs: retryAfterHint(pool), load: this.loadOf(pool) };
   }
 
   private settle(leaseId: string, result: AcquireResult): void {
@@ -225,6 +264,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
         throw new LeaseError("INVALID_ARGUMENT", expected("options", "an object", options));
       }
       const opts = options;
+      if (opts.shard !== undefined) this.applyShard(pool, opts.shard);
       const leaseId = crypto.randomUUID();
       const { outcome, effects } = acquire(
         pool,
@@ -241,11 +281,11 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
       );
       if (outcome.status === "granted") {
         this.afterTransition(effects, [outcome.lease]);
-        return { ok: true, lease: grantOf(outcome.lease) };
+        return { ok: true, lease: grantOf(outcome.lease), load: this.loadOf(pool) };
       }
       if (outcome.status === "rejected") {
         this.afterTransition(effects, []);
-        return { ok: false, code: outcome.code, message: outcome.message, retryAfterMs: outcome.retryAfterMs };
+        return { ok: false, code: outcome.code, message: outcome.message, retryAfterMs: outcome.retryAfterMs, load: this.loadOf(pool) };
       }
       const waiting = new Promise<AcquireResult>((resolve) => this.waiters.set(leaseId, resolve));
       this.afterTransition(effects, []);
@@ -294,7 +334,9 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    * @example
    * const { held, limit } = await stub.stats();
    */
-  async stats(): Promise<PoolStats> {
+  async stats(shard?: ShardRef): Promise<PoolStats> {
+    // A sharded client names the part, so a shard not yet used shows its part, not LEASE_LIMIT.
+    if (shard !== undefined) this.applyShard(this.requirePool(), shard);
     return stats(this.requirePool(), Date.now());
   }
 
@@ -362,7 +404,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
   async setLimit(limit: number | null): Promise<ControlResult> {
     try {
       const pool = this.requirePool();
-      const target = limit === null ? configFromEnv(this.env).limit : checkInt("limit", limit, 1, BOUNDS.limit);
+      const target = limit === null ? this.baseConfig().limit : checkInt("limit", limit, 1, BOUNDS.limit);
       const fx = reconfigure(pool, { ...pool.config, limit: target }, Date.now());
       this.writeMeta("limit", limit === null ? null : String(pool.config.limit));
       this.afterTransition(fx, []);
@@ -414,8 +456,9 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    * @example
    * const { paused, reconciliation } = await stub.operatorStats();
    */
-  async operatorStats(): Promise<OperatorStats> {
+  async operatorStats(shard?: ShardRef): Promise<OperatorStats> {
     const pool = this.requirePool();
+    if (shard !== undefined) this.applyShard(pool, shard);
     const override = this.readMeta("limit");
     return {
       ...stats(pool, Date.now()),

@@ -7,6 +7,7 @@ import {
   type PoolStats,
   type ReleaseResult,
   type RenewResult,
+  type ShardRef,
   LeaseError,
   isLeaseError,
 } from "../core/index.ts";
@@ -19,6 +20,18 @@ export interface Coordinator {
   acquire(options?: AcquireOptions): Promise<AcquireResult>;
   release(ref: LeaseRef): Promise<ReleaseResult>;
   renew(ref: LeaseRef, ttlMs?: number): Promise<RenewResult>;
+  /** `shard`: sent by a sharded client, so an object not yet used answers with its part of the limit. */
+  stats(shard?: ShardRef): Promise<PoolStats>;
+}
+
+/**
+ * What application code and the database layer use: `Leases` (one coordinator) and
+ * `ShardedLeases` (a pool split across coordinator objects) both implement it.
+ */
+export interface LeaseClient {
+  acquire(options?: AcquireOptions): Promise<LeaseGrant>;
+  release(lease: LeaseGrant): Promise<void>;
+  renew(lease: LeaseGrant, ttlMs?: number): Promise<LeaseGrant>;
   stats(): Promise<PoolStats>;
 }
 
@@ -67,7 +80,7 @@ async function call<T>(fn: () => Promise<T>): Promise<T> {
  * const leases = new Leases(env.COORDINATOR_DO.getByName("main"), { holder: requestId });
  * const rows = await leases.withLease(() => sql`select 1`, { waitUntil: ctx.waitUntil.bind(ctx) });
  */
-export class Leases {
+export class Leases implements LeaseClient {
   readonly #coordinator: Coordinator;
   readonly #holder: string;
 

@@ -124,3 +124,34 @@ export function expireIdle<L>(s: BlockState<L>, now: number): BlockEffect<L>[] {
   });
   return out;
 }
+
+/**
+ * A request finished with a lease that must not be handed on (too old to reuse safely): the
+ * shell releases it to its coordinator; a local waiter not covered by an acquire in flight gets one.
+ *
+ * @example
+ * for (const fx of retired(block, now)) perform(fx); send release of the old lease
+ */
+export function retired<L>(s: BlockState<L>, now: number): BlockEffect<L>[] {
+  void now;
+  s.inUse--;
+  if (s.inFlight < s.waiting.length && held(s) < s.config.maxBlock) {
+    s.inFlight++;
+    return [{ kind: "acquire" }];
+  }
+  return [];
+}
+
+/**
+ * A local waiter gave up (its deadline passed): it leaves the local queue. An acquire already
+ * sent for it stays in flight; its lease idles (or serves the next waiter) when it comes.
+ *
+ * @example
+ * if (abandon(block, "req-1")) fail("req-1", "ACQUIRE_TIMEOUT");
+ */
+export function abandon<L>(s: BlockState<L>, id: string): boolean {
+  const at = s.waiting.indexOf(id);
+  if (at < 0) return false;
+  s.waiting.splice(at, 1);
+  return true;
+}

@@ -1,5 +1,6 @@
 import type { ErrorCode } from "./errors.ts";
 import type { Priority } from "./scheduling.ts";
+import type { ShardLoad, ShardRef } from "./shard.ts";
 
 /**
  * What crosses a process or RPC boundary. Errors lose their class and fields over Durable Object
@@ -22,7 +23,11 @@ export interface Failure {
 
 export type Result<T> = ({ readonly ok: true } & T) | Failure;
 
-export type AcquireResult = Result<{ lease: LeaseGrant }>;
+/**
+ * `load`: the answering coordinator's held, waiting and limit right after the call (a sharded
+ * client picks shards by it). Absent from older coordinators and from failures to handle the call.
+ */
+export type AcquireResult = Result<{ lease: LeaseGrant }> & { readonly load?: ShardLoad | undefined };
 export type ReleaseResult = Result<{ released: true }>;
 export type RenewResult = Result<{ lease: LeaseGrant }>;
 
@@ -38,6 +43,11 @@ export interface AcquireOptions {
   priority?: Priority | undefined;
   /** Fairness key (customer, API key): tenants take turns for slots within a class. */
   tenant?: string | undefined;
+  /**
+   * Sent by a sharded client (`ShardedLeases`): the object is shard `index` of `count` and
+   * enforces its part of the limit (`shardConfig`), persisted once, kept across restarts.
+   */
+  shard?: ShardRef | undefined;
 }
 
 /** The answer to an operator control (pause, resume, limit change): the pool's settings after it. */

@@ -1,4 +1,4 @@
-import type { Leases, WaitUntil } from "../client/leases.ts";
+import type { LeaseClient, WaitUntil } from "../client/leases.ts";
 import { type LeaseGrant, LeaseError, isLeaseError } from "../core/index.ts";
 import { CircuitBreaker } from "./circuit-breaker.ts";
 import type { DatabaseConfig } from "./config.ts";
@@ -56,7 +56,7 @@ export interface DatabaseOptions {
   name: string;
   driver: Driver;
   /** The pool's leases; undefined runs without a coordinator (`COORDINATOR=off`). */
-  leases: Leases | undefined;
+  leases: LeaseClient | undefined;
   config: Pick<DatabaseConfig, "deadlineMs" | "slowQueryMs" | "secrets" | "safeMode" | "breaker"> & { retry: RetryOptions };
   /** The breaker to use; pass one kept at module scope so it outlives a request. */
   breaker?: CircuitBreaker | undefined;
@@ -296,7 +296,7 @@ export class Database {
 
   // Renews at half the lease's lifetime, again and again, until the work ends. Durations, not
   // timestamps: the isolate's clock and the coordinator's may disagree.
-  #keepAlive(leases: Leases, granted: LeaseGrant): () => void {
+  #keepAlive(leases: LeaseClient, granted: LeaseGrant): () => void {
     const ttlMs = Math.max(1, granted.expiresAt - granted.grantedAt);
     let current = granted;
     let cancel: () => void = () => {};

@@ -1,7 +1,8 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { type BlockEffect, createBlock, expireIdle, finished, granted, refused, request } from "../../src/core/lease-block.ts";
-import { pickShard, shardLimits } from "../../src/core/shard.ts";
+import { type BlockEffect, abandon, createBlock, expireIdle, finished, granted, refused, request, retired } from "../../src/core/lease-block.ts";
+import { validateConfig } from "../../src/core/config.ts";
+import { pickShard, shardConfig, shardLimits } from "../../src/core/shard.ts";
 import { simulate } from "../../bench/simulate.ts";
 
 describe("shardLimits", () => {
@@ -122,5 +123,41 @@ describe("simulator", () => {
     expect(many.goodputPerSec).toBeGreaterThan(one.goodputPerSec * 2);
     expect(many.callsPerRequest).toBeLessThan(2);
     expect(one.callsPerRequest).toBeGreaterThanOrEqual(2);
+  });
+});
+
+describe("shardConfig", () => {
+  const base = { limit: 10, maxQueue: 7, waitMs: 500, leaseTtlMs: 30_000, reserved: 3, batchMax: 5, adaptive: { floor: 3 } };
+  it("splits the limit, queue cap, reserve and batch cap so each sums to at most the whole", () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 10 }), (count) => {
+        const parts = Array.from({ length: count }, (_, i) => shardConfig(base, i, count));
+        expect(parts.reduce((a, c) => a + c.limit, 0)).toBe(base.limit);
+        expect(parts.reduce((a, c) => a + c.maxQueue, 0)).toBe(base.maxQueue);
+        expect(parts.reduce((a, c) => a + (c.reserved ?? 0), 0)).toBeLessThanOrEqual(base.reserved);
+        expect(parts.reduce((a, c) => a + (c.batchMax ?? 0), 0)).toBeLessThanOrEqual(base.batchMax);
+        for (const c of parts) expect(validateConfig(c)).toEqual(c);
+      }),
+    );
+  });
+  it("leaves an unsharded config as it is and refuses more shards than slots", () => {
+    expect(shardConfig(base, 0, 1)).toBe(base);
+    expect(() => shardConfig(base, 0, 11)).toThrow(expect.objectContaining({ code: "INVALID_ARGUMENT" }));
+    expect(() => shardConfig(base, 2, 2)).toThrow(expect.objectContaining({ code: "INVALID_ARGUMENT" }));
+  });
+});
+
+describe("lease block: retired and abandoned", () => {
+  it("a retired lease frees room for an acquire for a local waiter; an abandoned waiter leaves the queue", () => {
+    const s = createBlock<string>({ maxBlock: 1, idleMs: 5 });
+    expect(request(s, "a", 0)).toEqual([{ kind: "acquire" }]);
+    expect(granted(s, "L1", 1)).toEqual([{ kind: "start", request: "a", lease: "L1" }]);
+    expect(request(s, "b", 2)).toEqual([]);
+    expect(request(s, "c", 2)).toEqual([]);
+    expect(abandon(s, "c")).toBe(true);
+    expect(abandon(s, "c")).toBe(false);
+    // L1 is too old to hand on: it goes back; b is still waiting, so the block asks again.
+    expect(retired(s, 3)).toEqual([{ kind: "acquire" }]);
+    expect(s).toMatchObject({ inUse: 0, inFlight: 1, waiting: ["b"] });
   });
 });

@@ -7,11 +7,14 @@ import {
   type Effects,
   type LeaseGrant,
   type PoolState,
+  type PoolConfig,
   type PoolStats,
+  type ShardRef,
   acquire,
   createPool,
   release,
   renew,
+  shardConfig,
   stats,
   tick,
 } from "../../src/core/index.ts";
@@ -30,6 +33,17 @@ const MAX_STEPS = 30;
 
 // Must equal the bindings in vitest.workers.config.ts: the object reads its config from them.
 const CONFIG = { limit: 3, maxQueue: 5, waitMs: 400, leaseTtlMs: 30_000 };
+
+/** The object under test: the whole pool, or one shard of a split pool (told by every acquire). */
+interface Variant {
+  prefix: string;
+  config: PoolConfig;
+  shard?: ShardRef;
+}
+const WHOLE: Variant = { prefix: "model", config: CONFIG };
+/** Shard 0 of 2: limit 2, queue cap 3 (`shardConfig`); runs fewer sequences, same checks. */
+const SHARD: Variant = { prefix: "model-shard", config: shardConfig(CONFIG, 0, 2), shard: { index: 0, count: 2 } };
+export const SHARD_RUNS = 100;
 
 type Op =
   | { kind: "acquire"; waitMs: number; ttlMs: number }
@@ -84,8 +98,11 @@ let runSeq = 0;
 let totalSteps = 0;
 let restarts = 0;
 
-async function runSequence(ops: Op[]): Promise<void> {
-  const name = `model-${++runSeq}`;
+async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
+  const CONFIG = variant.config;
+  const name = `${variant.prefix}-${++runSeq}`;
+  // A shard learns its part from its first acquire and keeps it (meta) across restarts.
+  let configured = false;
   let stub = env.COORDINATOR_DO.getByName(name);
   const realNow = Date.now;
   const base = realNow();
@@ -130,6 +147,7 @@ async function runSequence(ops: Op[]): Promise<void> {
       const expected = stats(model, now);
       // held ≤ limit; no slot lost (a waiter never waits beside a free slot: held + free = limit).
       expect(real.held).toBeLessThanOrEqual(CONFIG.limit);
+      if (configured) expect(real.limit).toBe(CONFIG.limit);
       if (real.waiting > 0) expect(real.held).toBe(CONFIG.limit);
       expect(comparable(real)).toEqual(comparable(expected));
       expect(real.held).toBe(held.length);
@@ -151,7 +169,8 @@ async function runSequence(ops: Op[]): Promise<void> {
       switch (o.kind) {
         case "acquire": {
           const id = `m${seq++}`;
-          const call = stub.acquire({ holder: id, waitMs: o.waitMs, ttlMs: o.ttlMs });
+          const call = stub.acquire({ holder: id, waitMs: o.waitMs, ttlMs: o.ttlMs, shard: variant.shard });
+          configured = true;
           const { outcome, effects } = acquire(model, { leaseId: id, holder: id, waitMs: o.waitMs, ttlMs: o.ttlMs }, now);
           if (outcome.status === "queued") {
             const p: Pending = { id, done: Promise.resolve() };
@@ -172,7 +191,13 @@ async function runSequence(ops: Op[]): Promise<void> {
               expect(r).toMatchObject({ ok: true, lease: { fence: outcome.lease.fence, expiresAt: outcome.lease.expiresAt, holder: id } });
               if (r.ok) held.push({ model: { id, fence: outcome.lease.fence }, real: r.lease, crashed: false });
             } else {
-              expect(r).toEqual({ ok: false, code: outcome.code, message: outcome.message, retryAfterMs: outcome.retryAfterMs });
+              expect(r).toEqual({
+                ok: false,
+                code: outcome.code,
+                message: outcome.message,
+                retryAfterMs: outcome.retryAfterMs,
+                load: { held: model.leases.size, waiting: model.queue.length, limit: CONFIG.limit },
+              });
             }
           }
           break;
@@ -261,8 +286,19 @@ async function runSequence(ops: Op[]): Promise<void> {
 describe("ConnectionCoordinator against the core as its model", () => {
   it(`answers exactly as the core over ${DO_RUNS} generated sequences`, { timeout: 120_000 }, async () => {
     const started = performance.now();
-    await fc.assert(fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: MAX_STEPS, size: "max" }), runSequence), { numRuns: DO_RUNS });
+    await fc.assert(fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: MAX_STEPS, size: "max" }), (ops) => runSequence(ops)), { numRuns: DO_RUNS });
     const seconds = (performance.now() - started) / 1000;
     console.log(`[reliability] DO model: ${DO_RUNS} sequences, ${totalSteps} steps checked, ${restarts} restarts, ${seconds.toFixed(1)} s`);
+  });
+
+  it(`answers exactly as the core for one shard of a split pool over ${SHARD_RUNS} sequences`, { timeout: 60_000 }, async () => {
+    const started = performance.now();
+    const [steps, restarted] = [totalSteps, restarts];
+    await fc.assert(
+      fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: MAX_STEPS, size: "max" }), (ops) => runSequence(ops, SHARD)),
+      { numRuns: SHARD_RUNS },
+    );
+    const seconds = (performance.now() - started) / 1000;
+    console.log(`[reliability] DO model (shard 0 of 2): ${SHARD_RUNS} sequences, ${totalSteps - steps} steps checked, ${restarts - restarted} restarts, ${seconds.toFixed(1)} s`);
   });
 });

@@ -1,0 +1,368 @@
+import {
+  type AcquireOptions,
+  type AcquireResult,
+  type Counters,
+  type LeaseGrant,
+  type PoolStats,
+  type ShardLoad,
+  LeaseError,
+  checkInt,
+  isLeaseError,
+  percentile,
+  pickShard,
+} from "../core/index.ts";
+import {
+  type BlockEffect,
+  type BlockState,
+  abandon,
+  createBlock,
+  expireIdle,
+  finished,
+  granted,
+  refused,
+  request,
+  retired,
+} from "../core/lease-block.ts";
+import type { Coordinator, LeaseClient, WaitUntil } from "./leases.ts";
+
+/** A lease from a sharded pool: it remembers its shard, so release and renew go to that object. */
+export interface ShardedGrant extends LeaseGrant {
+  readonly shard: number;
+}
+
+interface LocalWaiter {
+  resolve(lease: ShardedGrant): void;
+  reject(error: LeaseError): void;
+  timer: ReturnType<typeof setTimeout> | undefined;
+  deadline: number;
+  options: AcquireOptions;
+}
+
+/**
+ * What one isolate keeps for one sharded pool, across requests (module scope in a Worker): the
+ * load each shard last reported, and the lease block when batching is on. Holds no I/O objects —
+ * on Workers a stub belongs to the request that made it — so every call brings its own.
+ */
+export interface IsolateShards {
+  readonly count: number;
+  readonly loads: ShardLoad[];
+  readonly block: BlockState<ShardedGrant> | undefined;
+  /** Block leases by id: when the isolate got them (local clock) and whether a request uses one. */
+  readonly blockLeases: Map<string, { receivedAt: number; ttlMs: number; inUse: boolean }>;
+  readonly waiters: Map<string, LocalWaiter>;
+  seq: number;
+}
+
+export interface IsolateShardsOptions {
+  /** Coordinator objects the pool's limit is split across (`LEASE_SHARDS`). At most the limit. */
+  shards: number;
+  /** The pool's global limit (`LEASE_LIMIT`). */
+  limit: number;
+  /** Most leases this isolate holds or asks for at once (`LEASE_BLOCK`); 0 = no batching. */
+  maxBlock?: number | undefined;
+  /** How long a block lease may idle before it goes back, ms (`LEASE_BLOCK_IDLE_MS`). */
+  idleMs?: number | undefined;
+}
+
+/**
+ * One isolate's state for a sharded pool. Validates the shard count against the limit and the
+ * block bounds (`INVALID_CONFIG`).
+ *
+ * @example
+ * const kept = createIsolateShards({ shards: 4, limit: 40, maxBlock: 4, idleMs: 20 }); // module scope
+ */
+export function createIsolateShards(options: IsolateShardsOptions): IsolateShards {
+  const limit = checkInt("LEASE_LIMIT", options.limit, 1, Number.MAX_SAFE_INTEGER, "INVALID_CONFIG");
+  const count = checkInt("LEASE_SHARDS", options.shards, 1, Math.min(1024, limit), "INVALID_CONFIG");
+  const maxBlock = checkInt("LEASE_BLOCK", options.maxBlock ?? 0, 0, 1000, "INVALID_CONFIG");
+  const idleMs = checkInt("LEASE_BLOCK_IDLE_MS", options.idleMs ?? DEFAULT_BLOCK_IDLE_MS, 0, 60_000, "INVALID_CONFIG");
+  // Until a shard answers, assume an empty one with its even share.
+  const loads = Array.from({ length: count }, () => ({ held: 0, waiting: 0, limit: 1 }));
+  const block = maxBlock === 0 ? undefined : createBlock<ShardedGrant>({ maxBlock, idleMs });
+  return { count, loads, block, blockLeases: new Map(), waiters: new Map(), seq: 0 };
+}
+
+/** Default idle time of a block lease, ms: the simulator's setting. */
+export const DEFAULT_BLOCK_IDLE_MS = 20;
+
+export interface ShardedLeasesOptions {
+  /** The shard objects, index i = `${pool}#${i}` (this request's stubs). Length = the isolate's count. */
+  coordinators: readonly Coordinator[];
+  /** The isolate's state for this pool, from `createIsolateShards`, kept at module scope. */
+  isolate: IsolateShards;
+  holder?: string | undefined;
+  /** The pool's default wait (`LEASE_WAIT_MS`): the local deadline of block waiters that name none. */
+  waitMs: number;
+  /** Keeps this request alive for acquires and releases it sends for the block (`ctx.waitUntil`). */
+  waitUntil?: WaitUntil | undefined;
+  /** Shard choice randomness; `Math.random` by default. */
+  random?: (() => number) | undefined;
+}
+
+function unavailable(cause: unknown): LeaseError {
+  return new LeaseError("COORDINATOR_UNAVAILABLE", "The lease coordinator could not be reached", { cause, retryAfterMs: 100 });
+}
+
+function toError(result: Exclude<AcquireResult, { ok: true }>): LeaseError {
+  return new LeaseError(result.code, result.message, { retryAfterMs: result.retryAfterMs });
+}
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/**
+ * Leases from a pool split across N coordinator objects, with optional per-isolate batching.
+ *
+ * Each shard enforces its part of the limit (`shardConfig`; the acquire tells the object which
+ * part it is), so the sum of held leases across shards never exceeds the global limit. A shard is
+ * picked by power of two choices on the load the shards last reported. With a block
+ * (`maxBlock` > 0), a finished lease stays in the isolate for `idleMs` and serves the next local
+ * request without a round trip; idle ones go back in the background (the TTL covers isolate death).
+ *
+ * @example
+ * const kept = createIsolateShards({ shards: 4, limit: 40 }); // module scope
+ * const leases = new ShardedLeases({ coordinators: names.map((n) => ns.getByName(n)), isolate: kept, waitMs: 5000 });
+ * const lease = await leases.acquire(); try { work(); } finally { await leases.release(lease); }
+ */
+export class ShardedLeases implements LeaseClient {
+  readonly #o: ShardedLeasesOptions;
+
+  constructor(options: ShardedLeasesOptions) {
+    if (options.coordinators.length !== options.isolate.count) {
+      throw new LeaseError("INVALID_CONFIG", `Expected ${options.isolate.count} coordinators, got ${options.coordinators.length}`);
+    }
+    this.#o = options;
+  }
+
+  #pick(): number {
+    const n = this.#o.isolate.count;
+    const random = this.#o.random ?? Math.random;
+    // Two distinct shards (when there are two): a draw of the same full shard twice would waste the choice.
+    const a = Math.floor(random() * n);
+    const b = n === 1 ? a : (a + 1 + Math.floor(random() * (n - 1))) % n;
+    return pickShard(this.#o.isolate.loads, a, b);
+  }
+
+  /** One acquire on one shard; records the load it answers with. Throws `LeaseError`s. */
+  async #acquireOn(shard: number, options: AcquireOptions): Promise<ShardedGrant> {
+    const { isolate } = this.#o;
+    let result: AcquireResult;
+    try {
+      result = await this.#o.coordinators[shard]!.acquire({
+        holder: options.holder ?? this.#o.holder ?? "",
+        waitMs: options.waitMs,
+        ttlMs: options.ttlMs,
+        priority: options.priority,
+        tenant: options.tenant,
+        // Unsharded pools send nothing: one object keeps today's whole-limit config.
+        shard: isolate.count === 1 ? undefined : { index: shard, count: isolate.count },
+      });
+    } catch (error) {
+      throw isLeaseError(error) ? error : unavailable(error);
+    }
+    if (result.load) isolate.loads[shard] = result.load;
+    if (!result.ok) throw toError(result);
+    return { ...result.lease, shard };
+  }
+
+  /**
+   * Waits for a slot on the picked shard (or from the isolate's block); throws `QUEUE_FULL`,
+   * `ACQUIRE_TIMEOUT` or `COORDINATOR_UNAVAILABLE`.
+   *
+   * @example
+   * const lease = await leases.acquire({ waitMs: 2000 });
+   */
+  async acquire(options: AcquireOptions = {}): Promise<ShardedGrant> {
+    const { isolate } = this.#o;
+    const block = isolate.block;
+    if (!block) return this.#acquireOn(this.#pick(), options);
+    const id = `local-${++isolate.seq}`;
+    const waitMs = options.waitMs ?? this.#o.waitMs;
+    const now = Date.now();
+    const done = new Promise<ShardedGrant>((resolve, reject) => {
+      isolate.waiters.set(id, { resolve, reject, timer: undefined, deadline: now + waitMs, options });
+    });
+    const waiter = isolate.waiters.get(id)!;
+    // The local deadline: a request is answered by it even if no lease comes back in time.
+    waiter.timer = setTimeout(() => {
+      if (abandon(block, id)) this.#fail(id, new LeaseError("ACQUIRE_TIMEOUT", `No slot within ${waitMs} ms (isolate block)`, { retryAfterMs: 100 }));
+    }, waitMs);
+    this.#perform(request(block, id, now));
+    return done;
+  }
+
+  #fail(id: string, error: LeaseError): void {
+    const w = this.#o.isolate.waiters.get(id);
+    if (!w) return;
+    this.#o.isolate.waiters.delete(id);
+    clearTimeout(w.timer);
+    w.reject(error);
+  }
+
+  #perform(effects: BlockEffect<ShardedGrant>[]): void {
+    const { isolate } = this.#o;
+    const block = isolate.block!;
+    for (const fx of effects) {
+      if (fx.kind === "start") {
+        const w = isolate.waiters.get(fx.request);
+        const meta = isolate.blockLeases.get(fx.lease.id);
+        if (meta) meta.inUse = true;
+        if (w) {
+          isolate.waiters.delete(fx.request);
+          clearTimeout(w.timer);
+          w.resolve(fx.lease);
+        }
+      } else if (fx.kind === "release") {
+        isolate.blockLeases.delete(fx.lease.id);
+        this.#background(this.#releaseOn(fx.lease).catch(() => {}));
+      } else {
+        // The acquire covers the newest local waiter not yet covered: its options, its deadline.
+        const covered = block.waiting[Math.min(block.inFlight, block.waiting.length) - 1];
+        const w = covered === undefined ? undefined : isolate.waiters.get(covered);
+        const waitMs = w ? Math.max(0, w.deadline - Date.now()) : 0;
+        const sent = this.#acquireOn(this.#pick(), { ...w?.options, waitMs }).then(
+          (lease) => {
+            isolate.blockLeases.set(lease.id, { receivedAt: Date.now(), ttlMs: Math.max(1, lease.expiresAt - lease.grantedAt), inUse: false });
+            this.#perform(granted(block, lease, Date.now()));
+            this.#sweepLater();
+          },
+          (error: unknown) => {
+            const failed = refused(block);
+            if (failed === undefined) return;
+            const fw = isolate.waiters.get(failed);
+            const err = isLeaseError(error) ? error : unavailable(error);
+            // Someone else's deadline passed at the coordinator: this waiter still has time.
+            if (fw && err.code === "ACQUIRE_TIMEOUT" && fw.deadline > Date.now()) this.#perform(request(block, failed, Date.now()));
+            else this.#fail(failed, err);
+          },
+        );
+        this.#background(sent);
+      }
+    }
+  }
+
+  #background(p: Promise<unknown>): void {
+    if (this.#o.waitUntil) this.#o.waitUntil(p);
+  }
+
+  /** Releases the block's idle leases once they have idled `idleMs`, in this request's background. */
+  #sweepLater(): void {
+    const block = this.#o.isolate.block!;
+    if (block.idle.length === 0) return;
+    this.#background(sleep(block.config.idleMs + 1).then(() => this.#perform(expireIdle(block, Date.now()))));
+  }
+
+  async #releaseOn(lease: LeaseGrant): Promise<void> {
+    const shard = (lease as Partial<ShardedGrant>).shard ?? 0;
+    let result;
+    try {
+      result = await this.#o.coordinators[shard]!.release({ leaseId: lease.id, fence: lease.fence });
+    } catch (error) {
+      throw isLeaseError(error) ? error : unavailable(error);
+    }
+    if (!result.ok) throw new LeaseError(result.code, result.message, { retryAfterMs: result.retryAfterMs });
+  }
+
+  /**
+   * Gives the slot back: to the isolate's block (the next local request gets it) or to its shard.
+   * A block lease is handed on only while young (a quarter of its TTL, idle time included), so a
+   * reused lease always has most of its TTL left.
+   *
+   * @example
+   * await leases.release(lease);
+   */
+  async release(lease: LeaseGrant): Promise<void> {
+    const { isolate } = this.#o;
+    const block = isolate.block;
+    const meta = isolate.blockLeases.get(lease.id);
+    if (!block || !meta) return this.#releaseOn(lease);
+    if (!meta.inUse) throw new LeaseError("LEASE_NOT_FOUND", "This lease was already given back");
+    meta.inUse = false;
+    const now = Date.now();
+    const own = { ...lease, shard: (lease as Partial<ShardedGrant>).shard ?? 0 } as ShardedGrant;
+    if (now - meta.receivedAt + block.config.idleMs < meta.ttlMs / 4) {
+      this.#perform(finished(block, own, now));
+      this.#sweepLater();
+      return;
+    }
+    isolate.blockLeases.delete(lease.id);
+    this.#perform(retired(block, now));
+    return this.#releaseOn(own);
+  }
+
+  /**
+   * Extends the lease on its shard; the renewed lease keeps its shard.
+   *
+   * @example
+   * lease = await leases.renew(lease, 30_000);
+   */
+  async renew(lease: LeaseGrant, ttlMs?: number): Promise<ShardedGrant> {
+    const shard = (lease as Partial<ShardedGrant>).shard ?? 0;
+    let result;
+    try {
+      result = await this.#o.coordinators[shard]!.renew({ leaseId: lease.id, fence: lease.fence }, ttlMs);
+    } catch (error) {
+      throw isLeaseError(error) ? error : unavailable(error);
+    }
+    if (!result.ok) throw new LeaseError(result.code, result.message, { retryAfterMs: result.retryAfterMs });
+    return { ...result.lease, shard };
+  }
+
+  /**
+   * The pool's state summed over its shards (`mergeStats`); `shards` has each one's own.
+   *
+   * @example
+   * const { held, limit, shards } = await leases.stats();
+   */
+  async stats(): Promise<PoolStats & { shards: PoolStats[] }> {
+    let all: PoolStats[];
+    try {
+      const count = this.#o.isolate.count;
+      all = await Promise.all(this.#o.coordinators.map((c, index) => c.stats(count === 1 ? undefined : { index, count })));
+    } catch (error) {
+      throw isLeaseError(error) ? error : unavailable(error);
+    }
+    return { ...mergeStats(all), shards: all };
+  }
+}
+
+/**
+ * One snapshot for a sharded pool: counts, limits and counters summed, the oldest wait the
+ * largest, percentiles read from the summed histograms.
+ *
+ * @example
+ * mergeStats(await Promise.all(stubs.map((s) => s.stats()))).held
+ */
+export function mergeStats(list: readonly PoolStats[]): PoolStats {
+  const first = list[0]!;
+  const sum = (f: (s: PoolStats) => number) => list.reduce((a, s) => a + f(s), 0);
+  const counters = {} as Counters;
+  for (const k of Object.keys(first.counters) as Array<keyof Counters>) counters[k] = sum((s) => s.counters[k]);
+  const counts = first.waitHistogram.counts.map((_, i) => sum((s) => s.waitHistogram.counts[i] ?? 0));
+  const hist = { bounds: first.waitHistogram.bounds, counts, count: sum((s) => s.waitTimeMs.count), sum: sum((s) => s.waitTimeMs.sum), max: Math.max(...list.map((s) => s.waitTimeMs.max)) };
+  return {
+    ...first,
+    limit: sum((s) => s.limit),
+    effectiveLimit: sum((s) => s.effectiveLimit),
+    reserved: sum((s) => s.reserved),
+    held: sum((s) => s.held),
+    waiting: sum((s) => s.waiting),
+    maxWaitMs: Math.max(...list.map((s) => s.maxWaitMs)),
+    maxQueue: sum((s) => s.maxQueue),
+    counters,
+    waitTimeMs: { p50: percentile(hist, 0.5), p90: percentile(hist, 0.9), p99: percentile(hist, 0.99), max: hist.max, count: hist.count, sum: hist.sum },
+    waitHistogram: { bounds: hist.bounds, counts },
+    leases: list.flatMap((s) => s.leases),
+    paused: list.some((s) => s.paused),
+  };
+}
+
+/**
+ * The object name of shard `index` of `count` for `pool`: the pool's own name when unsharded
+ * (today's object), else `${pool}#${index}`.
+ *
+ * @example
+ * shardName("main", 2, 4) // "main#2"
+ */
+export function shardName(pool: string, index: number, count: number): string {
+  return count === 1 ? pool : `${pool}#${index}`;
+}

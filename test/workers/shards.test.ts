@@ -1,0 +1,208 @@
+import { createExecutionContext, runInDurableObject, waitOnExecutionContext } from "cloudflare:test";
+import { env } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import { ShardedLeases, createIsolateShards, shardName } from "../../src/client/sharded-leases.ts";
+import { type LeaseGrant, type PoolStats, isLeaseError, shardLimits } from "../../src/core/index.ts";
+import { handle } from "../../src/http/app.ts";
+import { depsFor } from "../../src/worker.ts";
+
+/**
+ * Sharding and batching in real workerd, against the real coordinator objects: the same
+ * invariants as the single coordinator. LEASE_LIMIT is 3 and LEASE_MAX_QUEUE 5 here
+ * (vitest.workers.config.ts), so 3 shards get 1 slot each and 2 shards get [2, 1].
+ */
+const LIMIT = 3;
+let poolSeq = 0;
+
+function shardedPool(count: number, block = 0, idleMs = 20) {
+  const pool = `shards-test-${++poolSeq}`;
+  const names = Array.from({ length: count }, (_, i) => shardName(pool, i, count));
+  const stubs = () => names.map((n) => env.COORDINATOR_DO.getByName(n));
+  const isolate = createIsolateShards({ shards: count, limit: LIMIT, maxBlock: block, idleMs });
+  const pending: Array<Promise<unknown>> = [];
+  const leases = new ShardedLeases({ coordinators: stubs(), isolate, waitMs: 400, waitUntil: (p) => void pending.push(p) });
+  return { pool, names, stubs, isolate, leases, pending };
+}
+
+async function allStats(stubs: ReturnType<ReturnType<typeof shardedPool>["stubs"]>): Promise<PoolStats[]> {
+  return Promise.all(stubs.map((s) => s.stats()));
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/**
+ * `requests` concurrent acquire → hold → release against the sharded client while every shard's
+ * stats are sampled: the sum of held never exceeds the limit, no shard exceeds its part, every
+ * request is answered (lease or ACQUIRE_TIMEOUT/QUEUE_FULL) by its deadline.
+ */
+async function load(p: ReturnType<typeof shardedPool>, requests: number, waitMs: number) {
+  const parts = shardLimits(LIMIT, p.names.length);
+  let sampling = true;
+  let samples = 0;
+  let peak = 0;
+  const sampler = (async () => {
+    while (sampling) {
+      const all = await allStats(p.stubs());
+      const held = all.reduce((a, s) => a + s.held, 0);
+      expect(held).toBeLessThanOrEqual(LIMIT);
+      all.forEach((s, i) => expect(s.held).toBeLessThanOrEqual(parts[i]!));
+      peak = Math.max(peak, held);
+      samples++;
+      await sleep(2);
+    }
+  })();
+  const outcomes: string[] = [];
+  const late: number[] = [];
+  await Promise.all(
+    Array.from({ length: requests }, async (_, i) => {
+      // Arrivals spread over ~200 ms: more than the 3 slots can serve at once, so some queue and some time out.
+      await sleep((i * 4) % 200);
+      const started = Date.now();
+      let lease: LeaseGrant | undefined;
+      try {
+        lease = await p.leases.acquire({ holder: `r${i}`, waitMs });
+      } catch (error) {
+        outcomes.push(isLeaseError(error) ? error.code : String(error));
+      }
+      // Answered by the deadline (a little slack for a loaded machine's timers and RPCs).
+      if (Date.now() - started > waitMs + 150) late.push(Date.now() - started);
+      if (lease) {
+        outcomes.push("granted");
+        await sleep(3 + (i % 5) * 3);
+        await p.leases.release(lease);
+      }
+    }),
+  );
+  sampling = false;
+  await sampler;
+  expect(late).toEqual([]);
+  expect(outcomes.every((o) => o === "granted" || o === "ACQUIRE_TIMEOUT" || o === "QUEUE_FULL")).toBe(true);
+  return { granted: outcomes.filter((o) => o === "granted").length, samples, peak };
+}
+
+/** No slot lost: once blocks idle out, every shard holds nothing and everything granted came back. */
+async function drained(p: ReturnType<typeof shardedPool>) {
+  await expect.poll(async () => (await allStats(p.stubs())).reduce((a, s) => a + s.held + s.waiting, 0), { timeout: 3000 }).toBe(0);
+  await Promise.all(p.pending);
+  const all = await allStats(p.stubs());
+  for (const s of all) expect(s.counters.granted).toBe(s.counters.released + s.counters.expired);
+  return all;
+}
+
+describe("sharded coordinator in workerd", () => {
+  it("each shard object enforces its part of the limit, and the parts sum to it", async () => {
+    const p = shardedPool(2);
+    const a = await p.leases.acquire({ waitMs: 0 });
+    const b = await p.leases.acquire({ waitMs: 0 });
+    const c = await p.leases.acquire({ waitMs: 0 });
+    // Both shards were told their part by the first acquire each received (or are still unused).
+    await expect(p.leases.acquire({ waitMs: 0 })).rejects.toMatchObject({ code: "ACQUIRE_TIMEOUT" });
+    const all = await allStats(p.stubs());
+    expect(all.map((s) => s.held)).toEqual([2, 1]);
+    expect(all.map((s) => s.limit)).toEqual([2, 1]);
+    // A lease remembers its shard: release and renew go to the object that granted it.
+    const renewed = await p.leases.renew(b, 60_000);
+    expect(renewed.shard).toBe(b.shard);
+    for (const l of [a, b, c]) await p.leases.release(l);
+    expect((await allStats(p.stubs())).map((s) => s.held)).toEqual([0, 0]);
+    const merged = await p.leases.stats();
+    expect(merged).toMatchObject({ limit: 3, held: 0, waiting: 0 });
+    expect(merged.shards).toHaveLength(2);
+  });
+
+  it("keeps each shard's part across a restart and under an operator override", async () => {
+    const p = shardedPool(3);
+    // Each object learns its part from the first sharded acquire it receives.
+    for (const [i, stub] of p.stubs().entries()) {
+      const r = await stub.acquire({ waitMs: 0, shard: { index: i, count: 3 } });
+      if (r.ok) await stub.release({ leaseId: r.lease.id, fence: r.lease.fence });
+    }
+    // Restart every shard: the part is in meta, so the limit holds before any client speaks again.
+    for (const stub of p.stubs()) await runInDurableObject(stub, (_, state) => state.abort("restart")).catch(() => {});
+    expect((await allStats(p.stubs())).map((s) => s.limit)).toEqual([1, 1, 1]);
+    // An operator's override wins over the part the client names; null goes back to the part.
+    const shard0 = p.stubs()[0]!;
+    await shard0.setLimit(2);
+    const r = await shard0.acquire({ waitMs: 0, shard: { index: 0, count: 3 } });
+    if (r.ok) await shard0.release({ leaseId: r.lease.id, fence: r.lease.fence });
+    expect((await shard0.stats()).limit).toBe(2);
+    await shard0.setLimit(null);
+    expect((await shard0.stats()).limit).toBe(1);
+    // A split that names more shards than slots, or a bad index, is refused and changes nothing.
+    expect(await shard0.acquire({ shard: { index: 0, count: 4 } })).toMatchObject({ ok: false, code: "INVALID_ARGUMENT" });
+    expect(await shard0.acquire({ shard: { index: 3, count: 3 } })).toMatchObject({ ok: false, code: "INVALID_ARGUMENT" });
+    expect((await shard0.stats()).limit).toBe(1);
+  });
+
+  it("holds the global limit under concurrent load; every request answered by its deadline; no slot lost", async () => {
+    const p = shardedPool(3);
+    const r = await load(p, 60, 250);
+    expect(r.granted).toBeGreaterThan(10);
+    expect(r.samples).toBeGreaterThan(3);
+    const all = await drained(p);
+    // Every answer carried the shard's load: the client knows each shard's limit.
+    expect(p.isolate.loads.map((l) => l.limit)).toEqual([1, 1, 1]);
+    expect(all.reduce((a, s) => a + s.counters.granted, 0)).toBe(r.granted);
+  });
+
+  it("with batching: same invariants, fewer coordinator calls than requests, idle leases go back", async () => {
+    const p = shardedPool(3, 2, 20);
+    const r = await load(p, 60, 250);
+    expect(r.granted).toBeGreaterThan(10);
+    const all = await drained(p);
+    const coordinatorGrants = all.reduce((a, s) => a + s.counters.granted, 0);
+    // Block leases served several requests each: fewer grants at the coordinators than requests served.
+    expect(coordinatorGrants).toBeLessThan(r.granted);
+    expect(p.isolate.block).toMatchObject({ idle: [], inUse: 0, inFlight: 0, waiting: [] });
+  });
+
+  it("a block lease is not handed on twice, and an old one goes back to its shard instead of being reused", async () => {
+    const p = shardedPool(3, 1, 20);
+    const lease = await p.leases.acquire({ ttlMs: 30_000 });
+    await p.leases.release(lease);
+    await expect(p.leases.release(lease)).rejects.toMatchObject({ code: "LEASE_NOT_FOUND" });
+    // Reused from the block: the same lease, no new grant.
+    const again = await p.leases.acquire();
+    expect(again.id).toBe(lease.id);
+    // Time-travel past a quarter of its TTL: too old to hand on, so it is released to its shard.
+    const realNow = Date.now;
+    Date.now = () => realNow() + 10_000;
+    try {
+      await p.leases.release(again);
+    } finally {
+      Date.now = realNow;
+    }
+    expect((await allStats(p.stubs())).reduce((a, s) => a + s.held, 0)).toBe(0);
+    expect(p.isolate.block).toMatchObject({ idle: [], inUse: 0 });
+    await drained(p);
+  });
+
+  it("the Worker's wiring: LEASE_SHARDS and LEASE_BLOCK through the app and the database, then all shards drain", async () => {
+    const pool = `shards-app-${++poolSeq}`;
+    const shardedEnv = { ...env, LEASE_POOL: pool, LEASE_SHARDS: "3", LEASE_BLOCK: "2", LEASE_BLOCK_IDLE_MS: "20", LEASE_LOCATION_HINT: "weur" };
+    const statuses = await Promise.all(
+      Array.from({ length: 12 }, async () => {
+        const ctx = createExecutionContext();
+        const response = await handle(new Request("http://example.test/api/pitches/trending?limit=2"), depsFor(shardedEnv, ctx));
+        await response.arrayBuffer();
+        await waitOnExecutionContext(ctx);
+        return response.status;
+      }),
+    );
+    expect(statuses.filter((s) => s === 200).length).toBeGreaterThan(0);
+    expect(statuses.every((s) => s === 200 || s === 503)).toBe(true);
+    const stubs = Array.from({ length: 3 }, (_, i) => env.COORDINATOR_DO.getByName(`${pool}#${i}`));
+    await expect.poll(async () => (await Promise.all(stubs.map((s) => s.stats()))).reduce((a, s) => a + s.held, 0), { timeout: 3000 }).toBe(0);
+    // The object named after the pool alone is not used when sharded.
+    expect((await env.COORDINATOR_DO.getByName(pool).stats()).counters.granted).toBe(0);
+    const ctx = createExecutionContext();
+    const r = await handle(new Request("http://example.test/__coordinator/stats", { headers: { authorization: "Bearer test-token" } }), depsFor(shardedEnv, ctx));
+    // The operator view sums the shards, each at its part (a shard not used yet learns it from the stats call).
+    expect(await r.json()).toMatchObject({ limit: 3, held: 0 });
+    expect((await Promise.all(stubs.map((s) => s.stats()))).map((s) => s.limit)).toEqual([1, 1, 1]);
+  });
+
+  it("refuses more shards than slots with INVALID_CONFIG", () => {
+    expect(() => createIsolateShards({ shards: 4, limit: 3 })).toThrow(expect.objectContaining({ code: "INVALID_CONFIG" }));
+  });
+});
