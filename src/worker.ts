@@ -95,7 +95,13 @@ export function depsFor(env: Env, ctx: ExecutionContext): AppDeps {
   const coordinator = off || sharded ? undefined : coordinatorStub(env, pool);
   const shardStubs = sharded ? Array.from({ length: sharded.count }, (_, i) => coordinatorStub(env, shardName(pool, i, sharded.count))) : [];
   const leases: LeaseClient | undefined = sharded
-    ? new ShardedLeases({ coordinators: shardStubs, isolate: sharded, waitMs: configFromEnv(env).waitMs, waitUntil })
+    ? new ShardedLeases({
+        coordinators: shardStubs,
+        isolate: sharded,
+        waitMs: configFromEnv(env).waitMs,
+        waitUntil,
+        reconnect: (i) => coordinatorStub(env, shardName(pool, i, sharded.count)),
+      })
     : coordinator && new Leases(coordinator);
   const db = new Database({ name: pool, driver: openDriver(config), leases, config, ...kept, waitUntil });
   const withDatabase: WithDatabase = (fn, { holder, waitMs }) =>

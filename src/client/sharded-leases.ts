@@ -95,6 +95,12 @@ export interface ShardedLeasesOptions {
   waitMs: number;
   /** Keeps this request alive for acquires and releases it sends for the block (`ctx.waitUntil`). */
   waitUntil?: WaitUntil | undefined;
+  /**
+   * A new stub for shard i. A stub does not outlive its object's restart; with this, a release
+   * that found its stub broken is sent once more on a new one, instead of the slot waiting for
+   * its TTL (idle block leases are released in the background, often on an older stub).
+   */
+  reconnect?: ((index: number) => Coordinator) | undefined;
   /** Shard choice randomness; `Math.random` by default. */
   random?: (() => number) | undefined;
 }
@@ -125,12 +131,14 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
  */
 export class ShardedLeases implements LeaseClient {
   readonly #o: ShardedLeasesOptions;
+  readonly #coordinators: Coordinator[];
 
   constructor(options: ShardedLeasesOptions) {
     if (options.coordinators.length !== options.isolate.count) {
       throw new LeaseError("INVALID_CONFIG", `Expected ${options.isolate.count} coordinators, got ${options.coordinators.length}`);
     }
     this.#o = options;
+    this.#coordinators = [...options.coordinators];
   }
 
   #pick(): number {
@@ -147,7 +155,7 @@ export class ShardedLeases implements LeaseClient {
     const { isolate } = this.#o;
     let result: AcquireResult;
     try {
-      result = await this.#o.coordinators[shard]!.acquire({
+      result = await this.#coordinators[shard]!.acquire({
         holder: options.holder ?? this.#o.holder ?? "",
         waitMs: options.waitMs,
         ttlMs: options.ttlMs,
@@ -253,11 +261,20 @@ export class ShardedLeases implements LeaseClient {
 
   async #releaseOn(lease: LeaseGrant): Promise<void> {
     const shard = (lease as Partial<ShardedGrant>).shard ?? 0;
+    const ref = { leaseId: lease.id, fence: lease.fence };
     let result;
     try {
-      result = await this.#o.coordinators[shard]!.release({ leaseId: lease.id, fence: lease.fence });
+      result = await this.#coordinators[shard]!.release(ref);
     } catch (error) {
-      throw isLeaseError(error) ? error : unavailable(error);
+      if (!this.#o.reconnect) throw isLeaseError(error) ? error : unavailable(error);
+      // The object restarted under this stub (or the call was lost): once more on a new stub.
+      // A release is safe to repeat: a second one fails with a code and frees nothing.
+      this.#coordinators[shard] = this.#o.reconnect(shard);
+      try {
+        result = await this.#coordinators[shard]!.release(ref);
+      } catch (again) {
+        throw isLeaseError(again) ? again : unavailable(again);
+      }
     }
     if (!result.ok) throw new LeaseError(result.code, result.message, { retryAfterMs: result.retryAfterMs });
   }
@@ -299,7 +316,7 @@ export class ShardedLeases implements LeaseClient {
     const shard = (lease as Partial<ShardedGrant>).shard ?? 0;
     let result;
     try {
-      result = await this.#o.coordinators[shard]!.renew({ leaseId: lease.id, fence: lease.fence }, ttlMs);
+      result = await this.#coordinators[shard]!.renew({ leaseId: lease.id, fence: lease.fence }, ttlMs);
     } catch (error) {
       throw isLeaseError(error) ? error : unavailable(error);
     }
@@ -317,7 +334,7 @@ export class ShardedLeases implements LeaseClient {
     let all: PoolStats[];
     try {
       const count = this.#o.isolate.count;
-      all = await Promise.all(this.#o.coordinators.map((c, index) => c.stats(count === 1 ? undefined : { index, count })));
+      all = await Promise.all(this.#coordinators.map((c, index) => c.stats(count === 1 ? undefined : { index, count })));
     } catch (error) {
       throw isLeaseError(error) ? error : unavailable(error);
     }
