@@ -46,6 +46,8 @@ interface LocalWaiter {
 export interface IsolateShards {
   readonly count: number;
   readonly loads: ShardLoad[];
+  /** Until when (local clock) a shard that could not be reached is left out of the choice. */
+  readonly downUntil: number[];
   readonly block: BlockState<ShardedGrant> | undefined;
   /** Block leases by id: when the isolate got them (local clock) and whether a request uses one. */
   readonly blockLeases: Map<string, { receivedAt: number; ttlMs: number; inUse: boolean }>;
@@ -79,11 +81,15 @@ export function createIsolateShards(options: IsolateShardsOptions): IsolateShard
   // Until a shard answers, assume an empty one with its even share.
   const loads = Array.from({ length: count }, () => ({ held: 0, waiting: 0, limit: 1 }));
   const block = maxBlock === 0 ? undefined : createBlock<ShardedGrant>({ maxBlock, idleMs });
-  return { count, loads, block, blockLeases: new Map(), waiters: new Map(), seq: 0 };
+  return { count, loads, downUntil: new Array<number>(count).fill(0), block, blockLeases: new Map(), waiters: new Map(), seq: 0 };
 }
 
 /** Default idle time of a block lease, ms: the simulator's setting. */
 export const DEFAULT_BLOCK_IDLE_MS = 20;
+
+/** How long an unreachable shard is left out of the choice before it is tried again, ms. */
+export const SHARD_RETRY_AFTER_MS = 1000;
+const UNREACHABLE: ShardLoad = { held: 0, waiting: 0, limit: 0 };
 
 export interface ShardedLeasesOptions {
   /** The shard objects, index i = `${pool}#${i}` (this request's stubs). Length = the isolate's count. */
@@ -147,7 +153,11 @@ export class ShardedLeases implements LeaseClient {
     // Two distinct shards (when there are two): a draw of the same full shard twice would waste the choice.
     const a = Math.floor(random() * n);
     const b = n === 1 ? a : (a + 1 + Math.floor(random() * (n - 1))) % n;
-    return pickShard(this.#o.isolate.loads, a, b);
+    const { loads, downUntil } = this.#o.isolate;
+    const now = Date.now();
+    // A shard that just failed to answer counts as one without slots, so the other choice wins.
+    const seen = (i: number) => ((downUntil[i] ?? 0) > now ? UNREACHABLE : loads[i]!);
+    return pickShard([seen(a), seen(b)], 0, 1) === 0 ? a : b;
   }
 
   /** One acquire on one shard; records the load it answers with. Throws `LeaseError`s. */
@@ -165,8 +175,10 @@ export class ShardedLeases implements LeaseClient {
         shard: isolate.count === 1 ? undefined : { index: shard, count: isolate.count },
       });
     } catch (error) {
+      isolate.downUntil[shard] = Date.now() + SHARD_RETRY_AFTER_MS;
       throw isLeaseError(error) ? error : unavailable(error);
     }
+    isolate.downUntil[shard] = 0;
     if (result.load) isolate.loads[shard] = result.load;
     if (!result.ok) throw toError(result);
     return { ...result.lease, shard };

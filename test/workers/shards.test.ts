@@ -212,6 +212,20 @@ describe("sharded coordinator in workerd", () => {
     expect((await Promise.all(stubs.map((s) => s.stats()))).map((s) => s.limit)).toEqual([1, 1, 1]);
   });
 
+  it("a shard that cannot be reached is left out of the choice for a while: its part is lost, not the limit", async () => {
+    const p = shardedPool(2);
+    // Old stubs, no reconnect: shard 0's stub breaks when the object restarts (a real broken stub).
+    const stubs = p.stubs();
+    const leases = new ShardedLeases({ coordinators: stubs, isolate: p.isolate, waitMs: 400, random: () => 0 });
+    await stubs[0]!.stats();
+    await runInDurableObject(stubs[0]!, (_, state) => state.abort("restart")).catch(() => {});
+    // random 0 draws shards 0 and 1; equal loads go to 0, which fails: COORDINATOR_UNAVAILABLE.
+    await expect(leases.acquire({ waitMs: 0 })).rejects.toMatchObject({ code: "COORDINATOR_UNAVAILABLE" });
+    const l = await leases.acquire({ waitMs: 0 });
+    expect(l.shard).toBe(1);
+    await leases.release(l);
+  });
+
   it("refuses more shards than slots with INVALID_CONFIG", () => {
     expect(() => createIsolateShards({ shards: 4, limit: 3 })).toThrow(expect.objectContaining({ code: "INVALID_CONFIG" }));
   });
