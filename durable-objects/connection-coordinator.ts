@@ -145,9 +145,10 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    */
   private applyShard(pool: PoolState, ref: ShardRef): void {
     if (typeof ref !== "object" || ref === null) throw new LeaseError("INVALID_ARGUMENT", expected("shard", "an object { index, count }", ref));
+    // Validated on every call, also when it matches what is persisted.
+    const next = shardConfig(configFromEnv(this.env), ref.index, ref.count);
     const key = `${ref.index}/${ref.count}`;
     if (key === this.shard) return;
-    const next = shardConfig(configFromEnv(this.env), ref.index, ref.count);
     const override = this.readMeta("limit");
     const config = override === null ? next : { ...next, limit: Number(override) };
     const fx = reconfigure(pool, config, Date.now());

@@ -84,10 +84,20 @@ export function createIsolateShards(options: IsolateShardsOptions): IsolateShard
   return { count, loads, downUntil: new Array<number>(count).fill(0), block, blockLeases: new Map(), waiters: new Map(), seq: 0 };
 }
 
-/** Default idle time of a block lease, ms: the simulator's setting. */
+/**
+ * Default idle time of a block lease, ms: the simulator's setting.
+ *
+ * @example
+ * createIsolateShards({ shards: 4, limit: 40, maxBlock: 4, idleMs: DEFAULT_BLOCK_IDLE_MS })
+ */
 export const DEFAULT_BLOCK_IDLE_MS = 20;
 
-/** How long an unreachable shard is left out of the choice before it is tried again, ms. */
+/**
+ * How long an unreachable shard is left out of the choice before it is tried again, ms.
+ *
+ * @example
+ * await sleep(SHARD_RETRY_AFTER_MS); // then the isolate tries the shard again
+ */
 export const SHARD_RETRY_AFTER_MS = 1000;
 const UNREACHABLE: ShardLoad = { held: 0, waiting: 0, limit: 0 };
 
