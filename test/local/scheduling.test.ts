@@ -143,7 +143,7 @@ describe("PostgresCoordinator scheduling across coordinators", () => {
     const watch = async () => {
       while (!stop) {
         limits.push({ phase, at: Date.now() - start, limit: (await coordinator!.stats()).effectiveLimit });
-        await sleep(50);
+        await sleep(20);
       }
     };
     const running = [...Array.from({ length: CLIENTS }, client), watch()];
@@ -184,15 +184,19 @@ describe("PostgresCoordinator scheduling across coordinators", () => {
     const slowEnd = slow.at(-1)?.at ?? 0;
     report["slow, first 1 s"] = { queryP50: +pct(slow.filter((s) => s.at < slowStart + 1000).map((s) => s.queryMs), 0.5).toFixed(1) };
     report["slow, last 1 s"] = { queryP50: +pct(slow.filter((s) => s.at > slowEnd - 1000).map((s) => s.queryMs), 0.5).toFixed(1) };
-    // The limit over time, every 250 ms: phase initial and effective limit.
+    // The limit over time, one sample per 250 ms: seconds, phase initial and effective limit.
     const timeline = limits.filter((l, i) => i === 0 || Math.floor(l.at / 250) !== Math.floor(limits[i - 1]!.at / 250));
     report["timeline"] = timeline.map((l) => `${(l.at / 1000).toFixed(2)}s ${l.phase[0]}${l.phase === "fast again" ? "'" : ""} ${l.limit}`).join(", ");
     console.log(`adaptive limit ${LIMIT}, floor ${FLOOR}, ${CLIENTS} clients:\n${JSON.stringify(report, null, 1)}`);
 
     const slowLimits = limits.filter((l) => l.phase === "slow").map((l) => l.limit);
-    expect(Math.min(...slowLimits)).toBeLessThan(LIMIT);
+    // Noise alone (a GC pause, a busy core: a few slow samples) moves the fast phase's limit to 7–10
+    // here; a sustained slowdown takes ~40 slow samples before the baseline catches up, and the
+    // limit decays per sample to about half the maximum meanwhile (4–6 in every run here).
+    expect(Math.min(...slowLimits)).toBeLessThanOrEqual(LIMIT / 2);
     expect(Math.min(...limits.map((l) => l.limit))).toBeGreaterThanOrEqual(FLOOR);
-    expect(limits.at(-1)!.limit).toBe(LIMIT);
     expect(Math.max(...limits.map((l) => l.limit))).toBeLessThanOrEqual(LIMIT);
+    // Back at the maximum once the database is fast again.
+    expect(limits.some((l) => l.phase === "fast again" && l.limit === LIMIT)).toBe(true);
   }, 30_000);
 });
