@@ -2,7 +2,8 @@ import postgres from "postgres";
 import { afterAll, describe, expect, it } from "vitest";
 import { PostgresCoordinator } from "../../local/postgres-coordinator.ts";
 import { Leases } from "../../src/client/leases.ts";
-import { type PoolConfig, isLeaseError } from "../../src/core/index.ts";
+import type { PoolConfig } from "../../src/core/index.ts";
+import { codeOf } from "../support/codes.ts";
 
 // The real Postgres of `npm test`; every test takes a pool name of its own.
 const url = process.env.LEASEGATE_TEST_DATABASE_URL!;
@@ -17,15 +18,6 @@ function coordinator(config: Partial<PoolConfig> = {}, pool = `${base}-${++seq}`
   const c = new PostgresCoordinator({ sql, pool, config: { limit: 2, maxQueue: 10, waitMs: 1000, leaseTtlMs: 5000, ...config } });
   coordinators.push(c);
   return c;
-}
-
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return "no error";
-  } catch (e) {
-    return isLeaseError(e) ? e.code : `not a LeaseError: ${String(e)}`;
-  }
 }
 
 afterAll(async () => {

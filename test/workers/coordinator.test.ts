@@ -2,7 +2,7 @@ import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { Leases } from "../../src/client/leases.ts";
-import { isLeaseError } from "../../src/core/index.ts";
+import { codeOf } from "../support/codes.ts";
 
 // Every test takes a pool of its own: objects keep their state across tests in a file.
 let poolSeq = 0;
@@ -19,15 +19,6 @@ async function grant(stub: Stub, holder = "t") {
   const r = await stub.acquire({ holder });
   if (!r.ok) throw new Error(`expected a grant, got ${r.code}`);
   return r.lease;
-}
-
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return "no error";
-  } catch (e) {
-    return isLeaseError(e) ? e.code : `not a LeaseError: ${String(e)}`;
-  }
 }
 
 describe("ConnectionCoordinator in workerd", () => {
