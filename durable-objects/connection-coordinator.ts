@@ -72,6 +72,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
   private readonly staged = new Map<string, Lease | null>();
   /** The flush every staged write will be part of; resolves once its transaction is issued. */
   private flushing: Promise<void> | undefined;
+  private lazyFlush: ReturnType<typeof setTimeout> | undefined;
   /** Resolves when the last flushed batch is durable. */
   private committing: Promise<void> = Promise.resolve();
 
@@ -129,7 +130,14 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
     for (const l of fx.granted) this.staged.set(l.id, l);
     for (const l of fx.expired) this.staged.set(l.id, null);
     for (const w of fx.timedOut) this.settle(w.leaseId, this.timedOut(pool, w));
-    const flushed = this.staged.size > 0 ? this.flushSoon() : Promise.resolve();
+    const mustWrite = written.length > 0 || fx.granted.length > 0;
+    // Only grants and renewals wait for a write. Deletes alone ride along with the next batch, or
+    // a lazy flush after this turn, so a release's answer is not held behind a commit.
+    const flushed = mustWrite ? this.flushSoon() : Promise.resolve();
+    if (!mustWrite && this.staged.size > 0) this.lazyFlush ??= setTimeout(() => {
+      this.lazyFlush = undefined;
+      if (this.staged.size > 0) void this.flushSoon();
+    }, 0);
     if (fx.granted.length > 0) {
       const granted = fx.granted;
       void flushed.then(() => {
