@@ -11,6 +11,9 @@
  */
 import { DurableObject } from "cloudflare:workers";
 import { ConnectionCoordinator } from "../durable-objects/connection-coordinator.ts";
+import { WritePerCallCoordinator } from "./baseline/write-per-call-coordinator.ts";
+
+export { WritePerCallCoordinator };
 
 /**
  * The production coordinator plus one bench-only method to crash it (as a deploy or an eviction
@@ -34,9 +37,10 @@ export class NoopObject extends DurableObject {
 interface BenchEnv {
   COORDINATOR_DO: DurableObjectNamespace<BenchCoordinator>;
   NOOP_DO: DurableObjectNamespace<NoopObject>;
+  BASELINE_DO: DurableObjectNamespace<WritePerCallCoordinator>;
 }
 
-type Coordinator = DurableObjectStub<BenchCoordinator>;
+type Coordinator = DurableObjectStub<BenchCoordinator> | DurableObjectStub<WritePerCallCoordinator>;
 
 async function pair(stub: Coordinator): Promise<void> {
   const r = await stub.acquire({ holder: "bench", waitMs: 2000 });
@@ -83,28 +87,35 @@ export default {
     const rounds = int(url, "rounds", 3);
     if (url.pathname === "/ready") return new Response("ready\n");
     await noop.ping();
-    await pair(coord); // warm both objects up before timing
+    const baseline = env.BASELINE_DO.getByName(`baseline-${url.pathname}-${run}`);
+    await pair(coord); // warm the objects up before timing
+    await pair(baseline);
     if (url.pathname === "/p1") {
       const n = int(url, "n", 500);
       const ping: number[] = [];
       const pairs: number[] = [];
+      const before: number[] = [];
       for (let r = 0; r < rounds; r++) {
         ping.push(await timeSequential(n, () => noop.ping()));
         pairs.push(await timeSequential(n, () => pair(coord)));
+        before.push(await timeSequential(Math.max(10, Math.floor(n / 4)), () => pair(baseline)));
       }
-      return Response.json({ n, rounds, pingUs: median(ping), pairUs: median(pairs), ping, pairs });
+      return Response.json({ n, rounds, pingUs: median(ping), pairUs: median(pairs), beforeUs: median(before), ping, pairs, before });
     }
     if (url.pathname === "/p2") {
       const n = int(url, "n", 2000);
       const c = int(url, "c", 32);
       const ping: number[] = [];
       const pairs: number[] = [];
+      const before: number[] = [];
       for (let r = 0; r < rounds; r++) {
         ping.push(await timeConcurrent(n, c, () => noop.ping()));
         pairs.push(await timeConcurrent(n, c, () => pair(coord)));
+        // The baseline is an order of magnitude slower: a tenth of the calls keeps the run short.
+        before.push(await timeConcurrent(Math.max(c, Math.floor(n / 10)), c, () => pair(baseline)));
       }
       const held = (await coord.stats()).held;
-      return Response.json({ n, c, rounds, pingPerS: median(ping), pairsPerS: median(pairs), ping, pairs, heldAfter: held });
+      return Response.json({ n, c, rounds, pingPerS: median(ping), pairsPerS: median(pairs), beforePerS: median(before), ping, pairs, before, heldAfter: held });
     }
     if (url.pathname === "/shed") {
       // Fill every slot and the queue (bench config: limit 64, queue 64), then time the refusals.

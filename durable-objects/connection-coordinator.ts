@@ -30,6 +30,9 @@ import {
   timeoutMessage,
 } from "../src/core/index.ts";
 
+/** How long a release's delete may wait for a grant's write to share before it is written alone. */
+const LAZY_FLUSH_MS = 100;
+
 /** The variables the coordinator reads; the same names as everywhere else in leasegate. */
 export interface CoordinatorEnv extends PoolEnv {}
 
@@ -132,12 +135,13 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
     for (const w of fx.timedOut) this.settle(w.leaseId, this.timedOut(pool, w));
     const mustWrite = written.length > 0 || fx.granted.length > 0;
     // Only grants and renewals wait for a write. Deletes alone ride along with the next batch, or
-    // a lazy flush after this turn, so a release's answer is not held behind a commit.
+    // a lazy flush LAZY_FLUSH_MS later, so a release's answer is not held behind a commit and a
+    // release followed by an acquire costs one commit, not two.
     const flushed = mustWrite ? this.flushSoon() : Promise.resolve();
     if (!mustWrite && this.staged.size > 0) this.lazyFlush ??= setTimeout(() => {
       this.lazyFlush = undefined;
       if (this.staged.size > 0) void this.flushSoon();
-    }, 0);
+    }, LAZY_FLUSH_MS);
     if (fx.granted.length > 0) {
       const granted = fx.granted;
       void flushed.then(() => {
