@@ -4,7 +4,7 @@
 #   off            no coordinator, straight to Postgres
 #   pgbouncer      no coordinator, through PgBouncer (transaction mode, pool 18, max_client_conn 1000)
 #   on             leasegate (LEASE_LIMIT=18), straight to Postgres
-#   on+pgbouncer   leasegate in front of PgBouncer
+#   on+pgbouncer   leasegate in front of PgBouncer (LEASE_LIMIT=$PGB_LEASE_LIMIT, default 150; and 54)
 # then P4: leasegate with a 2 s deadline and a short queue under the same overload (bench/load.ts).
 # Prints a table: requests, 2xx, errors, goodput, p50/p99 and the role's peak connections from
 # pg_stat_activity; with RESULTS_DIR set, also writes p3.json and p4.json there (npm run bench).
@@ -14,11 +14,12 @@ export PATH="$PWD/node_modules/.bin:$PATH"
 DURATION=${DURATION:-10}
 PORT=${PORT:-8832}
 PGB_PORT=${PGB_PORT:-6430}
-MODES=${MODES:-"off pgbouncer on on+pgbouncer"}
+MODES=${MODES:-"off pgbouncer on on+pgbouncer on+pgbouncer-54"}
 ROLE=${ROLE:-leasegate_app}
 # leasegate in front of PgBouncer: PgBouncer caps the server connections, so the lease limit only
-# bounds the client side and can sit above the pool (a lease then covers a cheap pooled connect).
-PGB_LEASE_LIMIT=${PGB_LEASE_LIMIT:-54}
+# bounds the client side: how many callers PgBouncer itself queues (without deadlines); the rest
+# wait in leasegate's queue with deadlines. on+pgbouncer uses PGB_LEASE_LIMIT, on+pgbouncer-54 uses 54.
+PGB_LEASE_LIMIT=${PGB_LEASE_LIMIT:-150}
 ADMIN=(psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -q)
 
 "${ADMIN[@]}" <<SQL
@@ -122,7 +123,8 @@ for mode in $MODES; do
     off) kill_pgbouncer; run off off "$DIRECT" ;;
     pgbouncer) start_pgbouncer; run pgbouncer off "$BOUNCED" ;;
     on) kill_pgbouncer; run leasegate on "$DIRECT" ;;
-    on+pgbouncer) start_pgbouncer; run "leasegate+pgbouncer" on "$BOUNCED" "$PGB_LEASE_LIMIT" ;;
+    on+pgbouncer) start_pgbouncer; run "leasegate($PGB_LEASE_LIMIT)+pgbouncer" on "$BOUNCED" "$PGB_LEASE_LIMIT" ;;
+    on+pgbouncer-54) start_pgbouncer; run "leasegate(54)+pgbouncer" on "$BOUNCED" 54 ;;
   esac
 done
 json+="]"
