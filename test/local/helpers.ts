@@ -1,20 +1,10 @@
 /** Shared pieces of the local adapter's tests: coordinators on the real Postgres of `npm test`. */
 import postgres from "postgres";
 import { PostgresCoordinator } from "../../local/postgres-coordinator.ts";
-import { type PoolConfig, isLeaseError } from "../../src/core/index.ts";
+import type { PoolConfig } from "../../src/core/index.ts";
 
 /** The real Postgres of `npm test`. */
 export const url = process.env.LEASEGATE_TEST_DATABASE_URL!;
-
-/** The code a promise fails with (a LeaseError's), or a description of why it did not. */
-export async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return "no error";
-  } catch (e) {
-    return isLeaseError(e) ? e.code : `not a LeaseError: ${String(e)}`;
-  }
-}
 
 /**
  * Coordinators for one test file, each on a client of its own (as separate processes would be),

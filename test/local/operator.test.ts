@@ -3,7 +3,8 @@ import postgres from "postgres";
 import { afterAll, describe, expect, it } from "vitest";
 import { type LocalApp, createLocalApp } from "../../local/server.ts";
 import { Leases } from "../../src/client/leases.ts";
-import { codeOf, localPools, url } from "./helpers.ts";
+import { codeOf } from "../support/codes.ts";
+import { localPools, url } from "./helpers.ts";
 
 // The operator surface of the local server on the real Postgres: the same endpoints and answers
 // as the Worker's, driven through the app's fetch handler (no port needed).

@@ -2,7 +2,8 @@ import postgres from "postgres";
 import { afterAll, describe, expect, it } from "vitest";
 import { PostgresCoordinator } from "../../local/postgres-coordinator.ts";
 import { Leases } from "../../src/client/leases.ts";
-import { codeOf, localPools, url } from "./helpers.ts";
+import { codeOf } from "../support/codes.ts";
+import { localPools, url } from "./helpers.ts";
 
 // The real Postgres of `npm test`; every test takes a pool name of its own.
 const pools = localPools("unit", { limit: 2, maxQueue: 10, waitMs: 1000, leaseTtlMs: 5000 });

@@ -3,7 +3,8 @@ import { afterAll, describe, expect, it } from "vitest";
 import { PostgresCoordinator } from "../../local/postgres-coordinator.ts";
 import { Leases } from "../../src/client/leases.ts";
 import type { PoolConfig } from "../../src/core/index.ts";
-import { codeOf, localPools, url } from "./helpers.ts";
+import { codeOf } from "../support/codes.ts";
+import { localPools, url } from "./helpers.ts";
 
 // Scheduling on the local adapter: the pool's state is reloaded from Postgres on every transition,
 // so classes, tenants' turns and the adaptive limit must survive the round trip through the rows.
