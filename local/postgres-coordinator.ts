@@ -175,6 +175,8 @@ interface Loaded {
   reconciliation: Reconciliation | null;
   leasesBefore: Map<string, number>;
   queueBefore: Set<string>;
+  /** Tenants' turns change only with `serveSeq`: unchanged, `last_served` is not rewritten. */
+  serveSeqBefore: number;
   /** Waiters whose process's LISTEN connection is gone: nobody would ever take their grant. */
   dead: string[];
 }
@@ -578,6 +580,7 @@ export class PostgresCoordinator implements Coordinator {
       limitOverride,
       baseLimit: base.limit,
       reconciliation: (pool.reconciliation as Reconciliation | null) ?? null,
+      serveSeqBefore: state.serveSeq,
       leasesBefore: new Map(leases.map((l) => [l.id, l.expiresAt])),
       queueBefore: new Set(state.queue.map((w) => w.leaseId)),
       dead: waiterRows.filter((r) => !r[5]).map((r) => r[0]),
@@ -699,6 +702,7 @@ export class PostgresCoordinator implements Coordinator {
     const notices: string[] = [];
     for (let i = 0; i < lines.length; i += NOTIFY_BATCH) notices.push(lines.slice(i, i + NOTIFY_BATCH).join("\n"));
     const waits = { counts: state.waits.counts, count: state.waits.count, sum: state.waits.sum, max: state.waits.max };
+    const turns = state.serveSeq === loaded.serveSeqBefore ? null : JSON.stringify([...state.lastServed]);
     // The whole difference is one statement: few messages and one executor start under the lock.
     return [
       tx`
@@ -726,7 +730,7 @@ export class PostgresCoordinator implements Coordinator {
             waits = ${JSON.stringify(waits)}::text::jsonb, hold_ms_sum = ${state.holdMsSum}, hold_count = ${state.holdCount},
             paused = ${state.paused === true}, limit_override = ${loaded.limitOverride},
             adaptive = ${JSON.stringify(state.adaptive ?? null)}::text::jsonb,
-            last_served = ${JSON.stringify([...state.lastServed])}::text::jsonb, serve_seq = ${state.serveSeq}
+            last_served = coalesce(${turns}::text::jsonb, last_served), serve_seq = ${state.serveSeq}
           WHERE pool = ${this.pool})
       SELECT pg_notify(${this.#channel}, n) FROM json_array_elements_text(${JSON.stringify(notices)}::text::json) n`,
     ];

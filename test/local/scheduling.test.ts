@@ -2,7 +2,7 @@ import postgres from "postgres";
 import { afterAll, describe, expect, it } from "vitest";
 import { PostgresCoordinator } from "../../local/postgres-coordinator.ts";
 import { Leases } from "../../src/client/leases.ts";
-import type { PoolConfig } from "../../src/core/index.ts";
+import { type PoolConfig, createPool } from "../../src/core/index.ts";
 import { codeOf } from "../support/codes.ts";
 import { localPools, url } from "./helpers.ts";
 
@@ -200,4 +200,43 @@ describe("PostgresCoordinator scheduling across coordinators", () => {
     // Back at the maximum once the database is fast again.
     expect(limits.some((l) => l.phase === "fast again" && l.limit === LIMIT)).toBe(true);
   }, 30_000);
+});
+
+describe("PostgresCoordinator on tables made by an earlier version", () => {
+  it("adds the new columns in place and keeps the rows already there", async () => {
+    const schema = `lg_old_${process.pid}`;
+    const admin = postgres(url, { max: 1, onnotice: () => {} });
+    clients.push(admin);
+    await admin.unsafe(`DROP SCHEMA IF EXISTS ${schema} CASCADE; CREATE SCHEMA ${schema}`);
+    // The first version's tables: no owner pid, no classes, tenants, pause, override or adaptive state.
+    const fresh = createPool({ limit: 2, maxQueue: 10, waitMs: 1000, leaseTtlMs: 10_000 });
+    await admin.unsafe(`
+      CREATE TABLE ${schema}.leasegate_pools (pool text PRIMARY KEY, next_fence bigint NOT NULL DEFAULT 1, config jsonb NOT NULL,
+        counters jsonb NOT NULL, waits jsonb NOT NULL, hold_ms_sum double precision NOT NULL DEFAULT 0, hold_count bigint NOT NULL DEFAULT 0);
+      CREATE TABLE ${schema}.leasegate_leases (pool text NOT NULL, id text NOT NULL, fence bigint NOT NULL, holder text NOT NULL,
+        granted_at bigint NOT NULL, expires_at bigint NOT NULL, PRIMARY KEY (pool, id));
+      CREATE TABLE ${schema}.leasegate_waiters (pool text NOT NULL, id text NOT NULL, seq bigserial NOT NULL, holder text NOT NULL,
+        enqueued_at bigint NOT NULL, deadline bigint NOT NULL, ttl_ms bigint NOT NULL, PRIMARY KEY (pool, id));
+      INSERT INTO ${schema}.leasegate_pools (pool, next_fence, config, counters, waits)
+        VALUES ('old', 41, '{}', '${JSON.stringify(fresh.counters)}', '${JSON.stringify(fresh.waits)}');
+      INSERT INTO ${schema}.leasegate_leases VALUES ('old', 'aaaaaaaa-old-lease', 40, 'old-holder', ${Date.now()}, ${Date.now() + 60_000});`);
+    const sql = postgres(url, { max: 3, onnotice: () => {}, connection: { search_path: schema } });
+    clients.push(sql);
+    const c = new PostgresCoordinator({ sql, pool: "old", config: { limit: 2, maxQueue: 10, waitMs: 1000, leaseTtlMs: 10_000, reserved: 1 } });
+    try {
+      const leases = new Leases(c);
+      expect((await c.stats()).leases.map((l) => l.holder)).toEqual(["old-holder"]);
+      // The old lease holds the one normal slot; the reserved one is for critical callers only.
+      expect(await codeOf(leases.acquire({ holder: "normal", waitMs: 0 }))).toBe("ACQUIRE_TIMEOUT");
+      const critical = await leases.acquire({ holder: "critical", priority: "critical", tenant: "t1" });
+      expect(critical.fence).toBe(41);
+      expect(await c.pause()).toMatchObject({ ok: true, paused: true });
+      expect(await c.revoke("aaaaaaaa")).toMatchObject({ ok: true, holder: "old-holder" });
+      expect(await c.resume()).toMatchObject({ ok: true, paused: false });
+      await leases.release(critical);
+    } finally {
+      await c.close();
+      await admin.unsafe(`DROP SCHEMA ${schema} CASCADE`);
+    }
+  });
 });
