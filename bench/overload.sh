@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
-# Overload through `npm start`: a role with CONNECTION LIMIT 20, LEASE_LIMIT=18, 200 concurrent
-# clients on /api/pitches/trending for $DURATION seconds, with the coordinator on and then off.
-# Prints requests, non-2xx responses and the role's peak connections from pg_stat_activity.
-# Needs wrk (Debian package) and the local Postgres; run from the repository root.
+# Overload through `npm start`: a role with CONNECTION LIMIT 20, 200 concurrent clients on
+# /api/pitches/trending for $DURATION seconds, side by side:
+#   off            no coordinator, straight to Postgres
+#   pgbouncer      no coordinator, through PgBouncer (transaction mode, pool 18, max_client_conn 1000)
+#   on             leasegate (LEASE_LIMIT=18), straight to Postgres
+#   on+pgbouncer   leasegate in front of PgBouncer (LEASE_LIMIT=$PGB_LEASE_LIMIT, default 150; and 54)
+# then P4: leasegate with a 2 s deadline and a short queue under the same overload (bench/load.ts).
+# Prints a table: requests, 2xx, errors, goodput, p50/p99 and the role's peak connections from
+# pg_stat_activity; with RESULTS_DIR set, also writes p3.json and p4.json there (npm run bench).
+# Needs wrk and pgbouncer (Debian packages) and the local Postgres; run from the repository root.
 set -euo pipefail
 export PATH="$PWD/node_modules/.bin:$PATH"
 DURATION=${DURATION:-10}
-PORT=${PORT:-8791}
-ROLE=leasegate_app
+PORT=${PORT:-8832}
+PGB_PORT=${PGB_PORT:-6430}
+MODES=${MODES:-"off pgbouncer on on+pgbouncer on+pgbouncer-54"}
+ROLE=${ROLE:-leasegate_app}
+# leasegate in front of PgBouncer: PgBouncer caps the server connections, so the lease limit only
+# bounds the client side: how many callers PgBouncer itself queues (without deadlines); the rest
+# wait in leasegate's queue with deadlines. on+pgbouncer uses PGB_LEASE_LIMIT, on+pgbouncer-54 uses 54.
+PGB_LEASE_LIMIT=${PGB_LEASE_LIMIT:-150}
 ADMIN=(psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -q)
 
 "${ADMIN[@]}" <<SQL
@@ -25,27 +37,108 @@ DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres node -e '
   await migrate(sql); await seed(sql); await sql.end();' --input-type=module
 "${ADMIN[@]}" -c "GRANT USAGE ON SCHEMA public TO $ROLE; GRANT SELECT, INSERT, UPDATE ON pitches TO $ROLE;"
 
+# PgBouncer as an unprivileged user (it refuses to run as root), config in a temp dir.
+PGB_DIR=$(mktemp -d /tmp/leasegate-pgbouncer.XXXXXX)
+cat >"$PGB_DIR/pgbouncer.ini" <<INI
+[databases]
+postgres = host=127.0.0.1 port=5432 dbname=postgres
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PGB_PORT
+unix_socket_dir = $PGB_DIR
+auth_type = trust
+auth_file = $PGB_DIR/users.txt
+pool_mode = transaction
+default_pool_size = 18
+max_client_conn = 1000
+ignore_startup_parameters = extra_float_digits,options
+logfile = $PGB_DIR/pgbouncer.log
+pidfile = $PGB_DIR/pgbouncer.pid
+INI
+echo "\"$ROLE\" \"leasegate\"" >"$PGB_DIR/users.txt"
+as_user() { if [ "$(id -u)" = 0 ]; then chown -R postgres "$PGB_DIR"; runuser -u postgres -- "$@"; else "$@"; fi; }
+# PgBouncer keeps its server connections open between runs: it runs only for the runs through it.
+start_pgbouncer() { [ -f "$PGB_DIR/pgbouncer.pid" ] || as_user pgbouncer -d "$PGB_DIR/pgbouncer.ini"; sleep 0.3; }
+kill_pgbouncer() {
+  [ -f "$PGB_DIR/pgbouncer.pid" ] && kill "$(cat "$PGB_DIR/pgbouncer.pid")" 2>/dev/null || true
+  for _ in $(seq 50); do [ -f "$PGB_DIR/pgbouncer.pid" ] || break; sleep 0.1; done
+}
+stop_pgbouncer() { kill_pgbouncer; rm -rf "$PGB_DIR"; }
+# Each run starts with none of the role's connections left over from the previous one.
+wait_idle() {
+  for _ in $(seq 100); do
+    [ "$(psql -h 127.0.0.1 -U postgres -d postgres -Atc "SELECT count(*) FROM pg_stat_activity WHERE usename = '$ROLE'")" = 0 ] && return
+    sleep 0.1
+  done
+}
+trap stop_pgbouncer EXIT
+
+DIRECT=postgres://$ROLE:leasegate@127.0.0.1:5432/postgres
+BOUNCED=postgres://$ROLE:leasegate@127.0.0.1:$PGB_PORT/postgres
+
+# start_server COORDINATOR DATABASE_URL [VAR=value...]: npm start in the background; sets $server.
+start_server() {
+  local mode=$1 url=$2; shift 2
+  # A pool of its own per server: the coordinator's state persists under .wrangler/, and a killed
+  # server's in-flight leases would otherwise stay held (correctly) until their TTL.
+  env LEASE_LIMIT=18 LEASE_POOL="bench-$RANDOM$RANDOM" "$@" PORT=$PORT DATABASE_URL=$url COORDINATOR=$mode setsid npm start >"/tmp/leasegate-overload-$PORT.log" 2>&1 &
+  server=$!
+  for _ in $(seq 120); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && return; sleep 0.5; done
+  echo "server did not start; see /tmp/leasegate-overload-$PORT.log" >&2; return 1
+}
+stop_server() { kill -- -"$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; sleep 0.5; }
+
+# wrk's latency lines ("50%  123.45ms") in ms.
+ms_of() { awk -v p="$1" '$1 == p { v = $2; if (v ~ /us$/) { sub(/us$/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000 } printf "%.0f", v }'; }
+
+json="["
 run() {
-  local mode=$1
-  PORT=$PORT DATABASE_URL=postgres://$ROLE:leasegate@127.0.0.1:5432/postgres LEASE_LIMIT=18 LEASE_WAIT_MS=10000 \
-    COORDINATOR=$mode setsid npm start >"/tmp/leasegate-overload-$mode.log" 2>&1 &
-  local pid=$!
-  for _ in $(seq 60); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break; sleep 0.5; done
-  bench/sample-connections.sh $ROLE $((DURATION + 2)) >"/tmp/leasegate-peak-$mode.txt" &
+  local name=$1 mode=$2 url=$3 limit=${4:-18}
+  wait_idle
+  start_server "$mode" "$url" LEASE_WAIT_MS=10000 LEASE_LIMIT="$limit"
+  bench/sample-connections.sh $ROLE $((DURATION + 2)) >"/tmp/leasegate-peak-$PORT.txt" &
   local sampler=$!
   local out
-  out=$(wrk -t2 -c200 -d"${DURATION}s" --timeout 15s "http://127.0.0.1:$PORT/api/pitches/trending")
+  out=$(wrk -t2 -c200 -d"${DURATION}s" --timeout 15s --latency "http://127.0.0.1:$PORT/api/pitches/trending")
   wait $sampler
-  kill -- -"$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  local total non2xx rps
+  stop_server
+  local total non2xx sockerr ok p50 p99 peak goodput errors
   total=$(grep -oE '[0-9]+ requests in' <<<"$out" | grep -oE '^[0-9]+')
   non2xx=$(grep -oE 'Non-2xx or 3xx responses: [0-9]+' <<<"$out" | grep -oE '[0-9]+$' || echo 0)
-  rps=$(grep -oE 'Requests/sec: +[0-9.]+' <<<"$out" | grep -oE '[0-9.]+$')
-  printf '| %-4s | %6s | %7s | %8s | %4s |\n' "$mode" "$total" "${non2xx:-0}" "$rps" "$(cat /tmp/leasegate-peak-$mode.txt)"
+  sockerr=$({ grep -oE 'Socket errors: .*' <<<"$out" || true; } | { grep -oE '[0-9]+' || true; } | awk '{s+=$1} END {print s+0}')
+  ok=$((total - non2xx))
+  errors=$((non2xx + sockerr))
+  p50=$(ms_of 50% <<<"$out"); p99=$(ms_of 99% <<<"$out")
+  peak=$(cat "/tmp/leasegate-peak-$PORT.txt")
+  goodput=$(awk -v ok=$ok -v d=$DURATION 'BEGIN { printf "%.1f", ok / d }')
+  printf '| %-12s | %6s | %6s | %6s | %7s | %6s ms | %6s ms | %4s |\n' "$name" "$total" "$ok" "$errors" "$goodput" "$p50" "$p99" "$peak"
+  [ "$json" = "[" ] || json+=","
+  json+="{\"mode\":\"$name\",\"requests\":$total,\"ok\":$ok,\"errors\":$errors,\"goodput\":$goodput,\"p50\":\"$p50 ms\",\"p99\":\"$p99 ms\",\"peak\":$peak}"
 }
 
-echo "| coordinator | requests | non-2xx | req/s | peak connections (limit 20) |"
-echo "|---|---|---|---|---|"
-run on
-run off
+echo "| setup | requests | 2xx | errors | goodput (2xx/s) | p50 | p99 | peak connections (limit 20) |"
+echo "|---|---|---|---|---|---|---|---|"
+for mode in $MODES; do
+  case $mode in
+    off) kill_pgbouncer; run off off "$DIRECT" ;;
+    pgbouncer) start_pgbouncer; run pgbouncer off "$BOUNCED" ;;
+    on) kill_pgbouncer; run leasegate on "$DIRECT" ;;
+    on+pgbouncer) start_pgbouncer; run "leasegate($PGB_LEASE_LIMIT)+pgbouncer" on "$BOUNCED" "$PGB_LEASE_LIMIT" ;;
+    on+pgbouncer-54) start_pgbouncer; run "leasegate(54)+pgbouncer" on "$BOUNCED" 54 ;;
+  esac
+done
+json+="]"
+
+# P4: a 2 s deadline and a queue of 40 under 200 clients; the service time is measured unloaded first.
+kill_pgbouncer
+wait_idle
+start_server on "$DIRECT" LEASE_WAIT_MS=2000 LEASE_MAX_QUEUE=40
+service=$(for _ in $(seq 20); do curl -s -o /dev/null -w '%{http_code} %{time_total}\n' "http://127.0.0.1:$PORT/api/pitches/trending"; done | awk '$1 == 200 {print $2}' | sort -n | awk '{a[NR]=$1} END {printf "%.1f", a[int(NR/2)+1] * 1000}')
+p4=$(node bench/load.ts "http://127.0.0.1:$PORT/api/pitches/trending" 200 "$DURATION")
+stop_server
+p4=${p4%\}},\"serviceMs\":$service,\"deadlineMs\":2000\}
+echo "P4 (2 s deadline, queue 40, 200 clients): $p4"
+if [ -n "${RESULTS_DIR:-}" ]; then
+  echo "$json" >"$RESULTS_DIR/p3.json"
+  echo "$p4" >"$RESULTS_DIR/p4.json"
+fi

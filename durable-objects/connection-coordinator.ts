@@ -45,6 +45,7 @@ import {
   timeoutMessage,
 } from "../src/core/index.ts";
 
+
 /** The variables the coordinator reads; the same names as everywhere else in leasegate. */
 export interface CoordinatorEnv extends PoolEnv {}
 
@@ -85,6 +86,12 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
   private alarmAt: number | null = null;
   /** Shard `index/count` as persisted in meta, or null for an unsharded pool. */
   private shard: string | null = null;
+  /** Lease rows to write at the next flush, by id: the lease to upsert, or null to delete. */
+  private readonly staged = new Map<string, Lease | null>();
+  /** The flush every staged write will be part of; resolves once its transaction is issued. */
+  private flushing: Promise<void> | undefined;
+  /** Resolves when the last flushed batch is durable. */
+  private committing: Promise<void> = Promise.resolve();
 
   constructor(ctx: DurableObjectState, env: CoordinatorEnv) {
     super(ctx, env);
@@ -127,7 +134,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
       return;
     }
     // Leases that expired while the object was gone are reaped now; live ones are honored.
-    this.afterTransition(tick(this.pool, Date.now()), []);
+    void this.afterTransition(tick(this.pool, Date.now()), []);
   }
 
   /** LEASE_* from env, split to this object's part when it is a shard. */
@@ -154,7 +161,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
     const fx = reconfigure(pool, config, Date.now());
     this.writeMeta("shard", key);
     this.shard = key;
-    this.afterTransition(fx, []);
+    void this.afterTransition(fx, []);
   }
 
   /** What a sharded client picks shards by: held, waiting, and the slots grantable now (0 while paused). */
@@ -168,17 +175,65 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
   }
 
   /**
-   * Persists what a transition changed, wakes or fails the waiters it settled, and re-arms the
-   * timer. `written` are leases granted or renewed by the call itself.
+   * Stages what a transition changed, wakes or fails the waiters it settled, and re-arms the
+   * timer. `written` are leases granted or renewed by the call itself. Resolves once the writes
+   * that grants and renewals depend on are issued (see `flushSoon`); callers answer only then.
    */
-  private afterTransition(fx: Effects, written: Lease[]): void {
+  private afterTransition(fx: Effects, written: Lease[]): Promise<void> {
+    const pool = this.requirePool();
+    for (const l of written) this.staged.set(l.id, l);
+    for (const l of fx.granted) this.staged.set(l.id, l);
+    for (const l of fx.expired) this.staged.set(l.id, null);
+    for (const w of fx.timedOut) this.settle(w.leaseId, this.timedOut(pool, w));
+    const mustWrite = written.length > 0 || fx.granted.length > 0;
+    // Only grants and renewals wait for their write. Deletes are issued in the same batch (the
+    // end of this task, or with the batch collecting behind a commit) but a release's answer does
+    // not wait for them: a lost delete would only make a restarted object count the lease as held
+    // until its TTL — fewer connections than the limit for a while, never more.
+    const flushing = mustWrite || this.staged.size > 0 ? this.flushSoon() : undefined;
+    const flushed = mustWrite && flushing ? flushing : Promise.resolve();
+    if (fx.granted.length > 0) {
+      const granted = fx.granted;
+      void flushed.then(() => {
+        for (const lease of granted) this.settle(lease.id, { ok: true, lease: grantOf(lease), load: this.loadOf(pool) });
+      });
+    }
+    this.schedule();
+    return flushed;
+  }
+
+  /**
+   * Group commit. Staged writes go into one transaction per batch: the batch flushes as soon as
+   * the previous batch is durable (`storage.sync()`), so N calls arriving during one commit cost
+   * one more commit instead of N (a commit costs several no-op RPCs). Durability is unchanged for everything a caller relies on: a grant or renewal
+   * is answered only after this promise resolves, i.e. after its row and the fence counter were
+   * written, and workerd's output gate holds that answer until the write is durable. A crash before
+   * the flush loses only calls whose answers were never sent. A release's answer does not wait for
+   * its delete: a lost delete makes a restarted object count the lease as held until its TTL
+   * reaps it — fewer connections than the limit for a while, never more.
+   */
+  private flushSoon(): Promise<void> {
+    this.flushing ??= (async () => {
+      // While the previous batch commits, this one collects every call that arrives meanwhile;
+      // with nothing in flight it flushes at the end of this task (no timer: a timer turn costs
+      // milliseconds in workerd under load).
+      await this.committing;
+      this.flushing = undefined;
+      this.flush();
+      this.committing = this.ctx.storage.sync().catch(() => {});
+    })();
+    return this.flushing;
+  }
+
+  private flush(): void {
     const pool = this.requirePool();
     const sql = this.ctx.storage.sql;
-    const upserts = written.concat(fx.granted);
-    const deletes = fx.expired;
-    if (upserts.length > 0 || deletes.length > 0) {
-      this.ctx.storage.transactionSync(() => {
-        for (const l of upserts) {
+    if (this.staged.size === 0 && pool.nextFence === this.persistedFence) return;
+    this.ctx.storage.transactionSync(() => {
+      for (const [id, l] of this.staged) {
+        if (l === null) {
+          sql.exec("DELETE FROM leases WHERE id = ?", id);
+        } else {
           sql.exec(
             "INSERT OR REPLACE INTO leases (id, fence, holder, granted_at, expires_at) VALUES (?, ?, ?, ?, ?)",
             l.id,
@@ -188,16 +243,13 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
             l.expiresAt,
           );
         }
-        for (const l of deletes) sql.exec("DELETE FROM leases WHERE id = ?", l.id);
-        if (pool.nextFence !== this.persistedFence) {
-          sql.exec("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_fence', ?)", String(pool.nextFence));
-          this.persistedFence = pool.nextFence;
-        }
-      });
-    }
-    for (const lease of fx.granted) this.settle(lease.id, { ok: true, lease: grantOf(lease), load: this.loadOf(pool) });
-    for (const w of fx.timedOut) this.settle(w.leaseId, this.timedOut(pool, w));
-    this.schedule();
+      }
+      if (pool.nextFence !== this.persistedFence) {
+        sql.exec("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_fence', ?)", String(pool.nextFence));
+        this.persistedFence = pool.nextFence;
+      }
+    });
+    this.staged.clear();
   }
 
   private timedOut(pool: PoolState, w: Waiter): AcquireResult {
@@ -239,14 +291,14 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
   private onTimer(): void {
     this.timer = undefined;
     this.timerAt = Infinity;
-    if (this.pool) this.afterTransition(tick(this.pool, Date.now()), []);
+    if (this.pool) void this.afterTransition(tick(this.pool, Date.now()), []);
   }
 
   /** Reaps expired leases; re-arms itself while leases are held. */
   override async alarm(): Promise<void> {
     this.alarmAt = null;
     if (!this.pool) return;
-    this.afterTransition(tick(this.pool, Date.now()), []);
+    await this.afterTransition(tick(this.pool, Date.now()), []);
   }
 
   /**
@@ -281,15 +333,15 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
         Date.now(),
       );
       if (outcome.status === "granted") {
-        this.afterTransition(effects, [outcome.lease]);
+        await this.afterTransition(effects, [outcome.lease]);
         return { ok: true, lease: grantOf(outcome.lease), load: this.loadOf(pool) };
       }
       if (outcome.status === "rejected") {
-        this.afterTransition(effects, []);
+        void this.afterTransition(effects, []);
         return { ok: false, code: outcome.code, message: outcome.message, retryAfterMs: outcome.retryAfterMs, load: this.loadOf(pool) };
       }
       const waiting = new Promise<AcquireResult>((resolve) => this.waiters.set(leaseId, resolve));
-      this.afterTransition(effects, []);
+      void this.afterTransition(effects, []);
       return await waiting;
     } catch (error) {
       return failureOf(error);
@@ -305,8 +357,9 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
   async release(ref: LeaseRef): Promise<ReleaseResult> {
     try {
       const { outcome, effects } = release(this.requirePool(), ref, Date.now());
-      if (outcome.status === "ok") this.ctx.storage.sql.exec("DELETE FROM leases WHERE id = ?", outcome.lease.id);
-      this.afterTransition(effects, []);
+      // Not awaited: see flushSoon for why a release may answer before its delete is written.
+      if (outcome.status === "ok") this.staged.set(outcome.lease.id, null);
+      void this.afterTransition(effects, []);
       return outcome.status === "ok" ? { ok: true, released: true } : leaseFailure(outcome);
     } catch (error) {
       return failureOf(error);
@@ -322,7 +375,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
   async renew(ref: LeaseRef, ttlMs?: number): Promise<RenewResult> {
     try {
       const { outcome, effects } = renew(this.requirePool(), ref, Date.now(), ttlMs);
-      this.afterTransition(effects, outcome.status === "ok" ? [outcome.lease] : []);
+      await this.afterTransition(effects, outcome.status === "ok" ? [outcome.lease] : []);
       return outcome.status === "ok" ? { ok: true, lease: grantOf(outcome.lease) } : leaseFailure(outcome);
     } catch (error) {
       return failureOf(error);

@@ -2,6 +2,8 @@ import type { JSONValue, ReservedSql, Sql, TransactionSql } from "postgres";
 import {
   type AcquireOptions,
   type AcquireResult,
+  type AdaptiveState,
+  type ControlResult,
   type Counters,
   type Effects,
   type Failure,
@@ -10,28 +12,40 @@ import {
   type LeaseGrant,
   type LeaseOutcome,
   type LeaseRef,
+  type OperatorStats,
   type PoolConfig,
   type PoolState,
   type PoolStats,
+  type Priority,
+  type Reconciliation,
   type ReleaseResult,
   type RenewResult,
+  type RevokeResult,
   type Waiter,
+  BOUNDS,
   LeaseError,
   acquire,
   cancel,
+  checkInt,
+  compareConnections,
   createPool,
   expected,
+  findByPrefix,
   isLeaseError,
+  isScheduled,
   nextExpiryAt,
+  reconfigure,
   release,
   renew,
   retryAfterHint,
+  setPaused,
   stats,
   tick,
   validateConfig,
   withdraw,
 } from "../src/core/index.ts";
 import type { Coordinator } from "../src/client/leases.ts";
+import { countConnections } from "../src/db/reconcile.ts";
 
 /**
  * Options of a {@link PostgresCoordinator}.
@@ -64,7 +78,7 @@ export interface PostgresCoordinatorOptions {
 
 /** A call waiting for the next transition. */
 interface Call {
-  step: (state: PoolState, now: number) => Step<unknown>;
+  step: StepFn<unknown>;
   resolve: (answer: unknown) => void;
   reject: (error: unknown) => void;
 }
@@ -116,6 +130,16 @@ CREATE TABLE IF NOT EXISTS leasegate_waiters (
 CREATE INDEX IF NOT EXISTS leasegate_waiters_order ON leasegate_waiters (pool, seq);
 -- The backend pid of the waiting process's LISTEN connection: gone from pg_stat_activity = dead.
 ALTER TABLE leasegate_waiters ADD COLUMN IF NOT EXISTS owner_pid integer;
+-- Scheduling and operator state (added later: existing tables gain the columns in place).
+ALTER TABLE leasegate_waiters ADD COLUMN IF NOT EXISTS priority text;
+ALTER TABLE leasegate_waiters ADD COLUMN IF NOT EXISTS tenant text;
+ALTER TABLE leasegate_leases ADD COLUMN IF NOT EXISTS priority text;
+ALTER TABLE leasegate_pools ADD COLUMN IF NOT EXISTS paused boolean NOT NULL DEFAULT false;
+ALTER TABLE leasegate_pools ADD COLUMN IF NOT EXISTS limit_override integer;
+ALTER TABLE leasegate_pools ADD COLUMN IF NOT EXISTS adaptive jsonb;
+ALTER TABLE leasegate_pools ADD COLUMN IF NOT EXISTS last_served jsonb NOT NULL DEFAULT '[]';
+ALTER TABLE leasegate_pools ADD COLUMN IF NOT EXISTS serve_seq bigint NOT NULL DEFAULT 0;
+ALTER TABLE leasegate_pools ADD COLUMN IF NOT EXISTS reconciliation jsonb;
 `;
 
 /** Any fixed number: the key of the advisory lock that serializes schema creation. */
@@ -145,8 +169,14 @@ function timeoutResult(waitedMs: number, limit: number, retryAfterMs: number): A
 /** The pool as loaded inside a transition, plus what is needed to write back only the difference. */
 interface Loaded {
   state: PoolState;
+  /** The limit an operator set (null: the configured one, `baseLimit`, applies). Written back. */
+  limitOverride: number | null;
+  baseLimit: number;
+  reconciliation: Reconciliation | null;
   leasesBefore: Map<string, number>;
   queueBefore: Set<string>;
+  /** Tenants' turns change only with `serveSeq`: unchanged, `last_served` is not rewritten. */
+  serveSeqBefore: number;
   /** Waiters whose process's LISTEN connection is gone: nobody would ever take their grant. */
   dead: string[];
 }
@@ -156,6 +186,9 @@ interface Step<T> {
   answer: T;
   effects: Effects;
 }
+
+/** A core call run inside a transition, on the loaded state. */
+type StepFn<T> = (state: PoolState, now: number, loaded: Loaded) => Step<T>;
 
 /**
  * A {@link Coordinator} for Node and Deno: the same `src/core/` decisions as the Durable Object,
@@ -293,7 +326,8 @@ export class PostgresCoordinator implements Coordinator {
     this.#pending.set(leaseId, pending);
     try {
       const outcome = await this.#transition((state, now) => {
-        const { outcome, effects } = acquire(state, { leaseId, holder, waitMs: options.waitMs, ttlMs: options.ttlMs }, now);
+        const { waitMs, ttlMs, priority, tenant } = options;
+        const { outcome, effects } = acquire(state, { leaseId, holder, waitMs, ttlMs, priority, tenant }, now);
         return { answer: outcome, effects };
       });
       if (outcome.status === "granted") this.#settle(leaseId, { ok: true, lease: grantOf(outcome.lease) });
@@ -317,18 +351,11 @@ export class PostgresCoordinator implements Coordinator {
    * @example
    * await coordinator.release({ leaseId: lease.id, fence: lease.fence });
    */
-  async release(ref: LeaseRef): Promise<ReleaseResult> {
-    await this.ready();
-    try {
-      const outcome = await this.#transition((state, now) => {
-        const { outcome, effects } = release(state, ref, now);
-        return { answer: outcome, effects };
-      });
-      return outcome.status === "ok" ? { ok: true, released: true } : leaseFailure(outcome);
-    } catch (error) {
-      if (isLeaseError(error)) return { ok: false, code: error.code, message: error.message };
-      throw error;
-    }
+  release(ref: LeaseRef): Promise<ReleaseResult> {
+    return this.#call((state, now) => {
+      const { outcome, effects } = release(state, ref, now);
+      return { answer: outcome.status === "ok" ? { ok: true, released: true } : leaseFailure(outcome), effects };
+    });
   }
 
   /**
@@ -337,14 +364,18 @@ export class PostgresCoordinator implements Coordinator {
    * @example
    * const r = await coordinator.renew({ leaseId: lease.id, fence: lease.fence }, 30_000);
    */
-  async renew(ref: LeaseRef, ttlMs?: number): Promise<RenewResult> {
+  renew(ref: LeaseRef, ttlMs?: number): Promise<RenewResult> {
+    return this.#call((state, now) => {
+      const { outcome, effects } = renew(state, ref, now, ttlMs);
+      return { answer: outcome.status === "ok" ? { ok: true, lease: grantOf(outcome.lease) } : leaseFailure(outcome), effects };
+    });
+  }
+
+  /** One transition whose answer is a result object: a LeaseError becomes its failure. */
+  async #call<T>(step: StepFn<T>): Promise<T | Failure> {
     await this.ready();
     try {
-      const outcome = await this.#transition((state, now) => {
-        const { outcome, effects } = renew(state, ref, now, ttlMs);
-        return { answer: outcome, effects };
-      });
-      return outcome.status === "ok" ? { ok: true, lease: grantOf(outcome.lease) } : leaseFailure(outcome);
+      return await this.#transition(step);
     } catch (error) {
       if (isLeaseError(error)) return { ok: false, code: error.code, message: error.message };
       throw error;
@@ -358,11 +389,104 @@ export class PostgresCoordinator implements Coordinator {
    * const { held, waiting, counters } = await coordinator.stats();
    */
   async stats(): Promise<PoolStats> {
+    return stats((await this.#snapshot()).state, Date.now());
+  }
+
+  async #snapshot(): Promise<Loaded> {
     await this.ready();
-    return await this.#sql.begin(async (tx) => {
-      const { state } = await this.#load(tx);
-      return stats(state, Date.now());
+    return await this.#sql.begin((tx) => this.#load(tx));
+  }
+
+  // ── Operator controls: each is one transition, persisted in the pool's row for every process. ──
+
+  /** One control transition; answers the pool's settings after it. */
+  #control(step: (state: PoolState, now: number, loaded: Loaded) => Effects): Promise<ControlResult> {
+    return this.#call((state, now, loaded) => {
+      const effects = step(state, now, loaded);
+      const answer = { ok: true, paused: state.paused === true, limit: state.config.limit, limitOverride: loaded.limitOverride } as const;
+      return { answer, effects };
     });
+  }
+
+  /**
+   * Stops granting in every process sharing the pool (drain, say before a migration): held leases
+   * run on, callers queue and time out at their deadlines. Kept until `resume()`.
+   *
+   * @example
+   * await coordinator.pause(); // wait until (await coordinator.stats()).held === 0, migrate, resume
+   */
+  pause(): Promise<ControlResult> {
+    return this.#control((state, now) => setPaused(state, true, now));
+  }
+
+  /**
+   * Grants again; queued callers get free slots at once, in order.
+   *
+   * @example
+   * await coordinator.resume();
+   */
+  resume(): Promise<ControlResult> {
+    return this.#control((state, now) => setPaused(state, false, now));
+  }
+
+  /**
+   * Changes the pool's limit for every process and keeps it (also across restarts); `null` returns
+   * to the configured one. Raising it grants queued callers at once; lowering it revokes nothing.
+   *
+   * @example
+   * await coordinator.setLimit(20); await coordinator.setLimit(null);
+   */
+  setLimit(limit: number | null): Promise<ControlResult> {
+    return this.#control((state, now, loaded) => {
+      const target = limit === null ? loaded.baseLimit : checkInt("limit", limit, 1, BOUNDS.limit);
+      const effects = reconfigure(state, { ...state.config, limit: target }, now);
+      loaded.limitOverride = limit === null ? null : state.config.limit;
+      return effects;
+    });
+  }
+
+  /**
+   * Frees a stuck lease by its id or an unambiguous prefix of at least 8 characters (stats show
+   * the first 8). The holder's later release or renewal fails with `LEASE_NOT_FOUND`.
+   *
+   * @example
+   * await coordinator.revoke("3f2a9c1b");
+   */
+  revoke(idOrPrefix: string): Promise<RevokeResult> {
+    return this.#call((state, now) => {
+      const lease = findByPrefix(state, idOrPrefix);
+      // An already-expired lease is reaped by the same transition: the slot is free either way.
+      const { effects } = release(state, { leaseId: lease.id, fence: lease.fence }, now);
+      return { answer: { ok: true, released: true, idPrefix: lease.id.slice(0, 8), holder: lease.holder } as const, effects };
+    });
+  }
+
+  /**
+   * Reads `pg_stat_activity` (connections of this client's role, and those named `applicationName`)
+   * and compares it with the leases held now; the result is kept in the pool's row for
+   * `operatorStats()` in any process.
+   *
+   * @example
+   * const r = await coordinator.reconcile("my-app"); // r.drift, r.overLimit, r.status
+   */
+  async reconcile(applicationName: string): Promise<Reconciliation> {
+    await this.ready();
+    const counts = await countConnections(this.#sql, applicationName);
+    const { held, limit } = await this.stats();
+    const result = compareConnections({ held, limit }, counts, Date.now());
+    await this.#sql`UPDATE leasegate_pools SET reconciliation = ${this.#sql.json(asJson(result))} WHERE pool = ${this.pool}`;
+    return result;
+  }
+
+  /**
+   * `stats()` plus what only operators need: the limit override and the last reconciliation.
+   *
+   * @example
+   * const { paused, limitOverride, reconciliation } = await coordinator.operatorStats();
+   */
+  async operatorStats(): Promise<OperatorStats> {
+    const { state, limitOverride, reconciliation } = await this.#snapshot();
+    return { ...stats(state, Date.now()), limitOverride, reconciliation };
   }
 
   /**
@@ -414,23 +538,38 @@ export class PostgresCoordinator implements Coordinator {
       begin ? tx`BEGIN` : tx`SELECT 1`,
       tx`SELECT pg_advisory_xact_lock(hashtext(${this.pool}))`,
       tx`
-        SELECT p.next_fence, p.config, p.counters, p.waits, p.hold_ms_sum, p.hold_count,
-          (SELECT coalesce(json_agg(json_build_array(id, fence, holder, granted_at, expires_at)), '[]')
+        SELECT p.next_fence, p.config, p.counters, p.waits, p.hold_ms_sum, p.hold_count, p.paused, p.limit_override,
+          p.adaptive, p.last_served, p.serve_seq, p.reconciliation,
+          (SELECT coalesce(json_agg(json_build_array(id, fence, holder, granted_at, expires_at, priority)), '[]')
              FROM leasegate_leases WHERE pool = p.pool)::text AS leases,
           (SELECT coalesce(json_agg(json_build_array(id, holder, enqueued_at, deadline, ttl_ms,
-                     owner_pid IS NULL OR owner_pid = ANY(ARRAY(SELECT pid FROM pg_stat_activity))) ORDER BY seq), '[]')
+                     owner_pid IS NULL OR owner_pid = ANY(ARRAY(SELECT pid FROM pg_stat_activity)), priority, tenant) ORDER BY seq), '[]')
              FROM leasegate_waiters WHERE pool = p.pool)::text AS waiters
         FROM leasegate_pools p WHERE p.pool = ${this.pool}`,
     ]);
     if (!pool) throw new LeaseError("INTERNAL", `Pool ${this.pool} has no row: was the database reset under a running coordinator?`);
-    const leases = (JSON.parse(pool.leases as string) as Array<[string, number, string, number, number]>).map(
-      ([id, fence, holder, grantedAt, expiresAt]): Lease => ({ id, fence, holder, grantedAt, expiresAt }),
+    const leases = (JSON.parse(pool.leases as string) as Array<[string, number, string, number, number, Priority | null]>).map(
+      ([id, fence, holder, grantedAt, expiresAt, priority]): Lease =>
+        priority === null ? { id, fence, holder, grantedAt, expiresAt } : { id, fence, holder, grantedAt, expiresAt, priority },
     );
-    const state = createPool(pool.config as PoolConfig, { leases, nextFence: Number(pool.next_fence) });
-    const waiterRows = JSON.parse(pool.waiters as string) as Array<[string, string, number, number, number, boolean]>;
-    state.queue = waiterRows.map(
-      ([leaseId, holder, enqueuedAt, deadline, ttlMs]): Waiter => ({ leaseId, holder, enqueuedAt, deadline, ttlMs }),
-    );
+    const base = pool.config as PoolConfig;
+    const limitOverride = pool.limit_override === null ? null : Number(pool.limit_override);
+    const config = limitOverride === null ? base : { ...base, limit: limitOverride };
+    const state = createPool(config, { leases, nextFence: Number(pool.next_fence) });
+    type WaiterRow = [string, string, number, number, number, boolean, Priority | null, string | null];
+    const waiterRows = JSON.parse(pool.waiters as string) as WaiterRow[];
+    state.queue = waiterRows.map(([leaseId, holder, enqueuedAt, deadline, ttlMs, , priority, tenant]): Waiter => {
+      const w: { -readonly [K in keyof Waiter]: Waiter[K] } = { leaseId, holder, enqueuedAt, deadline, ttlMs };
+      if (priority !== null) w.priority = priority;
+      if (tenant !== null) w.tenant = tenant;
+      return w;
+    });
+    state.scheduled = state.queue.filter(isScheduled).length;
+    state.paused = pool.paused === true;
+    // A pool whose config turned adaptive on starts from createPool's fresh state; off drops it.
+    if (state.adaptive && pool.adaptive !== null) state.adaptive = pool.adaptive as AdaptiveState;
+    state.lastServed = new Map(pool.last_served as Array<[string, number]>);
+    state.serveSeq = Number(pool.serve_seq);
     state.counters = pool.counters as Counters;
     const waits = pool.waits as Histogram;
     state.waits = { ...state.waits, counts: waits.counts, count: waits.count, sum: waits.sum, max: waits.max };
@@ -438,6 +577,10 @@ export class PostgresCoordinator implements Coordinator {
     state.holdCount = Number(pool.hold_count);
     return {
       state,
+      limitOverride,
+      baseLimit: base.limit,
+      reconciliation: (pool.reconciliation as Reconciliation | null) ?? null,
+      serveSeqBefore: state.serveSeq,
       leasesBefore: new Map(leases.map((l) => [l.id, l.expiresAt])),
       queueBefore: new Set(state.queue.map((w) => w.leaseId)),
       dead: waiterRows.filter((r) => !r[5]).map((r) => r[0]),
@@ -449,7 +592,7 @@ export class PostgresCoordinator implements Coordinator {
    * are coalesced into the following one, in call order — like a group commit: one lock, one load
    * and one write per batch, so throughput grows with load instead of collapsing under it.
    */
-  #transition<T>(step: (state: PoolState, now: number) => Step<T>): Promise<T> {
+  #transition<T>(step: StepFn<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       this.#batch.push({ step, resolve: resolve as (answer: unknown) => void, reject });
       if (!this.#flushing) void this.#flush();
@@ -504,7 +647,7 @@ export class PostgresCoordinator implements Coordinator {
       }
       for (const call of batch) {
         try {
-          const { answer, effects: fx } = call.step(state, Date.now());
+          const { answer, effects: fx } = call.step(state, Date.now(), loaded);
           effects.granted.push(...fx.granted);
           effects.timedOut.push(...fx.timedOut);
           effects.expired.push(...fx.expired);
@@ -542,7 +685,7 @@ export class PostgresCoordinator implements Coordinator {
     const renewed: unknown[] = [];
     for (const l of state.leases.values()) {
       const before = leasesBefore.get(l.id);
-      if (before === undefined) added.push([l.id, l.fence, l.holder, l.grantedAt, l.expiresAt]);
+      if (before === undefined) added.push([l.id, l.fence, l.holder, l.grantedAt, l.expiresAt, l.priority ?? null]);
       else if (before !== l.expiresAt) renewed.push([l.id, l.expiresAt]);
     }
     const queued = new Set(state.queue.map((w) => w.leaseId));
@@ -550,7 +693,7 @@ export class PostgresCoordinator implements Coordinator {
     // New waiters in queue order: their sequence numbers are drawn in this order, under the lock.
     const joined = state.queue
       .filter((w) => !queueBefore.has(w.leaseId))
-      .map((w) => [w.leaseId, w.holder, w.enqueuedAt, w.deadline, w.ttlMs, this.#ownerPid]);
+      .map((w) => [w.leaseId, w.holder, w.enqueuedAt, w.deadline, w.ttlMs, this.#ownerPid, w.priority ?? null, w.tenant ?? null]);
     // Waiters settled here may belong to any process: announce them; delivered on commit only.
     const lines = [
       ...effects.granted.map((l) => `g ${l.id} ${l.fence} ${l.grantedAt} ${l.expiresAt}`),
@@ -559,6 +702,7 @@ export class PostgresCoordinator implements Coordinator {
     const notices: string[] = [];
     for (let i = 0; i < lines.length; i += NOTIFY_BATCH) notices.push(lines.slice(i, i + NOTIFY_BATCH).join("\n"));
     const waits = { counts: state.waits.counts, count: state.waits.count, sum: state.waits.sum, max: state.waits.max };
+    const turns = state.serveSeq === loaded.serveSeqBefore ? null : JSON.stringify([...state.lastServed]);
     // The whole difference is one statement: few messages and one executor start under the lock.
     return [
       tx`
@@ -567,8 +711,8 @@ export class PostgresCoordinator implements Coordinator {
           DELETE FROM leasegate_leases WHERE pool = ${this.pool}
             AND id IN (SELECT json_array_elements_text(${JSON.stringify(gone)}::text::json))),
         add_leases AS (
-          INSERT INTO leasegate_leases (pool, id, fence, holder, granted_at, expires_at)
-          SELECT ${this.pool}, e->>0, (e->>1)::bigint, e->>2, (e->>3)::bigint, (e->>4)::bigint
+          INSERT INTO leasegate_leases (pool, id, fence, holder, granted_at, expires_at, priority)
+          SELECT ${this.pool}, e->>0, (e->>1)::bigint, e->>2, (e->>3)::bigint, (e->>4)::bigint, e->>5
           FROM json_array_elements(${JSON.stringify(added)}::text::json) e),
         renew_leases AS (
           UPDATE leasegate_leases l SET expires_at = (e->>1)::bigint
@@ -578,12 +722,15 @@ export class PostgresCoordinator implements Coordinator {
           DELETE FROM leasegate_waiters WHERE pool = ${this.pool}
             AND id IN (SELECT json_array_elements_text(${JSON.stringify(left)}::text::json))),
         add_waiters AS (
-          INSERT INTO leasegate_waiters (pool, id, holder, enqueued_at, deadline, ttl_ms, owner_pid)
-          SELECT ${this.pool}, e->>0, e->>1, (e->>2)::bigint, (e->>3)::bigint, (e->>4)::bigint, (e->>5)::integer
+          INSERT INTO leasegate_waiters (pool, id, holder, enqueued_at, deadline, ttl_ms, owner_pid, priority, tenant)
+          SELECT ${this.pool}, e->>0, e->>1, (e->>2)::bigint, (e->>3)::bigint, (e->>4)::bigint, (e->>5)::integer, e->>6, e->>7
           FROM json_array_elements(${JSON.stringify(joined)}::text::json) WITH ORDINALITY AS j(e, n) ORDER BY n),
         pool_row AS (
           UPDATE leasegate_pools SET next_fence = ${state.nextFence}, counters = ${JSON.stringify(state.counters)}::text::jsonb,
-            waits = ${JSON.stringify(waits)}::text::jsonb, hold_ms_sum = ${state.holdMsSum}, hold_count = ${state.holdCount}
+            waits = ${JSON.stringify(waits)}::text::jsonb, hold_ms_sum = ${state.holdMsSum}, hold_count = ${state.holdCount},
+            paused = ${state.paused === true}, limit_override = ${loaded.limitOverride},
+            adaptive = ${JSON.stringify(state.adaptive ?? null)}::text::jsonb,
+            last_served = coalesce(${turns}::text::jsonb, last_served), serve_seq = ${state.serveSeq}
           WHERE pool = ${this.pool})
       SELECT pg_notify(${this.#channel}, n) FROM json_array_elements_text(${JSON.stringify(notices)}::text::json) n`,
     ];

@@ -9,7 +9,7 @@ import { Leases } from "../src/client/leases.ts";
 import { type PoolEnv, configFromEnv } from "../src/core/index.ts";
 import { toDatabaseError } from "../src/db/errors.ts";
 import { migrate, seed } from "../src/db/schema.ts";
-import { type AppDeps, type WithDatabase, handle } from "../src/http/app.ts";
+import { type AppDeps, type OperatorControls, type WithDatabase, handle } from "../src/http/app.ts";
 import { PostgresCoordinator } from "./postgres-coordinator.ts";
 
 /**
@@ -48,6 +48,9 @@ export interface LocalApp {
  * const url = env.DATABASE_URL || DEFAULT_DATABASE_URL;
  */
 export const DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/** How often the local server compares held leases with `pg_stat_activity` (the Worker's cron: once a minute). */
+const RECONCILE_EVERY_MS = 60_000;
 
 /**
  * Migrates and seeds the example schema, then returns the app wired to Postgres: one fresh
@@ -110,10 +113,28 @@ export async function createLocalApp(env: LocalEnv): Promise<LocalApp> {
       },
       { holder, waitMs },
     );
-  const deps: AppDeps = { withDatabase, stats: () => leases.stats(), debugToken: env.DEBUG_TOKEN, pool };
+  const operator: OperatorControls = {
+    stats: () => coordinator.operatorStats(),
+    pause: () => coordinator.pause(),
+    resume: () => coordinator.resume(),
+    setLimit: (limit) => coordinator.setLimit(limit),
+    revoke: (id) => coordinator.revoke(id),
+    reconcile: async () => {
+      try {
+        return await coordinator.reconcile(applicationName);
+      } catch (error) {
+        throw toDatabaseError(error);
+      }
+    },
+  };
+  const deps: AppDeps = { withDatabase, stats: () => leases.stats(), debugToken: env.DEBUG_TOKEN, pool, operator };
+  // Periodic reconciliation, as the Worker's cron does; a failed run (database down) is retried next period.
+  const reconciling = setInterval(() => void operator.reconcile().catch(() => {}), RECONCILE_EVERY_MS);
+  (reconciling as { unref?: () => void }).unref?.();
   return {
     fetch: (request) => handle(request, deps),
     close: async () => {
+      clearInterval(reconciling);
       await coordinator.close();
       await control.end({ timeout: 1 });
     },

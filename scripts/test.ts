@@ -97,6 +97,13 @@ if (denoSummary) {
   broken = true;
 }
 if (deno.status !== 0) broken = true;
+
+// Benchmarks are not tests: CI only checks that the bench harness starts and runs one short
+// iteration (inside workerd, no wrk or PgBouncer needed). Counts as one test.
+const benchSmoke = spawnSync("node", ["--expose-gc", "bench/run.ts", "--smoke"], { stdio: ["ignore", "ignore", "inherit"], env });
+if (benchSmoke.status === 0) passed++;
+else failed++;
+console.log(`bench smoke: ${benchSmoke.status === 0 ? "ok" : "FAILED"}`);
 await server.stop();
 console.log(`\n${passed} passed, ${failed} failed`);
 process.exit(broken || failed > 0 || passed === 0 ? 1 : 0);

@@ -370,7 +370,7 @@ export function release(state: PoolState, ref: LeaseRef, now: number): { outcome
     state.counters.released++;
     state.holdMsSum += now - found.lease.grantedAt;
     state.holdCount++;
-    observeHold(state, found.lease, now - found.lease.grantedAt);
+    observeHold(state, found.lease, now - found.lease.grantedAt, now);
   }
   const fx = noEffects();
   advance(state, now, fx);

@@ -23,7 +23,24 @@ export interface AdaptiveState {
   recentMs: number;
   baselineMs: number;
   samples: number;
+  /** When the last sample came, so the baseline moves by time, not by sample count. */
+  lastSampleAt?: number | undefined;
 }
+
+/**
+ * How long a slowdown must last before the adaptive limit takes it as the new normal, ms: the
+ * baseline rises toward slower hold times with this time constant (and falls to faster ones at
+ * once), so a database that stays slow keeps a shrunk limit for tens of seconds, not for a number
+ * of releases that a busy pool passes in a moment.
+ */
+export const BASELINE_RISE_MS = 30_000;
+/** The baseline falls toward faster hold times with this time constant, ms. */
+export const BASELINE_FALL_MS = 2_000;
+/**
+ * Hold times within this many ms of the tolerated baseline are noise (scheduling, a GC pause), not
+ * congestion: millisecond queries jitter by more than 50 % on a busy machine.
+ */
+export const NOISE_MS = 2;
 
 /** The limit in force now: the adaptive one when enabled, never above the configured maximum. */
 export function capacity(state: PoolState): number {
@@ -89,10 +106,12 @@ export function isScheduled(w: { priority?: Priority | undefined; tenant?: strin
 /**
  * Feeds one hold time (grant to release) into the adaptive limit, in the spirit of Netflix's
  * Gradient2: when recent hold times rise above the long-run baseline by more than the tolerance,
- * the limit shrinks by their ratio; otherwise it grows by about √limit per step, up to the maximum.
- * The baseline follows slowly, so a database that stays slow is eventually taken as the new normal.
+ * the limit shrinks by their ratio; otherwise it grows by about √limit per step, up to the maximum
+ * (Gradient2 adds the √limit allowance even while congested, which lets a small pool creep back
+ * up under sustained slowness; here it applies only when not congested). The baseline rises slowly in time (`BASELINE_RISE_MS`), so a database that stays slow is taken
+ * as the new normal only after tens of seconds, and falls at once when holds get faster.
  */
-export function observeHold(state: PoolState, lease: Lease, holdMs: number): void {
+export function observeHold(state: PoolState, lease: Lease, holdMs: number, now: number): void {
   const a = state.adaptive;
   const cfg = state.config.adaptive;
   if (!a || !cfg) return;
@@ -103,12 +122,17 @@ export function observeHold(state: PoolState, lease: Lease, holdMs: number): voi
     a.baselineMs = sample;
   } else {
     a.recentMs = a.recentMs * 0.8 + sample * 0.2;
-    a.baselineMs = a.baselineMs * 0.99 + sample * 0.01;
+    // Rises slowly (a slowdown is news for tens of seconds), falls fast (faster is the real speed).
+    const dt = Math.max(0, now - (a.lastSampleAt ?? now));
+    const tau = a.recentMs > a.baselineMs ? BASELINE_RISE_MS : BASELINE_FALL_MS;
+    a.baselineMs += (a.recentMs - a.baselineMs) * (1 - Math.exp(-dt / tau));
   }
+  a.lastSampleAt = now;
   a.samples++;
   const tolerance = cfg.tolerance ?? 1.5;
-  const gradient = Math.max(0.5, Math.min(1, (tolerance * a.baselineMs) / a.recentMs));
-  const target = a.limit * gradient + Math.sqrt(a.limit);
+  const gradient = Math.max(0.5, Math.min(1, (tolerance * a.baselineMs + NOISE_MS) / a.recentMs));
+  // Congested: shrink by the gradient. Not congested: probe upward by about √limit per step.
+  const target = gradient < 1 ? a.limit * gradient : a.limit + Math.sqrt(a.limit);
   const next = a.limit * 0.8 + target * 0.2;
   a.limit = Math.max(cfg.floor, Math.min(state.config.limit, next));
 }

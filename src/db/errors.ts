@@ -1,12 +1,14 @@
 import { LeaseError, isLeaseError } from "../core/index.ts";
 
-/** SQLSTATEs and driver codes after which the database, not the query, is the problem. */
-const UNAVAILABLE = new Set([
+/**
+ * The connection itself failed or the server turned it away (socket errors, postgres.js's own
+ * codes, too many connections, a backend shut down): a fresh attempt may succeed.
+ */
+export const CONNECTION_FAILURE_CODES: readonly string[] = [
   "53300", // too_many_connections
-  "53400", // configuration_limit_exceeded
-  "57P01", // admin_shutdown
+  "57P01", // admin_shutdown: the backend was terminated
   "57P02", // crash_shutdown
-  "57P03", // cannot_connect_now
+  "57P03", // cannot_connect_now: starting up or shutting down
   "ECONNREFUSED",
   "ECONNRESET",
   "EPIPE",
@@ -15,6 +17,12 @@ const UNAVAILABLE = new Set([
   "CONNECTION_CLOSED",
   "CONNECTION_ENDED",
   "CONNECTION_DESTROYED",
+];
+
+/** SQLSTATEs and driver codes after which the database, not the query, is the problem. */
+const UNAVAILABLE = new Set([
+  ...CONNECTION_FAILURE_CODES,
+  "53400", // configuration_limit_exceeded
 ]);
 
 /**

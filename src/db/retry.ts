@@ -1,5 +1,5 @@
 import { isLeaseError } from "../core/index.ts";
-import { toDatabaseError } from "./errors.ts";
+import { CONNECTION_FAILURE_CODES, toDatabaseError } from "./errors.ts";
 
 /** How a retry policy waits and gives up. All durations are milliseconds. */
 export interface RetryOptions {
@@ -25,20 +25,9 @@ export interface RetryRuntime {
 
 /** SQLSTATEs and driver codes after which the same statement may succeed on a fresh attempt. */
 const RETRYABLE_CODES = new Set([
-  "53300", // too_many_connections
-  "57P01", // admin_shutdown: the backend was terminated
-  "57P02", // crash_shutdown
-  "57P03", // cannot_connect_now: starting up or shutting down
+  ...CONNECTION_FAILURE_CODES,
   "40001", // serialization_failure: the transaction was rolled back
   "40P01", // deadlock_detected: the transaction was rolled back
-  "ECONNREFUSED",
-  "ECONNRESET",
-  "EPIPE",
-  "ETIMEDOUT",
-  "CONNECT_TIMEOUT",
-  "CONNECTION_CLOSED",
-  "CONNECTION_ENDED",
-  "CONNECTION_DESTROYED",
   "COORDINATOR_UNAVAILABLE",
 ]);
 

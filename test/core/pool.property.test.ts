@@ -159,7 +159,7 @@ describe("core under generated interleavings", () => {
         const c = p.counters;
         expect(c.granted).toBe(c.released + c.expired);
       }),
-      { numRuns: PROPERTY_RUNS },
+      { numRuns: PROPERTY_RUNS, ...(process.env.LEASEGATE_PROPERTY_SEED ? { seed: Number(process.env.LEASEGATE_PROPERTY_SEED) } : {}) },
     );
     console.log(`[reliability] core model: ${PROPERTY_RUNS} sequences, ${steps} operations checked (shrinking included)`);
   });

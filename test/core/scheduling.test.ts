@@ -137,6 +137,17 @@ describe("adaptive limit", () => {
     expect(stats(p, now).effectiveLimit).toBe(20);
   });
 
+  it("keeps the limit shrunk while the database stays slow, by time rather than by number of releases", () => {
+    const p = pool({ limit: 20, adaptive: { floor: 4 } });
+    let now = run(p, 10, 50, 0);
+    // 400 releases over 24 s of sustained slowness: still taken as slowness, not the new normal.
+    now = run(p, 60, 400, now);
+    expect(stats(p, now).effectiveLimit).toBeLessThan(10);
+    // Minutes of it: by then it is the database's speed, and the limit returns to the maximum.
+    now = run(p, 60, 3000, now);
+    expect(stats(p, now).effectiveLimit).toBe(20);
+  });
+
   it("holds back new grants while shrunk; leases already held are not revoked", () => {
     const p = pool({ limit: 6, adaptive: { floor: 2 } });
     let now = run(p, 5, 20, 0);

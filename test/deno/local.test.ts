@@ -110,3 +110,44 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "operator controls and priority classes on Deno: pause, live limit, metrics, critical first",
+  ...loose,
+  fn: async () => {
+    const pool = `${base}-operator`;
+    const app = await createLocalApp({ DATABASE_URL: url, LEASE_POOL: pool, LEASE_LIMIT: "2", LEASE_WAIT_MS: "200", DEBUG_TOKEN: "deno-token" });
+    const sql = postgres(url, { max: 3, onnotice: () => {} });
+    const other = new PostgresCoordinator({ sql, pool, config: { limit: 2, maxQueue: 10, waitMs: 2000, leaseTtlMs: 5000 } });
+    const post = async (path: string, body?: unknown) => {
+      const headers = { authorization: "Bearer deno-token", "content-type": "application/json" };
+      const r = await app.fetch(new Request(`http://local/__coordinator/${path}`, { method: "POST", headers, body: body === undefined ? null : JSON.stringify(body) }));
+      return { status: r.status, body: (await r.json()) as Record<string, unknown> };
+    };
+    try {
+      assert.deepEqual((await post("pause")).body, { pool, ok: true, paused: true, limit: 2, limitOverride: null });
+      assert.equal((await app.fetch(new Request("http://local/api/pitches/trending?limit=1"))).status, 503);
+      assert.equal((await post("resume")).body.paused, false);
+      assert.equal((await post("limit", { limit: 1 })).body.limitOverride, 1);
+      const leases = new Leases(other);
+      const held = await leases.acquire({ holder: "held" });
+      const order: string[] = [];
+      const normal = leases.acquire({ holder: "normal" }).then((l) => (order.push("normal"), l));
+      while ((await other.stats()).waiting < 1) await new Promise((r) => setTimeout(r, 5));
+      const critical = leases.acquire({ holder: "critical", priority: "critical" }).then((l) => (order.push("critical"), l));
+      while ((await other.stats()).waiting < 2) await new Promise((r) => setTimeout(r, 5));
+      await leases.release(held);
+      await leases.release(await critical);
+      await leases.release(await normal);
+      assert.deepEqual(order, ["critical", "normal"]);
+      const metrics = await app.fetch(new Request("http://local/__coordinator/metrics", { headers: { authorization: "Bearer deno-token" } }));
+      assert.equal(metrics.status, 200);
+      assert.match(await metrics.text(), /leasegate_limit_leases\{pool="[^"]+"\} 1/);
+    } finally {
+      await other.close();
+      await app.close();
+      await cleanup(sql, pool);
+      await sql.end();
+    }
+  },
+});

@@ -2,42 +2,15 @@ import postgres from "postgres";
 import { afterAll, describe, expect, it } from "vitest";
 import { PostgresCoordinator } from "../../local/postgres-coordinator.ts";
 import { Leases } from "../../src/client/leases.ts";
-import { type PoolConfig, isLeaseError } from "../../src/core/index.ts";
+import { codeOf } from "../support/codes.ts";
+import { localPools, url } from "./helpers.ts";
 
 // The real Postgres of `npm test`; every test takes a pool name of its own.
-const url = process.env.LEASEGATE_TEST_DATABASE_URL!;
-const clients: postgres.Sql[] = [];
-const coordinators: PostgresCoordinator[] = [];
-let seq = 0;
-const base = `unit-${process.pid}-${Date.now()}`;
+const pools = localPools("unit", { limit: 2, maxQueue: 10, waitMs: 1000, leaseTtlMs: 5000 });
+const { base, clients } = pools;
+const coordinator = pools.coordinator;
 
-function coordinator(config: Partial<PoolConfig> = {}, pool = `${base}-${++seq}`): PostgresCoordinator {
-  const sql = postgres(url, { max: 3, onnotice: () => {} });
-  clients.push(sql);
-  const c = new PostgresCoordinator({ sql, pool, config: { limit: 2, maxQueue: 10, waitMs: 1000, leaseTtlMs: 5000, ...config } });
-  coordinators.push(c);
-  return c;
-}
-
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return "no error";
-  } catch (e) {
-    return isLeaseError(e) ? e.code : `not a LeaseError: ${String(e)}`;
-  }
-}
-
-afterAll(async () => {
-  for (const c of coordinators) await c.close();
-  const sql = clients[0];
-  if (sql) {
-    await sql`DELETE FROM leasegate_leases WHERE pool LIKE ${`${base}-%`}`;
-    await sql`DELETE FROM leasegate_waiters WHERE pool LIKE ${`${base}-%`}`;
-    await sql`DELETE FROM leasegate_pools WHERE pool LIKE ${`${base}-%`}`;
-  }
-  for (const s of clients) await s.end();
-});
+afterAll(() => pools.cleanup());
 
 describe("PostgresCoordinator", () => {
   it("grants up to the limit with strictly increasing fences, then queues FIFO until a release", async () => {

@@ -33,6 +33,14 @@ describe("the published package", () => {
     const installed = JSON.parse(readFileSync(join(app, "node_modules", "leasegate", "package.json"), "utf8"));
     expect(installed.exports["./workers"]).toBeDefined();
 
+    // Node consumers: the runtime-neutral entry and the Postgres-backed coordinator load from dist/.
+    const node = run(
+      "node",
+      ["--input-type=module", "-e", "const l = await import('leasegate/local'); const r = await import('leasegate'); if (typeof l.PostgresCoordinator !== 'function' || typeof r.Leases !== 'function') process.exit(3);"],
+      app,
+    );
+    expect(node.status, node.output).toBe(0);
+
     const database = withPassword(process.env.LEASEGATE_TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres");
     const test = run("npm", ["test"], app, { EXAMPLE_DATABASE_URL: database });
     expect(test.status, test.output).toBe(0);

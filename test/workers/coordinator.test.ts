@@ -2,7 +2,7 @@ import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { Leases } from "../../src/client/leases.ts";
-import { isLeaseError } from "../../src/core/index.ts";
+import { codeOf } from "../support/codes.ts";
 
 // Every test takes a pool of its own: objects keep their state across tests in a file.
 let poolSeq = 0;
@@ -19,15 +19,6 @@ async function grant(stub: Stub, holder = "t") {
   const r = await stub.acquire({ holder });
   if (!r.ok) throw new Error(`expected a grant, got ${r.code}`);
   return r.lease;
-}
-
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-    return "no error";
-  } catch (e) {
-    return isLeaseError(e) ? e.code : `not a LeaseError: ${String(e)}`;
-  }
 }
 
 describe("ConnectionCoordinator in workerd", () => {
@@ -128,6 +119,32 @@ describe("ConnectionCoordinator in workerd", () => {
     expect((await grant(stub, "c")).fence).toBe(3);
     stub = await restart(stub, name);
     expect((await stub.stats()).held).toBe(2);
+  });
+
+  it("keeps grants that share one batched write durable across a restart", async () => {
+    let stub = freshPool();
+    const name = `coordinator-test-${poolSeq}`;
+    // Concurrent calls land in one group commit; each is answered only after its row is written.
+    const granted = await Promise.all(["a", "b", "c"].map((holder) => stub.acquire({ holder })));
+    const leases = granted.map((r) => {
+      if (!r.ok) throw new Error(`expected a grant, got ${r.code}`);
+      return r.lease;
+    });
+    const waiter = stub.acquire({ holder: "w", waitMs: 5000 });
+    await expect.poll(async () => (await stub.stats()).waiting).toBe(1);
+    // The release answers before its delete is written; the woken waiter's grant shares that write.
+    const a = leases.find((l) => l.holder === "a")!;
+    expect(await stub.release({ leaseId: a.id, fence: a.fence })).toEqual({ ok: true, released: true });
+    const woken = await waiter;
+    expect(woken).toMatchObject({ ok: true, lease: { holder: "w", fence: 4 } });
+    stub = await restart(stub, name);
+    const s = await stub.stats();
+    expect(s.held).toBe(3);
+    expect(s.leases.map((l) => l.holder).sort()).toEqual(["b", "c", "w"]);
+    expect(await stub.acquire({ holder: "x", waitMs: 0 })).toMatchObject({ ok: false });
+    if (!woken.ok) throw new Error("unreachable");
+    expect(await stub.release({ leaseId: woken.lease.id, fence: woken.lease.fence })).toEqual({ ok: true, released: true });
+    expect((await grant(stub, "y")).fence).toBe(5);
   });
 
   it("arms an alarm at the next expiry, and the alarm reaps a dead holder's lease", async () => {

@@ -1,0 +1,62 @@
+export {};
+/**
+ * A closed-loop HTTP load generator that keeps each response's status, latency and Retry-After
+ * (wrk reports only totals). Clients back off as told by Retry-After (capped at 1 s), as
+ * well-behaved callers do; the rest keep the server past capacity. usage: node bench/load.ts URL CLIENTS SECONDS
+ * Prints one JSON object: counts and latency percentiles for 2xx and per 503 error code.
+ */
+const [url, clientsArg, secondsArg] = process.argv.slice(2);
+if (!url) throw new Error("usage: node bench/load.ts URL CLIENTS SECONDS");
+const clients = Number(clientsArg ?? 200);
+const end = Date.now() + Number(secondsArg ?? 8) * 1000;
+
+interface Sample { status: number; ms: number; code: string; retryAfter: boolean }
+const samples: Sample[] = [];
+let failures = 0;
+
+async function client(): Promise<void> {
+  while (Date.now() < end) {
+    const t0 = performance.now();
+    try {
+      const r = await fetch(url!, { signal: AbortSignal.timeout(15_000) });
+      const body = await r.text();
+      const ms = performance.now() - t0;
+      let code = "";
+      if (r.status !== 200) code = (JSON.parse(body) as { error?: { code?: string } }).error?.code ?? String(r.status);
+      samples.push({ status: r.status, ms, code, retryAfter: r.headers.has("retry-after") });
+      const retryAfterS = Number(r.headers.get("retry-after") ?? 0);
+      if (r.status === 503 && retryAfterS > 0) await new Promise((resolve) => setTimeout(resolve, Math.min(1, retryAfterS) * 1000));
+    } catch {
+      failures++;
+    }
+  }
+}
+
+const pct = (xs: number[], p: number) => {
+  if (xs.length === 0) return 0;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))]!;
+};
+await Promise.all(Array.from({ length: clients }, client));
+const ok = samples.filter((s) => s.status === 200).map((s) => s.ms);
+const byCode = (c: string) => samples.filter((s) => s.code === c);
+const shed = byCode("QUEUE_FULL");
+const timeouts = byCode("ACQUIRE_TIMEOUT");
+console.log(
+  JSON.stringify({
+    ok: ok.length,
+    okP50: pct(ok, 50),
+    okP99: pct(ok, 99),
+    shed: shed.length,
+    shedP50: pct(shed.map((s) => s.ms), 50),
+    shedP99: pct(shed.map((s) => s.ms), 99),
+    timeouts: timeouts.length,
+    retryAfter: samples.filter((s) => s.status === 503 && s.retryAfter).length,
+    other: Object.fromEntries(
+      [...new Set(samples.filter((s) => s.status !== 200 && s.code !== "QUEUE_FULL" && s.code !== "ACQUIRE_TIMEOUT").map((s) => s.code))].map(
+        (c) => [c, byCode(c).length],
+      ),
+    ),
+    failures,
+  }),
+);
