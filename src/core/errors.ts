@@ -62,7 +62,7 @@ export class LeaseError extends Error {
  * True for a {@link LeaseError}, from any copy of this package.
  *
  * @example
- * if (isLeaseError(e)) console.log(e.code);
+ * if (isLeaseError(e)) return e.code;
  */
 export function isLeaseError(value: unknown): value is LeaseError {
   return typeof value === "object" && value !== null && (value as { brand?: unknown }).brand === BRAND;

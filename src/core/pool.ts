@@ -258,7 +258,7 @@ function checkTime(now: number): void {
  * deadline otherwise, shed with `QUEUE_FULL` when the queue is at its cap.
  *
  * @example
- * const { outcome, effects } = acquire(pool, { leaseId: "3f…", holder: "req-1" }, Date.now());
+ * const { outcome, effects } = acquire(pool, { leaseId: "3f…", holder: "req-1" }, now);
  */
 export function acquire(state: PoolState, req: AcquireRequest, now: number): { outcome: AcquireOutcome; effects: Effects } {
   checkTime(now);
@@ -360,7 +360,7 @@ function findLive(state: PoolState, ref: LeaseRef, now: number): LeaseOutcome {
  * a late or repeated release can never free a slot twice or free someone else's.
  *
  * @example
- * release(pool, { leaseId: lease.id, fence: lease.fence }, Date.now())
+ * release(pool, { leaseId: lease.id, fence: lease.fence }, now)
  */
 export function release(state: PoolState, ref: LeaseRef, now: number): { outcome: LeaseOutcome; effects: Effects } {
   checkTime(now);
@@ -382,7 +382,7 @@ export function release(state: PoolState, ref: LeaseRef, now: number): { outcome
  * renewed: its slot may already belong to someone else.
  *
  * @example
- * renew(pool, { leaseId: lease.id, fence: lease.fence }, Date.now())
+ * renew(pool, { leaseId: lease.id, fence: lease.fence }, now)
  */
 export function renew(
   state: PoolState,
@@ -403,7 +403,7 @@ export function renew(
  * Removes a waiter whose caller gave up (disconnected, aborted). Returns whether it was queued.
  *
  * @example
- * cancel(pool, leaseId, Date.now())
+ * cancel(pool, leaseId, now)
  */
 export function cancel(state: PoolState, leaseId: string, now: number): { removed: boolean; effects: Effects } {
   checkTime(now);
@@ -423,7 +423,7 @@ export function cancel(state: PoolState, leaseId: string, now: number): { remove
  * queued.
  *
  * @example
- * withdraw(pool, ["3f…", "9a…"], Date.now())
+ * withdraw(pool, ["3f…", "9a…"], now)
  */
 export function withdraw(state: PoolState, leaseIds: readonly string[], now: number): { removed: number; effects: Effects } {
   checkTime(now);
@@ -441,7 +441,7 @@ export function withdraw(state: PoolState, leaseIds: readonly string[], now: num
  * Brings the pool to `now` with no request: the shell calls it when a timer or alarm fires.
  *
  * @example
- * const { expired, timedOut, granted } = tick(pool, Date.now());
+ * const { expired, timedOut, granted } = tick(pool, now);
  */
 export function tick(state: PoolState, now: number): Effects {
   checkTime(now);
@@ -454,7 +454,7 @@ export function tick(state: PoolState, now: number): Effects {
  * When the pool next needs a `tick`: the earliest lease expiry or waiter deadline, or null.
  *
  * @example
- * const at = nextWakeAt(pool); if (at !== null) setTimeout(onTick, at - Date.now());
+ * const at = nextWakeAt(pool); // the shell arms one timer for `at - now`
  */
 export function nextWakeAt(state: PoolState): number | null {
   let at = Infinity;
@@ -475,7 +475,7 @@ export function nextExpiryAt(state: PoolState): number | null {
  * new limit keep their leases, and no one is granted until held falls below it.
  *
  * @example
- * const fx = reconfigure(pool, { ...pool.config, limit: 5 }, Date.now());
+ * const fx = reconfigure(pool, { ...pool.config, limit: 5 }, now);
  */
 export function reconfigure(state: PoolState, config: PoolConfig, now: number): Effects {
   checkTime(now);
@@ -520,7 +520,7 @@ export interface PoolStats {
  * A snapshot for operators; lease ids are cut to a prefix so stats never hand out a usable id.
  *
  * @example
- * const { held, waiting, counters } = stats(pool, Date.now());
+ * const { held, waiting, counters } = stats(pool, now);
  */
 export function stats(state: PoolState, now: number): PoolStats {
   const oldest = state.queue.reduce((min, w) => Math.min(min, w.enqueuedAt), Infinity);
@@ -562,8 +562,8 @@ export function stats(state: PoolState, now: number): PoolStats {
  * to the queue at once, in order.
  *
  * @example
- * setPaused(pool, true, Date.now()); // … migrate … then:
- * const { granted } = setPaused(pool, false, Date.now());
+ * setPaused(pool, true, now); // … migrate … then:
+ * const { granted } = setPaused(pool, false, now);
  */
 export function setPaused(state: PoolState, paused: boolean, now: number): Effects {
   checkTime(now);

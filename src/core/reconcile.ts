@@ -40,7 +40,7 @@ export interface Reconciliation extends ConnectionCounts {
  *
  * @example
  * compareConnections({ held: 3, limit: 10 }, { role: "app", applicationName: "web",
- *   roleConnections: 12, appConnections: 5 }, Date.now())
+ *   roleConnections: 12, appConnections: 5 }, now)
  * // → { drift: 2, overLimit: true, status: "over_limit", … }
  */
 export function compareConnections(
