@@ -145,6 +145,14 @@ ALTER TABLE leasegate_pools ADD COLUMN IF NOT EXISTS reconciliation jsonb;
 /** Any fixed number: the key of the advisory lock that serializes schema creation. */
 const SCHEMA_LOCK = 7_401_310_001;
 
+/**
+ * The column SCHEMA adds last. When it exists the schema is current and no DDL runs: even a no-op
+ * `ALTER TABLE … ADD COLUMN IF NOT EXISTS` takes an exclusive lock on its table, which would
+ * deadlock against another process's transition holding row locks on the others. Move it when
+ * SCHEMA grows.
+ */
+const SCHEMA_SENTINEL = { table: "leasegate_pools", column: "reconciliation" } as const;
+
 const POOL_NAME = /^[A-Za-z0-9_.:-]{1,48}$/;
 /** Grants per NOTIFY: a payload must stay under Postgres's 8000-byte limit. */
 const NOTIFY_BATCH = 60;
@@ -265,10 +273,21 @@ export class PostgresCoordinator implements Coordinator {
 
   async #init(): Promise<void> {
     const sql = this.#sql;
-    await sql.begin(async (tx) => {
-      await tx`SELECT pg_advisory_xact_lock(${SCHEMA_LOCK})`;
-      await tx.unsafe(SCHEMA);
-    });
+    const [current] = await sql`
+      SELECT 1 FROM information_schema.columns
+      WHERE table_schema = current_schema() AND table_name = ${SCHEMA_SENTINEL.table} AND column_name = ${SCHEMA_SENTINEL.column}`;
+    for (let attempt = 1; !current; attempt++) {
+      try {
+        await sql.begin(async (tx) => {
+          await tx`SELECT pg_advisory_xact_lock(${SCHEMA_LOCK})`;
+          await tx.unsafe(SCHEMA);
+        });
+        break;
+      } catch (error) {
+        // An upgrade racing a running transition of another process: the DDL lost; run it again.
+        if ((error as { code?: unknown }).code !== "40P01" || attempt >= 3) throw error;
+      }
+    }
     const empty = createPool(this.#config);
     await sql`
       INSERT INTO leasegate_pools (pool, config, counters, waits)
