@@ -2,7 +2,15 @@ import type { Sql } from "postgres";
 import { ConnectionCoordinator } from "../durable-objects/connection-coordinator.ts";
 import { type LeaseClient, Leases } from "./client/leases.ts";
 import { type IsolateShards, ShardedLeases, createIsolateShards, mergeStats, shardName } from "./client/sharded-leases.ts";
-import { type ControlResult, type PoolEnv, LeaseError, compareConnections, configFromEnv, expected, shardLimits as shardLimitsOf } from "./core/index.ts";
+import {
+  type ControlResult,
+  type PoolEnv,
+  compareConnections,
+  configFromEnv,
+  expected,
+  intFromEnv,
+  shardLimits as shardLimitsOf,
+} from "./core/index.ts";
 import { closeConnection, connectFromWorker } from "./db/hyperdrive.ts";
 import { CircuitBreaker } from "./db/circuit-breaker.ts";
 import { type DatabaseConfig, type DatabaseEnv, databaseConfig } from "./db/config.ts";
@@ -44,17 +52,11 @@ const configs = new WeakMap<Env, DatabaseConfig>();
 // Per isolate, per pool and split: the shards' last loads and the lease block (batching).
 const shardStates = new Map<string, IsolateShards>();
 
-function wholeFromEnv(name: string, raw: string | undefined, fallback: number): number {
-  if (raw === undefined || raw.trim() === "") return fallback;
-  if (!/^\d+$/.test(raw.trim())) throw new LeaseError("INVALID_CONFIG", expected(name, "a whole number", raw));
-  return Number(raw.trim());
-}
-
 /** The isolate's state for this env's pool, or undefined for one object without batching (today's path). */
 function shardStateFor(env: Env, pool: string): IsolateShards | undefined {
-  const shards = wholeFromEnv("LEASE_SHARDS", env.LEASE_SHARDS, 1);
-  const maxBlock = wholeFromEnv("LEASE_BLOCK", env.LEASE_BLOCK, 0);
-  const idleMs = wholeFromEnv("LEASE_BLOCK_IDLE_MS", env.LEASE_BLOCK_IDLE_MS, 20);
+  const shards = intFromEnv("LEASE_SHARDS", env.LEASE_SHARDS, 1);
+  const maxBlock = intFromEnv("LEASE_BLOCK", env.LEASE_BLOCK, 0);
+  const idleMs = intFromEnv("LEASE_BLOCK_IDLE_MS", env.LEASE_BLOCK_IDLE_MS, 20);
   if (shards === 1 && maxBlock === 0) return undefined;
   const limit = configFromEnv(env).limit;
   const key = `${pool}|${shards}|${limit}|${maxBlock}|${idleMs}`;

@@ -98,7 +98,14 @@ export interface PoolEnv {
   LEASE_ADAPTIVE_FLOOR?: string | undefined;
 }
 
-function intFromEnv<T extends number | undefined>(name: string, raw: string | undefined, fallback: T): number | T {
+/**
+ * A whole number from an environment variable, or `fallback` when it is unset or empty; anything
+ * else fails with `INVALID_CONFIG` naming the variable.
+ *
+ * @example
+ * intFromEnv("LEASE_SHARDS", env.LEASE_SHARDS, 1)
+ */
+export function intFromEnv<T extends number | undefined>(name: string, raw: string | undefined, fallback: T): number | T {
   if (raw === undefined || raw.trim() === "") return fallback;
   const trimmed = raw.trim();
   if (!/^\d+$/.test(trimmed)) throw new LeaseError("INVALID_CONFIG", expected(name, "a whole number", raw));
