@@ -3,23 +3,11 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { Leases } from "../../src/client/leases.ts";
 import { codeOf } from "../support/codes.ts";
+import { grantNow as grant, restartCoordinator } from "../support/coordinator.ts";
 
 // Every test takes a pool of its own: objects keep their state across tests in a file.
 let poolSeq = 0;
 const freshPool = () => env.COORDINATOR_DO.getByName(`coordinator-test-${++poolSeq}`);
-type Stub = ReturnType<typeof freshPool>;
-
-/** Crashes the object (as a deploy or an eviction would) and returns a stub to its new instance. */
-async function restart(stub: Stub, name: string): Promise<Stub> {
-  await runInDurableObject(stub, (_, state) => state.abort("restart")).catch(() => {});
-  return env.COORDINATOR_DO.getByName(name);
-}
-
-async function grant(stub: Stub, holder = "t") {
-  const r = await stub.acquire({ holder });
-  if (!r.ok) throw new Error(`expected a grant, got ${r.code}`);
-  return r.lease;
-}
 
 describe("ConnectionCoordinator in workerd", () => {
   it("grants up to the limit with increasing fences", async () => {
@@ -111,13 +99,13 @@ describe("ConnectionCoordinator in workerd", () => {
     const name = `coordinator-test-${poolSeq}`;
     const a = await grant(stub, "a");
     await grant(stub, "b");
-    stub = await restart(stub, name);
+    stub = await restartCoordinator(name);
     const s = await stub.stats();
     expect(s.held).toBe(2);
     expect(s.leases.map((l) => l.holder).sort()).toEqual(["a", "b"]);
     expect(await stub.release({ leaseId: a.id, fence: a.fence })).toEqual({ ok: true, released: true });
     expect((await grant(stub, "c")).fence).toBe(3);
-    stub = await restart(stub, name);
+    stub = await restartCoordinator(name);
     expect((await stub.stats()).held).toBe(2);
   });
 
@@ -137,7 +125,7 @@ describe("ConnectionCoordinator in workerd", () => {
     expect(await stub.release({ leaseId: a.id, fence: a.fence })).toEqual({ ok: true, released: true });
     const woken = await waiter;
     expect(woken).toMatchObject({ ok: true, lease: { holder: "w", fence: 4 } });
-    stub = await restart(stub, name);
+    stub = await restartCoordinator(name);
     const s = await stub.stats();
     expect(s.held).toBe(3);
     expect(s.leases.map((l) => l.holder).sort()).toEqual(["b", "c", "w"]);
@@ -214,7 +202,7 @@ describe("ConnectionCoordinator in workerd", () => {
     const held = [await leases.acquire(), await leases.acquire(), await leases.acquire()];
     const waiting = codeOf(leases.acquire({ waitMs: 5000 }));
     await expect.poll(async () => (await stub.stats()).waiting).toBe(1);
-    const again = await restart(stub, name);
+    const again = await restartCoordinator(name);
     expect(await waiting).toBe("COORDINATOR_UNAVAILABLE");
     // The restarted object still counts the three live leases and has no waiters: the limit holds.
     expect(await again.stats()).toMatchObject({ held: 3, waiting: 0 });

@@ -1,8 +1,8 @@
-import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { afterAll, describe, expect, it } from "vitest";
 import { Leases } from "../../src/client/leases.ts";
 import { type LeaseGrant, isLeaseError } from "../../src/core/index.ts";
+import { restartCoordinator } from "../support/coordinator.ts";
 
 /**
  * Injected faults against the real Durable Object in workerd (limit 3, max queue 5 from
@@ -18,11 +18,6 @@ type Stub = ReturnType<typeof fresh>["stub"];
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const figures: string[] = [];
 afterAll(() => console.log(`[reliability] faults: ${figures.join("; ")}`));
-
-async function restart(stub: Stub, name: string): Promise<Stub> {
-  await runInDurableObject(stub, (_, state) => state.abort("restart")).catch(() => {});
-  return env.COORDINATOR_DO.getByName(name);
-}
 
 async function hold(stub: Stub, n: number, ttlMs = 30_000): Promise<LeaseGrant[]> {
   const out: LeaseGrant[] = [];
@@ -88,7 +83,7 @@ describe("faults in workerd", () => {
       (e: unknown) => (isLeaseError(e) ? `${e.code}${e.retryable ? " (retryable)" : ""}` : String(e)),
     ));
     await expect.poll(async () => (await stub.stats()).waiting).toBe(5);
-    stub = await restart(stub, name);
+    stub = await restartCoordinator(name);
     expect(await Promise.all(first)).toEqual(Array(5).fill("COORDINATOR_UNAVAILABLE (retryable)"));
     // The restarted object still counts the three live leases: no fourth caller gets in.
     expect(await stub.stats()).toMatchObject({ held: 3, waiting: 0 });

@@ -1,10 +1,11 @@
-import { createExecutionContext, createScheduledController, runInDurableObject, waitOnExecutionContext } from "cloudflare:test";
+import { createExecutionContext, createScheduledController, waitOnExecutionContext } from "cloudflare:test";
 import { env, exports } from "cloudflare:workers";
 import parsePrometheusTextFormat from "parse-prometheus-text-format";
 import { describe, expect, it } from "vitest";
 import type { Sql } from "postgres";
 import { closeConnection, connectFromWorker } from "../../src/db/hyperdrive.ts";
 import worker, { type Env } from "../../src/worker.ts";
+import { grantNow, restartCoordinator } from "../support/coordinator.ts";
 
 // Every test drives a pool of its own through the real HTTP handler, the real Durable Object and
 // Hyperdrive's local mode into the real Postgres; objects keep state across tests in a file.
@@ -30,17 +31,6 @@ function app(overrides: Partial<Env> = {}) {
   const stats = async () => (await (await call("/__coordinator/stats", { headers: auth })).json()) as Record<string, any>;
   const stub = () => env.COORDINATOR_DO.getByName(pool);
   return { pool, env: e, call, post, stats, stub };
-}
-
-async function restart(name: string) {
-  await runInDurableObject(env.COORDINATOR_DO.getByName(name), (_, state) => state.abort("restart")).catch(() => {});
-  return env.COORDINATOR_DO.getByName(name);
-}
-
-async function grant(stub: ReturnType<ReturnType<typeof app>["stub"]>, holder: string) {
-  const r = await stub.acquire({ holder });
-  if (!r.ok) throw new Error(`expected a grant, got ${r.code}`);
-  return r.lease;
 }
 
 describe("operator endpoints: auth and formats", () => {
@@ -93,7 +83,7 @@ describe("operator endpoints: auth and formats", () => {
 describe("live controls on real Postgres", () => {
   it("pause drains: holders keep their slot, new requests wait and time out, resume grants the queue", async () => {
     const a = app();
-    const held = await grant(a.stub(), "migration-probe");
+    const held = await grantNow(a.stub(), "migration-probe");
     expect((await a.post("/__coordinator/pause")).body).toMatchObject({ ok: true, paused: true, limit: 3 });
     // Two slots are free, yet a paused pool grants nobody: the request times out (LEASE_WAIT_MS 400).
     const refused = await a.call("/api/pitches/trending?limit=1");
@@ -102,7 +92,7 @@ describe("live controls on real Postgres", () => {
     expect(refused.headers.get("retry-after")).toMatch(/^\d+$/);
     expect(await a.stats()).toMatchObject({ paused: true, held: 1 });
     // A paused pool survives a restart of its object.
-    await restart(a.pool);
+    await restartCoordinator(a.pool);
     expect(await a.stats()).toMatchObject({ paused: true, held: 1 });
     expect((await a.stub().release({ leaseId: held.id, fence: held.fence })).ok).toBe(true);
     // A request queued while paused is granted the moment the pool resumes, and reaches Postgres.
@@ -118,14 +108,14 @@ describe("live controls on real Postgres", () => {
   it("changes the limit live, keeps it across a restart, and returns to LEASE_LIMIT on null", async () => {
     const a = app();
     const stub = a.stub();
-    await Promise.all([grant(stub, "a"), grant(stub, "b"), grant(stub, "c")]);
+    await Promise.all([grantNow(stub, "a"), grantNow(stub, "b"), grantNow(stub, "c")]);
     const queued = a.call("/api/pitches/public?limit=2");
     await expect.poll(async () => (await a.stats()).waiting).toBe(1);
     expect((await a.post("/__coordinator/limit", { limit: 4 })).body).toMatchObject({ ok: true, limit: 4, limitOverride: 4 });
     // Raising the limit hands the new slot to the waiter at once: its query runs on Postgres.
     const served = await queued;
     expect(served.status).toBe(200);
-    await restart(a.pool);
+    await restartCoordinator(a.pool);
     expect(await a.stats()).toMatchObject({ limit: 4, limitOverride: 4, held: 3 });
     for (const bad of [0, -1, 1.5, "5", 10_001]) {
       const r = await a.post("/__coordinator/limit", { limit: bad });
@@ -133,14 +123,14 @@ describe("live controls on real Postgres", () => {
       expect(r.body.error.code).toBe("INVALID_ARGUMENT");
     }
     expect((await a.post("/__coordinator/limit", { limit: null })).body).toMatchObject({ limit: 3, limitOverride: null });
-    await restart(a.pool);
+    await restartCoordinator(a.pool);
     expect(await a.stats()).toMatchObject({ limit: 3, limitOverride: null });
   });
 
   it("releases a stuck lease by its id prefix; the holder's late release changes nothing", async () => {
     const a = app();
-    const stuck = await grant(a.stub(), "GET /api/stuck");
-    const other = await grant(a.stub(), "GET /api/fine");
+    const stuck = await grantNow(a.stub(), "GET /api/stuck");
+    const other = await grantNow(a.stub(), "GET /api/fine");
     const shown = ((await a.stats()).leases as Array<{ idPrefix: string; holder: string }>).find((l) => l.holder === "GET /api/stuck")!;
     expect(shown.idPrefix).toBe(stuck.id.slice(0, 8));
     expect((await a.post("/__coordinator/release", { id: "zzzzzzzz" })).body.error.code).toBe("LEASE_NOT_FOUND");
@@ -161,7 +151,7 @@ describe("reconciliation with pg_stat_activity", () => {
     const a = app({ APPLICATION_NAME: appName });
     // Inside a real lease with its connection open (what the app's withDatabase does), the
     // database sees exactly one connection of the app.
-    const lease = await grant(a.stub(), "reconcile-probe");
+    const lease = await grantNow(a.stub(), "reconcile-probe");
     const leased = connectFromWorker(env.HYPERDRIVE.connectionString, appName);
     let inside: Record<string, any>;
     try {
