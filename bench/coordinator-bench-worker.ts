@@ -8,10 +8,17 @@
  * GET /p2?n=N&c=C       C concurrent loops sharing N calls: no-op RPCs/s vs acquire+release pairs/s
  * GET /shed?n=N         a full pool and queue: how long a QUEUE_FULL answer takes, in µs
  * GET /restart-check    grants leases concurrently, restarts the object, counts those still held
+ * GET /block?n=N&c=C    through the Worker's client with a per-isolate lease block: coordinator
+ *                       calls per acquire+release, sequential and with C concurrent callers
+ *
+ * The floor of a durable call is measured too: `NoopObject.write()` changes one SQLite row, so its
+ * answer waits for a commit exactly as a grant's does.
  */
 import { DurableObject } from "cloudflare:workers";
 import { ConnectionCoordinator } from "../durable-objects/connection-coordinator.ts";
 import { WritePerCallCoordinator } from "./baseline/write-per-call-coordinator.ts";
+import type { Coordinator as LeaseCoordinator } from "../src/client/leases.ts";
+import { ShardedLeases, createIsolateShards } from "../src/client/sharded-leases.ts";
 
 export { WritePerCallCoordinator };
 
@@ -28,10 +35,29 @@ export class BenchCoordinator extends ConnectionCoordinator {
 
 /** The floor: a Durable Object whose only RPC does nothing. Bench-only; not in the production API. */
 export class NoopObject extends DurableObject {
+  #writes = 0;
+
   /** @example await env.NOOP_DO.getByName("x").ping() */
   async ping(): Promise<{ ok: true }> {
     return { ok: true };
   }
+
+  /** One durable change: the answer waits for its commit, like a grant's. @example await stub.write() */
+  async write(): Promise<{ ok: true }> {
+    if (this.#writes === 0) this.ctx.storage.sql.exec("CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY, value INTEGER NOT NULL)");
+    this.ctx.storage.sql.exec("INSERT OR REPLACE INTO counter (id, value) VALUES (1, ?)", ++this.#writes);
+    return { ok: true };
+  }
+}
+
+/** Counts the calls that reach the coordinator through a client. */
+function counted(stub: DurableObjectStub<BenchCoordinator>, calls: { n: number }): LeaseCoordinator {
+  return {
+    acquire: (o) => (calls.n++, stub.acquire(o)),
+    release: (r) => (calls.n++, stub.release(r)),
+    renew: (r, t) => (calls.n++, stub.renew(r, t)),
+    stats: (s) => stub.stats(s),
+  };
 }
 
 interface BenchEnv {
@@ -87,35 +113,40 @@ export default {
     const rounds = int(url, "rounds", 3);
     if (url.pathname === "/ready") return new Response("ready\n");
     await noop.ping();
+    await noop.write();
     const baseline = env.BASELINE_DO.getByName(`baseline-${url.pathname}-${run}`);
     await pair(coord); // warm the objects up before timing
     await pair(baseline);
     if (url.pathname === "/p1") {
       const n = int(url, "n", 500);
       const ping: number[] = [];
+      const writes: number[] = [];
       const pairs: number[] = [];
       const before: number[] = [];
       for (let r = 0; r < rounds; r++) {
         ping.push(await timeSequential(n, () => noop.ping()));
+        writes.push(await timeSequential(n, () => noop.write()));
         pairs.push(await timeSequential(n, () => pair(coord)));
         before.push(await timeSequential(Math.max(10, Math.floor(n / 4)), () => pair(baseline)));
       }
-      return Response.json({ n, rounds, pingUs: median(ping), pairUs: median(pairs), beforeUs: median(before), ping, pairs, before });
+      return Response.json({ n, rounds, pingUs: median(ping), writeUs: median(writes), pairUs: median(pairs), beforeUs: median(before), ping, writes, pairs, before });
     }
     if (url.pathname === "/p2") {
       const n = int(url, "n", 2000);
       const c = int(url, "c", 32);
       const ping: number[] = [];
+      const writes: number[] = [];
       const pairs: number[] = [];
       const before: number[] = [];
       for (let r = 0; r < rounds; r++) {
         ping.push(await timeConcurrent(n, c, () => noop.ping()));
+        writes.push(await timeConcurrent(n, c, () => noop.write()));
         pairs.push(await timeConcurrent(n, c, () => pair(coord)));
         // The baseline is an order of magnitude slower: a tenth of the calls keeps the run short.
         before.push(await timeConcurrent(Math.max(c, Math.floor(n / 10)), c, () => pair(baseline)));
       }
       const held = (await coord.stats()).held;
-      return Response.json({ n, c, rounds, pingPerS: median(ping), pairsPerS: median(pairs), beforePerS: median(before), ping, pairs, before, heldAfter: held });
+      return Response.json({ n, c, rounds, pingPerS: median(ping), writePerS: median(writes), pairsPerS: median(pairs), beforePerS: median(before), ping, writes, pairs, before, heldAfter: held });
     }
     if (url.pathname === "/shed") {
       // Fill every slot and the queue (bench config: limit 64, queue 64), then time the refusals.
@@ -144,6 +175,35 @@ export default {
       await stub.crash().catch(() => {});
       const heldAfterRestart = (await env.COORDINATOR_DO.getByName(name).stats()).held;
       return Response.json({ granted, heldAfterRestart });
+    }
+    if (url.pathname === "/block") {
+      // workerd's clock stands still between I/O, so a pair served from the block has no time to
+      // measure: what the block saves is counted as coordinator calls per pair instead.
+      const n = int(url, "n", 400);
+      const c = int(url, "c", 32);
+      const maxBlock = int(url, "block", 8);
+      const background: Promise<unknown>[] = [];
+      const callsPerPair = async (concurrency: number) => {
+        const calls = { n: 0 };
+        const stub = env.COORDINATOR_DO.getByName(`block-${concurrency}-${run}`);
+        const leases = new ShardedLeases({
+          coordinators: [counted(stub, calls)],
+          isolate: createIsolateShards({ shards: 1, limit: 64, maxBlock, idleMs: 20 }),
+          waitMs: 2000,
+          waitUntil: (p) => void background.push(p),
+        });
+        let left = n;
+        await Promise.all(
+          Array.from({ length: concurrency }, async () => {
+            while (left-- > 0) await leases.release(await leases.acquire());
+          }),
+        );
+        // Idle block leases go back after idleMs; wait for that, so their releases count too.
+        while (background.length > 0) await Promise.all(background.splice(0));
+        const held = (await stub.stats()).held;
+        return { callsPerPair: calls.n / n, heldAfter: held };
+      };
+      return Response.json({ n, c, maxBlock, sequential: await callsPerPair(1), concurrent: await callsPerPair(c) });
     }
     return new Response("unknown bench\n", { status: 404 });
   },

@@ -5,6 +5,7 @@
 #   pgbouncer      no coordinator, through PgBouncer (transaction mode, pool 18, max_client_conn 1000)
 #   on             leasegate (LEASE_LIMIT=18), straight to Postgres
 #   on+pgbouncer   leasegate in front of PgBouncer (LEASE_LIMIT=$PGB_LEASE_LIMIT, default 150; and 54)
+#   on-block, on+pgbouncer-block   the same with the per-isolate lease block (LEASE_BLOCK=$BLOCK)
 # then P4: leasegate with a 2 s deadline and a short queue under the same overload (bench/load.ts).
 # Prints a table: requests, 2xx, errors, goodput, p50/p99 and the role's peak connections from
 # pg_stat_activity; with RESULTS_DIR set, also writes p3.json and p4.json there (npm run bench).
@@ -14,12 +15,15 @@ export PATH="$PWD/node_modules/.bin:$PATH"
 DURATION=${DURATION:-10}
 PORT=${PORT:-8832}
 PGB_PORT=${PGB_PORT:-6430}
-MODES=${MODES:-"off pgbouncer on on+pgbouncer on+pgbouncer-54"}
+MODES=${MODES:-"off pgbouncer on on-block on+pgbouncer on+pgbouncer-54 on+pgbouncer-block"}
 ROLE=${ROLE:-leasegate_app}
 # leasegate in front of PgBouncer: PgBouncer caps the server connections, so the lease limit only
 # bounds the client side: how many callers PgBouncer itself queues (without deadlines); the rest
 # wait in leasegate's queue with deadlines. on+pgbouncer uses PGB_LEASE_LIMIT, on+pgbouncer-54 uses 54.
 PGB_LEASE_LIMIT=${PGB_LEASE_LIMIT:-150}
+# The per-isolate lease block (LEASE_BLOCK) of the *-block setups: leases the isolate keeps and hands
+# to its own next requests without a coordinator call.
+BLOCK=${BLOCK:-8}
 ADMIN=(psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -q)
 
 "${ADMIN[@]}" <<SQL
@@ -94,8 +98,9 @@ ms_of() { awk -v p="$1" '$1 == p { v = $2; if (v ~ /us$/) { sub(/us$/, "", v); v
 json="["
 run() {
   local name=$1 mode=$2 url=$3 limit=${4:-18}
+  shift $(($# < 4 ? $# : 4))
   wait_idle
-  start_server "$mode" "$url" LEASE_WAIT_MS=10000 LEASE_LIMIT="$limit"
+  start_server "$mode" "$url" LEASE_WAIT_MS=10000 LEASE_LIMIT="$limit" "$@"
   bench/sample-connections.sh $ROLE $((DURATION + 2)) >"/tmp/leasegate-peak-$PORT.txt" &
   local sampler=$!
   local out
@@ -125,6 +130,8 @@ for mode in $MODES; do
     on) kill_pgbouncer; run leasegate on "$DIRECT" ;;
     on+pgbouncer) start_pgbouncer; run "leasegate($PGB_LEASE_LIMIT)+pgbouncer" on "$BOUNCED" "$PGB_LEASE_LIMIT" ;;
     on+pgbouncer-54) start_pgbouncer; run "leasegate(54)+pgbouncer" on "$BOUNCED" 54 ;;
+    on-block) kill_pgbouncer; run "leasegate, block $BLOCK" on "$DIRECT" 18 LEASE_BLOCK="$BLOCK" ;;
+    on+pgbouncer-block) start_pgbouncer; run "leasegate(54, block $BLOCK)+pgbouncer" on "$BOUNCED" 54 LEASE_BLOCK="$BLOCK" ;;
   esac
 done
 json+="]"

@@ -49,6 +49,22 @@ import {
 /** The variables the coordinator reads; the same names as everywhere else in leasegate. */
 export interface CoordinatorEnv extends PoolEnv {}
 
+/** Rows per statement in a flush. Durable Object SQLite binds at most 100 values per statement. */
+const DELETE_CHUNK = 100;
+const INSERT_CHUNK = 20;
+/** One statement text each, so the object prepares it once; a short chunk repeats its last item. */
+const DELETE_LEASES = `DELETE FROM leases WHERE id IN (${Array(DELETE_CHUNK).fill("?").join(", ")})`;
+const INSERT_LEASES = `INSERT OR REPLACE INTO leases (id, fence, holder, granted_at, expires_at) VALUES ${Array(INSERT_CHUNK).fill("(?, ?, ?, ?, ?)").join(", ")}`;
+
+/** `items` in chunks of exactly `size`, the last one padded with its own last item (for fixed statements). */
+function* paddedChunks<T>(items: T[], size: number): Generator<T[]> {
+  for (let i = 0; i < items.length; i += size) {
+    const chunk = items.slice(i, i + size);
+    while (chunk.length < size) chunk.push(chunk[chunk.length - 1]!);
+    yield chunk;
+  }
+}
+
 function grantOf(lease: Lease): LeaseGrant {
   return { id: lease.id, fence: lease.fence, holder: lease.holder, grantedAt: lease.grantedAt, expiresAt: lease.expiresAt };
 }
@@ -229,20 +245,18 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
     const pool = this.requirePool();
     const sql = this.ctx.storage.sql;
     if (this.staged.size === 0 && pool.nextFence === this.persistedFence) return;
+    const deleted: string[] = [];
+    const written: Lease[] = [];
+    for (const [id, lease] of this.staged) {
+      if (lease === null) deleted.push(id);
+      else written.push(lease);
+    }
+    // A statement per chunk, not per row: in workerd each statement costs a good part of a small
+    // commit. Repeating a row in a chunk deletes or writes the same row again: no effect.
     this.ctx.storage.transactionSync(() => {
-      for (const [id, l] of this.staged) {
-        if (l === null) {
-          sql.exec("DELETE FROM leases WHERE id = ?", id);
-        } else {
-          sql.exec(
-            "INSERT OR REPLACE INTO leases (id, fence, holder, granted_at, expires_at) VALUES (?, ?, ?, ?, ?)",
-            l.id,
-            l.fence,
-            l.holder,
-            l.grantedAt,
-            l.expiresAt,
-          );
-        }
+      for (const ids of paddedChunks(deleted, DELETE_CHUNK)) sql.exec(DELETE_LEASES, ...ids);
+      for (const rows of paddedChunks(written, INSERT_CHUNK)) {
+        sql.exec(INSERT_LEASES, ...rows.flatMap((l) => [l.id, l.fence, l.holder, l.grantedAt, l.expiresAt]));
       }
       if (pool.nextFence !== this.persistedFence) {
         sql.exec("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_fence', ?)", String(pool.nextFence));

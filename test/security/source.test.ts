@@ -58,7 +58,13 @@ describe("source review", () => {
       for (const m of c.matchAll(/\bsql\.exec(?:<[^>]*>)?\(\s*([`"'])([\s\S]*?)\1/g)) {
         if (m[1] === "`" && m[2]!.includes("${")) offenders.push(`${f.path}: exec(\`${m[2]!.slice(0, 40)}…\`)`);
       }
-      for (const m of c.matchAll(/\bsql\.exec(?:<[^>]*>)?\(\s*([^`"'\s])/g)) offenders.push(`${f.path}: exec(${m[1]}… not a literal`);
+      // …or a named constant (UPPER_CASE) of this file, itself a literal whose only interpolation is placeholders.
+      for (const m of c.matchAll(/\bsql\.exec(?:<[^>]*>)?\(\s*([^`"'\s][\w]*)/g)) {
+        const name = m[1]!;
+        const definition = new RegExp(`\\bconst ${name} = \`([^\`]*)\``).exec(c)?.[1];
+        const onlyPlaceholders = definition !== undefined && [...definition.matchAll(/\$\{([^}]*)\}/g)].every((i) => /^Array\(\w+\)\.fill\("[(?, )]*"\)\.join\(", "\)$/.test(i[1]!));
+        if (!/^[A-Z][A-Z0-9_]*$/.test(name) || !onlyPlaceholders) offenders.push(`${f.path}: exec(${name}… not a literal`);
+      }
       // String-built SQL passed to a tagged template call is still a parameter; concatenation into it is not.
       if (/sql\s*\(\s*["'`][^)]*\+/.test(c)) offenders.push(`${f.path}: concatenated SQL`);
     }

@@ -135,6 +135,29 @@ describe("ConnectionCoordinator in workerd", () => {
     expect((await grant(stub, "y")).fence).toBe(5);
   });
 
+  it("writes batches larger than one statement's rows: 130 grants and 130 releases survive a restart", async () => {
+    let stub = freshPool();
+    const name = `coordinator-test-${poolSeq}`;
+    await stub.setLimit(200);
+    // 130 calls made in one task inside the object: one flush of 130 rows, more than one statement's.
+    const results = await runInDurableObject(stub, (object) => Promise.all(Array.from({ length: 130 }, (_, i) => object.acquire({ holder: `h${i}` }))));
+    const leases = results.map((r) => {
+      if (!r.ok) throw new Error(`expected a grant, got ${r.code}`);
+      return r.lease;
+    });
+    stub = await restartCoordinator(name);
+    const held = await stub.stats();
+    expect(held.held).toBe(130);
+    expect(new Set(held.leases.map((l) => l.holder)).size).toBe(130);
+    const keep = leases.slice(0, 5);
+    const released = await runInDurableObject(stub, (object) => Promise.all(leases.slice(5).map((l) => object.release({ leaseId: l.id, fence: l.fence }))));
+    expect(released.every((r) => r.ok)).toBe(true);
+    stub = await restartCoordinator(name);
+    const after = await stub.stats();
+    expect(after.leases.map((l) => l.holder).sort()).toEqual(keep.map((l) => l.holder).sort());
+    expect((await grant(stub, "next")).fence).toBe(131);
+  });
+
   it("arms an alarm at the next expiry, and the alarm reaps a dead holder's lease", async () => {
     const stub = freshPool();
     const lease = await grant(stub, "dies");
