@@ -3,14 +3,15 @@ export {};
  * A closed-loop HTTP load generator that keeps each response's status, latency and Retry-After
  * (wrk reports only totals). Clients back off as told by Retry-After (capped at 1 s), as
  * well-behaved callers do; the rest keep the server past capacity. usage: node bench/load.ts URL CLIENTS SECONDS
- * Prints one JSON object: counts and latency percentiles for 2xx and per 503 error code.
+ * Prints one JSON object: counts and latency percentiles for 2xx and per 503 error code, as the
+ * client saw them and as the Worker did (its Server-Timing header).
  */
 const [url, clientsArg, secondsArg] = process.argv.slice(2);
 if (!url) throw new Error("usage: node bench/load.ts URL CLIENTS SECONDS");
 const clients = Number(clientsArg ?? 200);
 const end = Date.now() + Number(secondsArg ?? 8) * 1000;
 
-interface Sample { status: number; ms: number; code: string; retryAfter: boolean }
+interface Sample { status: number; ms: number; serverMs: number; code: string; retryAfter: boolean }
 const samples: Sample[] = [];
 let failures = 0;
 
@@ -23,7 +24,9 @@ async function client(): Promise<void> {
       const ms = performance.now() - t0;
       let code = "";
       if (r.status !== 200) code = (JSON.parse(body) as { error?: { code?: string } }).error?.code ?? String(r.status);
-      samples.push({ status: r.status, ms, code, retryAfter: r.headers.has("retry-after") });
+      // The Worker's own time (Server-Timing: app;dur=N): the lease wait and the query, without the dev proxy's queue.
+      const serverMs = Number(/app;dur=([\d.]+)/.exec(r.headers.get("server-timing") ?? "")?.[1] ?? NaN);
+      samples.push({ status: r.status, ms, serverMs, code, retryAfter: r.headers.has("retry-after") });
       const retryAfterS = Number(r.headers.get("retry-after") ?? 0);
       if (r.status === 503 && retryAfterS > 0) await new Promise((resolve) => setTimeout(resolve, Math.min(1, retryAfterS) * 1000));
     } catch {
@@ -39,6 +42,7 @@ const pct = (xs: number[], p: number) => {
 };
 await Promise.all(Array.from({ length: clients }, client));
 const ok = samples.filter((s) => s.status === 200).map((s) => s.ms);
+const okServer = samples.filter((s) => s.status === 200).map((s) => s.serverMs);
 const byCode = (c: string) => samples.filter((s) => s.code === c);
 const shed = byCode("QUEUE_FULL");
 const timeouts = byCode("ACQUIRE_TIMEOUT");
@@ -47,9 +51,14 @@ console.log(
     ok: ok.length,
     okP50: pct(ok, 50),
     okP99: pct(ok, 99),
+    okServerP50: pct(okServer, 50),
+    okServerP99: pct(okServer, 99),
     shed: shed.length,
     shedP50: pct(shed.map((s) => s.ms), 50),
     shedP99: pct(shed.map((s) => s.ms), 99),
+    shedServerP50: pct(shed.map((s) => s.serverMs), 50),
+    shedServerP99: pct(shed.map((s) => s.serverMs), 99),
+    timeoutServerP50: pct(timeouts.map((s) => s.serverMs), 50),
     timeouts: timeouts.length,
     retryAfter: samples.filter((s) => s.status === 503 && s.retryAfter).length,
     other: Object.fromEntries(

@@ -23,7 +23,7 @@ ROLE=${ROLE:-leasegate_app}
 PGB_LEASE_LIMIT=${PGB_LEASE_LIMIT:-150}
 # The per-isolate lease block (LEASE_BLOCK) of the *-block setups: leases the isolate keeps and hands
 # to its own next requests without a coordinator call.
-BLOCK=${BLOCK:-8}
+BLOCK=${BLOCK:-18}
 ADMIN=(psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -q)
 
 "${ADMIN[@]}" <<SQL
@@ -123,6 +123,8 @@ run() {
 
 echo "| setup | requests | 2xx | errors | goodput (2xx/s) | p50 | p99 | peak connections (limit 20) |"
 echo "|---|---|---|---|---|---|---|---|"
+# ROUNDS > 1 runs the setups in turn that many times (alternating, so load changes hit all alike).
+for round in $(seq "${ROUNDS:-1}"); do
 for mode in $MODES; do
   case $mode in
     off) kill_pgbouncer; run off off "$DIRECT" ;;
@@ -133,6 +135,7 @@ for mode in $MODES; do
     on-block) kill_pgbouncer; run "leasegate, block $BLOCK" on "$DIRECT" 18 LEASE_BLOCK="$BLOCK" ;;
     on+pgbouncer-block) start_pgbouncer; run "leasegate(54, block $BLOCK)+pgbouncer" on "$BOUNCED" 54 LEASE_BLOCK="$BLOCK" ;;
   esac
+done
 done
 json+="]"
 

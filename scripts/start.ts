@@ -24,8 +24,12 @@ try {
 }
 
 // Settings from the environment reach the Worker as vars; the rest keep wrangler.toml's values.
-const passed = ["LEASE_LIMIT", "LEASE_WAIT_MS", "LEASE_TTL_MS", "LEASE_MAX_QUEUE", "LEASE_POOL", "COORDINATOR", "DEBUG_TOKEN"];
-const vars = passed.filter((name) => process.env[name] !== undefined).flatMap((name) => ["--var", `${name}:${process.env[name]}`]);
+// Every LEASE_* and DB_* setting (README "Configuration") and these:
+const passed = ["COORDINATOR", "DEBUG_TOKEN", "SLOW_QUERY_MS"];
+const vars = Object.keys(process.env)
+  .filter((name) => /^(LEASE|DB)_/.test(name) || passed.includes(name))
+  .sort()
+  .flatMap((name) => ["--var", `${name}:${process.env[name]}`]);
 
 const wrangler = spawn(
   "wrangler",

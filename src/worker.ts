@@ -222,7 +222,12 @@ export default {
       // INVALID_CONFIG: the message names the variable and never echoes a password.
       return errorResponse(error);
     }
-    return handle(request, deps);
+    const started = Date.now();
+    const response = await handle(request, deps);
+    // Time inside the Worker (lease wait and database I/O; workerd's clock moves with I/O), so load
+    // tests can tell it from time spent in front of the Worker.
+    response.headers.set("Server-Timing", `app;dur=${Date.now() - started}`);
+    return response;
   },
   // Periodic reconciliation (the cron in wrangler.toml); on demand: POST /__coordinator/reconcile.
   async scheduled(_controller, env, _ctx): Promise<void> {

@@ -23,6 +23,8 @@ describe("example app in workerd against the real Postgres", () => {
   it("serves trending pitches through a lease and gives the slot back", async () => {
     const response = await get("/api/pitches/trending?limit=3");
     expect(response.status).toBe(200);
+    // The Worker's own time, for load tests to tell from time spent in front of it.
+    expect(response.headers.get("server-timing")).toMatch(/^app;dur=\d+$/);
     const body = (await response.json()) as { pitches: Array<{ view_count: number; is_public: boolean }> };
     expect(body.pitches).toHaveLength(3);
     expect(body.pitches.every((p) => p.is_public)).toBe(true);
