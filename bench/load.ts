@@ -11,7 +11,7 @@ if (!url) throw new Error("usage: node bench/load.ts URL CLIENTS SECONDS");
 const clients = Number(clientsArg ?? 200);
 const end = Date.now() + Number(secondsArg ?? 8) * 1000;
 
-interface Sample { status: number; ms: number; serverMs: number; code: string; retryAfter: boolean }
+interface Sample { status: number; ms: number; serverMs: number; leaseMs: number; dbMs: number; code: string; retryAfter: boolean }
 const samples: Sample[] = [];
 let failures = 0;
 
@@ -24,9 +24,10 @@ async function client(): Promise<void> {
       const ms = performance.now() - t0;
       let code = "";
       if (r.status !== 200) code = (JSON.parse(body) as { error?: { code?: string } }).error?.code ?? String(r.status);
-      // The Worker's own time (Server-Timing: app;dur=N): the lease wait and the query, without the dev proxy's queue.
-      const serverMs = Number(/app;dur=([\d.]+)/.exec(r.headers.get("server-timing") ?? "")?.[1] ?? NaN);
-      samples.push({ status: r.status, ms, serverMs, code, retryAfter: r.headers.has("retry-after") });
+      // The Worker's own time (Server-Timing: app, and its lease wait and query), without the dev proxy's queue.
+      const timing = r.headers.get("server-timing") ?? "";
+      const part = (name: string) => Number(new RegExp(`${name};dur=([\\d.]+)`).exec(timing)?.[1] ?? NaN);
+      samples.push({ status: r.status, ms, serverMs: part("app"), leaseMs: part("lease"), dbMs: part("db"), code, retryAfter: r.headers.has("retry-after") });
       const retryAfterS = Number(r.headers.get("retry-after") ?? 0);
       if (r.status === 503 && retryAfterS > 0) await new Promise((resolve) => setTimeout(resolve, Math.min(1, retryAfterS) * 1000));
     } catch {
@@ -53,6 +54,9 @@ console.log(
     okP99: pct(ok, 99),
     okServerP50: pct(okServer, 50),
     okServerP99: pct(okServer, 99),
+    okLeaseP99: pct(samples.filter((s) => s.status === 200).map((s) => s.leaseMs), 99),
+    okDbP50: pct(samples.filter((s) => s.status === 200).map((s) => s.dbMs), 50),
+    okDbP99: pct(samples.filter((s) => s.status === 200).map((s) => s.dbMs), 99),
     shed: shed.length,
     shedP50: pct(shed.map((s) => s.ms), 50),
     shedP99: pct(shed.map((s) => s.ms), 99),

@@ -75,14 +75,21 @@ function coordinatorStub(env: Env, name: string): DurableObjectStub<ConnectionCo
   return hint ? env.COORDINATOR_DO.get(id, { locationHint: hint as DurableObjectLocationHint }) : env.COORDINATOR_DO.get(id);
 }
 
+/** Where a request's time went, for its `Server-Timing` header: waiting for a lease, and the query. */
+export interface RequestTiming {
+  leaseMs?: number;
+  dbMs?: number;
+}
+
 /**
  * The Worker's wiring of the example app: leases from the pool's coordinator, connections through
  * Hyperdrive. Exported so tests can drive `handle` with the real wiring on a pool of their own.
  *
  * @example
  * handle(request, depsFor({ ...env, LEASE_POOL: "fuzz" }, ctx))
+ * // `timing` (optional) receives the request's lease wait and query time.
  */
-export function depsFor(env: Env, ctx: ExecutionContext): AppDeps {
+export function depsFor(env: Env, ctx: ExecutionContext, timing: RequestTiming = {}): AppDeps {
   const pool = env.LEASE_POOL || "main";
   const waitUntil = (p: Promise<unknown>) => ctx.waitUntil(p);
   const config = configs.get(env) ?? databaseConfig(env);
@@ -106,15 +113,24 @@ export function depsFor(env: Env, ctx: ExecutionContext): AppDeps {
       })
     : coordinator && new Leases(coordinator);
   const db = new Database({ name: pool, driver: openDriver(config), leases, config, ...kept, waitUntil });
-  const withDatabase: WithDatabase = (fn, { holder, waitMs }) =>
-    db.run(
+  const withDatabase: WithDatabase = (fn, { holder, waitMs }) => {
+    const asked = Date.now();
+    return db.run(
       async ({ beforeRelease }) => {
+        // Under the lease now (the last attempt's, when a retry took a new one).
+        const leased = Date.now();
+        timing.leaseMs = leased - asked;
         const sql: Sql = connectFromWorker(config.connectionString, config.applicationName);
         beforeRelease(() => closeConnection(sql));
-        return db.timed(holder, () => fn(sql), holder);
+        try {
+          return await db.timed(holder, () => fn(sql), holder);
+        } finally {
+          timing.dbMs = Date.now() - leased;
+        }
       },
       { holder, waitMs },
     );
+  };
   return {
     withDatabase,
     stats: leases && (() => leases.stats()),
@@ -216,17 +232,21 @@ function shardedOperatorFor(env: Env, stubs: Array<DurableObjectStub<ConnectionC
 export default {
   async fetch(request, env, ctx): Promise<Response> {
     let deps: AppDeps;
+    const timing: RequestTiming = {};
     try {
-      deps = depsFor(env, ctx);
+      deps = depsFor(env, ctx, timing);
     } catch (error) {
       // INVALID_CONFIG: the message names the variable and never echoes a password.
       return errorResponse(error);
     }
     const started = Date.now();
     const response = await handle(request, deps);
-    // Time inside the Worker (lease wait and database I/O; workerd's clock moves with I/O), so load
-    // tests can tell it from time spent in front of the Worker.
-    response.headers.set("Server-Timing", `app;dur=${Date.now() - started}`);
+    // Time inside the Worker (workerd's clock moves with I/O), split into the lease wait and the
+    // query, so load tests can tell them from each other and from time spent in front of the Worker.
+    const parts = [`app;dur=${Date.now() - started}`];
+    if (timing.leaseMs !== undefined) parts.push(`lease;dur=${timing.leaseMs}`);
+    if (timing.dbMs !== undefined) parts.push(`db;dur=${timing.dbMs}`);
+    response.headers.set("Server-Timing", parts.join(", "));
     return response;
   },
   // Periodic reconciliation (the cron in wrangler.toml); on demand: POST /__coordinator/reconcile.

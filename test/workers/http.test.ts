@@ -24,7 +24,7 @@ describe("example app in workerd against the real Postgres", () => {
     const response = await get("/api/pitches/trending?limit=3");
     expect(response.status).toBe(200);
     // The Worker's own time, for load tests to tell from time spent in front of it.
-    expect(response.headers.get("server-timing")).toMatch(/^app;dur=\d+$/);
+    expect(response.headers.get("server-timing")).toMatch(/^app;dur=\d+, lease;dur=\d+, db;dur=\d+$/);
     const body = (await response.json()) as { pitches: Array<{ view_count: number; is_public: boolean }> };
     expect(body.pitches).toHaveLength(3);
     expect(body.pitches.every((p) => p.is_public)).toBe(true);
