@@ -94,6 +94,14 @@ async function timeConcurrent(n: number, c: number, fn: () => Promise<unknown>):
   return n / ((performance.now() - t0) / 1000);
 }
 
+/** Each measurement once per round, taking turns (machine noise hits all alike); every round's figure by name. */
+async function alternate<K extends string>(rounds: number, measures: Record<K, () => Promise<number>>): Promise<Record<K, number[]>> {
+  const names = Object.keys(measures) as K[];
+  const figures = Object.fromEntries(names.map((name) => [name, [] as number[]])) as Record<K, number[]>;
+  for (let r = 0; r < rounds; r++) for (const name of names) figures[name].push(await measures[name]());
+  return figures;
+}
+
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.floor(s.length / 2)]!;
@@ -119,32 +127,24 @@ export default {
     await pair(baseline);
     if (url.pathname === "/p1") {
       const n = int(url, "n", 500);
-      const ping: number[] = [];
-      const writes: number[] = [];
-      const pairs: number[] = [];
-      const before: number[] = [];
-      for (let r = 0; r < rounds; r++) {
-        ping.push(await timeSequential(n, () => noop.ping()));
-        writes.push(await timeSequential(n, () => noop.write()));
-        pairs.push(await timeSequential(n, () => pair(coord)));
-        before.push(await timeSequential(Math.max(10, Math.floor(n / 4)), () => pair(baseline)));
-      }
+      const { ping, writes, pairs, before } = await alternate(rounds, {
+        ping: () => timeSequential(n, () => noop.ping()),
+        writes: () => timeSequential(n, () => noop.write()),
+        pairs: () => timeSequential(n, () => pair(coord)),
+        before: () => timeSequential(Math.max(10, Math.floor(n / 4)), () => pair(baseline)),
+      });
       return Response.json({ n, rounds, pingUs: median(ping), writeUs: median(writes), pairUs: median(pairs), beforeUs: median(before), ping, writes, pairs, before });
     }
     if (url.pathname === "/p2") {
       const n = int(url, "n", 2000);
       const c = int(url, "c", 32);
-      const ping: number[] = [];
-      const writes: number[] = [];
-      const pairs: number[] = [];
-      const before: number[] = [];
-      for (let r = 0; r < rounds; r++) {
-        ping.push(await timeConcurrent(n, c, () => noop.ping()));
-        writes.push(await timeConcurrent(n, c, () => noop.write()));
-        pairs.push(await timeConcurrent(n, c, () => pair(coord)));
+      const { ping, writes, pairs, before } = await alternate(rounds, {
+        ping: () => timeConcurrent(n, c, () => noop.ping()),
+        writes: () => timeConcurrent(n, c, () => noop.write()),
+        pairs: () => timeConcurrent(n, c, () => pair(coord)),
         // The baseline is an order of magnitude slower: a tenth of the calls keeps the run short.
-        before.push(await timeConcurrent(Math.max(c, Math.floor(n / 10)), c, () => pair(baseline)));
-      }
+        before: () => timeConcurrent(Math.max(c, Math.floor(n / 10)), c, () => pair(baseline)),
+      });
       const held = (await coord.stats()).held;
       return Response.json({ n, c, rounds, pingPerS: median(ping), writePerS: median(writes), pairsPerS: median(pairs), beforePerS: median(before), ping, writes, pairs, before, heldAfter: held });
     }
