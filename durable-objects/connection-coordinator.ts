@@ -1,5 +1,6 @@
 import { DurableObject } from "cloudflare:workers";
 import {
+  type AcquireManyResult,
   type AcquireOptions,
   type AcquireResult,
   type ConnectionCounts,
@@ -16,6 +17,7 @@ import {
   type PoolEnv,
   type PoolState,
   type PoolStats,
+  type ReleaseManyResult,
   type ReleaseResult,
   type RenewResult,
   type ShardLoad,
@@ -25,6 +27,7 @@ import {
   BOUNDS,
   acquire,
   capacity,
+  checkBatch,
   checkInt,
   compareConnections,
   configFromEnv,
@@ -325,41 +328,70 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    */
   async acquire(options: AcquireOptions = {}): Promise<AcquireResult> {
     try {
-      const pool = this.requirePool();
-      // An array is an object too, and would otherwise be taken as "all defaults".
-      if (typeof options !== "object" || options === null || Array.isArray(options)) {
-        throw new LeaseError("INVALID_ARGUMENT", expected("options", "an object", options));
-      }
-      const opts = options;
-      if (opts.shard !== undefined) this.applyShard(pool, opts.shard);
-      const leaseId = crypto.randomUUID();
-      const { outcome, effects } = acquire(
-        pool,
-        // Only a missing holder defaults; null or another type is refused like any bad field.
-        {
-          leaseId,
-          holder: opts.holder === undefined ? "" : opts.holder,
-          waitMs: opts.waitMs,
-          ttlMs: opts.ttlMs,
-          priority: opts.priority,
-          tenant: opts.tenant,
-        },
-        Date.now(),
-      );
-      if (outcome.status === "granted") {
-        await this.afterTransition(effects, [outcome.lease]);
-        return { ok: true, lease: grantOf(outcome.lease), load: this.loadOf(pool) };
-      }
-      if (outcome.status === "rejected") {
-        void this.afterTransition(effects, []);
-        return { ok: false, code: outcome.code, message: outcome.message, retryAfterMs: outcome.retryAfterMs, load: this.loadOf(pool) };
-      }
-      const waiting = new Promise<AcquireResult>((resolve) => this.waiters.set(leaseId, resolve));
-      void this.afterTransition(effects, []);
-      return await waiting;
+      return (await this.acquireOne(options, true))!;
     } catch (error) {
       return failureOf(error);
     }
+  }
+
+  /**
+   * Several acquires in one call (a client's concurrent callers, coalesced). Each request is
+   * granted now if a slot is free for it, in order, all under one commit; a request that would wait
+   * answers `null` and is not queued: the client sends it on its own. A bad request fails alone.
+   *
+   * @example
+   * const r = await stub.acquireMany([{ holder: "a" }, { holder: "b" }]);
+   * if (r.ok) for (const x of r.results) if (x === null) await stub.acquire({ holder: "b" });
+   */
+  async acquireMany(requests: AcquireOptions[]): Promise<AcquireManyResult> {
+    try {
+      // Decided in order, synchronously (each call runs to its first await); answered together.
+      const answers = checkBatch("requests", requests).map((options) => this.acquireOne(options, false).catch(failureOf));
+      return { ok: true, results: await Promise.all(answers) };
+    } catch (error) {
+      return failureOf(error);
+    }
+  }
+
+  /** One acquire; with `queue` false, `null` instead of waiting or being shed. */
+  private async acquireOne(options: AcquireOptions, queue: boolean): Promise<AcquireResult | null> {
+    const pool = this.requirePool();
+    // An array is an object too, and would otherwise be taken as "all defaults".
+    if (typeof options !== "object" || options === null || Array.isArray(options)) {
+      throw new LeaseError("INVALID_ARGUMENT", expected("options", "an object", options));
+    }
+    const opts = options;
+    if (opts.shard !== undefined) this.applyShard(pool, opts.shard);
+    const leaseId = crypto.randomUUID();
+    const { outcome, effects } = acquire(
+      pool,
+      // Only a missing holder defaults; null or another type is refused like any bad field.
+      {
+        leaseId,
+        holder: opts.holder === undefined ? "" : opts.holder,
+        waitMs: opts.waitMs,
+        ttlMs: opts.ttlMs,
+        priority: opts.priority,
+        tenant: opts.tenant,
+        queue,
+      },
+      Date.now(),
+    );
+    if (outcome.status === "granted") {
+      await this.afterTransition(effects, [outcome.lease]);
+      return { ok: true, lease: grantOf(outcome.lease), load: this.loadOf(pool) };
+    }
+    if (outcome.status === "rejected") {
+      void this.afterTransition(effects, []);
+      return { ok: false, code: outcome.code, message: outcome.message, retryAfterMs: outcome.retryAfterMs, load: this.loadOf(pool) };
+    }
+    if (outcome.status === "deferred") {
+      void this.afterTransition(effects, []);
+      return null;
+    }
+    const waiting = new Promise<AcquireResult>((resolve) => this.waiters.set(leaseId, resolve));
+    void this.afterTransition(effects, []);
+    return await waiting;
   }
 
   /**
@@ -369,6 +401,24 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    * await stub.release({ leaseId: lease.id, fence: lease.fence });
    */
   async release(ref: LeaseRef): Promise<ReleaseResult> {
+    return this.releaseOne(ref);
+  }
+
+  /**
+   * Several releases in one call, in order; each answers as `release` would.
+   *
+   * @example
+   * const r = await stub.releaseMany([{ leaseId: a.id, fence: a.fence }, { leaseId: b.id, fence: b.fence }]);
+   */
+  async releaseMany(refs: LeaseRef[]): Promise<ReleaseManyResult> {
+    try {
+      return { ok: true, results: checkBatch("refs", refs).map((ref) => this.releaseOne(ref)) };
+    } catch (error) {
+      return failureOf(error);
+    }
+  }
+
+  private releaseOne(ref: LeaseRef): ReleaseResult {
     try {
       const { outcome, effects } = release(this.requirePool(), ref, Date.now());
       // Not awaited: see flushSoon for why a release may answer before its delete is written.

@@ -352,7 +352,7 @@ export class PostgresCoordinator implements Coordinator {
       if (outcome.status === "granted") this.#settle(leaseId, { ok: true, lease: grantOf(outcome.lease) });
       else if (outcome.status === "rejected") {
         this.#settle(leaseId, { ok: false, code: outcome.code, message: outcome.message, retryAfterMs: outcome.retryAfterMs });
-      } else {
+      } else if (outcome.status === "queued") {
         pending.deadline = outcome.deadline;
         this.#schedule();
       }

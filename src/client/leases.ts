@@ -1,16 +1,19 @@
 import {
+  type AcquireManyResult,
   type AcquireOptions,
   type AcquireResult,
   type Failure,
   type LeaseGrant,
   type LeaseRef,
   type PoolStats,
+  type ReleaseManyResult,
   type ReleaseResult,
   type RenewResult,
   type ShardRef,
   LeaseError,
   isLeaseError,
 } from "../core/index.ts";
+import { Coalescer } from "./coalesce.ts";
 
 /**
  * What a coordinator answers: the Durable Object stub and the local Postgres coordinator both
@@ -22,6 +25,9 @@ export interface Coordinator {
   renew(ref: LeaseRef, ttlMs?: number): Promise<RenewResult>;
   /** `shard`: sent by a sharded client, so an object not yet used answers with its part of the limit. */
   stats(shard?: ShardRef): Promise<PoolStats>;
+  /** Batches (the Durable Object has them): grants what is free now, `null` for the rest. */
+  acquireMany?(requests: AcquireOptions[]): Promise<AcquireManyResult>;
+  releaseMany?(refs: LeaseRef[]): Promise<ReleaseManyResult>;
 }
 
 /**
@@ -72,6 +78,21 @@ async function call<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
+/** A coordinator deployed from an older leasegate (a separate Worker) has no batch methods. */
+function isMissingMethod(error: unknown): boolean {
+  return error instanceof Error && /does not implement the method/.test(error.message);
+}
+
+export interface LeasesOptions {
+  /** Default holder of this client's leases, shown to operators. */
+  holder?: string | undefined;
+  /**
+   * Coalesce this client's concurrent acquires and releases into batch calls (default `true`,
+   * used when the coordinator has batch methods). A lone call still goes out at once.
+   */
+  coalesce?: boolean | undefined;
+}
+
 /**
  * Application-facing leases for one pool: `acquire`, `release`, `renew` throw `LeaseError`s with
  * stable codes; `withLease` holds a slot exactly as long as a piece of work.
@@ -83,10 +104,42 @@ async function call<T>(fn: () => Promise<T>): Promise<T> {
 export class Leases implements LeaseClient {
   readonly #coordinator: Coordinator;
   readonly #holder: string;
+  #acquires: Coalescer<AcquireOptions, AcquireResult | null> | undefined;
+  #releases: Coalescer<LeaseRef, ReleaseResult> | undefined;
 
-  constructor(coordinator: Coordinator, options: { holder?: string } = {}) {
+  constructor(coordinator: Coordinator, options: LeasesOptions = {}) {
     this.#coordinator = coordinator;
     this.#holder = options.holder ?? "";
+    if (options.coalesce === false) return;
+    // Every property of a Durable Object stub is a function; a coordinator without the method
+    // answers "does not implement" and the client falls back to single calls.
+    if (typeof coordinator.acquireMany === "function") this.#acquires = new Coalescer((requests) => this.#acquireMany(requests));
+    if (typeof coordinator.releaseMany === "function") this.#releases = new Coalescer((refs) => this.#releaseMany(refs));
+  }
+
+  /** One batch call; `null` for each request to send on its own (not free now, or no batch method). */
+  async #acquireMany(requests: AcquireOptions[]): Promise<Array<AcquireResult | null>> {
+    if (!this.#acquires) return requests.map(() => null);
+    try {
+      const answer = await this.#coordinator.acquireMany!(requests);
+      return answer.ok ? answer.results : requests.map(() => answer);
+    } catch (error) {
+      if (!isMissingMethod(error)) throw error;
+      this.#acquires = undefined;
+      return requests.map(() => null);
+    }
+  }
+
+  async #releaseMany(refs: LeaseRef[]): Promise<ReleaseResult[]> {
+    if (!this.#releases) return await Promise.all(refs.map((ref) => this.#coordinator.release(ref)));
+    try {
+      const answer = await this.#coordinator.releaseMany!(refs);
+      return answer.ok ? answer.results : refs.map(() => answer);
+    } catch (error) {
+      if (!isMissingMethod(error)) throw error;
+      this.#releases = undefined;
+      return await Promise.all(refs.map((ref) => this.#coordinator.release(ref)));
+    }
   }
 
   /**
@@ -96,15 +149,16 @@ export class Leases implements LeaseClient {
    * const lease = await leases.acquire({ waitMs: 2000 });
    */
   async acquire(options: AcquireOptions = {}): Promise<LeaseGrant> {
-    const result = await call(() =>
-      this.#coordinator.acquire({
-        holder: options.holder ?? this.#holder,
-        waitMs: options.waitMs,
-        ttlMs: options.ttlMs,
-        priority: options.priority,
-        tenant: options.tenant,
-      }),
-    );
+    const request: AcquireOptions = {
+      holder: options.holder ?? this.#holder,
+      waitMs: options.waitMs,
+      ttlMs: options.ttlMs,
+      priority: options.priority,
+      tenant: options.tenant,
+    };
+    const acquires = this.#acquires;
+    // Granted in a batch if a slot is free now; otherwise queued by a call of its own.
+    const result = (acquires && (await call(() => acquires.call(request)))) ?? (await call(() => this.#coordinator.acquire(request)));
     if (!result.ok) throw toError(result);
     return result.lease;
   }
@@ -117,7 +171,9 @@ export class Leases implements LeaseClient {
    * await leases.release(lease);
    */
   async release(lease: LeaseGrant): Promise<void> {
-    const result = await call(() => this.#coordinator.release({ leaseId: lease.id, fence: lease.fence }));
+    const ref = { leaseId: lease.id, fence: lease.fence };
+    const releases = this.#releases;
+    const result = await call(() => (releases ? releases.call(ref) : this.#coordinator.release(ref)));
     if (!result.ok) throw toError(result);
   }
 

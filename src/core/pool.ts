@@ -89,6 +89,8 @@ export interface Effects {
 export type AcquireOutcome =
   | { readonly status: "granted"; readonly lease: Lease }
   | { readonly status: "queued"; readonly deadline: number; readonly position: number }
+  /** Only with `queue: false`: no slot may be taken now; nothing was recorded, the caller asks again on its own. */
+  | { readonly status: "deferred" }
   | {
       readonly status: "rejected";
       readonly code: "QUEUE_FULL" | "ACQUIRE_TIMEOUT";
@@ -112,6 +114,12 @@ export interface AcquireRequest {
   priority?: Priority | undefined;
   /** Fairness key: tenants take turns within a class. */
   tenant?: string | undefined;
+  /**
+   * `false`: decide only a grant now. A request that would wait or be shed is `deferred` instead,
+   * leaving queue and counters as they were (a batch grants what it can and sends the rest on
+   * their own, so they queue, time out and are counted exactly like single calls).
+   */
+  queue?: boolean | undefined;
 }
 
 export interface LeaseRef {
@@ -296,6 +304,7 @@ export function acquire(state: PoolState, req: AcquireRequest, now: number): { o
     record(state.waits, 0);
     return { outcome: { status: "granted", lease: grantTo(state, waiter, now) }, effects: fx };
   }
+  if (req.queue === false) return { outcome: { status: "deferred" }, effects: fx };
   if (waitMs === 0) {
     state.counters.timedOut++;
     return {

@@ -1,4 +1,4 @@
-import type { ErrorCode } from "./errors.ts";
+import { type ErrorCode, LeaseError, expected } from "./errors.ts";
 import type { Priority } from "./scheduling.ts";
 import type { ShardLoad, ShardRef } from "./shard.ts";
 
@@ -30,6 +30,32 @@ export type Result<T> = ({ readonly ok: true } & T) | Failure;
 export type AcquireResult = Result<{ lease: LeaseGrant }> & { readonly load?: ShardLoad | undefined };
 export type ReleaseResult = Result<{ released: true }>;
 export type RenewResult = Result<{ lease: LeaseGrant }>;
+
+/**
+ * The answer to `acquireMany`: one entry per request, in order. `null`: no slot could be granted
+ * at once; that request was not queued, and the client sends it on its own (so it waits, times out
+ * and is counted like any single call). A malformed batch fails as a whole.
+ */
+export type AcquireManyResult = Result<{ results: Array<AcquireResult | null> }>;
+
+/** The answer to `releaseMany`: one result per lease, in order; a malformed batch fails as a whole. */
+export type ReleaseManyResult = Result<{ results: ReleaseResult[] }>;
+
+/** Most requests one batch call carries; a client splits larger sets. */
+export const MAX_BATCH = 128;
+
+/**
+ * A batch as received over RPC: an array of 1 to `MAX_BATCH` items, or `INVALID_ARGUMENT`.
+ *
+ * @example
+ * const refs = checkBatch("refs", input);
+ */
+export function checkBatch<T>(name: string, items: readonly T[]): readonly T[] {
+  if (!Array.isArray(items) || items.length === 0 || items.length > MAX_BATCH) {
+    throw new LeaseError("INVALID_ARGUMENT", expected(name, `an array of 1 to ${MAX_BATCH} items`, items));
+  }
+  return items;
+}
 
 /** Options of one acquire, as sent to a coordinator. */
 export interface AcquireOptions {

@@ -74,6 +74,21 @@ describe("acquire", () => {
     expect(p.queue).toHaveLength(0);
   });
 
+  it("with queue: false grants a free slot, and otherwise defers without queueing, shedding or counting", () => {
+    const p = pool();
+    expect(acquire(p, { leaseId: "a", holder: "a", queue: false }, 0).outcome).toMatchObject({ status: "granted", lease: { fence: 1 } });
+    grant(p, "b", 0);
+    acquire(p, { leaseId: "w1", holder: "w1" }, 0);
+    acquire(p, { leaseId: "w2", holder: "w2" }, 0);
+    // Full and the queue at its cap: a single call would be shed with QUEUE_FULL.
+    const before = stats(p, 1);
+    expect(acquire(p, { leaseId: "c", holder: "c", queue: false }, 1).outcome).toEqual({ status: "deferred" });
+    expect(acquire(p, { leaseId: "d", holder: "d", waitMs: 0, queue: false }, 1).outcome).toEqual({ status: "deferred" });
+    expect(stats(p, 1)).toEqual(before);
+    // Validation comes first: a bad request is refused, not deferred.
+    expect(codeOf(() => acquire(p, { leaseId: "e", holder: "e", ttlMs: 0, queue: false }, 1))).toBe("INVALID_ARGUMENT");
+  });
+
   it("does not jump the queue when a slot is free but others wait", () => {
     const p = pool({ limit: 1 });
     const a = grant(p, "a", 0);

@@ -47,6 +47,8 @@ export const SHARD_RUNS = 100;
 
 type Op =
   | { kind: "acquire"; waitMs: number; ttlMs: number }
+  | { kind: "acquireMany"; ttlMs: number[] }
+  | { kind: "releaseMany"; picks: number[]; stale: boolean[] }
   | { kind: "release"; pick: number; stale: boolean }
   | { kind: "forged"; fence: number }
   | { kind: "renew"; pick: number; ttlMs: number }
@@ -57,6 +59,14 @@ type Op =
 const op: fc.Arbitrary<Op> = fc.oneof(
   { arbitrary: fc.record({ kind: fc.constant("acquire" as const), waitMs: fc.integer({ min: 0, max: 500 }), ttlMs: fc.integer({ min: 1, max: 2000 }) }), weight: 5 },
   { arbitrary: fc.record({ kind: fc.constant("release" as const), pick: fc.nat(), stale: fc.boolean() }), weight: 3 },
+  // A client's coalesced calls: grants what is free now, defers the rest; releases in order.
+  { arbitrary: fc.record({ kind: fc.constant("acquireMany" as const), ttlMs: fc.array(fc.integer({ min: 1, max: 2000 }), { minLength: 1, maxLength: 5 }) }), weight: 2 },
+  {
+    arbitrary: fc
+      .array(fc.tuple(fc.nat(), fc.boolean()), { minLength: 1, maxLength: 4 })
+      .map((xs) => ({ kind: "releaseMany" as const, picks: xs.map((x) => x[0]), stale: xs.map((x) => x[1]) })),
+    weight: 2,
+  },
   { arbitrary: fc.record({ kind: fc.constant("forged" as const), fence: fc.integer({ min: 1, max: 50 }) }), weight: 1 },
   { arbitrary: fc.record({ kind: fc.constant("renew" as const), pick: fc.nat(), ttlMs: fc.integer({ min: 1, max: 2000 }) }), weight: 2 },
   { arbitrary: fc.record({ kind: fc.constant("crash" as const), pick: fc.nat() }), weight: 1 },
@@ -190,7 +200,7 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
             if (outcome.status === "granted") {
               expect(r).toMatchObject({ ok: true, lease: { fence: outcome.lease.fence, expiresAt: outcome.lease.expiresAt, holder: id } });
               if (r.ok) held.push({ model: { id, fence: outcome.lease.fence }, real: r.lease, crashed: false });
-            } else {
+            } else if (outcome.status === "rejected") {
               expect(r).toEqual({
                 ok: false,
                 code: outcome.code,
@@ -199,6 +209,46 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
                 load: { held: model.leases.size, waiting: model.queue.length, limit: CONFIG.limit },
               });
             }
+          }
+          break;
+        }
+        case "acquireMany": {
+          const ids = o.ttlMs.map(() => `m${seq++}`);
+          const r = await stub.acquireMany(ids.map((id, i) => ({ holder: id, ttlMs: o.ttlMs[i], shard: variant.shard })));
+          configured = true;
+          if (!r.ok) expect.unreachable(`acquireMany failed: ${r.code}`);
+          expect(r.results).toHaveLength(ids.length);
+          for (const [i, id] of ids.entries()) {
+            const { outcome, effects } = acquire(model, { leaseId: id, holder: id, ttlMs: o.ttlMs[i], queue: false }, now);
+            await settle(effects, now);
+            const got = r.results[i];
+            if (outcome.status === "granted") {
+              expect(got).toMatchObject({ ok: true, lease: { fence: outcome.lease.fence, expiresAt: outcome.lease.expiresAt, holder: id } });
+              if (got?.ok) held.push({ model: { id, fence: outcome.lease.fence }, real: got.lease, crashed: false });
+            } else {
+              // Not free now: nothing queued, nothing counted; the client would send it on its own.
+              expect(outcome.status).toBe("deferred");
+              expect(got).toBeNull();
+            }
+          }
+          break;
+        }
+        case "releaseMany": {
+          const live = held.filter((h) => !h.crashed);
+          if (live.length === 0) break;
+          // The same lease may be picked twice: the second release finds it gone.
+          const picked = o.picks.map((p, i) => ({ h: live[p % live.length]!, stale: o.stale[i]! }));
+          const r = await stub.releaseMany(picked.map(({ h, stale }) => ({ leaseId: h.real.id, fence: stale ? h.real.fence + 1 : h.real.fence })));
+          if (!r.ok) expect.unreachable(`releaseMany failed: ${r.code}`);
+          for (const [i, { h, stale }] of picked.entries()) {
+            const { outcome, effects } = release(model, { leaseId: h.model.id, fence: stale ? h.model.fence + 1 : h.model.fence }, now);
+            if (outcome.status === "ok") {
+              expect(r.results[i]).toEqual({ ok: true, released: true });
+              held.splice(held.indexOf(h), 1);
+            } else {
+              expect(r.results[i]).toMatchObject({ ok: false, code: outcome.code });
+            }
+            await settle(effects, now);
           }
           break;
         }

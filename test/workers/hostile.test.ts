@@ -2,7 +2,7 @@ import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test"
 import { env } from "cloudflare:workers";
 import fc from "fast-check";
 import { afterAll, describe, expect, it } from "vitest";
-import { BOUNDS, ErrorCodes, type LeaseGrant } from "../../src/core/index.ts";
+import { BOUNDS, ErrorCodes, MAX_BATCH, type LeaseGrant } from "../../src/core/index.ts";
 import { handle } from "../../src/http/app.ts";
 import { depsFor } from "../../src/worker.ts";
 
@@ -70,6 +70,13 @@ function plain(value: unknown): unknown {
   return value;
 }
 
+/** Never a batch: not an array, empty, or longer than MAX_BATCH. */
+const badBatch: fc.Arbitrary<unknown> = fc.oneof(
+  fc.oneof(fc.string(), fc.integer(), fc.boolean(), fc.constant(null), fc.dictionary(fc.string({ maxLength: 5 }), fc.integer(), { maxKeys: 3 })),
+  fc.constant([]),
+  fc.integer({ min: MAX_BATCH + 1, max: MAX_BATCH + 40 }).map((n) => Array.from({ length: n }, () => ({}))),
+);
+
 type Forged = { ref: unknown; ttl?: unknown; expect: readonly string[] };
 
 function forgedRefs(real: LeaseGrant): fc.Arbitrary<Forged> {
@@ -111,10 +118,31 @@ describe("hostile input", () => {
         badAcquire.map((options) => ({ method: "acquire" as const, options, expect: ["INVALID_ARGUMENT"] as readonly string[] })),
         forgedRefs(a.lease).filter((f) => f.ttl === undefined).map((f) => ({ method: "release" as const, ...f })),
         forgedRefs(b.lease).map((f) => ({ method: "renew" as const, ...f })),
+        // Batches: a malformed batch fails whole; in a well-formed one every bad entry fails alone.
+        badBatch.map((batch) => ({ method: "acquireMany" as const, batch, entries: [] as readonly string[][], expect: ["INVALID_ARGUMENT"] as readonly string[] })),
+        badBatch.map((batch) => ({ method: "releaseMany" as const, batch, entries: [] as readonly string[][], expect: ["INVALID_ARGUMENT"] as readonly string[] })),
+        fc.array(badAcquire, { minLength: 1, maxLength: 4 }).map((batch) => ({ method: "acquireMany" as const, batch, entries: batch.map(() => ["INVALID_ARGUMENT"] as readonly string[]), expect: [] as readonly string[] })),
+        fc
+          .array(forgedRefs(a.lease).filter((f) => f.ttl === undefined), { minLength: 1, maxLength: 4 })
+          .map((fs) => ({ method: "releaseMany" as const, batch: fs.map((f) => f.ref), entries: fs.map((f) => f.expect), expect: [] as readonly string[] })),
       );
       await fc.assert(
         fc.asyncProperty(call, async (c) => {
           tried++;
+          if (c.method === "acquireMany" || c.method === "releaseMany") {
+            const r = c.method === "acquireMany" ? await stub.acquireMany(plain(c.batch) as never) : await stub.releaseMany(plain(c.batch) as never);
+            if (c.entries.length === 0) expect(r).toMatchObject({ ok: false, code: c.expect[0] });
+            else if (!r.ok) expect.unreachable(`a well-formed batch failed whole: ${r.code}`);
+            else {
+              expect(r.results).toHaveLength(c.entries.length);
+              r.results.forEach((x, i) => {
+                expect(x).toMatchObject({ ok: false });
+                if (x && !x.ok) expect(c.entries[i]).toContain(x.code);
+              });
+            }
+            expect(await stub.stats()).toEqual(before);
+            return;
+          }
           const r =
             c.method === "acquire"
               ? await stub.acquire(plain(c.options) as never)

@@ -1,0 +1,139 @@
+import { env } from "cloudflare:workers";
+import { describe, expect, it } from "vitest";
+import { type Coordinator, Leases } from "../../src/client/leases.ts";
+import { MAX_BATCH } from "../../src/core/index.ts";
+import { grantNow, restartCoordinator } from "../support/coordinator.ts";
+
+// Pool config of the workerd tests: limit 3, queue cap 5, wait 400 ms.
+let poolSeq = 0;
+const fresh = () => `batch-test-${++poolSeq}`;
+
+/** The stub, with every call that reaches the object counted by method. */
+function counting(name: string) {
+  const stub = env.COORDINATOR_DO.getByName(name);
+  const calls: Record<string, number> = {};
+  const count = (method: string) => void (calls[method] = (calls[method] ?? 0) + 1);
+  const coordinator: Coordinator = {
+    acquire: (o) => (count("acquire"), stub.acquire(o)),
+    release: (r) => (count("release"), stub.release(r)),
+    renew: (r, t) => (count("renew"), stub.renew(r, t)),
+    stats: (s) => stub.stats(s),
+    acquireMany: (list) => (count("acquireMany"), stub.acquireMany(list)),
+    releaseMany: (refs) => (count("releaseMany"), stub.releaseMany(refs)),
+  };
+  return { stub, coordinator, calls };
+}
+
+describe("batch calls", () => {
+  it("acquireMany grants free slots in order under one commit, defers the rest without queueing or counting them", async () => {
+    const name = fresh();
+    const stub = env.COORDINATOR_DO.getByName(name);
+    await grantNow(stub, "first");
+    const r = await stub.acquireMany(["a", "b", "c", "d"].map((holder) => ({ holder })));
+    if (!r.ok) throw new Error(r.code);
+    expect(r.results.map((x) => (x === null ? null : x.ok && [x.lease.holder, x.lease.fence]))).toEqual([["a", 2], ["b", 3], null, null]);
+    const s = await stub.stats();
+    expect(s).toMatchObject({ held: 3, waiting: 0, counters: { granted: 3, rejected: 0, timedOut: 0 } });
+    // The grants were durable before they were answered: a restarted object holds them.
+    expect((await (await restartCoordinator(name)).stats()).held).toBe(3);
+  });
+
+  it("a bad entry fails alone; a malformed batch fails whole with INVALID_ARGUMENT and changes nothing", async () => {
+    const stub = env.COORDINATOR_DO.getByName(fresh());
+    const r = await stub.acquireMany([{ holder: "ok" }, { holder: 5 as never }, { ttlMs: -1 }, "x" as never]);
+    if (!r.ok) throw new Error(r.code);
+    expect(r.results[0]).toMatchObject({ ok: true, lease: { holder: "ok" } });
+    for (const x of r.results.slice(1)) expect(x).toMatchObject({ ok: false, code: "INVALID_ARGUMENT" });
+    const before = await stub.stats();
+    for (const bad of [[], "list", null, { 0: {} }, Array.from({ length: MAX_BATCH + 1 }, () => ({}))]) {
+      expect(await stub.acquireMany(bad as never)).toMatchObject({ ok: false, code: "INVALID_ARGUMENT" });
+      expect(await stub.releaseMany(bad as never)).toMatchObject({ ok: false, code: "INVALID_ARGUMENT" });
+    }
+    expect((await stub.stats()).held).toBe(before.held);
+  });
+
+  it("releaseMany answers each lease as release would, in order", async () => {
+    const name = fresh();
+    const stub = env.COORDINATOR_DO.getByName(name);
+    const [a, b] = [await grantNow(stub, "a"), await grantNow(stub, "b")];
+    const r = await stub.releaseMany([
+      { leaseId: a.id, fence: a.fence },
+      { leaseId: a.id, fence: a.fence },
+      { leaseId: b.id, fence: b.fence + 1 },
+      { leaseId: crypto.randomUUID(), fence: 1 },
+    ]);
+    if (!r.ok) throw new Error(r.code);
+    expect(r.results.map((x) => (x.ok ? "ok" : x.code))).toEqual(["ok", "LEASE_NOT_FOUND", "STALE_FENCE", "LEASE_NOT_FOUND"]);
+    expect((await stub.stats()).leases.map((l) => l.holder)).toEqual(["b"]);
+    // Only b is held after a restart too.
+    expect((await (await restartCoordinator(name)).stats()).held).toBe(1);
+  });
+});
+
+describe("Leases coalesces concurrent calls", () => {
+  it("concurrent callers beyond the limit: batched grants, the rest queue in order, never above the limit", async () => {
+    const { stub, coordinator, calls } = counting(fresh());
+    const leases = new Leases(coordinator);
+    let inUse = 0;
+    let peak = 0;
+    // Limit 3, queue cap 5: eight callers all get a slot, five of them after waiting.
+    const holders = await Promise.all(
+      Array.from({ length: 8 }, async (_, i) => {
+        const lease = await leases.acquire({ holder: `c${i}`, waitMs: 5000 });
+        peak = Math.max(peak, ++inUse);
+        await scheduler.wait(5);
+        inUse--;
+        await leases.release(lease);
+        return lease.holder;
+      }),
+    );
+    expect(new Set(holders).size).toBe(8);
+    expect(peak).toBeLessThanOrEqual(3);
+    expect(await stub.stats()).toMatchObject({ held: 0, waiting: 0, counters: { granted: 8, released: 8, rejected: 0, timedOut: 0 } });
+    // The first call goes out alone, the others together; those not granted at once queue alone.
+    expect(calls.acquireMany).toBeLessThanOrEqual(3);
+    expect(calls.acquire).toBeLessThanOrEqual(8 - 3);
+  });
+
+  it("with slots to spare, N concurrent pairs cost far fewer than 2N calls", async () => {
+    const { stub, coordinator, calls } = counting(fresh());
+    await stub.setLimit(64);
+    const leases = new Leases(coordinator);
+    await Promise.all(Array.from({ length: 48 }, async () => leases.release(await leases.acquire())));
+    const total = Object.values(calls).reduce((a, b) => a + b, 0);
+    expect(total).toBeLessThanOrEqual(6);
+    expect(calls.acquire ?? 0).toBe(0);
+    expect((await stub.stats()).counters).toMatchObject({ granted: 48, released: 48 });
+  });
+
+  it("a lone caller pays one call per acquire and per release", async () => {
+    const { coordinator, calls } = counting(fresh());
+    const leases = new Leases(coordinator);
+    for (let i = 0; i < 3; i++) await leases.release(await leases.acquire());
+    expect(calls).toEqual({ acquireMany: 3, releaseMany: 3 });
+  });
+
+  it("a coordinator without batch methods (an older deployment) gets single calls, after one try", async () => {
+    const { coordinator, calls } = counting(fresh());
+    const missing = (method: string) => () => Promise.reject(new TypeError(`The RPC receiver does not implement the method "${method}".`));
+    const old: Coordinator = { ...coordinator, acquireMany: missing("acquireMany"), releaseMany: missing("releaseMany") };
+    const leases = new Leases(old);
+    const pairs = await Promise.all(Array.from({ length: 4 }, async () => leases.release(await leases.acquire())));
+    expect(pairs).toHaveLength(4);
+    await leases.release(await leases.acquire());
+    expect(calls).toMatchObject({ acquire: 5, release: 5 });
+  });
+
+  it("queued callers keep their deadlines and codes through the client", async () => {
+    const { stub, coordinator } = counting(fresh());
+    const held = [await grantNow(stub), await grantNow(stub), await grantNow(stub)];
+    const leases = new Leases(coordinator);
+    const outcomes = await Promise.allSettled(Array.from({ length: 7 }, () => leases.acquire({ waitMs: 100 })));
+    const codes = outcomes.map((o) => (o.status === "rejected" ? (o.reason as { code: string }).code : "granted"));
+    // Queue cap 5: five wait and time out, two are shed.
+    expect(codes.filter((c) => c === "ACQUIRE_TIMEOUT")).toHaveLength(5);
+    expect(codes.filter((c) => c === "QUEUE_FULL")).toHaveLength(2);
+    expect((await stub.stats()).counters).toMatchObject({ timedOut: 5, rejected: 2 });
+    for (const l of held) await stub.release({ leaseId: l.id, fence: l.fence });
+  });
+});
