@@ -4,8 +4,10 @@
  * times them with `performance.now()` (workerd advances the clock after I/O, and every RPC is I/O).
  * The two are measured in alternating rounds, so machine noise hits both alike.
  *
- * GET /p1?n=N           sequential: no-op RPC vs acquire+release, per call in µs
- * GET /p2?n=N&c=C       C concurrent loops sharing N calls: no-op RPCs/s vs acquire+release pairs/s
+ * GET /p1?n=N           sequential: no-op RPC vs acquire+release, per call in µs (also through `Leases`)
+ * GET /p2?n=N&c=C       C concurrent loops sharing N calls: no-op RPCs/s vs acquire+release pairs/s,
+ *                       each caller with its own calls, and all callers sharing one `Leases` client
+ *                       (which coalesces concurrent calls into batches; calls per pair counted)
  * GET /shed?n=N         a full pool and queue: how long a QUEUE_FULL answer takes, in µs
  * GET /restart-check    grants leases concurrently, restarts the object, counts those still held
  * GET /block?n=N&c=C    through the Worker's client with a per-isolate lease block: coordinator
@@ -17,7 +19,7 @@
 import { DurableObject } from "cloudflare:workers";
 import { ConnectionCoordinator } from "../durable-objects/connection-coordinator.ts";
 import { WritePerCallCoordinator } from "./baseline/write-per-call-coordinator.ts";
-import type { Coordinator as LeaseCoordinator } from "../src/client/leases.ts";
+import { type Coordinator as LeaseCoordinator, Leases } from "../src/client/leases.ts";
 import { ShardedLeases, createIsolateShards } from "../src/client/sharded-leases.ts";
 
 export { WritePerCallCoordinator };
@@ -57,7 +59,14 @@ function counted(stub: DurableObjectStub<BenchCoordinator>, calls: { n: number }
     release: (r) => (calls.n++, stub.release(r)),
     renew: (r, t) => (calls.n++, stub.renew(r, t)),
     stats: (s) => stub.stats(s),
+    acquireMany: (list) => (calls.n++, stub.acquireMany(list)),
+    releaseMany: (refs) => (calls.n++, stub.releaseMany(refs)),
   };
+}
+
+/** One acquire + release through the application-facing client. */
+async function clientPair(leases: Leases): Promise<void> {
+  await leases.release(await leases.acquire({ holder: "bench", waitMs: 2000 }));
 }
 
 interface BenchEnv {
@@ -127,26 +136,34 @@ export default {
     await pair(baseline);
     if (url.pathname === "/p1") {
       const n = int(url, "n", 500);
-      const { ping, writes, pairs, before } = await alternate(rounds, {
+      const leases = new Leases(coord);
+      const { ping, writes, pairs, client, before } = await alternate(rounds, {
         ping: () => timeSequential(n, () => noop.ping()),
         writes: () => timeSequential(n, () => noop.write()),
         pairs: () => timeSequential(n, () => pair(coord)),
+        client: () => timeSequential(n, () => clientPair(leases)),
         before: () => timeSequential(Math.max(10, Math.floor(n / 4)), () => pair(baseline)),
       });
-      return Response.json({ n, rounds, pingUs: median(ping), writeUs: median(writes), pairUs: median(pairs), beforeUs: median(before), ping, writes, pairs, before });
+      return Response.json({ n, rounds, pingUs: median(ping), writeUs: median(writes), pairUs: median(pairs), clientUs: median(client), beforeUs: median(before), ping, writes, pairs, client, before });
     }
     if (url.pathname === "/p2") {
       const n = int(url, "n", 2000);
       const c = int(url, "c", 32);
-      const { ping, writes, pairs, before } = await alternate(rounds, {
+      const calls = { n: 0 };
+      const shared = new Leases(counted(coord, calls));
+      const { ping, writes, pairs, coalesced, before } = await alternate(rounds, {
         ping: () => timeConcurrent(n, c, () => noop.ping()),
         writes: () => timeConcurrent(n, c, () => noop.write()),
         pairs: () => timeConcurrent(n, c, () => pair(coord)),
+        coalesced: () => timeConcurrent(n, c, () => clientPair(shared)),
         // The baseline is an order of magnitude slower: a tenth of the calls keeps the run short.
         before: () => timeConcurrent(Math.max(c, Math.floor(n / 10)), c, () => pair(baseline)),
       });
       const held = (await coord.stats()).held;
-      return Response.json({ n, c, rounds, pingPerS: median(ping), writePerS: median(writes), pairsPerS: median(pairs), beforePerS: median(before), ping, writes, pairs, before, heldAfter: held });
+      return Response.json({
+        n, c, rounds, pingPerS: median(ping), writePerS: median(writes), pairsPerS: median(pairs), coalescedPerS: median(coalesced), beforePerS: median(before),
+        coalescedCallsPerPair: calls.n / (n * rounds), ping, writes, pairs, coalesced, before, heldAfter: held,
+      });
     }
     if (url.pathname === "/shed") {
       // Fill every slot and the queue (bench config: limit 64, queue 64), then time the refusals.
