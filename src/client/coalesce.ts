@@ -7,50 +7,70 @@ interface Entry<I, O> {
 }
 
 /**
- * Client-side group commit. A call made while no batch is in flight goes out at once, alone; calls
- * made while one is in flight wait for it and go out together in the next (at most `MAX_BATCH` per
- * batch). So a lone caller pays nothing, and N concurrent callers pay a few round trips, not N.
+ * Client-side group commit. Calls made in the same turn, or while a batch is in flight, go out
+ * together as one batch (at most `MAX_BATCH`); a call with no company goes out as a single call, as
+ * it would without coalescing, and holds nothing up. So a lone caller pays nothing extra (not even
+ * under a full pool, where a single acquire queues in one call), and N concurrent callers pay a few
+ * round trips instead of N.
  *
  * @example
- * const releases = new Coalescer((refs: LeaseRef[]) => releaseAll(refs));
+ * const releases = new Coalescer((ref) => stub.release(ref), (refs) => releaseAll(refs));
  * await Promise.all(leases.map((l) => releases.call({ leaseId: l.id, fence: l.fence })));
  */
 export class Coalescer<I, O> {
-  readonly #send: (items: I[]) => Promise<O[]>;
+  readonly #one: (item: I) => Promise<O>;
+  readonly #many: (items: I[]) => Promise<O[]>;
   #pending: Array<Entry<I, O>> = [];
+  #scheduled = false;
   #inFlight = false;
 
-  /** `send` answers one output per item, in order; if it throws, every caller of that batch gets the error. */
-  constructor(send: (items: I[]) => Promise<O[]>) {
-    this.#send = send;
+  /** `many` answers one output per item, in order; if it throws, every caller of that batch gets the error. */
+  constructor(one: (item: I) => Promise<O>, many: (items: I[]) => Promise<O[]>) {
+    this.#one = one;
+    this.#many = many;
   }
 
   call(item: I): Promise<O> {
     return new Promise<O>((resolve, reject) => {
       this.#pending.push({ item, resolve, reject });
-      this.#pump();
+      if (this.#scheduled) return;
+      // The rest of this turn may add company (callers resumed by the same answer, say).
+      this.#scheduled = true;
+      queueMicrotask(() => {
+        this.#scheduled = false;
+        this.#pump();
+      });
     });
   }
 
   #pump(): void {
     if (this.#inFlight || this.#pending.length === 0) return;
     const batch = this.#pending.splice(0, MAX_BATCH);
-    this.#inFlight = true;
-    const settle = (outputs: O[] | undefined, error?: unknown) => {
-      this.#inFlight = false;
-      this.#pump();
-      batch.forEach((entry, i) => (outputs ? entry.resolve(outputs[i]!) : entry.reject(error)));
-    };
-    // `send` is called synchronously, so a batch goes out in the caller's turn (and request context).
-    let sent: Promise<O[]>;
-    try {
-      sent = this.#send(batch.map((entry) => entry.item));
-    } catch (error) {
-      sent = Promise.reject(error);
+    if (batch.length === 1) {
+      const [entry] = batch;
+      attempt(() => this.#one(entry!.item)).then(entry!.resolve, entry!.reject);
+      return;
     }
-    sent.then(
-      (outputs) => settle(outputs),
-      (error) => settle(undefined, error),
+    this.#inFlight = true;
+    attempt(() => this.#many(batch.map((entry) => entry.item))).then(
+      (outputs) => this.#settle(batch, (entry, i) => entry.resolve(outputs[i]!)),
+      (error) => this.#settle(batch, (entry) => entry.reject(error)),
     );
+  }
+
+  #settle(batch: Array<Entry<I, O>>, each: (entry: Entry<I, O>, i: number) => void): void {
+    // The next batch goes out first: those who waited behind this one are sent without delay.
+    this.#inFlight = false;
+    this.#pump();
+    batch.forEach(each);
+  }
+}
+
+/** `fn()`, with a synchronous throw turned into a rejection. */
+function attempt<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return fn();
+  } catch (error) {
+    return Promise.reject(error);
   }
 }

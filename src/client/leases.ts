@@ -88,7 +88,7 @@ export interface LeasesOptions {
   holder?: string | undefined;
   /**
    * Coalesce this client's concurrent acquires and releases into batch calls (default `true`,
-   * used when the coordinator has batch methods). A lone call still goes out at once.
+   * used when the coordinator has batch methods). A lone call is still a single call.
    */
   coalesce?: boolean | undefined;
 }
@@ -113,8 +113,12 @@ export class Leases implements LeaseClient {
     if (options.coalesce === false) return;
     // Every property of a Durable Object stub is a function; a coordinator without the method
     // answers "does not implement" and the client falls back to single calls.
-    if (typeof coordinator.acquireMany === "function") this.#acquires = new Coalescer((requests) => this.#acquireMany(requests));
-    if (typeof coordinator.releaseMany === "function") this.#releases = new Coalescer((refs) => this.#releaseMany(refs));
+    if (typeof coordinator.acquireMany === "function") {
+      this.#acquires = new Coalescer((request) => coordinator.acquire(request), (requests) => this.#acquireMany(requests));
+    }
+    if (typeof coordinator.releaseMany === "function") {
+      this.#releases = new Coalescer((ref) => coordinator.release(ref), (refs) => this.#releaseMany(refs));
+    }
   }
 
   /** One batch call; `null` for each request to send on its own (not free now, or no batch method). */
@@ -157,7 +161,7 @@ export class Leases implements LeaseClient {
       tenant: options.tenant,
     };
     const acquires = this.#acquires;
-    // Granted in a batch if a slot is free now; otherwise queued by a call of its own.
+    // Alone: a single call. In a batch: granted if a slot is free now, else queued by a call of its own.
     const result = (acquires && (await call(() => acquires.call(request)))) ?? (await call(() => this.#coordinator.acquire(request)));
     if (!result.ok) throw toError(result);
     return result.lease;
