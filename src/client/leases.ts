@@ -9,6 +9,7 @@ import {
   type ReleaseManyResult,
   type ReleaseResult,
   type RenewResult,
+  type Result,
   type ShardRef,
   LeaseError,
   isLeaseError,
@@ -105,44 +106,39 @@ export class Leases implements LeaseClient {
   readonly #coordinator: Coordinator;
   readonly #holder: string;
   #acquires: Coalescer<AcquireOptions, AcquireResult | null> | undefined;
-  #releases: Coalescer<LeaseRef, ReleaseResult> | undefined;
+  #releases: Coalescer<LeaseRef, ReleaseResult | null> | undefined;
 
   constructor(coordinator: Coordinator, options: LeasesOptions = {}) {
     this.#coordinator = coordinator;
     this.#holder = options.holder ?? "";
-    if (options.coalesce === false) return;
-    // Every property of a Durable Object stub is a function; a coordinator without the method
-    // answers "does not implement" and the client falls back to single calls.
-    if (typeof coordinator.acquireMany === "function") {
-      this.#acquires = new Coalescer((request) => coordinator.acquire(request), (requests) => this.#acquireMany(requests));
-    }
-    if (typeof coordinator.releaseMany === "function") {
-      this.#releases = new Coalescer((ref) => coordinator.release(ref), (refs) => this.#releaseMany(refs));
-    }
+    const { acquireMany, releaseMany } = coordinator;
+    if (options.coalesce === false || typeof acquireMany !== "function" || typeof releaseMany !== "function") return;
+    // Every property of a Durable Object stub is a function: whether the object really has the
+    // batch methods shows in its first answer (see #batch).
+    this.#acquires = new Coalescer(
+      (request) => coordinator.acquire(request),
+      (requests) => this.#batch(requests, () => coordinator.acquireMany!(requests)),
+    );
+    this.#releases = new Coalescer(
+      (ref) => coordinator.release(ref),
+      (refs) => this.#batch(refs, () => coordinator.releaseMany!(refs)),
+    );
   }
 
-  /** One batch call; `null` for each request to send on its own (not free now, or no batch method). */
-  async #acquireMany(requests: AcquireOptions[]): Promise<Array<AcquireResult | null>> {
-    if (!this.#acquires) return requests.map(() => null);
+  /**
+   * One batch call: an answer per item, in order; `null` for an item to send on its own (a request
+   * not granted at once, or every item once the coordinator turned out to have no batch methods —
+   * an older deployment — after which this client makes single calls only).
+   */
+  async #batch<I, O>(items: I[], send: () => Promise<Result<{ results: Array<O | null> }>>): Promise<Array<O | Failure | null>> {
+    if (!this.#acquires) return items.map(() => null);
     try {
-      const answer = await this.#coordinator.acquireMany!(requests);
-      return answer.ok ? answer.results : requests.map(() => answer);
+      const answer = await send();
+      return answer.ok ? answer.results : items.map(() => answer);
     } catch (error) {
       if (!isMissingMethod(error)) throw error;
-      this.#acquires = undefined;
-      return requests.map(() => null);
-    }
-  }
-
-  async #releaseMany(refs: LeaseRef[]): Promise<ReleaseResult[]> {
-    if (!this.#releases) return await Promise.all(refs.map((ref) => this.#coordinator.release(ref)));
-    try {
-      const answer = await this.#coordinator.releaseMany!(refs);
-      return answer.ok ? answer.results : refs.map(() => answer);
-    } catch (error) {
-      if (!isMissingMethod(error)) throw error;
-      this.#releases = undefined;
-      return await Promise.all(refs.map((ref) => this.#coordinator.release(ref)));
+      this.#acquires = this.#releases = undefined;
+      return items.map(() => null);
     }
   }
 
@@ -177,7 +173,7 @@ export class Leases implements LeaseClient {
   async release(lease: LeaseGrant): Promise<void> {
     const ref = { leaseId: lease.id, fence: lease.fence };
     const releases = this.#releases;
-    const result = await call(() => (releases ? releases.call(ref) : this.#coordinator.release(ref)));
+    const result = (releases && (await call(() => releases.call(ref)))) ?? (await call(() => this.#coordinator.release(ref)));
     if (!result.ok) throw toError(result);
   }
 
