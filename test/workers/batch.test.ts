@@ -153,6 +153,27 @@ describe("Leases coalesces concurrent calls", () => {
     expect(calls).toMatchObject({ acquire: 5, release: 5 });
   });
 
+  it("a batch call that fails fails each of its callers with COORDINATOR_UNAVAILABLE, and the next batch goes out", async () => {
+    const { coordinator, calls } = counting(fresh());
+    let failNext = true;
+    const flaky: Coordinator = {
+      ...coordinator,
+      acquireMany: (list) => {
+        if (!failNext) return coordinator.acquireMany!(list);
+        failNext = false;
+        return Promise.reject(new Error("Durable Object reset because its code was updated."));
+      },
+    };
+    const leases = new Leases(flaky);
+    const failed = await Promise.allSettled([leases.acquire(), leases.acquire(), leases.acquire()]);
+    expect(failed.map((o) => o.status === "rejected" && (o.reason as { code: string }).code)).toEqual(Array(3).fill("COORDINATOR_UNAVAILABLE"));
+    // Retrying, as COORDINATOR_UNAVAILABLE invites: batching still works.
+    const granted = await Promise.all([leases.acquire(), leases.acquire(), leases.acquire()]);
+    expect(granted.map((l) => l.fence)).toEqual([1, 2, 3]);
+    expect(calls).toEqual({ acquireMany: 1 });
+    await Promise.all(granted.map((l) => leases.release(l)));
+  });
+
   it("queued callers keep their deadlines and codes through the client", async () => {
     const { stub, coordinator } = counting(fresh());
     const held = [await grantNow(stub), await grantNow(stub), await grantNow(stub)];
