@@ -9,7 +9,7 @@
  * import { Leases, isLeaseError } from "leasegate";
  */
 export { Leases } from "./client/leases.ts";
-export type { Coordinator, LeaseClient, LeaseScope, WaitUntil, WithLeaseOptions } from "./client/leases.ts";
+export type { Coordinator, LeaseClient, LeaseScope, LeasesOptions, WaitUntil, WithLeaseOptions } from "./client/leases.ts";
 export { ShardedLeases, createIsolateShards, mergeStats, shardName, DEFAULT_BLOCK_IDLE_MS } from "./client/sharded-leases.ts";
 export type { IsolateShards, IsolateShardsOptions, ShardedGrant, ShardedLeasesOptions } from "./client/sharded-leases.ts";
 export { LeaseError, isLeaseError, isRetryableCode, ErrorCodes } from "./core/errors.ts";
@@ -17,7 +17,8 @@ export type { ErrorCode } from "./core/errors.ts";
 export { configFromEnv, validateConfig, DEFAULT_CONFIG } from "./core/config.ts";
 export type { PoolConfig, PoolEnv } from "./core/config.ts";
 export type { PoolStats, HeldLease, Counters } from "./core/pool.ts";
-export type { AcquireOptions, AcquireResult, Failure, LeaseGrant, ReleaseResult, RenewResult, Result } from "./core/protocol.ts";
+export type { AcquireManyResult, AcquireOptions, AcquireResult, Failure, LeaseGrant, ReleaseManyResult, ReleaseResult, RenewResult, Result } from "./core/protocol.ts";
+export { MAX_BATCH } from "./core/protocol.ts";
 export type { Priority, AdaptiveConfig } from "./core/scheduling.ts";
 export { shardLimits, pickShard, shardConfig } from "./core/shard.ts";
 export type { ShardLoad, ShardRef } from "./core/shard.ts";
