@@ -44,6 +44,15 @@ export class NoopObject extends DurableObject {
     return { ok: true };
   }
 
+  /**
+   * One change whose answer does not wait for its commit (`allowUnconfirmed`): what skipping the
+   * durability wait would buy. @example await stub.writeUnconfirmed()
+   */
+  async writeUnconfirmed(): Promise<{ ok: true }> {
+    void this.ctx.storage.put("counter", ++this.#writes, { allowUnconfirmed: true });
+    return { ok: true };
+  }
+
   /** One durable change: the answer waits for its commit, like a grant's. @example await stub.write() */
   async write(): Promise<{ ok: true }> {
     if (this.#writes === 0) this.ctx.storage.sql.exec("CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY, value INTEGER NOT NULL)");
@@ -137,14 +146,18 @@ export default {
     if (url.pathname === "/p1") {
       const n = int(url, "n", 500);
       const leases = new Leases(coord);
-      const { ping, writes, pairs, client, before } = await alternate(rounds, {
+      const { ping, writes, unconfirmed, pairs, client, before } = await alternate(rounds, {
         ping: () => timeSequential(n, () => noop.ping()),
         writes: () => timeSequential(n, () => noop.write()),
+        unconfirmed: () => timeSequential(n, () => noop.writeUnconfirmed()),
         pairs: () => timeSequential(n, () => pair(coord)),
         client: () => timeSequential(n, () => clientPair(leases)),
         before: () => timeSequential(Math.max(10, Math.floor(n / 4)), () => pair(baseline)),
       });
-      return Response.json({ n, rounds, pingUs: median(ping), writeUs: median(writes), pairUs: median(pairs), clientUs: median(client), beforeUs: median(before), ping, writes, pairs, client, before });
+      return Response.json({
+        n, rounds, pingUs: median(ping), writeUs: median(writes), unconfirmedUs: median(unconfirmed), pairUs: median(pairs), clientUs: median(client), beforeUs: median(before),
+        ping, writes, unconfirmed, pairs, client, before,
+      });
     }
     if (url.pathname === "/p2") {
       const n = int(url, "n", 2000);

@@ -70,7 +70,10 @@ async function get<T>(path: string): Promise<T> {
   return JSON.parse(body) as T;
 }
 
-interface P1 { pingUs: number; writeUs: number; pairUs: number; clientUs: number; beforeUs: number; writes: number[]; ping: number[]; pairs: number[]; client: number[]; before: number[] }
+interface P1 {
+  pingUs: number; writeUs: number; unconfirmedUs: number; pairUs: number; clientUs: number; beforeUs: number;
+  writes: number[]; unconfirmed: number[]; ping: number[]; pairs: number[]; client: number[]; before: number[];
+}
 interface P2 {
   pingPerS: number; writePerS: number; pairsPerS: number; coalescedPerS: number; beforePerS: number; coalescedCallsPerPair: number;
   writes: number[]; ping: number[]; pairs: number[]; coalesced: number[]; before: number[]; c: number; heldAfter: number;
@@ -172,6 +175,12 @@ const lines = [
   "the commit, as a grant's does — the floor of any durable call. A durable acquire + release is",
   "two of them, so \"floor\" is 2 × that (P1) or half its rate (P2). \"before\" is the coordinator as",
   "it was before group commit (one SQLite transaction per call, bench/baseline/), in the same run.",
+  `A write whose answer does not wait for its commit (\`allowUnconfirmed\`) took ${f(p1.unconfirmedUs)} µs (${f(p1.unconfirmedUs / p1.pingUs, 2)}× no-op,`,
+  `${f(p1.unconfirmedUs / p1.writeUs, 2)}× the durable write; rounds ${p1.unconfirmed.map((x) => f(x)).join(", ")}): ${
+    p1.unconfirmedUs >= 0.8 * p1.writeUs
+      ? "about as much, since the commit is spent on the object's thread whether or not the answer waits for it."
+      : "not waiting saves the difference, at the price of answers a crash could take back."
+  }`,
   "",
   "| | no-op DO RPC | durable write | acquire + release (2 RPCs), now | ratio to no-op | ratio to the durable floor | before: write per call | target |",
   "|---|---|---|---|---|---|---|---|",
