@@ -1,0 +1,545 @@
+/**
+ * The contract both coordinators keep: the Durable Object (`ConnectionCoordinator`) and
+ * `PostgresCoordinator` must answer every call alike — codes, messages, result shapes, state —
+ * because they run the same core. Each backend's test file calls `defineContract` once; a case
+ * that fails on one backend only is drift between the two shells.
+ *
+ * Timing bounds are generous (the machines are small and noisy); TTLs and deadlines are short.
+ */
+import { describe, expect, it } from "vitest";
+import type { AcquireOptions, LeaseGrant, LeaseRef, PoolStats } from "../../src/core/index.ts";
+import { CONTRACT_CONFIG, type ContractBackend, type ContractCoordinator } from "./backend.ts";
+
+export { CONTRACT_CONFIG } from "./backend.ts";
+export type { ContractBackend, ContractCoordinator, ContractPool } from "./backend.ts";
+
+const { limit: LIMIT, maxQueue: MAX_QUEUE, waitMs: WAIT_MS, leaseTtlMs: TTL_MS } = CONTRACT_CONFIG;
+/** Slack on every time bound: deadline + this is still on time. */
+const SLACK_MS = 300;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+const STATS_KEYS = [
+  "counters",
+  "effectiveLimit",
+  "held",
+  "leaseTtlMs",
+  "leases",
+  "limit",
+  "maxQueue",
+  "maxWaitMs",
+  "paused",
+  "reserved",
+  "waitHistogram",
+  "waitMs",
+  "waitTimeMs",
+  "waiting",
+];
+const NOT_FOUND = "No such lease: it was never granted, or is already released or reaped";
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+const refOf = (lease: LeaseGrant): LeaseRef => ({ leaseId: lease.id, fence: lease.fence });
+const keysOf = (value: object) => Object.keys(value).sort();
+
+/** A lease that must be granted at once; fails the case with the answer otherwise. */
+async function grant(c: ContractCoordinator, holder: string, options: AcquireOptions = {}): Promise<LeaseGrant> {
+  const r = await c.acquire({ holder, waitMs: 0, ...options });
+  if (!r.ok) throw new Error(`expected a grant for ${holder}, got ${r.code}: ${r.message}`);
+  return r.lease;
+}
+
+async function fill(c: ContractCoordinator, n = LIMIT): Promise<LeaseGrant[]> {
+  const leases: LeaseGrant[] = [];
+  for (let i = 0; i < n; i++) leases.push(await grant(c, `held-${i + 1}`));
+  return leases;
+}
+
+/** Waits (test-side) until the pool reports `n` waiters. */
+async function waitingIs(c: ContractCoordinator, n: number): Promise<void> {
+  await expect.poll(async () => (await c.stats()).waiting, { timeout: 3000, interval: 10 }).toBe(n);
+}
+
+/** The parts of stats that do not move with the clock. */
+function steady(s: PoolStats) {
+  return {
+    held: s.held,
+    waiting: s.waiting,
+    counters: s.counters,
+    waitTimeMs: s.waitTimeMs,
+    waitHistogram: s.waitHistogram,
+    leases: s.leases.map((l) => ({ idPrefix: l.idPrefix, holder: l.holder, fence: l.fence })).sort((a, b) => a.fence - b.fence),
+  };
+}
+
+/**
+ * Declares the contract cases for one backend.
+ *
+ * @example
+ * defineContract("PostgresCoordinator on Postgres", () => postgresBackend);
+ */
+export function defineContract(name: string, backend: () => ContractBackend): void {
+  const fresh = () => backend().fresh();
+
+  describe(`coordinator contract: ${name}`, () => {
+    it("grants up to the limit with strictly increasing fences and the lease shape", async () => {
+      const { coordinator: c } = await fresh();
+      const before = Date.now();
+      const leases = [await grant(c, "a"), await grant(c, "b"), await grant(c, "c", { ttlMs: 5000 })];
+      const after = Date.now();
+      expect(leases.map((l) => l.fence)).toEqual([1, 2, 3]);
+      expect(new Set(leases.map((l) => l.id)).size).toBe(3);
+      for (const l of leases) {
+        expect(keysOf(l)).toEqual(["expiresAt", "fence", "grantedAt", "holder", "id"]);
+        expect(l.id).toMatch(UUID);
+        expect(l.grantedAt).toBeGreaterThanOrEqual(before);
+        expect(l.grantedAt).toBeLessThanOrEqual(after);
+        expect(l.grantedAt).toBeLessThanOrEqual(l.expiresAt);
+      }
+      expect(leases.map((l) => l.holder)).toEqual(["a", "b", "c"]);
+      expect(leases.map((l) => l.expiresAt - l.grantedAt)).toEqual([TTL_MS, TTL_MS, 5000]);
+      const s = await c.stats();
+      expect(s).toMatchObject({ limit: LIMIT, held: 3, waiting: 0, counters: { granted: 3 } });
+      expect(s.leases.map((l) => [l.holder, l.fence, l.idPrefix]).sort()).toEqual(leases.map((l) => [l.holder, l.fence, l.id.slice(0, 8)]));
+    });
+
+    it("an acquire answer carries the pool's load: a grant at once and a grant after waiting", async () => {
+      const { coordinator: c } = await fresh();
+      const first = await c.acquire({ holder: "a" });
+      expect(keysOf(first)).toEqual(["lease", "load", "ok"]);
+      expect(first.load).toEqual({ held: 1, waiting: 0, limit: LIMIT });
+      await grant(c, "b");
+      const third = await grant(c, "c");
+      const waiter = c.acquire({ holder: "w", waitMs: 3000 });
+      await waitingIs(c, 1);
+      expect(await c.release(refOf(third))).toEqual({ ok: true, released: true });
+      const woken = await waiter;
+      expect(woken).toMatchObject({ ok: true, lease: { holder: "w", fence: 4 } });
+      expect(keysOf(woken)).toEqual(["lease", "load", "ok"]);
+      expect(woken.load).toEqual({ held: 3, waiting: 0, limit: LIMIT });
+    });
+
+    it("a refused acquire carries the pool's load: waitMs 0 and a deadline", async () => {
+      const { coordinator: c } = await fresh();
+      await fill(c);
+      const now = await c.acquire({ holder: "now", waitMs: 0 });
+      expect(keysOf(now)).toEqual(["code", "load", "message", "ok", "retryAfterMs"]);
+      expect(now.load).toEqual({ held: 3, waiting: 0, limit: LIMIT });
+      const late = await c.acquire({ holder: "late", waitMs: 100 });
+      expect(keysOf(late)).toEqual(["code", "load", "message", "ok", "retryAfterMs"]);
+      expect(late.load).toEqual({ held: 3, waiting: 0, limit: LIMIT });
+    });
+
+    it("wakes queued waiters in arrival order as slots free", async () => {
+      const { coordinator: c } = await fresh();
+      const held = await fill(c);
+      const order: string[] = [];
+      const waiters: Array<Promise<LeaseGrant>> = [];
+      for (const [i, holder] of ["w1", "w2", "w3"].entries()) {
+        waiters.push(
+          c.acquire({ holder, waitMs: 5000 }).then((r) => {
+            if (!r.ok) throw new Error(`${holder}: ${r.code}`);
+            order.push(holder);
+            return r.lease;
+          }),
+        );
+        await waitingIs(c, i + 1);
+      }
+      expect(order).toEqual([]);
+      for (const l of held) expect(await c.release(refOf(l))).toEqual({ ok: true, released: true });
+      const granted = await Promise.all(waiters);
+      expect(order).toEqual(["w1", "w2", "w3"]);
+      expect(granted.map((l) => [l.holder, l.fence])).toEqual([
+        ["w1", 4],
+        ["w2", 5],
+        ["w3", 6],
+      ]);
+      const s = await c.stats();
+      expect(s).toMatchObject({ held: 3, waiting: 0, counters: { granted: 6, released: 3, timedOut: 0 } });
+      expect(s.waitTimeMs.count).toBe(6);
+    });
+
+    it("times a waiter out at its deadline with ACQUIRE_TIMEOUT naming limit, held and waiting", async () => {
+      const { coordinator: c } = await fresh();
+      await fill(c);
+      const started = Date.now();
+      const r = await c.acquire({ holder: "late", waitMs: 150 });
+      const waited = Date.now() - started;
+      expect(waited).toBeGreaterThanOrEqual(140);
+      expect(waited).toBeLessThan(150 + SLACK_MS);
+      expect(r).toMatchObject({
+        ok: false,
+        code: "ACQUIRE_TIMEOUT",
+        message: `Timed out after 150 ms waiting for a connection slot (limit ${LIMIT}, 3 held, 0 waiting)`,
+      });
+      expect(!r.ok && r.retryAfterMs).toBeGreaterThan(0);
+      const s = await c.stats();
+      expect(s).toMatchObject({ held: 3, waiting: 0, counters: { timedOut: 1, granted: 3 } });
+      expect(s.waitTimeMs.count).toBe(4);
+    });
+
+    it("a waiter without waitMs waits the pool's default deadline", async () => {
+      const { coordinator: c } = await fresh();
+      await fill(c);
+      const started = Date.now();
+      const r = await c.acquire({ holder: "default" });
+      const waited = Date.now() - started;
+      expect(waited).toBeGreaterThanOrEqual(WAIT_MS - 10);
+      expect(waited).toBeLessThan(WAIT_MS + SLACK_MS);
+      expect(r).toMatchObject({ ok: false, code: "ACQUIRE_TIMEOUT" });
+      expect(!r.ok && r.message).toMatch(new RegExp(`^Timed out after ${WAIT_MS} ms waiting for a connection slot \\(limit ${LIMIT}\\b`));
+    });
+
+    it("refuses at once with ACQUIRE_TIMEOUT when waitMs is 0 and no slot is free", async () => {
+      const { coordinator: c } = await fresh();
+      await fill(c);
+      const started = Date.now();
+      const r = await c.acquire({ holder: "now", waitMs: 0 });
+      expect(Date.now() - started).toBeLessThan(SLACK_MS);
+      expect(r).toMatchObject({
+        ok: false,
+        code: "ACQUIRE_TIMEOUT",
+        message: `No connection slot free (limit ${LIMIT}, 3 held, 0 waiting) and the caller would not wait`,
+      });
+      expect(!r.ok && r.retryAfterMs).toBeGreaterThan(0);
+      expect(await c.stats()).toMatchObject({ held: 3, waiting: 0, counters: { timedOut: 1, rejected: 0 } });
+    });
+
+    it("sheds at once with QUEUE_FULL once the queue holds maxQueue waiters", async () => {
+      const { coordinator: c } = await fresh();
+      const held = await fill(c);
+      const queued: Array<Promise<LeaseGrant>> = [];
+      for (let i = 0; i < MAX_QUEUE; i++) {
+        queued.push(
+          c.acquire({ holder: `q${i + 1}`, waitMs: 5000 }).then((r) => {
+            if (!r.ok) throw new Error(`q${i + 1}: ${r.code}`);
+            return r.lease;
+          }),
+        );
+      }
+      await waitingIs(c, MAX_QUEUE);
+      const started = Date.now();
+      const r = await c.acquire({ holder: "shed", waitMs: 5000 });
+      expect(Date.now() - started).toBeLessThan(SLACK_MS);
+      expect(r).toMatchObject({
+        ok: false,
+        code: "QUEUE_FULL",
+        message: `Wait queue is full (limit ${LIMIT}, 3 held, ${MAX_QUEUE} waiting, max queue ${MAX_QUEUE})`,
+      });
+      expect(!r.ok && r.retryAfterMs).toBeGreaterThan(0);
+      expect(await c.stats()).toMatchObject({ waiting: MAX_QUEUE, counters: { rejected: 1, timedOut: 0 } });
+      // Drain: the held leases go to q1..q3, theirs to q4 and q5.
+      for (const l of held) await c.release(refOf(l));
+      const first = await Promise.all(queued.slice(0, 3));
+      for (const l of first) await c.release(refOf(l));
+      const all = await Promise.all(queued);
+      expect(all.map((l) => l.holder)).toEqual(["q1", "q2", "q3", "q4", "q5"]);
+    });
+
+    it("reaps a lease past its TTL and gives its slot to a waiter", async () => {
+      const { coordinator: c } = await fresh();
+      const dead = await grant(c, "dies", { ttlMs: 200 });
+      await fill(c, 2);
+      const started = Date.now();
+      const r = await c.acquire({ holder: "next", waitMs: 3000 });
+      const waited = Date.now() - started;
+      expect(r).toMatchObject({ ok: true, lease: { holder: "next", fence: 4 } });
+      expect(waited).toBeLessThan(200 + SLACK_MS);
+      expect(Date.now()).toBeGreaterThanOrEqual(dead.expiresAt);
+      const s = await c.stats();
+      expect(s).toMatchObject({ held: 3, waiting: 0, counters: { expired: 1, granted: 4, released: 0 } });
+      expect(s.leases.map((l) => l.holder).sort()).toEqual(["held-1", "held-2", "next"]);
+      // Reaped: its holder's late release and renewal find nothing.
+      expect(await c.release(refOf(dead))).toEqual({ ok: false, code: "LEASE_NOT_FOUND", message: NOT_FOUND });
+      expect(await c.renew(refOf(dead))).toEqual({ ok: false, code: "LEASE_NOT_FOUND", message: NOT_FOUND });
+    });
+
+    it("reaps a lease at its TTL when nobody waits: stats show it gone and its release finds nothing", async () => {
+      const { coordinator: c } = await fresh();
+      const dead = await grant(c, "dies", { ttlMs: 150 });
+      await sleep(150 + SLACK_MS);
+      const s = await c.stats();
+      // Soft: record every differing value, not only the first.
+      expect.soft(s.held, "held after the TTL").toBe(0);
+      expect.soft(s.counters.expired, "counters.expired after the TTL").toBe(1);
+      expect.soft(await c.release(refOf(dead)), "release after the TTL").toEqual({ ok: false, code: "LEASE_NOT_FOUND", message: NOT_FOUND });
+      expect((await c.stats()).held).toBe(0);
+    });
+
+    it("fencing: a forged id, a stale fence and a double release free nothing", async () => {
+      const { coordinator: c } = await fresh();
+      const lease = await grant(c, "a");
+      expect(await c.release({ leaseId: crypto.randomUUID(), fence: lease.fence })).toEqual({ ok: false, code: "LEASE_NOT_FOUND", message: NOT_FOUND });
+      expect(await c.release({ leaseId: lease.id, fence: lease.fence + 1 })).toEqual({
+        ok: false,
+        code: "STALE_FENCE",
+        message: `Fence ${lease.fence + 1} does not match the lease's fence`,
+      });
+      expect(await c.renew({ leaseId: lease.id, fence: lease.fence + 1 })).toMatchObject({ ok: false, code: "STALE_FENCE" });
+      expect((await c.stats()).held).toBe(1);
+      expect(await c.release(refOf(lease))).toEqual({ ok: true, released: true });
+      expect(await c.release(refOf(lease))).toEqual({ ok: false, code: "LEASE_NOT_FOUND", message: NOT_FOUND });
+      expect(await c.stats()).toMatchObject({ held: 0, counters: { granted: 1, released: 1 } });
+    });
+
+    it("renew extends expiresAt from now so the lease outlives its first TTL", async () => {
+      const { coordinator: c } = await fresh();
+      const lease = await grant(c, "long", { ttlMs: 300 });
+      const before = Date.now();
+      const r = await c.renew(refOf(lease), 5000);
+      const after = Date.now();
+      expect(keysOf(r)).toEqual(["lease", "ok"]);
+      if (!r.ok) throw new Error(r.code);
+      expect(r.lease).toMatchObject({ id: lease.id, fence: lease.fence, holder: "long", grantedAt: lease.grantedAt });
+      expect(r.lease.expiresAt).toBeGreaterThanOrEqual(before + 5000);
+      expect(r.lease.expiresAt).toBeLessThanOrEqual(after + 5000);
+      await sleep(300 + 100);
+      expect(await c.stats()).toMatchObject({ held: 1, counters: { expired: 0 } });
+      // Without ttlMs: the pool's TTL from now.
+      const again = await c.renew(refOf(lease));
+      expect(again.ok && again.lease.expiresAt - Date.now()).toBeGreaterThan(TTL_MS - SLACK_MS);
+      expect(await c.renew({ leaseId: crypto.randomUUID(), fence: 1 })).toEqual({ ok: false, code: "LEASE_NOT_FOUND", message: NOT_FOUND });
+      expect(await c.renew(refOf(lease), -5)).toEqual({
+        ok: false,
+        code: "INVALID_ARGUMENT",
+        message: "Expected `ttlMs` to be an integer from 1 to 86400000, got `-5` (number)",
+      });
+    });
+
+    it("pause stops granting, resume grants the queue in order; ControlResult shape", async () => {
+      const { coordinator: c } = await fresh();
+      const running = await grant(c, "running");
+      const paused = await c.pause();
+      expect(paused).toEqual({ ok: true, paused: true, limit: LIMIT, limitOverride: null });
+      expect((await c.stats()).paused).toBe(true);
+      expect(await c.acquire({ holder: "now", waitMs: 0 })).toMatchObject({
+        ok: false,
+        code: "ACQUIRE_TIMEOUT",
+        message: `No connection slot free (limit ${LIMIT}, 1 held, 0 waiting, paused) and the caller would not wait`,
+      });
+      // Held leases run on: renew and release work while paused.
+      expect((await c.renew(refOf(running))).ok).toBe(true);
+      const order: string[] = [];
+      const waiters = ["p1", "p2"].map((holder) =>
+        c.acquire({ holder, waitMs: 5000 }).then((r) => {
+          order.push(holder);
+          return r;
+        }),
+      );
+      await waitingIs(c, 2);
+      expect(await c.release(refOf(running))).toEqual({ ok: true, released: true });
+      await sleep(50);
+      expect(await c.stats()).toMatchObject({ held: 0, waiting: 2, paused: true });
+      expect(await c.resume()).toEqual({ ok: true, paused: false, limit: LIMIT, limitOverride: null });
+      const granted = await Promise.all(waiters);
+      expect(granted.map((r) => r.ok && [r.lease.holder, r.lease.fence])).toEqual([
+        ["p1", 2],
+        ["p2", 3],
+      ]);
+      expect(order).toEqual(["p1", "p2"]);
+      expect(await c.stats()).toMatchObject({ held: 2, waiting: 0, paused: false });
+    });
+
+    it("setLimit raises the limit live and null returns to the configured one, revoking nothing", async () => {
+      const { coordinator: c } = await fresh();
+      await fill(c);
+      const waiter = c.acquire({ holder: "w", waitMs: 5000 });
+      await waitingIs(c, 1);
+      expect(await c.setLimit(4)).toEqual({ ok: true, paused: false, limit: 4, limitOverride: 4 });
+      expect(await waiter).toMatchObject({ ok: true, lease: { holder: "w", fence: 4 } });
+      expect(await c.stats()).toMatchObject({ limit: 4, effectiveLimit: 4, held: 4, waiting: 0 });
+      expect(await c.operatorStats()).toMatchObject({ limit: 4, limitOverride: 4 });
+      expect(await c.setLimit(null)).toEqual({ ok: true, paused: false, limit: LIMIT, limitOverride: null });
+      expect(await c.stats()).toMatchObject({ limit: LIMIT, held: 4 });
+      expect(await c.operatorStats()).toMatchObject({ limit: LIMIT, limitOverride: null });
+      expect(await c.acquire({ holder: "over", waitMs: 0 })).toMatchObject({
+        ok: false,
+        code: "ACQUIRE_TIMEOUT",
+        message: `No connection slot free (limit ${LIMIT}, 4 held, 0 waiting) and the caller would not wait`,
+      });
+      expect(await c.setLimit(0)).toEqual({
+        ok: false,
+        code: "INVALID_ARGUMENT",
+        message: "Expected `limit` to be an integer from 1 to 10000, got `0` (number)",
+      });
+      expect((await c.stats()).limit).toBe(LIMIT);
+    });
+
+    it("revoke frees a lease by its 8-character prefix; the holder's release then finds nothing", async () => {
+      const { coordinator: c } = await fresh();
+      const stuck = await grant(c, "stuck-holder");
+      const short = stuck.id.slice(0, 7);
+      expect(await c.revoke(short)).toEqual({
+        ok: false,
+        code: "INVALID_ARGUMENT",
+        message: `Expected \`id\` to be a lease id or its prefix of 8 to 128 characters, got \`"${short}"\` (string)`,
+      });
+      expect((await c.stats()).held).toBe(1);
+      const prefix = stuck.id.slice(0, 8);
+      expect(await c.revoke(prefix)).toEqual({ ok: true, released: true, idPrefix: prefix, holder: "stuck-holder" });
+      expect(await c.revoke(prefix)).toEqual({ ok: false, code: "LEASE_NOT_FOUND", message: `No held lease has an id starting with \`${prefix}\`` });
+      expect(await c.release(refOf(stuck))).toEqual({ ok: false, code: "LEASE_NOT_FOUND", message: NOT_FOUND });
+      expect(await c.stats()).toMatchObject({ held: 0, counters: { granted: 1, released: 1 } });
+    });
+
+    it("a critical waiter queued after normal ones is granted first", async () => {
+      const { coordinator: c } = await fresh();
+      const held = await fill(c);
+      const order: string[] = [];
+      const waiters: Array<Promise<unknown>> = [];
+      for (const [i, [holder, priority]] of ([["n1", "normal"], ["n2", "normal"], ["c1", "critical"]] as const).entries()) {
+        waiters.push(
+          c.acquire({ holder, priority, waitMs: 5000 }).then((r) => {
+            if (!r.ok) throw new Error(`${holder}: ${r.code}`);
+            order.push(holder);
+          }),
+        );
+        await waitingIs(c, i + 1);
+      }
+      for (const l of held) await c.release(refOf(l));
+      await Promise.all(waiters);
+      expect(order).toEqual(["c1", "n1", "n2"]);
+    });
+
+    it("two tenants take turns for slots", async () => {
+      const { coordinator: c } = await fresh();
+      const held = await fill(c);
+      const order: string[] = [];
+      const granted: Array<Promise<LeaseGrant>> = [];
+      for (const [i, [holder, tenant]] of ([["a1", "a"], ["a2", "a"], ["a3", "a"], ["b1", "b"]] as const).entries()) {
+        granted.push(
+          c.acquire({ holder, tenant, waitMs: 5000 }).then((r) => {
+            if (!r.ok) throw new Error(`${holder}: ${r.code}`);
+            order.push(holder);
+            return r.lease;
+          }),
+        );
+        await waitingIs(c, i + 1);
+      }
+      for (const l of held) await c.release(refOf(l));
+      await expect.poll(() => order.length, { timeout: 3000, interval: 10 }).toBe(3);
+      // a1 came first; then b1, whose tenant had not been served, before a's later waiters.
+      expect(order).toEqual(["a1", "b1", "a2"]);
+      await c.release(refOf(await granted[0]!));
+      await Promise.all(granted);
+      expect(order).toEqual(["a1", "b1", "a2", "a3"]);
+    });
+
+    it("held leases survive a restart, fences continue above them, and they release normally", async () => {
+      const pool = await fresh();
+      const a = await grant(pool.coordinator, "a");
+      const b = await grant(pool.coordinator, "b");
+      const c = await pool.restart();
+      const s = await c.stats();
+      expect(s).toMatchObject({ held: 2, waiting: 0 });
+      expect(s.leases.map((l) => [l.holder, l.fence]).sort()).toEqual([
+        ["a", a.fence],
+        ["b", b.fence],
+      ]);
+      expect(await c.release(refOf(a))).toEqual({ ok: true, released: true });
+      const next = await grant(c, "c");
+      expect(next.fence).toBeGreaterThan(b.fence);
+      const renewed = await c.renew(refOf(b), 10_000);
+      expect(renewed).toMatchObject({ ok: true, lease: { id: b.id, fence: b.fence, holder: "b" } });
+      expect(await c.release(refOf(b))).toEqual({ ok: true, released: true });
+      expect((await c.stats()).leases.map((l) => l.holder)).toEqual(["c"]);
+    });
+
+    it("counters and the wait histogram are the same before and after a restart", async () => {
+      const pool = await fresh();
+      let c = pool.coordinator;
+      const held = await fill(c);
+      const waiter = c.acquire({ holder: "w", waitMs: 5000 });
+      await waitingIs(c, 1);
+      await sleep(30);
+      await c.release(refOf(held[0]!));
+      expect((await waiter).ok).toBe(true);
+      expect((await c.acquire({ holder: "no", waitMs: 0 })).ok).toBe(false);
+      const before = await c.stats();
+      expect(before.counters).toEqual({ granted: 4, released: 1, expired: 0, timedOut: 1, rejected: 0, cancelled: 0 });
+      expect(before.waitTimeMs.count).toBe(4);
+      c = await pool.restart();
+      const after = await c.stats();
+      expect.soft(after.counters, "counters after the restart").toEqual(before.counters);
+      expect.soft(after.waitTimeMs, "waitTimeMs after the restart").toEqual(before.waitTimeMs);
+      expect.soft(after.waitHistogram, "waitHistogram after the restart").toEqual(before.waitHistogram);
+      expect(after.held).toBe(3);
+    });
+
+    it("the paused flag and the limit override survive a restart", async () => {
+      const pool = await fresh();
+      let c = pool.coordinator;
+      expect(await c.setLimit(5)).toEqual({ ok: true, paused: false, limit: 5, limitOverride: 5 });
+      expect(await c.pause()).toEqual({ ok: true, paused: true, limit: 5, limitOverride: 5 });
+      c = await pool.restart();
+      expect(await c.operatorStats()).toMatchObject({ paused: true, limit: 5, limitOverride: 5 });
+      expect(await c.acquire({ holder: "now", waitMs: 0 })).toMatchObject({
+        ok: false,
+        code: "ACQUIRE_TIMEOUT",
+        message: "No connection slot free (limit 5, 0 held, 0 waiting, paused) and the caller would not wait",
+      });
+      expect(await c.resume()).toEqual({ ok: true, paused: false, limit: 5, limitOverride: 5 });
+      expect(await c.setLimit(null)).toEqual({ ok: true, paused: false, limit: LIMIT, limitOverride: null });
+      c = await pool.restart();
+      expect(await c.operatorStats()).toMatchObject({ paused: false, limit: LIMIT, limitOverride: null });
+      expect((await c.acquire({ holder: "after" })).ok).toBe(true);
+    });
+
+    it("bad input fails with INVALID_ARGUMENT and leaves the state unchanged", async () => {
+      const { coordinator: c } = await fresh();
+      const lease = await grant(c, "a");
+      const before = steady(await c.stats());
+      expect(await c.acquire({ holder: "x", ttlMs: -1 })).toEqual({
+        ok: false,
+        code: "INVALID_ARGUMENT",
+        message: "Expected `ttlMs` to be an integer from 1 to 86400000, got `-1` (number)",
+      });
+      expect(await c.acquire({ holder: 5 as never })).toEqual({
+        ok: false,
+        code: "INVALID_ARGUMENT",
+        message: "Expected `holder` to be a string of at most 200 characters, got `5` (number)",
+      });
+      expect(await c.acquire({ holder: "x", waitMs: -1 })).toMatchObject({ ok: false, code: "INVALID_ARGUMENT" });
+      expect(await c.acquire({ holder: "x", priority: "urgent" as never })).toMatchObject({ ok: false, code: "INVALID_ARGUMENT" });
+      expect(await c.release({ leaseId: lease.id, fence: "1" as never })).toEqual({
+        ok: false,
+        code: "INVALID_ARGUMENT",
+        message: 'Expected `fence` to be an integer from 1 to 9007199254740991, got `"1"` (string)',
+      });
+      expect(steady(await c.stats())).toEqual(before);
+    });
+
+    it("stats and operatorStats have the same keys and a fresh pool's values", async () => {
+      const { coordinator: c } = await fresh();
+      const s = await c.stats();
+      expect(keysOf(s)).toEqual(STATS_KEYS);
+      expect(s).toMatchObject({
+        limit: LIMIT,
+        effectiveLimit: LIMIT,
+        reserved: 0,
+        held: 0,
+        waiting: 0,
+        maxWaitMs: 0,
+        maxQueue: MAX_QUEUE,
+        waitMs: WAIT_MS,
+        leaseTtlMs: TTL_MS,
+        leases: [],
+        paused: false,
+      });
+      expect(s.counters).toEqual({ granted: 0, released: 0, expired: 0, timedOut: 0, rejected: 0, cancelled: 0 });
+      expect(keysOf(s.waitTimeMs)).toEqual(["count", "max", "p50", "p90", "p99", "sum"]);
+      expect(keysOf(s.waitHistogram)).toEqual(["bounds", "counts"]);
+      expect(s.waitHistogram.counts.length).toBe(s.waitHistogram.bounds.length + 1);
+      const lease = await grant(c, "a");
+      await fill(c, 2);
+      const waiter = c.acquire({ holder: "w", waitMs: 5000 });
+      await waitingIs(c, 1);
+      const busy = await c.stats();
+      expect(keysOf(busy)).toEqual(STATS_KEYS);
+      expect(keysOf(busy.leases[0]!)).toEqual(["ageMs", "expiresInMs", "fence", "holder", "idPrefix"]);
+      const o = await c.operatorStats();
+      expect(keysOf(o)).toEqual([...STATS_KEYS, "limitOverride", "reconciliation"].sort());
+      expect(o).toMatchObject({ limitOverride: null, reconciliation: null });
+      await c.release(refOf(lease));
+      expect((await waiter).ok).toBe(true);
+    });
+  });
+}

@@ -1,0 +1,30 @@
+import { afterAll } from "vitest";
+import type { PostgresCoordinator } from "../../local/postgres-coordinator.ts";
+import { CONTRACT_CONFIG, type ContractPool, defineContract } from "../contract/cases.ts";
+import { localPools } from "./helpers.ts";
+
+// The contract against PostgresCoordinator on the real Postgres of `npm test`, with the same
+// config the workerd pool gets from its bindings. Every case takes a pool name of its own.
+const pools = localPools("contract", CONTRACT_CONFIG);
+
+afterAll(() => pools.cleanup());
+
+defineContract("PostgresCoordinator (Postgres)", () => ({
+  async fresh(): Promise<ContractPool> {
+    const name = pools.name();
+    let current: PostgresCoordinator = pools.coordinator({}, name);
+    const pool: ContractPool = {
+      coordinator: current,
+      async restart() {
+        // A process that stops and starts again: close withdraws only this coordinator's waiters
+        // (the cases restart with none queued); the pool's rows stay and a new coordinator of the
+        // same pool, on a client of its own, takes over.
+        await current.close();
+        current = pools.coordinator({}, name);
+        pool.coordinator = current;
+        return current;
+      },
+    };
+    return pool;
+  },
+}));
