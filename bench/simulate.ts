@@ -11,7 +11,8 @@
  *   node bench/simulate.ts            # the scenarios in the README's "Scaling" table
  *   node bench/simulate.ts --smoke    # one short run (CI)
  */
-import { type Lease, acquire, createPool, release, tick } from "../src/core/pool.ts";
+import { acquire, createPool, release, tick } from "../src/core/pool.ts";
+import type { Lease } from "../src/core/types.ts";
 import { type BlockEffect, type BlockState, createBlock, expireIdle, finished, granted, refused, request } from "../src/core/lease-block.ts";
 import { type ShardLoad, pickShard, shardLimits } from "../src/core/shard.ts";
 import { createHistogram, percentile, record } from "../src/core/histogram.ts";

@@ -5,88 +5,68 @@ import {
   type AcquireResult,
   type ConnectionCounts,
   type ControlResult,
-  type Reconciliation,
-  type RevokeResult,
   type Effects,
-  type Failure,
   type Lease,
-  type LeaseGrant,
-  type LeaseOutcome,
   type LeaseRef,
   type OperatorStats,
   type PoolEnv,
   type PoolState,
   type PoolStats,
+  type Reconciliation,
   type ReleaseManyResult,
   type ReleaseResult,
   type RenewResult,
-  type ShardLoad,
+  type RevokeResult,
   type ShardRef,
-  type Waiter,
   LeaseError,
-  BOUNDS,
-  acquire,
-  capacity,
   checkBatch,
   checkInt,
   compareConnections,
   configFromEnv,
-  findByPrefix,
-  createPool,
   expected,
   isLeaseError,
   nextExpiryAt,
-  nextWakeAt,
   reconfigure,
-  release,
-  renew,
-  retryAfterHint,
-  setPaused,
+  restore,
   shardConfig,
+  snapshot,
   stats,
   tick,
-  timeoutMessage,
 } from "../src/core/index.ts";
-
+import {
+  type Step,
+  type StepFn,
+  GroupCommit,
+  WakeTimer,
+  Waiters,
+  acquireStep,
+  failureOf,
+  guarded,
+  limitStep,
+  pauseStep,
+  releaseStep,
+  renewStep,
+  revokeStep,
+  settlementsOf,
+} from "../src/engine/index.ts";
+import { CoordinatorStore } from "./storage.ts";
 
 /** The variables the coordinator reads; the same names as everywhere else in leasegate. */
 export interface CoordinatorEnv extends PoolEnv {}
 
-/** Rows per statement in a flush. Durable Object SQLite binds at most 100 values per statement. */
-const DELETE_CHUNK = 100;
-const INSERT_CHUNK = 20;
-/** One statement text each, so the object prepares it once; a short chunk repeats its last item. */
-const DELETE_LEASES = `DELETE FROM leases WHERE id IN (${Array(DELETE_CHUNK).fill("?").join(", ")})`;
-const INSERT_LEASES = `INSERT OR REPLACE INTO leases (id, fence, holder, granted_at, expires_at) VALUES ${Array(INSERT_CHUNK).fill("(?, ?, ?, ?, ?)").join(", ")}`;
-
-/** `items` in chunks of exactly `size`, the last one padded with its own last item (for fixed statements). */
-function* paddedChunks<T>(items: T[], size: number): Generator<T[]> {
-  for (let i = 0; i < items.length; i += size) {
-    const chunk = items.slice(i, i + size);
-    while (chunk.length < size) chunk.push(chunk[chunk.length - 1]!);
-    yield chunk;
-  }
-}
-
-function grantOf(lease: Lease): LeaseGrant {
-  return { id: lease.id, fence: lease.fence, holder: lease.holder, grantedAt: lease.grantedAt, expiresAt: lease.expiresAt };
-}
-
-function failureOf(error: unknown): Failure {
-  if (isLeaseError(error)) return { ok: false, code: error.code, message: error.message };
-  return { ok: false, code: "INTERNAL", message: "The coordinator failed to handle the call" };
-}
-
-function leaseFailure(outcome: Exclude<LeaseOutcome, { status: "ok" }>): Failure {
-  return { ok: false, code: outcome.code, message: outcome.message };
+/** A transition waiting for its rows to be written. */
+interface Flush {
+  resolve(): void;
+  reject(error: unknown): void;
 }
 
 /**
  * The global admission controller for one pool (one object per pool name: `idFromName(pool)`).
  *
- * Decisions are made by `src/core/`; this class only keeps the state in the object's SQLite
- * storage, turns deadlines into a timer and an alarm, and parks waiters as pending RPC promises
- * that are resolved the moment a slot frees — nobody polls.
+ * Decisions are made by `src/core/` and the shared engine (`src/engine/`); this class keeps the
+ * pool in the object's SQLite storage (lease rows and one snapshot of counters, histogram, paused
+ * flag and limit override), turns deadlines into a timer and expiries into an alarm, and parks
+ * waiters as pending RPC promises that are resolved the moment a slot frees — nobody polls.
  *
  * @example
  * const stub = env.COORDINATOR_DO.get(env.COORDINATOR_DO.idFromName("main"));
@@ -95,65 +75,39 @@ function leaseFailure(outcome: Exclude<LeaseOutcome, { status: "ok" }>): Failure
 export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
   private pool: PoolState | undefined;
   private configError: LeaseError | undefined;
-  /** The fence counter as last written, so renewals and releases skip the meta row. */
-  private persistedFence = 0;
-  /** Resolvers of queued acquire calls, by the lease id their waiter will be granted under. */
-  private readonly waiters = new Map<string, (result: AcquireResult) => void>();
-  private timer: ReturnType<typeof setTimeout> | undefined;
-  private timerAt = Infinity;
+  private readonly store: CoordinatorStore;
+  private readonly waiters = new Waiters();
+  private readonly timer = new WakeTimer(() => this.onTimer());
   /** The alarm time we last stored; the alarm only has to be early enough, never exact. */
   private alarmAt: number | null = null;
   /** Shard `index/count` as persisted in meta, or null for an unsharded pool. */
   private shard: string | null = null;
   /** Lease rows to write at the next flush, by id: the lease to upsert, or null to delete. */
   private readonly staged = new Map<string, Lease | null>();
-  /** The flush every staged write will be part of; resolves once its transaction is issued. */
-  private flushing: Promise<void> | undefined;
+  private readonly commits = new GroupCommit<Flush>((take) => this.flush(take));
   /** Resolves when the last flushed batch is durable. */
   private committing: Promise<void> = Promise.resolve();
 
   constructor(ctx: DurableObjectState, env: CoordinatorEnv) {
     super(ctx, env);
+    this.store = new CoordinatorStore(ctx.storage);
     void ctx.blockConcurrencyWhile(async () => {
       this.load();
     });
   }
 
   private load(): void {
-    const sql = this.ctx.storage.sql;
-    this.ctx.storage.transactionSync(() => {
-      sql.exec(`CREATE TABLE IF NOT EXISTS leases (
-        id TEXT PRIMARY KEY,
-        fence INTEGER NOT NULL,
-        holder TEXT NOT NULL,
-        granted_at INTEGER NOT NULL,
-        expires_at INTEGER NOT NULL
-      )`);
-      sql.exec(`CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)`);
-    });
+    const { leases, snapshot: snap } = this.store.load();
     try {
       // A shard enforces its part of LEASE_LIMIT (persisted when a sharded client first said so).
-      this.shard = this.readMeta("shard");
-      const envConfig = this.baseConfig();
-      // An operator's live limit change outlives restarts; LEASE_LIMIT is only the default.
-      const override = this.readMeta("limit");
-      const config = override === null ? envConfig : { ...envConfig, limit: Number(override) };
-      const leases = sql
-        .exec<{ id: string; fence: number; holder: string; granted_at: number; expires_at: number }>(
-          "SELECT id, fence, holder, granted_at, expires_at FROM leases",
-        )
-        .toArray()
-        .map((r) => ({ id: r.id, fence: r.fence, holder: r.holder, grantedAt: r.granted_at, expiresAt: r.expires_at }));
-      const fenceRow = sql.exec<{ value: string }>("SELECT value FROM meta WHERE key = 'next_fence'").toArray()[0];
-      this.pool = createPool(config, { leases, nextFence: fenceRow ? Number(fenceRow.value) : 1 });
-      this.persistedFence = this.pool.nextFence;
-      this.pool.paused = this.readMeta("paused") === "1";
+      this.shard = this.store.readMeta("shard");
+      this.pool = restore(this.baseConfig(), snap, leases);
     } catch (error) {
       this.configError = isLeaseError(error) ? error : new LeaseError("INVALID_CONFIG", String(error));
       return;
     }
     // Leases that expired while the object was gone are reaped now; live ones are honored.
-    void this.afterTransition(tick(this.pool, Date.now()), []);
+    void this.afterStep({ answer: null, effects: tick(this.pool, Date.now()) });
   }
 
   /** LEASE_* from env, split to this object's part when it is a shard. */
@@ -175,17 +129,10 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
     const next = shardConfig(configFromEnv(this.env), ref.index, ref.count);
     const key = `${ref.index}/${ref.count}`;
     if (key === this.shard) return;
-    const override = this.readMeta("limit");
-    const config = override === null ? next : { ...next, limit: Number(override) };
-    const fx = reconfigure(pool, config, Date.now());
-    this.writeMeta("shard", key);
+    const fx = reconfigure(pool, { ...next, limit: pool.limitOverride ?? next.limit }, Date.now());
+    this.store.writeMeta("shard", key);
     this.shard = key;
-    void this.afterTransition(fx, []);
-  }
-
-  /** What a sharded client picks shards by: held, waiting, and the slots grantable now (0 while paused). */
-  private loadOf(pool: PoolState): ShardLoad {
-    return { held: pool.leases.size, waiting: pool.queue.length, limit: pool.paused ? 0 : capacity(pool) };
+    void this.afterStep({ answer: null, effects: fx });
   }
 
   private requirePool(): PoolState {
@@ -193,111 +140,56 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
     return this.pool;
   }
 
+  /** Runs one step on the pool now and stages what it changed; see `afterStep`. */
+  private run<T>(step: StepFn<T>): { step: Step<T>; written: Promise<void> } {
+    const done = step(this.requirePool(), Date.now());
+    return { step: done, written: this.afterStep(done) };
+  }
+
   /**
-   * Stages what a transition changed, wakes or fails the waiters it settled, and re-arms the
-   * timer. `written` are leases granted or renewed by the call itself. Resolves once the writes
-   * that grants and renewals depend on are issued (see `flushSoon`); callers answer only then.
+   * Stages the rows a step changed, answers the waiters it settled and re-arms the timer. Resolves
+   * once the batch holding these writes is issued: workerd's output gate then holds every answer
+   * until it is durable. Grants are answered only then; a timed-out waiter at once. A release's
+   * answer need not wait for its delete: a lost delete only makes a restarted object count the
+   * lease as held until its TTL — fewer connections than the limit for a while, never more.
    */
-  private afterTransition(fx: Effects, written: Lease[]): Promise<void> {
+  private afterStep(step: Step<unknown>): Promise<void> {
     const pool = this.requirePool();
-    for (const l of written) this.staged.set(l.id, l);
+    const fx = step.effects;
+    for (const l of step.written ?? []) this.staged.set(l.id, l);
+    for (const id of step.removed ?? []) this.staged.set(id, null);
     for (const l of fx.granted) this.staged.set(l.id, l);
     for (const l of fx.expired) this.staged.set(l.id, null);
-    for (const w of fx.timedOut) this.settle(w.leaseId, this.timedOut(pool, w));
-    const mustWrite = written.length > 0 || fx.granted.length > 0;
-    // Only grants and renewals wait for their write. Deletes are issued in the same batch (the
-    // end of this task, or with the batch collecting behind a commit) but a release's answer does
-    // not wait for them: a lost delete would only make a restarted object count the lease as held
-    // until its TTL — fewer connections than the limit for a while, never more.
-    const flushing = mustWrite || this.staged.size > 0 ? this.flushSoon() : undefined;
-    const flushed = mustWrite && flushing ? flushing : Promise.resolve();
-    if (fx.granted.length > 0) {
-      const granted = fx.granted;
-      void flushed.then(() => {
-        for (const lease of granted) this.settle(lease.id, { ok: true, lease: grantOf(lease), load: this.loadOf(pool) });
-      });
-    }
-    this.schedule();
-    return flushed;
+    const settled = settlementsOf(pool, fx);
+    const written = new Promise<void>((resolve, reject) => this.commits.add({ resolve, reject }));
+    this.waiters.settleAll(settled.filter(([, r]) => !r.ok));
+    const granted = settled.filter(([, r]) => r.ok);
+    if (granted.length > 0) void written.then(() => this.waiters.settleAll(granted));
+    this.schedule(pool);
+    return written;
   }
 
   /**
-   * Group commit. Staged writes go into one transaction per batch: the batch flushes as soon as
-   * the previous batch is durable (`storage.sync()`), so N calls arriving during one commit cost
-   * one more commit instead of N (a commit costs several no-op RPCs). Durability is unchanged for everything a caller relies on: a grant or renewal
-   * is answered only after this promise resolves, i.e. after its row and the fence counter were
-   * written, and workerd's output gate holds that answer until the write is durable. A crash before
-   * the flush loses only calls whose answers were never sent. A release's answer does not wait for
-   * its delete: a lost delete makes a restarted object count the lease as held until its TTL
-   * reaps it — fewer connections than the limit for a while, never more.
+   * One batch of the group commit: it starts once the previous batch is durable, so every call
+   * that arrives during a commit joins the next one. With nothing in flight it flushes at the end
+   * of this task (no timer: a timer turn costs milliseconds in workerd under load). A crash before
+   * the flush loses only calls whose answers were never sent.
    */
-  private flushSoon(): Promise<void> {
-    this.flushing ??= (async () => {
-      // While the previous batch commits, this one collects every call that arrives meanwhile;
-      // with nothing in flight it flushes at the end of this task (no timer: a timer turn costs
-      // milliseconds in workerd under load).
-      await this.committing;
-      this.flushing = undefined;
-      this.flush();
-      this.committing = this.ctx.storage.sync().catch(() => {});
-    })();
-    return this.flushing;
-  }
-
-  private flush(): void {
-    const pool = this.requirePool();
-    const sql = this.ctx.storage.sql;
-    if (this.staged.size === 0 && pool.nextFence === this.persistedFence) return;
-    const deleted: string[] = [];
-    const written: Lease[] = [];
-    for (const [id, lease] of this.staged) {
-      if (lease === null) deleted.push(id);
-      else written.push(lease);
-    }
-    // A statement per chunk, not per row: in workerd each statement costs a good part of a small
-    // commit. Repeating a row in a chunk deletes or writes the same row again: no effect.
-    this.ctx.storage.transactionSync(() => {
-      for (const ids of paddedChunks(deleted, DELETE_CHUNK)) sql.exec(DELETE_LEASES, ...ids);
-      for (const rows of paddedChunks(written, INSERT_CHUNK)) {
-        sql.exec(INSERT_LEASES, ...rows.flatMap((l) => [l.id, l.fence, l.holder, l.grantedAt, l.expiresAt]));
-      }
-      if (pool.nextFence !== this.persistedFence) {
-        sql.exec("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_fence', ?)", String(pool.nextFence));
-        this.persistedFence = pool.nextFence;
-      }
-    });
+  private async flush(take: () => Flush[]): Promise<void> {
+    await this.committing;
+    const batch = take();
+    this.store.write(this.staged, snapshot(this.requirePool()));
     this.staged.clear();
-  }
-
-  private timedOut(pool: PoolState, w: Waiter): AcquireResult {
-    return { ok: false, code: "ACQUIRE_TIMEOUT", message: timeoutMessage(pool, w), retryAfterMs: retryAfterHint(pool), load: this.loadOf(pool) };
-  }
-
-  private settle(leaseId: string, result: AcquireResult): void {
-    const resolve = this.waiters.get(leaseId);
-    if (resolve) {
-      this.waiters.delete(leaseId);
-      resolve(result);
-    }
+    this.committing = this.store.sync().catch(() => {});
+    for (const f of batch) f.resolve();
   }
 
   /**
-   * One in-memory timer for the next deadline or expiry (precise while the object lives), and a
-   * durable alarm for the next expiry, so a dead holder's slot comes back even if the object was
-   * evicted in between.
+   * The wake timer for the next deadline or expiry (precise while the object lives), and a durable
+   * alarm for the next expiry, so a dead holder's slot comes back even if the object was evicted.
    */
-  private schedule(): void {
-    const pool = this.requirePool();
-    const wakeAt = nextWakeAt(pool);
-    if (wakeAt === null) {
-      clearTimeout(this.timer);
-      this.timer = undefined;
-      this.timerAt = Infinity;
-    } else if (wakeAt < this.timerAt || this.timer === undefined) {
-      clearTimeout(this.timer);
-      this.timerAt = wakeAt;
-      this.timer = setTimeout(() => this.onTimer(), Math.max(0, wakeAt - Date.now()));
-    }
+  private schedule(pool: PoolState): void {
+    this.timer.arm(this.waiters.wakeAt(pool));
     const expiryAt = nextExpiryAt(pool);
     if (expiryAt !== null && (this.alarmAt === null || expiryAt < this.alarmAt)) {
       this.alarmAt = expiryAt;
@@ -306,16 +198,14 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
   }
 
   private onTimer(): void {
-    this.timer = undefined;
-    this.timerAt = Infinity;
-    if (this.pool) void this.afterTransition(tick(this.pool, Date.now()), []);
+    if (this.pool) void this.afterStep({ answer: null, effects: tick(this.pool, Date.now()) });
   }
 
   /** Reaps expired leases; re-arms itself while leases are held. */
   override async alarm(): Promise<void> {
     this.alarmAt = null;
     if (!this.pool) return;
-    await this.afterTransition(tick(this.pool, Date.now()), []);
+    await this.afterStep({ answer: null, effects: tick(this.pool, Date.now()) });
   }
 
   /**
@@ -356,41 +246,18 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
   /** One acquire; with `queue` false, `null` instead of waiting or being shed. */
   private async acquireOne(options: AcquireOptions, queue: boolean): Promise<AcquireResult | null> {
     const pool = this.requirePool();
-    // An array is an object too, and would otherwise be taken as "all defaults".
-    if (typeof options !== "object" || options === null || Array.isArray(options)) {
-      throw new LeaseError("INVALID_ARGUMENT", expected("options", "an object", options));
-    }
-    const opts = options;
-    if (opts.shard !== undefined) this.applyShard(pool, opts.shard);
+    if (typeof options === "object" && options !== null && options.shard !== undefined) this.applyShard(pool, options.shard);
     const leaseId = crypto.randomUUID();
-    const { outcome, effects } = acquire(
-      pool,
-      // Only a missing holder defaults; null or another type is refused like any bad field.
-      {
-        leaseId,
-        holder: opts.holder === undefined ? "" : opts.holder,
-        waitMs: opts.waitMs,
-        ttlMs: opts.ttlMs,
-        priority: opts.priority,
-        tenant: opts.tenant,
-        queue,
-      },
-      Date.now(),
-    );
-    if (outcome.status === "granted") {
-      await this.afterTransition(effects, [outcome.lease]);
-      return { ok: true, lease: grantOf(outcome.lease), load: this.loadOf(pool) };
+    const { step, written } = this.run(acquireStep(leaseId, options, queue));
+    const answer = step.answer;
+    if (answer.kind === "deferred") return null;
+    if (answer.kind === "result") {
+      if (answer.result.ok) await written;
+      return answer.result;
     }
-    if (outcome.status === "rejected") {
-      void this.afterTransition(effects, []);
-      return { ok: false, code: outcome.code, message: outcome.message, retryAfterMs: outcome.retryAfterMs, load: this.loadOf(pool) };
-    }
-    if (outcome.status === "deferred") {
-      void this.afterTransition(effects, []);
-      return null;
-    }
-    const waiting = new Promise<AcquireResult>((resolve) => this.waiters.set(leaseId, resolve));
-    void this.afterTransition(effects, []);
+    const waiting = this.waiters.park(leaseId, options.holder ?? "", Date.now());
+    this.waiters.queued(leaseId, answer.deadline);
+    this.schedule(pool);
     return await waiting;
   }
 
@@ -420,11 +287,8 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
 
   private releaseOne(ref: LeaseRef): ReleaseResult {
     try {
-      const { outcome, effects } = release(this.requirePool(), ref, Date.now());
-      // Not awaited: see flushSoon for why a release may answer before its delete is written.
-      if (outcome.status === "ok") this.staged.set(outcome.lease.id, null);
-      void this.afterTransition(effects, []);
-      return outcome.status === "ok" ? { ok: true, released: true } : leaseFailure(outcome);
+      // Not awaited: see afterStep for why a release may answer before its delete is written.
+      return this.run(guarded(releaseStep(ref))).step.answer;
     } catch (error) {
       return failureOf(error);
     }
@@ -437,12 +301,17 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    * const r = await stub.renew({ leaseId: lease.id, fence: lease.fence });
    */
   async renew(ref: LeaseRef, ttlMs?: number): Promise<RenewResult> {
+    return this.durable(guarded(renewStep(ref, ttlMs)));
+  }
+
+  /** Runs a step and answers once what it changed is written (renewals and operator controls). */
+  private async durable<T>(step: StepFn<T>): Promise<T> {
     try {
-      const { outcome, effects } = renew(this.requirePool(), ref, Date.now(), ttlMs);
-      await this.afterTransition(effects, outcome.status === "ok" ? [outcome.lease] : []);
-      return outcome.status === "ok" ? { ok: true, lease: grantOf(outcome.lease) } : leaseFailure(outcome);
+      const { step: done, written } = this.run(step);
+      await written;
+      return done.answer;
     } catch (error) {
-      return failureOf(error);
+      return failureOf(error) as T;
     }
   }
 
@@ -460,24 +329,6 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
 
   // ── Operator controls. Each is one transition, persisted before it answers. ──
 
-  /** Operator's last reconciliation, kept in memory: it is re-read within a period after a restart. */
-  private lastReconciliation: Reconciliation | null = null;
-
-  private readMeta(key: string): string | null {
-    const row = this.ctx.storage.sql.exec<{ value: string }>("SELECT value FROM meta WHERE key = ?", key).toArray()[0];
-    return row ? row.value : null;
-  }
-
-  private writeMeta(key: string, value: string | null): void {
-    if (value === null) this.ctx.storage.sql.exec("DELETE FROM meta WHERE key = ?", key);
-    else this.ctx.storage.sql.exec("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", key, value);
-  }
-
-  private controlState(pool: PoolState): ControlResult {
-    const override = this.readMeta("limit");
-    return { ok: true, paused: pool.paused === true, limit: pool.config.limit, limitOverride: override === null ? null : Number(override) };
-  }
-
   /**
    * Stops granting (drain, say before a migration): held leases run on, callers queue and time out
    * at their deadlines. Persisted: a restarted object stays paused.
@@ -486,7 +337,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    * await stub.pause(); // wait until (await stub.stats()).held === 0, migrate, then stub.resume()
    */
   async pause(): Promise<ControlResult> {
-    return this.setPausedState(true);
+    return this.durable(guarded(pauseStep(true)));
   }
 
   /**
@@ -496,19 +347,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    * await stub.resume();
    */
   async resume(): Promise<ControlResult> {
-    return this.setPausedState(false);
-  }
-
-  private setPausedState(paused: boolean): ControlResult | Failure {
-    try {
-      const pool = this.requirePool();
-      const fx = setPaused(pool, paused, Date.now());
-      this.writeMeta("paused", paused ? "1" : null);
-      this.afterTransition(fx, []);
-      return this.controlState(pool);
-    } catch (error) {
-      return failureOf(error);
-    }
+    return this.durable(guarded(pauseStep(false)));
   }
 
   /**
@@ -521,12 +360,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    */
   async setLimit(limit: number | null): Promise<ControlResult> {
     try {
-      const pool = this.requirePool();
-      const target = limit === null ? this.baseConfig().limit : checkInt("limit", limit, 1, BOUNDS.limit);
-      const fx = reconfigure(pool, { ...pool.config, limit: target }, Date.now());
-      this.writeMeta("limit", limit === null ? null : String(pool.config.limit));
-      this.afterTransition(fx, []);
-      return this.controlState(pool);
+      return await this.durable(guarded(limitStep(limit, this.baseConfig().limit)));
     } catch (error) {
       return failureOf(error);
     }
@@ -540,22 +374,12 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    * await stub.revoke("3f2a9c1b");
    */
   async revoke(idOrPrefix: string): Promise<RevokeResult> {
-    try {
-      const pool = this.requirePool();
-      const lease = findByPrefix(pool, idOrPrefix);
-      const { outcome, effects } = release(pool, { leaseId: lease.id, fence: lease.fence }, Date.now());
-      if (outcome.status === "ok") this.ctx.storage.sql.exec("DELETE FROM leases WHERE id = ?", lease.id);
-      this.afterTransition(effects, []);
-      // An already-expired lease was reaped by the same transition: the slot is free either way.
-      return { ok: true, released: true, idPrefix: lease.id.slice(0, 8), holder: lease.holder };
-    } catch (error) {
-      return failureOf(error);
-    }
+    return this.durable(guarded(revokeStep(idOrPrefix)));
   }
 
   /**
    * Compares counts the caller read from `pg_stat_activity` with the leases held right now, and
-   * keeps the result for `operatorStats()`.
+   * keeps the result (across restarts) for `operatorStats()`.
    *
    * @example
    * const r = await stub.reconcile(await countConnections(sql, "my-app"));
@@ -564,8 +388,9 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
     const pool = this.requirePool();
     checkInt("roleConnections", counts.roleConnections, 0, Number.MAX_SAFE_INTEGER);
     checkInt("appConnections", counts.appConnections, 0, Number.MAX_SAFE_INTEGER);
-    this.lastReconciliation = compareConnections({ held: pool.leases.size, limit: pool.config.limit }, counts, Date.now());
-    return this.lastReconciliation;
+    const result = compareConnections({ held: pool.leases.size, limit: pool.config.limit }, counts, Date.now());
+    this.store.writeMeta("reconciliation", JSON.stringify(result));
+    return result;
   }
 
   /**
@@ -577,11 +402,13 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
   async operatorStats(shard?: ShardRef): Promise<OperatorStats> {
     const pool = this.requirePool();
     if (shard !== undefined) this.applyShard(pool, shard);
-    const override = this.readMeta("limit");
+    const reconciliation = this.store.readMeta("reconciliation");
     return {
       ...stats(pool, Date.now()),
-      limitOverride: override === null ? null : Number(override),
-      reconciliation: this.lastReconciliation,
+      limitOverride: pool.limitOverride,
+      reconciliation: reconciliation === null ? null : (JSON.parse(reconciliation) as Reconciliation),
     };
   }
 }
+
+export type { Effects };

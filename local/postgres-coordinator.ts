@@ -1,51 +1,52 @@
-import type { JSONValue, ReservedSql, Sql, TransactionSql } from "postgres";
+import type { ReservedSql, Sql } from "postgres";
 import {
   type AcquireOptions,
   type AcquireResult,
-  type AdaptiveState,
   type ControlResult,
-  type Counters,
   type Effects,
   type Failure,
-  type Histogram,
-  type Lease,
-  type LeaseGrant,
-  type LeaseOutcome,
   type LeaseRef,
   type OperatorStats,
   type PoolConfig,
-  type PoolState,
   type PoolStats,
-  type Priority,
+  type PoolState,
   type Reconciliation,
   type ReleaseResult,
   type RenewResult,
   type RevokeResult,
-  type Waiter,
-  BOUNDS,
   LeaseError,
-  acquire,
   cancel,
-  checkInt,
   compareConnections,
-  createPool,
   expected,
-  findByPrefix,
   isLeaseError,
-  isScheduled,
-  nextExpiryAt,
-  reconfigure,
   release,
-  renew,
-  retryAfterHint,
-  setPaused,
   stats,
   tick,
   validateConfig,
   withdraw,
 } from "../src/core/index.ts";
 import type { Coordinator } from "../src/client/leases.ts";
+import {
+  type AcquireAnswer,
+  type Committable,
+  type Step,
+  GroupCommit,
+  WakeTimer,
+  Waiters,
+  acquireStep,
+  guarded,
+  limitStep,
+  mergeEffects,
+  pauseStep,
+  releaseStep,
+  renewStep,
+  revokeStep,
+  settlementsOf,
+} from "../src/engine/index.ts";
 import { countConnections } from "../src/db/reconcile.ts";
+import { deliver, noticesOf } from "./notify.ts";
+import { type Loaded, loadPool, writePool } from "./rows.ts";
+import { ensureSchema } from "./schema.ts";
 
 /**
  * Options of a {@link PostgresCoordinator}.
@@ -76,137 +77,32 @@ export interface PostgresCoordinatorOptions {
   durableCommits?: boolean | undefined;
 }
 
+/** A step run inside a transition, on the state loaded under the pool's lock. */
+type LocalStep<T> = (state: PoolState, now: number, loaded: Loaded) => Step<T>;
+
 /** A call waiting for the next transition. */
-interface Call {
-  step: StepFn<unknown>;
+interface Call extends Committable {
+  step: LocalStep<unknown>;
   resolve: (answer: unknown) => void;
-  reject: (error: unknown) => void;
 }
 
 /** Calls per transition at most, so one transaction stays short. */
 const MAX_BATCH = 256;
 
-interface Pending {
-  readonly holder: string;
-  readonly enqueuedAt: number;
-  deadline: number;
-  resolve: (result: AcquireResult) => void;
-  settled: boolean;
-}
-
-/** postgres.js types `sql.json` narrowly; our plain-data objects are JSON by construction. */
-const asJson = (value: object): JSONValue => value as JSONValue;
-
-/** Schema: created idempotently on first use; the DDL runs under a global advisory lock. */
-const SCHEMA = `
-CREATE TABLE IF NOT EXISTS leasegate_pools (
-  pool text PRIMARY KEY,
-  next_fence bigint NOT NULL DEFAULT 1,
-  config jsonb NOT NULL,
-  counters jsonb NOT NULL,
-  waits jsonb NOT NULL,
-  hold_ms_sum double precision NOT NULL DEFAULT 0,
-  hold_count bigint NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS leasegate_leases (
-  pool text NOT NULL,
-  id text NOT NULL,
-  fence bigint NOT NULL,
-  holder text NOT NULL,
-  granted_at bigint NOT NULL,
-  expires_at bigint NOT NULL,
-  PRIMARY KEY (pool, id)
-);
-CREATE TABLE IF NOT EXISTS leasegate_waiters (
-  pool text NOT NULL,
-  id text NOT NULL,
-  seq bigserial NOT NULL,
-  holder text NOT NULL,
-  enqueued_at bigint NOT NULL,
-  deadline bigint NOT NULL,
-  ttl_ms bigint NOT NULL,
-  PRIMARY KEY (pool, id)
-);
-CREATE INDEX IF NOT EXISTS leasegate_waiters_order ON leasegate_waiters (pool, seq);
--- The backend pid of the waiting process's LISTEN connection: gone from pg_stat_activity = dead.
-ALTER TABLE leasegate_waiters ADD COLUMN IF NOT EXISTS owner_pid integer;
--- Scheduling and operator state (added later: existing tables gain the columns in place).
-ALTER TABLE leasegate_waiters ADD COLUMN IF NOT EXISTS priority text;
-ALTER TABLE leasegate_waiters ADD COLUMN IF NOT EXISTS tenant text;
-ALTER TABLE leasegate_leases ADD COLUMN IF NOT EXISTS priority text;
-ALTER TABLE leasegate_pools ADD COLUMN IF NOT EXISTS paused boolean NOT NULL DEFAULT false;
-ALTER TABLE leasegate_pools ADD COLUMN IF NOT EXISTS limit_override integer;
-ALTER TABLE leasegate_pools ADD COLUMN IF NOT EXISTS adaptive jsonb;
-ALTER TABLE leasegate_pools ADD COLUMN IF NOT EXISTS last_served jsonb NOT NULL DEFAULT '[]';
-ALTER TABLE leasegate_pools ADD COLUMN IF NOT EXISTS serve_seq bigint NOT NULL DEFAULT 0;
-ALTER TABLE leasegate_pools ADD COLUMN IF NOT EXISTS reconciliation jsonb;
-`;
-
-/** Any fixed number: the key of the advisory lock that serializes schema creation. */
-const SCHEMA_LOCK = 7_401_310_001;
-
-/**
- * The column SCHEMA adds last. When it exists the schema is current and no DDL runs: even a no-op
- * `ALTER TABLE … ADD COLUMN IF NOT EXISTS` takes an exclusive lock on its table, which would
- * deadlock against another process's transition holding row locks on the others. Move it when
- * SCHEMA grows.
- */
-const SCHEMA_SENTINEL = { table: "leasegate_pools", column: "reconciliation" } as const;
-
 const POOL_NAME = /^[A-Za-z0-9_.:-]{1,48}$/;
-/** Grants per NOTIFY: a payload must stay under Postgres's 8000-byte limit. */
-const NOTIFY_BATCH = 60;
 
-function grantOf(lease: Lease): LeaseGrant {
-  return { id: lease.id, fence: lease.fence, holder: lease.holder, grantedAt: lease.grantedAt, expiresAt: lease.expiresAt };
-}
-
-function leaseFailure(outcome: Exclude<LeaseOutcome, { status: "ok" }>): Failure {
-  return { ok: false, code: outcome.code, message: outcome.message };
-}
-
-function timeoutResult(waitedMs: number, limit: number, retryAfterMs: number): AcquireResult {
-  return {
-    ok: false,
-    code: "ACQUIRE_TIMEOUT",
-    message: `Timed out after ${waitedMs} ms waiting for a connection slot (limit ${limit})`,
-    retryAfterMs,
-  };
-}
-
-/** The pool as loaded inside a transition, plus what is needed to write back only the difference. */
-interface Loaded {
-  state: PoolState;
-  /** The limit an operator set (null: the configured one, `baseLimit`, applies). Written back. */
-  limitOverride: number | null;
-  baseLimit: number;
-  reconciliation: Reconciliation | null;
-  leasesBefore: Map<string, number>;
-  queueBefore: Set<string>;
-  /** Tenants' turns change only with `serveSeq`: unchanged, `last_served` is not rewritten. */
-  serveSeqBefore: number;
-  /** Waiters whose process's LISTEN connection is gone: nobody would ever take their grant. */
-  dead: string[];
-}
-
-/** What one call's core step returns: its answer and the core's effects. */
-interface Step<T> {
-  answer: T;
-  effects: Effects;
-}
-
-/** A core call run inside a transition, on the loaded state. */
-type StepFn<T> = (state: PoolState, now: number, loaded: Loaded) => Step<T>;
+const CLOSED: Failure = { ok: false, code: "COORDINATOR_UNAVAILABLE", message: "The coordinator was closed", retryAfterMs: 100 };
 
 /**
- * A {@link Coordinator} for Node and Deno: the same `src/core/` decisions as the Durable Object,
- * with the pool's state in Postgres so any number of OS processes share one limit and one FIFO queue.
+ * A {@link Coordinator} for Node and Deno: the same engine as the Durable Object (`src/core/`
+ * decisions, `src/engine/` answers, waiters, timer and group commit), with the pool's state in
+ * Postgres so any number of OS processes share one limit and one FIFO queue.
  *
  * Every transition is one transaction serialized by `pg_advisory_xact_lock(hashtext(pool))`: load
- * the pool → run the core → write back the difference → commit. Waiters are rows ordered by a
- * sequence, so a slot freed by process B goes to the oldest waiter even when it lives in process A;
- * the transition that grants it sends a `NOTIFY` on the pool's channel naming the lease, and the
- * waiting process answers its caller from the payload. The only timers are a waiter's deadline and
+ * the pool → run the calls' steps → write back the difference → commit. Waiters are rows ordered by
+ * a sequence, so a slot freed by process B goes to the oldest waiter even when it lives in process
+ * A; the transition that grants it sends a `NOTIFY` on the pool's channel naming the lease, and the
+ * waiting process answers its caller from the notice. The only timers are a waiter's deadline and
  * the pool's next lease expiry (a dead holder's slot is reaped then); nothing polls.
  *
  * @example
@@ -221,19 +117,17 @@ export class PostgresCoordinator implements Coordinator {
   readonly #config: PoolConfig;
   readonly #durable: boolean;
   readonly #channel: string;
-  readonly #pending = new Map<string, Pending>();
+  readonly #waiters = new Waiters();
+  readonly #timer = new WakeTimer(() => this.#onTimer());
+  readonly #commits = new GroupCommit<Call>((take) => this.#run(take), MAX_BATCH);
   #ready: Promise<void> | undefined;
   #unlisten: (() => Promise<void>) | undefined;
   /** Backend pid of our LISTEN connection, stamped on our waiter rows as proof of life. */
   #ownerPid: number | null = null;
-  #timer: ReturnType<typeof setTimeout> | undefined;
-  #timerAt = Infinity;
-  /** The pool's earliest lease expiry as of our last transition: when a dead holder's slot returns. */
-  #nextExpiry: number | null = null;
   #closed = false;
-  #batch: Call[] = [];
   #conn: ReservedSql | undefined;
-  #flushing = false;
+  /** The pool as our last transition left it: its next lease expiry bounds our timer. */
+  #lastState: PoolState | undefined;
 
   constructor(options: PostgresCoordinatorOptions) {
     if (typeof options !== "object" || options === null || typeof options.sql !== "function") {
@@ -272,33 +166,15 @@ export class PostgresCoordinator implements Coordinator {
   }
 
   async #init(): Promise<void> {
-    const sql = this.#sql;
-    const [current] = await sql`
-      SELECT 1 FROM information_schema.columns
-      WHERE table_schema = current_schema() AND table_name = ${SCHEMA_SENTINEL.table} AND column_name = ${SCHEMA_SENTINEL.column}`;
-    for (let attempt = 1; !current; attempt++) {
-      try {
-        await sql.begin(async (tx) => {
-          await tx`SELECT pg_advisory_xact_lock(${SCHEMA_LOCK})`;
-          await tx.unsafe(SCHEMA);
-        });
-        break;
-      } catch (error) {
-        // An upgrade racing a running transition of another process: the DDL lost; run it again.
-        if ((error as { code?: unknown }).code !== "40P01" || attempt >= 3) throw error;
-      }
-    }
-    const empty = createPool(this.#config);
-    await sql`
-      INSERT INTO leasegate_pools (pool, config, counters, waits)
-      VALUES (${this.pool}, ${sql.json(asJson(this.#config))}, ${sql.json(asJson(empty.counters))},
-              ${sql.json(asJson(empty.waits))})
-      ON CONFLICT (pool) DO UPDATE SET config = excluded.config`;
+    await ensureSchema(this.#sql, this.pool, this.#config);
     // Listening starts before any waiter of ours is queued, so no grant can be missed.
     let first = true;
-    const sub = await sql.listen(
+    const sub = await this.#sql.listen(
       this.#channel,
-      (payload) => this.#onNotify(payload),
+      (payload) => {
+        deliver(this.#waiters, payload);
+        this.#rearm();
+      },
       () => {
         // Called again after postgres.js re-listens on a new connection: adopt its pid.
         if (first) first = false;
@@ -314,7 +190,7 @@ export class PostgresCoordinator implements Coordinator {
     const probe = await this.#sql.listen(this.#channel, () => {});
     await probe.unlisten();
     this.#ownerPid = probe.state.pid;
-    const ids = [...this.#pending.keys()];
+    const ids = this.#waiters.ids();
     if (ids.length > 0) {
       await this.#sql`UPDATE leasegate_waiters SET owner_pid = ${this.#ownerPid} WHERE pool = ${this.pool} AND id = ANY(${ids})`;
     }
@@ -328,38 +204,27 @@ export class PostgresCoordinator implements Coordinator {
    * const r = await coordinator.acquire({ holder: "worker-1", waitMs: 2000 });
    */
   async acquire(options: AcquireOptions = {}): Promise<AcquireResult> {
-    if (typeof options !== "object" || options === null) {
-      return { ok: false, code: "INVALID_ARGUMENT", message: expected("options", "an object", options) };
-    }
-    if (this.#closed) {
-      return { ok: false, code: "COORDINATOR_UNAVAILABLE", message: "The coordinator was closed", retryAfterMs: 100 };
-    }
+    if (this.#closed) return CLOSED;
     await this.ready();
     const leaseId = crypto.randomUUID();
-    const holder = options.holder ?? "";
-    // Registered before the transaction: a grant by another process can be announced before our
-    // own commit's answer reaches us.
-    let resolve!: (result: AcquireResult) => void;
-    const answer = new Promise<AcquireResult>((r) => (resolve = r));
-    const pending: Pending = { holder, enqueuedAt: Date.now(), deadline: Infinity, resolve, settled: false };
-    this.#pending.set(leaseId, pending);
+    // Parked before the transaction: a grant by another process can be announced before our own
+    // commit's answer reaches us.
+    const answer = this.#waiters.park(leaseId, typeof options?.holder === "string" ? options.holder : "", Date.now());
+    let decided: AcquireAnswer | Failure;
     try {
-      const outcome = await this.#transition((state, now) => {
-        const { waitMs, ttlMs, priority, tenant } = options;
-        const { outcome, effects } = acquire(state, { leaseId, holder, waitMs, ttlMs, priority, tenant }, now);
-        return { answer: outcome, effects };
-      });
-      if (outcome.status === "granted") this.#settle(leaseId, { ok: true, lease: grantOf(outcome.lease) });
-      else if (outcome.status === "rejected") {
-        this.#settle(leaseId, { ok: false, code: outcome.code, message: outcome.message, retryAfterMs: outcome.retryAfterMs });
-      } else if (outcome.status === "queued") {
-        pending.deadline = outcome.deadline;
-        this.#schedule();
-      }
+      decided = await this.#transition(guarded(acquireStep(leaseId, options, true)));
     } catch (error) {
-      this.#pending.delete(leaseId);
-      if (isLeaseError(error)) return { ok: false, code: error.code, message: error.message };
+      this.#waiters.drop(leaseId);
       throw error;
+    }
+    if ("ok" in decided) {
+      this.#waiters.drop(leaseId);
+      return decided;
+    }
+    if (decided.kind === "result") this.#waiters.settle(leaseId, decided.result);
+    else if (decided.kind === "queued") {
+      this.#waiters.queued(leaseId, decided.deadline);
+      this.#rearm();
     }
     return await answer;
   }
@@ -371,10 +236,7 @@ export class PostgresCoordinator implements Coordinator {
    * await coordinator.release({ leaseId: lease.id, fence: lease.fence });
    */
   release(ref: LeaseRef): Promise<ReleaseResult> {
-    return this.#call((state, now) => {
-      const { outcome, effects } = release(state, ref, now);
-      return { answer: outcome.status === "ok" ? { ok: true, released: true } : leaseFailure(outcome), effects };
-    });
+    return this.#call(guarded(releaseStep(ref)));
   }
 
   /**
@@ -384,21 +246,13 @@ export class PostgresCoordinator implements Coordinator {
    * const r = await coordinator.renew({ leaseId: lease.id, fence: lease.fence }, 30_000);
    */
   renew(ref: LeaseRef, ttlMs?: number): Promise<RenewResult> {
-    return this.#call((state, now) => {
-      const { outcome, effects } = renew(state, ref, now, ttlMs);
-      return { answer: outcome.status === "ok" ? { ok: true, lease: grantOf(outcome.lease) } : leaseFailure(outcome), effects };
-    });
+    return this.#call(guarded(renewStep(ref, ttlMs)));
   }
 
-  /** One transition whose answer is a result object: a LeaseError becomes its failure. */
-  async #call<T>(step: StepFn<T>): Promise<T | Failure> {
+  /** One transition whose answer is a result object. */
+  async #call<T>(step: LocalStep<T>): Promise<T> {
     await this.ready();
-    try {
-      return await this.#transition(step);
-    } catch (error) {
-      if (isLeaseError(error)) return { ok: false, code: error.code, message: error.message };
-      throw error;
-    }
+    return await this.#transition(step);
   }
 
   /**
@@ -408,24 +262,15 @@ export class PostgresCoordinator implements Coordinator {
    * const { held, waiting, counters } = await coordinator.stats();
    */
   async stats(): Promise<PoolStats> {
-    return stats((await this.#snapshot()).state, Date.now());
+    return stats((await this.#read()).state, Date.now());
   }
 
-  async #snapshot(): Promise<Loaded> {
+  async #read(): Promise<Loaded> {
     await this.ready();
-    return await this.#sql.begin((tx) => this.#load(tx));
+    return await this.#sql.begin((tx) => loadPool(tx, this.pool));
   }
 
   // ── Operator controls: each is one transition, persisted in the pool's row for every process. ──
-
-  /** One control transition; answers the pool's settings after it. */
-  #control(step: (state: PoolState, now: number, loaded: Loaded) => Effects): Promise<ControlResult> {
-    return this.#call((state, now, loaded) => {
-      const effects = step(state, now, loaded);
-      const answer = { ok: true, paused: state.paused === true, limit: state.config.limit, limitOverride: loaded.limitOverride } as const;
-      return { answer, effects };
-    });
-  }
 
   /**
    * Stops granting in every process sharing the pool (drain, say before a migration): held leases
@@ -435,7 +280,7 @@ export class PostgresCoordinator implements Coordinator {
    * await coordinator.pause(); // wait until (await coordinator.stats()).held === 0, migrate, resume
    */
   pause(): Promise<ControlResult> {
-    return this.#control((state, now) => setPaused(state, true, now));
+    return this.#call(guarded(pauseStep(true)));
   }
 
   /**
@@ -445,7 +290,7 @@ export class PostgresCoordinator implements Coordinator {
    * await coordinator.resume();
    */
   resume(): Promise<ControlResult> {
-    return this.#control((state, now) => setPaused(state, false, now));
+    return this.#call(guarded(pauseStep(false)));
   }
 
   /**
@@ -456,12 +301,7 @@ export class PostgresCoordinator implements Coordinator {
    * await coordinator.setLimit(20); await coordinator.setLimit(null);
    */
   setLimit(limit: number | null): Promise<ControlResult> {
-    return this.#control((state, now, loaded) => {
-      const target = limit === null ? loaded.baseLimit : checkInt("limit", limit, 1, BOUNDS.limit);
-      const effects = reconfigure(state, { ...state.config, limit: target }, now);
-      loaded.limitOverride = limit === null ? null : state.config.limit;
-      return effects;
-    });
+    return this.#call((state, now, loaded) => guarded(limitStep(limit, loaded.configured))(state, now));
   }
 
   /**
@@ -472,12 +312,7 @@ export class PostgresCoordinator implements Coordinator {
    * await coordinator.revoke("3f2a9c1b");
    */
   revoke(idOrPrefix: string): Promise<RevokeResult> {
-    return this.#call((state, now) => {
-      const lease = findByPrefix(state, idOrPrefix);
-      // An already-expired lease is reaped by the same transition: the slot is free either way.
-      const { effects } = release(state, { leaseId: lease.id, fence: lease.fence }, now);
-      return { answer: { ok: true, released: true, idPrefix: lease.id.slice(0, 8), holder: lease.holder } as const, effects };
-    });
+    return this.#call(guarded(revokeStep(idOrPrefix)));
   }
 
   /**
@@ -493,7 +328,7 @@ export class PostgresCoordinator implements Coordinator {
     const counts = await countConnections(this.#sql, applicationName);
     const { held, limit } = await this.stats();
     const result = compareConnections({ held, limit }, counts, Date.now());
-    await this.#sql`UPDATE leasegate_pools SET reconciliation = ${this.#sql.json(asJson(result))} WHERE pool = ${this.pool}`;
+    await this.#sql`UPDATE leasegate_pools SET reconciliation = ${JSON.stringify(result)}::text::jsonb WHERE pool = ${this.pool}`;
     return result;
   }
 
@@ -504,8 +339,8 @@ export class PostgresCoordinator implements Coordinator {
    * const { paused, limitOverride, reconciliation } = await coordinator.operatorStats();
    */
   async operatorStats(): Promise<OperatorStats> {
-    const { state, limitOverride, reconciliation } = await this.#snapshot();
-    return { ...stats(state, Date.now()), limitOverride, reconciliation };
+    const { state, reconciliation } = await this.#read();
+    return { ...stats(state, Date.now()), limitOverride: state.limitOverride, reconciliation };
   }
 
   /**
@@ -518,28 +353,13 @@ export class PostgresCoordinator implements Coordinator {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    clearTimeout(this.#timer);
-    const ids = [...this.#pending.keys()];
-    for (const id of ids) {
-      this.#settle(id, { ok: false, code: "COORDINATOR_UNAVAILABLE", message: "The coordinator was closed", retryAfterMs: 100 });
-    }
+    this.#timer.clear();
+    const ids = this.#waiters.ids();
+    for (const id of ids) this.#waiters.settle(id, CLOSED);
     if (ids.length > 0 && this.#ready) {
-      try {
-        await this.#transition((state, now) => {
-          const effects: Effects = { granted: [], timedOut: [], expired: [] };
-          for (const id of ids) {
-            // Granted just now, before its caller could hear of it: give the slot straight back.
-            const lease = state.leases.get(id);
-            const fx = lease ? release(state, { leaseId: id, fence: lease.fence }, now).effects : cancel(state, id, now).effects;
-            effects.granted.push(...fx.granted);
-            effects.timedOut.push(...fx.timedOut);
-            effects.expired.push(...fx.expired);
-          }
-          return { answer: null, effects };
-        });
-      } catch {
+      await this.#transition((state, now) => ({ answer: null, effects: giveBack(state, ids, now) })).catch(() => {
         // The rows time out at their deadlines (and expire at their TTL) on their own.
-      }
+      });
     }
     await this.#unlisten?.().catch(() => {});
     this.#conn?.release();
@@ -547,102 +367,23 @@ export class PostgresCoordinator implements Coordinator {
   }
 
   /**
-   * Loads the pool under its advisory lock, which the open transaction holds until it ends. With
-   * `begin`, the BEGIN goes in the same round trip (on a reserved connection).
+   * Runs `step` in the next transition. Calls made while a transition is in flight are coalesced
+   * into the following one, in call order (group commit): one lock, one load and one write per batch.
    */
-  async #load(tx: Sql | TransactionSql, begin = false): Promise<Loaded> {
-    // One round trip: postgres.js pipelines queries issued together on one connection. The read
-    // is its own statement after the lock's, so its snapshot sees every earlier transition.
-    const [, , [pool]] = await Promise.all([
-      begin ? tx`BEGIN` : tx`SELECT 1`,
-      tx`SELECT pg_advisory_xact_lock(hashtext(${this.pool}))`,
-      tx`
-        SELECT p.next_fence, p.config, p.counters, p.waits, p.hold_ms_sum, p.hold_count, p.paused, p.limit_override,
-          p.adaptive, p.last_served, p.serve_seq, p.reconciliation,
-          (SELECT coalesce(json_agg(json_build_array(id, fence, holder, granted_at, expires_at, priority)), '[]')
-             FROM leasegate_leases WHERE pool = p.pool)::text AS leases,
-          (SELECT coalesce(json_agg(json_build_array(id, holder, enqueued_at, deadline, ttl_ms,
-                     owner_pid IS NULL OR owner_pid = ANY(ARRAY(SELECT pid FROM pg_stat_activity)), priority, tenant) ORDER BY seq), '[]')
-             FROM leasegate_waiters WHERE pool = p.pool)::text AS waiters
-        FROM leasegate_pools p WHERE p.pool = ${this.pool}`,
-    ]);
-    if (!pool) throw new LeaseError("INTERNAL", `Pool ${this.pool} has no row: was the database reset under a running coordinator?`);
-    const leases = (JSON.parse(pool.leases as string) as Array<[string, number, string, number, number, Priority | null]>).map(
-      ([id, fence, holder, grantedAt, expiresAt, priority]): Lease =>
-        priority === null ? { id, fence, holder, grantedAt, expiresAt } : { id, fence, holder, grantedAt, expiresAt, priority },
-    );
-    const base = pool.config as PoolConfig;
-    const limitOverride = pool.limit_override === null ? null : Number(pool.limit_override);
-    const config = limitOverride === null ? base : { ...base, limit: limitOverride };
-    const state = createPool(config, { leases, nextFence: Number(pool.next_fence) });
-    type WaiterRow = [string, string, number, number, number, boolean, Priority | null, string | null];
-    const waiterRows = JSON.parse(pool.waiters as string) as WaiterRow[];
-    state.queue = waiterRows.map(([leaseId, holder, enqueuedAt, deadline, ttlMs, , priority, tenant]): Waiter => {
-      const w: { -readonly [K in keyof Waiter]: Waiter[K] } = { leaseId, holder, enqueuedAt, deadline, ttlMs };
-      if (priority !== null) w.priority = priority;
-      if (tenant !== null) w.tenant = tenant;
-      return w;
-    });
-    state.scheduled = state.queue.filter(isScheduled).length;
-    state.paused = pool.paused === true;
-    // A pool whose config turned adaptive on starts from createPool's fresh state; off drops it.
-    if (state.adaptive && pool.adaptive !== null) state.adaptive = pool.adaptive as AdaptiveState;
-    state.lastServed = new Map(pool.last_served as Array<[string, number]>);
-    state.serveSeq = Number(pool.serve_seq);
-    state.counters = pool.counters as Counters;
-    const waits = pool.waits as Histogram;
-    state.waits = { ...state.waits, counts: waits.counts, count: waits.count, sum: waits.sum, max: waits.max };
-    state.holdMsSum = Number(pool.hold_ms_sum);
-    state.holdCount = Number(pool.hold_count);
-    return {
-      state,
-      limitOverride,
-      baseLimit: base.limit,
-      reconciliation: (pool.reconciliation as Reconciliation | null) ?? null,
-      serveSeqBefore: state.serveSeq,
-      leasesBefore: new Map(leases.map((l) => [l.id, l.expiresAt])),
-      queueBefore: new Set(state.queue.map((w) => w.leaseId)),
-      dead: waiterRows.filter((r) => !r[5]).map((r) => r[0]),
-    };
-  }
-
-  /**
-   * Runs `step` (a core call) in the next transition. Calls made while a transition is in flight
-   * are coalesced into the following one, in call order — like a group commit: one lock, one load
-   * and one write per batch, so throughput grows with load instead of collapsing under it.
-   */
-  #transition<T>(step: StepFn<T>): Promise<T> {
+  #transition<T>(step: LocalStep<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      this.#batch.push({ step, resolve: resolve as (answer: unknown) => void, reject });
-      if (!this.#flushing) void this.#flush();
+      this.#commits.add({ step, resolve: resolve as (answer: unknown) => void, reject });
     });
   }
 
-  async #flush(): Promise<void> {
-    this.#flushing = true;
-    while (this.#batch.length > 0) {
-      // The batch is cut once the lock is ours: calls made while we waited for it join this one.
-      let batch: Call[] | undefined;
-      const take = () => (batch = this.#batch.splice(0, MAX_BATCH));
-      try {
-        await this.#run(take);
-      } catch (error) {
-        for (const call of batch ?? take()) call.reject(error);
-      }
-    }
-    this.#flushing = false;
-  }
-
   /**
-   * One transition: lock, load, run each call's step on the same state (a LeaseError fails that
-   * call alone: the core validates before it mutates), write the difference and the notices,
-   * commit; then answer the calls and this process's waiters the transition settled.
+   * One transition: lock, load, run each call's step on the same state, write the difference and
+   * the notices, commit; then answer the calls and this process's waiters the transition settled.
+   * One reserved connection per process runs the transitions: batches are sequential anyway, and
+   * managing BEGIN/COMMIT ourselves lets the writes and the COMMIT share one round trip, so the
+   * pool's lock is held for about one round trip per batch.
    */
   async #run(take: () => Call[]): Promise<void> {
-    let batch: Call[] = [];
-    // One reserved connection per process runs the transitions: batches are sequential anyway, and
-    // managing BEGIN/COMMIT ourselves lets the writes and the COMMIT share one round trip, so the
-    // pool's lock is held for about one round trip per batch.
     if (!this.#conn) {
       const conn = await this.#sql.reserve();
       // See `durableCommits`: set once for this connection instead of in every transaction.
@@ -650,188 +391,73 @@ export class PostgresCoordinator implements Coordinator {
       this.#conn = conn;
     }
     const tx = this.#conn;
-    const transaction = async () => {
-      const loaded = await this.#load(tx, true);
-      batch = take();
-      const { state } = loaded;
-      const effects: Effects = { granted: [], timedOut: [], expired: [] };
-      const answers: Array<{ ok: true; answer: unknown } | { ok: false; error: unknown }> = [];
-      // A dead process's waiters are withdrawn (the core's `cancel`) before anyone is granted, so a
-      // freed slot never goes to a caller that no longer exists.
-      if (loaded.dead.length > 0) {
-        const fx = withdraw(state, loaded.dead, Date.now()).effects;
-        effects.granted.push(...fx.granted);
-        effects.timedOut.push(...fx.timedOut);
-        effects.expired.push(...fx.expired);
-      }
-      for (const call of batch) {
-        try {
-          const { answer, effects: fx } = call.step(state, Date.now(), loaded);
-          effects.granted.push(...fx.granted);
-          effects.timedOut.push(...fx.timedOut);
-          effects.expired.push(...fx.expired);
-          answers.push({ ok: true, answer });
-        } catch (error) {
-          if (!isLeaseError(error)) throw error;
-          answers.push({ ok: false, error });
-        }
-      }
-      await Promise.all([...this.#writes(tx, loaded, effects), tx`COMMIT`]);
-      return { answers, effects, state };
-    };
-    let done: Awaited<ReturnType<typeof transaction>>;
+    let done: { answers: unknown[]; effects: Effects; state: PoolState; batch: Call[] };
     try {
-      done = await transaction();
+      const loaded = await loadPool(tx, this.pool, true);
+      const batch = take();
+      const { answers, effects } = runSteps(loaded, batch);
+      const notices = noticesOf(loaded.state, effects);
+      await Promise.all([writePool(tx, this.pool, loaded, this.#ownerPid, { channel: this.#channel, notices }), tx`COMMIT`]);
+      done = { answers, effects, state: loaded.state, batch };
     } catch (error) {
-      try {
-        await tx`ROLLBACK`;
-      } catch {
+      await tx`ROLLBACK`.catch(() => {
         // A broken connection: the server rolled back when it dropped; take a fresh one next time.
         tx.release();
         this.#conn = undefined;
-      }
+      });
       throw error;
     }
-    done.answers.forEach((a, i) => (a.ok ? batch[i]!.resolve(a.answer) : batch[i]!.reject(a.error)));
-    this.#after(done.state, done.effects);
-  }
-
-  /** The statements that bring the tables in line with `state`; sent together (pipelined). */
-  #writes(tx: Sql, loaded: Loaded, effects: Effects): Promise<unknown>[] {
-    const { state, leasesBefore, queueBefore } = loaded;
-    const gone = [...leasesBefore.keys()].filter((id) => !state.leases.has(id));
-    const added: unknown[] = [];
-    const renewed: unknown[] = [];
-    for (const l of state.leases.values()) {
-      const before = leasesBefore.get(l.id);
-      if (before === undefined) added.push([l.id, l.fence, l.holder, l.grantedAt, l.expiresAt, l.priority ?? null]);
-      else if (before !== l.expiresAt) renewed.push([l.id, l.expiresAt]);
-    }
-    const queued = new Set(state.queue.map((w) => w.leaseId));
-    const left = [...queueBefore].filter((id) => !queued.has(id));
-    // New waiters in queue order: their sequence numbers are drawn in this order, under the lock.
-    const joined = state.queue
-      .filter((w) => !queueBefore.has(w.leaseId))
-      .map((w) => [w.leaseId, w.holder, w.enqueuedAt, w.deadline, w.ttlMs, this.#ownerPid, w.priority ?? null, w.tenant ?? null]);
-    // Waiters settled here may belong to any process: announce them; delivered on commit only.
-    const lines = [
-      ...effects.granted.map((l) => `g ${l.id} ${l.fence} ${l.grantedAt} ${l.expiresAt}`),
-      ...effects.timedOut.map((w) => `t ${w.leaseId} ${w.deadline - w.enqueuedAt} ${retryAfterHint(state)}`),
-    ];
-    const notices: string[] = [];
-    for (let i = 0; i < lines.length; i += NOTIFY_BATCH) notices.push(lines.slice(i, i + NOTIFY_BATCH).join("\n"));
-    const waits = { counts: state.waits.counts, count: state.waits.count, sum: state.waits.sum, max: state.waits.max };
-    const turns = state.serveSeq === loaded.serveSeqBefore ? null : JSON.stringify([...state.lastServed]);
-    // The whole difference is one statement: few messages and one executor start under the lock.
-    return [
-      tx`
-      WITH
-        del_leases AS (
-          DELETE FROM leasegate_leases WHERE pool = ${this.pool}
-            AND id IN (SELECT json_array_elements_text(${JSON.stringify(gone)}::text::json))),
-        add_leases AS (
-          INSERT INTO leasegate_leases (pool, id, fence, holder, granted_at, expires_at, priority)
-          SELECT ${this.pool}, e->>0, (e->>1)::bigint, e->>2, (e->>3)::bigint, (e->>4)::bigint, e->>5
-          FROM json_array_elements(${JSON.stringify(added)}::text::json) e),
-        renew_leases AS (
-          UPDATE leasegate_leases l SET expires_at = (e->>1)::bigint
-          FROM json_array_elements(${JSON.stringify(renewed)}::text::json) e
-          WHERE l.pool = ${this.pool} AND l.id = e->>0),
-        del_waiters AS (
-          DELETE FROM leasegate_waiters WHERE pool = ${this.pool}
-            AND id IN (SELECT json_array_elements_text(${JSON.stringify(left)}::text::json))),
-        add_waiters AS (
-          INSERT INTO leasegate_waiters (pool, id, holder, enqueued_at, deadline, ttl_ms, owner_pid, priority, tenant)
-          SELECT ${this.pool}, e->>0, e->>1, (e->>2)::bigint, (e->>3)::bigint, (e->>4)::bigint, (e->>5)::integer, e->>6, e->>7
-          FROM json_array_elements(${JSON.stringify(joined)}::text::json) WITH ORDINALITY AS j(e, n) ORDER BY n),
-        pool_row AS (
-          UPDATE leasegate_pools SET next_fence = ${state.nextFence}, counters = ${JSON.stringify(state.counters)}::text::jsonb,
-            waits = ${JSON.stringify(waits)}::text::jsonb, hold_ms_sum = ${state.holdMsSum}, hold_count = ${state.holdCount},
-            paused = ${state.paused === true}, limit_override = ${loaded.limitOverride},
-            adaptive = ${JSON.stringify(state.adaptive ?? null)}::text::jsonb,
-            last_served = coalesce(${turns}::text::jsonb, last_served), serve_seq = ${state.serveSeq}
-          WHERE pool = ${this.pool})
-      SELECT pg_notify(${this.#channel}, n) FROM json_array_elements_text(${JSON.stringify(notices)}::text::json) n`,
-    ];
-  }
-
-  /** After a commit: answer our waiters it settled (the NOTIFY may come later or never), re-arm. */
-  #after(state: PoolState, effects: Effects): void {
-    this.#nextExpiry = nextExpiryAt(state);
-    for (const l of effects.granted) this.#settle(l.id, { ok: true, lease: grantOf(l) });
-    for (const w of effects.timedOut) {
-      this.#settle(w.leaseId, timeoutResult(w.deadline - w.enqueuedAt, state.config.limit, retryAfterHint(state)));
-    }
-    // Our waiters that another process settled and whose notice we have not seen yet: the state
-    // we just read is the truth (a lease under their id, or gone = timed out).
-    if (this.#pending.size > 0) {
-      const queued = new Set(state.queue.map((w) => w.leaseId));
-      for (const [id, p] of this.#pending) {
-        if (p.deadline === Infinity || queued.has(id)) continue;
-        const lease = state.leases.get(id);
-        if (lease) this.#settle(id, { ok: true, lease: grantOf(lease) });
-        else this.#settle(id, timeoutResult(p.deadline - p.enqueuedAt, state.config.limit, retryAfterHint(state)));
-      }
-    }
-    this.#schedule();
-  }
-
-  #onNotify(payload: string): void {
-    for (const line of payload.split("\n")) {
-      const [kind, id, a, b, c] = line.split(" ");
-      if (!id) continue;
-      const p = this.#pending.get(id);
-      if (!p) continue;
-      if (kind === "g") {
-        const lease = { id, fence: Number(a), holder: p.holder, grantedAt: Number(b), expiresAt: Number(c) };
-        this.#settle(id, { ok: true, lease });
-      } else if (kind === "t") {
-        this.#settle(id, timeoutResult(Number(a), this.#config.limit, Number(b)));
-      }
-    }
-    this.#schedule();
-  }
-
-  #settle(id: string, result: AcquireResult): void {
-    const p = this.#pending.get(id);
-    if (!p || p.settled) return;
-    p.settled = true;
-    this.#pending.delete(id);
-    p.resolve(result);
+    done.batch.forEach((call, i) => call.resolve(done.answers[i]));
+    // Our waiters it settled (the NOTIFY may come later or never), and those another process
+    // settled whose notice we have not seen yet: the state we just read is the truth.
+    this.#waiters.settleAll(settlementsOf(done.state, done.effects));
+    this.#waiters.settleFrom(done.state);
+    this.#lastState = done.state;
+    this.#rearm();
   }
 
   /**
-   * One timer while this process has waiters: at the earliest of their deadlines and the pool's
-   * next lease expiry (a dead holder's slot frees only by time). Grants themselves arrive by NOTIFY.
+   * The wake timer: at the earliest of our callers' deadlines and the pool's next lease expiry as
+   * of our last transition (a dead holder's slot frees only by time, in any process that saw it).
+   * Grants themselves arrive by NOTIFY.
    */
-  #schedule(): void {
-    let at = Infinity;
-    for (const p of this.#pending.values()) if (p.deadline < at) at = p.deadline;
-    if (at !== Infinity && this.#nextExpiry !== null && this.#nextExpiry < at) at = this.#nextExpiry;
-    if (at === Infinity || this.#closed) {
-      clearTimeout(this.#timer);
-      this.#timer = undefined;
-      this.#timerAt = Infinity;
-      return;
-    }
-    if (this.#timer !== undefined && this.#timerAt <= at) return;
-    clearTimeout(this.#timer);
-    this.#timerAt = at;
-    this.#timer = setTimeout(() => this.#onTimer(), Math.max(0, at - Date.now()));
+  #rearm(): void {
+    const state = this.#lastState;
+    this.#timer.arm(this.#closed || !state ? null : this.#waiters.wakeAt(state));
   }
 
   #onTimer(): void {
-    this.#timer = undefined;
-    this.#timerAt = Infinity;
     // A timer set for a lease expiry that was since renewed or released is harmless: the tick
     // finds nothing to reap and re-arms from the fresh state.
-    this.#nextExpiry = null;
     this.#transition((state, now) => ({ answer: null, effects: tick(state, now) })).catch(() => {
       // The database is unreachable: try again shortly; our waiters still time out at deadlines.
-      if (this.#closed) return;
-      clearTimeout(this.#timer);
-      this.#timerAt = Date.now() + 200;
-      this.#timer = setTimeout(() => this.#onTimer(), 200);
+      if (!this.#closed) this.#timer.retryIn(200);
     });
   }
+}
+
+/**
+ * Runs a batch's steps on one loaded state, in call order. A dead process's waiters are withdrawn
+ * first, so a freed slot never goes to a caller that no longer exists.
+ */
+function runSteps(loaded: Loaded, batch: Call[]): { answers: unknown[]; effects: Effects } {
+  const { state } = loaded;
+  const effects: Effects = { granted: [], timedOut: [], expired: [] };
+  if (loaded.dead.length > 0) mergeEffects(effects, withdraw(state, loaded.dead, Date.now()).effects);
+  const answers = batch.map((call) => {
+    const step = call.step(state, Date.now(), loaded);
+    mergeEffects(effects, step.effects);
+    return step.answer;
+  });
+  return { answers, effects };
+}
+
+/** On close: our queued callers leave the queue; one granted just now, unheard of, gives its slot back. */
+function giveBack(state: PoolState, ids: string[], now: number): Effects {
+  const effects: Effects = { granted: [], timedOut: [], expired: [] };
+  for (const id of ids) {
+    const lease = state.leases.get(id);
+    mergeEffects(effects, lease ? release(state, { leaseId: id, fence: lease.fence }, now).effects : cancel(state, id, now).effects);
+  }
+  return effects;
 }

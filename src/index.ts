@@ -15,10 +15,9 @@ export type { IsolateShards, IsolateShardsOptions, ShardedGrant, ShardedLeasesOp
 export { LeaseError, isLeaseError, isRetryableCode, ErrorCodes } from "./core/errors.ts";
 export type { ErrorCode } from "./core/errors.ts";
 export { configFromEnv, validateConfig, DEFAULT_CONFIG } from "./core/config.ts";
-export type { PoolConfig, PoolEnv } from "./core/config.ts";
-export type { PoolStats, HeldLease, Counters } from "./core/pool.ts";
+export type { PoolEnv } from "./core/config.ts";
+export type { PoolConfig, PoolStats, HeldLease, Counters, Priority, AdaptiveConfig } from "./core/types.ts";
 export type { AcquireManyResult, AcquireOptions, AcquireResult, Failure, LeaseGrant, ReleaseManyResult, ReleaseResult, RenewResult, Result } from "./core/protocol.ts";
 export { MAX_BATCH } from "./core/protocol.ts";
-export type { Priority, AdaptiveConfig } from "./core/scheduling.ts";
 export { shardLimits, pickShard, shardConfig } from "./core/shard.ts";
 export type { ShardLoad, ShardRef } from "./core/shard.ts";

@@ -29,10 +29,10 @@ import {
   nextWakeAt,
   release,
   renew,
-  retryAfterHint,
   stats,
   tick,
-  timeoutMessage,
+  formatTimeout,
+  timeoutFacts,
 } from "../../src/core/index.ts";
 
 /** The variables the coordinator reads; the same names as everywhere else in leasegate. */
@@ -151,7 +151,8 @@ export class WritePerCallCoordinator extends DurableObject<CoordinatorEnv> {
   }
 
   private timedOut(pool: PoolState, w: Waiter): AcquireResult {
-    return { ok: false, code: "ACQUIRE_TIMEOUT", message: timeoutMessage(pool, w), retryAfterMs: retryAfterHint(pool) };
+    const facts = timeoutFacts(pool, w);
+    return { ok: false, code: "ACQUIRE_TIMEOUT", message: formatTimeout(facts), retryAfterMs: facts.retryAfterMs };
   }
 
   private settle(leaseId: string, result: AcquireResult): void {

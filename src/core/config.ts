@@ -1,23 +1,6 @@
 import { LeaseError, expected } from "./errors.ts";
-import type { AdaptiveConfig } from "./scheduling.ts";
+import type { PoolConfig } from "./types.ts";
 
-/** The limits of one pool. All durations are milliseconds. */
-export interface PoolConfig {
-  /** Slots in the pool: leases held at once never exceed it. */
-  readonly limit: number;
-  /** Waiters beyond this are shed at once with `QUEUE_FULL`. */
-  readonly maxQueue: number;
-  /** Default queue deadline of an acquire that names none. */
-  readonly waitMs: number;
-  /** Lease lifetime without renewal. */
-  readonly leaseTtlMs: number;
-  /** Slots only `critical` waiters may use (like PgBouncer's reserve pool). Default 0. */
-  readonly reserved?: number | undefined;
-  /** Most leases `batch` waiters may hold at once. Default: no cap beyond the limit. */
-  readonly batchMax?: number | undefined;
-  /** Moves the limit between a floor and `limit` by observed hold times. Default: off. */
-  readonly adaptive?: AdaptiveConfig | undefined;
-}
 
 /** Upper bounds that keep a single bad setting or request from pinning the coordinator. */
 export const BOUNDS = {

@@ -1,16 +1,5 @@
-/**
- * A fixed-bucket histogram of durations in milliseconds: small, mergeable, serializable, and the
- * same buckets Prometheus exposes. Percentiles are read by linear interpolation inside a bucket.
- */
-export interface Histogram {
-  /** Upper bounds (inclusive) of the buckets, ascending; a last implicit bucket is +Inf. */
-  readonly bounds: readonly number[];
-  /** counts[i] is the number of samples in bucket i (not cumulative); length = bounds.length + 1. */
-  counts: number[];
-  count: number;
-  sum: number;
-  max: number;
-}
+/** Fixed-bucket histograms of durations in milliseconds (the type is in `types.ts`). */
+import type { Histogram } from "./types.ts";
 
 export const WAIT_BUCKETS_MS: readonly number[] = [
   1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000,

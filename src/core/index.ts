@@ -1,7 +1,9 @@
+export * from "./types.ts";
 export * from "./config.ts";
 export * from "./errors.ts";
 export * from "./histogram.ts";
 export * from "./pool.ts";
+export * from "./snapshot.ts";
 export * from "./protocol.ts";
 export * from "./shard.ts";
 export * as block from "./lease-block.ts";

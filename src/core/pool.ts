@@ -1,131 +1,31 @@
-import { BOUNDS, type PoolConfig, checkInt, validateConfig } from "./config.ts";
+import { BOUNDS, checkInt, validateConfig } from "./config.ts";
 import { LeaseError, expected } from "./errors.ts";
-import { type Histogram, createHistogram, percentile, record } from "./histogram.ts";
+import { createHistogram, percentile, record } from "./histogram.ts";
 import {
-  type AdaptiveState,
-  type Priority,
-  PRIORITIES,
   capacity,
   eligible,
-  isScheduled,
   observeHold,
   pickNext,
   served,
 } from "./scheduling.ts";
+import {
+  type AcquireOutcome,
+  type AcquireRequest,
+  type AdaptiveState,
+  type Counters,
+  type Effects,
+  type HeldLease,
+  type Lease,
+  type LeaseOutcome,
+  type LeaseRef,
+  type PoolConfig,
+  type PoolState,
+  type PoolStats,
+  type Priority,
+  type Waiter,
+  PRIORITIES,
+} from "./types.ts";
 
-/** The right to hold one database connection until released or until `expiresAt`. */
-export interface Lease {
-  /** Unguessable id, chosen by the shell (the core has no randomness). */
-  readonly id: string;
-  /** Strictly increasing per pool: a release must name the fence it was granted with. */
-  readonly fence: number;
-  /** Who holds it (request id, process id): shown to operators. */
-  readonly holder: string;
-  readonly grantedAt: number;
-  expiresAt: number;
-  /** The class it was granted in, when not `normal`. */
-  readonly priority?: Priority | undefined;
-}
-
-/** A request queued for a slot. It is granted under `leaseId` or times out at `deadline`. */
-export interface Waiter {
-  readonly leaseId: string;
-  readonly holder: string;
-  readonly enqueuedAt: number;
-  readonly deadline: number;
-  readonly ttlMs: number;
-  readonly priority?: Priority | undefined;
-  readonly tenant?: string | undefined;
-}
-
-export interface Counters {
-  granted: number;
-  released: number;
-  expired: number;
-  timedOut: number;
-  rejected: number;
-  cancelled: number;
-}
-
-/**
- * Everything a pool knows. Plain data: the shells persist the leases and `nextFence`; waiters live
- * only as long as the calls that wait.
- */
-export interface PoolState {
-  config: PoolConfig;
-  nextFence: number;
-  leases: Map<string, Lease>;
-  /** FIFO: index 0 is granted first. */
-  queue: Waiter[];
-  counters: Counters;
-  waits: Histogram;
-  /** Sum and count of completed hold times, for the Retry-After estimate. */
-  holdMsSum: number;
-  holdCount: number;
-  /** Waiters in the queue that use a class or tenant (0 = plain FIFO, served from the head). */
-  scheduled: number;
-  /** Per tenant, the turn it was last served in; `serveSeq` counts turns. */
-  lastServed: Map<string, number>;
-  serveSeq: number;
-  /** The adaptive limit's state, when `config.adaptive` is set. */
-  adaptive: AdaptiveState | undefined;
-  /**
-   * Operator drain: while set, no slot is granted (held leases keep running, waiters queue and
-   * time out at their deadlines). Optional so that states built before it existed stay valid.
-   */
-  paused?: boolean;
-}
-
-/** What a transition did besides its own answer: the shell wakes, fails or forgets these. */
-export interface Effects {
-  /** Waiters that now hold a lease (lease.id is the waiter's leaseId). */
-  granted: Lease[];
-  /** Waiters whose deadline passed before a slot freed. */
-  timedOut: Waiter[];
-  /** Leases reaped because their holder neither released nor renewed them in time. */
-  expired: Lease[];
-}
-
-export type AcquireOutcome =
-  | { readonly status: "granted"; readonly lease: Lease }
-  | { readonly status: "queued"; readonly deadline: number; readonly position: number }
-  /** Only with `queue: false`: no slot may be taken now; nothing was recorded, the caller asks again on its own. */
-  | { readonly status: "deferred" }
-  | {
-      readonly status: "rejected";
-      readonly code: "QUEUE_FULL" | "ACQUIRE_TIMEOUT";
-      readonly message: string;
-      readonly retryAfterMs: number;
-    };
-
-export type LeaseOutcome =
-  | { readonly status: "ok"; readonly lease: Lease }
-  | { readonly status: "failed"; readonly code: "LEASE_NOT_FOUND" | "STALE_FENCE" | "LEASE_EXPIRED"; readonly message: string };
-
-export interface AcquireRequest {
-  /** The id the lease will carry; also identifies the waiter while it is queued. */
-  leaseId: string;
-  holder: string;
-  /** Queue deadline, relative to now; 0 means "only if a slot is free now". Defaults to config.waitMs. */
-  waitMs?: number | undefined;
-  /** Lease lifetime; defaults to config.leaseTtlMs. */
-  ttlMs?: number | undefined;
-  /** Priority class; defaults to `normal`. */
-  priority?: Priority | undefined;
-  /** Fairness key: tenants take turns within a class. */
-  tenant?: string | undefined;
-  /**
-   * `false`: decide only a grant now. A request that would wait or be shed is `deferred` instead,
-   * leaving queue and counters as they were (a batch grants what it can and sends the rest on
-   * their own, so they queue, time out and are counted exactly like single calls).
-   */
-  queue?: boolean | undefined;
-}
-
-export interface LeaseRef {
-  leaseId: string;
-  fence: number;
-}
 
 const noEffects = (): Effects => ({ granted: [], timedOut: [], expired: [] });
 
@@ -145,11 +45,11 @@ export function createPool(config: PoolConfig, restored?: { leases: Iterable<Lea
     waits: createHistogram(),
     holdMsSum: 0,
     holdCount: 0,
-    scheduled: 0,
     lastServed: new Map(),
     serveSeq: 0,
     adaptive: undefined,
     paused: false,
+    limitOverride: null,
   };
   state.adaptive = initialAdaptive(state.config);
   if (restored) {
@@ -209,11 +109,6 @@ function grantTo(
   return lease;
 }
 
-function removeAt(state: PoolState, i: number): Waiter {
-  const [w] = state.queue.splice(i, 1);
-  if (isScheduled(w!)) state.scheduled--;
-  return w!;
-}
 
 /**
  * Free slots go to the queue: in plain FIFO pools to the head, in order, never skipping a waiter;
@@ -221,7 +116,7 @@ function removeAt(state: PoolState, i: number): Waiter {
  */
 function fill(state: PoolState, now: number, fx: Effects): void {
   for (let i = pickNext(state); i >= 0; i = pickNext(state)) {
-    const w = i === 0 && state.scheduled === 0 ? state.queue.shift()! : removeAt(state, i);
+    const w = i === 0 ? state.queue.shift()! : state.queue.splice(i, 1)[0]!;
     served(state, w);
     record(state.waits, now - w.enqueuedAt);
     fx.granted.push(grantTo(state, w, now));
@@ -244,7 +139,6 @@ function advance(state: PoolState, now: number, fx: Effects): void {
     let kept = 0;
     for (const w of state.queue) {
       if (w.deadline <= now) {
-        if (isScheduled(w)) state.scheduled--;
         state.counters.timedOut++;
         record(state.waits, now - w.enqueuedAt);
         fx.timedOut.push(w);
@@ -333,23 +227,47 @@ export function acquire(state: PoolState, req: AcquireRequest, now: number): { o
   const waiter: Waiter = { leaseId, holder: req.holder, enqueuedAt: now, deadline, ttlMs };
   if (priority !== "normal") (waiter as { priority?: Priority }).priority = priority;
   if (req.tenant) (waiter as { tenant?: string }).tenant = req.tenant;
-  if (isScheduled(waiter)) state.scheduled++;
   state.queue.push(waiter);
   return { outcome: { status: "queued", deadline, position: state.queue.length }, effects: fx };
 }
 
-/** The message a waiter gets when its deadline passes: capacity and queue depth at that moment. */
-export function timeoutMessage(state: PoolState, w: Waiter): string {
-  return (
-    `Timed out after ${w.deadline - w.enqueuedAt} ms waiting for a connection slot ` +
-    `(limit ${state.config.limit}, ${state.leases.size} held, ${state.queue.length} waiting)`
-  );
+/** What a waiter that timed out is told; a backend that wakes it in another process sends these. */
+export interface TimeoutFacts {
+  waitedMs: number;
+  limit: number;
+  held: number;
+  waiting: number;
+  retryAfterMs: number;
 }
 
-/** Retry hint for a waiter that timed out. */
-export function retryAfterHint(state: PoolState): number {
-  return retryAfterMs(state);
+/**
+ * The facts of a waiter's timeout at the moment its deadline passed (after the transition that
+ * timed it out): capacity, leases held, queue depth and the retry hint.
+ *
+ * @example
+ * const facts = timeoutFacts(pool, waiter); formatTimeout(facts)
+ */
+export function timeoutFacts(state: PoolState, w: Waiter): TimeoutFacts {
+  return {
+    waitedMs: w.deadline - w.enqueuedAt,
+    limit: state.config.limit,
+    held: state.leases.size,
+    waiting: state.queue.length,
+    retryAfterMs: retryAfterMs(state),
+  };
 }
+
+/**
+ * The message of an `ACQUIRE_TIMEOUT`: how long it waited, capacity and queue depth.
+ *
+ * @example
+ * formatTimeout({ waitedMs: 150, limit: 3, held: 3, waiting: 0, retryAfterMs: 50 })
+ * // "Timed out after 150 ms waiting for a connection slot (limit 3, 3 held, 0 waiting)"
+ */
+export function formatTimeout(f: TimeoutFacts): string {
+  return `Timed out after ${f.waitedMs} ms waiting for a connection slot (limit ${f.limit}, ${f.held} held, ${f.waiting} waiting)`;
+}
+
 
 function findLive(state: PoolState, ref: LeaseRef, now: number): LeaseOutcome {
   checkRef(ref);
@@ -418,7 +336,7 @@ export function cancel(state: PoolState, leaseId: string, now: number): { remove
   checkTime(now);
   const i = state.queue.findIndex((w) => w.leaseId === leaseId);
   if (i >= 0) {
-    removeAt(state, i);
+    state.queue.splice(i, 1);
     state.counters.cancelled++;
   }
   const fx = noEffects();
@@ -480,6 +398,21 @@ export function nextExpiryAt(state: PoolState): number | null {
 }
 
 /**
+ * An operator's limit for a live pool, or `null` to return to `configured` (the limit from the
+ * environment or options). Kept in the pool's snapshot, so it outlives restarts. Raising it grants
+ * queued callers at once; lowering it revokes nothing.
+ *
+ * @example
+ * setLimit(pool, 20, 10, now); setLimit(pool, null, 10, now);
+ */
+export function setLimit(state: PoolState, limit: number | null, configured: number, now: number): Effects {
+  const target = limit === null ? configured : checkInt("limit", limit, 1, BOUNDS.limit);
+  const fx = reconfigure(state, { ...state.config, limit: target }, now);
+  state.limitOverride = limit === null ? null : target;
+  return fx;
+}
+
+/**
  * Changes the configuration of a live pool. Lowering the limit revokes nothing: holders above the
  * new limit keep their leases, and no one is granted until held falls below it.
  *
@@ -497,33 +430,6 @@ export function reconfigure(state: PoolState, config: PoolConfig, now: number): 
   return fx;
 }
 
-export interface HeldLease {
-  idPrefix: string;
-  holder: string;
-  fence: number;
-  ageMs: number;
-  expiresInMs: number;
-}
-
-export interface PoolStats {
-  limit: number;
-  /** The limit in force now: below `limit` while the adaptive limit has shrunk it. */
-  effectiveLimit: number;
-  reserved: number;
-  held: number;
-  waiting: number;
-  /** Age of the oldest waiter, ms (0 when nobody waits). */
-  maxWaitMs: number;
-  maxQueue: number;
-  waitMs: number;
-  leaseTtlMs: number;
-  counters: Counters;
-  waitTimeMs: { p50: number; p90: number; p99: number; max: number; count: number; sum: number };
-  waitHistogram: { bounds: readonly number[]; counts: number[] };
-  leases: HeldLease[];
-  /** True while an operator has paused granting (drain). */
-  paused: boolean;
-}
 
 /**
  * A snapshot for operators; lease ids are cut to a prefix so stats never hand out a usable id.
@@ -561,7 +467,7 @@ export function stats(state: PoolState, now: number): PoolStats {
       ageMs: now - l.grantedAt,
       expiresInMs: l.expiresAt - now,
     })),
-    paused: state.paused === true,
+    paused: state.paused,
   };
 }
 

@@ -1,5 +1,5 @@
 import { type ErrorCode, LeaseError, expected } from "./errors.ts";
-import type { Priority } from "./scheduling.ts";
+import type { Priority } from "./types.ts";
 import type { ShardLoad, ShardRef } from "./shard.ts";
 
 /**

@@ -2,7 +2,7 @@
  * Reconciliation: what the coordinator believes (leases held) against what the database sees
  * (connections in `pg_stat_activity`). Pure: the shell runs the query and passes the counts.
  */
-import type { PoolStats } from "./pool.ts";
+import type { PoolStats } from "./types.ts";
 
 /** Connection counts read from `pg_stat_activity` by one short query outside any lease. */
 export interface ConnectionCounts {

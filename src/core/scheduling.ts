@@ -1,31 +1,7 @@
-import type { Lease, PoolState, Waiter } from "./pool.ts";
+import type { AdaptiveState, Lease, PoolState, Priority, Waiter } from "./types.ts";
+import { PRIORITIES } from "./types.ts";
 
-/**
- * Priority classes, most urgent first. `critical` may use the reserved slots; `batch` is capped.
- * Within a class, tenants take turns (the one served least recently goes next), and each tenant's
- * waiters go in arrival order — so one tenant's burst cannot starve the others.
- */
-export const PRIORITIES = ["critical", "normal", "batch"] as const;
-export type Priority = (typeof PRIORITIES)[number];
 
-/** How an adaptive limit moves: a floor it never goes below, and how much slowness it tolerates. */
-export interface AdaptiveConfig {
-  /** The adaptive limit never goes below this many slots. */
-  floor: number;
-  /** Shrink when recent hold times exceed the long-run baseline by this factor (default 1.5). */
-  tolerance?: number | undefined;
-}
-
-/** The adaptive limit's memory: plain data, like the rest of the pool. */
-export interface AdaptiveState {
-  limit: number;
-  /** EWMA of recent hold times (fast) and of the long-run baseline (slow), ms. */
-  recentMs: number;
-  baselineMs: number;
-  samples: number;
-  /** When the last sample came, so the baseline moves by time, not by sample count. */
-  lastSampleAt?: number | undefined;
-}
 
 /**
  * How long a slowdown must last before the adaptive limit takes it as the new normal, ms: the
@@ -68,11 +44,12 @@ export function eligible(state: PoolState, priority: Priority): boolean {
 
 /**
  * The index in the queue of the waiter to grant next, or -1 when none may take a slot now.
- * Plain FIFO pools (no classes, no tenants queued) take the head without a scan.
+ * Plain FIFO pools (no classes, no tenants queued) take the head.
  */
 export function pickNext(state: PoolState): number {
-  if (state.queue.length === 0) return -1;
-  if (state.scheduled === 0) return eligible(state, "normal") ? 0 : -1;
+  // Nobody may take a slot (full, or paused): no scan, whatever the queue holds.
+  if (state.queue.length === 0 || !eligible(state, "critical")) return -1;
+  if (!state.queue.some(isScheduled)) return eligible(state, "normal") ? 0 : -1;
   for (const priority of PRIORITIES) {
     if (!eligible(state, priority)) continue;
     let best = -1;

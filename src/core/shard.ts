@@ -1,4 +1,5 @@
-import { type PoolConfig, checkInt } from "./config.ts";
+import { checkInt } from "./config.ts";
+import type { PoolConfig } from "./types.ts";
 
 /**
  * Splits a pool's global limit across `shards` coordinator objects. The parts sum to exactly

@@ -196,7 +196,7 @@ describe("PostgresCoordinator across 4 OS processes sharing LEASE_LIMIT=5", () =
     expect(stats.waiting).toBe(0);
     const [ghost] = await admin`SELECT count(*)::int AS n FROM leasegate_leases WHERE pool = ${POOL} AND holder LIKE '% ghost'`;
     expect(ghost!.n).toBe(0);
-    const [pool] = await admin`SELECT (counters->>'cancelled')::int AS cancelled FROM leasegate_pools WHERE pool = ${POOL}`;
+    const [pool] = await admin`SELECT (snapshot->'counters'->>'cancelled')::int AS cancelled FROM leasegate_pools WHERE pool = ${POOL}`;
     expect(pool!.cancelled).toBe(1);
     p1.send({ cmd: "release", tag: "after-kill" });
     for (let i = 0; i < 2; i++) p0.send({ cmd: "release", tag: `live${i}` });

@@ -1,0 +1,112 @@
+/**
+ * The local adapter's tables: created on first use, brought up to date from earlier layouts, and
+ * never touched by DDL when current (even a no-op `ALTER TABLE … ADD COLUMN IF NOT EXISTS` takes
+ * an exclusive lock on its table, which would deadlock against another process's transition
+ * holding row locks on the others).
+ */
+import type { JSONValue, Sql } from "postgres";
+import type { PoolConfig } from "../src/core/index.ts";
+
+const TABLES = `
+CREATE TABLE IF NOT EXISTS leasegate_pools (
+  pool text PRIMARY KEY,
+  config jsonb NOT NULL,
+  -- The core's snapshot of the pool (counters, histogram, fences, paused, limit override …).
+  snapshot jsonb,
+  reconciliation jsonb
+);
+CREATE TABLE IF NOT EXISTS leasegate_leases (
+  pool text NOT NULL,
+  id text NOT NULL,
+  fence bigint NOT NULL,
+  holder text NOT NULL,
+  granted_at bigint NOT NULL,
+  expires_at bigint NOT NULL,
+  priority text,
+  PRIMARY KEY (pool, id)
+);
+CREATE TABLE IF NOT EXISTS leasegate_waiters (
+  pool text NOT NULL,
+  id text NOT NULL,
+  seq bigserial NOT NULL,
+  holder text NOT NULL,
+  enqueued_at bigint NOT NULL,
+  deadline bigint NOT NULL,
+  ttl_ms bigint NOT NULL,
+  -- The backend pid of the waiting process's LISTEN connection: gone from pg_stat_activity = dead.
+  owner_pid integer,
+  priority text,
+  tenant text,
+  PRIMARY KEY (pool, id)
+);
+CREATE INDEX IF NOT EXISTS leasegate_waiters_order ON leasegate_waiters (pool, seq);
+`;
+
+/**
+ * Tables of leasegate 0.1 (a column per pool field, columns added release by release) gain the
+ * missing columns, then their pool fields fold into the snapshot.
+ */
+const UPGRADE = `
+ALTER TABLE leasegate_waiters ADD COLUMN IF NOT EXISTS owner_pid integer;
+ALTER TABLE leasegate_waiters ADD COLUMN IF NOT EXISTS priority text;
+ALTER TABLE leasegate_waiters ADD COLUMN IF NOT EXISTS tenant text;
+ALTER TABLE leasegate_leases ADD COLUMN IF NOT EXISTS priority text;
+ALTER TABLE leasegate_pools ADD COLUMN IF NOT EXISTS snapshot jsonb;
+ALTER TABLE leasegate_pools ADD COLUMN IF NOT EXISTS reconciliation jsonb;
+DO $$ BEGIN
+  IF EXISTS (SELECT 1 FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name = 'leasegate_pools' AND column_name = 'next_fence') THEN
+    ALTER TABLE leasegate_pools ADD COLUMN IF NOT EXISTS paused boolean NOT NULL DEFAULT false;
+    ALTER TABLE leasegate_pools ADD COLUMN IF NOT EXISTS limit_override integer;
+    ALTER TABLE leasegate_pools ADD COLUMN IF NOT EXISTS adaptive jsonb;
+    ALTER TABLE leasegate_pools ADD COLUMN IF NOT EXISTS last_served jsonb NOT NULL DEFAULT '[]';
+    ALTER TABLE leasegate_pools ADD COLUMN IF NOT EXISTS serve_seq bigint NOT NULL DEFAULT 0;
+    UPDATE leasegate_pools SET snapshot = jsonb_build_object(
+      'v', 1, 'nextFence', next_fence, 'counters', counters, 'waits', waits - 'bounds',
+      'holdMsSum', hold_ms_sum, 'holdCount', hold_count, 'lastServed', last_served, 'serveSeq', serve_seq,
+      'adaptive', adaptive, 'paused', paused, 'limitOverride', limit_override)
+    WHERE snapshot IS NULL;
+    ALTER TABLE leasegate_pools DROP COLUMN next_fence, DROP COLUMN counters, DROP COLUMN waits,
+      DROP COLUMN hold_ms_sum, DROP COLUMN hold_count, DROP COLUMN paused, DROP COLUMN limit_override,
+      DROP COLUMN adaptive, DROP COLUMN last_served, DROP COLUMN serve_seq;
+  END IF;
+END $$;
+`;
+
+/** Any fixed number: the key of the advisory lock that serializes schema changes. */
+const SCHEMA_LOCK = 7_401_310_001;
+
+/** postgres.js types `sql.json` narrowly; our plain-data objects are JSON by construction. */
+const asJson = (value: object): JSONValue => value as JSONValue;
+
+/**
+ * Creates or upgrades the tables (once per database; concurrent processes take turns), then writes
+ * `config` to the pool's row: the process that started last sets the limits for everyone, as a
+ * redeploy with new env vars would. The pool's snapshot is kept.
+ *
+ * @example
+ * await ensureSchema(sql, "main", config);
+ */
+export async function ensureSchema(sql: Sql, pool: string, config: PoolConfig): Promise<void> {
+  const columns = await sql<{ column_name: string }[]>`
+    SELECT column_name FROM information_schema.columns
+    WHERE table_schema = current_schema() AND table_name = 'leasegate_pools'`;
+  const names = new Set(columns.map((c) => c.column_name));
+  const current = names.has("snapshot") && !names.has("next_fence");
+  for (let attempt = 1; !current; attempt++) {
+    try {
+      await sql.begin(async (tx) => {
+        await tx`SELECT pg_advisory_xact_lock(${SCHEMA_LOCK})`;
+        await tx.unsafe(TABLES);
+        await tx.unsafe(UPGRADE);
+      });
+      break;
+    } catch (error) {
+      // An upgrade racing a running transition of another process: the DDL lost; run it again.
+      if ((error as { code?: unknown }).code !== "40P01" || attempt >= 3) throw error;
+    }
+  }
+  await sql`
+    INSERT INTO leasegate_pools (pool, config) VALUES (${pool}, ${sql.json(asJson(config))})
+    ON CONFLICT (pool) DO UPDATE SET config = excluded.config`;
+}

@@ -1,0 +1,202 @@
+/**
+ * The core's data: plain types (and the priority classes) that every other core module imports.
+ * This module imports nothing, so imports in the core point one way.
+ */
+
+/**
+ * Priority classes, most urgent first. `critical` may use the reserved slots; `batch` is capped.
+ * Within a class, tenants take turns (the one served least recently goes next), and each tenant's
+ * waiters go in arrival order — so one tenant's burst cannot starve the others.
+ */
+export const PRIORITIES = ["critical", "normal", "batch"] as const;
+export type Priority = (typeof PRIORITIES)[number];
+
+/** The limits of one pool. All durations are milliseconds. */
+export interface PoolConfig {
+  /** Slots in the pool: leases held at once never exceed it. */
+  readonly limit: number;
+  /** Waiters beyond this are shed at once with `QUEUE_FULL`. */
+  readonly maxQueue: number;
+  /** Default queue deadline of an acquire that names none. */
+  readonly waitMs: number;
+  /** Lease lifetime without renewal. */
+  readonly leaseTtlMs: number;
+  /** Slots only `critical` waiters may use (like PgBouncer's reserve pool). Default 0. */
+  readonly reserved?: number | undefined;
+  /** Most leases `batch` waiters may hold at once. Default: no cap beyond the limit. */
+  readonly batchMax?: number | undefined;
+  /** Moves the limit between a floor and `limit` by observed hold times. Default: off. */
+  readonly adaptive?: AdaptiveConfig | undefined;
+}
+
+/** How an adaptive limit moves: a floor it never goes below, and how much slowness it tolerates. */
+export interface AdaptiveConfig {
+  /** The adaptive limit never goes below this many slots. */
+  floor: number;
+  /** Shrink when recent hold times exceed the long-run baseline by this factor (default 1.5). */
+  tolerance?: number | undefined;
+}
+
+/** The adaptive limit's memory: plain data, like the rest of the pool. */
+export interface AdaptiveState {
+  limit: number;
+  /** EWMA of recent hold times (fast) and of the long-run baseline (slow), ms. */
+  recentMs: number;
+  baselineMs: number;
+  samples: number;
+  /** When the last sample came, so the baseline moves by time, not by sample count. */
+  lastSampleAt?: number | undefined;
+}
+
+/**
+ * A fixed-bucket histogram of durations in milliseconds: small, mergeable, serializable, and the
+ * same buckets Prometheus exposes. Percentiles are read by linear interpolation inside a bucket.
+ */
+export interface Histogram {
+  /** Upper bounds (inclusive) of the buckets, ascending; a last implicit bucket is +Inf. */
+  readonly bounds: readonly number[];
+  /** counts[i] is the number of samples in bucket i (not cumulative); length = bounds.length + 1. */
+  counts: number[];
+  count: number;
+  sum: number;
+  max: number;
+}
+
+/** The right to hold one database connection until released or until `expiresAt`. */
+export interface Lease {
+  /** Unguessable id, chosen by the shell (the core has no randomness). */
+  readonly id: string;
+  /** Strictly increasing per pool: a release must name the fence it was granted with. */
+  readonly fence: number;
+  /** Who holds it (request id, process id): shown to operators. */
+  readonly holder: string;
+  readonly grantedAt: number;
+  expiresAt: number;
+  /** The class it was granted in, when not `normal`. */
+  readonly priority?: Priority | undefined;
+}
+
+/** A request queued for a slot. It is granted under `leaseId` or times out at `deadline`. */
+export interface Waiter {
+  readonly leaseId: string;
+  readonly holder: string;
+  readonly enqueuedAt: number;
+  readonly deadline: number;
+  readonly ttlMs: number;
+  readonly priority?: Priority | undefined;
+  readonly tenant?: string | undefined;
+}
+
+export interface Counters {
+  granted: number;
+  released: number;
+  expired: number;
+  timedOut: number;
+  rejected: number;
+  cancelled: number;
+}
+
+/**
+ * Everything a pool knows. Plain data: a backend stores the leases (and, in Postgres, the waiters) as
+ * rows and the rest as one `snapshot`.
+ */
+export interface PoolState {
+  config: PoolConfig;
+  nextFence: number;
+  leases: Map<string, Lease>;
+  /** FIFO: index 0 is granted first. */
+  queue: Waiter[];
+  counters: Counters;
+  waits: Histogram;
+  /** Sum and count of completed hold times, for the Retry-After estimate. */
+  holdMsSum: number;
+  holdCount: number;
+  /** Per tenant, the turn it was last served in; `serveSeq` counts turns. */
+  lastServed: Map<string, number>;
+  serveSeq: number;
+  /** The adaptive limit's state, when `config.adaptive` is set. */
+  adaptive: AdaptiveState | undefined;
+  /** Operator drain: while set, no slot is granted (held leases run on, waiters queue and time out). */
+  paused: boolean;
+  /** The limit an operator set, kept across restarts; null: `config.limit` is the configured one. */
+  limitOverride: number | null;
+}
+
+/** What a transition did besides its own answer: the shell wakes, fails or forgets these. */
+export interface Effects {
+  /** Waiters that now hold a lease (lease.id is the waiter's leaseId). */
+  granted: Lease[];
+  /** Waiters whose deadline passed before a slot freed. */
+  timedOut: Waiter[];
+  /** Leases reaped because their holder neither released nor renewed them in time. */
+  expired: Lease[];
+}
+
+export type AcquireOutcome =
+  | { readonly status: "granted"; readonly lease: Lease }
+  | { readonly status: "queued"; readonly deadline: number; readonly position: number }
+  /** Only with `queue: false`: no slot may be taken now; nothing was recorded, the caller asks again on its own. */
+  | { readonly status: "deferred" }
+  | {
+      readonly status: "rejected";
+      readonly code: "QUEUE_FULL" | "ACQUIRE_TIMEOUT";
+      readonly message: string;
+      readonly retryAfterMs: number;
+    };
+
+export type LeaseOutcome =
+  | { readonly status: "ok"; readonly lease: Lease }
+  | { readonly status: "failed"; readonly code: "LEASE_NOT_FOUND" | "STALE_FENCE" | "LEASE_EXPIRED"; readonly message: string };
+
+export interface AcquireRequest {
+  /** The id the lease will carry; also identifies the waiter while it is queued. */
+  leaseId: string;
+  holder: string;
+  /** Queue deadline, relative to now; 0 means "only if a slot is free now". Defaults to config.waitMs. */
+  waitMs?: number | undefined;
+  /** Lease lifetime; defaults to config.leaseTtlMs. */
+  ttlMs?: number | undefined;
+  /** Priority class; defaults to `normal`. */
+  priority?: Priority | undefined;
+  /** Fairness key: tenants take turns within a class. */
+  tenant?: string | undefined;
+  /**
+   * `false`: decide only a grant now. A request that would wait or be shed is `deferred` instead,
+   * leaving queue and counters as they were (a batch grants what it can and sends the rest on
+   * their own, so they queue, time out and are counted exactly like single calls).
+   */
+  queue?: boolean | undefined;
+}
+
+export interface LeaseRef {
+  leaseId: string;
+  fence: number;
+}
+
+export interface HeldLease {
+  idPrefix: string;
+  holder: string;
+  fence: number;
+  ageMs: number;
+  expiresInMs: number;
+}
+
+export interface PoolStats {
+  limit: number;
+  /** The limit in force now: below `limit` while the adaptive limit has shrunk it. */
+  effectiveLimit: number;
+  reserved: number;
+  held: number;
+  waiting: number;
+  /** Age of the oldest waiter, ms (0 when nobody waits). */
+  maxWaitMs: number;
+  maxQueue: number;
+  waitMs: number;
+  leaseTtlMs: number;
+  counters: Counters;
+  waitTimeMs: { p50: number; p90: number; p99: number; max: number; count: number; sum: number };
+  waitHistogram: { bounds: readonly number[]; counts: number[] };
+  leases: HeldLease[];
+  /** True while an operator has paused granting (drain). */
+  paused: boolean;
+}

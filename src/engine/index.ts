@@ -1,0 +1,9 @@
+/**
+ * The coordinator engine: what the Durable Object and the Postgres backend do alike around the
+ * core — operations as steps, answers and messages, parked waiters, the wake timer, group commit.
+ * A backend supplies only storage and the way a waiter hears of its grant.
+ */
+export * from "./steps.ts";
+export * from "./waiters.ts";
+export * from "./wake-timer.ts";
+export * from "./group-commit.ts";

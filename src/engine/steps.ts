@@ -1,0 +1,215 @@
+/**
+ * The coordinator's operations as steps on a pool's state: what both backends do alike. A step
+ * runs the core at `now` and returns its answer (a result object, as crosses RPC) plus the core's
+ * effects. The Durable Object runs steps on its in-memory state; the Postgres backend runs them
+ * inside a transaction on the state it loaded. Neither writes an answer of its own.
+ */
+import {
+  type AcquireOptions,
+  type AcquireResult,
+  type ControlResult,
+  type Effects,
+  type Failure,
+  type Lease,
+  type LeaseGrant,
+  type LeaseOutcome,
+  type LeaseRef,
+  type PoolState,
+  type ReleaseResult,
+  type RenewResult,
+  type RevokeResult,
+  type ShardLoad,
+  type TimeoutFacts,
+  LeaseError,
+  acquire,
+  capacity,
+  expected,
+  findByPrefix,
+  formatTimeout,
+  isLeaseError,
+  release,
+  renew,
+  setLimit,
+  setPaused,
+} from "../core/index.ts";
+
+/**
+ * What one step answers and what the core did besides. `written` and `removed` name the lease
+ * rows the step itself changed (effects name the rest), for a backend that writes rows as they
+ * change instead of comparing the whole state.
+ */
+export interface Step<T> {
+  answer: T;
+  effects: Effects;
+  written?: Lease[] | undefined;
+  removed?: string[] | undefined;
+}
+
+/** A step to run on a pool's state at time `now`. */
+export type StepFn<T> = (state: PoolState, now: number) => Step<T>;
+
+/** A lease as it crosses RPC: the core's lease without its scheduling fields. */
+export function grantOf(lease: Lease): LeaseGrant {
+  return { id: lease.id, fence: lease.fence, holder: lease.holder, grantedAt: lease.grantedAt, expiresAt: lease.expiresAt };
+}
+
+/** A thrown error as a result object: a `LeaseError` keeps its code; anything else is `INTERNAL`. */
+export function failureOf(error: unknown): Failure {
+  if (isLeaseError(error)) return { ok: false, code: error.code, message: error.message };
+  return { ok: false, code: "INTERNAL", message: "The coordinator failed to handle the call" };
+}
+
+function leaseFailure(outcome: Exclude<LeaseOutcome, { status: "ok" }>): Failure {
+  return { ok: false, code: outcome.code, message: outcome.message };
+}
+
+/** What a sharded client picks shards by: held, waiting, and the slots grantable now (0 while paused). */
+export function loadOf(state: PoolState): ShardLoad {
+  return { held: state.leases.size, waiting: state.queue.length, limit: state.paused ? 0 : capacity(state) };
+}
+
+/** The answer of a waiter whose deadline passed (built where it waited, from the facts sent to it). */
+export function timeoutResult(facts: TimeoutFacts, load?: ShardLoad): AcquireResult {
+  const result = { ok: false, code: "ACQUIRE_TIMEOUT", message: formatTimeout(facts), retryAfterMs: facts.retryAfterMs } as const;
+  return load === undefined ? result : { ...result, load };
+}
+
+/** The answer of a waiter (or caller) granted `lease`. */
+export function grantResult(lease: Lease | LeaseGrant, load?: ShardLoad): AcquireResult {
+  const granted = { ok: true, lease: grantOf(lease as Lease) } as const;
+  return load === undefined ? granted : { ...granted, load };
+}
+
+/**
+ * An acquire's answer: a result now, a place in the queue until `deadline` (the backend parks the
+ * caller), or, with `queue: false`, deferred (nothing recorded; a batch answers `null`).
+ */
+export type AcquireAnswer =
+  | { readonly kind: "result"; readonly result: AcquireResult }
+  | { readonly kind: "queued"; readonly deadline: number }
+  | { readonly kind: "deferred" };
+
+/**
+ * An acquire under `leaseId` (chosen by the backend), as sent over RPC.
+ *
+ * @example
+ * const { answer, effects } = acquireStep(crypto.randomUUID(), options, true)(pool, Date.now());
+ */
+export function acquireStep(leaseId: string, options: AcquireOptions, queue: boolean): StepFn<AcquireAnswer> {
+  return (state, now) => {
+    // An array is an object too, and would otherwise be taken as "all defaults".
+    if (typeof options !== "object" || options === null || Array.isArray(options)) {
+      throw new LeaseError("INVALID_ARGUMENT", expected("options", "an object", options));
+    }
+    const { waitMs, ttlMs, priority, tenant } = options;
+    // Only a missing holder defaults; null or another type is refused like any bad field.
+    const holder = options.holder === undefined ? "" : options.holder;
+    const { outcome, effects } = acquire(state, { leaseId, holder, waitMs, ttlMs, priority, tenant, queue }, now);
+    switch (outcome.status) {
+      case "granted":
+        return { answer: { kind: "result", result: grantResult(outcome.lease, loadOf(state)) }, effects, written: [outcome.lease] };
+      case "queued":
+        return { answer: { kind: "queued", deadline: outcome.deadline }, effects };
+      case "deferred":
+        return { answer: { kind: "deferred" }, effects };
+      default: {
+        const { code, message, retryAfterMs } = outcome;
+        return { answer: { kind: "result", result: { ok: false, code, message, retryAfterMs, load: loadOf(state) } }, effects };
+      }
+    }
+  };
+}
+
+/**
+ * A release: an unknown id or a stale fence fails with its code and frees nothing.
+ *
+ * @example
+ * releaseStep({ leaseId: lease.id, fence: lease.fence })(pool, Date.now())
+ */
+export function releaseStep(ref: LeaseRef): StepFn<ReleaseResult> {
+  return (state, now) => {
+    const { outcome, effects } = release(state, ref, now);
+    if (outcome.status !== "ok") return { answer: leaseFailure(outcome), effects };
+    return { answer: { ok: true, released: true }, effects, removed: [outcome.lease.id] };
+  };
+}
+
+/**
+ * A renewal to now + `ttlMs` (default: the pool's TTL).
+ *
+ * @example
+ * renewStep({ leaseId: lease.id, fence: lease.fence }, 30_000)(pool, Date.now())
+ */
+export function renewStep(ref: LeaseRef, ttlMs?: number): StepFn<RenewResult> {
+  return (state, now) => {
+    const { outcome, effects } = renew(state, ref, now, ttlMs);
+    if (outcome.status !== "ok") return { answer: leaseFailure(outcome), effects };
+    return { answer: { ok: true, lease: grantOf(outcome.lease) }, effects, written: [outcome.lease] };
+  };
+}
+
+function controlAnswer(state: PoolState): ControlResult {
+  return { ok: true, paused: state.paused, limit: state.config.limit, limitOverride: state.limitOverride };
+}
+
+/**
+ * Pauses (drain) or resumes granting; answers the pool's settings after it.
+ *
+ * @example
+ * pauseStep(true)(pool, Date.now())
+ */
+export function pauseStep(paused: boolean): StepFn<ControlResult> {
+  return (state, now) => ({ effects: setPaused(state, paused, now), answer: controlAnswer(state) });
+}
+
+/**
+ * An operator's limit (`null`: back to `configured`, the limit from env or options).
+ *
+ * @example
+ * limitStep(20, 10)(pool, Date.now())
+ */
+export function limitStep(limit: number | null, configured: number): StepFn<ControlResult> {
+  return (state, now) => ({ effects: setLimit(state, limit, configured, now), answer: controlAnswer(state) });
+}
+
+/**
+ * Frees a stuck lease by its id or an unambiguous prefix of at least 8 characters. The holder's
+ * later release or renewal fails with `LEASE_NOT_FOUND`.
+ *
+ * @example
+ * revokeStep("3f2a9c1b")(pool, Date.now())
+ */
+export function revokeStep(idOrPrefix: string): StepFn<RevokeResult> {
+  return (state, now) => {
+    const lease = findByPrefix(state, idOrPrefix);
+    // An already-expired lease is reaped by the same transition: the slot is free either way.
+    const { effects } = release(state, { leaseId: lease.id, fence: lease.fence }, now);
+    const answer = { ok: true, released: true, idPrefix: lease.id.slice(0, 8), holder: lease.holder } as const;
+    return { answer, effects, removed: [lease.id] };
+  };
+}
+
+/**
+ * Runs `step` and turns a `LeaseError` it throws into its failure (the core validates before it
+ * mutates, so a refused call changed nothing).
+ *
+ * @example
+ * const { answer } = guarded(releaseStep(ref))(pool, now);
+ */
+export function guarded<T>(step: StepFn<T>): StepFn<T | Failure> {
+  return (state, now) => {
+    try {
+      return step(state, now);
+    } catch (error) {
+      if (!isLeaseError(error)) throw error;
+      return { answer: failureOf(error), effects: { granted: [], timedOut: [], expired: [] } };
+    }
+  };
+}
+
+/** Appends `more` to `into` (effects of several steps in one transition). */
+export function mergeEffects(into: Effects, more: Effects): void {
+  into.granted.push(...more.granted);
+  into.timedOut.push(...more.timedOut);
+  into.expired.push(...more.expired);
+}
