@@ -39,15 +39,10 @@ import {
   GroupCommit,
   WakeTimer,
   Waiters,
-  acquireStep,
   failureOf,
   guarded,
-  limitStep,
-  pauseStep,
-  releaseStep,
-  renewStep,
-  revokeStep,
   settlementsOf,
+  steps,
 } from "../src/engine/index.ts";
 import { CoordinatorStore } from "./storage.ts";
 
@@ -248,7 +243,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
     const pool = this.requirePool();
     if (typeof options === "object" && options !== null && options.shard !== undefined) this.applyShard(pool, options.shard);
     const leaseId = crypto.randomUUID();
-    const { step, written } = this.run(acquireStep(leaseId, options, queue));
+    const { step, written } = this.run(steps.acquire(leaseId, options, queue));
     const answer = step.answer;
     if (answer.kind === "deferred") return null;
     if (answer.kind === "result") {
@@ -288,7 +283,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
   private releaseOne(ref: LeaseRef): ReleaseResult {
     try {
       // Not awaited: see afterStep for why a release may answer before its delete is written.
-      return this.run(guarded(releaseStep(ref))).step.answer;
+      return this.run(guarded(steps.release(ref))).step.answer;
     } catch (error) {
       return failureOf(error);
     }
@@ -301,7 +296,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    * const r = await stub.renew({ leaseId: lease.id, fence: lease.fence });
    */
   async renew(ref: LeaseRef, ttlMs?: number): Promise<RenewResult> {
-    return this.durable(guarded(renewStep(ref, ttlMs)));
+    return this.durable(guarded(steps.renew(ref, ttlMs)));
   }
 
   /** Runs a step and answers once what it changed is written (renewals and operator controls). */
@@ -337,7 +332,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    * await stub.pause(); // wait until (await stub.stats()).held === 0, migrate, then stub.resume()
    */
   async pause(): Promise<ControlResult> {
-    return this.durable(guarded(pauseStep(true)));
+    return this.durable(guarded(steps.pause(true)));
   }
 
   /**
@@ -347,7 +342,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    * await stub.resume();
    */
   async resume(): Promise<ControlResult> {
-    return this.durable(guarded(pauseStep(false)));
+    return this.durable(guarded(steps.pause(false)));
   }
 
   /**
@@ -360,7 +355,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    */
   async setLimit(limit: number | null): Promise<ControlResult> {
     try {
-      return await this.durable(guarded(limitStep(limit, this.baseConfig().limit)));
+      return await this.durable(guarded(steps.setLimit(limit, this.baseConfig().limit)));
     } catch (error) {
       return failureOf(error);
     }
@@ -374,7 +369,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    * await stub.revoke("3f2a9c1b");
    */
   async revoke(idOrPrefix: string): Promise<RevokeResult> {
-    return this.durable(guarded(revokeStep(idOrPrefix)));
+    return this.durable(guarded(steps.revoke(idOrPrefix)));
   }
 
   /**

@@ -33,15 +33,10 @@ import {
   GroupCommit,
   WakeTimer,
   Waiters,
-  acquireStep,
   guarded,
-  limitStep,
   mergeEffects,
-  pauseStep,
-  releaseStep,
-  renewStep,
-  revokeStep,
   settlementsOf,
+  steps,
 } from "../src/engine/index.ts";
 import { countConnections } from "../src/db/reconcile.ts";
 import { deliver, noticesOf } from "./notify.ts";
@@ -212,7 +207,7 @@ export class PostgresCoordinator implements Coordinator {
     const answer = this.#waiters.park(leaseId, typeof options?.holder === "string" ? options.holder : "", Date.now());
     let decided: AcquireAnswer | Failure;
     try {
-      decided = await this.#transition(guarded(acquireStep(leaseId, options, true)));
+      decided = await this.#transition(guarded(steps.acquire(leaseId, options, true)));
     } catch (error) {
       this.#waiters.drop(leaseId);
       throw error;
@@ -236,7 +231,7 @@ export class PostgresCoordinator implements Coordinator {
    * await coordinator.release({ leaseId: lease.id, fence: lease.fence });
    */
   release(ref: LeaseRef): Promise<ReleaseResult> {
-    return this.#call(guarded(releaseStep(ref)));
+    return this.#call(guarded(steps.release(ref)));
   }
 
   /**
@@ -246,7 +241,7 @@ export class PostgresCoordinator implements Coordinator {
    * const r = await coordinator.renew({ leaseId: lease.id, fence: lease.fence }, 30_000);
    */
   renew(ref: LeaseRef, ttlMs?: number): Promise<RenewResult> {
-    return this.#call(guarded(renewStep(ref, ttlMs)));
+    return this.#call(guarded(steps.renew(ref, ttlMs)));
   }
 
   /** One transition whose answer is a result object. */
@@ -280,7 +275,7 @@ export class PostgresCoordinator implements Coordinator {
    * await coordinator.pause(); // wait until (await coordinator.stats()).held === 0, migrate, resume
    */
   pause(): Promise<ControlResult> {
-    return this.#call(guarded(pauseStep(true)));
+    return this.#call(guarded(steps.pause(true)));
   }
 
   /**
@@ -290,7 +285,7 @@ export class PostgresCoordinator implements Coordinator {
    * await coordinator.resume();
    */
   resume(): Promise<ControlResult> {
-    return this.#call(guarded(pauseStep(false)));
+    return this.#call(guarded(steps.pause(false)));
   }
 
   /**
@@ -301,7 +296,7 @@ export class PostgresCoordinator implements Coordinator {
    * await coordinator.setLimit(20); await coordinator.setLimit(null);
    */
   setLimit(limit: number | null): Promise<ControlResult> {
-    return this.#call((state, now, loaded) => guarded(limitStep(limit, loaded.configured))(state, now));
+    return this.#call((state, now, loaded) => guarded(steps.setLimit(limit, loaded.configured))(state, now));
   }
 
   /**
@@ -312,7 +307,7 @@ export class PostgresCoordinator implements Coordinator {
    * await coordinator.revoke("3f2a9c1b");
    */
   revoke(idOrPrefix: string): Promise<RevokeResult> {
-    return this.#call(guarded(revokeStep(idOrPrefix)));
+    return this.#call(guarded(steps.revoke(idOrPrefix)));
   }
 
   /**

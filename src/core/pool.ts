@@ -164,6 +164,29 @@ function checkTime(now: number): void {
  */
 export function acquire(state: PoolState, req: AcquireRequest, now: number): { outcome: AcquireOutcome; effects: Effects } {
   checkTime(now);
+  const r = checkRequest(state, req);
+  const fx = noEffects();
+  advance(state, now, fx);
+  // After `advance`, every waiter still queued is one that may not take a slot now; so a newcomer
+  // that may take one passes no one who could have had it.
+  if (eligible(state, r.priority)) {
+    served(state, { ...r, enqueuedAt: now, deadline: now });
+    record(state.waits, 0);
+    return { outcome: { status: "granted", lease: grantTo(state, r, now) }, effects: fx };
+  }
+  if (req.queue === false) return { outcome: { status: "deferred" }, effects: fx };
+  const shed = refusal(state, r.waitMs);
+  if (shed) return { outcome: shed, effects: fx };
+  const deadline = now + r.waitMs;
+  const waiter: Waiter = { leaseId: r.leaseId, holder: r.holder, enqueuedAt: now, deadline, ttlMs: r.ttlMs };
+  if (r.priority !== "normal") (waiter as { priority?: Priority }).priority = r.priority;
+  if (r.tenant) (waiter as { tenant?: string }).tenant = r.tenant;
+  state.queue.push(waiter);
+  return { outcome: { status: "queued", deadline, position: state.queue.length }, effects: fx };
+}
+
+/** A request with its defaults applied, or `INVALID_ARGUMENT` naming the first bad field. */
+function checkRequest(state: PoolState, req: AcquireRequest) {
   if (typeof req !== "object" || req === null) {
     throw new LeaseError("INVALID_ARGUMENT", expected("request", "an object", req));
   }
@@ -183,52 +206,27 @@ export function acquire(state: PoolState, req: AcquireRequest, now: number): { o
   if (state.leases.has(leaseId) || state.queue.some((w) => w.leaseId === leaseId)) {
     throw new LeaseError("INVALID_ARGUMENT", `Lease id \`${leaseId.slice(0, 8)}…\` is already in use`);
   }
+  return { leaseId, holder: req.holder, waitMs, ttlMs, priority, tenant: req.tenant };
+}
 
-  const fx = noEffects();
-  advance(state, now, fx);
+/**
+ * Why a request that may not take a slot now is not queued either (counted as such), or null:
+ * it would not wait, or the queue is at its cap.
+ */
+function refusal(state: PoolState, waitMs: number): Extract<AcquireOutcome, { status: "rejected" }> | null {
   const { maxQueue } = state.config;
-  const limit = capacity(state);
-  const held = state.leases.size;
-
-  // After `advance`, every waiter still queued is one that may not take a slot now; so a newcomer
-  // that may take one passes no one who could have had it.
-  if (eligible(state, priority)) {
-    const waiter = { leaseId, holder: req.holder, ttlMs, priority, tenant: req.tenant };
-    served(state, { ...waiter, enqueuedAt: now, deadline: now });
-    record(state.waits, 0);
-    return { outcome: { status: "granted", lease: grantTo(state, waiter, now) }, effects: fx };
-  }
-  if (req.queue === false) return { outcome: { status: "deferred" }, effects: fx };
+  const where = `limit ${capacity(state)}, ${state.leases.size} held, ${state.queue.length} waiting`;
   if (waitMs === 0) {
     state.counters.timedOut++;
-    return {
-      outcome: {
-        status: "rejected",
-        code: "ACQUIRE_TIMEOUT",
-        message: `No connection slot free (limit ${limit}, ${held} held, ${state.queue.length} waiting${state.paused ? ", paused" : ""}) and the caller would not wait`,
-        retryAfterMs: retryAfterMs(state),
-      },
-      effects: fx,
-    };
+    const message = `No connection slot free (${where}${state.paused ? ", paused" : ""}) and the caller would not wait`;
+    return { status: "rejected", code: "ACQUIRE_TIMEOUT", message, retryAfterMs: retryAfterMs(state) };
   }
   if (state.queue.length >= maxQueue) {
     state.counters.rejected++;
-    return {
-      outcome: {
-        status: "rejected",
-        code: "QUEUE_FULL",
-        message: `Wait queue is full (limit ${limit}, ${held} held, ${state.queue.length} waiting, max queue ${maxQueue})`,
-        retryAfterMs: retryAfterMs(state),
-      },
-      effects: fx,
-    };
+    const message = `Wait queue is full (${where}, max queue ${maxQueue})`;
+    return { status: "rejected", code: "QUEUE_FULL", message, retryAfterMs: retryAfterMs(state) };
   }
-  const deadline = now + waitMs;
-  const waiter: Waiter = { leaseId, holder: req.holder, enqueuedAt: now, deadline, ttlMs };
-  if (priority !== "normal") (waiter as { priority?: Priority }).priority = priority;
-  if (req.tenant) (waiter as { tenant?: string }).tenant = req.tenant;
-  state.queue.push(waiter);
-  return { outcome: { status: "queued", deadline, position: state.queue.length }, effects: fx };
+  return null;
 }
 
 /** What a waiter that timed out is told; a backend that wakes it in another process sends these. */

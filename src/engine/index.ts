@@ -3,7 +3,10 @@
  * core — operations as steps, answers and messages, parked waiters, the wake timer, group commit.
  * A backend supplies only storage and the way a waiter hears of its grant.
  */
-export * from "./steps.ts";
+export type { AcquireAnswer, Step, StepFn } from "./steps.ts";
+export * as steps from "./steps.ts";
+export { guarded, mergeEffects } from "./steps.ts";
+export * from "./answers.ts";
 export * from "./waiters.ts";
 export * from "./wake-timer.ts";
 export * from "./group-commit.ts";

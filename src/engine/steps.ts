@@ -2,7 +2,8 @@
  * The coordinator's operations as steps on a pool's state: what both backends do alike. A step
  * runs the core at `now` and returns its answer (a result object, as crosses RPC) plus the core's
  * effects. The Durable Object runs steps on its in-memory state; the Postgres backend runs them
- * inside a transaction on the state it loaded. Neither writes an answer of its own.
+ * inside a transaction on the state it loaded. Neither builds an answer of its own.
+ * Imported as a namespace: `steps.release(ref)(state, now)`.
  */
 import {
   type AcquireOptions,
@@ -11,27 +12,18 @@ import {
   type Effects,
   type Failure,
   type Lease,
-  type LeaseGrant,
   type LeaseOutcome,
   type LeaseRef,
   type PoolState,
   type ReleaseResult,
   type RenewResult,
   type RevokeResult,
-  type ShardLoad,
-  type TimeoutFacts,
   LeaseError,
-  acquire,
-  capacity,
   expected,
-  findByPrefix,
-  formatTimeout,
   isLeaseError,
-  release,
-  renew,
-  setLimit,
-  setPaused,
 } from "../core/index.ts";
+import * as core from "../core/index.ts";
+import { failureOf, grantOf, grantResult, loadOf } from "./answers.ts";
 
 /**
  * What one step answers and what the core did besides. `written` and `removed` name the lease
@@ -48,36 +40,8 @@ export interface Step<T> {
 /** A step to run on a pool's state at time `now`. */
 export type StepFn<T> = (state: PoolState, now: number) => Step<T>;
 
-/** A lease as it crosses RPC: the core's lease without its scheduling fields. */
-export function grantOf(lease: Lease): LeaseGrant {
-  return { id: lease.id, fence: lease.fence, holder: lease.holder, grantedAt: lease.grantedAt, expiresAt: lease.expiresAt };
-}
-
-/** A thrown error as a result object: a `LeaseError` keeps its code; anything else is `INTERNAL`. */
-export function failureOf(error: unknown): Failure {
-  if (isLeaseError(error)) return { ok: false, code: error.code, message: error.message };
-  return { ok: false, code: "INTERNAL", message: "The coordinator failed to handle the call" };
-}
-
 function leaseFailure(outcome: Exclude<LeaseOutcome, { status: "ok" }>): Failure {
   return { ok: false, code: outcome.code, message: outcome.message };
-}
-
-/** What a sharded client picks shards by: held, waiting, and the slots grantable now (0 while paused). */
-export function loadOf(state: PoolState): ShardLoad {
-  return { held: state.leases.size, waiting: state.queue.length, limit: state.paused ? 0 : capacity(state) };
-}
-
-/** The answer of a waiter whose deadline passed (built where it waited, from the facts sent to it). */
-export function timeoutResult(facts: TimeoutFacts, load?: ShardLoad): AcquireResult {
-  const result = { ok: false, code: "ACQUIRE_TIMEOUT", message: formatTimeout(facts), retryAfterMs: facts.retryAfterMs } as const;
-  return load === undefined ? result : { ...result, load };
-}
-
-/** The answer of a waiter (or caller) granted `lease`. */
-export function grantResult(lease: Lease | LeaseGrant, load?: ShardLoad): AcquireResult {
-  const granted = { ok: true, lease: grantOf(lease as Lease) } as const;
-  return load === undefined ? granted : { ...granted, load };
 }
 
 /**
@@ -93,9 +57,9 @@ export type AcquireAnswer =
  * An acquire under `leaseId` (chosen by the backend), as sent over RPC.
  *
  * @example
- * const { answer, effects } = acquireStep(crypto.randomUUID(), options, true)(pool, Date.now());
+ * const { answer, effects } = steps.acquire(crypto.randomUUID(), options, true)(pool, Date.now());
  */
-export function acquireStep(leaseId: string, options: AcquireOptions, queue: boolean): StepFn<AcquireAnswer> {
+export function acquire(leaseId: string, options: AcquireOptions, queue: boolean): StepFn<AcquireAnswer> {
   return (state, now) => {
     // An array is an object too, and would otherwise be taken as "all defaults".
     if (typeof options !== "object" || options === null || Array.isArray(options)) {
@@ -104,7 +68,7 @@ export function acquireStep(leaseId: string, options: AcquireOptions, queue: boo
     const { waitMs, ttlMs, priority, tenant } = options;
     // Only a missing holder defaults; null or another type is refused like any bad field.
     const holder = options.holder === undefined ? "" : options.holder;
-    const { outcome, effects } = acquire(state, { leaseId, holder, waitMs, ttlMs, priority, tenant, queue }, now);
+    const { outcome, effects } = core.acquire(state, { leaseId, holder, waitMs, ttlMs, priority, tenant, queue }, now);
     switch (outcome.status) {
       case "granted":
         return { answer: { kind: "result", result: grantResult(outcome.lease, loadOf(state)) }, effects, written: [outcome.lease] };
@@ -124,11 +88,11 @@ export function acquireStep(leaseId: string, options: AcquireOptions, queue: boo
  * A release: an unknown id or a stale fence fails with its code and frees nothing.
  *
  * @example
- * releaseStep({ leaseId: lease.id, fence: lease.fence })(pool, Date.now())
+ * steps.release({ leaseId: lease.id, fence: lease.fence })(pool, Date.now())
  */
-export function releaseStep(ref: LeaseRef): StepFn<ReleaseResult> {
+export function release(ref: LeaseRef): StepFn<ReleaseResult> {
   return (state, now) => {
-    const { outcome, effects } = release(state, ref, now);
+    const { outcome, effects } = core.release(state, ref, now);
     if (outcome.status !== "ok") return { answer: leaseFailure(outcome), effects };
     return { answer: { ok: true, released: true }, effects, removed: [outcome.lease.id] };
   };
@@ -138,11 +102,11 @@ export function releaseStep(ref: LeaseRef): StepFn<ReleaseResult> {
  * A renewal to now + `ttlMs` (default: the pool's TTL).
  *
  * @example
- * renewStep({ leaseId: lease.id, fence: lease.fence }, 30_000)(pool, Date.now())
+ * steps.renew({ leaseId: lease.id, fence: lease.fence }, 30_000)(pool, Date.now())
  */
-export function renewStep(ref: LeaseRef, ttlMs?: number): StepFn<RenewResult> {
+export function renew(ref: LeaseRef, ttlMs?: number): StepFn<RenewResult> {
   return (state, now) => {
-    const { outcome, effects } = renew(state, ref, now, ttlMs);
+    const { outcome, effects } = core.renew(state, ref, now, ttlMs);
     if (outcome.status !== "ok") return { answer: leaseFailure(outcome), effects };
     return { answer: { ok: true, lease: grantOf(outcome.lease) }, effects, written: [outcome.lease] };
   };
@@ -156,20 +120,20 @@ function controlAnswer(state: PoolState): ControlResult {
  * Pauses (drain) or resumes granting; answers the pool's settings after it.
  *
  * @example
- * pauseStep(true)(pool, Date.now())
+ * steps.pause(true)(pool, Date.now())
  */
-export function pauseStep(paused: boolean): StepFn<ControlResult> {
-  return (state, now) => ({ effects: setPaused(state, paused, now), answer: controlAnswer(state) });
+export function pause(paused: boolean): StepFn<ControlResult> {
+  return (state, now) => ({ effects: core.setPaused(state, paused, now), answer: controlAnswer(state) });
 }
 
 /**
  * An operator's limit (`null`: back to `configured`, the limit from env or options).
  *
  * @example
- * limitStep(20, 10)(pool, Date.now())
+ * steps.setLimit(20, 10)(pool, Date.now())
  */
-export function limitStep(limit: number | null, configured: number): StepFn<ControlResult> {
-  return (state, now) => ({ effects: setLimit(state, limit, configured, now), answer: controlAnswer(state) });
+export function setLimit(limit: number | null, configured: number): StepFn<ControlResult> {
+  return (state, now) => ({ effects: core.setLimit(state, limit, configured, now), answer: controlAnswer(state) });
 }
 
 /**
@@ -177,13 +141,13 @@ export function limitStep(limit: number | null, configured: number): StepFn<Cont
  * later release or renewal fails with `LEASE_NOT_FOUND`.
  *
  * @example
- * revokeStep("3f2a9c1b")(pool, Date.now())
+ * steps.revoke("3f2a9c1b")(pool, Date.now())
  */
-export function revokeStep(idOrPrefix: string): StepFn<RevokeResult> {
+export function revoke(idOrPrefix: string): StepFn<RevokeResult> {
   return (state, now) => {
-    const lease = findByPrefix(state, idOrPrefix);
+    const lease = core.findByPrefix(state, idOrPrefix);
     // An already-expired lease is reaped by the same transition: the slot is free either way.
-    const { effects } = release(state, { leaseId: lease.id, fence: lease.fence }, now);
+    const { effects } = core.release(state, { leaseId: lease.id, fence: lease.fence }, now);
     const answer = { ok: true, released: true, idPrefix: lease.id.slice(0, 8), holder: lease.holder } as const;
     return { answer, effects, removed: [lease.id] };
   };

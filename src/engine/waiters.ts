@@ -4,7 +4,7 @@
  * the transition that granted or timed them out, a notice from another process, or a close.
  */
 import { type AcquireResult, type Effects, type PoolState, nextExpiryAt, timeoutFacts } from "../core/index.ts";
-import { grantResult, loadOf, timeoutResult } from "./steps.ts";
+import { grantResult, loadOf, timeoutResult } from "./answers.ts";
 
 interface Parked {
   readonly holder: string;
