@@ -3,34 +3,35 @@ import postgres from "postgres";
 import { afterAll, describe, expect, it } from "vitest";
 
 // The real entry points, as a developer starts them: `npm run start:local` (Node) and
-// `deno task start` (Deno), each its own OS process on its own port, one shared pool.
+// `npm run start:deno` (deno.json's `start` task), each its own OS process on its own port, one shared pool.
 const url = process.env.LEASEGATE_TEST_DATABASE_URL!;
 const POOL = `server-${process.pid}-${Date.now()}`;
 const children: ChildProcess[] = [];
 
-async function boot(command: string, args: string[], port: number): Promise<string> {
+async function boot(command: string, args: string[]): Promise<string> {
   const child = spawn(command, args, {
-    env: { ...process.env, DATABASE_URL: url, PORT: String(port), LEASE_POOL: POOL, LEASE_LIMIT: "4", DEBUG_TOKEN: "srv-token", NO_COLOR: "1" },
+    // PORT=0: a free port (parallel checkouts on one machine); the server prints the one it got.
+    env: { ...process.env, DATABASE_URL: url, PORT: "0", LEASE_POOL: POOL, LEASE_LIMIT: "4", DEBUG_TOKEN: "srv-token", NO_COLOR: "1" },
     stdio: ["ignore", "pipe", "pipe"],
     // Its own process group: npm and deno task run the server as a grandchild; stop them all.
     detached: true,
   });
   children.push(child);
   let output = "";
-  await new Promise<void>((resolve, reject) => {
+  return new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`${command} did not start in time: ${output}`)), 20_000);
     const onData = (chunk: Buffer) => {
       output += chunk.toString();
-      if (output.includes(`http://127.0.0.1:${port}`)) {
+      const listening = /http:\/\/127\.0\.0\.1:(\d+)/.exec(output);
+      if (listening) {
         clearTimeout(timer);
-        resolve();
+        resolve(`http://127.0.0.1:${listening[1]}`);
       }
     };
     child.stdout!.on("data", onData);
     child.stderr!.on("data", onData);
     child.once("exit", (code) => reject(new Error(`${command} exited with ${code}: ${output}`)));
   });
-  return `http://127.0.0.1:${port}`;
 }
 
 afterAll(async () => {
@@ -43,8 +44,8 @@ afterAll(async () => {
 describe("local server entry points", () => {
   it("serve the same HTTP contract from Node and Deno, sharing one pool", async () => {
     const [node, deno] = await Promise.all([
-      boot("npm", ["run", "--silent", "start:local"], 8804),
-      boot("deno", ["task", "start"], 8805),
+      boot("npm", ["run", "--silent", "start:local"]),
+      boot("npm", ["run", "--silent", "start:deno"]),
     ]);
     for (const base of [node, deno]) {
       const health = await fetch(`${base}/health`);

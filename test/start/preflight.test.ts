@@ -1,5 +1,5 @@
 import { spawn } from "node:child_process";
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, writeFileSync } from "node:fs";
 import { type Server, type Socket, createServer } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -25,12 +25,12 @@ const goodUrl = (() => {
   return u.toString();
 })();
 
-// The deno task's own command line, so the test runs what `deno task start` runs.
-const denoTask = (JSON.parse(readFileSync(join(root, "deno.json"), "utf8")) as { tasks: { start: string } }).tasks.start.split(" ");
+// The Deno entry as a fresh clone starts it: `npm run start:deno` runs deno.json's `start` task
+// with the deno that `npm install` brought (there is no deno on PATH).
 const ENTRIES = [
   { name: "npm start", command: process.execPath, args: ["scripts/start.ts"] },
   { name: "npm run start:local", command: process.execPath, args: ["local/main-node.ts"] },
-  { name: "deno task start", command: denoTask[0]!, args: denoTask.slice(1) },
+  { name: "npm run start:deno", command: "npm", args: ["run", "--silent", "start:deno"] },
 ];
 
 const sockets = new Set<Socket>();
@@ -111,10 +111,12 @@ interface Started {
 /** Starts an entry with `env` on top of a clean environment; kills it if it outlives `killAfterMs`. */
 function start(entry: (typeof ENTRIES)[number], env: Record<string, string>, killAfterMs = 15_000): Promise<Started> {
   const inherited = Object.fromEntries(Object.entries(process.env).filter(([name]) => !/^(LEASE_|DB_|DATABASE_|DEBUG_TOKEN$|PORT$)/.test(name)));
+  // A fresh clone's PATH: no deno and no node_modules/.bin (npm puts it back for its scripts).
+  const path = (process.env.PATH ?? "").split(":").filter((dir) => !dir.includes("node_modules")).join(":");
   const started = performance.now();
   const child = spawn(entry.command, entry.args, {
     cwd: root,
-    env: { ...inherited, NO_COLOR: "1", PORT: "0", ...env },
+    env: { ...inherited, PATH: path, NO_COLOR: "1", PORT: "0", ...env },
     stdio: ["ignore", "pipe", "pipe"],
     // Its own process group: a start that wrongly goes on (wrangler, workerd) is killed whole.
     detached: true,
@@ -206,7 +208,7 @@ describe("bad start hints", () => {
   it("npm start says how to fall back to the embedded database; the local servers, to the local cluster", async () => {
     const npmStart = (await results.get(key("npm start", "a refused port"))!).stderr;
     expect(npmStart).toContain("is Postgres running? unset DATABASE_URL to use the embedded database");
-    for (const entry of ["npm run start:local", "deno task start"]) {
+    for (const entry of ["npm run start:local", "npm run start:deno"]) {
       expect((await results.get(key(entry, "a refused port"))!).stderr).toContain("unset DATABASE_URL to use the local cluster");
     }
   }, 30_000);
