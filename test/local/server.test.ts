@@ -58,6 +58,12 @@ describe("local server entry points", () => {
       expect(bad.status).toBe(400);
       expect(((await bad.json()) as { error: { code: string } }).error.code).toBe("INVALID_ARGUMENT");
       expect((await fetch(`${base}/__coordinator/stats`)).status).toBe(401);
+      // The bearer scheme in any case (RFC 7235); a 405 names what is allowed (RFC 9110).
+      expect((await fetch(`${base}/__coordinator/stats`, { headers: { authorization: "bearer srv-token" } })).status).toBe(200);
+      const wrongMethod = await fetch(`${base}/api/pitches/trending`, { method: "POST", body: "{}" });
+      expect(wrongMethod.status).toBe(405);
+      expect(wrongMethod.headers.get("allow")).toBe("GET");
+      expect(((await wrongMethod.json()) as { error: { code: string } }).error.code).toBe("METHOD_NOT_ALLOWED");
     }
     // Both processes count in the same pool: 2 leases each (health + trending).
     const stats = await fetch(`${deno}/__coordinator/stats`, { headers: { authorization: "Bearer srv-token" } });
