@@ -88,7 +88,7 @@ const EMBEDDED_PLACEHOLDER = "postgres://postgres@127.0.0.1:5432/postgres";
  *
  * @example
  * checkSettings({ LEASE_LIMIT: "abc" })?.line
- * // "leasegate: LEASE_LIMIT: Expected `LEASE_LIMIT` to be a whole number, got `\"abc\"` (string) (INVALID_CONFIG)"
+ * // 'leasegate: LEASE_LIMIT: expected a whole number, got `"abc"` (string) (INVALID_CONFIG)'
  */
 export function checkSettings(env: Env, options: Pick<PreflightOptions, "url" | "worker"> = {}): PreflightFailure | null {
   try {
