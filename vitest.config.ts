@@ -9,6 +9,7 @@ export default defineConfig({
       "test/local/**/*.test.ts",
       "test/package/**/*.test.ts",
       "test/security/**/*.test.ts",
+      "test/start/**/*.test.ts",
     ],
     // The local tests run OS processes under load; files take turns so timed tests keep their CPU.
     fileParallelism: false,

@@ -2,7 +2,8 @@
  * `deno task start`: the example app on Deno with the PostgresCoordinator, on 127.0.0.1:$PORT
  * (default 8787). Same env vars as the Worker and the Node server.
  */
-import { createLocalApp } from "./server.ts";
+import { preflight } from "./preflight.ts";
+import { DEFAULT_DATABASE_URL, createLocalApp } from "./server.ts";
 
 /** The few Deno APIs used here (the project's type check runs with Node's types). */
 declare const Deno: {
@@ -17,10 +18,19 @@ declare const Deno: {
 };
 
 const env = Deno.env.toObject();
+// A bad setting or an unreachable database ends the start here, in one line, before anything runs.
+const failure = await preflight(env, {
+  url: env.DATABASE_URL || DEFAULT_DATABASE_URL,
+  hint: env.DATABASE_URL ? `unset DATABASE_URL to use the local cluster (${DEFAULT_DATABASE_URL})` : "set DATABASE_URL to your Postgres",
+});
+if (failure) {
+  console.error(failure.line);
+  Deno.exit(1);
+}
 const app = await createLocalApp(env);
 const server = Deno.serve(
   {
-    port: Number(env.PORT ?? "8787"),
+    port: Number(env.PORT || "8787"),
     hostname: "127.0.0.1",
     onListen: ({ port }) => console.log(`leasegate local server (Deno ${Deno.version.deno}) on http://127.0.0.1:${port}`),
   },

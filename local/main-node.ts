@@ -4,10 +4,21 @@
  * local Postgres on 127.0.0.1:5432.
  */
 import { listen } from "./node-listener.ts";
-import { createLocalApp } from "./server.ts";
+import { preflight } from "./preflight.ts";
+import { DEFAULT_DATABASE_URL, createLocalApp } from "./server.ts";
+
+// A bad setting or an unreachable database ends the start here, in one line, before anything runs.
+const failure = await preflight(process.env, {
+  url: process.env.DATABASE_URL || DEFAULT_DATABASE_URL,
+  hint: process.env.DATABASE_URL ? `unset DATABASE_URL to use the local cluster (${DEFAULT_DATABASE_URL})` : "set DATABASE_URL to your Postgres",
+});
+if (failure) {
+  console.error(failure.line);
+  process.exit(1);
+}
 
 const app = await createLocalApp(process.env);
-const listener = await listen(Number(process.env.PORT ?? "8787"), "127.0.0.1", (request) => app.fetch(request));
+const listener = await listen(Number(process.env.PORT || "8787"), "127.0.0.1", (request) => app.fetch(request));
 console.log(`leasegate local server (Node ${process.version}) on http://127.0.0.1:${listener.port}`);
 
 for (const signal of ["SIGINT", "SIGTERM"] as const) {

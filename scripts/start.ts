@@ -1,14 +1,26 @@
 /**
- * `npm start`: migrate and seed the example schema, then run the Worker under `wrangler dev`
- * (real workerd, the Durable Object, Hyperdrive's local mode pointed at DATABASE_URL or at an
- * embedded PGlite) on 127.0.0.1:$PORT.
+ * `npm start`: check the settings and DATABASE_URL, migrate and seed the example schema, then run
+ * the Worker under `wrangler dev` (real workerd, the Durable Object, Hyperdrive's local mode
+ * pointed at DATABASE_URL or at an embedded PGlite) on 127.0.0.1:$PORT.
  */
 import { spawn } from "node:child_process";
 import postgres from "postgres";
+import { preflight } from "../local/preflight.ts";
 import { migrate, seed } from "../src/db/schema.ts";
 import { redact, startEmbedded, withPassword } from "./database.ts";
 
-const port = process.env.PORT ?? "8787";
+// A bad setting or an unreachable database ends the start here, in one line, before anything runs.
+const failure = await preflight(process.env, {
+  url: process.env.DATABASE_URL || undefined,
+  hint: "unset DATABASE_URL to use the embedded database",
+  worker: true,
+});
+if (failure) {
+  console.error(failure.line);
+  process.exit(1);
+}
+
+const port = process.env.PORT || "8787";
 // DATABASE_URL when set; otherwise an embedded PGlite, so the demo needs no database installed.
 const db = process.env.DATABASE_URL
   ? { url: process.env.DATABASE_URL, kind: "external" as const, stop: async () => {} }

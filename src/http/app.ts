@@ -11,10 +11,10 @@ import {
   isLeaseError,
 } from "../core/index.ts";
 import { GENRES } from "../db/schema.ts";
-import { authorize } from "./auth.ts";
+import { OPERATOR_OFF, authorize } from "./auth.ts";
 import { DASHBOARD_HTML } from "./dashboard.ts";
 import { METRICS_CONTENT_TYPE, formatMetrics } from "./metrics.ts";
-import { errorResponse, fail, json } from "./respond.ts";
+import { allowMethods, errorResponse, fail, json } from "./respond.ts";
 
 /** Runs `fn` with a database client while holding one lease (or none, with the coordinator off). */
 export type WithDatabase = <T>(fn: (sql: Sql) => Promise<T>, options: { holder: string; waitMs?: number }) => Promise<T>;
@@ -84,7 +84,7 @@ const PITCH_COLUMNS = "id, title, logline, genre, author, is_public, view_count,
 async function pitches(request: Request, url: URL, path: string, deps: AppDeps, holder: string): Promise<Response> {
   const run = <T>(fn: (sql: Sql) => Promise<T>) => deps.withDatabase(fn, { holder });
   if (path === "/api/pitches/trending") {
-    if (request.method !== "GET") fail("METHOD_NOT_ALLOWED", "Use GET");
+    allowMethods(request, "GET");
     const limit = intParam(url, "limit", 10, 1, 50);
     const rows = await run((sql) => sql`
       SELECT ${sql.unsafe(PITCH_COLUMNS)} FROM pitches
@@ -92,7 +92,7 @@ async function pitches(request: Request, url: URL, path: string, deps: AppDeps, 
     return json({ pitches: rows });
   }
   if (path === "/api/pitches/public") {
-    if (request.method !== "GET") fail("METHOD_NOT_ALLOWED", "Use GET");
+    allowMethods(request, "GET");
     const limit = intParam(url, "limit", 20, 1, 100);
     const offset = intParam(url, "offset", 0, 0, 100_000);
     const rows = await run((sql) => sql`
@@ -101,7 +101,7 @@ async function pitches(request: Request, url: URL, path: string, deps: AppDeps, 
     return json({ pitches: rows, limit, offset });
   }
   if (path === "/api/pitches") {
-    if (request.method !== "POST") fail("METHOD_NOT_ALLOWED", "Use POST");
+    allowMethods(request, "POST");
     const body = await readJson(request);
     const genre = body.genre;
     if (typeof genre !== "string" || !(GENRES as readonly string[]).includes(genre)) {
@@ -123,7 +123,7 @@ async function pitches(request: Request, url: URL, path: string, deps: AppDeps, 
   }
   const match = /^\/api\/pitches\/([^/]+)$/.exec(path);
   if (match) {
-    if (request.method !== "GET") fail("METHOD_NOT_ALLOWED", "Use GET");
+    allowMethods(request, "GET");
     const raw = match[1]!;
     if (!/^[1-9]\d{0,15}$/.test(raw)) fail("INVALID_ARGUMENT", expected("id", "a positive integer", raw));
     const [row] = await run((sql) => sql`
@@ -171,8 +171,8 @@ async function operator(request: Request, path: string, deps: AppDeps): Promise<
   // The page itself holds no data: a browser cannot send a bearer token on navigation, so it is
   // served to anyone once a token is configured, and its script calls the endpoints below with it.
   if (path === "/__coordinator") {
-    if (!deps.debugToken) fail("NOT_FOUND", "No such endpoint");
-    if (request.method !== "GET") fail("METHOD_NOT_ALLOWED", "Use GET");
+    if (!deps.debugToken) fail("NOT_FOUND", OPERATOR_OFF);
+    allowMethods(request, "GET");
     return new Response(DASHBOARD_HTML, {
       headers: {
         "content-type": "text/html; charset=utf-8",
@@ -185,30 +185,27 @@ async function operator(request: Request, path: string, deps: AppDeps): Promise<
   const denied = await authorize(request, deps.debugToken);
   if (denied) return denied;
   if (!deps.stats) fail("NOT_FOUND", "The coordinator is off (COORDINATOR=off)");
-  const method = (m: "GET" | "POST") => {
-    if (request.method !== m) fail("METHOD_NOT_ALLOWED", `Use ${m}`);
-  };
   const op = deps.operator;
   if (path === "/__coordinator/stats") {
-    method("GET");
+    allowMethods(request, "GET");
     const resilience = deps.status?.() ?? { breaker: null, safeMode: null };
     return json({ pool: deps.pool, ...(op ? await op.stats() : await deps.stats()), ...resilience });
   }
   if (!op) return fail("NOT_FOUND", "No such endpoint");
   switch (path) {
     case "/__coordinator/metrics":
-      method("GET");
+      allowMethods(request, "GET");
       return new Response(formatMetrics(deps.pool, await op.stats()), {
         headers: { "content-type": METRICS_CONTENT_TYPE, "cache-control": "no-store" },
       });
     case "/__coordinator/pause":
-      method("POST");
+      allowMethods(request, "POST");
       return json({ pool: deps.pool, ...controlled(await op.pause()) });
     case "/__coordinator/resume":
-      method("POST");
+      allowMethods(request, "POST");
       return json({ pool: deps.pool, ...controlled(await op.resume()) });
     case "/__coordinator/limit": {
-      method("POST");
+      allowMethods(request, "POST");
       const body = await readJson(request);
       const limit = body.limit;
       if (limit !== null && (typeof limit !== "number" || !Number.isInteger(limit))) {
@@ -217,13 +214,13 @@ async function operator(request: Request, path: string, deps: AppDeps): Promise<
       return json({ pool: deps.pool, ...controlled(await op.setLimit(limit)) });
     }
     case "/__coordinator/release": {
-      method("POST");
+      allowMethods(request, "POST");
       const id = (await readJson(request)).id;
       if (typeof id !== "string") fail("INVALID_ARGUMENT", expected("id", "a lease id or its first 8+ characters", id));
       return json({ pool: deps.pool, ...controlled(await op.revoke(id)) });
     }
     case "/__coordinator/reconcile":
-      method("POST");
+      allowMethods(request, "POST");
       return json({ pool: deps.pool, ...(await op.reconcile()) });
   }
   return fail("NOT_FOUND", "No such endpoint");

@@ -23,16 +23,28 @@ export async function constantTimeEqual(a: string, b: string): Promise<boolean> 
 }
 
 /**
- * Guards an operator endpoint: with no token configured the endpoint does not exist (404); a
- * missing or wrong bearer token answers 401. Returns null when the caller may pass.
+ * What the operator endpoints answer (404 `NOT_FOUND`) while no `DEBUG_TOKEN` is set: they are
+ * off, and this says how to turn them on.
+ *
+ * @example
+ * if (!deps.debugToken) fail("NOT_FOUND", OPERATOR_OFF);
+ */
+export const OPERATOR_OFF = "Operator endpoints are off until DEBUG_TOKEN is set";
+
+// `Bearer <token>`; the scheme is case-insensitive (RFC 7235 §2.1), the token is not.
+const BEARER = /^bearer (.*)$/i;
+
+/**
+ * Guards an operator endpoint: with no token configured the endpoint is off (404, {@link OPERATOR_OFF});
+ * a missing or wrong bearer token answers 401. Returns null when the caller may pass.
  *
  * @example
  * const denied = await authorize(request, env.DEBUG_TOKEN); if (denied) return denied;
  */
 export async function authorize(request: Request, token: string | undefined): Promise<Response | null> {
-  if (!token) return errorResponse(new LeaseError("NOT_FOUND", "No such endpoint"));
+  if (!token) return errorResponse(new LeaseError("NOT_FOUND", OPERATOR_OFF));
   const header = request.headers.get("authorization") ?? "";
-  const given = header.startsWith("Bearer ") ? header.slice(7) : "";
+  const given = BEARER.exec(header)?.[1] ?? "";
   if (given && (await constantTimeEqual(given, token))) return null;
   const denied = errorResponse(new LeaseError("UNAUTHORIZED", "A valid bearer token is required"));
   denied.headers.set("www-authenticate", 'Bearer realm="leasegate"');

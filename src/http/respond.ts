@@ -45,12 +45,40 @@ export function errorResponse(error: unknown): Response {
   const status = STATUS[e.code] ?? 500;
   const headers: Record<string, string> = {};
   const body: { code: ErrorCode; message: string; retryAfterMs?: number } = { code: e.code, message: e.message };
+  if (e instanceof MethodNotAllowed) headers.allow = e.allow;
   if (status === 503) {
     const ms = e.retryAfterMs ?? 1000;
     headers["retry-after"] = String(Math.max(1, Math.ceil(ms / 1000)));
     body.retryAfterMs = ms;
   }
   return json({ error: body }, status, headers);
+}
+
+/**
+ * `METHOD_NOT_ALLOWED` with the methods the resource does allow: its response carries them in
+ * `Allow`, as every 405 must (RFC 9110 §15.5.6).
+ *
+ * @example
+ * throw new MethodNotAllowed(["GET"]); // 405, Allow: GET
+ */
+export class MethodNotAllowed extends LeaseError {
+  /** The `Allow` header's value, e.g. `GET` or `GET, POST`. */
+  readonly allow: string;
+
+  constructor(allowed: readonly string[]) {
+    super("METHOD_NOT_ALLOWED", `Use ${allowed.join(" or ")}`);
+    this.allow = allowed.join(", ");
+  }
+}
+
+/**
+ * Passes when the request's method is one of `allowed`; otherwise throws {@link MethodNotAllowed}.
+ *
+ * @example
+ * allowMethods(request, "GET");
+ */
+export function allowMethods(request: Request, ...allowed: string[]): void {
+  if (!allowed.includes(request.method)) throw new MethodNotAllowed(allowed);
 }
 
 /** Shorthand for a `LeaseError` to throw from a handler. */

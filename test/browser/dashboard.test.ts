@@ -2,6 +2,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import bundled from "@sparticuz/chromium";
 import { type Browser, chromium } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
@@ -10,15 +11,45 @@ const PORT = Number(process.env.LEASEGATE_BROWSER_PORT ?? 8820);
 const INSPECTOR_PORT = PORT + 1;
 const TOKEN = "browser-test-token";
 const BASE = `http://127.0.0.1:${PORT}`;
-const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+/** A Chromium of your own instead of the one `npm install` brings (`@sparticuz/chromium`). */
+const CHROMIUM_PATH = process.env.CHROMIUM_PATH || undefined;
+// The machines have no network beyond the loopback: nothing in the browser should try to reach out.
+const OFFLINE_FLAGS = ["--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"];
+// The package's flags relax the same-origin policy for serverless scraping; the dashboard is tested
+// as a browser a person uses would load it.
+const RELAXED_FLAGS = new Set(["--disable-web-security", "--allow-running-insecure-content"]);
 const ARTIFACTS = "test-artifacts";
 
 let wrangler: ChildProcess | undefined;
 let browser: Browser | undefined;
 let persistDir = "";
+let chromiumDir = "";
 let output = "";
 /** Why the browser or the server could not start: the test fails with it (a failed hook would only mark it skipped). */
 let setupError: Error | undefined;
+
+/**
+ * The Chromium that ships inside `@sparticuz/chromium` (brotli-packed in the npm package, so
+ * `npm install` is all a fresh machine needs), unpacked into a folder of this run's own: the
+ * package would otherwise reuse whatever `/tmp/chromium` holds, a half-written file from an
+ * interrupted run or another checkout's copy mid-write.
+ */
+async function launchChromium(): Promise<Browser> {
+  if (CHROMIUM_PATH) return chromium.launch({ executablePath: CHROMIUM_PATH, headless: true, args: ["--no-sandbox", "--disable-gpu", ...OFFLINE_FLAGS] });
+  chromiumDir = mkdtempSync(join(tmpdir(), "leasegate-chromium-"));
+  const saved = process.env.TMPDIR;
+  process.env.TMPDIR = chromiumDir; // where executablePath() unpacks (it reads os.tmpdir() per call)
+  let executablePath: string;
+  try {
+    executablePath = await bundled.executablePath();
+  } finally {
+    if (saved === undefined) delete process.env.TMPDIR;
+    else process.env.TMPDIR = saved;
+  }
+  const args = [...bundled.args.filter((flag) => !RELAXED_FLAGS.has(flag))];
+  for (const flag of OFFLINE_FLAGS) if (!args.includes(flag)) args.push(flag);
+  return chromium.launch({ executablePath, headless: true, args });
+}
 
 async function waitForServer(deadline: number): Promise<void> {
   while (Date.now() < deadline) {
@@ -70,12 +101,10 @@ beforeAll(async () => {
   );
   // The browser starts while wrangler does.
   try {
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
-    });
+    browser = await launchChromium();
   } catch (error) {
-    setupError = new Error(`Cannot launch Chromium at ${CHROMIUM} (install Debian's \`chromium\`; .ci/run does): ${String(error)}`);
+    const from = CHROMIUM_PATH ? `CHROMIUM_PATH=${CHROMIUM_PATH}` : "@sparticuz/chromium (reinstall with `npm ci`)";
+    setupError = new Error(`Cannot launch Chromium from ${from}: ${String(error)}`);
   }
   setupError ??= await started;
 });
@@ -88,6 +117,7 @@ afterAll(async () => {
     await Promise.race([exited, new Promise((r) => setTimeout(r, 3000))]);
   }
   if (persistDir) rmSync(persistDir, { recursive: true, force: true });
+  if (chromiumDir) rmSync(chromiumDir, { recursive: true, force: true });
 });
 
 /** Keeps `concurrency` requests in flight against the real app until stopped. */

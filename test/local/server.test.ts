@@ -3,34 +3,35 @@ import postgres from "postgres";
 import { afterAll, describe, expect, it } from "vitest";
 
 // The real entry points, as a developer starts them: `npm run start:local` (Node) and
-// `deno task start` (Deno), each its own OS process on its own port, one shared pool.
+// `npm run start:deno` (deno.json's `start` task), each its own OS process on its own port, one shared pool.
 const url = process.env.LEASEGATE_TEST_DATABASE_URL!;
 const POOL = `server-${process.pid}-${Date.now()}`;
 const children: ChildProcess[] = [];
 
-async function boot(command: string, args: string[], port: number): Promise<string> {
+async function boot(command: string, args: string[]): Promise<string> {
   const child = spawn(command, args, {
-    env: { ...process.env, DATABASE_URL: url, PORT: String(port), LEASE_POOL: POOL, LEASE_LIMIT: "4", DEBUG_TOKEN: "srv-token", NO_COLOR: "1" },
+    // PORT=0: a free port (parallel checkouts on one machine); the server prints the one it got.
+    env: { ...process.env, DATABASE_URL: url, PORT: "0", LEASE_POOL: POOL, LEASE_LIMIT: "4", DEBUG_TOKEN: "srv-token", NO_COLOR: "1" },
     stdio: ["ignore", "pipe", "pipe"],
     // Its own process group: npm and deno task run the server as a grandchild; stop them all.
     detached: true,
   });
   children.push(child);
   let output = "";
-  await new Promise<void>((resolve, reject) => {
+  return new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`${command} did not start in time: ${output}`)), 20_000);
     const onData = (chunk: Buffer) => {
       output += chunk.toString();
-      if (output.includes(`http://127.0.0.1:${port}`)) {
+      const listening = /http:\/\/127\.0\.0\.1:(\d+)/.exec(output);
+      if (listening) {
         clearTimeout(timer);
-        resolve();
+        resolve(`http://127.0.0.1:${listening[1]}`);
       }
     };
     child.stdout!.on("data", onData);
     child.stderr!.on("data", onData);
     child.once("exit", (code) => reject(new Error(`${command} exited with ${code}: ${output}`)));
   });
-  return `http://127.0.0.1:${port}`;
 }
 
 afterAll(async () => {
@@ -43,8 +44,8 @@ afterAll(async () => {
 describe("local server entry points", () => {
   it("serve the same HTTP contract from Node and Deno, sharing one pool", async () => {
     const [node, deno] = await Promise.all([
-      boot("npm", ["run", "--silent", "start:local"], 8804),
-      boot("deno", ["task", "start"], 8805),
+      boot("npm", ["run", "--silent", "start:local"]),
+      boot("npm", ["run", "--silent", "start:deno"]),
     ]);
     for (const base of [node, deno]) {
       const health = await fetch(`${base}/health`);
@@ -57,6 +58,12 @@ describe("local server entry points", () => {
       expect(bad.status).toBe(400);
       expect(((await bad.json()) as { error: { code: string } }).error.code).toBe("INVALID_ARGUMENT");
       expect((await fetch(`${base}/__coordinator/stats`)).status).toBe(401);
+      // The bearer scheme in any case (RFC 7235); a 405 names what is allowed (RFC 9110).
+      expect((await fetch(`${base}/__coordinator/stats`, { headers: { authorization: "bearer srv-token" } })).status).toBe(200);
+      const wrongMethod = await fetch(`${base}/api/pitches/trending`, { method: "POST", body: "{}" });
+      expect(wrongMethod.status).toBe(405);
+      expect(wrongMethod.headers.get("allow")).toBe("GET");
+      expect(((await wrongMethod.json()) as { error: { code: string } }).error.code).toBe("METHOD_NOT_ALLOWED");
     }
     // Both processes count in the same pool: 2 leases each (health + trending).
     const stats = await fetch(`${deno}/__coordinator/stats`, { headers: { authorization: "Bearer srv-token" } });

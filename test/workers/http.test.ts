@@ -84,6 +84,25 @@ describe("example app in workerd against the real Postgres", () => {
     expect(await errorCode(r)).toBe(code);
   });
 
+  it.each([
+    ["POST", "/api/pitches/trending", "GET"],
+    ["DELETE", "/api/pitches/public", "GET"],
+    ["GET", "/api/pitches", "POST"],
+    ["PUT", "/api/pitches/1", "GET"],
+    ["POST", "/__coordinator/", "GET"],
+    ["POST", "/__coordinator/stats", "GET"],
+    ["POST", "/__coordinator/metrics", "GET"],
+    ["GET", "/__coordinator/pause", "POST"],
+    ["GET", "/__coordinator/limit", "POST"],
+  ])("%s %s → 405 with Allow: %s", async (method, path, allow) => {
+    const before = (await main().stats()).counters.granted;
+    const r = await get(path, { method, headers: auth, ...(method === "GET" ? {} : { body: "{}" }) });
+    expect(r.status).toBe(405);
+    expect(r.headers.get("allow")).toBe(allow);
+    expect(await r.json()).toEqual({ error: { code: "METHOD_NOT_ALLOWED", message: `Use ${allow}` } });
+    expect((await main().stats()).counters.granted).toBe(before);
+  });
+
   it("reports health of the database and the coordinator", async () => {
     const r = await get("/health");
     expect(r.status).toBe(200);

@@ -26,7 +26,8 @@ describe("operator endpoints", () => {
       {},
       { authorization: "" },
       { authorization: "Bearer " },
-      { authorization: `bearer ${TOKEN}` },
+      { authorization: "bearer " },
+      { authorization: `bearer${TOKEN}` },
       { authorization: `Basic ${btoa(`x:${TOKEN}`)}` },
       { authorization: TOKEN },
       { authorization: `Bearer ${TOKEN.slice(0, -1)}` },
@@ -43,13 +44,22 @@ describe("operator endpoints", () => {
     }
   });
 
-  it.each(OPERATOR_PATHS)("%s does not exist when no token is configured, whatever the caller sends", async (path) => {
+  it.each(DATA_PATHS)("%s takes the bearer scheme in any case (RFC 7235), the token only exactly", async (path) => {
+    for (const scheme of ["Bearer", "bearer", "BEARER", "bEaReR"]) {
+      const r = await call(path, { authorization: `${scheme} ${TOKEN}` });
+      // 200, or 404 for a path that is no endpoint: past the guard either way.
+      expect(r.status, scheme).toBe(path.endsWith("/anything") ? 404 : 200);
+    }
+    expect((await call(path, { authorization: `bearer ${TOKEN.toUpperCase()}` })).status).toBe(401);
+  });
+
+  it.each(OPERATOR_PATHS)("%s is off (404) when no token is configured, whatever the caller sends, and says how to turn it on", async (path) => {
     for (const token of [null, ""]) {
       const attempts: Array<Record<string, string>> = [{}, { authorization: "Bearer " }, { authorization: `Bearer ${TOKEN}` }, { authorization: "Bearer undefined" }];
       for (const headers of attempts) {
         const r = await call(path, headers, token);
         expect(r.status).toBe(404);
-        expect(JSON.parse(r.text)).toMatchObject({ error: { code: "NOT_FOUND" } });
+        expect(JSON.parse(r.text)).toEqual({ error: { code: "NOT_FOUND", message: "Operator endpoints are off until DEBUG_TOKEN is set" } });
       }
     }
   });
