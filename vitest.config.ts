@@ -2,6 +2,9 @@ import { defineConfig } from "vitest/config";
 
 // Plain Node tests: the pure core and the local adapter against the real Postgres.
 export default defineConfig({
+  // The example app imports the package by its name; `source` resolves it to the TypeScript here.
+  resolve: { conditions: ["source"] },
+  ssr: { resolve: { conditions: ["source"], externalConditions: ["source"] } },
   test: {
     include: [
       "test/core/**/*.test.ts",

@@ -6,7 +6,7 @@
 import { spawn } from "node:child_process";
 import postgres from "postgres";
 import { preflight } from "../local/preflight.ts";
-import { migrate, seed } from "../src/db/schema.ts";
+import { migrate, seed } from "../examples/pitches/src/schema.ts";
 import { redact, startEmbedded, withPassword } from "./database.ts";
 
 // A bad setting or an unreachable database ends the start here, in one line, before anything runs.

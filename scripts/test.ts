@@ -7,7 +7,7 @@
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, readdirSync } from "node:fs";
 import postgres from "postgres";
-import { migrate, seed } from "../src/db/schema.ts";
+import { migrate, seed } from "../examples/pitches/src/schema.ts";
 import { ensureDatabase, redact, withPassword } from "./database.ts";
 
 // Parallel runs on one server (several checkouts) each take their own database.

@@ -1,9 +1,11 @@
 /**
  * leasegate: global admission control for Postgres connections.
  *
- * This entry is runtime-neutral (Workers, Node, Deno): the client, the error type, the shared
- * types and the pure core. The Durable Object and the Workers connection helpers are in
- * `leasegate/workers`; the Postgres-backed coordinator for Node and Deno in `leasegate/local`.
+ * This entry is runtime-neutral (Workers, Node, Deno): the lease clients, the database layer
+ * (`Database`: queries and transactions under leases, retries, circuit breaker, safe mode), the
+ * error type and the shared types. The Durable Object and `workerPool` are in `leasegate/workers`;
+ * the Postgres-backed coordinator and `localPool` for Node and Deno in `leasegate/local`; the
+ * operator handler and HTTP answers in `leasegate/http`.
  *
  * @example
  * import { Leases, isLeaseError } from "leasegate";
@@ -21,3 +23,14 @@ export type { AcquireManyResult, AcquireOptions, AcquireResult, Failure, LeaseGr
 export { MAX_BATCH } from "./core/protocol.ts";
 export { shardLimits, pickShard, shardConfig } from "./core/shard.ts";
 export type { ShardLoad, ShardRef } from "./core/shard.ts";
+export { checkInt, intFromEnv } from "./core/config.ts";
+export { expected } from "./core/errors.ts";
+export type { OperatorStats, Reconciliation } from "./core/reconcile.ts";
+export type { ControlResult, RevokeResult } from "./core/protocol.ts";
+export { Database } from "./db/database.ts";
+export type { AttemptScope, CallOptions, DatabaseOptions, Transaction } from "./db/database.ts";
+export { databaseConfig } from "./db/config.ts";
+export type { DatabaseConfig, DatabaseEnv } from "./db/config.ts";
+export { openDriver } from "./db/connect.ts";
+export type { Connection, Driver, Row } from "./db/connect.ts";
+export type { LeasedPool } from "./db/pool.ts";

@@ -1,9 +1,10 @@
 /**
- * leasegate for Cloudflare Workers: the coordinator Durable Object, and a one-call way to query
- * Postgres through Hyperdrive under a lease.
+ * leasegate for Cloudflare Workers: the coordinator Durable Object, a pool wired from env (leases,
+ * the database layer over Hyperdrive, the operator's controls), and a one-call way to query under
+ * a lease. Everything in `leasegate` is here too.
  *
  * @example
- * import { ConnectionCoordinator, leasedQuery } from "leasegate/workers";
+ * import { ConnectionCoordinator, workerPool } from "leasegate/workers";
  * export { ConnectionCoordinator };
  */
 import type { Sql } from "postgres";
@@ -17,6 +18,8 @@ export { ConnectionCoordinator } from "../durable-objects/connection-coordinator
 export { closeConnection, connectFromWorker } from "./db/hyperdrive.ts";
 export { toDatabaseError } from "./db/errors.ts";
 export * from "./index.ts";
+export { workerPool } from "./workers/pool.ts";
+export type { WorkerPoolEnv } from "./workers/pool.ts";
 
 export interface LeasedQueryOptions extends AcquireOptions {
   /** The coordinator namespace binding (the Durable Object class exported above, or bound from another Worker). */

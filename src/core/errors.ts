@@ -1,6 +1,7 @@
 /**
- * Stable error codes. Callers branch on `code`, never on message text; the README has a heading per
- * code saying what it means and what to do.
+ * Stable error codes of the coordinator and the database layer. Callers branch on `code`, never on
+ * message text; docs/errors.md has a heading per code saying what it means and what to do. (HTTP
+ * answers add their own codes: `HttpErrorCodes` in `leasegate/http`.)
  */
 export const ErrorCodes = [
   "QUEUE_FULL",
@@ -13,10 +14,6 @@ export const ErrorCodes = [
   "COORDINATOR_UNAVAILABLE",
   "DATABASE_UNAVAILABLE",
   "DATABASE_ERROR",
-  "NOT_FOUND",
-  "UNAUTHORIZED",
-  "METHOD_NOT_ALLOWED",
-  "PAYLOAD_TOO_LARGE",
   "INTERNAL",
 ] as const;
 

@@ -1,5 +1,4 @@
-import { errorResponse } from "./respond.ts";
-import { LeaseError } from "../core/index.ts";
+import { HttpError, errorResponse } from "./respond.ts";
 
 const encoder = new TextEncoder();
 
@@ -27,7 +26,7 @@ export async function constantTimeEqual(a: string, b: string): Promise<boolean> 
  * off, and this says how to turn them on.
  *
  * @example
- * if (!deps.debugToken) fail("NOT_FOUND", OPERATOR_OFF);
+ * if (!token) throw new HttpError("NOT_FOUND", OPERATOR_OFF);
  */
 export const OPERATOR_OFF = "Operator endpoints are off until DEBUG_TOKEN is set";
 
@@ -42,11 +41,9 @@ const BEARER = /^bearer (.*)$/i;
  * const denied = await authorize(request, env.DEBUG_TOKEN); if (denied) return denied;
  */
 export async function authorize(request: Request, token: string | undefined): Promise<Response | null> {
-  if (!token) return errorResponse(new LeaseError("NOT_FOUND", OPERATOR_OFF));
+  if (!token) return errorResponse(new HttpError("NOT_FOUND", OPERATOR_OFF));
   const header = request.headers.get("authorization") ?? "";
   const given = BEARER.exec(header)?.[1] ?? "";
   if (given && (await constantTimeEqual(given, token))) return null;
-  const denied = errorResponse(new LeaseError("UNAUTHORIZED", "A valid bearer token is required"));
-  denied.headers.set("www-authenticate", 'Bearer realm="leasegate"');
-  return denied;
+  return errorResponse(new HttpError("UNAUTHORIZED", "A valid bearer token is required", { "www-authenticate": 'Bearer realm="leasegate"' }));
 }

@@ -4,8 +4,9 @@ import { Leases } from "../../src/client/leases.ts";
 import { databaseConfig } from "../../src/db/config.ts";
 import { openDriver } from "../../src/db/connect.ts";
 import { Database } from "../../src/db/database.ts";
-import { migrate, seed } from "../../src/db/schema.ts";
-import { type AppDeps, type WithDatabase, handle } from "../../src/http/app.ts";
+import { migrate, seed } from "../../examples/pitches/src/schema.ts";
+import { type AppDeps, handle } from "../../examples/pitches/src/app.ts";
+import type { LeasedPool } from "../../src/db/pool.ts";
 import { captureLog, memoryCoordinator, privateCluster } from "./helpers.ts";
 
 // A private cluster on its own port: these tests stop and restart it. The shared one on 5432 is never touched.
@@ -35,16 +36,19 @@ function setup(options: { failureThreshold?: number; openMs?: number } = {}) {
   const leases = new Leases(coordinator);
   const db = new Database({ name: "outage", driver: openDriver(config), leases, config, log: log.write });
   // The example app's contract on Node: the same handler the Worker runs, over postgres.js on TCP.
-  const withDatabase: WithDatabase = (fn, { holder, waitMs }) =>
-    db.run(
-      async ({ beforeRelease }) => {
+  const pool: LeasedPool = {
+    name: "outage",
+    leases,
+    db,
+    operator: undefined,
+    sql: (fn, options) =>
+      db.run(async ({ beforeRelease }) => {
         const sql: Sql = postgres(url, { max: 1, connect_timeout: 1, onnotice: () => {}, fetch_types: false, connection: { application_name: "outage-test" } });
         beforeRelease(() => sql.end({ timeout: 0 }).catch(() => {}));
         return fn(sql);
-      },
-      { holder, waitMs },
-    );
-  const deps: AppDeps = { withDatabase, stats: () => leases.stats(), debugToken: "t", pool: "outage", status: () => db.status() };
+      }, options),
+  };
+  const deps: AppDeps = { pool, debugToken: "t" };
   const get = (path: string) => handle(new Request(`http://node.test${path}`, { headers: { authorization: "Bearer t" } }), deps);
   return { db, log, coordinator, get };
 }

@@ -31,7 +31,7 @@ function migrateAndSeed(): void {
   // Migrate in a plain Node child: under vitest's module runner `postgres` resolves to its workerd build.
   const script = [
     `import postgres from "postgres";`,
-    `import { migrate, seed } from "./src/db/schema.ts";`,
+    `import { migrate, seed } from "./examples/pitches/src/schema.ts";`,
     `const sql = postgres("postgres://postgres@127.0.0.1:${FAULT_PG_PORT}/postgres", { max: 1, onnotice: () => {} });`,
     `try { await migrate(sql); await seed(sql); } finally { await sql.end(); }`,
   ].join("\n");

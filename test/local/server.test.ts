@@ -50,7 +50,7 @@ describe("local server entry points", () => {
     for (const base of [node, deno]) {
       const health = await fetch(`${base}/health`);
       expect(health.status).toBe(200);
-      expect(await health.json()).toEqual({ status: "ok", database: "up", coordinator: "up" });
+      expect(await health.json()).toMatchObject({ status: "ok", database: "up", coordinator: "up", breaker: { state: "closed" } });
       const trending = await fetch(`${base}/api/pitches/trending?limit=2`);
       expect(trending.status).toBe(200);
       expect(((await trending.json()) as { pitches: unknown[] }).pitches).toHaveLength(2);

@@ -21,6 +21,13 @@ describe("the published package", () => {
     const pack = run("npm", ["pack", "--pack-destination", work], root);
     expect(pack.status, pack.output).toBe(0);
     const tarball = readdirSync(work).find((f) => f.endsWith(".tgz"))!;
+    // The library only: no example app, no tests, no benchmarks in what users install.
+    const listing = run("tar", ["-tzf", join(work, tarball)], work);
+    expect(listing.status, listing.output).toBe(0);
+    const packed = listing.output.split("\n").filter(Boolean);
+    expect(packed.filter((f) => /^package\/(examples|test|bench|scripts|docs)\//.test(f))).toEqual([]);
+    expect(packed.filter((f) => /pitches|src\/db\/schema\.ts|src\/worker\.ts|main-(node|deno)|node-listener/.test(f))).toEqual([]);
+    expect(packed).toEqual(expect.arrayContaining(["package/src/http/operator.ts", "package/local/index.ts", "package/src/workers/pool.ts"]));
     const app = join(work, "app");
     cpSync(join(root, "examples", "worker-app"), app, {
       recursive: true,
@@ -36,7 +43,7 @@ describe("the published package", () => {
     // Node consumers: the runtime-neutral entry and the Postgres-backed coordinator load from dist/.
     const node = run(
       "node",
-      ["--input-type=module", "-e", "const l = await import('leasegate/local'); const r = await import('leasegate'); if (typeof l.PostgresCoordinator !== 'function' || typeof r.Leases !== 'function') process.exit(3);"],
+      ["--input-type=module", "-e", "const l = await import('leasegate/local'); const r = await import('leasegate'); const h = await import('leasegate/http'); if (typeof l.PostgresCoordinator !== 'function' || typeof l.localPool !== 'function' || typeof r.Leases !== 'function' || typeof r.Database !== 'function' || typeof h.operatorHandler !== 'function') process.exit(3);"],
       app,
     );
     expect(node.status, node.output).toBe(0);

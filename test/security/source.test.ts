@@ -8,7 +8,7 @@ import { errorResponse } from "../../src/http/respond.ts";
  * Security properties checked on the source itself (a review that fails the build when it stops
  * being true), plus the pieces that run in plain Node.
  */
-const ROOTS = ["src", "durable-objects", "local"];
+const ROOTS = ["src", "durable-objects", "local", "examples/pitches"];
 
 function sources(): Array<{ path: string; text: string }> {
   const out: Array<{ path: string; text: string }> = [];
@@ -38,7 +38,7 @@ describe("source review", () => {
   const files = sources();
 
   it("reads the sources it reviews", () => {
-    expect(files.map((f) => f.path)).toEqual(expect.arrayContaining(["src/http/app.ts", "durable-objects/connection-coordinator.ts"]));
+    expect(files.map((f) => f.path)).toEqual(expect.arrayContaining(["src/http/operator.ts", "examples/pitches/src/app.ts", "durable-objects/connection-coordinator.ts"]));
   });
 
   it("passes values to SQL only as parameters: no interpolated text in unsafe() or exec()", () => {

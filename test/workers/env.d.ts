@@ -1,8 +1,8 @@
-type LeasegateWorkerEnv = import("../../src/worker.ts").Env;
+type LeasegateWorkerEnv = import("../../examples/pitches/src/worker.ts").Env;
 
 declare namespace Cloudflare {
   interface Env extends LeasegateWorkerEnv {}
   interface GlobalProps {
-    mainModule: typeof import("../../src/worker.ts");
+    mainModule: typeof import("../../examples/pitches/src/worker.ts");
   }
 }

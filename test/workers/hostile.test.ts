@@ -3,8 +3,9 @@ import { env } from "cloudflare:workers";
 import fc from "fast-check";
 import { afterAll, describe, expect, it } from "vitest";
 import { BOUNDS, ErrorCodes, MAX_BATCH, type LeaseGrant } from "../../src/core/index.ts";
-import { handle } from "../../src/http/app.ts";
-import { depsFor } from "../../src/worker.ts";
+import { HttpErrorCodes } from "../../src/http/respond.ts";
+import { handle } from "../../examples/pitches/src/app.ts";
+import { depsFor } from "../../examples/pitches/src/worker.ts";
 
 /**
  * Hostile input against every RPC method of the coordinator and every HTTP endpoint of the Worker:
@@ -230,7 +231,7 @@ describe("hostile input", () => {
         const body = (await response.json()) as { error?: { code: string; message: string } };
         if (response.status >= 400) {
           const code = body.error?.code ?? "missing";
-          expect(ErrorCodes as readonly string[]).toContain(code);
+          expect([...ErrorCodes, ...HttpErrorCodes] as readonly string[]).toContain(code);
           expect(STATUS_OF[code]).toBe(response.status);
           expect(typeof body.error?.message).toBe("string");
           if (code !== "NOT_FOUND") {

@@ -4,7 +4,7 @@ import parsePrometheusTextFormat from "parse-prometheus-text-format";
 import { describe, expect, it } from "vitest";
 import type { Sql } from "postgres";
 import { closeConnection, connectFromWorker } from "../../src/db/hyperdrive.ts";
-import worker, { type Env } from "../../src/worker.ts";
+import worker, { type Env } from "../../examples/pitches/src/worker.ts";
 import { grantNow, restartCoordinator } from "../support/coordinator.ts";
 
 // Every test drives a pool of its own through the real HTTP handler, the real Durable Object and

@@ -5,7 +5,7 @@ import { Leases } from "../../src/client/leases.ts";
 import { databaseConfig } from "../../src/db/config.ts";
 import { openDriver } from "../../src/db/connect.ts";
 import { Database } from "../../src/db/database.ts";
-import worker, { type Env } from "../../src/worker.ts";
+import worker, { type Env } from "../../examples/pitches/src/worker.ts";
 
 // The Worker's own fetch with some bindings changed: a separate pool name keeps the module-level
 // breaker of "main" out of it.

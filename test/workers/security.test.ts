@@ -1,8 +1,8 @@
 import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { handle } from "../../src/http/app.ts";
-import { depsFor } from "../../src/worker.ts";
+import { handle } from "../../examples/pitches/src/app.ts";
+import { depsFor } from "../../examples/pitches/src/worker.ts";
 
 /** The operator surface is closed without the token; what it shows never hands out a usable lease. */
 const TOKEN = "test-token"; // DEBUG_TOKEN in vitest.workers.config.ts

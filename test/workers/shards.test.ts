@@ -4,8 +4,8 @@ import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { type ShardedGrant, ShardedLeases, createIsolateShards, shardName } from "../../src/client/sharded-leases.ts";
 import { type LeaseGrant, type PoolStats, isLeaseError, shardLimits } from "../../src/core/index.ts";
-import { handle } from "../../src/http/app.ts";
-import { depsFor } from "../../src/worker.ts";
+import { handle } from "../../examples/pitches/src/app.ts";
+import { depsFor } from "../../examples/pitches/src/worker.ts";
 
 /**
  * Sharding and batching in real workerd, against the real coordinator objects: the same

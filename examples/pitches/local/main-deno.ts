@@ -2,7 +2,7 @@
  * `deno task start`: the example app on Deno with the PostgresCoordinator, on 127.0.0.1:$PORT
  * (default 8787). Same env vars as the Worker and the Node server.
  */
-import { preflight } from "./preflight.ts";
+import { preflight } from "leasegate/local";
 import { DEFAULT_DATABASE_URL, createLocalApp } from "./server.ts";
 
 /** The few Deno APIs used here (the project's type check runs with Node's types). */

@@ -4,7 +4,7 @@
  * local Postgres on 127.0.0.1:5432.
  */
 import { listen } from "./node-listener.ts";
-import { preflight } from "./preflight.ts";
+import { preflight } from "leasegate/local";
 import { DEFAULT_DATABASE_URL, createLocalApp } from "./server.ts";
 
 // A bad setting or an unreachable database ends the start here, in one line, before anything runs.

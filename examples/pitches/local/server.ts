@@ -1,0 +1,66 @@
+/**
+ * The pitches app served from a plain process (Node or Deno): the same `handle()` and HTTP
+ * contract as the Worker, with a `localPool` (the Postgres-backed coordinator) instead of the
+ * Durable Object. Runtime specifics (the HTTP listener, env, signals) live in `main-node.ts` and
+ * `main-deno.ts`.
+ */
+import postgres from "postgres";
+import { DEFAULT_DATABASE_URL, type LocalPoolEnv, localPool } from "leasegate/local";
+import { handle } from "../src/app.ts";
+import { migrate, seed } from "../src/schema.ts";
+
+export { DEFAULT_DATABASE_URL };
+
+/**
+ * The variables the local server reads: the same names as the Worker's.
+ *
+ * @example
+ * const env: LocalEnv = { DATABASE_URL: "postgres://postgres@127.0.0.1:5432/postgres", LEASE_LIMIT: "18" };
+ */
+export interface LocalEnv extends LocalPoolEnv {
+  DEBUG_TOKEN?: string | undefined;
+}
+
+/**
+ * A running local app: a fetch-style handler and its shutdown.
+ *
+ * @example
+ * const app: LocalApp = await createLocalApp(process.env); await app.close();
+ */
+export interface LocalApp {
+  /** Answers one request: hand it to any fetch-style listener. */
+  fetch(request: Request): Promise<Response>;
+  /** Withdraws waiters, stops listening, closes the coordinator's connections. */
+  close(): Promise<void>;
+}
+
+/** How often the local server compares held leases with `pg_stat_activity` (the Worker's cron: once a minute). */
+const RECONCILE_EVERY_MS = 60_000;
+
+/**
+ * Migrates and seeds the example schema, then returns the app on this process's pool.
+ *
+ * @example
+ * const app = await createLocalApp(process.env);
+ * const res = await app.fetch(new Request("http://x/health"));
+ */
+export async function createLocalApp(env: LocalEnv): Promise<LocalApp> {
+  const setup = postgres(env.DATABASE_URL || DEFAULT_DATABASE_URL, { max: 1, onnotice: () => {} });
+  try {
+    await migrate(setup);
+    await seed(setup);
+  } finally {
+    await setup.end({ timeout: 1 });
+  }
+  const pool = await localPool(env);
+  // Periodic reconciliation, as the Worker's cron does; a failed run (database down) is retried next period.
+  const reconciling = setInterval(() => void pool.operator?.reconcile().catch(() => {}), RECONCILE_EVERY_MS);
+  (reconciling as { unref?: () => void }).unref?.();
+  return {
+    fetch: (request) => handle(request, { pool, debugToken: env.DEBUG_TOKEN }),
+    close: async () => {
+      clearInterval(reconciling);
+      await pool.close();
+    },
+  };
+}

@@ -1,0 +1,91 @@
+/**
+ * One pool as a Node or Deno app uses it, wired from env like a Worker's: a
+ * {@link PostgresCoordinator} for the leases, the database layer over fresh connections (one per
+ * lease, closed before the slot is given back), and the operator's controls.
+ */
+import postgres, { type Sql } from "postgres";
+import { type LeaseClient, Leases } from "../src/client/leases.ts";
+import { type PoolEnv, configFromEnv } from "../src/core/index.ts";
+import { type DatabaseEnv, databaseConfig } from "../src/db/config.ts";
+import { openDriver } from "../src/db/connect.ts";
+import { Database } from "../src/db/database.ts";
+import { toDatabaseError } from "../src/db/errors.ts";
+import type { LeasedPool } from "../src/db/pool.ts";
+import type { OperatorControls } from "../src/http/operator.ts";
+import { PostgresCoordinator } from "./postgres-coordinator.ts";
+
+/**
+ * The local Postgres of the developers' and CI machines, when DATABASE_URL is unset.
+ *
+ * @example
+ * const url = env.DATABASE_URL || DEFAULT_DATABASE_URL;
+ */
+export const DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/** The variables a local pool reads: the same names as a Worker's. */
+export interface LocalPoolEnv extends PoolEnv, Omit<DatabaseEnv, "HYPERDRIVE"> {
+  /** `off` bypasses leasing: for side-by-side comparisons only. */
+  COORDINATOR?: string | undefined;
+  /** Pool name: every process using the same name and database shares one limit and one queue. */
+  LEASE_POOL?: string | undefined;
+}
+
+/** A local pool; `close()` withdraws this process's waiters and ends the coordinator's connections. */
+export interface LocalPool extends LeasedPool {
+  close(): Promise<void>;
+}
+
+/** The coordinator's controls, with the reconciliation's database errors as `LeaseError`s. */
+function controlsOf(coordinator: PostgresCoordinator, applicationName: string): OperatorControls {
+  return {
+    stats: () => coordinator.operatorStats(),
+    pause: () => coordinator.pause(),
+    resume: () => coordinator.resume(),
+    setLimit: (limit) => coordinator.setLimit(limit),
+    revoke: (id) => coordinator.revoke(id),
+    reconcile: () => coordinator.reconcile(applicationName).catch((error: unknown) => Promise.reject(toDatabaseError(error))),
+  };
+}
+
+/**
+ * The pool of this process, wired from env: `DATABASE_URL` (default: the local cluster),
+ * `LEASE_*`, `DB_*`, `LEASE_POOL`, `COORDINATOR`. Ready when it resolves (tables created, listening
+ * for grants); bad settings throw `INVALID_CONFIG` naming the variable.
+ *
+ * @example
+ * const pool = await localPool(process.env);
+ * const rows = await pool.sql((sql) => sql`SELECT 1 AS one`);
+ * await pool.close();
+ */
+export async function localPool(env: LocalPoolEnv): Promise<LocalPool> {
+  const name = env.LEASE_POOL || "main";
+  const config = databaseConfig({ ...env, DATABASE_URL: env.DATABASE_URL || DEFAULT_DATABASE_URL });
+  const { applicationName, connectionString } = config;
+  let coordinator: PostgresCoordinator | undefined;
+  let control: Sql | undefined;
+  if (env.COORDINATOR !== "off") {
+    // The coordinator's bookkeeping connections are its own, apart from the leased ones.
+    control = postgres(connectionString, { max: 2, onnotice: () => {}, connection: { application_name: `${applicationName}-coordinator` } });
+    coordinator = new PostgresCoordinator({ sql: control, pool: name, config: configFromEnv(env) });
+    await coordinator.ready();
+  }
+  const leases: LeaseClient | undefined = coordinator && new Leases(coordinator);
+  const db = new Database({ name, driver: openDriver(config), leases, config });
+  const connectTimeout = Math.max(1, Math.ceil(config.connectTimeoutMs / 1000));
+  return {
+    name,
+    leases,
+    db,
+    operator: coordinator && controlsOf(coordinator, applicationName),
+    sql: (fn, options = {}) =>
+      db.run(async ({ beforeRelease }) => {
+        const sql = postgres(connectionString, { max: 1, fetch_types: false, connect_timeout: connectTimeout, onnotice: () => {}, connection: { application_name: applicationName } });
+        beforeRelease(() => sql.end({ timeout: 0 }).catch(() => {}));
+        return db.timed(options.holder ?? "sql", () => fn(sql), options.holder);
+      }, options),
+    close: async () => {
+      await coordinator?.close();
+      await control?.end({ timeout: 1 });
+    },
+  };
+}

@@ -1,0 +1,26 @@
+import type { Sql } from "postgres";
+import type { LeaseClient } from "../client/leases.ts";
+import type { OperatorControls } from "../http/operator.ts";
+import type { CallOptions, Database } from "./database.ts";
+
+/**
+ * One pool as an app uses it, the same on Workers (`workerPool`) and on Node or Deno
+ * (`localPool`): its leases, the database layer over them, and the operator's controls.
+ *
+ * @example
+ * const rows = await pool.sql((sql) => sql`SELECT 1 AS one`, { holder: "req-1" });
+ */
+export interface LeasedPool {
+  readonly name: string;
+  /** The pool's leases; undefined with `COORDINATOR=off`. */
+  readonly leases: LeaseClient | undefined;
+  /** Queries and transactions under leases, with retries, the breaker and safe mode. */
+  readonly db: Database;
+  /** What the operator endpoints drive; undefined with `COORDINATOR=off`. */
+  readonly operator: OperatorControls | undefined;
+  /**
+   * Runs `fn` with a postgres.js client on one fresh connection under one lease, with the database
+   * layer's policies (a retryable failure runs `fn` again on a new connection and a new lease).
+   */
+  sql<T>(fn: (sql: Sql) => Promise<T>, options?: CallOptions): Promise<T>;
+}

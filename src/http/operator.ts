@@ -1,0 +1,149 @@
+/**
+ * The operator surface as one mountable handler: the stats JSON, Prometheus metrics, the dashboard
+ * page and the live controls (pause, resume, limit, release, reconcile) under a prefix, behind a
+ * bearer token. A plain `(Request) => Promise<Response | undefined>`, so any router can call it.
+ */
+import {
+  type ControlResult,
+  type Failure,
+  type OperatorStats,
+  type PoolStats,
+  type Reconciliation,
+  type RevokeResult,
+  LeaseError,
+  expected,
+} from "../core/index.ts";
+import { OPERATOR_OFF, authorize } from "./auth.ts";
+import { DASHBOARD_HTML } from "./dashboard.ts";
+import { METRICS_CONTENT_TYPE, formatMetrics } from "./metrics.ts";
+import { HttpError, allowMethods, errorResponse, json, readJson } from "./respond.ts";
+
+/**
+ * What the operator endpoints read and drive: a coordinator's controls plus one reconciliation
+ * run. `workerPool(...).operator` (Workers) and `localPool(...).operator` (Node, Deno) are these.
+ */
+export interface OperatorControls {
+  stats(): Promise<OperatorStats>;
+  pause(): Promise<ControlResult>;
+  resume(): Promise<ControlResult>;
+  /** `null` returns to the configured default. */
+  setLimit(limit: number | null): Promise<ControlResult>;
+  /** Frees a held lease by its id or an unambiguous prefix of at least 8 characters. */
+  revoke(idOrPrefix: string): Promise<RevokeResult>;
+  /** Reads `pg_stat_activity` now and compares it with the held leases. */
+  reconcile(): Promise<Reconciliation>;
+}
+
+/** Options of {@link operatorHandler}. */
+export interface OperatorHandlerOptions {
+  /** The pool's controls; undefined when the coordinator is off (the endpoints then say so). */
+  controls: OperatorControls | undefined;
+  /** The bearer token; unset or empty turns the endpoints off (404 saying how to turn them on). */
+  token: string | undefined;
+  /** Shown in every answer. Default `main`. */
+  pool?: string | undefined;
+  /** Where the endpoints live. Default `/__coordinator`. */
+  prefix?: string | undefined;
+  /** Extra fields for the stats answer, e.g. the database layer's breaker and safe mode. */
+  status?: (() => Record<string, unknown>) | undefined;
+  /** Stats when `controls` is undefined but a coordinator still answers (a plain `stats()`). */
+  stats?: (() => Promise<PoolStats>) | undefined;
+}
+
+/** A control's failure result back into the error it stands for. */
+function controlled<T extends { ok: true }>(result: T | Failure): T {
+  if (!result.ok) throw new LeaseError(result.code, result.message);
+  return result;
+}
+
+/** The dashboard page: no data of its own (a browser cannot send a token on navigation). */
+function dashboard(request: Request, token: string | undefined): Response {
+  if (!token) throw new HttpError("NOT_FOUND", OPERATOR_OFF);
+  allowMethods(request, "GET");
+  return new Response(DASHBOARD_HTML, {
+    headers: {
+      "content-type": "text/html; charset=utf-8",
+      "cache-control": "no-store",
+      "content-security-policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+      "referrer-policy": "no-referrer",
+    },
+  });
+}
+
+async function limitOf(request: Request): Promise<number | null> {
+  const limit = (await readJson(request)).limit;
+  if (limit !== null && (typeof limit !== "number" || !Number.isInteger(limit))) {
+    throw new LeaseError("INVALID_ARGUMENT", expected("limit", "an integer, or null for the configured default", limit));
+  }
+  return limit;
+}
+
+async function idOf(request: Request): Promise<string> {
+  const id = (await readJson(request)).id;
+  if (typeof id !== "string") throw new LeaseError("INVALID_ARGUMENT", expected("id", "a lease id or its first 8+ characters", id));
+  return id;
+}
+
+/** One endpoint below the prefix, once the token passed. */
+async function endpoint(request: Request, name: string, o: OperatorHandlerOptions, pool: string): Promise<Response> {
+  const op = o.controls;
+  if (name === "stats") {
+    allowMethods(request, "GET");
+    const stats = op ? await op.stats() : o.stats ? await o.stats() : undefined;
+    if (!stats) throw new HttpError("NOT_FOUND", "The coordinator is off (COORDINATOR=off)");
+    return json({ pool, ...stats, ...o.status?.() });
+  }
+  if (!op) throw new HttpError("NOT_FOUND", "The coordinator is off (COORDINATOR=off)");
+  const post = () => allowMethods(request, "POST");
+  switch (name) {
+    case "metrics":
+      allowMethods(request, "GET");
+      return new Response(formatMetrics(pool, await op.stats()), {
+        headers: { "content-type": METRICS_CONTENT_TYPE, "cache-control": "no-store" },
+      });
+    case "pause":
+      post();
+      return json({ pool, ...controlled(await op.pause()) });
+    case "resume":
+      post();
+      return json({ pool, ...controlled(await op.resume()) });
+    case "limit":
+      post();
+      return json({ pool, ...controlled(await op.setLimit(await limitOf(request))) });
+    case "release":
+      post();
+      return json({ pool, ...controlled(await op.revoke(await idOf(request))) });
+    case "reconcile":
+      post();
+      return json({ pool, ...(await op.reconcile()) });
+  }
+  throw new HttpError("NOT_FOUND", "No such endpoint");
+}
+
+/**
+ * The operator endpoints under `prefix` (default `/__coordinator`): `GET stats`, `GET metrics`
+ * (Prometheus), the dashboard page at the prefix itself, `POST pause`, `resume`, `limit`
+ * (`{"limit": n | null}`), `release` (`{"id": "3f2a9c1b"}`), `reconcile` — every one behind the
+ * bearer `token` but the page, which holds no data. Answers `undefined` for paths outside the
+ * prefix, so the app's own routes go on.
+ *
+ * @example
+ * const operator = operatorHandler({ controls: pool.operator, token: env.DEBUG_TOKEN });
+ * export default { fetch: async (req) => (await operator(req)) ?? app.fetch(req) };
+ */
+export function operatorHandler(options: OperatorHandlerOptions): (request: Request) => Promise<Response | undefined> {
+  const prefix = (options.prefix ?? "/__coordinator").replace(/\/+$/, "");
+  const pool = options.pool ?? "main";
+  return async (request) => {
+    const path = new URL(request.url).pathname.replace(/\/+$/, "");
+    if (path !== prefix && !path.startsWith(`${prefix}/`)) return undefined;
+    try {
+      if (path === prefix) return dashboard(request, options.token);
+      const denied = await authorize(request, options.token);
+      if (denied) return denied;
+      return await endpoint(request, path.slice(prefix.length + 1), options, pool);
+    } catch (error) {
+      return errorResponse(error);
+    }
+  };
+}

@@ -1,0 +1,109 @@
+/**
+ * Operator controls of a Worker's pool: one coordinator object, or every shard of a split pool
+ * (pause and resume all, a new limit split like LEASE_LIMIT, revoke where the lease is held,
+ * stats summed), plus the reconciliation against `pg_stat_activity`.
+ */
+import type { ConnectionCoordinator } from "../../durable-objects/connection-coordinator.ts";
+import { mergeStats } from "../client/sharded-leases.ts";
+import { type ControlResult, type Reconciliation, compareConnections, expected, shardLimits } from "../core/index.ts";
+import { toDatabaseError } from "../db/errors.ts";
+import { closeConnection, connectFromWorker } from "../db/hyperdrive.ts";
+import { countConnections } from "../db/reconcile.ts";
+import type { OperatorControls } from "../http/operator.ts";
+
+type Stub = DurableObjectStub<ConnectionCoordinator>;
+
+/** `application_name` of the reconciliation's own connection (it never counts itself). */
+const OBSERVER_APPLICATION_NAME = "leasegate-reconcile";
+
+/** Where the reconciliation reads `pg_stat_activity`, and the application name it counts. */
+export interface ReconcileTarget {
+  connectionString: string;
+  applicationName: string;
+}
+
+/**
+ * Reads `pg_stat_activity` through one short-lived connection outside any lease (an observer must
+ * not wait behind the pool it observes) and hands the counts to `compare`.
+ */
+async function observe(target: ReconcileTarget, compare: (counts: Awaited<ReturnType<typeof countConnections>>) => Promise<Reconciliation>) {
+  const sql = connectFromWorker(target.connectionString, OBSERVER_APPLICATION_NAME);
+  try {
+    return await compare(await countConnections(sql, target.applicationName));
+  } catch (error) {
+    throw toDatabaseError(error);
+  } finally {
+    await closeConnection(sql);
+  }
+}
+
+/**
+ * The controls of one coordinator object.
+ *
+ * @example
+ * const controls = coordinatorControls(stub, { connectionString: env.HYPERDRIVE.connectionString, applicationName: "my-app" });
+ */
+export function coordinatorControls(coordinator: Stub, target: ReconcileTarget): OperatorControls {
+  return {
+    stats: () => coordinator.operatorStats(),
+    pause: () => coordinator.pause(),
+    resume: () => coordinator.resume(),
+    setLimit: (limit) => coordinator.setLimit(limit),
+    revoke: (id) => coordinator.revoke(id),
+    reconcile: () => observe(target, (counts) => coordinator.reconcile(counts)),
+  };
+}
+
+/** Every shard's control answer as one: paused if any is, limits summed. */
+async function all(stubs: Stub[], fn: (s: Stub, i: number) => Promise<ControlResult>): Promise<ControlResult> {
+  const results = await Promise.all(stubs.map(fn));
+  const failed = results.find((r) => !r.ok);
+  if (failed) return failed;
+  const ok = results as Array<Extract<ControlResult, { ok: true }>>;
+  const overrides = ok.map((r) => r.limitOverride);
+  return {
+    ok: true,
+    paused: ok.some((r) => r.paused),
+    limit: ok.reduce((a, r) => a + r.limit, 0),
+    limitOverride: overrides.every((o) => o === null) ? null : ok.reduce((a, r) => a + (r.limitOverride ?? r.limit), 0),
+  };
+}
+
+/**
+ * The controls of a pool split across shard objects. The reconciliation compares the summed held
+ * leases and is kept in this isolate, not in the objects.
+ *
+ * @example
+ * const controls = shardedControls(stubs, target);
+ */
+export function shardedControls(stubs: Stub[], target: ReconcileTarget): OperatorControls {
+  const count = stubs.length;
+  let last: Reconciliation | null = null;
+  return {
+    stats: async () => {
+      const list = await Promise.all(stubs.map((s, index) => s.operatorStats({ index, count })));
+      const merged = mergeStats(list);
+      const overridden = list.some((s) => s.limitOverride !== null);
+      return { ...merged, limitOverride: overridden ? merged.limit : null, reconciliation: last };
+    },
+    pause: () => all(stubs, (s) => s.pause()),
+    resume: () => all(stubs, (s) => s.resume()),
+    setLimit: async (limit) => {
+      if (limit !== null && (!Number.isInteger(limit) || limit < count)) {
+        return { ok: false, code: "INVALID_ARGUMENT", message: expected("limit", `an integer of at least ${count} (one slot per shard)`, limit) };
+      }
+      const parts = limit === null ? null : shardLimits(limit, count);
+      return all(stubs, (s, i) => s.setLimit(parts === null ? null : parts[i]!));
+    },
+    revoke: async (id) => {
+      const results = await Promise.all(stubs.map((s) => s.revoke(id)));
+      return results.find((r) => r.ok) ?? results[0]!;
+    },
+    reconcile: () =>
+      observe(target, async (counts) => {
+        const merged = mergeStats(await Promise.all(stubs.map((s, index) => s.stats({ index, count }))));
+        last = compareConnections({ held: merged.held, limit: merged.limit }, counts, Date.now());
+        return last;
+      }),
+  };
+}
