@@ -86,7 +86,8 @@ Deno.test({
     try {
       const health = await app.fetch(new Request("http://local/health"));
       assert.equal(health.status, 200);
-      assert.deepEqual(await health.json(), { status: "ok", database: "up", coordinator: "up" });
+      const h = (await health.json()) as { status: string; database: string; coordinator: string; breaker: { state: string } };
+      assert.deepEqual([h.status, h.database, h.coordinator, h.breaker.state], ["ok", "up", "up", "closed"]);
       const trending = await app.fetch(new Request("http://local/api/pitches/trending?limit=3"));
       assert.equal(trending.status, 200);
       assert.equal(((await trending.json()) as { pitches: unknown[] }).pitches.length, 3);
