@@ -4,7 +4,7 @@ export interface ChartGroup {
   bars: { name: string; value: number }[];
 }
 
-const escape = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+const escapeXml = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 
 /**
  * Renders the groups one under the other; bar lengths are relative within a group.
@@ -18,15 +18,15 @@ export function renderChart({ title, groups }: { title: string; groups: ChartGro
   const barH = 18;
   const colors = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2"];
   let y = 40;
-  const parts: string[] = [`<text x="10" y="24" font-size="16" font-weight="bold">${escape(title)}</text>`];
+  const parts: string[] = [`<text x="10" y="24" font-size="16" font-weight="bold">${escapeXml(title)}</text>`];
   for (const g of groups) {
-    parts.push(`<text x="10" y="${y + 14}" font-size="13" font-weight="bold">${escape(g.label)}</text>`);
+    parts.push(`<text x="10" y="${y + 14}" font-size="13" font-weight="bold">${escapeXml(g.label)}</text>`);
     y += 22;
     const max = Math.max(...g.bars.map((b) => b.value), 1e-9);
     g.bars.forEach((b, i) => {
       const w = Math.max(1, ((width - left - 90) * b.value) / max);
       parts.push(
-        `<text x="${left - 8}" y="${y + 13}" font-size="12" text-anchor="end">${escape(b.name)}</text>`,
+        `<text x="${left - 8}" y="${y + 13}" font-size="12" text-anchor="end">${escapeXml(b.name)}</text>`,
         `<rect x="${left}" y="${y}" width="${w.toFixed(1)}" height="${barH}" fill="${colors[i % colors.length]}"/>`,
         `<text x="${left + w + 6}" y="${y + 13}" font-size="12">${b.value >= 100 ? b.value.toFixed(0) : b.value.toFixed(1)}</text>`,
       );

@@ -64,12 +64,27 @@ export class NoopObject extends DurableObject {
 /** Counts the calls that reach the coordinator through a client. */
 function counted(stub: DurableObjectStub<BenchCoordinator>, calls: { n: number }): LeaseCoordinator {
   return {
-    acquire: (o) => (calls.n++, stub.acquire(o)),
-    release: (r) => (calls.n++, stub.release(r)),
-    renew: (r, t) => (calls.n++, stub.renew(r, t)),
+    acquire: (o) => {
+      calls.n++;
+      return stub.acquire(o);
+    },
+    release: (r) => {
+      calls.n++;
+      return stub.release(r);
+    },
+    renew: (r, t) => {
+      calls.n++;
+      return stub.renew(r, t);
+    },
     stats: (s) => stub.stats(s),
-    acquireMany: (list) => (calls.n++, stub.acquireMany(list)),
-    releaseMany: (refs) => (calls.n++, stub.releaseMany(refs)),
+    acquireMany: (list) => {
+      calls.n++;
+      return stub.acquireMany(list);
+    },
+    releaseMany: (refs) => {
+      calls.n++;
+      return stub.releaseMany(refs);
+    },
   };
 }
 
@@ -155,8 +170,20 @@ export default {
         before: () => timeSequential(Math.max(10, Math.floor(n / 4)), () => pair(baseline)),
       });
       return Response.json({
-        n, rounds, pingUs: median(ping), writeUs: median(writes), unconfirmedUs: median(unconfirmed), pairUs: median(pairs), clientUs: median(client), beforeUs: median(before),
-        ping, writes, unconfirmed, pairs, client, before,
+        n,
+        rounds,
+        pingUs: median(ping),
+        writeUs: median(writes),
+        unconfirmedUs: median(unconfirmed),
+        pairUs: median(pairs),
+        clientUs: median(client),
+        beforeUs: median(before),
+        ping,
+        writes,
+        unconfirmed,
+        pairs,
+        client,
+        before,
       });
     }
     if (url.pathname === "/p2") {
@@ -174,8 +201,21 @@ export default {
       });
       const held = (await coord.stats()).held;
       return Response.json({
-        n, c, rounds, pingPerS: median(ping), writePerS: median(writes), pairsPerS: median(pairs), coalescedPerS: median(coalesced), beforePerS: median(before),
-        coalescedCallsPerPair: calls.n / (n * rounds), ping, writes, pairs, coalesced, before, heldAfter: held,
+        n,
+        c,
+        rounds,
+        pingPerS: median(ping),
+        writePerS: median(writes),
+        pairsPerS: median(pairs),
+        coalescedPerS: median(coalesced),
+        beforePerS: median(before),
+        coalescedCallsPerPair: calls.n / (n * rounds),
+        ping,
+        writes,
+        pairs,
+        coalesced,
+        before,
+        heldAfter: held,
       });
     }
     if (url.pathname === "/shed") {

@@ -144,8 +144,14 @@ export function simulate(s: Scenario): Result {
 
   function settle(i: number, fx: { granted: Lease[]; timedOut: Array<{ leaseId: string }> }): void {
     const sh = shards[i]!;
-    for (const l of fx.granted) sh.waiters.get(l.id)?.(l), sh.waiters.delete(l.id);
-    for (const w of fx.timedOut) sh.waiters.get(w.leaseId)?.(null), sh.waiters.delete(w.leaseId);
+    for (const l of fx.granted) {
+      sh.waiters.get(l.id)?.(l);
+      sh.waiters.delete(l.id);
+    }
+    for (const w of fx.timedOut) {
+      sh.waiters.get(w.leaseId)?.(null);
+      sh.waiters.delete(w.leaseId);
+    }
     peakHeld = Math.max(peakHeld, heldNow());
     // Every waiter has the same wait, so the head of the queue has the earliest deadline.
     const next = sh.pool.queue[0]?.deadline ?? Infinity;

@@ -18,7 +18,6 @@ import {
   cancel,
   compareConnections,
   expected,
-  isLeaseError,
   release,
   stats,
   tick,
@@ -402,7 +401,7 @@ export class PostgresCoordinator implements Coordinator {
       });
       throw error;
     }
-    done.batch.forEach((call, i) => call.resolve(done.answers[i]));
+    for (const [i, call] of done.batch.entries()) call.resolve(done.answers[i]);
     // Our waiters it settled (the NOTIFY may come later or never), and those another process
     // settled whose notice we have not seen yet: the state we just read is the truth.
     this.#waiters.settleAll(settlementsOf(done.state, done.effects));

@@ -45,11 +45,16 @@ const env = {
   LEASEGATE_TEST_HYPERDRIVE_URL: withPassword(url),
   LEASEGATE_TEST_APP_NAME: `${TEST_DB}-app`,
 };
-// Strict types first: a type error fails the run like a failing test.
-const typecheck = spawnSync("tsc", ["--noEmit", "-p", "."], { stdio: "inherit" });
-if (typecheck.status !== 0) {
-  console.log("\n0 passed, 1 failed (typecheck)");
-  process.exit(1);
+// Strict types and the linter first (Biome: lint rules and formatting): a finding fails the run
+// like a failing test.
+for (const [name, command, args] of [
+  ["typecheck", "tsc", ["--noEmit", "-p", "."]],
+  ["lint", "biome", ["lint", "."]],
+] as const) {
+  if (spawnSync(command, args, { stdio: "inherit" }).status !== 0) {
+    console.log(`\n0 passed, 1 failed (${name})`);
+    process.exit(1);
+  }
 }
 
 const suites = [

@@ -1,4 +1,4 @@
-import { Leases, isLeaseError, type LeaseGrant } from "leasegate";
+import { type Leases, isLeaseError, type LeaseGrant } from "leasegate";
 
 // Branch on `code`, never on the message text.
 export async function acquireOrAnswer(leases: Leases): Promise<LeaseGrant | Response> {

@@ -4,6 +4,8 @@ import {
   type Counters,
   type LeaseGrant,
   type PoolStats,
+  type ReleaseResult,
+  type RenewResult,
   type ShardLoad,
   LeaseError,
   checkInt,
@@ -284,7 +286,7 @@ export class ShardedLeases implements LeaseClient {
   async #releaseOn(lease: LeaseGrant): Promise<void> {
     const shard = (lease as Partial<ShardedGrant>).shard ?? 0;
     const ref = { leaseId: lease.id, fence: lease.fence };
-    let result;
+    let result: ReleaseResult;
     try {
       result = await this.#coordinators[shard]!.release(ref);
     } catch (error) {
@@ -336,7 +338,7 @@ export class ShardedLeases implements LeaseClient {
    */
   async renew(lease: LeaseGrant, ttlMs?: number): Promise<ShardedGrant> {
     const shard = (lease as Partial<ShardedGrant>).shard ?? 0;
-    let result;
+    let result: RenewResult;
     try {
       result = await this.#coordinators[shard]!.renew({ leaseId: lease.id, fence: lease.fence }, ttlMs);
     } catch (error) {

@@ -22,7 +22,7 @@ export function createHistogram(bounds: readonly number[] = WAIT_BUCKETS_MS): Hi
  * record(h, 3.5)
  */
 export function record(h: Histogram, valueMs: number): void {
-  const v = valueMs < 0 ? 0 : valueMs;
+  const v = Math.max(valueMs , 0);
   let i = 0;
   while (i < h.bounds.length && v > h.bounds[i]!) i++;
   h.counts[i]!++;

@@ -1,4 +1,4 @@
-import type { AdaptiveState, Lease, PoolState, Priority, Waiter } from "./types.ts";
+import type { Lease, PoolState, Priority, Waiter } from "./types.ts";
 import { PRIORITIES } from "./types.ts";
 
 

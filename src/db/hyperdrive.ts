@@ -9,7 +9,7 @@ import { cloudflareSocket } from "./cf-socket.ts";
  * const sql = connectFromWorker(env.HYPERDRIVE.connectionString, "my-app");
  */
 export function connectFromWorker(connectionString: string, applicationName = "leasegate"): Sql {
-  const options: postgres.Options<{}> & { socket: typeof cloudflareSocket } = {
+  const options: postgres.Options<Record<string, never>> & { socket: typeof cloudflareSocket } = {
     max: 1,
     fetch_types: false,
     connect_timeout: 10,

@@ -18,7 +18,10 @@ export class WakeTimer {
 
   /** Fires at `at` (ms since the epoch) unless it already fires earlier; null stops it. */
   arm(at: number | null): void {
-    if (at === null) return this.clear();
+    if (at === null) {
+      this.clear();
+      return;
+    }
     if (this.#timer !== undefined && this.#at <= at) return;
     clearTimeout(this.#timer);
     this.#at = at;

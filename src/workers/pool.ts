@@ -1,12 +1,6 @@
-/**
- * One pool as a Worker uses it, wired from env: leases from the pool's coordinator object (or its
- * shards, with the isolate's lease block), the database layer over Hyperdrive, and the operator's
- * controls. The breaker, the safe-mode budget and the lease block live per isolate, so that one
- * request's failures spare the next ones the wait.
- */
-import type { Sql } from "postgres";
+
 import type { ConnectionCoordinator } from "../../durable-objects/connection-coordinator.ts";
-import { type LeaseClient, Leases } from "../client/leases.ts";
+import { Leases } from "../client/leases.ts";
 import { type IsolateShards, ShardedLeases, createIsolateShards, shardName } from "../client/sharded-leases.ts";
 import { type PoolEnv, configFromEnv, intFromEnv } from "../core/index.ts";
 import { CircuitBreaker } from "../db/circuit-breaker.ts";

@@ -6,7 +6,7 @@ import { type Effects, type Lease, type PoolState, acquire, cancel, createPool, 
  * Generated interleavings of every operation against the pure core, with invariants checked after
  * each step. The run count is the figure the README's "Reliability" section quotes.
  */
-export const PROPERTY_RUNS = Number(process.env.LEASEGATE_PROPERTY_RUNS ?? 10_000);
+const PROPERTY_RUNS = Number(process.env.LEASEGATE_PROPERTY_RUNS ?? 10_000);
 
 type Op =
   | { kind: "acquire"; waitMs: number; ttlMs: number }

@@ -85,15 +85,28 @@ describe("lease block", () => {
           const apply = (fx: BlockEffect<L>[]) => {
             for (const f of fx) {
               if (f.kind === "acquire") inFlight++;
-              if (f.kind === "start") (started++, running.push(f.lease));
+              if (f.kind === "start") {
+                started++;
+                running.push(f.lease);
+              }
               if (f.kind === "release") released.push(f.lease);
             }
           };
           for (const step of steps) {
             now++;
-            if (step === "request") (requested++, apply(request(b, `r${seq++}`, now)));
-            if (step === "grant" && inFlight > 0) (inFlight--, granted_++, apply(granted(b, { n: granted_ }, now)));
-            if (step === "refuse" && inFlight > 0) (inFlight--, (refused(b) !== undefined && failed++));
+            if (step === "request") {
+              requested++;
+              apply(request(b, `r${seq++}`, now));
+            }
+            if (step === "grant" && inFlight > 0) {
+              inFlight--;
+              granted_++;
+              apply(granted(b, { n: granted_ }, now));
+            }
+            if (step === "refuse" && inFlight > 0) {
+              inFlight--;
+              if (refused(b) !== undefined) failed++;
+            }
             if (step === "finish" && running.length > 0) apply(finished(b, running.shift()!, now));
             if (step === "tick") apply(expireIdle(b, now));
             expect(b.idle.length + b.inUse + b.inFlight).toBeLessThanOrEqual(maxBlock);

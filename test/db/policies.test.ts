@@ -64,7 +64,9 @@ describe("retry policy", () => {
     now: () => clock.t,
     random: () => 1 - Number.EPSILON,
     // Advances the injected clock instead of waiting: the loop's decisions are what is tested.
-    sleep: async (ms: number) => void (clock.t += ms),
+    sleep: async (ms: number) => {
+      clock.t += ms;
+    },
   });
 
   it("retries retryable failures up to maxAttempts, then throws the last one", async () => {

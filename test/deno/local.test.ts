@@ -45,9 +45,15 @@ Deno.test({
       const untilWaiting = async (n: number) => {
         while ((await one.stats()).waiting < n) await new Promise((r) => setTimeout(r, 5));
       };
-      const w1 = two.acquire({ holder: "w1" }).then((l) => (order.push("w1"), l));
+      const w1 = two.acquire({ holder: "w1" }).then((l) => {
+        order.push("w1");
+        return l;
+      });
       await untilWaiting(1);
-      const w2 = one.acquire({ holder: "w2" }).then((l) => (order.push("w2"), l));
+      const w2 = one.acquire({ holder: "w2" }).then((l) => {
+        order.push("w2");
+        return l;
+      });
       await untilWaiting(2);
       const started = Date.now();
       const timedOut = await two.acquire({ waitMs: 200 }).then(
@@ -122,7 +128,9 @@ Deno.test({
     const other = new PostgresCoordinator({ sql, pool, config: { limit: 2, maxQueue: 10, waitMs: 2000, leaseTtlMs: 5000 } });
     const post = async (path: string, body?: unknown) => {
       const headers = { authorization: "Bearer deno-token", "content-type": "application/json" };
-      const r = await app.fetch(new Request(`http://local/__coordinator/${path}`, { method: "POST", headers, body: body === undefined ? null : JSON.stringify(body) }));
+      const r = await app.fetch(
+        new Request(`http://local/__coordinator/${path}`, { method: "POST", headers, body: body === undefined ? null : JSON.stringify(body) }),
+      );
       return { status: r.status, body: (await r.json()) as Record<string, unknown> };
     };
     try {
@@ -133,9 +141,15 @@ Deno.test({
       const leases = new Leases(other);
       const held = await leases.acquire({ holder: "held" });
       const order: string[] = [];
-      const normal = leases.acquire({ holder: "normal" }).then((l) => (order.push("normal"), l));
+      const normal = leases.acquire({ holder: "normal" }).then((l) => {
+        order.push("normal");
+        return l;
+      });
       while ((await other.stats()).waiting < 1) await new Promise((r) => setTimeout(r, 5));
-      const critical = leases.acquire({ holder: "critical", priority: "critical" }).then((l) => (order.push("critical"), l));
+      const critical = leases.acquire({ holder: "critical", priority: "critical" }).then((l) => {
+        order.push("critical");
+        return l;
+      });
       while ((await other.stats()).waiting < 2) await new Promise((r) => setTimeout(r, 5));
       await leases.release(held);
       await leases.release(await critical);

@@ -109,7 +109,9 @@ describe("local server operator surface", () => {
     // Two connections under the app's name, one of them without a lease: drift +1.
     const conns = postgres(url, { max: 2, onnotice: () => {}, connection: { application_name: APP } });
     pools.clients.push(conns);
-    await Promise.all([conns.reserve(), conns.reserve()]).then((rs) => rs.forEach((r) => r.release()));
+    await Promise.all([conns.reserve(), conns.reserve()]).then((rs) => {
+      for (const r of rs) r.release();
+    });
     const r = await call(a, "/__coordinator/reconcile");
     expect(r.status).toBe(200);
     expect(r.json).toMatchObject({ pool: POOL, applicationName: APP, appConnections: 2, held: 1, drift: 1, limit: 3 });

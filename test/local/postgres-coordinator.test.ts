@@ -19,8 +19,14 @@ describe("PostgresCoordinator", () => {
     const b = await leases.acquire({ holder: "b" });
     expect(b.fence).toBeGreaterThan(a.fence);
     const order: string[] = [];
-    const c = leases.acquire({ holder: "c" }).then((l) => (order.push("c"), l));
-    const d = leases.acquire({ holder: "d" }).then((l) => (order.push("d"), l));
+    const c = leases.acquire({ holder: "c" }).then((l) => {
+      order.push("c");
+      return l;
+    });
+    const d = leases.acquire({ holder: "d" }).then((l) => {
+      order.push("d");
+      return l;
+    });
     await new Promise((r) => setTimeout(r, 50));
     expect(order).toEqual([]);
     await leases.release(a);

@@ -34,9 +34,15 @@ describe("PostgresCoordinator scheduling across coordinators", () => {
     expect(await codeOf(b!.acquire({ holder: "b-now", waitMs: 0 }))).toBe("ACQUIRE_TIMEOUT");
     const crit = await b!.acquire({ holder: "b-critical", priority: "critical", waitMs: 0 });
     const order: string[] = [];
-    const normal = b!.acquire({ holder: "b-normal" }).then((l) => (order.push("normal"), l));
+    const normal = b!.acquire({ holder: "b-normal" }).then((l) => {
+      order.push("normal");
+      return l;
+    });
     await sleep(50);
-    const critical = a!.acquire({ holder: "a-critical", priority: "critical" }).then((l) => (order.push("critical"), l));
+    const critical = a!.acquire({ holder: "a-critical", priority: "critical" }).then((l) => {
+      order.push("critical");
+      return l;
+    });
     await sleep(50);
     expect((await a!.stats()).waiting).toBe(2);
     // The first free slot goes to the later critical waiter (held 1 < limit 2; normal needs < 1).
@@ -125,20 +131,23 @@ describe("PostgresCoordinator scheduling across coordinators", () => {
       while (!stop) {
         const p = phase;
         const t0 = performance.now();
-        await leases.withLease(async () => {
-          const t1 = performance.now();
-          if (p === "slow") {
-            // Lock contention: every query takes the same row lock and keeps it 4 ms, so the
-            // database's latency grows with the number of queries let in at once.
-            await work.begin(async (tx) => {
-              await tx`SELECT n FROM ${tx(HOT)} WHERE id = 1 FOR UPDATE`;
-              await tx`SELECT pg_sleep(0.004)`;
-            });
-          } else {
-            await work`SELECT n FROM ${work(HOT)} WHERE id = 1`;
-          }
-          samples.push({ phase: p, at: Date.now() - start, queryMs: performance.now() - t1, totalMs: performance.now() - t0 });
-        }, { holder: "adaptive-e2e" });
+        await leases.withLease(
+          async () => {
+            const t1 = performance.now();
+            if (p === "slow") {
+              // Lock contention: every query takes the same row lock and keeps it 4 ms, so the
+              // database's latency grows with the number of queries let in at once.
+              await work.begin(async (tx) => {
+                await tx`SELECT n FROM ${tx(HOT)} WHERE id = 1 FOR UPDATE`;
+                await tx`SELECT pg_sleep(0.004)`;
+              });
+            } else {
+              await work`SELECT n FROM ${work(HOT)} WHERE id = 1`;
+            }
+            samples.push({ phase: p, at: Date.now() - start, queryMs: performance.now() - t1, totalMs: performance.now() - t0 });
+          },
+          { holder: "adaptive-e2e" },
+        );
       }
     };
     const watch = async () => {
@@ -173,21 +182,43 @@ describe("PostgresCoordinator scheduling across coordinators", () => {
         limitMin: Math.min(...ls),
         limitMax: Math.max(...ls),
         limitLast: ls.at(-1),
-        queryP50: +pct(q.map((s) => s.queryMs), 0.5).toFixed(1),
-        queryP99: +pct(q.map((s) => s.queryMs), 0.99).toFixed(1),
-        totalP50: +pct(q.map((s) => s.totalMs), 0.5).toFixed(1),
-        totalP99: +pct(q.map((s) => s.totalMs), 0.99).toFixed(1),
+        queryP50: +pct(
+          q.map((s) => s.queryMs),
+          0.5,
+        ).toFixed(1),
+        queryP99: +pct(
+          q.map((s) => s.queryMs),
+          0.99,
+        ).toFixed(1),
+        totalP50: +pct(
+          q.map((s) => s.totalMs),
+          0.5,
+        ).toFixed(1),
+        totalP99: +pct(
+          q.map((s) => s.totalMs),
+          0.99,
+        ).toFixed(1),
       };
     }
     // The slow phase's first second (limit still high) against its last (limit shrunk).
     const slow = samples.filter((s) => s.phase === "slow");
     const slowStart = slow[0]?.at ?? 0;
     const slowEnd = slow.at(-1)?.at ?? 0;
-    report["slow, first 1 s"] = { queryP50: +pct(slow.filter((s) => s.at < slowStart + 1000).map((s) => s.queryMs), 0.5).toFixed(1) };
-    report["slow, last 1 s"] = { queryP50: +pct(slow.filter((s) => s.at > slowEnd - 1000).map((s) => s.queryMs), 0.5).toFixed(1) };
+    report["slow, first 1 s"] = {
+      queryP50: +pct(
+        slow.filter((s) => s.at < slowStart + 1000).map((s) => s.queryMs),
+        0.5,
+      ).toFixed(1),
+    };
+    report["slow, last 1 s"] = {
+      queryP50: +pct(
+        slow.filter((s) => s.at > slowEnd - 1000).map((s) => s.queryMs),
+        0.5,
+      ).toFixed(1),
+    };
     // The limit over time, one sample per 250 ms: seconds, phase initial and effective limit.
     const timeline = limits.filter((l, i) => i === 0 || Math.floor(l.at / 250) !== Math.floor(limits[i - 1]!.at / 250));
-    report["timeline"] = timeline.map((l) => `${(l.at / 1000).toFixed(2)}s ${l.phase[0]}${l.phase === "fast again" ? "'" : ""} ${l.limit}`).join(", ");
+    report.timeline = timeline.map((l) => `${(l.at / 1000).toFixed(2)}s ${l.phase[0]}${l.phase === "fast again" ? "'" : ""} ${l.limit}`).join(", ");
     console.log(`adaptive limit ${LIMIT}, floor ${FLOOR}, ${CLIENTS} clients:\n${JSON.stringify(report, null, 1)}`);
 
     const slowLimits = limits.filter((l) => l.phase === "slow").map((l) => l.limit);

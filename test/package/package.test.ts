@@ -51,7 +51,7 @@ describe("the published package", () => {
     const database = withPassword(process.env.LEASEGATE_TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres");
     const test = run("npm", ["test"], app, { EXAMPLE_DATABASE_URL: database });
     expect(test.status, test.output).toBe(0);
-    expect(test.output.replace(/\x1b\[[0-9;]*m/g, "")).toMatch(/Tests\s+2 passed \(2\)/);
+    expect(test.output.replace(new RegExp(`${String.fromCharCode(27)}\\[[0-9;]*m`, "g"), "")).toMatch(/Tests\s+2 passed \(2\)/);
   }, 300_000);
 
   it("bundles the demo Worker for production with wrangler deploy --dry-run", () => {

@@ -12,14 +12,31 @@ const fresh = () => `batch-test-${++poolSeq}`;
 function counting(name: string) {
   const stub = env.COORDINATOR_DO.getByName(name);
   const calls: Record<string, number> = {};
-  const count = (method: string) => void (calls[method] = (calls[method] ?? 0) + 1);
+  const count = (method: string) => {
+    calls[method] = (calls[method] ?? 0) + 1;
+  };
   const coordinator: Coordinator = {
-    acquire: (o) => (count("acquire"), stub.acquire(o)),
-    release: (r) => (count("release"), stub.release(r)),
-    renew: (r, t) => (count("renew"), stub.renew(r, t)),
+    acquire: (o) => {
+      count("acquire");
+      return stub.acquire(o);
+    },
+    release: (r) => {
+      count("release");
+      return stub.release(r);
+    },
+    renew: (r, t) => {
+      count("renew");
+      return stub.renew(r, t);
+    },
     stats: (s) => stub.stats(s),
-    acquireMany: (list) => (count("acquireMany"), stub.acquireMany(list)),
-    releaseMany: (refs) => (count("releaseMany"), stub.releaseMany(refs)),
+    acquireMany: (list) => {
+      count("acquireMany");
+      return stub.acquireMany(list);
+    },
+    releaseMany: (refs) => {
+      count("releaseMany");
+      return stub.releaseMany(refs);
+    },
   };
   return { stub, coordinator, calls };
 }

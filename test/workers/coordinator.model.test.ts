@@ -30,7 +30,7 @@ import {
  * The run count is the figure quoted in the README's "Reliability" section; the core alone runs
  * 10,000 sequences in test/core/pool.property.test.ts.
  */
-export const DO_RUNS = 250;
+const DO_RUNS = 250;
 const MAX_STEPS = 30;
 
 // Must equal the bindings in vitest.workers.config.ts: the object reads its config from them.
@@ -45,7 +45,7 @@ interface Variant {
 const WHOLE: Variant = { prefix: "model", config: CONFIG };
 /** Shard 0 of 2: limit 2, queue cap 3 (`shardConfig`); runs fewer sequences, same checks. */
 const SHARD: Variant = { prefix: "model-shard", config: shardConfig(CONFIG, 0, 2), shard: { index: 0, count: 2 } };
-export const SHARD_RUNS = 100;
+const SHARD_RUNS = 100;
 
 type Op =
   | { kind: "acquire"; waitMs: number; ttlMs: number }
@@ -185,8 +185,12 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
           if (outcome.status === "queued") {
             const p: Pending = { id, done: Promise.resolve() };
             p.done = call.then(
-              (r) => void (p.result = r),
-              (e) => void (p.error = e),
+              (r) => {
+                p.result = r;
+              },
+              (e) => {
+                p.error = e;
+              },
             );
             pending.set(id, p);
             queued.push(id);

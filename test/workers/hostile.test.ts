@@ -13,8 +13,8 @@ import { depsFor } from "../../examples/pitches/src/worker.ts";
  * stable code, and must leave the coordinator exactly as it was (compared through stats).
  * The run counts are the figures quoted in the README's "Reliability" section.
  */
-export const RPC_RUNS = 1500;
-export const HTTP_RUNS = 1000;
+const RPC_RUNS = 1500;
+const HTTP_RUNS = 1000;
 
 const STATUS_OF: Record<string, number> = {
   INVALID_ARGUMENT: 400,

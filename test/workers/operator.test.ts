@@ -7,6 +7,9 @@ import { closeConnection, connectFromWorker } from "../../src/db/hyperdrive.ts";
 import worker, { type Env } from "../../examples/pitches/src/worker.ts";
 import { grantNow, restartCoordinator } from "../support/coordinator.ts";
 
+// biome-ignore lint/suspicious/noExplicitAny: JSON answers of many shapes, read field by field in assertions.
+type Answer = Record<string, any>;
+
 // Every test drives a pool of its own through the real HTTP handler, the real Durable Object and
 // Hyperdrive's local mode into the real Postgres; objects keep state across tests in a file.
 let seq = 0;
@@ -26,9 +29,9 @@ function app(overrides: Partial<Env> = {}) {
   };
   const post = async (path: string, body: unknown = {}) => {
     const r = await call(path, { method: "POST", body: JSON.stringify(body), headers: { ...auth, "content-type": "application/json" } });
-    return { status: r.status, body: (await r.json()) as Record<string, any> };
+    return { status: r.status, body: (await r.json()) as Answer };
   };
-  const stats = async () => (await (await call("/__coordinator/stats", { headers: auth })).json()) as Record<string, any>;
+  const stats = async () => (await (await call("/__coordinator/stats", { headers: auth })).json()) as Answer;
   const stub = () => env.COORDINATOR_DO.getByName(pool);
   return { pool, env: e, call, post, stats, stub };
 }
@@ -153,7 +156,7 @@ describe("reconciliation with pg_stat_activity", () => {
     // database sees exactly one connection of the app.
     const lease = await grantNow(a.stub(), "reconcile-probe");
     const leased = connectFromWorker(env.HYPERDRIVE.connectionString, appName);
-    let inside: Record<string, any>;
+    let inside: Answer;
     try {
       await leased`SELECT 1`;
       inside = (await a.post("/__coordinator/reconcile")).body;

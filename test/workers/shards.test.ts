@@ -54,7 +54,7 @@ async function load(p: ReturnType<typeof shardedPool>, requests: number, waitMs:
       const all = await allStats(p.stubs());
       const held = all.reduce((a, s) => a + s.held, 0);
       expect(held).toBeLessThanOrEqual(LIMIT);
-      all.forEach((s, i) => expect(s.held).toBeLessThanOrEqual(parts[i]!));
+      for (const [i, s] of all.entries()) expect(s.held).toBeLessThanOrEqual(parts[i]!);
       peak = Math.max(peak, held);
       samples++;
       await sleep(2);
@@ -241,7 +241,7 @@ const clientOp: fc.Arbitrary<ClientOp> = fc.oneof(
   { arbitrary: fc.record({ kind: fc.constant("renew" as const), pick: fc.nat() }), weight: 1 },
   { arbitrary: fc.record({ kind: fc.constant("restart" as const), shard: fc.nat({ max: 2 }) }), weight: 1 },
 );
-export const CLIENT_RUNS = 60;
+const CLIENT_RUNS = 60;
 
 describe("sharded client against the real shard objects, generated sequences", () => {
   it(`keeps every lease it hands out counted on the shard it names, within each part, over ${CLIENT_RUNS} sequences`, { timeout: 60_000 }, async () => {
@@ -275,7 +275,7 @@ describe("sharded client against the real shard objects, generated sequences", (
           }
           await settle();
           const all = await allStats(p.stubs());
-          all.forEach((s, i) => expect(s.held).toBeLessThanOrEqual(shardLimits(LIMIT, 3)[i]!));
+          for (const [i, s] of all.entries()) expect(s.held).toBeLessThanOrEqual(shardLimits(LIMIT, 3)[i]!);
           // Every lease in use is counted by the shard it names (restarts keep leases).
           for (const l of inUse) expect(all[l.shard]!.leases.map((x) => x.idPrefix)).toContain(l.id.slice(0, 8));
           // Nothing is held that neither a request nor the block accounts for.
