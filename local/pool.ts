@@ -11,7 +11,7 @@ import { openDriver } from "../src/db/connect.ts";
 import { Database } from "../src/db/database.ts";
 import { toDatabaseError } from "../src/db/errors.ts";
 import type { LeasedPool } from "../src/db/pool.ts";
-import type { OperatorControls } from "../src/http/operator.ts";
+import { controlsOf } from "../src/http/operator.ts";
 import { PostgresCoordinator } from "./postgres-coordinator.ts";
 
 /**
@@ -33,18 +33,6 @@ export interface LocalPoolEnv extends PoolEnv, Omit<DatabaseEnv, "HYPERDRIVE"> {
 /** A local pool; `close()` withdraws this process's waiters and ends the coordinator's connections. */
 export interface LocalPool extends LeasedPool {
   close(): Promise<void>;
-}
-
-/** The coordinator's controls, with the reconciliation's database errors as `LeaseError`s. */
-function controlsOf(coordinator: PostgresCoordinator, applicationName: string): OperatorControls {
-  return {
-    stats: () => coordinator.operatorStats(),
-    pause: () => coordinator.pause(),
-    resume: () => coordinator.resume(),
-    setLimit: (limit) => coordinator.setLimit(limit),
-    revoke: (id) => coordinator.revoke(id),
-    reconcile: () => coordinator.reconcile(applicationName).catch((error: unknown) => Promise.reject(toDatabaseError(error))),
-  };
 }
 
 /**
@@ -76,7 +64,8 @@ export async function localPool(env: LocalPoolEnv): Promise<LocalPool> {
     name,
     leases,
     db,
-    operator: coordinator && controlsOf(coordinator, applicationName),
+    // The reconciliation's database errors answer as `LeaseError`s, as every other failure does.
+    operator: coordinator && controlsOf(coordinator, () => coordinator.reconcile(applicationName).catch((e: unknown) => Promise.reject(toDatabaseError(e)))),
     sql: (fn, options = {}) =>
       db.run(async ({ beforeRelease }) => {
         const sql = postgres(connectionString, { max: 1, fetch_types: false, connect_timeout: connectTimeout, onnotice: () => {}, connection: { application_name: applicationName } });

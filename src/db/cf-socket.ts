@@ -55,20 +55,18 @@ export async function cloudflareSocket(options: { host: string[]; port: number[]
   }
 
   raw.closed.then(emitClose, fail);
-  void (async () => {
-    try {
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
-        socket.emit("data", Buffer.from(value));
-      }
-      emitClose();
-    } catch (error) {
-      fail(error);
-    }
-  })();
+  void pump(reader, (data) => socket.emit("data", data)).then(emitClose, fail);
 
   // postgres.js treats a socket handed to it as connected.
   await raw.opened;
   return socket;
+}
+
+/** Hands every chunk the socket reads to `onData` until the stream ends. */
+async function pump(reader: ReadableStreamDefaultReader<Uint8Array>, onData: (data: Buffer) => void): Promise<void> {
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) return;
+    onData(Buffer.from(value));
+  }
 }

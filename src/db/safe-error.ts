@@ -47,66 +47,79 @@ const KEYS = ["name", "code", "message", "severity", "detail", "hint", "routine"
  */
 export function serializeError(error: unknown, options: Partial<SerializeOptions> = {}): Record<string, unknown> {
   const o = { ...DEFAULT_SERIALIZE, ...options };
-  const seen = new WeakSet<object>();
-  const str = (s: string) => {
-    const clean = redact(s, o.secrets);
-    return clean.length > MAX_STRING ? `${clean.slice(0, MAX_STRING)}…[${clean.length - MAX_STRING} more]` : clean;
-  };
-  const read = (obj: object, key: string): unknown => {
-    try {
-      return (obj as Record<string, unknown>)[key];
-    } catch {
-      return "[Throws]";
-    }
-  };
-  const plain = (value: unknown, depth: number): unknown => {
-    switch (typeof value) {
-      case "string":
-        return str(value);
-      case "bigint":
-        return `${value}n`;
-      case "number":
-      case "boolean":
-        return value;
-      case "undefined":
-        return undefined;
-      case "symbol":
-      case "function":
-        return `[${typeof value}]`;
-    }
-    if (value === null) return null;
-    const obj = value as object;
-    if (seen.has(obj)) return "[Circular]";
-    if (depth >= o.maxDepth) return "[Truncated]";
-    seen.add(obj);
-    if (Array.isArray(obj)) return obj.slice(0, MAX_KEYS).map((v) => plain(v, depth + 1));
-    const out: Record<string, unknown> = {};
-    const keys = obj instanceof Error ? [...KEYS, ...safeKeys(obj).filter((k) => !KEYS.includes(k))] : safeKeys(obj);
-    let kept = 0;
-    for (const key of keys) {
-      if (kept >= MAX_KEYS) break;
-      if (key === "cause" || key === "query" || key === "parameters" || key === "args") continue;
-      const v = SECRET_KEY.test(key) ? "***" : plain(read(obj, key), depth + 1);
-      if (v !== undefined) {
-        out[key] = v;
-        kept++;
-      }
-    }
-    // The failing query's parameters may hold personal data; the query text is kept, shortened.
-    const query = read(obj, "query");
-    if (typeof query === "string") out.query = str(query.slice(0, 200));
-    const cause = read(obj, "cause");
-    if (cause !== undefined) out.cause = plain(cause, depth + 1);
-    return out;
-  };
+  const walk: Walk = { o, seen: new WeakSet<object>() };
   let result: Record<string, unknown>;
   try {
-    const p = plain(error, 0);
+    const p = plain(walk, error, 0);
     result = typeof p === "object" && p !== null && !Array.isArray(p) ? (p as Record<string, unknown>) : { value: p };
   } catch {
     result = { message: "[Unserializable]" };
   }
   return bound(result, o.maxBytes);
+}
+
+/** One serialization's limits and the objects it has entered (for `[Circular]`). */
+interface Walk {
+  o: SerializeOptions;
+  seen: WeakSet<object>;
+}
+
+function shortened(walk: Walk, s: string): string {
+  const clean = redact(s, walk.o.secrets);
+  return clean.length > MAX_STRING ? `${clean.slice(0, MAX_STRING)}…[${clean.length - MAX_STRING} more]` : clean;
+}
+
+function read(obj: object, key: string): unknown {
+  try {
+    return (obj as Record<string, unknown>)[key];
+  } catch {
+    return "[Throws]";
+  }
+}
+
+function plain(walk: Walk, value: unknown, depth: number): unknown {
+  switch (typeof value) {
+    case "string":
+      return shortened(walk, value);
+    case "bigint":
+      return `${value}n`;
+    case "number":
+    case "boolean":
+      return value;
+    case "undefined":
+      return undefined;
+    case "symbol":
+    case "function":
+      return `[${typeof value}]`;
+  }
+  if (value === null) return null;
+  const obj = value as object;
+  if (walk.seen.has(obj)) return "[Circular]";
+  if (depth >= walk.o.maxDepth) return "[Truncated]";
+  walk.seen.add(obj);
+  if (Array.isArray(obj)) return obj.slice(0, MAX_KEYS).map((v) => plain(walk, v, depth + 1));
+  return plainObject(walk, obj, depth);
+}
+
+function plainObject(walk: Walk, obj: object, depth: number): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  const keys = obj instanceof Error ? [...KEYS, ...safeKeys(obj).filter((k) => !KEYS.includes(k))] : safeKeys(obj);
+  let kept = 0;
+  for (const key of keys) {
+    if (kept >= MAX_KEYS) break;
+    if (key === "cause" || key === "query" || key === "parameters" || key === "args") continue;
+    const v = SECRET_KEY.test(key) ? "***" : plain(walk, read(obj, key), depth + 1);
+    if (v !== undefined) {
+      out[key] = v;
+      kept++;
+    }
+  }
+  // The failing query's parameters may hold personal data; the query text is kept, shortened.
+  const query = read(obj, "query");
+  if (typeof query === "string") out.query = shortened(walk, query.slice(0, 200));
+  const cause = read(obj, "cause");
+  if (cause !== undefined) out.cause = plain(walk, cause, depth + 1);
+  return out;
 }
 
 function safeKeys(obj: object): string[] {

@@ -6,7 +6,8 @@
  * import { errorResponse, healthResponse, operatorHandler } from "leasegate/http";
  */
 export { operatorHandler } from "./operator.ts";
-export type { OperatorControls, OperatorHandlerOptions } from "./operator.ts";
+export { controlsOf } from "./operator.ts";
+export type { OperatorControls, OperatorCoordinator, OperatorHandlerOptions } from "./operator.ts";
 export { healthResponse } from "./health.ts";
 export type { HealthOptions } from "./health.ts";
 export { HttpError, HttpErrorCodes, allowMethods, errorResponse, json, readJson } from "./respond.ts";

@@ -34,6 +34,32 @@ export interface OperatorControls {
   reconcile(): Promise<Reconciliation>;
 }
 
+/** What a coordinator answers to operators: the Durable Object's stub and `PostgresCoordinator` both. */
+export interface OperatorCoordinator {
+  operatorStats(): Promise<OperatorStats>;
+  pause(): Promise<ControlResult>;
+  resume(): Promise<ControlResult>;
+  setLimit(limit: number | null): Promise<ControlResult>;
+  revoke(idOrPrefix: string): Promise<RevokeResult>;
+}
+
+/**
+ * The controls of one coordinator, with the reconciliation the runtime knows how to run.
+ *
+ * @example
+ * const controls = controlsOf(coordinator, () => coordinator.reconcile("my-app"));
+ */
+export function controlsOf(coordinator: OperatorCoordinator, reconcile: () => Promise<Reconciliation>): OperatorControls {
+  return {
+    stats: () => coordinator.operatorStats(),
+    pause: () => coordinator.pause(),
+    resume: () => coordinator.resume(),
+    setLimit: (limit) => coordinator.setLimit(limit),
+    revoke: (id) => coordinator.revoke(id),
+    reconcile,
+  };
+}
+
 /** Options of {@link operatorHandler}. */
 export interface OperatorHandlerOptions {
   /** The pool's controls; undefined when the coordinator is off (the endpoints then say so). */

@@ -9,7 +9,7 @@ import { type ControlResult, type Reconciliation, compareConnections, expected, 
 import { toDatabaseError } from "../db/errors.ts";
 import { closeConnection, connectFromWorker } from "../db/hyperdrive.ts";
 import { countConnections } from "../db/reconcile.ts";
-import type { OperatorControls } from "../http/operator.ts";
+import { type OperatorControls, controlsOf } from "../http/operator.ts";
 
 type Stub = DurableObjectStub<ConnectionCoordinator>;
 
@@ -44,14 +44,7 @@ async function observe(target: ReconcileTarget, compare: (counts: Awaited<Return
  * const controls = coordinatorControls(stub, { connectionString: env.HYPERDRIVE.connectionString, applicationName: "my-app" });
  */
 export function coordinatorControls(coordinator: Stub, target: ReconcileTarget): OperatorControls {
-  return {
-    stats: () => coordinator.operatorStats(),
-    pause: () => coordinator.pause(),
-    resume: () => coordinator.resume(),
-    setLimit: (limit) => coordinator.setLimit(limit),
-    revoke: (id) => coordinator.revoke(id),
-    reconcile: () => observe(target, (counts) => coordinator.reconcile(counts)),
-  };
+  return controlsOf(coordinator, () => observe(target, (counts) => coordinator.reconcile(counts)));
 }
 
 /** Every shard's control answer as one: paused if any is, limits summed. */
