@@ -11,7 +11,9 @@ import {
   type RenewResult,
   type Result,
   type ShardRef,
+  BOUNDS,
   LeaseError,
+  checkInt,
   isLeaseError,
 } from "../core/index.ts";
 import { Coalescer } from "./coalesce.ts";
@@ -125,7 +127,19 @@ export interface LeasesOptions {
    * used when the coordinator has batch methods). A lone call is still a single call.
    */
   coalesce?: boolean | undefined;
+  /**
+   * A lease granted after a wait lives this long, ms, until this client claims it — which it does
+   * at once, with one renewal, before `acquire` returns. A caller that vanished while it waited
+   * (its request cancelled) never claims, so that slot comes back this soon instead of at the
+   * lease TTL. Default 500 (a cross-region round trip and a storage write fit well inside); `0`
+   * sends none, and grants from the queue live their full TTL. A lease granted at once is never
+   * claimed: the common uncontended request makes no extra call.
+   */
+  claimMs?: number | undefined;
 }
+
+/** See `LeasesOptions.claimMs`. */
+export const DEFAULT_CLAIM_MS = 500;
 
 /**
  * Application-facing leases for one pool: `acquire`, `release`, `renew` throw `LeaseError`s with
@@ -138,12 +152,15 @@ export interface LeasesOptions {
 export class Leases implements LeaseClient {
   readonly #coordinator: Coordinator;
   readonly #holder: string;
+  readonly #claimMs: number | undefined;
   #acquires: Coalescer<AcquireOptions, AcquireResult | null> | undefined;
   #releases: Coalescer<LeaseRef, ReleaseResult | null> | undefined;
 
   constructor(coordinator: Coordinator, options: LeasesOptions = {}) {
     this.#coordinator = coordinator;
     this.#holder = options.holder ?? "";
+    const claimMs = options.claimMs ?? DEFAULT_CLAIM_MS;
+    this.#claimMs = claimMs === 0 ? undefined : checkInt("claimMs", claimMs, 0, BOUNDS.leaseTtlMs);
     const { acquireMany, releaseMany } = coordinator;
     if (options.coalesce === false || typeof acquireMany !== "function" || typeof releaseMany !== "function") return;
     // Every property of a Durable Object stub is a function: whether the object really has the
@@ -191,9 +208,18 @@ export class Leases implements LeaseClient {
       priority: options.priority,
       tenant: options.tenant,
     };
+    if (this.#claimMs !== undefined) request.claimMs = this.#claimMs;
     const result = signal ? await this.#abortable(request, signal) : await this.#send(request);
     if (!result.ok) throw toError(result);
-    return result.lease;
+    const lease = result.lease;
+    // A grant from the queue (it lives only `claimMs`): claim it before anyone uses it.
+    if (this.#claimMs === undefined || lease.expiresAt - lease.grantedAt > this.#claimMs) return lease;
+    try {
+      return await this.renew(lease, options.ttlMs);
+    } catch (error) {
+      if (!isLeaseError(error) || error.code === "COORDINATOR_UNAVAILABLE") throw error;
+      throw new LeaseError("ACQUIRE_TIMEOUT", `A slot was granted but could not be claimed within ${this.#claimMs} ms`, { retryAfterMs: 0, cause: error });
+    }
   }
 
   async #send(request: AcquireOptions, signal?: AbortSignal): Promise<AcquireResult> {
