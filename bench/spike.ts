@@ -11,7 +11,9 @@
  *   before — a 30 s lease, no heartbeat, no claim (the old defaults: a vanished caller's slot waits
  *            for its TTL, also one granted to it after it was gone);
  *   after  — the defaults: a 2 s lease renewed by `withLease`'s heartbeat every 666 ms, and a grant
- *            from the queue that lives 500 ms until its caller claims it.
+ *            from the queue that lives 500 ms until its caller claims it;
+ *   after + signal — the same, and a caller that gives up also aborts its `signal` (what a Node or
+ *            Deno caller can do; a cancelled Worker request cannot): the local adapter withdraws it.
  *
  * It drives the local adapter (PostgresCoordinator: the same core and engine as the Durable Object)
  * on the real Postgres, in this one process: a Durable Object behind `wrangler dev` would cap the
@@ -46,8 +48,10 @@ class Vanishing implements Coordinator {
     if (this.gone) return never;
     return send().then((answer) => (this.gone ? never : answer));
   }
-  acquire(options?: AcquireOptions) {
-    return this.#gate(() => this.#inner.acquire(options));
+  /** Forwards a caller's signal, so the local adapter can withdraw a waiter that gave up. */
+  readonly abortable = true;
+  acquire(options?: AcquireOptions, signal?: AbortSignal) {
+    return this.#gate(() => this.#inner.acquire(options, signal));
   }
   release(ref: LeaseRef) {
     return this.#gate(() => this.#inner.release(ref));
@@ -65,6 +69,8 @@ interface Mode {
   ttlMs: number;
   heartbeatMs: number | undefined;
   claimMs: number | undefined;
+  /** Impatient callers also abort a signal when they give up (a Node or Deno caller can). */
+  signal?: boolean;
 }
 
 interface Outcome {
@@ -80,7 +86,7 @@ interface Outcome {
 
 async function run(mode: Mode): Promise<Outcome> {
   const sql = postgres(url, { max: 4, onnotice: () => {} });
-  const pool = `spike-${process.pid}-${mode.name}`;
+  const pool = `spike-${process.pid}-${mode.name.replace(/\W+/g, "-")}`;
   const coordinator = new PostgresCoordinator({ sql, pool, config: { ...DEFAULT_CONFIG, limit, maxQueue: 10_000, waitMs: WAIT_MS, leaseTtlMs: mode.ttlMs } });
   await coordinator.ready();
   const gone = new Set<string>();
@@ -94,11 +100,13 @@ async function run(mode: Mode): Promise<Outcome> {
       const view = new Vanishing(coordinator);
       const leases = new Leases(view, { holder, claimMs: mode.claimMs });
       const started = performance.now();
-      const request = leases.withLease(() => sleep(100 + Math.random() * 200), { ttlMs: mode.ttlMs, heartbeatMs: mode.heartbeatMs, waitMs: WAIT_MS });
+      const giveUp = new AbortController();
+      const signal = mode.signal && impatient ? giveUp.signal : undefined;
+      const request = leases.withLease(() => sleep(100 + Math.random() * 200), { ttlMs: mode.ttlMs, heartbeatMs: mode.heartbeatMs, waitMs: WAIT_MS, signal });
       const answer = await Promise.race([
         request.then(
           () => "done" as const,
-          (error: unknown) => (isLeaseError(error) ? error.code : "ERROR"),
+          (error: unknown) => (isLeaseError(error) ? error.code : (error as Error).name),
         ),
         impatient ? sleep(GIVE_UP_MS).then(() => "gave up" as const) : never,
       ]);
@@ -108,6 +116,7 @@ async function run(mode: Mode): Promise<Outcome> {
       } else if (answer === "gave up") {
         // The client disconnected: production cancels the request right here.
         view.gone = true;
+        giveUp.abort();
         gone.add(holder);
         out.gaveUp++;
       } else {
@@ -143,6 +152,7 @@ function pct(values: number[], q: number): number {
 const modes: Mode[] = [
   { name: "before", ttlMs: 30_000, heartbeatMs: 0, claimMs: 0 },
   { name: "after", ttlMs: DEFAULT_CONFIG.leaseTtlMs, heartbeatMs: undefined, claimMs: undefined },
+  { name: "after + signal", ttlMs: DEFAULT_CONFIG.leaseTtlMs, heartbeatMs: undefined, claimMs: undefined, signal: true },
 ];
 console.log(`spike: ${clients} clients (half give up after ${GIVE_UP_MS} ms and retry), ${limit} slots, work 100-300 ms, ${seconds} s per run, local adapter on ${new URL(url).host}`);
 const results: Outcome[] = [];
