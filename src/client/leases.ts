@@ -212,8 +212,9 @@ export class Leases implements LeaseClient {
     const result = signal ? await this.#abortable(request, signal) : await this.#send(request);
     if (!result.ok) throw toError(result);
     const lease = result.lease;
-    // A grant from the queue (it lives only `claimMs`): claim it before anyone uses it.
-    if (this.#claimMs === undefined || lease.expiresAt - lease.grantedAt > this.#claimMs) return lease;
+    // A grant from the queue lives exactly `claimMs` (the core caps it by the TTL: a lease whose TTL
+    // is shorter lives its TTL either way and needs no claim): claim it before anyone uses it.
+    if (this.#claimMs === undefined || lease.expiresAt - lease.grantedAt !== this.#claimMs) return lease;
     try {
       return await this.renew(lease, options.ttlMs);
     } catch (error) {
