@@ -114,6 +114,29 @@ describe("callers that vanish (their context torn down), Durable Object in worke
     figures.push(`2 waiters cancelled mid-wait, granted after they were gone: slots back to the survivors ${backMs} ms after the grant (claim window ${DEFAULT_CLAIM_MS} ms)`);
   });
 
+  it("holders and waiters cancelled together: every slot is back within one lease TTL plus one claim window", async () => {
+    const f = fresh();
+    await inHost(f, 2, {});
+    await expect.poll(async () => (await f.pool.stats()).held).toBe(2);
+    await grantNow(f, "survivor");
+    await inHost(f, 2, { waitMs: 10_000 });
+    await expect.poll(async () => (await f.pool.stats()).waiting).toBe(2);
+    const survivors = [0, 1].map(() => f.pool.acquire({ holder: "survivor-waiting", waitMs: 10_000 }));
+    await expect.poll(async () => (await f.pool.stats()).waiting).toBe(4);
+    const stop = watch(f);
+    const killedAt = await vanish(f);
+    const answers = await Promise.all(survivors);
+    const backMs = Date.now() - killedAt;
+    const max = await stop();
+    expect(answers.every((a) => a.ok)).toBe(true);
+    // The holders' leases lapse within a TTL of their last beat; FIFO hands those slots to the
+    // vanished waiters first (the object cannot tell they are gone), which never claim them.
+    expect(backMs).toBeLessThanOrEqual(TTL_MS + DEFAULT_CLAIM_MS + 250);
+    expect(max).toBeLessThanOrEqual(LIMIT);
+    expect((await f.pool.stats()).counters).toMatchObject({ expired: 4, released: 0 });
+    figures.push(`2 holders + 2 waiters cancelled together: both survivors granted ${backMs} ms after the cancel (TTL ${TTL_MS} + claim ${DEFAULT_CLAIM_MS} ms), max held ${max}/${LIMIT}`);
+  });
+
   it("before: with no heartbeat and a 30 s TTL a cancelled holder keeps its slot, and the survivors behind it time out", async () => {
     const f = fresh();
     await inHost(f, 2, { ttlMs: 30_000, heartbeatMs: 0 });
