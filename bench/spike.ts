@@ -10,7 +10,7 @@
  * Two runs, side by side, on the same engine:
  *   before — a 30 s lease, no heartbeat, no claim (the old defaults: a vanished caller's slot waits
  *            for its TTL, also one granted to it after it was gone);
- *   after  — the defaults: a 2 s lease renewed by `withLease`'s heartbeat every 666 ms, and a grant
+ *   after  — the defaults: a 1.5 s lease renewed by `withLease`'s heartbeat every 500 ms, and a grant
  *            from the queue that lives 500 ms until its caller claims it;
  *   after + signal — the same, and a caller that gives up also aborts its `signal` (what a Node or
  *            Deno caller can do; a cancelled Worker request cannot): the local adapter withdraws it.

@@ -76,7 +76,7 @@ export interface WithLeaseOptions extends ClientAcquireOptions {
   waitUntil?: WaitUntil | undefined;
   /**
    * Renews the lease every this many ms while `fn` runs; `0` turns renewal off. Default: a third
-   * of the lease's lifetime (`LEASE_TTL_MS`, 2000 ms by default: a beat every 666 ms), so work
+   * of the lease's lifetime (`LEASE_TTL_MS`, 1500 ms by default: a beat every 500 ms), so work
    * shorter than that makes no extra call, and a holder that vanishes gives its slot back within
    * one lifetime of its last beat.
    */

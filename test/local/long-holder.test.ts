@@ -9,7 +9,7 @@ import { Database } from "../../src/db/database.ts";
 import { url } from "./helpers.ts";
 
 /**
- * A live holder is never reaped: a real `pg_sleep(45)` under a default lease (2000 ms TTL) through
+ * A live holder is never reaped: a real `pg_sleep(45)` under a default lease (1500 ms TTL) through
  * the database layer, whose renewal is the client's heartbeat. Meanwhile nobody else gets the one
  * slot. The only long test of the suite; it runs beside the others.
  */

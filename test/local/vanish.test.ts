@@ -9,7 +9,7 @@ import { type Proc, answered, startWorker } from "./procs.ts";
  * Callers that vanish, as production loses them: real OS processes killed with SIGKILL while they
  * hold slots (mid-work, heartbeat running) and while they wait in the queue. No `finally`, no
  * release, no close: the process is simply gone. Lease TTL and heartbeat are the defaults
- * (2000 ms, a beat every 666 ms). The figures logged here are quoted in docs/reliability.md.
+ * (1500 ms, a beat every 500 ms). The figures logged here are quoted in docs/reliability.md.
  */
 const url = process.env.LEASEGATE_TEST_DATABASE_URL!;
 const LIMIT = 5;

@@ -16,7 +16,7 @@ import { DEFAULT_CONFIG, type LeaseGrant } from "../../src/core/index.ts";
  * coordinator object, as in production, keeps running.
  *
  * Limit 3 and max queue 5 come from vitest.workers.config.ts; the victims' lease TTL is the
- * default (2000 ms) with the default heartbeat (a third of it).
+ * default (1500 ms) with the default heartbeat (a third of it).
  */
 const TTL_MS = DEFAULT_CONFIG.leaseTtlMs;
 const LIMIT = 3;
