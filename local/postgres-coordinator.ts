@@ -86,6 +86,7 @@ const MAX_BATCH = 256;
 const POOL_NAME = /^[A-Za-z0-9_.:-]{1,48}$/;
 
 const CLOSED: Failure = { ok: false, code: "COORDINATOR_UNAVAILABLE", message: "The coordinator was closed", retryAfterMs: 100 };
+const ABORTED: Failure = { ok: false, code: "ACQUIRE_TIMEOUT", message: "The caller gave up the wait (its signal aborted)", retryAfterMs: 0 };
 
 /**
  * A {@link Coordinator} for Node and Deno: the same engine as the Durable Object (`src/core/`
@@ -107,6 +108,8 @@ const CLOSED: Failure = { ok: false, code: "COORDINATOR_UNAVAILABLE", message: "
  */
 export class PostgresCoordinator implements Coordinator {
   readonly pool: string;
+  /** `acquire` takes an `AbortSignal`: `Leases` passes its caller's, and an abort withdraws the waiter. */
+  readonly abortable = true;
   readonly #sql: Sql;
   readonly #config: PoolConfig;
   readonly #durable: boolean;
@@ -194,16 +197,33 @@ export class PostgresCoordinator implements Coordinator {
    * Asks for a slot: a lease at once, `QUEUE_FULL`, or a wait in global FIFO order until a slot
    * frees (a lease) or the deadline passes (`ACQUIRE_TIMEOUT`).
    *
+   * With `signal`, an abort answers at once (`ACQUIRE_TIMEOUT`, `retryAfterMs: 0`) and withdraws
+   * the waiter in the next transition; a slot granted in the meantime is released by it.
+   *
    * @example
-   * const r = await coordinator.acquire({ holder: "worker-1", waitMs: 2000 });
+   * const r = await coordinator.acquire({ holder: "worker-1", waitMs: 2000 }, AbortSignal.timeout(1000));
    */
-  async acquire(options: AcquireOptions = {}): Promise<AcquireResult> {
+  async acquire(options: AcquireOptions = {}, signal?: AbortSignal): Promise<AcquireResult> {
     if (this.#closed) return CLOSED;
+    if (signal?.aborted) return ABORTED;
     await this.ready();
     const leaseId = crypto.randomUUID();
     // Parked before the transaction: a grant by another process can be announced before our own
     // commit's answer reaches us.
     const answer = this.#waiters.park(leaseId, typeof options?.holder === "string" ? options.holder : "", Date.now());
+    if (signal) {
+      const onAbort = () => {
+        this.#waiters.settle(leaseId, ABORTED);
+        // After our acquire's own transition (calls run in order): leaves the queue, or gives
+        // back a slot granted before the abort was seen.
+        void this.#transition((state, now) => ({ answer: null, effects: giveBack(state, [leaseId], now) })).catch(() => {
+          // The row times out at its deadline, a lease expires at its TTL.
+        });
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+      // Once answered, the caller owns the outcome: a later abort must not free a held lease.
+      void answer.then(() => signal.removeEventListener("abort", onAbort));
+    }
     let decided: AcquireAnswer | Failure;
     try {
       decided = await this.#transition(guarded(steps.acquire(leaseId, options, true)));

@@ -30,14 +30,15 @@ export interface Loaded {
 }
 
 type LeaseRow = [id: string, fence: number, holder: string, grantedAt: number, expiresAt: number, priority: Priority | null];
-type WaiterRow = [string, string, number, number, number, alive: boolean, Priority | null, string | null];
+type WaiterRow = [string, string, number, number, number, alive: boolean, Priority | null, string | null, claimMs: number | null];
 
 function leaseOf([id, fence, holder, grantedAt, expiresAt, priority]: LeaseRow): Lease {
   return priority === null ? { id, fence, holder, grantedAt, expiresAt } : { id, fence, holder, grantedAt, expiresAt, priority };
 }
 
-function waiterOf([leaseId, holder, enqueuedAt, deadline, ttlMs, , priority, tenant]: WaiterRow): Waiter {
+function waiterOf([leaseId, holder, enqueuedAt, deadline, ttlMs, , priority, tenant, claimMs]: WaiterRow): Waiter {
   const w: { -readonly [K in keyof Waiter]: Waiter[K] } = { leaseId, holder, enqueuedAt, deadline, ttlMs };
+  if (claimMs !== null && claimMs !== undefined) w.claimMs = claimMs;
   if (priority !== null) w.priority = priority;
   if (tenant !== null) w.tenant = tenant;
   return w;
@@ -58,7 +59,7 @@ export async function loadPool(tx: Sql | TransactionSql, pool: string, begin = f
         (SELECT coalesce(json_agg(json_build_array(id, fence, holder, granted_at, expires_at, priority)), '[]')
            FROM leasegate_leases WHERE pool = p.pool)::text AS leases,
         (SELECT coalesce(json_agg(json_build_array(id, holder, enqueued_at, deadline, ttl_ms,
-                   owner_pid IS NULL OR owner_pid = ANY(ARRAY(SELECT pid FROM pg_stat_activity)), priority, tenant) ORDER BY seq), '[]')
+                   owner_pid IS NULL OR owner_pid = ANY(ARRAY(SELECT pid FROM pg_stat_activity)), priority, tenant, claim_ms) ORDER BY seq), '[]')
            FROM leasegate_waiters WHERE pool = p.pool)::text AS waiters
       FROM leasegate_pools p WHERE p.pool = ${pool}`,
   ]);
@@ -97,7 +98,7 @@ export function writePool(tx: Sql, pool: string, loaded: Loaded, ownerPid: numbe
   // New waiters in queue order: their sequence numbers are drawn in this order, under the lock.
   const joined = state.queue
     .filter((w) => !queueBefore.has(w.leaseId))
-    .map((w) => [w.leaseId, w.holder, w.enqueuedAt, w.deadline, w.ttlMs, ownerPid, w.priority ?? null, w.tenant ?? null]);
+    .map((w) => [w.leaseId, w.holder, w.enqueuedAt, w.deadline, w.ttlMs, ownerPid, w.priority ?? null, w.tenant ?? null, w.claimMs ?? null]);
   return tx`
     WITH
       del_leases AS (
@@ -115,8 +116,8 @@ export function writePool(tx: Sql, pool: string, loaded: Loaded, ownerPid: numbe
         DELETE FROM leasegate_waiters WHERE pool = ${pool}
           AND id IN (SELECT json_array_elements_text(${JSON.stringify(left)}::text::json))),
       add_waiters AS (
-        INSERT INTO leasegate_waiters (pool, id, holder, enqueued_at, deadline, ttl_ms, owner_pid, priority, tenant)
-        SELECT ${pool}, e->>0, e->>1, (e->>2)::bigint, (e->>3)::bigint, (e->>4)::bigint, (e->>5)::integer, e->>6, e->>7
+        INSERT INTO leasegate_waiters (pool, id, holder, enqueued_at, deadline, ttl_ms, owner_pid, priority, tenant, claim_ms)
+        SELECT ${pool}, e->>0, e->>1, (e->>2)::bigint, (e->>3)::bigint, (e->>4)::bigint, (e->>5)::integer, e->>6, e->>7, (e->>8)::bigint
         FROM json_array_elements(${JSON.stringify(joined)}::text::json) WITH ORDINALITY AS j(e, n) ORDER BY n),
       pool_row AS (
         UPDATE leasegate_pools SET snapshot = ${JSON.stringify(snapshot(state))}::text::jsonb WHERE pool = ${pool})

@@ -33,6 +33,8 @@ CREATE TABLE IF NOT EXISTS leasegate_waiters (
   enqueued_at bigint NOT NULL,
   deadline bigint NOT NULL,
   ttl_ms bigint NOT NULL,
+  -- A grant from the queue lives this long until claimed (null: ttl_ms).
+  claim_ms bigint,
   -- The backend pid of the waiting process's LISTEN connection: gone from pg_stat_activity = dead.
   owner_pid integer,
   priority text,
@@ -52,6 +54,7 @@ ALTER TABLE leasegate_waiters ADD COLUMN IF NOT EXISTS priority text;
 ALTER TABLE leasegate_waiters ADD COLUMN IF NOT EXISTS tenant text;
 ALTER TABLE leasegate_leases ADD COLUMN IF NOT EXISTS priority text;
 ALTER TABLE leasegate_pools ADD COLUMN IF NOT EXISTS snapshot jsonb;
+ALTER TABLE leasegate_waiters ADD COLUMN IF NOT EXISTS claim_ms bigint;
 ALTER TABLE leasegate_pools ADD COLUMN IF NOT EXISTS reconciliation jsonb;
 DO $$ BEGIN
   IF EXISTS (SELECT 1 FROM information_schema.columns
@@ -89,10 +92,10 @@ const asJson = (value: object): JSONValue => value as JSONValue;
  */
 export async function ensureSchema(sql: Sql, pool: string, config: PoolConfig): Promise<void> {
   const columns = await sql<{ column_name: string }[]>`
-    SELECT column_name FROM information_schema.columns
-    WHERE table_schema = current_schema() AND table_name = 'leasegate_pools'`;
+    SELECT table_name || '.' || column_name AS column_name FROM information_schema.columns
+    WHERE table_schema = current_schema() AND table_name IN ('leasegate_pools', 'leasegate_waiters')`;
   const names = new Set(columns.map((c) => c.column_name));
-  const current = names.has("snapshot") && !names.has("next_fence");
+  const current = names.has("leasegate_pools.snapshot") && !names.has("leasegate_pools.next_fence") && names.has("leasegate_waiters.claim_ms");
   for (let attempt = 1; !current; attempt++) {
     try {
       await sql.begin(async (tx) => {

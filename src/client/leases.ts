@@ -11,17 +11,26 @@ import {
   type RenewResult,
   type Result,
   type ShardRef,
+  BOUNDS,
   LeaseError,
+  checkInt,
   isLeaseError,
 } from "../core/index.ts";
 import { Coalescer } from "./coalesce.ts";
+import { heartbeat, leaseLost } from "./heartbeat.ts";
 
 /**
  * What a coordinator answers: the Durable Object stub and the local Postgres coordinator both
  * implement it, so application code is the same on Workers, Node and Deno.
  */
 export interface Coordinator {
-  acquire(options?: AcquireOptions): Promise<AcquireResult>;
+  /** `signal`: only when `abortable` is true; aborting it withdraws the waiter at once. */
+  acquire(options?: AcquireOptions, signal?: AbortSignal): Promise<AcquireResult>;
+  /**
+   * True when `acquire` takes an `AbortSignal` (the local adapter). Never true for a Durable
+   * Object stub: an RPC call cannot carry a signal (and every stub property is a function).
+   */
+  readonly abortable?: boolean | undefined;
   release(ref: LeaseRef): Promise<ReleaseResult>;
   renew(ref: LeaseRef, ttlMs?: number): Promise<RenewResult>;
   /** `shard`: sent by a sharded client, so an object not yet used answers with its part of the limit. */
@@ -36,7 +45,7 @@ export interface Coordinator {
  * `ShardedLeases` (a pool split across coordinator objects) both implement it.
  */
 export interface LeaseClient {
-  acquire(options?: AcquireOptions): Promise<LeaseGrant>;
+  acquire(options?: ClientAcquireOptions): Promise<LeaseGrant>;
   release(lease: LeaseGrant): Promise<void>;
   renew(lease: LeaseGrant, ttlMs?: number): Promise<LeaseGrant>;
   stats(): Promise<PoolStats>;
@@ -45,12 +54,33 @@ export interface LeaseClient {
 /** Registers background work that must finish even after the response is sent (`ctx.waitUntil`). */
 export type WaitUntil = (promise: Promise<unknown>) => void;
 
-export interface WithLeaseOptions extends AcquireOptions {
+/** An acquire as application code makes it: the coordinator's options plus a way to give up. */
+export interface ClientAcquireOptions extends AcquireOptions {
+  /**
+   * Gives up the wait when aborted (Workers: `request.signal`; Node: a closed request's signal,
+   * `AbortSignal.timeout(ms)`): the call rejects with `signal.reason` at once, the local adapter
+   * withdraws the waiter at once, and a slot granted after the abort is released as soon as it
+   * arrives. A caller whose request is cancelled outright runs no code at all: the short lease TTL
+   * and the heartbeat bound that case, not this.
+   */
+  signal?: AbortSignal | undefined;
+}
+
+export interface WithLeaseOptions extends ClientAcquireOptions {
   /**
    * Runs the release in the background (Workers: `ctx.waitUntil`), off the response path.
-   * Without it, `withLease` awaits the release before returning.
+   * Without it, `withLease` awaits the release before returning. Registered before the wait
+   * begins: in production, work registered with `waitUntil` keeps running for up to 30 s after
+   * the client disconnects, so a slot granted late is still released rather than left to its TTL.
    */
   waitUntil?: WaitUntil | undefined;
+  /**
+   * Renews the lease every this many ms while `fn` runs; `0` turns renewal off. Default: a third
+   * of the lease's lifetime (`LEASE_TTL_MS`, 1500 ms by default: a beat every 500 ms), so work
+   * shorter than that makes no extra call, and a holder that vanishes gives its slot back within
+   * one lifetime of its last beat.
+   */
+  heartbeatMs?: number | undefined;
 }
 
 /** Cleanups registered while a lease is held; they run, in order, before the slot is given back. */
@@ -58,6 +88,11 @@ export interface LeaseScope {
   readonly lease: LeaseGrant;
   /** Runs `cleanup` before the release, e.g. closing the connection the lease pays for. */
   beforeRelease(cleanup: () => Promise<unknown> | unknown): void;
+  /**
+   * Aborted when the heartbeat learns the lease is gone (it expired while the coordinator was
+   * unreachable, or an operator revoked it): stop using the connection, the slot is someone else's.
+   */
+  readonly signal: AbortSignal;
 }
 
 function toError(failure: Failure): LeaseError {
@@ -92,7 +127,19 @@ export interface LeasesOptions {
    * used when the coordinator has batch methods). A lone call is still a single call.
    */
   coalesce?: boolean | undefined;
+  /**
+   * A lease granted after a wait lives this long, ms, until this client claims it — which it does
+   * at once, with one renewal, before `acquire` returns. A caller that vanished while it waited
+   * (its request cancelled) never claims, so that slot comes back this soon instead of at the
+   * lease TTL. Default 500 (a cross-region round trip and a storage write fit well inside); `0`
+   * sends none, and grants from the queue live their full TTL. A lease granted at once is never
+   * claimed: the common uncontended request makes no extra call.
+   */
+  claimMs?: number | undefined;
 }
+
+/** See `LeasesOptions.claimMs`. */
+export const DEFAULT_CLAIM_MS = 500;
 
 /**
  * Application-facing leases for one pool: `acquire`, `release`, `renew` throw `LeaseError`s with
@@ -105,12 +152,15 @@ export interface LeasesOptions {
 export class Leases implements LeaseClient {
   readonly #coordinator: Coordinator;
   readonly #holder: string;
+  readonly #claimMs: number | undefined;
   #acquires: Coalescer<AcquireOptions, AcquireResult | null> | undefined;
   #releases: Coalescer<LeaseRef, ReleaseResult | null> | undefined;
 
   constructor(coordinator: Coordinator, options: LeasesOptions = {}) {
     this.#coordinator = coordinator;
     this.#holder = options.holder ?? "";
+    const claimMs = options.claimMs ?? DEFAULT_CLAIM_MS;
+    this.#claimMs = claimMs === 0 ? undefined : checkInt("claimMs", claimMs, 0, BOUNDS.leaseTtlMs);
     const { acquireMany, releaseMany } = coordinator;
     if (options.coalesce === false || typeof acquireMany !== "function" || typeof releaseMany !== "function") return;
     // Every property of a Durable Object stub is a function: whether the object really has the
@@ -148,7 +198,9 @@ export class Leases implements LeaseClient {
    * @example
    * const lease = await leases.acquire({ waitMs: 2000 });
    */
-  async acquire(options: AcquireOptions = {}): Promise<LeaseGrant> {
+  async acquire(options: ClientAcquireOptions = {}): Promise<LeaseGrant> {
+    const signal = options.signal;
+    signal?.throwIfAborted();
     const request: AcquireOptions = {
       holder: options.holder ?? this.#holder,
       waitMs: options.waitMs,
@@ -156,11 +208,51 @@ export class Leases implements LeaseClient {
       priority: options.priority,
       tenant: options.tenant,
     };
+    if (this.#claimMs !== undefined) request.claimMs = this.#claimMs;
+    const result = signal ? await this.#abortable(request, signal) : await this.#send(request);
+    if (!result.ok) throw toError(result);
+    const lease = result.lease;
+    // A grant from the queue lives exactly `claimMs` (the core caps it by the TTL: a lease whose TTL
+    // is shorter lives its TTL either way and needs no claim): claim it before anyone uses it.
+    if (this.#claimMs === undefined || lease.expiresAt - lease.grantedAt !== this.#claimMs) return lease;
+    try {
+      return await this.renew(lease, options.ttlMs);
+    } catch (error) {
+      if (!isLeaseError(error) || error.code === "COORDINATOR_UNAVAILABLE") throw error;
+      throw new LeaseError("ACQUIRE_TIMEOUT", `A slot was granted but could not be claimed within ${this.#claimMs} ms`, { retryAfterMs: 0, cause: error });
+    }
+  }
+
+  async #send(request: AcquireOptions, signal?: AbortSignal): Promise<AcquireResult> {
+    const coordinator = this.#coordinator;
+    if (signal && coordinator.abortable === true) return await call(() => coordinator.acquire(request, signal));
     const acquires = this.#acquires;
     // Alone: a single call. In a batch: granted if a slot is free now, else queued by a call of its own.
-    const result = (acquires && (await call(() => acquires.call(request)))) ?? (await call(() => this.#coordinator.acquire(request)));
-    if (!result.ok) throw toError(result);
-    return result.lease;
+    return (acquires && (await call(() => acquires.call(request)))) ?? (await call(() => coordinator.acquire(request)));
+  }
+
+  /** An acquire the caller may give up: rejects at the abort; a grant that comes later is released. */
+  #abortable(request: AcquireOptions, signal: AbortSignal): Promise<AcquireResult> {
+    return new Promise<AcquireResult>((resolve, reject) => {
+      let aborted = false;
+      const onAbort = () => {
+        aborted = true;
+        reject(signal.reason);
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+      this.#send(request, signal).then(
+        (result) => {
+          signal.removeEventListener("abort", onAbort);
+          if (!aborted) return resolve(result);
+          // Nobody will use this slot: give it back now rather than at its TTL.
+          if (result.ok) void this.release(result.lease).catch(() => {});
+        },
+        (error: unknown) => {
+          signal.removeEventListener("abort", onAbort);
+          if (!aborted) reject(error);
+        },
+      );
+    });
   }
 
   /**
@@ -195,24 +287,39 @@ export class Leases implements LeaseClient {
   }
 
   /**
-   * Acquires, runs `fn`, and releases in `finally` — also when `fn` throws. With `waitUntil` the
-   * cleanups and the release run in the background, so the response does not wait for them.
+   * Acquires, runs `fn` while a heartbeat renews the lease, and releases in `finally` — also when
+   * `fn` throws. With `waitUntil` the cleanups and the release run in the background, so the
+   * response does not wait for them. A caller that vanishes (its request cancelled: no `finally`
+   * runs) stops renewing, so its slot comes back within one lease lifetime.
    *
    * @example
    * const user = await leases.withLease(async ({ beforeRelease }) => {
    *   const sql = connect(); beforeRelease(() => sql.end());
    *   return (await sql`select * from users where id = ${id}`)[0];
-   * }, { waitUntil: (p) => ctx.waitUntil(p) });
+   * }, { waitUntil: (p) => ctx.waitUntil(p), signal: request.signal });
    */
   async withLease<T>(fn: (scope: LeaseScope) => Promise<T> | T, options: WithLeaseOptions = {}): Promise<T> {
-    const lease = await this.acquire(options);
+    const { waitUntil, heartbeatMs } = options;
+    // Registered before the wait (see `waitUntil`); settled once the slot is given back.
+    let settle: (done: Promise<void>) => void = () => {};
+    if (waitUntil) waitUntil(new Promise<void>((resolve) => (settle = (done) => void done.then(resolve, resolve))));
+    let lease: LeaseGrant;
+    try {
+      lease = await this.acquire(options);
+    } catch (error) {
+      settle(Promise.resolve());
+      throw error;
+    }
+    const lost = new AbortController();
+    const beat = heartbeat(this, lease, { heartbeatMs, onLost: (error) => lost.abort(leaseLost(error)) });
     const cleanups: Array<() => Promise<unknown> | unknown> = [];
-    const scope: LeaseScope = { lease, beforeRelease: (cleanup) => void cleanups.push(cleanup) };
+    const scope: LeaseScope = { lease, beforeRelease: (cleanup) => void cleanups.push(cleanup), signal: lost.signal };
     try {
       return await fn(scope);
     } finally {
-      const done = this.#finish(lease, cleanups);
-      if (options.waitUntil) options.waitUntil(done);
+      beat.stop();
+      const done = this.#finish(beat.lease, cleanups);
+      if (waitUntil) settle(done);
       else await done;
     }
   }

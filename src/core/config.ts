@@ -14,7 +14,12 @@ export const DEFAULT_CONFIG: PoolConfig = {
   limit: 10,
   maxQueue: 1000,
   waitMs: 5000,
-  leaseTtlMs: 30_000,
+  // Short on purpose: a holder renews while alive (the client's heartbeat, every third of it: 500
+  // ms, so a request shorter than that makes no extra call), and a caller that vanishes — a
+  // cancelled Worker request runs no `finally` — holds its slot at most this long after its last
+  // beat. With the client's 500 ms claim window for a waiter that vanished, holders and waiters
+  // that vanish together are all back within 2 s. See docs/reliability.md, "Callers that vanish".
+  leaseTtlMs: 1500,
 };
 
 /**
@@ -100,7 +105,7 @@ export function intFromEnv<T extends number | undefined>(name: string, raw: stri
  * defaults for unset ones; a malformed value fails with `INVALID_CONFIG` naming the variable.
  *
  * @example
- * configFromEnv({ LEASE_LIMIT: "18" }) // { limit: 18, maxQueue: 1000, waitMs: 5000, leaseTtlMs: 30000 }
+ * configFromEnv({ LEASE_LIMIT: "18" }) // { limit: 18, maxQueue: 1000, waitMs: 5000, leaseTtlMs: 1500 }
  */
 export function configFromEnv(env: PoolEnv): PoolConfig {
   const config = {

@@ -117,7 +117,8 @@ function fill(state: PoolState, now: number, fx: Effects): void {
     const w = i === 0 ? state.queue.shift()! : state.queue.splice(i, 1)[0]!;
     served(state, w);
     record(state.waits, now - w.enqueuedAt);
-    fx.granted.push(grantTo(state, w, now));
+    // A waiter's caller may have gone while it waited: its grant lives `claimMs` until claimed.
+    fx.granted.push(grantTo(state, w.claimMs === undefined ? w : { ...w, ttlMs: w.claimMs }, now));
   }
 }
 
@@ -177,6 +178,7 @@ export function acquire(state: PoolState, req: AcquireRequest, now: number): { o
   if (shed) return { outcome: shed, effects: fx };
   const deadline = now + r.waitMs;
   const waiter: Waiter = { leaseId: r.leaseId, holder: r.holder, enqueuedAt: now, deadline, ttlMs: r.ttlMs };
+  if (r.claimMs !== undefined) (waiter as { claimMs?: number }).claimMs = r.claimMs;
   if (r.priority !== "normal") (waiter as { priority?: Priority }).priority = r.priority;
   if (r.tenant) (waiter as { tenant?: string }).tenant = r.tenant;
   state.queue.push(waiter);
@@ -194,6 +196,7 @@ function checkRequest(state: PoolState, req: AcquireRequest) {
   }
   const waitMs = req.waitMs === undefined ? state.config.waitMs : checkInt("waitMs", req.waitMs, 0, BOUNDS.waitMs);
   const ttlMs = req.ttlMs === undefined ? state.config.leaseTtlMs : checkInt("ttlMs", req.ttlMs, 1, BOUNDS.leaseTtlMs);
+  const claimMs = req.claimMs === undefined ? undefined : Math.min(ttlMs, checkInt("claimMs", req.claimMs, 1, BOUNDS.leaseTtlMs));
   const priority = req.priority ?? "normal";
   if (!(PRIORITIES as readonly string[]).includes(priority)) {
     throw new LeaseError("INVALID_ARGUMENT", expected("priority", `one of ${PRIORITIES.join(", ")}`, req.priority));
@@ -204,7 +207,7 @@ function checkRequest(state: PoolState, req: AcquireRequest) {
   if (state.leases.has(leaseId) || state.queue.some((w) => w.leaseId === leaseId)) {
     throw new LeaseError("INVALID_ARGUMENT", `Lease id \`${leaseId.slice(0, 8)}…\` is already in use`);
   }
-  return { leaseId, holder: req.holder, waitMs, ttlMs, priority, tenant: req.tenant };
+  return { leaseId, holder: req.holder, waitMs, ttlMs, claimMs, priority, tenant: req.tenant };
 }
 
 /**

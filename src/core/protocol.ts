@@ -65,6 +65,12 @@ export interface AcquireOptions {
   waitMs?: number | undefined;
   /** Lease lifetime without renewal, ms. Default: the pool's `leaseTtlMs`. */
   ttlMs?: number | undefined;
+  /**
+   * Lifetime of a lease granted after a wait until the caller claims it by renewing, ms (at most
+   * `ttlMs`). Sent by `Leases` (its `claimMs`), which claims at once; without it a grant from the
+   * queue lives `ttlMs`, as for older clients.
+   */
+  claimMs?: number | undefined;
   /** `critical` may use reserved slots and goes first; `batch` is capped. Default `normal`. */
   priority?: Priority | undefined;
   /** Fairness key (customer, API key): tenants take turns for slots within a class. */

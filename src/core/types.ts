@@ -83,6 +83,11 @@ export interface Waiter {
   readonly enqueuedAt: number;
   readonly deadline: number;
   readonly ttlMs: number;
+  /**
+   * Lifetime of the lease if it is granted from the queue, until its caller claims it (renews):
+   * a caller that vanished while it waited never claims, and its slot comes back this soon.
+   */
+  readonly claimMs?: number | undefined;
   readonly priority?: Priority | undefined;
   readonly tenant?: string | undefined;
 }
@@ -156,6 +161,8 @@ export interface AcquireRequest {
   waitMs?: number | undefined;
   /** Lease lifetime; defaults to config.leaseTtlMs. */
   ttlMs?: number | undefined;
+  /** Lifetime of a grant from the queue until the caller claims it (capped by `ttlMs`); default: none. */
+  claimMs?: number | undefined;
   /** Priority class; defaults to `normal`. */
   priority?: Priority | undefined;
   /** Fairness key: tenants take turns within a class. */

@@ -1,4 +1,5 @@
 import type { LeaseClient, WaitUntil } from "../client/leases.ts";
+import { heartbeat } from "../client/heartbeat.ts";
 import { type LeaseGrant, LeaseError, isLeaseError } from "../core/index.ts";
 import { CircuitBreaker } from "./circuit-breaker.ts";
 import type { DatabaseConfig } from "./config.ts";
@@ -61,8 +62,13 @@ export interface DatabaseOptions {
   /** The breaker to use; pass one kept at module scope so it outlives a request. */
   breaker?: CircuitBreaker | undefined;
   safeMode?: SafeMode | undefined;
-  /** Lease lifetime asked for, ms; long work renews at half of it. Default: the pool's TTL. */
+  /** Lease lifetime asked for, ms. Default: the pool's TTL (`LEASE_TTL_MS`). */
   leaseTtlMs?: number | undefined;
+  /**
+   * Long work renews its lease every this many ms (the client's heartbeat); `0` turns renewal off.
+   * Default: a third of the lease's lifetime, so a statement shorter than that makes no extra call.
+   */
+  heartbeatMs?: number | undefined;
   /** Workers: `ctx.waitUntil`, so closing and releasing run off the response path. */
   waitUntil?: WaitUntil | undefined;
   runtime?: Runtime | undefined;
@@ -294,31 +300,16 @@ export class Database {
     }
   }
 
-  // Renews at half the lease's lifetime, again and again, until the work ends. Durations, not
-  // timestamps: the isolate's clock and the coordinator's may disagree.
+  // The client's heartbeat on this database's timers: renews while the work runs, stops with it.
   #keepAlive(leases: LeaseClient, granted: LeaseGrant): () => void {
-    const ttlMs = Math.max(1, granted.expiresAt - granted.grantedAt);
-    let current = granted;
-    let cancel: () => void = () => {};
-    let stopped = false;
-    const schedule = () => {
-      cancel = this.#rt.setTimer(() => {
-        leases.renew(current, ttlMs).then(
-          (renewed) => {
-            current = renewed;
-            if (!stopped) schedule();
-          },
-          (error: unknown) => {
-            this.#log(JSON.stringify({ event: "lease_renew_failed", database: this.name, code: isLeaseError(error) ? error.code : "INTERNAL" }));
-          },
-        );
-      }, Math.max(1, Math.floor(ttlMs / 2)));
-    };
-    schedule();
-    return () => {
-      stopped = true;
-      cancel();
-    };
+    const log = (code: string) => this.#log(JSON.stringify({ event: "lease_renew_failed", database: this.name, code }));
+    const beat = heartbeat(leases, granted, {
+      heartbeatMs: this.#o.heartbeatMs,
+      setTimer: this.#rt.setTimer,
+      onLost: (error) => log(error.code),
+      onError: (error) => log(isLeaseError(error) ? error.code : "INTERNAL"),
+    });
+    return () => beat.stop();
   }
 }
 

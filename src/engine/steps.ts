@@ -65,10 +65,10 @@ export function acquire(leaseId: string, options: AcquireOptions, queue: boolean
     if (typeof options !== "object" || options === null || Array.isArray(options)) {
       throw new LeaseError("INVALID_ARGUMENT", expected("options", "an object", options));
     }
-    const { waitMs, ttlMs, priority, tenant } = options;
+    const { waitMs, ttlMs, claimMs, priority, tenant } = options;
     // Only a missing holder defaults; null or another type is refused like any bad field.
     const holder = options.holder === undefined ? "" : options.holder;
-    const { outcome, effects } = core.acquire(state, { leaseId, holder, waitMs, ttlMs, priority, tenant, queue }, now);
+    const { outcome, effects } = core.acquire(state, { leaseId, holder, waitMs, ttlMs, claimMs, priority, tenant, queue }, now);
     switch (outcome.status) {
       case "granted":
         return { answer: { kind: "result", result: grantResult(outcome.lease, loadOf(state)) }, effects, written: [outcome.lease] };

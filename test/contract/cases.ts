@@ -117,6 +117,32 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       expect(woken.load).toEqual({ held: 3, waiting: 0, limit: LIMIT });
     });
 
+    it("a grant from the queue lives claimMs until claimed; unclaimed it lapses and the next waiter gets the slot", async () => {
+      const { coordinator: c } = await fresh();
+      const held = await fill(c);
+      const first = await grant(c, "x", { claimMs: 250 }).catch(() => undefined);
+      expect(first).toBeUndefined(); // full: a grant at once would have ignored claimMs anyway
+      const gone = c.acquire({ holder: "gone", waitMs: 3000, claimMs: 250 });
+      const next = c.acquire({ holder: "next", waitMs: 3000, claimMs: 250 });
+      await waitingIs(c, 2);
+      const freedAt = Date.now();
+      await c.release(refOf(held[0]!));
+      const g = await gone;
+      expect(g).toMatchObject({ ok: true, lease: { holder: "gone" } });
+      if (!g.ok) return;
+      expect(g.lease.expiresAt - g.lease.grantedAt).toBe(250);
+      // "gone" never claims: its slot goes to "next" at the claim window, not at the 30 s TTL.
+      const n = await next;
+      expect(n).toMatchObject({ ok: true, lease: { holder: "next" } });
+      expect(Date.now() - freedAt).toBeLessThan(250 + SLACK_MS);
+      if (!n.ok) return;
+      const claimed = await c.renew(refOf(n.lease));
+      expect(claimed).toMatchObject({ ok: true });
+      if (claimed.ok) expect(claimed.lease.expiresAt - Date.now()).toBeGreaterThan(TTL_MS - SLACK_MS);
+      expect(await c.renew(refOf(g.lease))).toMatchObject({ ok: false });
+      expect((await c.stats()).counters).toMatchObject({ expired: 1 });
+    });
+
     it("a refused acquire carries the pool's load: waitMs 0 and a deadline", async () => {
       const { coordinator: c } = await fresh();
       await fill(c);

@@ -12,6 +12,8 @@ export type Command =
   | { cmd: "hold"; tag: string; waitMs?: number; ttlMs?: number }
   | { cmd: "release"; tag: string }
   | { cmd: "load"; durationMs: number; concurrency: number }
+  /** Holds a slot for `holdMs` inside `withLease` (its heartbeat renews) on a real connection. */
+  | { cmd: "work"; tag: string; holdMs: number; waitMs?: number; ttlMs?: number; heartbeatMs?: number }
   | { cmd: "exit" };
 
 export type Event =
@@ -19,7 +21,8 @@ export type Event =
   | { event: "granted"; tag: string; fence: number; waitedMs: number }
   | { event: "failed"; tag: string; code: string; waitedMs: number }
   | { event: "released"; tag: string; code?: string }
-  | { event: "loaded"; grants: number; errors: string[] };
+  | { event: "loaded"; grants: number; errors: string[] }
+  | { event: "done"; tag: string; code?: string };
 
 const url = process.env.DATABASE_URL!;
 const appName = process.env.APP_NAME!;
@@ -84,8 +87,27 @@ async function load(durationMs: number, concurrency: number): Promise<void> {
   send({ event: "loaded", grants, errors });
 }
 
+async function work(msg: Extract<Command, { cmd: "work" }>): Promise<void> {
+  const start = Date.now();
+  try {
+    await leases.withLease(
+      async ({ lease, beforeRelease }) => {
+        const conn = await open();
+        beforeRelease(() => conn.end({ timeout: 0 }));
+        send({ event: "granted", tag: msg.tag, fence: lease.fence, waitedMs: Date.now() - start });
+        await new Promise((r) => setTimeout(r, msg.holdMs));
+      },
+      { holder: `${process.pid} ${msg.tag}`, waitMs: msg.waitMs, ttlMs: msg.ttlMs, heartbeatMs: msg.heartbeatMs },
+    );
+    send({ event: "done", tag: msg.tag });
+  } catch (error) {
+    send({ event: "failed", tag: msg.tag, code: isLeaseError(error) ? error.code : String(error), waitedMs: Date.now() - start });
+  }
+}
+
 process.on("message", (msg: Command) => {
-  if (msg.cmd === "hold") void hold(msg.tag, msg.waitMs, msg.ttlMs);
+  if (msg.cmd === "work") void work(msg);
+  else if (msg.cmd === "hold") void hold(msg.tag, msg.waitMs, msg.ttlMs);
   else if (msg.cmd === "release") void releaseTag(msg.tag);
   else if (msg.cmd === "load") void load(msg.durationMs, msg.concurrency);
   else if (msg.cmd === "exit") {
