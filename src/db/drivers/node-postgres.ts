@@ -36,8 +36,9 @@ export async function openPgConnection(options: PgConnectionOptions): Promise<Co
     application_name: options.applicationName,
   };
   const client: Client = new pg.Client(config);
-  // A backend terminated between queries surfaces as an 'error' event: without a listener it is
-  // an uncaught exception; the next query fails with its own error anyway.
+  // A backend terminated between queries surfaces as an 'error' event, and so does, in workerd,
+  // pg-cloudflare's read failing once the socket is closed by end(): without a listener either is
+  // an uncaught exception. The next query fails with its own error anyway.
   client.on("error", () => {});
   try {
     await client.connect();
