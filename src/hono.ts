@@ -19,6 +19,9 @@ export type LeasedClient<C> = () => Promise<C>;
 /** The `Variables` the middleware sets: `c.var.client`. */
 export type LeasedVariables<C> = { client: LeasedClient<C> };
 
+/** The middleware's Hono `Env`: the app's bindings (any unless `E` is given) and `c.var.client`. */
+export type LeasedEnv<E extends Env, C> = { Bindings: E["Bindings"]; Variables: LeasedVariables<C> };
+
 export interface LeasedOptions<E extends Env, C> {
   /**
    * The pool's leases: a `Leases` over the coordinator (the Durable Object stub, a local
@@ -68,10 +71,11 @@ const OVERLOAD: ReadonlySet<ErrorCode> = new Set(["QUEUE_FULL", "ACQUIRE_TIMEOUT
  * }));
  * app.get("/api/pitches", async (c) => c.json(await drizzle(await c.var.client()).select().from(pitches)));
  */
-export function leased<C, E extends Env = Env>(options: LeasedOptions<E, C>): MiddlewareHandler<E & { Variables: LeasedVariables<C> }> {
+// `E` defaults to `any` so `c.env` needs no annotation; annotate a callback's `c: Context<AppEnv>` to check bindings.
+export function leased<C, E extends Env = any>(options: LeasedOptions<E, C>): MiddlewareHandler<LeasedEnv<E, C>> {
   check(options);
   const { leases, connect, close = defaultClose, waitMs, ttlMs, holder } = options;
-  return createMiddleware<E & { Variables: LeasedVariables<C> }>(async (c, next) => {
+  return createMiddleware<LeasedEnv<E, C>>(async (c, next) => {
     let opened: Promise<C> | undefined;
     let held: { lease: LeaseGrant; leases: LeaseClient; client?: C } | undefined;
     let ended = false;
