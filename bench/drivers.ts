@@ -199,10 +199,10 @@ lease, from the start of connecting until \`close()\` resolved (the driver's own
 
 ${table}
 
-Connection setup dominates: each call pays a TCP connect, the startup and authentication
-exchange and a Terminate, so the figures compare the drivers' connect and close paths more than
-their query paths. With a pooler (Hyperdrive in production, PgBouncer locally) both would be
-faster; see BENCHMARKS.md.
+Latency is mostly the wait for a slot: ${concurrency} callers share ${limit}. Each call opens a
+fresh connection (TCP connect, startup, authentication), runs one query and sends Terminate; the
+connection column is that driver work alone, and it is what sets the pace of the pool. Behind a
+pooler (Hyperdrive in production, PgBouncer locally) connecting costs less; see BENCHMARKS.md.
 `;
   writeFileSync(out, doc);
   console.error(`written to ${out}`);
