@@ -94,6 +94,9 @@ export function leased<C, E extends Env = any>(options: LeasedOptions<E, C>): Mi
           throw toDatabaseError(error);
         }
       })();
+      // A handler that started opening without awaiting must not turn a refusal into an
+      // unhandled rejection; callers that await still get it.
+      opened.catch(() => {});
       return opened;
     });
     try {

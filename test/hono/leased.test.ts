@@ -138,6 +138,22 @@ describe("leased() on Node with node-postgres", () => {
     expect(await backends()).toBe(0);
   });
 
+  it("a refusal of a lease nobody awaited is no unhandled rejection", async () => {
+    const p = pool({ limit: 1, maxQueue: 0 });
+    const holder = await p.leases.acquire({ holder: "test" });
+    const app = quiet().use(leased({ leases: p.leases, connect: pgClient }));
+    app.get("/ignored", async (c) => {
+      void c.var.client();
+      // The refusal (QUEUE_FULL) arrives while the handler is still busy with something else.
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      return c.text("did without");
+    });
+    expect((await app.request("/ignored")).status).toBe(200);
+    // The test's own acquire, then the request's (refused): nothing to release.
+    expect(p.calls).toEqual(["acquire", "acquire"]);
+    await p.leases.release(holder);
+  });
+
   it("answers 503 with Retry-After and the code for QUEUE_FULL and ACQUIRE_TIMEOUT, and gives the slot back", async () => {
     const p = pool({ limit: 1, maxQueue: 0 });
     // Hono's own default onError here: the 503 replaces whatever onError answered.
