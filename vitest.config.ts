@@ -9,6 +9,7 @@ export default defineConfig({
     include: [
       "test/core/**/*.test.ts",
       "test/db/**/*.test.ts",
+      "test/hono/**/*.test.ts",
       "test/local/**/*.test.ts",
       "test/package/**/*.test.ts",
       "test/security/**/*.test.ts",

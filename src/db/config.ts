@@ -5,14 +5,15 @@ import type { SafeModeOptions } from "./safe-mode.ts";
 import { redact } from "./safe-error.ts";
 
 /**
- * Where the code runs decides the driver:
- * - `edge`: a Worker with a Hyperdrive binding → postgres.js over `cloudflare:sockets` through Hyperdrive.
- * - `production`: a Neon URL (or `DATABASE_DRIVER=neon`) without Hyperdrive → `@neondatabase/serverless` Pool over WebSocket.
- * - `local`: any other Postgres URL → postgres.js over TCP.
+ * Where the code runs decides the driver; `DATABASE_CLIENT` picks the client library:
+ * - `edge`: a Worker with a Hyperdrive binding → `hyperdrive` (postgres.js over `cloudflare:sockets`)
+ *   or, with `DATABASE_CLIENT=pg`, `pg` (node-postgres, which brings its own workerd socket).
+ * - `production`: a Neon URL (or `DATABASE_DRIVER=neon`) without Hyperdrive → `neon` (`@neondatabase/serverless` Pool over WebSocket).
+ * - `local`: any other Postgres URL → `postgres` (postgres.js over TCP) or, with `DATABASE_CLIENT=pg`, `pg`.
  */
 export type DatabaseConfig = {
   readonly environment: "edge" | "production" | "local";
-  readonly driver: "hyperdrive" | "neon" | "postgres";
+  readonly driver: "hyperdrive" | "neon" | "postgres" | "pg";
   /** Never log this: it holds the password. Use {@link describeConfig}. */
   readonly connectionString: string;
   /** The password alone, so logs can blank it wherever it appears. */
@@ -33,6 +34,8 @@ export interface DatabaseEnv {
   DATABASE_URL?: string | undefined;
   /** `neon` or `postgres`: overrides the choice by host name (for a Neon-compatible proxy). */
   DATABASE_DRIVER?: string | undefined;
+  /** `postgres` (postgres.js, the default) or `pg` (node-postgres), on Hyperdrive and plain Postgres. */
+  DATABASE_CLIENT?: string | undefined;
   APPLICATION_NAME?: string | undefined;
   DB_CONNECT_TIMEOUT_MS?: string | undefined;
   DB_DEADLINE_MS?: string | undefined;
@@ -118,19 +121,26 @@ export function databaseConfig(env: DatabaseEnv): DatabaseConfig {
 
   const forced = (env.DATABASE_DRIVER ?? "").trim();
   if (forced !== "" && forced !== "neon" && forced !== "postgres") invalid(expected("DATABASE_DRIVER", "`neon` or `postgres`", forced));
+  const client = (env.DATABASE_CLIENT ?? "").trim();
+  if (client !== "" && client !== "postgres" && client !== "pg") invalid(expected("DATABASE_CLIENT", "`postgres` or `pg`", client));
+  const pg = client === "pg";
 
   if (env.HYPERDRIVE && typeof env.HYPERDRIVE.connectionString === "string") {
     const { password } = parseConnectionString("HYPERDRIVE.connectionString", env.HYPERDRIVE.connectionString);
-    return { ...common, environment: "edge", driver: "hyperdrive", connectionString: env.HYPERDRIVE.connectionString, secrets: password ? [password] : [] };
+    return { ...common, environment: "edge", driver: pg ? "pg" : "hyperdrive", connectionString: env.HYPERDRIVE.connectionString, secrets: password ? [password] : [] };
   }
   const raw = env.DATABASE_URL;
   if (raw === undefined || raw.trim() === "") invalid("Set `DATABASE_URL` (or bind `HYPERDRIVE` on Workers): no database is configured");
   const { url, password } = parseConnectionString("DATABASE_URL", raw);
   const neon = forced === "neon" || (forced === "" && /\.neon\.tech$/i.test(url.hostname));
+  // Neon's driver is its own (WebSocket) client: a client choice there would be silently ignored.
+  if (neon && client !== "") {
+    invalid(`\`DATABASE_CLIENT\` applies to Hyperdrive and plain Postgres, not to the Neon driver (chosen by ${forced === "neon" ? "`DATABASE_DRIVER=neon`" : "the *.neon.tech host"}): unset it, or set \`DATABASE_DRIVER=postgres\` to reach Neon over TCP`);
+  }
   return {
     ...common,
     environment: neon ? "production" : "local",
-    driver: neon ? "neon" : "postgres",
+    driver: neon ? "neon" : pg ? "pg" : "postgres",
     connectionString: raw.trim(),
     secrets: password ? [password] : [],
   };

@@ -30,7 +30,9 @@ export interface NeonOptions {
 /**
  * The driver for a configuration: Hyperdrive + postgres.js over `cloudflare:sockets` (edge), the
  * Neon serverless Pool over WebSocket (production without Hyperdrive), postgres.js over TCP
- * (local). Runtime-specific modules are loaded only on the path that needs them, so this file
+ * (local), or node-postgres on either of the first and last (`DATABASE_CLIENT=pg`). Every driver
+ * opens exactly one connection per `connect()`, and its `close()` resolves once that connection is
+ * gone. Runtime-specific modules are loaded only on the path that needs them, so this file
  * imports cleanly on Node, Deno and workerd.
  *
  * @example
@@ -68,6 +70,14 @@ export function openDriver(config: DatabaseConfig, neon: NeonOptions = {}): Driv
               await sql.end({ timeout: 0 }).catch(() => {});
             },
           };
+        },
+      };
+    case "pg":
+      return {
+        name: "pg",
+        async connect() {
+          const { openPgConnection } = await import("./drivers/node-postgres.ts");
+          return openPgConnection(config);
         },
       };
     case "neon":

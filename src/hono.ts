@@ -1,0 +1,219 @@
+/**
+ * leasegate for Hono: a middleware that gives each request a database client paid for by one
+ * lease, opened on first use and always closed and released when the request ends.
+ *
+ * @example
+ * import { leased } from "leasegate/hono";
+ */
+import type { Context, Env, MiddlewareHandler } from "hono";
+import { createMiddleware } from "hono/factory";
+import { type Heartbeat, heartbeat } from "./client/heartbeat.ts";
+import type { LeaseClient } from "./client/leases.ts";
+import { type ErrorCode, LeaseError, expected, isLeaseError } from "./core/index.ts";
+import { closePgClient } from "./db/drivers/node-postgres.ts";
+import { toDatabaseError } from "./db/errors.ts";
+import { errorResponse } from "./http/respond.ts";
+
+/** What `c.var.client()` hands out: opened (and connected) on its first call, the same client after. */
+export type LeasedClient<C> = () => Promise<C>;
+
+/** The `Variables` the middleware sets: `c.var.client`. */
+export type LeasedVariables<C> = { client: LeasedClient<C> };
+
+/** The middleware's Hono `Env`: the app's bindings (any unless `E` is given) and `c.var.client`. */
+export type LeasedEnv<E extends Env, C> = { Bindings: E["Bindings"]; Variables: LeasedVariables<C> };
+
+export interface LeasedOptions<E extends Env, C> {
+  /**
+   * The pool's leases: a `Leases` over the coordinator (the Durable Object stub, a local
+   * `PostgresCoordinator`), a `ShardedLeases`, any `LeaseClient`; or a function of the request's
+   * context returning one (Workers: stubs come from `c.env`).
+   */
+  leases: LeaseClient | ((c: Context<E>) => LeaseClient);
+  /**
+   * Builds the request's client, not yet connected: a node-postgres `Client`
+   * (`new pg.Client({ connectionString })`, connected here) or a postgres.js `Sql` with `max: 1`
+   * (it connects on its first query). One client per request: the lease pays for its one connection.
+   */
+  connect: (c: Context<E>) => C | Promise<C>;
+  /**
+   * Closes the client; must resolve once its connection is gone. Default: `end()` for a pg
+   * `Client` (socket destroyed after 2 s without the server's goodbye), `end({ timeout: 0 })` for
+   * postgres.js. Errors it throws are ignored: the slot is released all the same.
+   */
+  close?: ((client: C) => Promise<unknown> | unknown) | undefined;
+  /** Queue deadline for the lease, ms. Default: the pool's (`LEASE_WAIT_MS`). */
+  waitMs?: number | undefined;
+  /** Lease lifetime, ms, renewed every third of it while the request runs. Default: the pool's (`LEASE_TTL_MS`). */
+  ttlMs?: number | undefined;
+  /** Who holds the lease, shown to operators. Default: the request's method and path. */
+  holder?: ((c: Context<E>) => string) | undefined;
+}
+
+// The failures a client should retry later: answered 503 with Retry-After, whatever onError does.
+const OVERLOAD: ReadonlySet<ErrorCode> = new Set(["QUEUE_FULL", "ACQUIRE_TIMEOUT", "DATABASE_UNAVAILABLE", "COORDINATOR_UNAVAILABLE"]);
+
+/**
+ * The middleware: handlers call `await c.var.client()` to get a connected client under a lease.
+ * The first call acquires the lease (waiting in the pool's queue up to `waitMs`) and connects;
+ * later calls return the same client. When the handler is done — returned or thrown — the client
+ * is closed and then the lease released, in `c.executionCtx.waitUntil` on Workers (off the
+ * response path) and awaited elsewhere. A request that never calls it makes no coordinator call.
+ * `QUEUE_FULL`, `ACQUIRE_TIMEOUT`, `COORDINATOR_UNAVAILABLE` and `DATABASE_UNAVAILABLE` (also a
+ * driver's own connection failure, by its code) answer 503 with `Retry-After` and
+ * `{"error": {"code", "message", "retryAfterMs"}}`; other errors go to the app's `onError`.
+ * Use the client only within the request: it is closed when the handler returns.
+ *
+ * @example
+ * app.use("/api/*", leased({
+ *   leases: (c) => new Leases(c.env.COORDINATOR.getByName("main")),
+ *   connect: (c) => new pg.Client({ connectionString: c.env.HYPERDRIVE.connectionString }),
+ *   waitMs: 2000,
+ * }));
+ * app.get("/api/pitches", async (c) => c.json(await drizzle(await c.var.client()).select().from(pitches)));
+ */
+// `E` defaults to `any` so `c.env` needs no annotation; annotate a callback's `c: Context<AppEnv>` to check bindings.
+// biome-ignore lint/suspicious/noExplicitAny: Hono's own default for an app's env; narrowed by the app's annotation.
+export function leased<C, E extends Env = any>(options: LeasedOptions<E, C>): MiddlewareHandler<LeasedEnv<E, C>> {
+  check(options);
+  const { leases, connect, close = defaultClose, waitMs, ttlMs, holder } = options;
+  return createMiddleware<LeasedEnv<E, C>>(async (c, next) => {
+    let opened: Promise<C> | undefined;
+    let held: Held<C> | undefined;
+    let ended = false;
+    c.set("client", () => {
+      if (ended) return Promise.reject(new LeaseError("INVALID_ARGUMENT", "`c.var.client()` was called after its request ended: the lease is gone"));
+      opened ??= (async () => {
+        const pool = typeof leases === "function" ? leases(c as unknown as Context<E>) : leases;
+        const lease = await pool.acquire({ holder: holder ? holder(c as unknown as Context<E>) : `${c.req.method} ${c.req.path}`, waitMs, ttlMs });
+        // Renewed while the request runs: a request cancelled mid-work stops beating, and its slot
+        // comes back within one lease lifetime.
+        held = { beat: heartbeat(pool, lease), leases: pool };
+        try {
+          const client = await connect(c as unknown as Context<E>);
+          held.client = client;
+          await open(client);
+          return client;
+        } catch (error) {
+          throw toDatabaseError(error);
+        }
+      })();
+      // A handler that started opening without awaiting must not turn a refusal into an
+      // unhandled rejection; callers that await still get it.
+      opened.catch(() => {});
+      return opened;
+    });
+    try {
+      await next();
+    } finally {
+      ended = true;
+      if (opened) {
+        // An acquire or connect still under way (the handler did not await it) is waited for:
+        // whatever it ends up holding is closed and released, never left to the lease's TTL.
+        const done = opened.then(
+          () => finish(held!, close),
+          () => (held ? finish(held, close) : undefined),
+        );
+        const waitUntil = executionWaitUntil(c);
+        if (waitUntil) waitUntil(done);
+        else await done;
+      }
+    }
+    // Hono has caught a handler's error already (`c.error`, answered by onError): overload answers 503.
+    const answer = overloaded(c.error);
+    if (answer) {
+      c.res = undefined;
+      c.res = errorResponse(answer);
+    }
+  });
+}
+
+function check(options: unknown): void {
+  const o = options as Partial<LeasedOptions<Env, unknown>> | null;
+  if (typeof o !== "object" || o === null) throw new LeaseError("INVALID_ARGUMENT", expected("leased(options)", "an object", o));
+  const isClient = (l: unknown) => typeof l === "object" && l !== null && typeof (l as LeaseClient).acquire === "function" && typeof (l as LeaseClient).release === "function";
+  if (typeof o.leases !== "function" && !isClient(o.leases)) throw new LeaseError("INVALID_ARGUMENT", expected("leases", "a LeaseClient or a function of the context returning one", o.leases));
+  if (typeof o.connect !== "function") throw new LeaseError("INVALID_ARGUMENT", expected("connect", "a function of the context returning a client", o.connect));
+  if (o.close !== undefined && typeof o.close !== "function") throw new LeaseError("INVALID_ARGUMENT", expected("close", "a function", o.close));
+  if (o.holder !== undefined && typeof o.holder !== "function") throw new LeaseError("INVALID_ARGUMENT", expected("holder", "a function of the context", o.holder));
+  for (const name of ["waitMs", "ttlMs"] as const) {
+    const v = o[name];
+    if (v !== undefined && !(Number.isInteger(v) && v >= 0 && v <= 3_600_000)) throw new LeaseError("INVALID_ARGUMENT", expected(name, "an integer of milliseconds from 0 to 3600000", v));
+  }
+}
+
+// A pg Client connects explicitly; postgres.js (a function with `unsafe`) connects on its first query.
+async function open(client: unknown): Promise<void> {
+  if (isPostgresJs(client)) return;
+  const pg = client as { connect?: unknown; on?: unknown };
+  // An idle client's backend terminated between queries emits 'error': never an uncaught exception.
+  if (typeof pg.on === "function") (pg.on as (e: string, f: () => void) => void).call(client, "error", () => {});
+  if (typeof pg.connect === "function") await (pg.connect as () => Promise<unknown>).call(client);
+}
+
+function isPostgresJs(client: unknown): client is { end(options: { timeout: number }): Promise<void> } {
+  return typeof client === "function" && typeof (client as { unsafe?: unknown }).unsafe === "function" && typeof (client as { end?: unknown }).end === "function";
+}
+
+async function defaultClose(client: unknown): Promise<void> {
+  if (isPostgresJs(client)) {
+    await client.end({ timeout: 0 });
+    return;
+  }
+  const pg = client as { end?: unknown; on?: unknown };
+  if (typeof pg.end === "function" && typeof pg.on === "function") {
+    await closePgClient(client as Parameters<typeof closePgClient>[0]);
+    return;
+  }
+  if (typeof pg.end === "function") await (pg.end as () => Promise<unknown>).call(client);
+}
+
+// The connection first, then the slot: the database never counts more connections than leases.
+/** A request's lease (kept alive by its heartbeat), the client that holds it, and the client's connection. */
+interface Held<C> {
+  beat: Heartbeat;
+  leases: LeaseClient;
+  client?: C;
+}
+
+async function finish<C>(held: Held<C>, close: (client: C) => Promise<unknown> | unknown): Promise<void> {
+  held.beat.stop();
+  if (held.client !== undefined) {
+    try {
+      await close(held.client);
+    } catch {
+      // The connection is gone either way; the slot must still come back.
+    }
+  }
+  try {
+    await held.leases.release(held.beat.lease);
+  } catch {
+    // Expired or reaped: the coordinator took the slot back itself.
+  }
+}
+
+function executionWaitUntil(c: Context): ((promise: Promise<unknown>) => void) | undefined {
+  try {
+    // Hono's getter throws where the runtime gave no execution context (Node, Deno).
+    const ctx = c.executionCtx;
+    return (promise) => ctx.waitUntil(promise);
+  } catch {
+    return undefined;
+  }
+}
+
+// A lease error with an overload code, or a driver error (or its cause: Drizzle wraps them) whose
+// code says the database is unreachable. Judged by codes only, never by message text.
+function overloaded(error: unknown): LeaseError | undefined {
+  let current = error;
+  for (let depth = 0; depth < 3 && typeof current === "object" && current !== null; depth++) {
+    if (isLeaseError(current)) return OVERLOAD.has(current.code) ? current : undefined;
+    const code = (current as { code?: unknown }).code;
+    if (typeof code === "string" && code !== "") {
+      const e = toDatabaseError(current);
+      return e.code === "DATABASE_UNAVAILABLE" ? e : undefined;
+    }
+    current = (current as { cause?: unknown }).cause;
+  }
+  return undefined;
+}
