@@ -1,4 +1,5 @@
-import type { ReservedSql, Sql } from "postgres";
+import type { Sql } from "postgres";
+import type { Coordinator } from "../src/client/leases.ts";
 import {
   type AcquireOptions,
   type AcquireResult,
@@ -8,39 +9,25 @@ import {
   type LeaseRef,
   type OperatorStats,
   type PoolConfig,
-  type PoolStats,
   type PoolState,
+  type PoolStats,
   type Reconciliation,
   type ReleaseResult,
   type RenewResult,
   type RevokeResult,
   LeaseError,
-  cancel,
   compareConnections,
   expected,
-  release,
   stats,
   tick,
   validateConfig,
-  withdraw,
 } from "../src/core/index.ts";
-import type { Coordinator } from "../src/client/leases.ts";
-import {
-  type AcquireAnswer,
-  type Committable,
-  type Step,
-  GroupCommit,
-  WakeTimer,
-  Waiters,
-  guarded,
-  mergeEffects,
-  settlementsOf,
-  steps,
-} from "../src/engine/index.ts";
 import { countConnections } from "../src/db/reconcile.ts";
-import { deliver, noticesOf } from "./notify.ts";
-import { type Loaded, loadPool, writePool } from "./rows.ts";
+import { type AcquireAnswer, WakeTimer, Waiters, guarded, settlementsOf, steps } from "../src/engine/index.ts";
+import { deliver } from "./notify.ts";
+import { type Loaded, loadPool } from "./rows.ts";
 import { ensureSchema } from "./schema.ts";
+import { type LocalStep, Transitions, giveBack } from "./transitions.ts";
 
 /**
  * Options of a {@link PostgresCoordinator}.
@@ -71,18 +58,6 @@ export interface PostgresCoordinatorOptions {
   durableCommits?: boolean | undefined;
 }
 
-/** A step run inside a transition, on the state loaded under the pool's lock. */
-type LocalStep<T> = (state: PoolState, now: number, loaded: Loaded) => Step<T>;
-
-/** A call waiting for the next transition. */
-interface Call extends Committable {
-  step: LocalStep<unknown>;
-  resolve: (answer: unknown) => void;
-}
-
-/** Calls per transition at most, so one transaction stays short. */
-const MAX_BATCH = 256;
-
 const POOL_NAME = /^[A-Za-z0-9_.:-]{1,48}$/;
 
 const CLOSED: Failure = { ok: false, code: "COORDINATOR_UNAVAILABLE", message: "The coordinator was closed", retryAfterMs: 100 };
@@ -112,17 +87,15 @@ export class PostgresCoordinator implements Coordinator {
   readonly abortable = true;
   readonly #sql: Sql;
   readonly #config: PoolConfig;
-  readonly #durable: boolean;
   readonly #channel: string;
   readonly #waiters = new Waiters();
   readonly #timer = new WakeTimer(() => this.#onTimer());
-  readonly #commits = new GroupCommit<Call>((take) => this.#run(take), MAX_BATCH);
+  readonly #transitions: Transitions;
   #ready: Promise<void> | undefined;
   #unlisten: (() => Promise<void>) | undefined;
   /** Backend pid of our LISTEN connection, stamped on our waiter rows as proof of life. */
   #ownerPid: number | null = null;
   #closed = false;
-  #conn: ReservedSql | undefined;
   /** The pool as our last transition left it: its next lease expiry bounds our timer. */
   #lastState: PoolState | undefined;
 
@@ -142,8 +115,15 @@ export class PostgresCoordinator implements Coordinator {
     this.pool = pool;
     this.#sql = options.sql;
     this.#config = validateConfig(options.config);
-    this.#durable = options.durableCommits === true;
     this.#channel = `leasegate.${pool}`;
+    this.#transitions = new Transitions({
+      sql: options.sql,
+      pool,
+      channel: this.#channel,
+      durable: options.durableCommits === true,
+      ownerPid: () => this.#ownerPid,
+      committed: (state, effects) => this.#committed(state, effects),
+    });
   }
 
   /**
@@ -216,7 +196,7 @@ export class PostgresCoordinator implements Coordinator {
         this.#waiters.settle(leaseId, ABORTED);
         // After our acquire's own transition (calls run in order): leaves the queue, or gives
         // back a slot granted before the abort was seen.
-        void this.#transition((state, now) => ({ answer: null, effects: giveBack(state, [leaseId], now) })).catch(() => {
+        void this.#transitions.run((state, now) => ({ answer: null, effects: giveBack(state, [leaseId], now) })).catch(() => {
           // The row times out at its deadline, a lease expires at its TTL.
         });
       };
@@ -226,7 +206,7 @@ export class PostgresCoordinator implements Coordinator {
     }
     let decided: AcquireAnswer | Failure;
     try {
-      decided = await this.#transition(guarded(steps.acquire(leaseId, options, true)));
+      decided = await this.#transitions.run(guarded(steps.acquire(leaseId, options, true)));
     } catch (error) {
       this.#waiters.drop(leaseId);
       throw error;
@@ -266,7 +246,7 @@ export class PostgresCoordinator implements Coordinator {
   /** One transition whose answer is a result object. */
   async #call<T>(step: LocalStep<T>): Promise<T> {
     await this.ready();
-    return await this.#transition(step);
+    return await this.#transitions.run(step);
   }
 
   /**
@@ -371,62 +351,23 @@ export class PostgresCoordinator implements Coordinator {
     const ids = this.#waiters.ids();
     for (const id of ids) this.#waiters.settle(id, CLOSED);
     if (ids.length > 0 && this.#ready) {
-      await this.#transition((state, now) => ({ answer: null, effects: giveBack(state, ids, now) })).catch(() => {
+      await this.#transitions.run((state, now) => ({ answer: null, effects: giveBack(state, ids, now) })).catch(() => {
         // The rows time out at their deadlines (and expire at their TTL) on their own.
       });
     }
     await this.#unlisten?.().catch(() => {});
-    this.#conn?.release();
-    this.#conn = undefined;
+    this.#transitions.close();
   }
 
   /**
-   * Runs `step` in the next transition. Calls made while a transition is in flight are coalesced
-   * into the following one, in call order (group commit): one lock, one load and one write per batch.
+   * After each commit: answer our waiters it settled (the NOTIFY may come later or never), and
+   * those another process settled whose notice we have not seen yet: the state we just read is
+   * the truth.
    */
-  #transition<T>(step: LocalStep<T>): Promise<T> {
-    return new Promise<T>((resolve, reject) => {
-      this.#commits.add({ step, resolve: resolve as (answer: unknown) => void, reject });
-    });
-  }
-
-  /**
-   * One transition: lock, load, run each call's step on the same state, write the difference and
-   * the notices, commit; then answer the calls and this process's waiters the transition settled.
-   * One reserved connection per process runs the transitions: batches are sequential anyway, and
-   * managing BEGIN/COMMIT ourselves lets the writes and the COMMIT share one round trip, so the
-   * pool's lock is held for about one round trip per batch.
-   */
-  async #run(take: () => Call[]): Promise<void> {
-    if (!this.#conn) {
-      const conn = await this.#sql.reserve();
-      // See `durableCommits`: set once for this connection instead of in every transaction.
-      if (!this.#durable) await conn`SET synchronous_commit = off`;
-      this.#conn = conn;
-    }
-    const tx = this.#conn;
-    let done: { answers: unknown[]; effects: Effects; state: PoolState; batch: Call[] };
-    try {
-      const loaded = await loadPool(tx, this.pool, true);
-      const batch = take();
-      const { answers, effects } = runSteps(loaded, batch);
-      const notices = noticesOf(loaded.state, effects);
-      await Promise.all([writePool(tx, this.pool, loaded, this.#ownerPid, { channel: this.#channel, notices }), tx`COMMIT`]);
-      done = { answers, effects, state: loaded.state, batch };
-    } catch (error) {
-      await tx`ROLLBACK`.catch(() => {
-        // A broken connection: the server rolled back when it dropped; take a fresh one next time.
-        tx.release();
-        this.#conn = undefined;
-      });
-      throw error;
-    }
-    for (const [i, call] of done.batch.entries()) call.resolve(done.answers[i]);
-    // Our waiters it settled (the NOTIFY may come later or never), and those another process
-    // settled whose notice we have not seen yet: the state we just read is the truth.
-    this.#waiters.settleAll(settlementsOf(done.state, done.effects));
-    this.#waiters.settleFrom(done.state);
-    this.#lastState = done.state;
+  #committed(state: PoolState, effects: Effects): void {
+    this.#waiters.settleAll(settlementsOf(state, effects));
+    this.#waiters.settleFrom(state);
+    this.#lastState = state;
     this.#rearm();
   }
 
@@ -443,35 +384,9 @@ export class PostgresCoordinator implements Coordinator {
   #onTimer(): void {
     // A timer set for a lease expiry that was since renewed or released is harmless: the tick
     // finds nothing to reap and re-arms from the fresh state.
-    this.#transition((state, now) => ({ answer: null, effects: tick(state, now) })).catch(() => {
+    this.#transitions.run((state, now) => ({ answer: null, effects: tick(state, now) })).catch(() => {
       // The database is unreachable: try again shortly; our waiters still time out at deadlines.
       if (!this.#closed) this.#timer.retryIn(200);
     });
   }
-}
-
-/**
- * Runs a batch's steps on one loaded state, in call order. A dead process's waiters are withdrawn
- * first, so a freed slot never goes to a caller that no longer exists.
- */
-function runSteps(loaded: Loaded, batch: Call[]): { answers: unknown[]; effects: Effects } {
-  const { state } = loaded;
-  const effects: Effects = { granted: [], timedOut: [], expired: [] };
-  if (loaded.dead.length > 0) mergeEffects(effects, withdraw(state, loaded.dead, Date.now()).effects);
-  const answers = batch.map((call) => {
-    const step = call.step(state, Date.now(), loaded);
-    mergeEffects(effects, step.effects);
-    return step.answer;
-  });
-  return { answers, effects };
-}
-
-/** On close: our queued callers leave the queue; one granted just now, unheard of, gives its slot back. */
-function giveBack(state: PoolState, ids: string[], now: number): Effects {
-  const effects: Effects = { granted: [], timedOut: [], expired: [] };
-  for (const id of ids) {
-    const lease = state.leases.get(id);
-    mergeEffects(effects, lease ? release(state, { leaseId: id, fence: lease.fence }, now).effects : cancel(state, id, now).effects);
-  }
-  return effects;
 }
