@@ -170,7 +170,12 @@ for (const client of CLIENTS) {
   const held = mine.flatMap((r) => r.connectionMs).sort((a, b) => a - b);
   const errors: Record<string, number> = {};
   for (const r of mine) for (const [code, n] of Object.entries(r.errors)) errors[code] = (errors[code] ?? 0) + n;
-  const errorText = Object.keys(errors).length === 0 ? "0" : Object.entries(errors).map(([c, n]) => `${n} ${c}`).join(", ");
+  const errorText =
+    Object.keys(errors).length === 0
+      ? "0"
+      : Object.entries(errors)
+          .map(([c, n]) => `${n} ${c}`)
+          .join(", ");
   lines.push(
     `| ${LABEL[client]} | ${ok} | ${mean.toFixed(0)} | ${perRound.map((v) => v.toFixed(0)).join(" / ")} | ${pct(lat, 0.5).toFixed(1)} | ${pct(lat, 0.99).toFixed(1)} | ${pct(held, 0.5).toFixed(1)} / ${pct(held, 0.99).toFixed(1)} | ${errorText} | ${Math.max(...mine.map((r) => r.peak))} |`,
   );

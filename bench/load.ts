@@ -11,7 +11,15 @@ if (!url) throw new Error("usage: node bench/load.ts URL CLIENTS SECONDS");
 const clients = Number(clientsArg ?? 200);
 const end = Date.now() + Number(secondsArg ?? 8) * 1000;
 
-interface Sample { status: number; ms: number; serverMs: number; leaseMs: number; dbMs: number; code: string; retryAfter: boolean }
+interface Sample {
+  status: number;
+  ms: number;
+  serverMs: number;
+  leaseMs: number;
+  dbMs: number;
+  code: string;
+  retryAfter: boolean;
+}
 const samples: Sample[] = [];
 let failures = 0;
 
@@ -54,21 +62,46 @@ console.log(
     okP99: pct(ok, 99),
     okServerP50: pct(okServer, 50),
     okServerP99: pct(okServer, 99),
-    okLeaseP99: pct(samples.filter((s) => s.status === 200).map((s) => s.leaseMs), 99),
-    okDbP50: pct(samples.filter((s) => s.status === 200).map((s) => s.dbMs), 50),
-    okDbP99: pct(samples.filter((s) => s.status === 200).map((s) => s.dbMs), 99),
+    okLeaseP99: pct(
+      samples.filter((s) => s.status === 200).map((s) => s.leaseMs),
+      99,
+    ),
+    okDbP50: pct(
+      samples.filter((s) => s.status === 200).map((s) => s.dbMs),
+      50,
+    ),
+    okDbP99: pct(
+      samples.filter((s) => s.status === 200).map((s) => s.dbMs),
+      99,
+    ),
     shed: shed.length,
-    shedP50: pct(shed.map((s) => s.ms), 50),
-    shedP99: pct(shed.map((s) => s.ms), 99),
-    shedServerP50: pct(shed.map((s) => s.serverMs), 50),
-    shedServerP99: pct(shed.map((s) => s.serverMs), 99),
-    timeoutServerP50: pct(timeouts.map((s) => s.serverMs), 50),
+    shedP50: pct(
+      shed.map((s) => s.ms),
+      50,
+    ),
+    shedP99: pct(
+      shed.map((s) => s.ms),
+      99,
+    ),
+    shedServerP50: pct(
+      shed.map((s) => s.serverMs),
+      50,
+    ),
+    shedServerP99: pct(
+      shed.map((s) => s.serverMs),
+      99,
+    ),
+    timeoutServerP50: pct(
+      timeouts.map((s) => s.serverMs),
+      50,
+    ),
     timeouts: timeouts.length,
     retryAfter: samples.filter((s) => s.status === 503 && s.retryAfter).length,
     other: Object.fromEntries(
-      [...new Set(samples.filter((s) => s.status !== 200 && s.code !== "QUEUE_FULL" && s.code !== "ACQUIRE_TIMEOUT").map((s) => s.code))].map(
-        (c) => [c, byCode(c).length],
-      ),
+      [...new Set(samples.filter((s) => s.status !== 200 && s.code !== "QUEUE_FULL" && s.code !== "ACQUIRE_TIMEOUT").map((s) => s.code))].map((c) => [
+        c,
+        byCode(c).length,
+      ]),
     ),
     failures,
   }),

@@ -71,17 +71,55 @@ async function get<T>(path: string): Promise<T> {
 }
 
 interface P1 {
-  pingUs: number; writeUs: number; unconfirmedUs: number; pairUs: number; clientUs: number; beforeUs: number;
-  writes: number[]; unconfirmed: number[]; ping: number[]; pairs: number[]; client: number[]; before: number[];
+  pingUs: number;
+  writeUs: number;
+  unconfirmedUs: number;
+  pairUs: number;
+  clientUs: number;
+  beforeUs: number;
+  writes: number[];
+  unconfirmed: number[];
+  ping: number[];
+  pairs: number[];
+  client: number[];
+  before: number[];
 }
 interface P2 {
-  pingPerS: number; writePerS: number; pairsPerS: number; coalescedPerS: number; beforePerS: number; coalescedCallsPerPair: number;
-  writes: number[]; ping: number[]; pairs: number[]; coalesced: number[]; before: number[]; c: number; heldAfter: number;
+  pingPerS: number;
+  writePerS: number;
+  pairsPerS: number;
+  coalescedPerS: number;
+  beforePerS: number;
+  coalescedCallsPerPair: number;
+  writes: number[];
+  ping: number[];
+  pairs: number[];
+  coalesced: number[];
+  before: number[];
+  c: number;
+  heldAfter: number;
 }
-interface Shed { shedUs: number; pingUs: number }
-interface Restart { granted: number; heldAfterRestart: number }
-interface BlockCalls { callsPerPair: number; pairUs: number; pingUs: number; heldAfter: number }
-interface Block { n: number; c: number; maxBlock: number; sequential: BlockCalls; concurrent: BlockCalls }
+interface Shed {
+  shedUs: number;
+  pingUs: number;
+}
+interface Restart {
+  granted: number;
+  heldAfterRestart: number;
+}
+interface BlockCalls {
+  callsPerPair: number;
+  pairUs: number;
+  pingUs: number;
+  heldAfter: number;
+}
+interface Block {
+  n: number;
+  c: number;
+  maxBlock: number;
+  sequential: BlockCalls;
+  concurrent: BlockCalls;
+}
 
 /** Heap bytes per queued waiter in the pure core (what the coordinator keeps per waiter). */
 function memoryProbe(waiters: number): { heapMb: number; bytesPerWaiter: number } {
@@ -123,13 +161,58 @@ try {
 const memory = memoryProbe(smoke ? 1000 : 10_000);
 console.log(JSON.stringify({ p1, p2, shed, restart, block, memory }, null, 1));
 const blockDrained = block.sequential.heldAfter === 0 && block.concurrent.heldAfter === 0;
-if (!(block.sequential.pairUs > 0 && block.concurrent.pairUs > 0 && p1.pingUs > 0 && p1.writeUs > 0 && p1.pairUs > 0 && p1.clientUs > 0 && p2.pairsPerS > 0 && p2.coalescedPerS > 0 && p2.heldAfter === 0 && p2.pingPerS > 0 && restart.heldAfterRestart === restart.granted && blockDrained)) {
+if (
+  !(
+    block.sequential.pairUs > 0 &&
+    block.concurrent.pairUs > 0 &&
+    p1.pingUs > 0 &&
+    p1.writeUs > 0 &&
+    p1.pairUs > 0 &&
+    p1.clientUs > 0 &&
+    p2.pairsPerS > 0 &&
+    p2.coalescedPerS > 0 &&
+    p2.heldAfter === 0 &&
+    p2.pingPerS > 0 &&
+    restart.heldAfterRestart === restart.granted &&
+    blockDrained
+  )
+) {
   console.error("bench: implausible results");
   process.exit(1);
 }
 
-interface OverloadRow { mode: string; requests: number; ok: number; errors: number; goodput: number; p50: string; p99: string; peak: number }
-interface P4 { other: Record<string, number>; failures: number; ok: number; okP50: number; okP99: number; okServerP50: number; okServerP99: number; okLeaseP99: number; okDbP50: number; okDbP99: number; shed: number; shedP50: number; shedP99: number; shedServerP50: number; shedServerP99: number; timeoutServerP50: number; retryAfter: number; timeouts: number; serviceMs: number; deadlineMs: number }
+interface OverloadRow {
+  mode: string;
+  requests: number;
+  ok: number;
+  errors: number;
+  goodput: number;
+  p50: string;
+  p99: string;
+  peak: number;
+}
+interface P4 {
+  other: Record<string, number>;
+  failures: number;
+  ok: number;
+  okP50: number;
+  okP99: number;
+  okServerP50: number;
+  okServerP99: number;
+  okLeaseP99: number;
+  okDbP50: number;
+  okDbP99: number;
+  shed: number;
+  shedP50: number;
+  shedP99: number;
+  shedServerP50: number;
+  shedServerP99: number;
+  timeoutServerP50: number;
+  retryAfter: number;
+  timeouts: number;
+  serviceMs: number;
+  deadlineMs: number;
+}
 let overload: Array<OverloadRow & { rounds: number[] }> = [];
 
 /** Per setup, the round with the median goodput (its whole row), plus every round's goodput. */
@@ -144,7 +227,10 @@ function medianRounds(rows: OverloadRow[]): Array<OverloadRow & { rounds: number
 let p4: P4 | undefined;
 if (withOverload) {
   const out = mkdtempSync(join(tmpdir(), "leasegate-overload-"));
-  const run = spawnSync("bash", ["bench/overload.sh"], { stdio: "inherit", env: { ROLE: "leasegate_bench", DURATION: "8", ROUNDS: "3", ...process.env, RESULTS_DIR: out } });
+  const run = spawnSync("bash", ["bench/overload.sh"], {
+    stdio: "inherit",
+    env: { ROLE: "leasegate_bench", DURATION: "8", ROUNDS: "3", ...process.env, RESULTS_DIR: out },
+  });
   if (run.status !== 0) throw new Error("bench/overload.sh failed");
   overload = medianRounds(JSON.parse(readFileSync(join(out, "p3.json"), "utf8")) as OverloadRow[]);
   p4 = JSON.parse(readFileSync(join(out, "p4.json"), "utf8")) as P4;
@@ -171,9 +257,9 @@ const lines = [
   "to a bench-only no-op Durable Object (`ping()` does nothing: the floor for any DO call), timing",
   "with `performance.now()` (bench/coordinator-bench-worker.ts, bench/wrangler.bench.toml).",
   "",
-  "\"durable write\" is the same no-op object changing one SQLite row per call: its answer waits for",
+  '"durable write" is the same no-op object changing one SQLite row per call: its answer waits for',
   "the commit, as a grant's does — the floor of any durable call. A durable acquire + release is",
-  "two of them, so \"floor\" is 2 × that (P1) or half its rate (P2). \"before\" is the coordinator as",
+  'two of them, so "floor" is 2 × that (P1) or half its rate (P2). "before" is the coordinator as',
   "it was before group commit (one SQLite transaction per call, bench/baseline/), in the same run.",
   `A write whose answer does not wait for its commit (\`allowUnconfirmed\`) took ${f(p1.unconfirmedUs)} µs (${f(p1.unconfirmedUs / p1.pingUs, 2)}× no-op,`,
   `${f(p1.unconfirmedUs / p1.writeUs, 2)}× the durable write; rounds ${p1.unconfirmed.map((x) => f(x)).join(", ")}): ${
@@ -240,7 +326,7 @@ if (overload.length > 0 && p4) {
     "so it keeps up to 18 and nearly every request is served from them).",
     "",
     `Each setup ran ${overload[0]!.rounds.length} times, the setups taking turns; a row is the round with the median goodput,`,
-    "\"rounds\" lists every round's goodput, \"vs PgBouncer\" divides medians.",
+    '"rounds" lists every round\'s goodput, "vs PgBouncer" divides medians.',
     "",
     "| setup | requests | 2xx | errors | goodput (2xx/s) | rounds | vs PgBouncer | p50 | p99 | peak connections |",
     "|---|---|---|---|---|---|---|---|---|---|",
@@ -257,7 +343,7 @@ if (overload.length > 0 && p4) {
     "Latencies as the client saw them, through `wrangler dev`'s proxy on the saturated 2-core machine",
     "(every response waits in the proxy's queue of 200 connections), and as the Worker saw them: its",
     "`Server-Timing` header, from the request reaching the Worker to the response, split into the lease",
-    "wait and the query (connect included). The \"unloaded service\" time is the median of 20 requests",
+    'wait and the query (connect included). The "unloaded service" time is the median of 20 requests',
     "before the load; under the load the same query takes far longer (the 2 cores also run wrk, the dev",
     `proxy, workerd and Postgres). The shed answer's own cost is the \`QUEUE_FULL\` RPC in the micro-benchmarks (${f(shed.shedUs)} µs).`,
     "",
@@ -277,8 +363,25 @@ lines.push(`Suite time: ${f((Date.now() - started) / 1000)} s.`, "");
 const chart = renderChart({
   title: "leasegate vs the floor and the alternatives (same run)",
   groups: [
-    { label: "P1 µs per op, sequential (lower is better)", bars: [{ name: "no-op RPC", value: p1.pingUs }, { name: "durable write", value: p1.writeUs }, { name: "acquire+release", value: p1.pairUs }, { name: "before (write/call)", value: p1.beforeUs }] },
-    { label: "P2 ops/s, 32 callers (higher is better)", bars: [{ name: "no-op RPCs/s", value: p2.pingPerS }, { name: "durable writes/s", value: p2.writePerS }, { name: "pairs/s", value: p2.pairsPerS }, { name: "pairs/s, one client", value: p2.coalescedPerS }, { name: "before (write/call)", value: p2.beforePerS }] },
+    {
+      label: "P1 µs per op, sequential (lower is better)",
+      bars: [
+        { name: "no-op RPC", value: p1.pingUs },
+        { name: "durable write", value: p1.writeUs },
+        { name: "acquire+release", value: p1.pairUs },
+        { name: "before (write/call)", value: p1.beforeUs },
+      ],
+    },
+    {
+      label: "P2 ops/s, 32 callers (higher is better)",
+      bars: [
+        { name: "no-op RPCs/s", value: p2.pingPerS },
+        { name: "durable writes/s", value: p2.writePerS },
+        { name: "pairs/s", value: p2.pairsPerS },
+        { name: "pairs/s, one client", value: p2.coalescedPerS },
+        { name: "before (write/call)", value: p2.beforePerS },
+      ],
+    },
     ...(overload.length > 0 ? [{ label: "P3 goodput 2xx/s", bars: overload.map((r) => ({ name: r.mode, value: r.goodput })) }] : []),
   ],
 });

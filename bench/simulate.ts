@@ -115,9 +115,7 @@ export function simulate(s: Scenario): Result {
   }));
   const loads: ShardLoad[][] = Array.from({ length: s.isolates }, () => limits.map((limit) => ({ held: 0, waiting: 0, limit })));
   type Held = { lease: Lease; shard: number };
-  const blocks: BlockState<Held>[] = Array.from({ length: s.isolates }, () =>
-    createBlock<Held>({ maxBlock: s.maxBlock, idleMs: s.idleMs }),
-  );
+  const blocks: BlockState<Held>[] = Array.from({ length: s.isolates }, () => createBlock<Held>({ maxBlock: s.maxBlock, idleMs: s.idleMs }));
   const arrivals = new Map<string, number>();
   const waits = createHistogram();
   let calls = 0;
@@ -310,9 +308,15 @@ function row(r: Result): string {
 
 if (import.meta.main) {
   const smoke = process.argv.includes("--smoke");
-  const scenarios = smoke ? [{ ...base, name: "smoke: 2 shards + batching", shards: 2, maxBlock: 2, idleMs: 5, durationMs: 200, ratePerSec: 2_000 }] : SCENARIOS;
-  console.log(`simulated ${scenarios[0]!.durationMs / 1000} s each; ${base.isolates} isolates, one-way latency ${base.oneWayMs} ms, query ${base.serviceMs} ms (±50 %), ${base.callCostMs} ms per coordinator call, deadline ${base.waitMs} ms`);
-  console.log("| scenario | requests | goodput/s | shed | peak held / limit | wait p50 ms | wait p99 ms | coordinator calls/request | busiest shard load (1 = saturated) |");
+  const scenarios = smoke
+    ? [{ ...base, name: "smoke: 2 shards + batching", shards: 2, maxBlock: 2, idleMs: 5, durationMs: 200, ratePerSec: 2_000 }]
+    : SCENARIOS;
+  console.log(
+    `simulated ${scenarios[0]!.durationMs / 1000} s each; ${base.isolates} isolates, one-way latency ${base.oneWayMs} ms, query ${base.serviceMs} ms (±50 %), ${base.callCostMs} ms per coordinator call, deadline ${base.waitMs} ms`,
+  );
+  console.log(
+    "| scenario | requests | goodput/s | shed | peak held / limit | wait p50 ms | wait p99 ms | coordinator calls/request | busiest shard load (1 = saturated) |",
+  );
   console.log("|---|---|---|---|---|---|---|---|---|");
   for (const s of scenarios) {
     const r = simulate(s);

@@ -154,14 +154,31 @@ const modes: Mode[] = [
   { name: "after", ttlMs: DEFAULT_CONFIG.leaseTtlMs, heartbeatMs: undefined, claimMs: undefined },
   { name: "after + signal", ttlMs: DEFAULT_CONFIG.leaseTtlMs, heartbeatMs: undefined, claimMs: undefined, signal: true },
 ];
-console.log(`spike: ${clients} clients (half give up after ${GIVE_UP_MS} ms and retry), ${limit} slots, work 100-300 ms, ${seconds} s per run, local adapter on ${new URL(url).host}`);
+console.log(
+  `spike: ${clients} clients (half give up after ${GIVE_UP_MS} ms and retry), ${limit} slots, work 100-300 ms, ${seconds} s per run, local adapter on ${new URL(url).host}`,
+);
 const results: Outcome[] = [];
 for (const mode of modes) results.push(await run(mode));
 const row = (cells: Array<string | number>) => `| ${cells.join(" | ")} |`;
-console.log(row(["run", "lease TTL / heartbeat / claim", "goodput req/s", "p50 ms", "p99 ms", "gave up", "refused", "pool fully held by gone callers", "slots held by gone callers (mean)"]));
+console.log(
+  row([
+    "run",
+    "lease TTL / heartbeat / claim",
+    "goodput req/s",
+    "p50 ms",
+    "p99 ms",
+    "gave up",
+    "refused",
+    "pool fully held by gone callers",
+    "slots held by gone callers (mean)",
+  ]),
+);
 console.log(row(["---", "---", "---", "---", "---", "---", "---", "---", "---"]));
 for (const r of results) {
-  const refused = Object.entries(r.refused).map(([k, v]) => `${k} ${v}`).join(", ") || "0";
+  const refused =
+    Object.entries(r.refused)
+      .map(([k, v]) => `${k} ${v}`)
+      .join(", ") || "0";
   const beat = r.mode.heartbeatMs === 0 ? "none" : `${Math.floor(r.mode.ttlMs / 3)} ms`;
   console.log(
     row([

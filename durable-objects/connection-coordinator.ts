@@ -33,17 +33,7 @@ import {
   stats,
   tick,
 } from "../src/core/index.ts";
-import {
-  type Step,
-  type StepFn,
-  GroupCommit,
-  WakeTimer,
-  Waiters,
-  failureOf,
-  guarded,
-  settlementsOf,
-  steps,
-} from "../src/engine/index.ts";
+import { type Step, type StepFn, GroupCommit, WakeTimer, Waiters, failureOf, guarded, settlementsOf, steps } from "../src/engine/index.ts";
 import { CoordinatorStore } from "./storage.ts";
 
 /** The variables the coordinator reads; the same names as everywhere else in leasegate. */

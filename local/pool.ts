@@ -68,7 +68,13 @@ export async function localPool(env: LocalPoolEnv): Promise<LocalPool> {
     operator: coordinator && controlsOf(coordinator, () => coordinator.reconcile(applicationName).catch((e: unknown) => Promise.reject(toDatabaseError(e)))),
     sql: (fn, options = {}) =>
       db.run(async ({ beforeRelease }) => {
-        const sql = postgres(connectionString, { max: 1, fetch_types: false, connect_timeout: connectTimeout, onnotice: () => {}, connection: { application_name: applicationName } });
+        const sql = postgres(connectionString, {
+          max: 1,
+          fetch_types: false,
+          connect_timeout: connectTimeout,
+          onnotice: () => {},
+          connection: { application_name: applicationName },
+        });
         beforeRelease(() => sql.end({ timeout: 0 }).catch(() => {}));
         return db.timed(options.holder ?? "sql", () => fn(sql), options.holder);
       }, options),

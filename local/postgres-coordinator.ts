@@ -196,9 +196,11 @@ export class PostgresCoordinator implements Coordinator {
         this.#waiters.settle(leaseId, ABORTED);
         // After our acquire's own transition (calls run in order): leaves the queue, or gives
         // back a slot granted before the abort was seen.
-        void this.#transitions.run((state, now) => ({ answer: null, effects: giveBack(state, [leaseId], now) })).catch(() => {
-          // The row times out at its deadline, a lease expires at its TTL.
-        });
+        void this.#transitions
+          .run((state, now) => ({ answer: null, effects: giveBack(state, [leaseId], now) }))
+          .catch(() => {
+            // The row times out at its deadline, a lease expires at its TTL.
+          });
       };
       signal.addEventListener("abort", onAbort, { once: true });
       // Once answered, the caller owns the outcome: a later abort must not free a held lease.
@@ -351,9 +353,11 @@ export class PostgresCoordinator implements Coordinator {
     const ids = this.#waiters.ids();
     for (const id of ids) this.#waiters.settle(id, CLOSED);
     if (ids.length > 0 && this.#ready) {
-      await this.#transitions.run((state, now) => ({ answer: null, effects: giveBack(state, ids, now) })).catch(() => {
-        // The rows time out at their deadlines (and expire at their TTL) on their own.
-      });
+      await this.#transitions
+        .run((state, now) => ({ answer: null, effects: giveBack(state, ids, now) }))
+        .catch(() => {
+          // The rows time out at their deadlines (and expire at their TTL) on their own.
+        });
     }
     await this.#unlisten?.().catch(() => {});
     this.#transitions.close();
@@ -384,9 +388,11 @@ export class PostgresCoordinator implements Coordinator {
   #onTimer(): void {
     // A timer set for a lease expiry that was since renewed or released is harmless: the tick
     // finds nothing to reap and re-arms from the fresh state.
-    this.#transitions.run((state, now) => ({ answer: null, effects: tick(state, now) })).catch(() => {
-      // The database is unreachable: try again shortly; our waiters still time out at deadlines.
-      if (!this.#closed) this.#timer.retryIn(200);
-    });
+    this.#transitions
+      .run((state, now) => ({ answer: null, effects: tick(state, now) }))
+      .catch(() => {
+        // The database is unreachable: try again shortly; our waiters still time out at deadlines.
+        if (!this.#closed) this.#timer.retryIn(200);
+      });
   }
 }

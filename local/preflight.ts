@@ -71,9 +71,7 @@ function settingFailure(error: unknown, fallback: string, hints: Array<string | 
   if (!isLeaseError(error)) throw error;
   const variable = /`([A-Z][A-Z0-9_.]*)`/.exec(error.message)?.[1] ?? fallback;
   const named = `\`${variable}\``;
-  const problem = error.message
-    .replace(new RegExp(`^Expected ${named} to be `), "expected ")
-    .replace(new RegExp(`^${named} (is )?`), "");
+  const problem = error.message.replace(new RegExp(`^Expected ${named} to be `), "expected ").replace(new RegExp(`^${named} (is )?`), "");
   return failure(variable, problem, error.code, hints);
 }
 

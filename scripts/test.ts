@@ -49,7 +49,7 @@ const env = {
 // like a failing test.
 for (const [name, command, args] of [
   ["typecheck", "tsc", ["--noEmit", "-p", "."]],
-  ["lint", "biome", ["lint", "."]],
+  ["lint", "biome", ["check", "."]],
 ] as const) {
   if (spawnSync(command, args, { stdio: "inherit" }).status !== 0) {
     console.log(`\n0 passed, 1 failed (${name})`);
@@ -76,11 +76,7 @@ let failed = 0;
 let broken = false;
 for (const suite of suites) {
   const report = `test-artifacts/vitest-${suite.name}.json`;
-  const run = spawnSync(
-    "vitest",
-    [...suite.args, "--reporter=default", "--reporter=json", `--outputFile.json=${report}`, ...extra],
-    { stdio: "inherit", env },
-  );
+  const run = spawnSync("vitest", [...suite.args, "--reporter=default", "--reporter=json", `--outputFile.json=${report}`, ...extra], { stdio: "inherit", env });
   try {
     const result = JSON.parse(readFileSync(report, "utf8")) as { numPassedTests: number; numFailedTests: number };
     passed += result.numPassedTests;

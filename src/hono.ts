@@ -131,14 +131,18 @@ export function leased<C, E extends Env = any>(options: LeasedOptions<E, C>): Mi
 function check(options: unknown): void {
   const o = options as Partial<LeasedOptions<Env, unknown>> | null;
   if (typeof o !== "object" || o === null) throw new LeaseError("INVALID_ARGUMENT", expected("leased(options)", "an object", o));
-  const isClient = (l: unknown) => typeof l === "object" && l !== null && typeof (l as LeaseClient).acquire === "function" && typeof (l as LeaseClient).release === "function";
-  if (typeof o.leases !== "function" && !isClient(o.leases)) throw new LeaseError("INVALID_ARGUMENT", expected("leases", "a LeaseClient or a function of the context returning one", o.leases));
+  const isClient = (l: unknown) =>
+    typeof l === "object" && l !== null && typeof (l as LeaseClient).acquire === "function" && typeof (l as LeaseClient).release === "function";
+  if (typeof o.leases !== "function" && !isClient(o.leases))
+    throw new LeaseError("INVALID_ARGUMENT", expected("leases", "a LeaseClient or a function of the context returning one", o.leases));
   if (typeof o.connect !== "function") throw new LeaseError("INVALID_ARGUMENT", expected("connect", "a function of the context returning a client", o.connect));
   if (o.close !== undefined && typeof o.close !== "function") throw new LeaseError("INVALID_ARGUMENT", expected("close", "a function", o.close));
-  if (o.holder !== undefined && typeof o.holder !== "function") throw new LeaseError("INVALID_ARGUMENT", expected("holder", "a function of the context", o.holder));
+  if (o.holder !== undefined && typeof o.holder !== "function")
+    throw new LeaseError("INVALID_ARGUMENT", expected("holder", "a function of the context", o.holder));
   for (const name of ["waitMs", "ttlMs"] as const) {
     const v = o[name];
-    if (v !== undefined && !(Number.isInteger(v) && v >= 0 && v <= 3_600_000)) throw new LeaseError("INVALID_ARGUMENT", expected(name, "an integer of milliseconds from 0 to 3600000", v));
+    if (v !== undefined && !(Number.isInteger(v) && v >= 0 && v <= 3_600_000))
+      throw new LeaseError("INVALID_ARGUMENT", expected(name, "an integer of milliseconds from 0 to 3600000", v));
   }
 }
 
@@ -152,7 +156,9 @@ async function open(client: unknown): Promise<void> {
 }
 
 function isPostgresJs(client: unknown): client is { end(options: { timeout: number }): Promise<void> } {
-  return typeof client === "function" && typeof (client as { unsafe?: unknown }).unsafe === "function" && typeof (client as { end?: unknown }).end === "function";
+  return (
+    typeof client === "function" && typeof (client as { unsafe?: unknown }).unsafe === "function" && typeof (client as { end?: unknown }).end === "function"
+  );
 }
 
 async function defaultClose(client: unknown): Promise<void> {

@@ -19,7 +19,17 @@ export type { ErrorCode } from "./core/errors.ts";
 export { configFromEnv, validateConfig, DEFAULT_CONFIG } from "./core/config.ts";
 export type { PoolEnv } from "./core/config.ts";
 export type { PoolConfig, PoolStats, HeldLease, Counters, Priority, AdaptiveConfig } from "./core/types.ts";
-export type { AcquireManyResult, AcquireOptions, AcquireResult, Failure, LeaseGrant, ReleaseManyResult, ReleaseResult, RenewResult, Result } from "./core/protocol.ts";
+export type {
+  AcquireManyResult,
+  AcquireOptions,
+  AcquireResult,
+  Failure,
+  LeaseGrant,
+  ReleaseManyResult,
+  ReleaseResult,
+  RenewResult,
+  Result,
+} from "./core/protocol.ts";
 export { MAX_BATCH } from "./core/protocol.ts";
 export { shardLimits, pickShard, shardConfig } from "./core/shard.ts";
 export type { ShardLoad, ShardRef } from "./core/shard.ts";

@@ -216,11 +216,7 @@ export class WritePerCallCoordinator extends DurableObject<CoordinatorEnv> {
       }
       const opts = options;
       const leaseId = crypto.randomUUID();
-      const { outcome, effects } = acquire(
-        pool,
-        { leaseId, holder: opts.holder ?? "", waitMs: opts.waitMs, ttlMs: opts.ttlMs },
-        Date.now(),
-      );
+      const { outcome, effects } = acquire(pool, { leaseId, holder: opts.holder ?? "", waitMs: opts.waitMs, ttlMs: opts.ttlMs }, Date.now());
       if (outcome.status === "granted") {
         this.afterTransition(effects, [outcome.lease]);
         return { ok: true, lease: grantOf(outcome.lease) };

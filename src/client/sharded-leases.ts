@@ -13,18 +13,7 @@ import {
   percentile,
   pickShard,
 } from "../core/index.ts";
-import {
-  type BlockEffect,
-  type BlockState,
-  abandon,
-  createBlock,
-  expireIdle,
-  finished,
-  granted,
-  refused,
-  request,
-  retired,
-} from "../core/lease-block.ts";
+import { type BlockEffect, type BlockState, abandon, createBlock, expireIdle, finished, granted, refused, request, retired } from "../core/lease-block.ts";
 import type { Coordinator, LeaseClient, WaitUntil } from "./leases.ts";
 
 /** A lease from a sharded pool: it remembers its shard, so release and renew go to that object. */
@@ -379,7 +368,13 @@ export function mergeStats(list: readonly PoolStats[]): PoolStats {
   const counters = {} as Counters;
   for (const k of Object.keys(first.counters) as Array<keyof Counters>) counters[k] = sum((s) => s.counters[k]);
   const counts = first.waitHistogram.counts.map((_, i) => sum((s) => s.waitHistogram.counts[i] ?? 0));
-  const hist = { bounds: first.waitHistogram.bounds, counts, count: sum((s) => s.waitTimeMs.count), sum: sum((s) => s.waitTimeMs.sum), max: Math.max(...list.map((s) => s.waitTimeMs.max)) };
+  const hist = {
+    bounds: first.waitHistogram.bounds,
+    counts,
+    count: sum((s) => s.waitTimeMs.count),
+    sum: sum((s) => s.waitTimeMs.sum),
+    max: Math.max(...list.map((s) => s.waitTimeMs.max)),
+  };
   return {
     ...first,
     limit: sum((s) => s.limit),

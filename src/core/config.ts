@@ -1,7 +1,6 @@
 import { LeaseError, expected } from "./errors.ts";
 import type { PoolConfig } from "./types.ts";
 
-
 /** Upper bounds that keep a single bad setting or request from pinning the coordinator. */
 export const BOUNDS = {
   limit: 10_000,
@@ -29,13 +28,7 @@ export const DEFAULT_CONFIG: PoolConfig = {
  * @example
  * checkInt("limit", 10, 1, 10_000) // 10
  */
-export function checkInt(
-  name: string,
-  value: unknown,
-  min: number,
-  max: number,
-  code: "INVALID_ARGUMENT" | "INVALID_CONFIG" = "INVALID_ARGUMENT",
-): number {
+export function checkInt(name: string, value: unknown, min: number, max: number, code: "INVALID_ARGUMENT" | "INVALID_CONFIG" = "INVALID_ARGUMENT"): number {
   if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > max) {
     throw new LeaseError(code, expected(name, `an integer from ${min} to ${max}`, value));
   }

@@ -1,9 +1,7 @@
 /** Fixed-bucket histograms of durations in milliseconds (the type is in `types.ts`). */
 import type { Histogram } from "./types.ts";
 
-export const WAIT_BUCKETS_MS: readonly number[] = [
-  1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000,
-];
+export const WAIT_BUCKETS_MS: readonly number[] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000];
 
 /**
  * An empty histogram over `bounds`.
@@ -22,7 +20,7 @@ export function createHistogram(bounds: readonly number[] = WAIT_BUCKETS_MS): Hi
  * record(h, 3.5)
  */
 export function record(h: Histogram, valueMs: number): void {
-  const v = Math.max(valueMs , 0);
+  const v = Math.max(valueMs, 0);
   let i = 0;
   while (i < h.bounds.length && v > h.bounds[i]!) i++;
   h.counts[i]!++;

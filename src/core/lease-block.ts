@@ -23,10 +23,7 @@ export interface BlockState<L> {
   waiting: string[];
 }
 
-export type BlockEffect<L> =
-  | { kind: "acquire" }
-  | { kind: "release"; lease: L }
-  | { kind: "start"; request: string; lease: L };
+export type BlockEffect<L> = { kind: "acquire" } | { kind: "release"; lease: L } | { kind: "start"; request: string; lease: L };
 
 /**
  * An isolate's empty block.

@@ -1,13 +1,7 @@
 import { BOUNDS, checkInt, validateConfig } from "./config.ts";
 import { LeaseError, expected } from "./errors.ts";
 import { createHistogram, percentile, record } from "./histogram.ts";
-import {
-  capacity,
-  eligible,
-  observeHold,
-  pickNext,
-  served,
-} from "./scheduling.ts";
+import { capacity, eligible, observeHold, pickNext, served } from "./scheduling.ts";
 import {
   type AcquireOutcome,
   type AcquireRequest,
@@ -23,7 +17,6 @@ import {
   type Waiter,
   PRIORITIES,
 } from "./types.ts";
-
 
 const noEffects = (): Effects => ({ granted: [], timedOut: [], expired: [] });
 
@@ -89,11 +82,7 @@ function retryAfterMs(state: PoolState): number {
   return Math.min(30_000, Math.max(50, Math.ceil((meanHold * ahead) / capacity(state))));
 }
 
-function grantTo(
-  state: PoolState,
-  w: { leaseId: string; holder: string; ttlMs: number; priority?: Priority | undefined },
-  now: number,
-): Lease {
+function grantTo(state: PoolState, w: { leaseId: string; holder: string; ttlMs: number; priority?: Priority | undefined }, now: number): Lease {
   const lease: Lease = {
     id: w.leaseId,
     fence: state.nextFence++,
@@ -106,7 +95,6 @@ function grantTo(
   state.counters.granted++;
   return lease;
 }
-
 
 /**
  * Free slots go to the queue: in plain FIFO pools to the head, in order, never skipping a waiter;
@@ -267,7 +255,6 @@ export function formatTimeout(f: TimeoutFacts): string {
   return `Timed out after ${f.waitedMs} ms waiting for a connection slot (limit ${f.limit}, ${f.held} held, ${f.waiting} waiting)`;
 }
 
-
 function findLive(state: PoolState, ref: LeaseRef, now: number): LeaseOutcome {
   checkRef(ref);
   const lease = state.leases.get(ref.leaseId);
@@ -310,12 +297,7 @@ export function release(state: PoolState, ref: LeaseRef, now: number): { outcome
  * @example
  * renew(pool, { leaseId: lease.id, fence: lease.fence }, now)
  */
-export function renew(
-  state: PoolState,
-  ref: LeaseRef,
-  now: number,
-  ttlMs?: number,
-): { outcome: LeaseOutcome; effects: Effects } {
+export function renew(state: PoolState, ref: LeaseRef, now: number, ttlMs?: number): { outcome: LeaseOutcome; effects: Effects } {
   checkTime(now);
   const ttl = ttlMs === undefined ? state.config.leaseTtlMs : checkInt("ttlMs", ttlMs, 1, BOUNDS.leaseTtlMs);
   const found = findLive(state, ref, now);
@@ -429,7 +411,6 @@ export function reconfigure(state: PoolState, config: PoolConfig, now: number): 
   return fx;
 }
 
-
 /**
  * A snapshot for operators; lease ids are cut to a prefix so stats never hand out a usable id.
  *
@@ -501,10 +482,7 @@ export const MIN_ID_PREFIX = 8;
  */
 export function findByPrefix(state: PoolState, prefix: string): Lease {
   if (typeof prefix !== "string" || prefix.length < MIN_ID_PREFIX || prefix.length > MAX_ID) {
-    throw new LeaseError(
-      "INVALID_ARGUMENT",
-      expected("id", `a lease id or its prefix of ${MIN_ID_PREFIX} to ${MAX_ID} characters`, prefix),
-    );
+    throw new LeaseError("INVALID_ARGUMENT", expected("id", `a lease id or its prefix of ${MIN_ID_PREFIX} to ${MAX_ID} characters`, prefix));
   }
   const matches = [...state.leases.values()].filter((l) => l.id.startsWith(prefix));
   if (matches.length === 0) throw new LeaseError("LEASE_NOT_FOUND", `No held lease has an id starting with \`${prefix}\``);

@@ -1,8 +1,6 @@
 import type { Lease, PoolState, Priority, Waiter } from "./types.ts";
 import { PRIORITIES } from "./types.ts";
 
-
-
 /**
  * How long a slowdown must last before the adaptive limit takes it as the new normal, ms: the
  * baseline rises toward slower hold times with this time constant (and falls to faster ones at

@@ -53,12 +53,7 @@ export function snapshot(state: PoolState): PoolSnapshot {
  * @example
  * const pool = restore(configFromEnv(env), JSON.parse(row.value), leases);
  */
-export function restore(
-  config: PoolConfig,
-  snap: PoolSnapshot | null,
-  leases: Iterable<Lease>,
-  queue: Waiter[] = [],
-): PoolState {
+export function restore(config: PoolConfig, snap: PoolSnapshot | null, leases: Iterable<Lease>, queue: Waiter[] = []): PoolState {
   if (snap === null) {
     const fresh = createPool(config, { leases, nextFence: 1 });
     fresh.queue = queue;

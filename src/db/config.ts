@@ -127,7 +127,13 @@ export function databaseConfig(env: DatabaseEnv): DatabaseConfig {
 
   if (env.HYPERDRIVE && typeof env.HYPERDRIVE.connectionString === "string") {
     const { password } = parseConnectionString("HYPERDRIVE.connectionString", env.HYPERDRIVE.connectionString);
-    return { ...common, environment: "edge", driver: pg ? "pg" : "hyperdrive", connectionString: env.HYPERDRIVE.connectionString, secrets: password ? [password] : [] };
+    return {
+      ...common,
+      environment: "edge",
+      driver: pg ? "pg" : "hyperdrive",
+      connectionString: env.HYPERDRIVE.connectionString,
+      secrets: password ? [password] : [],
+    };
   }
   const raw = env.DATABASE_URL;
   if (raw === undefined || raw.trim() === "") invalid("Set `DATABASE_URL` (or bind `HYPERDRIVE` on Workers): no database is configured");
@@ -135,7 +141,9 @@ export function databaseConfig(env: DatabaseEnv): DatabaseConfig {
   const neon = forced === "neon" || (forced === "" && /\.neon\.tech$/i.test(url.hostname));
   // Neon's driver is its own (WebSocket) client: a client choice there would be silently ignored.
   if (neon && client !== "") {
-    invalid(`\`DATABASE_CLIENT\` applies to Hyperdrive and plain Postgres, not to the Neon driver (chosen by ${forced === "neon" ? "`DATABASE_DRIVER=neon`" : "the *.neon.tech host"}): unset it, or set \`DATABASE_DRIVER=postgres\` to reach Neon over TCP`);
+    invalid(
+      `\`DATABASE_CLIENT\` applies to Hyperdrive and plain Postgres, not to the Neon driver (chosen by ${forced === "neon" ? "`DATABASE_DRIVER=neon`" : "the *.neon.tech host"}): unset it, or set \`DATABASE_DRIVER=postgres\` to reach Neon over TCP`,
+    );
   }
   return {
     ...common,

@@ -21,11 +21,10 @@ export interface SlowQueryEntry {
  * const slow = slowQueryLog({ thresholdMs: 200, database: "main" });
  * slow.record("SELECT …", 350, true); // {"event":"slow_query",…,"durationMs":350}
  */
-export function slowQueryLog(options: {
-  thresholdMs: number;
-  database: string;
-  write?: (line: string) => void;
-}): { readonly thresholdMs: number; record(query: string, durationMs: number, ok: boolean, holder?: string): void } {
+export function slowQueryLog(options: { thresholdMs: number; database: string; write?: (line: string) => void }): {
+  readonly thresholdMs: number;
+  record(query: string, durationMs: number, ok: boolean, holder?: string): void;
+} {
   const write = options.write ?? writeLogLine;
   return {
     thresholdMs: options.thresholdMs,

@@ -42,4 +42,3 @@ export function grantResult(lease: Lease | LeaseGrant, load?: ShardLoad): Acquir
   const granted = { ok: true, lease: grantOf(lease as Lease) } as const;
   return load === undefined ? granted : { ...granted, load };
 }
-

@@ -25,11 +25,14 @@ export class WakeTimer {
     if (this.#timer !== undefined && this.#at <= at) return;
     clearTimeout(this.#timer);
     this.#at = at;
-    this.#timer = setTimeout(() => {
-      this.#timer = undefined;
-      this.#at = Infinity;
-      this.#onWake();
-    }, Math.max(0, at - Date.now()));
+    this.#timer = setTimeout(
+      () => {
+        this.#timer = undefined;
+        this.#at = Infinity;
+        this.#onWake();
+      },
+      Math.max(0, at - Date.now()),
+    );
   }
 
   /** Fires again after `delayMs` (e.g. retrying a tick the storage refused). */

@@ -411,7 +411,13 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       const held = await fill(c);
       const order: string[] = [];
       const waiters: Array<Promise<unknown>> = [];
-      for (const [i, [holder, priority]] of ([["n1", "normal"], ["n2", "normal"], ["c1", "critical"]] as const).entries()) {
+      for (const [i, [holder, priority]] of (
+        [
+          ["n1", "normal"],
+          ["n2", "normal"],
+          ["c1", "critical"],
+        ] as const
+      ).entries()) {
         waiters.push(
           c.acquire({ holder, priority, waitMs: 5000 }).then((r) => {
             if (!r.ok) throw new Error(`${holder}: ${r.code}`);
@@ -430,7 +436,14 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       const held = await fill(c);
       const order: string[] = [];
       const granted: Array<Promise<LeaseGrant>> = [];
-      for (const [i, [holder, tenant]] of ([["a1", "a"], ["a2", "a"], ["a3", "a"], ["b1", "b"]] as const).entries()) {
+      for (const [i, [holder, tenant]] of (
+        [
+          ["a1", "a"],
+          ["a2", "a"],
+          ["a3", "a"],
+          ["b1", "b"],
+        ] as const
+      ).entries()) {
         granted.push(
           c.acquire({ holder, tenant, waitMs: 5000 }).then((r) => {
             if (!r.ok) throw new Error(`${holder}: ${r.code}`);

@@ -140,7 +140,10 @@ describe("Prometheus metrics", () => {
     expect([...counts].sort((a, b) => a - b)).toEqual(counts);
 
     const db = families.get("leasegate_db_connections")!.metrics;
-    expect(db.map((m) => [m.labels?.scope, Number(m.value)])).toEqual([["role", 4], ["application", 2]]);
+    expect(db.map((m) => [m.labels?.scope, Number(m.value)])).toEqual([
+      ["role", 4],
+      ["application", 2],
+    ]);
     expect(value("leasegate_reconcile_drift_connections")).toBe(1);
     expect(value("leasegate_db_over_limit")).toBe(1);
     expect(value("leasegate_reconcile_timestamp_seconds")).toBe(5);

@@ -64,7 +64,11 @@ describe("core under generated interleavings", () => {
             expect(l.grantedAt).toBeLessThanOrEqual(now);
             held.push(l);
           }
-          for (const l of fx.expired) held.splice(held.findIndex((h) => h.id === l.id), 1);
+          for (const l of fx.expired)
+            held.splice(
+              held.findIndex((h) => h.id === l.id),
+              1,
+            );
           checkInvariants(p, now, fx);
         };
 

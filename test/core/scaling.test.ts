@@ -126,8 +126,16 @@ describe("lease block", () => {
 describe("simulator", () => {
   it("holds the global limit across shards with batching, and beats one shard", () => {
     const common = {
-      ratePerSec: 4000, isolates: 50, limit: 60, idleMs: 10, durationMs: 500,
-      oneWayMs: 5, serviceMs: 5, callCostMs: 1, waitMs: 1000, seed: 3,
+      ratePerSec: 4000,
+      isolates: 50,
+      limit: 60,
+      idleMs: 10,
+      durationMs: 500,
+      oneWayMs: 5,
+      serviceMs: 5,
+      callCostMs: 1,
+      waitMs: 1000,
+      seed: 3,
     };
     const one = simulate({ ...common, name: "one", shards: 1, maxBlock: 0 });
     const many = simulate({ ...common, name: "many", shards: 8, maxBlock: 4 });

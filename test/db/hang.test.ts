@@ -59,7 +59,15 @@ describe("a database that accepts and never answers", () => {
     };
     const before = server.accepted();
     // Deterministic backoff: the injected random draws the largest wait, which ends past the deadline.
-    const rt = { now: Date.now, random: () => 0.99, sleep: (ms: number) => new Promise<void>((r) => setTimeout(r, ms)), setTimer: (fn: () => void, ms: number) => { const t = setTimeout(fn, ms); return () => clearTimeout(t); } };
+    const rt = {
+      now: Date.now,
+      random: () => 0.99,
+      sleep: (ms: number) => new Promise<void>((r) => setTimeout(r, ms)),
+      setTimer: (fn: () => void, ms: number) => {
+        const t = setTimeout(fn, ms);
+        return () => clearTimeout(t);
+      },
+    };
     const db = new Database({ name: "hung-short", driver: openDriver(config), leases: undefined, config, log: () => {}, runtime: rt });
     await expect(db.query("SELECT 1")).rejects.toMatchObject({ code: "DATABASE_UNAVAILABLE" });
     expect(server.accepted() - before).toBe(1);

@@ -61,7 +61,9 @@ export function memoryCoordinator(config = { limit: 2, maxQueue: 10, waitMs: 200
       self.check();
       const { outcome, effects } = renew(pool, ref, Date.now(), ttlMs);
       settle(effects);
-      return outcome.status === "ok" ? { ok: true as const, lease: grant(outcome.lease) } : { ok: false as const, code: outcome.code, message: outcome.message };
+      return outcome.status === "ok"
+        ? { ok: true as const, lease: grant(outcome.lease) }
+        : { ok: false as const, code: outcome.code, message: outcome.message };
     },
     async stats() {
       self.check();
@@ -71,14 +73,12 @@ export function memoryCoordinator(config = { limit: 2, maxQueue: 10, waitMs: 200
   return self;
 }
 
-const PG_BIN = existsSync("/usr/lib/postgresql")
-  ? join("/usr/lib/postgresql", readdirSync("/usr/lib/postgresql").sort().at(-1)!, "bin")
-  : "";
+const PG_BIN = existsSync("/usr/lib/postgresql") ? join("/usr/lib/postgresql", readdirSync("/usr/lib/postgresql").sort().at(-1)!, "bin") : "";
 
 function asPostgres(command: string, args: string[]): string {
   const bin = join(PG_BIN, command);
   // Postgres refuses to run as root: as root, run it as the `postgres` user.
-  const run = process.getuid?.() === 0 ? ["runuser", ["-u", "postgres", "--", bin, ...args]] as const : [bin, args] as const;
+  const run = process.getuid?.() === 0 ? (["runuser", ["-u", "postgres", "--", bin, ...args]] as const) : ([bin, args] as const);
   return execFileSync(run[0], run[1], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
 }
 
@@ -88,7 +88,12 @@ function asPostgres(command: string, args: string[]): string {
  */
 export function privateCluster(port: number) {
   const dir = mkdtempSync(join(tmpdir(), "leasegate-pg-"));
-  if (process.getuid?.() === 0) chownSync(dir, Number(execFileSync("id", ["-u", "postgres"], { encoding: "utf8" }).trim()), Number(execFileSync("id", ["-g", "postgres"], { encoding: "utf8" }).trim()));
+  if (process.getuid?.() === 0)
+    chownSync(
+      dir,
+      Number(execFileSync("id", ["-u", "postgres"], { encoding: "utf8" }).trim()),
+      Number(execFileSync("id", ["-g", "postgres"], { encoding: "utf8" }).trim()),
+    );
   const data = join(dir, "data");
   asPostgres("initdb", ["-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8"]);
   const pgctl = (...args: string[]) => asPostgres("pg_ctl", ["-D", data, "-w", "-t", "20", ...args]);

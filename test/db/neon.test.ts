@@ -17,7 +17,10 @@ afterAll(async () => {
   await bridge.close();
 });
 
-const neonOptions = (port: number) => ({ wsProxy: (host: string, p: number | string) => `127.0.0.1:${port}/v2?address=${host}:${p}`, useSecureWebSocket: false });
+const neonOptions = (port: number) => ({
+  wsProxy: (host: string, p: number | string) => `127.0.0.1:${port}/v2?address=${host}:${p}`,
+  useSecureWebSocket: false,
+});
 
 function neonDatabase(port = BRIDGE_PORT) {
   const config = {

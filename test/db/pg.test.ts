@@ -21,22 +21,30 @@ afterAll(async () => {
   await admin.end();
 });
 
-const backends = async (app = APP) =>
-  Number((await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${app}`)[0]!.n);
+const backends = async (app = APP) => Number((await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${app}`)[0]!.n);
 
 function setup(env: Record<string, string> = {}) {
   const config = databaseConfig({ DATABASE_URL: TEST_URL, DATABASE_CLIENT: "pg", APPLICATION_NAME: APP, DB_DEADLINE_MS: "5000", ...env });
   const coordinator = pools.coordinator();
   const leases = new Leases(coordinator);
   const log = captureLog();
-  const db = new Database({ name: "pg", driver: openDriver(config), leases, config: { ...config, retry: { maxAttempts: 3, baseDelayMs: 20, maxDelayMs: 50 } }, log: log.write });
+  const db = new Database({
+    name: "pg",
+    driver: openDriver(config),
+    leases,
+    config: { ...config, retry: { maxAttempts: 3, baseDelayMs: 20, maxDelayMs: 50 } },
+    log: log.write,
+  });
   return { config, coordinator, leases, db, log };
 }
 
 describe("DATABASE_CLIENT picks node-postgres", () => {
   it("selects the pg driver for a plain URL and for a Hyperdrive binding; postgres.js stays the default", () => {
     expect(databaseConfig({ DATABASE_URL: TEST_URL, DATABASE_CLIENT: "pg" })).toMatchObject({ environment: "local", driver: "pg" });
-    expect(databaseConfig({ HYPERDRIVE: { connectionString: "postgres://u:p@hd.local:5432/db" }, DATABASE_CLIENT: "pg" })).toMatchObject({ environment: "edge", driver: "pg" });
+    expect(databaseConfig({ HYPERDRIVE: { connectionString: "postgres://u:p@hd.local:5432/db" }, DATABASE_CLIENT: "pg" })).toMatchObject({
+      environment: "edge",
+      driver: "pg",
+    });
     expect(databaseConfig({ DATABASE_URL: TEST_URL, DATABASE_CLIENT: "postgres" })).toMatchObject({ driver: "postgres" });
     expect(databaseConfig({ HYPERDRIVE: { connectionString: "postgres://u:p@hd.local:5432/db" } })).toMatchObject({ driver: "hyperdrive" });
     expect(databaseConfig({ DATABASE_URL: TEST_URL })).toMatchObject({ driver: "postgres" });
@@ -61,7 +69,9 @@ describe("DATABASE_CLIENT picks node-postgres", () => {
     expect(neon.message).not.toContain("u:p@");
     expect(fails({ DATABASE_URL: TEST_URL, DATABASE_DRIVER: "neon", DATABASE_CLIENT: "postgres" }).code).toBe("INVALID_CONFIG");
     // Reaching a Neon host over TCP with pg is a plain Postgres connection: allowed.
-    expect(fails({ DATABASE_URL: "postgres://u:p@ep-cool-1.us-east-2.aws.neon.tech/db", DATABASE_DRIVER: "postgres", DATABASE_CLIENT: "pg" }).code).toBe("none");
+    expect(fails({ DATABASE_URL: "postgres://u:p@ep-cool-1.us-east-2.aws.neon.tech/db", DATABASE_DRIVER: "postgres", DATABASE_CLIENT: "pg" }).code).toBe(
+      "none",
+    );
   });
 });
 
@@ -122,7 +132,10 @@ describe("the pg driver", () => {
     let attempts = 0;
     const killer = (async () => {
       await expect
-        .poll(async () => Number((await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${APP} AND query LIKE '%pg_sleep%'`)[0]!.n), { timeout: 5000 })
+        .poll(
+          async () => Number((await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${APP} AND query LIKE '%pg_sleep%'`)[0]!.n),
+          { timeout: 5000 },
+        )
         .toBe(1);
       await admin`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ${APP} AND query LIKE '%pg_sleep%'`;
     })();

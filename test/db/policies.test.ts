@@ -71,20 +71,45 @@ describe("retry policy", () => {
 
   it("retries retryable failures up to maxAttempts, then throws the last one", async () => {
     let calls = 0;
-    await expect(retry(async () => { calls++; throw coded("57P01"); }, { ...DEFAULT_RETRY, maxAttempts: 4 }, runtime(1e9))).rejects.toMatchObject({ code: "57P01" });
+    await expect(
+      retry(
+        async () => {
+          calls++;
+          throw coded("57P01");
+        },
+        { ...DEFAULT_RETRY, maxAttempts: 4 },
+        runtime(1e9),
+      ),
+    ).rejects.toMatchObject({ code: "57P01" });
     expect(calls).toBe(4);
   });
 
   it("returns the first success", async () => {
     let calls = 0;
-    const result = await retry(async () => { if (++calls < 3) throw coded("ECONNRESET"); return "ok"; }, DEFAULT_RETRY, runtime(1e9));
+    const result = await retry(
+      async () => {
+        if (++calls < 3) throw coded("ECONNRESET");
+        return "ok";
+      },
+      DEFAULT_RETRY,
+      runtime(1e9),
+    );
     expect(result).toBe("ok");
     expect(calls).toBe(3);
   });
 
   it("never retries a syntax error", async () => {
     let calls = 0;
-    await expect(retry(async () => { calls++; throw coded("42601"); }, DEFAULT_RETRY, runtime(1e9))).rejects.toMatchObject({ code: "42601" });
+    await expect(
+      retry(
+        async () => {
+          calls++;
+          throw coded("42601");
+        },
+        DEFAULT_RETRY,
+        runtime(1e9),
+      ),
+    ).rejects.toMatchObject({ code: "42601" });
     expect(calls).toBe(1);
   });
 
@@ -93,7 +118,14 @@ describe("retry policy", () => {
     let calls = 0;
     // First backoff ~50 ms, second ~100 ms: with a 120 ms deadline the third attempt never starts.
     await expect(
-      retry(async () => { calls++; throw coded("ECONNREFUSED"); }, { maxAttempts: 10, baseDelayMs: 50, maxDelayMs: 1000 }, runtime(120, clock)),
+      retry(
+        async () => {
+          calls++;
+          throw coded("ECONNREFUSED");
+        },
+        { maxAttempts: 10, baseDelayMs: 50, maxDelayMs: 1000 },
+        runtime(120, clock),
+      ),
     ).rejects.toMatchObject({ code: "ECONNREFUSED" });
     expect(calls).toBe(2);
     expect(clock.t).toBeLessThan(120);
@@ -142,7 +174,12 @@ describe("safe errors", () => {
   it("serializes circular references, BigInt, throwing getters and deep causes, within its byte bound", () => {
     const root = Object.assign(new Error("root"), { code: "XX000", big: 2n ** 70n }) as unknown as Record<string, unknown>;
     root.self = root;
-    Object.defineProperty(root, "bad", { enumerable: true, get: () => { throw new Error("getter"); } });
+    Object.defineProperty(root, "bad", {
+      enumerable: true,
+      get: () => {
+        throw new Error("getter");
+      },
+    });
     let cause: unknown = root;
     for (let i = 0; i < 50; i++) cause = new Error(`level ${i} ${"x".repeat(5000)}`, { cause });
     const out = serializeError(cause, { maxBytes: 4096 });
@@ -171,8 +208,14 @@ describe("safe errors", () => {
 
 describe("configuration", () => {
   it("picks the driver by environment", () => {
-    expect(databaseConfig({ HYPERDRIVE: { connectionString: "postgres://u:p@hd.local:5432/db" } })).toMatchObject({ environment: "edge", driver: "hyperdrive" });
-    expect(databaseConfig({ DATABASE_URL: "postgres://u:p@ep-cool-1.us-east-2.aws.neon.tech/db?sslmode=require" })).toMatchObject({ environment: "production", driver: "neon" });
+    expect(databaseConfig({ HYPERDRIVE: { connectionString: "postgres://u:p@hd.local:5432/db" } })).toMatchObject({
+      environment: "edge",
+      driver: "hyperdrive",
+    });
+    expect(databaseConfig({ DATABASE_URL: "postgres://u:p@ep-cool-1.us-east-2.aws.neon.tech/db?sslmode=require" })).toMatchObject({
+      environment: "production",
+      driver: "neon",
+    });
     expect(databaseConfig({ DATABASE_URL: "postgres://postgres@127.0.0.1:5432/db" })).toMatchObject({ environment: "local", driver: "postgres" });
     expect(databaseConfig({ DATABASE_URL: "postgres://postgres@127.0.0.1/db", DATABASE_DRIVER: "neon" })).toMatchObject({ driver: "neon" });
   });
@@ -222,7 +265,15 @@ describe("slow-query log and safe mode", () => {
     slow.record("SELECT 1", 99, true);
     slow.record("SELECT  *\n FROM pitches WHERE id = $1", 150, false, "GET /api/pitches/1");
     expect(log.lines).toEqual([
-      { event: "slow_query", database: "main", query: "SELECT * FROM pitches WHERE id = $1", durationMs: 150, thresholdMs: 100, ok: false, holder: "GET /api/pitches/1" },
+      {
+        event: "slow_query",
+        database: "main",
+        query: "SELECT * FROM pitches WHERE id = $1",
+        durationMs: 150,
+        thresholdMs: 100,
+        ok: false,
+        holder: "GET /api/pitches/1",
+      },
     ]);
   });
 

@@ -33,7 +33,11 @@ afterAll(async () => {
 function pool(config: { limit?: number; maxQueue?: number; waitMs?: number; leaseTtlMs?: number } = {}) {
   const sql = postgres(url, { max: 3, onnotice: () => {} });
   clients.push(sql);
-  const coordinator = new PostgresCoordinator({ sql, pool: `${base}-${++seq}`, config: { limit: 2, maxQueue: 10, waitMs: 2000, leaseTtlMs: 30_000, ...config } });
+  const coordinator = new PostgresCoordinator({
+    sql,
+    pool: `${base}-${++seq}`,
+    config: { limit: 2, maxQueue: 10, waitMs: 2000, leaseTtlMs: 30_000, ...config },
+  });
   coordinators.push(coordinator);
   appName = `${APP}-${seq}`;
   const real = new Leases(coordinator);
@@ -113,10 +117,15 @@ describe("leased() on Node with node-postgres", () => {
   it("makes no coordinator call and opens no connection for a handler that never asks", async () => {
     const p = pool();
     let built = 0;
-    const app = quiet().use(leased({ leases: p.leases, connect: () => {
-        built++;
-        return pgClient();
-      } }));
+    const app = quiet().use(
+      leased({
+        leases: p.leases,
+        connect: () => {
+          built++;
+          return pgClient();
+        },
+      }),
+    );
     app.get("/free", (c) => c.text("no database"));
     expect((await app.request("/free")).status).toBe(200);
     expect(p.calls).toEqual([]);
@@ -230,7 +239,11 @@ describe("leased() on Node with node-postgres", () => {
     const app = quiet().use(leased({ leases: p.leases, connect: pgClient }));
     app.get("/sleep", async (c) => c.json((await (await c.var.client()).query("SELECT pg_sleep(10)")).rows));
     const answer = app.request("/sleep");
-    await expect.poll(async () => Number((await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${appName} AND query LIKE '%pg_sleep%'`)[0]!.n)).toBe(1);
+    await expect
+      .poll(async () =>
+        Number((await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${appName} AND query LIKE '%pg_sleep%'`)[0]!.n),
+      )
+      .toBe(1);
     await admin`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ${appName} AND query LIKE '%pg_sleep%'`;
     const res = await answer;
     expect(res.status).toBe(503);

@@ -52,6 +52,8 @@ describe("a live holder with a long query", () => {
     expect(s.counters).toMatchObject({ expired: 0, released: 1, granted: 1 });
     expect(lines.filter((l) => l.includes("lease_renew_failed"))).toEqual([]);
     expect(minExpiresInMs).toBeGreaterThan(0);
-    console.log(`[reliability] long holder: 45 s pg_sleep under a ${DEFAULT_CONFIG.leaseTtlMs} ms lease, ${probes} probes for its slot all refused, lowest time to expiry seen ${minExpiresInMs} ms, expired 0`);
+    console.log(
+      `[reliability] long holder: 45 s pg_sleep under a ${DEFAULT_CONFIG.leaseTtlMs} ms lease, ${probes} probes for its slot all refused, lowest time to expiry seen ${minExpiresInMs} ms, expired 0`,
+    );
   }, 70_000);
 });

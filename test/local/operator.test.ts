@@ -34,7 +34,10 @@ function holderOfPool(): Leases {
 }
 
 async function call(a: LocalApp, path: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
-  const init: RequestInit = body === undefined ? { method: "POST", headers: auth } : { method: "POST", headers: { ...auth, "content-type": "application/json" }, body: JSON.stringify(body) };
+  const init: RequestInit =
+    body === undefined
+      ? { method: "POST", headers: auth }
+      : { method: "POST", headers: { ...auth, "content-type": "application/json" }, body: JSON.stringify(body) };
   const r = await a.fetch(new Request(`http://local${path}`, init));
   return { status: r.status, json: (await r.json()) as Record<string, unknown> };
 }

@@ -43,10 +43,7 @@ afterAll(async () => {
 
 describe("local server entry points", () => {
   it("serve the same HTTP contract from Node and Deno, sharing one pool", async () => {
-    const [node, deno] = await Promise.all([
-      boot("npm", ["run", "--silent", "start:local"]),
-      boot("npm", ["run", "--silent", "start:deno"]),
-    ]);
+    const [node, deno] = await Promise.all([boot("npm", ["run", "--silent", "start:local"]), boot("npm", ["run", "--silent", "start:deno"])]);
     for (const base of [node, deno]) {
       const health = await fetch(`${base}/health`);
       expect(health.status).toBe(200);

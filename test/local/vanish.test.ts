@@ -30,7 +30,15 @@ afterAll(async () => {
 
 function pool() {
   const name = `${RUN}-${++seq}`;
-  const env = { DATABASE_URL: url, APP_NAME: APP, LEASE_POOL: name, LEASE_LIMIT: String(LIMIT), LEASE_TTL_MS: String(TTL_MS), LEASE_WAIT_MS: "5000", LEASE_MAX_QUEUE: "100" };
+  const env = {
+    DATABASE_URL: url,
+    APP_NAME: APP,
+    LEASE_POOL: name,
+    LEASE_LIMIT: String(LIMIT),
+    LEASE_TTL_MS: String(TTL_MS),
+    LEASE_WAIT_MS: "5000",
+    LEASE_MAX_QUEUE: "100",
+  };
   return {
     name,
     start: async () => {
@@ -114,7 +122,9 @@ describe("callers that vanish (SIGKILL), local adapter on real processes", () =>
     // The killed waiters were never granted: the survivor's 3 went straight in after the 3 expiries.
     const stats = (await admin`SELECT snapshot->'counters' AS counters FROM leasegate_pools WHERE pool = ${p.name}`)[0]!.counters as Record<string, number>;
     expect(stats).toMatchObject({ expired: 3 });
-    figures.push(`3 holders + 2 waiters SIGKILLed: all 3 queued survivors granted ${backMs} ms after the kill (TTL ${TTL_MS} ms), max held ${max.held}/${LIMIT}, max connections ${max.conns}`);
+    figures.push(
+      `3 holders + 2 waiters SIGKILLed: all 3 queued survivors granted ${backMs} ms after the kill (TTL ${TTL_MS} ms), max held ${max.held}/${LIMIT}, max connections ${max.conns}`,
+    );
   }, 30_000);
 
   it("before: with no heartbeat and a 30 s TTL the killed holders' slots stay taken, and the survivors time out", async () => {

@@ -11,7 +11,12 @@ const snippetDir = "docs/snippets";
 const MARKER = /^<!--\s*snippet:\s*(\S+)\s*-->$/;
 const TS_LANGS = new Set(["ts", "typescript", "tsx", "mts"]);
 
-const pages = ["README.md", ...readdirSync(join(root, "docs")).filter((f) => f.endsWith(".md")).map((f) => `docs/${f}`)];
+const pages = [
+  "README.md",
+  ...readdirSync(join(root, "docs"))
+    .filter((f) => f.endsWith(".md"))
+    .map((f) => `docs/${f}`),
+];
 
 interface Block {
   page: string;
@@ -76,7 +81,10 @@ function anchors(page: string): Set<string> {
     const m = /^#{1,6}\s+(.*?)\s*#*\s*$/.exec(line);
     if (!m) continue;
     const text = m[1]!.replace(/\[([^\]]*)\]\([^)]*\)/g, "$1");
-    const base = text.toLowerCase().replace(/[^\p{L}\p{N}\s_-]/gu, "").replace(/\s/g, "-");
+    const base = text
+      .toLowerCase()
+      .replace(/[^\p{L}\p{N}\s_-]/gu, "")
+      .replace(/\s/g, "-");
     const n = seen.get(base) ?? 0;
     seen.set(base, n + 1);
     result.add(n === 0 ? base : `${base}-${n}`);
@@ -115,7 +123,10 @@ describe("docs", () => {
   it("shows every snippet file somewhere, and the type check compiles them", () => {
     const shown = new Set(all.map((b) => b.marker));
     const files = readdirSync(join(root, snippetDir)).filter((f) => f.endsWith(".ts"));
-    expect(files.filter((f) => !shown.has(`${snippetDir}/${f}`)), "snippet files no page shows").toEqual([]);
+    expect(
+      files.filter((f) => !shown.has(`${snippetDir}/${f}`)),
+      "snippet files no page shows",
+    ).toEqual([]);
     const tsconfig = JSON.parse(readFileSync(join(root, "tsconfig.json"), "utf8")) as {
       include: string[];
       compilerOptions: { customConditions?: string[] };
@@ -135,7 +146,8 @@ describe("docs", () => {
           const [path = "", anchor] = target.split("#");
           const file = path === "" ? page : relative(root, join(root, dirname(page), path));
           if (!existsSync(join(root, file))) broken.push(`${page}: ${target} (no file ${file})`);
-          else if (anchor !== undefined && file.endsWith(".md") && !anchors(file).has(anchor)) broken.push(`${page}: ${target} (no heading #${anchor} in ${file})`);
+          else if (anchor !== undefined && file.endsWith(".md") && !anchors(file).has(anchor))
+            broken.push(`${page}: ${target} (no heading #${anchor} in ${file})`);
         }
       }
     }

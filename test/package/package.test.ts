@@ -43,7 +43,11 @@ describe("the published package", () => {
     // Node consumers: the runtime-neutral entry and the Postgres-backed coordinator load from dist/.
     const node = run(
       "node",
-      ["--input-type=module", "-e", "const l = await import('leasegate/local'); const r = await import('leasegate'); const h = await import('leasegate/http'); if (typeof l.PostgresCoordinator !== 'function' || typeof l.localPool !== 'function' || typeof r.Leases !== 'function' || typeof r.Database !== 'function' || typeof h.operatorHandler !== 'function') process.exit(3);"],
+      [
+        "--input-type=module",
+        "-e",
+        "const l = await import('leasegate/local'); const r = await import('leasegate'); const h = await import('leasegate/http'); if (typeof l.PostgresCoordinator !== 'function' || typeof l.localPool !== 'function' || typeof r.Leases !== 'function' || typeof r.Database !== 'function' || typeof h.operatorHandler !== 'function') process.exit(3);",
+      ],
       app,
     );
     expect(node.status, node.output).toBe(0);

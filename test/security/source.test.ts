@@ -38,7 +38,9 @@ describe("source review", () => {
   const files = sources();
 
   it("reads the sources it reviews", () => {
-    expect(files.map((f) => f.path)).toEqual(expect.arrayContaining(["src/http/operator.ts", "examples/pitches/src/app.ts", "durable-objects/connection-coordinator.ts"]));
+    expect(files.map((f) => f.path)).toEqual(
+      expect.arrayContaining(["src/http/operator.ts", "examples/pitches/src/app.ts", "durable-objects/connection-coordinator.ts"]),
+    );
   });
 
   it("passes values to SQL only as parameters: no interpolated text in unsafe() or exec()", () => {
@@ -62,7 +64,8 @@ describe("source review", () => {
       for (const m of c.matchAll(/\bsql\.exec(?:<[^>]*>)?\(\s*([^`"'\s][\w]*)/g)) {
         const name = m[1]!;
         const definition = new RegExp(`\\bconst ${name} = \`([^\`]*)\``).exec(c)?.[1];
-        const onlyPlaceholders = definition !== undefined && [...definition.matchAll(/\$\{([^}]*)\}/g)].every((i) => /^Array\(\w+\)\.fill\("[(?, )]*"\)\.join\(", "\)$/.test(i[1]!));
+        const onlyPlaceholders =
+          definition !== undefined && [...definition.matchAll(/\$\{([^}]*)\}/g)].every((i) => /^Array\(\w+\)\.fill\("[(?, )]*"\)\.join\(", "\)$/.test(i[1]!));
         if (!/^[A-Z][A-Z0-9_]*$/.test(name) || !onlyPlaceholders) offenders.push(`${f.path}: exec(${name}… not a literal`);
       }
       // String-built SQL passed to a tagged template call is still a parameter; concatenation into it is not.

@@ -112,7 +112,10 @@ interface Started {
 function start(entry: (typeof ENTRIES)[number], env: Record<string, string>, killAfterMs = 15_000): Promise<Started> {
   const inherited = Object.fromEntries(Object.entries(process.env).filter(([name]) => !/^(LEASE_|DB_|DATABASE_|DEBUG_TOKEN$|PORT$)/.test(name)));
   // A fresh clone's PATH: no deno and no node_modules/.bin (npm puts it back for its scripts).
-  const path = (process.env.PATH ?? "").split(":").filter((dir) => !dir.includes("node_modules")).join(":");
+  const path = (process.env.PATH ?? "")
+    .split(":")
+    .filter((dir) => !dir.includes("node_modules"))
+    .join(":");
   const started = performance.now();
   const child = spawn(entry.command, entry.args, {
     cwd: root,
@@ -154,12 +157,23 @@ const CASES: Array<{ name: string; env: () => Record<string, string>; variable: 
     code: /3D000/,
   },
   { name: "a wrong password", env: () => ({ DATABASE_URL: db("127.0.0.1", authPort) }), variable: "DATABASE_URL", code: /28P01/ },
-  { name: "a server that accepts and never answers", env: () => ({ DATABASE_URL: db("127.0.0.1", silentPort) }), variable: "DATABASE_URL", code: /CONNECT_TIMEOUT/, slow: true },
+  {
+    name: "a server that accepts and never answers",
+    env: () => ({ DATABASE_URL: db("127.0.0.1", silentPort) }),
+    variable: "DATABASE_URL",
+    code: /CONNECT_TIMEOUT/,
+    slow: true,
+  },
   { name: "an unparsable URL", env: () => ({ DATABASE_URL: `postgres://user:${SECRET}@host:badport/db` }), variable: "DATABASE_URL", code: /INVALID_CONFIG/ },
   { name: "LEASE_LIMIT=abc", env: () => ({ DATABASE_URL: goodUrl, LEASE_LIMIT: "abc" }), variable: "LEASE_LIMIT", code: /INVALID_CONFIG/ },
   { name: "LEASE_LIMIT=-1", env: () => ({ DATABASE_URL: goodUrl, LEASE_LIMIT: "-1" }), variable: "LEASE_LIMIT", code: /INVALID_CONFIG/ },
   { name: "LEASE_WAIT_MS=1e3", env: () => ({ DATABASE_URL: goodUrl, LEASE_WAIT_MS: "1e3" }), variable: "LEASE_WAIT_MS", code: /INVALID_CONFIG/ },
-  { name: "DB_CONNECT_TIMEOUT_MS=soon", env: () => ({ DATABASE_URL: goodUrl, DB_CONNECT_TIMEOUT_MS: "soon" }), variable: "DB_CONNECT_TIMEOUT_MS", code: /INVALID_CONFIG/ },
+  {
+    name: "DB_CONNECT_TIMEOUT_MS=soon",
+    env: () => ({ DATABASE_URL: goodUrl, DB_CONNECT_TIMEOUT_MS: "soon" }),
+    variable: "DB_CONNECT_TIMEOUT_MS",
+    code: /INVALID_CONFIG/,
+  },
 ];
 
 const RUNS = ENTRIES.flatMap((entry) => CASES.map((c) => ({ entry, c })));
@@ -183,25 +197,29 @@ beforeAll(() => {
 });
 
 describe.each(ENTRIES.map((e) => e.name))("%s with a bad start", (entry) => {
-  it.each(CASES)("$name: one line on stderr naming the variable, non-zero exit, in time, no password", async (c) => {
-    const r = await results.get(key(entry, c.name))!;
-    const lines = r.stderr.split("\n").filter((l) => l.trim() !== "");
-    const shown = JSON.stringify(r);
-    expect(r.signal, shown).toBeNull(); // ended by itself, not by the test's kill
-    expect(r.code, shown).not.toBe(0);
-    expect(lines, shown).toHaveLength(1);
-    expect(lines[0]).toMatch(new RegExp(`^leasegate: ${c.variable}: `));
-    expect(lines[0]).toMatch(c.code);
-    expect(lines[0]).not.toMatch(/\n|^\s+at /);
-    expect(r.stdout + r.stderr).not.toContain(SECRET);
-    if (c.variable === "DATABASE_URL" && !/INVALID_CONFIG/.test(c.code.source)) expect(lines[0]).toContain(":***@");
-    if (c.slow) {
-      expect(r.ms).toBeGreaterThanOrEqual(PREFLIGHT_CONNECT_TIMEOUT_MS - 100);
-      expect(r.ms).toBeLessThan(PREFLIGHT_CONNECT_TIMEOUT_MS + 3000);
-    } else {
-      expect(r.ms).toBeLessThan(PREFLIGHT_CONNECT_TIMEOUT_MS);
-    }
-  }, 30_000);
+  it.each(CASES)(
+    "$name: one line on stderr naming the variable, non-zero exit, in time, no password",
+    async (c) => {
+      const r = await results.get(key(entry, c.name))!;
+      const lines = r.stderr.split("\n").filter((l) => l.trim() !== "");
+      const shown = JSON.stringify(r);
+      expect(r.signal, shown).toBeNull(); // ended by itself, not by the test's kill
+      expect(r.code, shown).not.toBe(0);
+      expect(lines, shown).toHaveLength(1);
+      expect(lines[0]).toMatch(new RegExp(`^leasegate: ${c.variable}: `));
+      expect(lines[0]).toMatch(c.code);
+      expect(lines[0]).not.toMatch(/\n|^\s+at /);
+      expect(r.stdout + r.stderr).not.toContain(SECRET);
+      if (c.variable === "DATABASE_URL" && !/INVALID_CONFIG/.test(c.code.source)) expect(lines[0]).toContain(":***@");
+      if (c.slow) {
+        expect(r.ms).toBeGreaterThanOrEqual(PREFLIGHT_CONNECT_TIMEOUT_MS - 100);
+        expect(r.ms).toBeLessThan(PREFLIGHT_CONNECT_TIMEOUT_MS + 3000);
+      } else {
+        expect(r.ms).toBeLessThan(PREFLIGHT_CONNECT_TIMEOUT_MS);
+      }
+    },
+    30_000,
+  );
 });
 
 describe("bad start hints", () => {

@@ -59,10 +59,16 @@ type Op =
   | { kind: "restart" };
 
 const op: fc.Arbitrary<Op> = fc.oneof(
-  { arbitrary: fc.record({ kind: fc.constant("acquire" as const), waitMs: fc.integer({ min: 0, max: 500 }), ttlMs: fc.integer({ min: 1, max: 2000 }) }), weight: 5 },
+  {
+    arbitrary: fc.record({ kind: fc.constant("acquire" as const), waitMs: fc.integer({ min: 0, max: 500 }), ttlMs: fc.integer({ min: 1, max: 2000 }) }),
+    weight: 5,
+  },
   { arbitrary: fc.record({ kind: fc.constant("release" as const), pick: fc.nat(), stale: fc.boolean() }), weight: 3 },
   // A client's coalesced calls: grants what is free now, defers the rest; releases in order.
-  { arbitrary: fc.record({ kind: fc.constant("acquireMany" as const), ttlMs: fc.array(fc.integer({ min: 1, max: 2000 }), { minLength: 1, maxLength: 5 }) }), weight: 2 },
+  {
+    arbitrary: fc.record({ kind: fc.constant("acquireMany" as const), ttlMs: fc.array(fc.integer({ min: 1, max: 2000 }), { minLength: 1, maxLength: 5 }) }),
+    weight: 2,
+  },
   {
     arbitrary: fc
       .array(fc.tuple(fc.nat(), fc.boolean()), { minLength: 1, maxLength: 4 })
@@ -148,7 +154,11 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
         pending.delete(l.id);
         if (p.result?.ok) held.push({ model: { id: l.id, fence: l.fence }, real: p.result.lease, crashed: false });
       }
-      for (const l of fx.expired) held.splice(held.findIndex((h) => h.model.id === l.id), 1);
+      for (const l of fx.expired)
+        held.splice(
+          held.findIndex((h) => h.model.id === l.id),
+          1,
+        );
     };
 
     const check = async (): Promise<void> => {
@@ -339,7 +349,10 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
 describe("ConnectionCoordinator against the core as its model", () => {
   it(`answers exactly as the core over ${DO_RUNS} generated sequences`, { timeout: 120_000 }, async () => {
     const started = performance.now();
-    await fc.assert(fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: MAX_STEPS, size: "max" }), (ops) => runSequence(ops)), { numRuns: DO_RUNS });
+    await fc.assert(
+      fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: MAX_STEPS, size: "max" }), (ops) => runSequence(ops)),
+      { numRuns: DO_RUNS },
+    );
     const seconds = (performance.now() - started) / 1000;
     console.log(`[reliability] DO model: ${DO_RUNS} sequences, ${totalSteps} steps checked, ${restarts} restarts, ${seconds.toFixed(1)} s`);
   });
@@ -352,6 +365,8 @@ describe("ConnectionCoordinator against the core as its model", () => {
       { numRuns: SHARD_RUNS },
     );
     const seconds = (performance.now() - started) / 1000;
-    console.log(`[reliability] DO model (shard 0 of 2): ${SHARD_RUNS} sequences, ${totalSteps - steps} steps checked, ${restarts - restarted} restarts, ${seconds.toFixed(1)} s`);
+    console.log(
+      `[reliability] DO model (shard 0 of 2): ${SHARD_RUNS} sequences, ${totalSteps - steps} steps checked, ${restarts - restarted} restarts, ${seconds.toFixed(1)} s`,
+    );
   });
 });

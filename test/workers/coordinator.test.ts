@@ -182,7 +182,7 @@ describe("ConnectionCoordinator in workerd", () => {
 
   it("returns a slot within the TTL when its holder never releases", async () => {
     const stub = freshPool();
-    const lease = (await stub.acquire({ holder: "crashes", ttlMs: 200 }));
+    const lease = await stub.acquire({ holder: "crashes", ttlMs: 200 });
     expect(lease.ok).toBe(true);
     for (let i = 0; i < 2; i++) await grant(stub);
     const started = Date.now();

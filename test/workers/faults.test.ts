@@ -78,10 +78,12 @@ describe("faults in workerd", () => {
     let { name, stub } = fresh();
     const held = await hold(stub, 3);
     const clients = Array.from({ length: 5 }, (_, i) => new Leases(env.COORDINATOR_DO.getByName(name), { holder: `client-${i}` }));
-    const first = clients.map((c) => c.acquire({ waitMs: 5000 }).then(
-      () => "granted",
-      (e: unknown) => (isLeaseError(e) ? `${e.code}${e.retryable ? " (retryable)" : ""}` : String(e)),
-    ));
+    const first = clients.map((c) =>
+      c.acquire({ waitMs: 5000 }).then(
+        () => "granted",
+        (e: unknown) => (isLeaseError(e) ? `${e.code}${e.retryable ? " (retryable)" : ""}` : String(e)),
+      ),
+    );
     await expect.poll(async () => (await stub.stats()).waiting).toBe(5);
     stub = await restartCoordinator(name);
     expect(await Promise.all(first)).toEqual(Array(5).fill("COORDINATOR_UNAVAILABLE (retryable)"));

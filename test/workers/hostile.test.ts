@@ -117,14 +117,34 @@ describe("hostile input", () => {
       const before = await stub.stats();
       const call = fc.oneof(
         badAcquire.map((options) => ({ method: "acquire" as const, options, expect: ["INVALID_ARGUMENT"] as readonly string[] })),
-        forgedRefs(a.lease).filter((f) => f.ttl === undefined).map((f) => ({ method: "release" as const, ...f })),
+        forgedRefs(a.lease)
+          .filter((f) => f.ttl === undefined)
+          .map((f) => ({ method: "release" as const, ...f })),
         forgedRefs(b.lease).map((f) => ({ method: "renew" as const, ...f })),
         // Batches: a malformed batch fails whole; in a well-formed one every bad entry fails alone.
-        badBatch.map((batch) => ({ method: "acquireMany" as const, batch, entries: [] as readonly string[][], expect: ["INVALID_ARGUMENT"] as readonly string[] })),
-        badBatch.map((batch) => ({ method: "releaseMany" as const, batch, entries: [] as readonly string[][], expect: ["INVALID_ARGUMENT"] as readonly string[] })),
-        fc.array(badAcquire, { minLength: 1, maxLength: 4 }).map((batch) => ({ method: "acquireMany" as const, batch, entries: batch.map(() => ["INVALID_ARGUMENT"] as readonly string[]), expect: [] as readonly string[] })),
+        badBatch.map((batch) => ({
+          method: "acquireMany" as const,
+          batch,
+          entries: [] as readonly string[][],
+          expect: ["INVALID_ARGUMENT"] as readonly string[],
+        })),
+        badBatch.map((batch) => ({
+          method: "releaseMany" as const,
+          batch,
+          entries: [] as readonly string[][],
+          expect: ["INVALID_ARGUMENT"] as readonly string[],
+        })),
+        fc.array(badAcquire, { minLength: 1, maxLength: 4 }).map((batch) => ({
+          method: "acquireMany" as const,
+          batch,
+          entries: batch.map(() => ["INVALID_ARGUMENT"] as readonly string[]),
+          expect: [] as readonly string[],
+        })),
         fc
-          .array(forgedRefs(a.lease).filter((f) => f.ttl === undefined), { minLength: 1, maxLength: 4 })
+          .array(
+            forgedRefs(a.lease).filter((f) => f.ttl === undefined),
+            { minLength: 1, maxLength: 4 },
+          )
           .map((fs) => ({ method: "releaseMany" as const, batch: fs.map((f) => f.ref), entries: fs.map((f) => f.expect), expect: [] as readonly string[] })),
       );
       await fc.assert(
@@ -204,7 +224,14 @@ describe("hostile input", () => {
       path,
       query,
       body: jsonBody,
-      authorization: fc.option(fc.oneof(fc.string({ maxLength: 40 }).map((s) => `Bearer ${s}`), fc.string({ maxLength: 40 }), fc.constantFrom("Bearer test-token ", "Bearer test-token")), { nil: undefined }),
+      authorization: fc.option(
+        fc.oneof(
+          fc.string({ maxLength: 40 }).map((s) => `Bearer ${s}`),
+          fc.string({ maxLength: 40 }),
+          fc.constantFrom("Bearer test-token ", "Bearer test-token"),
+        ),
+        { nil: undefined },
+      ),
     });
 
     await fc.assert(

@@ -165,9 +165,7 @@ describe("example app in workerd against the real Postgres", () => {
     // Limit 3 plus a queue of 5: eight at once all get served, the rest of each round waits its turn.
     const statuses: number[] = [];
     for (let round = 0; round < 4; round++) {
-      const responses = await Promise.all(
-        Array.from({ length: 8 }, (_, i) => get(i % 2 ? "/api/pitches/trending" : "/api/pitches/public?limit=3")),
-      );
+      const responses = await Promise.all(Array.from({ length: 8 }, (_, i) => get(i % 2 ? "/api/pitches/trending" : "/api/pitches/public?limit=3")));
       statuses.push(...responses.map((r) => r.status));
       await Promise.all(responses.map((r) => r.body?.cancel()));
     }

@@ -184,9 +184,7 @@ describe("reconciliation with pg_stat_activity", () => {
     } finally {
       await Promise.all(rogue.map(closeConnection));
     }
-    await expect
-      .poll(async () => (await a.post("/__coordinator/reconcile")).body.appConnections, { timeout: 5000 })
-      .toBe(0);
+    await expect.poll(async () => (await a.post("/__coordinator/reconcile")).body.appConnections, { timeout: 5000 }).toBe(0);
   });
 
   it("runs periodically from the cron trigger", async () => {

@@ -54,7 +54,13 @@ describe("database layer in workerd", () => {
       retry: { maxAttempts: 2, baseDelayMs: 5, maxDelayMs: 10 },
     };
     const lines: string[] = [];
-    const db = new Database({ name: "dead", driver: openDriver(config), leases: new Leases(env.COORDINATOR_DO.getByName("resilience-dead")), config, log: (l) => void lines.push(l) });
+    const db = new Database({
+      name: "dead",
+      driver: openDriver(config),
+      leases: new Leases(env.COORDINATOR_DO.getByName("resilience-dead")),
+      config,
+      log: (l) => void lines.push(l),
+    });
     await expect(db.query("SELECT 1")).rejects.toMatchObject({ code: "DATABASE_UNAVAILABLE" });
     expect(db.breaker.state.state).toBe("open");
     const started = Date.now();

@@ -15,7 +15,10 @@ const OPERATOR_PATHS = [...DATA_PATHS, ...DASHBOARD_PATHS];
 
 async function call(path: string, headers: Record<string, string> = {}, debugToken: string | null = TOKEN) {
   const ctx = createExecutionContext();
-  const response = await handle(new Request(`http://example.test${path}`, { headers }), depsFor({ ...env, LEASE_POOL: POOL, DEBUG_TOKEN: debugToken ?? undefined }, ctx));
+  const response = await handle(
+    new Request(`http://example.test${path}`, { headers }),
+    depsFor({ ...env, LEASE_POOL: POOL, DEBUG_TOKEN: debugToken ?? undefined }, ctx),
+  );
   await waitOnExecutionContext(ctx);
   return { status: response.status, auth: response.headers.get("www-authenticate"), text: await response.text() };
 }
@@ -55,7 +58,12 @@ describe("operator endpoints", () => {
 
   it.each(OPERATOR_PATHS)("%s is off (404) when no token is configured, whatever the caller sends, and says how to turn it on", async (path) => {
     for (const token of [null, ""]) {
-      const attempts: Array<Record<string, string>> = [{}, { authorization: "Bearer " }, { authorization: `Bearer ${TOKEN}` }, { authorization: "Bearer undefined" }];
+      const attempts: Array<Record<string, string>> = [
+        {},
+        { authorization: "Bearer " },
+        { authorization: `Bearer ${TOKEN}` },
+        { authorization: "Bearer undefined" },
+      ];
       for (const headers of attempts) {
         const r = await call(path, headers, token);
         expect(r.status).toBe(404);

@@ -209,7 +209,10 @@ describe("sharded coordinator in workerd", () => {
     // The object named after the pool alone is not used when sharded.
     expect((await env.COORDINATOR_DO.getByName(pool).stats()).counters.granted).toBe(0);
     const ctx = createExecutionContext();
-    const r = await handle(new Request("http://example.test/__coordinator/stats", { headers: { authorization: "Bearer test-token" } }), depsFor(shardedEnv, ctx));
+    const r = await handle(
+      new Request("http://example.test/__coordinator/stats", { headers: { authorization: "Bearer test-token" } }),
+      depsFor(shardedEnv, ctx),
+    );
     // The operator view sums the shards, each at its part (a shard not used yet learns it from the stats call).
     expect(await r.json()).toMatchObject({ limit: 3, held: 0 });
     expect((await Promise.all(stubs.map((s) => s.stats()))).map((s) => s.limit)).toEqual([1, 1, 1]);

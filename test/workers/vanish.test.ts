@@ -115,7 +115,9 @@ describe("callers that vanish (their context torn down), Durable Object in worke
     expect(backMs).toBeLessThanOrEqual(DEFAULT_CLAIM_MS + 250);
     expect(max).toBeLessThanOrEqual(LIMIT);
     expect((await f.pool.stats()).counters).toMatchObject({ expired: 2 });
-    figures.push(`2 waiters cancelled mid-wait, granted after they were gone: slots back to the survivors ${backMs} ms after the grant (claim window ${DEFAULT_CLAIM_MS} ms)`);
+    figures.push(
+      `2 waiters cancelled mid-wait, granted after they were gone: slots back to the survivors ${backMs} ms after the grant (claim window ${DEFAULT_CLAIM_MS} ms)`,
+    );
   });
 
   it("holders and waiters cancelled together: every slot is back within one lease TTL plus one claim window", async () => {
@@ -138,7 +140,9 @@ describe("callers that vanish (their context torn down), Durable Object in worke
     expect(backMs).toBeLessThanOrEqual(TTL_MS + DEFAULT_CLAIM_MS + 250);
     expect(max).toBeLessThanOrEqual(LIMIT);
     expect((await f.pool.stats()).counters).toMatchObject({ expired: 4, released: 0 });
-    figures.push(`2 holders + 2 waiters cancelled together: both survivors granted ${backMs} ms after the cancel (TTL ${TTL_MS} + claim ${DEFAULT_CLAIM_MS} ms), max held ${max}/${LIMIT}`);
+    figures.push(
+      `2 holders + 2 waiters cancelled together: both survivors granted ${backMs} ms after the cancel (TTL ${TTL_MS} + claim ${DEFAULT_CLAIM_MS} ms), max held ${max}/${LIMIT}`,
+    );
   });
 
   it("before: with no heartbeat and a 30 s TTL a cancelled holder keeps its slot, and the survivors behind it time out", async () => {
@@ -153,6 +157,8 @@ describe("callers that vanish (their context torn down), Durable Object in worke
     expect(answers.map((a) => (a.ok ? "granted" : a.code))).toEqual(["ACQUIRE_TIMEOUT", "ACQUIRE_TIMEOUT"]);
     const s = await f.pool.stats();
     expect(s).toMatchObject({ held: LIMIT, counters: { expired: 0, released: 0 } });
-    figures.push(`before (no heartbeat, 30 s TTL): 2 cancelled holders' slots still held ${Date.now() - killedAt} ms after the cancel, expiring in ${Math.min(...s.leases.map((l) => l.expiresInMs))} ms; survivors timed out`);
+    figures.push(
+      `before (no heartbeat, 30 s TTL): 2 cancelled holders' slots still held ${Date.now() - killedAt} ms after the cancel, expiring in ${Math.min(...s.leases.map((l) => l.expiresInMs))} ms; survivors timed out`,
+    );
   });
 });

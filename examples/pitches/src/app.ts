@@ -50,17 +50,21 @@ async function createPitch(request: Request, run: Run): Promise<Response> {
   const isPublic = body.isPublic ?? true;
   if (typeof isPublic !== "boolean") throw new LeaseError("INVALID_ARGUMENT", expected("isPublic", "a boolean", isPublic));
   const pitch = { title: text(body, "title", 200), logline: text(body, "logline", 1000), author: text(body, "author", 100), genre, is_public: isPublic };
-  const [row] = await run((sql) => sql`
+  const [row] = await run(
+    (sql) => sql`
     INSERT INTO pitches ${sql(pitch, "title", "logline", "author", "genre", "is_public")}
-    RETURNING ${sql.unsafe(PITCH_COLUMNS)}`);
+    RETURNING ${sql.unsafe(PITCH_COLUMNS)}`,
+  );
   return json({ pitch: row }, 201);
 }
 
 async function viewPitch(raw: string, run: Run): Promise<Response> {
   if (!/^[1-9]\d{0,15}$/.test(raw)) throw new LeaseError("INVALID_ARGUMENT", expected("id", "a positive integer", raw));
-  const [row] = await run((sql) => sql`
+  const [row] = await run(
+    (sql) => sql`
     UPDATE pitches SET view_count = view_count + 1 WHERE id = ${raw} AND is_public
-    RETURNING ${sql.unsafe(PITCH_COLUMNS)}`);
+    RETURNING ${sql.unsafe(PITCH_COLUMNS)}`,
+  );
   if (!row) throw new HttpError("NOT_FOUND", `No public pitch ${raw}`);
   return json({ pitch: row });
 }
@@ -69,18 +73,22 @@ async function pitches(request: Request, url: URL, path: string, run: Run): Prom
   if (path === "/api/pitches/trending") {
     allowMethods(request, "GET");
     const limit = intParam(url, "limit", 10, 1, 50);
-    const rows = await run((sql) => sql`
+    const rows = await run(
+      (sql) => sql`
       SELECT ${sql.unsafe(PITCH_COLUMNS)} FROM pitches
-      WHERE is_public ORDER BY view_count DESC, id LIMIT ${limit}`);
+      WHERE is_public ORDER BY view_count DESC, id LIMIT ${limit}`,
+    );
     return json({ pitches: rows });
   }
   if (path === "/api/pitches/public") {
     allowMethods(request, "GET");
     const limit = intParam(url, "limit", 20, 1, 100);
     const offset = intParam(url, "offset", 0, 0, 100_000);
-    const rows = await run((sql) => sql`
+    const rows = await run(
+      (sql) => sql`
       SELECT ${sql.unsafe(PITCH_COLUMNS)} FROM pitches
-      WHERE is_public ORDER BY created_at DESC, id DESC LIMIT ${limit} OFFSET ${offset}`);
+      WHERE is_public ORDER BY created_at DESC, id DESC LIMIT ${limit} OFFSET ${offset}`,
+    );
     return json({ pitches: rows, limit, offset });
   }
   if (path === "/api/pitches") {
