@@ -44,3 +44,6 @@ export type { DatabaseConfig, DatabaseEnv } from "./db/config.ts";
 export { openDriver } from "./db/connect.ts";
 export type { Connection, Driver, Row } from "./db/connect.ts";
 export type { LeasedPool } from "./db/pool.ts";
+export { heartbeat } from "./client/heartbeat.ts";
+export type { Heartbeat, HeartbeatOptions } from "./client/heartbeat.ts";
+export type { ClientAcquireOptions } from "./client/leases.ts";
