@@ -358,7 +358,18 @@ if (overload.length > 0 && p4) {
     "",
   );
 }
-lines.push(`Suite time: ${f((Date.now() - started) / 1000)} s.`, "");
+lines.push(
+  "## Separate benchmarks",
+  "",
+  "- postgres.js vs node-postgres through the same lease path: `npm run bench:drivers`, figures in",
+  "  [docs/bench-drivers.md](docs/bench-drivers.md).",
+  "- A spike of callers that give up (200 clients on 20 slots, half give up after 1 s and retry), before",
+  "  and after short leases with a heartbeat: `npm run bench:spike`, figures in",
+  "  [docs/reliability.md](docs/reliability.md#callers-that-vanish).",
+  "",
+  `Suite time: ${f((Date.now() - started) / 1000)} s.`,
+  "",
+);
 
 const chart = renderChart({
   title: "leasegate vs the floor and the alternatives (same run)",

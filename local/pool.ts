@@ -7,7 +7,7 @@ import postgres, { type Sql } from "postgres";
 import { type LeaseClient, Leases } from "../src/client/leases.ts";
 import { type PoolEnv, configFromEnv } from "../src/core/index.ts";
 import { type DatabaseEnv, databaseConfig } from "../src/db/config.ts";
-import { openDriver } from "../src/db/connect.ts";
+import { openDriver, postgresClient } from "../src/db/connect.ts";
 import { Database } from "../src/db/database.ts";
 import { toDatabaseError } from "../src/db/errors.ts";
 import type { LeasedPool } from "../src/db/pool.ts";
@@ -59,7 +59,6 @@ export async function localPool(env: LocalPoolEnv): Promise<LocalPool> {
   }
   const leases: LeaseClient | undefined = coordinator && new Leases(coordinator);
   const db = new Database({ name, driver: openDriver(config), leases, config });
-  const connectTimeout = Math.max(1, Math.ceil(config.connectTimeoutMs / 1000));
   return {
     name,
     leases,
@@ -68,13 +67,7 @@ export async function localPool(env: LocalPoolEnv): Promise<LocalPool> {
     operator: coordinator && controlsOf(coordinator, () => coordinator.reconcile(applicationName).catch((e: unknown) => Promise.reject(toDatabaseError(e)))),
     sql: (fn, options = {}) =>
       db.run(async ({ beforeRelease }) => {
-        const sql = postgres(connectionString, {
-          max: 1,
-          fetch_types: false,
-          connect_timeout: connectTimeout,
-          onnotice: () => {},
-          connection: { application_name: applicationName },
-        });
+        const sql = await postgresClient(config);
         beforeRelease(() => sql.end({ timeout: 0 }).catch(() => {}));
         return db.timed(options.holder ?? "sql", () => fn(sql), options.holder);
       }, options),

@@ -1,3 +1,4 @@
+import type { Sql } from "postgres";
 import type { DatabaseConfig } from "./config.ts";
 
 /** Rows as every driver returns them: plain objects keyed by column name. */
@@ -41,81 +42,80 @@ export interface NeonOptions {
  * try { await conn.query("SELECT 1") } finally { await conn.close() }
  */
 export function openDriver(config: DatabaseConfig, neon: NeonOptions = {}): Driver {
-  switch (config.driver) {
-    case "hyperdrive":
-      return {
-        name: "hyperdrive",
-        async connect() {
-          const { connectFromWorker, closeConnection } = await import("./hyperdrive.ts");
-          const sql = connectFromWorker(config.connectionString, config.applicationName);
-          return { query: (text, params) => sql.unsafe(text, params as never[]) as Promise<Row[]>, close: () => closeConnection(sql) };
-        },
-      };
-    case "postgres":
-      return {
-        name: "postgres",
-        async connect() {
-          const { default: postgres } = await import("postgres");
-          const sql = postgres(config.connectionString, {
-            max: 1,
-            fetch_types: false,
-            // postgres.js counts whole seconds; round up so a short timeout never becomes none.
-            connect_timeout: Math.max(1, Math.ceil(config.connectTimeoutMs / 1000)),
-            onnotice: () => {},
-            connection: { application_name: config.applicationName },
-          });
-          return {
-            query: (text, params) => sql.unsafe(text, params as never[]) as Promise<Row[]>,
-            async close() {
-              await sql.end({ timeout: 0 }).catch(() => {});
-            },
-          };
-        },
-      };
-    case "pg":
-      return {
-        name: "pg",
-        async connect() {
-          const { openPgConnection } = await import("./drivers/node-postgres.ts");
-          return openPgConnection(config);
-        },
-      };
-    case "neon":
-      return {
-        name: "neon",
-        async connect() {
-          const { Pool, neonConfig } = await import("@neondatabase/serverless");
-          if (neon.wsProxy !== undefined) neonConfig.wsProxy = neon.wsProxy;
-          if (neon.useSecureWebSocket !== undefined) neonConfig.useSecureWebSocket = neon.useSecureWebSocket;
-          // Pipelining the startup needs cleartext password auth; off, it works with any method.
-          neonConfig.pipelineConnect = false;
-          const pool = new Pool({
-            connectionString: config.connectionString,
-            max: 1,
-            connectionTimeoutMillis: config.connectTimeoutMs,
-            application_name: config.applicationName,
-          });
-          // An idle client's error (server gone) must not become an uncaught exception.
-          pool.on("error", () => {});
-          let client: import("@neondatabase/serverless").PoolClient;
-          try {
-            client = await pool.connect();
-          } catch (error) {
-            await pool.end().catch(() => {});
-            throw error;
-          }
-          client.on("error", () => {});
-          return {
-            async query(text, params) {
-              const result = await client.query(text, params as unknown[] | undefined);
-              return result.rows as Row[];
-            },
-            async close() {
-              client.release(true);
-              await pool.end().catch(() => {});
-            },
-          };
-        },
-      };
+  const connect = {
+    hyperdrive: () => connectHyperdrive(config),
+    postgres: () => connectPostgres(config),
+    pg: async () => (await import("./drivers/node-postgres.ts")).openPgConnection(config),
+    neon: () => connectNeon(config, neon),
+  }[config.driver];
+  return { name: config.driver, connect };
+}
+
+async function connectHyperdrive(config: DatabaseConfig): Promise<Connection> {
+  const { connectFromWorker, closeConnection } = await import("./hyperdrive.ts");
+  const sql = connectFromWorker(config.connectionString, config.applicationName);
+  return { query: (text, params) => sql.unsafe(text, params as never[]) as Promise<Row[]>, close: () => closeConnection(sql) };
+}
+
+/**
+ * One postgres.js connection over TCP (`max: 1`: the lease pays for exactly one), with the
+ * configuration's connect timeout and application name.
+ *
+ * @example
+ * const sql = await postgresClient(config); await sql`SELECT 1`; await sql.end({ timeout: 0 });
+ */
+export async function postgresClient(config: Pick<DatabaseConfig, "connectionString" | "connectTimeoutMs" | "applicationName">): Promise<Sql> {
+  const { default: postgres } = await import("postgres");
+  return postgres(config.connectionString, {
+    max: 1,
+    fetch_types: false,
+    // postgres.js counts whole seconds; round up so a short timeout never becomes none.
+    connect_timeout: Math.max(1, Math.ceil(config.connectTimeoutMs / 1000)),
+    onnotice: () => {},
+    connection: { application_name: config.applicationName },
+  });
+}
+
+async function connectPostgres(config: DatabaseConfig): Promise<Connection> {
+  const sql = await postgresClient(config);
+  return {
+    query: (text, params) => sql.unsafe(text, params as never[]) as Promise<Row[]>,
+    async close() {
+      await sql.end({ timeout: 0 }).catch(() => {});
+    },
+  };
+}
+
+async function connectNeon(config: DatabaseConfig, neon: NeonOptions): Promise<Connection> {
+  const { Pool, neonConfig } = await import("@neondatabase/serverless");
+  if (neon.wsProxy !== undefined) neonConfig.wsProxy = neon.wsProxy;
+  if (neon.useSecureWebSocket !== undefined) neonConfig.useSecureWebSocket = neon.useSecureWebSocket;
+  // Pipelining the startup needs cleartext password auth; off, it works with any method.
+  neonConfig.pipelineConnect = false;
+  const pool = new Pool({
+    connectionString: config.connectionString,
+    max: 1,
+    connectionTimeoutMillis: config.connectTimeoutMs,
+    application_name: config.applicationName,
+  });
+  // An idle client's error (server gone) must not become an uncaught exception.
+  pool.on("error", () => {});
+  let client: import("@neondatabase/serverless").PoolClient;
+  try {
+    client = await pool.connect();
+  } catch (error) {
+    await pool.end().catch(() => {});
+    throw error;
   }
+  client.on("error", () => {});
+  return {
+    async query(text, params) {
+      const result = await client.query(text, params as unknown[] | undefined);
+      return result.rows as Row[];
+    },
+    async close() {
+      client.release(true);
+      await pool.end().catch(() => {});
+    },
+  };
 }
