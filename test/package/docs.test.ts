@@ -2,12 +2,17 @@ import { existsSync, readFileSync, readdirSync } from "node:fs";
 import { dirname, join, relative } from "node:path";
 import { describe, expect, it } from "vitest";
 
-// Every TypeScript snippet in the docs is a file under docs/snippets/ that the type check compiles
-// (`npx tsc --noEmit -p .`, the package names resolved to the sources by the `source` export condition). Here we
-// check that each ```ts block is marked with its file and says exactly what the file says, so a
-// block cannot drift from code that compiles; and that the docs' relative links still resolve.
+// Every TypeScript snippet in the docs is a file that something compiles: under docs/snippets/ the
+// type check (`npx tsc --noEmit -p .`, the package names resolved to the sources by the `source`
+// export condition), under examples/ the example's own tests. Here we check that each ```ts block
+// is marked with its file and that every marked block (```ts, ```toml, ```json, …) says exactly
+// what the file says, so a block cannot drift from code that compiles and runs; and that the
+// docs' relative links still resolve.
 const root = join(import.meta.dirname, "..", "..");
 const snippetDir = "docs/snippets";
+// The Worker guide shows every file a user of the Hono + Drizzle example writes.
+const WORKER_GUIDE = "docs/workers.md";
+const EXAMPLE_FILES = ["package.json", "wrangler.toml", "src/index.ts", "tsconfig.json", "vitest.config.ts"].map((f) => `examples/hono-drizzle/${f}`);
 const MARKER = /^<!--\s*snippet:\s*(\S+)\s*-->$/;
 const TS_LANGS = new Set(["ts", "typescript", "tsx", "mts"]);
 
@@ -108,13 +113,13 @@ describe("docs", () => {
 
   it("marks every TypeScript block with the snippet file it shows", () => {
     const unmarked = all.filter((b) => TS_LANGS.has(b.lang) && b.marker === undefined).map((b) => `${b.page}:${b.line}`);
-    expect(unmarked, "a ```ts block needs `<!-- snippet: docs/snippets/<name>.ts -->` on the line before it").toEqual([]);
+    expect(unmarked, "a ```ts block needs `<!-- snippet: <repository path> -->` on the line before it").toEqual([]);
   });
 
   for (const b of all.filter((b) => b.marker !== undefined)) {
     it(`${b.page}:${b.line} shows ${b.marker} exactly`, () => {
       const file = b.marker!;
-      expect(file.startsWith(`${snippetDir}/`), `snippets live under ${snippetDir}/`).toBe(true);
+      expect(relative(root, join(root, file)), "a path inside the repository, relative to its root").toBe(file);
       expect(existsSync(join(root, file)), `${file} exists`).toBe(true);
       expect(b.content.trim()).toBe(readFileSync(join(root, file), "utf8").trim());
     });
@@ -134,6 +139,13 @@ describe("docs", () => {
     expect(tsconfig.include).toContain(snippetDir);
     // Snippets import the package by name; the `source` export condition resolves it to the sources.
     expect(tsconfig.compilerOptions.customConditions).toEqual(["source"]);
+  });
+
+  it(`shows every file of the Hono + Drizzle example a user writes in ${WORKER_GUIDE}, and the README points there`, () => {
+    const shown = new Set(all.filter((b) => b.page === WORKER_GUIDE).map((b) => b.marker));
+    expect(EXAMPLE_FILES.filter((f) => !shown.has(f)), `files of the example ${WORKER_GUIDE} does not show`).toEqual([]);
+    expect(all.filter((b) => b.page === "README.md").map((b) => b.marker)).toContain("examples/hono-drizzle/wrangler.toml");
+    expect(prose("README.md").join("\n")).toContain(`](${WORKER_GUIDE})`);
   });
 
   it("has relative links that resolve, anchors included", () => {

@@ -16,27 +16,42 @@ function run(command: string, args: string[], cwd: string, env: Record<string, s
   return { status: result.status, output: `${result.stdout}\n${result.stderr}` };
 }
 
+/** Packs the package once for every test here: the tarball users would install. */
+let tarball: string | undefined;
+function packed(): string {
+  if (tarball) return tarball;
+  const pack = run("npm", ["pack", "--pack-destination", work], root);
+  expect(pack.status, pack.output).toBe(0);
+  tarball = join(work, readdirSync(work).find((f) => f.endsWith(".tgz"))!);
+  return tarball;
+}
+
+/** Copies `examples/<name>` into a fresh folder with the tarball as `leasegate.tgz`, and installs it. */
+function installExample(name: string): string {
+  const app = join(work, name);
+  cpSync(join(root, "examples", name), app, {
+    recursive: true,
+    filter: (src) => !/node_modules|[/\\]dist$|[/\\]\.wrangler$|\.tgz$/.test(src),
+  });
+  cpSync(packed(), join(app, "leasegate.tgz"));
+  const install = run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline"], app);
+  expect(install.status, install.output).toBe(0);
+  return app;
+}
+
+const database = () => withPassword(process.env.LEASEGATE_TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres");
+const plain = (output: string) => output.replace(new RegExp(`${String.fromCharCode(27)}\\[[0-9;]*m`, "g"), "");
+
 describe("the published package", () => {
   it("packs, installs into the example Worker, and passes the example's own tests in workerd", () => {
-    const pack = run("npm", ["pack", "--pack-destination", work], root);
-    expect(pack.status, pack.output).toBe(0);
-    const tarball = readdirSync(work).find((f) => f.endsWith(".tgz"))!;
     // The library only: no example app, no tests, no benchmarks in what users install.
-    const listing = run("tar", ["-tzf", join(work, tarball)], work);
+    const listing = run("tar", ["-tzf", packed()], work);
     expect(listing.status, listing.output).toBe(0);
-    const packed = listing.output.split("\n").filter(Boolean);
-    expect(packed.filter((f) => /^package\/(examples|test|bench|scripts|docs)\//.test(f))).toEqual([]);
-    expect(packed.filter((f) => /pitches|src\/db\/schema\.ts|src\/worker\.ts|main-(node|deno)|node-listener/.test(f))).toEqual([]);
-    expect(packed).toEqual(expect.arrayContaining(["package/src/http/operator.ts", "package/local/index.ts", "package/src/workers/pool.ts"]));
-    const app = join(work, "app");
-    cpSync(join(root, "examples", "worker-app"), app, {
-      recursive: true,
-      filter: (src) => !/node_modules|[/\\]dist$/.test(src),
-    });
-    cpSync(join(work, tarball), join(app, "leasegate.tgz"));
-
-    const install = run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline"], app);
-    expect(install.status, install.output).toBe(0);
+    const files = listing.output.split("\n").filter(Boolean);
+    expect(files.filter((f) => /^package\/(examples|test|bench|scripts|docs)\//.test(f))).toEqual([]);
+    expect(files.filter((f) => /pitches|src\/db\/schema\.ts|src\/worker\.ts|main-(node|deno)|node-listener/.test(f))).toEqual([]);
+    expect(files).toEqual(expect.arrayContaining(["package/src/http/operator.ts", "package/local/index.ts", "package/src/workers/pool.ts"]));
+    const app = installExample("worker-app");
     const installed = JSON.parse(readFileSync(join(app, "node_modules", "leasegate", "package.json"), "utf8"));
     expect(installed.exports["./workers"]).toBeDefined();
 
@@ -52,10 +67,17 @@ describe("the published package", () => {
     );
     expect(node.status, node.output).toBe(0);
 
-    const database = withPassword(process.env.LEASEGATE_TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres");
-    const test = run("npm", ["test"], app, { EXAMPLE_DATABASE_URL: database });
+    const test = run("npm", ["test"], app, { EXAMPLE_DATABASE_URL: database() });
     expect(test.status, test.output).toBe(0);
-    expect(test.output.replace(new RegExp(`${String.fromCharCode(27)}\\[[0-9;]*m`, "g"), "")).toMatch(/Tests\s+2 passed \(2\)/);
+    expect(plain(test.output)).toMatch(/Tests\s+2 passed \(2\)/);
+  }, 300_000);
+
+  it("installs into the Hono + Drizzle example, whose types check against the tarball's declarations and whose tests pass in workerd", () => {
+    const app = installExample("hono-drizzle");
+    // Its `npm test` is `tsc --noEmit && vitest run`: the types users get, then the Worker against the real Postgres.
+    const test = run("npm", ["test"], app, { EXAMPLE_DATABASE_URL: database() });
+    expect(test.status, test.output).toBe(0);
+    expect(plain(test.output)).toMatch(/Tests\s+7 passed \(7\)/);
   }, 300_000);
 
   it("bundles the demo Worker for production with wrangler deploy --dry-run", () => {
