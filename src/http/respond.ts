@@ -77,7 +77,7 @@ export function json(body: unknown, status = 200, headers: Record<string, string
  */
 export function errorResponse(error: unknown): Response {
   if (isHttpError(error)) return json({ error: { code: error.code, message: error.message } }, STATUS[error.code], { ...error.headers });
-  const e = isLeaseError(error) ? error : toDatabaseError(error);
+  const e = isLeaseError(error) ? error : knownFailure(error);
   const status = STATUS[e.code] ?? 500;
   const headers: Record<string, string> = {};
   const body: { code: ErrorCode; message: string; retryAfterMs?: number } = { code: e.code, message: e.message };
@@ -87,6 +87,19 @@ export function errorResponse(error: unknown): Response {
     body.retryAfterMs = ms;
   }
   return json({ error: body }, status, headers);
+}
+
+/**
+ * A driver's failure as its `LeaseError` (`DATABASE_UNAVAILABLE` / `DATABASE_ERROR`); anything
+ * else a handler threw (a bug, an app's own error without a code) is `INTERNAL`.
+ */
+function knownFailure(error: unknown): LeaseError {
+  const e = toDatabaseError(error);
+  const code = typeof error === "object" && error !== null ? (error as { code?: unknown }).code : undefined;
+  if (e.code === "DATABASE_ERROR" && (typeof code !== "string" || code === "")) {
+    return new LeaseError("INTERNAL", "The request failed", { cause: error });
+  }
+  return e;
 }
 
 /**

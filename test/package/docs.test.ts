@@ -143,7 +143,10 @@ describe("docs", () => {
 
   it(`shows every file of the Hono + Drizzle example a user writes in ${WORKER_GUIDE}, and the README points there`, () => {
     const shown = new Set(all.filter((b) => b.page === WORKER_GUIDE).map((b) => b.marker));
-    expect(EXAMPLE_FILES.filter((f) => !shown.has(f)), `files of the example ${WORKER_GUIDE} does not show`).toEqual([]);
+    expect(
+      EXAMPLE_FILES.filter((f) => !shown.has(f)),
+      `files of the example ${WORKER_GUIDE} does not show`,
+    ).toEqual([]);
     expect(all.filter((b) => b.page === "README.md").map((b) => b.marker)).toContain("examples/hono-drizzle/wrangler.toml");
     expect(prose("README.md").join("\n")).toContain(`](${WORKER_GUIDE})`);
   });

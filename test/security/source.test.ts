@@ -125,4 +125,13 @@ describe("error responses", () => {
       expect(text).not.toContain("db.internal");
     }
   });
+
+  it("answer a driver's failure by its code and a handler's own error as INTERNAL", async () => {
+    const codeOf = async (error: unknown) => ((await errorResponse(error).json()) as { error: { code: string } }).error.code;
+    expect(await codeOf(Object.assign(new Error("x"), { code: "23505" }))).toBe("DATABASE_ERROR");
+    expect(await codeOf(Object.assign(new Error("x"), { code: "57P01" }))).toBe("DATABASE_UNAVAILABLE");
+    expect(await codeOf(new Error("socket closed"))).toBe("DATABASE_UNAVAILABLE");
+    expect(await codeOf(new TypeError("undefined is not a function"))).toBe("INTERNAL");
+    expect(errorResponse(new Error("a bug")).status).toBe(500);
+  });
 });
