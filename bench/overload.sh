@@ -36,7 +36,7 @@ ALTER ROLE $ROLE CONNECTION LIMIT 20;
 SQL
 DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres node -e '
   const postgres = (await import("postgres")).default;
-  const { migrate, seed } = await import("./src/db/schema.ts");
+  const { migrate, seed } = await import("./examples/pitches/src/schema.ts");
   const sql = postgres(process.env.DATABASE_URL, { onnotice() {} });
   await migrate(sql); await seed(sql); await sql.end();' --input-type=module
 "${ADMIN[@]}" -c "GRANT USAGE ON SCHEMA public TO $ROLE; GRANT SELECT, INSERT, UPDATE ON pitches TO $ROLE;"
