@@ -147,9 +147,18 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
     for (const l of fx.expired) this.staged.set(l.id, null);
     const settled = settlementsOf(pool, fx);
     const written = new Promise<void>((resolve, reject) => this.commits.add({ resolve, reject }));
+    // A release does not wait for its write; a failed write must not become an unhandled rejection.
+    written.catch(() => {});
     this.waiters.settleAll(settled.filter(([, r]) => !r.ok));
     const granted = settled.filter(([, r]) => r.ok);
-    if (granted.length > 0) void written.then(() => this.waiters.settleAll(granted));
+    if (granted.length > 0) {
+      // A grant whose row could not be written is never answered as one: the waiter hears the
+      // failure (the slot comes back at the lease's short TTL, as nobody renews it).
+      written.then(
+        () => this.waiters.settleAll(granted),
+        (error: unknown) => this.waiters.settleAll(granted.map(([id]) => [id, failureOf(error)] as const)),
+      );
+    }
     this.schedule(pool);
     return written;
   }

@@ -234,4 +234,20 @@ describe("ConnectionCoordinator in workerd", () => {
     await retried.release(held[0]!);
     expect((await late).fence).toBe(4);
   });
+
+  it("answers a waiter whose grant could not be written with the failure, never a grant, and never hangs", async () => {
+    const stub = freshPool();
+    const held = [await grant(stub), await grant(stub), await grant(stub)];
+    const waiting = stub.acquire({ holder: "w", waitMs: 5000 });
+    await expect.poll(async () => (await stub.stats()).waiting).toBe(1);
+    // The storage refuses the next batch (as a full or failing disk would).
+    await runInDurableObject(stub, (object) => {
+      const store = (object as unknown as { store: { write: () => void } }).store;
+      store.write = () => {
+        throw new Error("disk full");
+      };
+    });
+    await stub.release({ leaseId: held[0]!.id, fence: held[0]!.fence });
+    expect(await waiting).toMatchObject({ ok: false, code: "INTERNAL" });
+  });
 });
