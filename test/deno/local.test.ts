@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import postgres from "postgres";
 import { PostgresCoordinator } from "../../local/postgres-coordinator.ts";
-import { createLocalApp } from "../../examples/pitches/local/server.ts";
+import { createLocalApp } from "../../examples/pitches/src/server.ts";
 import { Leases } from "../../src/client/leases.ts";
 import { isLeaseError } from "../../src/core/index.ts";
 

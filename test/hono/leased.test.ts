@@ -1,13 +1,15 @@
 import { desc, sql as dsql } from "drizzle-orm";
 import { drizzle as drizzlePg } from "drizzle-orm/node-postgres";
-import { bigint, integer, pgTable, text } from "drizzle-orm/pg-core";
+import { pgTable, text } from "drizzle-orm/pg-core";
 import { drizzle as drizzlePostgresJs } from "drizzle-orm/postgres-js";
 import { Hono } from "hono";
 import pg from "pg";
 import postgres from "postgres";
 import { afterAll, describe, expect, it } from "vitest";
+import { counted } from "../support/counted.ts";
+import { pitches } from "../support/pitches-table.ts";
 import { PostgresCoordinator } from "../../local/postgres-coordinator.ts";
-import { type LeaseClient, Leases } from "../../src/client/leases.ts";
+import { Leases } from "../../src/client/leases.ts";
 import { isLeaseError } from "../../src/core/index.ts";
 import { leased } from "../../src/hono.ts";
 
@@ -42,21 +44,7 @@ function pool(config: { limit?: number; maxQueue?: number; waitMs?: number; leas
   appName = `${APP}-${seq}`;
   const real = new Leases(coordinator);
   const calls: string[] = [];
-  const leases: LeaseClient = {
-    acquire: (o) => {
-      calls.push("acquire");
-      return real.acquire(o);
-    },
-    release: (l) => {
-      calls.push("release");
-      return real.release(l);
-    },
-    renew: (l, t) => {
-      calls.push("renew");
-      return real.renew(l, t);
-    },
-    stats: () => real.stats(),
-  };
+  const leases = counted(real, calls);
   return { leases, calls, stats: () => real.stats() };
 }
 
@@ -64,15 +52,6 @@ const backends = async () => Number((await admin`SELECT count(*)::int AS n FROM 
 /** An app whose onError answers quietly (Hono's default logs every handler error). */
 const quiet = () => new Hono().onError((_e, c) => c.text("handler error", 500));
 const pgClient = () => new pg.Client({ connectionString: url, application_name: appName });
-
-const pitches = pgTable("pitches", {
-  id: bigint("id", { mode: "number" }).primaryKey(),
-  title: text("title").notNull(),
-  logline: text("logline").notNull(),
-  genre: text("genre").notNull(),
-  author: text("author").notNull(),
-  viewCount: integer("view_count").notNull(),
-});
 
 describe("leased() on Node with node-postgres", () => {
   it("acquires on the first call of c.var.client(), hands out the same client after, then closes and releases", async () => {

@@ -1,7 +1,7 @@
 import parsePrometheusTextFormat from "parse-prometheus-text-format";
 import postgres from "postgres";
 import { afterAll, describe, expect, it } from "vitest";
-import { type LocalApp, createLocalApp } from "../../examples/pitches/local/server.ts";
+import { type LocalApp, createLocalApp } from "../../examples/pitches/src/server.ts";
 import { Leases } from "../../src/client/leases.ts";
 import { codeOf } from "../support/codes.ts";
 import { localPools, url } from "./helpers.ts";

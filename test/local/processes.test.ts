@@ -1,8 +1,6 @@
-import { type ChildProcess, fork } from "node:child_process";
-import { fileURLToPath } from "node:url";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { Command, Event } from "./worker.ts";
+import { type Proc, answered, startWorker } from "./procs.ts";
 
 // Four real OS processes share LEASE_LIMIT=5 through one Postgres: the same pool name, nothing else.
 const url = process.env.LEASEGATE_TEST_DATABASE_URL!;
@@ -10,56 +8,19 @@ const POOL = `procs-${process.pid}-${Date.now()}`;
 const APP = `lg-procs-${process.pid}`;
 const LIMIT = 5;
 const TTL_MS = 1500;
-const WORKER = fileURLToPath(new URL("./worker.ts", import.meta.url));
 
 const admin = postgres(url, { max: 2, onnotice: () => {} });
 
-interface Proc {
-  child: ChildProcess;
-  events: Array<Event & { at: number }>;
-  send(cmd: Command): void;
-  next(match: (e: Event) => boolean, timeoutMs?: number): Promise<Event & { at: number }>;
-}
-
 function start(): Promise<Proc> {
-  const child = fork(WORKER, [], {
-    env: {
-      ...process.env,
-      DATABASE_URL: url,
-      APP_NAME: APP,
-      LEASE_POOL: POOL,
-      LEASE_LIMIT: String(LIMIT),
-      LEASE_TTL_MS: String(TTL_MS),
-      LEASE_WAIT_MS: "5000",
-      LEASE_MAX_QUEUE: "100",
-    },
-    stdio: ["ignore", "inherit", "inherit", "ipc"],
+  return startWorker({
+    DATABASE_URL: url,
+    APP_NAME: APP,
+    LEASE_POOL: POOL,
+    LEASE_LIMIT: String(LIMIT),
+    LEASE_TTL_MS: String(TTL_MS),
+    LEASE_WAIT_MS: "5000",
+    LEASE_MAX_QUEUE: "100",
   });
-  const events: Proc["events"] = [];
-  const watchers: Array<(e: Event & { at: number }) => void> = [];
-  child.on("message", (e: Event) => {
-    const stamped = { ...e, at: Date.now() };
-    events.push(stamped);
-    for (const w of [...watchers]) w(stamped);
-  });
-  const proc: Proc = {
-    child,
-    events,
-    send: (cmd) => child.send(cmd),
-    next: (match, timeoutMs = 10_000) =>
-      new Promise((resolve, reject) => {
-        const seen = events.find(match);
-        if (seen) return resolve(seen);
-        const timer = setTimeout(() => reject(new Error(`no matching event from pid ${child.pid} in ${timeoutMs} ms`)), timeoutMs);
-        watchers.push(function w(e) {
-          if (!match(e)) return;
-          clearTimeout(timer);
-          watchers.splice(watchers.indexOf(w), 1);
-          resolve(e);
-        });
-      }),
-  };
-  return proc.next((e) => e.event === "ready").then(() => proc);
 }
 
 async function counts(): Promise<{ conns: number; ledger: number; waiting: number }> {
@@ -78,8 +39,6 @@ async function untilWaiting(n: number): Promise<void> {
     await new Promise((r) => setTimeout(r, 5));
   }
 }
-
-const granted = (tag: string) => (e: Event) => (e.event === "granted" || e.event === "failed") && e.tag === tag;
 
 let procs: Proc[] = [];
 
@@ -128,7 +87,7 @@ describe("PostgresCoordinator across 4 OS processes sharing LEASE_LIMIT=5", () =
     const [p0, p1, p2, p3] = procs as [Proc, Proc, Proc, Proc];
     for (let i = 0; i < LIMIT; i++) {
       p0.send({ cmd: "hold", tag: `fill${i}` });
-      await p0.next(granted(`fill${i}`));
+      await p0.next(answered(`fill${i}`));
     }
     // Waiters queued in a known order across three processes.
     const order: Array<[Proc, string]> = [
@@ -144,7 +103,7 @@ describe("PostgresCoordinator across 4 OS processes sharing LEASE_LIMIT=5", () =
     }
     // A waiter with a short deadline behind them: it must time out at its deadline, not earlier.
     p3.send({ cmd: "hold", tag: "short", waitMs: 300 });
-    const short = await p3.next(granted("short"));
+    const short = await p3.next(answered("short"));
     expect(short.event === "failed" && short.code).toBe("ACQUIRE_TIMEOUT");
     expect(short.event === "failed" && short.waitedMs).toBeGreaterThanOrEqual(300);
     expect(short.event === "failed" && short.waitedMs).toBeLessThan(600);
@@ -154,7 +113,7 @@ describe("PostgresCoordinator across 4 OS processes sharing LEASE_LIMIT=5", () =
     for (let i = 0; i < LIMIT; i++) {
       p0.send({ cmd: "release", tag: `fill${i}` });
       const [p, tag] = order[i]!;
-      const e = await p.next(granted(tag));
+      const e = await p.next(answered(tag));
       expect(e.event).toBe("granted");
       if (e.event === "granted") fences.push(e.fence);
     }
@@ -170,11 +129,11 @@ describe("PostgresCoordinator across 4 OS processes sharing LEASE_LIMIT=5", () =
     const [p0, p1, , p3] = procs as [Proc, Proc, Proc, Proc];
     for (let i = 0; i < 3; i++) {
       p3.send({ cmd: "hold", tag: `doomed${i}` });
-      await p3.next(granted(`doomed${i}`));
+      await p3.next(answered(`doomed${i}`));
     }
     for (let i = 0; i < 2; i++) {
       p0.send({ cmd: "hold", tag: `live${i}`, ttlMs: 10_000 });
-      await p0.next(granted(`live${i}`));
+      await p0.next(answered(`live${i}`));
     }
     // The doomed process also waits at the head of the queue: once it is dead, that waiter must be
     // withdrawn, not granted a slot nobody would take.
@@ -184,7 +143,7 @@ describe("PostgresCoordinator across 4 OS processes sharing LEASE_LIMIT=5", () =
     await untilWaiting(2);
     const killedAt = Date.now();
     p3.child.kill("SIGKILL");
-    const e = await p1.next(granted("after-kill"));
+    const e = await p1.next(answered("after-kill"));
     expect(e.event).toBe("granted");
     const reclaimMs = e.at - killedAt;
     // The doomed leases were granted before the kill, so they expire less than one TTL after it.

@@ -29,7 +29,7 @@ const goodUrl = (() => {
 // with the deno that `npm install` brought (there is no deno on PATH).
 const ENTRIES = [
   { name: "npm start", command: process.execPath, args: ["scripts/start.ts"] },
-  { name: "npm run start:local", command: process.execPath, args: ["--conditions=source", "examples/pitches/local/main-node.ts"] },
+  { name: "npm run start:local", command: process.execPath, args: ["--conditions=source", "examples/pitches/src/main-node.ts"] },
   { name: "npm run start:deno", command: "npm", args: ["run", "--silent", "start:deno"] },
 ];
 

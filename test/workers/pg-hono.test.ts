@@ -2,11 +2,12 @@ import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test"
 import { env } from "cloudflare:workers";
 import { desc } from "drizzle-orm";
 import { drizzle } from "drizzle-orm/node-postgres";
-import { bigint, integer, pgTable, text } from "drizzle-orm/pg-core";
 import { Hono } from "hono";
 import pg from "pg";
 import { describe, expect, it } from "vitest";
-import { type LeaseClient, Leases } from "../../src/client/leases.ts";
+import { counted } from "../support/counted.ts";
+import { pitches } from "../support/pitches-table.ts";
+import { Leases } from "../../src/client/leases.ts";
 import { leased } from "../../src/hono.ts";
 
 // The Hono middleware in real workerd: the real coordinator Durable Object (LEASE_LIMIT 3,
@@ -15,15 +16,6 @@ import { leased } from "../../src/hono.ts";
 type AppEnv = { Bindings: Cloudflare.Env };
 const APP = `hono-workerd-${Date.now()}`;
 let seq = 0;
-
-const pitches = pgTable("pitches", {
-  id: bigint("id", { mode: "number" }).primaryKey(),
-  title: text("title").notNull(),
-  logline: text("logline").notNull(),
-  genre: text("genre").notNull(),
-  author: text("author").notNull(),
-  viewCount: integer("view_count").notNull(),
-});
 
 async function admin<T>(fn: (client: pg.Client) => Promise<T>): Promise<T> {
   const client = new pg.Client({ connectionString: env.HYPERDRIVE.connectionString });
@@ -44,28 +36,12 @@ function setup() {
   const app = `${APP}-${seq}`;
   const leases = new Leases(env.COORDINATOR_DO.getByName(name));
   const calls: string[] = [];
-  // Counts the middleware's coordinator calls; every call goes on to the real Durable Object.
-  const counted = (real: LeaseClient): LeaseClient => ({
-    acquire: (o) => {
-      calls.push("acquire");
-      return real.acquire(o);
-    },
-    release: (l) => {
-      calls.push("release");
-      return real.release(l);
-    },
-    renew: (l, t) => {
-      calls.push("renew");
-      return real.renew(l, t);
-    },
-    stats: () => real.stats(),
-  });
   const hono = new Hono<AppEnv>()
     .onError((_e, c) => c.text("handler error", 500))
     .use(
       "/api/*",
       leased({
-        leases: (c) => counted(new Leases(c.env.COORDINATOR_DO.getByName(name))),
+        leases: (c) => counted(new Leases(c.env.COORDINATOR_DO.getByName(name)), calls),
         connect: (c) => new pg.Client({ connectionString: c.env.HYPERDRIVE.connectionString, application_name: app }),
       }),
     );

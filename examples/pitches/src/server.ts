@@ -6,8 +6,8 @@
  */
 import postgres from "postgres";
 import { DEFAULT_DATABASE_URL, type LocalPoolEnv, localPool } from "leasegate/local";
-import { handle } from "../src/app.ts";
-import { migrate, seed } from "../src/schema.ts";
+import { handle } from "./app.ts";
+import { migrate, seed } from "./schema.ts";
 
 export { DEFAULT_DATABASE_URL };
 
