@@ -81,11 +81,6 @@ export class Waiters {
     return this.#parked.size;
   }
 
-  /** Ids of callers the pool has queued (settled ones are gone; not-yet-queued ones are left out). */
-  queuedIds(): string[] {
-    return [...this.#parked].filter(([, p]) => p.deadline !== Infinity).map(([id]) => id);
-  }
-
   ids(): string[] {
     return [...this.#parked.keys()];
   }
