@@ -64,7 +64,8 @@ export async function localPool(env: LocalPoolEnv): Promise<LocalPool> {
     leases,
     db,
     // The reconciliation's database errors answer as `LeaseError`s, as every other failure does.
-    operator: coordinator && controlsOf(coordinator, () => coordinator.reconcile(applicationName).catch((e: unknown) => Promise.reject(toDatabaseError(e)))),
+    operator:
+      coordinator && controlsOf(coordinator, () => coordinator.countConnections(applicationName).catch((e: unknown) => Promise.reject(toDatabaseError(e)))),
     sql: (fn, options = {}) =>
       db.run(async ({ beforeRelease }) => {
         const sql = await postgresClient(config);

@@ -5,7 +5,7 @@
  */
 import type { ConnectionCoordinator } from "../../durable-objects/connection-coordinator.ts";
 import { mergeStats } from "../client/sharded-leases.ts";
-import { type ControlResult, type Reconciliation, compareConnections, expected, shardLimits } from "../core/index.ts";
+import { type ConnectionCounts, type ControlResult, type Reconciliation, compareConnections, expected, shardLimits } from "../core/index.ts";
 import { toDatabaseError } from "../db/errors.ts";
 import { closeConnection, connectFromWorker } from "../db/hyperdrive.ts";
 import { countConnections } from "../db/reconcile.ts";
@@ -24,12 +24,12 @@ export interface ReconcileTarget {
 
 /**
  * Reads `pg_stat_activity` through one short-lived connection outside any lease (an observer must
- * not wait behind the pool it observes) and hands the counts to `compare`.
+ * not wait behind the pool it observes).
  */
-async function observe(target: ReconcileTarget, compare: (counts: Awaited<ReturnType<typeof countConnections>>) => Promise<Reconciliation>) {
+async function observe(target: ReconcileTarget): Promise<ConnectionCounts> {
   const sql = connectFromWorker(target.connectionString, OBSERVER_APPLICATION_NAME);
   try {
-    return await compare(await countConnections(sql, target.applicationName));
+    return await countConnections(sql, target.applicationName);
   } catch (error) {
     throw toDatabaseError(error);
   } finally {
@@ -44,7 +44,7 @@ async function observe(target: ReconcileTarget, compare: (counts: Awaited<Return
  * const controls = coordinatorControls(stub, { connectionString: env.HYPERDRIVE.connectionString, applicationName: "my-app" });
  */
 export function coordinatorControls(coordinator: Stub, target: ReconcileTarget): OperatorControls {
-  return controlsOf(coordinator, () => observe(target, (counts) => coordinator.reconcile(counts)));
+  return controlsOf(coordinator, () => observe(target));
 }
 
 /** Every shard's control answer as one: paused if any is, limits summed. */
@@ -92,11 +92,11 @@ export function shardedControls(stubs: Stub[], target: ReconcileTarget): Operato
       const results = await Promise.all(stubs.map((s) => s.revoke(id)));
       return results.find((r) => r.ok) ?? results[0]!;
     },
-    reconcile: () =>
-      observe(target, async (counts) => {
-        const merged = mergeStats(await Promise.all(stubs.map((s, index) => s.stats({ index, count }))));
-        last = compareConnections({ held: merged.held, limit: merged.limit }, counts, Date.now());
-        return last;
-      }),
+    reconcile: async () => {
+      const counts = await observe(target);
+      const merged = mergeStats(await Promise.all(stubs.map((s, index) => s.stats({ index, count }))));
+      last = compareConnections({ held: merged.held, limit: merged.limit }, counts, Date.now());
+      return last;
+    },
   };
 }
