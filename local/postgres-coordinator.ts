@@ -70,8 +70,10 @@ const ABORTED: Failure = { ok: false, code: "ACQUIRE_TIMEOUT", message: "The cal
  */
 function wholePool(shard: ShardRef | undefined): void {
   if (shard === undefined) return;
-  if (typeof shard !== "object" || shard === null || shard.index !== 0 || shard.count !== 1) {
-    throw new LeaseError("INVALID_ARGUMENT", expected("shard", "none: a PostgresCoordinator pool is never split into shards", shard));
+  const what = "none or the whole pool { index: 0, count: 1 } (a PostgresCoordinator pool spans every process and is never split)";
+  if (typeof shard !== "object" || shard === null) throw new LeaseError("INVALID_ARGUMENT", expected("shard", what, shard));
+  if (shard.index !== 0 || shard.count !== 1) {
+    throw new LeaseError("INVALID_ARGUMENT", `Expected \`shard\` to be ${what}, got shard ${String(shard.index)} of ${String(shard.count)}`);
   }
 }
 
