@@ -9,9 +9,8 @@ import type { PoolConfig } from "../src/core/index.ts";
 import { type Field, LEASE_FIELDS, WAITER_FIELDS, columnDefinitions } from "./fields.ts";
 
 /**
- * Columns of each table besides the fields of a lease or waiter (`fields.ts`): the pool's row,
- * the keys, and what only the local adapter keeps — all of them optional, so an older table can
- * gain them by `ADD COLUMN`.
+ * Columns besides the keys, the pool's config and the fields of a lease or waiter (`fields.ts`):
+ * what only the local adapter keeps. All nullable, so an older table gains them by `ADD COLUMN`.
  */
 const POOL_COLUMNS = [
   // The core's snapshot of the pool (counters, histogram, fences, paused, limit override …).
