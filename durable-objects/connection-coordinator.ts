@@ -33,7 +33,7 @@ import {
   stats,
   tick,
 } from "../src/core/index.ts";
-import { type Coordinator, checkCounts } from "../src/engine/coordinator.ts";
+import { type CoordinatorBackend, checkCounts } from "../src/engine/coordinator.ts";
 import { type Step, type StepFn, GroupCommit, WakeTimer, Waiters, failureOf, guarded, settlementsOf, steps } from "../src/engine/index.ts";
 import { CoordinatorStore } from "./storage.ts";
 
@@ -58,7 +58,7 @@ interface Flush {
  * const stub = env.COORDINATOR_DO.get(env.COORDINATOR_DO.idFromName("main"));
  * const result = await stub.acquire({ holder: "req-1", waitMs: 2000 });
  */
-export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> implements Coordinator {
+export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> implements CoordinatorBackend {
   private pool: PoolState | undefined;
   private configError: LeaseError | undefined;
   private readonly store: CoordinatorStore;

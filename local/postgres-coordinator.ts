@@ -24,7 +24,7 @@ import {
   validateConfig,
 } from "../src/core/index.ts";
 import { countConnections } from "../src/db/reconcile.ts";
-import { type AcquireAnswer, type Coordinator, WakeTimer, Waiters, checkCounts, failureOf, guarded, settlementsOf, steps } from "../src/engine/index.ts";
+import { type AcquireAnswer, type CoordinatorBackend, WakeTimer, Waiters, checkCounts, failureOf, guarded, settlementsOf, steps } from "../src/engine/index.ts";
 import { deliver } from "./notify.ts";
 import { type Loaded, loadPool } from "./rows.ts";
 import { ensureSchema } from "./schema.ts";
@@ -78,7 +78,7 @@ function wholePool(shard: ShardRef | undefined): void {
 }
 
 /**
- * A {@link Coordinator} for Node and Deno: the same engine as the Durable Object (`src/core/`
+ * A {@link CoordinatorBackend} for Node and Deno: the same engine as the Durable Object (`src/core/`
  * decisions, `src/engine/` answers, waiters, timer and group commit), with the pool's state in
  * Postgres so any number of OS processes share one limit and one FIFO queue.
  *
@@ -95,7 +95,7 @@ function wholePool(shard: ShardRef | undefined): void {
  * const leases = new Leases(coordinator, { holder: `pid ${process.pid}` });
  * await leases.withLease(() => db`select 1`);
  */
-export class PostgresCoordinator implements Coordinator {
+export class PostgresCoordinator implements CoordinatorBackend {
   readonly pool: string;
   /** `acquire` takes an `AbortSignal`: `Leases` passes its caller's, and an abort withdraws the waiter. */
   readonly abortable = true;
@@ -272,7 +272,7 @@ export class PostgresCoordinator implements Coordinator {
 
   /**
    * The pool's live state across all processes (a read: nothing is reaped by looking). A
-   * `shard` other than the whole pool throws `INVALID_ARGUMENT`: see {@link Coordinator.stats}.
+   * `shard` other than the whole pool throws `INVALID_ARGUMENT`: see {@link CoordinatorBackend.stats}.
    *
    * @example
    * const { held, waiting, counters } = await coordinator.stats();

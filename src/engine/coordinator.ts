@@ -1,9 +1,10 @@
 /**
  * The one interface every coordinator backend implements: the Durable Object
  * (`ConnectionCoordinator`) and the Postgres backend (`PostgresCoordinator`) both declare
- * `implements Coordinator`, and the lease clients, the operator handler, the pool wiring and the
- * contract suite take it (or a part of it). A new call is added here first; the compiler then
- * names every backend and every caller that lacks it.
+ * `implements CoordinatorBackend`; the lease clients take its lease calls (`Coordinator`), the
+ * operator handler and the pool wiring its operator calls (`OperatorCoordinator`), the contract
+ * suite all of it. A new call is added here first; the compiler then names every backend and
+ * every caller that lacks it.
  */
 import {
   type AcquireManyResult,
@@ -31,11 +32,11 @@ import {
  * stable code rather than throwing: a Durable Object's errors lose their class over RPC.
  *
  * @example
- * const coordinator: Coordinator = new PostgresCoordinator({ sql, config }); // or a Durable Object stub
+ * const coordinator: CoordinatorBackend = new PostgresCoordinator({ sql, config }); // or a Durable Object stub
  * const r = await coordinator.acquire({ holder: "req-1", waitMs: 2000 });
  * if (r.ok) await coordinator.release({ leaseId: r.lease.id, fence: r.lease.fence });
  */
-export interface Coordinator {
+export interface CoordinatorBackend {
   // ── Lease calls ──
 
   /**
@@ -88,23 +89,23 @@ export interface Coordinator {
 }
 
 /**
- * The calls a lease client makes (`Leases`, `ShardedLeases`): what a stand-in coordinator in a
- * test must answer.
+ * The lease calls of a {@link CoordinatorBackend}: what a lease client (`Leases`, `ShardedLeases`)
+ * sends, and all a stand-in coordinator in a test must answer.
  *
  * @example
- * const leases = new Leases(coordinator satisfies LeaseCalls);
+ * const leases = new Leases(coordinator satisfies Coordinator);
  */
-export type LeaseCalls = Pick<Coordinator, "acquire" | "abortable" | "release" | "renew" | "acquireMany" | "releaseMany" | "stats">;
+export type Coordinator = Pick<CoordinatorBackend, "acquire" | "abortable" | "release" | "renew" | "acquireMany" | "releaseMany" | "stats">;
 
 /**
- * The operator calls: every call of {@link Coordinator} that is not a lease call, so a call added
- * to the interface is an operator call until said otherwise — and the operator handler's
+ * The operator calls: every call of {@link CoordinatorBackend} that is not a lease call, so a call
+ * added to the interface is an operator call until said otherwise — and the operator handler's
  * `OperatorControls` and its endpoint table then fail to compile until it has an endpoint.
  *
  * @example
- * const controls = controlsOf(coordinator satisfies OperatorCalls, () => countConnections(sql, "my-app"));
+ * const controls = controlsOf(coordinator satisfies OperatorCoordinator, () => countConnections(sql, "my-app"));
  */
-export type OperatorCalls = Omit<Coordinator, keyof LeaseCalls>;
+export type OperatorCoordinator = Omit<CoordinatorBackend, keyof Coordinator>;
 
 /**
  * `counts` as `countConnections` answers them, or `INVALID_ARGUMENT` naming the bad field: both

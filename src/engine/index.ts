@@ -1,10 +1,10 @@
 /**
  * The coordinator engine: what the Durable Object and the Postgres backend do alike around the
- * core — the one declared `Coordinator` interface, operations as steps, answers and messages,
+ * core — the one declared coordinator interface (`CoordinatorBackend`), operations as steps, answers and messages,
  * parked waiters, the wake timer, group commit.
  * A backend supplies only storage and the way a waiter hears of its grant.
  */
-export type { Coordinator, LeaseCalls, OperatorCalls } from "./coordinator.ts";
+export type { Coordinator, CoordinatorBackend, OperatorCoordinator } from "./coordinator.ts";
 export { checkCounts } from "./coordinator.ts";
 export type { AcquireAnswer, Step, StepFn } from "./steps.ts";
 export * as steps from "./steps.ts";

@@ -4,26 +4,22 @@
  * bearer token. A plain `(Request) => Promise<Response | undefined>`, so any router can call it.
  */
 import { type ConnectionCounts, type Failure, type OperatorStats, type PoolStats, type Reconciliation, LeaseError, expected } from "../core/index.ts";
-import type { OperatorCalls } from "../engine/coordinator.ts";
+import type { OperatorCoordinator } from "../engine/coordinator.ts";
 import { OPERATOR_OFF, authorize } from "./auth.ts";
 import { DASHBOARD_HTML } from "./dashboard.ts";
 import { METRICS_CONTENT_TYPE, formatMetrics } from "./metrics.ts";
 import { HttpError, allowMethods, errorResponse, json, readJson } from "./respond.ts";
 
-/**
- * What a coordinator answers to operators: the operator calls of the one `Coordinator` interface,
- * which the Durable Object and `PostgresCoordinator` both implement.
- */
-export type OperatorCoordinator = OperatorCalls;
+export type { OperatorCoordinator } from "../engine/coordinator.ts";
 
 /**
  * What the operator endpoints read and drive: a coordinator's operator calls, with `stats` for
  * `operatorStats` and a `reconcile` that reads `pg_stat_activity` itself.
  * `workerPool(...).operator` (Workers) and `localPool(...).operator` (Node, Deno) are these.
- * Derived from the interface: a call added to `Coordinator` shows up here, and in every place
+ * Derived from the interface: a call added to `CoordinatorBackend` shows up here, and in every place
  * that must answer it (`controlsOf`, the sharded controls, the endpoint table below).
  */
-export interface OperatorControls extends Omit<OperatorCalls, "operatorStats" | "reconcile"> {
+export interface OperatorControls extends Omit<OperatorCoordinator, "operatorStats" | "reconcile"> {
   stats(): Promise<OperatorStats>;
   /** Reads `pg_stat_activity` now and compares it with the held leases. */
   reconcile(): Promise<Reconciliation>;

@@ -4,7 +4,7 @@
  * Each backend supplies only this; `cases.ts` holds every case once.
  */
 import type { PoolConfig } from "../../src/core/index.ts";
-import type { Coordinator } from "../../src/engine/coordinator.ts";
+import type { CoordinatorBackend } from "../../src/engine/coordinator.ts";
 
 /**
  * The one configuration every case runs with. The workerd pool's config comes from the bindings
@@ -21,7 +21,7 @@ export const CONTRACT_CONFIG: PoolConfig = { limit: 3, waitMs: 400, leaseTtlMs: 
  * @example
  * const r = await coordinator.acquire({ holder: "a", waitMs: 0 });
  */
-export type ContractCoordinator = Coordinator;
+export type ContractCoordinator = CoordinatorBackend;
 
 /**
  * One fresh pool of a backend. `coordinator` is the current one; `restart()` replaces it with a
