@@ -49,7 +49,7 @@ const WAITER_JSON = `coalesce(json_agg(json_build_array(${waiterRows.jsonArray},
   owner_pid IS NULL OR owner_pid = ANY(ARRAY(SELECT pid FROM pg_stat_activity))) ORDER BY seq), '[]')`;
 const INSERT_LEASES = `INSERT INTO leasegate_leases (pool, ${leaseRows.columns})`;
 const LEASE_VALUES = leaseRows.fromJson("e").join(", ");
-const [CHANGED_ID, ...CHANGED_VALUES] = leaseChanges.fromJson("e");
+const [CHANGED_ID = "", ...CHANGED_VALUES] = leaseChanges.fromJson("e");
 const LEASE_CHANGES = MUTABLE.map((f, i) => `${f.column} = ${CHANGED_VALUES[i]}`).join(", ");
 const INSERT_WAITERS = `INSERT INTO leasegate_waiters (pool, ${waiterRows.columns}, owner_pid)`;
 // A joined waiter travels as [fields, owner_pid].
@@ -122,7 +122,7 @@ export function writePool(tx: Sql, pool: string, loaded: Loaded, ownerPid: numbe
       renew_leases AS (
         UPDATE leasegate_leases l SET ${tx.unsafe(LEASE_CHANGES)}
         FROM json_array_elements(${JSON.stringify(renewed)}::text::json) e
-        WHERE l.pool = ${pool} AND l.id = ${tx.unsafe(CHANGED_ID!)}),
+        WHERE l.pool = ${pool} AND l.id = ${tx.unsafe(CHANGED_ID)}),
       del_waiters AS (
         DELETE FROM leasegate_waiters WHERE pool = ${pool}
           AND id IN (SELECT json_array_elements_text(${JSON.stringify(left)}::text::json))),
