@@ -9,7 +9,7 @@ import { type SettingsEnv, settingsFromEnv } from "../src/db/config.ts";
 import { openDriver, postgresClient } from "../src/db/connect.ts";
 import { Database } from "../src/db/database.ts";
 import { toDatabaseError } from "../src/db/errors.ts";
-import type { LeasedPool } from "../src/db/pool.ts";
+import { type LeasedPool, leasedSql } from "../src/db/pool.ts";
 import { controlsOf } from "../src/http/operator.ts";
 import { PostgresCoordinator } from "./postgres-coordinator.ts";
 
@@ -60,12 +60,11 @@ export async function localPool(env: LocalPoolEnv): Promise<LocalPool> {
     db,
     // The reconciliation's database errors answer as `LeaseError`s, as every other failure does.
     operator: coordinator && controlsOf(coordinator, () => coordinator.reconcile(applicationName).catch((e: unknown) => Promise.reject(toDatabaseError(e)))),
-    sql: (fn, options = {}) =>
-      db.run(async ({ beforeRelease }) => {
-        const sql = await postgresClient(config);
-        beforeRelease(() => sql.end({ timeout: 0 }).catch(() => {}));
-        return db.timed(options.holder ?? "sql", () => fn(sql), options.holder);
-      }, options),
+    sql: leasedSql(
+      db,
+      () => postgresClient(config),
+      (sql) => sql.end({ timeout: 0 }),
+    ),
     close: async () => {
       await coordinator?.close();
       await control?.end({ timeout: 1 });

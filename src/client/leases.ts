@@ -186,14 +186,7 @@ export class Leases implements LeaseClient {
   async acquire(options: ClientAcquireOptions = {}): Promise<LeaseGrant> {
     const signal = options.signal;
     signal?.throwIfAborted();
-    const request: AcquireOptions = {
-      holder: options.holder ?? this.#holder,
-      waitMs: options.waitMs,
-      ttlMs: options.ttlMs,
-      priority: options.priority,
-      tenant: options.tenant,
-    };
-    if (this.#claimMs !== undefined) request.claimMs = this.#claimMs;
+    const request = coordinatorRequest(options, this.#holder, this.#claimMs);
     const result = signal
       ? await untilAborted(this.#send(request, signal), signal, (late) => late.ok && this.#giveBack(late.lease))
       : await this.#send(request);
@@ -262,6 +255,25 @@ export class Leases implements LeaseClient {
     // No `withoutLease` and a client: the scope always has its lease.
     return holdLease(this, (scope) => fn(scope as LeaseScope), options);
   }
+}
+
+/**
+ * What a client sends the coordinator for an acquire: the caller's options (never its signal),
+ * its holder or the client's, and the client's claim window.
+ *
+ * @example
+ * coordinatorRequest({ waitMs: 100 }, "req-1", 500) // { holder: "req-1", waitMs: 100, …, claimMs: 500 }
+ */
+export function coordinatorRequest(options: AcquireOptions, holder: string, claimMs: number | undefined): AcquireOptions {
+  const request: AcquireOptions = {
+    holder: options.holder ?? holder,
+    waitMs: options.waitMs,
+    ttlMs: options.ttlMs,
+    priority: options.priority,
+    tenant: options.tenant,
+  };
+  if (claimMs !== undefined) request.claimMs = claimMs;
+  return request;
 }
 
 /**

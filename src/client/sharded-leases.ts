@@ -16,7 +16,7 @@ import {
 } from "../core/index.ts";
 import { type BlockEffect, type BlockState, abandon, createBlock, expireIdle, finished, granted, refused, request, retired } from "../core/lease-block.ts";
 import type { ClientAcquireOptions } from "./hold.ts";
-import { type Coordinator, type LeaseClient, type WaitUntil, claim, claimWindow, untilAborted } from "./leases.ts";
+import { type Coordinator, type LeaseClient, type WaitUntil, claim, claimWindow, coordinatorRequest, untilAborted } from "./leases.ts";
 
 /** A lease from a sharded pool: it remembers its shard, so release and renew go to that object. */
 export interface ShardedGrant extends LeaseGrant {
@@ -171,12 +171,7 @@ export class ShardedLeases implements LeaseClient {
     let result: AcquireResult;
     try {
       result = await this.#coordinators[shard]!.acquire({
-        holder: options.holder ?? this.#o.holder ?? "",
-        waitMs: options.waitMs,
-        ttlMs: options.ttlMs,
-        priority: options.priority,
-        tenant: options.tenant,
-        claimMs: this.#claimMs,
+        ...coordinatorRequest(options, this.#o.holder ?? "", this.#claimMs),
         // Unsharded pools send nothing: one object keeps today's whole-limit config.
         shard: isolate.count === 1 ? undefined : { index: shard, count: isolate.count },
       });

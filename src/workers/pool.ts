@@ -8,7 +8,7 @@ import { openDriver } from "../db/connect.ts";
 import { Database } from "../db/database.ts";
 import { closeConnection, connectFromWorker } from "../db/hyperdrive.ts";
 import { SafeMode } from "../db/safe-mode.ts";
-import type { LeasedPool } from "../db/pool.ts";
+import { type LeasedPool, leasedSql } from "../db/pool.ts";
 import { type ReconcileTarget, coordinatorControls, shardedControls } from "./operator.ts";
 
 /** The bindings and variables a Worker's pool is wired from: `LEASE_*`, `DB_*`, the coordinator, Hyperdrive. */
@@ -87,11 +87,6 @@ export function workerPool(env: WorkerPoolEnv, ctx: { waitUntil(promise: Promise
     leases,
     db,
     operator,
-    sql: (fn, callOptions = {}) =>
-      db.run(async ({ beforeRelease }) => {
-        const sql = connectFromWorker(config.connectionString, config.applicationName, config.connectTimeoutMs);
-        beforeRelease(() => closeConnection(sql));
-        return db.timed(callOptions.holder ?? "sql", () => fn(sql), callOptions.holder);
-      }, callOptions),
+    sql: leasedSql(db, () => connectFromWorker(config.connectionString, config.applicationName, config.connectTimeoutMs), closeConnection),
   };
 }

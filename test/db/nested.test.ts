@@ -53,7 +53,8 @@ describe("nested leases on Node (the local coordinator, LEASE_LIMIT=1)", () => {
 
   it("withLease inside withLease, and pool.sql inside withLease, fail fast the same way; the slot comes back", async () => {
     const pool = await onePool();
-    const leases = pool.leases!;
+    // localPool's leases are a `Leases` (one coordinator).
+    const leases = pool.leases as Leases;
     expect((await failsFast(() => leases.withLease(() => leases.withLease(() => "inner")))).code).toBe("NESTED_LEASE");
     expect((await failsFast(() => leases.withLease(() => pool.sql((sql) => sql`SELECT 1`)))).code).toBe("NESTED_LEASE");
     // An unnamed client over the same coordinator cannot say it is another pool: it counts as this one.
@@ -67,12 +68,13 @@ describe("nested leases on Node (the local coordinator, LEASE_LIMIT=1)", () => {
     await pool.db.query("SELECT 1");
     await pool.db.query("SELECT 1");
     const order: string[] = [];
+    const leases = pool.leases as Leases;
     await Promise.all([
-      pool.leases!.withLease(async () => {
+      leases.withLease(async () => {
         order.push("a");
         await new Promise((r) => setTimeout(r, 100));
       }),
-      pool.leases!.withLease(() => void order.push("b")),
+      leases.withLease(() => void order.push("b")),
     ]);
     expect(order).toEqual(["a", "b"]);
   });
@@ -111,6 +113,11 @@ async function poolCoordinatorOf(pool: LocalPool) {
   const sql = postgres(TEST_URL, { max: 2, onnotice: () => {} });
   const coordinator = new PostgresCoordinator({ sql, pool: pool.name, config: { limit: 1, maxQueue: 1000, waitMs: 5000, leaseTtlMs: 1500 } });
   await coordinator.ready();
-  pools.push({ close: async () => { await coordinator.close(); await sql.end(); } } as LocalPool);
+  pools.push({
+    close: async () => {
+      await coordinator.close();
+      await sql.end();
+    },
+  } as LocalPool);
   return coordinator;
 }
