@@ -128,17 +128,22 @@ export function intFromEnv<T extends number | undefined>(
   max = Number.MAX_SAFE_INTEGER,
 ): number | T {
   if (raw === undefined || (typeof raw === "string" && raw.trim() === "")) return fallback;
-  const text = String(raw).trim();
-  const value = /^\d{1,15}$/.test(text) ? Number(text) : Number.NaN;
-  if (!(value >= min && value <= max)) throw new LeaseError("INVALID_CONFIG", expected(name, `an integer from ${min} to ${max}`, text));
+  const digits = String(raw).trim();
+  const value = /^\d{1,15}$/.test(digits) ? Number(digits) : Number.NaN;
+  if (!(value >= min && value <= max)) throw new LeaseError("INVALID_CONFIG", expected(name, `an integer from ${min} to ${max}`, digits));
   return value;
 }
 
+// A variable as text: `[vars]` may hold numbers; a binding of the same name (an object) is not a setting.
+function text(raw: unknown): string {
+  return typeof raw === "string" ? raw.trim() : typeof raw === "number" ? String(raw) : "";
+}
+
 function oneOf<T extends string>(name: string, raw: string | undefined, choices: readonly T[], fallback: T): T {
-  const text = (raw ?? "").trim();
-  if (text === "") return fallback;
-  if (!(choices as readonly string[]).includes(text)) throw new LeaseError("INVALID_CONFIG", expected(name, choices.map((c) => `\`${c}\``).join(" or "), raw));
-  return text as T;
+  const value = text(raw);
+  if (value === "") return fallback;
+  if (!(choices as readonly string[]).includes(value)) throw new LeaseError("INVALID_CONFIG", expected(name, choices.map((c) => `\`${c}\``).join(" or "), raw));
+  return value as T;
 }
 
 /** The block a lease may idle in an isolate by default, ms (`LEASE_BLOCK_IDLE_MS`). */
@@ -164,7 +169,7 @@ export function poolSettings(env: PoolEnv): PoolSettings {
     batchMax: intFromEnv("LEASE_BATCH_MAX", env.LEASE_BATCH_MAX, undefined, 0, limit),
     adaptive: adaptive ? { floor: intFromEnv("LEASE_ADAPTIVE_FLOOR", env.LEASE_ADAPTIVE_FLOOR, Math.max(1, Math.floor(limit / 4)), 1, limit) } : undefined,
   };
-  const name = (env.LEASE_POOL ?? "").trim() || "main";
+  const name = text(env.LEASE_POOL) || "main";
   if (name.length > 200) throw new LeaseError("INVALID_CONFIG", expected("LEASE_POOL", "a name of at most 200 characters", name));
   return {
     name,
@@ -172,8 +177,9 @@ export function poolSettings(env: PoolEnv): PoolSettings {
     shards: intFromEnv("LEASE_SHARDS", env.LEASE_SHARDS, 1, 1, Math.min(1024, limit)),
     blockMax: intFromEnv("LEASE_BLOCK", env.LEASE_BLOCK, 0, 0, 1000),
     blockIdleMs: intFromEnv("LEASE_BLOCK_IDLE_MS", env.LEASE_BLOCK_IDLE_MS, DEFAULT_BLOCK_IDLE_MS, 0, 60_000),
-    locationHint: (env.LEASE_LOCATION_HINT ?? "").trim() || undefined,
-    coordinator: oneOf("COORDINATOR", env.COORDINATOR, ["on", "off"], "on") === "on",
+    locationHint: text(env.LEASE_LOCATION_HINT) || undefined,
+    // Only `off` turns leasing off: a Worker may bind its coordinator namespace under this name.
+    coordinator: text(env.COORDINATOR) !== "off",
   };
 }
 
