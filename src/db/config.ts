@@ -8,7 +8,7 @@ import { redact } from "./safe-error.ts";
  * Where the code runs decides the driver; `DATABASE_CLIENT` picks the client library:
  * - `edge`: a Worker with a Hyperdrive binding → `hyperdrive` (postgres.js over `cloudflare:sockets`)
  *   or, with `DATABASE_CLIENT=pg`, `pg` (node-postgres, which brings its own workerd socket).
- * - `production`: a Neon URL (or `DATABASE_DRIVER=neon`) without Hyperdrive → `neon` (`@neondatabase/serverless` Pool over WebSocket).
+ * - `production`: a Neon URL (or `DATABASE_DRIVER=neon`) without Hyperdrive → `neon` (a one-connection `@neondatabase/serverless` connection pool over WebSocket).
  * - `local`: any other Postgres URL → `postgres` (postgres.js over TCP) or, with `DATABASE_CLIENT=pg`, `pg`.
  */
 export type DatabaseConfig = {

@@ -53,7 +53,7 @@ export interface Transaction {
 }
 
 export interface DatabaseOptions {
-  /** Names the breaker and the log lines: one per database (pool). */
+  /** The pool's name (`LEASE_POOL`): names the breaker and the log lines. */
   name: string;
   driver: Driver;
   /** The pool's leases; undefined runs without a coordinator (`COORDINATOR=off`). */
