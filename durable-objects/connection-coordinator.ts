@@ -26,8 +26,10 @@ import {
   configFromEnv,
   expected,
   isLeaseError,
-  nextBounds,
-  covers,
+  type BoundsLog,
+  boundsLog,
+  confirmBounds,
+  planBounds,
   startLearning,
   reconfigure,
   restore,
@@ -68,11 +70,9 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
   private readonly timer = new WakeTimer(() => this.onTimer());
   /** Shard `index/count` as persisted in meta, or null for an unsharded pool. */
   private shard: string | null = null;
-  /** The bounds known to be durable: any fence and expiry inside them may be answered at once. */
-  private confirmed: Bounds = { fenceCeiling: 1, horizon: 0 };
-  /** The last bounds written (confirmed or not): the next write is due by these. */
-  private target: Bounds = this.confirmed;
-  /** Resolves once `target` is durable. */
+  /** The bounds known to be durable (any fence and expiry inside them is answered at once) and the last written. */
+  private bounds: BoundsLog = boundsLog(null);
+  /** Resolves once the last bounds written are durable. */
   private confirming: Promise<void> = Promise.resolve();
   /** The snapshot (counters, histogram, hold stats) changed since it was last written. */
   private dirty = false;
@@ -110,9 +110,10 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
     const now = Date.now();
     startLearning(pool, stored, now);
     this.pool = pool;
-    if (stored !== null) this.confirmed = this.target = stored;
-    const first = nextBounds(pool, this.confirmed, [], now);
-    if (first !== null) this.writeBounds(first);
+    this.bounds = boundsLog(stored);
+    // Fences for the first grants, durable before any: a restarted object never waits for them.
+    const { write } = planBounds(this.bounds, pool, [], now);
+    if (write !== null) this.writeBounds(write);
     if (earlier !== null) {
       await this.store.writeSnapshot(snapshot(pool), false);
       this.store.dropEarlier();
@@ -190,9 +191,9 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    * that resolves once they do.
    */
   private cover(pool: PoolState, handed: readonly Lease[]): Promise<void> | null {
-    const next = nextBounds(pool, this.target, handed, Date.now());
-    if (next !== null) this.writeBounds(next);
-    if (covers(this.confirmed, handed)) return null;
+    const { write, wait } = planBounds(this.bounds, pool, handed, Date.now());
+    if (write !== null) this.writeBounds(write);
+    if (!wait) return null;
     const durable = this.confirming;
     // Not awaited by a release's own answer: a failure must not become an unhandled rejection.
     durable.catch(() => {});
@@ -204,20 +205,12 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    * is durable (`sync()` resolves after every write issued before it).
    */
   private writeBounds(next: Bounds): void {
-    this.target = next;
     this.store.writeBounds(next).catch(() => {});
     this.confirming = this.store.sync().then(
-      () => {
-        if (next.fenceCeiling > this.confirmed.fenceCeiling || next.horizon > this.confirmed.horizon) {
-          this.confirmed = {
-            fenceCeiling: Math.max(next.fenceCeiling, this.confirmed.fenceCeiling),
-            horizon: Math.max(next.horizon, this.confirmed.horizon),
-          };
-        }
-      },
+      () => confirmBounds(this.bounds, next),
       (error: unknown) => {
         // The next call that needs bounds writes them again.
-        this.target = this.confirmed;
+        this.bounds.written = this.bounds.confirmed;
         throw error;
       },
     );

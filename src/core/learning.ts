@@ -85,3 +85,47 @@ export function nextBounds(state: PoolState, last: Bounds, handed: Iterable<Leas
   const horizon = horizonDue ? Math.max(last.horizon, Math.max(latest, now) + HORIZON_STEP_MS) : last.horizon;
   return { fenceCeiling: Math.max(last.fenceCeiling, fence + FENCE_STEP), horizon };
 }
+
+/** The bounds a backend knows to be durable and the last ones it wrote (maybe not yet durable). */
+export interface BoundsLog {
+  confirmed: Bounds;
+  written: Bounds;
+}
+
+/**
+ * A backend's bounds bookkeeping, from the stored record (null: none yet).
+ *
+ * @example
+ * const log = boundsLog(storage.get("bounds") ?? null);
+ */
+export function boundsLog(stored: Bounds | null): BoundsLog {
+  const b = stored ?? { fenceCeiling: 1, horizon: 0 };
+  return { confirmed: b, written: b };
+}
+
+/**
+ * What a backend does when a step hands out `handed` (grants, renewals): `write` is the record to
+ * write in the background now (or null), and `wait` says whether the answer must wait until the
+ * bounds written so far are durable (only when `handed` reaches past the confirmed bounds).
+ *
+ * @example
+ * const { write, wait } = planBounds(log, pool, granted, Date.now());
+ */
+export function planBounds(log: BoundsLog, state: PoolState, handed: readonly Lease[], now: number): { write: Bounds | null; wait: boolean } {
+  const write = nextBounds(state, log.written, handed, now);
+  if (write !== null) log.written = write;
+  return { write, wait: handed.length > 0 && !covers(log.confirmed, handed) };
+}
+
+/**
+ * Records that `bounds` (written earlier) are durable.
+ *
+ * @example
+ * await storage.sync(); confirmBounds(log, written);
+ */
+export function confirmBounds(log: BoundsLog, bounds: Bounds): void {
+  log.confirmed = {
+    fenceCeiling: Math.max(log.confirmed.fenceCeiling, bounds.fenceCeiling),
+    horizon: Math.max(log.confirmed.horizon, bounds.horizon),
+  };
+}

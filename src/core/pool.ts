@@ -73,6 +73,9 @@ function checkRef(ref: LeaseRef): void {
   }
   checkId("leaseId", ref.leaseId);
   checkInt("fence", ref.fence, 1, Number.MAX_SAFE_INTEGER);
+  if (ref.expiresAt !== undefined && !Number.isFinite(ref.expiresAt)) {
+    throw new LeaseError("INVALID_ARGUMENT", expected("expiresAt", "a finite number (ms since the epoch)", ref.expiresAt));
+  }
 }
 
 /** Estimated time until a slot could be free for one more caller, from observed hold times. */
@@ -266,6 +269,15 @@ function earlier(state: PoolState, ref: LeaseRef, now: number): boolean {
   return l !== undefined && now < l.until && ref.fence < l.relearnBelowFence;
 }
 
+/**
+ * Whether a renewal of an earlier lease re-registers it: its holder says it is still alive (a late
+ * heartbeat of an expired lease must not bring it back while another holder may use its slot),
+ * and the relearned leases stay within the limit (the leases alive at the restart were no more).
+ */
+function relearnable(state: PoolState, ref: LeaseRef, now: number): boolean {
+  return (ref.expiresAt === undefined || ref.expiresAt > now) && state.leases.size < state.config.limit;
+}
+
 function findLive(state: PoolState, ref: LeaseRef, now: number): LeaseOutcome {
   checkRef(ref);
   const lease = state.leases.get(ref.leaseId);
@@ -319,7 +331,7 @@ export function renew(state: PoolState, ref: LeaseRef, now: number, ttlMs?: numb
   checkTime(now);
   const ttl = ttlMs === undefined ? state.config.leaseTtlMs : checkInt("ttlMs", ttlMs, 1, BOUNDS.leaseTtlMs);
   let found = findLive(state, ref, now);
-  if (found.status === "failed" && found.code === "LEASE_NOT_FOUND" && earlier(state, ref, now)) {
+  if (found.status === "failed" && found.code === "LEASE_NOT_FOUND" && earlier(state, ref, now) && relearnable(state, ref, now)) {
     // Its holder still works under a lease granted before the restart: it keeps its slot.
     found = { status: "ok", lease: relearned(ref, now, ttl) };
     state.leases.set(found.lease.id, found.lease);

@@ -193,6 +193,12 @@ export interface AcquireRequest {
 export interface LeaseRef {
   leaseId: string;
   fence: number;
+  /**
+   * On renewal: the expiry the holder was last told. A coordinator relearning its leases after a
+   * restart re-registers a lease only while this is still ahead (a late heartbeat of an expired
+   * lease must not bring it back); without it, only while fewer than the limit are relearned.
+   */
+  expiresAt?: number | undefined;
 }
 
 export interface HeldLease {
