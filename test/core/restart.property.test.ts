@@ -38,11 +38,17 @@ type Op =
   | { kind: "restart" };
 
 const op: fc.Arbitrary<Op> = fc.oneof(
-  { arbitrary: fc.record({ kind: fc.constant("acquire" as const), waitMs: fc.integer({ min: 0, max: 3000 }), ttlMs: fc.integer({ min: 1, max: 5000 }) }), weight: 5 },
+  {
+    arbitrary: fc.record({ kind: fc.constant("acquire" as const), waitMs: fc.integer({ min: 0, max: 3000 }), ttlMs: fc.integer({ min: 1, max: 5000 }) }),
+    weight: 5,
+  },
   { arbitrary: fc.record({ kind: fc.constant("renew" as const), pick: fc.nat(), ttlMs: fc.integer({ min: 1, max: 5000 }) }), weight: 4 },
   { arbitrary: fc.record({ kind: fc.constant("release" as const), pick: fc.nat() }), weight: 2 },
   { arbitrary: fc.record({ kind: fc.constant("die" as const), pick: fc.nat() }), weight: 1 },
-  { arbitrary: fc.record({ kind: fc.constant("advance" as const), ms: fc.oneof(fc.integer({ min: 0, max: 300 }), fc.integer({ min: 0, max: 6000 })) }), weight: 4 },
+  {
+    arbitrary: fc.record({ kind: fc.constant("advance" as const), ms: fc.oneof(fc.integer({ min: 0, max: 300 }), fc.integer({ min: 0, max: 6000 })) }),
+    weight: 4,
+  },
   { arbitrary: fc.constant({ kind: "confirm" as const }), weight: 2 },
   { arbitrary: fc.constant({ kind: "restart" as const }), weight: 1 },
 );

@@ -152,7 +152,9 @@ describe("ConnectionCoordinator in workerd", () => {
     expect(stored.bounds!.fenceCeiling).toBeGreaterThan(lease.fence);
     expect(stored.bounds!.horizon).toBeGreaterThanOrEqual(lease.expiresAt);
     await expect
-      .poll(() => runInDurableObject(stub, (_, state) => state.storage.kv.get<{ counters: { released: number } }>("snapshot")?.counters.released), { timeout: 3000 })
+      .poll(() => runInDurableObject(stub, (_, state) => state.storage.kv.get<{ counters: { released: number } }>("snapshot")?.counters.released), {
+        timeout: 3000,
+      })
       .toBe(1);
   });
 
@@ -163,7 +165,9 @@ describe("ConnectionCoordinator in workerd", () => {
     // What the previous version wrote: lease rows and the snapshot in meta.
     await runInDurableObject(stub, (_, state) => {
       const sql = state.storage.sql;
-      sql.exec("CREATE TABLE leases (id TEXT PRIMARY KEY, fence INTEGER NOT NULL, holder TEXT NOT NULL, granted_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, priority TEXT)");
+      sql.exec(
+        "CREATE TABLE leases (id TEXT PRIMARY KEY, fence INTEGER NOT NULL, holder TEXT NOT NULL, granted_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, priority TEXT)",
+      );
       sql.exec("INSERT INTO leases VALUES ('old-a', 7, 'a', ?, ?, NULL), ('old-b', 8, 'b', ?, ?, NULL)", now, now + 600, now, now + 900);
       const snap = { ...snapshot(createPool({ limit: 3, maxQueue: 5, waitMs: 400, leaseTtlMs: 30_000 })), nextFence: 9 };
       snap.counters.granted = 8;

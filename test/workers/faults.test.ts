@@ -133,6 +133,8 @@ describe("faults in workerd", () => {
     expect(new Set(fences).size).toBe(5);
     expect(Math.min(...fences)).toBeGreaterThan(Math.max(...held.map((l) => l.fence)));
     expect(await stub.stats()).toMatchObject({ held: 0, waiting: 0 });
-    figures.push("restart under 3 held + 5 queued: 5/5 waiters got COORDINATOR_UNAVAILABLE and succeeded on retry once the 3 relearned leases were released, peak held 3");
+    figures.push(
+      "restart under 3 held + 5 queued: 5/5 waiters got COORDINATOR_UNAVAILABLE and succeeded on retry once the 3 relearned leases were released, peak held 3",
+    );
   });
 });
