@@ -10,7 +10,6 @@ import {
   type AcquireResult,
   type ConnectionCounts,
   type ControlResult,
-  type Effects,
   type Lease,
   type LeaseRef,
   type OperatorStats,
