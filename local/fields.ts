@@ -45,6 +45,8 @@ export const LEASE_FIELDS = [
   { key: "grantedAt", column: "granted_at", type: "bigint" },
   { key: "expiresAt", column: "expires_at", type: "bigint", mutable: true },
   { key: "priority", column: "priority", type: "text", optional: true },
+  // Re-registered after a restart (the Durable Object's learning window); kept like any field.
+  { key: "relearned", column: "relearned", type: "boolean", optional: true },
 ] as const satisfies readonly Field<Lease>[];
 
 /** A waiter row (`leasegate_waiters`, keyed by pool and id, in queue order by `seq`). */
