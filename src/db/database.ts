@@ -49,7 +49,8 @@ export interface AttemptScope {
 
 /** A transaction's handle: queries on the one connection, inside BEGIN … COMMIT. */
 export interface Transaction {
-  query(text: string, params?: readonly unknown[]): Promise<Row[]>;
+  /** One statement in the transaction; `R` types the rows (not checked at run time). */
+  query<R extends Row = Row>(text: string, params?: readonly unknown[]): Promise<R[]>;
 }
 
 export interface DatabaseOptions {
@@ -114,10 +115,10 @@ export class Database {
    * @example
    * const [row] = await db.query("SELECT count(*)::int AS n FROM pitches");
    */
-  async query(text: string, params: readonly unknown[] = [], options: CallOptions = {}): Promise<Row[]> {
+  async query<R extends Row = Row>(text: string, params: readonly unknown[] = [], options: CallOptions = {}): Promise<R[]> {
     return this.run(async (scope) => {
       const conn = await this.#connect(scope);
-      return this.#timed(conn, text, params, options.holder);
+      return (await this.#timed(conn, text, params, options.holder)) as R[];
     }, options);
   }
 
@@ -135,7 +136,9 @@ export class Database {
   async transaction<T>(fn: (tx: Transaction) => Promise<T>, options: CallOptions = {}): Promise<T> {
     return this.run(async (scope) => {
       const conn = await this.#connect(scope);
-      const tx: Transaction = { query: (text, params = []) => this.#timed(conn, text, params, options.holder) };
+      const tx: Transaction = {
+        query: <R extends Row = Row>(text: string, params: readonly unknown[] = []) => this.#timed(conn, text, params, options.holder) as Promise<R[]>,
+      };
       await conn.query("BEGIN");
       let result: T;
       try {

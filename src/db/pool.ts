@@ -1,4 +1,3 @@
-import type { Sql } from "postgres";
 import type { LeaseClient } from "../client/leases.ts";
 import type { OperatorControls } from "../http/operator.ts";
 import type { CallOptions, Database } from "./database.ts";
@@ -10,7 +9,7 @@ import type { CallOptions, Database } from "./database.ts";
  * @example
  * const rows = await pool.sql((sql) => sql`SELECT 1 AS one`, { holder: "req-1" });
  */
-export interface LeasedPool {
+export interface LeasedPool<Client = unknown> {
   readonly name: string;
   /** The pool's leases; undefined with `COORDINATOR=off`. */
   readonly leases: LeaseClient | undefined;
@@ -19,8 +18,9 @@ export interface LeasedPool {
   /** What the operator endpoints drive; undefined with `COORDINATOR=off`. */
   readonly operator: OperatorControls | undefined;
   /**
-   * Runs `fn` with a postgres.js client on one fresh connection under one lease, with the database
-   * layer's policies (a retryable failure runs `fn` again on a new connection and a new lease).
+   * Runs `fn` with the driver's own client (postgres.js `Sql`, `pg.Client`, Neon `PoolClient`) on
+   * one fresh connection under one lease, with the database layer's policies (a retryable failure
+   * runs `fn` again on a new connection and a new lease, so `fn` may run more than once).
    */
-  sql<T>(fn: (sql: Sql) => Promise<T>, options?: CallOptions): Promise<T>;
+  sql<T>(fn: (client: Client) => Promise<T>, options?: CallOptions): Promise<T>;
 }

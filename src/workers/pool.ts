@@ -1,12 +1,11 @@
 import type { ConnectionCoordinator } from "../../durable-objects/connection-coordinator.ts";
 import { Leases } from "../client/leases.ts";
 import { type IsolateShards, ShardedLeases, createIsolateShards, shardName } from "../client/sharded-leases.ts";
-import { type PoolEnv, configFromEnv, intFromEnv } from "../core/index.ts";
+import { LeaseError, type PoolEnv, configFromEnv, intFromEnv } from "../core/index.ts";
 import { CircuitBreaker } from "../db/circuit-breaker.ts";
 import { type DatabaseConfig, type DatabaseEnv, databaseConfig } from "../db/config.ts";
-import { openDriver } from "../db/connect.ts";
+import { type DriverModule, bindDriver, targetOf } from "../db/connect.ts";
 import { Database } from "../db/database.ts";
-import { closeConnection, connectFromWorker } from "../db/hyperdrive.ts";
 import { SafeMode } from "../db/safe-mode.ts";
 import type { LeasedPool } from "../db/pool.ts";
 import { type ReconcileTarget, coordinatorControls, shardedControls } from "./operator.ts";
@@ -28,6 +27,14 @@ export interface WorkerPoolEnv extends PoolEnv, DatabaseEnv {
   LEASE_BLOCK_IDLE_MS?: string | undefined;
   /** Where coordinator objects are created (`locationHint`, e.g. `weur`): near the database. */
   LEASE_LOCATION_HINT?: string | undefined;
+}
+
+/** What `workerPool` is given besides env and ctx. */
+export interface WorkerPoolOptions<Client> {
+  /** The app's driver: `driver` from `leasegate/postgres`, `leasegate/pg` or `leasegate/neon`. */
+  driver: DriverModule<Client>;
+  /** Pool name: one coordinator object per name. Default: `LEASE_POOL`, else `main`. */
+  pool?: string | undefined;
 }
 
 const isolate = new Map<string, { breaker: CircuitBreaker; safeMode: SafeMode }>();
@@ -80,12 +87,27 @@ function coordination(env: WorkerPoolEnv, pool: string, waitUntil: (p: Promise<u
  * and releasing leases run in `ctx.waitUntil`. Bad settings throw `INVALID_CONFIG` naming the
  * variable.
  *
+ * `driver` is the app's database driver, from `leasegate/postgres`, `leasegate/pg` or
+ * `leasegate/neon`: the Worker bundles that one only.
+ *
  * @example
- * const pool = workerPool(env, ctx);
+ * import { driver } from "leasegate/postgres";
+ * const pool = workerPool(env, ctx, { driver });
  * const rows = await pool.sql((sql) => sql`SELECT id, title FROM pitches LIMIT 10`);
  * const [n] = await pool.db.query("SELECT count(*)::int AS n FROM pitches");
  */
-export function workerPool(env: WorkerPoolEnv, ctx: { waitUntil(promise: Promise<unknown>): void }, options: { pool?: string } = {}): LeasedPool {
+export function workerPool<Client>(
+  env: WorkerPoolEnv,
+  ctx: { waitUntil(promise: Promise<unknown>): void },
+  options: WorkerPoolOptions<Client>,
+): LeasedPool<Client> {
+  const driver = options?.driver;
+  if (!driver || typeof driver.connect !== "function") {
+    throw new LeaseError(
+      "INVALID_CONFIG",
+      'workerPool needs `{ driver }`: `import { driver } from "leasegate/postgres"` (or `leasegate/pg`, `leasegate/neon`), with that driver package installed',
+    );
+  }
   const name = options.pool ?? (env.LEASE_POOL || "main");
   const waitUntil = (p: Promise<unknown>) => ctx.waitUntil(p);
   const config = configs.get(env) ?? databaseConfig(env);
@@ -95,9 +117,13 @@ export function workerPool(env: WorkerPoolEnv, ctx: { waitUntil(promise: Promise
     kept = { breaker: new CircuitBreaker(name, config.breaker), safeMode: new SafeMode(config.safeMode) };
     isolate.set(name, kept);
   }
-  const target = { connectionString: env.HYPERDRIVE.connectionString, applicationName: config.applicationName };
+  const target = {
+    connect: (applicationName: string) => driver.connect({ ...targetOf(config), applicationName }),
+    applicationName: config.applicationName,
+  };
   const { leases, operator } = coordination(env, name, waitUntil, target);
-  const db = new Database({ name, driver: openDriver(config), leases, config, ...kept, waitUntil });
+  const bound = bindDriver(driver, config);
+  const db = new Database({ name, driver: bound, leases, config, ...kept, waitUntil });
   return {
     name,
     leases,
@@ -105,9 +131,9 @@ export function workerPool(env: WorkerPoolEnv, ctx: { waitUntil(promise: Promise
     operator,
     sql: (fn, callOptions = {}) =>
       db.run(async ({ beforeRelease }) => {
-        const sql = connectFromWorker(config.connectionString, config.applicationName);
-        beforeRelease(() => closeConnection(sql));
-        return db.timed(callOptions.holder ?? "sql", () => fn(sql), callOptions.holder);
+        const conn = await bound.connect();
+        beforeRelease(() => conn.close());
+        return db.timed(callOptions.holder ?? "sql", () => fn(conn.client), callOptions.holder);
       }, callOptions),
   };
 }
