@@ -59,7 +59,7 @@ export interface DatabaseOptions {
   driver: Driver;
   /** The pool's leases; undefined runs without a coordinator (`COORDINATOR=off`). */
   leases: LeaseClient | undefined;
-  config: Pick<DatabaseConfig, "deadlineMs" | "slowQueryMs" | "secrets" | "safeMode" | "breaker"> & { retry: RetryOptions };
+  config: Pick<DatabaseConfig, "deadlineMs" | "slowQueryMs" | "secrets" | "safeMode" | "breaker"> & { retry: RetryOptions; logDetail?: boolean | undefined };
   /** The breaker to use; pass one kept at module scope so it outlives a request. */
   breaker?: CircuitBreaker | undefined;
   safeMode?: SafeMode | undefined;
@@ -104,7 +104,7 @@ export class Database {
     this.#log = options.log ?? writeLogLine;
     this.breaker = options.breaker ?? new CircuitBreaker(options.name, options.config.breaker, undefined, () => this.#rt.now());
     this.safeMode = options.safeMode ?? new SafeMode(options.config.safeMode);
-    this.#slow = slowQueryLog({ thresholdMs: options.config.slowQueryMs, database: options.name, write: this.#log });
+    this.#slow = slowQueryLog({ thresholdMs: options.config.slowQueryMs, database: options.name, write: this.#log, detail: options.config.logDetail });
   }
 
   /**
@@ -195,7 +195,7 @@ export class Database {
             code: e.code,
             holder: options.holder?.slice(0, 100),
             breaker: this.breaker.state.state,
-            error: serializeError(error, { secrets: this.#o.config.secrets }),
+            error: serializeError(error, { secrets: this.#o.config.secrets, detail: this.#o.config.logDetail ?? false }),
           }),
         );
       }
