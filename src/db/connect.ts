@@ -9,7 +9,7 @@ export type Row = Record<string, unknown>;
  * `query` takes Postgres placeholders (`$1`, `$2`).
  */
 export interface Connection {
-  query<R extends Row = Row>(text: string, params?: readonly unknown[]): Promise<R[]>;
+  query<R = Row>(text: string, params?: readonly unknown[]): Promise<R[]>;
   /** Closes the connection; never throws, and is done only when the connection is gone. */
   close(): Promise<void>;
 }

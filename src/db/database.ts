@@ -50,7 +50,7 @@ export interface AttemptScope {
 /** A transaction's handle: queries on the one connection, inside BEGIN … COMMIT. */
 export interface Transaction {
   /** One statement in the transaction; `R` types the rows (not checked at run time). */
-  query<R extends Row = Row>(text: string, params?: readonly unknown[]): Promise<R[]>;
+  query<R = Row>(text: string, params?: readonly unknown[]): Promise<R[]>;
 }
 
 export interface DatabaseOptions {
@@ -115,7 +115,7 @@ export class Database {
    * @example
    * const [row] = await db.query("SELECT count(*)::int AS n FROM pitches");
    */
-  async query<R extends Row = Row>(text: string, params: readonly unknown[] = [], options: CallOptions = {}): Promise<R[]> {
+  async query<R = Row>(text: string, params: readonly unknown[] = [], options: CallOptions = {}): Promise<R[]> {
     return this.run(async (scope) => {
       const conn = await this.#connect(scope);
       return (await this.#timed(conn, text, params, options.holder)) as R[];
@@ -137,7 +137,7 @@ export class Database {
     return this.run(async (scope) => {
       const conn = await this.#connect(scope);
       const tx: Transaction = {
-        query: <R extends Row = Row>(text: string, params: readonly unknown[] = []) => this.#timed(conn, text, params, options.holder) as Promise<R[]>,
+        query: <R = Row>(text: string, params: readonly unknown[] = []) => this.#timed(conn, text, params, options.holder) as Promise<R[]>,
       };
       await conn.query("BEGIN");
       let result: T;

@@ -21,10 +21,8 @@ const COUNT_CONNECTIONS = `
  */
 export async function countConnections(db: Sql | Pick<Connection, "query">, applicationName: string): Promise<ConnectionCounts> {
   type Counted = { role: string; role_connections: number; app_connections: number };
-  const [row] =
-    "unsafe" in db
-      ? ((await db.unsafe(COUNT_CONNECTIONS, [applicationName])) as unknown as Counted[])
-      : await db.query<Counted>(COUNT_CONNECTIONS, [applicationName]);
+  const params = [applicationName];
+  const [row] = "unsafe" in db ? ((await db.unsafe(COUNT_CONNECTIONS, params)) as unknown as Counted[]) : await db.query<Counted>(COUNT_CONNECTIONS, params);
   return {
     role: row!.role,
     applicationName,

@@ -1,6 +1,6 @@
 import { createExecutionContext, createScheduledController, waitOnExecutionContext } from "cloudflare:test";
 import { env, exports } from "cloudflare:workers";
-import postgres from "postgres";
+import { driver } from "leasegate/postgres";
 import { beforeAll, describe, expect, it } from "vitest";
 import worker from "../src/index.ts";
 
@@ -18,9 +18,13 @@ const stats = async () =>
   };
 
 beforeAll(async () => {
-  const sql = postgres(env.HYPERDRIVE.connectionString, { max: 1, onnotice: () => {} });
-  await sql`CREATE TABLE IF NOT EXISTS notes (id serial PRIMARY KEY, body text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())`;
-  await sql.end({ timeout: 1 }).catch(() => {});
+  // The test's own connection, beside the Worker's (postgres.js's own workerd polyfill in 3.x rejects on close).
+  const conn = await driver.connect({ connectionString: env.HYPERDRIVE.connectionString, applicationName: "plain-setup", connectTimeoutMs: 5000, edge: true });
+  try {
+    await conn.query("CREATE TABLE IF NOT EXISTS notes (id serial PRIMARY KEY, body text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())");
+  } finally {
+    await conn.close();
+  }
 });
 
 describe("the plain Worker", () => {

@@ -41,7 +41,7 @@ export function neonDriver(neon: NeonModule, options: NeonOptions = {}): DriverM
       client.on("error", () => {});
       return {
         client,
-        async query<R extends Row = Row>(text: string, params?: readonly unknown[]) {
+        async query<R = Row>(text: string, params?: readonly unknown[]) {
           const result = await client.query(text, params as unknown[] | undefined);
           return result.rows as R[];
         },

@@ -47,7 +47,7 @@ export function pgDriver(pg: PgModule): DriverModule<Client> {
       }
       return {
         client,
-        async query<R extends Row = Row>(text: string, params?: readonly unknown[]) {
+        async query<R = Row>(text: string, params?: readonly unknown[]) {
           const result = await client.query(text, params as unknown[] | undefined);
           return result.rows as R[];
         },
