@@ -38,6 +38,6 @@ export { Database } from "./db/database.ts";
 export type { AttemptScope, CallOptions, DatabaseOptions, Transaction } from "./db/database.ts";
 export { databaseConfig } from "./db/config.ts";
 export type { DatabaseConfig, DatabaseEnv } from "./db/config.ts";
-export { bindDriver } from "./db/connect.ts";
-export type { ClientConnection, Connection, ConnectTarget, Driver, DriverModule, Row } from "./db/connect.ts";
+export { bindDriver } from "./db/driver.ts";
+export type { ClientConnection, Connection, ConnectTarget, Driver, DriverModule, Row } from "./db/driver.ts";
 export type { LeasedPool } from "./db/pool.ts";

@@ -13,7 +13,7 @@
  *   scheduled: reconcileOnSchedule({ driver }),
  * } satisfies ExportedHandler<Env>;
  */
-import type { DriverModule } from "./db/connect.ts";
+import type { DriverModule } from "./db/driver.ts";
 import { type WorkerPoolEnv, workerPool } from "./workers/pool.ts";
 
 export { ConnectionCoordinator } from "../durable-objects/connection-coordinator.ts";

@@ -1,5 +1,5 @@
 // main.ts: deno run --allow-net --allow-env --allow-read --allow-sys main.ts
-// (`leasegate` and `postgres` from npm, e.g. `deno add npm:leasegate npm:postgres`)
+// (`leasegate` and `postgres` installed in the folder's node_modules)
 import { localPool } from "leasegate/local";
 import { driver } from "leasegate/postgres";
 

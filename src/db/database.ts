@@ -3,7 +3,7 @@ import { heartbeat } from "../client/heartbeat.ts";
 import { type LeaseGrant, LeaseError, isLeaseError } from "../core/index.ts";
 import { CircuitBreaker } from "./circuit-breaker.ts";
 import type { DatabaseConfig } from "./config.ts";
-import type { Connection, Driver, Row } from "./connect.ts";
+import type { Connection, Driver, Row } from "./driver.ts";
 import { toDatabaseError } from "./errors.ts";
 import { type RetryOptions, isRetryable, retry } from "./retry.ts";
 import { SafeMode } from "./safe-mode.ts";

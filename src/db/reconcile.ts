@@ -1,6 +1,6 @@
 import type { Sql } from "postgres";
 import type { ConnectionCounts } from "../core/index.ts";
-import type { Connection } from "./connect.ts";
+import type { Connection } from "./driver.ts";
 
 const COUNT_CONNECTIONS = `
     SELECT current_user::text AS role,

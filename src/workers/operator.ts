@@ -7,7 +7,7 @@ import type { ConnectionCoordinator } from "../../durable-objects/connection-coo
 import { mergeStats } from "../client/sharded-leases.ts";
 import { type ControlResult, type Reconciliation, compareConnections, expected, shardLimits } from "../core/index.ts";
 import { toDatabaseError } from "../db/errors.ts";
-import type { Connection } from "../db/connect.ts";
+import type { Connection } from "../db/driver.ts";
 import { countConnections } from "../db/reconcile.ts";
 import { type OperatorControls, controlsOf } from "../http/operator.ts";
 

@@ -4,7 +4,7 @@ import { type IsolateShards, ShardedLeases, createIsolateShards, shardName } fro
 import { LeaseError, type PoolEnv, configFromEnv, intFromEnv } from "../core/index.ts";
 import { CircuitBreaker } from "../db/circuit-breaker.ts";
 import { type DatabaseConfig, type DatabaseEnv, databaseConfig } from "../db/config.ts";
-import { type DriverModule, bindDriver, targetOf } from "../db/connect.ts";
+import { type DriverModule, bindDriver, targetOf } from "../db/driver.ts";
 import { Database } from "../db/database.ts";
 import { SafeMode } from "../db/safe-mode.ts";
 import type { LeasedPool } from "../db/pool.ts";

@@ -1,5 +1,5 @@
 import type { PoolClient } from "@neondatabase/serverless";
-import type { ClientConnection, ConnectTarget, DriverModule, NeonOptions, Row } from "../connect.ts";
+import type { ClientConnection, ConnectTarget, DriverModule, NeonOptions, Row } from "../driver.ts";
 
 /** What leasegate uses of `@neondatabase/serverless` 1.x (`import * as neon from "@neondatabase/serverless"`). */
 export type NeonModule = Pick<typeof import("@neondatabase/serverless"), "Pool" | "neonConfig">;

@@ -1,5 +1,5 @@
 import type { Client, ClientConfig } from "pg";
-import type { ClientConnection, ConnectTarget, DriverModule, Row } from "../connect.ts";
+import type { ClientConnection, ConnectTarget, DriverModule, Row } from "../driver.ts";
 
 /** What closing needs of a node-postgres client: `pg.Client` or anything shaped like it. */
 export interface PgClientLike {

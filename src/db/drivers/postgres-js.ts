@@ -1,6 +1,6 @@
 import type postgres from "postgres";
 import type { Sql } from "postgres";
-import type { ClientConnection, ConnectTarget, DriverModule, Row } from "../connect.ts";
+import type { ClientConnection, ConnectTarget, DriverModule, Row } from "../driver.ts";
 
 /** postgres.js's default export, 3.4.5 or later and 4.x: whichever the app installed. */
 export type PostgresJs = typeof postgres;
