@@ -1,4 +1,4 @@
-// main.ts: Node 22 or later, in a package with "type": "module" (node main.ts);
+// main.ts: Node 22.18 or later, in a package with "type": "module" (node main.ts);
 // processes sharing DATABASE_URL and LEASE_POOL share one limit
 import { localPool } from "leasegate/local";
 import { driver } from "leasegate/postgres";

@@ -139,6 +139,21 @@ describe("the published package", () => {
     expect(missing.status, missing.output).toBe(4);
     expect(missing.output).toContain("INVALID_CONFIG The database driver `pg` is not installed: run `npm install pg`");
 
+    // The README's Node and Deno quick starts, as written, in this `"type": "module"` folder.
+    const quick = {
+      DATABASE_URL: process.env.LEASEGATE_TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres",
+      LEASE_POOL: `quickstart-${process.pid}`,
+    };
+    cpSync(join(root, "docs", "snippets", "node-quickstart.ts"), join(app, "main.ts"));
+    const onNode = run("node", ["main.ts"], app, quick);
+    expect(onNode.status, onNode.output).toBe(0);
+    expect(onNode.output).toContain("one: 1");
+    cpSync(join(root, "docs", "snippets", "deno-quickstart.ts"), join(app, "deno-main.ts"));
+    const deno = join(root, "node_modules", ".bin", "deno");
+    const onDeno = run(deno, ["run", "--allow-net", "--allow-env", "--allow-read", "--allow-sys", "deno-main.ts"], app, quick);
+    expect(onDeno.status, onDeno.output).toBe(0);
+    expect(onDeno.output).toContain("one: 1");
+
     const test = run("npm", ["test"], app, { EXAMPLE_DATABASE_URL: database() });
     expect(test.status, test.output).toBe(0);
     expect(plain(test.output)).toMatch(/Tests\s+2 passed \(2\)/);
