@@ -5,12 +5,11 @@
  */
 import type { Sql } from "postgres";
 import { type LeaseClient, Leases } from "../src/client/leases.ts";
-import { type PoolEnv, configFromEnv } from "../src/core/index.ts";
-import { type DatabaseEnv, databaseConfig } from "../src/db/config.ts";
+import { type SettingsEnv, settingsFromEnv } from "../src/db/config.ts";
 import { type DriverModule, bindDriver, loadDriver, missingDriver } from "../src/db/connect.ts";
 import { Database } from "../src/db/database.ts";
 import { toDatabaseError } from "../src/db/errors.ts";
-import type { LeasedPool } from "../src/db/pool.ts";
+import { type LeasedPool, leasedSql } from "../src/db/pool.ts";
 import { controlsOf } from "../src/http/operator.ts";
 import { PostgresCoordinator } from "./postgres-coordinator.ts";
 
@@ -22,13 +21,8 @@ import { PostgresCoordinator } from "./postgres-coordinator.ts";
  */
 export const DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/postgres";
 
-/** The variables a local pool reads: the same names as a Worker's. */
-export interface LocalPoolEnv extends PoolEnv, Omit<DatabaseEnv, "HYPERDRIVE"> {
-  /** `off` bypasses leasing: for side-by-side comparisons only. */
-  COORDINATOR?: string | undefined;
-  /** Pool name: every process using the same name and database shares one limit and one queue. */
-  LEASE_POOL?: string | undefined;
-}
+/** The variables a local pool reads: the same names as a Worker's (`HYPERDRIVE` aside). */
+export interface LocalPoolEnv extends Omit<SettingsEnv, "HYPERDRIVE"> {}
 
 /** A local pool; `close()` withdraws this process's waiters and ends the coordinator's connections. */
 export interface LocalPool<Client = unknown> extends LeasedPool<Client> {
@@ -44,28 +38,30 @@ export interface LocalPool<Client = unknown> extends LeasedPool<Client> {
  * uses postgres.js.
  *
  * @example
- * const pool = await localPool(process.env);
+ * import { driver } from "leasegate/postgres";
+ * const pool = await localPool(process.env, { driver });
  * const rows = await pool.sql((sql) => sql`SELECT 1 AS one`);
  * await pool.close();
  */
 export async function localPool<Client = unknown>(env: LocalPoolEnv, options: { driver?: DriverModule<Client> } = {}): Promise<LocalPool<Client>> {
-  const name = env.LEASE_POOL || "main";
-  const config = databaseConfig({ ...env, DATABASE_URL: env.DATABASE_URL || DEFAULT_DATABASE_URL });
+  const settings = settingsFromEnv(env.DATABASE_URL ? env : { ...env, DATABASE_URL: DEFAULT_DATABASE_URL });
+  const { name } = settings.pool;
+  const config = settings.database;
   const { applicationName, connectionString } = config;
   let coordinator: PostgresCoordinator | undefined;
   let control: Sql | undefined;
   const module = (options.driver ?? (await loadDriver(config))) as DriverModule<Client>;
-  if (env.COORDINATOR !== "off") {
+  if (settings.pool.coordinator) {
     const postgres = await import("postgres").then(
       (m) => m.default,
       (e: unknown) => Promise.reject(missingDriver("postgres", e)),
     );
     // The coordinator's bookkeeping connections are its own, apart from the leased ones.
     control = postgres(connectionString, { max: 2, onnotice: () => {}, connection: { application_name: `${applicationName}-coordinator` } });
-    coordinator = new PostgresCoordinator({ sql: control, pool: name, config: configFromEnv(env) });
+    coordinator = new PostgresCoordinator({ sql: control, pool: name, config: settings.pool.config });
     await coordinator.ready();
   }
-  const leases: LeaseClient | undefined = coordinator && new Leases(coordinator);
+  const leases: LeaseClient | undefined = coordinator && new Leases(coordinator, { pool: name });
   const driver = bindDriver(module, config);
   const db = new Database({ name, driver, leases, config });
   return {
@@ -74,12 +70,7 @@ export async function localPool<Client = unknown>(env: LocalPoolEnv, options: { 
     db,
     // The reconciliation's database errors answer as `LeaseError`s, as every other failure does.
     operator: coordinator && controlsOf(coordinator, () => coordinator.reconcile(applicationName).catch((e: unknown) => Promise.reject(toDatabaseError(e)))),
-    sql: (fn, callOptions = {}) =>
-      db.run(async ({ beforeRelease }) => {
-        const conn = await driver.connect();
-        beforeRelease(() => conn.close());
-        return db.timed(callOptions.holder ?? "sql", () => fn(conn.client), callOptions.holder);
-      }, callOptions),
+    sql: leasedSql(db, driver),
     close: async () => {
       await coordinator?.close();
       await control?.end({ timeout: 1 });

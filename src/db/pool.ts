@@ -1,6 +1,7 @@
 import type { LeaseClient } from "../client/leases.ts";
 import type { OperatorControls } from "../http/operator.ts";
 import type { CallOptions, Database } from "./database.ts";
+import type { ClientConnection, Driver } from "./driver.ts";
 
 /**
  * One pool as an app uses it, the same on Workers (`workerPool`) and on Node or Deno
@@ -23,4 +24,21 @@ export interface LeasedPool<Client = unknown> {
    * runs `fn` again on a new connection and a new lease, so `fn` may run more than once).
    */
   sql<T>(fn: (client: Client) => Promise<T>, options?: CallOptions): Promise<T>;
+}
+
+/**
+ * The `sql` of a pool: `fn` gets the driver's own client on one fresh connection under one lease
+ * of the database layer; the connection is closed before the slot is given back. The client's
+ * work is timed as one unit (labelled by the holder) for the slow-query log.
+ *
+ * @example
+ * const sql = leasedSql(db, bindDriver(driver, config));
+ */
+export function leasedSql<Client>(db: Database, driver: Driver<ClientConnection<Client>>): LeasedPool<Client>["sql"] {
+  return (fn, options = {}) =>
+    db.run(async ({ beforeRelease }) => {
+      const conn = await driver.connect();
+      beforeRelease(() => conn.close());
+      return db.timed(options.holder ?? "sql", () => fn(conn.client), options.holder);
+    }, options);
 }
