@@ -5,7 +5,7 @@
  * gives, built by the same functions.
  *
  * A notice is lines, one per settled waiter: its lease id, a space, then JSON —
- *   <leaseId> {"grant":[<the lease's fields but holder, as LEASE_FIELDS encodes them>],"load":{…}}
+ *   <leaseId> {"grant":[<the lease's other fields but holder, as LEASE_FIELDS encodes them>],"load":{…}}
  *   <leaseId> {"timeout":{<TimeoutFacts>},"load":{…}}
  * The id comes first so a process skips lines for other processes' callers without parsing them;
  * the lease travels in the field list's encoding, so a new lease field needs no edit here.
@@ -14,8 +14,8 @@ import { type Effects, type Lease, type PoolState, type ShardLoad, type TimeoutF
 import { type Waiters, grantResult, loadOf, timeoutResult } from "../src/engine/index.ts";
 import { LEASE_FIELDS, codec } from "./fields.ts";
 
-/** A granted lease in a notice: every stored field but the holder, which its waiter knows. */
-const granted = codec<Lease>(LEASE_FIELDS.filter((f) => f.key !== "holder"));
+/** A granted lease in a notice: every stored field but the id (the line's first word) and the holder (its waiter knows it). */
+const granted = codec<Lease>(LEASE_FIELDS.filter((f) => f.key !== "id" && f.key !== "holder"));
 
 /** Bytes per notice at most: Postgres refuses a payload of 8000 bytes or more. */
 const NOTICE_BYTES = 7900;
@@ -23,6 +23,8 @@ const NOTICE_BYTES = 7900;
 type Line = { grant: unknown[]; load: ShardLoad } | { timeout: TimeoutFacts; load: ShardLoad };
 
 const utf8 = new TextEncoder();
+/** A line's size in UTF-8: its length while it is printable ASCII (ids, numbers and class names are). */
+const bytesOf = (line: string) => (/[^ -~]/.test(line) ? utf8.encode(line).length : line.length);
 
 /**
  * The notices that announce what a transition settled, to be sent in its transaction.
@@ -42,7 +44,7 @@ export function noticesOf(state: PoolState, effects: Effects): string[] {
   let notice = "";
   let bytes = 0;
   for (const l of lines) {
-    const size = utf8.encode(l).length + 1;
+    const size = bytesOf(l) + 1;
     if (notice !== "" && bytes + size > NOTICE_BYTES) {
       notices.push(notice);
       notice = "";
@@ -69,7 +71,7 @@ export function deliver(waiters: Waiters, payload: string): void {
     const holder = space > 0 ? waiters.holderOf(id) : undefined;
     if (holder === undefined) continue;
     const line = JSON.parse(text.slice(space + 1)) as Line;
-    if ("grant" in line) waiters.settle(id, grantResult({ ...granted.decode(line.grant), holder }, line.load));
+    if ("grant" in line) waiters.settle(id, grantResult({ ...granted.decode(line.grant), id, holder }, line.load));
     else waiters.settle(id, timeoutResult(line.timeout, line.load));
   }
 }
