@@ -13,7 +13,19 @@ import {
   percentile,
   pickShard,
 } from "../core/index.ts";
-import { type BlockEffect, type BlockState, abandon, createBlock, expireIdle, finished, granted, refused, request, retired } from "../core/lease-block.ts";
+import {
+  type BlockEffect,
+  type BlockState,
+  abandon,
+  createBlock,
+  expireIdle,
+  finished,
+  granted,
+  observe,
+  refused,
+  request,
+  retired,
+} from "../core/lease-block.ts";
 import type { Coordinator, LeaseClient, WaitUntil } from "./leases.ts";
 
 /** A lease from a sharded pool: it remembers its shard, so release and renew go to that object. */
@@ -55,6 +67,11 @@ export interface IsolateShardsOptions {
   maxBlock?: number | undefined;
   /** How long a block lease may idle before it goes back, ms (`LEASE_BLOCK_IDLE_MS`). */
   idleMs?: number | undefined;
+  /**
+   * Whether a finished block lease goes back while callers wait at the coordinator, so its FIFO
+   * order holds across isolates (default `true`). `false`: for side-by-side comparisons only.
+   */
+  yieldToQueue?: boolean | undefined;
 }
 
 /**
@@ -71,7 +88,7 @@ export function createIsolateShards(options: IsolateShardsOptions): IsolateShard
   const idleMs = checkInt("LEASE_BLOCK_IDLE_MS", options.idleMs ?? DEFAULT_BLOCK_IDLE_MS, 0, 60_000, "INVALID_CONFIG");
   // Until a shard answers, assume an empty one with its even share.
   const loads = Array.from({ length: count }, () => ({ held: 0, waiting: 0, limit: 1 }));
-  const block = maxBlock === 0 ? undefined : createBlock<ShardedGrant>({ maxBlock, idleMs });
+  const block = maxBlock === 0 ? undefined : createBlock<ShardedGrant>({ maxBlock, idleMs, yieldToQueue: options.yieldToQueue !== false });
   return { count, loads, downUntil: new Array<number>(count).fill(0), block, blockLeases: new Map(), waiters: new Map(), seq: 0 };
 }
 
@@ -244,10 +261,12 @@ export class ShardedLeases implements LeaseClient {
           (lease) => {
             isolate.blockLeases.set(lease.id, { receivedAt: Date.now(), ttlMs: Math.max(1, lease.expiresAt - lease.grantedAt), inUse: false });
             this.#perform(granted(block, lease, Date.now()));
+            this.#observe();
             this.#sweepLater();
           },
           (error: unknown) => {
             const failed = refused(block);
+            this.#observe();
             if (failed === undefined) return;
             const fw = isolate.waiters.get(failed);
             const err = isLeaseError(error) ? error : unavailable(error);
@@ -259,6 +278,17 @@ export class ShardedLeases implements LeaseClient {
         this.#background(sent);
       }
     }
+  }
+
+  /** The queue the shards last reported: while others wait there, block leases go back. */
+  #observe(): void {
+    const { isolate } = this.#o;
+    this.#perform(
+      observe(
+        isolate.block!,
+        isolate.loads.reduce((n, l) => n + l.waiting, 0),
+      ),
+    );
   }
 
   #background(p: Promise<unknown>): void {

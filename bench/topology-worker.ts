@@ -1,0 +1,106 @@
+/**
+ * A Worker process of `npm run bench:topology`: serves one leased query per request, its
+ * coordinator bound by script name from another workerd process (the coordinator's own Worker).
+ *
+ * The mode is per request (`?mode=`), so one set of processes serves every setup side by side:
+ * - `off`: no coordinator (`COORDINATOR=off`): the query alone.
+ * - `lease`: one lease per request from the coordinator (no block).
+ * - `block`: the isolate's lease block (`LEASE_BLOCK`), handing finished leases back while
+ *   callers wait at the coordinator (the default).
+ * - `block-keep`: the block as it was before: finished leases stay in the isolate while young,
+ *   whoever waits at the coordinator.
+ *
+ * Each answer carries how long the request waited for its lease (`x-lease-wait-ms`, the isolate's
+ * clock); `/ping` times one no-op call to the coordinator's process; `/calls` counts the calls
+ * this process made to the coordinator.
+ */
+import { Leases } from "../src/client/leases.ts";
+import type { Coordinator, LeaseClient } from "../src/client/leases.ts";
+import { type IsolateShards, ShardedLeases, createIsolateShards } from "../src/client/sharded-leases.ts";
+import { closeConnection, connectFromWorker } from "../src/db/hyperdrive.ts";
+import type { ConnectionCoordinator } from "../src/workers.ts";
+
+interface Env {
+  COORDINATOR_DO: DurableObjectNamespace<ConnectionCoordinator>;
+  NOOP_DO: DurableObjectNamespace<{ ping(): number } & Rpc.DurableObjectBranded>;
+  HYPERDRIVE: Hyperdrive;
+  LEASE_LIMIT: string;
+  LEASE_BLOCK: string;
+  LEASE_WAIT_MS: string;
+  QUERY: string;
+}
+
+const APP = "leasegate-topology";
+let calls = 0;
+let requests = 0;
+const blocks = new Map<string, IsolateShards>();
+
+/** The coordinator stub with every call counted. */
+function counted(stub: DurableObjectStub<ConnectionCoordinator>): Coordinator {
+  const c = stub as unknown as Coordinator;
+  const count = <T>(call: () => Promise<T>): Promise<T> => {
+    calls++;
+    return call();
+  };
+  return {
+    acquire: (o) => count(() => c.acquire(o)),
+    release: (r) => count(() => c.release(r)),
+    renew: (r, t) => count(() => c.renew(r, t)),
+    stats: (s) => count(() => c.stats(s)),
+    acquireMany: (r) => count(() => c.acquireMany!(r)),
+    releaseMany: (r) => count(() => c.releaseMany!(r)),
+  };
+}
+
+function leasesFor(mode: string, env: Env, ctx: ExecutionContext): LeaseClient {
+  const stub = counted(env.COORDINATOR_DO.getByName("main"));
+  if (mode === "lease") return new Leases(stub);
+  let isolate = blocks.get(mode);
+  if (!isolate) {
+    const limit = Number(env.LEASE_LIMIT);
+    isolate = createIsolateShards({ shards: 1, limit, maxBlock: Number(env.LEASE_BLOCK), yieldToQueue: mode === "block" });
+    blocks.set(mode, isolate);
+  }
+  return new ShardedLeases({ coordinators: [stub], isolate, waitMs: Number(env.LEASE_WAIT_MS), waitUntil: (p) => ctx.waitUntil(p) });
+}
+
+export default {
+  async fetch(request, env, ctx): Promise<Response> {
+    const url = new URL(request.url);
+    if (url.pathname === "/ping") {
+      const stub = env.NOOP_DO.getByName("noop");
+      await stub.ping();
+      const times: number[] = [];
+      for (let i = 0; i < Number(url.searchParams.get("n") ?? 20); i++) {
+        const t0 = performance.now();
+        await stub.ping();
+        times.push(performance.now() - t0);
+      }
+      return Response.json({ times });
+    }
+    if (url.pathname === "/calls") return Response.json({ calls, requests });
+    const mode = url.searchParams.get("mode") ?? "lease";
+    requests++;
+    const t0 = Date.now();
+    const leases = mode === "off" ? undefined : leasesFor(mode, env, ctx);
+    let lease: Awaited<ReturnType<LeaseClient["acquire"]>> | undefined;
+    try {
+      lease = await leases?.acquire({ waitMs: Number(env.LEASE_WAIT_MS) });
+    } catch (error) {
+      const code = (error as { code?: string }).code ?? "INTERNAL";
+      return Response.json({ error: code }, { status: 503 });
+    }
+    const waited = Date.now() - t0;
+    const sql = connectFromWorker(env.HYPERDRIVE.connectionString, APP);
+    try {
+      const rows = await sql.unsafe(env.QUERY);
+      return Response.json({ n: rows.length }, { headers: { "x-lease-wait-ms": String(waited) } });
+    } catch (error) {
+      return Response.json({ error: String(error) }, { status: 500 });
+    } finally {
+      // As the library's pool does: the slot goes back once the connection is closed.
+      const closed = closeConnection(sql);
+      ctx.waitUntil(lease && leases ? closed.then(() => leases.release(lease)).catch(() => {}) : closed);
+    }
+  },
+} satisfies ExportedHandler<Env>;
