@@ -203,10 +203,10 @@ export function simulate(s: Scenario): Result {
       const waitingThere = loads[iso]!.reduce((n, l) => n + l.waiting, 0);
       if (held) {
         perform(iso, granted(blocks[iso]!, held, at), at);
-        return perform(iso, observe(blocks[iso]!, waitingThere), at);
+        return perform(iso, observe(blocks[iso]!, waitingThere, at), at);
       }
       const failed = refused(blocks[iso]!);
-      perform(iso, observe(blocks[iso]!, waitingThere), at);
+      perform(iso, observe(blocks[iso]!, waitingThere, at), at);
       if (failed !== undefined) {
         shed++;
         arrivals.delete(failed);

@@ -287,6 +287,7 @@ export class ShardedLeases implements LeaseClient {
       observe(
         isolate.block!,
         isolate.loads.reduce((n, l) => n + l.waiting, 0),
+        Date.now(),
       ),
     );
   }

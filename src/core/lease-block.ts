@@ -10,7 +10,10 @@
  * Global order: the coordinator's queue is FIFO across isolates, and a block must not jump it. A
  * lease is handed on inside the isolate only while the coordinator last said nobody else waits
  * there (`observe`, fed from the load its answers carry); while someone does, a finished or idle
- * block lease goes back, so the longest-waiting caller anywhere is next.
+ * block lease goes back, so the longest-waiting caller anywhere is next. A busy block may not hear
+ * from the coordinator for long (it needs no calls): once its last report is `staleAfterMs` old,
+ * the next finished lease goes back and an acquire asks again, so a caller waiting elsewhere is
+ * seen within about that time and one round trip.
  */
 export interface BlockConfig {
   /** Most leases this isolate may hold or have requested at once. */
@@ -22,7 +25,17 @@ export interface BlockConfig {
    * `false` keeps them in the isolate while young, whoever waits: for side-by-side comparisons only.
    */
   yieldToQueue?: boolean | undefined;
+  /** How long the coordinator's report that nobody waits there is trusted, ms (default 50). */
+  staleAfterMs?: number | undefined;
 }
+
+/**
+ * How long a report of an empty coordinator queue is trusted by default, ms.
+ *
+ * @example
+ * createBlock<Lease>({ maxBlock: 4, idleMs: 20, staleAfterMs: DEFAULT_STALE_AFTER_MS });
+ */
+export const DEFAULT_STALE_AFTER_MS = 50;
 
 export interface BlockState<L> {
   config: BlockConfig;
@@ -33,6 +46,10 @@ export interface BlockState<L> {
   waiting: string[];
   /** Callers of other isolates waiting at the coordinator, as it last reported (`observe`). */
   queuedElsewhere: number;
+  /** When that report came (the shell's clock); -Infinity before the first. */
+  observedAt: number;
+  /** When a stale report last sent a lease back to ask again. */
+  askedAt: number;
 }
 
 export type BlockEffect<L> = { kind: "acquire" } | { kind: "release"; lease: L } | { kind: "start"; request: string; lease: L };
@@ -44,7 +61,7 @@ export type BlockEffect<L> = { kind: "acquire" } | { kind: "release"; lease: L }
  * const block = createBlock<Lease>({ maxBlock: 4, idleMs: 5 });
  */
 export function createBlock<L>(config: BlockConfig): BlockState<L> {
-  return { config, idle: [], inUse: 0, inFlight: 0, waiting: [], queuedElsewhere: 0 };
+  return { config, idle: [], inUse: 0, inFlight: 0, waiting: [], queuedElsewhere: 0, observedAt: Number.NEGATIVE_INFINITY, askedAt: Number.NEGATIVE_INFINITY };
 }
 
 function held<L>(s: BlockState<L>): number {
@@ -126,8 +143,16 @@ export function refused<L>(s: BlockState<L>): string | undefined {
  */
 export function finished<L>(s: BlockState<L>, lease: L, now: number): BlockEffect<L>[] {
   s.inUse--;
-  if (!yields(s)) return place(s, lease, now);
-  return [{ kind: "release", lease }, ...cover(s)];
+  if (yields(s)) return [{ kind: "release", lease }, ...cover(s)];
+  // The report is old (and so is the last question): this lease goes back, and the acquire for
+  // the next local waiter asks again. At most one lease per staleAfterMs goes back this way, so
+  // while the answer is on its way (or queued at a full coordinator) the block keeps working.
+  const stale = now - Math.max(s.observedAt, s.askedAt) > (s.config.staleAfterMs ?? DEFAULT_STALE_AFTER_MS);
+  if (stale && s.config.yieldToQueue !== false && s.waiting.length > 0) {
+    s.askedAt = now;
+    return [{ kind: "release", lease }, ...cover(s)];
+  }
+  return place(s, lease, now);
 }
 
 /**
@@ -137,10 +162,11 @@ export function finished<L>(s: BlockState<L>, lease: L, now: number): BlockEffec
  * While others wait, idle block leases go back at once.
  *
  * @example
- * for (const fx of observe(block, result.load.waiting)) perform(fx);
+ * for (const fx of observe(block, result.load.waiting, now)) perform(fx);
  */
-export function observe<L>(s: BlockState<L>, waitingAtCoordinator: number): BlockEffect<L>[] {
+export function observe<L>(s: BlockState<L>, waitingAtCoordinator: number, now: number): BlockEffect<L>[] {
   s.queuedElsewhere = Math.max(0, waitingAtCoordinator - s.inFlight);
+  s.observedAt = now;
   if (!yields(s) || s.idle.length === 0) return [];
   const out = s.idle.map((entry): BlockEffect<L> => ({ kind: "release", lease: entry.lease }));
   s.idle = [];
