@@ -11,7 +11,7 @@
  *   whoever waits at the coordinator.
  *
  * Each answer carries how long the request waited for its lease (`x-lease-wait-ms`, the isolate's
- * clock); `/ping` times one no-op call to the coordinator's process; `/calls` counts the calls
+ * clock) and how long its query took (`x-query-ms`); `/ping` times one no-op call to the coordinator's process; `/calls` counts the calls
  * this process made to the coordinator.
  */
 import { Leases } from "../src/client/leases.ts";
@@ -94,7 +94,8 @@ export default {
     const sql = connectFromWorker(env.HYPERDRIVE.connectionString, APP);
     try {
       const rows = await sql.unsafe(env.QUERY);
-      return Response.json({ n: rows.length }, { headers: { "x-lease-wait-ms": String(waited) } });
+      const headers = { "x-lease-wait-ms": String(waited), "x-query-ms": String(Date.now() - t0 - waited) };
+      return Response.json({ n: rows.length }, { headers });
     } catch (error) {
       return Response.json({ error: String(error) }, { status: 500 });
     } finally {
