@@ -215,13 +215,12 @@ export function simulate(s: Scenario): Result {
   /** The block's answer to an acquire it sent. */
   function blockReply(iso: number): (held: Held | null, at: number) => void {
     return (held, at) => {
-      const waitingThere = loads[iso]!.reduce((n, l) => n + l.waiting, 0);
       if (held) {
         perform(iso, granted(blocks[iso]!, held, at), at);
-        return perform(iso, observe(blocks[iso]!, waitingThere, at), at);
+        // The queue of the shard that just answered (others' reports may be old).
+        return perform(iso, observe(blocks[iso]!, loads[iso]![held.shard]!.waiting, at), at);
       }
       const failed = refused(blocks[iso]!);
-      perform(iso, observe(blocks[iso]!, waitingThere, at), at);
       if (failed !== undefined) {
         shed++;
         arrivals.delete(failed);

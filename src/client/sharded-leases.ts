@@ -261,12 +261,11 @@ export class ShardedLeases implements LeaseClient {
           (lease) => {
             isolate.blockLeases.set(lease.id, { receivedAt: Date.now(), ttlMs: Math.max(1, lease.expiresAt - lease.grantedAt), inUse: false });
             this.#perform(granted(block, lease, Date.now()));
-            this.#observe();
+            this.#observe(lease.shard);
             this.#sweepLater();
           },
           (error: unknown) => {
             const failed = refused(block);
-            this.#observe();
             if (failed === undefined) return;
             const fw = isolate.waiters.get(failed);
             const err = isLeaseError(error) ? error : unavailable(error);
@@ -280,16 +279,10 @@ export class ShardedLeases implements LeaseClient {
     }
   }
 
-  /** The queue the shards last reported: while others wait there, block leases go back. */
-  #observe(): void {
+  /** The queue of the shard that just granted: while others wait there, block leases go back. */
+  #observe(shard: number): void {
     const { isolate } = this.#o;
-    this.#perform(
-      observe(
-        isolate.block!,
-        isolate.loads.reduce((n, l) => n + l.waiting, 0),
-        Date.now(),
-      ),
-    );
+    this.#perform(observe(isolate.block!, isolate.loads[shard]?.waiting ?? 0, Date.now()));
   }
 
   #background(p: Promise<unknown>): void {

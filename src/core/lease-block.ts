@@ -156,8 +156,8 @@ export function finished<L>(s: BlockState<L>, lease: L, now: number): BlockEffec
 }
 
 /**
- * The coordinator answered with its queue length (`load.waiting`, summed over the isolate's
- * shards). Its queue counts this isolate's own acquires still in flight too; what is left is
+ * The coordinator answered a grant with its queue length (`load.waiting` of the shard that
+ * granted). Its queue counts this isolate's own acquires still in flight too; what is left is
  * taken as others waiting (a lower bound: an acquire still on its way is not counted there yet).
  * While others wait, idle block leases go back at once.
  *
