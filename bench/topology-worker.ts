@@ -12,7 +12,7 @@
  *
  * Each answer carries how long the request waited for its lease (`x-lease-wait-ms`, the isolate's
  * clock) and how long its query took (`x-query-ms`); `/ping` times one no-op call to the coordinator's process; `/calls` counts the calls
- * this process made to the coordinator.
+ * this process made to the coordinator for its requests; `/held` reads the coordinator's held leases.
  */
 import { Leases } from "../src/client/leases.ts";
 import type { Coordinator, LeaseClient } from "../src/client/leases.ts";
@@ -79,6 +79,8 @@ export default {
       return Response.json({ times });
     }
     if (url.pathname === "/calls") return Response.json({ calls, requests });
+    // Leases held at the coordinator now (not counted as the requests' calls).
+    if (url.pathname === "/held") return Response.json({ held: (await env.COORDINATOR_DO.getByName("main").stats()).held });
     const mode = url.searchParams.get("mode") ?? "lease";
     requests++;
     const t0 = Date.now();
