@@ -11,7 +11,7 @@
  *   whoever waits at the coordinator.
  *
  * Each answer carries how long the request waited for its lease (`x-lease-wait-ms`, the isolate's
- * clock) and how long its query took (`x-query-ms`); `/ping` times one no-op call to the coordinator's process; `/calls` counts the calls
+ * clock) and how long its query took (`x-query-ms`); `/ping` times a no-op call to the coordinator's process, and an acquire on an idle pool; `/calls` counts the calls
  * this process made to the coordinator for its requests; `/held` reads the coordinator's held leases.
  */
 import { Leases } from "../src/client/leases.ts";
@@ -76,7 +76,16 @@ export default {
         await stub.ping();
         times.push(performance.now() - t0);
       }
-      return Response.json({ times });
+      // An acquire on an idle pool over the same path: the no-op's round trip plus the grant's cost.
+      const coordinator = env.COORDINATOR_DO.getByName("probe");
+      const acquireTimes: number[] = [];
+      for (let i = 0; i < times.length; i++) {
+        const t0 = performance.now();
+        const result = await coordinator.acquire({ holder: "probe" });
+        acquireTimes.push(performance.now() - t0);
+        if (result.ok) await coordinator.release({ leaseId: result.lease.id, fence: result.lease.fence });
+      }
+      return Response.json({ times, acquireTimes });
     }
     if (url.pathname === "/calls") return Response.json({ calls, requests });
     // Leases held at the coordinator now (not counted as the requests' calls).

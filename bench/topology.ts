@@ -25,7 +25,9 @@
  *   npm run bench:topology -- --write      # and replaces its section of BENCHMARKS.md
  *
  * Settings (environment): TOPOLOGY_WORKERS (3), TOPOLOGY_DISTANCES_MS ("0,10,40"),
- * TOPOLOGY_PHASE_S (5), TOPOLOGY_LIMIT (18), TOPOLOGY_BLOCK (18), DATABASE_URL (a superuser URL;
+ * TOPOLOGY_PHASE_S (5), TOPOLOGY_POOL (PgBouncer's pool, 18; the role's limit is 2 more),
+ * TOPOLOGY_LIMIT (LEASE_LIMIT, 54: in front of a pool the lease limit bounds the client side, as in
+ * BENCHMARKS.md's P3), TOPOLOGY_BLOCK (LEASE_BLOCK, the limit), DATABASE_URL (a superuser URL;
  * default the local cluster or LEASEGATE_TEST_DATABASE_URL).
  */
 import { type ChildProcess, fork, spawn, spawnSync } from "node:child_process";
@@ -43,18 +45,22 @@ const write = process.argv.includes("--write");
 const K = Number(process.env.TOPOLOGY_WORKERS ?? 3);
 const DISTANCES = (process.env.TOPOLOGY_DISTANCES_MS ?? (smoke ? "0,10" : "0,10,40")).split(",").map(Number);
 const PHASE_MS = Number(process.env.TOPOLOGY_PHASE_S ?? (smoke ? 0.5 : 5)) * 1000;
-const LIMIT = Number(process.env.TOPOLOGY_LIMIT ?? (smoke ? 4 : 18));
+const LIMIT = Number(process.env.TOPOLOGY_LIMIT ?? (smoke ? 4 : 54));
+/** A block as large as the limit: one busy process can hold every slot (the fairness check). */
 const BLOCK = Number(process.env.TOPOLOGY_BLOCK ?? LIMIT);
-/** The role's CONNECTION LIMIT (full run): PgBouncer's pool is LIMIT, two below it. */
-const ROLE_LIMIT = LIMIT + 2;
+/** PgBouncer's server connections (full run), and the role's CONNECTION LIMIT two above them. */
+const POOL = Number(process.env.TOPOLOGY_POOL ?? 18);
+const ROLE_LIMIT = POOL + 2;
 const ROLE = "leasegate_topology";
 const APP = "leasegate-topology";
 const WAIT_MS = 5000;
 /** Closed-loop clients: below the limit (the latency leasegate adds) and well past it (goodput). */
 const LIGHT = smoke ? 3 : 8;
-const HEAVY = smoke ? 8 : 48;
-if (!(K >= 1 && LIMIT >= 1 && BLOCK >= 0 && PHASE_MS > 0 && DISTANCES.every((d) => d >= 0))) {
-  throw new Error(`bad settings: TOPOLOGY_WORKERS=${K} TOPOLOGY_LIMIT=${LIMIT} TOPOLOGY_BLOCK=${BLOCK} TOPOLOGY_PHASE_S=${PHASE_MS / 1000}`);
+const HEAVY = smoke ? 8 : 96;
+if (!(K >= 1 && LIMIT >= 1 && POOL >= 1 && BLOCK >= 0 && PHASE_MS > 0 && DISTANCES.every((d) => d >= 0))) {
+  throw new Error(
+    `bad settings: TOPOLOGY_WORKERS=${K} TOPOLOGY_LIMIT=${LIMIT} TOPOLOGY_BLOCK=${BLOCK} TOPOLOGY_POOL=${POOL} TOPOLOGY_PHASE_S=${PHASE_MS / 1000}`,
+  );
 }
 
 const children: ChildProcess[] = [];
@@ -176,7 +182,7 @@ async function database(): Promise<{ workerUrl: string; countSql: string; limitL
       "auth_type = trust",
       `auth_file = ${dir}/users.txt`,
       "pool_mode = transaction",
-      `default_pool_size = ${LIMIT}`,
+      `default_pool_size = ${POOL}`,
       "max_client_conn = 2000",
       "ignore_startup_parameters = extra_float_digits,options",
       `logfile = ${dir}/pgbouncer.log`,
@@ -198,7 +204,11 @@ async function database(): Promise<{ workerUrl: string; countSql: string; limitL
     const probe = postgres(url, { max: 1, connect_timeout: 2, onnotice: () => {} });
     try {
       await probe`SELECT 1`;
-      return { workerUrl: url, countSql: `SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = '${ROLE}'`, limitLabel: `role limit ${ROLE_LIMIT}` };
+      return {
+        workerUrl: url,
+        countSql: `SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = '${ROLE}'`,
+        limitLabel: `PgBouncer pool ${POOL}, role limit ${ROLE_LIMIT}`,
+      };
     } catch {
       await sleep(100);
     } finally {
@@ -213,6 +223,8 @@ async function database(): Promise<{ workerUrl: string; countSql: string; limitL
 interface Phase {
   ok: number;
   errors: number;
+  /** Errors by code (the Worker's answer) or "fetch failed". */
+  kinds: Record<string, number>;
   goodput: number;
   p50: number;
   p99: number;
@@ -245,6 +257,7 @@ async function phase(ports: number[], mode: string, clients: number[], ms: numbe
   const latencies: number[] = [];
   const waits: number[][] = ports.map(() => []);
   const queries: number[] = [];
+  const kinds = new Map<string, number>();
   let errors = 0;
   let peak = 0;
   const end = performance.now() + ms;
@@ -270,9 +283,11 @@ async function phase(ports: number[], mode: string, clients: number[], ms: numbe
       const t0 = performance.now();
       try {
         const r = await fetch(url, { signal: AbortSignal.timeout(30_000) });
-        await r.arrayBuffer();
+        const body = await r.text();
         if (r.status !== 200) {
           errors++;
+          const code = /"error":"([^"]{0,60})/.exec(body)?.[1] ?? String(r.status);
+          kinds.set(code, (kinds.get(code) ?? 0) + 1);
           continue;
         }
         latencies.push(performance.now() - t0);
@@ -280,6 +295,7 @@ async function phase(ports: number[], mode: string, clients: number[], ms: numbe
         queries.push(Number(r.headers.get("x-query-ms")));
       } catch {
         errors++;
+        kinds.set("fetch failed", (kinds.get("fetch failed") ?? 0) + 1);
       }
     }
   };
@@ -292,6 +308,7 @@ async function phase(ports: number[], mode: string, clients: number[], ms: numbe
   return {
     ok: latencies.length,
     errors,
+    kinds: Object.fromEntries(kinds),
     goodput: Math.round((latencies.length / elapsed) * 1000),
     p50: round1(pct(latencies, 0.5)),
     p99: round1(pct(latencies, 0.99)),
@@ -305,10 +322,15 @@ async function phase(ports: number[], mode: string, clients: number[], ms: numbe
 }
 
 /** The no-op call's round trip from each Worker process to the coordinator's process, ms (median). */
-async function ping(ports: number[]): Promise<number> {
+async function ping(ports: number[]): Promise<{ pingMs: number; acquireMs: number }> {
   const times: number[] = [];
-  for (const p of ports) times.push(...((await (await fetch(`http://127.0.0.1:${p}/ping?n=${smoke ? 5 : 20}`)).json()) as { times: number[] }).times);
-  return round1(pct(times, 0.5));
+  const acquires: number[] = [];
+  for (const p of ports) {
+    const r = (await (await fetch(`http://127.0.0.1:${p}/ping?n=${smoke ? 5 : 20}`)).json()) as { times: number[]; acquireTimes: number[] };
+    times.push(...r.times);
+    acquires.push(...r.acquireTimes);
+  }
+  return { pingMs: round1(pct(times, 0.5)), acquireMs: round1(pct(acquires, 0.5)) };
 }
 
 const spread = (total: number) => Array.from({ length: K }, (_, i) => Math.floor(total / K) + (i < total % K ? 1 : 0));
@@ -352,14 +374,14 @@ async function main(): Promise<void> {
   // Warm up every process and mode (the first call of a process opens its registry connection).
   for (const mode of ["off", "lease", "block", "block-keep"]) await phase(ports, mode, spread(K), smoke ? 300 : 1000, count, db.countSql);
 
-  type Row = { distance: number; pingMs: number; light: Record<string, Phase>; heavy: Record<string, Phase> };
+  type Row = { distance: number; pingMs: number; acquireMs: number; light: Record<string, Phase>; heavy: Record<string, Phase> };
   const rows: Row[] = [];
   const modes = ["off", "lease", "block"];
   for (const distance of DISTANCES) {
     await proxy.setOneWayMs(distance);
-    const pingMs = await ping(ports);
-    console.log(`one-way ${distance} ms: no-op call to the coordinator ${pingMs} ms round trip`);
-    const row: Row = { distance, pingMs, light: {}, heavy: {} };
+    const { pingMs, acquireMs } = await ping(ports);
+    console.log(`one-way ${distance} ms: no-op call to the coordinator ${pingMs} ms round trip, an acquire on an idle pool ${acquireMs} ms`);
+    const row: Row = { distance, pingMs, acquireMs, light: {}, heavy: {} };
     for (const mode of modes) row.light[mode] = await phase(ports, mode, spread(LIGHT), PHASE_MS, count, db.countSql);
     for (const mode of modes) row.heavy[mode] = await phase(ports, mode, spread(HEAVY), PHASE_MS, count, db.countSql);
     rows.push(row);
@@ -410,13 +432,14 @@ async function main(): Promise<void> {
     return out;
   });
 
-  const added = (p: Phase, off: Phase) => `+${round1(p.p50 - off.p50)} / +${round1(p.p99 - off.p99)}`;
+  const signed = (x: number) => (x < 0 ? `${round1(x)}` : `+${round1(x)}`);
+  const added = (p: Phase, off: Phase) => `${signed(p.p50 - off.p50)} / ${signed(p.p99 - off.p99)}`;
   const perReq = (p: Phase) => round1(p.calls / Math.max(1, p.requests));
   const out: string[] = [];
   out.push(`${K} Worker processes, coordinator in its own process, LEASE_LIMIT ${LIMIT}, LEASE_BLOCK ${BLOCK}; ${db.limitLabel}.`);
   out.push(`latency: ${LIGHT} clients (below the limit); goodput and peak connections: ${HEAVY} clients; ${PHASE_MS / 1000} s per setup`, "");
   out.push(
-    "| one-way | no-op call | setup | added p50 / p99 ms (vs off) | lease wait p50 / p99 (Workers) | simulator's wait p50 / p99 | calls/request | goodput vs off (heavy) | peak connections / leases held (heavy) | errors |",
+    "| one-way | no-op call / idle acquire | setup | added p50 / p99 ms (vs off) | lease wait p50 / p99 (Workers) | simulator's wait p50 / p99 | calls/request | goodput vs off (heavy) | peak connections / leases held (heavy) | errors |",
   );
   out.push("|---|---|---|---|---|---|---|---|---|---|");
   rows.forEach((r, i) => {
@@ -429,7 +452,7 @@ async function main(): Promise<void> {
       const vsOff = mode === "off" ? `${h.goodput}/s` : `${Math.round((h.goodput / Math.max(1, r.heavy.off!.goodput)) * 100)} % (${h.goodput}/s)`;
       const cells = [
         `${r.distance} ms`,
-        `${r.pingMs} ms`,
+        `${r.pingMs} / ${r.acquireMs} ms`,
         name,
         mode === "off" ? "" : added(l, r.light.off!),
         mode === "off" ? "" : `${pct(lw, 0.5)} / ${pct(lw, 0.99)}`,
@@ -437,7 +460,7 @@ async function main(): Promise<void> {
         `${perReq(l)} (heavy ${perReq(h)})`,
         vsOff,
         mode === "off" ? String(h.peakConnections) : `${h.peakConnections} / ${h.peakHeld}`,
-        String(l.errors + h.errors),
+        l.errors + h.errors === 0 ? "0" : `${l.errors + h.errors} ${JSON.stringify({ ...l.kinds, ...h.kinds })}`,
       ];
       out.push(`| ${cells.join(" | ")} |`);
     }
