@@ -33,6 +33,9 @@ interface Env {
 const APP = "leasegate-topology";
 let calls = 0;
 let requests = 0;
+const releaseFailures: Record<string, number> = {};
+/** After each leased response: [ms to close the connection, ms for the release], cleared by `/calls`. */
+let afterResponse: Array<[number, number]> = [];
 const blocks = new Map<string, IsolateShards>();
 
 /** The coordinator stub with every call counted. */
@@ -87,7 +90,11 @@ export default {
       }
       return Response.json({ times, acquireTimes });
     }
-    if (url.pathname === "/calls") return Response.json({ calls, requests });
+    if (url.pathname === "/calls") {
+      const body = { calls, requests, releaseFailures, afterResponse };
+      afterResponse = [];
+      return Response.json(body);
+    }
     // Leases held at the coordinator now (not counted as the requests' calls).
     if (url.pathname === "/held") return Response.json({ held: (await env.COORDINATOR_DO.getByName("main").stats()).held });
     const mode = url.searchParams.get("mode") ?? "lease";
@@ -112,7 +119,21 @@ export default {
     } finally {
       // As the library's pool does: the slot goes back once the connection is closed.
       const closed = closeConnection(sql);
-      ctx.waitUntil(lease && leases ? closed.then(() => leases.release(lease)).catch(() => {}) : closed);
+      const t1 = Date.now();
+      const released =
+        lease && leases
+          ? closed.then(async () => {
+              const t2 = Date.now();
+              await leases.release(lease);
+              afterResponse.push([t2 - t1, Date.now() - t2]);
+            })
+          : closed;
+      ctx.waitUntil(
+        released.catch((error: { code?: string }) => {
+          const code = error.code ?? "INTERNAL";
+          releaseFailures[code] = (releaseFailures[code] ?? 0) + 1;
+        }),
+      );
     }
   },
 } satisfies ExportedHandler<Env>;

@@ -237,6 +237,9 @@ interface Phase {
   peakConnections: number;
   /** Most leases held at the coordinator at once (sampled). */
   peakHeld: number;
+  /** After each leased response, in the Worker's background: closing the connection, then the release. */
+  closeMs: number[];
+  releaseMs: number[];
 }
 
 const pct = (xs: number[], p: number) => {
@@ -246,14 +249,21 @@ const pct = (xs: number[], p: number) => {
 };
 const round1 = (x: number) => Math.round(x * 10) / 10;
 
-async function callCounts(ports: number[]): Promise<number> {
-  const all = await Promise.all(ports.map(async (p) => ((await (await fetch(`http://127.0.0.1:${p}/calls`)).json()) as { calls: number }).calls));
-  return all.reduce((a, b) => a + b, 0);
+/** Calls to the coordinator so far, and each leased request's close and release times since the last look. */
+async function callCounts(ports: number[]): Promise<{ calls: number; closeMs: number[]; releaseMs: number[] }> {
+  const all = await Promise.all(
+    ports.map(async (p) => (await (await fetch(`http://127.0.0.1:${p}/calls`)).json()) as { calls: number; afterResponse: Array<[number, number]> }),
+  );
+  return {
+    calls: all.reduce((a, b) => a + b.calls, 0),
+    closeMs: all.flatMap((b) => b.afterResponse.map((x) => x[0])),
+    releaseMs: all.flatMap((b) => b.afterResponse.map((x) => x[1])),
+  };
 }
 
 /** Closed-loop clients (`clients[i]` of them on process i) for `ms`, with the role's connections sampled. */
 async function phase(ports: number[], mode: string, clients: number[], ms: number, count: postgres.Sql, countSql: string): Promise<Phase> {
-  const before = await callCounts(ports);
+  const before = (await callCounts(ports)).calls;
   const latencies: number[] = [];
   const waits: number[][] = ports.map(() => []);
   const queries: number[] = [];
@@ -304,7 +314,8 @@ async function phase(ports: number[], mode: string, clients: number[], ms: numbe
   const elapsed = performance.now() - started;
   sampling = false;
   await Promise.all([sampler, heldSampler]);
-  const calls = (await callCounts(ports)) - before;
+  const after = await callCounts(ports);
+  const calls = after.calls - before;
   return {
     ok: latencies.length,
     errors,
@@ -318,6 +329,8 @@ async function phase(ports: number[], mode: string, clients: number[], ms: numbe
     requests: latencies.length + errors,
     peakConnections: peak,
     peakHeld,
+    closeMs: after.closeMs,
+    releaseMs: after.releaseMs,
   };
 }
 
@@ -405,6 +418,14 @@ async function main(): Promise<void> {
     };
   }
 
+  // Releases that failed in the Workers (after the response, in waitUntil): a lease then waits for its TTL.
+  const failures: Record<string, number> = {};
+  for (const p of ports) {
+    const r = (await (await fetch(`http://127.0.0.1:${p}/calls`)).json()) as { releaseFailures: Record<string, number> };
+    for (const [code, n] of Object.entries(r.releaseFailures)) failures[code] = (failures[code] ?? 0) + n;
+  }
+  if (Object.keys(failures).length > 0) console.log(`releases that failed: ${JSON.stringify(failures)}`);
+
   // The simulator with the same settings: K isolates, one object, the measured rate, query time and
   // round trip (half the no-op call's each way); open Poisson arrivals where the bench's clients are a
   // closed loop. Its wait for a lease is compared with the Workers' own (x-lease-wait-ms).
@@ -439,9 +460,9 @@ async function main(): Promise<void> {
   out.push(`${K} Worker processes, coordinator in its own process, LEASE_LIMIT ${LIMIT}, LEASE_BLOCK ${BLOCK}; ${db.limitLabel}.`);
   out.push(`latency: ${LIGHT} clients (below the limit); goodput and peak connections: ${HEAVY} clients; ${PHASE_MS / 1000} s per setup`, "");
   out.push(
-    "| one-way | no-op call / idle acquire | setup | added p50 / p99 ms (vs off) | lease wait p50 / p99 (Workers) | simulator's wait p50 / p99 | calls/request | goodput vs off (heavy) | peak connections / leases held (heavy) | errors |",
+    "| one-way | no-op call / idle acquire | setup | added p50 / p99 ms (vs off) | lease wait p50 / p99 (Workers) | simulator's wait p50 / p99 | calls/request | goodput vs off (heavy) | peak connections / leases held (heavy) | close / release after the response p50 ms (heavy) | errors |",
   );
-  out.push("|---|---|---|---|---|---|---|---|---|---|");
+  out.push("|---|---|---|---|---|---|---|---|---|---|---|");
   rows.forEach((r, i) => {
     for (const mode of modes) {
       const l = r.light[mode]!;
@@ -460,6 +481,7 @@ async function main(): Promise<void> {
         `${perReq(l)} (heavy ${perReq(h)})`,
         vsOff,
         mode === "off" ? String(h.peakConnections) : `${h.peakConnections} / ${h.peakHeld}`,
+        mode === "off" ? "" : `${pct(h.closeMs, 0.5)} / ${pct(h.releaseMs, 0.5)}`,
         l.errors + h.errors === 0 ? "0" : `${l.errors + h.errors} ${JSON.stringify({ ...l.kinds, ...h.kinds })}`,
       ];
       out.push(`| ${cells.join(" | ")} |`);
