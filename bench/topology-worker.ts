@@ -2,7 +2,7 @@
  * A Worker process of `npm run bench:topology`: serves one leased query per request, its
  * coordinator bound by script name from another workerd process (the coordinator's own Worker).
  *
- * The mode is per request (`?mode=`), so one set of processes serves every setup side by side:
+ * The mode is per request (`?mode=`, and the pool `?pool=`, default `main`), so one set of processes serves every setup side by side:
  * - `off`: no coordinator (`COORDINATOR=off`): the query alone.
  * - `lease`: one lease per request from the coordinator (no block).
  * - `block`: the isolate's lease block (`LEASE_BLOCK`), handing finished leases back while
@@ -55,14 +55,14 @@ function counted(stub: DurableObjectStub<ConnectionCoordinator>): Coordinator {
   };
 }
 
-function leasesFor(mode: string, env: Env, ctx: ExecutionContext): LeaseClient {
-  const stub = counted(env.COORDINATOR_DO.getByName("main"));
+function leasesFor(mode: string, pool: string, env: Env, ctx: ExecutionContext): LeaseClient {
+  const stub = counted(env.COORDINATOR_DO.getByName(pool));
   if (mode === "lease") return new Leases(stub);
-  let isolate = blocks.get(mode);
+  let isolate = blocks.get(`${mode}|${pool}`);
   if (!isolate) {
     const limit = Number(env.LEASE_LIMIT);
     isolate = createIsolateShards({ shards: 1, limit, maxBlock: Number(env.LEASE_BLOCK), yieldToQueue: mode === "block" });
-    blocks.set(mode, isolate);
+    blocks.set(`${mode}|${pool}`, isolate);
   }
   return new ShardedLeases({ coordinators: [stub], isolate, waitMs: Number(env.LEASE_WAIT_MS), waitUntil: (p) => ctx.waitUntil(p) });
 }
@@ -96,11 +96,14 @@ export default {
       return Response.json(body);
     }
     // Leases held at the coordinator now (not counted as the requests' calls).
-    if (url.pathname === "/held") return Response.json({ held: (await env.COORDINATOR_DO.getByName("main").stats()).held });
+    const pool = url.searchParams.get("pool") ?? "main";
+    if (url.pathname === "/held") return Response.json({ held: (await env.COORDINATOR_DO.getByName(pool).stats()).held });
+    // A pool's own limit (the operator control), for a check on fewer slots than LEASE_LIMIT.
+    if (url.pathname === "/limit") return Response.json(await env.COORDINATOR_DO.getByName(pool).setLimit(Number(url.searchParams.get("n"))));
     const mode = url.searchParams.get("mode") ?? "lease";
     requests++;
     const t0 = Date.now();
-    const leases = mode === "off" ? undefined : leasesFor(mode, env, ctx);
+    const leases = mode === "off" ? undefined : leasesFor(mode, pool, env, ctx);
     let lease: Awaited<ReturnType<LeaseClient["acquire"]>> | undefined;
     try {
       lease = await leases?.acquire({ waitMs: Number(env.LEASE_WAIT_MS) });

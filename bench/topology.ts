@@ -262,7 +262,15 @@ async function callCounts(ports: number[]): Promise<{ calls: number; closeMs: nu
 }
 
 /** Closed-loop clients (`clients[i]` of them on process i) for `ms`, with the role's connections sampled. */
-async function phase(ports: number[], mode: string, clients: number[], ms: number, count: postgres.Sql, countSql: string): Promise<Phase> {
+/** Where the clients go: `clients[i]` on process i; a pause between a client's requests (ms) makes it sparse. */
+interface Load {
+  clients: number[];
+  pauseMs?: number[];
+  pool?: string;
+}
+
+async function phase(ports: number[], mode: string, load: Load | number[], ms: number, count: postgres.Sql, countSql: string): Promise<Phase> {
+  const { clients, pauseMs = [], pool = "main" } = Array.isArray(load) ? { clients: load } : load;
   const before = (await callCounts(ports)).calls;
   const latencies: number[] = [];
   const waits: number[][] = ports.map(() => []);
@@ -282,14 +290,15 @@ async function phase(ports: number[], mode: string, clients: number[], ms: numbe
   })();
   const heldSampler = (async () => {
     while (sampling && mode !== "off") {
-      const r = (await (await fetch(`http://127.0.0.1:${ports[0]}/held`)).json()) as { held: number };
+      const r = (await (await fetch(`http://127.0.0.1:${ports[0]}/held?pool=${pool}`)).json()) as { held: number };
       peakHeld = Math.max(peakHeld, r.held);
       await sleep(50);
     }
   })();
   const loop = async (i: number) => {
-    const url = `http://127.0.0.1:${ports[i]}/q?mode=${mode}`;
+    const url = `http://127.0.0.1:${ports[i]}/q?mode=${mode}&pool=${pool}`;
     while (performance.now() < end) {
+      if (pauseMs[i]) await sleep(pauseMs[i]!);
       const t0 = performance.now();
       try {
         const r = await fetch(url, { signal: AbortSignal.timeout(30_000) });
@@ -400,11 +409,18 @@ async function main(): Promise<void> {
     rows.push(row);
   }
 
-  // Fairness: one busy process, the others light, the block keeping its leases or handing them back.
+  // Fairness: on a pool of its own with a few slots (the operator's live limit), one busy process
+  // whose block can hold them all, and light processes sending one request at a time with pauses
+  // longer than the block's idle time, so each of their requests needs the coordinator.
   const fairDistance = DISTANCES.includes(10) ? 10 : DISTANCES[DISTANCES.length - 1]!;
   await proxy.setOneWayMs(fairDistance);
-  // The busy process alone asks for more than the limit; each light one for a couple of slots.
-  const uneven = [LIMIT + Math.max(2, Math.round(LIMIT / 3)), ...Array.from({ length: K - 1 }, () => 2)];
+  const FAIR_LIMIT = smoke ? 2 : 6;
+  await fetch(`http://127.0.0.1:${ports[0]}/limit?pool=fair&n=${FAIR_LIMIT}`);
+  const uneven: Load = {
+    pool: "fair",
+    clients: [2 * FAIR_LIMIT, ...Array.from({ length: K - 1 }, () => 1)],
+    pauseMs: [0, ...Array.from({ length: K - 1 }, () => 50)],
+  };
   const fairness: Record<string, { lightWaitP50: number; lightWaitP99: number; busyWaitP99: number; goodput: number; calls: number }> = {};
   for (const mode of ["block-keep", "block"]) {
     const p = await phase(ports, mode, uneven, PHASE_MS * (smoke ? 1 : 2), count, db.countSql);
@@ -487,7 +503,11 @@ async function main(): Promise<void> {
       out.push(`| ${cells.join(" | ")} |`);
     }
   });
-  out.push("", `uneven load at ${fairDistance} ms one-way: ${uneven.join(" + ")} clients (process 0 busy); lease wait ms as the Workers saw it`, "");
+  out.push(
+    "",
+    `uneven load at ${fairDistance} ms one-way on a pool of ${FAIR_LIMIT} slots (LEASE_BLOCK ${BLOCK}): process 0 busy (${uneven.clients[0]} clients), the other ${K - 1} light (one request at a time, 50 ms apart); lease wait ms as the Workers saw it`,
+    "",
+  );
   out.push("| block | light processes' wait p50 / p99 | busy process's wait p99 | goodput | calls/request |");
   out.push("|---|---|---|---|---|");
   for (const [mode, f] of Object.entries(fairness)) {
