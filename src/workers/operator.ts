@@ -5,9 +5,9 @@
  */
 import type { ConnectionCoordinator } from "../../durable-objects/connection-coordinator.ts";
 import { mergeStats } from "../client/sharded-leases.ts";
-import { type ControlResult, type Reconciliation, compareConnections, expected, shardLimits } from "../core/index.ts";
+import { type ConnectionCounts, type ControlResult, type Reconciliation, compareConnections, expected, shardLimits } from "../core/index.ts";
 import { toDatabaseError } from "../db/errors.ts";
-import { closeConnection, connectFromWorker } from "../db/hyperdrive.ts";
+import type { Connection } from "../db/driver.ts";
 import { countConnections } from "../db/reconcile.ts";
 import { type OperatorControls, controlsOf } from "../http/operator.ts";
 
@@ -16,24 +16,26 @@ type Stub = DurableObjectStub<ConnectionCoordinator>;
 /** `application_name` of the reconciliation's own connection (it never counts itself). */
 const OBSERVER_APPLICATION_NAME = "leasegate-reconcile";
 
-/** Where the reconciliation reads `pg_stat_activity`, and the application name it counts. */
+/** How the reconciliation reaches `pg_stat_activity` (the pool's driver), and the application name it counts. */
 export interface ReconcileTarget {
-  connectionString: string;
+  /** Opens one connection outside any lease, named `applicationName`. */
+  connect(applicationName: string): Promise<Connection>;
   applicationName: string;
 }
 
 /**
  * Reads `pg_stat_activity` through one short-lived connection outside any lease (an observer must
- * not wait behind the pool it observes) and hands the counts to `compare`.
+ * not wait behind the pool it observes).
  */
-async function observe(target: ReconcileTarget, compare: (counts: Awaited<ReturnType<typeof countConnections>>) => Promise<Reconciliation>) {
-  const sql = connectFromWorker(target.connectionString, OBSERVER_APPLICATION_NAME);
+async function observe(target: ReconcileTarget): Promise<ConnectionCounts> {
+  let conn: Connection | undefined;
   try {
-    return await compare(await countConnections(sql, target.applicationName));
+    conn = await target.connect(OBSERVER_APPLICATION_NAME);
+    return await countConnections(conn, target.applicationName);
   } catch (error) {
     throw toDatabaseError(error);
   } finally {
-    await closeConnection(sql);
+    await conn?.close();
   }
 }
 
@@ -41,10 +43,10 @@ async function observe(target: ReconcileTarget, compare: (counts: Awaited<Return
  * The controls of one coordinator object.
  *
  * @example
- * const controls = coordinatorControls(stub, { connectionString: env.HYPERDRIVE.connectionString, applicationName: "my-app" });
+ * const controls = coordinatorControls(stub, { connect: (name) => driver.connect({ ...target, applicationName: name }), applicationName: "my-app" });
  */
 export function coordinatorControls(coordinator: Stub, target: ReconcileTarget): OperatorControls {
-  return controlsOf(coordinator, () => observe(target, (counts) => coordinator.reconcile(counts)));
+  return controlsOf(coordinator, () => observe(target));
 }
 
 /** Every shard's control answer as one: paused if any is, limits summed. */
@@ -92,11 +94,11 @@ export function shardedControls(stubs: Stub[], target: ReconcileTarget): Operato
       const results = await Promise.all(stubs.map((s) => s.revoke(id)));
       return results.find((r) => r.ok) ?? results[0]!;
     },
-    reconcile: () =>
-      observe(target, async (counts) => {
-        const merged = mergeStats(await Promise.all(stubs.map((s, index) => s.stats({ index, count }))));
-        last = compareConnections({ held: merged.held, limit: merged.limit }, counts, Date.now());
-        return last;
-      }),
+    reconcile: async () => {
+      const counts = await observe(target);
+      const merged = mergeStats(await Promise.all(stubs.map((s, index) => s.stats({ index, count }))));
+      last = compareConnections({ held: merged.held, limit: merged.limit }, counts, Date.now());
+      return last;
+    },
   };
 }
