@@ -5,7 +5,7 @@
  */
 import postgres, { type Sql } from "postgres";
 import { type LeaseClient, Leases } from "../src/client/leases.ts";
-import { type PoolEnv, configFromEnv } from "../src/core/index.ts";
+import { type PoolEnv, configFromEnv, learnSettingsFromEnv } from "../src/core/index.ts";
 import { type DatabaseEnv, databaseConfig } from "../src/db/config.ts";
 import { openDriver, postgresClient } from "../src/db/connect.ts";
 import { Database } from "../src/db/database.ts";
@@ -54,7 +54,8 @@ export async function localPool(env: LocalPoolEnv): Promise<LocalPool> {
   if (env.COORDINATOR !== "off") {
     // The coordinator's bookkeeping connections are its own, apart from the leased ones.
     control = postgres(connectionString, { max: 2, onnotice: () => {}, connection: { application_name: `${applicationName}-coordinator` } });
-    coordinator = new PostgresCoordinator({ sql: control, pool: name, config: configFromEnv(env) });
+    const learn = learnSettingsFromEnv(env);
+    coordinator = new PostgresCoordinator({ sql: control, pool: name, config: configFromEnv(env), learn: learn && { ...learn, applicationName } });
     await coordinator.ready();
   }
   const leases: LeaseClient | undefined = coordinator && new Leases(coordinator);
@@ -64,7 +65,13 @@ export async function localPool(env: LocalPoolEnv): Promise<LocalPool> {
     leases,
     db,
     // The reconciliation's database errors answer as `LeaseError`s, as every other failure does.
-    operator: coordinator && controlsOf(coordinator, () => coordinator.reconcile(applicationName).catch((e: unknown) => Promise.reject(toDatabaseError(e)))),
+    operator:
+      coordinator &&
+      controlsOf(
+        coordinator,
+        () => coordinator.reconcile(applicationName).catch((e: unknown) => Promise.reject(toDatabaseError(e))),
+        learnSettingsFromEnv(env) ? () => coordinator.learnLimit() : undefined,
+      ),
     sql: (fn, options = {}) =>
       db.run(async ({ beforeRelease }) => {
         const sql = await postgresClient(config);

@@ -77,6 +77,12 @@ export interface PoolEnv {
   /** `on` moves the limit by observed hold times; `off` (default) keeps it fixed. */
   LEASE_ADAPTIVE?: string | undefined;
   LEASE_ADAPTIVE_FLOOR?: string | undefined;
+  /** With `LEASE_LIMIT=auto`: slots kept free below the room the database has. */
+  LEASE_HEADROOM?: string | undefined;
+  /** With `LEASE_LIMIT=auto`: the learned limit never exceeds this. */
+  LEASE_LIMIT_MAX?: string | undefined;
+  /** With `LEASE_LIMIT=auto`: how often the limit is learned again, ms. */
+  LEASE_LEARN_INTERVAL_MS?: string | undefined;
 }
 
 /**
@@ -101,8 +107,9 @@ export function intFromEnv<T extends number | undefined>(name: string, raw: stri
  * configFromEnv({ LEASE_LIMIT: "18" }) // { limit: 18, maxQueue: 1000, waitMs: 5000, leaseTtlMs: 1500 }
  */
 export function configFromEnv(env: PoolEnv): PoolConfig {
+  const auto = isAutoLimit(env);
   const config = {
-    limit: intFromEnv("LEASE_LIMIT", env.LEASE_LIMIT, DEFAULT_CONFIG.limit),
+    limit: auto ? LEARN_DEFAULTS.startLimit : intFromEnv("LEASE_LIMIT", env.LEASE_LIMIT, DEFAULT_CONFIG.limit),
     maxQueue: intFromEnv("LEASE_MAX_QUEUE", env.LEASE_MAX_QUEUE, DEFAULT_CONFIG.maxQueue),
     waitMs: intFromEnv("LEASE_WAIT_MS", env.LEASE_WAIT_MS, DEFAULT_CONFIG.waitMs),
     leaseTtlMs: intFromEnv("LEASE_TTL_MS", env.LEASE_TTL_MS, DEFAULT_CONFIG.leaseTtlMs),
@@ -116,6 +123,7 @@ export function configFromEnv(env: PoolEnv): PoolConfig {
     const fallback = Math.max(1, Math.floor(config.limit / 4));
     config.adaptive = { floor: intFromEnv("LEASE_ADAPTIVE_FLOOR", env.LEASE_ADAPTIVE_FLOOR, fallback) };
   }
+  if (auto) checkAutoCompatible(config);
   try {
     return validateConfig(config);
   } catch (error) {
@@ -132,4 +140,63 @@ export function configFromEnv(env: PoolEnv): PoolConfig {
     const message = (error as Error).message.replace(/`([\w.]+)`/, (_, field: string) => `\`${names[field] ?? field}\``);
     throw new LeaseError("INVALID_CONFIG", message);
   }
+}
+
+// ── LEASE_LIMIT=auto: the limit learned from the database (src/core/room.ts does the arithmetic). ──
+
+/** How a pool with `LEASE_LIMIT=auto` learns its limit. */
+export interface LearnSettings {
+  /** Slots kept free below the room the database has. */
+  readonly headroom: number;
+  /** The learned limit never exceeds this; null: no cap. */
+  readonly limitMax: number | null;
+  /** How often the limit is learned again, ms. */
+  readonly intervalMs: number;
+}
+
+export const LEARN_DEFAULTS = {
+  // Two slots: one for a connection that arrives between two learnings (an admin's psql, a cron
+  // job), one for a lease's connection whose backend is still exiting when the next lease's
+  // connection arrives (Postgres counts a backend until its process is gone).
+  headroom: 2,
+  // Others' connections change at the pace of deploys, cron jobs and admin sessions: ten seconds
+  // sees them soon enough with the headroom covering the gap, and one short query per pool every
+  // ten seconds costs the database nothing.
+  intervalMs: 10_000,
+  // Before the first learning: a limit that cannot overrun any database with room for one
+  // connection. It lasts one query's time (the first learning runs at start, or on the first request).
+  startLimit: 1,
+} as const;
+
+/** `LEASE_LIMIT=auto` (any case, spaces around it ignored). */
+function isAutoLimit(env: PoolEnv): boolean {
+  return env.LEASE_LIMIT?.trim().toLowerCase() === "auto";
+}
+
+/** Fixed slot counts cannot follow a limit that moves: they are refused with `auto`. */
+function checkAutoCompatible(config: { reserved: number | undefined; batchMax: number | undefined; adaptive: PoolConfig["adaptive"] }): void {
+  for (const [name, set] of [
+    ["LEASE_RESERVED", config.reserved !== undefined],
+    ["LEASE_BATCH_MAX", config.batchMax !== undefined],
+    ["LEASE_ADAPTIVE", config.adaptive !== undefined],
+  ] as const) {
+    if (set) throw new LeaseError("INVALID_CONFIG", `\`${name}\` cannot be combined with \`LEASE_LIMIT=auto\` (the learned limit moves; ${name} is fixed)`);
+  }
+}
+
+/**
+ * The learning settings of a pool with `LEASE_LIMIT=auto`, or null for a fixed limit.
+ * `LEASE_HEADROOM` (default 2), `LEASE_LIMIT_MAX` (default none), `LEASE_LEARN_INTERVAL_MS`
+ * (default 10000) are checked either way; a malformed one fails with `INVALID_CONFIG`.
+ *
+ * @example
+ * learnSettingsFromEnv({ LEASE_LIMIT: "auto", LEASE_LIMIT_MAX: "50" }) // { headroom: 2, limitMax: 50, intervalMs: 10000 }
+ */
+export function learnSettingsFromEnv(env: PoolEnv): LearnSettings | null {
+  const settings: LearnSettings = {
+    headroom: checkInt("LEASE_HEADROOM", intFromEnv("LEASE_HEADROOM", env.LEASE_HEADROOM, LEARN_DEFAULTS.headroom), 0, BOUNDS.limit, "INVALID_CONFIG"),
+    limitMax: env.LEASE_LIMIT_MAX?.trim() ? checkInt("LEASE_LIMIT_MAX", intFromEnv("LEASE_LIMIT_MAX", env.LEASE_LIMIT_MAX, 0), 1, BOUNDS.limit, "INVALID_CONFIG") : null,
+    intervalMs: checkInt("LEASE_LEARN_INTERVAL_MS", intFromEnv("LEASE_LEARN_INTERVAL_MS", env.LEASE_LEARN_INTERVAL_MS, LEARN_DEFAULTS.intervalMs), 100, 60 * 60_000, "INVALID_CONFIG"),
+  };
+  return isAutoLimit(env) ? settings : null;
 }

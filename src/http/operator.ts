@@ -32,6 +32,8 @@ export interface OperatorControls {
   revoke(idOrPrefix: string): Promise<RevokeResult>;
   /** Reads `pg_stat_activity` now and compares it with the held leases. */
   reconcile(): Promise<Reconciliation>;
+  /** `LEASE_LIMIT=auto`: learns the limit from the database now; absent for a fixed limit. */
+  learn?: (() => Promise<object>) | undefined;
 }
 
 /** What a coordinator answers to operators: the Durable Object's stub and `PostgresCoordinator` both. */
@@ -49,8 +51,9 @@ export interface OperatorCoordinator {
  * @example
  * const controls = controlsOf(coordinator, () => coordinator.reconcile("my-app"));
  */
-export function controlsOf(coordinator: OperatorCoordinator, reconcile: () => Promise<Reconciliation>): OperatorControls {
+export function controlsOf(coordinator: OperatorCoordinator, reconcile: () => Promise<Reconciliation>, learn?: () => Promise<object>): OperatorControls {
   return {
+    ...(learn && { learn }),
     stats: () => coordinator.operatorStats(),
     pause: () => coordinator.pause(),
     resume: () => coordinator.resume(),
@@ -142,6 +145,10 @@ async function endpoint(request: Request, name: string, o: OperatorHandlerOption
     case "reconcile":
       post();
       return json({ pool, ...(await op.reconcile()) });
+    case "learn":
+      post();
+      if (!op.learn) throw new LeaseError("INVALID_ARGUMENT", "This pool's limit is fixed: set LEASE_LIMIT=auto to learn it from the database");
+      return json({ pool, ...(await op.learn()) });
   }
   throw new HttpError("NOT_FOUND", "No such endpoint");
 }
@@ -149,7 +156,8 @@ async function endpoint(request: Request, name: string, o: OperatorHandlerOption
 /**
  * The operator endpoints under `prefix` (default `/__coordinator`): `GET stats`, `GET metrics`
  * (Prometheus), the dashboard page at the prefix itself, `POST pause`, `resume`, `limit`
- * (`{"limit": n | null}`), `release` (`{"id": "3f2a9c1b"}`), `reconcile` — every one behind the
+ * (`{"limit": n | null}`), `release` (`{"id": "3f2a9c1b"}`), `reconcile`, `learn` (with
+ * `LEASE_LIMIT=auto`: learn the limit from the database now) — every one behind the
  * bearer `token` but the page, which holds no data. Answers `undefined` for paths outside the
  * prefix, so the app's own routes go on.
  *
