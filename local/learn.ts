@@ -26,7 +26,12 @@ export interface LearnRecord {
  * @example
  * const { learned } = await learnOnce(sql, "main", { applicationName: "app", headroom: 2, limitMax: null, intervalMs: 10_000 }, false);
  */
-export async function learnOnce(sql: Sql, pool: string, settings: LearnSettings & { applicationName: string }, force: boolean): Promise<{ changed: boolean; record: LearnRecord }> {
+export async function learnOnce(
+  sql: Sql,
+  pool: string,
+  settings: LearnSettings & { applicationName: string },
+  force: boolean,
+): Promise<{ changed: boolean; record: LearnRecord }> {
   return await sql.begin(async (tx) => {
     if (force) await tx`SELECT pg_advisory_xact_lock(${LEARN_LOCK}, hashtext(${pool}))`;
     else {

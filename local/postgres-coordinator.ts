@@ -198,11 +198,22 @@ export class PostgresCoordinator implements Coordinator {
     }
   }
 
-  /** The learning at start; null when it failed (the start limit applies until the next one). */
+  /**
+   * The learning at start; null when it failed (the start limit applies until the next one). Our
+   * own connections are room taken, also those not open yet: the client's pool is filled first,
+   * and the LISTEN connection that opens next is counted in advance.
+   */
   async #firstLearning(): Promise<LearnedLimit | null> {
     const learn = this.#learn!;
     try {
-      return learnedLimit(await readRoomTerms(this.#sql, learn.applicationName, learn), Date.now());
+      const max = (this.#sql as { options?: { max?: number } }).options?.max ?? 1;
+      await Promise.all(Array.from({ length: max }, () => this.#sql`SELECT 1`));
+      const t = await readRoomTerms(this.#sql, learn.applicationName, learn);
+      const listen = 1;
+      return learnedLimit(
+        { ...t, othersOnServer: t.othersOnServer + listen, othersOfRole: t.othersOfRole + listen, othersInDatabase: t.othersInDatabase + listen },
+        Date.now(),
+      );
     } catch (error) {
       this.#learnFailure = failureOf(error);
       return null;
@@ -425,7 +436,13 @@ export class PostgresCoordinator implements Coordinator {
       learned: record.learned,
       learnFailure: record.learnFailure ?? this.#learnFailure,
     };
-    return { ...stats(state, Date.now()), limitOverride: state.limitOverride, reconciliation, limitSource: limitSource(state.limitOverride, null), ...learning };
+    return {
+      ...stats(state, Date.now()),
+      limitOverride: state.limitOverride,
+      reconciliation,
+      limitSource: limitSource(state.limitOverride, null),
+      ...learning,
+    };
   }
 
   /**

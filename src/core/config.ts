@@ -195,8 +195,16 @@ function checkAutoCompatible(config: { reserved: number | undefined; batchMax: n
 export function learnSettingsFromEnv(env: PoolEnv): LearnSettings | null {
   const settings: LearnSettings = {
     headroom: checkInt("LEASE_HEADROOM", intFromEnv("LEASE_HEADROOM", env.LEASE_HEADROOM, LEARN_DEFAULTS.headroom), 0, BOUNDS.limit, "INVALID_CONFIG"),
-    limitMax: env.LEASE_LIMIT_MAX?.trim() ? checkInt("LEASE_LIMIT_MAX", intFromEnv("LEASE_LIMIT_MAX", env.LEASE_LIMIT_MAX, 0), 1, BOUNDS.limit, "INVALID_CONFIG") : null,
-    intervalMs: checkInt("LEASE_LEARN_INTERVAL_MS", intFromEnv("LEASE_LEARN_INTERVAL_MS", env.LEASE_LEARN_INTERVAL_MS, LEARN_DEFAULTS.intervalMs), 100, 60 * 60_000, "INVALID_CONFIG"),
+    limitMax: env.LEASE_LIMIT_MAX?.trim()
+      ? checkInt("LEASE_LIMIT_MAX", intFromEnv("LEASE_LIMIT_MAX", env.LEASE_LIMIT_MAX, 0), 1, BOUNDS.limit, "INVALID_CONFIG")
+      : null,
+    intervalMs: checkInt(
+      "LEASE_LEARN_INTERVAL_MS",
+      intFromEnv("LEASE_LEARN_INTERVAL_MS", env.LEASE_LEARN_INTERVAL_MS, LEARN_DEFAULTS.intervalMs),
+      100,
+      60 * 60_000,
+      "INVALID_CONFIG",
+    ),
   };
   return isAutoLimit(env) ? settings : null;
 }

@@ -19,7 +19,11 @@ import type { LearnSettings, RoomTerms } from "../core/index.ts";
  * const terms = await readRoomTerms(sql, "my-app", { headroom: 2, limitMax: null });
  * const learned = learnedLimit(terms, Date.now());
  */
-export async function readRoomTerms(sql: Sql | TransactionSql, applicationName: string, settings: Pick<LearnSettings, "headroom" | "limitMax">): Promise<RoomTerms> {
+export async function readRoomTerms(
+  sql: Sql | TransactionSql,
+  applicationName: string,
+  settings: Pick<LearnSettings, "headroom" | "limitMax">,
+): Promise<RoomTerms> {
   const [row] = await sql<
     Array<{
       max_connections: number;

@@ -23,7 +23,11 @@ describe("learnedLimit", () => {
     ["a role's CONNECTION LIMIT 12", { roleLimit: 12 }, { limit: 10, room: 12, bound: "role" }],
     ["4 connections of the role under another name lower it by 4", { roleLimit: 12, othersOfRole: 4, othersOnServer: 4 }, { limit: 6, room: 8, bound: "role" }],
     ["rolconnlimit -1 is no limit", { roleLimit: -1 }, { limit: 95, room: 97, bound: "server" }],
-    ["the database's limit when tighter than the role's", { roleLimit: 30, databaseLimit: 20, othersInDatabase: 5 }, { limit: 13, room: 15, bound: "database" }],
+    [
+      "the database's limit when tighter than the role's",
+      { roleLimit: 30, databaseLimit: 20, othersInDatabase: 5 },
+      { limit: 13, room: 15, bound: "database" },
+    ],
     ["the role's when tighter than the database's", { roleLimit: 10, databaseLimit: 20 }, { limit: 8, room: 10, bound: "role" }],
     ["a tie between role and server names the role", { maxConnections: 15, roleLimit: 12 }, { limit: 10, room: 12, bound: "role" }],
     ["LEASE_LIMIT_MAX caps it (Hyperdrive's origin limit)", { limitMax: 20 }, { limit: 20, room: 97, bound: "limitMax" }],
@@ -58,7 +62,9 @@ describe("learnedLimit", () => {
   ];
   for (const [field, terms] of bad) {
     it(`refuses a bad ${field} with INVALID_ARGUMENT naming it`, () => {
-      expect(() => learnedLimit({ ...base, ...terms } as RoomTerms, 0)).toThrow(expect.objectContaining({ code: "INVALID_ARGUMENT", message: expect.stringContaining(`terms.${field}`) }));
+      expect(() => learnedLimit({ ...base, ...terms } as RoomTerms, 0)).toThrow(
+        expect.objectContaining({ code: "INVALID_ARGUMENT", message: expect.stringContaining(`terms.${field}`) }),
+      );
     });
   }
 });
@@ -97,12 +103,18 @@ describe("LEASE_LIMIT=auto settings", () => {
     [{ LEASE_LIMIT_MAX: "many" }, "LEASE_LIMIT_MAX"],
     [{ LEASE_LEARN_INTERVAL_MS: "10" }, "LEASE_LEARN_INTERVAL_MS"],
   ])("refuses %j with INVALID_CONFIG naming the variable", (env, name) => {
-    expect(() => learnSettingsFromEnv({ LEASE_LIMIT: "auto", ...env })).toThrow(expect.objectContaining({ code: "INVALID_CONFIG", message: expect.stringContaining(name) }));
+    expect(() => learnSettingsFromEnv({ LEASE_LIMIT: "auto", ...env })).toThrow(
+      expect.objectContaining({ code: "INVALID_CONFIG", message: expect.stringContaining(name) }),
+    );
   });
   it.each(["LEASE_RESERVED", "LEASE_BATCH_MAX"])("refuses %s with auto: a fixed slot count cannot follow a moving limit", (name) => {
-    expect(() => configFromEnv({ LEASE_LIMIT: "auto", [name]: "1" })).toThrow(expect.objectContaining({ code: "INVALID_CONFIG", message: expect.stringContaining(name) }));
+    expect(() => configFromEnv({ LEASE_LIMIT: "auto", [name]: "1" })).toThrow(
+      expect.objectContaining({ code: "INVALID_CONFIG", message: expect.stringContaining(name) }),
+    );
   });
   it("refuses LEASE_ADAPTIVE=on with auto", () => {
-    expect(() => configFromEnv({ LEASE_LIMIT: "auto", LEASE_ADAPTIVE: "on" })).toThrow(expect.objectContaining({ code: "INVALID_CONFIG", message: expect.stringContaining("LEASE_ADAPTIVE") }));
+    expect(() => configFromEnv({ LEASE_LIMIT: "auto", LEASE_ADAPTIVE: "on" })).toThrow(
+      expect.objectContaining({ code: "INVALID_CONFIG", message: expect.stringContaining("LEASE_ADAPTIVE") }),
+    );
   });
 });

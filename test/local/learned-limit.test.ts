@@ -8,6 +8,7 @@ import { type LocalPool, localPool } from "../../local/pool.ts";
 import { ensureSchema } from "../../local/schema.ts";
 import type { OperatorStats } from "../../src/core/index.ts";
 import { url } from "./helpers.ts";
+import { loadWithOthers } from "./learned-limit-load.ts";
 
 const ROLE_LIMIT = 12;
 const HEADROOM = 2;
@@ -189,4 +190,28 @@ describe("LEASE_LIMIT=auto with localPool on a role with CONNECTION LIMIT 12", (
     expect(fixed.operator!.learn).toBeUndefined();
     expect((await statsOf(fixed)).limitSource).toBe("configured");
   });
+
+  it("under load, with others coming and going: no request fails with 53300 and the role never holds more than its limit", async () => {
+    const interval = 250;
+    const p = await pool({ LEASE_LEARN_INTERVAL_MS: String(interval), LEASE_WAIT_MS: "10000", SLOW_QUERY_MS: "60000" });
+    const report = await loadWithOthers({
+      pool: p,
+      url: roleUrl,
+      app,
+      admin,
+      scope: { kind: "role", role, limit: ROLE_LIMIT },
+      headroom: HEADROOM,
+      durationMs: 6000,
+      callers: 12,
+      othersMax: 4,
+      stepMs: 300,
+    });
+    console.log(`role CONNECTION LIMIT ${ROLE_LIMIT}, headroom ${HEADROOM}, interval ${interval} ms: ${JSON.stringify(report)}`);
+    expect(report.requests).toBeGreaterThan(100);
+    expect(report.othersOpened).toBeGreaterThan(5);
+    expect(report.failed53300).toBe(0);
+    expect(report.failedOther).toEqual({});
+    expect(report.peak).toBeLessThanOrEqual(ROLE_LIMIT);
+    expect(report.limits.changes).toBeGreaterThan(2);
+  }, 30_000);
 });
