@@ -7,6 +7,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type LocalPool, localPool } from "../../local/pool.ts";
 import { ensureSchema } from "../../local/schema.ts";
 import type { OperatorStats } from "../../src/core/index.ts";
+import parsePrometheusTextFormat from "parse-prometheus-text-format";
+import { operatorHandler } from "../../src/http/operator.ts";
 import { url } from "./helpers.ts";
 import { loadWithOthers } from "./learned-limit-load.ts";
 
@@ -214,4 +216,32 @@ describe("LEASE_LIMIT=auto with localPool on a role with CONNECTION LIMIT 12", (
     expect(report.peak).toBeLessThanOrEqual(ROLE_LIMIT);
     expect(report.limits.changes).toBeGreaterThan(2);
   }, 30_000);
+
+  it("the operator endpoints: POST learn answers the learning; stats and metrics say where the limit comes from and why", async () => {
+    const p = await pool({ LEASE_LEARN_INTERVAL_MS: "3600000" });
+    const handler = operatorHandler({ controls: p.operator, token: "t" });
+    const call = async (path: string, method = "GET") =>
+      (await handler(new Request(`http://x/__coordinator/${path}`, { method, headers: { authorization: "Bearer t" } })))!;
+    const learnt = await call("learn", "POST");
+    expect(learnt.status).toBe(200);
+    const body = (await learnt.json()) as { limit: number; limitSource: string; learned: { bound: string; terms: { roleLimit: number } } };
+    expect(body).toMatchObject({ limitSource: "learned", learned: { bound: "role", terms: { roleLimit: ROLE_LIMIT } } });
+    const stats = (await (await call("stats")).json()) as OperatorStats;
+    expect(stats).toMatchObject({ limit: body.limit, limitSource: "learned", learnFailure: null });
+    const families = new Map(parsePrometheusTextFormat(await (await call("metrics")).text()).map((f) => [f.name, f]));
+    const value = (name: string, labels: Record<string, string> = {}) =>
+      families.get(name)?.metrics.find((m) => Object.entries(labels).every(([k, v]) => (m as { labels?: Record<string, string> }).labels?.[k] === v))?.value;
+    expect(value("leasegate_limit_source", { source: "learned" })).toBe("1");
+    expect(value("leasegate_limit_source", { source: "configured" })).toBe("0");
+    expect(value("leasegate_learned_limit_leases")).toBe(String(body.limit));
+    expect(value("leasegate_learned_room_connections", { scope: "role" })).toBe(String(body.limit + HEADROOM));
+    expect(value("leasegate_learned_others_connections", { scope: "role" })).toBe(String(ROLE_LIMIT - HEADROOM - body.limit));
+    // A fixed pool has nothing to learn: a clear error with a stable code, state unchanged.
+    const fixed = await pool({ LEASE_LIMIT: "5" });
+    const refused = await operatorHandler({ controls: fixed.operator, token: "t" })(
+      new Request("http://x/__coordinator/learn", { method: "POST", headers: { authorization: "Bearer t" } }),
+    );
+    expect(refused!.status).toBe(400);
+    expect(((await refused!.json()) as { error: { code: string } }).error.code).toBe("INVALID_ARGUMENT");
+  });
 });
