@@ -3,75 +3,34 @@
  * with a small `max_connections`: the server's room is the bound, and a load with other clients
  * coming and going never meets `53300`.
  */
-import { execFileSync } from "node:child_process";
-import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type LocalPool, localPool } from "../../local/pool.ts";
 import type { OperatorStats } from "../../src/core/index.ts";
 import { loadWithOthers } from "./learned-limit-load.ts";
+import { type PrivateCluster, privateCluster } from "./learned-limit-pg.ts";
 
 const MAX_CONNECTIONS = 16;
 const SUPERUSER_RESERVED = 3;
 const HEADROOM = 2;
-const root = "/usr/lib/postgresql";
-const bin = join(
-  root,
-  readdirSync(root)
-    .filter((v) => existsSync(join(root, v, "bin", "initdb")))
-    .sort((a, b) => Number(b) - Number(a))[0]!,
-  "bin",
-);
 
-/** A Postgres tool; as root it runs as the postgres user, which Postgres insists on. */
-function pgTool(args: string[]): void {
-  const asRoot = process.getuid?.() === 0;
-  const [cmd, argv] = asRoot ? ["runuser", ["-u", "postgres", "--", join(bin, args[0]!), ...args.slice(1)]] : [join(bin, args[0]!), args.slice(1)];
-  execFileSync(cmd as string, argv as string[], { stdio: ["ignore", "ignore", "inherit"], cwd: tmpdir() });
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
-
-let dir = "";
-let port = 0;
+let pg: PrivateCluster;
 let admin: postgres.Sql;
 let appUrl = "";
 const pools: LocalPool[] = [];
 
 beforeAll(async () => {
-  dir = mkdtempSync(join(tmpdir(), "leasegate-learn-pg-"));
-  if (process.getuid?.() === 0) {
-    const uid = Number(execFileSync("id", ["-u", "postgres"]).toString().trim());
-    const gid = Number(execFileSync("id", ["-g", "postgres"]).toString().trim());
-    chownSync(dir, uid, gid);
-  }
-  port = await freePort();
-  pgTool(["initdb", "-D", dir, "-U", "postgres", "--auth=trust", "--no-sync"]);
-  const options = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=${MAX_CONNECTIONS} -c superuser_reserved_connections=${SUPERUSER_RESERVED}`;
-  pgTool(["pg_ctl", "-D", dir, "-l", join(dir, "log"), "-w", "-o", options, "start"]);
-  admin = postgres(`postgres://postgres@127.0.0.1:${port}/postgres`, { max: 1, onnotice: () => {} });
+  pg = await privateCluster(MAX_CONNECTIONS, SUPERUSER_RESERVED);
+  admin = postgres(pg.url("postgres"), { max: 1, onnotice: () => {} });
   // The application's role is not a superuser: the superuser slots are not its to take.
   await admin.unsafe("CREATE ROLE app LOGIN; GRANT ALL ON SCHEMA public TO app");
-  appUrl = `postgres://app@127.0.0.1:${port}/postgres`;
+  appUrl = pg.url("app");
 }, 60_000);
 
 afterAll(async () => {
   for (const p of pools) await p.close();
   await admin?.end({ timeout: 1 });
-  try {
-    pgTool(["pg_ctl", "-D", dir, "-w", "-m", "immediate", "stop"]);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+  pg?.remove();
 });
 
 describe("LEASE_LIMIT=auto on a private cluster with max_connections 16", () => {
@@ -113,6 +72,8 @@ describe("LEASE_LIMIT=auto on a private cluster with max_connections 16", () => 
     expect(report.failedOther).toEqual({});
     expect(report.othersRefused53300).toBe(0);
     expect(report.peak).toBeLessThanOrEqual(MAX_CONNECTIONS - SUPERUSER_RESERVED);
+    // The server's own count of connections it refused: none.
+    expect(pg.refused()).toBe(0);
     expect(report.limits.changes).toBeGreaterThan(2);
   }, 60_000);
 
@@ -122,12 +83,11 @@ describe("LEASE_LIMIT=auto on a private cluster with max_connections 16", () => 
     const p = await localPool({ DATABASE_URL: appUrl, APPLICATION_NAME: "learn-cluster", LEASE_LIMIT: "auto", LEASE_LEARN_INTERVAL_MS: "3600000" });
     pools.push(p);
     const before = (await p.operator!.stats()) as OperatorStats;
-    pgTool(["pg_ctl", "-D", dir, "-w", "-m", "immediate", "stop"]);
+    pg.stop();
     try {
       await expect(p.operator!.learn!()).rejects.toMatchObject({ code: "DATABASE_UNAVAILABLE" });
     } finally {
-      const options = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=${MAX_CONNECTIONS} -c superuser_reserved_connections=${SUPERUSER_RESERVED}`;
-      pgTool(["pg_ctl", "-D", dir, "-l", join(dir, "log"), "-w", "-o", options, "start"]);
+      pg.start();
     }
     const after = (await p.operator!.stats()) as OperatorStats;
     expect(after.limit).toBe(before.limit);
