@@ -7,7 +7,7 @@ import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type LocalPool, localPool } from "../../local/pool.ts";
 import type { OperatorStats } from "../../src/core/index.ts";
-import { loadWithOthers } from "./learned-limit-load.ts";
+import { leasedQuery, limitOf, loadWithOthers } from "./learned-limit-load.ts";
 import { type PrivateCluster, privateCluster } from "./learned-limit-pg.ts";
 
 const MAX_CONNECTIONS = 16;
@@ -55,9 +55,9 @@ describe("LEASE_LIMIT=auto on a private cluster with max_connections 16", () => 
     expect(s.limit).toBe(MAX_CONNECTIONS - SUPERUSER_RESERVED - 4 - HEADROOM);
 
     const report = await loadWithOthers({
-      pool: p,
+      call: leasedQuery(p, appUrl, "learn-cluster"),
+      limit: limitOf(p),
       url: appUrl,
-      app: "learn-cluster",
       admin,
       scope: { kind: "server", limit: MAX_CONNECTIONS - SUPERUSER_RESERVED },
       headroom: HEADROOM,

@@ -6,12 +6,36 @@ import postgres from "postgres";
 import type { LocalPool } from "../../local/pool.ts";
 import type { OperatorStats } from "../../src/core/index.ts";
 
+/**
+ * One request of the load through a local pool: a lease, a fresh connection named `app`, a short
+ * query, the connection closed before the slot is given back (as the database layer does).
+ *
+ * @example
+ * const call = leasedQuery(pool, url, "my-app");
+ */
+export function leasedQuery(pool: LocalPool, url: string, app: string): () => Promise<void> {
+  return async () => {
+    const lease = await pool.leases!.acquire();
+    try {
+      const sql = postgres(url, { max: 1, onnotice: () => {}, connection: { application_name: app } });
+      try {
+        await sql`SELECT pg_sleep(${0.005 + Math.random() * 0.02})`;
+      } finally {
+        await sql.end({ timeout: 0 });
+      }
+    } finally {
+      await pool.leases!.release(lease);
+    }
+  };
+}
+
 export interface LoadOptions {
-  pool: LocalPool;
-  /** Where the leased connections and the others' connect (a non-superuser role). */
+  /** One request under the learned limit; a failure's `code` is counted. */
+  call: () => Promise<void>;
+  /** The pool's limit now. */
+  limit: () => Promise<number>;
+  /** Where the others connect (a non-superuser role). */
   url: string;
-  /** The application_name of the leased connections. */
-  app: string;
   admin: postgres.Sql;
   /** What is counted: the role's connections against its limit, or every client backend against the server's. */
   scope: { kind: "role"; role: string; limit: number } | { kind: "server"; limit: number };
@@ -46,7 +70,7 @@ const codeOf = (e: unknown) => String((e as { code?: unknown })?.code ?? (e as E
  * Runs the load and answers what happened.
  *
  * @example
- * const report = await loadWithOthers({ pool, url, app, admin, scope: { kind: "role", role, limit: 12 }, … });
+ * const report = await loadWithOthers({ call: leasedQuery(pool, url, app), limit: async () => (await pool.operator!.stats()).limit, … });
  */
 export async function loadWithOthers(o: LoadOptions): Promise<LoadReport> {
   const end = Date.now() + o.durationMs;
@@ -65,18 +89,7 @@ export async function loadWithOthers(o: LoadOptions): Promise<LoadReport> {
   const caller = async () => {
     while (Date.now() < end) {
       try {
-        const lease = await o.pool.leases!.acquire();
-        try {
-          const sql = postgres(o.url, { max: 1, onnotice: () => {}, connection: { application_name: o.app } });
-          try {
-            await sql`SELECT pg_sleep(${0.005 + Math.random() * 0.02})`;
-          } finally {
-            // The connection closes before its slot is given back, as the database layer does.
-            await sql.end({ timeout: 0 });
-          }
-        } finally {
-          await o.pool.leases!.release(lease);
-        }
+        await o.call();
         report.requests++;
       } catch (error) {
         const code = codeOf(error);
@@ -129,7 +142,7 @@ export async function loadWithOthers(o: LoadOptions): Promise<LoadReport> {
   const limits = async () => {
     let previous: number | undefined;
     while (Date.now() < end) {
-      const { limit } = (await o.pool.operator!.stats()) as OperatorStats;
+      const limit = await o.limit();
       report.limits.min = Math.min(report.limits.min, limit);
       report.limits.max = Math.max(report.limits.max, limit);
       if (previous !== undefined && previous !== limit) report.limits.changes++;
@@ -139,4 +152,14 @@ export async function loadWithOthers(o: LoadOptions): Promise<LoadReport> {
   };
   await Promise.all([...Array.from({ length: o.callers }, caller), others(), sampler(), limits()]);
   return report;
+}
+
+/**
+ * The limit of a local pool now, for {@link loadWithOthers}.
+ *
+ * @example
+ * const limit = limitOf(pool);
+ */
+export function limitOf(pool: LocalPool): () => Promise<number> {
+  return async () => ((await pool.operator!.stats()) as OperatorStats).limit;
 }

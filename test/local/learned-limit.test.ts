@@ -10,7 +10,7 @@ import type { OperatorStats } from "../../src/core/index.ts";
 import parsePrometheusTextFormat from "parse-prometheus-text-format";
 import { operatorHandler } from "../../src/http/operator.ts";
 import { url } from "./helpers.ts";
-import { loadWithOthers } from "./learned-limit-load.ts";
+import { leasedQuery, limitOf, loadWithOthers } from "./learned-limit-load.ts";
 
 const ROLE_LIMIT = 12;
 const HEADROOM = 2;
@@ -197,9 +197,9 @@ describe("LEASE_LIMIT=auto with localPool on a role with CONNECTION LIMIT 12", (
     const interval = 250;
     const p = await pool({ LEASE_LEARN_INTERVAL_MS: String(interval), LEASE_WAIT_MS: "10000", SLOW_QUERY_MS: "60000" });
     const report = await loadWithOthers({
-      pool: p,
+      call: leasedQuery(p, roleUrl, app),
+      limit: limitOf(p),
       url: roleUrl,
-      app,
       admin,
       scope: { kind: "role", role, limit: ROLE_LIMIT },
       headroom: HEADROOM,
