@@ -1,7 +1,7 @@
 import type { ConnectionCoordinator } from "../../durable-objects/connection-coordinator.ts";
 import { Leases } from "../client/leases.ts";
 import { type IsolateShards, ShardedLeases, createIsolateShards, shardName } from "../client/sharded-leases.ts";
-import { type PoolEnv, configFromEnv, intFromEnv } from "../core/index.ts";
+import { LeaseError, type PoolEnv, configFromEnv, intFromEnv, learnSettingsFromEnv } from "../core/index.ts";
 import { CircuitBreaker } from "../db/circuit-breaker.ts";
 import { type DatabaseConfig, type DatabaseEnv, databaseConfig } from "../db/config.ts";
 import { openDriver } from "../db/connect.ts";
@@ -9,6 +9,7 @@ import { Database } from "../db/database.ts";
 import { closeConnection, connectFromWorker } from "../db/hyperdrive.ts";
 import { SafeMode } from "../db/safe-mode.ts";
 import type { LeasedPool } from "../db/pool.ts";
+import { learnNow, learnWhenStale } from "./learn.ts";
 import { type ReconcileTarget, coordinatorControls, shardedControls } from "./operator.ts";
 
 /** The bindings and variables a Worker's pool is wired from. */
@@ -62,10 +63,20 @@ function coordinatorStub(env: WorkerPoolEnv, name: string): DurableObjectStub<Co
 function coordination(env: WorkerPoolEnv, pool: string, waitUntil: (p: Promise<unknown>) => void, target: ReconcileTarget) {
   if (env.COORDINATOR === "off") return { leases: undefined, operator: undefined };
   const sharded = shardStateFor(env, pool);
+  const learn = learnSettingsFromEnv(env);
   if (!sharded) {
     const stub = coordinatorStub(env, pool);
-    return { leases: new Leases(stub), operator: coordinatorControls(stub, target) };
+    const controls = coordinatorControls(stub, target);
+    if (!learn) return { leases: new Leases(stub), operator: controls };
+    // LEASE_LIMIT=auto: a stale learning is redone in waitUntil, never on this request's lease.
+    learnWhenStale(stub, target, learn, pool, waitUntil);
+    return { leases: new Leases(stub), operator: { ...controls, learn: () => learnNow(stub, target, learn) } };
   }
+  if (learn)
+    throw new LeaseError(
+      "INVALID_CONFIG",
+      "`LEASE_LIMIT=auto` cannot be combined with `LEASE_SHARDS` or `LEASE_BLOCK` (one coordinator object learns the limit)",
+    );
   const stubFor = (i: number) => coordinatorStub(env, shardName(pool, i, sharded.count));
   const stubs = Array.from({ length: sharded.count }, (_, i) => stubFor(i));
   const waitMs = configFromEnv(env).waitMs;

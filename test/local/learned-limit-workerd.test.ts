@@ -140,6 +140,13 @@ describe("LEASE_LIMIT=auto in workerd (wrangler dev), max_connections 16", () =>
     expect(answer.limit).toBe(MAX_CONNECTIONS - SUPERUSER_RESERVED - answer.learned.terms.othersOnServer - HEADROOM);
     for (const sql of others) await sql.end({ timeout: 0 });
 
+    // The cron (wrangler dev runs the scheduled handler on this path) learns, then reconciles.
+    const before = (await stats()).learned!.learnedAt;
+    expect((await fetch(`${base}/cdn-cgi/local/scheduled`)).status).toBe(200);
+    const afterCron = await stats();
+    expect(afterCron.learned!.learnedAt).toBeGreaterThan(before);
+    expect(afterCron.reconciliation).not.toBeNull();
+
     const statuses = new Map<number, number>();
     const report = await loadWithOthers({
       call: async () => {

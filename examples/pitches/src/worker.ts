@@ -44,9 +44,12 @@ export default {
     response.headers.set("Server-Timing", parts.join(", "));
     return response;
   },
-  // Periodic reconciliation (the cron in wrangler.toml); on demand: POST /__coordinator/reconcile.
-  // Awaited, so a failed run (database down) shows as a failed cron invocation.
+  // Periodic reconciliation (the cron in wrangler.toml), and with LEASE_LIMIT=auto a learning of
+  // the limit; on demand: POST /__coordinator/reconcile, /__coordinator/learn. Awaited, so a failed
+  // run (database down) shows as a failed cron invocation.
   async scheduled(_controller, env, ctx): Promise<void> {
-    await workerPool(env, ctx).operator?.reconcile();
+    const operator = workerPool(env, ctx).operator;
+    await operator?.learn?.();
+    await operator?.reconcile();
   },
 } satisfies ExportedHandler<Env>;
