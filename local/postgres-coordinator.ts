@@ -431,17 +431,13 @@ export class PostgresCoordinator implements Coordinator {
    */
   async operatorStats(): Promise<OperatorStats> {
     const [{ state, reconciliation }, record] = await Promise.all([this.#read(), this.#learn ? readRecord(this.#sql, this.pool) : null]);
-    const learning = record && {
-      limitSource: limitSource(state.limitOverride, record.learned),
-      learned: record.learned,
-      learnFailure: record.learnFailure ?? this.#learnFailure,
-    };
     return {
       ...stats(state, Date.now()),
       limitOverride: state.limitOverride,
       reconciliation,
-      limitSource: limitSource(state.limitOverride, null),
-      ...learning,
+      limitSource: limitSource(state.limitOverride, record?.learned ?? null),
+      learned: record?.learned ?? null,
+      learnFailure: record ? (record.learnFailure ?? this.#learnFailure) : null,
     };
   }
 
