@@ -40,7 +40,7 @@ import {
   tick,
 } from "../src/core/index.ts";
 import { type Step, type StepFn, GroupCommit, WakeTimer, Waiters, failureOf, guarded, settlementsOf, steps } from "../src/engine/index.ts";
-import type { LearnAnswer, LearningCoordinator } from "../src/workers/learn.ts";
+import type { LearnAnswer } from "../src/workers/learn.ts";
 import { CoordinatorStore } from "./storage.ts";
 
 /** The variables the coordinator reads; the same names as everywhere else in leasegate. */

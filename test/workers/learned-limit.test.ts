@@ -65,5 +65,4 @@ describe("a coordinator object with a fixed LEASE_LIMIT", () => {
     expect(body.error.code).toBe("INVALID_CONFIG");
     expect(body.error.message).toContain("LEASE_SHARDS");
   });
-
 });
