@@ -215,7 +215,7 @@ export class PostgresCoordinator implements Coordinator {
         Date.now(),
       );
     } catch (error) {
-      this.#learnFailure = failureOf(error);
+      this.#learnFailure = learnFailureOf(error);
       return null;
     }
   }
@@ -234,7 +234,7 @@ export class PostgresCoordinator implements Coordinator {
       if (changed) await this.#transitions.run((state, now) => ({ answer: null, effects: tick(state, now) }));
       return record.learned;
     } catch (error) {
-      const failure = failureOf(error);
+      const failure = learnFailureOf(error);
       this.#learnFailure = failure;
       await noteLearnFailure(this.#sql, this.pool, failure).catch(() => {});
       throw isLeaseError(error) ? error : toDatabaseError(error);
@@ -501,7 +501,7 @@ export class PostgresCoordinator implements Coordinator {
 }
 
 /** A learning's failure as operators see it: when, the error's code and message. */
-function failureOf(error: unknown): LearnFailure {
+function learnFailureOf(error: unknown): LearnFailure {
   const e = isLeaseError(error) ? error : toDatabaseError(error);
   return { at: Date.now(), code: e.code, message: e.message };
 }
