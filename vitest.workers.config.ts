@@ -9,6 +9,8 @@ export default defineConfig({
   test: {
     include: ["test/workers/**/*.test.ts"],
     testTimeout: 20_000,
+    // A TCP server that accepts and never answers, for connect timeouts (`inject("silentPort")`).
+    globalSetup: ["test/workers/silent-server.ts"],
   },
   plugins: [
     cloudflareTest({

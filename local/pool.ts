@@ -5,12 +5,11 @@
  */
 import postgres, { type Sql } from "postgres";
 import { type LeaseClient, Leases } from "../src/client/leases.ts";
-import { type PoolEnv, configFromEnv, learnSettingsFromEnv } from "../src/core/index.ts";
-import { type DatabaseEnv, databaseConfig } from "../src/db/config.ts";
+import { type SettingsEnv, settingsFromEnv } from "../src/db/config.ts";
 import { openDriver, postgresClient } from "../src/db/connect.ts";
 import { Database } from "../src/db/database.ts";
 import { toDatabaseError } from "../src/db/errors.ts";
-import type { LeasedPool } from "../src/db/pool.ts";
+import { type LeasedPool, leasedSql } from "../src/db/pool.ts";
 import { controlsOf } from "../src/http/operator.ts";
 import { PostgresCoordinator } from "./postgres-coordinator.ts";
 
@@ -22,13 +21,8 @@ import { PostgresCoordinator } from "./postgres-coordinator.ts";
  */
 export const DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/postgres";
 
-/** The variables a local pool reads: the same names as a Worker's. */
-export interface LocalPoolEnv extends PoolEnv, Omit<DatabaseEnv, "HYPERDRIVE"> {
-  /** `off` bypasses leasing: for side-by-side comparisons only. */
-  COORDINATOR?: string | undefined;
-  /** Pool name: every process using the same name and database shares one limit and one queue. */
-  LEASE_POOL?: string | undefined;
-}
+/** The variables a local pool reads: the same names as a Worker's (`HYPERDRIVE` aside). */
+export interface LocalPoolEnv extends Omit<SettingsEnv, "HYPERDRIVE"> {}
 
 /** A local pool; `close()` withdraws this process's waiters and ends the coordinator's connections. */
 export interface LocalPool extends LeasedPool {
@@ -46,19 +40,20 @@ export interface LocalPool extends LeasedPool {
  * await pool.close();
  */
 export async function localPool(env: LocalPoolEnv): Promise<LocalPool> {
-  const name = env.LEASE_POOL || "main";
-  const config = databaseConfig({ ...env, DATABASE_URL: env.DATABASE_URL || DEFAULT_DATABASE_URL });
+  const settings = settingsFromEnv(env.DATABASE_URL ? env : { ...env, DATABASE_URL: DEFAULT_DATABASE_URL });
+  const { name } = settings.pool;
+  const config = settings.database;
   const { applicationName, connectionString } = config;
   let coordinator: PostgresCoordinator | undefined;
   let control: Sql | undefined;
-  if (env.COORDINATOR !== "off") {
+  if (settings.pool.coordinator) {
     // The coordinator's bookkeeping connections are its own, apart from the leased ones.
     control = postgres(connectionString, { max: 2, onnotice: () => {}, connection: { application_name: `${applicationName}-coordinator` } });
-    const learn = learnSettingsFromEnv(env);
-    coordinator = new PostgresCoordinator({ sql: control, pool: name, config: configFromEnv(env), learn: learn && { ...learn, applicationName } });
+    const learn = settings.pool.learn;
+    coordinator = new PostgresCoordinator({ sql: control, pool: name, config: settings.pool.config, learn: learn && { ...learn, applicationName } });
     await coordinator.ready();
   }
-  const leases: LeaseClient | undefined = coordinator && new Leases(coordinator);
+  const leases: LeaseClient | undefined = coordinator && new Leases(coordinator, { pool: name });
   const db = new Database({ name, driver: openDriver(config), leases, config });
   return {
     name,
@@ -70,14 +65,13 @@ export async function localPool(env: LocalPoolEnv): Promise<LocalPool> {
       controlsOf(
         coordinator,
         () => coordinator.reconcile(applicationName).catch((e: unknown) => Promise.reject(toDatabaseError(e))),
-        learnSettingsFromEnv(env) ? () => coordinator.learnLimit() : undefined,
+        settings.pool.learn ? () => coordinator.learnLimit() : undefined,
       ),
-    sql: (fn, options = {}) =>
-      db.run(async ({ beforeRelease }) => {
-        const sql = await postgresClient(config);
-        beforeRelease(() => sql.end({ timeout: 0 }).catch(() => {}));
-        return db.timed(options.holder ?? "sql", () => fn(sql), options.holder);
-      }, options),
+    sql: leasedSql(
+      db,
+      () => postgresClient(config),
+      (sql) => sql.end({ timeout: 0 }),
+    ),
     close: async () => {
       await coordinator?.close();
       await control?.end({ timeout: 1 });

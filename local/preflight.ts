@@ -8,9 +8,8 @@
  * and exits.
  */
 import postgres from "postgres";
-import { createIsolateShards } from "../src/client/sharded-leases.ts";
-import { checkInt, configFromEnv, intFromEnv, isLeaseError } from "../src/core/index.ts";
-import { databaseConfig, parseConnectionString } from "../src/db/config.ts";
+import { intFromEnv, isLeaseError } from "../src/core/index.ts";
+import { parseConnectionString, settingsFromEnv } from "../src/db/config.ts";
 import { redact } from "../src/db/safe-error.ts";
 
 /**
@@ -46,7 +45,7 @@ export interface PreflightOptions {
   variable?: string | undefined;
   /** Said after any database failure: where else the start could get a database. */
   hint?: string | undefined;
-  /** Also check the Worker-only settings (`LEASE_SHARDS`, `LEASE_BLOCK`, `LEASE_BLOCK_IDLE_MS`). */
+  /** Worker-only settings (`LEASE_SHARDS`, `LEASE_BLOCK`, `LEASE_BLOCK_IDLE_MS`) are checked always now (one parse for every path); kept for callers. */
   worker?: boolean | undefined;
   /** How long the database may take to answer, ms. Default `DB_CONNECT_TIMEOUT_MS` when set, else {@link PREFLIGHT_CONNECT_TIMEOUT_MS}. */
   timeoutMs?: number | undefined;
@@ -80,27 +79,19 @@ function settingFailure(error: unknown, fallback: string, hints: Array<string | 
 const EMBEDDED_PLACEHOLDER = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /**
- * Validates the settings with the same functions the servers use (pool, database layer, and with
- * `worker` the Worker's sharding), so a value the server would refuse is refused here first, by name.
+ * Validates the settings with the function every server uses (`settingsFromEnv`: LEASE_*, sharding,
+ * the database layer), so a value the server would refuse is refused here first, by name.
  * Returns null when all are valid.
  *
  * @example
  * checkSettings({ LEASE_LIMIT: "abc" })?.line
- * // 'leasegate: LEASE_LIMIT: expected a whole number, got `"abc"` (string) (INVALID_CONFIG)'
+ * // 'leasegate: LEASE_LIMIT: expected an integer from 1 to 10000, got `"abc"` (string) (INVALID_CONFIG)'
  */
 export function checkSettings(env: Env, options: Pick<PreflightOptions, "url" | "worker"> = {}): PreflightFailure | null {
   try {
-    checkInt("PORT", intFromEnv("PORT", env.PORT, 8787), 0, 65_535, "INVALID_CONFIG");
-    const pool = configFromEnv(env);
-    databaseConfig({ ...env, HYPERDRIVE: undefined, DATABASE_URL: options.url ?? EMBEDDED_PLACEHOLDER });
-    if (options.worker) {
-      createIsolateShards({
-        limit: pool.limit,
-        shards: intFromEnv("LEASE_SHARDS", env.LEASE_SHARDS, 1),
-        maxBlock: intFromEnv("LEASE_BLOCK", env.LEASE_BLOCK, 0),
-        idleMs: intFromEnv("LEASE_BLOCK_IDLE_MS", env.LEASE_BLOCK_IDLE_MS, 20),
-      });
-    }
+    intFromEnv("PORT", env.PORT, 8787, 0, 65_535);
+    // The one parse every path uses: LEASE_* (sharding and the lease block too) and the database's.
+    settingsFromEnv({ ...env, HYPERDRIVE: undefined, DATABASE_URL: options.url ?? EMBEDDED_PLACEHOLDER });
     return null;
   } catch (error) {
     return settingFailure(error, "DATABASE_URL");

@@ -7,9 +7,9 @@
  */
 import type { Context, Env, MiddlewareHandler } from "hono";
 import { createMiddleware } from "hono/factory";
-import { type Heartbeat, heartbeat } from "./client/heartbeat.ts";
+import { holdLease, leaseFrame, runInFrame } from "./client/hold.ts";
 import type { LeaseClient } from "./client/leases.ts";
-import { type ErrorCode, LeaseError, expected, isLeaseError } from "./core/index.ts";
+import { type ErrorCode, BOUNDS, LeaseError, checkInt, expected, isLeaseError } from "./core/index.ts";
 import { closePgClient } from "./db/drivers/node-postgres.ts";
 import { toDatabaseError } from "./db/errors.ts";
 import { errorResponse } from "./http/respond.ts";
@@ -78,46 +78,52 @@ export function leased<C, E extends Env = any>(options: LeasedOptions<E, C>): Mi
   check(options);
   const { leases, connect, close = defaultClose, waitMs, ttlMs, holder } = options;
   return createMiddleware<LeasedEnv<E, C>>(async (c, next) => {
+    const ctx = c as unknown as Context<E>;
+    const waitUntil = executionWaitUntil(c);
+    // The handler runs in this frame: once its lease is taken, a second one of the same pool
+    // (`pool.db.query` inside the handler, say) fails fast with NESTED_LEASE instead of waiting on itself.
+    const frame = leaseFrame();
     let opened: Promise<C> | undefined;
-    let held: Held<C> | undefined;
+    let held: Promise<void> | undefined;
     let ended = false;
+    let end: () => void = () => {};
+    const over = new Promise<void>((resolve) => (end = resolve));
     c.set("client", () => {
       if (ended) return Promise.reject(new LeaseError("INVALID_ARGUMENT", "`c.var.client()` was called after its request ended: the lease is gone"));
-      opened ??= (async () => {
-        const pool = typeof leases === "function" ? leases(c as unknown as Context<E>) : leases;
-        const lease = await pool.acquire({ holder: holder ? holder(c as unknown as Context<E>) : `${c.req.method} ${c.req.path}`, waitMs, ttlMs });
-        // Renewed while the request runs: a request cancelled mid-work stops beating, and its slot
-        // comes back within one lease lifetime.
-        held = { beat: heartbeat(pool, lease), leases: pool };
-        try {
-          const client = await connect(c as unknown as Context<E>);
-          held.client = client;
-          await open(client);
-          return client;
-        } catch (error) {
-          throw toDatabaseError(error);
-        }
-      })();
+      opened ??= new Promise<C>((resolve, reject) => {
+        const client = typeof leases === "function" ? leases(ctx) : leases;
+        // The lease is held until the request ends; the lifecycle closes the client, then releases.
+        held = holdLease(
+          client,
+          async ({ beforeRelease }) => {
+            try {
+              const opening = await connect(ctx);
+              beforeRelease(() => close(opening));
+              await open(opening);
+              resolve(opening);
+            } catch (error) {
+              throw toDatabaseError(error);
+            }
+            await over;
+          },
+          { holder: holder ? holder(ctx) : `${c.req.method} ${c.req.path}`, waitMs, ttlMs, waitUntil, frame },
+        );
+        held.catch(reject);
+      });
       // A handler that started opening without awaiting must not turn a refusal into an
       // unhandled rejection; callers that await still get it.
       opened.catch(() => {});
       return opened;
     });
     try {
-      await next();
+      await runInFrame(frame, next);
     } finally {
       ended = true;
-      if (opened) {
-        // An acquire or connect still under way (the handler did not await it) is waited for:
-        // whatever it ends up holding is closed and released, never left to the lease's TTL.
-        const done = opened.then(
-          () => finish(held!, close),
-          () => (held ? finish(held, close) : undefined),
-        );
-        const waitUntil = executionWaitUntil(c);
-        if (waitUntil) waitUntil(done);
-        else await done;
-      }
+      end();
+      // An acquire or connect still under way (the handler did not await it) runs to its end:
+      // whatever it ends up holding is closed and released, never left to the lease's TTL.
+      // With `waitUntil` the lifecycle registered that already; elsewhere it is awaited here.
+      if (held && !waitUntil) await held.catch(() => {});
     }
     // Hono has caught a handler's error already (`c.error`, answered by onError): overload answers 503.
     const answer = overloaded(c.error);
@@ -139,11 +145,8 @@ function check(options: unknown): void {
   if (o.close !== undefined && typeof o.close !== "function") throw new LeaseError("INVALID_ARGUMENT", expected("close", "a function", o.close));
   if (o.holder !== undefined && typeof o.holder !== "function")
     throw new LeaseError("INVALID_ARGUMENT", expected("holder", "a function of the context", o.holder));
-  for (const name of ["waitMs", "ttlMs"] as const) {
-    const v = o[name];
-    if (v !== undefined && !(Number.isInteger(v) && v >= 0 && v <= 3_600_000))
-      throw new LeaseError("INVALID_ARGUMENT", expected(name, "an integer of milliseconds from 0 to 3600000", v));
-  }
+  if (o.waitMs !== undefined) checkInt("waitMs", o.waitMs, 0, BOUNDS.waitMs);
+  if (o.ttlMs !== undefined) checkInt("ttlMs", o.ttlMs, 1, BOUNDS.leaseTtlMs);
 }
 
 // A pg Client connects explicitly; postgres.js (a function with `unsafe`) connects on its first query.
@@ -172,30 +175,6 @@ async function defaultClose(client: unknown): Promise<void> {
     return;
   }
   if (typeof pg.end === "function") await (pg.end as () => Promise<unknown>).call(client);
-}
-
-// The connection first, then the slot: the database never counts more connections than leases.
-/** A request's lease (kept alive by its heartbeat), the client that holds it, and the client's connection. */
-interface Held<C> {
-  beat: Heartbeat;
-  leases: LeaseClient;
-  client?: C;
-}
-
-async function finish<C>(held: Held<C>, close: (client: C) => Promise<unknown> | unknown): Promise<void> {
-  held.beat.stop();
-  if (held.client !== undefined) {
-    try {
-      await close(held.client);
-    } catch {
-      // The connection is gone either way; the slot must still come back.
-    }
-  }
-  try {
-    await held.leases.release(held.beat.lease);
-  } catch {
-    // Expired or reaped: the coordinator took the slot back itself.
-  }
 }
 
 function executionWaitUntil(c: Context): ((promise: Promise<unknown>) => void) | undefined {

@@ -17,7 +17,9 @@ import {
   isLeaseError,
 } from "../core/index.ts";
 import { Coalescer } from "./coalesce.ts";
-import { heartbeat, leaseLost } from "./heartbeat.ts";
+import { type ClientAcquireOptions, type HoldingClient, type LeaseScope, type WaitUntil, holdLease } from "./hold.ts";
+
+export type { ClientAcquireOptions, LeaseScope, WaitUntil } from "./hold.ts";
 
 /**
  * What a coordinator answers: the Durable Object stub and the local Postgres coordinator both
@@ -44,26 +46,8 @@ export interface Coordinator {
  * What application code and the database layer use: `Leases` (one coordinator) and
  * `ShardedLeases` (a pool split across coordinator objects) both implement it.
  */
-export interface LeaseClient {
-  acquire(options?: ClientAcquireOptions): Promise<LeaseGrant>;
-  release(lease: LeaseGrant): Promise<void>;
-  renew(lease: LeaseGrant, ttlMs?: number): Promise<LeaseGrant>;
+export interface LeaseClient extends HoldingClient {
   stats(): Promise<PoolStats>;
-}
-
-/** Registers background work that must finish even after the response is sent (`ctx.waitUntil`). */
-export type WaitUntil = (promise: Promise<unknown>) => void;
-
-/** An acquire as application code makes it: the coordinator's options plus a way to give up. */
-export interface ClientAcquireOptions extends AcquireOptions {
-  /**
-   * Gives up the wait when aborted (Workers: `request.signal`; Node: a closed request's signal,
-   * `AbortSignal.timeout(ms)`): the call rejects with `signal.reason` at once, the local adapter
-   * withdraws the waiter at once, and a slot granted after the abort is released as soon as it
-   * arrives. A caller whose request is cancelled outright runs no code at all: the short lease TTL
-   * and the heartbeat bound that case, not this.
-   */
-  signal?: AbortSignal | undefined;
 }
 
 export interface WithLeaseOptions extends ClientAcquireOptions {
@@ -81,18 +65,6 @@ export interface WithLeaseOptions extends ClientAcquireOptions {
    * one lifetime of its last beat.
    */
   heartbeatMs?: number | undefined;
-}
-
-/** Cleanups registered while a lease is held; they run, in order, before the slot is given back. */
-export interface LeaseScope {
-  readonly lease: LeaseGrant;
-  /** Runs `cleanup` before the release, e.g. closing the connection the lease pays for. */
-  beforeRelease(cleanup: () => Promise<unknown> | unknown): void;
-  /**
-   * Aborted when the heartbeat learns the lease is gone (it expired while the coordinator was
-   * unreachable, or an operator revoked it): stop using the connection, the slot is someone else's.
-   */
-  readonly signal: AbortSignal;
 }
 
 function toError(failure: Failure): LeaseError {
@@ -136,6 +108,16 @@ export interface LeasesOptions {
    * claimed: the common uncontended request makes no extra call.
    */
   claimMs?: number | undefined;
+  /**
+   * The pool's name (one limit, one queue): work holding a lease of this pool that asks for
+   * another of it fails at once with `NESTED_LEASE`. Unnamed clients count as any pool.
+   */
+  pool?: string | undefined;
+  /**
+   * Keeps background releases alive (Workers: `ctx.waitUntil`): a slot granted after its caller
+   * gave up (`signal`) is released as soon as it arrives.
+   */
+  waitUntil?: WaitUntil | undefined;
 }
 
 /** See `LeasesOptions.claimMs`. */
@@ -150,7 +132,9 @@ export const DEFAULT_CLAIM_MS = 500;
  * const rows = await leases.withLease(() => sql`select 1`, { waitUntil: ctx.waitUntil.bind(ctx) });
  */
 export class Leases implements LeaseClient {
+  readonly pool: string | undefined;
   readonly #coordinator: Coordinator;
+  readonly #waitUntil: WaitUntil | undefined;
   readonly #holder: string;
   readonly #claimMs: number | undefined;
   #acquires: Coalescer<AcquireOptions, AcquireResult | null> | undefined;
@@ -159,8 +143,9 @@ export class Leases implements LeaseClient {
   constructor(coordinator: Coordinator, options: LeasesOptions = {}) {
     this.#coordinator = coordinator;
     this.#holder = options.holder ?? "";
-    const claimMs = options.claimMs ?? DEFAULT_CLAIM_MS;
-    this.#claimMs = claimMs === 0 ? undefined : checkInt("claimMs", claimMs, 0, BOUNDS.leaseTtlMs);
+    this.pool = options.pool;
+    this.#waitUntil = options.waitUntil;
+    this.#claimMs = claimWindow(options.claimMs);
     const { acquireMany, releaseMany } = coordinator;
     if (options.coalesce === false || typeof acquireMany !== "function" || typeof releaseMany !== "function") return;
     // Every property of a Durable Object stub is a function: whether the object really has the
@@ -201,26 +186,18 @@ export class Leases implements LeaseClient {
   async acquire(options: ClientAcquireOptions = {}): Promise<LeaseGrant> {
     const signal = options.signal;
     signal?.throwIfAborted();
-    const request: AcquireOptions = {
-      holder: options.holder ?? this.#holder,
-      waitMs: options.waitMs,
-      ttlMs: options.ttlMs,
-      priority: options.priority,
-      tenant: options.tenant,
-    };
-    if (this.#claimMs !== undefined) request.claimMs = this.#claimMs;
-    const result = signal ? await this.#abortable(request, signal) : await this.#send(request);
+    const request = coordinatorRequest(options, this.#holder, this.#claimMs);
+    const result = signal
+      ? await untilAborted(this.#send(request, signal), signal, (late) => late.ok && this.#giveBack(late.lease))
+      : await this.#send(request);
     if (!result.ok) throw toError(result);
-    const lease = result.lease;
-    // A grant from the queue lives exactly `claimMs` (the core caps it by the TTL: a lease whose TTL
-    // is shorter lives its TTL either way and needs no claim): claim it before anyone uses it.
-    if (this.#claimMs === undefined || lease.expiresAt - lease.grantedAt !== this.#claimMs) return lease;
-    try {
-      return await this.renew(lease, options.ttlMs);
-    } catch (error) {
-      if (!isLeaseError(error) || error.code === "COORDINATOR_UNAVAILABLE") throw error;
-      throw new LeaseError("ACQUIRE_TIMEOUT", `A slot was granted but could not be claimed within ${this.#claimMs} ms`, { retryAfterMs: 0, cause: error });
-    }
+    return await claim(result.lease, this.#claimMs, (lease) => this.renew(lease, options.ttlMs));
+  }
+
+  /** Releases a lease nobody will use, in the background. */
+  #giveBack(lease: LeaseGrant): void {
+    const done = this.release(lease).catch(() => {});
+    this.#waitUntil?.(done);
   }
 
   async #send(request: AcquireOptions, signal?: AbortSignal): Promise<AcquireResult> {
@@ -229,30 +206,6 @@ export class Leases implements LeaseClient {
     const acquires = this.#acquires;
     // Alone: a single call. In a batch: granted if a slot is free now, else queued by a call of its own.
     return (acquires && (await call(() => acquires.call(request)))) ?? (await call(() => coordinator.acquire(request)));
-  }
-
-  /** An acquire the caller may give up: rejects at the abort; a grant that comes later is released. */
-  #abortable(request: AcquireOptions, signal: AbortSignal): Promise<AcquireResult> {
-    return new Promise<AcquireResult>((resolve, reject) => {
-      let aborted = false;
-      const onAbort = () => {
-        aborted = true;
-        reject(signal.reason);
-      };
-      signal.addEventListener("abort", onAbort, { once: true });
-      this.#send(request, signal).then(
-        (result) => {
-          signal.removeEventListener("abort", onAbort);
-          if (!aborted) return resolve(result);
-          // Nobody will use this slot: give it back now rather than at its TTL.
-          if (result.ok) void this.release(result.lease).catch(() => {});
-        },
-        (error: unknown) => {
-          signal.removeEventListener("abort", onAbort);
-          if (!aborted) reject(error);
-        },
-      );
-    });
   }
 
   /**
@@ -299,43 +252,85 @@ export class Leases implements LeaseClient {
    * }, { waitUntil: (p) => ctx.waitUntil(p), signal: request.signal });
    */
   async withLease<T>(fn: (scope: LeaseScope) => Promise<T> | T, options: WithLeaseOptions = {}): Promise<T> {
-    const { waitUntil, heartbeatMs } = options;
-    // Registered before the wait (see `waitUntil`); settled once the slot is given back.
-    let settle: (done: Promise<void>) => void = () => {};
-    if (waitUntil) waitUntil(new Promise<void>((resolve) => (settle = (done) => void done.then(resolve, resolve))));
-    let lease: LeaseGrant;
-    try {
-      lease = await this.acquire(options);
-    } catch (error) {
-      settle(Promise.resolve());
-      throw error;
-    }
-    const lost = new AbortController();
-    const beat = heartbeat(this, lease, { heartbeatMs, onLost: (error) => lost.abort(leaseLost(error)) });
-    const cleanups: Array<() => Promise<unknown> | unknown> = [];
-    const scope: LeaseScope = { lease, beforeRelease: (cleanup) => void cleanups.push(cleanup), signal: lost.signal };
-    try {
-      return await fn(scope);
-    } finally {
-      beat.stop();
-      const done = this.#finish(beat.lease, cleanups);
-      if (waitUntil) settle(done);
-      else await done;
-    }
+    // No `withoutLease` and a client: the scope always has its lease.
+    return holdLease(this, (scope) => fn(scope as LeaseScope), options);
   }
+}
 
-  async #finish(lease: LeaseGrant, cleanups: Array<() => Promise<unknown> | unknown>): Promise<void> {
-    for (const cleanup of cleanups) {
-      try {
-        await cleanup();
-      } catch {
-        // A failed cleanup must not keep the slot: the connection is gone either way.
-      }
-    }
-    try {
-      await this.release(lease);
-    } catch {
-      // Already expired or reaped: the coordinator has taken the slot back itself.
-    }
+/**
+ * What a client sends the coordinator for an acquire: the caller's options (never its signal),
+ * its holder or the client's, and the client's claim window.
+ *
+ * @example
+ * coordinatorRequest({ waitMs: 100 }, "req-1", 500) // { holder: "req-1", waitMs: 100, …, claimMs: 500 }
+ */
+export function coordinatorRequest(options: AcquireOptions, holder: string, claimMs: number | undefined): AcquireOptions {
+  const request: AcquireOptions = {
+    holder: options.holder ?? holder,
+    waitMs: options.waitMs,
+    ttlMs: options.ttlMs,
+    priority: options.priority,
+    tenant: options.tenant,
+  };
+  if (claimMs !== undefined) request.claimMs = claimMs;
+  return request;
+}
+
+/**
+ * Waits for `running`, or rejects with `signal.reason` at the abort; a value that arrives after
+ * the abort goes to `late` (a granted slot nobody will use: give it back now, not at its TTL).
+ *
+ * @example
+ * const result = await untilAborted(send(request), signal, (r) => r.ok && giveBack(r.lease));
+ */
+export function untilAborted<T>(running: Promise<T>, signal: AbortSignal, late: (value: T) => unknown): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    let aborted = false;
+    const onAbort = () => {
+      aborted = true;
+      reject(signal.reason);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+    running.then(
+      (value) => {
+        signal.removeEventListener("abort", onAbort);
+        if (aborted) late(value);
+        else resolve(value);
+      },
+      (error: unknown) => {
+        signal.removeEventListener("abort", onAbort);
+        if (!aborted) reject(error);
+      },
+    );
+  });
+}
+
+/**
+ * Claims a lease granted from the queue: such a grant lives exactly `claimMs` (the core caps it by
+ * the TTL: a lease whose TTL is shorter lives its TTL either way and needs no claim), so it is
+ * renewed to its full lifetime before anyone uses it. A lease granted at once is returned as is.
+ * A claim the coordinator refuses (the window passed) is `ACQUIRE_TIMEOUT`.
+ *
+ * @example
+ * const lease = await claim(granted, 500, (l) => leases.renew(l));
+ */
+export async function claim<L extends LeaseGrant>(lease: L, claimMs: number | undefined, renew: (lease: L) => Promise<L>): Promise<L> {
+  if (claimMs === undefined || lease.expiresAt - lease.grantedAt !== claimMs) return lease;
+  try {
+    return await renew(lease);
+  } catch (error) {
+    if (!isLeaseError(error) || error.code === "COORDINATOR_UNAVAILABLE") throw error;
+    throw new LeaseError("ACQUIRE_TIMEOUT", `A slot was granted but could not be claimed within ${claimMs} ms`, { retryAfterMs: 0, cause: error });
   }
+}
+
+/**
+ * The claim window of `LeasesOptions.claimMs`, validated: undefined when `0` (no claim).
+ *
+ * @example
+ * claimWindow(undefined) // 500
+ */
+export function claimWindow(claimMs: number | undefined): number | undefined {
+  const ms = claimMs ?? DEFAULT_CLAIM_MS;
+  return ms === 0 ? undefined : checkInt("claimMs", ms, 0, BOUNDS.leaseTtlMs);
 }

@@ -7,6 +7,7 @@ import {
   type ReleaseResult,
   type RenewResult,
   type ShardLoad,
+  DEFAULT_BLOCK_IDLE_MS,
   LeaseError,
   checkInt,
   isLeaseError,
@@ -14,7 +15,8 @@ import {
   pickShard,
 } from "../core/index.ts";
 import { type BlockEffect, type BlockState, abandon, createBlock, expireIdle, finished, granted, refused, request, retired } from "../core/lease-block.ts";
-import type { Coordinator, LeaseClient, WaitUntil } from "./leases.ts";
+import type { ClientAcquireOptions } from "./hold.ts";
+import { type Coordinator, type LeaseClient, type WaitUntil, claim, claimWindow, coordinatorRequest, untilAborted } from "./leases.ts";
 
 /** A lease from a sharded pool: it remembers its shard, so release and renew go to that object. */
 export interface ShardedGrant extends LeaseGrant {
@@ -23,7 +25,7 @@ export interface ShardedGrant extends LeaseGrant {
 
 interface LocalWaiter {
   resolve(lease: ShardedGrant): void;
-  reject(error: LeaseError): void;
+  reject(error: unknown): void;
   timer: ReturnType<typeof setTimeout> | undefined;
   deadline: number;
   options: AcquireOptions;
@@ -75,13 +77,7 @@ export function createIsolateShards(options: IsolateShardsOptions): IsolateShard
   return { count, loads, downUntil: new Array<number>(count).fill(0), block, blockLeases: new Map(), waiters: new Map(), seq: 0 };
 }
 
-/**
- * Default idle time of a block lease, ms: the simulator's setting.
- *
- * @example
- * createIsolateShards({ shards: 4, limit: 40, maxBlock: 4, idleMs: DEFAULT_BLOCK_IDLE_MS })
- */
-export const DEFAULT_BLOCK_IDLE_MS = 20;
+export { DEFAULT_BLOCK_IDLE_MS };
 
 /**
  * How long an unreachable shard is left out of the choice before it is tried again, ms.
@@ -110,6 +106,10 @@ export interface ShardedLeasesOptions {
   reconnect?: ((index: number) => Coordinator) | undefined;
   /** Shard choice randomness; `Math.random` by default. */
   random?: (() => number) | undefined;
+  /** The pool's name, for `NESTED_LEASE` (see `LeasesOptions.pool`). */
+  pool?: string | undefined;
+  /** The claim window of a grant from a shard's queue, ms, as `LeasesOptions.claimMs`. Default 500; `0` = none. */
+  claimMs?: number | undefined;
 }
 
 function unavailable(cause: unknown): LeaseError {
@@ -137,8 +137,10 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
  * const lease = await leases.acquire(); try { work(); } finally { await leases.release(lease); }
  */
 export class ShardedLeases implements LeaseClient {
+  readonly pool: string | undefined;
   readonly #o: ShardedLeasesOptions;
   readonly #coordinators: Coordinator[];
+  readonly #claimMs: number | undefined;
 
   constructor(options: ShardedLeasesOptions) {
     if (options.coordinators.length !== options.isolate.count) {
@@ -146,6 +148,8 @@ export class ShardedLeases implements LeaseClient {
     }
     this.#o = options;
     this.#coordinators = [...options.coordinators];
+    this.#claimMs = claimWindow(options.claimMs);
+    this.pool = options.pool;
   }
 
   #pick(): number {
@@ -167,11 +171,7 @@ export class ShardedLeases implements LeaseClient {
     let result: AcquireResult;
     try {
       result = await this.#coordinators[shard]!.acquire({
-        holder: options.holder ?? this.#o.holder ?? "",
-        waitMs: options.waitMs,
-        ttlMs: options.ttlMs,
-        priority: options.priority,
-        tenant: options.tenant,
+        ...coordinatorRequest(options, this.#o.holder ?? "", this.#claimMs),
         // Unsharded pools send nothing: one object keeps today's whole-limit config.
         shard: isolate.count === 1 ? undefined : { index: shard, count: isolate.count },
       });
@@ -182,7 +182,9 @@ export class ShardedLeases implements LeaseClient {
     isolate.downUntil[shard] = 0;
     if (result.load) isolate.loads[shard] = result.load;
     if (!result.ok) throw toError(result);
-    return { ...result.lease, shard };
+    // A grant from the shard's queue is claimed here, before a request or the block uses it.
+    const lease: ShardedGrant = { ...result.lease, shard };
+    return await claim(lease, this.#claimMs, (l) => this.renew(l, options.ttlMs));
   }
 
   /**
@@ -192,26 +194,41 @@ export class ShardedLeases implements LeaseClient {
    * @example
    * const lease = await leases.acquire({ waitMs: 2000 });
    */
-  async acquire(options: AcquireOptions = {}): Promise<ShardedGrant> {
+  async acquire(options: ClientAcquireOptions = {}): Promise<ShardedGrant> {
+    const { signal, ...asked } = options;
+    signal?.throwIfAborted();
     const { isolate } = this.#o;
     const block = isolate.block;
-    if (!block) return this.#acquireOn(this.#pick(), options);
+    if (!block) {
+      const sent = this.#acquireOn(this.#pick(), asked);
+      // A slot granted after the caller gave up goes straight back.
+      return signal ? untilAborted(sent, signal, (late) => this.#background(this.#releaseOn(late).catch(() => {}))) : sent;
+    }
     const id = `local-${++isolate.seq}`;
-    const waitMs = options.waitMs ?? this.#o.waitMs;
+    const waitMs = asked.waitMs ?? this.#o.waitMs;
     const now = Date.now();
     const done = new Promise<ShardedGrant>((resolve, reject) => {
-      isolate.waiters.set(id, { resolve, reject, timer: undefined, deadline: now + waitMs, options });
+      isolate.waiters.set(id, { resolve, reject, timer: undefined, deadline: now + waitMs, options: asked });
     });
     const waiter = isolate.waiters.get(id)!;
     // The local deadline: a request is answered by it even if no lease comes back in time.
     waiter.timer = setTimeout(() => {
       if (abandon(block, id)) this.#fail(id, new LeaseError("ACQUIRE_TIMEOUT", `No slot within ${waitMs} ms (isolate block)`, { retryAfterMs: 100 }));
     }, waitMs);
+    if (signal) {
+      // Given up: the local waiter leaves the block's queue; a lease coming for it serves the next one.
+      const onAbort = () => abandon(block, id) && this.#fail(id, signal.reason);
+      signal.addEventListener("abort", onAbort, { once: true });
+      void done.then(
+        () => signal.removeEventListener("abort", onAbort),
+        () => signal.removeEventListener("abort", onAbort),
+      );
+    }
     this.#perform(request(block, id, now));
     return done;
   }
 
-  #fail(id: string, error: LeaseError): void {
+  #fail(id: string, error: unknown): void {
     const w = this.#o.isolate.waiters.get(id);
     if (!w) return;
     this.#o.isolate.waiters.delete(id);

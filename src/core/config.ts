@@ -66,7 +66,10 @@ export function validateConfig(config: PoolConfig): PoolConfig {
   };
 }
 
-/** The environment variables a pool is configured by; values are strings, as env vars are. */
+/**
+ * The `LEASE_*` variables (and `COORDINATOR`) a pool is configured by; values are strings, as env
+ * vars are. The database's variables (`DB_*`, `DATABASE_*`) are `DatabaseEnv`'s.
+ */
 export interface PoolEnv {
   LEASE_LIMIT?: string | undefined;
   LEASE_MAX_QUEUE?: string | undefined;
@@ -77,69 +80,128 @@ export interface PoolEnv {
   /** `on` moves the limit by observed hold times; `off` (default) keeps it fixed. */
   LEASE_ADAPTIVE?: string | undefined;
   LEASE_ADAPTIVE_FLOOR?: string | undefined;
-  /** With `LEASE_LIMIT=auto`: slots kept free below the room the database has. */
+  /** `LEASE_LIMIT=auto`: slots kept free below the room the database has. */
   LEASE_HEADROOM?: string | undefined;
-  /** With `LEASE_LIMIT=auto`: the learned limit never exceeds this. */
+  /** `LEASE_LIMIT=auto`: the learned limit never exceeds this. */
   LEASE_LIMIT_MAX?: string | undefined;
-  /** With `LEASE_LIMIT=auto`: how often the limit is learned again, ms. */
+  /** `LEASE_LIMIT=auto`: how often the limit is learned again, ms. */
   LEASE_LEARN_INTERVAL_MS?: string | undefined;
+  /** The pool's name: one limit, one queue, one coordinator object per name. Default `main`. */
+  LEASE_POOL?: string | undefined;
+  /** Coordinator objects the pool's limit is split across (`${pool}#${i}`); 1 = one object named `${pool}`. */
+  LEASE_SHARDS?: string | undefined;
+  /** Leases an isolate may keep and hand to its own requests (batching); 0 = off. */
+  LEASE_BLOCK?: string | undefined;
+  /** How long a batched lease may idle in an isolate before it goes back, ms. */
+  LEASE_BLOCK_IDLE_MS?: string | undefined;
+  /** Where coordinator objects are created (`locationHint`, e.g. `weur`): near the database. */
+  LEASE_LOCATION_HINT?: string | undefined;
+  /** `off` bypasses leasing: for side-by-side comparisons only. */
+  COORDINATOR?: string | undefined;
+}
+
+/** Every `LEASE_*` setting of a pool, parsed and validated: see {@link poolSettings}. */
+export interface PoolSettings {
+  /** `LEASE_POOL`: the pool's name. */
+  readonly name: string;
+  /** `LEASE_LIMIT`, `LEASE_MAX_QUEUE`, `LEASE_WAIT_MS`, `LEASE_TTL_MS`, `LEASE_RESERVED`, `LEASE_BATCH_MAX`, `LEASE_ADAPTIVE*`. */
+  readonly config: PoolConfig;
+  /** `LEASE_SHARDS`. */
+  readonly shards: number;
+  /** `LEASE_BLOCK`: 0 = no batching. */
+  readonly blockMax: number;
+  /** `LEASE_BLOCK_IDLE_MS`. */
+  readonly blockIdleMs: number;
+  /** `LEASE_LOCATION_HINT`, or undefined. */
+  readonly locationHint: string | undefined;
+  /** False with `COORDINATOR=off`. */
+  readonly coordinator: boolean;
+  /** `LEASE_LIMIT=auto`: how the limit is learned (`LEASE_HEADROOM`, `LEASE_LIMIT_MAX`, `LEASE_LEARN_INTERVAL_MS`); null for a fixed limit. */
+  readonly learn: LearnSettings | null;
 }
 
 /**
- * A whole number from an environment variable, or `fallback` when it is unset or empty; anything
- * else fails with `INVALID_CONFIG` naming the variable.
+ * A whole number from an environment variable, from `min` to `max`, or `fallback` when it is unset
+ * or empty; anything else fails with `INVALID_CONFIG` naming the variable. The one parser of every
+ * integer setting.
  *
  * @example
- * intFromEnv("LEASE_SHARDS", env.LEASE_SHARDS, 1)
+ * intFromEnv("LEASE_SHARDS", env.LEASE_SHARDS, 1, 1, 1024)
  */
-export function intFromEnv<T extends number | undefined>(name: string, raw: string | undefined, fallback: T): number | T {
-  if (raw === undefined || raw.trim() === "") return fallback;
-  const trimmed = raw.trim();
-  if (!/^\d+$/.test(trimmed)) throw new LeaseError("INVALID_CONFIG", expected(name, "a whole number", raw));
-  return Number(trimmed);
+export function intFromEnv<T extends number | undefined>(
+  name: string,
+  raw: string | undefined,
+  fallback: T,
+  min = 0,
+  max = Number.MAX_SAFE_INTEGER,
+): number | T {
+  if (raw === undefined || (typeof raw === "string" && raw.trim() === "")) return fallback;
+  const digits = String(raw).trim();
+  const value = /^\d{1,15}$/.test(digits) ? Number(digits) : Number.NaN;
+  if (!(value >= min && value <= max)) throw new LeaseError("INVALID_CONFIG", expected(name, `an integer from ${min} to ${max}`, digits));
+  return value;
+}
+
+// A variable as text: `[vars]` may hold numbers; a binding of the same name (an object) is not a setting.
+function text(raw: unknown): string {
+  return typeof raw === "string" ? raw.trim() : typeof raw === "number" ? String(raw) : "";
+}
+
+function oneOf<T extends string>(name: string, raw: string | undefined, choices: readonly T[], fallback: T): T {
+  const value = text(raw);
+  if (value === "") return fallback;
+  if (!(choices as readonly string[]).includes(value)) throw new LeaseError("INVALID_CONFIG", expected(name, choices.map((c) => `\`${c}\``).join(" or "), raw));
+  return value as T;
+}
+
+/** The block a lease may idle in an isolate by default, ms (`LEASE_BLOCK_IDLE_MS`). */
+export const DEFAULT_BLOCK_IDLE_MS = 20;
+
+/**
+ * Reads every `LEASE_*` variable (and `COORDINATOR`) into one validated object; a malformed value
+ * fails with `INVALID_CONFIG` naming the variable. Unset ones take their defaults. To add a
+ * setting: a field in {@link PoolSettings} and {@link PoolEnv}, and one line here.
+ *
+ * @example
+ * poolSettings({ LEASE_LIMIT: "18", LEASE_SHARDS: "2" }).config.limit // 18
+ */
+export function poolSettings(env: PoolEnv): PoolSettings {
+  const learn = learnSettingsFromEnv(env);
+  const limit = learn ? LEARN_DEFAULTS.startLimit : intFromEnv("LEASE_LIMIT", env.LEASE_LIMIT, DEFAULT_CONFIG.limit, 1, BOUNDS.limit);
+  const adaptive = oneOf("LEASE_ADAPTIVE", env.LEASE_ADAPTIVE, ["on", "off"], "off") === "on";
+  const config: PoolConfig = {
+    limit,
+    maxQueue: intFromEnv("LEASE_MAX_QUEUE", env.LEASE_MAX_QUEUE, DEFAULT_CONFIG.maxQueue, 0, BOUNDS.maxQueue),
+    waitMs: intFromEnv("LEASE_WAIT_MS", env.LEASE_WAIT_MS, DEFAULT_CONFIG.waitMs, 0, BOUNDS.waitMs),
+    leaseTtlMs: intFromEnv("LEASE_TTL_MS", env.LEASE_TTL_MS, DEFAULT_CONFIG.leaseTtlMs, 1, BOUNDS.leaseTtlMs),
+    reserved: intFromEnv("LEASE_RESERVED", env.LEASE_RESERVED, undefined, 0, limit - 1),
+    batchMax: intFromEnv("LEASE_BATCH_MAX", env.LEASE_BATCH_MAX, undefined, 0, limit),
+    adaptive: adaptive ? { floor: intFromEnv("LEASE_ADAPTIVE_FLOOR", env.LEASE_ADAPTIVE_FLOOR, Math.max(1, Math.floor(limit / 4)), 1, limit) } : undefined,
+  };
+  const name = text(env.LEASE_POOL) || "main";
+  if (name.length > 200) throw new LeaseError("INVALID_CONFIG", expected("LEASE_POOL", "a name of at most 200 characters", name));
+  return {
+    name,
+    config,
+    shards: intFromEnv("LEASE_SHARDS", env.LEASE_SHARDS, 1, 1, Math.min(1024, limit)),
+    blockMax: intFromEnv("LEASE_BLOCK", env.LEASE_BLOCK, 0, 0, 1000),
+    blockIdleMs: intFromEnv("LEASE_BLOCK_IDLE_MS", env.LEASE_BLOCK_IDLE_MS, DEFAULT_BLOCK_IDLE_MS, 0, 60_000),
+    locationHint: text(env.LEASE_LOCATION_HINT) || undefined,
+    // Only `off` turns leasing off: a Worker may bind its coordinator namespace under this name.
+    coordinator: text(env.COORDINATOR) !== "off",
+    learn,
+  };
 }
 
 /**
- * Reads `LEASE_LIMIT`, `LEASE_MAX_QUEUE`, `LEASE_WAIT_MS` and `LEASE_TTL_MS`, falling back to the
- * defaults for unset ones; a malformed value fails with `INVALID_CONFIG` naming the variable.
+ * The pool configuration part of {@link poolSettings}: `LEASE_LIMIT`, `LEASE_MAX_QUEUE`,
+ * `LEASE_WAIT_MS`, `LEASE_TTL_MS`, `LEASE_RESERVED`, `LEASE_BATCH_MAX`, `LEASE_ADAPTIVE*`.
  *
  * @example
  * configFromEnv({ LEASE_LIMIT: "18" }) // { limit: 18, maxQueue: 1000, waitMs: 5000, leaseTtlMs: 1500 }
  */
 export function configFromEnv(env: PoolEnv): PoolConfig {
-  const auto = isAutoLimit(env);
-  const config = {
-    limit: auto ? LEARN_DEFAULTS.startLimit : intFromEnv("LEASE_LIMIT", env.LEASE_LIMIT, DEFAULT_CONFIG.limit),
-    maxQueue: intFromEnv("LEASE_MAX_QUEUE", env.LEASE_MAX_QUEUE, DEFAULT_CONFIG.maxQueue),
-    waitMs: intFromEnv("LEASE_WAIT_MS", env.LEASE_WAIT_MS, DEFAULT_CONFIG.waitMs),
-    leaseTtlMs: intFromEnv("LEASE_TTL_MS", env.LEASE_TTL_MS, DEFAULT_CONFIG.leaseTtlMs),
-    reserved: intFromEnv("LEASE_RESERVED", env.LEASE_RESERVED, undefined),
-    batchMax: intFromEnv("LEASE_BATCH_MAX", env.LEASE_BATCH_MAX, undefined),
-    adaptive: undefined as PoolConfig["adaptive"],
-  };
-  const mode = (env.LEASE_ADAPTIVE ?? "off").trim();
-  if (mode !== "on" && mode !== "off") throw new LeaseError("INVALID_CONFIG", expected("LEASE_ADAPTIVE", "`on` or `off`", env.LEASE_ADAPTIVE));
-  if (mode === "on") {
-    const fallback = Math.max(1, Math.floor(config.limit / 4));
-    config.adaptive = { floor: intFromEnv("LEASE_ADAPTIVE_FLOOR", env.LEASE_ADAPTIVE_FLOOR, fallback) };
-  }
-  if (auto) checkAutoCompatible(config);
-  try {
-    return validateConfig(config);
-  } catch (error) {
-    // Name the variable the operator set, not the internal field.
-    const names: Record<string, string> = {
-      reserved: "LEASE_RESERVED",
-      batchMax: "LEASE_BATCH_MAX",
-      "adaptive.floor": "LEASE_ADAPTIVE_FLOOR",
-      limit: "LEASE_LIMIT",
-      maxQueue: "LEASE_MAX_QUEUE",
-      waitMs: "LEASE_WAIT_MS",
-      leaseTtlMs: "LEASE_TTL_MS",
-    };
-    const message = (error as Error).message.replace(/`([\w.]+)`/, (_, field: string) => `\`${names[field] ?? field}\``);
-    throw new LeaseError("INVALID_CONFIG", message);
-  }
+  return poolSettings(env).config;
 }
 
 // ── LEASE_LIMIT=auto: the limit learned from the database (src/core/room.ts does the arithmetic). ──
@@ -168,19 +230,20 @@ export const LEARN_DEFAULTS = {
   startLimit: 1,
 } as const;
 
-/** `LEASE_LIMIT=auto` (any case, spaces around it ignored). */
-function isAutoLimit(env: PoolEnv): boolean {
-  return env.LEASE_LIMIT?.trim().toLowerCase() === "auto";
-}
+/** Settings that fix a count against the limit (or split it) cannot follow a limit that moves. */
+const NOT_WITH_AUTO = ["LEASE_RESERVED", "LEASE_BATCH_MAX", "LEASE_ADAPTIVE", "LEASE_SHARDS", "LEASE_BLOCK"] as const;
 
-/** Fixed slot counts cannot follow a limit that moves: they are refused with `auto`. */
-function checkAutoCompatible(config: { reserved: number | undefined; batchMax: number | undefined; adaptive: PoolConfig["adaptive"] }): void {
-  for (const [name, set] of [
-    ["LEASE_RESERVED", config.reserved !== undefined],
-    ["LEASE_BATCH_MAX", config.batchMax !== undefined],
-    ["LEASE_ADAPTIVE", config.adaptive !== undefined],
-  ] as const) {
-    if (set) throw new LeaseError("INVALID_CONFIG", `\`${name}\` cannot be combined with \`LEASE_LIMIT=auto\` (the learned limit moves; ${name} is fixed)`);
+function checkAutoCompatible(env: PoolEnv): void {
+  for (const name of NOT_WITH_AUTO) {
+    const value = text(env[name]);
+    const set =
+      name === "LEASE_ADAPTIVE"
+        ? value === "on"
+        : name === "LEASE_SHARDS"
+          ? value !== "" && value !== "1"
+          : value !== "" && !(name === "LEASE_BLOCK" && value === "0");
+    if (set)
+      throw new LeaseError("INVALID_CONFIG", `\`${name}\` cannot be combined with \`LEASE_LIMIT=auto\` (the learned limit moves; one coordinator learns it)`);
   }
 }
 
@@ -194,17 +257,11 @@ function checkAutoCompatible(config: { reserved: number | undefined; batchMax: n
  */
 export function learnSettingsFromEnv(env: PoolEnv): LearnSettings | null {
   const settings: LearnSettings = {
-    headroom: checkInt("LEASE_HEADROOM", intFromEnv("LEASE_HEADROOM", env.LEASE_HEADROOM, LEARN_DEFAULTS.headroom), 0, BOUNDS.limit, "INVALID_CONFIG"),
-    limitMax: env.LEASE_LIMIT_MAX?.trim()
-      ? checkInt("LEASE_LIMIT_MAX", intFromEnv("LEASE_LIMIT_MAX", env.LEASE_LIMIT_MAX, 0), 1, BOUNDS.limit, "INVALID_CONFIG")
-      : null,
-    intervalMs: checkInt(
-      "LEASE_LEARN_INTERVAL_MS",
-      intFromEnv("LEASE_LEARN_INTERVAL_MS", env.LEASE_LEARN_INTERVAL_MS, LEARN_DEFAULTS.intervalMs),
-      100,
-      60 * 60_000,
-      "INVALID_CONFIG",
-    ),
+    headroom: intFromEnv("LEASE_HEADROOM", env.LEASE_HEADROOM, LEARN_DEFAULTS.headroom, 0, BOUNDS.limit),
+    limitMax: intFromEnv("LEASE_LIMIT_MAX", env.LEASE_LIMIT_MAX, undefined, 1, BOUNDS.limit) ?? null,
+    intervalMs: intFromEnv("LEASE_LEARN_INTERVAL_MS", env.LEASE_LEARN_INTERVAL_MS, LEARN_DEFAULTS.intervalMs, 100, 60 * 60_000),
   };
-  return isAutoLimit(env) ? settings : null;
+  if (text(env.LEASE_LIMIT).toLowerCase() !== "auto") return null;
+  checkAutoCompatible(env);
+  return settings;
 }

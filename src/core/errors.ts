@@ -14,6 +14,7 @@ export const ErrorCodes = [
   "COORDINATOR_UNAVAILABLE",
   "DATABASE_UNAVAILABLE",
   "DATABASE_ERROR",
+  "NESTED_LEASE",
   "INTERNAL",
 ] as const;
 

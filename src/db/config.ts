@@ -1,4 +1,4 @@
-import { LeaseError, expected } from "../core/index.ts";
+import { type PoolEnv, type PoolSettings, LeaseError, expected, intFromEnv, poolSettings } from "../core/index.ts";
 import { DEFAULT_BREAKER, type BreakerOptions } from "./circuit-breaker.ts";
 import { DEFAULT_RETRY, type RetryOptions } from "./retry.ts";
 import type { SafeModeOptions } from "./safe-mode.ts";
@@ -8,7 +8,7 @@ import { redact } from "./safe-error.ts";
  * Where the code runs decides the driver; `DATABASE_CLIENT` picks the client library:
  * - `edge`: a Worker with a Hyperdrive binding → `hyperdrive` (postgres.js over `cloudflare:sockets`)
  *   or, with `DATABASE_CLIENT=pg`, `pg` (node-postgres, which brings its own workerd socket).
- * - `production`: a Neon URL (or `DATABASE_DRIVER=neon`) without Hyperdrive → `neon` (`@neondatabase/serverless` Pool over WebSocket).
+ * - `production`: a Neon URL (or `DATABASE_DRIVER=neon`) without Hyperdrive → `neon` (a one-connection `@neondatabase/serverless` connection pool over WebSocket).
  * - `local`: any other Postgres URL → `postgres` (postgres.js over TCP) or, with `DATABASE_CLIENT=pg`, `pg`.
  */
 export type DatabaseConfig = {
@@ -49,12 +49,7 @@ function invalid(message: string): never {
 }
 
 function int(env: DatabaseEnv, name: keyof DatabaseEnv, fallback: number, min: number, max: number): number {
-  const raw = env[name];
-  if (raw === undefined || (typeof raw === "string" && raw.trim() === "")) return fallback;
-  const text = String(raw).trim();
-  const value = /^\d{1,9}$/.test(text) ? Number(text) : NaN;
-  if (!(value >= min && value <= max)) invalid(expected(name, `an integer from ${min} to ${max}`, text));
-  return value;
+  return intFromEnv(name, env[name] as string | undefined, fallback, min, max);
 }
 
 /**
@@ -163,4 +158,36 @@ export function databaseConfig(env: DatabaseEnv): DatabaseConfig {
 export function describeConfig(config: DatabaseConfig): Record<string, unknown> {
   const { connectionString, secrets, ...rest } = config;
   return { ...rest, database: redact(connectionString, secrets) };
+}
+
+/** Every variable a pool is wired from: `LEASE_*`, `COORDINATOR`, and the database's. */
+export interface SettingsEnv extends PoolEnv, DatabaseEnv {}
+
+/** Everything a pool is wired from, parsed and validated once: see {@link settingsFromEnv}. */
+export interface Settings {
+  /** `LEASE_*` and `COORDINATOR`. */
+  readonly pool: PoolSettings;
+  /** `DATABASE_*`, `HYPERDRIVE`, `DB_*`, `SLOW_QUERY_MS`, `LEASE_SAFE_*`, `APPLICATION_NAME`. */
+  readonly database: DatabaseConfig;
+}
+
+const parsed = new WeakMap<object, Settings>();
+
+/**
+ * Reads every variable a pool is wired from into one typed, validated object: once per env object
+ * (a Worker's `env` lives as long as its isolate; a process's `process.env` as long as it), so a
+ * request pays a lookup, not a parse. Every malformed value fails with `INVALID_CONFIG` naming the
+ * variable. `workerPool`, `localPool` and the start-up checks all read their settings here.
+ *
+ * @example
+ * const { pool, database } = settingsFromEnv(env);
+ * pool.config.limit; database.connectTimeoutMs;
+ */
+export function settingsFromEnv(env: SettingsEnv): Settings {
+  let settings = parsed.get(env);
+  if (!settings) {
+    settings = { pool: poolSettings(env), database: databaseConfig(env) };
+    parsed.set(env, settings);
+  }
+  return settings;
 }

@@ -53,7 +53,7 @@ export function openDriver(config: DatabaseConfig, neon: NeonOptions = {}): Driv
 
 async function connectHyperdrive(config: DatabaseConfig): Promise<Connection> {
   const { connectFromWorker, closeConnection } = await import("./hyperdrive.ts");
-  const sql = connectFromWorker(config.connectionString, config.applicationName);
+  const sql = connectFromWorker(config.connectionString, config.applicationName, config.connectTimeoutMs);
   return { query: (text, params) => sql.unsafe(text, params as never[]) as Promise<Row[]>, close: () => closeConnection(sql) };
 }
 

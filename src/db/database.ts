@@ -1,5 +1,5 @@
+import { holdLease } from "../client/hold.ts";
 import type { LeaseClient, WaitUntil } from "../client/leases.ts";
-import { heartbeat } from "../client/heartbeat.ts";
 import { type LeaseGrant, LeaseError, isLeaseError } from "../core/index.ts";
 import { CircuitBreaker } from "./circuit-breaker.ts";
 import type { DatabaseConfig } from "./config.ts";
@@ -53,7 +53,7 @@ export interface Transaction {
 }
 
 export interface DatabaseOptions {
-  /** Names the breaker and the log lines: one per database (pool). */
+  /** The pool's name (`LEASE_POOL`): names the breaker and the log lines. */
   name: string;
   driver: Driver;
   /** The pool's leases; undefined runs without a coordinator (`COORDINATOR=off`). */
@@ -166,7 +166,7 @@ export class Database {
           const gate = this.breaker.admit();
           if (!gate.allowed) throw circuitOpen(this.name, gate.retryAfterMs);
           try {
-            const attempt: AttemptState = { phase: "acquiring", abandoned: false };
+            const attempt: AttemptState = { phase: "acquiring", abandon: new AbortController() };
             const result = await this.#beforeDeadline(this.#underLease(work, options, deadline, attempt), deadline, attempt);
             this.breaker.succeeded();
             return result;
@@ -241,16 +241,16 @@ export class Database {
     return new Promise<T>((resolve, reject) => {
       const ms = Math.max(0, deadline - this.#rt.now());
       const cancel = this.#rt.setTimer(() => {
-        attempt.abandoned = true;
-        running.catch(() => {});
-        reject(
+        const error =
           attempt.phase === "acquiring"
             ? new LeaseError("ACQUIRE_TIMEOUT", "No connection slot within the request's deadline", { retryAfterMs: 1000 })
             : new LeaseError("DATABASE_UNAVAILABLE", "The database did not answer within the request's deadline", {
                 retryAfterMs: 1000,
                 cause: { code: "DEADLINE_EXCEEDED" },
-              }),
-        );
+              });
+        running.catch(() => {});
+        attempt.abandon.abort(error);
+        reject(error);
       }, ms);
       running.then(
         (value) => {
@@ -265,78 +265,36 @@ export class Database {
     });
   }
 
-  async #underLease<T>(work: (scope: AttemptScope) => Promise<T>, options: CallOptions, deadline: number, attempt: AttemptState): Promise<T> {
-    const leases = this.#o.leases;
-    const cleanups: Array<() => Promise<unknown> | unknown> = [];
-    let lease: LeaseGrant | undefined;
-    let giveBack: (() => void) | undefined;
-    if (leases) {
-      const left = Math.max(0, deadline - this.#rt.now());
-      try {
-        lease = await leases.acquire({
-          holder: options.holder,
-          waitMs: options.waitMs === undefined ? undefined : Math.min(options.waitMs, left),
-          ttlMs: this.#o.leaseTtlMs,
-        });
-      } catch (error) {
-        giveBack = this.safeMode.fallback(error);
-      }
-    }
-    if (attempt.abandoned) {
-      // The caller already has its answer: hand the slot straight back.
-      const done = finish([], lease && leases ? () => leases.release(lease) : undefined, giveBack);
-      if (this.#o.waitUntil) this.#o.waitUntil(done);
-      throw new LeaseError("ACQUIRE_TIMEOUT", "Abandoned at the request's deadline");
-    }
-    attempt.phase = "working";
-    const stopRenewing = lease && leases ? this.#keepAlive(leases, lease) : () => {};
-    try {
-      return await work({ lease, beforeRelease: (cleanup) => void cleanups.push(cleanup) });
-    } finally {
-      stopRenewing();
-      const done = finish(cleanups, lease && leases ? () => leases.release(lease) : undefined, giveBack);
-      if (this.#o.waitUntil) this.#o.waitUntil(done);
-      else await done;
-    }
-  }
-
-  // The client's heartbeat on this database's timers: renews while the work runs, stops with it.
-  #keepAlive(leases: LeaseClient, granted: LeaseGrant): () => void {
+  // One attempt on the one lease lifecycle; this layer adds the deadline (as the acquire's signal),
+  // the safe mode (work without a lease when the coordinator is unreachable) and its log lines.
+  #underLease<T>(work: (scope: AttemptScope) => Promise<T>, options: CallOptions, deadline: number, attempt: AttemptState): Promise<T> {
+    const left = Math.max(0, deadline - this.#rt.now());
     const log = (code: string) => this.#log(JSON.stringify({ event: "lease_renew_failed", database: this.name, code }));
-    const beat = heartbeat(leases, granted, {
-      heartbeatMs: this.#o.heartbeatMs,
-      setTimer: this.#rt.setTimer,
-      onLost: (error) => log(error.code),
-      onError: (error) => log(isLeaseError(error) ? error.code : "INTERNAL"),
-    });
-    return () => beat.stop();
+    return holdLease(
+      this.#o.leases,
+      (scope) => {
+        attempt.phase = "working";
+        return work(scope);
+      },
+      {
+        holder: options.holder,
+        waitMs: options.waitMs === undefined ? undefined : Math.min(options.waitMs, left),
+        ttlMs: this.#o.leaseTtlMs,
+        signal: attempt.abandon.signal,
+        waitUntil: this.#o.waitUntil,
+        heartbeatMs: this.#o.heartbeatMs,
+        setTimer: this.#rt.setTimer,
+        onRenewError: (error) => log(isLeaseError(error) ? error.code : "INTERNAL"),
+        withoutLease: (error) => this.safeMode.fallback(error),
+      },
+    );
   }
 }
 
 interface AttemptState {
   phase: "acquiring" | "working";
-  /** Set when the deadline passed: the caller has its answer, the attempt only cleans up. */
-  abandoned: boolean;
-}
-
-async function finish(
-  cleanups: Array<() => Promise<unknown> | unknown>,
-  release: (() => Promise<void>) | undefined,
-  giveBack: (() => void) | undefined,
-): Promise<void> {
-  for (const cleanup of cleanups) {
-    try {
-      await cleanup();
-    } catch {
-      // The connection is gone either way; the slot must still come back.
-    }
-  }
-  giveBack?.();
-  try {
-    await release?.();
-  } catch {
-    // Expired or reaped: the coordinator took the slot back itself.
-  }
+  /** Aborted when the deadline passed: the caller has its answer, the attempt only cleans up. */
+  readonly abandon: AbortController;
 }
 
 /**

@@ -3,16 +3,18 @@ import { cloudflareSocket } from "./cf-socket.ts";
 
 /**
  * Opens one connection from workerd (through Hyperdrive's connection string). One lease pays for
- * exactly this one connection, so the client may never open a second (`max: 1`).
+ * exactly this one connection, so the client may never open a second (`max: 1`). A connect that
+ * gets no answer fails after `connectTimeoutMs` (`DB_CONNECT_TIMEOUT_MS`; postgres.js counts whole
+ * seconds, so it is rounded up).
  *
  * @example
- * const sql = connectFromWorker(env.HYPERDRIVE.connectionString, "my-app");
+ * const sql = connectFromWorker(env.HYPERDRIVE.connectionString, "my-app", 5000);
  */
-export function connectFromWorker(connectionString: string, applicationName = "leasegate"): Sql {
+export function connectFromWorker(connectionString: string, applicationName = "leasegate", connectTimeoutMs = 5000): Sql {
   const options: postgres.Options<Record<string, never>> & { socket: typeof cloudflareSocket } = {
     max: 1,
     fetch_types: false,
-    connect_timeout: 10,
+    connect_timeout: Math.max(1, Math.ceil(connectTimeoutMs / 1000)),
     onnotice: () => {},
     connection: { application_name: applicationName },
     socket: cloudflareSocket,

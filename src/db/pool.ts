@@ -24,3 +24,20 @@ export interface LeasedPool {
    */
   sql<T>(fn: (sql: Sql) => Promise<T>, options?: CallOptions): Promise<T>;
 }
+
+/**
+ * The `sql` of a pool: `fn` gets a postgres.js client on one fresh connection (`open`) under one
+ * lease of the database layer; `close` ends that connection before the slot is given back. The
+ * client's work is timed as one unit (labelled by the holder) for the slow-query log.
+ *
+ * @example
+ * const sql = leasedSql(db, () => postgresClient(config), (c) => c.end({ timeout: 0 }));
+ */
+export function leasedSql(db: Database, open: () => Sql | Promise<Sql>, close: (sql: Sql) => Promise<unknown>): LeasedPool["sql"] {
+  return (fn, options = {}) =>
+    db.run(async ({ beforeRelease }) => {
+      const sql = await open();
+      beforeRelease(() => close(sql).catch(() => {}));
+      return db.timed(options.holder ?? "sql", () => fn(sql), options.holder);
+    }, options);
+}
