@@ -4,12 +4,14 @@
  * times them with `performance.now()` (workerd advances the clock after I/O, and every RPC is I/O).
  * The two are measured in alternating rounds, so machine noise hits both alike.
  *
- * GET /p1?n=N           sequential: no-op RPC vs acquire+release, per call in µs (also through `Leases`)
+ * GET /p1?n=N           sequential: no-op RPC vs acquire alone and acquire+release, per call in µs (also
+ *                       through `Leases`), today's coordinator and the one before (bench/baseline/)
  * GET /p2?n=N&c=C       C concurrent loops sharing N calls: no-op RPCs/s vs acquire+release pairs/s,
  *                       each caller with its own calls, and all callers sharing one `Leases` client
  *                       (which coalesces concurrent calls into batches; calls per pair counted)
  * GET /shed?n=N         a full pool and queue: how long a QUEUE_FULL answer takes, in µs
- * GET /restart-check    grants leases concurrently, restarts the object, counts those still held
+ * GET /restart-check    grants leases concurrently, restarts the object: it must grant nothing while
+ *                       they may be alive, and re-register one its holder renews
  * GET /block?n=N&c=C    through the Worker's client with a per-isolate lease block: coordinator
  *                       calls and µs per acquire+release, sequential and with C concurrent callers
  *
@@ -18,11 +20,11 @@
  */
 import { DurableObject } from "cloudflare:workers";
 import { ConnectionCoordinator } from "../durable-objects/connection-coordinator.ts";
-import { WritePerCallCoordinator } from "./baseline/write-per-call-coordinator.ts";
+import { DurableRowsCoordinator } from "./baseline/durable-rows-coordinator.ts";
 import { type Coordinator as LeaseCoordinator, Leases } from "../src/client/leases.ts";
 import { ShardedLeases, createIsolateShards } from "../src/client/sharded-leases.ts";
 
-export { WritePerCallCoordinator };
+export { DurableRowsCoordinator };
 
 /**
  * The production coordinator plus one bench-only method to crash it (as a deploy or an eviction
@@ -96,16 +98,29 @@ async function clientPair(leases: Leases): Promise<void> {
 interface BenchEnv {
   COORDINATOR_DO: DurableObjectNamespace<BenchCoordinator>;
   NOOP_DO: DurableObjectNamespace<NoopObject>;
-  BASELINE_DO: DurableObjectNamespace<WritePerCallCoordinator>;
+  BASELINE_DO: DurableObjectNamespace<DurableRowsCoordinator>;
 }
 
-type Coordinator = DurableObjectStub<BenchCoordinator> | DurableObjectStub<WritePerCallCoordinator>;
+type Coordinator = DurableObjectStub<BenchCoordinator> | DurableObjectStub<DurableRowsCoordinator>;
 
 async function pair(stub: Coordinator): Promise<void> {
   const r = await stub.acquire({ holder: "bench", waitMs: 2000 });
   if (!r.ok) throw new Error(`acquire failed: ${r.code}`);
   const rel = await stub.release({ leaseId: r.lease.id, fence: r.lease.fence });
   if (!rel.ok) throw new Error(`release failed: ${rel.code}`);
+}
+
+/** µs per acquire alone (each lease released outside the timed part). */
+async function timeAcquire(n: number, stub: Coordinator): Promise<number> {
+  let total = 0;
+  for (let i = 0; i < n; i++) {
+    const t0 = performance.now();
+    const r = await stub.acquire({ holder: "bench", waitMs: 2000 });
+    total += performance.now() - t0;
+    if (!r.ok) throw new Error(`acquire failed: ${r.code}`);
+    await stub.release({ leaseId: r.lease.id, fence: r.lease.fence });
+  }
+  return (total * 1000) / n;
 }
 
 async function timeSequential(n: number, fn: () => Promise<unknown>): Promise<number> {
@@ -161,13 +176,15 @@ export default {
     if (url.pathname === "/p1") {
       const n = int(url, "n", 500);
       const leases = new Leases(coord);
-      const { ping, writes, unconfirmed, pairs, client, before } = await alternate(rounds, {
+      const { ping, writes, unconfirmed, acquires, pairs, client, beforeAcquires, before } = await alternate(rounds, {
         ping: () => timeSequential(n, () => noop.ping()),
         writes: () => timeSequential(n, () => noop.write()),
         unconfirmed: () => timeSequential(n, () => noop.writeUnconfirmed()),
+        acquires: () => timeAcquire(n, coord),
         pairs: () => timeSequential(n, () => pair(coord)),
         client: () => timeSequential(n, () => clientPair(leases)),
-        before: () => timeSequential(Math.max(10, Math.floor(n / 4)), () => pair(baseline)),
+        beforeAcquires: () => timeAcquire(Math.max(10, Math.floor(n / 2)), baseline),
+        before: () => timeSequential(Math.max(10, Math.floor(n / 2)), () => pair(baseline)),
       });
       return Response.json({
         n,
@@ -175,14 +192,18 @@ export default {
         pingUs: median(ping),
         writeUs: median(writes),
         unconfirmedUs: median(unconfirmed),
+        acquireUs: median(acquires),
         pairUs: median(pairs),
         clientUs: median(client),
+        beforeAcquireUs: median(beforeAcquires),
         beforeUs: median(before),
         ping,
         writes,
         unconfirmed,
+        acquires,
         pairs,
         client,
+        beforeAcquires,
         before,
       });
     }
@@ -196,8 +217,8 @@ export default {
         writes: () => timeConcurrent(n, c, () => noop.write()),
         pairs: () => timeConcurrent(n, c, () => pair(coord)),
         coalesced: () => timeConcurrent(n, c, () => clientPair(shared)),
-        // The baseline is an order of magnitude slower: a tenth of the calls keeps the run short.
-        before: () => timeConcurrent(Math.max(c, Math.floor(n / 10)), c, () => pair(baseline)),
+        // The baseline is several times slower: a quarter of the calls keeps the run short.
+        before: () => timeConcurrent(Math.max(c, Math.floor(n / 4)), c, () => pair(baseline)),
       });
       const held = (await coord.stats()).held;
       return Response.json({
@@ -243,8 +264,20 @@ export default {
       const results = await Promise.all(Array.from({ length: 20 }, (_, i) => stub.acquire({ holder: `h${i}` })));
       const granted = results.filter((r) => r.ok).length;
       await stub.crash().catch(() => {});
-      const heldAfterRestart = (await env.COORDINATOR_DO.getByName(name).stats()).held;
-      return Response.json({ granted, heldAfterRestart });
+      // Leases live in memory: the restarted object must grant nothing while they may be alive,
+      // and re-register one whose holder renews.
+      const again = env.COORDINATOR_DO.getByName(name);
+      const s = await again.stats();
+      const refused = await again.acquire({ holder: "newcomer", waitMs: 0 });
+      const first = results.find((r) => r.ok);
+      const renewed = first?.ok ? await again.renew({ leaseId: first.lease.id, fence: first.lease.fence, expiresAt: first.lease.expiresAt }) : null;
+      return Response.json({
+        granted,
+        heldAfterRestart: s.held,
+        learningMs: s.learning?.endsInMs ?? 0,
+        refusedInWindow: !refused.ok && refused.code === "ACQUIRE_TIMEOUT",
+        relearned: renewed?.ok === true,
+      });
     }
     if (url.pathname === "/block") {
       // workerd's clock stands still between I/O, so a pair served from the block has no time of

@@ -3,6 +3,7 @@ import {
   type AcquireManyResult,
   type AcquireOptions,
   type AcquireResult,
+  type Bounds,
   type ConnectionCounts,
   type LearnFailure,
   type LearnedLimit,
@@ -31,7 +32,11 @@ import {
   learnSettingsFromEnv,
   learnedLimit,
   limitSource,
-  nextExpiryAt,
+  type BoundsLog,
+  boundsLog,
+  confirmBounds,
+  planBounds,
+  startLearning,
   reconfigure,
   restore,
   shardConfig,
@@ -39,26 +44,26 @@ import {
   stats,
   tick,
 } from "../src/core/index.ts";
-import { type Step, type StepFn, GroupCommit, WakeTimer, Waiters, failureOf, guarded, settlementsOf, steps } from "../src/engine/index.ts";
+import { type Step, type StepFn, WakeTimer, Waiters, failureOf, guarded, settlementsOf, steps } from "../src/engine/index.ts";
 import type { LearnAnswer } from "../src/workers/learn.ts";
 import { CoordinatorStore } from "./storage.ts";
 
 /** The variables the coordinator reads; the same names as everywhere else in leasegate. */
 export interface CoordinatorEnv extends PoolEnv {}
 
-/** A transition waiting for its rows to be written. */
-interface Flush {
-  resolve(): void;
-  reject(error: unknown): void;
-}
+/** Counters and histograms are written at most this often while they change, ms (a crash loses at most this much). */
+const SNAPSHOT_EVERY_MS = 1_000;
 
 /**
  * The global admission controller for one pool (one object per pool name: `idFromName(pool)`).
  *
- * Decisions are made by `src/core/` and the shared engine (`src/engine/`); this class keeps the
- * pool in the object's SQLite storage (lease rows and one snapshot of counters, histogram, paused
- * flag and limit override), turns deadlines into a timer and expiries into an alarm, and parks
- * waiters as pending RPC promises that are resolved the moment a slot frees — nobody polls.
+ * Decisions are made by `src/core/` and the shared engine (`src/engine/`) on state held in memory:
+ * an acquire, renewal or release is answered as soon as the core has decided, with no storage
+ * write on its path. Waiters are parked as pending RPC promises resolved the moment a slot frees.
+ * What survives a restart: fences keep growing and the limit holds, because the object writes a
+ * small bounds record ahead of need (`src/core/learning.ts`) and a restarted object relearns the
+ * live leases from their holders' renewals before it grants again. Operator state is written when
+ * it changes; counters and the wait histogram at most once a second, off the request path.
  *
  * @example
  * const stub = env.COORDINATOR_DO.get(env.COORDINATOR_DO.idFromName("main"));
@@ -70,15 +75,15 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
   private readonly store: CoordinatorStore;
   private readonly waiters = new Waiters();
   private readonly timer = new WakeTimer(() => this.onTimer());
-  /** The alarm time we last stored; the alarm only has to be early enough, never exact. */
-  private alarmAt: number | null = null;
   /** Shard `index/count` as persisted in meta, or null for an unsharded pool. */
   private shard: string | null = null;
-  /** Lease rows to write at the next flush, by id: the lease to upsert, or null to delete. */
-  private readonly staged = new Map<string, Lease | null>();
-  private readonly commits = new GroupCommit<Flush>((take) => this.flush(take));
-  /** Resolves when the last flushed batch is durable. */
-  private committing: Promise<void> = Promise.resolve();
+  /** The bounds known to be durable (any fence and expiry inside them is answered at once) and the last written. */
+  private bounds: BoundsLog = boundsLog(null);
+  /** Resolves once the last bounds written are durable. */
+  private confirming: Promise<void> = Promise.resolve();
+  /** The snapshot (counters, histogram, hold stats) changed since it was last written. */
+  private dirty = false;
+  private snapshotTimer: ReturnType<typeof setTimeout> | undefined;
   /** `LEASE_LIMIT=auto`: the last learning a Worker handed in (kept in meta), and the last failure after it. */
   private learned: LearnedLimit | null = null;
   private learnFailure: LearnFailure | null = null;
@@ -88,25 +93,46 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
   constructor(ctx: DurableObjectState, env: CoordinatorEnv) {
     super(ctx, env);
     this.store = new CoordinatorStore(ctx.storage);
-    void ctx.blockConcurrencyWhile(async () => {
-      this.load();
-    });
+    void ctx.blockConcurrencyWhile(() => this.load());
   }
 
-  private load(): void {
-    const { leases, snapshot: snap } = this.store.load();
+  /**
+   * Before any call: the snapshot and bounds are read, the learning window starts if leases from
+   * before may still be alive, and bounds for the first grants are made durable.
+   */
+  private async load(): Promise<void> {
+    const { snapshot: snap, bounds, earlier } = this.store.load();
+    let pool: PoolState;
     try {
       // A shard enforces its part of LEASE_LIMIT (persisted when a sharded client first said so).
       this.shard = this.store.readMeta("shard");
       const learned = this.store.readMeta("learned");
       this.learned = learned === null ? null : (JSON.parse(learned) as LearnedLimit);
-      this.pool = restore(this.baseConfig(), snap, leases);
+      pool = restore(this.baseConfig(), snap, []);
     } catch (error) {
       this.configError = isLeaseError(error) ? error : new LeaseError("INVALID_CONFIG", String(error));
       return;
     }
-    // Leases that expired while the object was gone are reaped now; live ones are honored.
-    void this.afterStep({ answer: null, effects: tick(this.pool, Date.now()) });
+    // An object stored by an earlier version kept lease rows: those leases are relearned like any.
+    const stored =
+      earlier === null
+        ? bounds
+        : {
+            fenceCeiling: Math.max(bounds?.fenceCeiling ?? 1, pool.nextFence, earlier.maxFence + 1),
+            horizon: Math.max(bounds?.horizon ?? 0, earlier.maxExpiresAt),
+          };
+    const now = Date.now();
+    startLearning(pool, stored, now);
+    this.pool = pool;
+    this.bounds = boundsLog(stored);
+    // Fences for the first grants, durable before any: a restarted object never waits for them.
+    const { write } = planBounds(this.bounds, pool, [], now);
+    if (write !== null) this.writeBounds(write);
+    if (earlier !== null) {
+      await this.store.writeSnapshot(snapshot(pool), false);
+      this.store.dropEarlier();
+    }
+    await this.confirming;
   }
 
   /** LEASE_* from env (with `LEASE_LIMIT=auto`, the learned limit once there is one), split to this object's part when it is a shard. */
@@ -136,83 +162,102 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
   }
 
   private requirePool(): PoolState {
-    if (!this.pool) throw this.configError ?? new LeaseError("INTERNAL", "Coordinator not loaded");
+    if (!this.pool) throw this.configError ?? new LeaseError("INVALID_CONFIG", "Coordinator not loaded");
     return this.pool;
   }
 
-  /** Runs one step on the pool now and stages what it changed; see `afterStep`. */
-  private run<T>(step: StepFn<T>): { step: Step<T>; written: Promise<void> } {
+  /** Runs one step on the pool now; see `afterStep` for `durable`. */
+  private run<T>(step: StepFn<T>): { step: Step<T>; durable: Promise<void> | null } {
     const done = step(this.requirePool(), Date.now());
-    return { step: done, written: this.afterStep(done) };
+    return { step: done, durable: this.afterStep(done) };
   }
 
   /**
-   * Stages the rows a step changed, answers the waiters it settled and re-arms the timer. Resolves
-   * once the batch holding these writes is issued: workerd's output gate then holds every answer
-   * until it is durable. Grants are answered only then; a timed-out waiter at once. A release's
-   * answer need not wait for its delete: a lost delete only makes a restarted object count the
-   * lease as held until its TTL — fewer connections than the limit for a while, never more.
+   * Answers the waiters a step settled and re-arms the timer. Nothing is written on this path:
+   * the answer leaves at once, unless it hands out a fence or an expiry beyond the durable bounds
+   * (never in steady state: bounds are written half a step ahead; a per-call `ttlMs` longer than
+   * the step can be). Then `durable` resolves once bounds covering it are, and grants wait for it.
    */
-  private afterStep(step: Step<unknown>): Promise<void> {
+  private afterStep(step: Step<unknown>): Promise<void> | null {
     const pool = this.requirePool();
     const fx = step.effects;
-    for (const l of step.written ?? []) this.staged.set(l.id, l);
-    for (const id of step.removed ?? []) this.staged.set(id, null);
-    for (const l of fx.granted) this.staged.set(l.id, l);
-    for (const l of fx.expired) this.staged.set(l.id, null);
+    const handed = fx.granted.length === 0 ? (step.written ?? []) : [...(step.written ?? []), ...fx.granted];
+    const durable = handed.length === 0 ? null : this.cover(pool, handed);
     const settled = settlementsOf(pool, fx);
-    const written = new Promise<void>((resolve, reject) => this.commits.add({ resolve, reject }));
-    // A release does not wait for its write; a failed write must not become an unhandled rejection.
-    written.catch(() => {});
-    this.waiters.settleAll(settled.filter(([, r]) => !r.ok));
-    const granted = settled.filter(([, r]) => r.ok);
-    if (granted.length > 0) {
-      // A grant whose row could not be written is never answered as one: the waiter hears the
-      // failure (the slot comes back at the lease's short TTL, as nobody renews it).
-      written.then(
+    if (durable === null) this.waiters.settleAll(settled);
+    else {
+      this.waiters.settleAll(settled.filter(([, r]) => !r.ok));
+      const granted = settled.filter(([, r]) => r.ok);
+      // A grant whose bounds could not be written is never answered as one: the waiter hears the
+      // failure (the slot comes back at the lease's TTL, as nobody renews it).
+      durable.then(
         () => this.waiters.settleAll(granted),
         (error: unknown) => this.waiters.settleAll(granted.map(([id]) => [id, failureOf(error)] as const)),
       );
     }
-    this.schedule(pool);
-    return written;
-  }
-
-  /**
-   * One batch of the group commit: it starts once the previous batch is durable, so every call
-   * that arrives during a commit joins the next one. With nothing in flight it flushes at the end
-   * of this task (no timer: a timer turn costs milliseconds in workerd under load). A crash before
-   * the flush loses only calls whose answers were never sent.
-   */
-  private async flush(take: () => Flush[]): Promise<void> {
-    await this.committing;
-    const batch = take();
-    this.store.write(this.staged, snapshot(this.requirePool()));
-    this.staged.clear();
-    this.committing = this.store.sync().catch(() => {});
-    for (const f of batch) f.resolve();
-  }
-
-  /**
-   * The wake timer for the next deadline or expiry (precise while the object lives), and a durable
-   * alarm for the next expiry, so a dead holder's slot comes back even if the object was evicted.
-   */
-  private schedule(pool: PoolState): void {
     this.timer.arm(this.waiters.wakeAt(pool));
-    const expiryAt = nextExpiryAt(pool);
-    if (expiryAt !== null && (this.alarmAt === null || expiryAt < this.alarmAt)) {
-      this.alarmAt = expiryAt;
-      void this.ctx.storage.setAlarm(expiryAt);
-    }
+    this.changed();
+    return durable;
+  }
+
+  /**
+   * Writes the next bounds in the background when `handed` brings the pool within half a step of
+   * the last ones written; null when the durable bounds already cover `handed`, else a promise
+   * that resolves once they do.
+   */
+  private cover(pool: PoolState, handed: readonly Lease[]): Promise<void> | null {
+    const { write, wait } = planBounds(this.bounds, pool, handed, Date.now());
+    if (write !== null) this.writeBounds(write);
+    if (!wait) return null;
+    const durable = this.confirming;
+    // Not awaited by a release's own answer: a failure must not become an unhandled rejection.
+    durable.catch(() => {});
+    return durable;
+  }
+
+  /**
+   * Writes `next` without holding any answer behind the output gate; `confirming` resolves once it
+   * is durable (`sync()` resolves after every write issued before it).
+   */
+  private writeBounds(next: Bounds): void {
+    this.store.writeBounds(next).catch(() => {});
+    this.confirming = this.store.sync().then(
+      () => confirmBounds(this.bounds, next),
+      (error: unknown) => {
+        // The next call that needs bounds writes them again.
+        this.bounds.written = this.bounds.confirmed;
+        throw error;
+      },
+    );
+  }
+
+  /**
+   * Counters, histogram and hold stats changed: written off the request path (never holding an
+   * answer) at most once a second, so a crash loses at most the last second of counts and an
+   * object that goes idle has written everything long before it is evicted.
+   */
+  private changed(): void {
+    this.dirty = true;
+    if (this.snapshotTimer !== undefined) return;
+    this.snapshotTimer = setTimeout(() => {
+      this.snapshotTimer = undefined;
+      if (!this.dirty || !this.pool) return;
+      this.dirty = false;
+      this.store.writeSnapshot(snapshot(this.pool), true).catch(() => {
+        this.changed();
+      });
+    }, SNAPSHOT_EVERY_MS);
   }
 
   private onTimer(): void {
     if (this.pool) void this.afterStep({ answer: null, effects: tick(this.pool, Date.now()) });
   }
 
-  /** Reaps expired leases; re-arms itself while leases are held. */
+  /**
+   * Brings the pool to now. Nothing sets an alarm any more (leases live in memory; the timer reaps
+   * them while the object lives); one set by an earlier version fires once and does this.
+   */
   override async alarm(): Promise<void> {
-    this.alarmAt = null;
     if (!this.pool) return;
     await this.afterStep({ answer: null, effects: tick(this.pool, Date.now()) });
   }
@@ -235,7 +280,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
 
   /**
    * Several acquires in one call (a client's concurrent callers, coalesced). Each request is
-   * granted now if a slot is free for it, in order, all under one commit; a request that would wait
+   * granted now if a slot is free for it, in order; a request that would wait
    * answers `null` and is not queued: the client sends it on its own. A bad request fails alone.
    *
    * @example
@@ -257,16 +302,16 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
     const pool = this.requirePool();
     if (typeof options === "object" && options !== null && options.shard !== undefined) this.applyShard(pool, options.shard);
     const leaseId = crypto.randomUUID();
-    const { step, written } = this.run(steps.acquire(leaseId, options, queue));
+    const { step, durable } = this.run(steps.acquire(leaseId, options, queue));
     const answer = step.answer;
     if (answer.kind === "deferred") return null;
     if (answer.kind === "result") {
-      if (answer.result.ok) await written;
+      if (answer.result.ok && durable !== null) await durable;
       return answer.result;
     }
     const waiting = this.waiters.park(leaseId, options.holder ?? "", Date.now());
     this.waiters.queued(leaseId, answer.deadline);
-    this.schedule(pool);
+    this.timer.arm(this.waiters.wakeAt(pool));
     return await waiting;
   }
 
@@ -296,7 +341,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
 
   private releaseOne(ref: LeaseRef): ReleaseResult {
     try {
-      // Not awaited: see afterStep for why a release may answer before its delete is written.
+      // Waiters it granted may wait for bounds (see afterStep); the release's own answer does not.
       return this.run(guarded(steps.release(ref))).step.answer;
     } catch (error) {
       return failureOf(error);
@@ -310,14 +355,25 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    * const r = await stub.renew({ leaseId: lease.id, fence: lease.fence });
    */
   async renew(ref: LeaseRef, ttlMs?: number): Promise<RenewResult> {
-    return this.durable(guarded(steps.renew(ref, ttlMs)));
+    try {
+      const { step, durable } = this.run(guarded(steps.renew(ref, ttlMs)));
+      if (step.answer.ok && durable !== null) await durable;
+      return step.answer;
+    } catch (error) {
+      return failureOf(error);
+    }
   }
 
-  /** Runs a step and answers once what it changed is written (renewals and operator controls). */
-  private async durable<T>(step: StepFn<T>): Promise<T> {
+  /**
+   * Runs an operator's step and persists the pool's snapshot with it: the output gate holds this
+   * answer (and any other leaving meanwhile) until it is durable, so "done" means "kept".
+   */
+  private async operator<T>(step: StepFn<T>): Promise<T> {
     try {
-      const { step: done, written } = this.run(step);
-      await written;
+      const { step: done, durable } = this.run(step);
+      this.dirty = false;
+      const written = this.store.writeSnapshot(snapshot(this.requirePool()), false);
+      await Promise.all([written, durable]);
       return done.answer;
     } catch (error) {
       return failureOf(error) as T;
@@ -336,7 +392,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
     return stats(this.requirePool(), Date.now());
   }
 
-  // ── Operator controls. Each is one transition, persisted before it answers. ──
+  // ── Operator controls. Each is one transition, persisted before it answers (rare, so it may wait). ──
 
   /**
    * Stops granting (drain, say before a migration): held leases run on, callers queue and time out
@@ -346,7 +402,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    * await stub.pause(); // wait until (await stub.stats()).held === 0, migrate, then stub.resume()
    */
   async pause(): Promise<ControlResult> {
-    return this.durable(guarded(steps.pause(true)));
+    return this.operator(guarded(steps.pause(true)));
   }
 
   /**
@@ -356,7 +412,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    * await stub.resume();
    */
   async resume(): Promise<ControlResult> {
-    return this.durable(guarded(steps.pause(false)));
+    return this.operator(guarded(steps.pause(false)));
   }
 
   /**
@@ -369,7 +425,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    */
   async setLimit(limit: number | null): Promise<ControlResult> {
     try {
-      return await this.durable(guarded(steps.setLimit(limit, this.baseConfig().limit)));
+      return await this.operator(guarded(steps.setLimit(limit, this.baseConfig().limit)));
     } catch (error) {
       return failureOf(error);
     }
@@ -383,7 +439,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    * await stub.revoke("3f2a9c1b");
    */
   async revoke(idOrPrefix: string): Promise<RevokeResult> {
-    return this.durable(guarded(steps.revoke(idOrPrefix)));
+    return this.operator(guarded(steps.revoke(idOrPrefix)));
   }
 
   /**
@@ -462,7 +518,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
       this.learnClaimedAt = null;
       this.store.writeMeta("learned", JSON.stringify(learned));
       const config = this.baseConfig();
-      const answer = await this.durable((state, now) => ({
+      const answer = await this.operator((state, now) => ({
         answer: null,
         effects: state.limitOverride === null ? reconfigure(state, { ...state.config, limit: config.limit }, now) : { granted: [], timedOut: [], expired: [] },
       }));

@@ -1,40 +1,29 @@
 /**
- * The Durable Object's storage: lease rows and a `meta` table (the pool's snapshot, the shard it
- * is, the last reconciliation) in the object's SQLite. Writes of one batch go in one transaction.
+ * The Durable Object's storage. No lease is stored: leases and waiters live in memory, and a
+ * restarted object relearns them (`src/core/learning.ts`). What is stored, in the object's SQLite:
+ * - `bounds` (key-value): the fence ceiling and the expiry horizon, written ahead of need;
+ * - `snapshot` (key-value): counters, wait histogram, hold statistics, paused flag, limit override;
+ * - the `meta` table: the shard this object is, the last reconciliation.
+ * Objects stored by earlier versions kept lease rows and their snapshot in `meta`: `load` reads
+ * them once as the leases granted before the restart and drops them.
  */
-import type { Lease, PoolSnapshot, Priority } from "../src/core/index.ts";
+import type { Bounds, PoolSnapshot } from "../src/core/index.ts";
 
-/** Rows per statement in a flush. Durable Object SQLite binds at most 100 values per statement. */
-const DELETE_CHUNK = 100;
-const INSERT_CHUNK = 16;
-/** One statement text each, so the object prepares it once; a short chunk repeats its last item. */
-const DELETE_LEASES = `DELETE FROM leases WHERE id IN (${Array(DELETE_CHUNK).fill("?").join(", ")})`;
-const INSERT_LEASES = `INSERT OR REPLACE INTO leases (id, fence, holder, granted_at, expires_at, priority) VALUES ${Array(INSERT_CHUNK).fill("(?, ?, ?, ?, ?, ?)").join(", ")}`;
+/** Writes that must not hold the object's answers: their confirmation is awaited with `sync()`. */
+const BACKGROUND = { allowUnconfirmed: true } as const;
 
-/** `items` in chunks of exactly `size`, the last one padded with its own last item (for fixed statements). */
-function* paddedChunks<T>(items: T[], size: number): Generator<T[]> {
-  for (let i = 0; i < items.length; i += size) {
-    const chunk = items.slice(i, i + size);
-    while (chunk.length < size) chunk.push(chunk[chunk.length - 1]!);
-    yield chunk;
-  }
-}
-
-interface LeaseRow extends Record<string, SqlStorageValue> {
-  id: string;
-  fence: number;
-  holder: string;
-  granted_at: number;
-  expires_at: number;
-  priority: string | null;
+/** What an object stored by an earlier version held as leases: what a restart must relearn. */
+export interface EarlierLeases {
+  maxFence: number;
+  maxExpiresAt: number;
 }
 
 /**
- * The object's tables, read once at start and written in batches.
+ * The object's stored state, read once at start and written off the request path.
  *
  * @example
  * const store = new CoordinatorStore(ctx.storage);
- * const { leases, snapshot } = store.load();
+ * const { snapshot, bounds, earlier } = store.load();
  */
 export class CoordinatorStore {
   readonly #storage: DurableObjectStorage;
@@ -43,32 +32,33 @@ export class CoordinatorStore {
     this.#storage = storage;
   }
 
-  /** Creates the tables when missing and reads the lease rows and the snapshot. */
-  load(): { leases: Lease[]; snapshot: PoolSnapshot | null } {
+  /**
+   * Creates the meta table when missing and reads the snapshot and bounds. An earlier version's
+   * lease rows come back as `earlier` (and its snapshot as the snapshot); call `dropEarlier` once
+   * the bounds that cover them are written.
+   */
+  load(): { snapshot: PoolSnapshot | null; bounds: Bounds | null; earlier: EarlierLeases | null } {
     const sql = this.#storage.sql;
+    sql.exec("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)");
+    let snapshot = this.#storage.kv.get<PoolSnapshot>("snapshot") ?? null;
+    const bounds = this.#storage.kv.get<Bounds>("bounds") ?? null;
+    let earlier: EarlierLeases | null = null;
+    const hasRows = sql.exec("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'leases'").toArray().length > 0;
+    if (hasRows) {
+      const row = sql.exec<{ f: number | null; e: number | null }>("SELECT MAX(fence) AS f, MAX(expires_at) AS e FROM leases").one();
+      earlier = { maxFence: row.f ?? 0, maxExpiresAt: row.e ?? 0 };
+    }
+    const legacy = this.readMeta("snapshot");
+    if (snapshot === null && legacy !== null) snapshot = JSON.parse(legacy) as PoolSnapshot;
+    return { snapshot, bounds, earlier };
+  }
+
+  /** Forgets an earlier version's lease rows and snapshot row (their content now lives in `bounds` and `snapshot`). */
+  dropEarlier(): void {
     this.#storage.transactionSync(() => {
-      sql.exec(`CREATE TABLE IF NOT EXISTS leases (
-        id TEXT PRIMARY KEY,
-        fence INTEGER NOT NULL,
-        holder TEXT NOT NULL,
-        granted_at INTEGER NOT NULL,
-        expires_at INTEGER NOT NULL,
-        priority TEXT
-      )`);
-      sql.exec("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)");
-      // Objects created by leasegate 0.1 have no priority column (their leases keep `normal`).
-      const columns = sql.exec<{ name: string }>("PRAGMA table_info(leases)").toArray();
-      if (!columns.some((c) => c.name === "priority")) sql.exec("ALTER TABLE leases ADD COLUMN priority TEXT");
+      this.#storage.sql.exec("DROP TABLE IF EXISTS leases");
+      this.writeMeta("snapshot", null);
     });
-    const leases = sql
-      .exec<LeaseRow>("SELECT id, fence, holder, granted_at, expires_at, priority FROM leases")
-      .toArray()
-      .map((r): Lease => {
-        const lease = { id: r.id, fence: r.fence, holder: r.holder, grantedAt: r.granted_at, expiresAt: r.expires_at };
-        return r.priority === null ? lease : { ...lease, priority: r.priority as Priority };
-      });
-    const snapshot = this.readMeta("snapshot");
-    return { leases, snapshot: snapshot === null ? null : (JSON.parse(snapshot) as PoolSnapshot) };
   }
 
   readMeta(key: string): string | null {
@@ -76,31 +66,23 @@ export class CoordinatorStore {
     return row ? row.value : null;
   }
 
+  /** An operator's change: held by the output gate until durable, so its answer means it is kept. */
   writeMeta(key: string, value: string | null): void {
     if (value === null) this.#storage.sql.exec("DELETE FROM meta WHERE key = ?", key);
     else this.#storage.sql.exec("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", key, value);
   }
 
   /**
-   * One transaction: the staged lease rows (a lease to upsert, or null to delete) and the pool's
-   * snapshot. A statement per chunk, not per row: in workerd each statement costs a good part of a
-   * small commit. Repeating a row in a chunk deletes or writes the same row again: no effect.
+   * The snapshot. `background`: written without holding any answer (counters, histogram; a crash
+   * may lose it); otherwise the output gate holds answers until it is durable (operator changes).
    */
-  write(staged: ReadonlyMap<string, Lease | null>, snapshot: PoolSnapshot): void {
-    const sql = this.#storage.sql;
-    const deleted: string[] = [];
-    const written: Lease[] = [];
-    for (const [id, lease] of staged) {
-      if (lease === null) deleted.push(id);
-      else written.push(lease);
-    }
-    this.#storage.transactionSync(() => {
-      for (const ids of paddedChunks(deleted, DELETE_CHUNK)) sql.exec(DELETE_LEASES, ...ids);
-      for (const rows of paddedChunks(written, INSERT_CHUNK)) {
-        sql.exec(INSERT_LEASES, ...rows.flatMap((l) => [l.id, l.fence, l.holder, l.grantedAt, l.expiresAt, l.priority ?? null]));
-      }
-      this.writeMeta("snapshot", JSON.stringify(snapshot));
-    });
+  writeSnapshot(snapshot: PoolSnapshot, background: boolean): Promise<void> {
+    return this.#storage.put("snapshot", snapshot, background ? BACKGROUND : {});
+  }
+
+  /** The next bounds, written without holding any answer; `sync()` tells when they are durable. */
+  writeBounds(bounds: Bounds): Promise<void> {
+    return this.#storage.put("bounds", bounds, BACKGROUND);
   }
 
   /** Resolves when everything written so far is durable. */

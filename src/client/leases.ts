@@ -229,7 +229,7 @@ export class Leases implements LeaseClient {
    * lease = await leases.renew(lease, 30_000);
    */
   async renew(lease: LeaseGrant, ttlMs?: number): Promise<LeaseGrant> {
-    const result = await call(() => this.#coordinator.renew({ leaseId: lease.id, fence: lease.fence }, ttlMs));
+    const result = await call(() => this.#coordinator.renew({ leaseId: lease.id, fence: lease.fence, expiresAt: lease.expiresAt }, ttlMs));
     if (!result.ok) throw toError(result);
     return result.lease;
   }

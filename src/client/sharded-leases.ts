@@ -346,7 +346,7 @@ export class ShardedLeases implements LeaseClient {
     const shard = (lease as Partial<ShardedGrant>).shard ?? 0;
     let result: RenewResult;
     try {
-      result = await this.#coordinators[shard]!.renew({ leaseId: lease.id, fence: lease.fence }, ttlMs);
+      result = await this.#coordinators[shard]!.renew({ leaseId: lease.id, fence: lease.fence, expiresAt: lease.expiresAt }, ttlMs);
     } catch (error) {
       throw isLeaseError(error) ? error : unavailable(error);
     }

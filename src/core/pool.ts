@@ -73,6 +73,9 @@ function checkRef(ref: LeaseRef): void {
   }
   checkId("leaseId", ref.leaseId);
   checkInt("fence", ref.fence, 1, Number.MAX_SAFE_INTEGER);
+  if (ref.expiresAt !== undefined && !Number.isFinite(ref.expiresAt)) {
+    throw new LeaseError("INVALID_ARGUMENT", expected("expiresAt", "a finite number (ms since the epoch)", ref.expiresAt));
+  }
 }
 
 /** Estimated time until a slot could be free for one more caller, from observed hold times. */
@@ -101,6 +104,8 @@ function grantTo(state: PoolState, w: { leaseId: string; holder: string; ttlMs: 
  * with classes and tenants, to the most urgent class that may take one, tenants taking turns.
  */
 function fill(state: PoolState, now: number, fx: Effects): void {
+  // A pool relearning the leases granted before its restart cannot know a slot is free.
+  if (state.learning) return;
   for (let i = pickNext(state); i >= 0; i = pickNext(state)) {
     const w = i === 0 ? state.queue.shift()! : state.queue.splice(i, 1)[0]!;
     served(state, w);
@@ -115,6 +120,8 @@ function fill(state: PoolState, now: number, fx: Effects): void {
  * time out (a waiter is never granted after its deadline), then free slots go to the queue.
  */
 function advance(state: PoolState, now: number, fx: Effects): void {
+  // Every lease granted before the restart has been renewed (and is known again) or has expired.
+  if (state.learning && now >= state.learning.until) state.learning = undefined;
   for (const lease of state.leases.values()) {
     if (lease.expiresAt <= now) {
       state.leases.delete(lease.id);
@@ -156,7 +163,7 @@ export function acquire(state: PoolState, req: AcquireRequest, now: number): { o
   advance(state, now, fx);
   // After `advance`, every waiter still queued is one that may not take a slot now; so a newcomer
   // that may take one passes no one who could have had it.
-  if (eligible(state, r.priority)) {
+  if (!state.learning && eligible(state, r.priority)) {
     served(state, { ...r, enqueuedAt: now, deadline: now });
     record(state.waits, 0);
     return { outcome: { status: "granted", lease: grantTo(state, r, now) }, effects: fx };
@@ -207,7 +214,8 @@ function refusal(state: PoolState, waitMs: number): Extract<AcquireOutcome, { st
   const where = `limit ${capacity(state)}, ${state.leases.size} held, ${state.queue.length} waiting`;
   if (waitMs === 0) {
     state.counters.timedOut++;
-    const message = `No connection slot free (${where}${state.paused ? ", paused" : ""}) and the caller would not wait`;
+    const why = state.learning ? ", relearning leases after a restart" : state.paused ? ", paused" : "";
+    const message = `No connection slot free (${where}${why}) and the caller would not wait`;
     return { status: "rejected", code: "ACQUIRE_TIMEOUT", message, retryAfterMs: retryAfterMs(state) };
   }
   if (state.queue.length >= maxQueue) {
@@ -255,6 +263,21 @@ export function formatTimeout(f: TimeoutFacts): string {
   return `Timed out after ${f.waitedMs} ms waiting for a connection slot (limit ${f.limit}, ${f.held} held, ${f.waiting} waiting)`;
 }
 
+/** True when `ref` may name a lease granted before the restart the pool is relearning from. */
+function earlier(state: PoolState, ref: LeaseRef, now: number): boolean {
+  const l = state.learning;
+  return l !== undefined && now < l.until && ref.fence < l.relearnBelowFence;
+}
+
+/**
+ * Whether a renewal of an earlier lease re-registers it: its holder says it is still alive (a late
+ * heartbeat of an expired lease must not bring it back while another holder may use its slot),
+ * and the relearned leases stay within the limit (the leases alive at the restart were no more).
+ */
+function relearnable(state: PoolState, ref: LeaseRef, now: number): boolean {
+  return (ref.expiresAt === undefined || ref.expiresAt > now) && state.leases.size < state.config.limit;
+}
+
 function findLive(state: PoolState, ref: LeaseRef, now: number): LeaseOutcome {
   checkRef(ref);
   const lease = state.leases.get(ref.leaseId);
@@ -277,13 +300,20 @@ function findLive(state: PoolState, ref: LeaseRef, now: number): LeaseOutcome {
  */
 export function release(state: PoolState, ref: LeaseRef, now: number): { outcome: LeaseOutcome; effects: Effects } {
   checkTime(now);
-  const found = findLive(state, ref, now);
-  if (found.status === "ok") {
+  let found = findLive(state, ref, now);
+  if (found.status === "failed" && found.code === "LEASE_NOT_FOUND" && earlier(state, ref, now)) {
+    // A lease granted before the restart, given back before its holder renewed it: nothing to free.
+    found = { status: "ok", lease: relearned(ref, now, 0) };
+    state.counters.released++;
+  } else if (found.status === "ok") {
     state.leases.delete(found.lease.id);
     state.counters.released++;
-    state.holdMsSum += now - found.lease.grantedAt;
-    state.holdCount++;
-    observeHold(state, found.lease, now - found.lease.grantedAt, now);
+    // A relearned lease's hold began before the restart, at an unknown time.
+    if (!found.lease.relearned) {
+      state.holdMsSum += now - found.lease.grantedAt;
+      state.holdCount++;
+      observeHold(state, found.lease, now - found.lease.grantedAt, now);
+    }
   }
   const fx = noEffects();
   advance(state, now, fx);
@@ -300,12 +330,25 @@ export function release(state: PoolState, ref: LeaseRef, now: number): { outcome
 export function renew(state: PoolState, ref: LeaseRef, now: number, ttlMs?: number): { outcome: LeaseOutcome; effects: Effects } {
   checkTime(now);
   const ttl = ttlMs === undefined ? state.config.leaseTtlMs : checkInt("ttlMs", ttlMs, 1, BOUNDS.leaseTtlMs);
-  const found = findLive(state, ref, now);
-  if (found.status === "ok") found.lease.expiresAt = now + ttl;
+  let found = findLive(state, ref, now);
+  if (found.status === "failed" && found.code === "LEASE_NOT_FOUND" && earlier(state, ref, now) && relearnable(state, ref, now)) {
+    // Its holder still works under a lease granted before the restart: it keeps its slot.
+    found = { status: "ok", lease: relearned(ref, now, ttl) };
+    state.leases.set(found.lease.id, found.lease);
+    state.learning!.relearned++;
+  } else if (found.status === "ok") found.lease.expiresAt = now + ttl;
   const fx = noEffects();
   advance(state, now, fx);
   return { outcome: found, effects: fx };
 }
+
+/** A lease granted before a restart, as its holder's renewal or release names it. */
+function relearned(ref: LeaseRef, now: number, ttlMs: number): Lease {
+  return { id: ref.leaseId, fence: ref.fence, holder: RELEARNED_HOLDER, grantedAt: now, expiresAt: now + ttlMs, relearned: true };
+}
+
+/** The holder shown for a lease re-registered after a restart (its real holder is not sent on renewal). */
+export const RELEARNED_HOLDER = "relearned";
 
 /**
  * Removes a waiter whose caller gave up (disconnected, aborted). Returns whether it was queued.
@@ -365,7 +408,7 @@ export function tick(state: PoolState, now: number): Effects {
  * const at = nextWakeAt(pool); // the shell arms one timer for `at - now`
  */
 export function nextWakeAt(state: PoolState): number | null {
-  let at = Infinity;
+  let at = state.learning?.until ?? Infinity;
   for (const lease of state.leases.values()) if (lease.expiresAt < at) at = lease.expiresAt;
   for (const w of state.queue) if (w.deadline < at) at = w.deadline;
   return at === Infinity ? null : at;
@@ -448,6 +491,7 @@ export function stats(state: PoolState, now: number): PoolStats {
       expiresInMs: l.expiresAt - now,
     })),
     paused: state.paused,
+    learning: state.learning && now < state.learning.until ? { endsInMs: state.learning.until - now, relearned: state.learning.relearned } : null,
   };
 }
 

@@ -74,6 +74,8 @@ export interface Lease {
   expiresAt: number;
   /** The class it was granted in, when not `normal`. */
   readonly priority?: Priority | undefined;
+  /** True for a lease granted before a restart and re-registered by its holder's renewal. */
+  readonly relearned?: true | undefined;
 }
 
 /** A request queued for a slot. It is granted under `leaseId` or times out at `deadline`. */
@@ -125,6 +127,19 @@ export interface PoolState {
   paused: boolean;
   /** The limit an operator set, kept across restarts; null: `config.limit` is the configured one. */
   limitOverride: number | null;
+  /**
+   * After a restart that forgot its leases: until `until`, nothing is granted and the holders of
+   * leases granted before the restart (fences below `relearnBelowFence`) re-register them by
+   * renewing. Undefined when the pool knows every lease it granted.
+   */
+  learning?: Learning | undefined;
+}
+
+/** A learning window (see `PoolState.learning`); `relearned` counts the leases re-registered in it. */
+export interface Learning {
+  readonly until: number;
+  readonly relearnBelowFence: number;
+  relearned: number;
 }
 
 /** What a transition did besides its own answer: the shell wakes, fails or forgets these. */
@@ -178,6 +193,12 @@ export interface AcquireRequest {
 export interface LeaseRef {
   leaseId: string;
   fence: number;
+  /**
+   * On renewal: the expiry the holder was last told. A coordinator relearning its leases after a
+   * restart re-registers a lease only while this is still ahead (a late heartbeat of an expired
+   * lease must not bring it back); without it, only while fewer than the limit are relearned.
+   */
+  expiresAt?: number | undefined;
 }
 
 export interface HeldLease {
@@ -206,4 +227,9 @@ export interface PoolStats {
   leases: HeldLease[];
   /** True while an operator has paused granting (drain). */
   paused: boolean;
+  /**
+   * While a restarted pool relearns the leases granted before the restart (nothing is granted):
+   * how long it still lasts and how many leases their holders re-registered so far; else null.
+   */
+  learning: { endsInMs: number; relearned: number } | null;
 }

@@ -26,9 +26,9 @@ export function failureOf(error: unknown): Failure {
   return { ok: false, code: "INTERNAL", message: "The coordinator failed to handle the call" };
 }
 
-/** What a sharded client picks shards by: held, waiting, and the slots grantable now (0 while paused). */
+/** What a sharded client picks shards by: held, waiting, and the slots grantable now (0 while paused or relearning). */
 export function loadOf(state: PoolState): ShardLoad {
-  return { held: state.leases.size, waiting: state.queue.length, limit: state.paused ? 0 : capacity(state) };
+  return { held: state.leases.size, waiting: state.queue.length, limit: state.paused || state.learning ? 0 : capacity(state) };
 }
 
 /** The answer of a waiter whose deadline passed (built where it waited, from the facts sent to it). */

@@ -26,9 +26,10 @@ import * as core from "../core/index.ts";
 import { failureOf, grantOf, grantResult, loadOf } from "./answers.ts";
 
 /**
- * What one step answers and what the core did besides. `written` and `removed` name the lease
- * rows the step itself changed (effects name the rest), for a backend that writes rows as they
- * change instead of comparing the whole state.
+ * What one step answers and what the core did besides. `written` names the leases the step
+ * itself handed out or extended (a grant, a renewal) and `removed` the ones it freed; effects name
+ * the rest. A backend that writes rows writes these; the Durable Object checks `written` against
+ * its durable bounds (fences and expiries it may answer without waiting).
  */
 export interface Step<T> {
   answer: T;

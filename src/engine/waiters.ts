@@ -86,11 +86,12 @@ export class Waiters {
   }
 
   /**
-   * When this instance must next look at the pool: the earliest deadline of its parked callers or
-   * the pool's next lease expiry (a dead holder's slot frees only by time), or null.
+   * When this instance must next look at the pool: the earliest deadline of its parked callers,
+   * the pool's next lease expiry (a dead holder's slot frees only by time) or the end of its
+   * learning window (queued callers are granted then), or null.
    */
   wakeAt(state: PoolState): number | null {
-    let at = nextExpiryAt(state) ?? Infinity;
+    let at = Math.min(nextExpiryAt(state) ?? Infinity, state.learning?.until ?? Infinity);
     for (const p of this.#parked.values()) if (p.deadline < at) at = p.deadline;
     return at === Infinity ? null : at;
   }

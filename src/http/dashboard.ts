@@ -188,8 +188,10 @@ export const DASHBOARD_HTML = `<!doctype html>
     $("occupancy").textContent = s.held + " / " + s.limit + " held";
     $("waitingNow").textContent = s.waiting ? s.waiting + " waiting" : "";
     const st = $("state");
-    st.textContent = s.paused ? "PAUSED (draining)" : "granting";
-    st.className = "badge " + (s.paused ? "bad" : "good");
+    // After a restart nothing is granted until the leases from before are relearned (or expired).
+    const learning = s.learning ? "RELEARNING " + (s.learning.endsInMs / 1000).toFixed(1) + " s (" + s.learning.relearned + " relearned)" : "";
+    st.textContent = s.paused ? "PAUSED (draining)" : learning || "granting";
+    st.className = "badge " + (s.paused || learning ? "bad" : "good");
     if (document.activeElement !== $("limit")) $("limit").value = s.limit;
     const c = s.counters;
     cells($("counters"), [["granted", c.granted], ["released", c.released], ["expired", c.expired],

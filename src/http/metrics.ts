@@ -39,6 +39,13 @@ export function formatMetrics(pool: string, s: OperatorStats): string {
   one("leasegate_oldest_wait_seconds", "gauge", "Age of the oldest queued caller (0 when none waits).", s.maxWaitMs / 1000);
   one("leasegate_max_queue_requests", "gauge", "Queue length beyond which callers are shed with QUEUE_FULL.", s.maxQueue);
   one("leasegate_paused", "gauge", "1 while an operator has paused granting (drain), else 0.", s.paused ? 1 : 0);
+  one(
+    "leasegate_learning_seconds",
+    "gauge",
+    "Time left in the learning window after a restart (nothing is granted while leases from before are relearned), else 0.",
+    (s.learning?.endsInMs ?? 0) / 1000,
+  );
+  one("leasegate_relearned_leases", "gauge", "Leases re-registered by their holders' renewals in the current learning window.", s.learning?.relearned ?? 0);
 
   one("leasegate_leases_granted_total", "counter", "Leases granted.", s.counters.granted);
   one("leasegate_leases_released_total", "counter", "Leases released by their holders (or by an operator).", s.counters.released);

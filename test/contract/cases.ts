@@ -22,6 +22,7 @@ const STATS_KEYS = [
   "counters",
   "effectiveLimit",
   "held",
+  "learning",
   "leaseTtlMs",
   "leases",
   "limit",
@@ -462,27 +463,43 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       expect(order).toEqual(["a1", "b1", "a2", "a3"]);
     });
 
-    it("held leases survive a restart, fences continue above them, and they release normally", async () => {
+    it("across a restart: live earlier leases keep their slots and renew, the limit counts them, fences increase", async () => {
+      // What both backends guarantee. How: Postgres keeps the lease rows; the Durable Object keeps
+      // leases in memory and relearns them from renewals, granting nothing until it has.
       const pool = await fresh();
-      const a = await grant(pool.coordinator, "a");
-      const b = await grant(pool.coordinator, "b");
+      const ttlMs = 1000;
+      const a = await grant(pool.coordinator, "a", { ttlMs });
+      const b = await grant(pool.coordinator, "b", { ttlMs });
+      // Its holder dies: nobody renews it, so its slot comes back at its expiry at the latest.
+      const dead = await grant(pool.coordinator, "dead", { ttlMs: 200 });
       const c = await pool.restart();
-      const s = await c.stats();
-      expect(s).toMatchObject({ held: 2, waiting: 0 });
-      expect(s.leases.map((l) => [l.holder, l.fence]).sort()).toEqual([
-        ["a", a.fence],
-        ["b", b.fence],
-      ]);
-      expect(await c.release(refOf(a))).toEqual({ ok: true, released: true });
-      const next = await grant(c, "c");
-      expect(next.fence).toBeGreaterThan(b.fence);
-      const renewed = await c.renew(refOf(b), 10_000);
-      expect(renewed).toMatchObject({ ok: true, lease: { id: b.id, fence: b.fence, holder: "b" } });
-      expect(await c.release(refOf(b))).toEqual({ ok: true, released: true });
-      expect((await c.stats()).leases.map((l) => l.holder)).toEqual(["c"]);
+      // a's and b's holders heartbeat through the restart, as the client's heartbeat does.
+      let beating = true;
+      const beat = async (first: LeaseGrant) => {
+        let l = first;
+        while (beating) {
+          const r = await c.renew({ ...refOf(l), expiresAt: l.expiresAt }, ttlMs);
+          expect(r).toMatchObject({ ok: true, lease: { id: first.id, fence: first.fence } });
+          if (r.ok) l = r.lease;
+          await sleep(ttlMs / 4);
+        }
+        return l;
+      };
+      const beats = [beat(a), beat(b)];
+      const next = await c.acquire({ holder: "next", waitMs: 8000, ttlMs });
+      if (!next.ok) throw new Error(`expected a grant, got ${next.code}: ${next.message}`);
+      expect(next.lease.fence).toBeGreaterThan(dead.fence);
+      // a and b are alive and counted: the pool is full.
+      expect(await c.acquire({ holder: "over", waitMs: 0 })).toMatchObject({ ok: false, code: "ACQUIRE_TIMEOUT" });
+      expect((await c.stats()).held).toBe(LIMIT);
+      beating = false;
+      for (const l of await Promise.all(beats)) expect(await c.release(refOf(l))).toEqual({ ok: true, released: true });
+      expect(await c.release(refOf(next.lease))).toEqual({ ok: true, released: true });
+      expect(await c.release(refOf(dead))).toMatchObject({ ok: false, code: "LEASE_NOT_FOUND" });
+      expect(await c.stats()).toMatchObject({ held: 0, waiting: 0 });
     });
 
-    it("counters and the wait histogram are the same before and after a restart", async () => {
+    it("counters and the wait histogram written a quiet second before a restart are the same after it", async () => {
       const pool = await fresh();
       let c = pool.coordinator;
       const held = await fill(c);
@@ -495,12 +512,13 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       const before = await c.stats();
       expect(before.counters).toEqual({ granted: 4, released: 1, expired: 0, timedOut: 1, rejected: 0, cancelled: 0 });
       expect(before.waitTimeMs.count).toBe(4);
+      // The Durable Object writes them off the request path within a second (a crash may lose that second).
+      await sleep(1200);
       c = await pool.restart();
       const after = await c.stats();
       expect.soft(after.counters, "counters after the restart").toEqual(before.counters);
       expect.soft(after.waitTimeMs, "waitTimeMs after the restart").toEqual(before.waitTimeMs);
       expect.soft(after.waitHistogram, "waitHistogram after the restart").toEqual(before.waitHistogram);
-      expect(after.held).toBe(3);
     });
 
     it("the paused flag and the limit override survive a restart", async () => {

@@ -9,7 +9,8 @@ import { withPassword } from "../../scripts/database.ts";
 // missing from `files`, or a declaration that does not resolve fails here.
 const root = join(import.meta.dirname, "..", "..");
 const work = mkdtempSync(join(tmpdir(), "leasegate-package-"));
-afterAll(() => rmSync(work, { recursive: true, force: true }));
+// Removing the installed examples can take long on a busy machine.
+afterAll(() => rmSync(work, { recursive: true, force: true }), 120_000);
 
 function run(command: string, args: string[], cwd: string, env: Record<string, string> = {}) {
   const result = spawnSync(command, args, { cwd, encoding: "utf8", env: { ...process.env, ...env }, timeout: 240_000 });

@@ -1,9 +1,17 @@
-import { runDurableObjectAlarm, runInDurableObject } from "cloudflare:test";
+import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { Leases } from "../../src/client/leases.ts";
 import { codeOf } from "../support/codes.ts";
-import { grantNow as grant, restartCoordinator } from "../support/coordinator.ts";
+import { createPool, snapshot } from "../../src/core/index.ts";
+import { type CoordinatorStub, restartCoordinator } from "../support/coordinator.ts";
+
+/** A lease that must be granted at once (`ttlMs`: its lifetime, default the pool's). */
+async function grant(stub: CoordinatorStub, holder = "t", ttlMs?: number) {
+  const r = await stub.acquire({ holder, ttlMs });
+  if (!r.ok) throw new Error(`expected a grant, got ${r.code}`);
+  return r.lease;
+}
 
 // Every test takes a pool of its own: objects keep their state across tests in a file.
 let poolSeq = 0;
@@ -94,90 +102,101 @@ describe("ConnectionCoordinator in workerd", () => {
     expect((await stub.stats()).counters.released).toBe(1);
   });
 
-  it("honors live leases after the object restarts, and never reuses a fence", async () => {
+  it("after a restart grants nothing until earlier leases are relearned or expired; renewals re-register them; fences keep growing", async () => {
     let stub = freshPool();
     const name = `coordinator-test-${poolSeq}`;
-    const a = await grant(stub, "a");
-    await grant(stub, "b");
+    const a = await grant(stub, "a", 400);
+    const b = await grant(stub, "b", 400);
+    await grant(stub, "c", 400);
     stub = await restartCoordinator(name);
     const s = await stub.stats();
-    expect(s.held).toBe(2);
-    expect(s.leases.map((l) => l.holder).sort()).toEqual(["a", "b"]);
-    expect(await stub.release({ leaseId: a.id, fence: a.fence })).toEqual({ ok: true, released: true });
-    expect((await grant(stub, "c")).fence).toBe(3);
+    // It forgot its leases: none is counted, and none is granted while one could be alive.
+    expect(s).toMatchObject({ held: 0, waiting: 0, learning: { relearned: 0 } });
+    expect(s.learning!.endsInMs).toBeGreaterThan(0);
+    expect(await stub.acquire({ holder: "x", waitMs: 0 })).toMatchObject({ ok: false, code: "ACQUIRE_TIMEOUT" });
+    expect(await stub.acquireMany([{ holder: "y" }])).toEqual({ ok: true, results: [null] });
+    // a's holder renews: a keeps its slot; b's holder is done; c's holder died.
+    const renewed = await stub.renew({ leaseId: a.id, fence: a.fence }, 3000);
+    expect(renewed).toMatchObject({ ok: true, lease: { id: a.id, fence: a.fence, holder: "relearned" } });
+    expect(await stub.release({ leaseId: b.id, fence: b.fence })).toEqual({ ok: true, released: true });
+    // A renewal cannot invent a lease: a fence the object never handed out is not relearned.
+    expect(await stub.renew({ leaseId: crypto.randomUUID(), fence: 10_000_000 })).toMatchObject({ ok: false, code: "LEASE_NOT_FOUND" });
+    expect(await stub.stats()).toMatchObject({ held: 1, learning: { relearned: 1 } });
+    // A caller that waits is granted when the window closes, after every earlier lease's expiry.
+    const waited = await stub.acquire({ holder: "d", waitMs: 10_000, ttlMs: 400 });
+    if (!waited.ok) throw new Error(waited.code);
+    expect(Date.now()).toBeGreaterThanOrEqual(a.expiresAt);
+    expect(waited.lease.fence).toBeGreaterThan(a.fence);
+    expect(await stub.stats()).toMatchObject({ held: 2, learning: null });
+    // After the window an unknown lease is gone.
+    expect(await stub.renew({ leaseId: b.id, fence: b.fence })).toMatchObject({ ok: false, code: "LEASE_NOT_FOUND" });
+    const before = waited.lease.fence;
     stub = await restartCoordinator(name);
-    expect((await stub.stats()).held).toBe(2);
+    await stub.release({ leaseId: waited.lease.id, fence: waited.lease.fence });
+    const after = await stub.acquire({ holder: "e", waitMs: 10_000, ttlMs: 400 });
+    expect(after.ok && after.lease.fence).toBeGreaterThan(before);
   });
 
-  it("keeps grants that share one batched write durable across a restart", async () => {
-    let stub = freshPool();
-    const name = `coordinator-test-${poolSeq}`;
-    // Concurrent calls land in one group commit; each is answered only after its row is written.
-    const granted = await Promise.all(["a", "b", "c"].map((holder) => stub.acquire({ holder })));
-    const leases = granted.map((r) => {
-      if (!r.ok) throw new Error(`expected a grant, got ${r.code}`);
-      return r.lease;
-    });
-    const waiter = stub.acquire({ holder: "w", waitMs: 5000 });
-    await expect.poll(async () => (await stub.stats()).waiting).toBe(1);
-    // The release answers before its delete is written; the woken waiter's grant shares that write.
-    const a = leases.find((l) => l.holder === "a")!;
-    expect(await stub.release({ leaseId: a.id, fence: a.fence })).toEqual({ ok: true, released: true });
-    const woken = await waiter;
-    expect(woken).toMatchObject({ ok: true, lease: { holder: "w", fence: 4 } });
-    stub = await restartCoordinator(name);
-    const s = await stub.stats();
-    expect(s.held).toBe(3);
-    expect(s.leases.map((l) => l.holder).sort()).toEqual(["b", "c", "w"]);
-    expect(await stub.acquire({ holder: "x", waitMs: 0 })).toMatchObject({ ok: false });
-    if (!woken.ok) throw new Error("unreachable");
-    expect(await stub.release({ leaseId: woken.lease.id, fence: woken.lease.fence })).toEqual({ ok: true, released: true });
-    expect((await grant(stub, "y")).fence).toBe(5);
-  });
-
-  it("writes batches larger than one statement's rows: 130 grants and 130 releases survive a restart", async () => {
-    let stub = freshPool();
-    const name = `coordinator-test-${poolSeq}`;
-    await stub.setLimit(200);
-    // 130 calls made in one task inside the object: one flush of 130 rows, more than one statement's.
-    const results = await runInDurableObject(stub, (object) => Promise.all(Array.from({ length: 130 }, (_, i) => object.acquire({ holder: `h${i}` }))));
-    const leases = results.map((r) => {
-      if (!r.ok) throw new Error(`expected a grant, got ${r.code}`);
-      return r.lease;
-    });
-    stub = await restartCoordinator(name);
-    const held = await stub.stats();
-    expect(held.held).toBe(130);
-    expect(new Set(held.leases.map((l) => l.holder)).size).toBe(130);
-    const keep = leases.slice(0, 5);
-    const released = await runInDurableObject(stub, (object) => Promise.all(leases.slice(5).map((l) => object.release({ leaseId: l.id, fence: l.fence }))));
-    expect(released.every((r) => r.ok)).toBe(true);
-    stub = await restartCoordinator(name);
-    const after = await stub.stats();
-    expect(after.leases.map((l) => l.holder).sort()).toEqual(keep.map((l) => l.holder).sort());
-    expect((await grant(stub, "next")).fence).toBe(131);
-  });
-
-  it("arms an alarm at the next expiry, and the alarm reaps a dead holder's lease", async () => {
+  it("writes nothing per call: no lease rows, no alarm; bounds ahead of need and the counters within a second", async () => {
     const stub = freshPool();
-    const lease = await grant(stub, "dies");
-    const alarmAt = await runInDurableObject(stub, (_, state) => state.storage.getAlarm());
-    expect(alarmAt).toBe(lease.expiresAt);
-    // Fire the alarm early: nothing is due yet, so the lease stays and the alarm is re-armed.
-    expect(await runDurableObjectAlarm(stub)).toBe(true);
-    expect((await stub.stats()).held).toBe(1);
-    expect(await runInDurableObject(stub, (_, state) => state.storage.getAlarm())).toBe(lease.expiresAt);
-    // Travel past the expiry: tests and objects share one isolate, so one clock.
-    const realNow = Date.now;
-    Date.now = () => realNow() + 31_000;
-    try {
-      expect(await runDurableObjectAlarm(stub)).toBe(true);
-      const s = await stub.stats();
-      expect(s).toMatchObject({ held: 0, counters: { expired: 1 } });
-    } finally {
-      Date.now = realNow;
-    }
-    expect(await stub.release({ leaseId: lease.id, fence: lease.fence })).toMatchObject({ code: "LEASE_NOT_FOUND" });
+    const lease = await grant(stub, "a");
+    await stub.renew({ leaseId: lease.id, fence: lease.fence });
+    await stub.release({ leaseId: lease.id, fence: lease.fence });
+    const stored = await runInDurableObject(stub, (_, state) => ({
+      alarm: state.storage.getAlarm(),
+      tables: state.storage.sql.exec<{ name: string }>("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'leases'").toArray(),
+      bounds: state.storage.kv.get<{ fenceCeiling: number; horizon: number }>("bounds"),
+    }));
+    expect(await stored.alarm).toBeNull();
+    expect(stored.tables).toEqual([]);
+    expect(stored.bounds!.fenceCeiling).toBeGreaterThan(lease.fence);
+    expect(stored.bounds!.horizon).toBeGreaterThanOrEqual(lease.expiresAt);
+    await expect
+      .poll(() => runInDurableObject(stub, (_, state) => state.storage.kv.get<{ counters: { released: number } }>("snapshot")?.counters.released), {
+        timeout: 3000,
+      })
+      .toBe(1);
+  });
+
+  it("an object stored by the previous version: its lease rows are relearned, its counters kept, its rows dropped", async () => {
+    const stub = freshPool();
+    const name = `coordinator-test-${poolSeq}`;
+    const now = Date.now();
+    // What the previous version wrote: lease rows and the snapshot in meta.
+    await runInDurableObject(stub, (_, state) => {
+      const sql = state.storage.sql;
+      sql.exec(
+        "CREATE TABLE leases (id TEXT PRIMARY KEY, fence INTEGER NOT NULL, holder TEXT NOT NULL, granted_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, priority TEXT)",
+      );
+      sql.exec("INSERT INTO leases VALUES ('old-a', 7, 'a', ?, ?, NULL), ('old-b', 8, 'b', ?, ?, NULL)", now, now + 600, now, now + 900);
+      const snap = { ...snapshot(createPool({ limit: 3, maxQueue: 5, waitMs: 400, leaseTtlMs: 30_000 })), nextFence: 9 };
+      snap.counters.granted = 8;
+      sql.exec("INSERT OR REPLACE INTO meta (key, value) VALUES ('snapshot', ?)", JSON.stringify(snap));
+      state.storage.kv.delete("snapshot");
+      state.storage.kv.delete("bounds");
+    });
+    const restarted = await restartCoordinator(name);
+    const s = await restarted.stats();
+    expect(s).toMatchObject({ held: 0, counters: { granted: 8 } });
+    expect(s.learning!.endsInMs).toBeGreaterThanOrEqual(900 - (Date.now() - now));
+    expect(await restarted.renew({ leaseId: "old-a", fence: 7 }, 400)).toMatchObject({ ok: true });
+    expect(await restarted.release({ leaseId: "old-b", fence: 8 })).toEqual({ ok: true, released: true });
+    const tables = await runInDurableObject(restarted, (_, state) =>
+      state.storage.sql.exec("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'leases'").toArray(),
+    );
+    expect(tables).toEqual([]);
+    const next = await restarted.acquire({ holder: "c", waitMs: 5000 });
+    expect(next.ok && next.lease.fence).toBeGreaterThan(8);
+    expect(Date.now()).toBeGreaterThanOrEqual(now + 900);
+  });
+
+  it("a lease longer than the durable horizon is answered once bounds covering it are durable", async () => {
+    const stub = freshPool();
+    await grant(stub, "a", 400);
+    const long = await stub.acquire({ holder: "long", ttlMs: 600_000 });
+    if (!long.ok) throw new Error(long.code);
+    const bounds = await runInDurableObject(stub, (_, state) => state.storage.kv.get<{ horizon: number }>("bounds"));
+    expect(bounds!.horizon).toBeGreaterThanOrEqual(long.lease.expiresAt);
   });
 
   it("returns a slot within the TTL when its holder never releases", async () => {
@@ -222,30 +241,30 @@ describe("ConnectionCoordinator in workerd", () => {
     const stub = freshPool();
     const name = `coordinator-test-${poolSeq}`;
     const leases = new Leases(stub);
-    const held = [await leases.acquire(), await leases.acquire(), await leases.acquire()];
+    const held = [await leases.acquire({ ttlMs: 400 }), await leases.acquire({ ttlMs: 400 }), await leases.acquire({ ttlMs: 400 })];
     const waiting = codeOf(leases.acquire({ waitMs: 5000 }));
     await expect.poll(async () => (await stub.stats()).waiting).toBe(1);
     const again = await restartCoordinator(name);
     expect(await waiting).toBe("COORDINATOR_UNAVAILABLE");
-    // The restarted object still counts the three live leases and has no waiters: the limit holds.
-    expect(await again.stats()).toMatchObject({ held: 3, waiting: 0 });
+    // The restarted object relearns: no waiters, and nothing granted while the three may be alive.
+    expect(await again.stats()).toMatchObject({ held: 0, waiting: 0, learning: { relearned: 0 } });
     const retried = new Leases(again);
     const late = retried.acquire({ waitMs: 5000 });
     await retried.release(held[0]!);
-    expect((await late).fence).toBe(4);
+    expect((await late).fence).toBeGreaterThan(held[2]!.fence);
+    expect(Date.now()).toBeGreaterThanOrEqual(held[2]!.expiresAt);
   });
 
-  it("answers a waiter whose grant could not be written with the failure, never a grant, and never hangs", async () => {
+  it("answers a waiter whose grant could not be made durable with the failure, never a grant, and never hangs", async () => {
     const stub = freshPool();
     const held = [await grant(stub), await grant(stub), await grant(stub)];
-    const waiting = stub.acquire({ holder: "w", waitMs: 5000 });
+    // Its lease reaches past the durable horizon, so its grant waits for a bounds write.
+    const waiting = stub.acquire({ holder: "w", waitMs: 5000, ttlMs: 600_000 });
     await expect.poll(async () => (await stub.stats()).waiting).toBe(1);
-    // The storage refuses the next batch (as a full or failing disk would).
+    // The storage refuses to confirm (as a full or failing disk would).
     await runInDurableObject(stub, (object) => {
-      const store = (object as unknown as { store: { write: () => void } }).store;
-      store.write = () => {
-        throw new Error("disk full");
-      };
+      const store = (object as unknown as { store: { sync: () => Promise<void> } }).store;
+      store.sync = () => Promise.reject(new Error("disk full"));
     });
     await stub.release({ leaseId: held[0]!.id, fence: held[0]!.fence });
     expect(await waiting).toMatchObject({ ok: false, code: "INTERNAL" });
