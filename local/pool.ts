@@ -3,10 +3,10 @@
  * {@link PostgresCoordinator} for the leases, the database layer over fresh connections (one per
  * lease, closed before the slot is given back), and the operator's controls.
  */
-import postgres, { type Sql } from "postgres";
+import type { Sql } from "postgres";
 import { type LeaseClient, Leases } from "../src/client/leases.ts";
 import { type SettingsEnv, settingsFromEnv } from "../src/db/config.ts";
-import { openDriver, postgresClient } from "../src/db/connect.ts";
+import { type DriverModule, bindDriver, loadDriver, missingDriver } from "../src/db/connect.ts";
 import { Database } from "../src/db/database.ts";
 import { toDatabaseError } from "../src/db/errors.ts";
 import { type LeasedPool, leasedSql } from "../src/db/pool.ts";
@@ -25,28 +25,37 @@ export const DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/postgres
 export interface LocalPoolEnv extends Omit<SettingsEnv, "HYPERDRIVE"> {}
 
 /** A local pool; `close()` withdraws this process's waiters and ends the coordinator's connections. */
-export interface LocalPool extends LeasedPool {
+export interface LocalPool<Client = unknown> extends LeasedPool<Client> {
   close(): Promise<void>;
 }
 
 /**
  * The pool of this process, wired from env: `DATABASE_URL` (default: the local cluster),
  * `LEASE_*`, `DB_*`, `LEASE_POOL`, `COORDINATOR`. Ready when it resolves (tables created, listening
- * for grants); bad settings throw `INVALID_CONFIG` naming the variable.
+ * for grants); bad settings throw `INVALID_CONFIG` naming the variable. The driver is loaded by
+ * `DATABASE_CLIENT` (postgres.js by default) unless `options.driver` is given; a driver package
+ * that is not installed fails here with `INVALID_CONFIG` naming it. The coordinator itself always
+ * uses postgres.js.
  *
  * @example
- * const pool = await localPool(process.env);
+ * import { driver } from "leasegate/postgres";
+ * const pool = await localPool(process.env, { driver });
  * const rows = await pool.sql((sql) => sql`SELECT 1 AS one`);
  * await pool.close();
  */
-export async function localPool(env: LocalPoolEnv): Promise<LocalPool> {
+export async function localPool<Client = unknown>(env: LocalPoolEnv, options: { driver?: DriverModule<Client> } = {}): Promise<LocalPool<Client>> {
   const settings = settingsFromEnv(env.DATABASE_URL ? env : { ...env, DATABASE_URL: DEFAULT_DATABASE_URL });
   const { name } = settings.pool;
   const config = settings.database;
   const { applicationName, connectionString } = config;
   let coordinator: PostgresCoordinator | undefined;
   let control: Sql | undefined;
+  const module = (options.driver ?? (await loadDriver(config))) as DriverModule<Client>;
   if (settings.pool.coordinator) {
+    const postgres = await import("postgres").then(
+      (m) => m.default,
+      (e: unknown) => Promise.reject(missingDriver("postgres", e)),
+    );
     // The coordinator's bookkeeping connections are its own, apart from the leased ones.
     control = postgres(connectionString, { max: 2, onnotice: () => {}, connection: { application_name: `${applicationName}-coordinator` } });
     const learn = settings.pool.learn;
@@ -54,7 +63,8 @@ export async function localPool(env: LocalPoolEnv): Promise<LocalPool> {
     await coordinator.ready();
   }
   const leases: LeaseClient | undefined = coordinator && new Leases(coordinator, { pool: name });
-  const db = new Database({ name, driver: openDriver(config), leases, config });
+  const driver = bindDriver(module, config);
+  const db = new Database({ name, driver, leases, config });
   return {
     name,
     leases,
@@ -67,11 +77,7 @@ export async function localPool(env: LocalPoolEnv): Promise<LocalPool> {
         () => coordinator.reconcile(applicationName).catch((e: unknown) => Promise.reject(toDatabaseError(e))),
         settings.pool.learn ? () => coordinator.learnLimit() : undefined,
       ),
-    sql: leasedSql(
-      db,
-      () => postgresClient(config),
-      (sql) => sql.end({ timeout: 0 }),
-    ),
+    sql: leasedSql(db, driver),
     close: async () => {
       await coordinator?.close();
       await control?.end({ timeout: 1 });

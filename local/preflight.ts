@@ -7,9 +7,10 @@
  * Runtime-neutral (Node and Deno): no `process`, no `node:` imports; the caller prints the line
  * and exits.
  */
-import postgres from "postgres";
+import type Postgres from "postgres";
 import { intFromEnv, isLeaseError } from "../src/core/index.ts";
 import { parseConnectionString, settingsFromEnv } from "../src/db/config.ts";
+import { missingDriver } from "../src/db/connect.ts";
 import { redact } from "../src/db/safe-error.ts";
 
 /**
@@ -150,6 +151,14 @@ export async function checkDatabase(
   const database = decodeURIComponent(parsed.url.pathname.slice(1)) || decodeURIComponent(parsed.url.username) || "postgres";
   const user = decodeURIComponent(parsed.url.username) || "postgres";
 
+  let postgres: typeof Postgres;
+  try {
+    postgres = (await import("postgres")).default;
+  } catch (error) {
+    const missing = missingDriver("postgres", error);
+    if (missing === error) throw error;
+    return { variable, code: "INVALID_CONFIG", line: `leasegate: ${(missing as Error).message}` };
+  }
   const sql = postgres(url.trim(), {
     max: 1,
     connect_timeout: timeoutMs / 1000,

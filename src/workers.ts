@@ -1,62 +1,42 @@
 /**
- * leasegate for Cloudflare Workers: the coordinator Durable Object, a pool wired from env (leases,
- * the database layer over Hyperdrive, the operator's controls), and a one-call way to query under
- * a lease. Everything in `leasegate` is here too.
+ * leasegate for Cloudflare Workers: the coordinator Durable Object, the pool of a request wired
+ * from env (`workerPool`: leases, the database layer over Hyperdrive, the operator's controls),
+ * and the cron handler that reconciles leases with `pg_stat_activity`. The driver comes from
+ * `leasegate/postgres`, `leasegate/pg` or `leasegate/neon`; errors and types from `leasegate`.
  *
  * @example
- * import { ConnectionCoordinator, workerPool } from "leasegate/workers";
+ * import { ConnectionCoordinator, reconcileOnSchedule, workerPool } from "leasegate/workers";
+ * import { driver } from "leasegate/postgres";
  * export { ConnectionCoordinator };
+ * export default {
+ *   fetch: async (req, env, ctx) => Response.json(await workerPool(env, ctx, { driver }).sql((sql) => sql`SELECT now()`)),
+ *   scheduled: reconcileOnSchedule({ driver }),
+ * } satisfies ExportedHandler<Env>;
  */
-import type { Sql } from "postgres";
-import { Leases } from "./client/leases.ts";
-import type { AcquireOptions } from "./core/protocol.ts";
-import { toDatabaseError } from "./db/errors.ts";
-import { closeConnection, connectFromWorker } from "./db/hyperdrive.ts";
-import type { ConnectionCoordinator } from "../durable-objects/connection-coordinator.ts";
+import type { DriverModule } from "./db/driver.ts";
+import { type WorkerPoolEnv, workerPool } from "./workers/pool.ts";
 
 export { ConnectionCoordinator } from "../durable-objects/connection-coordinator.ts";
-export { closeConnection, connectFromWorker } from "./db/hyperdrive.ts";
-export { toDatabaseError } from "./db/errors.ts";
-export * from "./index.ts";
 export { workerPool } from "./workers/pool.ts";
-export type { WorkerPoolEnv } from "./workers/pool.ts";
-
-export interface LeasedQueryOptions extends AcquireOptions {
-  /** The coordinator namespace binding (the Durable Object class exported above, or bound from another Worker). */
-  coordinator: DurableObjectNamespace<ConnectionCoordinator>;
-  /** The Hyperdrive binding (or anything with a `connectionString`). */
-  hyperdrive: { connectionString: string };
-  /** The request's execution context: the release runs in `ctx.waitUntil`, off the response path. */
-  ctx: { waitUntil(promise: Promise<unknown>): void };
-  /** Pool name: one coordinator object per name. Default `main`. */
-  pool?: string | undefined;
-  /** `application_name` of the connection, to find it in `pg_stat_activity`. */
-  applicationName?: string | undefined;
-}
+export type { WorkerPoolEnv, WorkerPoolOptions } from "./workers/pool.ts";
 
 /**
- * Runs `fn` with one Postgres connection while holding one lease: acquire (waiting in the pool's
- * queue), connect through Hyperdrive, run, then close the connection and release the slot in the
- * background. Failures are `LeaseError`s with stable codes.
+ * A `scheduled` handler (the cron in `wrangler.toml`'s `[triggers]`) that reconciles the pool's
+ * leases with the database's own count of connections (`pg_stat_activity`), as
+ * `POST /__coordinator/reconcile` does on demand; with `LEASE_LIMIT=auto` it learns the limit
+ * first, as `POST /__coordinator/learn` does. A failed run (database down) rejects, so it shows
+ * as a failed cron invocation. Does nothing with `COORDINATOR=off`.
  *
  * @example
- * const rows = await leasedQuery((sql) => sql`SELECT now()`, {
- *   coordinator: env.COORDINATOR_DO, hyperdrive: env.HYPERDRIVE, ctx,
- * });
+ * export default { fetch, scheduled: reconcileOnSchedule({ driver }) } satisfies ExportedHandler<Env>;
  */
-export async function leasedQuery<T>(fn: (sql: Sql) => Promise<T>, options: LeasedQueryOptions): Promise<T> {
-  const { coordinator, hyperdrive, ctx, pool = "main", applicationName, ...acquire } = options;
-  const leases = new Leases(coordinator.get(coordinator.idFromName(pool)));
-  return leases.withLease(
-    async ({ beforeRelease }) => {
-      const sql = connectFromWorker(hyperdrive.connectionString, applicationName);
-      beforeRelease(() => closeConnection(sql));
-      try {
-        return await fn(sql);
-      } catch (error) {
-        throw toDatabaseError(error);
-      }
-    },
-    { ...acquire, waitUntil: (p) => ctx.waitUntil(p) },
-  );
+export function reconcileOnSchedule<Client>(options: {
+  driver: DriverModule<Client>;
+  pool?: string | undefined;
+}): (controller: unknown, env: WorkerPoolEnv, ctx: { waitUntil(promise: Promise<unknown>): void }) => Promise<void> {
+  return async (_controller, env, ctx) => {
+    const operator = workerPool(env, ctx, options).operator;
+    await operator?.learn?.();
+    await operator?.reconcile();
+  };
 }

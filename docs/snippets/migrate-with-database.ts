@@ -1,12 +1,7 @@
-import { leasedQuery, type ConnectionCoordinator } from "leasegate/workers";
+import { driver } from "leasegate/postgres";
+import { type WorkerPoolEnv, workerPool } from "leasegate/workers";
 import type { Sql } from "postgres";
 
-interface Env {
-  COORDINATOR_DO: DurableObjectNamespace<ConnectionCoordinator>;
-  HYPERDRIVE: Hyperdrive;
-}
-
 // Was: `withDatabase(fn)` over a module-level pool. Now one lease and one connection per call,
-// at most LEASE_LIMIT connections across all isolates.
-export const withDatabase = <T>(env: Env, ctx: ExecutionContext, fn: (sql: Sql) => Promise<T>) =>
-  leasedQuery(fn, { coordinator: env.COORDINATOR_DO, hyperdrive: env.HYPERDRIVE, ctx });
+// at most LEASE_LIMIT connections across all isolates; retryable failures run `fn` again.
+export const withDatabase = <T>(env: WorkerPoolEnv, ctx: ExecutionContext, fn: (sql: Sql) => Promise<T>) => workerPool(env, ctx, { driver }).sql(fn);

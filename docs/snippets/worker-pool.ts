@@ -1,6 +1,7 @@
 // src/index.ts: a Worker with the database layer, /health and the operator endpoints
-import { ConnectionCoordinator, type WorkerPoolEnv, workerPool } from "leasegate/workers";
 import { errorResponse, healthResponse, operatorHandler } from "leasegate/http";
+import { driver } from "leasegate/postgres";
+import { ConnectionCoordinator, type WorkerPoolEnv, workerPool } from "leasegate/workers";
 export { ConnectionCoordinator };
 
 interface Env extends WorkerPoolEnv {
@@ -10,7 +11,7 @@ interface Env extends WorkerPoolEnv {
 export default {
   async fetch(request, env, ctx): Promise<Response> {
     try {
-      const pool = workerPool(env, ctx);
+      const pool = workerPool(env, ctx, { driver });
       const operator = operatorHandler({ controls: pool.operator, token: env.DEBUG_TOKEN, status: () => pool.db.status() });
       const answered = await operator(request);
       if (answered) return answered;

@@ -1,20 +1,17 @@
-// src/index.ts: a Worker that queries Postgres under leases
-import { ConnectionCoordinator, isLeaseError, leasedQuery } from "leasegate/workers";
+// src/index.ts: the smallest Worker that queries Postgres under leases
+import { errorResponse } from "leasegate/http";
+import { driver } from "leasegate/postgres";
+import { ConnectionCoordinator, type WorkerPoolEnv, reconcileOnSchedule, workerPool } from "leasegate/workers";
 export { ConnectionCoordinator };
-
-interface Env {
-  COORDINATOR_DO: DurableObjectNamespace<ConnectionCoordinator>;
-  HYPERDRIVE: Hyperdrive;
-}
 
 export default {
   async fetch(_request, env, ctx): Promise<Response> {
     try {
-      const rows = await leasedQuery((sql) => sql`SELECT now()`, { coordinator: env.COORDINATOR_DO, hyperdrive: env.HYPERDRIVE, ctx });
+      const rows = await workerPool(env, ctx, { driver }).sql((sql) => sql`SELECT now()`);
       return Response.json(rows);
-    } catch (e) {
-      if (isLeaseError(e) && e.retryable) return new Response(e.code, { status: 503, headers: { "retry-after": "1" } });
-      throw e;
+    } catch (error) {
+      return errorResponse(error); // QUEUE_FULL, ACQUIRE_TIMEOUT → 503 + Retry-After
     }
   },
-} satisfies ExportedHandler<Env>;
+  scheduled: reconcileOnSchedule({ driver }),
+} satisfies ExportedHandler<WorkerPoolEnv>;

@@ -26,6 +26,8 @@ export type DatabaseConfig = {
   readonly breaker: BreakerOptions;
   /** A request's whole budget for database work, retries included, ms. */
   readonly deadlineMs: number;
+  /** `DB_LOG_DETAIL=on`: error and slow-query logs keep messages, row values and query literals. */
+  readonly logDetail: boolean;
 };
 
 /** The variables the database layer reads. Values are strings, as environment variables are. */
@@ -42,6 +44,8 @@ export interface DatabaseEnv {
   SLOW_QUERY_MS?: string | undefined;
   LEASE_SAFE_MODE?: string | undefined;
   LEASE_SAFE_BUDGET?: string | undefined;
+  /** `on`: logs keep database error messages and query literals (they may hold row data). Default `off`. */
+  DB_LOG_DETAIL?: string | undefined;
 }
 
 function invalid(message: string): never {
@@ -112,7 +116,18 @@ export function databaseConfig(env: DatabaseEnv): DatabaseConfig {
   const safeMode: SafeModeOptions = mode === "budget" ? { mode: "budget", budget } : { mode: "closed" };
   const applicationName = (env.APPLICATION_NAME ?? "").trim() || "leasegate";
   if (applicationName.length > 63) invalid(expected("APPLICATION_NAME", "at most 63 characters", applicationName));
-  const common = { applicationName, connectTimeoutMs, slowQueryMs, safeMode, deadlineMs, retry: DEFAULT_RETRY, breaker: DEFAULT_BREAKER };
+  const detail = (env.DB_LOG_DETAIL ?? "").trim() || "off";
+  if (detail !== "on" && detail !== "off") invalid(expected("DB_LOG_DETAIL", "`on` or `off`", detail));
+  const common = {
+    logDetail: detail === "on",
+    applicationName,
+    connectTimeoutMs,
+    slowQueryMs,
+    safeMode,
+    deadlineMs,
+    retry: DEFAULT_RETRY,
+    breaker: DEFAULT_BREAKER,
+  };
 
   const forced = (env.DATABASE_DRIVER ?? "").trim();
   if (forced !== "" && forced !== "neon" && forced !== "postgres") invalid(expected("DATABASE_DRIVER", "`neon` or `postgres`", forced));

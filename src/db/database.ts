@@ -3,7 +3,7 @@ import type { LeaseClient, WaitUntil } from "../client/leases.ts";
 import { type LeaseGrant, LeaseError, isLeaseError } from "../core/index.ts";
 import { CircuitBreaker } from "./circuit-breaker.ts";
 import type { DatabaseConfig } from "./config.ts";
-import type { Connection, Driver, Row } from "./connect.ts";
+import type { Connection, Driver, Row } from "./driver.ts";
 import { toDatabaseError } from "./errors.ts";
 import { type RetryOptions, isRetryable, retry } from "./retry.ts";
 import { SafeMode } from "./safe-mode.ts";
@@ -49,7 +49,8 @@ export interface AttemptScope {
 
 /** A transaction's handle: queries on the one connection, inside BEGIN … COMMIT. */
 export interface Transaction {
-  query(text: string, params?: readonly unknown[]): Promise<Row[]>;
+  /** One statement in the transaction; `R` types the rows (not checked at run time). */
+  query<R = Row>(text: string, params?: readonly unknown[]): Promise<R[]>;
 }
 
 export interface DatabaseOptions {
@@ -58,7 +59,7 @@ export interface DatabaseOptions {
   driver: Driver;
   /** The pool's leases; undefined runs without a coordinator (`COORDINATOR=off`). */
   leases: LeaseClient | undefined;
-  config: Pick<DatabaseConfig, "deadlineMs" | "slowQueryMs" | "secrets" | "safeMode" | "breaker"> & { retry: RetryOptions };
+  config: Pick<DatabaseConfig, "deadlineMs" | "slowQueryMs" | "secrets" | "safeMode" | "breaker"> & { retry: RetryOptions; logDetail?: boolean | undefined };
   /** The breaker to use; pass one kept at module scope so it outlives a request. */
   breaker?: CircuitBreaker | undefined;
   safeMode?: SafeMode | undefined;
@@ -83,7 +84,7 @@ export interface DatabaseOptions {
  * bounded, redacted error logs. One call = one lease = one connection.
  *
  * @example
- * const db = new Database({ name: "main", driver: openDriver(config), leases, config });
+ * const db = new Database({ name: "main", driver: bindDriver(driver, config), leases, config });
  * const rows = await db.query("SELECT * FROM pitches WHERE id = $1", [id], { holder: requestId });
  * await db.transaction(async (tx) => { await tx.query("UPDATE …"); await tx.query("INSERT …"); });
  */
@@ -103,7 +104,7 @@ export class Database {
     this.#log = options.log ?? writeLogLine;
     this.breaker = options.breaker ?? new CircuitBreaker(options.name, options.config.breaker, undefined, () => this.#rt.now());
     this.safeMode = options.safeMode ?? new SafeMode(options.config.safeMode);
-    this.#slow = slowQueryLog({ thresholdMs: options.config.slowQueryMs, database: options.name, write: this.#log });
+    this.#slow = slowQueryLog({ thresholdMs: options.config.slowQueryMs, database: options.name, write: this.#log, detail: options.config.logDetail });
   }
 
   /**
@@ -114,10 +115,10 @@ export class Database {
    * @example
    * const [row] = await db.query("SELECT count(*)::int AS n FROM pitches");
    */
-  async query(text: string, params: readonly unknown[] = [], options: CallOptions = {}): Promise<Row[]> {
+  async query<R = Row>(text: string, params: readonly unknown[] = [], options: CallOptions = {}): Promise<R[]> {
     return this.run(async (scope) => {
       const conn = await this.#connect(scope);
-      return this.#timed(conn, text, params, options.holder);
+      return (await this.#timed(conn, text, params, options.holder)) as R[];
     }, options);
   }
 
@@ -135,7 +136,9 @@ export class Database {
   async transaction<T>(fn: (tx: Transaction) => Promise<T>, options: CallOptions = {}): Promise<T> {
     return this.run(async (scope) => {
       const conn = await this.#connect(scope);
-      const tx: Transaction = { query: (text, params = []) => this.#timed(conn, text, params, options.holder) };
+      const tx: Transaction = {
+        query: <R = Row>(text: string, params: readonly unknown[] = []) => this.#timed(conn, text, params, options.holder) as Promise<R[]>,
+      };
       await conn.query("BEGIN");
       let result: T;
       try {
@@ -192,7 +195,7 @@ export class Database {
             code: e.code,
             holder: options.holder?.slice(0, 100),
             breaker: this.breaker.state.state,
-            error: serializeError(error, { secrets: this.#o.config.secrets }),
+            error: serializeError(error, { secrets: this.#o.config.secrets, detail: this.#o.config.logDetail ?? false }),
           }),
         );
       }

@@ -1,11 +1,12 @@
 import postgres, { type Sql } from "postgres";
 import { cloudflareSocket } from "./cf-socket.ts";
+import { closeSql } from "./drivers/postgres-js.ts";
 
 /**
- * Opens one connection from workerd (through Hyperdrive's connection string). One lease pays for
- * exactly this one connection, so the client may never open a second (`max: 1`). A connect that
- * gets no answer fails after `connectTimeoutMs` (`DB_CONNECT_TIMEOUT_MS`; postgres.js counts whole
- * seconds, so it is rounded up).
+ * Opens one postgres.js connection from workerd (through Hyperdrive's connection string): for the
+ * project's own tests and tools, which use the postgres.js they install. Apps get their
+ * connections from `workerPool` with the driver they pass.
+ * A connect that gets no answer fails after `connectTimeoutMs` (rounded up to whole seconds).
  *
  * @example
  * const sql = connectFromWorker(env.HYPERDRIVE.connectionString, "my-app", 5000);
@@ -23,17 +24,9 @@ export function connectFromWorker(connectionString: string, applicationName = "l
 }
 
 /**
- * Closes the connection and waits until it is really gone, so the slot is released only when
- * the database no longer counts the connection. Always with a timeout: after the server killed
- * a connection, postgres.js's plain `end()` can wait forever on the query that failed.
+ * Closes the connection and waits until it is really gone (see `closeSql`).
  *
  * @example
  * ctx.waitUntil(closeConnection(sql));
  */
-export async function closeConnection(sql: Sql): Promise<void> {
-  try {
-    await sql.end({ timeout: 0 });
-  } catch {
-    // The connection is closed either way; nothing to report to the caller.
-  }
-}
+export const closeConnection: (sql: Sql) => Promise<void> = closeSql;

@@ -1,7 +1,7 @@
-import type { Sql } from "postgres";
 import type { LeaseClient } from "../client/leases.ts";
 import type { OperatorControls } from "../http/operator.ts";
 import type { CallOptions, Database } from "./database.ts";
+import type { ClientConnection, Driver } from "./driver.ts";
 
 /**
  * One pool as an app uses it, the same on Workers (`workerPool`) and on Node or Deno
@@ -10,7 +10,7 @@ import type { CallOptions, Database } from "./database.ts";
  * @example
  * const rows = await pool.sql((sql) => sql`SELECT 1 AS one`, { holder: "req-1" });
  */
-export interface LeasedPool {
+export interface LeasedPool<Client = unknown> {
   readonly name: string;
   /** The pool's leases; undefined with `COORDINATOR=off`. */
   readonly leases: LeaseClient | undefined;
@@ -19,25 +19,26 @@ export interface LeasedPool {
   /** What the operator endpoints drive; undefined with `COORDINATOR=off`. */
   readonly operator: OperatorControls | undefined;
   /**
-   * Runs `fn` with a postgres.js client on one fresh connection under one lease, with the database
-   * layer's policies (a retryable failure runs `fn` again on a new connection and a new lease).
+   * Runs `fn` with the driver's own client (postgres.js `Sql`, `pg.Client`, Neon `PoolClient`) on
+   * one fresh connection under one lease, with the database layer's policies (a retryable failure
+   * runs `fn` again on a new connection and a new lease, so `fn` may run more than once).
    */
-  sql<T>(fn: (sql: Sql) => Promise<T>, options?: CallOptions): Promise<T>;
+  sql<T>(fn: (client: Client) => Promise<T>, options?: CallOptions): Promise<T>;
 }
 
 /**
- * The `sql` of a pool: `fn` gets a postgres.js client on one fresh connection (`open`) under one
- * lease of the database layer; `close` ends that connection before the slot is given back. The
- * client's work is timed as one unit (labelled by the holder) for the slow-query log.
+ * The `sql` of a pool: `fn` gets the driver's own client on one fresh connection under one lease
+ * of the database layer; the connection is closed before the slot is given back. The client's
+ * work is timed as one unit (labelled by the holder) for the slow-query log.
  *
  * @example
- * const sql = leasedSql(db, () => postgresClient(config), (c) => c.end({ timeout: 0 }));
+ * const sql = leasedSql(db, bindDriver(driver, config));
  */
-export function leasedSql(db: Database, open: () => Sql | Promise<Sql>, close: (sql: Sql) => Promise<unknown>): LeasedPool["sql"] {
+export function leasedSql<Client>(db: Database, driver: Driver<ClientConnection<Client>>): LeasedPool<Client>["sql"] {
   return (fn, options = {}) =>
     db.run(async ({ beforeRelease }) => {
-      const sql = await open();
-      beforeRelease(() => close(sql).catch(() => {}));
-      return db.timed(options.holder ?? "sql", () => fn(sql), options.holder);
+      const conn = await driver.connect();
+      beforeRelease(() => conn.close());
+      return db.timed(options.holder ?? "sql", () => fn(conn.client), options.holder);
     }, options);
 }

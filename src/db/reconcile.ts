@@ -1,22 +1,28 @@
 import type { Sql } from "postgres";
 import type { ConnectionCounts } from "../core/index.ts";
+import type { Connection } from "./driver.ts";
+
+const COUNT_CONNECTIONS = `
+    SELECT current_user::text AS role,
+           count(*)::int AS role_connections,
+           count(*) FILTER (WHERE application_name = $1)::int AS app_connections
+    FROM pg_stat_activity
+    WHERE usename = current_user AND backend_type = 'client backend' AND pid <> pg_backend_pid()`;
 
 /**
  * Reads the database's own count of the role's client connections in one short query: all of
  * them on the server (a role's `CONNECTION LIMIT` is server-wide) and those that carry the
- * application's `application_name`. The observer's own connection is left out.
+ * application's `application_name`. The observer's own connection is left out. Runs on a
+ * postgres.js `Sql` or on any driver's connection.
  *
  * @example
- * const sql = connectFromWorker(env.HYPERDRIVE.connectionString, "leasegate-reconcile");
- * try { counts = await countConnections(sql, "my-app"); } finally { await closeConnection(sql); }
+ * const conn = await driver.connect(target);
+ * try { counts = await countConnections(conn, "my-app"); } finally { await conn.close(); }
  */
-export async function countConnections(sql: Sql, applicationName: string): Promise<ConnectionCounts> {
-  const [row] = await sql<Array<{ role: string; role_connections: number; app_connections: number }>>`
-    SELECT current_user::text AS role,
-           count(*)::int AS role_connections,
-           count(*) FILTER (WHERE application_name = ${applicationName})::int AS app_connections
-    FROM pg_stat_activity
-    WHERE usename = current_user AND backend_type = 'client backend' AND pid <> pg_backend_pid()`;
+export async function countConnections(db: Sql | Pick<Connection, "query">, applicationName: string): Promise<ConnectionCounts> {
+  type Counted = { role: string; role_connections: number; app_connections: number };
+  const params = [applicationName];
+  const [row] = "unsafe" in db ? ((await db.unsafe(COUNT_CONNECTIONS, params)) as unknown as Counted[]) : await db.query<Counted>(COUNT_CONNECTIONS, params);
   return {
     role: row!.role,
     applicationName,

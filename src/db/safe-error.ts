@@ -6,9 +6,16 @@ export interface SerializeOptions {
   readonly maxDepth: number;
   /** Literal secrets (passwords, tokens) to blank wherever they appear. */
   readonly secrets: readonly string[];
+  /**
+   * `false` (the default): a database error keeps its codes and names only (SQLSTATE, severity,
+   * schema, table, column, constraint, data type), never its message, detail, hint, stack or the
+   * values in its query, since those quote row data ("Failing row contains …"). `true`
+   * (`DB_LOG_DETAIL=on`): everything, bounded and with credentials blanked.
+   */
+  readonly detail: boolean;
 }
 
-export const DEFAULT_SERIALIZE: SerializeOptions = { maxBytes: 8 * 1024, maxDepth: 4, secrets: [] };
+export const DEFAULT_SERIALIZE: SerializeOptions = { maxBytes: 8 * 1024, maxDepth: 4, secrets: [], detail: false };
 
 const MAX_STRING = 1000;
 const MAX_KEYS = 30;
@@ -36,6 +43,31 @@ export function redact(text: string, secrets: readonly string[] = []): string {
 const SECRET_KEY = /pass(word|wd)?$|secret|token|api_?key|authorization|cookie/i;
 
 const KEYS = ["name", "code", "message", "severity", "detail", "hint", "routine", "errno", "syscall", "retryable", "retryAfterMs", "stack"];
+
+// What a database error may show without `detail`: codes and the names of what it is about, in
+// node-postgres's / Neon's spelling (`table`) and postgres.js's (`table_name`).
+const NAME_KEYS = ["schema", "table", "column", "constraint", "dataType", "schema_name", "table_name", "column_name", "constraint_name", "data_type_name"];
+const PLAIN_KEYS = ["name", "code", "severity", "routine", "errno", "syscall", "retryable", "retryAfterMs", ...NAME_KEYS];
+
+/** A Postgres server error: a five-character SQLSTATE code (`23502`, `42P01`). */
+function isServerError(obj: object): boolean {
+  const code = read(obj, "code");
+  return typeof code === "string" && /^[0-9A-Z]{5}$/.test(code) && read(obj, "severity") !== undefined;
+}
+
+/**
+ * A statement's text with its literal values replaced by `?`: strings, dollar-quoted strings and
+ * numbers. What is left (keywords, names, `$1` placeholders) says which statement it was.
+ *
+ * @example
+ * withoutValues("INSERT INTO notes (body, n) VALUES ('Ann', 42)") // "INSERT INTO notes (body, n) VALUES (?, ?)"
+ */
+export function withoutValues(text: string): string {
+  return text
+    .replace(/\$([A-Za-z_]*)\$[\s\S]*?\$\1\$/g, "?")
+    .replace(/[EeBbXxUu]?'(?:[^']|'')*'?/g, "?")
+    .replace(/(?<![\w$])-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?\b/g, "?");
+}
 
 /**
  * A plain, bounded, JSON-safe copy of any thrown value, for logs. Survives circular references
@@ -103,7 +135,12 @@ function plain(walk: Walk, value: unknown, depth: number): unknown {
 
 function plainObject(walk: Walk, obj: object, depth: number): Record<string, unknown> {
   const out: Record<string, unknown> = {};
-  const keys = obj instanceof Error ? [...KEYS, ...safeKeys(obj).filter((k) => !KEYS.includes(k))] : safeKeys(obj);
+  const server = !walk.o.detail && isServerError(obj);
+  const keys = server
+    ? PLAIN_KEYS
+    : obj instanceof Error
+      ? [...KEYS, ...safeKeys(obj).filter((k) => !KEYS.includes(k))].filter((k) => walk.o.detail || k !== "stack")
+      : safeKeys(obj);
   let kept = 0;
   for (const key of keys) {
     if (kept >= MAX_KEYS) break;
@@ -114,9 +151,10 @@ function plainObject(walk: Walk, obj: object, depth: number): Record<string, unk
       kept++;
     }
   }
-  // The failing query's parameters may hold personal data; the query text is kept, shortened.
+  // The failing query's parameters may hold personal data, and so may literals in its text: the
+  // text is kept shortened, and without its values unless `detail` is on.
   const query = read(obj, "query");
-  if (typeof query === "string") out.query = shortened(walk, query.slice(0, 200));
+  if (typeof query === "string") out.query = shortened(walk, (walk.o.detail ? query : withoutValues(query)).slice(0, 200));
   const cause = read(obj, "cause");
   if (cause !== undefined) out.cause = plain(walk, cause, depth + 1);
   return out;

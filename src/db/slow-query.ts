@@ -1,11 +1,11 @@
-import { redact } from "./safe-error.ts";
+import { redact, withoutValues } from "./safe-error.ts";
 import { writeLogLine } from "./log.ts";
 
 /** One line of the slow-query log: JSON, one object per line. */
 export interface SlowQueryEntry {
   readonly event: "slow_query";
   readonly database: string;
-  /** The statement, shortened to 200 characters and redacted; never its parameters. */
+  /** The statement, shortened to 200 characters, redacted and (unless `DB_LOG_DETAIL=on`) without its literal values; never its parameters. */
   readonly query: string;
   readonly durationMs: number;
   readonly thresholdMs: number;
@@ -21,7 +21,7 @@ export interface SlowQueryEntry {
  * const slow = slowQueryLog({ thresholdMs: 200, database: "main" });
  * slow.record("SELECT …", 350, true); // {"event":"slow_query",…,"durationMs":350}
  */
-export function slowQueryLog(options: { thresholdMs: number; database: string; write?: (line: string) => void }): {
+export function slowQueryLog(options: { thresholdMs: number; database: string; write?: (line: string) => void; detail?: boolean }): {
   readonly thresholdMs: number;
   record(query: string, durationMs: number, ok: boolean, holder?: string): void;
 } {
@@ -33,7 +33,7 @@ export function slowQueryLog(options: { thresholdMs: number; database: string; w
       const entry: SlowQueryEntry = {
         event: "slow_query",
         database: options.database,
-        query: redact(query.replace(/\s+/g, " ").trim().slice(0, 200)),
+        query: redact((options.detail ? query : withoutValues(query)).replace(/\s+/g, " ").trim().slice(0, 200)),
         durationMs: Math.round(durationMs),
         thresholdMs: options.thresholdMs,
         ok,

@@ -6,8 +6,8 @@
  */
 import type { Failure, LearnFailure, LearnSettings, LearnedLimit, LimitSource, RoomTerms } from "../core/index.ts";
 import { LeaseError } from "../core/index.ts";
+import type { Connection } from "../db/driver.ts";
 import { toDatabaseError } from "../db/errors.ts";
-import { closeConnection, connectFromWorker } from "../db/hyperdrive.ts";
 import { readRoomTerms } from "../db/learn-limit.ts";
 
 /** `application_name` of the learning's own connection: room taken, like any other client's. */
@@ -26,9 +26,10 @@ export interface LearningCoordinator {
   learnFailed(failure: LearnFailure): Promise<void>;
 }
 
-/** Where the learning reads: the Worker's database and the application's `application_name`. */
+/** How the learning reaches the database (the pool's driver), and the application's `application_name`. */
 export interface LearnTarget {
-  connectionString: string;
+  /** Opens one connection outside any lease, named `applicationName`. */
+  connect(applicationName: string): Promise<Connection>;
   applicationName: string;
 }
 
@@ -38,19 +39,20 @@ export interface LearnTarget {
  * `LeaseError` (`DATABASE_UNAVAILABLE`, `DATABASE_ERROR`).
  *
  * @example
- * const answer = await learnNow(stub, { connectionString: env.HYPERDRIVE.connectionString, applicationName: "app" }, settings);
+ * const answer = await learnNow(stub, { connect: (name) => driver.connect({ ...target, applicationName: name }), applicationName: "app" }, settings);
  */
 export async function learnNow(coordinator: LearningCoordinator, target: LearnTarget, settings: LearnSettings): Promise<LearnAnswer> {
   let terms: RoomTerms;
-  const sql = connectFromWorker(target.connectionString, LEARNER_APPLICATION_NAME);
+  let conn: Connection | undefined;
   try {
-    terms = await readRoomTerms(sql, target.applicationName, settings);
+    conn = await target.connect(LEARNER_APPLICATION_NAME);
+    terms = await readRoomTerms(conn, target.applicationName, settings);
   } catch (error) {
     const e = toDatabaseError(error);
     await coordinator.learnFailed({ at: Date.now(), code: e.code, message: e.message }).catch(() => {});
     throw e;
   } finally {
-    await closeConnection(sql);
+    await conn?.close();
   }
   const answer = await coordinator.learnedLimit(terms);
   if (!answer.ok) throw new LeaseError(answer.code, answer.message);

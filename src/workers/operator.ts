@@ -7,7 +7,7 @@ import type { ConnectionCoordinator } from "../../durable-objects/connection-coo
 import { mergeStats } from "../client/sharded-leases.ts";
 import { type ControlResult, type Reconciliation, compareConnections, expected, shardLimits } from "../core/index.ts";
 import { toDatabaseError } from "../db/errors.ts";
-import { closeConnection, connectFromWorker } from "../db/hyperdrive.ts";
+import type { Connection } from "../db/driver.ts";
 import { countConnections } from "../db/reconcile.ts";
 import { type OperatorControls, controlsOf } from "../http/operator.ts";
 
@@ -16,9 +16,10 @@ type Stub = DurableObjectStub<ConnectionCoordinator>;
 /** `application_name` of the reconciliation's own connection (it never counts itself). */
 const OBSERVER_APPLICATION_NAME = "leasegate-reconcile";
 
-/** Where the reconciliation reads `pg_stat_activity`, and the application name it counts. */
+/** How the reconciliation reaches `pg_stat_activity` (the pool's driver), and the application name it counts. */
 export interface ReconcileTarget {
-  connectionString: string;
+  /** Opens one connection outside any lease, named `applicationName`. */
+  connect(applicationName: string): Promise<Connection>;
   applicationName: string;
 }
 
@@ -27,13 +28,14 @@ export interface ReconcileTarget {
  * not wait behind the pool it observes) and hands the counts to `compare`.
  */
 async function observe(target: ReconcileTarget, compare: (counts: Awaited<ReturnType<typeof countConnections>>) => Promise<Reconciliation>) {
-  const sql = connectFromWorker(target.connectionString, OBSERVER_APPLICATION_NAME);
+  let conn: Connection | undefined;
   try {
-    return await compare(await countConnections(sql, target.applicationName));
+    conn = await target.connect(OBSERVER_APPLICATION_NAME);
+    return await compare(await countConnections(conn, target.applicationName));
   } catch (error) {
     throw toDatabaseError(error);
   } finally {
-    await closeConnection(sql);
+    await conn?.close();
   }
 }
 
@@ -41,7 +43,7 @@ async function observe(target: ReconcileTarget, compare: (counts: Awaited<Return
  * The controls of one coordinator object.
  *
  * @example
- * const controls = coordinatorControls(stub, { connectionString: env.HYPERDRIVE.connectionString, applicationName: "my-app" });
+ * const controls = coordinatorControls(stub, { connect: (name) => driver.connect({ ...target, applicationName: name }), applicationName: "my-app" });
  */
 export function coordinatorControls(coordinator: Stub, target: ReconcileTarget): OperatorControls {
   return controlsOf(coordinator, () => observe(target, (counts) => coordinator.reconcile(counts)));

@@ -1,12 +1,11 @@
 import type { ConnectionCoordinator } from "../../durable-objects/connection-coordinator.ts";
 import { Leases } from "../client/leases.ts";
 import { type IsolateShards, ShardedLeases, createIsolateShards, shardName } from "../client/sharded-leases.ts";
-import type { PoolSettings } from "../core/index.ts";
+import { LeaseError, type PoolSettings } from "../core/index.ts";
 import { CircuitBreaker } from "../db/circuit-breaker.ts";
 import { type SettingsEnv, settingsFromEnv } from "../db/config.ts";
-import { openDriver } from "../db/connect.ts";
+import { type DriverModule, bindDriver, targetOf } from "../db/driver.ts";
 import { Database } from "../db/database.ts";
-import { closeConnection, connectFromWorker } from "../db/hyperdrive.ts";
 import { SafeMode } from "../db/safe-mode.ts";
 import { type LeasedPool, leasedSql } from "../db/pool.ts";
 import { learnNow, learnWhenStale } from "./learn.ts";
@@ -17,6 +16,14 @@ export interface WorkerPoolEnv extends SettingsEnv {
   /** The coordinator's namespace: `ConnectionCoordinator`, exported by the Worker or bound from another. */
   COORDINATOR_DO: DurableObjectNamespace<ConnectionCoordinator>;
   HYPERDRIVE: Hyperdrive;
+}
+
+/** What `workerPool` is given besides env and ctx. */
+export interface WorkerPoolOptions<Client> {
+  /** The app's driver: `driver` from `leasegate/postgres`, `leasegate/pg` or `leasegate/neon`. */
+  driver: DriverModule<Client>;
+  /** Pool name: one coordinator object per name. Default: `LEASE_POOL`, else `main`. */
+  pool?: string | undefined;
 }
 
 // Kept per isolate, across requests: a pool's breaker and safe mode, and its shard state.
@@ -69,12 +76,27 @@ function coordination(env: WorkerPoolEnv, pool: PoolSettings, waitUntil: (p: Pro
  * and releasing leases run in `ctx.waitUntil`. Bad settings throw `INVALID_CONFIG` naming the
  * variable.
  *
+ * `driver` is the app's database driver, from `leasegate/postgres`, `leasegate/pg` or
+ * `leasegate/neon`: the Worker bundles that one only.
+ *
  * @example
- * const pool = workerPool(env, ctx);
+ * import { driver } from "leasegate/postgres";
+ * const pool = workerPool(env, ctx, { driver });
  * const rows = await pool.sql((sql) => sql`SELECT id, title FROM pitches LIMIT 10`);
  * const [n] = await pool.db.query("SELECT count(*)::int AS n FROM pitches");
  */
-export function workerPool(env: WorkerPoolEnv, ctx: { waitUntil(promise: Promise<unknown>): void }, options: { pool?: string } = {}): LeasedPool {
+export function workerPool<Client>(
+  env: WorkerPoolEnv,
+  ctx: { waitUntil(promise: Promise<unknown>): void },
+  options: WorkerPoolOptions<Client>,
+): LeasedPool<Client> {
+  const driver = options?.driver;
+  if (!driver || typeof driver.connect !== "function") {
+    throw new LeaseError(
+      "INVALID_CONFIG",
+      'workerPool needs `{ driver }`: `import { driver } from "leasegate/postgres"` (or `leasegate/pg`, `leasegate/neon`), with that driver package installed',
+    );
+  }
   const settings = settingsFromEnv(env);
   const pool = options.pool === undefined ? settings.pool : { ...settings.pool, name: options.pool };
   const { name } = pool;
@@ -85,14 +107,12 @@ export function workerPool(env: WorkerPoolEnv, ctx: { waitUntil(promise: Promise
     kept = { breaker: new CircuitBreaker(name, config.breaker), safeMode: new SafeMode(config.safeMode) };
     isolate.set(name, kept);
   }
-  const target = { connectionString: env.HYPERDRIVE.connectionString, applicationName: config.applicationName };
-  const { leases, operator } = coordination(env, pool, waitUntil, target);
-  const db = new Database({ name, driver: openDriver(config), leases, config, ...kept, waitUntil });
-  return {
-    name,
-    leases,
-    db,
-    operator,
-    sql: leasedSql(db, () => connectFromWorker(config.connectionString, config.applicationName, config.connectTimeoutMs), closeConnection),
+  const target = {
+    connect: (applicationName: string) => driver.connect({ ...targetOf(config), applicationName }),
+    applicationName: config.applicationName,
   };
+  const { leases, operator } = coordination(env, pool, waitUntil, target);
+  const bound = bindDriver(driver, config);
+  const db = new Database({ name, driver: bound, leases, config, ...kept, waitUntil });
+  return { name, leases, db, operator, sql: leasedSql(db, bound) };
 }

@@ -84,7 +84,9 @@ describe("real driver objects in the safe serializer", () => {
       // Close the loop the way long-lived objects do: the connection keeps its last error.
       Object.assign((client as unknown as { connection: object }).connection, { lastError: error });
       expect(() => JSON.stringify(error)).toThrow(/circular/i);
-      const out = JSON.stringify(serializeError(logged, { maxBytes: 4096 }));
+      // With DB_LOG_DETAIL=on the error keeps its fields, client included; by default only codes and names.
+      expect(JSON.stringify(serializeError(logged, { maxBytes: 4096 }))).not.toContain("connectionParameters");
+      const out = JSON.stringify(serializeError(logged, { maxBytes: 4096, detail: true }));
       expect(out.length).toBeLessThanOrEqual(4096);
       expect(out).toContain("[Circular]");
       expect(out).toContain("42601");

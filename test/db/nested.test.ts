@@ -1,9 +1,10 @@
 import { Hono } from "hono";
-import postgres from "postgres";
+import postgres, { type Sql } from "postgres";
 import { afterAll, describe, expect, it } from "vitest";
 import { type LocalPool, localPool } from "../../local/pool.ts";
 import { Leases } from "../../src/client/leases.ts";
 import { isLeaseError } from "../../src/core/index.ts";
+import { driver } from "../../src/drivers/postgres.ts";
 import { leased } from "../../src/hono.ts";
 import { TEST_URL } from "./helpers.ts";
 
@@ -11,11 +12,14 @@ import { TEST_URL } from "./helpers.ts";
 // deadline (and under saturation, every request would): it fails at once with NESTED_LEASE.
 // Real Postgres, the real local coordinator (localPool), LEASE_LIMIT=1, a 5 s queue deadline.
 const base = `nested-${process.pid}-${Date.now()}`;
-const pools: LocalPool[] = [];
+const pools: LocalPool<Sql>[] = [];
 let seq = 0;
 
-async function onePool(name = `${base}-${++seq}`): Promise<LocalPool> {
-  const pool = await localPool({ DATABASE_URL: TEST_URL, LEASE_POOL: name, LEASE_LIMIT: "1", LEASE_WAIT_MS: "5000", APPLICATION_NAME: "leasegate-nested" });
+async function onePool(name = `${base}-${++seq}`): Promise<LocalPool<Sql>> {
+  const pool = await localPool(
+    { DATABASE_URL: TEST_URL, LEASE_POOL: name, LEASE_LIMIT: "1", LEASE_WAIT_MS: "5000", APPLICATION_NAME: "leasegate-nested" },
+    { driver },
+  );
   pools.push(pool);
   return pool;
 }
@@ -118,6 +122,6 @@ async function poolCoordinatorOf(pool: LocalPool) {
       await coordinator.close();
       await sql.end();
     },
-  } as LocalPool);
+  } as LocalPool<Sql>);
   return coordinator;
 }

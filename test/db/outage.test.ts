@@ -36,7 +36,7 @@ function setup(options: { failureThreshold?: number; openMs?: number } = {}) {
   const leases = new Leases(coordinator);
   const db = new Database({ name: "outage", driver: openDriver(config), leases, config, log: log.write });
   // The example app's contract on Node: the same handler the Worker runs, over postgres.js on TCP.
-  const pool: LeasedPool = {
+  const pool: LeasedPool<Sql> = {
     name: "outage",
     leases,
     db,

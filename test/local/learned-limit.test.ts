@@ -8,6 +8,7 @@ import { type LocalPool, localPool } from "../../local/pool.ts";
 import { ensureSchema } from "../../local/schema.ts";
 import type { OperatorStats } from "../../src/core/index.ts";
 import parsePrometheusTextFormat from "parse-prometheus-text-format";
+import { driver } from "../../src/drivers/postgres.ts";
 import { operatorHandler } from "../../src/http/operator.ts";
 import { url } from "./helpers.ts";
 import { leasedQuery, limitOf, loadWithOthers } from "./learned-limit-load.ts";
@@ -144,7 +145,18 @@ describe("LEASE_LIMIT=auto with localPool on a role with CONNECTION LIMIT 12", (
   });
 
   it("the application's own leased connections are not room taken: the limit holds while leases hold connections", async () => {
-    const p = await pool({ LEASE_LEARN_INTERVAL_MS: "200", SLOW_QUERY_MS: "60000" });
+    const p = await localPool(
+      {
+        DATABASE_URL: roleUrl,
+        APPLICATION_NAME: app,
+        LEASE_POOL: `learn-${tag}-held`,
+        LEASE_LIMIT: "auto",
+        LEASE_LEARN_INTERVAL_MS: "200",
+        SLOW_QUERY_MS: "60000",
+      },
+      { driver },
+    );
+    pools.push(p);
     const { value: before } = await until(
       () => statsOf(p),
       (s) => s.learned?.terms.othersOfRole === 3,

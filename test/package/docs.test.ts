@@ -10,9 +10,11 @@ import { describe, expect, it } from "vitest";
 // docs' relative links still resolve.
 const root = join(import.meta.dirname, "..", "..");
 const snippetDir = "docs/snippets";
-// The Worker guide shows every file a user of the Hono + Drizzle example writes.
+// The Worker guide shows every file a user of either example Worker writes.
 const WORKER_GUIDE = "docs/workers.md";
-const EXAMPLE_FILES = ["package.json", "wrangler.toml", "src/index.ts", "tsconfig.json", "vitest.config.ts"].map((f) => `examples/hono-drizzle/${f}`);
+const EXAMPLE_FILES = ["plain-worker", "hono-drizzle"].flatMap((example) =>
+  ["package.json", "wrangler.toml", "src/index.ts", "tsconfig.json", "vitest.config.ts"].map((f) => `examples/${example}/${f}`),
+);
 const MARKER = /^<!--\s*snippet:\s*(\S+)\s*-->$/;
 const TS_LANGS = new Set(["ts", "typescript", "tsx", "mts"]);
 
@@ -141,13 +143,13 @@ describe("docs", () => {
     expect(tsconfig.compilerOptions.customConditions).toEqual(["source"]);
   });
 
-  it(`shows every file of the Hono + Drizzle example a user writes in ${WORKER_GUIDE}, and the README points there`, () => {
+  it(`shows every file of the example Workers a user writes in ${WORKER_GUIDE}, and the README points there`, () => {
     const shown = new Set(all.filter((b) => b.page === WORKER_GUIDE).map((b) => b.marker));
     expect(
       EXAMPLE_FILES.filter((f) => !shown.has(f)),
       `files of the example ${WORKER_GUIDE} does not show`,
     ).toEqual([]);
-    expect(all.filter((b) => b.page === "README.md").map((b) => b.marker)).toContain("examples/hono-drizzle/wrangler.toml");
+    expect(all.filter((b) => b.page === "README.md").map((b) => b.marker)).toContain("docs/snippets/worker-quickstart.ts");
     expect(prose("README.md").join("\n")).toContain(`](${WORKER_GUIDE})`);
   });
 

@@ -3,6 +3,7 @@ import { env } from "cloudflare:workers";
 import { describe, expect, inject, it } from "vitest";
 import { settingsFromEnv } from "../../src/db/config.ts";
 import { connectFromWorker } from "../../src/db/hyperdrive.ts";
+import { driver } from "../../src/drivers/postgres.ts";
 import { workerPool } from "../../src/workers/pool.ts";
 
 // A server that accepts the TCP connection and never answers (test/workers/silent-server.ts, on
@@ -29,7 +30,7 @@ describe("DB_CONNECT_TIMEOUT_MS on the Workers path (workerd, cloudflare:sockets
   });
 
   it("bounds every attempt of workerPool().sql and .db by it: its attempts answer DATABASE_UNAVAILABLE long before the deadline, the slot back", async () => {
-    const pool = workerPool(envWith({ DB_CONNECT_TIMEOUT_MS: "1000", DB_DEADLINE_MS: "20000" }), createExecutionContext());
+    const pool = workerPool(envWith({ DB_CONNECT_TIMEOUT_MS: "1000", DB_DEADLINE_MS: "20000" }), createExecutionContext(), { driver });
     for (const call of [() => pool.sql((sql) => sql`SELECT 1`), () => pool.db.query("SELECT 1")]) {
       const started = Date.now();
       const error = await call().catch((e: unknown) => e);

@@ -3,6 +3,7 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { Leases } from "../../src/client/leases.ts";
 import { isLeaseError } from "../../src/core/index.ts";
+import { driver } from "../../src/drivers/postgres.ts";
 import { workerPool } from "../../src/workers/pool.ts";
 
 // In real workerd (AsyncLocalStorage from nodejs_compat), the real Durable Object, Postgres
@@ -24,7 +25,7 @@ describe("nested leases in workerd (LEASE_LIMIT=1)", () => {
   it("a query inside a transaction of the same workerPool fails fast; the slot is back and the pool serves the next request", async () => {
     const e = onlySlot();
     const ctx = createExecutionContext();
-    const pool = workerPool(e, ctx);
+    const pool = workerPool(e, ctx, { driver });
     const nested = await failure(() => pool.db.transaction(async () => pool.db.query("SELECT 1")));
     expect(nested.code).toBe("NESTED_LEASE");
     expect(nested.ms).toBeLessThan(1000);
@@ -32,7 +33,7 @@ describe("nested leases in workerd (LEASE_LIMIT=1)", () => {
     expect(sqlInside.code).toBe("NESTED_LEASE");
     await waitOnExecutionContext(ctx);
     expect((await pool.leases!.stats()).held).toBe(0);
-    const next = workerPool(e, createExecutionContext());
+    const next = workerPool(e, createExecutionContext(), { driver });
     expect(await next.db.query("SELECT 1 AS one")).toEqual([{ one: 1 }]);
   });
 
@@ -52,7 +53,7 @@ describe("nested leases in workerd (LEASE_LIMIT=1)", () => {
     await Promise.all(
       ["a", "b"].map(async (who) => {
         const ctx = createExecutionContext();
-        const pool = workerPool(e, ctx);
+        const pool = workerPool(e, ctx, { driver });
         await pool.db.transaction(async (tx) => {
           order.push(`${who} in`);
           await tx.query("SELECT pg_sleep(0.05)");

@@ -5,7 +5,9 @@ import { pgTable, serial, text, timestamp } from "drizzle-orm/pg-core";
 import { Hono } from "hono";
 import { type LeasedClient, leased } from "leasegate/hono";
 import { errorResponse, healthResponse, operatorHandler, readJson } from "leasegate/http";
-import { ConnectionCoordinator, LeaseError, Leases, type WorkerPoolEnv, workerPool } from "leasegate/workers";
+import { LeaseError, Leases } from "leasegate";
+import { driver } from "leasegate/pg";
+import { ConnectionCoordinator, type WorkerPoolEnv, workerPool } from "leasegate/workers";
 import pg from "pg";
 
 // The coordinator Durable Object lives in this Worker (wrangler.toml binds it as COORDINATOR_DO).
@@ -34,13 +36,13 @@ app.onError((error) => errorResponse(error));
 
 // The operator endpoints (stats, metrics, dashboard, controls) behind DEBUG_TOKEN.
 app.use("/__coordinator/*", async (c, next) => {
-  const pool = workerPool(c.env, c.executionCtx);
+  const pool = workerPool(c.env, c.executionCtx, { driver });
   const answer = await operatorHandler({ controls: pool.operator, token: c.env.DEBUG_TOKEN, status: () => pool.db.status() })(c.req.raw);
   return answer ?? next();
 });
 
 app.get("/health", (c) => {
-  const { db, leases } = workerPool(c.env, c.executionCtx);
+  const { db, leases } = workerPool(c.env, c.executionCtx, { driver });
   return healthResponse({
     database: () => db.query("SELECT 1", [], { waitMs: 1000 }),
     coordinator: leases && (() => leases.stats()),
@@ -91,7 +93,7 @@ app.post("/notes/pair", async (c) => {
 // A slow report through the database layer: a backend that dies under it (57P01, a reset) is
 // retried on a fresh connection and a new lease within DB_DEADLINE_MS.
 app.get("/report", async (c) => {
-  const { db } = workerPool(c.env, c.executionCtx);
+  const { db } = workerPool(c.env, c.executionCtx, { driver });
   const [row] = await db.query("SELECT count(*)::int AS notes, pg_backend_pid() AS backend FROM notes, pg_sleep(1)", [], { holder: "GET /report" });
   return c.json(row);
 });

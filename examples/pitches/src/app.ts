@@ -4,7 +4,7 @@
  * the Node and Deno servers (`../local/`) serve this same HTTP contract from their own pool.
  */
 import type { Sql } from "postgres";
-import { type LeasedPool, LeaseError, checkInt, expected } from "leasegate";
+import { type LeasedPool, LeaseError } from "leasegate";
 import { HttpError, allowMethods, errorResponse, healthResponse, json, operatorHandler, readJson } from "leasegate/http";
 import { GENRES } from "./schema.ts";
 
@@ -16,10 +16,16 @@ export interface RequestTiming {
 
 /** What the app needs from its runtime: the pool (Worker or local) and the operator token. */
 export interface AppDeps {
-  pool: LeasedPool;
+  pool: LeasedPool<Sql>;
   debugToken: string | undefined;
   /** Receives the request's lease wait and query time (the last attempt's, after a retry). */
   timing?: RequestTiming | undefined;
+}
+
+/** The message of a bad input: what was expected and what came, bounded. */
+function expected(name: string, what: string, got: unknown): string {
+  const shown = typeof got === "string" ? JSON.stringify(got.slice(0, 40)) : String(got).slice(0, 40);
+  return `Expected \`${name}\` to be ${what}, got \`${shown}\``;
 }
 
 function text(body: Record<string, unknown>, name: string, max: number): string {
@@ -33,8 +39,9 @@ function text(body: Record<string, unknown>, name: string, max: number): string 
 function intParam(url: URL, name: string, fallback: number, min: number, max: number): number {
   const raw = url.searchParams.get(name);
   if (raw === null) return fallback;
-  if (!/^\d{1,9}$/.test(raw)) throw new LeaseError("INVALID_ARGUMENT", expected(name, `an integer from ${min} to ${max}`, raw));
-  return checkInt(name, Number(raw), min, max);
+  const value = /^\d{1,9}$/.test(raw) ? Number(raw) : Number.NaN;
+  if (!(value >= min && value <= max)) throw new LeaseError("INVALID_ARGUMENT", expected(name, `an integer from ${min} to ${max}`, raw));
+  return value;
 }
 
 const PITCH_COLUMNS = "id, title, logline, genre, author, is_public, view_count, created_at";

@@ -6,6 +6,7 @@
  */
 import postgres from "postgres";
 import { DEFAULT_DATABASE_URL, type LocalPoolEnv, localPool } from "leasegate/local";
+import { driver } from "leasegate/postgres";
 import { handle } from "./app.ts";
 import { migrate, seed } from "./schema.ts";
 
@@ -52,7 +53,7 @@ export async function createLocalApp(env: LocalEnv): Promise<LocalApp> {
   } finally {
     await setup.end({ timeout: 1 });
   }
-  const pool = await localPool(env);
+  const pool = await localPool(env, { driver });
   // Periodic reconciliation, as the Worker's cron does; a failed run (database down) is retried next period.
   const reconciling = setInterval(() => void pool.operator?.reconcile().catch(() => {}), RECONCILE_EVERY_MS);
   (reconciling as { unref?: () => void }).unref?.();

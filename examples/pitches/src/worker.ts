@@ -3,7 +3,8 @@
  * (`workerPool`), the app's routes and the operator endpoints, and a cron that reconciles the
  * leases with `pg_stat_activity` once a minute.
  */
-import { ConnectionCoordinator, type WorkerPoolEnv, workerPool } from "leasegate/workers";
+import { ConnectionCoordinator, type WorkerPoolEnv, reconcileOnSchedule, workerPool } from "leasegate/workers";
+import { driver } from "leasegate/postgres";
 import { errorResponse } from "leasegate/http";
 import { type AppDeps, type RequestTiming, handle } from "./app.ts";
 
@@ -21,7 +22,7 @@ export interface Env extends WorkerPoolEnv {
  * handle(request, depsFor({ ...env, LEASE_POOL: "fuzz" }, ctx))
  */
 export function depsFor(env: Env, ctx: ExecutionContext, timing: RequestTiming = {}): AppDeps {
-  return { pool: workerPool(env, ctx), debugToken: env.DEBUG_TOKEN, timing };
+  return { pool: workerPool(env, ctx, { driver }), debugToken: env.DEBUG_TOKEN, timing };
 }
 
 export default {
@@ -44,12 +45,7 @@ export default {
     response.headers.set("Server-Timing", parts.join(", "));
     return response;
   },
-  // Periodic reconciliation (the cron in wrangler.toml), and with LEASE_LIMIT=auto a learning of
-  // the limit; on demand: POST /__coordinator/reconcile, /__coordinator/learn. Awaited, so a failed
-  // run (database down) shows as a failed cron invocation.
-  async scheduled(_controller, env, ctx): Promise<void> {
-    const operator = workerPool(env, ctx).operator;
-    await operator?.learn?.();
-    await operator?.reconcile();
-  },
+  // Periodic reconciliation (the cron in wrangler.toml); on demand: POST /__coordinator/reconcile.
+  // A failed run (database down) shows as a failed cron invocation.
+  scheduled: reconcileOnSchedule({ driver }),
 } satisfies ExportedHandler<Env>;

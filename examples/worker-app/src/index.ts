@@ -1,18 +1,15 @@
-import { isLeaseError, leasedQuery } from "leasegate/workers";
+import { errorResponse } from "leasegate/http";
+import { driver } from "leasegate/postgres";
+import { type WorkerPoolEnv, workerPool } from "leasegate/workers";
 
-interface Env {
-  COORDINATOR: DurableObjectNamespace<import("leasegate/workers").ConnectionCoordinator>;
-  HYPERDRIVE: Hyperdrive;
-}
-
+// The coordinator Durable Object lives in another Worker (coordinator/); wrangler.toml binds it by script name.
 export default {
   async fetch(_request, env, ctx): Promise<Response> {
     try {
-      const [row] = await leasedQuery((sql) => sql`SELECT 41 + 1 AS answer`, { coordinator: env.COORDINATOR, hyperdrive: env.HYPERDRIVE, ctx });
+      const [row] = await workerPool(env, ctx, { driver }).sql((sql) => sql`SELECT 41 + 1 AS answer`);
       return Response.json(row);
-    } catch (e) {
-      if (isLeaseError(e) && e.retryable) return Response.json({ error: e.code }, { status: 503, headers: { "retry-after": "1" } });
-      throw e;
+    } catch (error) {
+      return errorResponse(error);
     }
   },
-} satisfies ExportedHandler<Env>;
+} satisfies ExportedHandler<WorkerPoolEnv>;

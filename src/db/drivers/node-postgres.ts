@@ -1,5 +1,5 @@
 import type { Client, ClientConfig } from "pg";
-import type { Connection, Row } from "../connect.ts";
+import type { ClientConnection, ConnectTarget, DriverModule, Row } from "../driver.ts";
 
 /** What closing needs of a node-postgres client: `pg.Client` or anything shaped like it. */
 export interface PgClientLike {
@@ -7,51 +7,53 @@ export interface PgClientLike {
   on(event: "error", listener: (error: Error) => void): unknown;
 }
 
-/** Settings of one node-postgres connection. */
-export interface PgConnectionOptions {
-  connectionString: string;
-  applicationName: string;
-  /** Gives up connecting after this long, ms. */
-  connectTimeoutMs: number;
-}
+/** node-postgres's default export (`import pg from "pg"`), 8.13 or later: whichever the app installed. */
+export type PgModule = { Client: new (config: ClientConfig) => Client };
 
 // How long `end()` may take before the socket is destroyed outright. A graceful end is one round
 // trip on loopback; past this the server or the network is gone and only our side is left.
 const END_GRACE_MS = 2000;
 
 /**
- * Opens one node-postgres connection: `pg.Client` picks its socket itself (TCP on Node and Deno,
- * `cloudflare:sockets` in workerd with `nodejs_compat`), so the same code serves a Hyperdrive
- * connection string and a plain Postgres URL. A failed connect leaves no socket behind.
+ * The node-postgres driver over the app's own `pg` package: one `pg.Client` per connection.
+ * `pg.Client` picks its socket itself (TCP on Node and Deno, `cloudflare:sockets` in workerd with
+ * `nodejs_compat`), so the same code serves a Hyperdrive connection string and a plain Postgres
+ * URL. A failed connect leaves no socket behind.
  *
  * @example
- * const conn = await openPgConnection({ connectionString: env.HYPERDRIVE.connectionString, applicationName: "app", connectTimeoutMs: 5000 });
+ * import pg from "pg";
+ * const conn = await pgDriver(pg).connect({ connectionString, applicationName: "app", connectTimeoutMs: 5000, edge: false });
  * try { await conn.query("SELECT $1::int AS n", [1]) } finally { await conn.close() }
  */
-export async function openPgConnection(options: PgConnectionOptions): Promise<Connection> {
-  const { default: pg } = await import("pg");
-  const config: ClientConfig = {
-    connectionString: options.connectionString,
-    connectionTimeoutMillis: options.connectTimeoutMs,
-    application_name: options.applicationName,
-  };
-  const client: Client = new pg.Client(config);
-  // A backend terminated between queries surfaces as an 'error' event, and so does, in workerd,
-  // pg-cloudflare's read failing once the socket is closed by end(): without a listener either is
-  // an uncaught exception. The next query fails with its own error anyway.
-  client.on("error", () => {});
-  try {
-    await client.connect();
-  } catch (error) {
-    await closePgClient(client);
-    throw connectFailure(error);
-  }
+export function pgDriver(pg: PgModule): DriverModule<Client> {
   return {
-    async query(text, params) {
-      const result = await client.query(text, params as unknown[] | undefined);
-      return result.rows as Row[];
+    name: "pg",
+    packageName: "pg",
+    async connect(target: ConnectTarget): Promise<ClientConnection<Client>> {
+      const client = new pg.Client({
+        connectionString: target.connectionString,
+        connectionTimeoutMillis: target.connectTimeoutMs,
+        application_name: target.applicationName,
+      });
+      // A backend terminated between queries surfaces as an 'error' event, and so does, in workerd,
+      // pg-cloudflare's read failing once the socket is closed by end(): without a listener either is
+      // an uncaught exception. The next query fails with its own error anyway.
+      client.on("error", () => {});
+      try {
+        await client.connect();
+      } catch (error) {
+        await closePgClient(client);
+        throw connectFailure(error);
+      }
+      return {
+        client,
+        async query<R = Row>(text: string, params?: readonly unknown[]) {
+          const result = await client.query(text, params as unknown[] | undefined);
+          return result.rows as R[];
+        },
+        close: () => closePgClient(client),
+      };
     },
-    close: () => closePgClient(client),
   };
 }
 
