@@ -16,6 +16,7 @@ import {
   type PoolEnv,
   type PoolState,
   type PoolStats,
+  type ReconcileResult,
   type Reconciliation,
   type ReleaseManyResult,
   type ReleaseResult,
@@ -44,6 +45,7 @@ import {
   stats,
   tick,
 } from "../src/core/index.ts";
+import { type CoordinatorBackend, checkCounts } from "../src/engine/coordinator.ts";
 import { type Step, type StepFn, WakeTimer, Waiters, failureOf, guarded, settlementsOf, steps } from "../src/engine/index.ts";
 import type { LearnAnswer } from "../src/workers/learn.ts";
 import { CoordinatorStore } from "./storage.ts";
@@ -69,7 +71,7 @@ const SNAPSHOT_EVERY_MS = 1_000;
  * const stub = env.COORDINATOR_DO.get(env.COORDINATOR_DO.idFromName("main"));
  * const result = await stub.acquire({ holder: "req-1", waitMs: 2000 });
  */
-export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
+export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> implements CoordinatorBackend {
   private pool: PoolState | undefined;
   private configError: LeaseError | undefined;
   private readonly store: CoordinatorStore;
@@ -449,13 +451,16 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> {
    * @example
    * const r = await stub.reconcile(await countConnections(sql, "my-app"));
    */
-  async reconcile(counts: ConnectionCounts): Promise<Reconciliation> {
-    const pool = this.requirePool();
-    checkInt("roleConnections", counts.roleConnections, 0, Number.MAX_SAFE_INTEGER);
-    checkInt("appConnections", counts.appConnections, 0, Number.MAX_SAFE_INTEGER);
-    const result = compareConnections({ held: pool.leases.size, limit: pool.config.limit }, counts, Date.now());
-    this.store.writeMeta("reconciliation", JSON.stringify(result));
-    return result;
+  async reconcile(counts: ConnectionCounts): Promise<ReconcileResult> {
+    try {
+      const pool = this.requirePool();
+      checkCounts(counts);
+      const result = compareConnections({ held: pool.leases.size, limit: pool.config.limit }, counts, Date.now());
+      this.store.writeMeta("reconciliation", JSON.stringify(result));
+      return { ok: true, ...result };
+    } catch (error) {
+      return failureOf(error);
+    }
   }
 
   /**

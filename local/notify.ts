@@ -4,15 +4,25 @@
  * process where the caller waits answers it from the notice — the same answer the Durable Object
  * gives, built by the same functions.
  *
- * A notice is lines of space-separated fields:
- *   g <leaseId> <fence> <grantedAt> <expiresAt> <held> <waiting> <grantable>
- *   t <leaseId> <waitedMs> <limit> <held> <waiting> <retryAfterMs> <grantable>
+ * A notice is lines, one per settled waiter: its lease id, a space, then JSON —
+ *   <leaseId> {"grant":[<the lease's fields but holder, as LEASE_FIELDS encodes them>],"load":{…}}
+ *   <leaseId> {"timeout":{<TimeoutFacts>},"load":{…}}
+ * The id comes first so a process skips lines for other processes' callers without parsing them;
+ * the lease travels in the field list's encoding, so a new lease field needs no edit here.
  */
-import { type Effects, type PoolState, timeoutFacts } from "../src/core/index.ts";
+import { type Effects, type Lease, type PoolState, type ShardLoad, type TimeoutFacts, timeoutFacts } from "../src/core/index.ts";
 import { type Waiters, grantResult, loadOf, timeoutResult } from "../src/engine/index.ts";
+import { LEASE_FIELDS, codec } from "./fields.ts";
 
-/** Lines per notice: a payload must stay under Postgres's 8000-byte limit. */
-const LINES_PER_NOTICE = 60;
+/** A granted lease in a notice: every stored field but the holder, which its waiter knows. */
+const granted = codec<Lease>(LEASE_FIELDS.filter((f) => f.key !== "holder"));
+
+/** Bytes per notice at most: Postgres refuses a payload of 8000 bytes or more. */
+const NOTICE_BYTES = 7900;
+
+type Line = { grant: unknown[]; load: ShardLoad } | { timeout: TimeoutFacts; load: ShardLoad };
+
+const utf8 = new TextEncoder();
 
 /**
  * The notices that announce what a transition settled, to be sent in its transaction.
@@ -22,38 +32,44 @@ const LINES_PER_NOTICE = 60;
  */
 export function noticesOf(state: PoolState, effects: Effects): string[] {
   if (effects.granted.length === 0 && effects.timedOut.length === 0) return [];
-  const { held, waiting, limit: grantable } = loadOf(state);
+  const load = loadOf(state);
+  const line = (id: string, body: Line) => `${id} ${JSON.stringify(body)}`;
   const lines = [
-    ...effects.granted.map((l) => `g ${l.id} ${l.fence} ${l.grantedAt} ${l.expiresAt} ${held} ${waiting} ${grantable}`),
-    ...effects.timedOut.map((w) => {
-      const f = timeoutFacts(state, w);
-      return `t ${w.leaseId} ${f.waitedMs} ${f.limit} ${f.held} ${f.waiting} ${f.retryAfterMs} ${grantable}`;
-    }),
+    ...effects.granted.map((l) => line(l.id, { grant: granted.encode(l), load })),
+    ...effects.timedOut.map((w) => line(w.leaseId, { timeout: timeoutFacts(state, w), load })),
   ];
   const notices: string[] = [];
-  for (let i = 0; i < lines.length; i += LINES_PER_NOTICE) notices.push(lines.slice(i, i + LINES_PER_NOTICE).join("\n"));
+  let notice = "";
+  let bytes = 0;
+  for (const l of lines) {
+    const size = utf8.encode(l).length + 1;
+    if (notice !== "" && bytes + size > NOTICE_BYTES) {
+      notices.push(notice);
+      notice = "";
+      bytes = 0;
+    }
+    notice = notice === "" ? l : `${notice}\n${l}`;
+    bytes += size;
+  }
+  if (notice !== "") notices.push(notice);
   return notices;
 }
 
 /**
  * Answers the callers parked in this process that a notice names; lines for other processes'
- * callers are ignored.
+ * callers are skipped unread.
  *
  * @example
  * sql.listen(channel, (payload) => deliver(waiters, payload));
  */
 export function deliver(waiters: Waiters, payload: string): void {
-  for (const line of payload.split("\n")) {
-    const [kind, id, ...f] = line.split(" ");
-    const holder = id === undefined ? undefined : waiters.holderOf(id);
+  for (const text of payload.split("\n")) {
+    const space = text.indexOf(" ");
+    const id = text.slice(0, space);
+    const holder = space > 0 ? waiters.holderOf(id) : undefined;
     if (holder === undefined) continue;
-    const n = f.map(Number);
-    if (kind === "g") {
-      const lease = { id: id!, fence: n[0]!, holder, grantedAt: n[1]!, expiresAt: n[2]! };
-      waiters.settle(id!, grantResult(lease, { held: n[3]!, waiting: n[4]!, limit: n[5]! }));
-    } else if (kind === "t") {
-      const facts = { waitedMs: n[0]!, limit: n[1]!, held: n[2]!, waiting: n[3]!, retryAfterMs: n[4]! };
-      waiters.settle(id!, timeoutResult(facts, { held: n[2]!, waiting: n[3]!, limit: n[5]! }));
-    }
+    const line = JSON.parse(text.slice(space + 1)) as Line;
+    if ("grant" in line) waiters.settle(id, grantResult({ ...granted.decode(line.grant), holder }, line.load));
+    else waiters.settle(id, timeoutResult(line.timeout, line.load));
   }
 }

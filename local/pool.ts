@@ -74,7 +74,7 @@ export async function localPool<Client = unknown>(env: LocalPoolEnv, options: { 
       coordinator &&
       controlsOf(
         coordinator,
-        () => coordinator.reconcile(applicationName).catch((e: unknown) => Promise.reject(toDatabaseError(e))),
+        () => coordinator.countConnections(applicationName).catch((e: unknown) => Promise.reject(toDatabaseError(e))),
         settings.pool.learn ? () => coordinator.learnLimit() : undefined,
       ),
     sql: leasedSql(db, driver),

@@ -1,8 +1,8 @@
 import type { Sql } from "postgres";
-import type { Coordinator } from "../src/client/leases.ts";
 import {
   type AcquireOptions,
   type AcquireResult,
+  type ConnectionCounts,
   type ControlResult,
   type Effects,
   type Failure,
@@ -14,10 +14,11 @@ import {
   type PoolConfig,
   type PoolState,
   type PoolStats,
-  type Reconciliation,
+  type ReconcileResult,
   type ReleaseResult,
   type RenewResult,
   type RevokeResult,
+  type ShardRef,
   LeaseError,
   compareConnections,
   expected,
@@ -31,7 +32,7 @@ import {
 import { toDatabaseError } from "../src/db/errors.ts";
 import { readRoomTerms } from "../src/db/learn-limit.ts";
 import { countConnections } from "../src/db/reconcile.ts";
-import { type AcquireAnswer, WakeTimer, Waiters, guarded, settlementsOf, steps } from "../src/engine/index.ts";
+import { type AcquireAnswer, type CoordinatorBackend, WakeTimer, Waiters, checkCounts, failureOf, guarded, settlementsOf, steps } from "../src/engine/index.ts";
 import { learnOnce, noteLearnFailure, readRecord, writeLearned } from "./learn.ts";
 import { deliver } from "./notify.ts";
 import { type Loaded, loadPool } from "./rows.ts";
@@ -86,7 +87,20 @@ const CLOSED: Failure = { ok: false, code: "COORDINATOR_UNAVAILABLE", message: "
 const ABORTED: Failure = { ok: false, code: "ACQUIRE_TIMEOUT", message: "The caller gave up the wait (its signal aborted)", retryAfterMs: 0 };
 
 /**
- * A {@link Coordinator} for Node and Deno: the same engine as the Durable Object (`src/core/`
+ * A pool here is never split: one pool already spans every process that names it. A part of it
+ * would be taken for the whole (the limit multiplied by the parts), so only the whole is accepted.
+ */
+function wholePool(shard: ShardRef | undefined): void {
+  if (shard === undefined) return;
+  const what = "none or the whole pool { index: 0, count: 1 } (a PostgresCoordinator pool spans every process and is never split)";
+  if (typeof shard !== "object" || shard === null) throw new LeaseError("INVALID_ARGUMENT", expected("shard", what, shard));
+  if (shard.index !== 0 || shard.count !== 1) {
+    throw new LeaseError("INVALID_ARGUMENT", `Expected \`shard\` to be ${what}, got shard ${String(shard.index)} of ${String(shard.count)}`);
+  }
+}
+
+/**
+ * A {@link CoordinatorBackend} for Node and Deno: the same engine as the Durable Object (`src/core/`
  * decisions, `src/engine/` answers, waiters, timer and group commit), with the pool's state in
  * Postgres so any number of OS processes share one limit and one FIFO queue.
  *
@@ -103,7 +117,7 @@ const ABORTED: Failure = { ok: false, code: "ACQUIRE_TIMEOUT", message: "The cal
  * const leases = new Leases(coordinator, { holder: `pid ${process.pid}` });
  * await leases.withLease(() => db`select 1`);
  */
-export class PostgresCoordinator implements Coordinator {
+export class PostgresCoordinator implements CoordinatorBackend {
   readonly pool: string;
   /** `acquire` takes an `AbortSignal`: `Leases` passes its caller's, and an abort withdraws the waiter. */
   readonly abortable = true;
@@ -281,6 +295,11 @@ export class PostgresCoordinator implements Coordinator {
   async acquire(options: AcquireOptions = {}, signal?: AbortSignal): Promise<AcquireResult> {
     if (this.#closed) return CLOSED;
     if (signal?.aborted) return ABORTED;
+    try {
+      wholePool(options?.shard);
+    } catch (error) {
+      return failureOf(error);
+    }
     await this.ready();
     const leaseId = crypto.randomUUID();
     // Parked before the transaction: a grant by another process can be announced before our own
@@ -347,12 +366,14 @@ export class PostgresCoordinator implements Coordinator {
   }
 
   /**
-   * The pool's live state across all processes (a read: nothing is reaped by looking).
+   * The pool's live state across all processes (a read: nothing is reaped by looking). A
+   * `shard` other than the whole pool throws `INVALID_ARGUMENT`: see {@link CoordinatorBackend.stats}.
    *
    * @example
    * const { held, waiting, counters } = await coordinator.stats();
    */
-  async stats(): Promise<PoolStats> {
+  async stats(shard?: ShardRef): Promise<PoolStats> {
+    wholePool(shard);
     return stats((await this.#read()).state, Date.now());
   }
 
@@ -407,20 +428,38 @@ export class PostgresCoordinator implements Coordinator {
   }
 
   /**
-   * Reads `pg_stat_activity` (connections of this client's role, and those named `applicationName`)
-   * and compares it with the leases held now; the result is kept in the pool's row for
-   * `operatorStats()` in any process.
+   * Compares connection counts from `pg_stat_activity` with the leases held now (across all
+   * processes); the result is kept in the pool's row for `operatorStats()` in any process. Read
+   * the counts with {@link countConnections} (this client's role, and the connections named
+   * `applicationName`).
    *
    * @example
-   * const r = await coordinator.reconcile("my-app"); // r.drift, r.overLimit, r.status
+   * const r = await coordinator.reconcile(await coordinator.countConnections("my-app")); // r.ok && r.drift
    */
-  async reconcile(applicationName: string): Promise<Reconciliation> {
-    await this.ready();
-    const counts = await countConnections(this.#sql, applicationName);
+  async reconcile(counts: ConnectionCounts): Promise<ReconcileResult> {
+    try {
+      checkCounts(counts);
+    } catch (error) {
+      return failureOf(error);
+    }
     const { held, limit } = await this.stats();
     const result = compareConnections({ held, limit }, counts, Date.now());
     await this.#sql`UPDATE leasegate_pools SET reconciliation = ${JSON.stringify(result)}::text::jsonb WHERE pool = ${this.pool}`;
-    return result;
+    return { ok: true, ...result };
+  }
+
+  /**
+   * Reads `pg_stat_activity` through this coordinator's own client: the connections of its role
+   * on the whole server, and those that carry `applicationName` (the application's connections,
+   * not the coordinator's). What {@link reconcile} compares.
+   *
+   * @example
+   * const counts = await coordinator.countConnections("my-app"); // { roleConnections, appConnections, … }
+   */
+  async countConnections(applicationName: string): Promise<ConnectionCounts> {
+    if (typeof applicationName !== "string") throw new LeaseError("INVALID_ARGUMENT", expected("applicationName", "a string", applicationName));
+    await this.ready();
+    return await countConnections(this.#sql, applicationName);
   }
 
   /**
@@ -429,7 +468,8 @@ export class PostgresCoordinator implements Coordinator {
    * @example
    * const { paused, limitOverride, reconciliation } = await coordinator.operatorStats();
    */
-  async operatorStats(): Promise<OperatorStats> {
+  async operatorStats(shard?: ShardRef): Promise<OperatorStats> {
+    wholePool(shard);
     const [{ state, reconciliation }, record] = await Promise.all([this.#read(), this.#learn ? readRecord(this.#sql, this.pool) : null]);
     return {
       ...stats(state, Date.now()),

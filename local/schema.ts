@@ -6,56 +6,63 @@
  */
 import type { JSONValue, Sql } from "postgres";
 import type { PoolConfig } from "../src/core/index.ts";
+import { type Field, LEASE_FIELDS, WAITER_FIELDS, columnDefinitions } from "./fields.ts";
+
+/**
+ * Columns besides the keys, the pool's config and the fields of a lease or waiter (`fields.ts`):
+ * what only the local adapter keeps. All nullable, so an older table gains them by `ADD COLUMN`.
+ */
+const POOL_COLUMNS = [
+  // The core's snapshot of the pool (counters, histogram, fences, paused, limit override …).
+  { column: "snapshot", type: "jsonb" },
+  { column: "reconciliation", type: "jsonb" },
+] as const;
+const WAITER_COLUMNS = [
+  // The backend pid of the waiting process's LISTEN connection: gone from pg_stat_activity = dead.
+  { column: "owner_pid", type: "integer" },
+] as const;
 
 const TABLES = `
 CREATE TABLE IF NOT EXISTS leasegate_pools (
   pool text PRIMARY KEY,
   config jsonb NOT NULL,
-  -- The core's snapshot of the pool (counters, histogram, fences, paused, limit override …).
-  snapshot jsonb,
-  reconciliation jsonb
+  ${POOL_COLUMNS.map((c) => `${c.column} ${c.type}`).join(",\n  ")}
 );
 CREATE TABLE IF NOT EXISTS leasegate_leases (
   pool text NOT NULL,
-  id text NOT NULL,
-  fence bigint NOT NULL,
-  holder text NOT NULL,
-  granted_at bigint NOT NULL,
-  expires_at bigint NOT NULL,
-  priority text,
+  ${columnDefinitions(LEASE_FIELDS)},
   PRIMARY KEY (pool, id)
 );
 CREATE TABLE IF NOT EXISTS leasegate_waiters (
   pool text NOT NULL,
-  id text NOT NULL,
   seq bigserial NOT NULL,
-  holder text NOT NULL,
-  enqueued_at bigint NOT NULL,
-  deadline bigint NOT NULL,
-  ttl_ms bigint NOT NULL,
-  -- A grant from the queue lives this long until claimed (null: ttl_ms).
-  claim_ms bigint,
-  -- The backend pid of the waiting process's LISTEN connection: gone from pg_stat_activity = dead.
-  owner_pid integer,
-  priority text,
-  tenant text,
+  ${columnDefinitions(WAITER_FIELDS)},
+  ${WAITER_COLUMNS.map((c) => `${c.column} ${c.type}`).join(",\n  ")},
   PRIMARY KEY (pool, id)
 );
 CREATE INDEX IF NOT EXISTS leasegate_waiters_order ON leasegate_waiters (pool, seq);
 `;
 
+/** Every column a current table has, as `table.column`: one missing means the tables are older. */
+const CURRENT_COLUMNS = [
+  ...POOL_COLUMNS.map((c) => `leasegate_pools.${c.column}`),
+  ...LEASE_FIELDS.map((f) => `leasegate_leases.${f.column}`),
+  ...WAITER_FIELDS.map((f) => `leasegate_waiters.${f.column}`),
+  ...WAITER_COLUMNS.map((c) => `leasegate_waiters.${c.column}`),
+];
+
+const addColumns = (table: string, columns: ReadonlyArray<{ column: string; type: string }>) =>
+  columns.map((c) => `ALTER TABLE ${table} ADD COLUMN IF NOT EXISTS ${c.column} ${c.type};`).join("\n");
+const optional = <T>(fields: readonly Field<T>[]) => fields.filter((f) => f.optional);
+
 /**
- * Tables of leasegate 0.1 (a column per pool field, columns added release by release) gain the
- * missing columns, then their pool fields fold into the snapshot.
+ * Older tables (leasegate 0.1 had a column per pool field, and columns came release by release)
+ * gain every optional column they miss, then their pool fields fold into the snapshot.
  */
 const UPGRADE = `
-ALTER TABLE leasegate_waiters ADD COLUMN IF NOT EXISTS owner_pid integer;
-ALTER TABLE leasegate_waiters ADD COLUMN IF NOT EXISTS priority text;
-ALTER TABLE leasegate_waiters ADD COLUMN IF NOT EXISTS tenant text;
-ALTER TABLE leasegate_leases ADD COLUMN IF NOT EXISTS priority text;
-ALTER TABLE leasegate_pools ADD COLUMN IF NOT EXISTS snapshot jsonb;
-ALTER TABLE leasegate_waiters ADD COLUMN IF NOT EXISTS claim_ms bigint;
-ALTER TABLE leasegate_pools ADD COLUMN IF NOT EXISTS reconciliation jsonb;
+${addColumns("leasegate_pools", POOL_COLUMNS)}
+${addColumns("leasegate_leases", optional(LEASE_FIELDS))}
+${addColumns("leasegate_waiters", [...optional(WAITER_FIELDS), ...WAITER_COLUMNS])}
 DO $$ BEGIN
   IF EXISTS (SELECT 1 FROM information_schema.columns
              WHERE table_schema = current_schema() AND table_name = 'leasegate_pools' AND column_name = 'next_fence') THEN
@@ -93,9 +100,9 @@ const asJson = (value: object): JSONValue => value as JSONValue;
 export async function ensureSchema(sql: Sql, pool: string, config: PoolConfig): Promise<void> {
   const columns = await sql<{ column_name: string }[]>`
     SELECT table_name || '.' || column_name AS column_name FROM information_schema.columns
-    WHERE table_schema = current_schema() AND table_name IN ('leasegate_pools', 'leasegate_waiters')`;
+    WHERE table_schema = current_schema() AND table_name IN ('leasegate_pools', 'leasegate_leases', 'leasegate_waiters')`;
   const names = new Set(columns.map((c) => c.column_name));
-  const current = names.has("leasegate_pools.snapshot") && !names.has("leasegate_pools.next_fence") && names.has("leasegate_waiters.claim_ms");
+  const current = CURRENT_COLUMNS.every((c) => names.has(c)) && !names.has("leasegate_pools.next_fence");
   for (let attempt = 1; !current; attempt++) {
     try {
       await sql.begin(async (tx) => {

@@ -1,46 +1,29 @@
 import {
-  type AcquireManyResult,
   type AcquireOptions,
   type AcquireResult,
   type Failure,
   type LeaseGrant,
   type LeaseRef,
   type PoolStats,
-  type ReleaseManyResult,
   type ReleaseResult,
-  type RenewResult,
   type Result,
-  type ShardRef,
   BOUNDS,
   LeaseError,
   checkInt,
   isLeaseError,
 } from "../core/index.ts";
+import type { Coordinator } from "../engine/coordinator.ts";
 import { Coalescer } from "./coalesce.ts";
 import { type ClientAcquireOptions, type HoldingClient, type LeaseScope, type WaitUntil, holdLease } from "./hold.ts";
 
 export type { ClientAcquireOptions, LeaseScope, WaitUntil } from "./hold.ts";
 
 /**
- * What a coordinator answers: the Durable Object stub and the local Postgres coordinator both
- * implement it, so application code is the same on Workers, Node and Deno.
+ * What a coordinator answers to a lease client: the lease calls of the one interface the Durable
+ * Object and the local Postgres coordinator both implement (`CoordinatorBackend`), so application
+ * code is the same on Workers, Node and Deno.
  */
-export interface Coordinator {
-  /** `signal`: only when `abortable` is true; aborting it withdraws the waiter at once. */
-  acquire(options?: AcquireOptions, signal?: AbortSignal): Promise<AcquireResult>;
-  /**
-   * True when `acquire` takes an `AbortSignal` (the local adapter). Never true for a Durable
-   * Object stub: an RPC call cannot carry a signal (and every stub property is a function).
-   */
-  readonly abortable?: boolean | undefined;
-  release(ref: LeaseRef): Promise<ReleaseResult>;
-  renew(ref: LeaseRef, ttlMs?: number): Promise<RenewResult>;
-  /** `shard`: sent by a sharded client, so an object not yet used answers with its part of the limit. */
-  stats(shard?: ShardRef): Promise<PoolStats>;
-  /** Batches (the Durable Object has them): grants what is free now, `null` for the rest. */
-  acquireMany?(requests: AcquireOptions[]): Promise<AcquireManyResult>;
-  releaseMany?(refs: LeaseRef[]): Promise<ReleaseManyResult>;
-}
+export type { Coordinator } from "../engine/coordinator.ts";
 
 /**
  * What application code and the database layer use: `Leases` (one coordinator) and

@@ -1,5 +1,6 @@
 import { type ErrorCode, LeaseError, expected } from "./errors.ts";
 import type { Priority } from "./types.ts";
+import type { Reconciliation } from "./reconcile.ts";
 import type { ShardLoad, ShardRef } from "./shard.ts";
 
 /**
@@ -87,3 +88,6 @@ export type ControlResult = Result<{ paused: boolean; limit: number; limitOverri
 
 /** The answer to an operator's forced release: who held the lease that was freed. */
 export type RevokeResult = Result<{ released: true; idPrefix: string; holder: string }>;
+
+/** The answer to a reconciliation: the comparison, as kept for `operatorStats()`. */
+export type ReconcileResult = Result<Reconciliation>;

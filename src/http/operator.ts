@@ -3,55 +3,38 @@
  * page and the live controls (pause, resume, limit, release, reconcile) under a prefix, behind a
  * bearer token. A plain `(Request) => Promise<Response | undefined>`, so any router can call it.
  */
-import {
-  type ControlResult,
-  type Failure,
-  type OperatorStats,
-  type PoolStats,
-  type Reconciliation,
-  type RevokeResult,
-  LeaseError,
-  expected,
-} from "../core/index.ts";
+import { type ConnectionCounts, type Failure, type OperatorStats, type PoolStats, type Reconciliation, LeaseError, expected } from "../core/index.ts";
+import type { OperatorCoordinator } from "../engine/coordinator.ts";
 import { OPERATOR_OFF, authorize } from "./auth.ts";
 import { DASHBOARD_HTML } from "./dashboard.ts";
 import { METRICS_CONTENT_TYPE, formatMetrics } from "./metrics.ts";
 import { HttpError, allowMethods, errorResponse, json, readJson } from "./respond.ts";
 
+export type { OperatorCoordinator } from "../engine/coordinator.ts";
+
 /**
- * What the operator endpoints read and drive: a coordinator's controls plus one reconciliation
- * run. `workerPool(...).operator` (Workers) and `localPool(...).operator` (Node, Deno) are these.
+ * What the operator endpoints read and drive: a coordinator's operator calls, with `stats` for
+ * `operatorStats` and a `reconcile` that reads `pg_stat_activity` itself.
+ * `workerPool(...).operator` (Workers) and `localPool(...).operator` (Node, Deno) are these.
+ * Derived from the interface: a call added to `CoordinatorBackend` shows up here, and in every place
+ * that must answer it (`controlsOf`, the sharded controls, the endpoint table below).
  */
-export interface OperatorControls {
+export interface OperatorControls extends Omit<OperatorCoordinator, "operatorStats" | "reconcile"> {
   stats(): Promise<OperatorStats>;
-  pause(): Promise<ControlResult>;
-  resume(): Promise<ControlResult>;
-  /** `null` returns to the configured default. */
-  setLimit(limit: number | null): Promise<ControlResult>;
-  /** Frees a held lease by its id or an unambiguous prefix of at least 8 characters. */
-  revoke(idOrPrefix: string): Promise<RevokeResult>;
   /** Reads `pg_stat_activity` now and compares it with the held leases. */
   reconcile(): Promise<Reconciliation>;
   /** `LEASE_LIMIT=auto`: learns the limit from the database now; absent for a fixed limit. */
   learn?: (() => Promise<object>) | undefined;
 }
 
-/** What a coordinator answers to operators: the Durable Object's stub and `PostgresCoordinator` both. */
-export interface OperatorCoordinator {
-  operatorStats(): Promise<OperatorStats>;
-  pause(): Promise<ControlResult>;
-  resume(): Promise<ControlResult>;
-  setLimit(limit: number | null): Promise<ControlResult>;
-  revoke(idOrPrefix: string): Promise<RevokeResult>;
-}
-
 /**
- * The controls of one coordinator, with the reconciliation the runtime knows how to run.
+ * The controls of one coordinator; `counts` reads `pg_stat_activity` the way the runtime can
+ * (Workers: a short connection through Hyperdrive; Node and Deno: the coordinator's own client).
  *
  * @example
- * const controls = controlsOf(coordinator, () => coordinator.reconcile("my-app"));
+ * const controls = controlsOf(coordinator, () => coordinator.countConnections("my-app"));
  */
-export function controlsOf(coordinator: OperatorCoordinator, reconcile: () => Promise<Reconciliation>, learn?: () => Promise<object>): OperatorControls {
+export function controlsOf(coordinator: OperatorCoordinator, counts: () => Promise<ConnectionCounts>, learn?: () => Promise<object>): OperatorControls {
   return {
     ...(learn && { learn }),
     stats: () => coordinator.operatorStats(),
@@ -59,7 +42,10 @@ export function controlsOf(coordinator: OperatorCoordinator, reconcile: () => Pr
     resume: () => coordinator.resume(),
     setLimit: (limit) => coordinator.setLimit(limit),
     revoke: (id) => coordinator.revoke(id),
-    reconcile,
+    reconcile: async () => {
+      const { ok: _, ...reconciliation } = controlled(await coordinator.reconcile(await counts()));
+      return reconciliation;
+    },
   };
 }
 
@@ -113,6 +99,25 @@ async function idOf(request: Request): Promise<string> {
   return id;
 }
 
+/**
+ * Every control's endpoint (`POST <prefix>/<path>`), keyed by the control it drives: a control
+ * without an endpoint does not compile.
+ */
+const CONTROLS: { [K in Exclude<keyof OperatorControls, "stats">]: { path: string; run(op: OperatorControls, request: Request): Promise<object> } } = {
+  pause: { path: "pause", run: async (op) => controlled(await op.pause()) },
+  resume: { path: "resume", run: async (op) => controlled(await op.resume()) },
+  setLimit: { path: "limit", run: async (op, request) => controlled(await op.setLimit(await limitOf(request))) },
+  revoke: { path: "release", run: async (op, request) => controlled(await op.revoke(await idOf(request))) },
+  reconcile: { path: "reconcile", run: (op) => op.reconcile() },
+  learn: {
+    path: "learn",
+    run: (op) => {
+      if (!op.learn) throw new LeaseError("INVALID_ARGUMENT", "This pool's limit is fixed: set LEASE_LIMIT=auto to learn it from the database");
+      return op.learn();
+    },
+  },
+};
+
 /** One endpoint below the prefix, once the token passed. */
 async function endpoint(request: Request, name: string, o: OperatorHandlerOptions, pool: string): Promise<Response> {
   const op = o.controls;
@@ -123,34 +128,16 @@ async function endpoint(request: Request, name: string, o: OperatorHandlerOption
     return json({ pool, ...stats, ...o.status?.() });
   }
   if (!op) throw new HttpError("NOT_FOUND", "The coordinator is off (COORDINATOR=off)");
-  const post = () => allowMethods(request, "POST");
-  switch (name) {
-    case "metrics":
-      allowMethods(request, "GET");
-      return new Response(formatMetrics(pool, await op.stats()), {
-        headers: { "content-type": METRICS_CONTENT_TYPE, "cache-control": "no-store" },
-      });
-    case "pause":
-      post();
-      return json({ pool, ...controlled(await op.pause()) });
-    case "resume":
-      post();
-      return json({ pool, ...controlled(await op.resume()) });
-    case "limit":
-      post();
-      return json({ pool, ...controlled(await op.setLimit(await limitOf(request))) });
-    case "release":
-      post();
-      return json({ pool, ...controlled(await op.revoke(await idOf(request))) });
-    case "reconcile":
-      post();
-      return json({ pool, ...(await op.reconcile()) });
-    case "learn":
-      post();
-      if (!op.learn) throw new LeaseError("INVALID_ARGUMENT", "This pool's limit is fixed: set LEASE_LIMIT=auto to learn it from the database");
-      return json({ pool, ...(await op.learn()) });
+  if (name === "metrics") {
+    allowMethods(request, "GET");
+    return new Response(formatMetrics(pool, await op.stats()), {
+      headers: { "content-type": METRICS_CONTENT_TYPE, "cache-control": "no-store" },
+    });
   }
-  throw new HttpError("NOT_FOUND", "No such endpoint");
+  const control = Object.values(CONTROLS).find((c) => c.path === name);
+  if (!control) throw new HttpError("NOT_FOUND", "No such endpoint");
+  allowMethods(request, "POST");
+  return json({ pool, ...(await control.run(op, request)) });
 }
 
 /**

@@ -5,7 +5,7 @@
  */
 import type { ConnectionCoordinator } from "../../durable-objects/connection-coordinator.ts";
 import { mergeStats } from "../client/sharded-leases.ts";
-import { type ControlResult, type Reconciliation, compareConnections, expected, shardLimits } from "../core/index.ts";
+import { type ConnectionCounts, type ControlResult, type Reconciliation, compareConnections, expected, shardLimits } from "../core/index.ts";
 import { toDatabaseError } from "../db/errors.ts";
 import type { Connection } from "../db/driver.ts";
 import { countConnections } from "../db/reconcile.ts";
@@ -25,13 +25,13 @@ export interface ReconcileTarget {
 
 /**
  * Reads `pg_stat_activity` through one short-lived connection outside any lease (an observer must
- * not wait behind the pool it observes) and hands the counts to `compare`.
+ * not wait behind the pool it observes).
  */
-async function observe(target: ReconcileTarget, compare: (counts: Awaited<ReturnType<typeof countConnections>>) => Promise<Reconciliation>) {
+async function observe(target: ReconcileTarget): Promise<ConnectionCounts> {
   let conn: Connection | undefined;
   try {
     conn = await target.connect(OBSERVER_APPLICATION_NAME);
-    return await compare(await countConnections(conn, target.applicationName));
+    return await countConnections(conn, target.applicationName);
   } catch (error) {
     throw toDatabaseError(error);
   } finally {
@@ -46,7 +46,7 @@ async function observe(target: ReconcileTarget, compare: (counts: Awaited<Return
  * const controls = coordinatorControls(stub, { connect: (name) => driver.connect({ ...target, applicationName: name }), applicationName: "my-app" });
  */
 export function coordinatorControls(coordinator: Stub, target: ReconcileTarget): OperatorControls {
-  return controlsOf(coordinator, () => observe(target, (counts) => coordinator.reconcile(counts)));
+  return controlsOf(coordinator, () => observe(target));
 }
 
 /** Every shard's control answer as one: paused if any is, limits summed. */
@@ -94,11 +94,11 @@ export function shardedControls(stubs: Stub[], target: ReconcileTarget): Operato
       const results = await Promise.all(stubs.map((s) => s.revoke(id)));
       return results.find((r) => r.ok) ?? results[0]!;
     },
-    reconcile: () =>
-      observe(target, async (counts) => {
-        const merged = mergeStats(await Promise.all(stubs.map((s, index) => s.stats({ index, count }))));
-        last = compareConnections({ held: merged.held, limit: merged.limit }, counts, Date.now());
-        return last;
-      }),
+    reconcile: async () => {
+      const counts = await observe(target);
+      const merged = mergeStats(await Promise.all(stubs.map((s, index) => s.stats({ index, count }))));
+      last = compareConnections({ held: merged.held, limit: merged.limit }, counts, Date.now());
+      return last;
+    },
   };
 }

@@ -3,18 +3,8 @@
  * the coordinator of that pool (a Durable Object reset, a process that closes and starts again).
  * Each backend supplies only this; `cases.ts` holds every case once.
  */
-import type {
-  AcquireOptions,
-  AcquireResult,
-  ControlResult,
-  LeaseRef,
-  OperatorStats,
-  PoolConfig,
-  PoolStats,
-  ReleaseResult,
-  RenewResult,
-  RevokeResult,
-} from "../../src/core/index.ts";
+import type { PoolConfig } from "../../src/core/index.ts";
+import type { CoordinatorBackend } from "../../src/engine/coordinator.ts";
 
 /**
  * The one configuration every case runs with. The workerd pool's config comes from the bindings
@@ -25,22 +15,13 @@ import type {
 export const CONTRACT_CONFIG: PoolConfig = { limit: 3, waitMs: 400, leaseTtlMs: 30_000, maxQueue: 5 };
 
 /**
- * The calls both coordinators answer, with the same result objects (`src/core/protocol.ts`).
+ * The calls both coordinators answer, with the same result objects (`src/core/protocol.ts`): the
+ * one declared interface both backends implement, not a copy of it.
  *
  * @example
  * const r = await coordinator.acquire({ holder: "a", waitMs: 0 });
  */
-export interface ContractCoordinator {
-  acquire(options?: AcquireOptions): Promise<AcquireResult>;
-  release(ref: LeaseRef): Promise<ReleaseResult>;
-  renew(ref: LeaseRef, ttlMs?: number): Promise<RenewResult>;
-  stats(): Promise<PoolStats>;
-  pause(): Promise<ControlResult>;
-  resume(): Promise<ControlResult>;
-  setLimit(limit: number | null): Promise<ControlResult>;
-  revoke(idOrPrefix: string): Promise<RevokeResult>;
-  operatorStats(): Promise<OperatorStats>;
-}
+export type ContractCoordinator = CoordinatorBackend;
 
 /**
  * One fresh pool of a backend. `coordinator` is the current one; `restart()` replaces it with a

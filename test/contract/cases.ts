@@ -407,6 +407,28 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       expect(await c.stats()).toMatchObject({ held: 0, counters: { granted: 1, released: 1 } });
     });
 
+    it("reconcile compares counts with the leases held and keeps the result for operators; bad counts change nothing", async () => {
+      const { coordinator: c } = await fresh();
+      await fill(c, 2);
+      const counts = { role: "app", applicationName: "web", roleConnections: LIMIT + 1, appConnections: 3 };
+      const result = await c.reconcile(counts);
+      if (!result.ok) throw new Error(`expected a reconciliation, got ${result.code}: ${result.message}`);
+      const { ok: _, ...r } = result;
+      expect(r).toMatchObject({ ...counts, held: 2, limit: LIMIT, drift: 1, overLimit: true, status: "over_limit" });
+      expect((await c.operatorStats()).reconciliation).toEqual(r);
+      expect(await c.reconcile({ ...counts, appConnections: -1 })).toEqual({
+        ok: false,
+        code: "INVALID_ARGUMENT",
+        message: "Expected `appConnections` to be an integer from 0 to 9007199254740991, got `-1` (number)",
+      });
+      expect(await c.reconcile({ ...counts, role: null as unknown as string })).toEqual({
+        ok: false,
+        code: "INVALID_ARGUMENT",
+        message: "Expected `role` to be a string, got `null` (null)",
+      });
+      expect((await c.operatorStats()).reconciliation).toEqual(r);
+    });
+
     it("a critical waiter queued after normal ones is granted first", async () => {
       const { coordinator: c } = await fresh();
       const held = await fill(c);
