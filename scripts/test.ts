@@ -105,6 +105,12 @@ const benchSmoke = spawnSync("node", ["--expose-gc", "bench/run.ts", "--smoke"],
 if (benchSmoke.status === 0) passed++;
 else failed++;
 console.log(`bench smoke: ${benchSmoke.status === 0 ? "ok" : "FAILED"}`);
+// The production-shaped topology (coordinator and Worker processes apart, a delay injected between
+// them) in short phases against the test database: no PgBouncer, no wrk. Counts as one test.
+const topologySmoke = spawnSync("node", ["bench/topology.ts", "--smoke"], { stdio: ["ignore", "ignore", "inherit"], env: { ...env, DATABASE_URL: url } });
+if (topologySmoke.status === 0) passed++;
+else failed++;
+console.log(`topology bench smoke: ${topologySmoke.status === 0 ? "ok" : "FAILED"}`);
 await server.stop();
 console.log(`\n${passed} passed, ${failed} failed`);
 process.exit(broken || failed > 0 || passed === 0 ? 1 : 0);

@@ -14,7 +14,19 @@ import {
   percentile,
   pickShard,
 } from "../core/index.ts";
-import { type BlockEffect, type BlockState, abandon, createBlock, expireIdle, finished, granted, refused, request, retired } from "../core/lease-block.ts";
+import {
+  type BlockEffect,
+  type BlockState,
+  abandon,
+  createBlock,
+  expireIdle,
+  finished,
+  granted,
+  observe,
+  refused,
+  request,
+  retired,
+} from "../core/lease-block.ts";
 import type { ClientAcquireOptions } from "./hold.ts";
 import { type Coordinator, type LeaseClient, type WaitUntil, claim, claimWindow, coordinatorRequest, untilAborted } from "./leases.ts";
 
@@ -57,6 +69,11 @@ export interface IsolateShardsOptions {
   maxBlock?: number | undefined;
   /** How long a block lease may idle before it goes back, ms (`LEASE_BLOCK_IDLE_MS`). */
   idleMs?: number | undefined;
+  /**
+   * Whether a finished block lease goes back while callers wait at the coordinator, so its FIFO
+   * order holds across isolates (default `true`). `false`: for side-by-side comparisons only.
+   */
+  yieldToQueue?: boolean | undefined;
 }
 
 /**
@@ -73,7 +90,7 @@ export function createIsolateShards(options: IsolateShardsOptions): IsolateShard
   const idleMs = checkInt("LEASE_BLOCK_IDLE_MS", options.idleMs ?? DEFAULT_BLOCK_IDLE_MS, 0, 60_000, "INVALID_CONFIG");
   // Until a shard answers, assume an empty one with its even share.
   const loads = Array.from({ length: count }, () => ({ held: 0, waiting: 0, limit: 1 }));
-  const block = maxBlock === 0 ? undefined : createBlock<ShardedGrant>({ maxBlock, idleMs });
+  const block = maxBlock === 0 ? undefined : createBlock<ShardedGrant>({ maxBlock, idleMs, yieldToQueue: options.yieldToQueue !== false });
   return { count, loads, downUntil: new Array<number>(count).fill(0), block, blockLeases: new Map(), waiters: new Map(), seq: 0 };
 }
 
@@ -261,6 +278,7 @@ export class ShardedLeases implements LeaseClient {
           (lease) => {
             isolate.blockLeases.set(lease.id, { receivedAt: Date.now(), ttlMs: Math.max(1, lease.expiresAt - lease.grantedAt), inUse: false });
             this.#perform(granted(block, lease, Date.now()));
+            this.#observe(lease.shard);
             this.#sweepLater();
           },
           (error: unknown) => {
@@ -276,6 +294,12 @@ export class ShardedLeases implements LeaseClient {
         this.#background(sent);
       }
     }
+  }
+
+  /** The queue of the shard that just granted: while others wait there, block leases go back. */
+  #observe(shard: number): void {
+    const { isolate } = this.#o;
+    this.#perform(observe(isolate.block!, isolate.loads[shard]?.waiting ?? 0, Date.now()));
   }
 
   #background(p: Promise<unknown>): void {

@@ -6,13 +6,36 @@
  * and performs the returned effects (send an acquire, send a release, start work with a lease).
  * Bounded: at most `maxBlock` leases held or requested per isolate, and a lease idle for
  * `idleMs` goes back, so a quiet isolate cannot sit on slots a busy one needs.
+ *
+ * Global order: the coordinator's queue is FIFO across isolates, and a block must not jump it. A
+ * lease is handed on inside the isolate only while the coordinator last said nobody else waits
+ * there (`observe`, fed from the load its answers carry); while someone does, a finished or idle
+ * block lease goes back, so the longest-waiting caller anywhere is next. A busy block may not hear
+ * from the coordinator for long (it needs no calls): once its last report is `staleAfterMs` old,
+ * the next finished lease goes back and an acquire asks again, so a caller waiting elsewhere is
+ * seen within about that time and one round trip.
  */
 export interface BlockConfig {
   /** Most leases this isolate may hold or have requested at once. */
   maxBlock: number;
   /** How long a lease may sit unused before it is released, ms. */
   idleMs: number;
+  /**
+   * Whether finished leases go back while callers wait at the coordinator (the default, `true`).
+   * `false` keeps them in the isolate while young, whoever waits: for side-by-side comparisons only.
+   */
+  yieldToQueue?: boolean | undefined;
+  /** How long the coordinator's report that nobody waits there is trusted, ms (default 50). */
+  staleAfterMs?: number | undefined;
 }
+
+/**
+ * How long a report of an empty coordinator queue is trusted by default, ms.
+ *
+ * @example
+ * createBlock<Lease>({ maxBlock: 4, idleMs: 20, staleAfterMs: DEFAULT_STALE_AFTER_MS });
+ */
+export const DEFAULT_STALE_AFTER_MS = 50;
 
 export interface BlockState<L> {
   config: BlockConfig;
@@ -21,6 +44,12 @@ export interface BlockState<L> {
   inFlight: number;
   /** Local requests waiting for a lease, in arrival order. */
   waiting: string[];
+  /** Callers of other isolates waiting at the coordinator, as it last reported (`observe`). */
+  queuedElsewhere: number;
+  /** When that report came (the shell's clock); -Infinity before the first. */
+  observedAt: number;
+  /** When a stale report last sent a lease back to ask again. */
+  askedAt: number;
 }
 
 export type BlockEffect<L> = { kind: "acquire" } | { kind: "release"; lease: L } | { kind: "start"; request: string; lease: L };
@@ -32,7 +61,7 @@ export type BlockEffect<L> = { kind: "acquire" } | { kind: "release"; lease: L }
  * const block = createBlock<Lease>({ maxBlock: 4, idleMs: 5 });
  */
 export function createBlock<L>(config: BlockConfig): BlockState<L> {
-  return { config, idle: [], inUse: 0, inFlight: 0, waiting: [] };
+  return { config, idle: [], inUse: 0, inFlight: 0, waiting: [], queuedElsewhere: 0, observedAt: Number.NEGATIVE_INFINITY, askedAt: Number.NEGATIVE_INFINITY };
 }
 
 function held<L>(s: BlockState<L>): number {
@@ -54,7 +83,15 @@ export function request<L>(s: BlockState<L>, id: string, now: number): BlockEffe
     return [{ kind: "start", request: id, lease: free.lease }];
   }
   s.waiting.push(id);
-  // One acquire per local waiter not yet covered by an acquire in flight, within the block bound.
+  return cover(s);
+}
+
+function yields<L>(s: BlockState<L>): boolean {
+  return s.queuedElsewhere > 0 && s.config.yieldToQueue !== false;
+}
+
+/** One acquire for a local waiter no acquire in flight covers, within the block bound. */
+function cover<L>(s: BlockState<L>): BlockEffect<L>[] {
   if (s.inFlight < s.waiting.length && held(s) < s.config.maxBlock) {
     s.inFlight++;
     return [{ kind: "acquire" }];
@@ -68,6 +105,7 @@ function place<L>(s: BlockState<L>, lease: L, now: number): BlockEffect<L>[] {
     s.inUse++;
     return [{ kind: "start", request: next, lease }];
   }
+  if (yields(s)) return [{ kind: "release", lease }];
   s.idle.push({ lease, since: now });
   return [];
 }
@@ -96,14 +134,43 @@ export function refused<L>(s: BlockState<L>): string | undefined {
 }
 
 /**
- * A request finished with its lease: the lease goes straight to the next local waiter, or idles.
+ * A request finished with its lease: the lease goes straight to the next local waiter, or idles —
+ * unless callers wait at the coordinator: then it goes back, and the local waiters queue there too
+ * (an acquire for each one no acquire in flight covers).
  *
  * @example
- * finished(block, lease, now)
+ * for (const fx of finished(block, lease, now)) perform(fx);
  */
 export function finished<L>(s: BlockState<L>, lease: L, now: number): BlockEffect<L>[] {
   s.inUse--;
+  if (yields(s)) return [{ kind: "release", lease }, ...cover(s)];
+  // The report is old (and so is the last question): this lease goes back, and the acquire for
+  // the next local waiter asks again. At most one lease per staleAfterMs goes back this way, so
+  // while the answer is on its way (or queued at a full coordinator) the block keeps working.
+  const stale = now - Math.max(s.observedAt, s.askedAt) > (s.config.staleAfterMs ?? DEFAULT_STALE_AFTER_MS);
+  if (stale && s.config.yieldToQueue !== false && s.waiting.length > 0) {
+    s.askedAt = now;
+    return [{ kind: "release", lease }, ...cover(s)];
+  }
   return place(s, lease, now);
+}
+
+/**
+ * The coordinator answered a grant with its queue length (`load.waiting` of the shard that
+ * granted). Its queue counts this isolate's own acquires still in flight too; what is left is
+ * taken as others waiting (a lower bound: an acquire still on its way is not counted there yet).
+ * While others wait, idle block leases go back at once.
+ *
+ * @example
+ * for (const fx of observe(block, result.load.waiting, now)) perform(fx);
+ */
+export function observe<L>(s: BlockState<L>, waitingAtCoordinator: number, now: number): BlockEffect<L>[] {
+  s.queuedElsewhere = Math.max(0, waitingAtCoordinator - s.inFlight);
+  s.observedAt = now;
+  if (!yields(s) || s.idle.length === 0) return [];
+  const out = s.idle.map((entry): BlockEffect<L> => ({ kind: "release", lease: entry.lease }));
+  s.idle = [];
+  return out;
 }
 
 /**
@@ -132,11 +199,7 @@ export function expireIdle<L>(s: BlockState<L>, now: number): BlockEffect<L>[] {
 export function retired<L>(s: BlockState<L>, now: number): BlockEffect<L>[] {
   void now;
   s.inUse--;
-  if (s.inFlight < s.waiting.length && held(s) < s.config.maxBlock) {
-    s.inFlight++;
-    return [{ kind: "acquire" }];
-  }
-  return [];
+  return cover(s);
 }
 
 /**

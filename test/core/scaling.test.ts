@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { type BlockEffect, abandon, createBlock, expireIdle, finished, granted, refused, request, retired } from "../../src/core/lease-block.ts";
+import { type BlockEffect, abandon, createBlock, expireIdle, finished, granted, observe, refused, request, retired } from "../../src/core/lease-block.ts";
 import { validateConfig } from "../../src/core/config.ts";
 import { pickShard, shardConfig, shardLimits } from "../../src/core/shard.ts";
 import { simulate } from "../../bench/simulate.ts";
@@ -53,6 +53,7 @@ describe("lease block", () => {
     const b = createBlock<L>({ maxBlock: 1, idleMs: 10 });
     request(b, "r1", 0);
     granted(b, { n: 1 }, 1);
+    observe(b, 0, 1); // the grant's answer: nobody waits at the coordinator
     expect(request(b, "r2", 2)).toEqual([]);
     expect(finished(b, { n: 1 }, 3)).toEqual([{ kind: "start", request: "r2", lease: { n: 1 } }]);
   });
