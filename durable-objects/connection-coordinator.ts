@@ -5,6 +5,9 @@ import {
   type AcquireResult,
   type Bounds,
   type ConnectionCounts,
+  type LearnFailure,
+  type LearnedLimit,
+  type RoomTerms,
   type ControlResult,
   type Effects,
   type Lease,
@@ -22,10 +25,14 @@ import {
   type ShardRef,
   LeaseError,
   checkBatch,
+  checkInt,
   compareConnections,
   configFromEnv,
   expected,
   isLeaseError,
+  learnSettingsFromEnv,
+  learnedLimit,
+  limitSource,
   type BoundsLog,
   boundsLog,
   confirmBounds,
@@ -40,6 +47,7 @@ import {
 } from "../src/core/index.ts";
 import { type CoordinatorBackend, checkCounts } from "../src/engine/coordinator.ts";
 import { type Step, type StepFn, WakeTimer, Waiters, failureOf, guarded, settlementsOf, steps } from "../src/engine/index.ts";
+import type { LearnAnswer } from "../src/workers/learn.ts";
 import { CoordinatorStore } from "./storage.ts";
 
 /** The variables the coordinator reads; the same names as everywhere else in leasegate. */
@@ -78,6 +86,11 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
   /** The snapshot (counters, histogram, hold stats) changed since it was last written. */
   private dirty = false;
   private snapshotTimer: ReturnType<typeof setTimeout> | undefined;
+  /** `LEASE_LIMIT=auto`: the last learning a Worker handed in (kept in meta), and the last failure after it. */
+  private learned: LearnedLimit | null = null;
+  private learnFailure: LearnFailure | null = null;
+  /** When a Worker claimed the next learning (`learnDue`): others wait until it reports or the claim lapses. */
+  private learnClaimedAt: number | null = null;
 
   constructor(ctx: DurableObjectState, env: CoordinatorEnv) {
     super(ctx, env);
@@ -95,6 +108,8 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
     try {
       // A shard enforces its part of LEASE_LIMIT (persisted when a sharded client first said so).
       this.shard = this.store.readMeta("shard");
+      const learned = this.store.readMeta("learned");
+      this.learned = learned === null ? null : (JSON.parse(learned) as LearnedLimit);
       pool = restore(this.baseConfig(), snap, []);
     } catch (error) {
       this.configError = isLeaseError(error) ? error : new LeaseError("INVALID_CONFIG", String(error));
@@ -122,9 +137,10 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
     await this.confirming;
   }
 
-  /** LEASE_* from env, split to this object's part when it is a shard. */
+  /** LEASE_* from env (with `LEASE_LIMIT=auto`, the learned limit once there is one), split to this object's part when it is a shard. */
   private baseConfig() {
-    const config = configFromEnv(this.env);
+    const env = configFromEnv(this.env);
+    const config = this.learned && learnSettingsFromEnv(this.env) ? { ...env, limit: this.learned.limit } : env;
     if (this.shard === null) return config;
     const [index, count] = this.shard.split("/").map(Number);
     return shardConfig(config, index!, count!);
@@ -457,11 +473,79 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
     const pool = this.requirePool();
     if (shard !== undefined) this.applyShard(pool, shard);
     const reconciliation = this.store.readMeta("reconciliation");
+    const learns = learnSettingsFromEnv(this.env) !== null;
     return {
       ...stats(pool, Date.now()),
       limitOverride: pool.limitOverride,
+      limitSource: limitSource(pool.limitOverride, learns ? this.learned : null),
+      learned: learns ? this.learned : null,
+      learnFailure: learns ? this.learnFailure : null,
       reconciliation: reconciliation === null ? null : (JSON.parse(reconciliation) as Reconciliation),
     };
+  }
+
+  // ── LEASE_LIMIT=auto: the Worker reads the database, the object keeps and applies the limit. ──
+
+  /**
+   * True when the learned limit is older than `intervalMs` (or there is none) and no other Worker
+   * claimed the learning in the last 30 s; the caller then learns and reports. Cheap: no storage.
+   *
+   * @example
+   * if (await stub.learnDue(10_000)) await learnNow(stub, target, settings);
+   */
+  async learnDue(intervalMs: number): Promise<boolean> {
+    checkInt("intervalMs", intervalMs, 1, 24 * 60 * 60_000);
+    const now = Date.now();
+    if (learnSettingsFromEnv(this.env) === null) return false;
+    if (this.learned && now - this.learned.learnedAt < intervalMs) return false;
+    if (this.learnClaimedAt !== null && now - this.learnClaimedAt < 30_000) return false;
+    this.learnClaimedAt = now;
+    return true;
+  }
+
+  /**
+   * The terms a Worker read from the database: the learned limit is worked out here
+   * (`src/core/room.ts`), kept (a restarted object starts from it) and applied as a live limit
+   * change — a raise grants queued callers, a drop revokes nothing — unless an operator's limit
+   * holds. A pool with a fixed `LEASE_LIMIT` refuses with `INVALID_ARGUMENT`.
+   *
+   * @example
+   * const answer = await stub.learnedLimit(await readRoomTerms(sql, "my-app", settings));
+   */
+  async learnedLimit(terms: RoomTerms): Promise<LearnAnswer> {
+    try {
+      if (learnSettingsFromEnv(this.env) === null) {
+        throw new LeaseError("INVALID_ARGUMENT", "This pool's limit is fixed: set LEASE_LIMIT=auto to learn it from the database");
+      }
+      const learned = learnedLimit(terms, Date.now());
+      this.learned = learned;
+      this.learnFailure = null;
+      this.learnClaimedAt = null;
+      this.store.writeMeta("learned", JSON.stringify(learned));
+      const config = this.baseConfig();
+      const answer = await this.operator((state, now) => ({
+        answer: null,
+        effects: state.limitOverride === null ? reconfigure(state, { ...state.config, limit: config.limit }, now) : { granted: [], timedOut: [], expired: [] },
+      }));
+      if (answer !== null) return answer as LearnAnswer;
+      const pool = this.requirePool();
+      return { ok: true, limit: pool.config.limit, limitSource: limitSource(pool.limitOverride, learned), learned };
+    } catch (error) {
+      return failureOf(error);
+    }
+  }
+
+  /**
+   * A learning that failed (the database could not be read): the last learned limit stays, and
+   * operators see when and why.
+   *
+   * @example
+   * await stub.learnFailed({ at: Date.now(), code: "DATABASE_UNAVAILABLE", message });
+   */
+  async learnFailed(failure: LearnFailure): Promise<void> {
+    this.learnClaimedAt = null;
+    if (typeof failure !== "object" || failure === null) return;
+    this.learnFailure = { at: Number(failure.at) || Date.now(), code: String(failure.code).slice(0, 64), message: String(failure.message).slice(0, 500) };
   }
 }
 

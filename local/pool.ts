@@ -58,7 +58,8 @@ export async function localPool<Client = unknown>(env: LocalPoolEnv, options: { 
     );
     // The coordinator's bookkeeping connections are its own, apart from the leased ones.
     control = postgres(connectionString, { max: 2, onnotice: () => {}, connection: { application_name: `${applicationName}-coordinator` } });
-    coordinator = new PostgresCoordinator({ sql: control, pool: name, config: settings.pool.config });
+    const learn = settings.pool.learn;
+    coordinator = new PostgresCoordinator({ sql: control, pool: name, config: settings.pool.config, learn: learn && { ...learn, applicationName } });
     await coordinator.ready();
   }
   const leases: LeaseClient | undefined = coordinator && new Leases(coordinator, { pool: name });
@@ -70,7 +71,12 @@ export async function localPool<Client = unknown>(env: LocalPoolEnv, options: { 
     db,
     // The reconciliation's database errors answer as `LeaseError`s, as every other failure does.
     operator:
-      coordinator && controlsOf(coordinator, () => coordinator.countConnections(applicationName).catch((e: unknown) => Promise.reject(toDatabaseError(e)))),
+      coordinator &&
+      controlsOf(
+        coordinator,
+        () => coordinator.countConnections(applicationName).catch((e: unknown) => Promise.reject(toDatabaseError(e))),
+        settings.pool.learn ? () => coordinator.learnLimit() : undefined,
+      ),
     sql: leasedSql(db, driver),
     close: async () => {
       await coordinator?.close();

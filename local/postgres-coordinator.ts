@@ -6,6 +6,9 @@ import {
   type ControlResult,
   type Effects,
   type Failure,
+  type LearnFailure,
+  type LearnSettings,
+  type LearnedLimit,
   type LeaseRef,
   type OperatorStats,
   type PoolConfig,
@@ -19,12 +22,18 @@ import {
   LeaseError,
   compareConnections,
   expected,
+  isLeaseError,
+  learnedLimit,
+  limitSource,
   stats,
   tick,
   validateConfig,
 } from "../src/core/index.ts";
+import { toDatabaseError } from "../src/db/errors.ts";
+import { readRoomTerms } from "../src/db/learn-limit.ts";
 import { countConnections } from "../src/db/reconcile.ts";
 import { type AcquireAnswer, type CoordinatorBackend, WakeTimer, Waiters, checkCounts, failureOf, guarded, settlementsOf, steps } from "../src/engine/index.ts";
+import { learnOnce, noteLearnFailure, readRecord, writeLearned } from "./learn.ts";
 import { deliver } from "./notify.ts";
 import { type Loaded, loadPool } from "./rows.ts";
 import { ensureSchema } from "./schema.ts";
@@ -57,6 +66,19 @@ export interface PostgresCoordinatorOptions {
    * lost grants can be issued again. Turn it on when fences guard writes outside this database.
    */
   durableCommits?: boolean | undefined;
+  /**
+   * `LEASE_LIMIT=auto` (`learnSettingsFromEnv`): learn the limit from the database at start and
+   * every `intervalMs`, one process at a time. `applicationName` names the connections the leases
+   * pay for; every other connection, this client's own included, is room taken.
+   */
+  learn?: (LearnSettings & { applicationName: string }) | null | undefined;
+}
+
+/** What an operator's "learn now" answers: the limit in force, where it comes from, the learning. */
+export interface LearnAnswer {
+  limit: number;
+  limitSource: "configured" | "learned" | "operator";
+  learned: LearnedLimit | null;
 }
 
 const POOL_NAME = /^[A-Za-z0-9_.:-]{1,48}$/;
@@ -112,6 +134,10 @@ export class PostgresCoordinator implements CoordinatorBackend {
   #closed = false;
   /** The pool as our last transition left it: its next lease expiry bounds our timer. */
   #lastState: PoolState | undefined;
+  readonly #learn: (LearnSettings & { applicationName: string }) | null;
+  #learnTimer: ReturnType<typeof setInterval> | undefined;
+  /** This process's last failed learning, when even noting it in the pool's row failed. */
+  #learnFailure: LearnFailure | null = null;
 
   constructor(options: PostgresCoordinatorOptions) {
     if (typeof options !== "object" || options === null || typeof options.sql !== "function") {
@@ -130,6 +156,7 @@ export class PostgresCoordinator implements CoordinatorBackend {
     this.#sql = options.sql;
     this.#config = validateConfig(options.config);
     this.#channel = `leasegate.${pool}`;
+    this.#learn = options.learn ?? null;
     this.#transitions = new Transitions({
       sql: options.sql,
       pool,
@@ -157,7 +184,11 @@ export class PostgresCoordinator implements CoordinatorBackend {
   }
 
   async #init(): Promise<void> {
-    await ensureSchema(this.#sql, this.pool, this.#config);
+    // LEASE_LIMIT=auto: learned before the pool's row is written, so a process that starts under
+    // load sets the learned limit, not the start limit, for everyone.
+    const learned = this.#learn && (await this.#firstLearning());
+    await ensureSchema(this.#sql, this.pool, learned ? { ...this.#config, limit: learned.limit } : this.#config);
+    if (learned) await this.#sql.begin((tx) => writeLearned(tx, this.pool, learned));
     // Listening starts before any waiter of ours is queued, so no grant can be missed.
     let first = true;
     const sub = await this.#sql.listen(
@@ -174,6 +205,70 @@ export class PostgresCoordinator implements CoordinatorBackend {
     );
     this.#ownerPid = sub.state.pid;
     this.#unlisten = sub.unlisten;
+    if (this.#learn && !this.#learnTimer && !this.#closed) {
+      this.#learnTimer = setInterval(() => void this.#learnQuietly(false), this.#learn.intervalMs);
+      // Learning alone never keeps a process alive (Node; Deno's timers have no unref here).
+      (this.#learnTimer as { unref?: () => void }).unref?.();
+    }
+  }
+
+  /**
+   * The learning at start; null when it failed (the start limit applies until the next one). Our
+   * own connections are room taken, also those not open yet: the client's pool is filled first,
+   * and the LISTEN connection that opens next is counted in advance.
+   */
+  async #firstLearning(): Promise<LearnedLimit | null> {
+    const learn = this.#learn!;
+    try {
+      const max = (this.#sql as { options?: { max?: number } }).options?.max ?? 1;
+      await Promise.all(Array.from({ length: max }, () => this.#sql`SELECT 1`));
+      const t = await readRoomTerms(this.#sql, learn.applicationName, learn);
+      const listen = 1;
+      return learnedLimit(
+        { ...t, othersOnServer: t.othersOnServer + listen, othersOfRole: t.othersOfRole + listen, othersInDatabase: t.othersInDatabase + listen },
+        Date.now(),
+      );
+    } catch (error) {
+      this.#learnFailure = learnFailureOf(error);
+      return null;
+    }
+  }
+
+  /** One learning of the interval timer: a failure keeps the last learned limit and is noted. */
+  async #learnQuietly(force: boolean): Promise<void> {
+    await this.#learnNow(force).catch(() => {});
+  }
+
+  async #learnNow(force: boolean): Promise<LearnedLimit | null> {
+    const learn = this.#learn!;
+    try {
+      const { changed, record } = await learnOnce(this.#sql, this.pool, learn, force);
+      this.#learnFailure = null;
+      // A raise grants queued callers now; a drop revokes nothing (grants wait below the new limit).
+      if (changed) await this.#transitions.run((state, now) => ({ answer: null, effects: tick(state, now) }));
+      return record.learned;
+    } catch (error) {
+      const failure = learnFailureOf(error);
+      this.#learnFailure = failure;
+      await noteLearnFailure(this.#sql, this.pool, failure).catch(() => {});
+      throw isLeaseError(error) ? error : toDatabaseError(error);
+    }
+  }
+
+  /**
+   * `LEASE_LIMIT=auto`: learns the limit from the database now (an operator's request), in force
+   * at once for every process unless an operator's override holds. Throws `INVALID_ARGUMENT` on a
+   * pool with a fixed limit, a database error when the database cannot be read (the limit stays).
+   *
+   * @example
+   * const { limit, limitSource, learned } = await coordinator.learnLimit();
+   */
+  async learnLimit(): Promise<LearnAnswer> {
+    if (!this.#learn) throw new LeaseError("INVALID_ARGUMENT", "This pool's limit is fixed: set LEASE_LIMIT=auto to learn it from the database");
+    await this.ready();
+    const learned = await this.#learnNow(true);
+    const { state } = await this.#read();
+    return { limit: state.config.limit, limitSource: limitSource(state.limitOverride, learned), learned };
   }
 
   /** After a LISTEN reconnect: stamp our queued waiters with the new connection's pid. */
@@ -375,8 +470,15 @@ export class PostgresCoordinator implements CoordinatorBackend {
    */
   async operatorStats(shard?: ShardRef): Promise<OperatorStats> {
     wholePool(shard);
-    const { state, reconciliation } = await this.#read();
-    return { ...stats(state, Date.now()), limitOverride: state.limitOverride, reconciliation };
+    const [{ state, reconciliation }, record] = await Promise.all([this.#read(), this.#learn ? readRecord(this.#sql, this.pool) : null]);
+    return {
+      ...stats(state, Date.now()),
+      limitOverride: state.limitOverride,
+      reconciliation,
+      limitSource: limitSource(state.limitOverride, record?.learned ?? null),
+      learned: record?.learned ?? null,
+      learnFailure: record ? (record.learnFailure ?? this.#learnFailure) : null,
+    };
   }
 
   /**
@@ -390,6 +492,7 @@ export class PostgresCoordinator implements CoordinatorBackend {
     if (this.#closed) return;
     this.#closed = true;
     this.#timer.clear();
+    clearInterval(this.#learnTimer);
     const ids = this.#waiters.ids();
     for (const id of ids) this.#waiters.settle(id, CLOSED);
     if (ids.length > 0 && this.#ready) {
@@ -435,4 +538,10 @@ export class PostgresCoordinator implements CoordinatorBackend {
         if (!this.#closed) this.#timer.retryIn(200);
       });
   }
+}
+
+/** A learning's failure as operators see it: when, the error's code and message. */
+function learnFailureOf(error: unknown): LearnFailure {
+  const e = isLeaseError(error) ? error : toDatabaseError(error);
+  return { at: Date.now(), code: e.code, message: e.message };
 }

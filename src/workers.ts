@@ -23,7 +23,8 @@ export type { WorkerPoolEnv, WorkerPoolOptions } from "./workers/pool.ts";
 /**
  * A `scheduled` handler (the cron in `wrangler.toml`'s `[triggers]`) that reconciles the pool's
  * leases with the database's own count of connections (`pg_stat_activity`), as
- * `POST /__coordinator/reconcile` does on demand. A failed run (database down) rejects, so it shows
+ * `POST /__coordinator/reconcile` does on demand; with `LEASE_LIMIT=auto` it learns the limit
+ * first, as `POST /__coordinator/learn` does. A failed run (database down) rejects, so it shows
  * as a failed cron invocation. Does nothing with `COORDINATOR=off`.
  *
  * @example
@@ -34,6 +35,8 @@ export function reconcileOnSchedule<Client>(options: {
   pool?: string | undefined;
 }): (controller: unknown, env: WorkerPoolEnv, ctx: { waitUntil(promise: Promise<unknown>): void }) => Promise<void> {
   return async (_controller, env, ctx) => {
-    await workerPool(env, ctx, options).operator?.reconcile();
+    const operator = workerPool(env, ctx, options).operator;
+    await operator?.learn?.();
+    await operator?.reconcile();
   };
 }

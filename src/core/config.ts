@@ -80,6 +80,12 @@ export interface PoolEnv {
   /** `on` moves the limit by observed hold times; `off` (default) keeps it fixed. */
   LEASE_ADAPTIVE?: string | undefined;
   LEASE_ADAPTIVE_FLOOR?: string | undefined;
+  /** `LEASE_LIMIT=auto`: slots kept free below the room the database has. */
+  LEASE_HEADROOM?: string | undefined;
+  /** `LEASE_LIMIT=auto`: the learned limit never exceeds this. */
+  LEASE_LIMIT_MAX?: string | undefined;
+  /** `LEASE_LIMIT=auto`: how often the limit is learned again, ms. */
+  LEASE_LEARN_INTERVAL_MS?: string | undefined;
   /** The pool's name: one limit, one queue, one coordinator object per name. Default `main`. */
   LEASE_POOL?: string | undefined;
   /** Coordinator objects the pool's limit is split across (`${pool}#${i}`); 1 = one object named `${pool}`. */
@@ -110,6 +116,8 @@ export interface PoolSettings {
   readonly locationHint: string | undefined;
   /** False with `COORDINATOR=off`. */
   readonly coordinator: boolean;
+  /** `LEASE_LIMIT=auto`: how the limit is learned (`LEASE_HEADROOM`, `LEASE_LIMIT_MAX`, `LEASE_LEARN_INTERVAL_MS`); null for a fixed limit. */
+  readonly learn: LearnSettings | null;
 }
 
 /**
@@ -158,7 +166,8 @@ export const DEFAULT_BLOCK_IDLE_MS = 20;
  * poolSettings({ LEASE_LIMIT: "18", LEASE_SHARDS: "2" }).config.limit // 18
  */
 export function poolSettings(env: PoolEnv): PoolSettings {
-  const limit = intFromEnv("LEASE_LIMIT", env.LEASE_LIMIT, DEFAULT_CONFIG.limit, 1, BOUNDS.limit);
+  const learn = learnSettingsFromEnv(env);
+  const limit = learn ? LEARN_DEFAULTS.startLimit : intFromEnv("LEASE_LIMIT", env.LEASE_LIMIT, DEFAULT_CONFIG.limit, 1, BOUNDS.limit);
   const adaptive = oneOf("LEASE_ADAPTIVE", env.LEASE_ADAPTIVE, ["on", "off"], "off") === "on";
   const config: PoolConfig = {
     limit,
@@ -180,6 +189,7 @@ export function poolSettings(env: PoolEnv): PoolSettings {
     locationHint: text(env.LEASE_LOCATION_HINT) || undefined,
     // Only `off` turns leasing off: a Worker may bind its coordinator namespace under this name.
     coordinator: text(env.COORDINATOR) !== "off",
+    learn,
   };
 }
 
@@ -192,4 +202,66 @@ export function poolSettings(env: PoolEnv): PoolSettings {
  */
 export function configFromEnv(env: PoolEnv): PoolConfig {
   return poolSettings(env).config;
+}
+
+// ── LEASE_LIMIT=auto: the limit learned from the database (src/core/room.ts does the arithmetic). ──
+
+/** How a pool with `LEASE_LIMIT=auto` learns its limit. */
+export interface LearnSettings {
+  /** Slots kept free below the room the database has. */
+  readonly headroom: number;
+  /** The learned limit never exceeds this; null: no cap. */
+  readonly limitMax: number | null;
+  /** How often the limit is learned again, ms. */
+  readonly intervalMs: number;
+}
+
+export const LEARN_DEFAULTS = {
+  // Two slots: one for a connection that arrives between two learnings (an admin's psql, a cron
+  // job), one for a lease's connection whose backend is still exiting when the next lease's
+  // connection arrives (Postgres counts a backend until its process is gone).
+  headroom: 2,
+  // Others' connections change at the pace of deploys, cron jobs and admin sessions: ten seconds
+  // sees them soon enough with the headroom covering the gap, and one short query per pool every
+  // ten seconds costs the database nothing.
+  intervalMs: 10_000,
+  // Before the first learning: a limit that cannot overrun any database with room for one
+  // connection. It lasts one query's time (the first learning runs at start, or on the first request).
+  startLimit: 1,
+} as const;
+
+/** Settings that fix a count against the limit (or split it) cannot follow a limit that moves. */
+const NOT_WITH_AUTO = ["LEASE_RESERVED", "LEASE_BATCH_MAX", "LEASE_ADAPTIVE", "LEASE_SHARDS", "LEASE_BLOCK"] as const;
+
+function checkAutoCompatible(env: PoolEnv): void {
+  for (const name of NOT_WITH_AUTO) {
+    const value = text(env[name]);
+    const set =
+      name === "LEASE_ADAPTIVE"
+        ? value === "on"
+        : name === "LEASE_SHARDS"
+          ? value !== "" && value !== "1"
+          : value !== "" && !(name === "LEASE_BLOCK" && value === "0");
+    if (set)
+      throw new LeaseError("INVALID_CONFIG", `\`${name}\` cannot be combined with \`LEASE_LIMIT=auto\` (the learned limit moves; one coordinator learns it)`);
+  }
+}
+
+/**
+ * The learning settings of a pool with `LEASE_LIMIT=auto`, or null for a fixed limit.
+ * `LEASE_HEADROOM` (default 2), `LEASE_LIMIT_MAX` (default none), `LEASE_LEARN_INTERVAL_MS`
+ * (default 10000) are checked either way; a malformed one fails with `INVALID_CONFIG`.
+ *
+ * @example
+ * learnSettingsFromEnv({ LEASE_LIMIT: "auto", LEASE_LIMIT_MAX: "50" }) // { headroom: 2, limitMax: 50, intervalMs: 10000 }
+ */
+export function learnSettingsFromEnv(env: PoolEnv): LearnSettings | null {
+  const settings: LearnSettings = {
+    headroom: intFromEnv("LEASE_HEADROOM", env.LEASE_HEADROOM, LEARN_DEFAULTS.headroom, 0, BOUNDS.limit),
+    limitMax: intFromEnv("LEASE_LIMIT_MAX", env.LEASE_LIMIT_MAX, undefined, 1, BOUNDS.limit) ?? null,
+    intervalMs: intFromEnv("LEASE_LEARN_INTERVAL_MS", env.LEASE_LEARN_INTERVAL_MS, LEARN_DEFAULTS.intervalMs, 100, 60 * 60_000),
+  };
+  if (text(env.LEASE_LIMIT).toLowerCase() !== "auto") return null;
+  checkAutoCompatible(env);
+  return settings;
 }

@@ -10,3 +10,4 @@ export * from "./shard.ts";
 export * as block from "./lease-block.ts";
 export * from "./scheduling.ts";
 export * from "./reconcile.ts";
+export * from "./room.ts";

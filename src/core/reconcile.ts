@@ -2,6 +2,7 @@
  * Reconciliation: what the coordinator believes (leases held) against what the database sees
  * (connections in `pg_stat_activity`). Pure: the shell runs the query and passes the counts.
  */
+import type { LearnedLimit, LimitSource } from "./room.ts";
 import type { PoolStats } from "./types.ts";
 
 /** Connection counts read from `pg_stat_activity` by one short query outside any lease. */
@@ -65,4 +66,18 @@ export interface OperatorStats extends PoolStats {
   /** The limit set by an operator, or null when `LEASE_LIMIT` applies. */
   limitOverride: number | null;
   reconciliation: Reconciliation | null;
+  /** Where `limit` comes from: `LEASE_LIMIT`, the last learning (`LEASE_LIMIT=auto`), or an operator. */
+  limitSource?: LimitSource | undefined;
+  /** The last learning with its terms (`LEASE_LIMIT=auto`), or null before the first one. */
+  learned?: LearnedLimit | null | undefined;
+  /** The last learning that failed after the last one that worked (the limit stays), or null. */
+  learnFailure?: LearnFailure | null | undefined;
+}
+
+/** A learning that failed: the last learned limit stays in force. */
+export interface LearnFailure {
+  /** When it failed, ms since the epoch. */
+  readonly at: number;
+  readonly code: string;
+  readonly message: string;
 }

@@ -71,6 +71,9 @@ export const DASHBOARD_HTML = `<!doctype html>
     <div class="grid" id="waits"></div>
     <h2 style="margin-top:14px">Database (pg_stat_activity)</h2>
     <div class="grid" id="db"></div>
+    <h2 style="margin-top:14px">Limit</h2>
+    <div id="limitWhy" data-source=""></div>
+    <div class="grid" id="limitTerms"></div>
   </section>
   <section class="wide">
     <h2>Controls</h2>
@@ -80,6 +83,7 @@ export const DASHBOARD_HTML = `<!doctype html>
       <label>limit <input id="limit" type="number" min="1"></label><button id="setLimit">Set limit</button>
       <button id="resetLimit">Default limit</button>
       <button id="reconcile">Reconcile now</button>
+      <button id="learn">Learn limit now</button>
       <span id="ack" style="color:var(--dim)"></span>
     </div>
   </section>
@@ -139,6 +143,18 @@ export const DASHBOARD_HTML = `<!doctype html>
     }));
   }
 
+  // Where the limit comes from, in one sentence: an operator, LEASE_LIMIT, or the last learning.
+  function why(s, source, L) {
+    if (source === "operator") return "limit " + s.limit + ": set by an operator" + (L ? " (learned: " + L.limit + ")" : "");
+    if (source !== "learned" || !L) return "limit " + s.limit + ": configured (LEASE_LIMIT)";
+    const t = L.terms;
+    const scope = { server: "server: max_connections " + t.maxConnections + " − reserved " + (t.superuserReserved + (t.reserved || 0)) + " − others " + t.othersOnServer,
+      role: "role: CONNECTION LIMIT " + t.roleLimit + " − others of the role " + t.othersOfRole,
+      database: "database: CONNECTION LIMIT " + t.databaseLimit + " − others in it " + t.othersInDatabase };
+    if (L.bound === "limitMax") return "limit " + s.limit + ": learned, capped by LEASE_LIMIT_MAX " + t.limitMax + " (room " + L.room + ")";
+    return "limit " + s.limit + ": learned = room " + L.room + " (" + scope[L.bound] + ") − headroom " + t.headroom + (L.starved ? ", held at 1: no room left" : "");
+  }
+
   function ms(v) { return v >= 10000 ? (v / 1000).toFixed(0) + " s" : Math.round(v) + " ms"; }
 
   function draw() {
@@ -193,6 +209,16 @@ export const DASHBOARD_HTML = `<!doctype html>
     } else {
       cells($("db"), [["reconciliation", "not run yet"], ["limit override", s.limitOverride ?? "none"]]);
     }
+    const source = s.limitSource || (s.limitOverride != null ? "operator" : "configured");
+    const L = s.learned || null;
+    $("limitWhy").textContent = why(s, source, L);
+    $("limitWhy").dataset.source = source;
+    const none = (v) => (v == null ? "none" : v);
+    cells($("limitTerms"), L ? [["max_connections", L.terms.maxConnections], ["superuser reserved", L.terms.superuserReserved],
+      ["reserved_connections", none(L.terms.reserved)], ["role limit", none(L.terms.roleLimit)], ["database limit", none(L.terms.databaseLimit)],
+      ["others on server", L.terms.othersOnServer], ["others of role", L.terms.othersOfRole], ["others in database", L.terms.othersInDatabase],
+      ["headroom", L.terms.headroom], ["LEASE_LIMIT_MAX", none(L.terms.limitMax)], ["learned", new Date(L.learnedAt).toLocaleTimeString()],
+      ["last failure", s.learnFailure ? s.learnFailure.code + " " + new Date(s.learnFailure.at).toLocaleTimeString() : "none"]] : []);
     const rows = s.leases.map((l) => {
       const tr = document.createElement("tr");
       for (const v of [l.idPrefix, l.holder, l.fence, ms(l.ageMs), ms(l.expiresInMs)]) {
@@ -229,6 +255,7 @@ export const DASHBOARD_HTML = `<!doctype html>
   $("setLimit").onclick = () => control("/limit", { limit: Number($("limit").value) }, "limit set");
   $("resetLimit").onclick = () => control("/limit", { limit: null }, "limit back to default");
   $("reconcile").onclick = () => control("/reconcile", {}, "reconciled");
+  $("learn").onclick = () => control("/learn", {}, "limit learned");
 
   let timer;
   async function poll() {

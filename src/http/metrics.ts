@@ -66,6 +66,45 @@ export function formatMetrics(pool: string, s: OperatorStats): string {
   buckets.push([`_sum{${p}}`, s.waitTimeMs.sum / 1000], [`_count{${p}}`, s.waitTimeMs.count]);
   family("leasegate_wait_seconds", "histogram", "Time from acquire to grant or timeout.", buckets);
 
+  if (s.limitSource) {
+    family(
+      "leasegate_limit_source",
+      "gauge",
+      "1 for where the limit comes from now: LEASE_LIMIT (configured), the database (learned) or an operator.",
+      (["configured", "learned", "operator"] as const).map((source) => [`{${p},source="${source}"}`, s.limitSource === source ? 1 : 0]),
+    );
+  }
+  const l = s.learned;
+  if (l) {
+    const t = l.terms;
+    one("leasegate_learned_limit_leases", "gauge", "The limit the last learning found (LEASE_LIMIT=auto).", l.limit);
+    family("leasegate_learned_room_connections", "gauge", "Room the database had for the application at the last learning, by scope (before the headroom).", [
+      [`{${p},scope="server"}`, l.server],
+      ...(l.role === null ? [] : [[`{${p},scope="role"}`, l.role] as [string, number]]),
+      ...(l.database === null ? [] : [[`{${p},scope="database"}`, l.database] as [string, number]]),
+    ]);
+    family("leasegate_learned_others_connections", "gauge", "Client connections that were not the application's at the last learning, by scope.", [
+      [`{${p},scope="server"}`, t.othersOnServer],
+      [`{${p},scope="role"}`, t.othersOfRole],
+      [`{${p},scope="database"}`, t.othersInDatabase],
+    ]);
+    one("leasegate_learned_max_connections", "gauge", "max_connections at the last learning.", t.maxConnections);
+    one(
+      "leasegate_learned_reserved_connections",
+      "gauge",
+      "superuser_reserved_connections plus reserved_connections at the last learning.",
+      t.superuserReserved + (t.reserved ?? 0),
+    );
+    one("leasegate_learned_headroom_connections", "gauge", "LEASE_HEADROOM: slots kept free below the room.", t.headroom);
+    one("leasegate_learn_timestamp_seconds", "gauge", "When the last learning read the database (Unix time).", l.learnedAt / 1000);
+  }
+  if (s.learnFailure)
+    one(
+      "leasegate_learn_failure_timestamp_seconds",
+      "gauge",
+      "When the last learning failed, since the last one that worked (Unix time).",
+      s.learnFailure.at / 1000,
+    );
   const r = s.reconciliation;
   if (r) {
     const db = `${p},role="${label(r.role)}"`;

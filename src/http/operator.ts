@@ -23,6 +23,8 @@ export interface OperatorControls extends Omit<OperatorCoordinator, "operatorSta
   stats(): Promise<OperatorStats>;
   /** Reads `pg_stat_activity` now and compares it with the held leases. */
   reconcile(): Promise<Reconciliation>;
+  /** `LEASE_LIMIT=auto`: learns the limit from the database now; absent for a fixed limit. */
+  learn?: (() => Promise<object>) | undefined;
 }
 
 /**
@@ -32,8 +34,9 @@ export interface OperatorControls extends Omit<OperatorCoordinator, "operatorSta
  * @example
  * const controls = controlsOf(coordinator, () => coordinator.countConnections("my-app"));
  */
-export function controlsOf(coordinator: OperatorCoordinator, counts: () => Promise<ConnectionCounts>): OperatorControls {
+export function controlsOf(coordinator: OperatorCoordinator, counts: () => Promise<ConnectionCounts>, learn?: () => Promise<object>): OperatorControls {
   return {
+    ...(learn && { learn }),
     stats: () => coordinator.operatorStats(),
     pause: () => coordinator.pause(),
     resume: () => coordinator.resume(),
@@ -106,6 +109,13 @@ const CONTROLS: { [K in Exclude<keyof OperatorControls, "stats">]: { path: strin
   setLimit: { path: "limit", run: async (op, request) => controlled(await op.setLimit(await limitOf(request))) },
   revoke: { path: "release", run: async (op, request) => controlled(await op.revoke(await idOf(request))) },
   reconcile: { path: "reconcile", run: (op) => op.reconcile() },
+  learn: {
+    path: "learn",
+    run: (op) => {
+      if (!op.learn) throw new LeaseError("INVALID_ARGUMENT", "This pool's limit is fixed: set LEASE_LIMIT=auto to learn it from the database");
+      return op.learn();
+    },
+  },
 };
 
 /** One endpoint below the prefix, once the token passed. */
@@ -133,7 +143,8 @@ async function endpoint(request: Request, name: string, o: OperatorHandlerOption
 /**
  * The operator endpoints under `prefix` (default `/__coordinator`): `GET stats`, `GET metrics`
  * (Prometheus), the dashboard page at the prefix itself, `POST pause`, `resume`, `limit`
- * (`{"limit": n | null}`), `release` (`{"id": "3f2a9c1b"}`), `reconcile` — every one behind the
+ * (`{"limit": n | null}`), `release` (`{"id": "3f2a9c1b"}`), `reconcile`, `learn` (with
+ * `LEASE_LIMIT=auto`: learn the limit from the database now) — every one behind the
  * bearer `token` but the page, which holds no data. Answers `undefined` for paths outside the
  * prefix, so the app's own routes go on.
  *

@@ -8,6 +8,7 @@ import { type DriverModule, bindDriver, targetOf } from "../db/driver.ts";
 import { Database } from "../db/database.ts";
 import { SafeMode } from "../db/safe-mode.ts";
 import { type LeasedPool, leasedSql } from "../db/pool.ts";
+import { learnNow, learnWhenStale } from "./learn.ts";
 import { type ReconcileTarget, coordinatorControls, shardedControls } from "./operator.ts";
 
 /** The bindings and variables a Worker's pool is wired from: `LEASE_*`, `DB_*`, the coordinator, Hyperdrive. */
@@ -51,11 +52,16 @@ function coordinatorStub(env: WorkerPoolEnv, hint: string | undefined, name: str
 /** The pool's leases and controls: one object, shards, or none (`COORDINATOR=off`). */
 function coordination(env: WorkerPoolEnv, pool: PoolSettings, waitUntil: (p: Promise<unknown>) => void, target: ReconcileTarget) {
   if (!pool.coordinator) return { leases: undefined, operator: undefined };
-  const { name, locationHint } = pool;
+  const { name, locationHint, learn } = pool;
   const sharded = shardStateFor(pool);
   if (!sharded) {
     const stub = coordinatorStub(env, locationHint, name);
-    return { leases: new Leases(stub, { pool: name, waitUntil }), operator: coordinatorControls(stub, target) };
+    const leases = new Leases(stub, { pool: name, waitUntil });
+    const controls = coordinatorControls(stub, target);
+    if (!learn) return { leases, operator: controls };
+    // LEASE_LIMIT=auto: a stale learning is redone in waitUntil, never on this request's lease.
+    learnWhenStale(stub, target, learn, name, waitUntil);
+    return { leases, operator: { ...controls, learn: () => learnNow(stub, target, learn) } };
   }
   const stubFor = (i: number) => coordinatorStub(env, locationHint, shardName(name, i, sharded.count));
   const stubs = Array.from({ length: sharded.count }, (_, i) => stubFor(i));

@@ -172,6 +172,9 @@ describe("dashboard in headless Chromium", () => {
       const held = await page.locator('#chart polyline[data-series="held"]').getAttribute("points");
       expect(held?.split(" ").length).toBeGreaterThan(1);
       expect(await page.locator("#occupancy").textContent()).toMatch(/^\d+ \/ 3 held$/);
+      // Where the limit comes from, in words: this Worker's LEASE_LIMIT.
+      expect(await page.locator("#limitWhy").textContent()).toBe("limit 3: configured (LEASE_LIMIT)");
+      expect(await page.locator("#limitWhy").getAttribute("data-source")).toBe("configured");
       await page.click("#reconcile");
       await expect.poll(() => page.locator("#recon").textContent(), { timeout: 5000 }).toMatch(/^db: /);
       mkdirSync(ARTIFACTS, { recursive: true });

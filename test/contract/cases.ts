@@ -615,8 +615,8 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       expect(keysOf(busy)).toEqual(STATS_KEYS);
       expect(keysOf(busy.leases[0]!)).toEqual(["ageMs", "expiresInMs", "fence", "holder", "idPrefix"]);
       const o = await c.operatorStats();
-      expect(keysOf(o)).toEqual([...STATS_KEYS, "limitOverride", "reconciliation"].sort());
-      expect(o).toMatchObject({ limitOverride: null, reconciliation: null });
+      expect(keysOf(o)).toEqual([...STATS_KEYS, "learnFailure", "learned", "limitOverride", "limitSource", "reconciliation"].sort());
+      expect(o).toMatchObject({ limitOverride: null, reconciliation: null, limitSource: "configured", learned: null, learnFailure: null });
       await c.release(refOf(lease));
       expect((await waiter).ok).toBe(true);
     });

@@ -34,6 +34,7 @@ describe("settings parsed once", () => {
       blockIdleMs: 20,
       locationHint: "weur",
       coordinator: true,
+      learn: null,
     });
     expect(settings.database).toMatchObject({ environment: "local", driver: "postgres", connectTimeoutMs: 1500, deadlineMs: 10_000 });
     expect(settingsFromEnv({ DATABASE_URL: URL, COORDINATOR: "off" }).pool).toMatchObject({ name: "main", shards: 1, blockMax: 0, coordinator: false });

@@ -1,0 +1,130 @@
+/**
+ * `LEASE_LIMIT=auto`: the room the database has for this application, from the terms one short
+ * query reads (max_connections, reserved slots, the role's and the database's `CONNECTION LIMIT`,
+ * the connections others hold now). Pure: the shell runs the query and passes the terms.
+ */
+import { LeaseError, expected } from "./errors.ts";
+
+/** What the learning query read, plus the two settings that shape the result. */
+export interface RoomTerms {
+  /** `max_connections`. */
+  readonly maxConnections: number;
+  /** `superuser_reserved_connections`. */
+  readonly superuserReserved: number;
+  /** `reserved_connections` (Postgres 16+), null where the server has no such setting. */
+  readonly reserved: number | null;
+  /** The role's `CONNECTION LIMIT` (`pg_roles.rolconnlimit`); null or -1: none. */
+  readonly roleLimit: number | null;
+  /** The database's `CONNECTION LIMIT` (`pg_database.datconnlimit`); null or -1: none. */
+  readonly databaseLimit: number | null;
+  /** Client connections on the whole server that are not this application's. */
+  readonly othersOnServer: number;
+  /** Those of them opened by the same role (a role's limit counts the whole server). */
+  readonly othersOfRole: number;
+  /** Those of them connected to the same database, any role. */
+  readonly othersInDatabase: number;
+  /** Slots kept free below the room (`LEASE_HEADROOM`). */
+  readonly headroom: number;
+  /** Never learn more than this (`LEASE_LIMIT_MAX`), null: no cap. */
+  readonly limitMax: number | null;
+}
+
+/** Which term decided the learned limit. */
+export type RoomBound = "server" | "role" | "database" | "limitMax";
+
+/** Where a pool's limit comes from now: `LEASE_LIMIT`, the last learning, or an operator. */
+export type LimitSource = "configured" | "learned" | "operator";
+
+/** One learning: the limit, the room each scope leaves, and the terms it came from. */
+export interface LearnedLimit {
+  /** The limit to apply: at least 1. */
+  readonly limit: number;
+  /** The least room of the three scopes, before the headroom. */
+  readonly room: number;
+  /** Room on the server: max_connections − reserved slots − others' client connections. */
+  readonly server: number;
+  /** Room under the role's limit, null when the role has none. */
+  readonly role: number | null;
+  /** Room under the database's limit, null when the database has none. */
+  readonly database: number | null;
+  /** The term that decided `limit`. */
+  readonly bound: RoomBound;
+  /**
+   * The room minus the headroom is below 1: the limit is held at its floor of 1. The pool then
+   * still grants one lease at a time (a pool of 0 would refuse every request, even when the others
+   * leave); that one connection may meet `53300` and the database layer's retry takes it from there.
+   */
+  readonly starved: boolean;
+  readonly terms: RoomTerms;
+  /** When the terms were read, ms since the epoch. */
+  readonly learnedAt: number;
+}
+
+/** Upper bound of any count here: far above any real server's max_connections. */
+const MAX_COUNT = 1_000_000;
+
+function count(name: string, value: unknown, min = 0): number {
+  if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > MAX_COUNT) {
+    throw new LeaseError("INVALID_ARGUMENT", expected(`terms.${name}`, `an integer from ${min} to ${MAX_COUNT}`, value));
+  }
+  return value;
+}
+
+/** A `CONNECTION LIMIT`: null, or any negative value (Postgres writes -1), means none. */
+function optionalLimit(name: string, value: unknown): number | null {
+  if (value === null || value === undefined) return null;
+  if (typeof value === "number" && Number.isInteger(value) && value < 0) return null;
+  return count(name, value);
+}
+
+/**
+ * The learned limit: the least of the server's, the role's and the database's room, minus the
+ * headroom, capped by `limitMax`, never below 1. Bad terms throw `INVALID_ARGUMENT`.
+ *
+ * @example
+ * learnedLimit({ maxConnections: 100, superuserReserved: 3, reserved: null, roleLimit: 20,
+ *   databaseLimit: null, othersOnServer: 10, othersOfRole: 1, othersInDatabase: 6,
+ *   headroom: 2, limitMax: null }, now)
+ * // → { limit: 17, room: 19, server: 87, role: 19, database: null, bound: "role", … }
+ */
+export function learnedLimit(terms: RoomTerms, now: number): LearnedLimit {
+  if (typeof terms !== "object" || terms === null) throw new LeaseError("INVALID_ARGUMENT", expected("terms", "an object of room terms", terms));
+  const t: RoomTerms = {
+    maxConnections: count("maxConnections", terms.maxConnections, 1),
+    superuserReserved: count("superuserReserved", terms.superuserReserved),
+    reserved: terms.reserved === null || terms.reserved === undefined ? null : count("reserved", terms.reserved),
+    roleLimit: optionalLimit("roleLimit", terms.roleLimit),
+    databaseLimit: optionalLimit("databaseLimit", terms.databaseLimit),
+    othersOnServer: count("othersOnServer", terms.othersOnServer),
+    othersOfRole: count("othersOfRole", terms.othersOfRole),
+    othersInDatabase: count("othersInDatabase", terms.othersInDatabase),
+    headroom: count("headroom", terms.headroom),
+    limitMax: terms.limitMax === null || terms.limitMax === undefined ? null : count("limitMax", terms.limitMax, 1),
+  };
+  if (typeof now !== "number" || !Number.isFinite(now)) throw new LeaseError("INVALID_ARGUMENT", expected("now", "a finite number of ms", now));
+  const server = t.maxConnections - t.superuserReserved - (t.reserved ?? 0) - t.othersOnServer;
+  const role = t.roleLimit === null ? null : t.roleLimit - t.othersOfRole;
+  const database = t.databaseLimit === null ? null : t.databaseLimit - t.othersInDatabase;
+  // Ties go to the widest scope: the server's room is named only when nothing narrower is as tight.
+  let room = server;
+  let bound: RoomBound = "server";
+  if (database !== null && database <= room) [room, bound] = [database, "database"];
+  if (role !== null && role <= room) [room, bound] = [role, "role"];
+  let limit = room - t.headroom;
+  if (t.limitMax !== null && t.limitMax < limit) [limit, bound] = [t.limitMax, "limitMax"];
+  const starved = limit < 1;
+  return { limit: Math.max(1, limit), room, server, role, database, bound, starved, terms: t, learnedAt: now };
+}
+
+/**
+ * Where the limit in force comes from: an operator's override wins, then the last learning (when
+ * a pool that learns has learned once), else the configured `LEASE_LIMIT` (with `auto`, before the
+ * first learning: the start limit).
+ *
+ * @example
+ * limitSource(null, learned) // "learned"
+ */
+export function limitSource(limitOverride: number | null, learned: LearnedLimit | null): LimitSource {
+  if (limitOverride !== null) return "operator";
+  return learned ? "learned" : "configured";
+}

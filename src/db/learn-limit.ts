@@ -1,0 +1,66 @@
+import type { Sql, TransactionSql } from "postgres";
+import type { LearnSettings, RoomTerms } from "../core/index.ts";
+import type { Connection } from "./driver.ts";
+
+const ROOM_TERMS = `
+    SELECT current_setting('max_connections')::int AS max_connections,
+           current_setting('superuser_reserved_connections')::int AS superuser_reserved,
+           current_setting('reserved_connections', true)::int AS reserved,
+           (SELECT rolconnlimit FROM pg_roles WHERE rolname = current_user)::int AS role_limit,
+           (SELECT datconnlimit FROM pg_database WHERE datname = current_database())::int AS database_limit,
+           count(*)::int AS others_on_server,
+           count(*) FILTER (WHERE a.usename = current_user)::int AS others_of_role,
+           count(*) FILTER (WHERE a.datname = current_database())::int AS others_in_database
+    FROM pg_stat_activity a
+    WHERE (a.backend_type = 'client backend' OR (a.backend_type IS NULL AND a.datid IS NOT NULL AND a.usesysid IS NOT NULL))
+      AND a.application_name IS DISTINCT FROM $1`;
+
+interface TermsRow {
+  max_connections: number;
+  superuser_reserved: number;
+  reserved: number | null;
+  role_limit: number | null;
+  database_limit: number | null;
+  others_on_server: number;
+  others_of_role: number;
+  others_in_database: number;
+}
+
+/**
+ * Reads the terms of `LEASE_LIMIT=auto` in one short query outside any lease: the server's
+ * `max_connections` and reserved slots, the role's and the database's `CONNECTION LIMIT`, and the
+ * client connections that are not the application's — on the server, of the role, in the database.
+ *
+ * The application's connections are those whose `application_name` is `applicationName` (every
+ * connection a lease pays for carries it, `APPLICATION_NAME`). Everything else is room taken:
+ * other clients, and leasegate's own connections that no lease pays for (the local adapter's
+ * control and LISTEN connections, and the connection this query runs on, which is not left out).
+ *
+ * Runs on a postgres.js `Sql` or on any driver's connection. A role without `pg_read_all_stats` sees other roles' sessions with `backend_type` NULL; those are
+ * counted as client connections when they have a database and a user (a client backend always
+ * does): a background worker of another role may count too, which errs on the safe side.
+ *
+ * @example
+ * const terms = await readRoomTerms(sql, "my-app", { headroom: 2, limitMax: null });
+ * const learned = learnedLimit(terms, Date.now());
+ */
+export async function readRoomTerms(
+  db: Sql | TransactionSql | Pick<Connection, "query">,
+  applicationName: string,
+  settings: Pick<LearnSettings, "headroom" | "limitMax">,
+): Promise<RoomTerms> {
+  const params = [applicationName];
+  const [r] = "unsafe" in db ? ((await db.unsafe(ROOM_TERMS, params)) as unknown as TermsRow[]) : await db.query<TermsRow>(ROOM_TERMS, params);
+  return {
+    maxConnections: r!.max_connections,
+    superuserReserved: r!.superuser_reserved,
+    reserved: r!.reserved,
+    roleLimit: r!.role_limit,
+    databaseLimit: r!.database_limit,
+    othersOnServer: r!.others_on_server,
+    othersOfRole: r!.others_of_role,
+    othersInDatabase: r!.others_in_database,
+    headroom: settings.headroom,
+    limitMax: settings.limitMax,
+  };
+}
