@@ -3,7 +3,8 @@ import { defineConfig } from "vitest/config";
 
 // Real workerd, the real Durable Object with SQLite storage, Hyperdrive's local mode pointed at a
 // real Postgres. `npm test` creates and migrates the test database and sets the URL.
-const databaseUrl = process.env.LEASEGATE_TEST_HYPERDRIVE_URL ?? "postgres://postgres:leasegate@127.0.0.1:5432/leasegate_test";
+const databaseUrl =
+  process.env.LEASEGATE_TEST_HYPERDRIVE_URL ?? "postgres://postgres:leasegate@127.0.0.1:5432/leasegate_test";
 
 export default defineConfig({
   test: {

@@ -16,7 +16,11 @@ await new Promise<void>((resolve) => server.listen(PORT, "127.0.0.1", resolve));
 
 async function run(label: string, failureThreshold: number): Promise<void> {
   const config = {
-    ...databaseConfig({ DATABASE_URL: `postgres://127.0.0.1:${PORT}/none`, DB_CONNECT_TIMEOUT_MS: "1000", DB_DEADLINE_MS: "1500" }),
+    ...databaseConfig({
+      DATABASE_URL: `postgres://127.0.0.1:${PORT}/none`,
+      DB_CONNECT_TIMEOUT_MS: "1000",
+      DB_DEADLINE_MS: "1500",
+    }),
     breaker: { failureThreshold, openMs: 60_000 },
   };
   const db = new Database({ name: label, driver: openDriver(config), leases: undefined, config, log: () => {} });
@@ -30,7 +34,9 @@ async function run(label: string, failureThreshold: number): Promise<void> {
   const total = performance.now() - started;
   times.sort((a, b) => a - b);
   const p50 = times[Math.floor(times.length / 2)]!;
-  console.log(`${label.padEnd(24)} ${REQUESTS} requests in ${(total / 1000).toFixed(2)} s; p50 ${p50.toFixed(2)} ms; max ${times.at(-1)!.toFixed(0)} ms`);
+  console.log(
+    `${label.padEnd(24)} ${REQUESTS} requests in ${(total / 1000).toFixed(2)} s; p50 ${p50.toFixed(2)} ms; max ${times.at(-1)!.toFixed(0)} ms`,
+  );
 }
 
 await run("no breaker", 1_000_000);

@@ -57,7 +57,8 @@ export class NoopObject extends DurableObject {
 
   /** One durable change: the answer waits for its commit, like a grant's. @example await stub.write() */
   async write(): Promise<{ ok: true }> {
-    if (this.#writes === 0) this.ctx.storage.sql.exec("CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY, value INTEGER NOT NULL)");
+    if (this.#writes === 0)
+      this.ctx.storage.sql.exec("CREATE TABLE IF NOT EXISTS counter (id INTEGER PRIMARY KEY, value INTEGER NOT NULL)");
     this.ctx.storage.sql.exec("INSERT OR REPLACE INTO counter (id, value) VALUES (1, ?)", ++this.#writes);
     return { ok: true };
   }
@@ -143,7 +144,10 @@ async function timeConcurrent(n: number, c: number, fn: () => Promise<unknown>):
 }
 
 /** Each measurement once per round, taking turns (machine noise hits all alike); every round's figure by name. */
-async function alternate<K extends string>(rounds: number, measures: Record<K, () => Promise<number>>): Promise<Record<K, number[]>> {
+async function alternate<K extends string>(
+  rounds: number,
+  measures: Record<K, () => Promise<number>>,
+): Promise<Record<K, number[]>> {
   const names = Object.keys(measures) as K[];
   const figures = Object.fromEntries(names.map((name) => [name, [] as number[]])) as Record<K, number[]>;
   for (let r = 0; r < rounds; r++) for (const name of names) figures[name].push(await measures[name]());
@@ -252,10 +256,12 @@ export default {
       const pingUs = await timeSequential(n, () => noop.ping());
       const shedUs = await timeSequential(n, async () => {
         const r = await coord.acquire({ holder: "excess", waitMs: 2000 });
-        if (r.ok || r.code !== "QUEUE_FULL" || !((r.retryAfterMs ?? 0) > 0)) throw new Error(`expected QUEUE_FULL with a retry hint`);
+        if (r.ok || r.code !== "QUEUE_FULL" || !((r.retryAfterMs ?? 0) > 0))
+          throw new Error(`expected QUEUE_FULL with a retry hint`);
       });
       for (const l of leases) await coord.release({ leaseId: l.id, fence: l.fence });
-      for (const r of await Promise.all(queued)) if (r.ok) await coord.release({ leaseId: r.lease.id, fence: r.lease.fence });
+      for (const r of await Promise.all(queued))
+        if (r.ok) await coord.release({ leaseId: r.lease.id, fence: r.lease.fence });
       return Response.json({ n, pingUs, shedUs });
     }
     if (url.pathname === "/restart-check") {
@@ -270,7 +276,9 @@ export default {
       const s = await again.stats();
       const refused = await again.acquire({ holder: "newcomer", waitMs: 0 });
       const first = results.find((r) => r.ok);
-      const renewed = first?.ok ? await again.renew({ leaseId: first.lease.id, fence: first.lease.fence, expiresAt: first.lease.expiresAt }) : null;
+      const renewed = first?.ok
+        ? await again.renew({ leaseId: first.lease.id, fence: first.lease.fence, expiresAt: first.lease.expiresAt })
+        : null;
       return Response.json({
         granted,
         heldAfterRestart: s.held,

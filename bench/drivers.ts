@@ -34,12 +34,14 @@ if (!/^[a-z_][a-z0-9_]{0,62}$/.test(role)) throw new Error(`BENCH_ROLE must be a
 const CLIENTS = ["postgres", "pg"] as const;
 type Client = (typeof CLIENTS)[number];
 const LABEL: Record<Client, string> = { postgres: "postgres.js 3.4.9", pg: "node-postgres (pg) 8.23.1" };
-const QUERY = "SELECT id, title, genre, author, view_count FROM pitches WHERE is_public ORDER BY view_count DESC, id LIMIT 10";
+const QUERY =
+  "SELECT id, title, genre, author, view_count FROM pitches WHERE is_public ORDER BY view_count DESC, id LIMIT 10";
 
 function num(name: string, fallback: number, min: number, max: number): number {
   const raw = process.env[name];
   const value = raw === undefined || raw === "" ? fallback : Number(raw);
-  if (!Number.isInteger(value) || value < min || value > max) throw new Error(`${name} must be an integer from ${min} to ${max}, got ${raw}`);
+  if (!Number.isInteger(value) || value < min || value > max)
+    throw new Error(`${name} must be an integer from ${min} to ${max}, got ${raw}`);
   return value;
 }
 
@@ -71,14 +73,20 @@ async function prepare(): Promise<string> {
   return u.toString();
 }
 
-const roleConnections = async () => Number((await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = ${role}`)[0]!.n);
+const roleConnections = async () =>
+  Number((await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = ${role}`)[0]!.n);
 
 async function idle(): Promise<void> {
   for (let i = 0; i < 100 && (await roleConnections()) > 0; i++) await new Promise((r) => setTimeout(r, 100));
 }
 
 async function round(client: Client, url: string, leases: Leases, ms: number): Promise<Round> {
-  const config = databaseConfig({ DATABASE_URL: url, DATABASE_CLIENT: client, APPLICATION_NAME: `bench-${client}`, DB_DEADLINE_MS: "15000" });
+  const config = databaseConfig({
+    DATABASE_URL: url,
+    DATABASE_CLIENT: client,
+    APPLICATION_NAME: `bench-${client}`,
+    DB_DEADLINE_MS: "15000",
+  });
   // A breaker and log of its own per round: a failure in one round must not shape the next.
   const result: Round = { client, ok: 0, inWindow: 0, connectionMs: [], errors: {}, latenciesMs: [], peak: 0 };
   const inner = openDriver(config);
@@ -134,7 +142,11 @@ function pct(sorted: number[], q: number): number {
 const url = await prepare();
 const pool = `bench-drivers-${process.pid}-${Date.now()}`;
 const coordinatorSql = postgres(adminUrl, { max: 4, onnotice: () => {} });
-const coordinator = new PostgresCoordinator({ sql: coordinatorSql, pool, config: { limit, maxQueue: 1000, waitMs: 10_000, leaseTtlMs: 30_000 } });
+const coordinator = new PostgresCoordinator({
+  sql: coordinatorSql,
+  pool,
+  config: { limit, maxQueue: 1000, waitMs: 10_000, leaseTtlMs: 30_000 },
+});
 await coordinator.ready();
 const leases = new Leases(coordinator);
 const results: Round[] = [];
@@ -147,12 +159,15 @@ try {
       const res = await round(client, url, leases, seconds * 1000);
       results.push(res);
       const errors = Object.values(res.errors).reduce((a, b) => a + b, 0);
-      console.error(`round ${r + 1} ${client}: ${(res.inWindow / seconds).toFixed(0)} req/s, ${errors} errors, peak ${res.peak}`);
+      console.error(
+        `round ${r + 1} ${client}: ${(res.inWindow / seconds).toFixed(0)} req/s, ${errors} errors, peak ${res.peak}`,
+      );
     }
   }
 } finally {
   await coordinator.close();
-  for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"]) await coordinatorSql`DELETE FROM ${coordinatorSql(t)} WHERE pool = ${pool}`;
+  for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"])
+    await coordinatorSql`DELETE FROM ${coordinatorSql(t)} WHERE pool = ${pool}`;
   await coordinatorSql.end();
 }
 await admin.end();

@@ -35,9 +35,18 @@ async function client(): Promise<void> {
       // The Worker's own time (Server-Timing: app, and its lease wait and query), without the dev proxy's queue.
       const timing = r.headers.get("server-timing") ?? "";
       const part = (name: string) => Number(new RegExp(`${name};dur=([\\d.]+)`).exec(timing)?.[1] ?? NaN);
-      samples.push({ status: r.status, ms, serverMs: part("app"), leaseMs: part("lease"), dbMs: part("db"), code, retryAfter: r.headers.has("retry-after") });
+      samples.push({
+        status: r.status,
+        ms,
+        serverMs: part("app"),
+        leaseMs: part("lease"),
+        dbMs: part("db"),
+        code,
+        retryAfter: r.headers.has("retry-after"),
+      });
       const retryAfterS = Number(r.headers.get("retry-after") ?? 0);
-      if (r.status === 503 && retryAfterS > 0) await new Promise((resolve) => setTimeout(resolve, Math.min(1, retryAfterS) * 1000));
+      if (r.status === 503 && retryAfterS > 0)
+        await new Promise((resolve) => setTimeout(resolve, Math.min(1, retryAfterS) * 1000));
     } catch {
       failures++;
     }
@@ -98,10 +107,13 @@ console.log(
     timeouts: timeouts.length,
     retryAfter: samples.filter((s) => s.status === 503 && s.retryAfter).length,
     other: Object.fromEntries(
-      [...new Set(samples.filter((s) => s.status !== 200 && s.code !== "QUEUE_FULL" && s.code !== "ACQUIRE_TIMEOUT").map((s) => s.code))].map((c) => [
-        c,
-        byCode(c).length,
-      ]),
+      [
+        ...new Set(
+          samples
+            .filter((s) => s.status !== 200 && s.code !== "QUEUE_FULL" && s.code !== "ACQUIRE_TIMEOUT")
+            .map((s) => s.code),
+        ),
+      ].map((c) => [c, byCode(c).length]),
     ),
     failures,
   }),

@@ -29,7 +29,9 @@ async function worker(pool: string): Promise<void> {
   const coordinator = new PostgresCoordinator({ sql, pool, config: configFromEnv(process.env) });
   await coordinator.ready();
   process.send!({ ready: true });
-  const { startAt, endAt } = await new Promise<{ startAt: number; endAt: number }>((resolve) => process.once("message", resolve));
+  const { startAt, endAt } = await new Promise<{ startAt: number; endAt: number }>((resolve) =>
+    process.once("message", resolve),
+  );
   await new Promise((r) => setTimeout(r, Math.max(0, startAt - Date.now())));
   const result: Result = { grants: 0, errors: 0, latenciesMs: [] };
   await Promise.all(
@@ -60,7 +62,9 @@ function pct(sorted: number[], q: number): number {
 async function run(processes: number): Promise<string> {
   const pool = `bench-${process.pid}-${processes}-${Date.now()}`;
   const self = fileURLToPath(import.meta.url);
-  const children = Array.from({ length: processes }, () => fork(self, ["worker", pool], { stdio: ["ignore", "inherit", "inherit", "ipc"] }));
+  const children = Array.from({ length: processes }, () =>
+    fork(self, ["worker", pool], { stdio: ["ignore", "inherit", "inherit", "ipc"] }),
+  );
   await Promise.all(children.map((c) => new Promise((r) => c.once("message", r))));
   const startAt = Date.now() + 200;
   const endAt = startAt + seconds * 1000;
@@ -75,7 +79,8 @@ async function run(processes: number): Promise<string> {
   const errors = results.reduce((s, r) => s + r.errors, 0);
   const lat = results.flatMap((r) => r.latenciesMs).sort((a, b) => a - b);
   const sql = postgres(url, { max: 1, onnotice: () => {} });
-  for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"]) await sql`DELETE FROM ${sql(t)} WHERE pool = ${pool}`;
+  for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"])
+    await sql`DELETE FROM ${sql(t)} WHERE pool = ${pool}`;
   await sql.end();
   const row = `| ${processes} | ${processes * concurrency} | ${Math.round(grants / seconds)} | ${pct(lat, 0.5).toFixed(1)} | ${pct(lat, 0.99).toFixed(1)} | ${errors} |`;
   console.log(row);

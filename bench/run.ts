@@ -36,7 +36,18 @@ async function startBenchWorker(): Promise<() => Promise<void>> {
   const state = mkdtempSync(join(tmpdir(), "leasegate-bench-"));
   const child = spawn(
     "wrangler",
-    ["dev", "-c", "bench/wrangler.bench.toml", "--ip", "127.0.0.1", "--port", String(port), "--persist-to", state, "--show-interactive-dev-session=false"],
+    [
+      "dev",
+      "-c",
+      "bench/wrangler.bench.toml",
+      "--ip",
+      "127.0.0.1",
+      "--port",
+      String(port),
+      "--persist-to",
+      state,
+      "--show-interactive-dev-session=false",
+    ],
     { stdio: ["ignore", "pipe", "pipe"], detached: true },
   );
   let log = "";
@@ -151,7 +162,12 @@ function memoryProbe(waiters: number): { heapMb: number; bytesPerWaiter: number 
 
 const micro = smoke
   ? { p1: "/p1?n=20&rounds=1", p2: "/p2?n=200&c=8&rounds=1", shed: "/shed?n=20", block: "/block?n=50&c=8&block=4" }
-  : { p1: "/p1?n=400&rounds=5", p2: "/p2?n=2000&c=32&rounds=5", shed: "/shed?n=400", block: "/block?n=2000&c=32&block=8" };
+  : {
+      p1: "/p1?n=400&rounds=5",
+      p2: "/p2?n=2000&c=32&rounds=5",
+      shed: "/shed?n=400",
+      block: "/block?n=2000&c=32&block=8",
+    };
 
 const started = Date.now();
 const stop = await startBenchWorker();
@@ -348,7 +364,10 @@ if (overload.length > 0 && p4) {
     "|---|---|---|---|---|---|---|---|---|---|",
     ...overload.map((r) => {
       const bouncer = overload.find((o) => o.mode === "pgbouncer");
-      const ratio = bouncer && r.mode.includes("pgbouncer") && r.mode !== "pgbouncer" ? `**${f((r.goodput / bouncer.goodput) * 100)} %**` : "";
+      const ratio =
+        bouncer && r.mode.includes("pgbouncer") && r.mode !== "pgbouncer"
+          ? `**${f((r.goodput / bouncer.goodput) * 100)} %**`
+          : "";
       return `| ${r.mode} | ${r.requests} | ${r.ok} | ${r.errors} | ${f(r.goodput, 1)} | ${r.rounds.map((g) => f(g)).join(", ")} | ${ratio} | ${r.p50} | ${r.p99} | ${r.peak} |`;
     }),
     "",
@@ -410,7 +429,9 @@ const chart = renderChart({
         { name: "before: pairs/s", value: p2.beforePerS },
       ],
     },
-    ...(overload.length > 0 ? [{ label: "P3 goodput 2xx/s", bars: overload.map((r) => ({ name: r.mode, value: r.goodput })) }] : []),
+    ...(overload.length > 0
+      ? [{ label: "P3 goodput 2xx/s", bars: overload.map((r) => ({ name: r.mode, value: r.goodput })) }]
+      : []),
   ],
 });
 if (smoke) {
@@ -420,7 +441,22 @@ if (smoke) {
   console.log("bench smoke: ok");
 } else {
   mkdirSync("docs", { recursive: true });
-  writeFileSync("BENCHMARKS.md", lines.join("\n"));
+  writeFileSync("BENCHMARKS.md", withKeptSections(lines.join("\n")));
   writeFileSync("docs/bench.svg", chart);
   console.log("wrote BENCHMARKS.md and docs/bench.svg");
+}
+
+/**
+ * The new BENCHMARKS.md text with the sections other benchmarks write themselves (between
+ * `<!-- bench:NAME start -->` and `<!-- bench:NAME end -->`, e.g. `npm run bench:topology -- --write`)
+ * carried over from the current file, before "Separate benchmarks".
+ */
+function withKeptSections(text: string): string {
+  let old = "";
+  try {
+    old = readFileSync("BENCHMARKS.md", "utf8");
+  } catch {}
+  const kept = [...old.matchAll(/<!-- bench:([\w-]+) start -->[\s\S]*?<!-- bench:\1 end -->/g)].map((m) => m[0]);
+  if (kept.length === 0) return text;
+  return text.replace("## Separate benchmarks", `${kept.join("\n\n")}\n\n## Separate benchmarks`);
 }

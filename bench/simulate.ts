@@ -19,7 +19,17 @@
  */
 import { acquire, createPool, release, tick } from "../src/core/pool.ts";
 import type { Lease } from "../src/core/types.ts";
-import { type BlockEffect, type BlockState, createBlock, expireIdle, finished, granted, observe, refused, request } from "../src/core/lease-block.ts";
+import {
+  type BlockEffect,
+  type BlockState,
+  createBlock,
+  expireIdle,
+  finished,
+  granted,
+  observe,
+  refused,
+  request,
+} from "../src/core/lease-block.ts";
 import { type ShardLoad, pickShard, shardLimits } from "../src/core/shard.ts";
 
 export interface Scenario {
@@ -132,7 +142,9 @@ export function simulate(s: Scenario): Result {
     waiters: new Map<string, (lease: Lease | null) => void>(),
     nextTick: Infinity,
   }));
-  const loads: ShardLoad[][] = Array.from({ length: s.isolates }, () => limits.map((limit) => ({ held: 0, waiting: 0, limit })));
+  const loads: ShardLoad[][] = Array.from({ length: s.isolates }, () =>
+    limits.map((limit) => ({ held: 0, waiting: 0, limit })),
+  );
   type Held = { lease: Lease; shard: number };
   const blocks: BlockState<Held>[] = Array.from({ length: s.isolates }, () =>
     createBlock<Held>({ maxBlock: s.maxBlock, idleMs: s.idleMs, yieldToQueue: s.yieldToQueue !== false }),
@@ -344,13 +356,30 @@ function row(r: Result): string {
  * @example
  * for (const r of addedLatency(5)) console.log(r.oneWayMs, r.before.waitP50, r.after.waitP50);
  */
-export function addedLatency(commitWaitMs: number, durationMs = 3_000): Array<{ oneWayMs: number; maxBlock: number; before: Result; after: Result }> {
+export function addedLatency(
+  commitWaitMs: number,
+  durationMs = 3_000,
+): Array<{ oneWayMs: number; maxBlock: number; before: Result; after: Result }> {
   const out = [];
   for (const maxBlock of [0, 4]) {
     for (const oneWayMs of [0, 10, 40]) {
       // Few busy isolates (as in the topology bench): with 200, each sees too few requests to reuse a lease.
-      const scenario = { ...base, name: "", ratePerSec: 400, isolates: 4, durationMs, oneWayMs, maxBlock, idleMs: maxBlock ? 20 : 0 };
-      out.push({ oneWayMs, maxBlock, before: simulate({ ...scenario, commitWaitMs }), after: simulate({ ...scenario, commitWaitMs: 0 }) });
+      const scenario = {
+        ...base,
+        name: "",
+        ratePerSec: 400,
+        isolates: 4,
+        durationMs,
+        oneWayMs,
+        maxBlock,
+        idleMs: maxBlock ? 20 : 0,
+      };
+      out.push({
+        oneWayMs,
+        maxBlock,
+        before: simulate({ ...scenario, commitWaitMs }),
+        after: simulate({ ...scenario, commitWaitMs: 0 }),
+      });
     }
   }
   return out;
@@ -362,7 +391,17 @@ if (import.meta.main) {
   const commitWaitMs = commitArg ? Number(commitArg.slice("--commit-wait-ms=".length)) : 5;
   if (!(commitWaitMs >= 0)) throw new Error(`--commit-wait-ms must be a number of ms >= 0, got ${commitArg}`);
   const scenarios = smoke
-    ? [{ ...base, name: "smoke: 2 shards + batching", shards: 2, maxBlock: 2, idleMs: 5, durationMs: 200, ratePerSec: 2_000 }]
+    ? [
+        {
+          ...base,
+          name: "smoke: 2 shards + batching",
+          shards: 2,
+          maxBlock: 2,
+          idleMs: 5,
+          durationMs: 200,
+          ratePerSec: 2_000,
+        },
+      ]
     : SCENARIOS;
   console.log(
     `simulated ${scenarios[0]!.durationMs / 1000} s each; ${base.isolates} isolates, one-way latency ${base.oneWayMs} ms, query ${base.serviceMs} ms (±50 %), ${base.callCostMs} ms per coordinator call, deadline ${base.waitMs} ms, grants answered from memory`,
@@ -379,12 +418,15 @@ if (import.meta.main) {
   console.log(
     `\nlatency leasegate adds per request (wait for a lease, ms), one object, 400 req/s from 4 isolates, before (every grant waits ${commitWaitMs} ms for its commit) → after (answered from memory)`,
   );
-  console.log("| one-way to the object | lease block | added p50 before → after | added p99 before → after | calls/request |");
+  console.log(
+    "| one-way to the object | lease block | added p50 before → after | added p99 before → after | calls/request |",
+  );
   console.log("|---|---|---|---|---|");
   for (const r of addedLatency(commitWaitMs, smoke ? 300 : 3_000)) {
     const b = r.before;
     const a = r.after;
-    for (const x of [b, a]) if (x.peakHeld > x.scenario.limit) throw new Error(`global limit broken: ${x.peakHeld} > ${x.scenario.limit}`);
+    for (const x of [b, a])
+      if (x.peakHeld > x.scenario.limit) throw new Error(`global limit broken: ${x.peakHeld} > ${x.scenario.limit}`);
     console.log(
       `| ${r.oneWayMs} ms | ${r.maxBlock ? `${r.maxBlock}, idle 20 ms` : "none"} | ${b.waitP50} → ${a.waitP50} | ${b.waitP99} → ${a.waitP99} | ${b.callsPerRequest} → ${a.callsPerRequest} |`,
     );

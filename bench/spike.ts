@@ -87,10 +87,23 @@ interface Outcome {
 async function run(mode: Mode): Promise<Outcome> {
   const sql = postgres(url, { max: 4, onnotice: () => {} });
   const pool = `spike-${process.pid}-${mode.name.replace(/\W+/g, "-")}`;
-  const coordinator = new PostgresCoordinator({ sql, pool, config: { ...DEFAULT_CONFIG, limit, maxQueue: 10_000, waitMs: WAIT_MS, leaseTtlMs: mode.ttlMs } });
+  const coordinator = new PostgresCoordinator({
+    sql,
+    pool,
+    config: { ...DEFAULT_CONFIG, limit, maxQueue: 10_000, waitMs: WAIT_MS, leaseTtlMs: mode.ttlMs },
+  });
   await coordinator.ready();
   const gone = new Set<string>();
-  const out: Outcome = { mode, done: 0, gaveUp: 0, refused: {}, latenciesMs: [], fullyGoneMs: 0, goneSlotSeconds: 0, samples: 0 };
+  const out: Outcome = {
+    mode,
+    done: 0,
+    gaveUp: 0,
+    refused: {},
+    latenciesMs: [],
+    fullyGoneMs: 0,
+    goneSlotSeconds: 0,
+    samples: 0,
+  };
   const endAt = Date.now() + seconds * 1000;
   let seq = 0;
 
@@ -102,7 +115,12 @@ async function run(mode: Mode): Promise<Outcome> {
       const started = performance.now();
       const giveUp = new AbortController();
       const signal = mode.signal && impatient ? giveUp.signal : undefined;
-      const request = leases.withLease(() => sleep(100 + Math.random() * 200), { ttlMs: mode.ttlMs, heartbeatMs: mode.heartbeatMs, waitMs: WAIT_MS, signal });
+      const request = leases.withLease(() => sleep(100 + Math.random() * 200), {
+        ttlMs: mode.ttlMs,
+        heartbeatMs: mode.heartbeatMs,
+        waitMs: WAIT_MS,
+        signal,
+      });
       const answer = await Promise.race([
         request.then(
           () => "done" as const,
@@ -139,7 +157,8 @@ async function run(mode: Mode): Promise<Outcome> {
 
   await Promise.all([sampler, ...Array.from({ length: clients }, (_, i) => client(i % 2 === 0))]);
   await coordinator.close();
-  for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"]) await sql`DELETE FROM ${sql(t)} WHERE pool = ${pool}`;
+  for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"])
+    await sql`DELETE FROM ${sql(t)} WHERE pool = ${pool}`;
   await sql.end();
   return out;
 }
@@ -152,7 +171,13 @@ function pct(values: number[], q: number): number {
 const modes: Mode[] = [
   { name: "before", ttlMs: 30_000, heartbeatMs: 0, claimMs: 0 },
   { name: "after", ttlMs: DEFAULT_CONFIG.leaseTtlMs, heartbeatMs: undefined, claimMs: undefined },
-  { name: "after + signal", ttlMs: DEFAULT_CONFIG.leaseTtlMs, heartbeatMs: undefined, claimMs: undefined, signal: true },
+  {
+    name: "after + signal",
+    ttlMs: DEFAULT_CONFIG.leaseTtlMs,
+    heartbeatMs: undefined,
+    claimMs: undefined,
+    signal: true,
+  },
 ];
 console.log(
   `spike: ${clients} clients (half give up after ${GIVE_UP_MS} ms and retry), ${limit} slots, work 100-300 ms, ${seconds} s per run, local adapter on ${new URL(url).host}`,

@@ -61,10 +61,20 @@ function leasesFor(mode: string, pool: string, env: Env, ctx: ExecutionContext):
   let isolate = blocks.get(`${mode}|${pool}`);
   if (!isolate) {
     const limit = Number(env.LEASE_LIMIT);
-    isolate = createIsolateShards({ shards: 1, limit, maxBlock: Number(env.LEASE_BLOCK), yieldToQueue: mode === "block" });
+    isolate = createIsolateShards({
+      shards: 1,
+      limit,
+      maxBlock: Number(env.LEASE_BLOCK),
+      yieldToQueue: mode === "block",
+    });
     blocks.set(`${mode}|${pool}`, isolate);
   }
-  return new ShardedLeases({ coordinators: [stub], isolate, waitMs: Number(env.LEASE_WAIT_MS), waitUntil: (p) => ctx.waitUntil(p) });
+  return new ShardedLeases({
+    coordinators: [stub],
+    isolate,
+    waitMs: Number(env.LEASE_WAIT_MS),
+    waitUntil: (p) => ctx.waitUntil(p),
+  });
 }
 
 export default {
@@ -97,9 +107,11 @@ export default {
     }
     // Leases held at the coordinator now (not counted as the requests' calls).
     const pool = url.searchParams.get("pool") ?? "main";
-    if (url.pathname === "/held") return Response.json({ held: (await env.COORDINATOR_DO.getByName(pool).stats()).held });
+    if (url.pathname === "/held")
+      return Response.json({ held: (await env.COORDINATOR_DO.getByName(pool).stats()).held });
     // A pool's own limit (the operator control), for a check on fewer slots than LEASE_LIMIT.
-    if (url.pathname === "/limit") return Response.json(await env.COORDINATOR_DO.getByName(pool).setLimit(Number(url.searchParams.get("n"))));
+    if (url.pathname === "/limit")
+      return Response.json(await env.COORDINATOR_DO.getByName(pool).setLimit(Number(url.searchParams.get("n"))));
     const mode = url.searchParams.get("mode") ?? "lease";
     requests++;
     const t0 = Date.now();

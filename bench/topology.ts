@@ -99,13 +99,39 @@ interface Started {
 }
 
 /** `wrangler dev` in a process group of its own; resolves once it answers HTTP. */
-async function wranglerDev(config: string, name: string, vars: Record<string, string>, env: Record<string, string>): Promise<Started> {
+async function wranglerDev(
+  config: string,
+  name: string,
+  vars: Record<string, string>,
+  env: Record<string, string>,
+): Promise<Started> {
   const port = await freePort();
   const state = mkdtempSync(join(tmpdir(), "leasegate-topology-"));
   cleanups.push(() => rmSync(state, { recursive: true, force: true }));
-  const args = ["dev", "-c", config, "--name", name, "--ip", "127.0.0.1", "--port", String(port), "--inspector-port", String(await freePort())];
-  args.push("--persist-to", state, "--show-interactive-dev-session=false", ...Object.entries(vars).flatMap(([k, v]) => ["--var", `${k}:${v}`]));
-  const child = spawn("wrangler", args, { stdio: ["ignore", "pipe", "pipe"], detached: true, env: { ...process.env, ...env } });
+  const args = [
+    "dev",
+    "-c",
+    config,
+    "--name",
+    name,
+    "--ip",
+    "127.0.0.1",
+    "--port",
+    String(port),
+    "--inspector-port",
+    String(await freePort()),
+  ];
+  args.push(
+    "--persist-to",
+    state,
+    "--show-interactive-dev-session=false",
+    ...Object.entries(vars).flatMap(([k, v]) => ["--var", `${k}:${v}`]),
+  );
+  const child = spawn("wrangler", args, {
+    stdio: ["ignore", "pipe", "pipe"],
+    detached: true,
+    env: { ...process.env, ...env },
+  });
   children.push(child);
   let log = "";
   child.stdout!.on("data", (d) => (log += d));
@@ -123,7 +149,10 @@ async function wranglerDev(config: string, name: string, vars: Record<string, st
 
 /** The delaying proxy (a child process) in front of `target`; returns its port and a delay setter. */
 async function startProxy(target: string): Promise<{ port: number; setOneWayMs(ms: number): Promise<void> }> {
-  const child = fork(new URL("./topology-proxy.ts", import.meta.url).pathname, [], { stdio: ["ignore", "inherit", "inherit", "ipc"], detached: true });
+  const child = fork(new URL("./topology-proxy.ts", import.meta.url).pathname, [], {
+    stdio: ["ignore", "inherit", "inherit", "ipc"],
+    detached: true,
+  });
   children.push(child);
   const next = () => new Promise<{ port?: number }>((resolve) => child.once("message", resolve));
   const started = next();
@@ -142,7 +171,9 @@ async function startProxy(target: string): Promise<{ port: number; setOneWayMs(m
 // ---- Postgres: the role, and PgBouncer in front of it (full run); direct in the smoke. ----
 
 function adminUrl(): string {
-  return process.env.DATABASE_URL ?? process.env.LEASEGATE_TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
+  return (
+    process.env.DATABASE_URL ?? process.env.LEASEGATE_TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres"
+  );
 }
 
 /** Where the Worker processes' Hyperdrive connects, and how the role's connections are counted. */
@@ -165,7 +196,8 @@ async function database(): Promise<{ workerUrl: string; countSql: string; limitL
     await sql.end();
   }
   const pgbouncer = spawnSync("sh", ["-c", "command -v pgbouncer"], { encoding: "utf8" }).stdout.trim();
-  if (!pgbouncer) throw new Error("the full run needs pgbouncer (apt-get install -y pgbouncer); --smoke runs without it");
+  if (!pgbouncer)
+    throw new Error("the full run needs pgbouncer (apt-get install -y pgbouncer); --smoke runs without it");
   const dir = mkdtempSync(join(tmpdir(), "leasegate-topology-pgbouncer-"));
   cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
   const port = await freePort();
@@ -193,10 +225,14 @@ async function database(): Promise<{ workerUrl: string; countSql: string; limitL
   // PgBouncer refuses to run as root: then it runs as postgres.
   const asRoot = process.getuid?.() === 0;
   if (asRoot) spawnSync("chown", ["-R", "postgres", dir]);
-  const child = spawn(asRoot ? "runuser" : pgbouncer, asRoot ? ["-u", "postgres", "--", pgbouncer, join(dir, "pgbouncer.ini")] : [join(dir, "pgbouncer.ini")], {
-    stdio: "ignore",
-    detached: true,
-  });
+  const child = spawn(
+    asRoot ? "runuser" : pgbouncer,
+    asRoot ? ["-u", "postgres", "--", pgbouncer, join(dir, "pgbouncer.ini")] : [join(dir, "pgbouncer.ini")],
+    {
+      stdio: "ignore",
+      detached: true,
+    },
+  );
   children.push(child);
   const db = target.pathname.slice(1) || "postgres";
   const url = `postgres://${ROLE}:leasegate@127.0.0.1:${port}/${db}`;
@@ -215,7 +251,9 @@ async function database(): Promise<{ workerUrl: string; countSql: string; limitL
       await probe.end({ timeout: 1 }).catch(() => {});
     }
   }
-  throw new Error(`pgbouncer did not start: ${existsSync(join(dir, "pgbouncer.log")) ? readFileSync(join(dir, "pgbouncer.log"), "utf8") : ""}`);
+  throw new Error(
+    `pgbouncer did not start: ${existsSync(join(dir, "pgbouncer.log")) ? readFileSync(join(dir, "pgbouncer.log"), "utf8") : ""}`,
+  );
 }
 
 // ---- Load ----
@@ -252,7 +290,13 @@ const round1 = (x: number) => Math.round(x * 10) / 10;
 /** Calls to the coordinator so far, and each leased request's close and release times since the last look. */
 async function callCounts(ports: number[]): Promise<{ calls: number; closeMs: number[]; releaseMs: number[] }> {
   const all = await Promise.all(
-    ports.map(async (p) => (await (await fetch(`http://127.0.0.1:${p}/calls`)).json()) as { calls: number; afterResponse: Array<[number, number]> }),
+    ports.map(
+      async (p) =>
+        (await (await fetch(`http://127.0.0.1:${p}/calls`)).json()) as {
+          calls: number;
+          afterResponse: Array<[number, number]>;
+        },
+    ),
   );
   return {
     calls: all.reduce((a, b) => a + b.calls, 0),
@@ -269,7 +313,14 @@ interface Load {
   pool?: string;
 }
 
-async function phase(ports: number[], mode: string, load: Load | number[], ms: number, count: postgres.Sql, countSql: string): Promise<Phase> {
+async function phase(
+  ports: number[],
+  mode: string,
+  load: Load | number[],
+  ms: number,
+  count: postgres.Sql,
+  countSql: string,
+): Promise<Phase> {
   const { clients, pauseMs = [], pool = "main" } = Array.isArray(load) ? { clients: load } : load;
   const before = (await callCounts(ports)).calls;
   const latencies: number[] = [];
@@ -348,7 +399,10 @@ async function ping(ports: number[]): Promise<{ pingMs: number; acquireMs: numbe
   const times: number[] = [];
   const acquires: number[] = [];
   for (const p of ports) {
-    const r = (await (await fetch(`http://127.0.0.1:${p}/ping?n=${smoke ? 5 : 20}`)).json()) as { times: number[]; acquireTimes: number[] };
+    const r = (await (await fetch(`http://127.0.0.1:${p}/ping?n=${smoke ? 5 : 20}`)).json()) as {
+      times: number[];
+      acquireTimes: number[];
+    };
     times.push(...r.times);
     acquires.push(...r.acquireTimes);
   }
@@ -368,14 +422,18 @@ async function main(): Promise<void> {
   const coordinatorName = "leasegate-topology-coordinator";
   const coordinatorVars = { LEASE_LIMIT: String(LIMIT), LEASE_WAIT_MS: String(WAIT_MS), LEASE_MAX_QUEUE: "1000" };
   const t0 = performance.now();
-  await wranglerDev("bench/topology-coordinator.toml", coordinatorName, coordinatorVars, { CLOUDFLARE_DEV_REGISTRY_PATH: registry });
+  await wranglerDev("bench/topology-coordinator.toml", coordinatorName, coordinatorVars, {
+    CLOUDFLARE_DEV_REGISTRY_PATH: registry,
+  });
   // The coordinator's registration names its debug port; the Worker processes get the proxy's.
   let entry: { debugPortAddress?: string } = {};
   for (let i = 0; i < 100 && !entry.debugPortAddress; i++) {
-    if (existsSync(join(registry, coordinatorName))) entry = JSON.parse(readFileSync(join(registry, coordinatorName), "utf8"));
+    if (existsSync(join(registry, coordinatorName)))
+      entry = JSON.parse(readFileSync(join(registry, coordinatorName), "utf8"));
     else await sleep(100);
   }
-  if (!entry.debugPortAddress) throw new Error(`the coordinator did not register in the dev registry (${readdirSync(registry).join(", ")})`);
+  if (!entry.debugPortAddress)
+    throw new Error(`the coordinator did not register in the dev registry (${readdirSync(registry).join(", ")})`);
   const proxy = await startProxy(entry.debugPortAddress);
   const proxiedEntry = join(proxied, coordinatorName);
   writeFileSync(proxiedEntry, JSON.stringify({ ...entry, debugPortAddress: `127.0.0.1:${proxy.port}` }));
@@ -384,9 +442,14 @@ async function main(): Promise<void> {
   cleanups.push(() => clearInterval(fresh));
 
   const workerVars = { LEASE_LIMIT: String(LIMIT), LEASE_BLOCK: String(BLOCK), LEASE_WAIT_MS: String(WAIT_MS) };
-  const workerEnv = { CLOUDFLARE_DEV_REGISTRY_PATH: proxied, CLOUDFLARE_HYPERDRIVE_LOCAL_CONNECTION_STRING_HYPERDRIVE: db.workerUrl };
+  const workerEnv = {
+    CLOUDFLARE_DEV_REGISTRY_PATH: proxied,
+    CLOUDFLARE_HYPERDRIVE_LOCAL_CONNECTION_STRING_HYPERDRIVE: db.workerUrl,
+  };
   const workers = await Promise.all(
-    Array.from({ length: K }, (_, i) => wranglerDev("bench/topology-worker.toml", `leasegate-topology-worker-${i}`, workerVars, workerEnv)),
+    Array.from({ length: K }, (_, i) =>
+      wranglerDev("bench/topology-worker.toml", `leasegate-topology-worker-${i}`, workerVars, workerEnv),
+    ),
   );
   const ports = workers.map((w) => w.port);
   console.log(`started: coordinator + ${K} Worker processes in ${round1((performance.now() - t0) / 1000)} s`);
@@ -394,15 +457,24 @@ async function main(): Promise<void> {
   cleanups.push(() => count.end({ timeout: 1 }).catch(() => {}));
 
   // Warm up every process and mode (the first call of a process opens its registry connection).
-  for (const mode of ["off", "lease", "block", "block-keep"]) await phase(ports, mode, spread(K), smoke ? 300 : 1000, count, db.countSql);
+  for (const mode of ["off", "lease", "block", "block-keep"])
+    await phase(ports, mode, spread(K), smoke ? 300 : 1000, count, db.countSql);
 
-  type Row = { distance: number; pingMs: number; acquireMs: number; light: Record<string, Phase>; heavy: Record<string, Phase> };
+  type Row = {
+    distance: number;
+    pingMs: number;
+    acquireMs: number;
+    light: Record<string, Phase>;
+    heavy: Record<string, Phase>;
+  };
   const rows: Row[] = [];
   const modes = ["off", "lease", "block"];
   for (const distance of DISTANCES) {
     await proxy.setOneWayMs(distance);
     const { pingMs, acquireMs } = await ping(ports);
-    console.log(`one-way ${distance} ms: no-op call to the coordinator ${pingMs} ms round trip, an acquire on an idle pool ${acquireMs} ms`);
+    console.log(
+      `one-way ${distance} ms: no-op call to the coordinator ${pingMs} ms round trip, an acquire on an idle pool ${acquireMs} ms`,
+    );
     const row: Row = { distance, pingMs, acquireMs, light: {}, heavy: {} };
     for (const mode of modes) row.light[mode] = await phase(ports, mode, spread(LIGHT), PHASE_MS, count, db.countSql);
     for (const mode of modes) row.heavy[mode] = await phase(ports, mode, spread(HEAVY), PHASE_MS, count, db.countSql);
@@ -421,7 +493,10 @@ async function main(): Promise<void> {
     clients: [2 * FAIR_LIMIT, ...Array.from({ length: K - 1 }, () => 1)],
     pauseMs: [0, ...Array.from({ length: K - 1 }, () => 50)],
   };
-  const fairness: Record<string, { lightWaitP50: number; lightWaitP99: number; busyWaitP99: number; goodput: number; calls: number }> = {};
+  const fairness: Record<
+    string,
+    { lightWaitP50: number; lightWaitP99: number; busyWaitP99: number; goodput: number; calls: number }
+  > = {};
   for (const mode of ["block-keep", "block"]) {
     const p = await phase(ports, mode, uneven, PHASE_MS * (smoke ? 1 : 2), count, db.countSql);
     const light = p.waits.slice(1).flat();
@@ -437,7 +512,9 @@ async function main(): Promise<void> {
   // Releases that failed in the Workers (after the response, in waitUntil): a lease then waits for its TTL.
   const failures: Record<string, number> = {};
   for (const p of ports) {
-    const r = (await (await fetch(`http://127.0.0.1:${p}/calls`)).json()) as { releaseFailures: Record<string, number> };
+    const r = (await (await fetch(`http://127.0.0.1:${p}/calls`)).json()) as {
+      releaseFailures: Record<string, number>;
+    };
     for (const [code, n] of Object.entries(r.releaseFailures)) failures[code] = (failures[code] ?? 0) + n;
   }
   if (Object.keys(failures).length > 0) console.log(`releases that failed: ${JSON.stringify(failures)}`);
@@ -473,8 +550,13 @@ async function main(): Promise<void> {
   const added = (p: Phase, off: Phase) => `${signed(p.p50 - off.p50)} / ${signed(p.p99 - off.p99)}`;
   const perReq = (p: Phase) => round1(p.calls / Math.max(1, p.requests));
   const out: string[] = [];
-  out.push(`${K} Worker processes, coordinator in its own process, LEASE_LIMIT ${LIMIT}, LEASE_BLOCK ${BLOCK}; ${db.limitLabel}.`);
-  out.push(`latency: ${LIGHT} clients (below the limit); goodput and peak connections: ${HEAVY} clients; ${PHASE_MS / 1000} s per setup`, "");
+  out.push(
+    `${K} Worker processes, coordinator in its own process, LEASE_LIMIT ${LIMIT}, LEASE_BLOCK ${BLOCK}; ${db.limitLabel}.`,
+  );
+  out.push(
+    `latency: ${LIGHT} clients (below the limit); goodput and peak connections: ${HEAVY} clients; ${PHASE_MS / 1000} s per setup`,
+    "",
+  );
   out.push(
     "| one-way | no-op call / idle acquire | setup | added p50 / p99 ms (vs off) | lease wait p50 / p99 (Workers) | simulator's wait p50 / p99 | calls/request | goodput vs off (heavy) | peak connections / leases held (heavy) | close / release after the response p50 ms (heavy) | errors |",
   );
@@ -485,8 +567,16 @@ async function main(): Promise<void> {
       const h = r.heavy[mode]!;
       const s = sim[i]![mode];
       const lw = l.waits.flat();
-      const name = mode === "off" ? `off (${r.light.off!.p50} / ${r.light.off!.p99} ms)` : mode === "lease" ? "lease per request" : `block ${BLOCK}`;
-      const vsOff = mode === "off" ? `${h.goodput}/s` : `${Math.round((h.goodput / Math.max(1, r.heavy.off!.goodput)) * 100)} % (${h.goodput}/s)`;
+      const name =
+        mode === "off"
+          ? `off (${r.light.off!.p50} / ${r.light.off!.p99} ms)`
+          : mode === "lease"
+            ? "lease per request"
+            : `block ${BLOCK}`;
+      const vsOff =
+        mode === "off"
+          ? `${h.goodput}/s`
+          : `${Math.round((h.goodput / Math.max(1, r.heavy.off!.goodput)) * 100)} % (${h.goodput}/s)`;
       const cells = [
         `${r.distance} ms`,
         `${r.pingMs} / ${r.acquireMs} ms`,
@@ -532,14 +622,18 @@ async function main(): Promise<void> {
   }
   console.log(`\n${out.join("\n")}`);
   if (write) writeSection(out, rows.map((r) => `${r.distance} ms → ${r.pingMs} ms`).join(", "));
-  if (jsonOut) writeFileSync(jsonOut, JSON.stringify({ K, LIMIT, BLOCK, LIGHT, HEAVY, PHASE_MS, rows, sim, fairness }, null, 2));
+  if (jsonOut)
+    writeFileSync(jsonOut, JSON.stringify({ K, LIMIT, BLOCK, LIGHT, HEAVY, PHASE_MS, rows, sim, fairness }, null, 2));
   // The smoke fails on what must always hold: every request answered, the limit kept, delay injected.
   // (COORDINATOR=off is bounded only by PgBouncer, or not at all in the smoke.)
   const all = rows.flatMap((r) => ["lease", "block"].flatMap((m) => [r.light[m]!, r.heavy[m]!]));
   // Leases are exact; a connection closed under a lease may still show in pg_stat_activity for a
   // moment while its backend exits, so connections are reported, and checked only against the role.
   const broken = all.filter((p) => p.peakHeld > LIMIT || (!smoke && p.peakConnections > ROLE_LIMIT) || p.ok === 0);
-  if (broken.length > 0) throw new Error(`limit exceeded or nothing served: ${JSON.stringify(broken.map((p) => [p.peakHeld, p.peakConnections, p.ok]))}`);
+  if (broken.length > 0)
+    throw new Error(
+      `limit exceeded or nothing served: ${JSON.stringify(broken.map((p) => [p.peakHeld, p.peakConnections, p.ok]))}`,
+    );
   const far = rows[rows.length - 1]!;
   if (far.distance > 0 && far.pingMs < 2 * far.distance)
     throw new Error(`the injected delay did not show: ${far.pingMs} ms round trip at ${far.distance} ms one-way`);

@@ -46,7 +46,16 @@ import {
   tick,
 } from "../src/core/index.ts";
 import { type CoordinatorBackend, checkCounts } from "../src/engine/coordinator.ts";
-import { type Step, type StepFn, WakeTimer, Waiters, failureOf, guarded, settlementsOf, steps } from "../src/engine/index.ts";
+import {
+  type Step,
+  type StepFn,
+  WakeTimer,
+  Waiters,
+  failureOf,
+  guarded,
+  settlementsOf,
+  steps,
+} from "../src/engine/index.ts";
 import type { LearnAnswer } from "../src/workers/learn.ts";
 import { CoordinatorStore } from "./storage.ts";
 
@@ -152,7 +161,8 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
    * limit override still wins: it is the operator's word for this object.
    */
   private applyShard(pool: PoolState, ref: ShardRef): void {
-    if (typeof ref !== "object" || ref === null) throw new LeaseError("INVALID_ARGUMENT", expected("shard", "an object { index, count }", ref));
+    if (typeof ref !== "object" || ref === null)
+      throw new LeaseError("INVALID_ARGUMENT", expected("shard", "an object { index, count }", ref));
     // Validated on every call, also when it matches what is persisted.
     const next = shardConfig(configFromEnv(this.env), ref.index, ref.count);
     const key = `${ref.index}/${ref.count}`;
@@ -292,7 +302,9 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
   async acquireMany(requests: AcquireOptions[]): Promise<AcquireManyResult> {
     try {
       // Decided in order, synchronously (each call runs to its first await); answered together.
-      const answers = checkBatch("requests", requests).map((options) => this.acquireOne(options, false).catch(failureOf));
+      const answers = checkBatch("requests", requests).map((options) =>
+        this.acquireOne(options, false).catch(failureOf),
+      );
       return { ok: true, results: await Promise.all(answers) };
     } catch (error) {
       return failureOf(error);
@@ -302,7 +314,8 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
   /** One acquire; with `queue` false, `null` instead of waiting or being shed. */
   private async acquireOne(options: AcquireOptions, queue: boolean): Promise<AcquireResult | null> {
     const pool = this.requirePool();
-    if (typeof options === "object" && options !== null && options.shard !== undefined) this.applyShard(pool, options.shard);
+    if (typeof options === "object" && options !== null && options.shard !== undefined)
+      this.applyShard(pool, options.shard);
     const leaseId = crypto.randomUUID();
     const { step, durable } = this.run(steps.acquire(leaseId, options, queue));
     const answer = step.answer;
@@ -515,7 +528,10 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
   async learnedLimit(terms: RoomTerms): Promise<LearnAnswer> {
     try {
       if (learnSettingsFromEnv(this.env) === null) {
-        throw new LeaseError("INVALID_ARGUMENT", "This pool's limit is fixed: set LEASE_LIMIT=auto to learn it from the database");
+        throw new LeaseError(
+          "INVALID_ARGUMENT",
+          "This pool's limit is fixed: set LEASE_LIMIT=auto to learn it from the database",
+        );
       }
       const learned = learnedLimit(terms, Date.now());
       this.learned = learned;
@@ -525,7 +541,10 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
       const config = this.baseConfig();
       const answer = await this.operator((state, now) => ({
         answer: null,
-        effects: state.limitOverride === null ? reconfigure(state, { ...state.config, limit: config.limit }, now) : { granted: [], timedOut: [], expired: [] },
+        effects:
+          state.limitOverride === null
+            ? reconfigure(state, { ...state.config, limit: config.limit }, now)
+            : { granted: [], timedOut: [], expired: [] },
       }));
       if (answer !== null) return answer as LearnAnswer;
       const pool = this.requirePool();
@@ -545,7 +564,11 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
   async learnFailed(failure: LearnFailure): Promise<void> {
     this.learnClaimedAt = null;
     if (typeof failure !== "object" || failure === null) return;
-    this.learnFailure = { at: Number(failure.at) || Date.now(), code: String(failure.code).slice(0, 64), message: String(failure.message).slice(0, 500) };
+    this.learnFailure = {
+      at: Number(failure.at) || Date.now(),
+      code: String(failure.code).slice(0, 64),
+      message: String(failure.message).slice(0, 500),
+    };
   }
 }
 

@@ -43,9 +43,12 @@ export class CoordinatorStore {
     let snapshot = this.#storage.kv.get<PoolSnapshot>("snapshot") ?? null;
     const bounds = this.#storage.kv.get<Bounds>("bounds") ?? null;
     let earlier: EarlierLeases | null = null;
-    const hasRows = sql.exec("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'leases'").toArray().length > 0;
+    const hasRows =
+      sql.exec("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'leases'").toArray().length > 0;
     if (hasRows) {
-      const row = sql.exec<{ f: number | null; e: number | null }>("SELECT MAX(fence) AS f, MAX(expires_at) AS e FROM leases").one();
+      const row = sql
+        .exec<{ f: number | null; e: number | null }>("SELECT MAX(fence) AS f, MAX(expires_at) AS e FROM leases")
+        .one();
       earlier = { maxFence: row.f ?? 0, maxExpiresAt: row.e ?? 0 };
     }
     const legacy = this.readMeta("snapshot");

@@ -67,8 +67,12 @@ export const WAITER_FIELDS = [
  * `Lease` or `Waiter` without an entry above stops the build here, naming the property.
  */
 type Unstored<T, F extends readonly Field<T>[]> = Exclude<keyof T, F[number]["key"]>;
-const everyLeaseField: [Unstored<Lease, typeof LEASE_FIELDS>] extends [never] ? true : Unstored<Lease, typeof LEASE_FIELDS> = true;
-const everyWaiterField: [Unstored<Waiter, typeof WAITER_FIELDS>] extends [never] ? true : Unstored<Waiter, typeof WAITER_FIELDS> = true;
+const everyLeaseField: [Unstored<Lease, typeof LEASE_FIELDS>] extends [never]
+  ? true
+  : Unstored<Lease, typeof LEASE_FIELDS> = true;
+const everyWaiterField: [Unstored<Waiter, typeof WAITER_FIELDS>] extends [never]
+  ? true
+  : Unstored<Waiter, typeof WAITER_FIELDS> = true;
 void everyLeaseField;
 void everyWaiterField;
 

@@ -35,12 +35,15 @@ export async function learnOnce(
   return await sql.begin(async (tx) => {
     if (force) await tx`SELECT pg_advisory_xact_lock(${LEARN_LOCK}, hashtext(${pool}))`;
     else {
-      const [got] = await tx<{ ok: boolean }[]>`SELECT pg_try_advisory_xact_lock(${LEARN_LOCK}, hashtext(${pool})) AS ok`;
+      const [got] = await tx<
+        { ok: boolean }[]
+      >`SELECT pg_try_advisory_xact_lock(${LEARN_LOCK}, hashtext(${pool})) AS ok`;
       if (!got?.ok) return { changed: false, record: await readRecord(tx, pool) };
     }
     const before = await readRecord(tx, pool);
     const now = Date.now();
-    if (!force && before.learned && now - before.learned.learnedAt < settings.intervalMs / 2) return { changed: false, record: before };
+    if (!force && before.learned && now - before.learned.learnedAt < settings.intervalMs / 2)
+      return { changed: false, record: before };
     const learned = learnedLimit(await readRoomTerms(tx, settings.applicationName, settings), now);
     await writeLearned(tx, pool, learned);
     return { changed: before.learned?.limit !== learned.limit, record: { learned, learnFailure: null } };

@@ -10,7 +10,14 @@
  * The id comes first so a process skips lines for other processes' callers without parsing them;
  * the lease travels in the field list's encoding, so a new lease field needs no edit here.
  */
-import { type Effects, type Lease, type PoolState, type ShardLoad, type TimeoutFacts, timeoutFacts } from "../src/core/index.ts";
+import {
+  type Effects,
+  type Lease,
+  type PoolState,
+  type ShardLoad,
+  type TimeoutFacts,
+  timeoutFacts,
+} from "../src/core/index.ts";
 import { type Waiters, grantResult, loadOf, timeoutResult } from "../src/engine/index.ts";
 import { LEASE_FIELDS, codec } from "./fields.ts";
 

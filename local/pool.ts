@@ -43,7 +43,10 @@ export interface LocalPool<Client = unknown> extends LeasedPool<Client> {
  * const rows = await pool.sql((sql) => sql`SELECT 1 AS one`);
  * await pool.close();
  */
-export async function localPool<Client = unknown>(env: LocalPoolEnv, options: { driver?: DriverModule<Client> } = {}): Promise<LocalPool<Client>> {
+export async function localPool<Client = unknown>(
+  env: LocalPoolEnv,
+  options: { driver?: DriverModule<Client> } = {},
+): Promise<LocalPool<Client>> {
   const settings = settingsFromEnv(env.DATABASE_URL ? env : { ...env, DATABASE_URL: DEFAULT_DATABASE_URL });
   const { name } = settings.pool;
   const config = settings.database;
@@ -57,9 +60,18 @@ export async function localPool<Client = unknown>(env: LocalPoolEnv, options: { 
       (e: unknown) => Promise.reject(missingDriver("postgres", e)),
     );
     // The coordinator's bookkeeping connections are its own, apart from the leased ones.
-    control = postgres(connectionString, { max: 2, onnotice: () => {}, connection: { application_name: `${applicationName}-coordinator` } });
+    control = postgres(connectionString, {
+      max: 2,
+      onnotice: () => {},
+      connection: { application_name: `${applicationName}-coordinator` },
+    });
     const learn = settings.pool.learn;
-    coordinator = new PostgresCoordinator({ sql: control, pool: name, config: settings.pool.config, learn: learn && { ...learn, applicationName } });
+    coordinator = new PostgresCoordinator({
+      sql: control,
+      pool: name,
+      config: settings.pool.config,
+      learn: learn && { ...learn, applicationName },
+    });
     await coordinator.ready();
   }
   const leases: LeaseClient | undefined = coordinator && new Leases(coordinator, { pool: name });

@@ -32,7 +32,17 @@ import {
 import { toDatabaseError } from "../src/db/errors.ts";
 import { readRoomTerms } from "../src/db/learn-limit.ts";
 import { countConnections } from "../src/db/reconcile.ts";
-import { type AcquireAnswer, type CoordinatorBackend, WakeTimer, Waiters, checkCounts, failureOf, guarded, settlementsOf, steps } from "../src/engine/index.ts";
+import {
+  type AcquireAnswer,
+  type CoordinatorBackend,
+  WakeTimer,
+  Waiters,
+  checkCounts,
+  failureOf,
+  guarded,
+  settlementsOf,
+  steps,
+} from "../src/engine/index.ts";
 import { learnOnce, noteLearnFailure, readRecord, writeLearned } from "./learn.ts";
 import { deliver } from "./notify.ts";
 import { type Loaded, loadPool } from "./rows.ts";
@@ -83,8 +93,18 @@ export interface LearnAnswer {
 
 const POOL_NAME = /^[A-Za-z0-9_.:-]{1,48}$/;
 
-const CLOSED: Failure = { ok: false, code: "COORDINATOR_UNAVAILABLE", message: "The coordinator was closed", retryAfterMs: 100 };
-const ABORTED: Failure = { ok: false, code: "ACQUIRE_TIMEOUT", message: "The caller gave up the wait (its signal aborted)", retryAfterMs: 0 };
+const CLOSED: Failure = {
+  ok: false,
+  code: "COORDINATOR_UNAVAILABLE",
+  message: "The coordinator was closed",
+  retryAfterMs: 100,
+};
+const ABORTED: Failure = {
+  ok: false,
+  code: "ACQUIRE_TIMEOUT",
+  message: "The caller gave up the wait (its signal aborted)",
+  retryAfterMs: 0,
+};
 
 /**
  * A pool here is never split: one pool already spans every process that names it. A part of it
@@ -92,10 +112,15 @@ const ABORTED: Failure = { ok: false, code: "ACQUIRE_TIMEOUT", message: "The cal
  */
 function wholePool(shard: ShardRef | undefined): void {
   if (shard === undefined) return;
-  const what = "none or the whole pool { index: 0, count: 1 } (a PostgresCoordinator pool spans every process and is never split)";
-  if (typeof shard !== "object" || shard === null) throw new LeaseError("INVALID_ARGUMENT", expected("shard", what, shard));
+  const what =
+    "none or the whole pool { index: 0, count: 1 } (a PostgresCoordinator pool spans every process and is never split)";
+  if (typeof shard !== "object" || shard === null)
+    throw new LeaseError("INVALID_ARGUMENT", expected("shard", what, shard));
   if (shard.index !== 0 || shard.count !== 1) {
-    throw new LeaseError("INVALID_ARGUMENT", `Expected \`shard\` to be ${what}, got shard ${String(shard.index)} of ${String(shard.count)}`);
+    throw new LeaseError(
+      "INVALID_ARGUMENT",
+      `Expected \`shard\` to be ${what}, got shard ${String(shard.index)} of ${String(shard.count)}`,
+    );
   }
 }
 
@@ -146,7 +171,10 @@ export class PostgresCoordinator implements CoordinatorBackend {
     // One connection stays reserved for transitions; stats() and setup need another.
     const max = (options.sql as { options?: { max?: number } }).options?.max;
     if (typeof max === "number" && max < 2) {
-      throw new LeaseError("INVALID_ARGUMENT", expected("options.sql", "a postgres.js client with `max` of at least 2", `max: ${max}`));
+      throw new LeaseError(
+        "INVALID_ARGUMENT",
+        expected("options.sql", "a postgres.js client with `max` of at least 2", `max: ${max}`),
+      );
     }
     const pool = options.pool ?? "main";
     if (typeof pool !== "string" || !POOL_NAME.test(pool)) {
@@ -225,7 +253,12 @@ export class PostgresCoordinator implements CoordinatorBackend {
       const t = await readRoomTerms(this.#sql, learn.applicationName, learn);
       const listen = 1;
       return learnedLimit(
-        { ...t, othersOnServer: t.othersOnServer + listen, othersOfRole: t.othersOfRole + listen, othersInDatabase: t.othersInDatabase + listen },
+        {
+          ...t,
+          othersOnServer: t.othersOnServer + listen,
+          othersOfRole: t.othersOfRole + listen,
+          othersInDatabase: t.othersInDatabase + listen,
+        },
         Date.now(),
       );
     } catch (error) {
@@ -264,7 +297,11 @@ export class PostgresCoordinator implements CoordinatorBackend {
    * const { limit, limitSource, learned } = await coordinator.learnLimit();
    */
   async learnLimit(): Promise<LearnAnswer> {
-    if (!this.#learn) throw new LeaseError("INVALID_ARGUMENT", "This pool's limit is fixed: set LEASE_LIMIT=auto to learn it from the database");
+    if (!this.#learn)
+      throw new LeaseError(
+        "INVALID_ARGUMENT",
+        "This pool's limit is fixed: set LEASE_LIMIT=auto to learn it from the database",
+      );
     await this.ready();
     const learned = await this.#learnNow(true);
     const { state } = await this.#read();
@@ -278,7 +315,8 @@ export class PostgresCoordinator implements CoordinatorBackend {
     this.#ownerPid = probe.state.pid;
     const ids = this.#waiters.ids();
     if (ids.length > 0) {
-      await this.#sql`UPDATE leasegate_waiters SET owner_pid = ${this.#ownerPid} WHERE pool = ${this.pool} AND id = ANY(${ids})`;
+      await this
+        .#sql`UPDATE leasegate_waiters SET owner_pid = ${this.#ownerPid} WHERE pool = ${this.pool} AND id = ANY(${ids})`;
     }
   }
 
@@ -444,7 +482,8 @@ export class PostgresCoordinator implements CoordinatorBackend {
     }
     const { held, limit } = await this.stats();
     const result = compareConnections({ held, limit }, counts, Date.now());
-    await this.#sql`UPDATE leasegate_pools SET reconciliation = ${JSON.stringify(result)}::text::jsonb WHERE pool = ${this.pool}`;
+    await this
+      .#sql`UPDATE leasegate_pools SET reconciliation = ${JSON.stringify(result)}::text::jsonb WHERE pool = ${this.pool}`;
     return { ok: true, ...result };
   }
 
@@ -457,7 +496,8 @@ export class PostgresCoordinator implements CoordinatorBackend {
    * const counts = await coordinator.countConnections("my-app"); // { roleConnections, appConnections, … }
    */
   async countConnections(applicationName: string): Promise<ConnectionCounts> {
-    if (typeof applicationName !== "string") throw new LeaseError("INVALID_ARGUMENT", expected("applicationName", "a string", applicationName));
+    if (typeof applicationName !== "string")
+      throw new LeaseError("INVALID_ARGUMENT", expected("applicationName", "a string", applicationName));
     await this.ready();
     return await countConnections(this.#sql, applicationName);
   }
@@ -470,7 +510,10 @@ export class PostgresCoordinator implements CoordinatorBackend {
    */
   async operatorStats(shard?: ShardRef): Promise<OperatorStats> {
     wholePool(shard);
-    const [{ state, reconciliation }, record] = await Promise.all([this.#read(), this.#learn ? readRecord(this.#sql, this.pool) : null]);
+    const [{ state, reconciliation }, record] = await Promise.all([
+      this.#read(),
+      this.#learn ? readRecord(this.#sql, this.pool) : null,
+    ]);
     return {
       ...stats(state, Date.now()),
       limitOverride: state.limitOverride,

@@ -54,7 +54,12 @@ export interface PreflightOptions {
 
 type Env = Record<string, string | undefined>;
 
-function failure(variable: string, problem: string, code: string, hints: Array<string | undefined> = []): PreflightFailure {
+function failure(
+  variable: string,
+  problem: string,
+  code: string,
+  hints: Array<string | undefined> = [],
+): PreflightFailure {
   // "is Postgres running? unset DATABASE_URL …", "check the host name; unset DATABASE_URL …"
   const hint = hints
     .filter((h): h is string => !!h)
@@ -71,7 +76,9 @@ function settingFailure(error: unknown, fallback: string, hints: Array<string | 
   if (!isLeaseError(error)) throw error;
   const variable = /`([A-Z][A-Z0-9_.]*)`/.exec(error.message)?.[1] ?? fallback;
   const named = `\`${variable}\``;
-  const problem = error.message.replace(new RegExp(`^Expected ${named} to be `), "expected ").replace(new RegExp(`^${named} (is )?`), "");
+  const problem = error.message
+    .replace(new RegExp(`^Expected ${named} to be `), "expected ")
+    .replace(new RegExp(`^${named} (is )?`), "");
   return failure(variable, problem, error.code, hints);
 }
 
@@ -88,7 +95,10 @@ const EMBEDDED_PLACEHOLDER = "postgres://postgres@127.0.0.1:5432/postgres";
  * checkSettings({ LEASE_LIMIT: "abc" })?.line
  * // 'leasegate: LEASE_LIMIT: expected an integer from 1 to 10000, got `"abc"` (string) (INVALID_CONFIG)'
  */
-export function checkSettings(env: Env, options: Pick<PreflightOptions, "url" | "worker"> = {}): PreflightFailure | null {
+export function checkSettings(
+  env: Env,
+  options: Pick<PreflightOptions, "url" | "worker"> = {},
+): PreflightFailure | null {
   try {
     intFromEnv("PORT", env.PORT, 8787, 0, 65_535);
     // The one parse every path uses: LEASE_* (sharding and the lease block too) and the database's.
@@ -100,7 +110,13 @@ export function checkSettings(env: Env, options: Pick<PreflightOptions, "url" | 
 }
 
 /** The parts of a connection failure a person needs: what happened, and what to try. */
-function explain(error: unknown, where: string, database: string, user: string, timeoutMs: number): { problem: string; code: string; hint?: string } {
+function explain(
+  error: unknown,
+  where: string,
+  database: string,
+  user: string,
+  timeoutMs: number,
+): { problem: string; code: string; hint?: string } {
   const code = typeof error === "object" && error !== null ? String((error as { code?: unknown }).code ?? "") : "";
   switch (code) {
     case "ECONNREFUSED":
@@ -110,15 +126,35 @@ function explain(error: unknown, where: string, database: string, user: string, 
     case "EAI_NONAME":
       return { code, problem: `unknown host at ${where}`, hint: "check the host name" };
     case "CONNECT_TIMEOUT":
-      return { code, problem: `no answer from ${where} within ${timeoutMs / 1000} s`, hint: "is a Postgres server listening there, and not overloaded?" };
+      return {
+        code,
+        problem: `no answer from ${where} within ${timeoutMs / 1000} s`,
+        hint: "is a Postgres server listening there, and not overloaded?",
+      };
     case "3D000":
-      return { code, problem: `database "${database}" does not exist at ${where}`, hint: `create it (createdb ${database}) or name another` };
+      return {
+        code,
+        problem: `database "${database}" does not exist at ${where}`,
+        hint: `create it (createdb ${database}) or name another`,
+      };
     case "28P01":
-      return { code, problem: `password authentication failed for user "${user}" at ${where}`, hint: "check the user and password" };
+      return {
+        code,
+        problem: `password authentication failed for user "${user}" at ${where}`,
+        hint: "check the user and password",
+      };
     case "28000":
-      return { code, problem: `the server refused user "${user}" at ${where} (pg_hba.conf or role)`, hint: "check the user and the server's pg_hba.conf" };
+      return {
+        code,
+        problem: `the server refused user "${user}" at ${where} (pg_hba.conf or role)`,
+        hint: "check the user and the server's pg_hba.conf",
+      };
     case "53300":
-      return { code, problem: `too many connections at ${where}`, hint: "close some connections or raise max_connections" };
+      return {
+        code,
+        problem: `too many connections at ${where}`,
+        hint: "close some connections or raise max_connections",
+      };
     default:
       // Anything else (TLS, a reset, a server that is not Postgres): the code, never the driver's text.
       return { code: code || "CONNECT_FAILED", problem: `cannot connect to ${where}` };
@@ -148,7 +184,8 @@ export async function checkDatabase(
   const secrets = parsed.password ? [parsed.password, parsed.url.password] : [];
   const shown = redact(url.trim(), secrets);
   const where = `${parsed.url.hostname}:${parsed.url.port || "5432"}`;
-  const database = decodeURIComponent(parsed.url.pathname.slice(1)) || decodeURIComponent(parsed.url.username) || "postgres";
+  const database =
+    decodeURIComponent(parsed.url.pathname.slice(1)) || decodeURIComponent(parsed.url.username) || "postgres";
   const user = decodeURIComponent(parsed.url.username) || "postgres";
 
   let postgres: typeof Postgres;
@@ -170,7 +207,10 @@ export async function checkDatabase(
   try {
     // The driver's timer covers connecting; this one also covers a name lookup that never returns.
     const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(Object.assign(new Error("preflight timed out"), { code: "CONNECT_TIMEOUT" })), timeoutMs + 500);
+      timer = setTimeout(
+        () => reject(Object.assign(new Error("preflight timed out"), { code: "CONNECT_TIMEOUT" })),
+        timeoutMs + 500,
+      );
     });
     await Promise.race([sql`SELECT 1`, late]);
     return null;

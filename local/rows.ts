@@ -71,7 +71,8 @@ export async function loadPool(tx: Sql | TransactionSql, pool: string, begin = f
         (SELECT ${tx.unsafe(WAITER_JSON)} FROM leasegate_waiters WHERE pool = p.pool)::text AS waiters
       FROM leasegate_pools p WHERE p.pool = ${pool}`,
   ]);
-  if (!row) throw new LeaseError("INTERNAL", `Pool ${pool} has no row: was the database reset under a running coordinator?`);
+  if (!row)
+    throw new LeaseError("INTERNAL", `Pool ${pool} has no row: was the database reset under a running coordinator?`);
   const leases = (JSON.parse(row.leases as string) as unknown[][]).map(leaseRows.decode);
   const dead: string[] = [];
   const waiters = (JSON.parse(row.waiters as string) as WaiterRow[]).map(([fields, alive]) => {
@@ -96,7 +97,13 @@ export async function loadPool(tx: Sql | TransactionSql, pool: string, begin = f
  * came or went, renewed expiries, the snapshot, and the notices to send on commit. One statement:
  * few messages and one executor start under the lock.
  */
-export function writePool(tx: Sql, pool: string, loaded: Loaded, ownerPid: number | null, notify: { channel: string; notices: string[] }) {
+export function writePool(
+  tx: Sql,
+  pool: string,
+  loaded: Loaded,
+  ownerPid: number | null,
+  notify: { channel: string; notices: string[] },
+) {
   const { state, leasesBefore, queueBefore } = loaded;
   const gone = [...leasesBefore.keys()].filter((id) => !state.leases.has(id));
   const added: unknown[] = [];

@@ -127,7 +127,10 @@ export function giveBack(state: PoolState, ids: string[], now: number): Effects 
   const effects: Effects = { granted: [], timedOut: [], expired: [] };
   for (const id of ids) {
     const lease = state.leases.get(id);
-    mergeEffects(effects, lease ? release(state, { leaseId: id, fence: lease.fence }, now).effects : cancel(state, id, now).effects);
+    mergeEffects(
+      effects,
+      lease ? release(state, { leaseId: id, fence: lease.fence }, now).effects : cancel(state, id, now).effects,
+    );
   }
   return effects;
 }

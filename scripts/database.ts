@@ -74,11 +74,15 @@ export async function startEmbedded(port = 0): Promise<Database> {
  * @example
  * const db = await ensureDatabase(process.env.DATABASE_URL);
  */
-export async function ensureDatabase(url: string | undefined, options: { embeddedPort?: number } = {}): Promise<Database> {
+export async function ensureDatabase(
+  url: string | undefined,
+  options: { embeddedPort?: number } = {},
+): Promise<Database> {
   const none = async () => {};
   if (url) return { url, kind: "external", stop: none };
   if (await reachable(LOCAL_URL)) return { url: LOCAL_URL, kind: "local-cluster", stop: none };
-  if (startLocalCluster() && (await waitFor(LOCAL_URL, 30_000))) return { url: LOCAL_URL, kind: "local-cluster", stop: none };
+  if (startLocalCluster() && (await waitFor(LOCAL_URL, 30_000)))
+    return { url: LOCAL_URL, kind: "local-cluster", stop: none };
   return startEmbedded(options.embeddedPort);
 }
 

@@ -43,10 +43,14 @@ const vars = Object.keys(process.env)
   .sort()
   .flatMap((name) => ["--var", `${name}:${process.env[name]}`]);
 
-const wrangler = spawn("wrangler", ["dev", "--ip", "127.0.0.1", "--port", port, "--show-interactive-dev-session=false", ...vars], {
-  stdio: "inherit",
-  env: { ...process.env, CLOUDFLARE_HYPERDRIVE_LOCAL_CONNECTION_STRING_HYPERDRIVE: withPassword(db.url) },
-});
+const wrangler = spawn(
+  "wrangler",
+  ["dev", "--ip", "127.0.0.1", "--port", port, "--show-interactive-dev-session=false", ...vars],
+  {
+    stdio: "inherit",
+    env: { ...process.env, CLOUDFLARE_HYPERDRIVE_LOCAL_CONNECTION_STRING_HYPERDRIVE: withPassword(db.url) },
+  },
+);
 
 let stopping = false;
 for (const signal of ["SIGINT", "SIGTERM"] as const) {

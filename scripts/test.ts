@@ -12,7 +12,8 @@ import { ensureDatabase, redact, withPassword } from "./database.ts";
 
 // Parallel runs on one server (several checkouts) each take their own database.
 const TEST_DB = process.env.LEASEGATE_TEST_DB ?? "leasegate_test";
-if (!/^[a-z_][a-z0-9_]{0,62}$/.test(TEST_DB)) throw new Error(`LEASEGATE_TEST_DB must be a plain identifier, got ${TEST_DB}`);
+if (!/^[a-z_][a-z0-9_]{0,62}$/.test(TEST_DB))
+  throw new Error(`LEASEGATE_TEST_DB must be a plain identifier, got ${TEST_DB}`);
 const server = await ensureDatabase(process.env.DATABASE_URL);
 let url = server.url;
 
@@ -64,7 +65,9 @@ const suites = [
 ];
 // Fault injection restarts a private Postgres cluster of its own (never the shared one), so it
 // needs a Postgres installation; with only the embedded database it cannot run, and says so.
-const hasInitdb = existsSync("/usr/lib/postgresql") && readdirSync("/usr/lib/postgresql").some((v) => existsSync(`/usr/lib/postgresql/${v}/bin/initdb`));
+const hasInitdb =
+  existsSync("/usr/lib/postgresql") &&
+  readdirSync("/usr/lib/postgresql").some((v) => existsSync(`/usr/lib/postgresql/${v}/bin/initdb`));
 if (hasInitdb) suites.push({ name: "faults", args: ["run", "--config", "vitest.faults.config.ts"] });
 else console.log("fault suite not run: it needs a Postgres installation (initdb under /usr/lib/postgresql)");
 // Extra arguments (a file filter, say) go to every suite.
@@ -76,7 +79,11 @@ let failed = 0;
 let broken = false;
 for (const suite of suites) {
   const report = `test-artifacts/vitest-${suite.name}.json`;
-  const run = spawnSync("vitest", [...suite.args, "--reporter=default", "--reporter=json", `--outputFile.json=${report}`, ...extra], { stdio: "inherit", env });
+  const run = spawnSync(
+    "vitest",
+    [...suite.args, "--reporter=default", "--reporter=json", `--outputFile.json=${report}`, ...extra],
+    { stdio: "inherit", env },
+  );
   try {
     const result = JSON.parse(readFileSync(report, "utf8")) as { numPassedTests: number; numFailedTests: number };
     passed += result.numPassedTests;
@@ -101,13 +108,19 @@ if (deno.status !== 0) broken = true;
 
 // Benchmarks are not tests: CI only checks that the bench harness starts and runs one short
 // iteration (inside workerd, no wrk or PgBouncer needed). Counts as one test.
-const benchSmoke = spawnSync("node", ["--expose-gc", "bench/run.ts", "--smoke"], { stdio: ["ignore", "ignore", "inherit"], env });
+const benchSmoke = spawnSync("node", ["--expose-gc", "bench/run.ts", "--smoke"], {
+  stdio: ["ignore", "ignore", "inherit"],
+  env,
+});
 if (benchSmoke.status === 0) passed++;
 else failed++;
 console.log(`bench smoke: ${benchSmoke.status === 0 ? "ok" : "FAILED"}`);
 // The production-shaped topology (coordinator and Worker processes apart, a delay injected between
 // them) in short phases against the test database: no PgBouncer, no wrk. Counts as one test.
-const topologySmoke = spawnSync("node", ["bench/topology.ts", "--smoke"], { stdio: ["ignore", "ignore", "inherit"], env: { ...env, DATABASE_URL: url } });
+const topologySmoke = spawnSync("node", ["bench/topology.ts", "--smoke"], {
+  stdio: ["ignore", "ignore", "inherit"],
+  env: { ...env, DATABASE_URL: url },
+});
 if (topologySmoke.status === 0) passed++;
 else failed++;
 console.log(`topology bench smoke: ${topologySmoke.status === 0 ? "ok" : "FAILED"}`);

@@ -51,7 +51,12 @@ export interface LeasedOptions<E extends Env, C> {
 }
 
 // The failures a client should retry later: answered 503 with Retry-After, whatever onError does.
-const OVERLOAD: ReadonlySet<ErrorCode> = new Set(["QUEUE_FULL", "ACQUIRE_TIMEOUT", "DATABASE_UNAVAILABLE", "COORDINATOR_UNAVAILABLE"]);
+const OVERLOAD: ReadonlySet<ErrorCode> = new Set([
+  "QUEUE_FULL",
+  "ACQUIRE_TIMEOUT",
+  "DATABASE_UNAVAILABLE",
+  "COORDINATOR_UNAVAILABLE",
+]);
 
 /**
  * The middleware: handlers call `await c.var.client()` to get a connected client under a lease.
@@ -89,7 +94,10 @@ export function leased<C, E extends Env = any>(options: LeasedOptions<E, C>): Mi
     let end: () => void = () => {};
     const over = new Promise<void>((resolve) => (end = resolve));
     c.set("client", () => {
-      if (ended) return Promise.reject(new LeaseError("INVALID_ARGUMENT", "`c.var.client()` was called after its request ended: the lease is gone"));
+      if (ended)
+        return Promise.reject(
+          new LeaseError("INVALID_ARGUMENT", "`c.var.client()` was called after its request ended: the lease is gone"),
+        );
       opened ??= new Promise<C>((resolve, reject) => {
         const client = typeof leases === "function" ? leases(ctx) : leases;
         // The lease is held until the request ends; the lifecycle closes the client, then releases.
@@ -136,13 +144,25 @@ export function leased<C, E extends Env = any>(options: LeasedOptions<E, C>): Mi
 
 function check(options: unknown): void {
   const o = options as Partial<LeasedOptions<Env, unknown>> | null;
-  if (typeof o !== "object" || o === null) throw new LeaseError("INVALID_ARGUMENT", expected("leased(options)", "an object", o));
+  if (typeof o !== "object" || o === null)
+    throw new LeaseError("INVALID_ARGUMENT", expected("leased(options)", "an object", o));
   const isClient = (l: unknown) =>
-    typeof l === "object" && l !== null && typeof (l as LeaseClient).acquire === "function" && typeof (l as LeaseClient).release === "function";
+    typeof l === "object" &&
+    l !== null &&
+    typeof (l as LeaseClient).acquire === "function" &&
+    typeof (l as LeaseClient).release === "function";
   if (typeof o.leases !== "function" && !isClient(o.leases))
-    throw new LeaseError("INVALID_ARGUMENT", expected("leases", "a LeaseClient or a function of the context returning one", o.leases));
-  if (typeof o.connect !== "function") throw new LeaseError("INVALID_ARGUMENT", expected("connect", "a function of the context returning a client", o.connect));
-  if (o.close !== undefined && typeof o.close !== "function") throw new LeaseError("INVALID_ARGUMENT", expected("close", "a function", o.close));
+    throw new LeaseError(
+      "INVALID_ARGUMENT",
+      expected("leases", "a LeaseClient or a function of the context returning one", o.leases),
+    );
+  if (typeof o.connect !== "function")
+    throw new LeaseError(
+      "INVALID_ARGUMENT",
+      expected("connect", "a function of the context returning a client", o.connect),
+    );
+  if (o.close !== undefined && typeof o.close !== "function")
+    throw new LeaseError("INVALID_ARGUMENT", expected("close", "a function", o.close));
   if (o.holder !== undefined && typeof o.holder !== "function")
     throw new LeaseError("INVALID_ARGUMENT", expected("holder", "a function of the context", o.holder));
   if (o.waitMs !== undefined) checkInt("waitMs", o.waitMs, 0, BOUNDS.waitMs);
@@ -160,7 +180,9 @@ async function open(client: unknown): Promise<void> {
 
 function isPostgresJs(client: unknown): client is { end(options: { timeout: number }): Promise<void> } {
   return (
-    typeof client === "function" && typeof (client as { unsafe?: unknown }).unsafe === "function" && typeof (client as { end?: unknown }).end === "function"
+    typeof client === "function" &&
+    typeof (client as { unsafe?: unknown }).unsafe === "function" &&
+    typeof (client as { end?: unknown }).end === "function"
   );
 }
 

@@ -12,7 +12,15 @@
  * import { Leases, isLeaseError } from "leasegate";
  */
 export { Leases } from "./client/leases.ts";
-export type { Coordinator, LeaseClient, LeaseScope, LeasesOptions, WaitUntil, WithLeaseOptions, ClientAcquireOptions } from "./client/leases.ts";
+export type {
+  Coordinator,
+  LeaseClient,
+  LeaseScope,
+  LeasesOptions,
+  WaitUntil,
+  WithLeaseOptions,
+  ClientAcquireOptions,
+} from "./client/leases.ts";
 export { heartbeat } from "./client/heartbeat.ts";
 export type { Heartbeat, HeartbeatOptions } from "./client/heartbeat.ts";
 export { LeaseError, isLeaseError, isRetryableCode, ErrorCodes } from "./core/errors.ts";

@@ -37,7 +37,17 @@ import {
   stats,
   tick,
 } from "../../src/core/index.ts";
-import { type Step, type StepFn, GroupCommit, WakeTimer, Waiters, failureOf, guarded, settlementsOf, steps } from "../../src/engine/index.ts";
+import {
+  type Step,
+  type StepFn,
+  GroupCommit,
+  WakeTimer,
+  Waiters,
+  failureOf,
+  guarded,
+  settlementsOf,
+  steps,
+} from "../../src/engine/index.ts";
 import { CoordinatorStore } from "./durable-rows-storage.ts";
 
 /** The variables the coordinator reads; the same names as everywhere else in leasegate. */
@@ -113,7 +123,8 @@ export class DurableRowsCoordinator extends DurableObject<CoordinatorEnv> {
    * limit override still wins: it is the operator's word for this object.
    */
   private applyShard(pool: PoolState, ref: ShardRef): void {
-    if (typeof ref !== "object" || ref === null) throw new LeaseError("INVALID_ARGUMENT", expected("shard", "an object { index, count }", ref));
+    if (typeof ref !== "object" || ref === null)
+      throw new LeaseError("INVALID_ARGUMENT", expected("shard", "an object { index, count }", ref));
     // Validated on every call, also when it matches what is persisted.
     const next = shardConfig(configFromEnv(this.env), ref.index, ref.count);
     const key = `${ref.index}/${ref.count}`;
@@ -234,7 +245,9 @@ export class DurableRowsCoordinator extends DurableObject<CoordinatorEnv> {
   async acquireMany(requests: AcquireOptions[]): Promise<AcquireManyResult> {
     try {
       // Decided in order, synchronously (each call runs to its first await); answered together.
-      const answers = checkBatch("requests", requests).map((options) => this.acquireOne(options, false).catch(failureOf));
+      const answers = checkBatch("requests", requests).map((options) =>
+        this.acquireOne(options, false).catch(failureOf),
+      );
       return { ok: true, results: await Promise.all(answers) };
     } catch (error) {
       return failureOf(error);
@@ -244,7 +257,8 @@ export class DurableRowsCoordinator extends DurableObject<CoordinatorEnv> {
   /** One acquire; with `queue` false, `null` instead of waiting or being shed. */
   private async acquireOne(options: AcquireOptions, queue: boolean): Promise<AcquireResult | null> {
     const pool = this.requirePool();
-    if (typeof options === "object" && options !== null && options.shard !== undefined) this.applyShard(pool, options.shard);
+    if (typeof options === "object" && options !== null && options.shard !== undefined)
+      this.applyShard(pool, options.shard);
     const leaseId = crypto.randomUUID();
     const { step, written } = this.run(steps.acquire(leaseId, options, queue));
     const answer = step.answer;

@@ -97,7 +97,10 @@ export class CoordinatorStore {
     this.#storage.transactionSync(() => {
       for (const ids of paddedChunks(deleted, DELETE_CHUNK)) sql.exec(DELETE_LEASES, ...ids);
       for (const rows of paddedChunks(written, INSERT_CHUNK)) {
-        sql.exec(INSERT_LEASES, ...rows.flatMap((l) => [l.id, l.fence, l.holder, l.grantedAt, l.expiresAt, l.priority ?? null]));
+        sql.exec(
+          INSERT_LEASES,
+          ...rows.flatMap((l) => [l.id, l.fence, l.holder, l.grantedAt, l.expiresAt, l.priority ?? null]),
+        );
       }
       this.writeMeta("snapshot", JSON.stringify(snapshot));
     });

@@ -4,4 +4,5 @@ import type { Sql } from "postgres";
 
 // Was: `withDatabase(fn)` over a module-level pool. Now one lease and one connection per call,
 // at most LEASE_LIMIT connections across all isolates; retryable failures run `fn` again.
-export const withDatabase = <T>(env: WorkerPoolEnv, ctx: ExecutionContext, fn: (sql: Sql) => Promise<T>) => workerPool(env, ctx, { driver }).sql(fn);
+export const withDatabase = <T>(env: WorkerPoolEnv, ctx: ExecutionContext, fn: (sql: Sql) => Promise<T>) =>
+  workerPool(env, ctx, { driver }).sql(fn);

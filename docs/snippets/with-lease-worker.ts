@@ -12,7 +12,12 @@ export async function trending(env: Env, ctx: ExecutionContext) {
   const leases = new Leases(env.COORDINATOR_DO.getByName("main"));
   return await leases.withLease(
     async ({ beforeRelease }) => {
-      const conn = await driver.connect({ connectionString: env.HYPERDRIVE.connectionString, applicationName: "my-app", connectTimeoutMs: 5000, edge: true });
+      const conn = await driver.connect({
+        connectionString: env.HYPERDRIVE.connectionString,
+        applicationName: "my-app",
+        connectTimeoutMs: 5000,
+        edge: true,
+      });
       beforeRelease(() => conn.close());
       return await conn.client`SELECT * FROM pitches ORDER BY view_count DESC LIMIT 10`;
     },

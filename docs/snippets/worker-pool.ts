@@ -12,12 +12,19 @@ export default {
   async fetch(request, env, ctx): Promise<Response> {
     try {
       const pool = workerPool(env, ctx, { driver });
-      const operator = operatorHandler({ controls: pool.operator, token: env.DEBUG_TOKEN, status: () => pool.db.status() });
+      const operator = operatorHandler({
+        controls: pool.operator,
+        token: env.DEBUG_TOKEN,
+        status: () => pool.db.status(),
+      });
       const answered = await operator(request);
       if (answered) return answered;
       if (new URL(request.url).pathname === "/health") {
         const { leases } = pool;
-        return healthResponse({ database: () => pool.db.query("SELECT 1"), coordinator: leases && (() => leases.stats()) });
+        return healthResponse({
+          database: () => pool.db.query("SELECT 1"),
+          coordinator: leases && (() => leases.stats()),
+        });
       }
       // One lease, one connection, retries of retryable failures within the deadline.
       const rows = await pool.sql((sql) => sql`SELECT now() AS now`, { holder: request.url });

@@ -9,7 +9,9 @@ export default defineConfig({
     cloudflareTest({
       wrangler: { configPath: "./wrangler.toml" },
       miniflare: {
-        hyperdrives: { HYPERDRIVE: process.env.EXAMPLE_DATABASE_URL ?? "postgres://postgres:postgres@127.0.0.1:5432/postgres" },
+        hyperdrives: {
+          HYPERDRIVE: process.env.EXAMPLE_DATABASE_URL ?? "postgres://postgres:postgres@127.0.0.1:5432/postgres",
+        },
         bindings: {
           LEASE_LIMIT: "2",
           LEASE_MAX_QUEUE: "1",

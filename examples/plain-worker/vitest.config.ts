@@ -9,8 +9,15 @@ export default defineConfig({
     cloudflareTest({
       wrangler: { configPath: "./wrangler.toml" },
       miniflare: {
-        hyperdrives: { HYPERDRIVE: process.env.EXAMPLE_DATABASE_URL ?? "postgres://postgres:postgres@127.0.0.1:5432/postgres" },
-        bindings: { LEASE_LIMIT: "2", LEASE_WAIT_MS: "5000", APPLICATION_NAME: "plain-example", DEBUG_TOKEN: "test-token" },
+        hyperdrives: {
+          HYPERDRIVE: process.env.EXAMPLE_DATABASE_URL ?? "postgres://postgres:postgres@127.0.0.1:5432/postgres",
+        },
+        bindings: {
+          LEASE_LIMIT: "2",
+          LEASE_WAIT_MS: "5000",
+          APPLICATION_NAME: "plain-example",
+          DEBUG_TOKEN: "test-token",
+        },
       },
     }),
   ],

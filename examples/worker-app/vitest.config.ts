@@ -6,7 +6,9 @@ export default defineConfig({
     cloudflareTest({
       wrangler: { configPath: "./wrangler.toml" },
       miniflare: {
-        hyperdrives: { HYPERDRIVE: process.env.EXAMPLE_DATABASE_URL ?? "postgres://postgres:example@127.0.0.1:5432/postgres" },
+        hyperdrives: {
+          HYPERDRIVE: process.env.EXAMPLE_DATABASE_URL ?? "postgres://postgres:example@127.0.0.1:5432/postgres",
+        },
         // The coordinator Worker as `wrangler deploy --dry-run` bundles it (`npm run build:coordinator`).
         workers: [
           {

@@ -62,7 +62,10 @@ export function defaultHeartbeatMs(lease: Pick<LeaseGrant, "grantedAt" | "expire
  */
 export function heartbeat(leases: Renewer, granted: LeaseGrant, options: HeartbeatOptions = {}): Heartbeat {
   const lifetimeMs = Math.max(1, granted.expiresAt - granted.grantedAt);
-  const everyMs = options.heartbeatMs === undefined ? defaultHeartbeatMs(granted) : checkInt("heartbeatMs", options.heartbeatMs, 0, BOUNDS.leaseTtlMs);
+  const everyMs =
+    options.heartbeatMs === undefined
+      ? defaultHeartbeatMs(granted)
+      : checkInt("heartbeatMs", options.heartbeatMs, 0, BOUNDS.leaseTtlMs);
   const setTimer = options.setTimer ?? systemTimer;
   let current = granted;
   let beats = 0;

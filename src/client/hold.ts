@@ -135,7 +135,11 @@ export function nestedLease(pool: string): LeaseError {
  *   const sql = connect(); beforeRelease(() => sql.end()); return sql`select 1`;
  * }, { waitUntil: (p) => ctx.waitUntil(p), signal: request.signal });
  */
-export async function holdLease<T>(client: HoldingClient | undefined, work: (scope: HeldScope) => Promise<T> | T, options: HoldOptions = {}): Promise<T> {
+export async function holdLease<T>(
+  client: HoldingClient | undefined,
+  work: (scope: HeldScope) => Promise<T> | T,
+  options: HoldOptions = {},
+): Promise<T> {
   const pool = client?.pool ?? "";
   if (client) {
     const held = heldBy(pool);
@@ -184,7 +188,9 @@ export async function holdLease<T>(client: HoldingClient | undefined, work: (sco
   const frame = options.frame ?? leaseFrame();
   if (lease) frame.pool = pool;
   try {
-    return await frames.run(frame, () => work({ lease, beforeRelease: (cleanup) => void cleanups.push(cleanup), signal: lost.signal }));
+    return await frames.run(frame, () =>
+      work({ lease, beforeRelease: (cleanup) => void cleanups.push(cleanup), signal: lost.signal }),
+    );
   } finally {
     // Code the work left running is no longer inside a lease.
     frame.pool = undefined;

@@ -58,7 +58,10 @@ function unavailable(cause: unknown): LeaseError {
   // A call that threw rather than answered: the coordinator restarted, was unreachable or
   // overloaded. Safe to retry: a waiter whose call failed holds no slot it knows of, and a slot it
   // was granted without hearing of it comes back at its TTL.
-  return new LeaseError("COORDINATOR_UNAVAILABLE", "The lease coordinator could not be reached", { cause, retryAfterMs: 100 });
+  return new LeaseError("COORDINATOR_UNAVAILABLE", "The lease coordinator could not be reached", {
+    cause,
+    retryAfterMs: 100,
+  });
 }
 
 async function call<T>(fn: () => Promise<T>): Promise<T> {
@@ -148,7 +151,10 @@ export class Leases implements LeaseClient {
    * not granted at once, or every item once the coordinator turned out to have no batch methods —
    * an older deployment — after which this client makes single calls only).
    */
-  async #batch<I, O>(items: I[], send: () => Promise<Result<{ results: Array<O | null> }>>): Promise<Array<O | Failure | null>> {
+  async #batch<I, O>(
+    items: I[],
+    send: () => Promise<Result<{ results: Array<O | null> }>>,
+  ): Promise<Array<O | Failure | null>> {
     if (!this.#acquires) return items.map(() => null);
     try {
       const answer = await send();
@@ -201,7 +207,8 @@ export class Leases implements LeaseClient {
   async release(lease: LeaseGrant): Promise<void> {
     const ref = { leaseId: lease.id, fence: lease.fence };
     const releases = this.#releases;
-    const result = (releases && (await call(() => releases.call(ref)))) ?? (await call(() => this.#coordinator.release(ref)));
+    const result =
+      (releases && (await call(() => releases.call(ref)))) ?? (await call(() => this.#coordinator.release(ref)));
     if (!result.ok) throw toError(result);
   }
 
@@ -212,7 +219,9 @@ export class Leases implements LeaseClient {
    * lease = await leases.renew(lease, 30_000);
    */
   async renew(lease: LeaseGrant, ttlMs?: number): Promise<LeaseGrant> {
-    const result = await call(() => this.#coordinator.renew({ leaseId: lease.id, fence: lease.fence, expiresAt: lease.expiresAt }, ttlMs));
+    const result = await call(() =>
+      this.#coordinator.renew({ leaseId: lease.id, fence: lease.fence, expiresAt: lease.expiresAt }, ttlMs),
+    );
     if (!result.ok) throw toError(result);
     return result.lease;
   }
@@ -247,7 +256,11 @@ export class Leases implements LeaseClient {
  * @example
  * coordinatorRequest({ waitMs: 100 }, "req-1", 500) // { holder: "req-1", waitMs: 100, …, claimMs: 500 }
  */
-export function coordinatorRequest(options: AcquireOptions, holder: string, claimMs: number | undefined): AcquireOptions {
+export function coordinatorRequest(
+  options: AcquireOptions,
+  holder: string,
+  claimMs: number | undefined,
+): AcquireOptions {
   const request: AcquireOptions = {
     holder: options.holder ?? holder,
     waitMs: options.waitMs,
@@ -297,13 +310,20 @@ export function untilAborted<T>(running: Promise<T>, signal: AbortSignal, late: 
  * @example
  * const lease = await claim(granted, 500, (l) => leases.renew(l));
  */
-export async function claim<L extends LeaseGrant>(lease: L, claimMs: number | undefined, renew: (lease: L) => Promise<L>): Promise<L> {
+export async function claim<L extends LeaseGrant>(
+  lease: L,
+  claimMs: number | undefined,
+  renew: (lease: L) => Promise<L>,
+): Promise<L> {
   if (claimMs === undefined || lease.expiresAt - lease.grantedAt !== claimMs) return lease;
   try {
     return await renew(lease);
   } catch (error) {
     if (!isLeaseError(error) || error.code === "COORDINATOR_UNAVAILABLE") throw error;
-    throw new LeaseError("ACQUIRE_TIMEOUT", `A slot was granted but could not be claimed within ${claimMs} ms`, { retryAfterMs: 0, cause: error });
+    throw new LeaseError("ACQUIRE_TIMEOUT", `A slot was granted but could not be claimed within ${claimMs} ms`, {
+      retryAfterMs: 0,
+      cause: error,
+    });
   }
 }
 

@@ -28,7 +28,15 @@ import {
   retired,
 } from "../core/lease-block.ts";
 import type { ClientAcquireOptions } from "./hold.ts";
-import { type Coordinator, type LeaseClient, type WaitUntil, claim, claimWindow, coordinatorRequest, untilAborted } from "./leases.ts";
+import {
+  type Coordinator,
+  type LeaseClient,
+  type WaitUntil,
+  claim,
+  claimWindow,
+  coordinatorRequest,
+  untilAborted,
+} from "./leases.ts";
 
 /** A lease from a sharded pool: it remembers its shard, so release and renew go to that object. */
 export interface ShardedGrant extends LeaseGrant {
@@ -90,8 +98,19 @@ export function createIsolateShards(options: IsolateShardsOptions): IsolateShard
   const idleMs = checkInt("LEASE_BLOCK_IDLE_MS", options.idleMs ?? DEFAULT_BLOCK_IDLE_MS, 0, 60_000, "INVALID_CONFIG");
   // Until a shard answers, assume an empty one with its even share.
   const loads = Array.from({ length: count }, () => ({ held: 0, waiting: 0, limit: 1 }));
-  const block = maxBlock === 0 ? undefined : createBlock<ShardedGrant>({ maxBlock, idleMs, yieldToQueue: options.yieldToQueue !== false });
-  return { count, loads, downUntil: new Array<number>(count).fill(0), block, blockLeases: new Map(), waiters: new Map(), seq: 0 };
+  const block =
+    maxBlock === 0
+      ? undefined
+      : createBlock<ShardedGrant>({ maxBlock, idleMs, yieldToQueue: options.yieldToQueue !== false });
+  return {
+    count,
+    loads,
+    downUntil: new Array<number>(count).fill(0),
+    block,
+    blockLeases: new Map(),
+    waiters: new Map(),
+    seq: 0,
+  };
 }
 
 export { DEFAULT_BLOCK_IDLE_MS };
@@ -130,7 +149,10 @@ export interface ShardedLeasesOptions {
 }
 
 function unavailable(cause: unknown): LeaseError {
-  return new LeaseError("COORDINATOR_UNAVAILABLE", "The lease coordinator could not be reached", { cause, retryAfterMs: 100 });
+  return new LeaseError("COORDINATOR_UNAVAILABLE", "The lease coordinator could not be reached", {
+    cause,
+    retryAfterMs: 100,
+  });
 }
 
 function toError(result: Exclude<AcquireResult, { ok: true }>): LeaseError {
@@ -161,7 +183,10 @@ export class ShardedLeases implements LeaseClient {
 
   constructor(options: ShardedLeasesOptions) {
     if (options.coordinators.length !== options.isolate.count) {
-      throw new LeaseError("INVALID_CONFIG", `Expected ${options.isolate.count} coordinators, got ${options.coordinators.length}`);
+      throw new LeaseError(
+        "INVALID_CONFIG",
+        `Expected ${options.isolate.count} coordinators, got ${options.coordinators.length}`,
+      );
     }
     this.#o = options;
     this.#coordinators = [...options.coordinators];
@@ -219,7 +244,9 @@ export class ShardedLeases implements LeaseClient {
     if (!block) {
       const sent = this.#acquireOn(this.#pick(), asked);
       // A slot granted after the caller gave up goes straight back.
-      return signal ? untilAborted(sent, signal, (late) => this.#background(this.#releaseOn(late).catch(() => {}))) : sent;
+      return signal
+        ? untilAborted(sent, signal, (late) => this.#background(this.#releaseOn(late).catch(() => {})))
+        : sent;
     }
     const id = `local-${++isolate.seq}`;
     const waitMs = asked.waitMs ?? this.#o.waitMs;
@@ -230,7 +257,11 @@ export class ShardedLeases implements LeaseClient {
     const waiter = isolate.waiters.get(id)!;
     // The local deadline: a request is answered by it even if no lease comes back in time.
     waiter.timer = setTimeout(() => {
-      if (abandon(block, id)) this.#fail(id, new LeaseError("ACQUIRE_TIMEOUT", `No slot within ${waitMs} ms (isolate block)`, { retryAfterMs: 100 }));
+      if (abandon(block, id))
+        this.#fail(
+          id,
+          new LeaseError("ACQUIRE_TIMEOUT", `No slot within ${waitMs} ms (isolate block)`, { retryAfterMs: 100 }),
+        );
     }, waitMs);
     if (signal) {
       // Given up: the local waiter leaves the block's queue; a lease coming for it serves the next one.
@@ -276,7 +307,11 @@ export class ShardedLeases implements LeaseClient {
         const waitMs = w ? Math.max(0, w.deadline - Date.now()) : 0;
         const sent = this.#acquireOn(this.#pick(), { ...w?.options, waitMs }).then(
           (lease) => {
-            isolate.blockLeases.set(lease.id, { receivedAt: Date.now(), ttlMs: Math.max(1, lease.expiresAt - lease.grantedAt), inUse: false });
+            isolate.blockLeases.set(lease.id, {
+              receivedAt: Date.now(),
+              ttlMs: Math.max(1, lease.expiresAt - lease.grantedAt),
+              inUse: false,
+            });
             this.#perform(granted(block, lease, Date.now()));
             this.#observe(lease.shard);
             this.#sweepLater();
@@ -287,7 +322,8 @@ export class ShardedLeases implements LeaseClient {
             const fw = isolate.waiters.get(failed);
             const err = isLeaseError(error) ? error : unavailable(error);
             // Someone else's deadline passed at the coordinator: this waiter still has time.
-            if (fw && err.code === "ACQUIRE_TIMEOUT" && fw.deadline > Date.now()) this.#perform(request(block, failed, Date.now()));
+            if (fw && err.code === "ACQUIRE_TIMEOUT" && fw.deadline > Date.now())
+              this.#perform(request(block, failed, Date.now()));
             else this.#fail(failed, err);
           },
         );
@@ -370,7 +406,10 @@ export class ShardedLeases implements LeaseClient {
     const shard = (lease as Partial<ShardedGrant>).shard ?? 0;
     let result: RenewResult;
     try {
-      result = await this.#coordinators[shard]!.renew({ leaseId: lease.id, fence: lease.fence, expiresAt: lease.expiresAt }, ttlMs);
+      result = await this.#coordinators[shard]!.renew(
+        { leaseId: lease.id, fence: lease.fence, expiresAt: lease.expiresAt },
+        ttlMs,
+      );
     } catch (error) {
       throw isLeaseError(error) ? error : unavailable(error);
     }
@@ -388,7 +427,9 @@ export class ShardedLeases implements LeaseClient {
     let all: PoolStats[];
     try {
       const count = this.#o.isolate.count;
-      all = await Promise.all(this.#coordinators.map((c, index) => c.stats(count === 1 ? undefined : { index, count })));
+      all = await Promise.all(
+        this.#coordinators.map((c, index) => c.stats(count === 1 ? undefined : { index, count })),
+      );
     } catch (error) {
       throw isLeaseError(error) ? error : unavailable(error);
     }
@@ -426,7 +467,14 @@ export function mergeStats(list: readonly PoolStats[]): PoolStats {
     maxWaitMs: Math.max(...list.map((s) => s.maxWaitMs)),
     maxQueue: sum((s) => s.maxQueue),
     counters,
-    waitTimeMs: { p50: percentile(hist, 0.5), p90: percentile(hist, 0.9), p99: percentile(hist, 0.99), max: hist.max, count: hist.count, sum: hist.sum },
+    waitTimeMs: {
+      p50: percentile(hist, 0.5),
+      p90: percentile(hist, 0.9),
+      p99: percentile(hist, 0.99),
+      max: hist.max,
+      count: hist.count,
+      sum: hist.sum,
+    },
     waitHistogram: { bounds: hist.bounds, counts },
     leases: list.flatMap((s) => s.leases),
     paused: list.some((s) => s.paused),

@@ -28,7 +28,13 @@ export const DEFAULT_CONFIG: PoolConfig = {
  * @example
  * checkInt("limit", 10, 1, 10_000) // 10
  */
-export function checkInt(name: string, value: unknown, min: number, max: number, code: "INVALID_ARGUMENT" | "INVALID_CONFIG" = "INVALID_ARGUMENT"): number {
+export function checkInt(
+  name: string,
+  value: unknown,
+  min: number,
+  max: number,
+  code: "INVALID_ARGUMENT" | "INVALID_CONFIG" = "INVALID_ARGUMENT",
+): number {
   if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > max) {
     throw new LeaseError(code, expected(name, `an integer from ${min} to ${max}`, value));
   }
@@ -52,7 +58,10 @@ export function validateConfig(config: PoolConfig): PoolConfig {
     }
     checkInt("adaptive.floor", adaptive.floor, 1, limit, "INVALID_CONFIG");
     if (adaptive.tolerance !== undefined && !(adaptive.tolerance >= 1 && adaptive.tolerance <= 10)) {
-      throw new LeaseError("INVALID_CONFIG", expected("adaptive.tolerance", "a number from 1 to 10", adaptive.tolerance));
+      throw new LeaseError(
+        "INVALID_CONFIG",
+        expected("adaptive.tolerance", "a number from 1 to 10", adaptive.tolerance),
+      );
     }
   }
   return {
@@ -138,7 +147,8 @@ export function intFromEnv<T extends number | undefined>(
   if (raw === undefined || (typeof raw === "string" && raw.trim() === "")) return fallback;
   const digits = String(raw).trim();
   const value = /^\d{1,15}$/.test(digits) ? Number(digits) : Number.NaN;
-  if (!(value >= min && value <= max)) throw new LeaseError("INVALID_CONFIG", expected(name, `an integer from ${min} to ${max}`, digits));
+  if (!(value >= min && value <= max))
+    throw new LeaseError("INVALID_CONFIG", expected(name, `an integer from ${min} to ${max}`, digits));
   return value;
 }
 
@@ -150,7 +160,8 @@ function text(raw: unknown): string {
 function oneOf<T extends string>(name: string, raw: string | undefined, choices: readonly T[], fallback: T): T {
   const value = text(raw);
   if (value === "") return fallback;
-  if (!(choices as readonly string[]).includes(value)) throw new LeaseError("INVALID_CONFIG", expected(name, choices.map((c) => `\`${c}\``).join(" or "), raw));
+  if (!(choices as readonly string[]).includes(value))
+    throw new LeaseError("INVALID_CONFIG", expected(name, choices.map((c) => `\`${c}\``).join(" or "), raw));
   return value as T;
 }
 
@@ -167,7 +178,9 @@ export const DEFAULT_BLOCK_IDLE_MS = 20;
  */
 export function poolSettings(env: PoolEnv): PoolSettings {
   const learn = learnSettingsFromEnv(env);
-  const limit = learn ? LEARN_DEFAULTS.startLimit : intFromEnv("LEASE_LIMIT", env.LEASE_LIMIT, DEFAULT_CONFIG.limit, 1, BOUNDS.limit);
+  const limit = learn
+    ? LEARN_DEFAULTS.startLimit
+    : intFromEnv("LEASE_LIMIT", env.LEASE_LIMIT, DEFAULT_CONFIG.limit, 1, BOUNDS.limit);
   const adaptive = oneOf("LEASE_ADAPTIVE", env.LEASE_ADAPTIVE, ["on", "off"], "off") === "on";
   const config: PoolConfig = {
     limit,
@@ -176,10 +189,21 @@ export function poolSettings(env: PoolEnv): PoolSettings {
     leaseTtlMs: intFromEnv("LEASE_TTL_MS", env.LEASE_TTL_MS, DEFAULT_CONFIG.leaseTtlMs, 1, BOUNDS.leaseTtlMs),
     reserved: intFromEnv("LEASE_RESERVED", env.LEASE_RESERVED, undefined, 0, limit - 1),
     batchMax: intFromEnv("LEASE_BATCH_MAX", env.LEASE_BATCH_MAX, undefined, 0, limit),
-    adaptive: adaptive ? { floor: intFromEnv("LEASE_ADAPTIVE_FLOOR", env.LEASE_ADAPTIVE_FLOOR, Math.max(1, Math.floor(limit / 4)), 1, limit) } : undefined,
+    adaptive: adaptive
+      ? {
+          floor: intFromEnv(
+            "LEASE_ADAPTIVE_FLOOR",
+            env.LEASE_ADAPTIVE_FLOOR,
+            Math.max(1, Math.floor(limit / 4)),
+            1,
+            limit,
+          ),
+        }
+      : undefined,
   };
   const name = text(env.LEASE_POOL) || "main";
-  if (name.length > 200) throw new LeaseError("INVALID_CONFIG", expected("LEASE_POOL", "a name of at most 200 characters", name));
+  if (name.length > 200)
+    throw new LeaseError("INVALID_CONFIG", expected("LEASE_POOL", "a name of at most 200 characters", name));
   return {
     name,
     config,
@@ -243,7 +267,10 @@ function checkAutoCompatible(env: PoolEnv): void {
           ? value !== "" && value !== "1"
           : value !== "" && !(name === "LEASE_BLOCK" && value === "0");
     if (set)
-      throw new LeaseError("INVALID_CONFIG", `\`${name}\` cannot be combined with \`LEASE_LIMIT=auto\` (the learned limit moves; one coordinator learns it)`);
+      throw new LeaseError(
+        "INVALID_CONFIG",
+        `\`${name}\` cannot be combined with \`LEASE_LIMIT=auto\` (the learned limit moves; one coordinator learns it)`,
+      );
   }
 }
 
@@ -259,7 +286,13 @@ export function learnSettingsFromEnv(env: PoolEnv): LearnSettings | null {
   const settings: LearnSettings = {
     headroom: intFromEnv("LEASE_HEADROOM", env.LEASE_HEADROOM, LEARN_DEFAULTS.headroom, 0, BOUNDS.limit),
     limitMax: intFromEnv("LEASE_LIMIT_MAX", env.LEASE_LIMIT_MAX, undefined, 1, BOUNDS.limit) ?? null,
-    intervalMs: intFromEnv("LEASE_LEARN_INTERVAL_MS", env.LEASE_LEARN_INTERVAL_MS, LEARN_DEFAULTS.intervalMs, 100, 60 * 60_000),
+    intervalMs: intFromEnv(
+      "LEASE_LEARN_INTERVAL_MS",
+      env.LEASE_LEARN_INTERVAL_MS,
+      LEARN_DEFAULTS.intervalMs,
+      100,
+      60 * 60_000,
+    ),
   };
   if (text(env.LEASE_LIMIT).toLowerCase() !== "auto") return null;
   checkAutoCompatible(env);

@@ -21,7 +21,12 @@ export const ErrorCodes = [
 export type ErrorCode = (typeof ErrorCodes)[number];
 
 /** Codes after which the same call may succeed later; everything else is the caller's bug or final. */
-const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>(["QUEUE_FULL", "ACQUIRE_TIMEOUT", "COORDINATOR_UNAVAILABLE", "DATABASE_UNAVAILABLE"]);
+const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  "QUEUE_FULL",
+  "ACQUIRE_TIMEOUT",
+  "COORDINATOR_UNAVAILABLE",
+  "DATABASE_UNAVAILABLE",
+]);
 
 const BRAND = "leasegate.LeaseError";
 

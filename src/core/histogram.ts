@@ -1,7 +1,9 @@
 /** Fixed-bucket histograms of durations in milliseconds (the type is in `types.ts`). */
 import type { Histogram } from "./types.ts";
 
-export const WAIT_BUCKETS_MS: readonly number[] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000];
+export const WAIT_BUCKETS_MS: readonly number[] = [
+  1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000,
+];
 
 /**
  * An empty histogram over `bounds`.

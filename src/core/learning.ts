@@ -49,7 +49,13 @@ export function startLearning(state: PoolState, bounds: Bounds | null, now: numb
 }
 
 function checkBounds(b: Bounds): void {
-  if (typeof b !== "object" || b === null || !Number.isSafeInteger(b.fenceCeiling) || b.fenceCeiling < 1 || !Number.isFinite(b.horizon)) {
+  if (
+    typeof b !== "object" ||
+    b === null ||
+    !Number.isSafeInteger(b.fenceCeiling) ||
+    b.fenceCeiling < 1 ||
+    !Number.isFinite(b.horizon)
+  ) {
     throw new LeaseError("INTERNAL", expected("bounds", "{ fenceCeiling, horizon }", b));
   }
 }
@@ -111,7 +117,12 @@ export function boundsLog(stored: Bounds | null): BoundsLog {
  * @example
  * const { write, wait } = planBounds(log, pool, granted, Date.now());
  */
-export function planBounds(log: BoundsLog, state: PoolState, handed: readonly Lease[], now: number): { write: Bounds | null; wait: boolean } {
+export function planBounds(
+  log: BoundsLog,
+  state: PoolState,
+  handed: readonly Lease[],
+  now: number,
+): { write: Bounds | null; wait: boolean } {
   const write = nextBounds(state, log.written, handed, now);
   if (write !== null) log.written = write;
   return { write, wait: handed.length > 0 && !covers(log.confirmed, handed) };

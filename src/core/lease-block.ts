@@ -52,7 +52,10 @@ export interface BlockState<L> {
   askedAt: number;
 }
 
-export type BlockEffect<L> = { kind: "acquire" } | { kind: "release"; lease: L } | { kind: "start"; request: string; lease: L };
+export type BlockEffect<L> =
+  | { kind: "acquire" }
+  | { kind: "release"; lease: L }
+  | { kind: "start"; request: string; lease: L };
 
 /**
  * An isolate's empty block.
@@ -61,7 +64,16 @@ export type BlockEffect<L> = { kind: "acquire" } | { kind: "release"; lease: L }
  * const block = createBlock<Lease>({ maxBlock: 4, idleMs: 5 });
  */
 export function createBlock<L>(config: BlockConfig): BlockState<L> {
-  return { config, idle: [], inUse: 0, inFlight: 0, waiting: [], queuedElsewhere: 0, observedAt: Number.NEGATIVE_INFINITY, askedAt: Number.NEGATIVE_INFINITY };
+  return {
+    config,
+    idle: [],
+    inUse: 0,
+    inFlight: 0,
+    waiting: [],
+    queuedElsewhere: 0,
+    observedAt: Number.NEGATIVE_INFINITY,
+    askedAt: Number.NEGATIVE_INFINITY,
+  };
 }
 
 function held<L>(s: BlockState<L>): number {

@@ -62,7 +62,10 @@ const MAX_HOLDER = 200;
 
 function checkId(name: string, value: unknown): string {
   if (typeof value !== "string" || value.length === 0 || value.length > MAX_ID) {
-    throw new LeaseError("INVALID_ARGUMENT", expected(name, `a non-empty string of at most ${MAX_ID} characters`, value));
+    throw new LeaseError(
+      "INVALID_ARGUMENT",
+      expected(name, `a non-empty string of at most ${MAX_ID} characters`, value),
+    );
   }
   return value;
 }
@@ -74,7 +77,10 @@ function checkRef(ref: LeaseRef): void {
   checkId("leaseId", ref.leaseId);
   checkInt("fence", ref.fence, 1, Number.MAX_SAFE_INTEGER);
   if (ref.expiresAt !== undefined && !Number.isFinite(ref.expiresAt)) {
-    throw new LeaseError("INVALID_ARGUMENT", expected("expiresAt", "a finite number (ms since the epoch)", ref.expiresAt));
+    throw new LeaseError(
+      "INVALID_ARGUMENT",
+      expected("expiresAt", "a finite number (ms since the epoch)", ref.expiresAt),
+    );
   }
 }
 
@@ -85,7 +91,11 @@ function retryAfterMs(state: PoolState): number {
   return Math.min(30_000, Math.max(50, Math.ceil((meanHold * ahead) / capacity(state))));
 }
 
-function grantTo(state: PoolState, w: { leaseId: string; holder: string; ttlMs: number; priority?: Priority | undefined }, now: number): Lease {
+function grantTo(
+  state: PoolState,
+  w: { leaseId: string; holder: string; ttlMs: number; priority?: Priority | undefined },
+  now: number,
+): Lease {
   const lease: Lease = {
     id: w.leaseId,
     fence: state.nextFence++,
@@ -156,7 +166,11 @@ function checkTime(now: number): void {
  * @example
  * const { outcome, effects } = acquire(pool, { leaseId: "3f…", holder: "req-1" }, now);
  */
-export function acquire(state: PoolState, req: AcquireRequest, now: number): { outcome: AcquireOutcome; effects: Effects } {
+export function acquire(
+  state: PoolState,
+  req: AcquireRequest,
+  now: number,
+): { outcome: AcquireOutcome; effects: Effects } {
   checkTime(now);
   const r = checkRequest(state, req);
   const fx = noEffects();
@@ -187,17 +201,24 @@ function checkRequest(state: PoolState, req: AcquireRequest) {
   }
   const leaseId = checkId("leaseId", req.leaseId);
   if (typeof req.holder !== "string" || req.holder.length > MAX_HOLDER) {
-    throw new LeaseError("INVALID_ARGUMENT", expected("holder", `a string of at most ${MAX_HOLDER} characters`, req.holder));
+    throw new LeaseError(
+      "INVALID_ARGUMENT",
+      expected("holder", `a string of at most ${MAX_HOLDER} characters`, req.holder),
+    );
   }
   const waitMs = req.waitMs === undefined ? state.config.waitMs : checkInt("waitMs", req.waitMs, 0, BOUNDS.waitMs);
   const ttlMs = req.ttlMs === undefined ? state.config.leaseTtlMs : checkInt("ttlMs", req.ttlMs, 1, BOUNDS.leaseTtlMs);
-  const claimMs = req.claimMs === undefined ? undefined : Math.min(ttlMs, checkInt("claimMs", req.claimMs, 1, BOUNDS.leaseTtlMs));
+  const claimMs =
+    req.claimMs === undefined ? undefined : Math.min(ttlMs, checkInt("claimMs", req.claimMs, 1, BOUNDS.leaseTtlMs));
   const priority = req.priority ?? "normal";
   if (!(PRIORITIES as readonly string[]).includes(priority)) {
     throw new LeaseError("INVALID_ARGUMENT", expected("priority", `one of ${PRIORITIES.join(", ")}`, req.priority));
   }
   if (req.tenant !== undefined && (typeof req.tenant !== "string" || req.tenant.length > MAX_ID)) {
-    throw new LeaseError("INVALID_ARGUMENT", expected("tenant", `a string of at most ${MAX_ID} characters`, req.tenant));
+    throw new LeaseError(
+      "INVALID_ARGUMENT",
+      expected("tenant", `a string of at most ${MAX_ID} characters`, req.tenant),
+    );
   }
   if (state.leases.has(leaseId) || state.queue.some((w) => w.leaseId === leaseId)) {
     throw new LeaseError("INVALID_ARGUMENT", `Lease id \`${leaseId.slice(0, 8)}…\` is already in use`);
@@ -281,7 +302,12 @@ function relearnable(state: PoolState, ref: LeaseRef, now: number): boolean {
 function findLive(state: PoolState, ref: LeaseRef, now: number): LeaseOutcome {
   checkRef(ref);
   const lease = state.leases.get(ref.leaseId);
-  if (!lease) return { status: "failed", code: "LEASE_NOT_FOUND", message: "No such lease: it was never granted, or is already released or reaped" };
+  if (!lease)
+    return {
+      status: "failed",
+      code: "LEASE_NOT_FOUND",
+      message: "No such lease: it was never granted, or is already released or reaped",
+    };
   if (lease.fence !== ref.fence) {
     return { status: "failed", code: "STALE_FENCE", message: `Fence ${ref.fence} does not match the lease's fence` };
   }
@@ -327,11 +353,21 @@ export function release(state: PoolState, ref: LeaseRef, now: number): { outcome
  * @example
  * renew(pool, { leaseId: lease.id, fence: lease.fence }, now)
  */
-export function renew(state: PoolState, ref: LeaseRef, now: number, ttlMs?: number): { outcome: LeaseOutcome; effects: Effects } {
+export function renew(
+  state: PoolState,
+  ref: LeaseRef,
+  now: number,
+  ttlMs?: number,
+): { outcome: LeaseOutcome; effects: Effects } {
   checkTime(now);
   const ttl = ttlMs === undefined ? state.config.leaseTtlMs : checkInt("ttlMs", ttlMs, 1, BOUNDS.leaseTtlMs);
   let found = findLive(state, ref, now);
-  if (found.status === "failed" && found.code === "LEASE_NOT_FOUND" && earlier(state, ref, now) && relearnable(state, ref, now)) {
+  if (
+    found.status === "failed" &&
+    found.code === "LEASE_NOT_FOUND" &&
+    earlier(state, ref, now) &&
+    relearnable(state, ref, now)
+  ) {
     // Its holder still works under a lease granted before the restart: it keeps its slot.
     found = { status: "ok", lease: relearned(ref, now, ttl) };
     state.leases.set(found.lease.id, found.lease);
@@ -344,7 +380,14 @@ export function renew(state: PoolState, ref: LeaseRef, now: number, ttlMs?: numb
 
 /** A lease granted before a restart, as its holder's renewal or release names it. */
 function relearned(ref: LeaseRef, now: number, ttlMs: number): Lease {
-  return { id: ref.leaseId, fence: ref.fence, holder: RELEARNED_HOLDER, grantedAt: now, expiresAt: now + ttlMs, relearned: true };
+  return {
+    id: ref.leaseId,
+    fence: ref.fence,
+    holder: RELEARNED_HOLDER,
+    grantedAt: now,
+    expiresAt: now + ttlMs,
+    relearned: true,
+  };
 }
 
 /** The holder shown for a lease re-registered after a restart (its real holder is not sent on renewal). */
@@ -376,7 +419,11 @@ export function cancel(state: PoolState, leaseId: string, now: number): { remove
  * @example
  * withdraw(pool, ["3f…", "9a…"], now)
  */
-export function withdraw(state: PoolState, leaseIds: readonly string[], now: number): { removed: number; effects: Effects } {
+export function withdraw(
+  state: PoolState,
+  leaseIds: readonly string[],
+  now: number,
+): { removed: number; effects: Effects } {
   checkTime(now);
   const gone = new Set(leaseIds);
   const before = state.queue.length;
@@ -491,7 +538,10 @@ export function stats(state: PoolState, now: number): PoolStats {
       expiresInMs: l.expiresAt - now,
     })),
     paused: state.paused,
-    learning: state.learning && now < state.learning.until ? { endsInMs: state.learning.until - now, relearned: state.learning.relearned } : null,
+    learning:
+      state.learning && now < state.learning.until
+        ? { endsInMs: state.learning.until - now, relearned: state.learning.relearned }
+        : null,
   };
 }
 
@@ -526,12 +576,19 @@ export const MIN_ID_PREFIX = 8;
  */
 export function findByPrefix(state: PoolState, prefix: string): Lease {
   if (typeof prefix !== "string" || prefix.length < MIN_ID_PREFIX || prefix.length > MAX_ID) {
-    throw new LeaseError("INVALID_ARGUMENT", expected("id", `a lease id or its prefix of ${MIN_ID_PREFIX} to ${MAX_ID} characters`, prefix));
+    throw new LeaseError(
+      "INVALID_ARGUMENT",
+      expected("id", `a lease id or its prefix of ${MIN_ID_PREFIX} to ${MAX_ID} characters`, prefix),
+    );
   }
   const matches = [...state.leases.values()].filter((l) => l.id.startsWith(prefix));
-  if (matches.length === 0) throw new LeaseError("LEASE_NOT_FOUND", `No held lease has an id starting with \`${prefix}\``);
+  if (matches.length === 0)
+    throw new LeaseError("LEASE_NOT_FOUND", `No held lease has an id starting with \`${prefix}\``);
   if (matches.length > 1) {
-    throw new LeaseError("INVALID_ARGUMENT", `${matches.length} held leases have ids starting with \`${prefix}\`: give more characters`);
+    throw new LeaseError(
+      "INVALID_ARGUMENT",
+      `${matches.length} held leases have ids starting with \`${prefix}\`: give more characters`,
+    );
   }
   return matches[0]!;
 }

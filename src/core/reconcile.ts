@@ -44,7 +44,11 @@ export interface Reconciliation extends ConnectionCounts {
  *   roleConnections: 12, appConnections: 5 }, now)
  * // → { drift: 2, overLimit: true, status: "over_limit", … }
  */
-export function compareConnections(pool: { readonly held: number; readonly limit: number }, counts: ConnectionCounts, now: number): Reconciliation {
+export function compareConnections(
+  pool: { readonly held: number; readonly limit: number },
+  counts: ConnectionCounts,
+  now: number,
+): Reconciliation {
   const drift = counts.appConnections - pool.held;
   const overLimit = counts.roleConnections > pool.limit;
   return {

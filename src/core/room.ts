@@ -65,7 +65,10 @@ const MAX_COUNT = 1_000_000;
 
 function count(name: string, value: unknown, min = 0): number {
   if (typeof value !== "number" || !Number.isInteger(value) || value < min || value > MAX_COUNT) {
-    throw new LeaseError("INVALID_ARGUMENT", expected(`terms.${name}`, `an integer from ${min} to ${MAX_COUNT}`, value));
+    throw new LeaseError(
+      "INVALID_ARGUMENT",
+      expected(`terms.${name}`, `an integer from ${min} to ${MAX_COUNT}`, value),
+    );
   }
   return value;
 }
@@ -88,7 +91,8 @@ function optionalLimit(name: string, value: unknown): number | null {
  * // → { limit: 17, room: 19, server: 87, role: 19, database: null, bound: "role", … }
  */
 export function learnedLimit(terms: RoomTerms, now: number): LearnedLimit {
-  if (typeof terms !== "object" || terms === null) throw new LeaseError("INVALID_ARGUMENT", expected("terms", "an object of room terms", terms));
+  if (typeof terms !== "object" || terms === null)
+    throw new LeaseError("INVALID_ARGUMENT", expected("terms", "an object of room terms", terms));
   const t: RoomTerms = {
     maxConnections: count("maxConnections", terms.maxConnections, 1),
     superuserReserved: count("superuserReserved", terms.superuserReserved),
@@ -101,7 +105,8 @@ export function learnedLimit(terms: RoomTerms, now: number): LearnedLimit {
     headroom: count("headroom", terms.headroom),
     limitMax: terms.limitMax === null || terms.limitMax === undefined ? null : count("limitMax", terms.limitMax, 1),
   };
-  if (typeof now !== "number" || !Number.isFinite(now)) throw new LeaseError("INVALID_ARGUMENT", expected("now", "a finite number of ms", now));
+  if (typeof now !== "number" || !Number.isFinite(now))
+    throw new LeaseError("INVALID_ARGUMENT", expected("now", "a finite number of ms", now));
   const server = t.maxConnections - t.superuserReserved - (t.reserved ?? 0) - t.othersOnServer;
   const role = t.roleLimit === null ? null : t.roleLimit - t.othersOfRole;
   const database = t.databaseLimit === null ? null : t.databaseLimit - t.othersInDatabase;

@@ -75,6 +75,9 @@ export function shardConfig(config: PoolConfig, index: number, count: number): P
     maxQueue: partOf(config.maxQueue, index, count),
     reserved: reserved === undefined ? undefined : Math.min(partOf(reserved, index, count), limit - 1),
     batchMax: batchMax === undefined ? undefined : Math.min(partOf(batchMax, index, count), limit),
-    adaptive: adaptive === undefined ? undefined : { ...adaptive, floor: Math.max(1, Math.min(limit, partOf(adaptive.floor, index, count))) },
+    adaptive:
+      adaptive === undefined
+        ? undefined
+        : { ...adaptive, floor: Math.max(1, Math.min(limit, partOf(adaptive.floor, index, count))) },
   };
 }

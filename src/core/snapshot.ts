@@ -53,21 +53,35 @@ export function snapshot(state: PoolState): PoolSnapshot {
  * @example
  * const pool = restore(configFromEnv(env), JSON.parse(row.value), leases);
  */
-export function restore(config: PoolConfig, snap: PoolSnapshot | null, leases: Iterable<Lease>, queue: Waiter[] = []): PoolState {
+export function restore(
+  config: PoolConfig,
+  snap: PoolSnapshot | null,
+  leases: Iterable<Lease>,
+  queue: Waiter[] = [],
+): PoolState {
   if (snap === null) {
     const fresh = createPool(config, { leases, nextFence: 1 });
     fresh.queue = queue;
     return fresh;
   }
   if (typeof snap !== "object" || snap.v !== 1) {
-    throw new LeaseError("INTERNAL", expected("snapshot", "a pool snapshot of version 1", (snap as { v?: unknown })?.v));
+    throw new LeaseError(
+      "INTERNAL",
+      expected("snapshot", "a pool snapshot of version 1", (snap as { v?: unknown })?.v),
+    );
   }
   const limit = snap.limitOverride ?? config.limit;
   const state = createPool({ ...config, limit }, { leases, nextFence: snap.nextFence });
   state.queue = queue;
   state.counters = { ...snap.counters };
   if (snap.waits.counts.length === state.waits.counts.length) {
-    state.waits = { ...state.waits, counts: [...snap.waits.counts], count: snap.waits.count, sum: snap.waits.sum, max: snap.waits.max };
+    state.waits = {
+      ...state.waits,
+      counts: [...snap.waits.counts],
+      count: snap.waits.count,
+      sum: snap.waits.sum,
+      max: snap.waits.max,
+    };
   }
   state.holdMsSum = snap.holdMsSum;
   state.holdCount = snap.holdCount;

@@ -166,7 +166,11 @@ export type AcquireOutcome =
 
 export type LeaseOutcome =
   | { readonly status: "ok"; readonly lease: Lease }
-  | { readonly status: "failed"; readonly code: "LEASE_NOT_FOUND" | "STALE_FENCE" | "LEASE_EXPIRED"; readonly message: string };
+  | {
+      readonly status: "failed";
+      readonly code: "LEASE_NOT_FOUND" | "STALE_FENCE" | "LEASE_EXPIRED";
+      readonly message: string;
+    };
 
 export interface AcquireRequest {
   /** The id the lease will carry; also identifies the waiter while it is queued. */

@@ -28,7 +28,11 @@ export const CLOSED: BreakerState = { state: "closed", failures: 0 };
  * @example
  * const { allowed, state } = admit(breaker, DEFAULT_BREAKER, Date.now());
  */
-export function admit(s: BreakerState, options: BreakerOptions, now: number): { allowed: boolean; state: BreakerState; retryAfterMs: number } {
+export function admit(
+  s: BreakerState,
+  options: BreakerOptions,
+  now: number,
+): { allowed: boolean; state: BreakerState; retryAfterMs: number } {
   if (s.state === "closed") return { allowed: true, state: s, retryAfterMs: 0 };
   const since = s.state === "open" ? s.openedAt : s.probeStartedAt;
   if (now - since >= options.openMs) {
@@ -56,7 +60,8 @@ export function succeeded(_s: BreakerState): BreakerState {
  */
 export function failed(s: BreakerState, options: BreakerOptions, now: number): BreakerState {
   const failures = s.failures + 1;
-  if (s.state === "half-open" || failures >= options.failureThreshold) return { state: "open", openedAt: now, failures };
+  if (s.state === "half-open" || failures >= options.failureThreshold)
+    return { state: "open", openedAt: now, failures };
   if (s.state === "open") return { state: "open", openedAt: s.openedAt, failures };
   return { state: "closed", failures };
 }
@@ -75,7 +80,12 @@ export class CircuitBreaker {
   #state: BreakerState;
   readonly #now: () => number;
 
-  constructor(name: string, options: BreakerOptions = DEFAULT_BREAKER, initial: BreakerState = CLOSED, now: () => number = Date.now) {
+  constructor(
+    name: string,
+    options: BreakerOptions = DEFAULT_BREAKER,
+    initial: BreakerState = CLOSED,
+    now: () => number = Date.now,
+  ) {
     this.name = name;
     this.options = options;
     this.#state = initial;

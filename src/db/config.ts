@@ -75,12 +75,16 @@ export function parseConnectionString(name: string, raw: string): { url: URL; pa
   const password = decodeURIComponent(url.password);
   const secrets = password ? [password, url.password] : [];
   const fail = (what: string): never => invalid(`\`${name}\` ${what}: ${shown(text, secrets)}`);
-  if (url.protocol !== "postgres:" && url.protocol !== "postgresql:") fail("must start with postgres:// or postgresql://");
+  if (url.protocol !== "postgres:" && url.protocol !== "postgresql:")
+    fail("must start with postgres:// or postgresql://");
   if (!url.hostname) fail("names no host");
   if (url.port && !(Number(url.port) >= 1 && Number(url.port) <= 65535)) fail("has an invalid port");
   if (url.pathname.length > 64) fail("names a database longer than 63 characters");
   const sslmode = url.searchParams.get("sslmode");
-  if (sslmode !== null && !["disable", "allow", "prefer", "require", "verify-ca", "verify-full", "no-verify"].includes(sslmode)) {
+  if (
+    sslmode !== null &&
+    !["disable", "allow", "prefer", "require", "verify-ca", "verify-full", "no-verify"].includes(sslmode)
+  ) {
     fail(`has an unknown sslmode \`${sslmode.slice(0, 20)}\``);
   }
   return { url, password };
@@ -130,9 +134,11 @@ export function databaseConfig(env: DatabaseEnv): DatabaseConfig {
   };
 
   const forced = (env.DATABASE_DRIVER ?? "").trim();
-  if (forced !== "" && forced !== "neon" && forced !== "postgres") invalid(expected("DATABASE_DRIVER", "`neon` or `postgres`", forced));
+  if (forced !== "" && forced !== "neon" && forced !== "postgres")
+    invalid(expected("DATABASE_DRIVER", "`neon` or `postgres`", forced));
   const client = (env.DATABASE_CLIENT ?? "").trim();
-  if (client !== "" && client !== "postgres" && client !== "pg") invalid(expected("DATABASE_CLIENT", "`postgres` or `pg`", client));
+  if (client !== "" && client !== "postgres" && client !== "pg")
+    invalid(expected("DATABASE_CLIENT", "`postgres` or `pg`", client));
   const pg = client === "pg";
 
   if (env.HYPERDRIVE && typeof env.HYPERDRIVE.connectionString === "string") {
@@ -146,7 +152,8 @@ export function databaseConfig(env: DatabaseEnv): DatabaseConfig {
     };
   }
   const raw = env.DATABASE_URL;
-  if (raw === undefined || raw.trim() === "") invalid("Set `DATABASE_URL` (or bind `HYPERDRIVE` on Workers): no database is configured");
+  if (raw === undefined || raw.trim() === "")
+    invalid("Set `DATABASE_URL` (or bind `HYPERDRIVE` on Workers): no database is configured");
   const { url, password } = parseConnectionString("DATABASE_URL", raw);
   const neon = forced === "neon" || (forced === "" && /\.neon\.tech$/i.test(url.hostname));
   // Neon's driver is its own (WebSocket) client: a client choice there would be silently ignored.

@@ -8,7 +8,12 @@ import { type Driver, type DriverModule, type NeonOptions, targetOf } from "./dr
 export * from "./driver.ts";
 
 /** The npm package behind each driver name of a configuration. */
-export const DRIVER_PACKAGES = { hyperdrive: "postgres", postgres: "postgres", pg: "pg", neon: "@neondatabase/serverless" } as const;
+export const DRIVER_PACKAGES = {
+  hyperdrive: "postgres",
+  postgres: "postgres",
+  pg: "pg",
+  neon: "@neondatabase/serverless",
+} as const;
 
 /**
  * Loads the driver a configuration names (`DATABASE_CLIENT`, a Neon host) by dynamic import: for
@@ -28,10 +33,16 @@ export async function loadDriver(config: DatabaseConfig, neon: NeonOptions = {})
       return pgDriver(pg.default);
     }
     if (packageName === "@neondatabase/serverless") {
-      const [{ neonDriver }, module] = await Promise.all([import("./drivers/neon.ts"), import("@neondatabase/serverless")]);
+      const [{ neonDriver }, module] = await Promise.all([
+        import("./drivers/neon.ts"),
+        import("@neondatabase/serverless"),
+      ]);
       return neonDriver(module, neon);
     }
-    const [{ postgresJsDriver }, postgres] = await Promise.all([import("./drivers/postgres-js.ts"), import("postgres")]);
+    const [{ postgresJsDriver }, postgres] = await Promise.all([
+      import("./drivers/postgres-js.ts"),
+      import("postgres"),
+    ]);
     return postgresJsDriver(postgres.default);
   } catch (error) {
     throw missingDriver(packageName, error);
@@ -45,9 +56,15 @@ export async function loadDriver(config: DatabaseConfig, neon: NeonOptions = {})
 export function missingDriver(packageName: string, error: unknown): unknown {
   const e = error as { code?: unknown; message?: unknown } | null;
   const notFound =
-    e?.code === "ERR_MODULE_NOT_FOUND" || e?.code === "MODULE_NOT_FOUND" || /Cannot find (module|package)|not found/i.test(String(e?.message ?? ""));
+    e?.code === "ERR_MODULE_NOT_FOUND" ||
+    e?.code === "MODULE_NOT_FOUND" ||
+    /Cannot find (module|package)|not found/i.test(String(e?.message ?? ""));
   if (!notFound || !String(e?.message ?? "").includes(packageName)) return error;
-  return new LeaseError("INVALID_CONFIG", `The database driver \`${packageName}\` is not installed: run \`npm install ${packageName}\``, { cause: error });
+  return new LeaseError(
+    "INVALID_CONFIG",
+    `The database driver \`${packageName}\` is not installed: run \`npm install ${packageName}\``,
+    { cause: error },
+  );
 }
 
 /**

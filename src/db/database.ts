@@ -59,7 +59,10 @@ export interface DatabaseOptions {
   driver: Driver;
   /** The pool's leases; undefined runs without a coordinator (`COORDINATOR=off`). */
   leases: LeaseClient | undefined;
-  config: Pick<DatabaseConfig, "deadlineMs" | "slowQueryMs" | "secrets" | "safeMode" | "breaker"> & { retry: RetryOptions; logDetail?: boolean | undefined };
+  config: Pick<DatabaseConfig, "deadlineMs" | "slowQueryMs" | "secrets" | "safeMode" | "breaker"> & {
+    retry: RetryOptions;
+    logDetail?: boolean | undefined;
+  };
   /** The breaker to use; pass one kept at module scope so it outlives a request. */
   breaker?: CircuitBreaker | undefined;
   safeMode?: SafeMode | undefined;
@@ -102,9 +105,15 @@ export class Database {
     this.#o = options;
     this.#rt = options.runtime ?? SYSTEM_RUNTIME;
     this.#log = options.log ?? writeLogLine;
-    this.breaker = options.breaker ?? new CircuitBreaker(options.name, options.config.breaker, undefined, () => this.#rt.now());
+    this.breaker =
+      options.breaker ?? new CircuitBreaker(options.name, options.config.breaker, undefined, () => this.#rt.now());
     this.safeMode = options.safeMode ?? new SafeMode(options.config.safeMode);
-    this.#slow = slowQueryLog({ thresholdMs: options.config.slowQueryMs, database: options.name, write: this.#log, detail: options.config.logDetail });
+    this.#slow = slowQueryLog({
+      thresholdMs: options.config.slowQueryMs,
+      database: options.name,
+      write: this.#log,
+      detail: options.config.logDetail,
+    });
   }
 
   /**
@@ -137,7 +146,8 @@ export class Database {
     return this.run(async (scope) => {
       const conn = await this.#connect(scope);
       const tx: Transaction = {
-        query: <R = Row>(text: string, params: readonly unknown[] = []) => this.#timed(conn, text, params, options.holder) as Promise<R[]>,
+        query: <R = Row>(text: string, params: readonly unknown[] = []) =>
+          this.#timed(conn, text, params, options.holder) as Promise<R[]>,
       };
       await conn.query("BEGIN");
       let result: T;
@@ -170,7 +180,11 @@ export class Database {
           if (!gate.allowed) throw circuitOpen(this.name, gate.retryAfterMs);
           try {
             const attempt: AttemptState = { phase: "acquiring", abandon: new AbortController() };
-            const result = await this.#beforeDeadline(this.#underLease(work, options, deadline, attempt), deadline, attempt);
+            const result = await this.#beforeDeadline(
+              this.#underLease(work, options, deadline, attempt),
+              deadline,
+              attempt,
+            );
             this.breaker.succeeded();
             return result;
           } catch (error) {
@@ -195,7 +209,10 @@ export class Database {
             code: e.code,
             holder: options.holder?.slice(0, 100),
             breaker: this.breaker.state.state,
-            error: serializeError(error, { secrets: this.#o.config.secrets, detail: this.#o.config.logDetail ?? false }),
+            error: serializeError(error, {
+              secrets: this.#o.config.secrets,
+              detail: this.#o.config.logDetail ?? false,
+            }),
           }),
         );
       }
@@ -246,7 +263,9 @@ export class Database {
       const cancel = this.#rt.setTimer(() => {
         const error =
           attempt.phase === "acquiring"
-            ? new LeaseError("ACQUIRE_TIMEOUT", "No connection slot within the request's deadline", { retryAfterMs: 1000 })
+            ? new LeaseError("ACQUIRE_TIMEOUT", "No connection slot within the request's deadline", {
+                retryAfterMs: 1000,
+              })
             : new LeaseError("DATABASE_UNAVAILABLE", "The database did not answer within the request's deadline", {
                 retryAfterMs: 1000,
                 cause: { code: "DEADLINE_EXCEEDED" },
@@ -270,7 +289,12 @@ export class Database {
 
   // One attempt on the one lease lifecycle; this layer adds the deadline (as the acquire's signal),
   // the safe mode (work without a lease when the coordinator is unreachable) and its log lines.
-  #underLease<T>(work: (scope: AttemptScope) => Promise<T>, options: CallOptions, deadline: number, attempt: AttemptState): Promise<T> {
+  #underLease<T>(
+    work: (scope: AttemptScope) => Promise<T>,
+    options: CallOptions,
+    deadline: number,
+    attempt: AttemptState,
+  ): Promise<T> {
     const left = Math.max(0, deadline - this.#rt.now());
     const log = (code: string) => this.#log(JSON.stringify({ event: "lease_renew_failed", database: this.name, code }));
     return holdLease(

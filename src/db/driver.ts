@@ -59,7 +59,9 @@ export interface NeonOptions {
 }
 
 /** Where a configuration's connections go. */
-export function targetOf(config: Pick<DatabaseConfig, "connectionString" | "applicationName" | "connectTimeoutMs" | "environment">): ConnectTarget {
+export function targetOf(
+  config: Pick<DatabaseConfig, "connectionString" | "applicationName" | "connectTimeoutMs" | "environment">,
+): ConnectTarget {
   return {
     connectionString: config.connectionString,
     applicationName: config.applicationName,
@@ -74,7 +76,10 @@ export function targetOf(config: Pick<DatabaseConfig, "connectionString" | "appl
  * @example
  * const conn = await bindDriver(driver, config).connect();
  */
-export function bindDriver<Client>(module: DriverModule<Client>, config: DatabaseConfig): Driver<ClientConnection<Client>> {
+export function bindDriver<Client>(
+  module: DriverModule<Client>,
+  config: DatabaseConfig,
+): Driver<ClientConnection<Client>> {
   const target = targetOf(config);
   return { name: module.name, connect: () => module.connect(target) };
 }

@@ -37,11 +37,19 @@ export function toDatabaseError(error: unknown): LeaseError {
   if (isLeaseError(error)) return error;
   const code = typeof error === "object" && error !== null ? String((error as { code?: unknown }).code ?? "") : "";
   if (UNAVAILABLE.has(code) || code.startsWith("08")) {
-    return new LeaseError("DATABASE_UNAVAILABLE", `The database is unavailable (${code})`, { cause: error, retryAfterMs: 1000 });
+    return new LeaseError("DATABASE_UNAVAILABLE", `The database is unavailable (${code})`, {
+      cause: error,
+      retryAfterMs: 1000,
+    });
   }
   const message = String((error as { message?: unknown })?.message ?? "");
   if (/connect|closed|network|socket|stream/i.test(message) && code === "") {
-    return new LeaseError("DATABASE_UNAVAILABLE", "The database connection failed", { cause: error, retryAfterMs: 1000 });
+    return new LeaseError("DATABASE_UNAVAILABLE", "The database connection failed", {
+      cause: error,
+      retryAfterMs: 1000,
+    });
   }
-  return new LeaseError("DATABASE_ERROR", code ? `The query failed (SQLSTATE ${code})` : "The query failed", { cause: error });
+  return new LeaseError("DATABASE_ERROR", code ? `The query failed (SQLSTATE ${code})` : "The query failed", {
+    cause: error,
+  });
 }

@@ -11,7 +11,11 @@ import { closeSql } from "./drivers/postgres-js.ts";
  * @example
  * const sql = connectFromWorker(env.HYPERDRIVE.connectionString, "my-app", 5000);
  */
-export function connectFromWorker(connectionString: string, applicationName = "leasegate", connectTimeoutMs = 5000): Sql {
+export function connectFromWorker(
+  connectionString: string,
+  applicationName = "leasegate",
+  connectTimeoutMs = 5000,
+): Sql {
   const options: postgres.Options<Record<string, never>> & { socket: typeof cloudflareSocket } = {
     max: 1,
     fetch_types: false,

@@ -50,7 +50,10 @@ export async function readRoomTerms(
   settings: Pick<LearnSettings, "headroom" | "limitMax">,
 ): Promise<RoomTerms> {
   const params = [applicationName];
-  const [r] = "unsafe" in db ? ((await db.unsafe(ROOM_TERMS, params)) as unknown as TermsRow[]) : await db.query<TermsRow>(ROOM_TERMS, params);
+  const [r] =
+    "unsafe" in db
+      ? ((await db.unsafe(ROOM_TERMS, params)) as unknown as TermsRow[])
+      : await db.query<TermsRow>(ROOM_TERMS, params);
   return {
     maxConnections: r!.max_connections,
     superuserReserved: r!.superuser_reserved,

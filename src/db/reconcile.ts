@@ -19,10 +19,16 @@ const COUNT_CONNECTIONS = `
  * const conn = await driver.connect(target);
  * try { counts = await countConnections(conn, "my-app"); } finally { await conn.close(); }
  */
-export async function countConnections(db: Sql | Pick<Connection, "query">, applicationName: string): Promise<ConnectionCounts> {
+export async function countConnections(
+  db: Sql | Pick<Connection, "query">,
+  applicationName: string,
+): Promise<ConnectionCounts> {
   type Counted = { role: string; role_connections: number; app_connections: number };
   const params = [applicationName];
-  const [row] = "unsafe" in db ? ((await db.unsafe(COUNT_CONNECTIONS, params)) as unknown as Counted[]) : await db.query<Counted>(COUNT_CONNECTIONS, params);
+  const [row] =
+    "unsafe" in db
+      ? ((await db.unsafe(COUNT_CONNECTIONS, params)) as unknown as Counted[])
+      : await db.query<Counted>(COUNT_CONNECTIONS, params);
   return {
     role: row!.role,
     applicationName,

@@ -45,9 +45,19 @@ export function isRetryable(error: unknown): boolean {
   let current: unknown = error;
   // Bounded walk: a cause chain may be circular.
   for (let depth = 0; depth < 5 && typeof current === "object" && current !== null; depth++) {
-    const e = current as { code?: unknown; retryable?: unknown; overloaded?: unknown; circuit?: unknown; cause?: unknown };
+    const e = current as {
+      code?: unknown;
+      retryable?: unknown;
+      overloaded?: unknown;
+      circuit?: unknown;
+      cause?: unknown;
+    };
     if (e.circuit === "open") return false;
-    if (isLeaseError(current) && (current.code === "QUEUE_FULL" || current.code === "ACQUIRE_TIMEOUT" || current.code === "INVALID_CONFIG")) return false;
+    if (
+      isLeaseError(current) &&
+      (current.code === "QUEUE_FULL" || current.code === "ACQUIRE_TIMEOUT" || current.code === "INVALID_CONFIG")
+    )
+      return false;
     const code = typeof e.code === "string" ? e.code : "";
     if (RETRYABLE_CODES.has(code) || /^08/.test(code)) return true;
     // Durable Object errors carry `retryable`; an overloaded object must not get more calls.

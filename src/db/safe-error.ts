@@ -42,12 +42,46 @@ export function redact(text: string, secrets: readonly string[] = []): string {
 // Fields whose value is a credential whatever it looks like (node-postgres clients keep `password`).
 const SECRET_KEY = /pass(word|wd)?$|secret|token|api_?key|authorization|cookie/i;
 
-const KEYS = ["name", "code", "message", "severity", "detail", "hint", "routine", "errno", "syscall", "retryable", "retryAfterMs", "stack"];
+const KEYS = [
+  "name",
+  "code",
+  "message",
+  "severity",
+  "detail",
+  "hint",
+  "routine",
+  "errno",
+  "syscall",
+  "retryable",
+  "retryAfterMs",
+  "stack",
+];
 
 // What a database error may show without `detail`: codes and the names of what it is about, in
 // node-postgres's / Neon's spelling (`table`) and postgres.js's (`table_name`).
-const NAME_KEYS = ["schema", "table", "column", "constraint", "dataType", "schema_name", "table_name", "column_name", "constraint_name", "data_type_name"];
-const PLAIN_KEYS = ["name", "code", "severity", "routine", "errno", "syscall", "retryable", "retryAfterMs", ...NAME_KEYS];
+const NAME_KEYS = [
+  "schema",
+  "table",
+  "column",
+  "constraint",
+  "dataType",
+  "schema_name",
+  "table_name",
+  "column_name",
+  "constraint_name",
+  "data_type_name",
+];
+const PLAIN_KEYS = [
+  "name",
+  "code",
+  "severity",
+  "routine",
+  "errno",
+  "syscall",
+  "retryable",
+  "retryAfterMs",
+  ...NAME_KEYS,
+];
 
 /** A Postgres server error: a five-character SQLSTATE code (`23502`, `42P01`). */
 function isServerError(obj: object): boolean {
@@ -154,7 +188,8 @@ function plainObject(walk: Walk, obj: object, depth: number): Record<string, unk
   // The failing query's parameters may hold personal data, and so may literals in its text: the
   // text is kept shortened, and without its values unless `detail` is on.
   const query = read(obj, "query");
-  if (typeof query === "string") out.query = shortened(walk, (walk.o.detail ? query : withoutValues(query)).slice(0, 200));
+  if (typeof query === "string")
+    out.query = shortened(walk, (walk.o.detail ? query : withoutValues(query)).slice(0, 200));
   const cause = read(obj, "cause");
   if (cause !== undefined) out.cause = plain(walk, cause, depth + 1);
   return out;
@@ -174,7 +209,8 @@ function bound(value: Record<string, unknown>, maxBytes: number): Record<string,
   const size = () => JSON.stringify(current).length;
   for (let i = 0; i < 10 && size() > maxBytes; i++) {
     const chain: Record<string, unknown>[] = [current];
-    while (typeof chain.at(-1)!.cause === "object" && chain.at(-1)!.cause !== null) chain.push(chain.at(-1)!.cause as Record<string, unknown>);
+    while (typeof chain.at(-1)!.cause === "object" && chain.at(-1)!.cause !== null)
+      chain.push(chain.at(-1)!.cause as Record<string, unknown>);
     if (chain.length > 1) {
       chain.at(-2)!.cause = "[Truncated]";
       continue;
@@ -182,7 +218,12 @@ function bound(value: Record<string, unknown>, maxBytes: number): Record<string,
     current = { name: current.name, code: current.code, message: current.message, truncated: true };
   }
   if (size() > maxBytes) {
-    current = { name: current.name, code: current.code, message: String(current.message ?? "").slice(0, Math.max(0, maxBytes - 200)), truncated: true };
+    current = {
+      name: current.name,
+      code: current.code,
+      message: String(current.message ?? "").slice(0, Math.max(0, maxBytes - 200)),
+      truncated: true,
+    };
   }
   return current;
 }

@@ -21,7 +21,12 @@ export interface SlowQueryEntry {
  * const slow = slowQueryLog({ thresholdMs: 200, database: "main" });
  * slow.record("SELECT …", 350, true); // {"event":"slow_query",…,"durationMs":350}
  */
-export function slowQueryLog(options: { thresholdMs: number; database: string; write?: (line: string) => void; detail?: boolean }): {
+export function slowQueryLog(options: {
+  thresholdMs: number;
+  database: string;
+  write?: (line: string) => void;
+  detail?: boolean;
+}): {
   readonly thresholdMs: number;
   record(query: string, durationMs: number, ok: boolean, holder?: string): void;
 } {

@@ -17,7 +17,13 @@ import {
 
 /** A lease as it crosses RPC: the core's lease without its scheduling fields. */
 export function grantOf(lease: Lease): LeaseGrant {
-  return { id: lease.id, fence: lease.fence, holder: lease.holder, grantedAt: lease.grantedAt, expiresAt: lease.expiresAt };
+  return {
+    id: lease.id,
+    fence: lease.fence,
+    holder: lease.holder,
+    grantedAt: lease.grantedAt,
+    expiresAt: lease.expiresAt,
+  };
 }
 
 /** A thrown error as a result object: a `LeaseError` keeps its code; anything else is `INTERNAL`. */
@@ -28,12 +34,21 @@ export function failureOf(error: unknown): Failure {
 
 /** What a sharded client picks shards by: held, waiting, and the slots grantable now (0 while paused or relearning). */
 export function loadOf(state: PoolState): ShardLoad {
-  return { held: state.leases.size, waiting: state.queue.length, limit: state.paused || state.learning ? 0 : capacity(state) };
+  return {
+    held: state.leases.size,
+    waiting: state.queue.length,
+    limit: state.paused || state.learning ? 0 : capacity(state),
+  };
 }
 
 /** The answer of a waiter whose deadline passed (built where it waited, from the facts sent to it). */
 export function timeoutResult(facts: TimeoutFacts, load?: ShardLoad): AcquireResult {
-  const result = { ok: false, code: "ACQUIRE_TIMEOUT", message: formatTimeout(facts), retryAfterMs: facts.retryAfterMs } as const;
+  const result = {
+    ok: false,
+    code: "ACQUIRE_TIMEOUT",
+    message: formatTimeout(facts),
+    retryAfterMs: facts.retryAfterMs,
+  } as const;
   return load === undefined ? result : { ...result, load };
 }
 

@@ -95,7 +95,10 @@ export interface CoordinatorBackend {
  * @example
  * const leases = new Leases(coordinator satisfies Coordinator);
  */
-export type Coordinator = Pick<CoordinatorBackend, "acquire" | "abortable" | "release" | "renew" | "acquireMany" | "releaseMany" | "stats">;
+export type Coordinator = Pick<
+  CoordinatorBackend,
+  "acquire" | "abortable" | "release" | "renew" | "acquireMany" | "releaseMany" | "stats"
+>;
 
 /**
  * The operator calls: every call of {@link CoordinatorBackend} that is not a lease call, so a call
@@ -116,10 +119,14 @@ export type OperatorCoordinator = Omit<CoordinatorBackend, keyof Coordinator>;
  */
 export function checkCounts(counts: ConnectionCounts): ConnectionCounts {
   if (typeof counts !== "object" || counts === null) {
-    throw new LeaseError("INVALID_ARGUMENT", expected("counts", "an object { role, applicationName, roleConnections, appConnections }", counts));
+    throw new LeaseError(
+      "INVALID_ARGUMENT",
+      expected("counts", "an object { role, applicationName, roleConnections, appConnections }", counts),
+    );
   }
   for (const name of ["role", "applicationName"] as const) {
-    if (typeof counts[name] !== "string") throw new LeaseError("INVALID_ARGUMENT", expected(name, "a string", counts[name]));
+    if (typeof counts[name] !== "string")
+      throw new LeaseError("INVALID_ARGUMENT", expected(name, "a string", counts[name]));
   }
   checkInt("roleConnections", counts.roleConnections, 0, Number.MAX_SAFE_INTEGER);
   checkInt("appConnections", counts.appConnections, 0, Number.MAX_SAFE_INTEGER);

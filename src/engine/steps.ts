@@ -69,17 +69,28 @@ export function acquire(leaseId: string, options: AcquireOptions, queue: boolean
     const { waitMs, ttlMs, claimMs, priority, tenant } = options;
     // Only a missing holder defaults; null or another type is refused like any bad field.
     const holder = options.holder === undefined ? "" : options.holder;
-    const { outcome, effects } = core.acquire(state, { leaseId, holder, waitMs, ttlMs, claimMs, priority, tenant, queue }, now);
+    const { outcome, effects } = core.acquire(
+      state,
+      { leaseId, holder, waitMs, ttlMs, claimMs, priority, tenant, queue },
+      now,
+    );
     switch (outcome.status) {
       case "granted":
-        return { answer: { kind: "result", result: grantResult(outcome.lease, loadOf(state)) }, effects, written: [outcome.lease] };
+        return {
+          answer: { kind: "result", result: grantResult(outcome.lease, loadOf(state)) },
+          effects,
+          written: [outcome.lease],
+        };
       case "queued":
         return { answer: { kind: "queued", deadline: outcome.deadline }, effects };
       case "deferred":
         return { answer: { kind: "deferred" }, effects };
       default: {
         const { code, message, retryAfterMs } = outcome;
-        return { answer: { kind: "result", result: { ok: false, code, message, retryAfterMs, load: loadOf(state) } }, effects };
+        return {
+          answer: { kind: "result", result: { ok: false, code, message, retryAfterMs, load: loadOf(state) } },
+          effects,
+        };
       }
     }
   };

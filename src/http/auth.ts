@@ -10,7 +10,10 @@ const encoder = new TextEncoder();
  * await constantTimeEqual(given, expected)
  */
 export async function constantTimeEqual(a: string, b: string): Promise<boolean> {
-  const [da, db] = await Promise.all([crypto.subtle.digest("SHA-256", encoder.encode(a)), crypto.subtle.digest("SHA-256", encoder.encode(b))]);
+  const [da, db] = await Promise.all([
+    crypto.subtle.digest("SHA-256", encoder.encode(a)),
+    crypto.subtle.digest("SHA-256", encoder.encode(b)),
+  ]);
   const x = new Uint8Array(da);
   const y = new Uint8Array(db);
   let diff = 0;
@@ -42,5 +45,9 @@ export async function authorize(request: Request, token: string | undefined): Pr
   const header = request.headers.get("authorization") ?? "";
   const given = BEARER.exec(header)?.[1] ?? "";
   if (given && (await constantTimeEqual(given, token))) return null;
-  return errorResponse(new HttpError("UNAUTHORIZED", "A valid bearer token is required", { "www-authenticate": 'Bearer realm="leasegate"' }));
+  return errorResponse(
+    new HttpError("UNAUTHORIZED", "A valid bearer token is required", {
+      "www-authenticate": 'Bearer realm="leasegate"',
+    }),
+  );
 }

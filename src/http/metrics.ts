@@ -36,8 +36,18 @@ export function formatMetrics(pool: string, s: OperatorStats): string {
   one("leasegate_limit_leases", "gauge", "Slots in the pool: leases that may be held at once.", s.limit);
   one("leasegate_held_leases", "gauge", "Leases held now.", s.held);
   one("leasegate_waiting_requests", "gauge", "Callers queued for a slot now.", s.waiting);
-  one("leasegate_oldest_wait_seconds", "gauge", "Age of the oldest queued caller (0 when none waits).", s.maxWaitMs / 1000);
-  one("leasegate_max_queue_requests", "gauge", "Queue length beyond which callers are shed with QUEUE_FULL.", s.maxQueue);
+  one(
+    "leasegate_oldest_wait_seconds",
+    "gauge",
+    "Age of the oldest queued caller (0 when none waits).",
+    s.maxWaitMs / 1000,
+  );
+  one(
+    "leasegate_max_queue_requests",
+    "gauge",
+    "Queue length beyond which callers are shed with QUEUE_FULL.",
+    s.maxQueue,
+  );
   one("leasegate_paused", "gauge", "1 while an operator has paused granting (drain), else 0.", s.paused ? 1 : 0);
   one(
     "leasegate_learning_seconds",
@@ -45,11 +55,26 @@ export function formatMetrics(pool: string, s: OperatorStats): string {
     "Time left in the learning window after a restart (nothing is granted while leases from before are relearned), else 0.",
     (s.learning?.endsInMs ?? 0) / 1000,
   );
-  one("leasegate_relearned_leases", "gauge", "Leases re-registered by their holders' renewals in the current learning window.", s.learning?.relearned ?? 0);
+  one(
+    "leasegate_relearned_leases",
+    "gauge",
+    "Leases re-registered by their holders' renewals in the current learning window.",
+    s.learning?.relearned ?? 0,
+  );
 
   one("leasegate_leases_granted_total", "counter", "Leases granted.", s.counters.granted);
-  one("leasegate_leases_released_total", "counter", "Leases released by their holders (or by an operator).", s.counters.released);
-  one("leasegate_leases_expired_total", "counter", "Leases reaped because their holder neither released nor renewed them.", s.counters.expired);
+  one(
+    "leasegate_leases_released_total",
+    "counter",
+    "Leases released by their holders (or by an operator).",
+    s.counters.released,
+  );
+  one(
+    "leasegate_leases_expired_total",
+    "counter",
+    "Leases reaped because their holder neither released nor renewed them.",
+    s.counters.expired,
+  );
   one("leasegate_acquire_timeouts_total", "counter", "Acquires that failed with ACQUIRE_TIMEOUT.", s.counters.timedOut);
   one("leasegate_acquire_rejected_total", "counter", "Acquires shed at once with QUEUE_FULL.", s.counters.rejected);
   one("leasegate_acquire_cancelled_total", "counter", "Queued acquires whose caller gave up.", s.counters.cancelled);
@@ -71,23 +96,36 @@ export function formatMetrics(pool: string, s: OperatorStats): string {
       "leasegate_limit_source",
       "gauge",
       "1 for where the limit comes from now: LEASE_LIMIT (configured), the database (learned) or an operator.",
-      (["configured", "learned", "operator"] as const).map((source) => [`{${p},source="${source}"}`, s.limitSource === source ? 1 : 0]),
+      (["configured", "learned", "operator"] as const).map((source) => [
+        `{${p},source="${source}"}`,
+        s.limitSource === source ? 1 : 0,
+      ]),
     );
   }
   const l = s.learned;
   if (l) {
     const t = l.terms;
     one("leasegate_learned_limit_leases", "gauge", "The limit the last learning found (LEASE_LIMIT=auto).", l.limit);
-    family("leasegate_learned_room_connections", "gauge", "Room the database had for the application at the last learning, by scope (before the headroom).", [
-      [`{${p},scope="server"}`, l.server],
-      ...(l.role === null ? [] : [[`{${p},scope="role"}`, l.role] as [string, number]]),
-      ...(l.database === null ? [] : [[`{${p},scope="database"}`, l.database] as [string, number]]),
-    ]);
-    family("leasegate_learned_others_connections", "gauge", "Client connections that were not the application's at the last learning, by scope.", [
-      [`{${p},scope="server"}`, t.othersOnServer],
-      [`{${p},scope="role"}`, t.othersOfRole],
-      [`{${p},scope="database"}`, t.othersInDatabase],
-    ]);
+    family(
+      "leasegate_learned_room_connections",
+      "gauge",
+      "Room the database had for the application at the last learning, by scope (before the headroom).",
+      [
+        [`{${p},scope="server"}`, l.server],
+        ...(l.role === null ? [] : [[`{${p},scope="role"}`, l.role] as [string, number]]),
+        ...(l.database === null ? [] : [[`{${p},scope="database"}`, l.database] as [string, number]]),
+      ],
+    );
+    family(
+      "leasegate_learned_others_connections",
+      "gauge",
+      "Client connections that were not the application's at the last learning, by scope.",
+      [
+        [`{${p},scope="server"}`, t.othersOnServer],
+        [`{${p},scope="role"}`, t.othersOfRole],
+        [`{${p},scope="database"}`, t.othersInDatabase],
+      ],
+    );
     one("leasegate_learned_max_connections", "gauge", "max_connections at the last learning.", t.maxConnections);
     one(
       "leasegate_learned_reserved_connections",
@@ -95,8 +133,18 @@ export function formatMetrics(pool: string, s: OperatorStats): string {
       "superuser_reserved_connections plus reserved_connections at the last learning.",
       t.superuserReserved + (t.reserved ?? 0),
     );
-    one("leasegate_learned_headroom_connections", "gauge", "LEASE_HEADROOM: slots kept free below the room.", t.headroom);
-    one("leasegate_learn_timestamp_seconds", "gauge", "When the last learning read the database (Unix time).", l.learnedAt / 1000);
+    one(
+      "leasegate_learned_headroom_connections",
+      "gauge",
+      "LEASE_HEADROOM: slots kept free below the room.",
+      t.headroom,
+    );
+    one(
+      "leasegate_learn_timestamp_seconds",
+      "gauge",
+      "When the last learning read the database (Unix time).",
+      l.learnedAt / 1000,
+    );
   }
   if (s.learnFailure)
     one(
@@ -108,13 +156,33 @@ export function formatMetrics(pool: string, s: OperatorStats): string {
   const r = s.reconciliation;
   if (r) {
     const db = `${p},role="${label(r.role)}"`;
-    family("leasegate_db_connections", "gauge", "Client connections of the role seen in pg_stat_activity at the last reconciliation.", [
-      [`{${db},scope="role"}`, r.roleConnections],
-      [`{${db},scope="application"}`, r.appConnections],
-    ]);
-    one("leasegate_reconcile_drift_connections", "gauge", "Application connections minus held leases at the last reconciliation.", r.drift);
-    one("leasegate_db_over_limit", "gauge", "1 when the role held more connections than the limit at the last reconciliation.", r.overLimit ? 1 : 0);
-    one("leasegate_reconcile_timestamp_seconds", "gauge", "When the last reconciliation read pg_stat_activity (Unix time).", r.checkedAt / 1000);
+    family(
+      "leasegate_db_connections",
+      "gauge",
+      "Client connections of the role seen in pg_stat_activity at the last reconciliation.",
+      [
+        [`{${db},scope="role"}`, r.roleConnections],
+        [`{${db},scope="application"}`, r.appConnections],
+      ],
+    );
+    one(
+      "leasegate_reconcile_drift_connections",
+      "gauge",
+      "Application connections minus held leases at the last reconciliation.",
+      r.drift,
+    );
+    one(
+      "leasegate_db_over_limit",
+      "gauge",
+      "1 when the role held more connections than the limit at the last reconciliation.",
+      r.overLimit ? 1 : 0,
+    );
+    one(
+      "leasegate_reconcile_timestamp_seconds",
+      "gauge",
+      "When the last reconciliation read pg_stat_activity (Unix time).",
+      r.checkedAt / 1000,
+    );
   }
   return `${lines.join("\n")}\n`;
 }

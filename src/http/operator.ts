@@ -3,7 +3,15 @@
  * page and the live controls (pause, resume, limit, release, reconcile) under a prefix, behind a
  * bearer token. A plain `(Request) => Promise<Response | undefined>`, so any router can call it.
  */
-import { type ConnectionCounts, type Failure, type OperatorStats, type PoolStats, type Reconciliation, LeaseError, expected } from "../core/index.ts";
+import {
+  type ConnectionCounts,
+  type Failure,
+  type OperatorStats,
+  type PoolStats,
+  type Reconciliation,
+  LeaseError,
+  expected,
+} from "../core/index.ts";
 import type { OperatorCoordinator } from "../engine/coordinator.ts";
 import { OPERATOR_OFF, authorize } from "./auth.ts";
 import { DASHBOARD_HTML } from "./dashboard.ts";
@@ -34,7 +42,11 @@ export interface OperatorControls extends Omit<OperatorCoordinator, "operatorSta
  * @example
  * const controls = controlsOf(coordinator, () => coordinator.countConnections("my-app"));
  */
-export function controlsOf(coordinator: OperatorCoordinator, counts: () => Promise<ConnectionCounts>, learn?: () => Promise<object>): OperatorControls {
+export function controlsOf(
+  coordinator: OperatorCoordinator,
+  counts: () => Promise<ConnectionCounts>,
+  learn?: () => Promise<object>,
+): OperatorControls {
   return {
     ...(learn && { learn }),
     stats: () => coordinator.operatorStats(),
@@ -79,7 +91,8 @@ function dashboard(request: Request, token: string | undefined): Response {
     headers: {
       "content-type": "text/html; charset=utf-8",
       "cache-control": "no-store",
-      "content-security-policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
+      "content-security-policy":
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:",
       "referrer-policy": "no-referrer",
     },
   });
@@ -88,14 +101,18 @@ function dashboard(request: Request, token: string | undefined): Response {
 async function limitOf(request: Request): Promise<number | null> {
   const limit = (await readJson(request)).limit;
   if (limit !== null && (typeof limit !== "number" || !Number.isInteger(limit))) {
-    throw new LeaseError("INVALID_ARGUMENT", expected("limit", "an integer, or null for the configured default", limit));
+    throw new LeaseError(
+      "INVALID_ARGUMENT",
+      expected("limit", "an integer, or null for the configured default", limit),
+    );
   }
   return limit;
 }
 
 async function idOf(request: Request): Promise<string> {
   const id = (await readJson(request)).id;
-  if (typeof id !== "string") throw new LeaseError("INVALID_ARGUMENT", expected("id", "a lease id or its first 8+ characters", id));
+  if (typeof id !== "string")
+    throw new LeaseError("INVALID_ARGUMENT", expected("id", "a lease id or its first 8+ characters", id));
   return id;
 }
 
@@ -103,7 +120,12 @@ async function idOf(request: Request): Promise<string> {
  * Every control's endpoint (`POST <prefix>/<path>`), keyed by the control it drives: a control
  * without an endpoint does not compile.
  */
-const CONTROLS: { [K in Exclude<keyof OperatorControls, "stats">]: { path: string; run(op: OperatorControls, request: Request): Promise<object> } } = {
+const CONTROLS: {
+  [K in Exclude<keyof OperatorControls, "stats">]: {
+    path: string;
+    run(op: OperatorControls, request: Request): Promise<object>;
+  };
+} = {
   pause: { path: "pause", run: async (op) => controlled(await op.pause()) },
   resume: { path: "resume", run: async (op) => controlled(await op.resume()) },
   setLimit: { path: "limit", run: async (op, request) => controlled(await op.setLimit(await limitOf(request))) },
@@ -112,7 +134,11 @@ const CONTROLS: { [K in Exclude<keyof OperatorControls, "stats">]: { path: strin
   learn: {
     path: "learn",
     run: (op) => {
-      if (!op.learn) throw new LeaseError("INVALID_ARGUMENT", "This pool's limit is fixed: set LEASE_LIMIT=auto to learn it from the database");
+      if (!op.learn)
+        throw new LeaseError(
+          "INVALID_ARGUMENT",
+          "This pool's limit is fixed: set LEASE_LIMIT=auto to learn it from the database",
+        );
       return op.learn();
     },
   },

@@ -77,7 +77,8 @@ export function json(body: unknown, status = 200, headers: Record<string, string
  * catch (e) { return errorResponse(e) }
  */
 export function errorResponse(error: unknown): Response {
-  if (isHttpError(error)) return json({ error: { code: error.code, message: error.message } }, STATUS[error.code], { ...error.headers });
+  if (isHttpError(error))
+    return json({ error: { code: error.code, message: error.message } }, STATUS[error.code], { ...error.headers });
   const e = isLeaseError(error) ? error : knownFailure(error);
   const status = STATUS[e.code] ?? 500;
   const headers: Record<string, string> = {};
@@ -136,6 +137,7 @@ export async function readJson(request: Request): Promise<Record<string, unknown
   } catch {
     throw new LeaseError("INVALID_ARGUMENT", "Body is not valid JSON");
   }
-  if (typeof body !== "object" || body === null || Array.isArray(body)) throw new LeaseError("INVALID_ARGUMENT", expected("body", "a JSON object", body));
+  if (typeof body !== "object" || body === null || Array.isArray(body))
+    throw new LeaseError("INVALID_ARGUMENT", expected("body", "a JSON object", body));
   return body as Record<string, unknown>;
 }

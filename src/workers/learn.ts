@@ -41,7 +41,11 @@ export interface LearnTarget {
  * @example
  * const answer = await learnNow(stub, { connect: (name) => driver.connect({ ...target, applicationName: name }), applicationName: "app" }, settings);
  */
-export async function learnNow(coordinator: LearningCoordinator, target: LearnTarget, settings: LearnSettings): Promise<LearnAnswer> {
+export async function learnNow(
+  coordinator: LearningCoordinator,
+  target: LearnTarget,
+  settings: LearnSettings,
+): Promise<LearnAnswer> {
   let terms: RoomTerms;
   let conn: Connection | undefined;
   try {

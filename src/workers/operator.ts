@@ -5,7 +5,14 @@
  */
 import type { ConnectionCoordinator } from "../../durable-objects/connection-coordinator.ts";
 import { mergeStats } from "../client/sharded-leases.ts";
-import { type ConnectionCounts, type ControlResult, type Reconciliation, compareConnections, expected, shardLimits } from "../core/index.ts";
+import {
+  type ConnectionCounts,
+  type ControlResult,
+  type Reconciliation,
+  compareConnections,
+  expected,
+  shardLimits,
+} from "../core/index.ts";
 import { toDatabaseError } from "../db/errors.ts";
 import type { Connection } from "../db/driver.ts";
 import { countConnections } from "../db/reconcile.ts";
@@ -85,7 +92,11 @@ export function shardedControls(stubs: Stub[], target: ReconcileTarget): Operato
     resume: () => all(stubs, (s) => s.resume()),
     setLimit: async (limit) => {
       if (limit !== null && (!Number.isInteger(limit) || limit < count)) {
-        return { ok: false, code: "INVALID_ARGUMENT", message: expected("limit", `an integer of at least ${count} (one slot per shard)`, limit) };
+        return {
+          ok: false,
+          code: "INVALID_ARGUMENT",
+          message: expected("limit", `an integer of at least ${count} (one slot per shard)`, limit),
+        };
       }
       const parts = limit === null ? null : shardLimits(limit, count);
       return all(stubs, (s, i) => s.setLimit(parts === null ? null : parts[i]!));

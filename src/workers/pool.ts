@@ -44,13 +44,24 @@ function shardStateFor(pool: PoolSettings): IsolateShards | undefined {
 }
 
 /** A coordinator object, created near the database when `LEASE_LOCATION_HINT` is set. */
-function coordinatorStub(env: WorkerPoolEnv, hint: string | undefined, name: string): DurableObjectStub<ConnectionCoordinator> {
+function coordinatorStub(
+  env: WorkerPoolEnv,
+  hint: string | undefined,
+  name: string,
+): DurableObjectStub<ConnectionCoordinator> {
   const id = env.COORDINATOR_DO.idFromName(name);
-  return hint ? env.COORDINATOR_DO.get(id, { locationHint: hint as DurableObjectLocationHint }) : env.COORDINATOR_DO.get(id);
+  return hint
+    ? env.COORDINATOR_DO.get(id, { locationHint: hint as DurableObjectLocationHint })
+    : env.COORDINATOR_DO.get(id);
 }
 
 /** The pool's leases and controls: one object, shards, or none (`COORDINATOR=off`). */
-function coordination(env: WorkerPoolEnv, pool: PoolSettings, waitUntil: (p: Promise<unknown>) => void, target: ReconcileTarget) {
+function coordination(
+  env: WorkerPoolEnv,
+  pool: PoolSettings,
+  waitUntil: (p: Promise<unknown>) => void,
+  target: ReconcileTarget,
+) {
   if (!pool.coordinator) return { leases: undefined, operator: undefined };
   const { name, locationHint, learn } = pool;
   const sharded = shardStateFor(pool);
@@ -65,7 +76,14 @@ function coordination(env: WorkerPoolEnv, pool: PoolSettings, waitUntil: (p: Pro
   }
   const stubFor = (i: number) => coordinatorStub(env, locationHint, shardName(name, i, sharded.count));
   const stubs = Array.from({ length: sharded.count }, (_, i) => stubFor(i));
-  const leases = new ShardedLeases({ coordinators: stubs, isolate: sharded, waitMs: pool.config.waitMs, waitUntil, reconnect: stubFor, pool: name });
+  const leases = new ShardedLeases({
+    coordinators: stubs,
+    isolate: sharded,
+    waitMs: pool.config.waitMs,
+    waitUntil,
+    reconnect: stubFor,
+    pool: name,
+  });
   return { leases, operator: shardedControls(stubs, target) };
 }
 

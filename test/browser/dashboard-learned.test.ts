@@ -20,7 +20,13 @@ const url = process.env.LEASEGATE_TEST_DATABASE_URL;
 const tag = `${process.pid}_${Date.now().toString(36)}`;
 const role = `lg_dash_${tag}`;
 const RELAXED_FLAGS = new Set(["--disable-web-security", "--allow-running-insecure-content"]);
-const OFFLINE_FLAGS = ["--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"];
+const OFFLINE_FLAGS = [
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--no-first-run",
+  "--disable-quic",
+];
 
 let admin: postgres.Sql;
 let pool: LocalPool | undefined;
@@ -33,7 +39,11 @@ let base = "";
 /** The Chromium inside `@sparticuz/chromium`, unpacked into a folder of this run's own. */
 async function launchChromium(): Promise<Browser> {
   if (process.env.CHROMIUM_PATH)
-    return chromium.launch({ executablePath: process.env.CHROMIUM_PATH, headless: true, args: ["--no-sandbox", ...OFFLINE_FLAGS] });
+    return chromium.launch({
+      executablePath: process.env.CHROMIUM_PATH,
+      headless: true,
+      args: ["--no-sandbox", ...OFFLINE_FLAGS],
+    });
   chromiumDir = mkdtempSync(join(tmpdir(), "leasegate-chromium-"));
   const saved = process.env.TMPDIR;
   process.env.TMPDIR = chromiumDir;
@@ -54,7 +64,9 @@ beforeAll(async () => {
   admin = postgres(url, { max: 1, onnotice: () => {} });
   await admin.unsafe(`CREATE ROLE ${role} LOGIN CONNECTION LIMIT 20`);
   await ensureSchema(admin, `dash-${tag}-setup`, { limit: 1, maxQueue: 10, waitMs: 100, leaseTtlMs: 1000 });
-  await admin.unsafe(`GRANT SELECT, INSERT, UPDATE, DELETE ON leasegate_pools, leasegate_leases, leasegate_waiters TO ${role}`);
+  await admin.unsafe(
+    `GRANT SELECT, INSERT, UPDATE, DELETE ON leasegate_pools, leasegate_leases, leasegate_waiters TO ${role}`,
+  );
   await admin.unsafe(`GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO ${role}`);
   const u = new URL(url);
   u.username = role;
@@ -73,8 +85,13 @@ beforeAll(async () => {
   server = createServer(async (req, res) => {
     const body = req.method === "POST" ? await new Response(req as unknown as ReadableStream).text() : undefined;
     const response =
-      (await handle(new Request(`http://127.0.0.1${req.url}`, { method: req.method, headers: req.headers as Record<string, string>, body }))) ??
-      new Response("", { status: 404 });
+      (await handle(
+        new Request(`http://127.0.0.1${req.url}`, {
+          method: req.method,
+          headers: req.headers as Record<string, string>,
+          body,
+        }),
+      )) ?? new Response("", { status: 404 });
     res.writeHead(response.status, Object.fromEntries(response.headers));
     res.end(Buffer.from(await response.arrayBuffer()));
   });

@@ -14,7 +14,13 @@ const BASE = `http://127.0.0.1:${PORT}`;
 /** A Chromium of your own instead of the one `npm install` brings (`@sparticuz/chromium`). */
 const CHROMIUM_PATH = process.env.CHROMIUM_PATH || undefined;
 // The machines have no network beyond the loopback: nothing in the browser should try to reach out.
-const OFFLINE_FLAGS = ["--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"];
+const OFFLINE_FLAGS = [
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--no-first-run",
+  "--disable-quic",
+];
 // The package's flags relax the same-origin policy for serverless scraping; the dashboard is tested
 // as a browser a person uses would load it.
 const RELAXED_FLAGS = new Set(["--disable-web-security", "--allow-running-insecure-content"]);
@@ -35,7 +41,12 @@ let setupError: Error | undefined;
  * interrupted run or another checkout's copy mid-write.
  */
 async function launchChromium(): Promise<Browser> {
-  if (CHROMIUM_PATH) return chromium.launch({ executablePath: CHROMIUM_PATH, headless: true, args: ["--no-sandbox", "--disable-gpu", ...OFFLINE_FLAGS] });
+  if (CHROMIUM_PATH)
+    return chromium.launch({
+      executablePath: CHROMIUM_PATH,
+      headless: true,
+      args: ["--no-sandbox", "--disable-gpu", ...OFFLINE_FLAGS],
+    });
   chromiumDir = mkdtempSync(join(tmpdir(), "leasegate-chromium-"));
   const saved = process.env.TMPDIR;
   process.env.TMPDIR = chromiumDir; // where executablePath() unpacks (it reads os.tmpdir() per call)
@@ -92,7 +103,11 @@ beforeAll(async () => {
       ...Object.entries(vars).flatMap(([k, v]) => ["--var", `${k}:${v}`]),
     ],
     {
-      env: { ...process.env, CLOUDFLARE_HYPERDRIVE_LOCAL_CONNECTION_STRING_HYPERDRIVE: hyperdrive, WRANGLER_SEND_METRICS: "false" },
+      env: {
+        ...process.env,
+        CLOUDFLARE_HYPERDRIVE_LOCAL_CONNECTION_STRING_HYPERDRIVE: hyperdrive,
+        WRANGLER_SEND_METRICS: "false",
+      },
       stdio: ["ignore", "pipe", "pipe"],
       detached: true,
     },
@@ -166,9 +181,13 @@ describe("dashboard in headless Chromium", () => {
     try {
       // Attributes are read through locators: the page's CSP (no eval) refuses string predicates.
       const chart = page.locator("#chart");
-      await expect.poll(async () => Number(await chart.getAttribute("data-max-held")), { timeout: 15_000 }).toBeGreaterThan(0);
+      await expect
+        .poll(async () => Number(await chart.getAttribute("data-max-held")), { timeout: 15_000 })
+        .toBeGreaterThan(0);
       // Let a few more samples in, so the screenshot shows a stretch of load.
-      await expect.poll(async () => Number(await chart.getAttribute("data-samples")), { timeout: 10_000 }).toBeGreaterThanOrEqual(16);
+      await expect
+        .poll(async () => Number(await chart.getAttribute("data-samples")), { timeout: 10_000 })
+        .toBeGreaterThanOrEqual(16);
       const held = await page.locator('#chart polyline[data-series="held"]').getAttribute("points");
       expect(held?.split(" ").length).toBeGreaterThan(1);
       expect(await page.locator("#occupancy").textContent()).toMatch(/^\d+ \/ 3 held$/);
@@ -179,7 +198,8 @@ describe("dashboard in headless Chromium", () => {
       await expect.poll(() => page.locator("#recon").textContent(), { timeout: 5000 }).toMatch(/^db: /);
       mkdirSync(ARTIFACTS, { recursive: true });
       await page.screenshot({ path: `${ARTIFACTS}/dashboard.png` });
-      if (process.env.LEASEGATE_UPDATE_DOCS_SCREENSHOT === "1") copyFileSync(`${ARTIFACTS}/dashboard.png`, "docs/dashboard.png");
+      if (process.env.LEASEGATE_UPDATE_DOCS_SCREENSHOT === "1")
+        copyFileSync(`${ARTIFACTS}/dashboard.png`, "docs/dashboard.png");
     } finally {
       const result = await traffic.stop();
       expect(result.ok, JSON.stringify(result.statuses)).toBeGreaterThan(0);
@@ -188,7 +208,9 @@ describe("dashboard in headless Chromium", () => {
     await page.click("#pause");
     await expect.poll(() => page.locator("#state").textContent(), { timeout: 5000 }).toBe("PAUSED (draining)");
     const stats = async () =>
-      (await (await fetch(`${BASE}/__coordinator/stats`, { headers: { authorization: `Bearer ${TOKEN}` } })).json()) as { paused: boolean; held: number };
+      (await (
+        await fetch(`${BASE}/__coordinator/stats`, { headers: { authorization: `Bearer ${TOKEN}` } })
+      ).json()) as { paused: boolean; held: number };
     expect((await stats()).paused).toBe(true);
     await page.click("#resume");
     await expect.poll(() => page.locator("#state").textContent(), { timeout: 5000 }).toBe("granting");

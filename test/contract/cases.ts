@@ -67,7 +67,9 @@ function steady(s: PoolStats) {
     counters: s.counters,
     waitTimeMs: s.waitTimeMs,
     waitHistogram: s.waitHistogram,
-    leases: s.leases.map((l) => ({ idPrefix: l.idPrefix, holder: l.holder, fence: l.fence })).sort((a, b) => a.fence - b.fence),
+    leases: s.leases
+      .map((l) => ({ idPrefix: l.idPrefix, holder: l.holder, fence: l.fence }))
+      .sort((a, b) => a.fence - b.fence),
   };
 }
 
@@ -99,7 +101,9 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       expect(leases.map((l) => l.expiresAt - l.grantedAt)).toEqual([TTL_MS, TTL_MS, 5000]);
       const s = await c.stats();
       expect(s).toMatchObject({ limit: LIMIT, held: 3, waiting: 0, counters: { granted: 3 } });
-      expect(s.leases.map((l) => [l.holder, l.fence, l.idPrefix]).sort()).toEqual(leases.map((l) => [l.holder, l.fence, l.id.slice(0, 8)]));
+      expect(s.leases.map((l) => [l.holder, l.fence, l.idPrefix]).sort()).toEqual(
+        leases.map((l) => [l.holder, l.fence, l.id.slice(0, 8)]),
+      );
     });
 
     it("an acquire answer carries the pool's load: a grant at once and a grant after waiting", async () => {
@@ -212,7 +216,9 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       expect(waited).toBeGreaterThanOrEqual(WAIT_MS - 10);
       expect(waited).toBeLessThan(WAIT_MS + SLACK_MS);
       expect(r).toMatchObject({ ok: false, code: "ACQUIRE_TIMEOUT" });
-      expect(!r.ok && r.message).toMatch(new RegExp(`^Timed out after ${WAIT_MS} ms waiting for a connection slot \\(limit ${LIMIT}\\b`));
+      expect(!r.ok && r.message).toMatch(
+        new RegExp(`^Timed out after ${WAIT_MS} ms waiting for a connection slot \\(limit ${LIMIT}\\b`),
+      );
     });
 
     it("refuses at once with ACQUIRE_TIMEOUT when waitMs is 0 and no slot is free", async () => {
@@ -287,20 +293,29 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       // Soft: record every differing value, not only the first.
       expect.soft(s.held, "held after the TTL").toBe(0);
       expect.soft(s.counters.expired, "counters.expired after the TTL").toBe(1);
-      expect.soft(await c.release(refOf(dead)), "release after the TTL").toEqual({ ok: false, code: "LEASE_NOT_FOUND", message: NOT_FOUND });
+      expect
+        .soft(await c.release(refOf(dead)), "release after the TTL")
+        .toEqual({ ok: false, code: "LEASE_NOT_FOUND", message: NOT_FOUND });
       expect((await c.stats()).held).toBe(0);
     });
 
     it("fencing: a forged id, a stale fence and a double release free nothing", async () => {
       const { coordinator: c } = await fresh();
       const lease = await grant(c, "a");
-      expect(await c.release({ leaseId: crypto.randomUUID(), fence: lease.fence })).toEqual({ ok: false, code: "LEASE_NOT_FOUND", message: NOT_FOUND });
+      expect(await c.release({ leaseId: crypto.randomUUID(), fence: lease.fence })).toEqual({
+        ok: false,
+        code: "LEASE_NOT_FOUND",
+        message: NOT_FOUND,
+      });
       expect(await c.release({ leaseId: lease.id, fence: lease.fence + 1 })).toEqual({
         ok: false,
         code: "STALE_FENCE",
         message: `Fence ${lease.fence + 1} does not match the lease's fence`,
       });
-      expect(await c.renew({ leaseId: lease.id, fence: lease.fence + 1 })).toMatchObject({ ok: false, code: "STALE_FENCE" });
+      expect(await c.renew({ leaseId: lease.id, fence: lease.fence + 1 })).toMatchObject({
+        ok: false,
+        code: "STALE_FENCE",
+      });
       expect((await c.stats()).held).toBe(1);
       expect(await c.release(refOf(lease))).toEqual({ ok: true, released: true });
       expect(await c.release(refOf(lease))).toEqual({ ok: false, code: "LEASE_NOT_FOUND", message: NOT_FOUND });
@@ -323,7 +338,11 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       // Without ttlMs: the pool's TTL from now.
       const again = await c.renew(refOf(lease));
       expect(again.ok && again.lease.expiresAt - Date.now()).toBeGreaterThan(TTL_MS - SLACK_MS);
-      expect(await c.renew({ leaseId: crypto.randomUUID(), fence: 1 })).toEqual({ ok: false, code: "LEASE_NOT_FOUND", message: NOT_FOUND });
+      expect(await c.renew({ leaseId: crypto.randomUUID(), fence: 1 })).toEqual({
+        ok: false,
+        code: "LEASE_NOT_FOUND",
+        message: NOT_FOUND,
+      });
       expect(await c.renew(refOf(lease), -5)).toEqual({
         ok: false,
         code: "INVALID_ARGUMENT",
@@ -402,7 +421,11 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       expect((await c.stats()).held).toBe(1);
       const prefix = stuck.id.slice(0, 8);
       expect(await c.revoke(prefix)).toEqual({ ok: true, released: true, idPrefix: prefix, holder: "stuck-holder" });
-      expect(await c.revoke(prefix)).toEqual({ ok: false, code: "LEASE_NOT_FOUND", message: `No held lease has an id starting with \`${prefix}\`` });
+      expect(await c.revoke(prefix)).toEqual({
+        ok: false,
+        code: "LEASE_NOT_FOUND",
+        message: `No held lease has an id starting with \`${prefix}\``,
+      });
       expect(await c.release(refOf(stuck))).toEqual({ ok: false, code: "LEASE_NOT_FOUND", message: NOT_FOUND });
       expect(await c.stats()).toMatchObject({ held: 0, counters: { granted: 1, released: 1 } });
     });
@@ -577,7 +600,10 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
         message: "Expected `holder` to be a string of at most 200 characters, got `5` (number)",
       });
       expect(await c.acquire({ holder: "x", waitMs: -1 })).toMatchObject({ ok: false, code: "INVALID_ARGUMENT" });
-      expect(await c.acquire({ holder: "x", priority: "urgent" as never })).toMatchObject({ ok: false, code: "INVALID_ARGUMENT" });
+      expect(await c.acquire({ holder: "x", priority: "urgent" as never })).toMatchObject({
+        ok: false,
+        code: "INVALID_ARGUMENT",
+      });
       expect(await c.release({ leaseId: lease.id, fence: "1" as never })).toEqual({
         ok: false,
         code: "INVALID_ARGUMENT",
@@ -615,8 +641,16 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       expect(keysOf(busy)).toEqual(STATS_KEYS);
       expect(keysOf(busy.leases[0]!)).toEqual(["ageMs", "expiresInMs", "fence", "holder", "idPrefix"]);
       const o = await c.operatorStats();
-      expect(keysOf(o)).toEqual([...STATS_KEYS, "learnFailure", "learned", "limitOverride", "limitSource", "reconciliation"].sort());
-      expect(o).toMatchObject({ limitOverride: null, reconciliation: null, limitSource: "configured", learned: null, learnFailure: null });
+      expect(keysOf(o)).toEqual(
+        [...STATS_KEYS, "learnFailure", "learned", "limitOverride", "limitSource", "reconciliation"].sort(),
+      );
+      expect(o).toMatchObject({
+        limitOverride: null,
+        reconciliation: null,
+        limitSource: "configured",
+        learned: null,
+        learnFailure: null,
+      });
       await c.release(refOf(lease));
       expect((await waiter).ok).toBe(true);
     });

@@ -49,7 +49,8 @@ describe("learning window after a restart", () => {
     expect(acquire(p, { leaseId: "now", holder: "x", waitMs: 0 }, 1000).outcome).toMatchObject({
       status: "rejected",
       code: "ACQUIRE_TIMEOUT",
-      message: "No connection slot free (limit 2, 0 held, 0 waiting, relearning leases after a restart) and the caller would not wait",
+      message:
+        "No connection slot free (limit 2, 0 held, 0 waiting, relearning leases after a restart) and the caller would not wait",
     });
     expect(acquire(p, { leaseId: "batch", holder: "x", queue: false }, 1000).outcome).toEqual({ status: "deferred" });
     expect(acquire(p, { leaseId: "w1", holder: "a", waitMs: 5000 }, 1000).outcome.status).toBe("queued");
@@ -66,28 +67,50 @@ describe("learning window after a restart", () => {
   it("a renewal of an earlier lease re-registers it against the limit; a release of one answers ok", () => {
     const p = restarted();
     const r = renew(p, { leaseId: "old", fence: 7, expiresAt: 1500 }, 1000, 800).outcome;
-    expect(r).toMatchObject({ status: "ok", lease: { id: "old", fence: 7, holder: "relearned", grantedAt: 1000, expiresAt: 1800 } });
+    expect(r).toMatchObject({
+      status: "ok",
+      lease: { id: "old", fence: 7, holder: "relearned", grantedAt: 1000, expiresAt: 1800 },
+    });
     expect(stats(p, 1000)).toMatchObject({ held: 1, learning: { relearned: 1 } });
     expect(release(p, { leaseId: "gone", fence: 8 }, 1000).outcome.status).toBe("ok");
     // The relearned lease is an ordinary one now: renewed, released, reaped like any.
-    expect(renew(p, { leaseId: "old", fence: 7 }, 1100).outcome).toMatchObject({ status: "ok", lease: { expiresAt: 1100 + 1500 } });
+    expect(renew(p, { leaseId: "old", fence: 7 }, 1100).outcome).toMatchObject({
+      status: "ok",
+      lease: { expiresAt: 1100 + 1500 },
+    });
     expect(release(p, { leaseId: "old", fence: 7 }, 1200).outcome.status).toBe("ok");
     expect(stats(p, 1200).counters.released).toBe(2);
   });
 
   it("a renewal cannot invent a lease: not a fence at or above the ceiling, not an expired one, not past the limit, not after the window", () => {
     const p = restarted();
-    expect(renew(p, { leaseId: "new", fence: 100 }, 1000).outcome).toMatchObject({ status: "failed", code: "LEASE_NOT_FOUND" });
-    expect(release(p, { leaseId: "new", fence: 100 }, 1000).outcome).toMatchObject({ status: "failed", code: "LEASE_NOT_FOUND" });
+    expect(renew(p, { leaseId: "new", fence: 100 }, 1000).outcome).toMatchObject({
+      status: "failed",
+      code: "LEASE_NOT_FOUND",
+    });
+    expect(release(p, { leaseId: "new", fence: 100 }, 1000).outcome).toMatchObject({
+      status: "failed",
+      code: "LEASE_NOT_FOUND",
+    });
     // Its holder was told it expires at 900: a late heartbeat must not bring it back.
-    expect(renew(p, { leaseId: "late", fence: 5, expiresAt: 900 }, 1000).outcome).toMatchObject({ status: "failed", code: "LEASE_NOT_FOUND" });
+    expect(renew(p, { leaseId: "late", fence: 5, expiresAt: 900 }, 1000).outcome).toMatchObject({
+      status: "failed",
+      code: "LEASE_NOT_FOUND",
+    });
     expect(renew(p, { leaseId: "a", fence: 5, expiresAt: 1500 }, 1000).outcome.status).toBe("ok");
     expect(renew(p, { leaseId: "b", fence: 6, expiresAt: 1500 }, 1000).outcome.status).toBe("ok");
-    expect(renew(p, { leaseId: "c", fence: 4, expiresAt: 1500 }, 1000).outcome).toMatchObject({ status: "failed", code: "LEASE_NOT_FOUND" });
+    expect(renew(p, { leaseId: "c", fence: 4, expiresAt: 1500 }, 1000).outcome).toMatchObject({
+      status: "failed",
+      code: "LEASE_NOT_FOUND",
+    });
     const after = restarted();
     tick(after, 2000 + CLOCK_MARGIN_MS);
-    expect(renew(after, { leaseId: "a", fence: 5, expiresAt: 9000 }, 2000 + CLOCK_MARGIN_MS).outcome).toMatchObject({ code: "LEASE_NOT_FOUND" });
-    expect(() => renew(after, { leaseId: "a", fence: 5, expiresAt: "soon" as never }, 2300)).toThrow(expect.objectContaining({ code: "INVALID_ARGUMENT" }));
+    expect(renew(after, { leaseId: "a", fence: 5, expiresAt: 9000 }, 2000 + CLOCK_MARGIN_MS).outcome).toMatchObject({
+      code: "LEASE_NOT_FOUND",
+    });
+    expect(() => renew(after, { leaseId: "a", fence: 5, expiresAt: "soon" as never }, 2300)).toThrow(
+      expect.objectContaining({ code: "INVALID_ARGUMENT" }),
+    );
   });
 
   it("shows the window in the metrics", () => {
@@ -104,7 +127,10 @@ describe("bounds written ahead of need", () => {
     const p = createPool(config);
     expect(nextBounds(p, { fenceCeiling: 1, horizon: 0 }, [], 0)).toEqual({ fenceCeiling: 1 + FENCE_STEP, horizon: 0 });
     const lease = { id: "a", fence: 1, holder: "", grantedAt: 0, expiresAt: 1500 };
-    expect(nextBounds(p, { fenceCeiling: 1 + FENCE_STEP, horizon: 0 }, [lease], 0)).toEqual({ fenceCeiling: 2 + FENCE_STEP, horizon: 1500 + HORIZON_STEP_MS });
+    expect(nextBounds(p, { fenceCeiling: 1 + FENCE_STEP, horizon: 0 }, [lease], 0)).toEqual({
+      fenceCeiling: 2 + FENCE_STEP,
+      horizon: 1500 + HORIZON_STEP_MS,
+    });
   });
 
   it("is due only within half a step of the last bounds written", () => {

@@ -52,16 +52,36 @@ describe("lease block: global order across isolates", () => {
     ["request", "r3"],
   ];
   it.each<[string, Step[], boolean, unknown[]]>([
-    ["nobody waits at the coordinator: the lease goes to the local waiter", [...busy, ["observe", 0], ["finish", "L1"]], true, [start("r2", "L1")]],
+    [
+      "nobody waits at the coordinator: the lease goes to the local waiter",
+      [...busy, ["observe", 0], ["finish", "L1"]],
+      true,
+      [start("r2", "L1")],
+    ],
     [
       "others wait at the coordinator: the lease goes back, and the local waiter queues there",
       [...busy, ["observe", 3], ["finish", "L1"]],
       true,
       [rel("L1"), acq],
     ],
-    ["the queue holds only this isolate's own acquire in flight: handed on locally", [...busy, ["observe", 1], ["finish", "L1"]], true, [start("r2", "L1")]],
-    ["the queue emptied again: handed on locally again", [...busy, ["observe", 3], ["observe", 0], ["finish", "L1"]], true, [start("r2", "L1")]],
-    ["keeping leases (yieldToQueue false): handed on whoever waits", [...busy, ["observe", 3], ["finish", "L1"]], false, [start("r2", "L1")]],
+    [
+      "the queue holds only this isolate's own acquire in flight: handed on locally",
+      [...busy, ["observe", 1], ["finish", "L1"]],
+      true,
+      [start("r2", "L1")],
+    ],
+    [
+      "the queue emptied again: handed on locally again",
+      [...busy, ["observe", 3], ["observe", 0], ["finish", "L1"]],
+      true,
+      [start("r2", "L1")],
+    ],
+    [
+      "keeping leases (yieldToQueue false): handed on whoever waits",
+      [...busy, ["observe", 3], ["finish", "L1"]],
+      false,
+      [start("r2", "L1")],
+    ],
     [
       "others wait and no local waiter: a finished lease goes back, it does not idle",
       [
@@ -104,7 +124,12 @@ describe("lease block: global order across isolates", () => {
       true,
       [rel("L1"), acq],
     ],
-    ["the report is fresh enough: handed on", [...busy, ["observe", 0], ["wait", 48], ["finish", "L1"]], true, [start("r2", "L1")]],
+    [
+      "the report is fresh enough: handed on",
+      [...busy, ["observe", 0], ["wait", 48], ["finish", "L1"]],
+      true,
+      [start("r2", "L1")],
+    ],
     [
       "stale, but a lease already went back to ask within staleAfterMs: handed on",
       [...busy, ["request", "r4"], ["grant", "L2"], ["observe", 0], ["wait", 60], ["finish", "L1"], ["finish", "L2"]],
@@ -123,7 +148,12 @@ describe("lease block: global order across isolates", () => {
       true,
       [],
     ],
-    ["stale while keeping leases (yieldToQueue false): handed on", [...busy, ["observe", 0], ["wait", 60], ["finish", "L1"]], false, [start("r2", "L1")]],
+    [
+      "stale while keeping leases (yieldToQueue false): handed on",
+      [...busy, ["observe", 0], ["wait", 60], ["finish", "L1"]],
+      false,
+      [start("r2", "L1")],
+    ],
     [
       "nobody waits: idle leases stay",
       [
@@ -154,7 +184,10 @@ describe("lease block: global order across isolates", () => {
       fc.property(
         fc.integer({ min: 1, max: 4 }),
         fc.boolean(),
-        fc.array(fc.oneof(fc.constantFrom("request", "grant", "refuse", "finish", "tick"), fc.integer({ min: 0, max: 4 })), { maxLength: 80 }),
+        fc.array(
+          fc.oneof(fc.constantFrom("request", "grant", "refuse", "finish", "tick"), fc.integer({ min: 0, max: 4 })),
+          { maxLength: 80 },
+        ),
         (maxBlock, yieldToQueue, steps) => {
           const b = createBlock<number>({ maxBlock, idleMs: 3, yieldToQueue });
           let now = 0;

@@ -34,7 +34,10 @@ describe("pause (drain)", () => {
     // A free slot exists, but a paused pool queues the caller instead of granting.
     expect(acquire(p, { leaseId: "w-1", holder: "b" }, 2).outcome.status).toBe("queued");
     expect(acquire(p, { leaseId: "w-2", holder: "c" }, 3).outcome.status).toBe("queued");
-    expect(acquire(p, { leaseId: "now", holder: "d", waitMs: 0 }, 4).outcome).toMatchObject({ status: "rejected", code: "ACQUIRE_TIMEOUT" });
+    expect(acquire(p, { leaseId: "now", holder: "d", waitMs: 0 }, 4).outcome).toMatchObject({
+      status: "rejected",
+      code: "ACQUIRE_TIMEOUT",
+    });
     // A release while paused frees the slot but does not hand it on.
     expect(release(p, { leaseId: "held-1", fence: 1 }, 5).effects.granted).toEqual([]);
     expect(stats(p, 5)).toMatchObject({ paused: true, held: 0, waiting: 2 });
@@ -84,10 +87,13 @@ describe("compareConnections", () => {
     { held: 3, limit: 10, role: 2, app: 2, drift: -1, overLimit: false, status: "drift" },
     { held: 3, limit: 10, role: 11, app: 3, drift: 0, overLimit: true, status: "over_limit" },
     { held: 0, limit: 1, role: 2, app: 4, drift: 4, overLimit: true, status: "over_limit" },
-  ])("held $held, limit $limit, role $role, app $app → $status", ({ held, limit, role, app, drift, overLimit, status }) => {
-    const r = compareConnections({ held, limit }, { ...counts, roleConnections: role, appConnections: app }, 1234);
-    expect(r).toMatchObject({ checkedAt: 1234, drift, overLimit, status, held, limit });
-  });
+  ])(
+    "held $held, limit $limit, role $role, app $app → $status",
+    ({ held, limit, role, app, drift, overLimit, status }) => {
+      const r = compareConnections({ held, limit }, { ...counts, roleConnections: role, appConnections: app }, 1234);
+      expect(r).toMatchObject({ checkedAt: 1234, drift, overLimit, status, held, limit });
+    },
+  );
 });
 
 describe("Prometheus metrics", () => {
@@ -101,7 +107,11 @@ describe("Prometheus metrics", () => {
     return {
       ...stats(p, 250),
       limitOverride: null,
-      reconciliation: compareConnections({ held: 1, limit: 1 }, { role: "app", applicationName: "web", roleConnections: 4, appConnections: 2 }, 5000),
+      reconciliation: compareConnections(
+        { held: 1, limit: 1 },
+        { role: "app", applicationName: "web", roleConnections: 4, appConnections: 2 },
+        5000,
+      ),
     };
   }
 
@@ -150,7 +160,9 @@ describe("Prometheus metrics", () => {
   });
 
   it("leaves the reconciliation series out until one has run", () => {
-    const names = parsePrometheusTextFormat(formatMetrics("main", { ...sample(), reconciliation: null })).map((f) => f.name);
+    const names = parsePrometheusTextFormat(formatMetrics("main", { ...sample(), reconciliation: null })).map(
+      (f) => f.name,
+    );
     expect(names).not.toContain("leasegate_db_connections");
     expect(names).toContain("leasegate_wait_seconds");
   });

@@ -76,14 +76,19 @@ describe("acquire", () => {
 
   it("with queue: false grants a free slot, and otherwise defers without queueing, shedding or counting", () => {
     const p = pool();
-    expect(acquire(p, { leaseId: "a", holder: "a", queue: false }, 0).outcome).toMatchObject({ status: "granted", lease: { fence: 1 } });
+    expect(acquire(p, { leaseId: "a", holder: "a", queue: false }, 0).outcome).toMatchObject({
+      status: "granted",
+      lease: { fence: 1 },
+    });
     grant(p, "b", 0);
     acquire(p, { leaseId: "w1", holder: "w1" }, 0);
     acquire(p, { leaseId: "w2", holder: "w2" }, 0);
     // Full and the queue at its cap: a single call would be shed with QUEUE_FULL.
     const before = stats(p, 1);
     expect(acquire(p, { leaseId: "c", holder: "c", queue: false }, 1).outcome).toEqual({ status: "deferred" });
-    expect(acquire(p, { leaseId: "d", holder: "d", waitMs: 0, queue: false }, 1).outcome).toEqual({ status: "deferred" });
+    expect(acquire(p, { leaseId: "d", holder: "d", waitMs: 0, queue: false }, 1).outcome).toEqual({
+      status: "deferred",
+    });
     expect(stats(p, 1)).toEqual(before);
     // Validation comes first: a bad request is refused, not deferred.
     expect(codeOf(() => acquire(p, { leaseId: "e", holder: "e", ttlMs: 0, queue: false }, 1))).toBe("INVALID_ARGUMENT");
@@ -259,7 +264,9 @@ describe("restore, reconfigure, stats", () => {
     acquire(p, { leaseId: "lease-bbbbbbbbbbbb", holder: "b" }, 10);
     const s1 = stats(p, 40);
     expect(s1.maxWaitMs).toBe(30);
-    expect(s1.leases).toEqual([{ idPrefix: "lease-aa", holder: "h-lease-aaaaaaaaaaaa", fence: 1, ageMs: 40, expiresInMs: 9960 }]);
+    expect(s1.leases).toEqual([
+      { idPrefix: "lease-aa", holder: "h-lease-aaaaaaaaaaaa", fence: 1, ageMs: 40, expiresInMs: 9960 },
+    ]);
     held = release(p, { leaseId: held.id, fence: held.fence }, 210).effects.granted[0]!;
     const s2 = stats(p, 210);
     expect(s2.waitTimeMs.count).toBe(2);

@@ -39,14 +39,28 @@ type Op =
 
 const op: fc.Arbitrary<Op> = fc.oneof(
   {
-    arbitrary: fc.record({ kind: fc.constant("acquire" as const), waitMs: fc.integer({ min: 0, max: 3000 }), ttlMs: fc.integer({ min: 1, max: 5000 }) }),
+    arbitrary: fc.record({
+      kind: fc.constant("acquire" as const),
+      waitMs: fc.integer({ min: 0, max: 3000 }),
+      ttlMs: fc.integer({ min: 1, max: 5000 }),
+    }),
     weight: 5,
   },
-  { arbitrary: fc.record({ kind: fc.constant("renew" as const), pick: fc.nat(), ttlMs: fc.integer({ min: 1, max: 5000 }) }), weight: 4 },
+  {
+    arbitrary: fc.record({
+      kind: fc.constant("renew" as const),
+      pick: fc.nat(),
+      ttlMs: fc.integer({ min: 1, max: 5000 }),
+    }),
+    weight: 4,
+  },
   { arbitrary: fc.record({ kind: fc.constant("release" as const), pick: fc.nat() }), weight: 2 },
   { arbitrary: fc.record({ kind: fc.constant("die" as const), pick: fc.nat() }), weight: 1 },
   {
-    arbitrary: fc.record({ kind: fc.constant("advance" as const), ms: fc.oneof(fc.integer({ min: 0, max: 300 }), fc.integer({ min: 0, max: 6000 })) }),
+    arbitrary: fc.record({
+      kind: fc.constant("advance" as const),
+      ms: fc.oneof(fc.integer({ min: 0, max: 300 }), fc.integer({ min: 0, max: 6000 })),
+    }),
     weight: 4,
   },
   { arbitrary: fc.constant({ kind: "confirm" as const }), weight: 2 },
@@ -117,7 +131,9 @@ let restarts = 0;
 let relearnedTotal = 0;
 
 describe("restarts with leases in memory (learning window)", () => {
-  it(`never lets the leases really alive exceed the limit, and fences only grow, over ${RUNS} sequences`, { timeout: 120_000 }, () => {
+  it(`never lets the leases really alive exceed the limit, and fences only grow, over ${RUNS} sequences`, {
+    timeout: 120_000,
+  }, () => {
     fc.assert(
       fc.property(fc.integer({ min: 1, max: 4 }), fc.array(op, { minLength: 5, maxLength: 80 }), (limit, ops) => {
         const config = { limit, maxQueue: 4, waitMs: 1000, leaseTtlMs: 1500 };
@@ -153,7 +169,11 @@ describe("restarts with leases in memory (learning window)", () => {
           switch (o.kind) {
             case "acquire": {
               const id = `l${seq++}`;
-              const { outcome, effects } = acquire(b.pool, { leaseId: id, holder: "h", waitMs: o.waitMs, ttlMs: o.ttlMs }, now);
+              const { outcome, effects } = acquire(
+                b.pool,
+                { leaseId: id, holder: "h", waitMs: o.waitMs, ttlMs: o.ttlMs },
+                now,
+              );
               apply(effects);
               if (outcome.status === "granted") {
                 b.handOut([outcome.lease], now);
@@ -166,7 +186,12 @@ describe("restarts with leases in memory (learning window)", () => {
               const live = holders.filter((h) => !h.released && !h.dead);
               if (live.length === 0) break;
               const h = live[o.pick % live.length]!;
-              const { outcome, effects } = renew(b.pool, { leaseId: h.id, fence: h.fence, expiresAt: h.expiresAt }, now, o.ttlMs);
+              const { outcome, effects } = renew(
+                b.pool,
+                { leaseId: h.id, fence: h.fence, expiresAt: h.expiresAt },
+                now,
+                o.ttlMs,
+              );
               apply(effects);
               if (outcome.status === "ok") {
                 if (outcome.lease.relearned) relearnedTotal++;
@@ -212,11 +237,16 @@ describe("restarts with leases in memory (learning window)", () => {
         }
         expect(waiting.every((id) => b.pool.queue.some((w) => w.leaseId === id))).toBe(true);
       }),
-      { numRuns: RUNS, ...(process.env.LEASEGATE_PROPERTY_SEED ? { seed: Number(process.env.LEASEGATE_PROPERTY_SEED) } : {}) },
+      {
+        numRuns: RUNS,
+        ...(process.env.LEASEGATE_PROPERTY_SEED ? { seed: Number(process.env.LEASEGATE_PROPERTY_SEED) } : {}),
+      },
     );
     // The sequences must reach the interesting part: leases relearned after restarts.
     expect(restarts).toBeGreaterThan(RUNS / 2);
     expect(relearnedTotal).toBeGreaterThan(RUNS / 10);
-    console.log(`[reliability] restarts model: ${RUNS} sequences, ${checked} steps checked, ${restarts} restarts, ${relearnedTotal} leases relearned`);
+    console.log(
+      `[reliability] restarts model: ${RUNS} sequences, ${checked} steps checked, ${restarts} restarts, ${relearnedTotal} leases relearned`,
+    );
   });
 });

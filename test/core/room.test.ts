@@ -1,5 +1,11 @@
 import { describe, expect, it } from "vitest";
-import { type RoomTerms, configFromEnv, learnSettingsFromEnv, learnedLimit, limitSource } from "../../src/core/index.ts";
+import {
+  type RoomTerms,
+  configFromEnv,
+  learnSettingsFromEnv,
+  learnedLimit,
+  limitSource,
+} from "../../src/core/index.ts";
 
 /** A server with plenty of room: 100 slots, 3 for superusers, nobody else connected. */
 const base: RoomTerms = {
@@ -16,40 +22,86 @@ const base: RoomTerms = {
 };
 
 describe("learnedLimit", () => {
-  const cases: Array<[string, Partial<RoomTerms>, { limit: number; room: number; bound: string; starved?: boolean }]> = [
-    ["the server alone: max − superuser reserved − headroom", {}, { limit: 95, room: 97, bound: "server" }],
-    ["PG16 reserved_connections are taken off too", { reserved: 5 }, { limit: 90, room: 92, bound: "server" }],
-    ["others on the server take room", { othersOnServer: 40 }, { limit: 55, room: 57, bound: "server" }],
-    ["a role's CONNECTION LIMIT 12", { roleLimit: 12 }, { limit: 10, room: 12, bound: "role" }],
-    ["4 connections of the role under another name lower it by 4", { roleLimit: 12, othersOfRole: 4, othersOnServer: 4 }, { limit: 6, room: 8, bound: "role" }],
-    ["rolconnlimit -1 is no limit", { roleLimit: -1 }, { limit: 95, room: 97, bound: "server" }],
+  const cases: Array<[string, Partial<RoomTerms>, { limit: number; room: number; bound: string; starved?: boolean }]> =
     [
-      "the database's limit when tighter than the role's",
-      { roleLimit: 30, databaseLimit: 20, othersInDatabase: 5 },
-      { limit: 13, room: 15, bound: "database" },
-    ],
-    ["the role's when tighter than the database's", { roleLimit: 10, databaseLimit: 20 }, { limit: 8, room: 10, bound: "role" }],
-    ["a tie between role and server names the role", { maxConnections: 15, roleLimit: 12 }, { limit: 10, room: 12, bound: "role" }],
-    ["LEASE_LIMIT_MAX caps it (Hyperdrive's origin limit)", { limitMax: 20 }, { limit: 20, room: 97, bound: "limitMax" }],
-    ["a cap above the room changes nothing", { roleLimit: 12, limitMax: 50 }, { limit: 10, room: 12, bound: "role" }],
-    ["headroom 0", { roleLimit: 12, headroom: 0 }, { limit: 12, room: 12, bound: "role" }],
-    ["room of exactly the headroom: the floor of 1, starved", { roleLimit: 2 }, { limit: 1, room: 2, bound: "role", starved: true }],
-    ["no room at all: the floor of 1, starved", { maxConnections: 10, othersOnServer: 7 }, { limit: 1, room: 0, bound: "server", starved: true }],
-    ["others beyond the limit (room negative): still 1", { roleLimit: 5, othersOfRole: 9 }, { limit: 1, room: -4, bound: "role", starved: true }],
-    ["room of headroom + 1: 1, not starved", { roleLimit: 3 }, { limit: 1, room: 3, bound: "role", starved: false }],
-  ];
+      ["the server alone: max − superuser reserved − headroom", {}, { limit: 95, room: 97, bound: "server" }],
+      ["PG16 reserved_connections are taken off too", { reserved: 5 }, { limit: 90, room: 92, bound: "server" }],
+      ["others on the server take room", { othersOnServer: 40 }, { limit: 55, room: 57, bound: "server" }],
+      ["a role's CONNECTION LIMIT 12", { roleLimit: 12 }, { limit: 10, room: 12, bound: "role" }],
+      [
+        "4 connections of the role under another name lower it by 4",
+        { roleLimit: 12, othersOfRole: 4, othersOnServer: 4 },
+        { limit: 6, room: 8, bound: "role" },
+      ],
+      ["rolconnlimit -1 is no limit", { roleLimit: -1 }, { limit: 95, room: 97, bound: "server" }],
+      [
+        "the database's limit when tighter than the role's",
+        { roleLimit: 30, databaseLimit: 20, othersInDatabase: 5 },
+        { limit: 13, room: 15, bound: "database" },
+      ],
+      [
+        "the role's when tighter than the database's",
+        { roleLimit: 10, databaseLimit: 20 },
+        { limit: 8, room: 10, bound: "role" },
+      ],
+      [
+        "a tie between role and server names the role",
+        { maxConnections: 15, roleLimit: 12 },
+        { limit: 10, room: 12, bound: "role" },
+      ],
+      [
+        "LEASE_LIMIT_MAX caps it (Hyperdrive's origin limit)",
+        { limitMax: 20 },
+        { limit: 20, room: 97, bound: "limitMax" },
+      ],
+      ["a cap above the room changes nothing", { roleLimit: 12, limitMax: 50 }, { limit: 10, room: 12, bound: "role" }],
+      ["headroom 0", { roleLimit: 12, headroom: 0 }, { limit: 12, room: 12, bound: "role" }],
+      [
+        "room of exactly the headroom: the floor of 1, starved",
+        { roleLimit: 2 },
+        { limit: 1, room: 2, bound: "role", starved: true },
+      ],
+      [
+        "no room at all: the floor of 1, starved",
+        { maxConnections: 10, othersOnServer: 7 },
+        { limit: 1, room: 0, bound: "server", starved: true },
+      ],
+      [
+        "others beyond the limit (room negative): still 1",
+        { roleLimit: 5, othersOfRole: 9 },
+        { limit: 1, room: -4, bound: "role", starved: true },
+      ],
+      ["room of headroom + 1: 1, not starved", { roleLimit: 3 }, { limit: 1, room: 3, bound: "role", starved: false }],
+    ];
   for (const [name, terms, want] of cases) {
     it(name, () => {
       const r = learnedLimit({ ...base, ...terms }, 1000);
-      expect({ limit: r.limit, room: r.room, bound: r.bound, ...(want.starved === undefined ? {} : { starved: r.starved }) }).toEqual(want);
+      expect({
+        limit: r.limit,
+        room: r.room,
+        bound: r.bound,
+        ...(want.starved === undefined ? {} : { starved: r.starved }),
+      }).toEqual(want);
       expect(r.learnedAt).toBe(1000);
-      expect(r.terms).toEqual({ ...base, ...terms, roleLimit: (terms.roleLimit ?? 0) < 0 ? null : (terms.roleLimit ?? null) });
+      expect(r.terms).toEqual({
+        ...base,
+        ...terms,
+        roleLimit: (terms.roleLimit ?? 0) < 0 ? null : (terms.roleLimit ?? null),
+      });
     });
   }
 
   it("shows each scope's room", () => {
-    const r = learnedLimit({ ...base, roleLimit: 20, databaseLimit: 50, othersOnServer: 10, othersOfRole: 1, othersInDatabase: 6 }, 0);
-    expect({ server: r.server, role: r.role, database: r.database, limit: r.limit }).toEqual({ server: 87, role: 19, database: 44, limit: 17 });
+    const r = learnedLimit(
+      { ...base, roleLimit: 20, databaseLimit: 50, othersOnServer: 10, othersOfRole: 1, othersInDatabase: 6 },
+      0,
+    );
+    expect({ server: r.server, role: r.role, database: r.database, limit: r.limit }).toEqual({
+      server: 87,
+      role: 19,
+      database: 44,
+      limit: 17,
+    });
   });
 
   const bad: Array<[string, Partial<Record<keyof RoomTerms, unknown>>]> = [
@@ -87,7 +139,14 @@ describe("LEASE_LIMIT=auto settings", () => {
     expect(configFromEnv({ LEASE_LIMIT: " AUTO " }).limit).toBe(1);
   });
   it("reads LEASE_HEADROOM, LEASE_LIMIT_MAX and LEASE_LEARN_INTERVAL_MS", () => {
-    expect(learnSettingsFromEnv({ LEASE_LIMIT: "auto", LEASE_HEADROOM: "0", LEASE_LIMIT_MAX: "50", LEASE_LEARN_INTERVAL_MS: "2000" })).toEqual({
+    expect(
+      learnSettingsFromEnv({
+        LEASE_LIMIT: "auto",
+        LEASE_HEADROOM: "0",
+        LEASE_LIMIT_MAX: "50",
+        LEASE_LEARN_INTERVAL_MS: "2000",
+      }),
+    ).toEqual({
       headroom: 0,
       limitMax: 50,
       intervalMs: 2000,
@@ -107,11 +166,14 @@ describe("LEASE_LIMIT=auto settings", () => {
       expect.objectContaining({ code: "INVALID_CONFIG", message: expect.stringContaining(name) }),
     );
   });
-  it.each(["LEASE_RESERVED", "LEASE_BATCH_MAX"])("refuses %s with auto: a fixed slot count cannot follow a moving limit", (name) => {
-    expect(() => configFromEnv({ LEASE_LIMIT: "auto", [name]: "1" })).toThrow(
-      expect.objectContaining({ code: "INVALID_CONFIG", message: expect.stringContaining(name) }),
-    );
-  });
+  it.each(["LEASE_RESERVED", "LEASE_BATCH_MAX"])(
+    "refuses %s with auto: a fixed slot count cannot follow a moving limit",
+    (name) => {
+      expect(() => configFromEnv({ LEASE_LIMIT: "auto", [name]: "1" })).toThrow(
+        expect.objectContaining({ code: "INVALID_CONFIG", message: expect.stringContaining(name) }),
+      );
+    },
+  );
   it("refuses LEASE_ADAPTIVE=on with auto", () => {
     expect(() => configFromEnv({ LEASE_LIMIT: "auto", LEASE_ADAPTIVE: "on" })).toThrow(
       expect.objectContaining({ code: "INVALID_CONFIG", message: expect.stringContaining("LEASE_ADAPTIVE") }),

@@ -1,6 +1,17 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { type BlockEffect, abandon, createBlock, expireIdle, finished, granted, observe, refused, request, retired } from "../../src/core/lease-block.ts";
+import {
+  type BlockEffect,
+  abandon,
+  createBlock,
+  expireIdle,
+  finished,
+  granted,
+  observe,
+  refused,
+  request,
+  retired,
+} from "../../src/core/lease-block.ts";
 import { validateConfig } from "../../src/core/config.ts";
 import { pickShard, shardConfig, shardLimits } from "../../src/core/shard.ts";
 import { simulate } from "../../bench/simulate.ts";
@@ -149,7 +160,15 @@ describe("simulator", () => {
 });
 
 describe("shardConfig", () => {
-  const base = { limit: 10, maxQueue: 7, waitMs: 500, leaseTtlMs: 30_000, reserved: 3, batchMax: 5, adaptive: { floor: 3 } };
+  const base = {
+    limit: 10,
+    maxQueue: 7,
+    waitMs: 500,
+    leaseTtlMs: 30_000,
+    reserved: 3,
+    batchMax: 5,
+    adaptive: { floor: 3 },
+  };
   it("splits the limit, queue cap, reserve and batch cap so each sums to at most the whole", () => {
     fc.assert(
       fc.property(fc.integer({ min: 1, max: 10 }), (count) => {

@@ -45,7 +45,9 @@ describe("priority classes", () => {
     const n = ask(p, 2, { leaseId: "normal" });
     const c = ask(p, 3, { priority: "critical", leaseId: "critical" });
     expect([b, n, c].map((r) => r.outcome.status)).toEqual(["queued", "queued", "queued"]);
-    const order = held.flatMap((l, i) => release(p, { leaseId: l.id, fence: l.fence }, 10 + i).effects.granted.map((g) => g.id));
+    const order = held.flatMap((l, i) =>
+      release(p, { leaseId: l.id, fence: l.fence }, 10 + i).effects.granted.map((g) => g.id),
+    );
     expect(order).toEqual(["critical", "normal", "batch"]);
   });
 
@@ -164,8 +166,13 @@ describe("adaptive limit", () => {
 
   it("is configured from LEASE_ADAPTIVE and LEASE_ADAPTIVE_FLOOR, off by default", () => {
     expect(configFromEnv({}).adaptive).toBeUndefined();
-    expect(configFromEnv({ LEASE_LIMIT: "20", LEASE_ADAPTIVE: "on" }).adaptive).toEqual({ floor: 5, tolerance: undefined });
+    expect(configFromEnv({ LEASE_LIMIT: "20", LEASE_ADAPTIVE: "on" }).adaptive).toEqual({
+      floor: 5,
+      tolerance: undefined,
+    });
     expect(() => configFromEnv({ LEASE_ADAPTIVE: "maybe" })).toThrow(/LEASE_ADAPTIVE/);
-    expect(() => configFromEnv({ LEASE_LIMIT: "5", LEASE_ADAPTIVE: "on", LEASE_ADAPTIVE_FLOOR: "9" })).toThrow(/LEASE_ADAPTIVE_FLOOR/);
+    expect(() => configFromEnv({ LEASE_LIMIT: "5", LEASE_ADAPTIVE: "on", LEASE_ADAPTIVE_FLOOR: "9" })).toThrow(
+      /LEASE_ADAPTIVE_FLOOR/,
+    );
   });
 });

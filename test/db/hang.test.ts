@@ -19,12 +19,22 @@ afterAll(async () => {
 describe("a database that accepts and never answers", () => {
   it("times out the connect (CONNECT_TIMEOUT), retries within the deadline, answers DATABASE_UNAVAILABLE, and the slot comes back", async () => {
     const config = {
-      ...databaseConfig({ DATABASE_URL: `postgres://app:Hung-Secret@127.0.0.1:${PORT}/db`, DB_CONNECT_TIMEOUT_MS: "1000", DB_DEADLINE_MS: "2500" }),
+      ...databaseConfig({
+        DATABASE_URL: `postgres://app:Hung-Secret@127.0.0.1:${PORT}/db`,
+        DB_CONNECT_TIMEOUT_MS: "1000",
+        DB_DEADLINE_MS: "2500",
+      }),
       retry: { maxAttempts: 5, baseDelayMs: 50, maxDelayMs: 200 },
     };
     const log = captureLog();
     const coordinator = memoryCoordinator();
-    const db = new Database({ name: "hung", driver: openDriver(config), leases: new Leases(coordinator), config, log: log.write });
+    const db = new Database({
+      name: "hung",
+      driver: openDriver(config),
+      leases: new Leases(coordinator),
+      config,
+      log: log.write,
+    });
     const started = Date.now();
     const error = await db.query("SELECT 1").catch((e: unknown) => e);
     const elapsed = Date.now() - started;
@@ -42,8 +52,18 @@ describe("a database that accepts and never answers", () => {
   }, 15_000);
 
   it("answers at the deadline while an attempt is still connecting", async () => {
-    const config = databaseConfig({ DATABASE_URL: `postgres://127.0.0.1:${PORT}/db`, DB_CONNECT_TIMEOUT_MS: "5000", DB_DEADLINE_MS: "300" });
-    const db = new Database({ name: "hung-deadline", driver: openDriver(config), leases: undefined, config, log: () => {} });
+    const config = databaseConfig({
+      DATABASE_URL: `postgres://127.0.0.1:${PORT}/db`,
+      DB_CONNECT_TIMEOUT_MS: "5000",
+      DB_DEADLINE_MS: "300",
+    });
+    const db = new Database({
+      name: "hung-deadline",
+      driver: openDriver(config),
+      leases: undefined,
+      config,
+      log: () => {},
+    });
     const started = Date.now();
     const error = await db.query("SELECT 1").catch((e: unknown) => e);
     expect(error).toMatchObject({ code: "DATABASE_UNAVAILABLE", cause: { code: "DEADLINE_EXCEEDED" } });
@@ -54,7 +74,11 @@ describe("a database that accepts and never answers", () => {
 
   it("never retries past a short request deadline", async () => {
     const config = {
-      ...databaseConfig({ DATABASE_URL: `postgres://127.0.0.1:${PORT}/db`, DB_CONNECT_TIMEOUT_MS: "1000", DB_DEADLINE_MS: "1200" }),
+      ...databaseConfig({
+        DATABASE_URL: `postgres://127.0.0.1:${PORT}/db`,
+        DB_CONNECT_TIMEOUT_MS: "1000",
+        DB_DEADLINE_MS: "1200",
+      }),
       retry: { maxAttempts: 5, baseDelayMs: 500, maxDelayMs: 500 },
     };
     const before = server.accepted();
@@ -68,7 +92,14 @@ describe("a database that accepts and never answers", () => {
         return () => clearTimeout(t);
       },
     };
-    const db = new Database({ name: "hung-short", driver: openDriver(config), leases: undefined, config, log: () => {}, runtime: rt });
+    const db = new Database({
+      name: "hung-short",
+      driver: openDriver(config),
+      leases: undefined,
+      config,
+      log: () => {},
+      runtime: rt,
+    });
     await expect(db.query("SELECT 1")).rejects.toMatchObject({ code: "DATABASE_UNAVAILABLE" });
     expect(server.accepted() - before).toBe(1);
   }, 10_000);

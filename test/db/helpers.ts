@@ -10,7 +10,18 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { WebSocketServer } from "ws";
 import type { Coordinator } from "../../src/client/leases.ts";
-import { type AcquireOptions, type AcquireResult, type Lease, acquire, createPool, nextWakeAt, release, renew, stats, tick } from "../../src/core/index.ts";
+import {
+  type AcquireOptions,
+  type AcquireResult,
+  type Lease,
+  acquire,
+  createPool,
+  nextWakeAt,
+  release,
+  renew,
+  stats,
+  tick,
+} from "../../src/core/index.ts";
 
 /** The shared test database (npm test creates and migrates it). */
 export const TEST_URL = process.env.LEASEGATE_TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/leasegate_test";
@@ -19,14 +30,23 @@ export const TEST_URL = process.env.LEASEGATE_TEST_DATABASE_URL ?? "postgres://p
  * A coordinator in this process over the same pure core the Durable Object runs. A stand-in: the
  * Durable Object cannot run under plain Node; the workerd suite exercises the real one.
  */
-export function memoryCoordinator(config = { limit: 2, maxQueue: 10, waitMs: 2000, leaseTtlMs: 30_000 }): Coordinator & { down: boolean } {
+export function memoryCoordinator(
+  config = { limit: 2, maxQueue: 10, waitMs: 2000, leaseTtlMs: 30_000 },
+): Coordinator & { down: boolean } {
   const pool = createPool(config);
   const waiting = new Map<string, (result: AcquireResult) => void>();
   let timer: ReturnType<typeof setTimeout> | undefined;
-  const grant = (lease: Lease) => ({ id: lease.id, fence: lease.fence, holder: lease.holder, grantedAt: lease.grantedAt, expiresAt: lease.expiresAt });
+  const grant = (lease: Lease) => ({
+    id: lease.id,
+    fence: lease.fence,
+    holder: lease.holder,
+    grantedAt: lease.grantedAt,
+    expiresAt: lease.expiresAt,
+  });
   const settle = (fx: { granted: Lease[]; timedOut: Array<{ leaseId: string }> }) => {
     for (const l of fx.granted) waiting.get(l.id)?.({ ok: true, lease: grant(l) });
-    for (const w of fx.timedOut) waiting.get(w.leaseId)?.({ ok: false, code: "ACQUIRE_TIMEOUT", message: "timed out", retryAfterMs: 100 });
+    for (const w of fx.timedOut)
+      waiting.get(w.leaseId)?.({ ok: false, code: "ACQUIRE_TIMEOUT", message: "timed out", retryAfterMs: 100 });
     for (const id of [...fx.granted.map((l) => l.id), ...fx.timedOut.map((w) => w.leaseId)]) waiting.delete(id);
     clearTimeout(timer);
     const wake = nextWakeAt(pool);
@@ -41,12 +61,17 @@ export function memoryCoordinator(config = { limit: 2, maxQueue: 10, waitMs: 200
     async acquire(options: AcquireOptions = {}): Promise<AcquireResult> {
       self.check();
       const leaseId = crypto.randomUUID();
-      const { outcome, effects } = acquire(pool, { leaseId, holder: options.holder ?? "", waitMs: options.waitMs, ttlMs: options.ttlMs }, Date.now());
+      const { outcome, effects } = acquire(
+        pool,
+        { leaseId, holder: options.holder ?? "", waitMs: options.waitMs, ttlMs: options.ttlMs },
+        Date.now(),
+      );
       if (outcome.status === "granted") {
         settle(effects);
         return { ok: true, lease: grant(outcome.lease) };
       }
-      if (outcome.status === "rejected") return { ok: false, code: outcome.code, message: outcome.message, retryAfterMs: outcome.retryAfterMs };
+      if (outcome.status === "rejected")
+        return { ok: false, code: outcome.code, message: outcome.message, retryAfterMs: outcome.retryAfterMs };
       const result = new Promise<AcquireResult>((resolve) => waiting.set(leaseId, resolve));
       settle(effects);
       return result;
@@ -55,7 +80,9 @@ export function memoryCoordinator(config = { limit: 2, maxQueue: 10, waitMs: 200
       self.check();
       const { outcome, effects } = release(pool, ref, Date.now());
       settle(effects);
-      return outcome.status === "ok" ? { ok: true as const, released: true as const } : { ok: false as const, code: outcome.code, message: outcome.message };
+      return outcome.status === "ok"
+        ? { ok: true as const, released: true as const }
+        : { ok: false as const, code: outcome.code, message: outcome.message };
     },
     async renew(ref: { leaseId: string; fence: number }, ttlMs?: number) {
       self.check();
@@ -73,12 +100,15 @@ export function memoryCoordinator(config = { limit: 2, maxQueue: 10, waitMs: 200
   return self;
 }
 
-const PG_BIN = existsSync("/usr/lib/postgresql") ? join("/usr/lib/postgresql", readdirSync("/usr/lib/postgresql").sort().at(-1)!, "bin") : "";
+const PG_BIN = existsSync("/usr/lib/postgresql")
+  ? join("/usr/lib/postgresql", readdirSync("/usr/lib/postgresql").sort().at(-1)!, "bin")
+  : "";
 
 function asPostgres(command: string, args: string[]): string {
   const bin = join(PG_BIN, command);
   // Postgres refuses to run as root: as root, run it as the `postgres` user.
-  const run = process.getuid?.() === 0 ? (["runuser", ["-u", "postgres", "--", bin, ...args]] as const) : ([bin, args] as const);
+  const run =
+    process.getuid?.() === 0 ? (["runuser", ["-u", "postgres", "--", bin, ...args]] as const) : ([bin, args] as const);
   return execFileSync(run[0], run[1], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
 }
 
@@ -114,7 +144,9 @@ export function privateCluster(port: number) {
 }
 
 /** A TCP server that accepts connections and never answers a byte: the shape of a hung database. */
-export async function silentServer(port: number): Promise<{ port: number; accepted: () => number; close(): Promise<void> }> {
+export async function silentServer(
+  port: number,
+): Promise<{ port: number; accepted: () => number; close(): Promise<void> }> {
   const sockets = new Set<Socket>();
   let accepted = 0;
   const server: Server = createServer((socket) => {
@@ -138,7 +170,9 @@ export async function silentServer(port: number): Promise<{ port: number; accept
  * A WebSocket-to-TCP bridge like Neon's proxy: each WebSocket at `/v2?address=host:port` becomes a
  * TCP connection to that address, bytes passed through both ways.
  */
-export async function wsBridge(port: number): Promise<{ port: number; connections: () => number; close(): Promise<void> }> {
+export async function wsBridge(
+  port: number,
+): Promise<{ port: number; connections: () => number; close(): Promise<void> }> {
   const wss = new WebSocketServer({ port, host: "127.0.0.1" });
   let connections = 0;
   wss.on("connection", (ws, request) => {

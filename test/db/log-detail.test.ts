@@ -11,7 +11,9 @@ import { captureLog, memoryCoordinator, TEST_URL } from "./helpers.ts";
 // values, the parameters or the literals of the query, unless DB_LOG_DETAIL=on.
 const TABLE = `log_detail_${process.pid}`;
 const admin = postgres(TEST_URL, { max: 1, onnotice: () => {} });
-beforeAll(() => admin.unsafe(`CREATE TABLE IF NOT EXISTS ${TABLE} (id int PRIMARY KEY, email text, body text NOT NULL)`));
+beforeAll(() =>
+  admin.unsafe(`CREATE TABLE IF NOT EXISTS ${TABLE} (id int PRIMARY KEY, email text, body text NOT NULL)`),
+);
 afterAll(async () => {
   await admin.unsafe(`DROP TABLE IF EXISTS ${TABLE}`);
   await admin.end();
@@ -20,12 +22,22 @@ afterAll(async () => {
 async function failingInsert(env: Record<string, string>) {
   const config = databaseConfig({ DATABASE_URL: TEST_URL, DB_DEADLINE_MS: "5000", ...env });
   const log = captureLog();
-  const db = new Database({ name: "logs", driver: openDriver(config), leases: new Leases(memoryCoordinator()), config, log: log.write });
+  const db = new Database({
+    name: "logs",
+    driver: openDriver(config),
+    leases: new Leases(memoryCoordinator()),
+    config,
+    log: log.write,
+  });
   // A literal in the text and a parameter: both are personal data here.
   const error = await db
-    .query(`INSERT INTO ${TABLE} (id, email, body) VALUES (4, 'literal.person@example.com', $1::text || NULL)`, ["param-secret-value"], {
-      holder: "create-note",
-    })
+    .query(
+      `INSERT INTO ${TABLE} (id, email, body) VALUES (4, 'literal.person@example.com', $1::text || NULL)`,
+      ["param-secret-value"],
+      {
+        holder: "create-note",
+      },
+    )
     .catch((e: unknown) => e);
   expect((error as { code?: string }).code).toBe("DATABASE_ERROR");
   const line = log.raw.find((l) => l.includes('"database_error"'));
@@ -41,7 +53,8 @@ describe.each([["postgres"], ["pg"]])("the database_error log line (%s)", (clien
     expect(JSON.stringify(entry.error)).toContain('"23502"');
     expect(line).toContain(TABLE);
     expect(line).toContain('"body"');
-    for (const value of ["literal.person@example.com", "param-secret-value", "Failing row", "(4,"]) expect(line).not.toContain(value);
+    for (const value of ["literal.person@example.com", "param-secret-value", "Failing row", "(4,"])
+      expect(line).not.toContain(value);
   });
 
   it("keeps the row's values with DB_LOG_DETAIL=on", async () => {

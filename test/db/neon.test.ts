@@ -24,12 +24,24 @@ const neonOptions = (port: number) => ({
 
 function neonDatabase(port = BRIDGE_PORT) {
   const config = {
-    ...databaseConfig({ DATABASE_URL: TEST_URL, DATABASE_DRIVER: "neon", DB_CONNECT_TIMEOUT_MS: "2000", DB_DEADLINE_MS: "3000", SLOW_QUERY_MS: "0" }),
+    ...databaseConfig({
+      DATABASE_URL: TEST_URL,
+      DATABASE_DRIVER: "neon",
+      DB_CONNECT_TIMEOUT_MS: "2000",
+      DB_DEADLINE_MS: "3000",
+      SLOW_QUERY_MS: "0",
+    }),
     retry: { maxAttempts: 2, baseDelayMs: 10, maxDelayMs: 50 },
   };
   const log = captureLog();
   const coordinator = memoryCoordinator();
-  const db = new Database({ name: "neon", driver: openDriver(config, neonOptions(port)), leases: new Leases(coordinator), config, log: log.write });
+  const db = new Database({
+    name: "neon",
+    driver: openDriver(config, neonOptions(port)),
+    leases: new Leases(coordinator),
+    config,
+    log: log.write,
+  });
   return { db, log, coordinator, config };
 }
 
@@ -43,7 +55,10 @@ describe("the Neon driver over a WebSocket bridge to the real Postgres", () => {
     expect(bridge.connections()).toBe(before + 1);
     expect((await coordinator.stats()).counters).toMatchObject({ granted: 1, released: 1 });
     // SLOW_QUERY_MS=0 logs every statement: the text, never the parameters.
-    expect(log.lines.find((l) => l.event === "slow_query")).toMatchObject({ query: "SELECT count(*)::int AS n FROM pitches WHERE genre = $1", ok: true });
+    expect(log.lines.find((l) => l.event === "slow_query")).toMatchObject({
+      query: "SELECT count(*)::int AS n FROM pitches WHERE genre = $1",
+      ok: true,
+    });
   });
 
   it("rolls a transaction back when fn throws and classifies a constraint error as DATABASE_ERROR", async () => {

@@ -17,7 +17,13 @@ let seq = 0;
 
 async function onePool(name = `${base}-${++seq}`): Promise<LocalPool<Sql>> {
   const pool = await localPool(
-    { DATABASE_URL: TEST_URL, LEASE_POOL: name, LEASE_LIMIT: "1", LEASE_WAIT_MS: "5000", APPLICATION_NAME: "leasegate-nested" },
+    {
+      DATABASE_URL: TEST_URL,
+      LEASE_POOL: name,
+      LEASE_LIMIT: "1",
+      LEASE_WAIT_MS: "5000",
+      APPLICATION_NAME: "leasegate-nested",
+    },
     { driver },
   );
   pools.push(pool);
@@ -27,7 +33,8 @@ async function onePool(name = `${base}-${++seq}`): Promise<LocalPool<Sql>> {
 afterAll(async () => {
   for (const pool of pools) await pool.close();
   const admin = postgres(TEST_URL, { max: 1, onnotice: () => {} });
-  for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"]) await admin`DELETE FROM ${admin(t)} WHERE pool LIKE ${`${base}-%`}`;
+  for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"])
+    await admin`DELETE FROM ${admin(t)} WHERE pool LIKE ${`${base}-%`}`;
   await admin.end();
 });
 
@@ -96,7 +103,9 @@ describe("nested leases on Node (the local coordinator, LEASE_LIMIT=1)", () => {
 
   it("a Hono handler holding its request's lease that queries the same pool again answers NESTED_LEASE at once", async () => {
     const pool = await onePool();
-    const app = new Hono().use(leased({ leases: pool.leases!, connect: () => postgres(TEST_URL, { max: 1, onnotice: () => {} }) }));
+    const app = new Hono().use(
+      leased({ leases: pool.leases!, connect: () => postgres(TEST_URL, { max: 1, onnotice: () => {} }) }),
+    );
     app.onError((error, c) => c.json({ code: isLeaseError(error) ? error.code : "other" }, 500));
     app.get("/x", async (c) => {
       const sql = await c.var.client();
@@ -115,7 +124,11 @@ describe("nested leases on Node (the local coordinator, LEASE_LIMIT=1)", () => {
 async function poolCoordinatorOf(pool: LocalPool) {
   const { PostgresCoordinator } = await import("../../local/postgres-coordinator.ts");
   const sql = postgres(TEST_URL, { max: 2, onnotice: () => {} });
-  const coordinator = new PostgresCoordinator({ sql, pool: pool.name, config: { limit: 1, maxQueue: 1000, waitMs: 5000, leaseTtlMs: 1500 } });
+  const coordinator = new PostgresCoordinator({
+    sql,
+    pool: pool.name,
+    config: { limit: 1, maxQueue: 1000, waitMs: 5000, leaseTtlMs: 1500 },
+  });
   await coordinator.ready();
   pools.push({
     close: async () => {

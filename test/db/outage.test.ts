@@ -27,7 +27,12 @@ afterAll(() => cluster.destroy());
 
 function setup(options: { failureThreshold?: number; openMs?: number } = {}) {
   const config = {
-    ...databaseConfig({ DATABASE_URL: url, DB_CONNECT_TIMEOUT_MS: "1000", DB_DEADLINE_MS: "3000", APPLICATION_NAME: "outage-test" }),
+    ...databaseConfig({
+      DATABASE_URL: url,
+      DB_CONNECT_TIMEOUT_MS: "1000",
+      DB_DEADLINE_MS: "3000",
+      APPLICATION_NAME: "outage-test",
+    }),
     breaker: { failureThreshold: options.failureThreshold ?? 3, openMs: options.openMs ?? 400 },
     retry: { maxAttempts: 2, baseDelayMs: 20, maxDelayMs: 100 },
   };
@@ -43,17 +48,25 @@ function setup(options: { failureThreshold?: number; openMs?: number } = {}) {
     operator: undefined,
     sql: (fn, options) =>
       db.run(async ({ beforeRelease }) => {
-        const sql: Sql = postgres(url, { max: 1, connect_timeout: 1, onnotice: () => {}, fetch_types: false, connection: { application_name: "outage-test" } });
+        const sql: Sql = postgres(url, {
+          max: 1,
+          connect_timeout: 1,
+          onnotice: () => {},
+          fetch_types: false,
+          connection: { application_name: "outage-test" },
+        });
         beforeRelease(() => sql.end({ timeout: 0 }).catch(() => {}));
         return fn(sql);
       }, options),
   };
   const deps: AppDeps = { pool, debugToken: "t" };
-  const get = (path: string) => handle(new Request(`http://node.test${path}`, { headers: { authorization: "Bearer t" } }), deps);
+  const get = (path: string) =>
+    handle(new Request(`http://node.test${path}`, { headers: { authorization: "Bearer t" } }), deps);
   return { db, log, coordinator, get };
 }
 
-const body = async (r: Response) => (await r.json()) as { error?: { code: string }; breaker?: { state: string }; [k: string]: unknown };
+const body = async (r: Response) =>
+  (await r.json()) as { error?: { code: string }; breaker?: { state: string }; [k: string]: unknown };
 
 describe("the database stops mid-run and comes back", () => {
   it("answers clear 503 DATABASE_UNAVAILABLE while it is down, fails fast with the circuit open, and recovers", async () => {
@@ -98,7 +111,9 @@ describe("the database stops mid-run and comes back", () => {
 
     cluster.start();
     // After openMs one probe goes through, succeeds, and the circuit closes.
-    await expect.poll(async () => (await get("/api/pitches/trending?limit=2")).status, { timeout: 10_000, interval: 100 }).toBe(200);
+    await expect
+      .poll(async () => (await get("/api/pitches/trending?limit=2")).status, { timeout: 10_000, interval: 100 })
+      .toBe(200);
     expect(db.breaker.state.state).toBe("closed");
     expect((await get("/health")).status).toBe(200);
 
@@ -124,7 +139,12 @@ describe("backends killed with pg_terminate_backend", () => {
         return sql`SELECT pg_sleep(${attempts === 1 ? 5 : 0}), ${attempts}::int AS attempt`;
       });
       await expect
-        .poll(async () => (await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'victim' AND state = 'active'`)[0]!.n)
+        .poll(
+          async () =>
+            (
+              await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'victim' AND state = 'active'`
+            )[0]!.n,
+        )
         .toBe(1);
       await admin`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'victim'`;
       const [row] = await result;
@@ -148,7 +168,9 @@ describe("backends killed with pg_terminate_backend", () => {
     });
     await expect(syntax).rejects.toMatchObject({ code: "DATABASE_ERROR" });
     expect(attempts).toBe(1);
-    await expect(db.query("INSERT INTO pitches (title, logline, genre, author) VALUES ('', 'x', 'drama', 'a')")).rejects.toMatchObject({
+    await expect(
+      db.query("INSERT INTO pitches (title, logline, genre, author) VALUES ('', 'x', 'drama', 'a')"),
+    ).rejects.toMatchObject({
       code: "DATABASE_ERROR",
     });
     expect(db.breaker.state.state).toBe("closed");
@@ -164,7 +186,10 @@ describe("too many connections", () => {
     // Someone else holds the role's only connection.
     const holder = postgres(limitedUrl, { max: 1, onnotice: () => {} });
     await holder`SELECT 1`;
-    const config = { ...databaseConfig({ DATABASE_URL: limitedUrl, DB_DEADLINE_MS: "3000" }), retry: { maxAttempts: 3, baseDelayMs: 20, maxDelayMs: 50 } };
+    const config = {
+      ...databaseConfig({ DATABASE_URL: limitedUrl, DB_DEADLINE_MS: "3000" }),
+      retry: { maxAttempts: 3, baseDelayMs: 20, maxDelayMs: 50 },
+    };
     const log = captureLog();
     const db = new Database({ name: "limited", driver: openDriver(config), leases: undefined, config, log: log.write });
     try {
@@ -191,7 +216,9 @@ describe("transactions under one lease", () => {
     });
     await expect(
       db.transaction(async (tx) => {
-        await tx.query("INSERT INTO pitches (title, logline, genre, author) VALUES ($1, 'l', 'drama', 'a')", [`${title}-rolled-back`]);
+        await tx.query("INSERT INTO pitches (title, logline, genre, author) VALUES ($1, 'l', 'drama', 'a')", [
+          `${title}-rolled-back`,
+        ]);
         throw new Error("changed my mind");
       }),
     ).rejects.toMatchObject({ code: "DATABASE_ERROR" });
@@ -204,7 +231,13 @@ describe("transactions under one lease", () => {
   it("renews the lease of long work before it expires", async () => {
     const coordinator = memoryCoordinator({ limit: 1, maxQueue: 5, waitMs: 2000, leaseTtlMs: 30_000 });
     const config = databaseConfig({ DATABASE_URL: url });
-    const db = new Database({ name: "renew", driver: openDriver(config), leases: new Leases(coordinator), config, leaseTtlMs: 300 });
+    const db = new Database({
+      name: "renew",
+      driver: openDriver(config),
+      leases: new Leases(coordinator),
+      config,
+      leaseTtlMs: 300,
+    });
     // 1 s of work under a 300 ms lease: without renewal it would be reaped and its slot handed on.
     const rows = await db.transaction(async (tx) => tx.query("SELECT pg_sleep(1), 1 AS done"));
     expect(rows[0]).toMatchObject({ done: 1 });

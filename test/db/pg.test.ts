@@ -21,10 +21,17 @@ afterAll(async () => {
   await admin.end();
 });
 
-const backends = async (app = APP) => Number((await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${app}`)[0]!.n);
+const backends = async (app = APP) =>
+  Number((await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${app}`)[0]!.n);
 
 function setup(env: Record<string, string> = {}) {
-  const config = databaseConfig({ DATABASE_URL: TEST_URL, DATABASE_CLIENT: "pg", APPLICATION_NAME: APP, DB_DEADLINE_MS: "5000", ...env });
+  const config = databaseConfig({
+    DATABASE_URL: TEST_URL,
+    DATABASE_CLIENT: "pg",
+    APPLICATION_NAME: APP,
+    DB_DEADLINE_MS: "5000",
+    ...env,
+  });
   const coordinator = pools.coordinator();
   const leases = new Leases(coordinator);
   const log = captureLog();
@@ -40,13 +47,22 @@ function setup(env: Record<string, string> = {}) {
 
 describe("DATABASE_CLIENT picks node-postgres", () => {
   it("selects the pg driver for a plain URL and for a Hyperdrive binding; postgres.js stays the default", () => {
-    expect(databaseConfig({ DATABASE_URL: TEST_URL, DATABASE_CLIENT: "pg" })).toMatchObject({ environment: "local", driver: "pg" });
-    expect(databaseConfig({ HYPERDRIVE: { connectionString: "postgres://u:p@hd.local:5432/db" }, DATABASE_CLIENT: "pg" })).toMatchObject({
+    expect(databaseConfig({ DATABASE_URL: TEST_URL, DATABASE_CLIENT: "pg" })).toMatchObject({
+      environment: "local",
+      driver: "pg",
+    });
+    expect(
+      databaseConfig({ HYPERDRIVE: { connectionString: "postgres://u:p@hd.local:5432/db" }, DATABASE_CLIENT: "pg" }),
+    ).toMatchObject({
       environment: "edge",
       driver: "pg",
     });
-    expect(databaseConfig({ DATABASE_URL: TEST_URL, DATABASE_CLIENT: "postgres" })).toMatchObject({ driver: "postgres" });
-    expect(databaseConfig({ HYPERDRIVE: { connectionString: "postgres://u:p@hd.local:5432/db" } })).toMatchObject({ driver: "hyperdrive" });
+    expect(databaseConfig({ DATABASE_URL: TEST_URL, DATABASE_CLIENT: "postgres" })).toMatchObject({
+      driver: "postgres",
+    });
+    expect(databaseConfig({ HYPERDRIVE: { connectionString: "postgres://u:p@hd.local:5432/db" } })).toMatchObject({
+      driver: "hyperdrive",
+    });
     expect(databaseConfig({ DATABASE_URL: TEST_URL })).toMatchObject({ driver: "postgres" });
   });
 
@@ -55,7 +71,9 @@ describe("DATABASE_CLIENT picks node-postgres", () => {
       try {
         databaseConfig(env as never);
       } catch (error) {
-        return isLeaseError(error) ? { code: error.code, message: error.message } : { code: "?", message: String(error) };
+        return isLeaseError(error)
+          ? { code: error.code, message: error.message }
+          : { code: "?", message: String(error) };
       }
       return { code: "none", message: "" };
     };
@@ -63,22 +81,34 @@ describe("DATABASE_CLIENT picks node-postgres", () => {
     expect(bad.code).toBe("INVALID_CONFIG");
     expect(bad.message).toContain("DATABASE_CLIENT");
     expect(bad.message).toContain("`postgres` or `pg`");
-    const neon = fails({ DATABASE_URL: "postgres://u:p@ep-cool-1.us-east-2.aws.neon.tech/db?sslmode=require", DATABASE_CLIENT: "pg" });
+    const neon = fails({
+      DATABASE_URL: "postgres://u:p@ep-cool-1.us-east-2.aws.neon.tech/db?sslmode=require",
+      DATABASE_CLIENT: "pg",
+    });
     expect(neon.code).toBe("INVALID_CONFIG");
     expect(neon.message).toContain("DATABASE_CLIENT");
     expect(neon.message).not.toContain("u:p@");
-    expect(fails({ DATABASE_URL: TEST_URL, DATABASE_DRIVER: "neon", DATABASE_CLIENT: "postgres" }).code).toBe("INVALID_CONFIG");
-    // Reaching a Neon host over TCP with pg is a plain Postgres connection: allowed.
-    expect(fails({ DATABASE_URL: "postgres://u:p@ep-cool-1.us-east-2.aws.neon.tech/db", DATABASE_DRIVER: "postgres", DATABASE_CLIENT: "pg" }).code).toBe(
-      "none",
+    expect(fails({ DATABASE_URL: TEST_URL, DATABASE_DRIVER: "neon", DATABASE_CLIENT: "postgres" }).code).toBe(
+      "INVALID_CONFIG",
     );
+    // Reaching a Neon host over TCP with pg is a plain Postgres connection: allowed.
+    expect(
+      fails({
+        DATABASE_URL: "postgres://u:p@ep-cool-1.us-east-2.aws.neon.tech/db",
+        DATABASE_DRIVER: "postgres",
+        DATABASE_CLIENT: "pg",
+      }).code,
+    ).toBe("none");
   });
 });
 
 describe("the pg driver", () => {
   it("runs a query with parameters under a lease and leaves no backend behind", async () => {
     const { db, leases } = setup();
-    const rows = await db.query("SELECT $1::int + 1 AS n, $2::text AS s, current_setting('application_name') AS app", [41, "x"]);
+    const rows = await db.query("SELECT $1::int + 1 AS n, $2::text AS s, current_setting('application_name') AS app", [
+      41,
+      "x",
+    ]);
     expect(rows).toEqual([{ n: 42, s: "x", app: APP }]);
     expect((await leases.stats()).held).toBe(0);
     expect(await backends()).toBe(0);
@@ -116,7 +146,13 @@ describe("the pg driver", () => {
     await client.connect();
     const pid = (await client.query("SELECT pg_backend_pid() AS pid")).rows[0].pid as number;
     const running = client.query("SELECT pg_sleep(10)").catch((e: unknown) => e);
-    await expect.poll(async () => Number((await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = ${pid} AND state = 'active'`)[0]!.n)).toBe(1);
+    await expect
+      .poll(async () =>
+        Number(
+          (await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE pid = ${pid} AND state = 'active'`)[0]!.n,
+        ),
+      )
+      .toBe(1);
     await admin`SELECT pg_terminate_backend(${pid})`;
     const error = (await running) as { code?: string };
     expect(error.code).toBe("57P01");
@@ -133,7 +169,12 @@ describe("the pg driver", () => {
     const killer = (async () => {
       await expect
         .poll(
-          async () => Number((await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${APP} AND query LIKE '%pg_sleep%'`)[0]!.n),
+          async () =>
+            Number(
+              (
+                await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${APP} AND query LIKE '%pg_sleep%'`
+              )[0]!.n,
+            ),
           { timeout: 5000 },
         )
         .toBe(1);
@@ -141,7 +182,9 @@ describe("the pg driver", () => {
     })();
     const result = await db.run(async (scope) => {
       attempts++;
-      const conn = await openDriver(databaseConfig({ DATABASE_URL: TEST_URL, DATABASE_CLIENT: "pg", APPLICATION_NAME: APP })).connect();
+      const conn = await openDriver(
+        databaseConfig({ DATABASE_URL: TEST_URL, DATABASE_CLIENT: "pg", APPLICATION_NAME: APP }),
+      ).connect();
       scope.beforeRelease(() => conn.close());
       if (attempts === 1) await conn.query("SELECT pg_sleep(10)");
       return conn.query("SELECT 'ok' AS answer");
@@ -176,7 +219,11 @@ describe("the pg driver", () => {
 
     const silent = await silentServer(5497);
     try {
-      const hung = setup({ DATABASE_URL: "postgres://postgres@127.0.0.1:5497/postgres", DB_CONNECT_TIMEOUT_MS: "300", DB_DEADLINE_MS: "3000" });
+      const hung = setup({
+        DATABASE_URL: "postgres://postgres@127.0.0.1:5497/postgres",
+        DB_CONNECT_TIMEOUT_MS: "300",
+        DB_DEADLINE_MS: "3000",
+      });
       const started = Date.now();
       await expect(hung.db.query("SELECT 1")).rejects.toMatchObject({ code: "DATABASE_UNAVAILABLE" });
       expect(Date.now() - started).toBeLessThan(3000);

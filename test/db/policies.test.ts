@@ -34,7 +34,9 @@ describe("retry policy", () => {
   it("retries an unreachable coordinator and Durable Object errors marked retryable, never overload sheds or overloaded objects", () => {
     expect(isRetryable(new LeaseError("COORDINATOR_UNAVAILABLE", "x"))).toBe(true);
     expect(isRetryable(Object.assign(new Error("Network connection lost."), { retryable: true }))).toBe(true);
-    expect(isRetryable(Object.assign(new Error("Durable Object is overloaded."), { retryable: true, overloaded: true }))).toBe(false);
+    expect(
+      isRetryable(Object.assign(new Error("Durable Object is overloaded."), { retryable: true, overloaded: true })),
+    ).toBe(false);
     expect(isRetryable(new LeaseError("QUEUE_FULL", "x"))).toBe(false);
     expect(isRetryable(new LeaseError("ACQUIRE_TIMEOUT", "x"))).toBe(false);
     expect(isRetryable(new LeaseError("DATABASE_UNAVAILABLE", "x", { cause: { circuit: "open" } }))).toBe(false);
@@ -172,7 +174,10 @@ describe("circuit breaker", () => {
 
 describe("safe errors", () => {
   it("serializes circular references, BigInt, throwing getters and deep causes, within its byte bound", () => {
-    const root = Object.assign(new Error("root"), { code: "XX000", big: 2n ** 70n }) as unknown as Record<string, unknown>;
+    const root = Object.assign(new Error("root"), { code: "XX000", big: 2n ** 70n }) as unknown as Record<
+      string,
+      unknown
+    >;
     root.self = root;
     Object.defineProperty(root, "bad", {
       enumerable: true,
@@ -186,7 +191,12 @@ describe("safe errors", () => {
     const text = JSON.stringify(out);
     expect(text.length).toBeLessThanOrEqual(4096);
     const shallow = serializeError(root);
-    expect(shallow).toMatchObject({ code: "XX000", big: "1180591620717411303424n", self: "[Circular]", bad: "[Throws]" });
+    expect(shallow).toMatchObject({
+      code: "XX000",
+      big: "1180591620717411303424n",
+      self: "[Circular]",
+      bad: "[Throws]",
+    });
   });
 
   it("bounds a single huge message", () => {
@@ -195,10 +205,15 @@ describe("safe errors", () => {
   });
 
   it("redacts passwords in URLs, key=value pairs and known secrets, and drops query parameters", () => {
-    expect(redact("connect postgres://app:hunter2@db.example.com:5432/x failed")).toBe("connect postgres://app:***@db.example.com:5432/x failed");
+    expect(redact("connect postgres://app:hunter2@db.example.com:5432/x failed")).toBe(
+      "connect postgres://app:***@db.example.com:5432/x failed",
+    );
     expect(redact("host=db password=hunter2 user=app")).toBe("host=db password=*** user=app");
     expect(redact("auth failed for s3cr3t-token", ["s3cr3t-token"])).toBe("auth failed for ***");
-    const e = Object.assign(new Error("bad postgresql://u:pw123@h/db"), { query: "SELECT $1", parameters: ["card 4111"] });
+    const e = Object.assign(new Error("bad postgresql://u:pw123@h/db"), {
+      query: "SELECT $1",
+      parameters: ["card 4111"],
+    });
     const text = JSON.stringify(serializeError(e));
     expect(text).not.toContain("pw123");
     expect(text).not.toContain("4111");
@@ -212,16 +227,28 @@ describe("configuration", () => {
       environment: "edge",
       driver: "hyperdrive",
     });
-    expect(databaseConfig({ DATABASE_URL: "postgres://u:p@ep-cool-1.us-east-2.aws.neon.tech/db?sslmode=require" })).toMatchObject({
+    expect(
+      databaseConfig({ DATABASE_URL: "postgres://u:p@ep-cool-1.us-east-2.aws.neon.tech/db?sslmode=require" }),
+    ).toMatchObject({
       environment: "production",
       driver: "neon",
     });
-    expect(databaseConfig({ DATABASE_URL: "postgres://postgres@127.0.0.1:5432/db" })).toMatchObject({ environment: "local", driver: "postgres" });
-    expect(databaseConfig({ DATABASE_URL: "postgres://postgres@127.0.0.1/db", DATABASE_DRIVER: "neon" })).toMatchObject({ driver: "neon" });
+    expect(databaseConfig({ DATABASE_URL: "postgres://postgres@127.0.0.1:5432/db" })).toMatchObject({
+      environment: "local",
+      driver: "postgres",
+    });
+    expect(databaseConfig({ DATABASE_URL: "postgres://postgres@127.0.0.1/db", DATABASE_DRIVER: "neon" })).toMatchObject(
+      { driver: "neon" },
+    );
   });
 
   it("reads the resilience settings", () => {
-    const c = databaseConfig({ DATABASE_URL: "postgres://h/db", SLOW_QUERY_MS: "250", LEASE_SAFE_MODE: "budget", LEASE_SAFE_BUDGET: "3" });
+    const c = databaseConfig({
+      DATABASE_URL: "postgres://h/db",
+      SLOW_QUERY_MS: "250",
+      LEASE_SAFE_MODE: "budget",
+      LEASE_SAFE_BUDGET: "3",
+    });
     expect(c).toMatchObject({ slowQueryMs: 250, safeMode: { mode: "budget", budget: 3 } });
     expect(databaseConfig({ DATABASE_URL: "postgres://h/db" }).safeMode).toEqual({ mode: "closed" });
   });

@@ -9,9 +9,18 @@ import { TEST_URL, memoryCoordinator } from "./helpers.ts";
 // The coordinator here is the in-process stand-in (helpers.ts): a Durable Object cannot be made
 // unreachable from plain Node, so `down` makes its calls throw as an unreachable stub's do.
 function setup(env: Record<string, string>) {
-  const config = { ...databaseConfig({ DATABASE_URL: TEST_URL, ...env }), retry: { maxAttempts: 2, baseDelayMs: 5, maxDelayMs: 10 } };
+  const config = {
+    ...databaseConfig({ DATABASE_URL: TEST_URL, ...env }),
+    retry: { maxAttempts: 2, baseDelayMs: 5, maxDelayMs: 10 },
+  };
   const coordinator = memoryCoordinator();
-  const db = new Database({ name: "safe", driver: openDriver(config), leases: new Leases(coordinator), config, log: () => {} });
+  const db = new Database({
+    name: "safe",
+    driver: openDriver(config),
+    leases: new Leases(coordinator),
+    config,
+    log: () => {},
+  });
   return { db, coordinator };
 }
 
@@ -24,7 +33,10 @@ describe("safe mode when the coordinator is unreachable", () => {
     const response = errorResponse(error);
     expect(response.status).toBe(503);
     expect(response.headers.get("retry-after")).toBe("1");
-    expect(db.status()).toMatchObject({ breaker: { state: "closed", failures: 0 }, safeMode: { mode: "closed", refused: 2 } });
+    expect(db.status()).toMatchObject({
+      breaker: { state: "closed", failures: 0 },
+      safeMode: { mode: "closed", refused: 2 },
+    });
     coordinator.down = false;
     expect(await db.query("SELECT 1 AS one")).toEqual([{ one: 1 }]);
   });

@@ -28,7 +28,15 @@ describe("settings parsed once", () => {
     });
     expect(settings.pool).toEqual({
       name: "reports",
-      config: { limit: 12, maxQueue: 1000, waitMs: 5000, leaseTtlMs: 1500, reserved: 2, batchMax: undefined, adaptive: undefined },
+      config: {
+        limit: 12,
+        maxQueue: 1000,
+        waitMs: 5000,
+        leaseTtlMs: 1500,
+        reserved: 2,
+        batchMax: undefined,
+        adaptive: undefined,
+      },
       shards: 3,
       blockMax: 4,
       blockIdleMs: 20,
@@ -36,10 +44,23 @@ describe("settings parsed once", () => {
       coordinator: true,
       learn: null,
     });
-    expect(settings.database).toMatchObject({ environment: "local", driver: "postgres", connectTimeoutMs: 1500, deadlineMs: 10_000 });
-    expect(settingsFromEnv({ DATABASE_URL: URL, COORDINATOR: "off" }).pool).toMatchObject({ name: "main", shards: 1, blockMax: 0, coordinator: false });
+    expect(settings.database).toMatchObject({
+      environment: "local",
+      driver: "postgres",
+      connectTimeoutMs: 1500,
+      deadlineMs: 10_000,
+    });
+    expect(settingsFromEnv({ DATABASE_URL: URL, COORDINATOR: "off" }).pool).toMatchObject({
+      name: "main",
+      shards: 1,
+      blockMax: 0,
+      coordinator: false,
+    });
     // `[vars]` may hold numbers, and a Worker may bind its coordinator namespace as `COORDINATOR`.
-    const bound = { DATABASE_URL: URL, LEASE_LIMIT: 4, COORDINATOR: { getByName() {} } } as unknown as Record<string, string>;
+    const bound = { DATABASE_URL: URL, LEASE_LIMIT: 4, COORDINATOR: { getByName() {} } } as unknown as Record<
+      string,
+      string
+    >;
     expect(settingsFromEnv(bound).pool).toMatchObject({ config: { limit: 4 }, coordinator: true });
   });
 
@@ -61,7 +82,11 @@ describe("settings parsed once", () => {
     ["LEASE_RESERVED", { LEASE_LIMIT: "4", LEASE_RESERVED: "4" }, "an integer from 0 to 3"],
     ["LEASE_BATCH_MAX", { LEASE_LIMIT: "4", LEASE_BATCH_MAX: "5" }, "an integer from 0 to 4"],
     ["LEASE_ADAPTIVE", { LEASE_ADAPTIVE: "yes" }, "`on` or `off`"],
-    ["LEASE_ADAPTIVE_FLOOR", { LEASE_LIMIT: "4", LEASE_ADAPTIVE: "on", LEASE_ADAPTIVE_FLOOR: "5" }, "an integer from 1 to 4"],
+    [
+      "LEASE_ADAPTIVE_FLOOR",
+      { LEASE_LIMIT: "4", LEASE_ADAPTIVE: "on", LEASE_ADAPTIVE_FLOOR: "5" },
+      "an integer from 1 to 4",
+    ],
     ["LEASE_SHARDS", { LEASE_LIMIT: "3", LEASE_SHARDS: "4" }, "an integer from 1 to 3"],
     ["LEASE_BLOCK", { LEASE_BLOCK: "x" }, "an integer from 0 to 1000"],
     ["LEASE_BLOCK_IDLE_MS", { LEASE_BLOCK_IDLE_MS: "60001" }, "an integer from 0 to 60000"],

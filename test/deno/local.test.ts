@@ -17,13 +17,17 @@ declare const Deno: {
   pid: number;
 };
 
-const url = Deno.env.get("LEASEGATE_TEST_DATABASE_URL") ?? Deno.env.get("DATABASE_URL") ?? "postgres://postgres@127.0.0.1:5432/postgres";
+const url =
+  Deno.env.get("LEASEGATE_TEST_DATABASE_URL") ??
+  Deno.env.get("DATABASE_URL") ??
+  "postgres://postgres@127.0.0.1:5432/postgres";
 const base = `deno-${Deno.pid}-${Date.now()}`;
 // postgres.js keeps sockets and timers between queries; each test ends its clients itself.
 const loose = { sanitizeOps: false, sanitizeResources: false };
 
 async function cleanup(sql: postgres.Sql, pool: string): Promise<void> {
-  for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"]) await sql`DELETE FROM ${sql(t)} WHERE pool = ${pool}`;
+  for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"])
+    await sql`DELETE FROM ${sql(t)} WHERE pool = ${pool}`;
 }
 
 Deno.test({
@@ -88,11 +92,21 @@ Deno.test({
   ...loose,
   fn: async () => {
     const pool = `${base}-http`;
-    const app = await createLocalApp({ DATABASE_URL: url, LEASE_POOL: pool, LEASE_LIMIT: "2", DEBUG_TOKEN: "deno-token" });
+    const app = await createLocalApp({
+      DATABASE_URL: url,
+      LEASE_POOL: pool,
+      LEASE_LIMIT: "2",
+      DEBUG_TOKEN: "deno-token",
+    });
     try {
       const health = await app.fetch(new Request("http://local/health"));
       assert.equal(health.status, 200);
-      const h = (await health.json()) as { status: string; database: string; coordinator: string; breaker: { state: string } };
+      const h = (await health.json()) as {
+        status: string;
+        database: string;
+        coordinator: string;
+        breaker: { state: string };
+      };
       assert.deepEqual([h.status, h.database, h.coordinator, h.breaker.state], ["ok", "up", "up", "closed"]);
       const trending = await app.fetch(new Request("http://local/api/pitches/trending?limit=3"));
       assert.equal(trending.status, 200);
@@ -102,7 +116,9 @@ Deno.test({
       assert.equal(((await bad.json()) as { error: { code: string } }).error.code, "INVALID_ARGUMENT");
       const denied = await app.fetch(new Request("http://local/__coordinator/stats"));
       assert.equal(denied.status, 401);
-      const stats = await app.fetch(new Request("http://local/__coordinator/stats", { headers: { authorization: "Bearer deno-token" } }));
+      const stats = await app.fetch(
+        new Request("http://local/__coordinator/stats", { headers: { authorization: "Bearer deno-token" } }),
+      );
       const body = (await stats.json()) as { pool: string; limit: number; held: number; counters: { granted: number } };
       assert.equal(body.pool, pool);
       assert.equal(body.limit, 2);
@@ -123,13 +139,27 @@ Deno.test({
   ...loose,
   fn: async () => {
     const pool = `${base}-operator`;
-    const app = await createLocalApp({ DATABASE_URL: url, LEASE_POOL: pool, LEASE_LIMIT: "2", LEASE_WAIT_MS: "200", DEBUG_TOKEN: "deno-token" });
+    const app = await createLocalApp({
+      DATABASE_URL: url,
+      LEASE_POOL: pool,
+      LEASE_LIMIT: "2",
+      LEASE_WAIT_MS: "200",
+      DEBUG_TOKEN: "deno-token",
+    });
     const sql = postgres(url, { max: 3, onnotice: () => {} });
-    const other = new PostgresCoordinator({ sql, pool, config: { limit: 2, maxQueue: 10, waitMs: 2000, leaseTtlMs: 5000 } });
+    const other = new PostgresCoordinator({
+      sql,
+      pool,
+      config: { limit: 2, maxQueue: 10, waitMs: 2000, leaseTtlMs: 5000 },
+    });
     const post = async (path: string, body?: unknown) => {
       const headers = { authorization: "Bearer deno-token", "content-type": "application/json" };
       const r = await app.fetch(
-        new Request(`http://local/__coordinator/${path}`, { method: "POST", headers, body: body === undefined ? null : JSON.stringify(body) }),
+        new Request(`http://local/__coordinator/${path}`, {
+          method: "POST",
+          headers,
+          body: body === undefined ? null : JSON.stringify(body),
+        }),
       );
       return { status: r.status, body: (await r.json()) as Record<string, unknown> };
     };
@@ -155,7 +185,9 @@ Deno.test({
       await leases.release(await critical);
       await leases.release(await normal);
       assert.deepEqual(order, ["critical", "normal"]);
-      const metrics = await app.fetch(new Request("http://local/__coordinator/metrics", { headers: { authorization: "Bearer deno-token" } }));
+      const metrics = await app.fetch(
+        new Request("http://local/__coordinator/metrics", { headers: { authorization: "Bearer deno-token" } }),
+      );
       assert.equal(metrics.status, 200);
       assert.match(await metrics.text(), /leasegate_limit_leases\{pool="[^"]+"\} 1/);
     } finally {

@@ -69,13 +69,17 @@ describe("Postgres restarts mid-load", () => {
     await control("start");
     phase = "after";
     const recoveredFrom = Date.now();
-    await expect.poll(() => samples.filter((s) => s.phase === "after" && s.status === 200).length, { timeout: 15_000 }).toBeGreaterThanOrEqual(20);
+    await expect
+      .poll(() => samples.filter((s) => s.phase === "after" && s.status === 200).length, { timeout: 15_000 })
+      .toBeGreaterThanOrEqual(20);
     const recoveryMs = Date.now() - recoveredFrom;
     running = false;
     await Promise.all(load);
 
     // Every failure was a clear, retryable 503 with Retry-After; nothing else, nothing slow.
-    const unclear = samples.filter((s) => s.status !== 200 && !(s.status === 503 && s.code === "DATABASE_UNAVAILABLE" && Number(s.retryAfter) >= 1));
+    const unclear = samples.filter(
+      (s) => s.status !== 200 && !(s.status === 503 && s.code === "DATABASE_UNAVAILABLE" && Number(s.retryAfter) >= 1),
+    );
     expect(unclear).toEqual([]);
     // The driver's errors quote host and port; the responses never do.
     expect(samples.filter((s) => /postgres:\/\/|127\.0\.0\.1|5490|leasegate@/.test(s.message ?? ""))).toEqual([]);
@@ -93,7 +97,13 @@ describe("Postgres restarts mid-load", () => {
     // And no connection left open on the database.
     observer = connectFromWorker(env.HYPERDRIVE.connectionString, "leasegate-observer");
     await expect
-      .poll(async () => Number((await observer!`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${env.APPLICATION_NAME!}`)[0]!.n))
+      .poll(async () =>
+        Number(
+          (
+            await observer!`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${env.APPLICATION_NAME!}`
+          )[0]!.n,
+        ),
+      )
       .toBe(0);
     expect((await get("/health")).status).toBe(200);
     const n503 = samples.filter((s) => s.status === 503).length;

@@ -16,14 +16,17 @@ function binDir(): string {
   const root = "/usr/lib/postgresql";
   const versions = existsSync(root) ? readdirSync(root).filter((v) => existsSync(join(root, v, "bin", "initdb"))) : [];
   const newest = versions.sort((a, b) => Number(b) - Number(a))[0];
-  if (!newest) throw new Error("The fault suite needs a Postgres server installed (initdb not found under /usr/lib/postgresql)");
+  if (!newest)
+    throw new Error("The fault suite needs a Postgres server installed (initdb not found under /usr/lib/postgresql)");
   return join(root, newest, "bin");
 }
 
 /** Runs a Postgres tool; as root it runs as the postgres user, which Postgres insists on. */
 function pgTool(bin: string, args: string[]): void {
   const asRoot = process.getuid?.() === 0;
-  const [cmd, argv] = asRoot ? ["runuser", ["-u", "postgres", "--", join(bin, args[0]!), ...args.slice(1)]] : [join(bin, args[0]!), args.slice(1)];
+  const [cmd, argv] = asRoot
+    ? ["runuser", ["-u", "postgres", "--", join(bin, args[0]!), ...args.slice(1)]]
+    : [join(bin, args[0]!), args.slice(1)];
   execFileSync(cmd as string, argv as string[], { stdio: ["ignore", "ignore", "inherit"], cwd: tmpdir() });
 }
 
@@ -48,7 +51,17 @@ export default async function setup(): Promise<() => Promise<void>> {
   }
   pgTool(bin, ["initdb", "-D", dir, "-U", "postgres", "--auth=trust", "--no-sync"]);
   const start = () =>
-    pgTool(bin, ["pg_ctl", "-D", dir, "-l", join(dir, "log"), "-w", "-o", `-p ${FAULT_PG_PORT} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`, "start"]);
+    pgTool(bin, [
+      "pg_ctl",
+      "-D",
+      dir,
+      "-l",
+      join(dir, "log"),
+      "-w",
+      "-o",
+      `-p ${FAULT_PG_PORT} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`,
+      "start",
+    ]);
   // Immediate mode: the server dies like a crash, dropping every connection mid-query.
   const stop = () => pgTool(bin, ["pg_ctl", "-D", dir, "-w", "-m", "immediate", "stop"]);
   start();

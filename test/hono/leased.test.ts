@@ -26,7 +26,8 @@ let seq = 0;
 
 afterAll(async () => {
   for (const c of coordinators) await c.close();
-  for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"]) await admin`DELETE FROM ${admin(t)} WHERE pool LIKE ${`${base}-%`}`;
+  for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"])
+    await admin`DELETE FROM ${admin(t)} WHERE pool LIKE ${`${base}-%`}`;
   for (const s of clients) await s.end();
   await admin.end();
 });
@@ -48,7 +49,8 @@ function pool(config: { limit?: number; maxQueue?: number; waitMs?: number; leas
   return { leases, calls, stats: () => real.stats() };
 }
 
-const backends = async () => Number((await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${appName}`)[0]!.n);
+const backends = async () =>
+  Number((await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${appName}`)[0]!.n);
 /** An app whose onError answers quietly (Hono's default logs every handler error). */
 const quiet = () => new Hono().onError((_e, c) => c.text("handler error", 500));
 const pgClient = () => new pg.Client({ connectionString: url, application_name: appName });
@@ -203,7 +205,12 @@ describe("leased() on Node with node-postgres", () => {
 
   it("answers 503 DATABASE_UNAVAILABLE when the database refuses, and releases the lease it took", async () => {
     const p = pool();
-    const app = quiet().use(leased({ leases: p.leases, connect: () => new pg.Client({ connectionString: "postgres://postgres@127.0.0.1:1/postgres" }) }));
+    const app = quiet().use(
+      leased({
+        leases: p.leases,
+        connect: () => new pg.Client({ connectionString: "postgres://postgres@127.0.0.1:1/postgres" }),
+      }),
+    );
     app.get("/down", async (c) => c.json((await (await c.var.client()).query("SELECT 1")).rows));
     const res = await app.request("/down");
     expect(res.status).toBe(503);
@@ -220,7 +227,11 @@ describe("leased() on Node with node-postgres", () => {
     const answer = app.request("/sleep");
     await expect
       .poll(async () =>
-        Number((await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${appName} AND query LIKE '%pg_sleep%'`)[0]!.n),
+        Number(
+          (
+            await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${appName} AND query LIKE '%pg_sleep%'`
+          )[0]!.n,
+        ),
       )
       .toBe(1);
     await admin`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ${appName} AND query LIKE '%pg_sleep%'`;
@@ -239,7 +250,13 @@ describe("leased() on Node with node-postgres", () => {
     const app = quiet().use("/api/*", leased({ leases: p.leases, connect: pgClient }));
     app.get("/api/trending", async (c) => {
       const db = drizzlePg(await c.var.client());
-      return c.json(await db.select({ id: pitches.id, title: pitches.title }).from(pitches).orderBy(desc(pitches.viewCount)).limit(3));
+      return c.json(
+        await db
+          .select({ id: pitches.id, title: pitches.title })
+          .from(pitches)
+          .orderBy(desc(pitches.viewCount))
+          .limit(3),
+      );
     });
     app.post("/api/notes", async (c) => {
       const db = drizzlePg(await c.var.client());
@@ -268,7 +285,11 @@ describe("leased() on Node with node-postgres", () => {
   it("serves a postgres.js client too (Drizzle over postgres-js), closed with end({ timeout: 0 })", async () => {
     const p = pool();
     const app = quiet().use(
-      leased({ leases: p.leases, connect: () => postgres(url, { max: 1, onnotice: () => {}, fetch_types: false, connection: { application_name: appName } }) }),
+      leased({
+        leases: p.leases,
+        connect: () =>
+          postgres(url, { max: 1, onnotice: () => {}, fetch_types: false, connection: { application_name: appName } }),
+      }),
     );
     app.get("/count", async (c) => {
       const db = drizzlePostgresJs(await c.var.client());

@@ -39,7 +39,10 @@ async function columnsOf(sql: postgres.Sql, table: string): Promise<Map<string, 
 }
 
 /** Every field of `fields` in `columns`, with its type and its nullability. */
-function expectColumns(columns: Map<string, { type: string; nullable: boolean }>, fields: ReadonlyArray<{ column: string; type: string; optional?: true }>) {
+function expectColumns(
+  columns: Map<string, { type: string; nullable: boolean }>,
+  fields: ReadonlyArray<{ column: string; type: string; optional?: true }>,
+) {
   for (const f of fields) {
     expect(columns.get(f.column), f.column).toEqual({ type: f.type, nullable: f.optional === true });
   }
@@ -75,7 +78,8 @@ describe("lease and waiter fields declared once", () => {
       ["leasegate_leases", LEASE_FIELDS],
       ["leasegate_waiters", WAITER_FIELDS],
     ] as const) {
-      for (const f of fields.filter((f) => "optional" in f)) await sql.unsafe(`ALTER TABLE ${table} DROP COLUMN ${f.column}`);
+      for (const f of fields.filter((f) => "optional" in f))
+        await sql.unsafe(`ALTER TABLE ${table} DROP COLUMN ${f.column}`);
     }
     expect([...(await columnsOf(sql, "leasegate_leases")).keys()]).not.toContain("priority");
     const c = new PostgresCoordinator({ sql, pool: "older", config: CONFIG });
@@ -123,10 +127,23 @@ describe("notices", () => {
     const effects: Effects = { granted: [], timedOut: [], expired: [] };
     for (let i = 0; i < 400; i++) {
       // Holders at their longest: they never travel in a notice (the waiting process knows them).
-      const lease: Lease = { id: crypto.randomUUID(), fence: i + 1, holder: "h".repeat(200), grantedAt: now, expiresAt: now + 500, priority: "critical" };
+      const lease: Lease = {
+        id: crypto.randomUUID(),
+        fence: i + 1,
+        holder: "h".repeat(200),
+        grantedAt: now,
+        expiresAt: now + 500,
+        priority: "critical",
+      };
       state.leases.set(lease.id, lease);
       effects.granted.push(lease);
-      effects.timedOut.push({ leaseId: crypto.randomUUID(), holder: `w${i}`, enqueuedAt: now - 300, deadline: now, ttlMs: 1500 });
+      effects.timedOut.push({
+        leaseId: crypto.randomUUID(),
+        holder: `w${i}`,
+        enqueuedAt: now - 300,
+        deadline: now,
+        ttlMs: 1500,
+      });
     }
     const notices = noticesOf(state, effects);
     expect(notices.length).toBeGreaterThan(1);

@@ -49,7 +49,11 @@ describe("LEASE_LIMIT=auto on a private cluster with max_connections 16", () => 
     const t = s.learned!.terms;
     expect(s.limitSource).toBe("learned");
     expect(s.learned!.bound).toBe("server");
-    expect(t).toMatchObject({ maxConnections: MAX_CONNECTIONS, superuserReserved: SUPERUSER_RESERVED, roleLimit: null });
+    expect(t).toMatchObject({
+      maxConnections: MAX_CONNECTIONS,
+      superuserReserved: SUPERUSER_RESERVED,
+      roleLimit: null,
+    });
     // Others: the admin's connection and the coordinator's control (2) and LISTEN (1) connections.
     expect(t.othersOnServer).toBe(4);
     expect(s.limit).toBe(MAX_CONNECTIONS - SUPERUSER_RESERVED - 4 - HEADROOM);
@@ -66,7 +70,9 @@ describe("LEASE_LIMIT=auto on a private cluster with max_connections 16", () => 
       othersMax: 4,
       stepMs: 300,
     });
-    console.log(`max_connections ${MAX_CONNECTIONS} (${SUPERUSER_RESERVED} for superusers), headroom ${HEADROOM}, interval 250 ms: ${JSON.stringify(report)}`);
+    console.log(
+      `max_connections ${MAX_CONNECTIONS} (${SUPERUSER_RESERVED} for superusers), headroom ${HEADROOM}, interval 250 ms: ${JSON.stringify(report)}`,
+    );
     expect(report.requests).toBeGreaterThan(100);
     expect(report.failed53300).toBe(0);
     expect(report.failedOther).toEqual({});
@@ -80,7 +86,12 @@ describe("LEASE_LIMIT=auto on a private cluster with max_connections 16", () => 
   it("a learning while the database is down fails with DATABASE_UNAVAILABLE and the learned limit stays", async () => {
     for (const q of pools.splice(0)) await q.close();
     // Learns at start only (an hour's interval): what the stats show after the outage is what stayed.
-    const p = await localPool({ DATABASE_URL: appUrl, APPLICATION_NAME: "learn-cluster", LEASE_LIMIT: "auto", LEASE_LEARN_INTERVAL_MS: "3600000" });
+    const p = await localPool({
+      DATABASE_URL: appUrl,
+      APPLICATION_NAME: "learn-cluster",
+      LEASE_LIMIT: "auto",
+      LEASE_LEARN_INTERVAL_MS: "3600000",
+    });
     pools.push(p);
     const before = (await p.operator!.stats()) as OperatorStats;
     pg.stop();

@@ -127,8 +127,12 @@ export async function loadWithOthers(o: LoadOptions): Promise<LoadReport> {
     while (Date.now() < end) {
       const [row] =
         o.scope.kind === "role"
-          ? await o.admin<{ n: number }[]>`SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = ${o.scope.role}`
-          : await o.admin<{ n: number }[]>`SELECT count(*)::int AS n FROM pg_stat_activity WHERE backend_type = 'client backend'`;
+          ? await o.admin<
+              { n: number }[]
+            >`SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = ${o.scope.role}`
+          : await o.admin<
+              { n: number }[]
+            >`SELECT count(*)::int AS n FROM pg_stat_activity WHERE backend_type = 'client backend'`;
       const now = Date.now();
       const n = row!.n;
       report.samples++;

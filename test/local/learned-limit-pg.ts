@@ -15,10 +15,13 @@ function pgTool(args: string[]): void {
   const version = readdirSync(root)
     .filter((v) => existsSync(join(root, v, "bin", "initdb")))
     .sort((a, b) => Number(b) - Number(a))[0];
-  if (!version) throw new Error("These tests need a Postgres server installed (initdb not found under /usr/lib/postgresql)");
+  if (!version)
+    throw new Error("These tests need a Postgres server installed (initdb not found under /usr/lib/postgresql)");
   const bin = join(root, version, "bin");
   const asRoot = process.getuid?.() === 0;
-  const [cmd, argv] = asRoot ? ["runuser", ["-u", "postgres", "--", join(bin, args[0]!), ...args.slice(1)]] : [join(bin, args[0]!), args.slice(1)];
+  const [cmd, argv] = asRoot
+    ? ["runuser", ["-u", "postgres", "--", join(bin, args[0]!), ...args.slice(1)]]
+    : [join(bin, args[0]!), args.slice(1)];
   execFileSync(cmd as string, argv as string[], { stdio: ["ignore", "ignore", "inherit"], cwd: tmpdir() });
 }
 
@@ -65,7 +68,10 @@ export async function privateCluster(maxConnections: number, superuserReserved: 
     start: () => pgTool(["pg_ctl", "-D", dir, "-l", log, "-w", "-o", options, "start"]),
     stop: () => pgTool(["pg_ctl", "-D", dir, "-w", "-m", "immediate", "stop"]),
     refused: () =>
-      existsSync(log) ? (readFileSync(log, "utf8").match(/FATAL: {2}(too many connections|remaining connection slots are reserved)/g)?.length ?? 0) : 0,
+      existsSync(log)
+        ? (readFileSync(log, "utf8").match(/FATAL: {2}(too many connections|remaining connection slots are reserved)/g)
+            ?.length ?? 0)
+        : 0,
     remove: () => {
       try {
         cluster.stop();

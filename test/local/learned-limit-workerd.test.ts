@@ -99,7 +99,9 @@ beforeAll(async () => {
   for (;;) {
     if (wrangler.exitCode !== null) throw new Error(`wrangler dev exited early:\n${output.slice(-2000)}`);
     if (Date.now() > deadline) throw new Error(`wrangler dev did not answer in time:\n${output.slice(-2000)}`);
-    const r = await fetch(`${base}/__coordinator/stats`, { headers: { authorization: `Bearer ${TOKEN}` } }).catch(() => null);
+    const r = await fetch(`${base}/__coordinator/stats`, { headers: { authorization: `Bearer ${TOKEN}` } }).catch(
+      () => null,
+    );
     if (r?.status === 200) break;
     await new Promise((r) => setTimeout(r, 200));
   }
@@ -122,20 +124,35 @@ describe("LEASE_LIMIT=auto in workerd (wrangler dev), max_connections 16", () =>
     expect((await fetch(`${base}/api/pitches/trending?limit=1`)).status).toBe(200);
     const { value: learned } = await until(stats, (s) => s.limitSource === "learned", 10_000);
     expect(learned.learned!.bound).toBe("server");
-    expect(learned.learned!.terms).toMatchObject({ maxConnections: MAX_CONNECTIONS, superuserReserved: SUPERUSER_RESERVED, headroom: HEADROOM });
+    expect(learned.learned!.terms).toMatchObject({
+      maxConnections: MAX_CONNECTIONS,
+      superuserReserved: SUPERUSER_RESERVED,
+      headroom: HEADROOM,
+    });
     expect(learned.limit).toBe(MAX_CONNECTIONS - SUPERUSER_RESERVED - learned.learned!.terms.othersOnServer - HEADROOM);
 
     // An operator's request learns now.
     const others = await Promise.all(
       [1, 2].map(async () => {
-        const sql = postgres(pg.url("app"), { max: 1, onnotice: () => {}, connection: { application_name: "someone-else" } });
+        const sql = postgres(pg.url("app"), {
+          max: 1,
+          onnotice: () => {},
+          connection: { application_name: "someone-else" },
+        });
         await sql`SELECT 1`;
         return sql;
       }),
     );
-    const r = await fetch(`${base}/__coordinator/learn`, { method: "POST", headers: { authorization: `Bearer ${TOKEN}` } });
+    const r = await fetch(`${base}/__coordinator/learn`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${TOKEN}` },
+    });
     expect(r.status).toBe(200);
-    const answer = (await r.json()) as { limit: number; limitSource: string; learned: { terms: { othersOnServer: number } } };
+    const answer = (await r.json()) as {
+      limit: number;
+      limitSource: string;
+      learned: { terms: { othersOnServer: number } };
+    };
     expect(answer.limitSource).toBe("learned");
     expect(answer.limit).toBe(MAX_CONNECTIONS - SUPERUSER_RESERVED - answer.learned.terms.othersOnServer - HEADROOM);
     for (const sql of others) await sql.end({ timeout: 0 });
@@ -153,7 +170,8 @@ describe("LEASE_LIMIT=auto in workerd (wrangler dev), max_connections 16", () =>
         const res = await fetch(`${base}/api/pitches/trending?limit=5`);
         const body = await res.text();
         statuses.set(res.status, (statuses.get(res.status) ?? 0) + 1);
-        if (res.status !== 200) throw Object.assign(new Error(body), { code: /"code":"(\w+)"/.exec(body)?.[1] ?? `HTTP ${res.status}` });
+        if (res.status !== 200)
+          throw Object.assign(new Error(body), { code: /"code":"(\w+)"/.exec(body)?.[1] ?? `HTTP ${res.status}` });
       },
       limit: async () => (await stats()).limit,
       url: pg.url("app"),
@@ -179,12 +197,17 @@ describe("LEASE_LIMIT=auto in workerd (wrangler dev), max_connections 16", () =>
   }, 60_000);
 });
 
-async function until<T>(read: () => Promise<T>, ok: (v: T) => boolean, timeoutMs: number): Promise<{ value: T; ms: number }> {
+async function until<T>(
+  read: () => Promise<T>,
+  ok: (v: T) => boolean,
+  timeoutMs: number,
+): Promise<{ value: T; ms: number }> {
   const start = Date.now();
   for (;;) {
     const value = await read();
     if (ok(value)) return { value, ms: Date.now() - start };
-    if (Date.now() - start > timeoutMs) throw new Error(`not reached in ${timeoutMs} ms: ${JSON.stringify(value).slice(0, 500)}`);
+    if (Date.now() - start > timeoutMs)
+      throw new Error(`not reached in ${timeoutMs} ms: ${JSON.stringify(value).slice(0, 500)}`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }

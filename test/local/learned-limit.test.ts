@@ -75,7 +75,11 @@ async function openOthers(n: number): Promise<postgres.Sql[]> {
   return opened;
 }
 
-async function until<T>(read: () => Promise<T>, ok: (v: T) => boolean, timeoutMs: number): Promise<{ value: T; ms: number }> {
+async function until<T>(
+  read: () => Promise<T>,
+  ok: (v: T) => boolean,
+  timeoutMs: number,
+): Promise<{ value: T; ms: number }> {
   const start = Date.now();
   for (;;) {
     const value = await read();
@@ -89,7 +93,9 @@ beforeAll(async () => {
   await admin.unsafe(`CREATE ROLE ${role} LOGIN CONNECTION LIMIT ${ROLE_LIMIT}`);
   // The tables exist before the role uses them (it may not create them in a PG15+ public schema).
   await ensureSchema(admin, `learn-${tag}-setup`, { limit: 1, maxQueue: 10, waitMs: 100, leaseTtlMs: 1000 });
-  await admin.unsafe(`GRANT SELECT, INSERT, UPDATE, DELETE ON leasegate_pools, leasegate_leases, leasegate_waiters TO ${role}`);
+  await admin.unsafe(
+    `GRANT SELECT, INSERT, UPDATE, DELETE ON leasegate_pools, leasegate_leases, leasegate_waiters TO ${role}`,
+  );
   await admin.unsafe(`GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO ${role}`);
 });
 
@@ -141,7 +147,9 @@ describe("LEASE_LIMIT=auto with localPool on a role with CONNECTION LIMIT 12", (
       3 * INTERVAL_MS,
     );
     expect(raised.ms).toBeLessThanOrEqual(INTERVAL_MS + 200);
-    console.log(`learned limit ${base} → ${base - 4} in ${lowered.ms} ms, back to ${base} in ${raised.ms} ms (interval ${INTERVAL_MS} ms)`);
+    console.log(
+      `learned limit ${base} → ${base - 4} in ${lowered.ms} ms, back to ${base} in ${raised.ms} ms (interval ${INTERVAL_MS} ms)`,
+    );
   });
 
   it("the application's own leased connections are not room taken: the limit holds while leases hold connections", async () => {
@@ -220,7 +228,9 @@ describe("LEASE_LIMIT=auto with localPool on a role with CONNECTION LIMIT 12", (
       othersMax: 4,
       stepMs: 300,
     });
-    console.log(`role CONNECTION LIMIT ${ROLE_LIMIT}, headroom ${HEADROOM}, interval ${interval} ms: ${JSON.stringify(report)}`);
+    console.log(
+      `role CONNECTION LIMIT ${ROLE_LIMIT}, headroom ${HEADROOM}, interval ${interval} ms: ${JSON.stringify(report)}`,
+    );
     expect(report.requests).toBeGreaterThan(100);
     expect(report.othersOpened).toBeGreaterThan(5);
     expect(report.failed53300).toBe(0);
@@ -233,21 +243,36 @@ describe("LEASE_LIMIT=auto with localPool on a role with CONNECTION LIMIT 12", (
     const p = await pool({ LEASE_LEARN_INTERVAL_MS: "3600000" });
     const handler = operatorHandler({ controls: p.operator, token: "t" });
     const call = async (path: string, method = "GET") =>
-      (await handler(new Request(`http://x/__coordinator/${path}`, { method, headers: { authorization: "Bearer t" } })))!;
+      (await handler(
+        new Request(`http://x/__coordinator/${path}`, { method, headers: { authorization: "Bearer t" } }),
+      ))!;
     const learnt = await call("learn", "POST");
     expect(learnt.status).toBe(200);
-    const body = (await learnt.json()) as { limit: number; limitSource: string; learned: { bound: string; terms: { roleLimit: number } } };
-    expect(body).toMatchObject({ limitSource: "learned", learned: { bound: "role", terms: { roleLimit: ROLE_LIMIT } } });
+    const body = (await learnt.json()) as {
+      limit: number;
+      limitSource: string;
+      learned: { bound: string; terms: { roleLimit: number } };
+    };
+    expect(body).toMatchObject({
+      limitSource: "learned",
+      learned: { bound: "role", terms: { roleLimit: ROLE_LIMIT } },
+    });
     const stats = (await (await call("stats")).json()) as OperatorStats;
     expect(stats).toMatchObject({ limit: body.limit, limitSource: "learned", learnFailure: null });
     const families = new Map(parsePrometheusTextFormat(await (await call("metrics")).text()).map((f) => [f.name, f]));
     const value = (name: string, labels: Record<string, string> = {}) =>
-      families.get(name)?.metrics.find((m) => Object.entries(labels).every(([k, v]) => (m as { labels?: Record<string, string> }).labels?.[k] === v))?.value;
+      families
+        .get(name)
+        ?.metrics.find((m) =>
+          Object.entries(labels).every(([k, v]) => (m as { labels?: Record<string, string> }).labels?.[k] === v),
+        )?.value;
     expect(value("leasegate_limit_source", { source: "learned" })).toBe("1");
     expect(value("leasegate_limit_source", { source: "configured" })).toBe("0");
     expect(value("leasegate_learned_limit_leases")).toBe(String(body.limit));
     expect(value("leasegate_learned_room_connections", { scope: "role" })).toBe(String(body.limit + HEADROOM));
-    expect(value("leasegate_learned_others_connections", { scope: "role" })).toBe(String(ROLE_LIMIT - HEADROOM - body.limit));
+    expect(value("leasegate_learned_others_connections", { scope: "role" })).toBe(
+      String(ROLE_LIMIT - HEADROOM - body.limit),
+    );
     // A fixed pool has nothing to learn: a clear error with a stable code, state unchanged.
     const fixed = await pool({ LEASE_LIMIT: "5" });
     const refused = await operatorHandler({ controls: fixed.operator, token: "t" })(

@@ -18,15 +18,25 @@ const pool = `long-holder-${process.pid}-${Date.now()}`;
 const coordinator = new PostgresCoordinator({ sql, pool, config: { ...DEFAULT_CONFIG, limit: 1 } });
 afterAll(async () => {
   await coordinator.close();
-  for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"]) await sql`DELETE FROM ${sql(t)} WHERE pool = ${pool}`;
+  for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"])
+    await sql`DELETE FROM ${sql(t)} WHERE pool = ${pool}`;
   await sql.end();
 });
 
 describe("a live holder with a long query", () => {
   it("keeps its lease through a 45 s pg_sleep: renewed, never expired, the slot never handed on", async () => {
-    const config = { ...databaseConfig({ DATABASE_URL: url, DB_DEADLINE_MS: "60000" }), retry: { maxAttempts: 1, baseDelayMs: 10, maxDelayMs: 10 } };
+    const config = {
+      ...databaseConfig({ DATABASE_URL: url, DB_DEADLINE_MS: "60000" }),
+      retry: { maxAttempts: 1, baseDelayMs: 10, maxDelayMs: 10 },
+    };
     const lines: string[] = [];
-    const db = new Database({ name: "long", driver: openDriver(config), leases: new Leases(coordinator), config, log: (l) => lines.push(l) });
+    const db = new Database({
+      name: "long",
+      driver: openDriver(config),
+      leases: new Leases(coordinator),
+      config,
+      log: (l) => lines.push(l),
+    });
     const other = new Leases(coordinator, { holder: "other" });
     const query = db.query("SELECT pg_sleep(45), 1 AS done", [], { holder: "long" });
     let probes = 0;

@@ -33,7 +33,11 @@ function holderOfPool(): Leases {
   return new Leases(pools.coordinator({}, POOL));
 }
 
-async function call(a: LocalApp, path: string, body?: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
+async function call(
+  a: LocalApp,
+  path: string,
+  body?: unknown,
+): Promise<{ status: number; json: Record<string, unknown> }> {
   const init: RequestInit =
     body === undefined
       ? { method: "POST", headers: auth }
@@ -82,13 +86,22 @@ describe("local server operator surface", () => {
     const lease = await waiting;
     expect((await a.fetch(new Request("http://local/api/pitches/trending?limit=1"))).status).toBe(200);
 
-    expect(await call(a, "/__coordinator/limit", { limit: 1 })).toMatchObject({ status: 200, json: { limit: 1, limitOverride: 1 } });
+    expect(await call(a, "/__coordinator/limit", { limit: 1 })).toMatchObject({
+      status: 200,
+      json: { limit: 1, limitOverride: 1 },
+    });
     // The other process holds the one slot: the app sheds at once after its 300 ms wait.
     expect((await a.fetch(new Request("http://local/api/pitches/trending?limit=1"))).status).toBe(503);
     const stats = (await (await get(a, "/__coordinator/stats")).json()) as Record<string, unknown>;
     expect(stats).toMatchObject({ limit: 1, limitOverride: 1, held: 1, paused: false });
-    expect(await call(a, "/__coordinator/limit", { limit: "two" })).toMatchObject({ status: 400, json: { error: { code: "INVALID_ARGUMENT" } } });
-    expect(await call(a, "/__coordinator/limit", { limit: null })).toMatchObject({ status: 200, json: { limit: 3, limitOverride: null } });
+    expect(await call(a, "/__coordinator/limit", { limit: "two" })).toMatchObject({
+      status: 400,
+      json: { error: { code: "INVALID_ARGUMENT" } },
+    });
+    expect(await call(a, "/__coordinator/limit", { limit: null })).toMatchObject({
+      status: 200,
+      json: { limit: 3, limitOverride: null },
+    });
     await other.release(lease);
   });
 
@@ -96,12 +109,18 @@ describe("local server operator surface", () => {
     const a = await app();
     const other = holderOfPool();
     const stuck = await other.acquire({ holder: "stuck-holder" });
-    expect(await call(a, "/__coordinator/release", { id: stuck.id.slice(0, 7) })).toMatchObject({ status: 400, json: { error: { code: "INVALID_ARGUMENT" } } });
+    expect(await call(a, "/__coordinator/release", { id: stuck.id.slice(0, 7) })).toMatchObject({
+      status: 400,
+      json: { error: { code: "INVALID_ARGUMENT" } },
+    });
     expect(await call(a, "/__coordinator/release", { id: stuck.id.slice(0, 8) })).toMatchObject({
       status: 200,
       json: { released: true, idPrefix: stuck.id.slice(0, 8), holder: "stuck-holder" },
     });
-    expect(await call(a, "/__coordinator/release", { id: stuck.id })).toMatchObject({ status: 404, json: { error: { code: "LEASE_NOT_FOUND" } } });
+    expect(await call(a, "/__coordinator/release", { id: stuck.id })).toMatchObject({
+      status: 404,
+      json: { error: { code: "LEASE_NOT_FOUND" } },
+    });
     expect(await codeOf(other.release(stuck))).toBe("LEASE_NOT_FOUND");
   });
 

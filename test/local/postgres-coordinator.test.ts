@@ -111,17 +111,27 @@ describe("PostgresCoordinator", () => {
   it("rejects a bad pool name and a bad config with codes", () => {
     coordinator();
     const sql = clients[0]!;
-    expect(() => new PostgresCoordinator({ sql, pool: "no spaces", config: { limit: 1, maxQueue: 1, waitMs: 1, leaseTtlMs: 1 } })).toThrow(
-      expect.objectContaining({ code: "INVALID_ARGUMENT" }),
-    );
-    expect(() => new PostgresCoordinator({ sql, pool: "ok", config: { limit: 0, maxQueue: 1, waitMs: 1, leaseTtlMs: 1 } })).toThrow(
-      expect.objectContaining({ code: "INVALID_CONFIG" }),
-    );
+    expect(
+      () =>
+        new PostgresCoordinator({
+          sql,
+          pool: "no spaces",
+          config: { limit: 1, maxQueue: 1, waitMs: 1, leaseTtlMs: 1 },
+        }),
+    ).toThrow(expect.objectContaining({ code: "INVALID_ARGUMENT" }));
+    expect(
+      () => new PostgresCoordinator({ sql, pool: "ok", config: { limit: 0, maxQueue: 1, waitMs: 1, leaseTtlMs: 1 } }),
+    ).toThrow(expect.objectContaining({ code: "INVALID_CONFIG" }));
     const single = postgres(url, { max: 1 });
     clients.push(single);
-    expect(() => new PostgresCoordinator({ sql: single, pool: "ok", config: { limit: 1, maxQueue: 1, waitMs: 1, leaseTtlMs: 1 } })).toThrow(
-      expect.objectContaining({ code: "INVALID_ARGUMENT" }),
-    );
+    expect(
+      () =>
+        new PostgresCoordinator({
+          sql: single,
+          pool: "ok",
+          config: { limit: 1, maxQueue: 1, waitMs: 1, leaseTtlMs: 1 },
+        }),
+    ).toThrow(expect.objectContaining({ code: "INVALID_ARGUMENT" }));
   });
 
   it("withdraws its waiters on close", async () => {
@@ -152,7 +162,10 @@ describe("PostgresCoordinator after its LISTEN connection is cut", () => {
     expect(killed.length).toBe(2);
     // postgres.js re-listens on a new connection; give it a moment (test-side wait).
     const until = Date.now() + 3000;
-    while ((await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = ${`listen "leasegate.${name}"`}`)[0]!.n < 2) {
+    while (
+      (await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE query = ${`listen "leasegate.${name}"`}`)[0]!
+        .n < 2
+    ) {
       if (Date.now() > until) throw new Error("never listened again");
       await new Promise((r) => setTimeout(r, 20));
     }

@@ -80,7 +80,9 @@ describe("PostgresCoordinator across 4 OS processes sharing LEASE_LIMIT=5", () =
     expect(maxLedger).toBe(LIMIT);
     expect(maxConns).toBeGreaterThanOrEqual(LIMIT - 1);
     // A backend leaves pg_stat_activity a moment after its client closed the connection.
-    await expect.poll(async () => counts().then(({ conns, ledger }) => ({ conns, ledger })), { timeout: 2000 }).toEqual({ conns: 0, ledger: 0 });
+    await expect
+      .poll(async () => counts().then(({ conns, ledger }) => ({ conns, ledger })), { timeout: 2000 })
+      .toEqual({ conns: 0, ledger: 0 });
   }, 15_000);
 
   it("grants waiters from all processes in global queue order, and times them out at their deadline", async () => {
@@ -154,9 +156,11 @@ describe("PostgresCoordinator across 4 OS processes sharing LEASE_LIMIT=5", () =
     expect(stats.ledger).toBeGreaterThanOrEqual(3);
     expect(stats.ledger).toBeLessThanOrEqual(LIMIT);
     expect(stats.waiting).toBe(0);
-    const [ghost] = await admin`SELECT count(*)::int AS n FROM leasegate_leases WHERE pool = ${POOL} AND holder LIKE '% ghost'`;
+    const [ghost] =
+      await admin`SELECT count(*)::int AS n FROM leasegate_leases WHERE pool = ${POOL} AND holder LIKE '% ghost'`;
     expect(ghost!.n).toBe(0);
-    const [pool] = await admin`SELECT (snapshot->'counters'->>'cancelled')::int AS cancelled FROM leasegate_pools WHERE pool = ${POOL}`;
+    const [pool] =
+      await admin`SELECT (snapshot->'counters'->>'cancelled')::int AS cancelled FROM leasegate_pools WHERE pool = ${POOL}`;
     expect(pool!.cancelled).toBe(1);
     p1.send({ cmd: "release", tag: "after-kill" });
     for (let i = 0; i < 2; i++) p0.send({ cmd: "release", tag: `live${i}` });

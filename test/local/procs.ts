@@ -35,7 +35,10 @@ export function startWorker(env: Record<string, string>): Promise<Proc> {
       new Promise((resolve, reject) => {
         const seen = events.find(match);
         if (seen) return resolve(seen);
-        const timer = setTimeout(() => reject(new Error(`no matching event from pid ${child.pid} in ${timeoutMs} ms`)), timeoutMs);
+        const timer = setTimeout(
+          () => reject(new Error(`no matching event from pid ${child.pid} in ${timeoutMs} ms`)),
+          timeoutMs,
+        );
         watchers.push(function w(e) {
           if (!match(e)) return;
           clearTimeout(timer);

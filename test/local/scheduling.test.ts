@@ -144,7 +144,12 @@ describe("PostgresCoordinator scheduling across coordinators", () => {
             } else {
               await work`SELECT n FROM ${work(HOT)} WHERE id = 1`;
             }
-            samples.push({ phase: p, at: Date.now() - start, queryMs: performance.now() - t1, totalMs: performance.now() - t0 });
+            samples.push({
+              phase: p,
+              at: Date.now() - start,
+              queryMs: performance.now() - t1,
+              totalMs: performance.now() - t0,
+            });
           },
           { holder: "adaptive-e2e" },
         );
@@ -218,7 +223,9 @@ describe("PostgresCoordinator scheduling across coordinators", () => {
     };
     // The limit over time, one sample per 250 ms: seconds, phase initial and effective limit.
     const timeline = limits.filter((l, i) => i === 0 || Math.floor(l.at / 250) !== Math.floor(limits[i - 1]!.at / 250));
-    report.timeline = timeline.map((l) => `${(l.at / 1000).toFixed(2)}s ${l.phase[0]}${l.phase === "fast again" ? "'" : ""} ${l.limit}`).join(", ");
+    report.timeline = timeline
+      .map((l) => `${(l.at / 1000).toFixed(2)}s ${l.phase[0]}${l.phase === "fast again" ? "'" : ""} ${l.limit}`)
+      .join(", ");
     console.log(`adaptive limit ${LIMIT}, floor ${FLOOR}, ${CLIENTS} clients:\n${JSON.stringify(report, null, 1)}`);
 
     const slowLimits = limits.filter((l) => l.phase === "slow").map((l) => l.limit);
@@ -253,7 +260,11 @@ describe("PostgresCoordinator on tables made by an earlier version", () => {
       INSERT INTO ${schema}.leasegate_leases VALUES ('old', 'aaaaaaaa-old-lease', 40, 'old-holder', ${Date.now()}, ${Date.now() + 60_000});`);
     const sql = postgres(url, { max: 3, onnotice: () => {}, connection: { search_path: schema } });
     clients.push(sql);
-    const c = new PostgresCoordinator({ sql, pool: "old", config: { limit: 2, maxQueue: 10, waitMs: 1000, leaseTtlMs: 10_000, reserved: 1 } });
+    const c = new PostgresCoordinator({
+      sql,
+      pool: "old",
+      config: { limit: 2, maxQueue: 10, waitMs: 1000, leaseTtlMs: 10_000, reserved: 1 },
+    });
     try {
       const leases = new Leases(c);
       expect((await c.stats()).leases.map((l) => l.holder)).toEqual(["old-holder"]);

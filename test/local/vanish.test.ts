@@ -23,7 +23,8 @@ let seq = 0;
 
 afterAll(async () => {
   for (const p of started) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill("SIGKILL");
-  for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"]) await admin`DELETE FROM ${admin(t)} WHERE pool LIKE ${`${RUN}-%`}`;
+  for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"])
+    await admin`DELETE FROM ${admin(t)} WHERE pool LIKE ${`${RUN}-%`}`;
   await admin.end();
   console.log(`[reliability] vanish (local): ${figures.join("; ")}`);
 });
@@ -88,7 +89,14 @@ function sampler(p: Pool) {
  * Fills the pool: 3 slots held by `victimA` (long work), 2 by `survivor`; then 2 waiters of
  * `victimB`, then 3 of `survivor` behind them.
  */
-async function fill(p: Pool, victimA: Proc, victimB: Proc, survivor: Proc, work: { ttlMs?: number; heartbeatMs?: number }, waitMs: number) {
+async function fill(
+  p: Pool,
+  victimA: Proc,
+  victimB: Proc,
+  survivor: Proc,
+  work: { ttlMs?: number; heartbeatMs?: number },
+  waitMs: number,
+) {
   for (let i = 0; i < 3; i++) victimA.send({ cmd: "work", tag: `a${i}`, holdMs: 120_000, ...work });
   for (let i = 0; i < 2; i++) survivor.send({ cmd: "work", tag: `s${i}`, holdMs: 120_000 });
   await Promise.all([0, 1, 2].map((i) => victimA.next(answered(`a${i}`))));
@@ -120,7 +128,8 @@ describe("callers that vanish (SIGKILL), local adapter on real processes", () =>
     expect(max.held).toBeLessThanOrEqual(LIMIT);
     expect(max.conns).toBeLessThanOrEqual(LIMIT);
     // The killed waiters were never granted: the survivor's 3 went straight in after the 3 expiries.
-    const stats = (await admin`SELECT snapshot->'counters' AS counters FROM leasegate_pools WHERE pool = ${p.name}`)[0]!.counters as Record<string, number>;
+    const stats = (await admin`SELECT snapshot->'counters' AS counters FROM leasegate_pools WHERE pool = ${p.name}`)[0]!
+      .counters as Record<string, number>;
     expect(stats).toMatchObject({ expired: 3 });
     figures.push(
       `3 holders + 2 waiters SIGKILLed: all 3 queued survivors granted ${backMs} ms after the kill (TTL ${TTL_MS} ms), max held ${max.held}/${LIMIT}, max connections ${max.conns}`,
@@ -135,10 +144,16 @@ describe("callers that vanish (SIGKILL), local adapter on real processes", () =>
     victimA.child.kill("SIGKILL");
     victimB.child.kill("SIGKILL");
     const answers = await Promise.all([0, 1, 2].map((i) => survivor.next(answered(`q${i}`), 10_000)));
-    expect(answers.map((a) => (a.event === "failed" ? a.code : a.event))).toEqual(["ACQUIRE_TIMEOUT", "ACQUIRE_TIMEOUT", "ACQUIRE_TIMEOUT"]);
+    expect(answers.map((a) => (a.event === "failed" ? a.code : a.event))).toEqual([
+      "ACQUIRE_TIMEOUT",
+      "ACQUIRE_TIMEOUT",
+      "ACQUIRE_TIMEOUT",
+    ]);
     // The dead processes' waiters left the queue (their LISTEN connection died); the slots did not come back.
     expect(await p.counts()).toMatchObject({ held: LIMIT, waiting: 0 });
-    figures.push(`before (no heartbeat, 30 s TTL): ${LIMIT} slots still held ${Date.now() - killedAt} ms after the kill, 3 survivors timed out`);
+    figures.push(
+      `before (no heartbeat, 30 s TTL): ${LIMIT} slots still held ${Date.now() - killedAt} ms after the kill, 3 survivors timed out`,
+    );
   }, 30_000);
 
   it("a caller that gives up (AbortSignal) leaves the queue at once; the slot goes to the next waiter, not to it", async () => {
@@ -160,7 +175,9 @@ describe("callers that vanish (SIGKILL), local adapter on real processes", () =>
       const s = await coordinator.stats();
       expect(s).toMatchObject({ held: 1, waiting: 0, counters: { granted: 2, cancelled: 1 } });
       expect(rejectedMs).toBeLessThan(400);
-      figures.push(`an aborted waiter rejected after ${rejectedMs} ms (signal at 200 ms), its row gone by ${withdrawnMs} ms`);
+      figures.push(
+        `an aborted waiter rejected after ${rejectedMs} ms (signal at 200 ms), its row gone by ${withdrawnMs} ms`,
+      );
     } finally {
       await coordinator.close();
       await sql.end();

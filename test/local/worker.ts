@@ -47,7 +47,12 @@ async function hold(tag: string, waitMs: number | undefined, ttlMs: number | und
     held.set(tag, { lease, conn: await open() });
     send({ event: "granted", tag, fence: lease.fence, waitedMs: Date.now() - start });
   } catch (error) {
-    send({ event: "failed", tag, code: isLeaseError(error) ? error.code : String(error), waitedMs: Date.now() - start });
+    send({
+      event: "failed",
+      tag,
+      code: isLeaseError(error) ? error.code : String(error),
+      waitedMs: Date.now() - start,
+    });
   }
 }
 
@@ -101,7 +106,12 @@ async function work(msg: Extract<Command, { cmd: "work" }>): Promise<void> {
     );
     send({ event: "done", tag: msg.tag });
   } catch (error) {
-    send({ event: "failed", tag: msg.tag, code: isLeaseError(error) ? error.code : String(error), waitedMs: Date.now() - start });
+    send({
+      event: "failed",
+      tag: msg.tag,
+      code: isLeaseError(error) ? error.code : String(error),
+      waitedMs: Date.now() - start,
+    });
   }
 }
 

@@ -13,7 +13,9 @@ const snippetDir = "docs/snippets";
 // The Worker guide shows every file a user of either example Worker writes.
 const WORKER_GUIDE = "docs/workers.md";
 const EXAMPLE_FILES = ["plain-worker", "hono-drizzle"].flatMap((example) =>
-  ["package.json", "wrangler.toml", "src/index.ts", "tsconfig.json", "vitest.config.ts"].map((f) => `examples/${example}/${f}`),
+  ["package.json", "wrangler.toml", "src/index.ts", "tsconfig.json", "vitest.config.ts"].map(
+    (f) => `examples/${example}/${f}`,
+  ),
 );
 const MARKER = /^<!--\s*snippet:\s*(\S+)\s*-->$/;
 const TS_LANGS = new Set(["ts", "typescript", "tsx", "mts"]);
@@ -114,7 +116,9 @@ describe("docs", () => {
   });
 
   it("marks every TypeScript block with the snippet file it shows", () => {
-    const unmarked = all.filter((b) => TS_LANGS.has(b.lang) && b.marker === undefined).map((b) => `${b.page}:${b.line}`);
+    const unmarked = all
+      .filter((b) => TS_LANGS.has(b.lang) && b.marker === undefined)
+      .map((b) => `${b.page}:${b.line}`);
     expect(unmarked, "a ```ts block needs `<!-- snippet: <repository path> -->` on the line before it").toEqual([]);
   });
 
@@ -149,7 +153,9 @@ describe("docs", () => {
       EXAMPLE_FILES.filter((f) => !shown.has(f)),
       `files of the example ${WORKER_GUIDE} does not show`,
     ).toEqual([]);
-    expect(all.filter((b) => b.page === "README.md").map((b) => b.marker)).toContain("docs/snippets/worker-quickstart.ts");
+    expect(all.filter((b) => b.page === "README.md").map((b) => b.marker)).toContain(
+      "docs/snippets/worker-quickstart.ts",
+    );
     expect(prose("README.md").join("\n")).toContain(`](${WORKER_GUIDE})`);
   });
 

@@ -40,8 +40,10 @@ function installExample(name: string): string {
   return app;
 }
 
-const installedVersion = (app: string, name: string): string => JSON.parse(readFileSync(join(app, "node_modules", name, "package.json"), "utf8")).version;
-const database = () => withPassword(process.env.LEASEGATE_TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres");
+const installedVersion = (app: string, name: string): string =>
+  JSON.parse(readFileSync(join(app, "node_modules", name, "package.json"), "utf8")).version;
+const database = () =>
+  withPassword(process.env.LEASEGATE_TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres");
 const plain = (output: string) => output.replace(new RegExp(`${String.fromCharCode(27)}\\[[0-9;]*m`, "g"), "");
 
 // A string found in each driver's own code and nowhere else (not in leasegate, not in the other drivers).
@@ -89,12 +91,15 @@ function bundle(app: string, driver: DriverName): void {
   const upload = /Total Upload: ([\d.]+) KiB \/ gzip: ([\d.]+) KiB/.exec(plain(build.output));
   const pkg = { postgres: "postgres", pg: "pg", neon: "@neondatabase/serverless" }[driver];
   // The sizes users would deploy, for the record (the test's output).
-  console.log(`bundle leasegate/${driver} (${pkg}@${installedVersion(app, pkg)}): ${upload?.[1]} KiB (gzip ${upload?.[2]} KiB)`);
+  console.log(
+    `bundle leasegate/${driver} (${pkg}@${installedVersion(app, pkg)}): ${upload?.[1]} KiB (gzip ${upload?.[2]} KiB)`,
+  );
   expect(Number(upload?.[1])).toBeGreaterThan(0);
   expect(text).toContain("ConnectionCoordinator");
   expect(text, `the ${driver} Worker bundles its driver`).toContain(DRIVER_MARKERS[driver]);
   for (const other of Object.keys(DRIVER_MARKERS) as DriverName[]) {
-    if (other !== driver) expect(text.includes(DRIVER_MARKERS[other]), `the ${driver} Worker bundles ${other}`).toBe(false);
+    if (other !== driver)
+      expect(text.includes(DRIVER_MARKERS[other]), `the ${driver} Worker bundles ${other}`).toBe(false);
   }
 }
 
@@ -105,12 +110,17 @@ describe("the published package", () => {
     expect(listing.status, listing.output).toBe(0);
     const files = listing.output.split("\n").filter(Boolean);
     expect(files.filter((f) => /^package\/(examples|test|bench|scripts|docs)\//.test(f))).toEqual([]);
-    expect(files.filter((f) => /pitches|src\/db\/schema\.ts|src\/worker\.ts|main-(node|deno)|node-listener/.test(f))).toEqual([]);
-    expect(files).toEqual(expect.arrayContaining(["package/src/http/operator.ts", "package/local/index.ts", "package/src/workers/pool.ts"]));
+    expect(
+      files.filter((f) => /pitches|src\/db\/schema\.ts|src\/worker\.ts|main-(node|deno)|node-listener/.test(f)),
+    ).toEqual([]);
+    expect(files).toEqual(
+      expect.arrayContaining(["package/src/http/operator.ts", "package/local/index.ts", "package/src/workers/pool.ts"]),
+    );
     // The drivers are the user's: optional peers, never dependencies of leasegate.
     const manifest = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
     expect(manifest.dependencies ?? {}).toEqual({});
-    for (const name of ["postgres", "pg", "@neondatabase/serverless"]) expect(manifest.peerDependenciesMeta[name]).toEqual({ optional: true });
+    for (const name of ["postgres", "pg", "@neondatabase/serverless"])
+      expect(manifest.peerDependenciesMeta[name]).toEqual({ optional: true });
     const app = installExample("worker-app");
     expect(installedVersion(app, "postgres")).toMatch(/^4\./);
     expect(existsSync(join(app, "node_modules", "pg"))).toBe(false);
@@ -151,7 +161,12 @@ describe("the published package", () => {
     expect(onNode.output).toContain("one: 1");
     cpSync(join(root, "docs", "snippets", "deno-quickstart.ts"), join(app, "deno-main.ts"));
     const deno = join(root, "node_modules", ".bin", "deno");
-    const onDeno = run(deno, ["run", "--allow-net", "--allow-env", "--allow-read", "--allow-sys", "deno-main.ts"], app, quick);
+    const onDeno = run(
+      deno,
+      ["run", "--allow-net", "--allow-env", "--allow-read", "--allow-sys", "deno-main.ts"],
+      app,
+      quick,
+    );
     expect(onDeno.status, onDeno.output).toBe(0);
     expect(onDeno.output).toContain("one: 1");
 
@@ -183,7 +198,11 @@ describe("the published package", () => {
 
   it("bundles a Worker with only the driver it uses (postgres.js, pg, Neon) with wrangler deploy --dry-run", () => {
     const app = join(work, "plain-worker");
-    const added = run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline", "pg@^8.13", "@neondatabase/serverless@^1"], app);
+    const added = run(
+      "npm",
+      ["install", "--no-audit", "--no-fund", "--prefer-offline", "pg@^8.13", "@neondatabase/serverless@^1"],
+      app,
+    );
     expect(added.status, added.output).toBe(0);
     // With every driver installed, each Worker still bundles only the one it imports.
     for (const driver of Object.keys(DRIVER_MARKERS) as DriverName[]) bundle(app, driver);

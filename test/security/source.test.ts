@@ -39,7 +39,11 @@ describe("source review", () => {
 
   it("reads the sources it reviews", () => {
     expect(files.map((f) => f.path)).toEqual(
-      expect.arrayContaining(["src/http/operator.ts", "examples/pitches/src/app.ts", "durable-objects/connection-coordinator.ts"]),
+      expect.arrayContaining([
+        "src/http/operator.ts",
+        "examples/pitches/src/app.ts",
+        "durable-objects/connection-coordinator.ts",
+      ]),
     );
   });
 
@@ -65,8 +69,12 @@ describe("source review", () => {
         const name = m[1]!;
         const definition = new RegExp(`\\bconst ${name} = \`([^\`]*)\``).exec(c)?.[1];
         const onlyPlaceholders =
-          definition !== undefined && [...definition.matchAll(/\$\{([^}]*)\}/g)].every((i) => /^Array\(\w+\)\.fill\("[(?, )]*"\)\.join\(", "\)$/.test(i[1]!));
-        if (!/^[A-Z][A-Z0-9_]*$/.test(name) || !onlyPlaceholders) offenders.push(`${f.path}: exec(${name}… not a literal`);
+          definition !== undefined &&
+          [...definition.matchAll(/\$\{([^}]*)\}/g)].every((i) =>
+            /^Array\(\w+\)\.fill\("[(?, )]*"\)\.join\(", "\)$/.test(i[1]!),
+          );
+        if (!/^[A-Z][A-Z0-9_]*$/.test(name) || !onlyPlaceholders)
+          offenders.push(`${f.path}: exec(${name}… not a literal`);
       }
       // String-built SQL passed to a tagged template call is still a parameter; concatenation into it is not.
       if (/sql\s*\(\s*["'`][^)]*\+/.test(c)) offenders.push(`${f.path}: concatenated SQL`);
@@ -104,7 +112,14 @@ describe("constantTimeEqual", () => {
   it("accepts only the exact token", async () => {
     const token = "s3cret-token-value";
     expect(await constantTimeEqual(token, token)).toBe(true);
-    for (const other of ["", "s3cret-token-valu", "s3cret-token-value ", "S3cret-token-value", "x".repeat(10_000), `${token}\u0000`]) {
+    for (const other of [
+      "",
+      "s3cret-token-valu",
+      "s3cret-token-value ",
+      "S3cret-token-value",
+      "x".repeat(10_000),
+      `${token}\u0000`,
+    ]) {
       expect(await constantTimeEqual(other, token), JSON.stringify(other.slice(0, 20))).toBe(false);
     }
   });
@@ -127,7 +142,8 @@ describe("error responses", () => {
   });
 
   it("answer a driver's failure by its code and a handler's own error as INTERNAL", async () => {
-    const codeOf = async (error: unknown) => ((await errorResponse(error).json()) as { error: { code: string } }).error.code;
+    const codeOf = async (error: unknown) =>
+      ((await errorResponse(error).json()) as { error: { code: string } }).error.code;
     expect(await codeOf(Object.assign(new Error("x"), { code: "23505" }))).toBe("DATABASE_ERROR");
     expect(await codeOf(Object.assign(new Error("x"), { code: "57P01" }))).toBe("DATABASE_UNAVAILABLE");
     expect(await codeOf(new Error("socket closed"))).toBe("DATABASE_UNAVAILABLE");

@@ -29,7 +29,11 @@ const goodUrl = (() => {
 // with the deno that `npm install` brought (there is no deno on PATH).
 const ENTRIES = [
   { name: "npm start", command: process.execPath, args: ["scripts/start.ts"] },
-  { name: "npm run start:local", command: process.execPath, args: ["--conditions=source", "examples/pitches/src/main-node.ts"] },
+  {
+    name: "npm run start:local",
+    command: process.execPath,
+    args: ["--conditions=source", "examples/pitches/src/main-node.ts"],
+  },
   { name: "npm run start:deno", command: "npm", args: ["run", "--silent", "start:deno"] },
 ];
 
@@ -110,7 +114,9 @@ interface Started {
 
 /** Starts an entry with `env` on top of a clean environment; kills it if it outlives `killAfterMs`. */
 function start(entry: (typeof ENTRIES)[number], env: Record<string, string>, killAfterMs = 15_000): Promise<Started> {
-  const inherited = Object.fromEntries(Object.entries(process.env).filter(([name]) => !/^(LEASE_|DB_|DATABASE_|DEBUG_TOKEN$|PORT$)/.test(name)));
+  const inherited = Object.fromEntries(
+    Object.entries(process.env).filter(([name]) => !/^(LEASE_|DB_|DATABASE_|DEBUG_TOKEN$|PORT$)/.test(name)),
+  );
   // A fresh clone's PATH: no deno and no node_modules/.bin (npm puts it back for its scripts).
   const path = (process.env.PATH ?? "")
     .split(":")
@@ -143,20 +149,44 @@ function start(entry: (typeof ENTRIES)[number], env: Record<string, string>, kil
   });
 }
 
-const db = (host: string, port: number | string, database = "app", user = "app") => `postgres://${user}:${SECRET}@${host}:${port}/${database}`;
+const db = (host: string, port: number | string, database = "app", user = "app") =>
+  `postgres://${user}:${SECRET}@${host}:${port}/${database}`;
 const missingDb = `leasegate_missing_${process.pid}`;
 
 /** Each bad start: its environment, the variable and code its one line must name. */
-const CASES: Array<{ name: string; env: () => Record<string, string>; variable: string; code: RegExp; slow?: boolean }> = [
-  { name: "a refused port", env: () => ({ DATABASE_URL: db("127.0.0.1", 1) }), variable: "DATABASE_URL", code: /ECONNREFUSED/ },
-  { name: "an unknown host", env: () => ({ DATABASE_URL: db("no-such-host.invalid", 5432) }), variable: "DATABASE_URL", code: /ENOTFOUND|EAI_AGAIN/ },
+const CASES: Array<{
+  name: string;
+  env: () => Record<string, string>;
+  variable: string;
+  code: RegExp;
+  slow?: boolean;
+}> = [
+  {
+    name: "a refused port",
+    env: () => ({ DATABASE_URL: db("127.0.0.1", 1) }),
+    variable: "DATABASE_URL",
+    code: /ECONNREFUSED/,
+  },
+  {
+    name: "an unknown host",
+    env: () => ({ DATABASE_URL: db("no-such-host.invalid", 5432) }),
+    variable: "DATABASE_URL",
+    code: /ENOTFOUND|EAI_AGAIN/,
+  },
   {
     name: "a missing database",
-    env: () => ({ DATABASE_URL: db(testUrl.hostname, testUrl.port || 5432, missingDb, testUrl.username || "postgres") }),
+    env: () => ({
+      DATABASE_URL: db(testUrl.hostname, testUrl.port || 5432, missingDb, testUrl.username || "postgres"),
+    }),
     variable: "DATABASE_URL",
     code: /3D000/,
   },
-  { name: "a wrong password", env: () => ({ DATABASE_URL: db("127.0.0.1", authPort) }), variable: "DATABASE_URL", code: /28P01/ },
+  {
+    name: "a wrong password",
+    env: () => ({ DATABASE_URL: db("127.0.0.1", authPort) }),
+    variable: "DATABASE_URL",
+    code: /28P01/,
+  },
   {
     name: "a server that accepts and never answers",
     env: () => ({ DATABASE_URL: db("127.0.0.1", silentPort) }),
@@ -164,10 +194,30 @@ const CASES: Array<{ name: string; env: () => Record<string, string>; variable: 
     code: /CONNECT_TIMEOUT/,
     slow: true,
   },
-  { name: "an unparsable URL", env: () => ({ DATABASE_URL: `postgres://user:${SECRET}@host:badport/db` }), variable: "DATABASE_URL", code: /INVALID_CONFIG/ },
-  { name: "LEASE_LIMIT=abc", env: () => ({ DATABASE_URL: goodUrl, LEASE_LIMIT: "abc" }), variable: "LEASE_LIMIT", code: /INVALID_CONFIG/ },
-  { name: "LEASE_LIMIT=-1", env: () => ({ DATABASE_URL: goodUrl, LEASE_LIMIT: "-1" }), variable: "LEASE_LIMIT", code: /INVALID_CONFIG/ },
-  { name: "LEASE_WAIT_MS=1e3", env: () => ({ DATABASE_URL: goodUrl, LEASE_WAIT_MS: "1e3" }), variable: "LEASE_WAIT_MS", code: /INVALID_CONFIG/ },
+  {
+    name: "an unparsable URL",
+    env: () => ({ DATABASE_URL: `postgres://user:${SECRET}@host:badport/db` }),
+    variable: "DATABASE_URL",
+    code: /INVALID_CONFIG/,
+  },
+  {
+    name: "LEASE_LIMIT=abc",
+    env: () => ({ DATABASE_URL: goodUrl, LEASE_LIMIT: "abc" }),
+    variable: "LEASE_LIMIT",
+    code: /INVALID_CONFIG/,
+  },
+  {
+    name: "LEASE_LIMIT=-1",
+    env: () => ({ DATABASE_URL: goodUrl, LEASE_LIMIT: "-1" }),
+    variable: "LEASE_LIMIT",
+    code: /INVALID_CONFIG/,
+  },
+  {
+    name: "LEASE_WAIT_MS=1e3",
+    env: () => ({ DATABASE_URL: goodUrl, LEASE_WAIT_MS: "1e3" }),
+    variable: "LEASE_WAIT_MS",
+    code: /INVALID_CONFIG/,
+  },
   {
     name: "DB_CONNECT_TIMEOUT_MS=soon",
     env: () => ({ DATABASE_URL: goodUrl, DB_CONNECT_TIMEOUT_MS: "soon" }),
@@ -185,7 +235,8 @@ const key = (entry: string, c: string) => `${entry} | ${c}`;
 beforeAll(() => {
   const ordered = [...RUNS.filter((r) => r.c.slow), ...RUNS.filter((r) => !r.c.slow)];
   const pending = new Map<string, (r: Started) => void>();
-  for (const { entry, c } of RUNS) results.set(key(entry.name, c.name), new Promise((resolve) => pending.set(key(entry.name, c.name), resolve)));
+  for (const { entry, c } of RUNS)
+    results.set(key(entry.name, c.name), new Promise((resolve) => pending.set(key(entry.name, c.name), resolve)));
   let next = 0;
   const runner = async () => {
     while (next < ordered.length) {
@@ -227,7 +278,9 @@ describe("bad start hints", () => {
     const npmStart = (await results.get(key("npm start", "a refused port"))!).stderr;
     expect(npmStart).toContain("is Postgres running? unset DATABASE_URL to use the embedded database");
     for (const entry of ["npm run start:local", "npm run start:deno"]) {
-      expect((await results.get(key(entry, "a refused port"))!).stderr).toContain("unset DATABASE_URL to use the local cluster");
+      expect((await results.get(key(entry, "a refused port"))!).stderr).toContain(
+        "unset DATABASE_URL to use the local cluster",
+      );
     }
   }, 30_000);
 

@@ -48,7 +48,12 @@ describe("batch calls", () => {
     await grantNow(stub, "first");
     const r = await stub.acquireMany(["a", "b", "c", "d"].map((holder) => ({ holder })));
     if (!r.ok) throw new Error(r.code);
-    expect(r.results.map((x) => (x === null ? null : x.ok && [x.lease.holder, x.lease.fence]))).toEqual([["a", 2], ["b", 3], null, null]);
+    expect(r.results.map((x) => (x === null ? null : x.ok && [x.lease.holder, x.lease.fence]))).toEqual([
+      ["a", 2],
+      ["b", 3],
+      null,
+      null,
+    ]);
     const s = await stub.stats();
     expect(s).toMatchObject({ held: 3, waiting: 0, counters: { granted: 3, rejected: 0, timedOut: 0 } });
     // A restarted object forgot them but grants nothing while they may be alive (it relearns).
@@ -82,7 +87,12 @@ describe("batch calls", () => {
       { leaseId: crypto.randomUUID(), fence: 1 },
     ]);
     if (!r.ok) throw new Error(r.code);
-    expect(r.results.map((x) => (x.ok ? "ok" : x.code))).toEqual(["ok", "LEASE_NOT_FOUND", "STALE_FENCE", "LEASE_NOT_FOUND"]);
+    expect(r.results.map((x) => (x.ok ? "ok" : x.code))).toEqual([
+      "ok",
+      "LEASE_NOT_FOUND",
+      "STALE_FENCE",
+      "LEASE_NOT_FOUND",
+    ]);
     expect((await stub.stats()).leases.map((l) => l.holder)).toEqual(["b"]);
     // After a restart b's holder renews it back (the object relearns it).
     const restarted = await restartCoordinator(name);
@@ -110,7 +120,11 @@ describe("Leases coalesces concurrent calls", () => {
     );
     expect(new Set(holders).size).toBe(8);
     expect(peak).toBeLessThanOrEqual(3);
-    expect(await stub.stats()).toMatchObject({ held: 0, waiting: 0, counters: { granted: 8, released: 8, rejected: 0, timedOut: 0 } });
+    expect(await stub.stats()).toMatchObject({
+      held: 0,
+      waiting: 0,
+      counters: { granted: 8, released: 8, rejected: 0, timedOut: 0 },
+    });
     // One batch for the eight: three granted at once, the five others queued by single calls.
     expect(calls.acquireMany).toBe(1);
     expect(calls.acquire).toBe(5);
@@ -166,8 +180,13 @@ describe("Leases coalesces concurrent calls", () => {
 
   it("a coordinator without batch methods (an older deployment) gets single calls, after one try", async () => {
     const { coordinator, calls } = counting(fresh());
-    const missing = (method: string) => () => Promise.reject(new TypeError(`The RPC receiver does not implement the method "${method}".`));
-    const old: Coordinator = { ...coordinator, acquireMany: missing("acquireMany"), releaseMany: missing("releaseMany") };
+    const missing = (method: string) => () =>
+      Promise.reject(new TypeError(`The RPC receiver does not implement the method "${method}".`));
+    const old: Coordinator = {
+      ...coordinator,
+      acquireMany: missing("acquireMany"),
+      releaseMany: missing("releaseMany"),
+    };
     const leases = new Leases(old);
     const pairs = await Promise.all(Array.from({ length: 4 }, async () => leases.release(await leases.acquire())));
     expect(pairs).toHaveLength(4);
@@ -188,7 +207,9 @@ describe("Leases coalesces concurrent calls", () => {
     };
     const leases = new Leases(flaky);
     const failed = await Promise.allSettled([leases.acquire(), leases.acquire(), leases.acquire()]);
-    expect(failed.map((o) => o.status === "rejected" && (o.reason as { code: string }).code)).toEqual(Array(3).fill("COORDINATOR_UNAVAILABLE"));
+    expect(failed.map((o) => o.status === "rejected" && (o.reason as { code: string }).code)).toEqual(
+      Array(3).fill("COORDINATOR_UNAVAILABLE"),
+    );
     // Retrying, as COORDINATOR_UNAVAILABLE invites: batching still works.
     const granted = await Promise.all([leases.acquire(), leases.acquire(), leases.acquire()]);
     expect(granted.map((l) => l.fence)).toEqual([1, 2, 3]);

@@ -60,13 +60,20 @@ type Op =
 
 const op: fc.Arbitrary<Op> = fc.oneof(
   {
-    arbitrary: fc.record({ kind: fc.constant("acquire" as const), waitMs: fc.integer({ min: 0, max: 500 }), ttlMs: fc.integer({ min: 1, max: 2000 }) }),
+    arbitrary: fc.record({
+      kind: fc.constant("acquire" as const),
+      waitMs: fc.integer({ min: 0, max: 500 }),
+      ttlMs: fc.integer({ min: 1, max: 2000 }),
+    }),
     weight: 5,
   },
   { arbitrary: fc.record({ kind: fc.constant("release" as const), pick: fc.nat(), stale: fc.boolean() }), weight: 3 },
   // A client's coalesced calls: grants what is free now, defers the rest; releases in order.
   {
-    arbitrary: fc.record({ kind: fc.constant("acquireMany" as const), ttlMs: fc.array(fc.integer({ min: 1, max: 2000 }), { minLength: 1, maxLength: 5 }) }),
+    arbitrary: fc.record({
+      kind: fc.constant("acquireMany" as const),
+      ttlMs: fc.array(fc.integer({ min: 1, max: 2000 }), { minLength: 1, maxLength: 5 }),
+    }),
     weight: 2,
   },
   {
@@ -76,11 +83,21 @@ const op: fc.Arbitrary<Op> = fc.oneof(
     weight: 2,
   },
   { arbitrary: fc.record({ kind: fc.constant("forged" as const), fence: fc.integer({ min: 1, max: 50 }) }), weight: 1 },
-  { arbitrary: fc.record({ kind: fc.constant("renew" as const), pick: fc.nat(), ttlMs: fc.integer({ min: 1, max: 2000 }) }), weight: 2 },
+  {
+    arbitrary: fc.record({
+      kind: fc.constant("renew" as const),
+      pick: fc.nat(),
+      ttlMs: fc.integer({ min: 1, max: 2000 }),
+    }),
+    weight: 2,
+  },
   { arbitrary: fc.record({ kind: fc.constant("crash" as const), pick: fc.nat() }), weight: 1 },
   {
     // Small steps, and clock jumps past every deadline and TTL.
-    arbitrary: fc.record({ kind: fc.constant("advance" as const), ms: fc.oneof(fc.integer({ min: 0, max: 100 }), fc.integer({ min: 0, max: 5000 })) }),
+    arbitrary: fc.record({
+      kind: fc.constant("advance" as const),
+      ms: fc.oneof(fc.integer({ min: 0, max: 100 }), fc.integer({ min: 0, max: 5000 })),
+    }),
     weight: 3,
   },
   { arbitrary: fc.constant({ kind: "restart" as const }), weight: 1 },
@@ -108,7 +125,9 @@ function comparable(s: PoolStats) {
     maxWaitMs: s.maxWaitMs,
     waitCount: s.waitTimeMs.count,
     waitSum: s.waitTimeMs.sum,
-    leases: s.leases.map((l) => ({ fence: l.fence, ageMs: l.ageMs, expiresInMs: l.expiresInMs })).sort((a, b) => a.fence - b.fence),
+    leases: s.leases
+      .map((l) => ({ fence: l.fence, ageMs: l.ageMs, expiresInMs: l.expiresInMs }))
+      .sort((a, b) => a.fence - b.fence),
   };
 }
 
@@ -150,7 +169,10 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
         expect(queued.shift()).toBe(l.id);
         const p = pending.get(l.id)!;
         await p.done;
-        expect(p.result).toMatchObject({ ok: true, lease: { fence: l.fence, holder: l.id, grantedAt: now, expiresAt: l.expiresAt } });
+        expect(p.result).toMatchObject({
+          ok: true,
+          lease: { fence: l.fence, holder: l.id, grantedAt: now, expiresAt: l.expiresAt },
+        });
         pending.delete(l.id);
         if (p.result?.ok) held.push({ model: { id: l.id, fence: l.fence }, real: p.result.lease, crashed: false });
       }
@@ -159,7 +181,8 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
         if (i >= 0) held.splice(i, 1);
       }
       // A lease forgotten in a restart and not relearned in the window is gone for good.
-      if (!model.learning) for (let i = held.length - 1; i >= 0; i--) if (!model.leases.has(held[i]!.model.id)) held.splice(i, 1);
+      if (!model.learning)
+        for (let i = held.length - 1; i >= 0; i--) if (!model.leases.has(held[i]!.model.id)) held.splice(i, 1);
     };
 
     const check = async (): Promise<void> => {
@@ -193,7 +216,11 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
           const id = `m${seq++}`;
           const call = stub.acquire({ holder: id, waitMs: o.waitMs, ttlMs: o.ttlMs, shard: variant.shard });
           configured = true;
-          const { outcome, effects } = acquire(model, { leaseId: id, holder: id, waitMs: o.waitMs, ttlMs: o.ttlMs }, now);
+          const { outcome, effects } = acquire(
+            model,
+            { leaseId: id, holder: id, waitMs: o.waitMs, ttlMs: o.ttlMs },
+            now,
+          );
           if (outcome.status === "queued") {
             const p: Pending = { id, done: Promise.resolve() };
             p.done = call.then(
@@ -214,7 +241,10 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
             const r = await call;
             await settle(effects, now);
             if (outcome.status === "granted") {
-              expect(r).toMatchObject({ ok: true, lease: { fence: outcome.lease.fence, expiresAt: outcome.lease.expiresAt, holder: id } });
+              expect(r).toMatchObject({
+                ok: true,
+                lease: { fence: outcome.lease.fence, expiresAt: outcome.lease.expiresAt, holder: id },
+              });
               if (r.ok) held.push({ model: { id, fence: outcome.lease.fence }, real: r.lease, crashed: false });
             } else if (outcome.status === "rejected") {
               expect(r).toEqual({
@@ -222,7 +252,11 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
                 code: outcome.code,
                 message: outcome.message,
                 retryAfterMs: outcome.retryAfterMs,
-                load: { held: model.leases.size, waiting: model.queue.length, limit: model.learning ? 0 : CONFIG.limit },
+                load: {
+                  held: model.leases.size,
+                  waiting: model.queue.length,
+                  limit: model.learning ? 0 : CONFIG.limit,
+                },
               });
             }
           }
@@ -230,16 +264,25 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
         }
         case "acquireMany": {
           const ids = o.ttlMs.map(() => `m${seq++}`);
-          const r = await stub.acquireMany(ids.map((id, i) => ({ holder: id, ttlMs: o.ttlMs[i], shard: variant.shard })));
+          const r = await stub.acquireMany(
+            ids.map((id, i) => ({ holder: id, ttlMs: o.ttlMs[i], shard: variant.shard })),
+          );
           configured = true;
           if (!r.ok) expect.unreachable(`acquireMany failed: ${r.code}`);
           expect(r.results).toHaveLength(ids.length);
           for (const [i, id] of ids.entries()) {
-            const { outcome, effects } = acquire(model, { leaseId: id, holder: id, ttlMs: o.ttlMs[i], queue: false }, now);
+            const { outcome, effects } = acquire(
+              model,
+              { leaseId: id, holder: id, ttlMs: o.ttlMs[i], queue: false },
+              now,
+            );
             await settle(effects, now);
             const got = r.results[i];
             if (outcome.status === "granted") {
-              expect(got).toMatchObject({ ok: true, lease: { fence: outcome.lease.fence, expiresAt: outcome.lease.expiresAt, holder: id } });
+              expect(got).toMatchObject({
+                ok: true,
+                lease: { fence: outcome.lease.fence, expiresAt: outcome.lease.expiresAt, holder: id },
+              });
               if (got?.ok) held.push({ model: { id, fence: outcome.lease.fence }, real: got.lease, crashed: false });
             } else {
               // Not free now: nothing queued, nothing counted; the client would send it on its own.
@@ -254,10 +297,16 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
           if (live.length === 0) break;
           // The same lease may be picked twice: the second release finds it gone.
           const picked = o.picks.map((p, i) => ({ h: live[p % live.length]!, stale: o.stale[i]! }));
-          const r = await stub.releaseMany(picked.map(({ h, stale }) => ({ leaseId: h.real.id, fence: stale ? h.real.fence + 1 : h.real.fence })));
+          const r = await stub.releaseMany(
+            picked.map(({ h, stale }) => ({ leaseId: h.real.id, fence: stale ? h.real.fence + 1 : h.real.fence })),
+          );
           if (!r.ok) expect.unreachable(`releaseMany failed: ${r.code}`);
           for (const [i, { h, stale }] of picked.entries()) {
-            const { outcome, effects } = release(model, { leaseId: h.model.id, fence: stale ? h.model.fence + 1 : h.model.fence }, now);
+            const { outcome, effects } = release(
+              model,
+              { leaseId: h.model.id, fence: stale ? h.model.fence + 1 : h.model.fence },
+              now,
+            );
             if (outcome.status === "ok") {
               expect(r.results[i]).toEqual({ ok: true, released: true });
               if (held.includes(h)) held.splice(held.indexOf(h), 1);
@@ -288,7 +337,8 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
           } else {
             const r = await stub.renew({ leaseId: h.real.id, fence: h.real.fence }, o.ttlMs);
             const { outcome, effects } = renew(model, { leaseId: h.model.id, fence }, now, o.ttlMs);
-            if (outcome.status === "ok") expect(r).toMatchObject({ ok: true, lease: { fence: h.real.fence, expiresAt: now + o.ttlMs } });
+            if (outcome.status === "ok")
+              expect(r).toMatchObject({ ok: true, lease: { fence: h.real.fence, expiresAt: now + o.ttlMs } });
             else expect(r).toMatchObject({ ok: false, code: outcome.code });
             await settle(effects, now);
           }
@@ -299,7 +349,9 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
           // (While relearning, a release naming an earlier fence is accepted: it frees nothing either.)
           const r = await stub.release({ leaseId: crypto.randomUUID(), fence: o.fence });
           const { outcome, effects } = release(model, { leaseId: `forged-${seq++}`, fence: o.fence }, now);
-          expect(r).toMatchObject(outcome.status === "ok" ? { ok: true, released: true } : { ok: false, code: "LEASE_NOT_FOUND" });
+          expect(r).toMatchObject(
+            outcome.status === "ok" ? { ok: true, released: true } : { ok: false, code: "LEASE_NOT_FOUND" },
+          );
           await settle(effects, now);
           break;
         }
@@ -374,14 +426,20 @@ describe("ConnectionCoordinator against the core as its model", () => {
       { numRuns: DO_RUNS },
     );
     const seconds = (performance.now() - started) / 1000;
-    console.log(`[reliability] DO model: ${DO_RUNS} sequences, ${totalSteps} steps checked, ${restarts} restarts, ${seconds.toFixed(1)} s`);
+    console.log(
+      `[reliability] DO model: ${DO_RUNS} sequences, ${totalSteps} steps checked, ${restarts} restarts, ${seconds.toFixed(1)} s`,
+    );
   });
 
-  it(`answers exactly as the core for one shard of a split pool over ${SHARD_RUNS} sequences`, { timeout: 60_000 }, async () => {
+  it(`answers exactly as the core for one shard of a split pool over ${SHARD_RUNS} sequences`, {
+    timeout: 60_000,
+  }, async () => {
     const started = performance.now();
     const [steps, restarted] = [totalSteps, restarts];
     await fc.assert(
-      fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: MAX_STEPS, size: "max" }), (ops) => runSequence(ops, SHARD)),
+      fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: MAX_STEPS, size: "max" }), (ops) =>
+        runSequence(ops, SHARD),
+      ),
       { numRuns: SHARD_RUNS },
     );
     const seconds = (performance.now() - started) / 1000;

@@ -94,7 +94,9 @@ describe("ConnectionCoordinator in workerd", () => {
   it("a forged id, a stale fence or a double release frees nothing", async () => {
     const stub = freshPool();
     const lease = await grant(stub);
-    expect(await stub.release({ leaseId: crypto.randomUUID(), fence: lease.fence })).toMatchObject({ code: "LEASE_NOT_FOUND" });
+    expect(await stub.release({ leaseId: crypto.randomUUID(), fence: lease.fence })).toMatchObject({
+      code: "LEASE_NOT_FOUND",
+    });
     expect(await stub.release({ leaseId: lease.id, fence: lease.fence + 1 })).toMatchObject({ code: "STALE_FENCE" });
     expect((await stub.stats()).held).toBe(1);
     expect(await stub.release({ leaseId: lease.id, fence: lease.fence })).toEqual({ ok: true, released: true });
@@ -120,7 +122,10 @@ describe("ConnectionCoordinator in workerd", () => {
     expect(renewed).toMatchObject({ ok: true, lease: { id: a.id, fence: a.fence, holder: "relearned" } });
     expect(await stub.release({ leaseId: b.id, fence: b.fence })).toEqual({ ok: true, released: true });
     // A renewal cannot invent a lease: a fence the object never handed out is not relearned.
-    expect(await stub.renew({ leaseId: crypto.randomUUID(), fence: 10_000_000 })).toMatchObject({ ok: false, code: "LEASE_NOT_FOUND" });
+    expect(await stub.renew({ leaseId: crypto.randomUUID(), fence: 10_000_000 })).toMatchObject({
+      ok: false,
+      code: "LEASE_NOT_FOUND",
+    });
     expect(await stub.stats()).toMatchObject({ held: 1, learning: { relearned: 1 } });
     // A caller that waits is granted when the window closes, after every earlier lease's expiry.
     const waited = await stub.acquire({ holder: "d", waitMs: 10_000, ttlMs: 400 });
@@ -144,7 +149,9 @@ describe("ConnectionCoordinator in workerd", () => {
     await stub.release({ leaseId: lease.id, fence: lease.fence });
     const stored = await runInDurableObject(stub, (_, state) => ({
       alarm: state.storage.getAlarm(),
-      tables: state.storage.sql.exec<{ name: string }>("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'leases'").toArray(),
+      tables: state.storage.sql
+        .exec<{ name: string }>("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'leases'")
+        .toArray(),
       bounds: state.storage.kv.get<{ fenceCeiling: number; horizon: number }>("bounds"),
     }));
     expect(await stored.alarm).toBeNull();
@@ -152,9 +159,16 @@ describe("ConnectionCoordinator in workerd", () => {
     expect(stored.bounds!.fenceCeiling).toBeGreaterThan(lease.fence);
     expect(stored.bounds!.horizon).toBeGreaterThanOrEqual(lease.expiresAt);
     await expect
-      .poll(() => runInDurableObject(stub, (_, state) => state.storage.kv.get<{ counters: { released: number } }>("snapshot")?.counters.released), {
-        timeout: 3000,
-      })
+      .poll(
+        () =>
+          runInDurableObject(
+            stub,
+            (_, state) => state.storage.kv.get<{ counters: { released: number } }>("snapshot")?.counters.released,
+          ),
+        {
+          timeout: 3000,
+        },
+      )
       .toBe(1);
   });
 
@@ -168,8 +182,17 @@ describe("ConnectionCoordinator in workerd", () => {
       sql.exec(
         "CREATE TABLE leases (id TEXT PRIMARY KEY, fence INTEGER NOT NULL, holder TEXT NOT NULL, granted_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, priority TEXT)",
       );
-      sql.exec("INSERT INTO leases VALUES ('old-a', 7, 'a', ?, ?, NULL), ('old-b', 8, 'b', ?, ?, NULL)", now, now + 600, now, now + 900);
-      const snap = { ...snapshot(createPool({ limit: 3, maxQueue: 5, waitMs: 400, leaseTtlMs: 30_000 })), nextFence: 9 };
+      sql.exec(
+        "INSERT INTO leases VALUES ('old-a', 7, 'a', ?, ?, NULL), ('old-b', 8, 'b', ?, ?, NULL)",
+        now,
+        now + 600,
+        now,
+        now + 900,
+      );
+      const snap = {
+        ...snapshot(createPool({ limit: 3, maxQueue: 5, waitMs: 400, leaseTtlMs: 30_000 })),
+        nextFence: 9,
+      };
       snap.counters.granted = 8;
       sql.exec("INSERT OR REPLACE INTO meta (key, value) VALUES ('snapshot', ?)", JSON.stringify(snap));
       state.storage.kv.delete("snapshot");
@@ -234,14 +257,20 @@ describe("ConnectionCoordinator in workerd", () => {
     expect((await stub.stats()).held).toBe(0);
     for (let i = 0; i < 3; i++) await leases.acquire();
     expect(await codeOf(leases.acquire({ waitMs: 0 }))).toBe("ACQUIRE_TIMEOUT");
-    expect(await codeOf(leases.release({ id: "forged", fence: 1, holder: "", grantedAt: 0, expiresAt: 0 }))).toBe("LEASE_NOT_FOUND");
+    expect(await codeOf(leases.release({ id: "forged", fence: 1, holder: "", grantedAt: 0, expiresAt: 0 }))).toBe(
+      "LEASE_NOT_FOUND",
+    );
   });
 
   it("waiters get COORDINATOR_UNAVAILABLE when the object restarts under them, and a retry succeeds", async () => {
     const stub = freshPool();
     const name = `coordinator-test-${poolSeq}`;
     const leases = new Leases(stub);
-    const held = [await leases.acquire({ ttlMs: 400 }), await leases.acquire({ ttlMs: 400 }), await leases.acquire({ ttlMs: 400 })];
+    const held = [
+      await leases.acquire({ ttlMs: 400 }),
+      await leases.acquire({ ttlMs: 400 }),
+      await leases.acquire({ ttlMs: 400 }),
+    ];
     const waiting = codeOf(leases.acquire({ waitMs: 5000 }));
     await expect.poll(async () => (await stub.stats()).waiting).toBe(1);
     const again = await restartCoordinator(name);

@@ -77,7 +77,10 @@ describe("faults in workerd", () => {
   it("the object restarts with leases held and waiters queued: the limit holds, waiters get a retryable error, retries succeed", async () => {
     let { name, stub } = fresh();
     const held = await hold(stub, 3, 600);
-    const clients = Array.from({ length: 5 }, (_, i) => new Leases(env.COORDINATOR_DO.getByName(name), { holder: `client-${i}` }));
+    const clients = Array.from(
+      { length: 5 },
+      (_, i) => new Leases(env.COORDINATOR_DO.getByName(name), { holder: `client-${i}` }),
+    );
     const first = clients.map((c) =>
       c.acquire({ waitMs: 5000 }).then(
         () => "granted",
@@ -91,7 +94,8 @@ describe("faults in workerd", () => {
     // relearned or expired: no fourth caller gets in. Their holders' heartbeats re-register them.
     expect(await stub.stats()).toMatchObject({ held: 0, waiting: 0, learning: { relearned: 0 } });
     expect(await stub.acquire({ holder: "intruder", waitMs: 0 })).toMatchObject({ ok: false, code: "ACQUIRE_TIMEOUT" });
-    for (const l of held) expect(await stub.renew({ leaseId: l.id, fence: l.fence }, 30_000)).toMatchObject({ ok: true });
+    for (const l of held)
+      expect(await stub.renew({ leaseId: l.id, fence: l.fence }, 30_000)).toMatchObject({ ok: true });
     expect(await stub.stats()).toMatchObject({ held: 3, learning: { relearned: 3 } });
 
     // Every client retries (as the error says it may) while a sampler watches the limit.

@@ -67,13 +67,20 @@ const badAcquire: fc.Arbitrary<unknown> = fc.oneof(
 /** fast-check may build null-prototype objects, which RPC cannot send: rebuild them as plain ones. */
 function plain(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(plain);
-  if (typeof value === "object" && value !== null) return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, plain(v)]));
+  if (typeof value === "object" && value !== null)
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, plain(v)]));
   return value;
 }
 
 /** Never a batch: not an array, empty, or longer than MAX_BATCH. */
 const badBatch: fc.Arbitrary<unknown> = fc.oneof(
-  fc.oneof(fc.string(), fc.integer(), fc.boolean(), fc.constant(null), fc.dictionary(fc.string({ maxLength: 5 }), fc.integer(), { maxKeys: 3 })),
+  fc.oneof(
+    fc.string(),
+    fc.integer(),
+    fc.boolean(),
+    fc.constant(null),
+    fc.dictionary(fc.string({ maxLength: 5 }), fc.integer(), { maxKeys: 3 }),
+  ),
   fc.constant([]),
   fc.integer({ min: MAX_BATCH + 1, max: MAX_BATCH + 40 }).map((n) => Array.from({ length: n }, () => ({}))),
 );
@@ -85,7 +92,10 @@ function forgedRefs(real: LeaseGrant): fc.Arbitrary<Forged> {
     notAnObject.map((ref) => ({ ref, expect: ["INVALID_ARGUMENT"] })),
     // Unknown ids, well-formed or not, with any valid fence.
     fc
-      .record({ leaseId: fc.oneof(fc.uuid(), fc.string({ minLength: 1, maxLength: 128 })), fence: fc.integer({ min: 1, max: 1e9 }) })
+      .record({
+        leaseId: fc.oneof(fc.uuid(), fc.string({ minLength: 1, maxLength: 128 })),
+        fence: fc.integer({ min: 1, max: 1e9 }),
+      })
       .filter((r) => r.leaseId !== real.id)
       .map((ref) => ({ ref, expect: ["LEASE_NOT_FOUND"] })),
     // The real id with someone else's fence.
@@ -94,17 +104,24 @@ function forgedRefs(real: LeaseGrant): fc.Arbitrary<Forged> {
       .filter((f) => f !== real.fence)
       .map((fence) => ({ ref: { leaseId: real.id, fence }, expect: ["STALE_FENCE"] })),
     // Wrong types and ranges in either field.
-    badNumber(Number.MAX_SAFE_INTEGER).map((fence) => ({ ref: { leaseId: real.id, fence }, expect: ["INVALID_ARGUMENT"] })),
+    badNumber(Number.MAX_SAFE_INTEGER).map((fence) => ({
+      ref: { leaseId: real.id, fence },
+      expect: ["INVALID_ARGUMENT"],
+    })),
     fc
       .oneof(fc.constant(""), fc.string({ minLength: 129, maxLength: 1000 }), fc.integer(), fc.constant(null))
       .map((leaseId) => ({ ref: { leaseId, fence: real.fence }, expect: ["INVALID_ARGUMENT"] })),
     // A good reference with a bad TTL (renew only).
-    fc.oneof(badNumber(BOUNDS.leaseTtlMs), fc.constant(0)).map((ttl) => ({ ref: { leaseId: real.id, fence: real.fence }, ttl, expect: ["INVALID_ARGUMENT"] })),
+    fc
+      .oneof(badNumber(BOUNDS.leaseTtlMs), fc.constant(0))
+      .map((ttl) => ({ ref: { leaseId: real.id, fence: real.fence }, ttl, expect: ["INVALID_ARGUMENT"] })),
   );
 }
 
 describe("hostile input", () => {
-  it(`every RPC method refuses ${RPC_RUNS} generated bad calls with a stable code and no state change`, { timeout: 60_000 }, async () => {
+  it(`every RPC method refuses ${RPC_RUNS} generated bad calls with a stable code and no state change`, {
+    timeout: 60_000,
+  }, async () => {
     const stub = env.COORDINATOR_DO.getByName("hostile-rpc");
     const a = await stub.acquire({ holder: "a" });
     const b = await stub.acquire({ holder: "b" });
@@ -116,7 +133,11 @@ describe("hostile input", () => {
     try {
       const before = await stub.stats();
       const call = fc.oneof(
-        badAcquire.map((options) => ({ method: "acquire" as const, options, expect: ["INVALID_ARGUMENT"] as readonly string[] })),
+        badAcquire.map((options) => ({
+          method: "acquire" as const,
+          options,
+          expect: ["INVALID_ARGUMENT"] as readonly string[],
+        })),
         forgedRefs(a.lease)
           .filter((f) => f.ttl === undefined)
           .map((f) => ({ method: "release" as const, ...f })),
@@ -145,13 +166,21 @@ describe("hostile input", () => {
             forgedRefs(a.lease).filter((f) => f.ttl === undefined),
             { minLength: 1, maxLength: 4 },
           )
-          .map((fs) => ({ method: "releaseMany" as const, batch: fs.map((f) => f.ref), entries: fs.map((f) => f.expect), expect: [] as readonly string[] })),
+          .map((fs) => ({
+            method: "releaseMany" as const,
+            batch: fs.map((f) => f.ref),
+            entries: fs.map((f) => f.expect),
+            expect: [] as readonly string[],
+          })),
       );
       await fc.assert(
         fc.asyncProperty(call, async (c) => {
           tried++;
           if (c.method === "acquireMany" || c.method === "releaseMany") {
-            const r = c.method === "acquireMany" ? await stub.acquireMany(plain(c.batch) as never) : await stub.releaseMany(plain(c.batch) as never);
+            const r =
+              c.method === "acquireMany"
+                ? await stub.acquireMany(plain(c.batch) as never)
+                : await stub.releaseMany(plain(c.batch) as never);
             if (c.entries.length === 0) expect(r).toMatchObject({ ok: false, code: c.expect[0] });
             else if (!r.ok) expect.unreachable(`a well-formed batch failed whole: ${r.code}`);
             else {
@@ -185,13 +214,36 @@ describe("hostile input", () => {
     }
   });
 
-  it(`every HTTP endpoint answers ${HTTP_RUNS} generated hostile requests with 2xx/4xx and a stable code`, { timeout: 60_000 }, async () => {
+  it(`every HTTP endpoint answers ${HTTP_RUNS} generated hostile requests with 2xx/4xx and a stable code`, {
+    timeout: 60_000,
+  }, async () => {
     const pool = "hostile-http";
     const stub = env.COORDINATOR_DO.getByName(pool);
     const path = fc.oneof(
-      fc.constantFrom("/api/pitches", "/api/pitches/trending", "/api/pitches/public", "/health", "/__coordinator/stats", "/__coordinator", "/"),
+      fc.constantFrom(
+        "/api/pitches",
+        "/api/pitches/trending",
+        "/api/pitches/public",
+        "/health",
+        "/__coordinator/stats",
+        "/__coordinator",
+        "/",
+      ),
       fc.string({ maxLength: 30 }).map((s) => `/api/pitches/${encodeURIComponent(s)}`),
-      fc.constantFrom("-1", "0", "1e3", "0x10", "99999999999999999999", "1.5", "NaN", "%00", "..", "1;DROP TABLE pitches").map((s) => `/api/pitches/${s}`),
+      fc
+        .constantFrom(
+          "-1",
+          "0",
+          "1e3",
+          "0x10",
+          "99999999999999999999",
+          "1.5",
+          "NaN",
+          "%00",
+          "..",
+          "1;DROP TABLE pitches",
+        )
+        .map((s) => `/api/pitches/${s}`),
       fc.string({ maxLength: 30 }).map((s) => `/__coordinator/${encodeURIComponent(s)}`),
       fc.webPath(),
     );
@@ -206,7 +258,12 @@ describe("hostile input", () => {
       fc
         .record(
           {
-            title: fc.oneof(fc.string(), fc.integer(), fc.constant(null), fc.string({ minLength: 201, maxLength: 400 })),
+            title: fc.oneof(
+              fc.string(),
+              fc.integer(),
+              fc.constant(null),
+              fc.string({ minLength: 201, maxLength: 400 }),
+            ),
             logline: fc.oneof(fc.string(), fc.boolean()),
             genre: fc.oneof(fc.string({ maxLength: 10 }), fc.integer()),
             author: fc.oneof(fc.string(), fc.array(fc.string())),

@@ -2,7 +2,8 @@ import { env, exports } from "cloudflare:workers";
 import { afterAll, describe, expect, it } from "vitest";
 import { closeConnection, connectFromWorker } from "../../src/db/hyperdrive.ts";
 
-const get = (path: string, init?: RequestInit) => exports.default.fetch(new Request(`http://example.test${path}`, init));
+const get = (path: string, init?: RequestInit) =>
+  exports.default.fetch(new Request(`http://example.test${path}`, init));
 const post = (path: string, body: string, headers: Record<string, string> = {}) =>
   get(path, { method: "POST", body, headers: { "content-type": "application/json", ...headers } });
 const auth = { authorization: "Bearer test-token" };
@@ -47,7 +48,12 @@ describe("example app in workerd against the real Postgres", () => {
   it("creates a pitch from a validated body and reads it back by id", async () => {
     const created = await post(
       "/api/pitches",
-      JSON.stringify({ title: "Pool Party", logline: "Eighteen slots, two hundred guests.", genre: "comedy", author: "ada" }),
+      JSON.stringify({
+        title: "Pool Party",
+        logline: "Eighteen slots, two hundred guests.",
+        genre: "comedy",
+        author: "ada",
+      }),
     );
     expect(created.status).toBe(201);
     const { pitch } = (await created.json()) as { pitch: { id: string; title: string } };
@@ -60,10 +66,30 @@ describe("example app in workerd against the real Postgres", () => {
   it.each([
     { name: "not json", body: "{", code: "INVALID_ARGUMENT", status: 400 },
     { name: "an array", body: "[]", code: "INVALID_ARGUMENT", status: 400 },
-    { name: "a missing title", body: JSON.stringify({ logline: "x", genre: "drama", author: "a" }), code: "INVALID_ARGUMENT", status: 400 },
-    { name: "a wrong genre", body: JSON.stringify({ title: "t", logline: "x", genre: "opera", author: "a" }), code: "INVALID_ARGUMENT", status: 400 },
-    { name: "a numeric title", body: JSON.stringify({ title: 5, logline: "x", genre: "drama", author: "a" }), code: "INVALID_ARGUMENT", status: 400 },
-    { name: "a 20 kB body", body: JSON.stringify({ title: "x".repeat(20_000) }), code: "PAYLOAD_TOO_LARGE", status: 413 },
+    {
+      name: "a missing title",
+      body: JSON.stringify({ logline: "x", genre: "drama", author: "a" }),
+      code: "INVALID_ARGUMENT",
+      status: 400,
+    },
+    {
+      name: "a wrong genre",
+      body: JSON.stringify({ title: "t", logline: "x", genre: "opera", author: "a" }),
+      code: "INVALID_ARGUMENT",
+      status: 400,
+    },
+    {
+      name: "a numeric title",
+      body: JSON.stringify({ title: 5, logline: "x", genre: "drama", author: "a" }),
+      code: "INVALID_ARGUMENT",
+      status: 400,
+    },
+    {
+      name: "a 20 kB body",
+      body: JSON.stringify({ title: "x".repeat(20_000) }),
+      code: "PAYLOAD_TOO_LARGE",
+      status: 413,
+    },
   ])("answers $name with $code", async ({ body, code, status }) => {
     const before = (await main().stats()).counters.granted;
     const r = await post("/api/pitches", body);
@@ -106,7 +132,12 @@ describe("example app in workerd against the real Postgres", () => {
   it("reports health of the database and the coordinator", async () => {
     const r = await get("/health");
     expect(r.status).toBe(200);
-    expect(await r.json()).toMatchObject({ status: "ok", database: "up", coordinator: "up", breaker: { state: "closed" } });
+    expect(await r.json()).toMatchObject({
+      status: "ok",
+      database: "up",
+      coordinator: "up",
+      breaker: { state: "closed" },
+    });
   });
 
   it("keeps the stats behind the bearer token", async () => {
@@ -115,7 +146,8 @@ describe("example app in workerd against the real Postgres", () => {
     const ok = await get("/__coordinator/stats", { headers: auth });
     expect(ok.status).toBe(200);
     const s = (await ok.json()) as Record<string, unknown>;
-    for (const key of ["limit", "held", "waiting", "maxWaitMs", "counters", "waitTimeMs", "leases"]) expect(s).toHaveProperty(key);
+    for (const key of ["limit", "held", "waiting", "maxWaitMs", "counters", "waitTimeMs", "leases"])
+      expect(s).toHaveProperty(key);
     expect(s.pool).toBe("main");
   });
 
@@ -145,13 +177,18 @@ describe("example app in workerd against the real Postgres", () => {
     expect(health.database).toBe("saturated");
 
     for (const l of held) await stub.release({ leaseId: l.id, fence: l.fence });
-    for (const r of await Promise.all(queued)) if (r.ok) await stub.release({ leaseId: r.lease.id, fence: r.lease.fence });
+    for (const r of await Promise.all(queued))
+      if (r.ok) await stub.release({ leaseId: r.lease.id, fence: r.lease.fence });
     expect((await stub.stats()).held).toBe(0);
   });
 
   it("never lets more connections reach Postgres than the limit, under rounds of concurrent requests", async () => {
     const appConnections = async () =>
-      Number((await observer`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${env.APPLICATION_NAME!}`)[0]!.n);
+      Number(
+        (
+          await observer`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${env.APPLICATION_NAME!}`
+        )[0]!.n,
+      );
     let peak = 0;
     let peakHeld = 0;
     let sampling = true;
@@ -165,7 +202,9 @@ describe("example app in workerd against the real Postgres", () => {
     // Limit 3 plus a queue of 5: eight at once all get served, the rest of each round waits its turn.
     const statuses: number[] = [];
     for (let round = 0; round < 4; round++) {
-      const responses = await Promise.all(Array.from({ length: 8 }, (_, i) => get(i % 2 ? "/api/pitches/trending" : "/api/pitches/public?limit=3")));
+      const responses = await Promise.all(
+        Array.from({ length: 8 }, (_, i) => get(i % 2 ? "/api/pitches/trending" : "/api/pitches/public?limit=3")),
+      );
       statuses.push(...responses.map((r) => r.status));
       await Promise.all(responses.map((r) => r.body?.cancel()));
     }

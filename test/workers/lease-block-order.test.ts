@@ -16,7 +16,8 @@ async function busyIsolateAndOneCaller(yieldToQueue: boolean) {
   const stub = () => env.COORDINATOR_DO.getByName(pool);
   const isolate = createIsolateShards({ shards: 1, limit: 3, maxBlock: 3, idleMs: 20, yieldToQueue });
   const pending: Array<Promise<unknown>> = [];
-  const client = () => new ShardedLeases({ coordinators: [stub()], isolate, waitMs: 3000, waitUntil: (p) => void pending.push(p) });
+  const client = () =>
+    new ShardedLeases({ coordinators: [stub()], isolate, waitMs: 3000, waitUntil: (p) => void pending.push(p) });
   // The busy isolate takes every slot, then keeps four workers going on them.
   const first = await Promise.all([0, 1, 2].map(() => client().acquire()));
   await Promise.all(first.map((l) => client().release(l)));

@@ -28,7 +28,11 @@ function app(overrides: Partial<Env> = {}) {
     return response;
   };
   const post = async (path: string, body: unknown = {}) => {
-    const r = await call(path, { method: "POST", body: JSON.stringify(body), headers: { ...auth, "content-type": "application/json" } });
+    const r = await call(path, {
+      method: "POST",
+      body: JSON.stringify(body),
+      headers: { ...auth, "content-type": "application/json" },
+    });
     return { status: r.status, body: (await r.json()) as Answer };
   };
   const stats = async () => (await (await call("/__coordinator/stats", { headers: auth })).json()) as Answer;
@@ -118,7 +122,11 @@ describe("live controls on real Postgres", () => {
     await Promise.all([grantNow(stub, "a"), grantNow(stub, "b"), grantNow(stub, "c")]);
     const queued = a.call("/api/pitches/public?limit=2");
     await expect.poll(async () => (await a.stats()).waiting).toBe(1);
-    expect((await a.post("/__coordinator/limit", { limit: 4 })).body).toMatchObject({ ok: true, limit: 4, limitOverride: 4 });
+    expect((await a.post("/__coordinator/limit", { limit: 4 })).body).toMatchObject({
+      ok: true,
+      limit: 4,
+      limitOverride: 4,
+    });
     // Raising the limit hands the new slot to the waiter at once: its query runs on Postgres.
     const served = await queued;
     expect(served.status).toBe(200);
@@ -129,7 +137,10 @@ describe("live controls on real Postgres", () => {
       expect(r.status, String(bad)).toBe(400);
       expect(r.body.error.code).toBe("INVALID_ARGUMENT");
     }
-    expect((await a.post("/__coordinator/limit", { limit: null })).body).toMatchObject({ limit: 3, limitOverride: null });
+    expect((await a.post("/__coordinator/limit", { limit: null })).body).toMatchObject({
+      limit: 3,
+      limitOverride: null,
+    });
     await restartCoordinator(a.pool);
     expect(await a.stats()).toMatchObject({ limit: 3, limitOverride: null });
   });
@@ -138,7 +149,9 @@ describe("live controls on real Postgres", () => {
     const a = app();
     const stuck = await grantNow(a.stub(), "GET /api/stuck");
     const other = await grantNow(a.stub(), "GET /api/fine");
-    const shown = ((await a.stats()).leases as Array<{ idPrefix: string; holder: string }>).find((l) => l.holder === "GET /api/stuck")!;
+    const shown = ((await a.stats()).leases as Array<{ idPrefix: string; holder: string }>).find(
+      (l) => l.holder === "GET /api/stuck",
+    )!;
     expect(shown.idPrefix).toBe(stuck.id.slice(0, 8));
     expect((await a.post("/__coordinator/release", { id: "zzzzzzzz" })).body.error.code).toBe("LEASE_NOT_FOUND");
     expect((await a.post("/__coordinator/release", { id: "abc" })).status).toBe(400);
@@ -172,12 +185,22 @@ describe("reconciliation with pg_stat_activity", () => {
     expect(inside.roleConnections).toBeGreaterThanOrEqual(1);
 
     // Two connections that bypass the coordinator: drift +2, and with a limit of 1 the role is over it.
-    const rogue: Sql[] = [connectFromWorker(env.HYPERDRIVE.connectionString, appName), connectFromWorker(env.HYPERDRIVE.connectionString, appName)];
+    const rogue: Sql[] = [
+      connectFromWorker(env.HYPERDRIVE.connectionString, appName),
+      connectFromWorker(env.HYPERDRIVE.connectionString, appName),
+    ];
     try {
       await Promise.all(rogue.map((sql) => sql`SELECT 1`));
       await a.post("/__coordinator/limit", { limit: 1 });
       const r = (await a.post("/__coordinator/reconcile")).body;
-      expect(r).toMatchObject({ held: 0, limit: 1, appConnections: 2, drift: 2, overLimit: true, status: "over_limit" });
+      expect(r).toMatchObject({
+        held: 0,
+        limit: 1,
+        appConnections: 2,
+        drift: 2,
+        overLimit: true,
+        status: "over_limit",
+      });
       expect(r.roleConnections).toBeGreaterThanOrEqual(2);
       // The result stays visible in stats and metrics until the next run.
       expect((await a.stats()).reconciliation).toMatchObject({ drift: 2, status: "over_limit" });
@@ -188,7 +211,9 @@ describe("reconciliation with pg_stat_activity", () => {
     } finally {
       await Promise.all(rogue.map(closeConnection));
     }
-    await expect.poll(async () => (await a.post("/__coordinator/reconcile")).body.appConnections, { timeout: 5000 }).toBe(0);
+    await expect
+      .poll(async () => (await a.post("/__coordinator/reconcile")).body.appConnections, { timeout: 5000 })
+      .toBe(0);
   });
 
   it("runs periodically from the cron trigger", async () => {
@@ -196,7 +221,9 @@ describe("reconciliation with pg_stat_activity", () => {
     const ctx = createExecutionContext();
     await worker.scheduled(createScheduledController({ scheduledTime: new Date(), cron: "* * * * *" }), env, ctx);
     await waitOnExecutionContext(ctx);
-    const s = (await (await exports.default.fetch(new Request("http://example.test/__coordinator/stats", { headers: auth }))).json()) as {
+    const s = (await (
+      await exports.default.fetch(new Request("http://example.test/__coordinator/stats", { headers: auth }))
+    ).json()) as {
       reconciliation: { checkedAt: number; applicationName: string } | null;
     };
     expect(s.reconciliation?.checkedAt).toBeGreaterThanOrEqual(before);

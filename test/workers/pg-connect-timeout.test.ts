@@ -12,7 +12,12 @@ const silent = `postgres://app:Silent-Secret@127.0.0.1:${inject("silentPort")}/d
 let seq = 0;
 
 function envWith(vars: Record<string, string>) {
-  return { ...env, HYPERDRIVE: { connectionString: silent } as Hyperdrive, LEASE_POOL: `connect-timeout-${Date.now()}-${++seq}`, ...vars };
+  return {
+    ...env,
+    HYPERDRIVE: { connectionString: silent } as Hyperdrive,
+    LEASE_POOL: `connect-timeout-${Date.now()}-${++seq}`,
+    ...vars,
+  };
 }
 
 describe("DB_CONNECT_TIMEOUT_MS on the Workers path (workerd, cloudflare:sockets)", () => {
@@ -30,7 +35,11 @@ describe("DB_CONNECT_TIMEOUT_MS on the Workers path (workerd, cloudflare:sockets
   });
 
   it("bounds every attempt of workerPool().sql and .db by it: its attempts answer DATABASE_UNAVAILABLE long before the deadline, the slot back", async () => {
-    const pool = workerPool(envWith({ DB_CONNECT_TIMEOUT_MS: "1000", DB_DEADLINE_MS: "20000" }), createExecutionContext(), { driver });
+    const pool = workerPool(
+      envWith({ DB_CONNECT_TIMEOUT_MS: "1000", DB_DEADLINE_MS: "20000" }),
+      createExecutionContext(),
+      { driver },
+    );
     for (const call of [() => pool.sql((sql) => sql`SELECT 1`), () => pool.db.query("SELECT 1")]) {
       const started = Date.now();
       const error = await call().catch((e: unknown) => e);

@@ -28,7 +28,11 @@ async function admin<T>(fn: (client: pg.Client) => Promise<T>): Promise<T> {
   }
 }
 const backends = (app: string) =>
-  admin(async (c) => (await c.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1", [app])).rows[0].n as number);
+  admin(
+    async (c) =>
+      (await c.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1", [app])).rows[0]
+        .n as number,
+  );
 
 /** A fresh pool (one Durable Object), an app on it, and a way to call the app as workerd would. */
 function setup() {
@@ -107,13 +111,19 @@ describe("leased() in workerd with the Durable Object, Hyperdrive and node-postg
     t.hono.get("/api/q", async (c) => c.json((await (await c.var.client()).query("SELECT 1 AS one")).rows));
     const held = await Promise.all([1, 2, 3].map(() => t.leases.acquire({ holder: "filler" })));
     // Five waiters fill the queue (LEASE_MAX_QUEUE 5); each gives its slot straight back once granted.
-    const waiters = [1, 2, 3, 4, 5].map(() => t.leases.acquire({ holder: "waiter", waitMs: 10_000 }).then((l) => t.leases.release(l)));
+    const waiters = [1, 2, 3, 4, 5].map(() =>
+      t.leases.acquire({ holder: "waiter", waitMs: 10_000 }).then((l) => t.leases.release(l)),
+    );
     await expect.poll(async () => (await t.leases.stats()).waiting).toBe(5);
     const full = await t.request("/api/q");
     expect(full.response.status).toBe(503);
     expect(Number(full.response.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
     const body = (await full.response.json()) as { error: { code: string; message: string; retryAfterMs: number } };
-    expect(body.error).toMatchObject({ code: "QUEUE_FULL", message: expect.any(String), retryAfterMs: expect.any(Number) });
+    expect(body.error).toMatchObject({
+      code: "QUEUE_FULL",
+      message: expect.any(String),
+      retryAfterMs: expect.any(Number),
+    });
 
     for (const l of held) await t.leases.release(l);
     await Promise.all(waiters);
@@ -136,7 +146,13 @@ describe("leased() in workerd with the Durable Object, Hyperdrive and node-postg
     const title = `hono-workerd-tx-${Date.now()}`;
     t.hono.get("/api/trending", async (c) => {
       const db = drizzle(await c.var.client());
-      return c.json(await db.select({ id: pitches.id, title: pitches.title }).from(pitches).orderBy(desc(pitches.viewCount)).limit(2));
+      return c.json(
+        await db
+          .select({ id: pitches.id, title: pitches.title })
+          .from(pitches)
+          .orderBy(desc(pitches.viewCount))
+          .limit(2),
+      );
     });
     t.hono.post("/api/pitch", async (c) => {
       const db = drizzle(await c.var.client());
@@ -153,7 +169,9 @@ describe("leased() in workerd with the Durable Object, Hyperdrive and node-postg
     expect(rows[0]).toEqual({ id: expect.any(Number), title: expect.any(String) });
 
     expect((await t.request("/api/pitch", { method: "POST" })).response.status).toBe(500);
-    expect(await admin(async (c) => (await c.query("SELECT 1 FROM pitches WHERE title = $1", [title])).rowCount)).toBe(0);
+    expect(await admin(async (c) => (await c.query("SELECT 1 FROM pitches WHERE title = $1", [title])).rowCount)).toBe(
+      0,
+    );
     expect(await t.leases.stats()).toMatchObject({ held: 0, counters: { granted: 2, released: 2 } });
     expect(await backends(t.app)).toBe(0);
   });

@@ -10,7 +10,12 @@ import { workerPool } from "../../src/workers/pool.ts";
 // through the Hyperdrive binding: a request holding the pool's only slot that asks for another
 // fails at once with NESTED_LEASE instead of waiting on itself until its deadline.
 let seq = 0;
-const onlySlot = () => ({ ...env, LEASE_POOL: `nested-${Date.now()}-${++seq}`, LEASE_LIMIT: "1", LEASE_WAIT_MS: "5000" });
+const onlySlot = () => ({
+  ...env,
+  LEASE_POOL: `nested-${Date.now()}-${++seq}`,
+  LEASE_LIMIT: "1",
+  LEASE_WAIT_MS: "5000",
+});
 
 async function failure(run: () => Promise<unknown>): Promise<{ code: string; ms: number }> {
   const started = Date.now();

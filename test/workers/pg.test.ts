@@ -14,7 +14,9 @@ async function backends(app: string): Promise<number> {
   admin.on("error", () => {});
   await admin.connect();
   try {
-    const { rows } = await admin.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1", [app]);
+    const { rows } = await admin.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1", [
+      app,
+    ]);
     return rows[0].n as number;
   } finally {
     await admin.end();
@@ -55,7 +57,10 @@ describe("node-postgres in workerd through Hyperdrive", () => {
 
   it("answers a refused connection with DATABASE_UNAVAILABLE and gives the slot back", async () => {
     const config = {
-      ...databaseConfig({ HYPERDRIVE: { connectionString: "postgres://postgres:x@127.0.0.1:5486/none" }, DATABASE_CLIENT: "pg" }),
+      ...databaseConfig({
+        HYPERDRIVE: { connectionString: "postgres://postgres:x@127.0.0.1:5486/none" },
+        DATABASE_CLIENT: "pg",
+      }),
       retry: { maxAttempts: 1, baseDelayMs: 5, maxDelayMs: 10 },
     };
     const leases = new Leases(env.COORDINATOR_DO.getByName(`pg-refused-${Date.now()}`));

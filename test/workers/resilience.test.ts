@@ -16,13 +16,18 @@ async function fetchWith(overrides: Partial<Env>, path: string): Promise<Respons
   return response;
 }
 
-const get = (path: string, init?: RequestInit) => exports.default.fetch(new Request(`http://example.test${path}`, init));
+const get = (path: string, init?: RequestInit) =>
+  exports.default.fetch(new Request(`http://example.test${path}`, init));
 const auth = { authorization: "Bearer test-token" };
 
 describe("database layer in workerd", () => {
   it("shows the circuit breaker and safe mode in /health and /__coordinator/stats", async () => {
     const health = (await (await get("/health")).json()) as Record<string, unknown>;
-    expect(health).toMatchObject({ status: "ok", breaker: { name: "main", state: "closed", failures: 0 }, safeMode: { mode: "closed" } });
+    expect(health).toMatchObject({
+      status: "ok",
+      breaker: { name: "main", state: "closed", failures: 0 },
+      safeMode: { mode: "closed" },
+    });
     const stats = (await (await get("/__coordinator/stats", { headers: auth })).json()) as Record<string, unknown>;
     expect(stats).toMatchObject({ pool: "main", breaker: { state: "closed" } });
   });
@@ -73,7 +78,10 @@ describe("database layer in workerd", () => {
   });
 
   it("the Worker answers a dead database with 503s, then fails fast with the circuit open, and stays up", async () => {
-    const dead = { LEASE_POOL: "dead-pool", HYPERDRIVE: { connectionString: "postgres://postgres:Edge-Secret@127.0.0.1:5486/none" } as Hyperdrive };
+    const dead = {
+      LEASE_POOL: "dead-pool",
+      HYPERDRIVE: { connectionString: "postgres://postgres:Edge-Secret@127.0.0.1:5486/none" } as Hyperdrive,
+    };
     const codes: string[] = [];
     for (let i = 0; i < 4; i++) {
       const r = await fetchWith(dead, "/api/pitches/trending");
@@ -95,7 +103,10 @@ describe("database layer in workerd", () => {
     const body = (await r.json()) as { error: { code: string; message: string } };
     expect(body.error.code).toBe("INVALID_CONFIG");
     expect(body.error.message).toContain("LEASE_SAFE_MODE");
-    const bad = await fetchWith({ HYPERDRIVE: { connectionString: "postgres//app:Edge-Secret@db" } as Hyperdrive }, "/health");
+    const bad = await fetchWith(
+      { HYPERDRIVE: { connectionString: "postgres//app:Edge-Secret@db" } as Hyperdrive },
+      "/health",
+    );
     expect(bad.status).toBe(500);
     expect(await bad.text()).not.toContain("Edge-Secret");
   });

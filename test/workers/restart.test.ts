@@ -18,7 +18,9 @@ const RESTARTS = 3;
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 describe("restarts under load", () => {
-  it("never lets more holders than the limit use a connection at once, and live holders keep their leases", { timeout: 60_000 }, async () => {
+  it("never lets more holders than the limit use a connection at once, and live holders keep their leases", {
+    timeout: 60_000,
+  }, async () => {
     const name = `restart-load-${Date.now().toString(36)}`;
     // A stub breaks when its object restarts: every call takes a fresh one, as each request would.
     const stub = () => env.COORDINATOR_DO.getByName(name);
@@ -62,7 +64,8 @@ describe("restarts under load", () => {
           return l;
         }
         const r = await call(
-          async (): Promise<RenewResult> => await stub().renew({ leaseId: current.id, fence: current.fence, expiresAt: current.expiresAt }, TTL_MS),
+          async (): Promise<RenewResult> =>
+            await stub().renew({ leaseId: current.id, fence: current.fence, expiresAt: current.expiresAt }, TTL_MS),
         );
         renewals++;
         if (!r.ok) {
@@ -80,7 +83,9 @@ describe("restarts under load", () => {
 
     const worker = async (i: number) => {
       while (running) {
-        const r = await call(async (): Promise<AcquireResult> => await stub().acquire({ holder: `w${i}`, waitMs: 4000, ttlMs: TTL_MS }));
+        const r = await call(
+          async (): Promise<AcquireResult> => await stub().acquire({ holder: `w${i}`, waitMs: 4000, ttlMs: TTL_MS }),
+        );
         if (!r.ok) continue;
         grants++;
         inUse.set(r.lease.fence, r.lease.expiresAt);

@@ -56,21 +56,26 @@ describe("operator endpoints", () => {
     expect((await call(path, { authorization: `bearer ${TOKEN.toUpperCase()}` })).status).toBe(401);
   });
 
-  it.each(OPERATOR_PATHS)("%s is off (404) when no token is configured, whatever the caller sends, and says how to turn it on", async (path) => {
-    for (const token of [null, ""]) {
-      const attempts: Array<Record<string, string>> = [
-        {},
-        { authorization: "Bearer " },
-        { authorization: `Bearer ${TOKEN}` },
-        { authorization: "Bearer undefined" },
-      ];
-      for (const headers of attempts) {
-        const r = await call(path, headers, token);
-        expect(r.status).toBe(404);
-        expect(JSON.parse(r.text)).toEqual({ error: { code: "NOT_FOUND", message: "Operator endpoints are off until DEBUG_TOKEN is set" } });
+  it.each(OPERATOR_PATHS)(
+    "%s is off (404) when no token is configured, whatever the caller sends, and says how to turn it on",
+    async (path) => {
+      for (const token of [null, ""]) {
+        const attempts: Array<Record<string, string>> = [
+          {},
+          { authorization: "Bearer " },
+          { authorization: `Bearer ${TOKEN}` },
+          { authorization: "Bearer undefined" },
+        ];
+        for (const headers of attempts) {
+          const r = await call(path, headers, token);
+          expect(r.status).toBe(404);
+          expect(JSON.parse(r.text)).toEqual({
+            error: { code: "NOT_FOUND", message: "Operator endpoints are off until DEBUG_TOKEN is set" },
+          });
+        }
       }
-    }
-  });
+    },
+  );
 
   it.each(DASHBOARD_PATHS)("%s without a token is the page shell only: no pool data in it", async (path) => {
     const stub = env.COORDINATOR_DO.getByName(POOL);
@@ -95,7 +100,10 @@ describe("operator endpoints", () => {
     expect(ok.text).not.toContain(r.lease.id);
     expect(ok.text).not.toContain(TOKEN);
     // The prefix is not a lease id: it frees nothing.
-    expect(await stub.release({ leaseId: r.lease.id.slice(0, 8), fence: r.lease.fence })).toMatchObject({ ok: false, code: "LEASE_NOT_FOUND" });
+    expect(await stub.release({ leaseId: r.lease.id.slice(0, 8), fence: r.lease.fence })).toMatchObject({
+      ok: false,
+      code: "LEASE_NOT_FOUND",
+    });
     expect(await stub.release({ leaseId: r.lease.id, fence: r.lease.fence })).toEqual({ ok: true, released: true });
   });
 });

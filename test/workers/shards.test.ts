@@ -91,7 +91,9 @@ async function load(p: ReturnType<typeof shardedPool>, requests: number, waitMs:
 
 /** No slot lost: once blocks idle out, every shard holds nothing and everything granted came back. */
 async function drained(p: ReturnType<typeof shardedPool>, countersKept = true) {
-  await expect.poll(async () => (await allStats(p.stubs())).reduce((a, s) => a + s.held + s.waiting, 0), { timeout: 3000 }).toBe(0);
+  await expect
+    .poll(async () => (await allStats(p.stubs())).reduce((a, s) => a + s.held + s.waiting, 0), { timeout: 3000 })
+    .toBe(0);
   await Promise.all(p.pending);
   const all = await allStats(p.stubs());
   // Counters live in memory: after a restart only held = 0 speaks for the slots.
@@ -139,10 +141,19 @@ describe("sharded coordinator in workerd", () => {
     await shard0.setLimit(null);
     expect((await shard0.stats()).limit).toBe(1);
     // A split that names more shards than slots, or a bad index, is refused and changes nothing.
-    expect(await shard0.acquire({ shard: { index: 0, count: 4 } })).toMatchObject({ ok: false, code: "INVALID_ARGUMENT" });
-    expect(await shard0.acquire({ shard: { index: 3, count: 3 } })).toMatchObject({ ok: false, code: "INVALID_ARGUMENT" });
+    expect(await shard0.acquire({ shard: { index: 0, count: 4 } })).toMatchObject({
+      ok: false,
+      code: "INVALID_ARGUMENT",
+    });
+    expect(await shard0.acquire({ shard: { index: 3, count: 3 } })).toMatchObject({
+      ok: false,
+      code: "INVALID_ARGUMENT",
+    });
     for (const bad of [null, "0/3", { index: "0", count: 3 }, { index: 0.5, count: 3 }, { index: -1, count: 3 }]) {
-      expect(await shard0.acquire({ shard: bad as never }), JSON.stringify(bad)).toMatchObject({ ok: false, code: "INVALID_ARGUMENT" });
+      expect(await shard0.acquire({ shard: bad as never }), JSON.stringify(bad)).toMatchObject({
+        ok: false,
+        code: "INVALID_ARGUMENT",
+      });
     }
     expect((await shard0.stats()).limit).toBe(1);
   });
@@ -192,11 +203,21 @@ describe("sharded coordinator in workerd", () => {
 
   it("the Worker's wiring: LEASE_SHARDS and LEASE_BLOCK through the app and the database, then all shards drain", async () => {
     const pool = `shards-app-${++poolSeq}`;
-    const shardedEnv = { ...env, LEASE_POOL: pool, LEASE_SHARDS: "3", LEASE_BLOCK: "2", LEASE_BLOCK_IDLE_MS: "20", LEASE_LOCATION_HINT: "weur" };
+    const shardedEnv = {
+      ...env,
+      LEASE_POOL: pool,
+      LEASE_SHARDS: "3",
+      LEASE_BLOCK: "2",
+      LEASE_BLOCK_IDLE_MS: "20",
+      LEASE_LOCATION_HINT: "weur",
+    };
     const statuses = await Promise.all(
       Array.from({ length: 12 }, async () => {
         const ctx = createExecutionContext();
-        const response = await handle(new Request("http://example.test/api/pitches/trending?limit=2"), depsFor(shardedEnv, ctx));
+        const response = await handle(
+          new Request("http://example.test/api/pitches/trending?limit=2"),
+          depsFor(shardedEnv, ctx),
+        );
         await response.arrayBuffer();
         await waitOnExecutionContext(ctx);
         return response.status;
@@ -205,7 +226,11 @@ describe("sharded coordinator in workerd", () => {
     expect(statuses.filter((s) => s === 200).length).toBeGreaterThan(0);
     expect(statuses.every((s) => s === 200 || s === 503)).toBe(true);
     const stubs = Array.from({ length: 3 }, (_, i) => env.COORDINATOR_DO.getByName(`${pool}#${i}`));
-    await expect.poll(async () => (await Promise.all(stubs.map((s) => s.stats()))).reduce((a, s) => a + s.held, 0), { timeout: 3000 }).toBe(0);
+    await expect
+      .poll(async () => (await Promise.all(stubs.map((s) => s.stats()))).reduce((a, s) => a + s.held, 0), {
+        timeout: 3000,
+      })
+      .toBe(0);
     // The object named after the pool alone is not used when sharded.
     expect((await env.COORDINATOR_DO.getByName(pool).stats()).counters.granted).toBe(0);
     const ctx = createExecutionContext();
@@ -233,11 +258,17 @@ describe("sharded coordinator in workerd", () => {
   });
 
   it("refuses more shards than slots with INVALID_CONFIG", () => {
-    expect(() => createIsolateShards({ shards: 4, limit: 3 })).toThrow(expect.objectContaining({ code: "INVALID_CONFIG" }));
+    expect(() => createIsolateShards({ shards: 4, limit: 3 })).toThrow(
+      expect.objectContaining({ code: "INVALID_CONFIG" }),
+    );
   });
 });
 
-type ClientOp = { kind: "acquire" } | { kind: "release"; pick: number } | { kind: "renew"; pick: number } | { kind: "restart"; shard: number };
+type ClientOp =
+  | { kind: "acquire" }
+  | { kind: "release"; pick: number }
+  | { kind: "renew"; pick: number }
+  | { kind: "restart"; shard: number };
 const clientOp: fc.Arbitrary<ClientOp> = fc.oneof(
   { arbitrary: fc.constant({ kind: "acquire" as const }), weight: 4 },
   { arbitrary: fc.record({ kind: fc.constant("release" as const), pick: fc.nat() }), weight: 3 },
@@ -247,55 +278,69 @@ const clientOp: fc.Arbitrary<ClientOp> = fc.oneof(
 const CLIENT_RUNS = 60;
 
 describe("sharded client against the real shard objects, generated sequences", () => {
-  it(`keeps every lease it hands out counted on the shard it names, within each part, over ${CLIENT_RUNS} sequences`, { timeout: 60_000 }, async () => {
+  it(`keeps every lease it hands out counted on the shard it names, within each part, over ${CLIENT_RUNS} sequences`, {
+    timeout: 60_000,
+  }, async () => {
     const started = performance.now();
     let steps = 0;
     await fc.assert(
-      fc.asyncProperty(fc.array(clientOp, { minLength: 1, maxLength: 20, size: "max" }), fc.constantFrom(0, 2), async (ops, block) => {
-        const p = shardedPool(3, block, 15);
-        const inUse: ShardedGrant[] = [];
-        let leases = p.leases;
-        const settle = async () => {
-          // In-flight block acquires answer at once (waitMs 0): wait for them before comparing.
-          await expect.poll(() => p.isolate.block?.inFlight ?? 0).toBe(0);
-        };
-        for (const o of ops) {
-          if (o.kind === "acquire") {
-            try {
-              inUse.push(await leases.acquire({ waitMs: 0 }));
-            } catch (error) {
-              expect(isLeaseError(error) && ["ACQUIRE_TIMEOUT", "QUEUE_FULL", "COORDINATOR_UNAVAILABLE"].includes(error.code)).toBe(true);
+      fc.asyncProperty(
+        fc.array(clientOp, { minLength: 1, maxLength: 20, size: "max" }),
+        fc.constantFrom(0, 2),
+        async (ops, block) => {
+          const p = shardedPool(3, block, 15);
+          const inUse: ShardedGrant[] = [];
+          let leases = p.leases;
+          const settle = async () => {
+            // In-flight block acquires answer at once (waitMs 0): wait for them before comparing.
+            await expect.poll(() => p.isolate.block?.inFlight ?? 0).toBe(0);
+          };
+          for (const o of ops) {
+            if (o.kind === "acquire") {
+              try {
+                inUse.push(await leases.acquire({ waitMs: 0 }));
+              } catch (error) {
+                expect(
+                  isLeaseError(error) &&
+                    ["ACQUIRE_TIMEOUT", "QUEUE_FULL", "COORDINATOR_UNAVAILABLE"].includes(error.code),
+                ).toBe(true);
+              }
+            } else if (o.kind === "release" && inUse.length > 0) {
+              await leases.release(inUse.splice(o.pick % inUse.length, 1)[0]!);
+            } else if (o.kind === "renew" && inUse.length > 0) {
+              const l = inUse[o.pick % inUse.length]!;
+              expect((await leases.renew(l, 30_000)).shard).toBe(l.shard);
+            } else if (o.kind === "restart") {
+              await runInDurableObject(p.stubs()[o.shard]!, (_, state) => state.abort("restart")).catch(() => {});
+              // A stub does not outlive its object; in a Worker each request brings new ones anyway.
+              leases = p.client();
+              // The restarted shard forgot its leases; their holders' heartbeats (and the block's) re-register them.
+              const idle = (p.isolate.block?.idle ?? []).map((x) => x.lease);
+              for (const l of [...inUse, ...idle]) {
+                if (l.shard === o.shard)
+                  expect(await p.stubs()[o.shard]!.renew({ leaseId: l.id, fence: l.fence }, 30_000)).toMatchObject({
+                    ok: true,
+                  });
+              }
             }
-          } else if (o.kind === "release" && inUse.length > 0) {
-            await leases.release(inUse.splice(o.pick % inUse.length, 1)[0]!);
-          } else if (o.kind === "renew" && inUse.length > 0) {
-            const l = inUse[o.pick % inUse.length]!;
-            expect((await leases.renew(l, 30_000)).shard).toBe(l.shard);
-          } else if (o.kind === "restart") {
-            await runInDurableObject(p.stubs()[o.shard]!, (_, state) => state.abort("restart")).catch(() => {});
-            // A stub does not outlive its object; in a Worker each request brings new ones anyway.
-            leases = p.client();
-            // The restarted shard forgot its leases; their holders' heartbeats (and the block's) re-register them.
-            const idle = (p.isolate.block?.idle ?? []).map((x) => x.lease);
-            for (const l of [...inUse, ...idle]) {
-              if (l.shard === o.shard) expect(await p.stubs()[o.shard]!.renew({ leaseId: l.id, fence: l.fence }, 30_000)).toMatchObject({ ok: true });
-            }
+            await settle();
+            const all = await allStats(p.stubs());
+            for (const [i, s] of all.entries()) expect(s.held).toBeLessThanOrEqual(shardLimits(LIMIT, 3)[i]!);
+            // Every lease in use is counted by the shard it names (restarts relearn them).
+            for (const l of inUse) expect(all[l.shard]!.leases.map((x) => x.idPrefix)).toContain(l.id.slice(0, 8));
+            // Nothing is held that neither a request nor the block accounts for.
+            const accounted = inUse.length + (p.isolate.block?.idle.length ?? 0);
+            expect(all.reduce((a, s) => a + s.held, 0)).toBeLessThanOrEqual(accounted);
+            steps++;
           }
-          await settle();
-          const all = await allStats(p.stubs());
-          for (const [i, s] of all.entries()) expect(s.held).toBeLessThanOrEqual(shardLimits(LIMIT, 3)[i]!);
-          // Every lease in use is counted by the shard it names (restarts relearn them).
-          for (const l of inUse) expect(all[l.shard]!.leases.map((x) => x.idPrefix)).toContain(l.id.slice(0, 8));
-          // Nothing is held that neither a request nor the block accounts for.
-          const accounted = inUse.length + (p.isolate.block?.idle.length ?? 0);
-          expect(all.reduce((a, s) => a + s.held, 0)).toBeLessThanOrEqual(accounted);
-          steps++;
-        }
-        for (const l of inUse) await leases.release(l);
-        await drained(p, !ops.some((o) => o.kind === "restart"));
-      }),
+          for (const l of inUse) await leases.release(l);
+          await drained(p, !ops.some((o) => o.kind === "restart"));
+        },
+      ),
       { numRuns: CLIENT_RUNS },
     );
-    console.log(`[reliability] sharded client model: ${CLIENT_RUNS} sequences, ${steps} steps checked, ${((performance.now() - started) / 1000).toFixed(1)} s`);
+    console.log(
+      `[reliability] sharded client model: ${CLIENT_RUNS} sequences, ${steps} steps checked, ${((performance.now() - started) / 1000).toFixed(1)} s`,
+    );
   });
 });

@@ -36,14 +36,24 @@ type Fresh = ReturnType<typeof fresh>;
 type Client = "Leases" | "ShardedLeases";
 
 /** Starts `n` calls of `withLease` inside the host object; they live exactly as long as it does. */
-async function inHost(f: Fresh, n: number, options: { waitMs?: number; ttlMs?: number; heartbeatMs?: number }, client: Client = "Leases"): Promise<void> {
+async function inHost(
+  f: Fresh,
+  n: number,
+  options: { waitMs?: number; ttlMs?: number; heartbeatMs?: number },
+  client: Client = "Leases",
+): Promise<void> {
   await runInDurableObject(f.host, async () => {
     const stub = env.COORDINATOR_DO.getByName(f.name);
     const leases =
       client === "Leases"
         ? new Leases(stub, { holder: "victim" })
         : // One shard: the object is `f.name` itself, and the sharded client's claim window applies.
-          new ShardedLeases({ coordinators: [stub], isolate: createIsolateShards({ shards: 1, limit: LIMIT }), waitMs: 10_000, holder: "victim" });
+          new ShardedLeases({
+            coordinators: [stub],
+            isolate: createIsolateShards({ shards: 1, limit: LIMIT }),
+            waitMs: 10_000,
+            holder: "victim",
+          });
     for (let i = 0; i < n; i++) {
       void holdIn(leases, options).catch(() => {});
     }
@@ -51,7 +61,10 @@ async function inHost(f: Fresh, n: number, options: { waitMs?: number; ttlMs?: n
 }
 
 /** A holder of the slot for two minutes: `withLease` of the plain client, acquire + heartbeat of the sharded one. */
-async function holdIn(leases: Leases | ShardedLeases, options: { waitMs?: number; ttlMs?: number; heartbeatMs?: number }): Promise<unknown> {
+async function holdIn(
+  leases: Leases | ShardedLeases,
+  options: { waitMs?: number; ttlMs?: number; heartbeatMs?: number },
+): Promise<unknown> {
   if (leases instanceof Leases) return leases.withLease(() => sleep(120_000), { ttlMs: TTL_MS, ...options });
   return holdLease(leases, () => sleep(120_000), { ttlMs: TTL_MS, ...options });
 }
@@ -106,7 +119,9 @@ describe("callers that vanish (their context torn down), Durable Object in worke
     expect(backMs).toBeLessThanOrEqual(TTL_MS + 250);
     expect(max).toBeLessThanOrEqual(LIMIT);
     expect((await f.pool.stats()).counters).toMatchObject({ expired: 2, released: 0 });
-    figures.push(`2 holders cancelled mid-work: both queued survivors granted ${backMs} ms after the cancel (TTL ${TTL_MS} ms), max held ${max}/${LIMIT}`);
+    figures.push(
+      `2 holders cancelled mid-work: both queued survivors granted ${backMs} ms after the cancel (TTL ${TTL_MS} ms), max held ${max}/${LIMIT}`,
+    );
   });
 
   it.each<Client>(["Leases", "ShardedLeases"])(
@@ -202,7 +217,9 @@ describe("the sharded client gives up a wait like the plain one (LEASE_SHARDS=2,
     expect(await heldBefore()).toBe(LIMIT);
     const gaveUp = new AbortController();
     const waiting = leases.acquire({ holder: "gives-up", waitMs: 10_000, signal: gaveUp.signal });
-    await expect.poll(async () => (await Promise.all(stubs().map((s) => s.stats()))).reduce((a, s) => a + s.waiting, 0)).toBe(1);
+    await expect
+      .poll(async () => (await Promise.all(stubs().map((s) => s.stats()))).reduce((a, s) => a + s.waiting, 0))
+      .toBe(1);
     const abortedAt = Date.now();
     gaveUp.abort(new Error("client went away"));
     await expect(waiting).rejects.toThrow("client went away");

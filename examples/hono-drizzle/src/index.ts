@@ -37,7 +37,11 @@ app.onError((error) => errorResponse(error));
 // The operator endpoints (stats, metrics, dashboard, controls) behind DEBUG_TOKEN.
 app.use("/__coordinator/*", async (c, next) => {
   const pool = workerPool(c.env, c.executionCtx, { driver });
-  const answer = await operatorHandler({ controls: pool.operator, token: c.env.DEBUG_TOKEN, status: () => pool.db.status() })(c.req.raw);
+  const answer = await operatorHandler({
+    controls: pool.operator,
+    token: c.env.DEBUG_TOKEN,
+    status: () => pool.db.status(),
+  })(c.req.raw);
   return answer ?? next();
 });
 
@@ -94,7 +98,11 @@ app.post("/notes/pair", async (c) => {
 // retried on a fresh connection and a new lease within DB_DEADLINE_MS.
 app.get("/report", async (c) => {
   const { db } = workerPool(c.env, c.executionCtx, { driver });
-  const [row] = await db.query("SELECT count(*)::int AS notes, pg_backend_pid() AS backend FROM notes, pg_sleep(1)", [], { holder: "GET /report" });
+  const [row] = await db.query(
+    "SELECT count(*)::int AS notes, pg_backend_pid() AS backend FROM notes, pg_sleep(1)",
+    [],
+    { holder: "GET /report" },
+  );
   return c.json(row);
 });
 

@@ -5,8 +5,10 @@ import { beforeAll, describe, expect, it } from "vitest";
 // The Worker as deployed, in real workerd: its routes through `exports.default.fetch`, the real
 // coordinator Durable Object (LEASE_LIMIT 2, LEASE_MAX_QUEUE 1 in vitest.config.ts), Hyperdrive's
 // local mode to a real Postgres, node-postgres and Drizzle.
-const request = (path: string, init?: RequestInit) => exports.default.fetch(new Request(`http://notes.test${path}`, init));
-const post = (path: string, body: unknown) => request(path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+const request = (path: string, init?: RequestInit) =>
+  exports.default.fetch(new Request(`http://notes.test${path}`, init));
+const post = (path: string, body: unknown) =>
+  request(path, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
 const coordinator = () => env.COORDINATOR_DO.getByName("main");
 
 /** The test's own connection to the database, beside the Worker's. */
@@ -21,10 +23,16 @@ async function admin<T>(fn: (client: pg.Client) => Promise<T>): Promise<T> {
   }
 }
 const bodies = (like: string) =>
-  admin(async (c) => (await c.query("SELECT body FROM notes WHERE body LIKE $1 ORDER BY id", [like])).rows.map((r) => r.body as string));
+  admin(async (c) =>
+    (await c.query("SELECT body FROM notes WHERE body LIKE $1 ORDER BY id", [like])).rows.map((r) => r.body as string),
+  );
 
 beforeAll(() =>
-  admin((c) => c.query("CREATE TABLE IF NOT EXISTS notes (id serial PRIMARY KEY, body text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())")),
+  admin((c) =>
+    c.query(
+      "CREATE TABLE IF NOT EXISTS notes (id serial PRIMARY KEY, body text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())",
+    ),
+  ),
 );
 
 describe("the notes Worker", () => {

@@ -5,7 +5,15 @@
  */
 import type { Sql } from "postgres";
 import { type LeasedPool, LeaseError } from "leasegate";
-import { HttpError, allowMethods, errorResponse, healthResponse, json, operatorHandler, readJson } from "leasegate/http";
+import {
+  HttpError,
+  allowMethods,
+  errorResponse,
+  healthResponse,
+  json,
+  operatorHandler,
+  readJson,
+} from "leasegate/http";
 import { GENRES } from "./schema.ts";
 
 /** Where a request's time went, for its `Server-Timing` header: waiting for a lease, and the query. */
@@ -40,7 +48,8 @@ function intParam(url: URL, name: string, fallback: number, min: number, max: nu
   const raw = url.searchParams.get(name);
   if (raw === null) return fallback;
   const value = /^\d{1,9}$/.test(raw) ? Number(raw) : Number.NaN;
-  if (!(value >= min && value <= max)) throw new LeaseError("INVALID_ARGUMENT", expected(name, `an integer from ${min} to ${max}`, raw));
+  if (!(value >= min && value <= max))
+    throw new LeaseError("INVALID_ARGUMENT", expected(name, `an integer from ${min} to ${max}`, raw));
   return value;
 }
 
@@ -55,8 +64,15 @@ async function createPitch(request: Request, run: Run): Promise<Response> {
     throw new LeaseError("INVALID_ARGUMENT", expected("genre", `one of ${GENRES.join(", ")}`, genre));
   }
   const isPublic = body.isPublic ?? true;
-  if (typeof isPublic !== "boolean") throw new LeaseError("INVALID_ARGUMENT", expected("isPublic", "a boolean", isPublic));
-  const pitch = { title: text(body, "title", 200), logline: text(body, "logline", 1000), author: text(body, "author", 100), genre, is_public: isPublic };
+  if (typeof isPublic !== "boolean")
+    throw new LeaseError("INVALID_ARGUMENT", expected("isPublic", "a boolean", isPublic));
+  const pitch = {
+    title: text(body, "title", 200),
+    logline: text(body, "logline", 1000),
+    author: text(body, "author", 100),
+    genre,
+    is_public: isPublic,
+  };
   const [row] = await run(
     (sql) => sql`
     INSERT INTO pitches ${sql(pitch, "title", "logline", "author", "genre", "is_public")}
@@ -146,7 +162,13 @@ export async function handle(request: Request, deps: AppDeps): Promise<Response>
   const leases = pool.leases;
   const stats = leases && (() => leases.stats());
   try {
-    const operator = operatorHandler({ controls: pool.operator, token: deps.debugToken, pool: pool.name, status, stats });
+    const operator = operatorHandler({
+      controls: pool.operator,
+      token: deps.debugToken,
+      pool: pool.name,
+      status,
+      stats,
+    });
     const answered = await operator(request);
     if (answered) return answered;
     if (path === "/health") {

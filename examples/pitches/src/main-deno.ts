@@ -21,7 +21,9 @@ const env = Deno.env.toObject();
 // A bad setting or an unreachable database ends the start here, in one line, before anything runs.
 const failure = await preflight(env, {
   url: env.DATABASE_URL || DEFAULT_DATABASE_URL,
-  hint: env.DATABASE_URL ? `unset DATABASE_URL to use the local cluster (${DEFAULT_DATABASE_URL})` : "set DATABASE_URL to your Postgres",
+  hint: env.DATABASE_URL
+    ? `unset DATABASE_URL to use the local cluster (${DEFAULT_DATABASE_URL})`
+    : "set DATABASE_URL to your Postgres",
 });
 if (failure) {
   console.error(failure.line);
@@ -32,7 +34,8 @@ const server = Deno.serve(
   {
     port: Number(env.PORT || "8787"),
     hostname: "127.0.0.1",
-    onListen: ({ port }) => console.log(`leasegate local server (Deno ${Deno.version.deno}) on http://127.0.0.1:${port}`),
+    onListen: ({ port }) =>
+      console.log(`leasegate local server (Deno ${Deno.version.deno}) on http://127.0.0.1:${port}`),
   },
   (request) => app.fetch(request),
 );

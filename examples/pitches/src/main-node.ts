@@ -10,7 +10,9 @@ import { DEFAULT_DATABASE_URL, createLocalApp } from "./server.ts";
 // A bad setting or an unreachable database ends the start here, in one line, before anything runs.
 const failure = await preflight(process.env, {
   url: process.env.DATABASE_URL || DEFAULT_DATABASE_URL,
-  hint: process.env.DATABASE_URL ? `unset DATABASE_URL to use the local cluster (${DEFAULT_DATABASE_URL})` : "set DATABASE_URL to your Postgres",
+  hint: process.env.DATABASE_URL
+    ? `unset DATABASE_URL to use the local cluster (${DEFAULT_DATABASE_URL})`
+    : "set DATABASE_URL to your Postgres",
 });
 if (failure) {
   console.error(failure.line);

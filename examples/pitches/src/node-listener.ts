@@ -43,7 +43,11 @@ async function send(res: ServerResponse, response: Response): Promise<void> {
  * @example
  * const listener = await listen(8787, "127.0.0.1", (req) => app.fetch(req));
  */
-export function listen(port: number, hostname: string, fetch: (request: Request) => Promise<Response>): Promise<Listener> {
+export function listen(
+  port: number,
+  hostname: string,
+  fetch: (request: Request) => Promise<Response>,
+): Promise<Listener> {
   const server = createServer((req, res) => {
     fetch(toRequest(req, `${hostname}:${port}`))
       .then((response) => send(res, response))

@@ -6,7 +6,9 @@ import type { Sql } from "postgres";
  */
 export async function migrate(sql: Sql): Promise<void> {
   // An application role may lack DDL rights on a schema someone else already migrated.
-  const [{ exists }] = (await sql`SELECT to_regclass('public.pitches') IS NOT NULL AS exists`) as unknown as [{ exists: boolean }];
+  const [{ exists }] = (await sql`SELECT to_regclass('public.pitches') IS NOT NULL AS exists`) as unknown as [
+    { exists: boolean },
+  ];
   if (exists) return;
   await sql`
     CREATE TABLE IF NOT EXISTS pitches (

@@ -34,9 +34,12 @@ export default {
       }
       if (url.pathname === "/notes" && request.method === "POST") {
         const { body } = (await request.json()) as { body?: unknown };
-        if (typeof body !== "string" || body.length > 500) throw new LeaseError("INVALID_ARGUMENT", "`body` must be a string of at most 500 characters");
+        if (typeof body !== "string" || body.length > 500)
+          throw new LeaseError("INVALID_ARGUMENT", "`body` must be a string of at most 500 characters");
         // A transaction: `fn` may run again after a serialization failure, so it only touches the database.
-        const [note] = await pool.db.transaction((tx) => tx.query<Note>("INSERT INTO notes (body) VALUES ($1) RETURNING id, body", [body]));
+        const [note] = await pool.db.transaction((tx) =>
+          tx.query<Note>("INSERT INTO notes (body) VALUES ($1) RETURNING id, body", [body]),
+        );
         return Response.json(note, { status: 201 });
       }
       return Response.json({ error: { code: "NOT_FOUND", message: "No such route" } }, { status: 404 });

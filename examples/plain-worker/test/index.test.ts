@@ -7,8 +7,14 @@ import worker from "../src/index.ts";
 // The Worker as deployed, in real workerd: its routes through `exports.default.fetch`, the real
 // coordinator Durable Object (LEASE_LIMIT 2 in vitest.config.ts), Hyperdrive's local mode to a real
 // Postgres, and the postgres.js version this example was installed with.
-const request = (path: string, init?: RequestInit) => exports.default.fetch(new Request(`http://plain.test${path}`, init));
-const post = (body: unknown) => request("/notes", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ body }) });
+const request = (path: string, init?: RequestInit) =>
+  exports.default.fetch(new Request(`http://plain.test${path}`, init));
+const post = (body: unknown) =>
+  request("/notes", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ body }),
+  });
 const stats = async () =>
   (await (await request("/__coordinator/stats", { headers: { authorization: "Bearer test-token" } })).json()) as {
     limit: number;
@@ -19,9 +25,16 @@ const stats = async () =>
 
 beforeAll(async () => {
   // The test's own connection, beside the Worker's (postgres.js's own workerd polyfill in 3.x rejects on close).
-  const conn = await driver.connect({ connectionString: env.HYPERDRIVE.connectionString, applicationName: "plain-setup", connectTimeoutMs: 5000, edge: true });
+  const conn = await driver.connect({
+    connectionString: env.HYPERDRIVE.connectionString,
+    applicationName: "plain-setup",
+    connectTimeoutMs: 5000,
+    edge: true,
+  });
   try {
-    await conn.query("CREATE TABLE IF NOT EXISTS notes (id serial PRIMARY KEY, body text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())");
+    await conn.query(
+      "CREATE TABLE IF NOT EXISTS notes (id serial PRIMARY KEY, body text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())",
+    );
   } finally {
     await conn.close();
   }

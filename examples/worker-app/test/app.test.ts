@@ -8,7 +8,9 @@ it("queries Postgres under a lease from the coordinator Worker", async () => {
 });
 
 it("serves more concurrent requests than the coordinator's limit of 2, all under leases", async () => {
-  const responses = await Promise.all(Array.from({ length: 6 }, () => exports.default.fetch(new Request("http://example.test/"))));
+  const responses = await Promise.all(
+    Array.from({ length: 6 }, () => exports.default.fetch(new Request("http://example.test/"))),
+  );
   expect(responses.map((r) => r.status)).toEqual([200, 200, 200, 200, 200, 200]);
   const stats = await env.COORDINATOR_DO.getByName("main").stats();
   expect(stats.limit).toBe(2);

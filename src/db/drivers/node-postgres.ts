@@ -62,7 +62,9 @@ export function pgDriver(pg: PgModule): DriverModule<Client> {
 function connectFailure(error: unknown): unknown {
   const e = error as { code?: unknown; message?: unknown } | null;
   if (e && typeof e === "object" && e.code === undefined && /timeout/i.test(String(e.message ?? ""))) {
-    return Object.assign(new Error("Connecting to the database timed out", { cause: error }), { code: "CONNECT_TIMEOUT" });
+    return Object.assign(new Error("Connecting to the database timed out", { cause: error }), {
+      code: "CONNECT_TIMEOUT",
+    });
   }
   return error;
 }

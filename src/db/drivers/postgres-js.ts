@@ -36,7 +36,8 @@ export function postgresJsDriver(pg: PostgresJs): DriverModule<Sql> {
       }
       return {
         client: sql,
-        query: <R = Row>(text: string, params: readonly unknown[] = []) => sql.unsafe(text, params as never[]) as unknown as Promise<R[]>,
+        query: <R = Row>(text: string, params: readonly unknown[] = []) =>
+          sql.unsafe(text, params as never[]) as unknown as Promise<R[]>,
         close: () => closeSql(sql),
       };
     },
