@@ -38,7 +38,7 @@ export const CLOCK_MARGIN_MS = 250;
  * A pool restarted after its horizon passed (idle, evicted) or never stored has no window.
  *
  * @example
- * startLearning(pool, { fenceCeiling: 200_000, horizon: Date.now() + 1500 }, Date.now());
+ * startLearning(pool, { fenceCeiling: 200_000, horizon: now + 1500 }, now);
  */
 export function startLearning(state: PoolState, bounds: Bounds | null, now: number): void {
   if (bounds === null) return;
@@ -74,7 +74,7 @@ export function covers(bounds: Bounds, leases: Iterable<Lease>): boolean {
  * (at start, before the first grant): an idle pool's horizon is left to pass.
  *
  * @example
- * const next = nextBounds(pool, last, granted, Date.now()); if (next) write(next);
+ * const next = nextBounds(pool, last, granted, now); if (next) write(next);
  */
 export function nextBounds(state: PoolState, last: Bounds, handed: Iterable<Lease>, now: number): Bounds | null {
   let latest = -Infinity;
@@ -115,7 +115,7 @@ export function boundsLog(stored: Bounds | null): BoundsLog {
  * bounds written so far are durable (only when `handed` reaches past the confirmed bounds).
  *
  * @example
- * const { write, wait } = planBounds(log, pool, granted, Date.now());
+ * const { write, wait } = planBounds(log, pool, granted, now);
  */
 export function planBounds(
   log: BoundsLog,
