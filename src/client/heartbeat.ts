@@ -21,6 +21,13 @@ export interface HeartbeatOptions {
   onLost?: ((error: LeaseError) => void) | undefined;
   /** A renewal could not be made (coordinator unreachable); the next beat tries again. */
   onError?: ((error: unknown) => void) | undefined;
+  /**
+   * The lease is a grant from the queue not claimed yet (it lives the client's claim window, see
+   * `LeasesOptions.claimMs`): the first beat, a third of the way into that window, is its claim —
+   * it renews the lease to `ttlMs` (undefined: the pool's TTL) — also when renewal is off. Work that
+   * ends sooner makes no claim call: its release is all the coordinator hears.
+   */
+  claim?: { ttlMs: number | undefined } | undefined;
 }
 
 /** A running heartbeat: the lease as last renewed, and the switch that stops it. */
@@ -61,22 +68,30 @@ export function defaultHeartbeatMs(lease: Pick<LeaseGrant, "grantedAt" | "expire
  * try { await longQuery(); } finally { beat.stop(); await leases.release(beat.lease); }
  */
 export function heartbeat(leases: Renewer, granted: LeaseGrant, options: HeartbeatOptions = {}): Heartbeat {
-  const lifetimeMs = Math.max(1, granted.expiresAt - granted.grantedAt);
-  const everyMs =
-    options.heartbeatMs === undefined
-      ? defaultHeartbeatMs(granted)
-      : checkInt("heartbeatMs", options.heartbeatMs, 0, BOUNDS.leaseTtlMs);
+  const fixedMs =
+    options.heartbeatMs === undefined ? undefined : checkInt("heartbeatMs", options.heartbeatMs, 0, BOUNDS.leaseTtlMs);
   const setTimer = options.setTimer ?? systemTimer;
+  const startedAt = Date.now();
+  let everyMs = fixedMs ?? defaultHeartbeatMs(granted);
   let current = granted;
+  // Unclaimed, the lease lives the claim window: the claim asks for the full TTL, and comes early enough.
+  let claiming = options.claim !== undefined;
+  const ttlMs = options.claim ? options.claim.ttlMs : Math.max(1, granted.expiresAt - granted.grantedAt);
   let beats = 0;
   let stopped = false;
   let cancel: () => void = () => {};
   const beat = () => {
-    leases.renew(current, lifetimeMs).then(
+    leases.renew(current, ttlMs).then(
       (renewed) => {
         if (stopped) return;
         current = renewed;
         beats++;
+        if (claiming) {
+          claiming = false;
+          // Its lifetime from the claim on: the new expiry less the time since the grant, as this clock saw it.
+          const lifetimeMs = renewed.expiresAt - renewed.grantedAt - (Date.now() - startedAt);
+          everyMs = fixedMs ?? Math.max(1, Math.floor(lifetimeMs / 3));
+        }
         schedule();
       },
       (error: unknown) => {
@@ -92,9 +107,11 @@ export function heartbeat(leases: Renewer, granted: LeaseGrant, options: Heartbe
     );
   };
   const schedule = () => {
-    cancel = setTimer(beat, everyMs);
+    const claimBy = defaultHeartbeatMs(granted);
+    const delayMs = claiming ? (everyMs > 0 ? Math.min(everyMs, claimBy) : claimBy) : everyMs;
+    if (delayMs > 0) cancel = setTimer(beat, delayMs);
   };
-  if (everyMs > 0) schedule();
+  schedule();
   return {
     get lease() {
       return current;

@@ -21,7 +21,13 @@ export interface ClientAcquireOptions extends AcquireOptions {
 export interface HoldingClient {
   /** The pool's name; leases of one pool may not be nested. Unnamed clients count as any pool. */
   readonly pool?: string | undefined;
-  acquire(options?: ClientAcquireOptions): Promise<LeaseGrant>;
+  /**
+   * Acquires; `claim: "later"` leaves a grant from the queue unclaimed (living the client's claim
+   * window, see {@link needsClaim}) for the holder's heartbeat to claim, instead of renewing it before returning.
+   */
+  acquire(options?: ClientAcquireOptions, claim?: "now" | "later"): Promise<LeaseGrant>;
+  /** The client's claim window, ms (`LeasesOptions.claimMs`); undefined: its grants need no claim. */
+  readonly claimMs?: number | undefined;
   release(lease: LeaseGrant): Promise<void>;
   renew(lease: LeaseGrant, ttlMs?: number): Promise<LeaseGrant>;
 }
@@ -36,6 +42,18 @@ export interface LeaseScope {
    * unreachable, or an operator revoked it): stop using the connection, the slot is someone else's.
    */
   readonly signal: AbortSignal;
+}
+
+/**
+ * Whether `lease` is a grant from the queue not claimed yet: it lives exactly the claim window.
+ * (The core caps the window by the TTL: a lease whose TTL is shorter needs no claim; one whose TTL
+ * equals the window is claimed all the same, harmlessly.)
+ *
+ * @example
+ * needsClaim({ grantedAt: 0, expiresAt: 500 } as LeaseGrant, 500) // true
+ */
+export function needsClaim(lease: LeaseGrant, claimMs: number | undefined): boolean {
+  return claimMs !== undefined && lease.expiresAt - lease.grantedAt === claimMs;
 }
 
 /** A scope whose lease may be absent: no coordinator (`COORDINATOR=off`) or the safe mode's budget. */
@@ -153,7 +171,7 @@ export async function holdLease<T>(
   let withoutLease: (() => void) | undefined;
   if (client) {
     try {
-      lease = await client.acquire(options);
+      lease = await client.acquire(options, "later");
     } catch (error) {
       try {
         if (signal?.aborted || !options.withoutLease) throw error;
@@ -183,6 +201,8 @@ export async function holdLease<T>(
             lost.abort(leaseLost(error));
           },
           onError: options.onRenewError,
+          // Short work makes no claim call: the release is all the coordinator hears of it.
+          claim: needsClaim(lease, client.claimMs) ? { ttlMs: options.ttlMs } : undefined,
         })
       : undefined;
   const frame = options.frame ?? leaseFrame();

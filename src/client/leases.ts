@@ -14,7 +14,14 @@ import {
 } from "../core/index.ts";
 import type { Coordinator } from "../engine/coordinator.ts";
 import { Coalescer } from "./coalesce.ts";
-import { type ClientAcquireOptions, type HoldingClient, type LeaseScope, type WaitUntil, holdLease } from "./hold.ts";
+import {
+  type ClientAcquireOptions,
+  type HoldingClient,
+  type LeaseScope,
+  type WaitUntil,
+  holdLease,
+  needsClaim,
+} from "./hold.ts";
 
 export type { ClientAcquireOptions, LeaseScope, WaitUntil } from "./hold.ts";
 
@@ -86,12 +93,13 @@ export interface LeasesOptions {
    */
   coalesce?: boolean | undefined;
   /**
-   * A lease granted after a wait lives this long, ms, until this client claims it — which it does
-   * at once, with one renewal, before `acquire` returns. A caller that vanished while it waited
-   * (its request cancelled) never claims, so that slot comes back this soon instead of at the
-   * lease TTL. Default 500 (a cross-region round trip and a storage write fit well inside); `0`
-   * sends none, and grants from the queue live their full TTL. A lease granted at once is never
-   * claimed: the common uncontended request makes no extra call.
+   * A lease granted after a wait lives this long, ms, until its holder claims it (renews it to
+   * its TTL). `acquire` claims before it returns; `withLease` (and everything built on it) lets
+   * the heartbeat's first beat, a third of the way into the window, be the claim — work that ends
+   * sooner makes no claim call. A caller that vanished while it waited (its request cancelled)
+   * never claims, so that slot comes back this soon instead of at the lease TTL. Default 500 (a
+   * cross-region round trip fits well inside a third of it); `0` sends none, and grants from the
+   * queue live their full TTL. A lease granted at once is never claimed.
    */
   claimMs?: number | undefined;
   /**
@@ -122,7 +130,7 @@ export class Leases implements LeaseClient {
   readonly #coordinator: Coordinator;
   readonly #waitUntil: WaitUntil | undefined;
   readonly #holder: string;
-  readonly #claimMs: number | undefined;
+  readonly claimMs: number | undefined;
   #acquires: Coalescer<AcquireOptions, AcquireResult | null> | undefined;
   #releases: Coalescer<LeaseRef, ReleaseResult | null> | undefined;
 
@@ -131,7 +139,7 @@ export class Leases implements LeaseClient {
     this.#holder = options.holder ?? "";
     this.pool = options.pool;
     this.#waitUntil = options.waitUntil;
-    this.#claimMs = claimWindow(options.claimMs);
+    this.claimMs = claimWindow(options.claimMs);
     const { acquireMany, releaseMany } = coordinator;
     if (options.coalesce === false || typeof acquireMany !== "function" || typeof releaseMany !== "function") return;
     // Every property of a Durable Object stub is a function: whether the object really has the
@@ -167,20 +175,23 @@ export class Leases implements LeaseClient {
   }
 
   /**
-   * Waits for a slot; throws `QUEUE_FULL`, `ACQUIRE_TIMEOUT` or `COORDINATOR_UNAVAILABLE`.
+   * Waits for a slot; throws `QUEUE_FULL`, `ACQUIRE_TIMEOUT` or `COORDINATOR_UNAVAILABLE`. A slot
+   * granted from the queue is claimed before this returns; with `claim: "later"` it comes back
+   * unclaimed, living `claimMs` until the caller renews it (a `heartbeat` with `claim` does).
    *
    * @example
    * const lease = await leases.acquire({ waitMs: 2000 });
    */
-  async acquire(options: ClientAcquireOptions = {}): Promise<LeaseGrant> {
+  async acquire(options: ClientAcquireOptions = {}, claim: "now" | "later" = "now"): Promise<LeaseGrant> {
     const signal = options.signal;
     signal?.throwIfAborted();
-    const request = coordinatorRequest(options, this.#holder, this.#claimMs);
+    const request = coordinatorRequest(options, this.#holder, this.claimMs);
     const result = signal
       ? await untilAborted(this.#send(request, signal), signal, (late) => late.ok && this.#giveBack(late.lease))
       : await this.#send(request);
     if (!result.ok) throw toError(result);
-    return await claim(result.lease, this.#claimMs, (lease) => this.renew(lease, options.ttlMs));
+    if (claim === "later") return result.lease;
+    return await claimNow(result.lease, this.claimMs, (lease) => this.renew(lease, options.ttlMs));
   }
 
   /** Releases a lease nobody will use, in the background. */
@@ -308,14 +319,14 @@ export function untilAborted<T>(running: Promise<T>, signal: AbortSignal, late: 
  * A claim the coordinator refuses (the window passed) is `ACQUIRE_TIMEOUT`.
  *
  * @example
- * const lease = await claim(granted, 500, (l) => leases.renew(l));
+ * const lease = await claimNow(granted, 500, (l) => leases.renew(l));
  */
-export async function claim<L extends LeaseGrant>(
+export async function claimNow<L extends LeaseGrant>(
   lease: L,
   claimMs: number | undefined,
   renew: (lease: L) => Promise<L>,
 ): Promise<L> {
-  if (claimMs === undefined || lease.expiresAt - lease.grantedAt !== claimMs) return lease;
+  if (!needsClaim(lease, claimMs)) return lease;
   try {
     return await renew(lease);
   } catch (error) {

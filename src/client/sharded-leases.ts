@@ -32,7 +32,7 @@ import {
   type Coordinator,
   type LeaseClient,
   type WaitUntil,
-  claim,
+  claimNow,
   claimWindow,
   coordinatorRequest,
   untilAborted,
@@ -179,7 +179,7 @@ export class ShardedLeases implements LeaseClient {
   readonly pool: string | undefined;
   readonly #o: ShardedLeasesOptions;
   readonly #coordinators: Coordinator[];
-  readonly #claimMs: number | undefined;
+  readonly claimMs: number | undefined;
 
   constructor(options: ShardedLeasesOptions) {
     if (options.coordinators.length !== options.isolate.count) {
@@ -190,7 +190,7 @@ export class ShardedLeases implements LeaseClient {
     }
     this.#o = options;
     this.#coordinators = [...options.coordinators];
-    this.#claimMs = claimWindow(options.claimMs);
+    this.claimMs = claimWindow(options.claimMs);
     this.pool = options.pool;
   }
 
@@ -208,12 +208,12 @@ export class ShardedLeases implements LeaseClient {
   }
 
   /** One acquire on one shard; records the load it answers with. Throws `LeaseError`s. */
-  async #acquireOn(shard: number, options: AcquireOptions): Promise<ShardedGrant> {
+  async #acquireOn(shard: number, options: AcquireOptions, claim: "now" | "later" = "now"): Promise<ShardedGrant> {
     const { isolate } = this.#o;
     let result: AcquireResult;
     try {
       result = await this.#coordinators[shard]!.acquire({
-        ...coordinatorRequest(options, this.#o.holder ?? "", this.#claimMs),
+        ...coordinatorRequest(options, this.#o.holder ?? "", this.claimMs),
         // Unsharded pools send nothing: one object keeps today's whole-limit config.
         shard: isolate.count === 1 ? undefined : { index: shard, count: isolate.count },
       });
@@ -224,9 +224,10 @@ export class ShardedLeases implements LeaseClient {
     isolate.downUntil[shard] = 0;
     if (result.load) isolate.loads[shard] = result.load;
     if (!result.ok) throw toError(result);
-    // A grant from the shard's queue is claimed here, before a request or the block uses it.
+    // A grant from the shard's queue is claimed here, before the block uses it (or by its holder's heartbeat).
     const lease: ShardedGrant = { ...result.lease, shard };
-    return await claim(lease, this.#claimMs, (l) => this.renew(l, options.ttlMs));
+    if (claim === "later") return lease;
+    return await claimNow(lease, this.claimMs, (l) => this.renew(l, options.ttlMs));
   }
 
   /**
@@ -236,13 +237,13 @@ export class ShardedLeases implements LeaseClient {
    * @example
    * const lease = await leases.acquire({ waitMs: 2000 });
    */
-  async acquire(options: ClientAcquireOptions = {}): Promise<ShardedGrant> {
+  async acquire(options: ClientAcquireOptions = {}, claim: "now" | "later" = "now"): Promise<ShardedGrant> {
     const { signal, ...asked } = options;
     signal?.throwIfAborted();
     const { isolate } = this.#o;
     const block = isolate.block;
     if (!block) {
-      const sent = this.#acquireOn(this.#pick(), asked);
+      const sent = this.#acquireOn(this.#pick(), asked, claim);
       // A slot granted after the caller gave up goes straight back.
       return signal
         ? untilAborted(sent, signal, (late) => this.#background(this.#releaseOn(late).catch(() => {})))

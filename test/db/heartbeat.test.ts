@@ -10,9 +10,10 @@ import { memoryCoordinator } from "./helpers.ts";
  */
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-function counted() {
-  const coordinator = memoryCoordinator({ limit: 1, maxQueue: 5, waitMs: 2000, leaseTtlMs: 300 });
+function counted(leaseTtlMs = 300, claimMs?: number) {
+  const coordinator = memoryCoordinator({ limit: 1, maxQueue: 5, waitMs: 2000, leaseTtlMs });
   const calls = { acquire: 0, release: 0, renew: 0 };
+  const renewedWith: Array<number | undefined> = [];
   const { acquire, release, renew } = coordinator;
   coordinator.acquire = (o) => {
     calls.acquire++;
@@ -24,9 +25,23 @@ function counted() {
   };
   coordinator.renew = (r, t) => {
     calls.renew++;
+    renewedWith.push(t);
     return renew(r, t);
   };
-  return { coordinator, calls, leases: new Leases(coordinator) };
+  return { coordinator, calls, renewedWith, leases: new Leases(coordinator, { claimMs }) };
+}
+
+/** Holds the pool's one slot, starts `withLease` behind it, and frees the slot: `withLease` is granted from the queue. */
+async function fromQueue<T>(
+  { coordinator, leases }: ReturnType<typeof counted>,
+  work: Parameters<Leases["withLease"]>[0],
+  options: Parameters<Leases["withLease"]>[1] = {},
+): Promise<T> {
+  const first = await leases.acquire();
+  const held = leases.withLease(work, options);
+  await expect.poll(async () => (await coordinator.stats()).waiting).toBe(1);
+  await leases.release(first);
+  return (await held) as T;
 }
 
 describe("heartbeat", () => {
@@ -70,6 +85,63 @@ describe("heartbeat", () => {
       reason = signal.reason;
     });
     expect(isLeaseError(reason) && reason.code).toMatch(/LEASE_EXPIRED|LEASE_NOT_FOUND/);
+  });
+
+  describe("a grant from the queue (claim window 300 ms, TTL 1500 ms)", () => {
+    it("work that ends within a third of the window makes no claim call: its release is all the coordinator hears", async () => {
+      const c = counted(1500, 300);
+      await fromQueue(c, () => sleep(20));
+      expect(c.calls).toEqual({ acquire: 2, release: 2, renew: 0 });
+      expect((await c.coordinator.stats()).counters).toMatchObject({ expired: 0, released: 2 });
+    });
+
+    it("longer work is claimed by its first beat, to the full TTL, and keeps its slot past the window", async () => {
+      const c = counted(1500, 300);
+      let after: number | undefined;
+      await fromQueue(c, async ({ signal }) => {
+        await sleep(700); // well past the 300 ms window
+        after = (await c.coordinator.stats()).held;
+        expect(signal.aborted).toBe(false);
+      });
+      expect(after).toBe(1);
+      // The claim asks for the pool's TTL (undefined), not the window's 300 ms; then one beat a third of 1500 ms.
+      expect(c.renewedWith[0]).toBeUndefined();
+      expect(c.calls.renew).toBe(2);
+      expect((await c.coordinator.stats()).counters).toMatchObject({ expired: 0, released: 2 });
+    });
+
+    it("with renewal off the claim still happens, and only it", async () => {
+      const c = counted(1500, 300);
+      await fromQueue(c, () => sleep(700), { heartbeatMs: 0 });
+      expect(c.calls.renew).toBe(1);
+      expect((await c.coordinator.stats()).counters).toMatchObject({ expired: 0, released: 2 });
+    });
+
+    it("a claim that cannot reach the coordinator in time loses the slot: the scope's signal aborts", async () => {
+      const c = counted(1500, 300);
+      let reason: unknown;
+      await fromQueue(c, async ({ signal }) => {
+        c.coordinator.down = true;
+        await sleep(450); // every claim attempt inside the window fails; the grant lapses
+        c.coordinator.down = false;
+        await new Promise((resolve) => signal.addEventListener("abort", resolve, { once: true }));
+        reason = signal.reason;
+      });
+      expect(isLeaseError(reason) && reason.code).toMatch(/LEASE_EXPIRED|LEASE_NOT_FOUND/);
+      expect((await c.coordinator.stats()).held).toBe(0);
+    });
+
+    it("`acquire` itself claims before it returns", async () => {
+      const c = counted(1500, 300);
+      const first = await c.leases.acquire();
+      const second = c.leases.acquire();
+      await expect.poll(async () => (await c.coordinator.stats()).waiting).toBe(1);
+      await c.leases.release(first);
+      const lease = await second;
+      expect(c.calls.renew).toBe(1);
+      expect(lease.expiresAt - Date.now()).toBeGreaterThan(1000);
+      await c.leases.release(lease);
+    });
   });
 
   it("heartbeatMs 0 never renews; a bad value is refused", async () => {

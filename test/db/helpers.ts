@@ -63,7 +63,13 @@ export function memoryCoordinator(
       const leaseId = crypto.randomUUID();
       const { outcome, effects } = acquire(
         pool,
-        { leaseId, holder: options.holder ?? "", waitMs: options.waitMs, ttlMs: options.ttlMs },
+        {
+          leaseId,
+          holder: options.holder ?? "",
+          waitMs: options.waitMs,
+          ttlMs: options.ttlMs,
+          claimMs: options.claimMs,
+        },
         Date.now(),
       );
       if (outcome.status === "granted") {

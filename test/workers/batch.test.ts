@@ -1,6 +1,6 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { type Coordinator, Leases } from "../../src/client/leases.ts";
+import { type Coordinator, DEFAULT_CLAIM_MS, Leases } from "../../src/client/leases.ts";
 import { MAX_BATCH } from "../../src/core/index.ts";
 import { grantNow, restartCoordinator } from "../support/coordinator.ts";
 
@@ -154,6 +154,28 @@ describe("Leases coalesces concurrent calls", () => {
     await leases.release(await waiting);
     // A grant after a wait is claimed with one renewal (see `claimMs`); a grant at once is not.
     expect(calls).toEqual({ acquire: 4, release: 4, renew: 1 });
+    for (const l of held.slice(1)) await stub.release({ leaseId: l.id, fence: l.fence });
+  });
+
+  it("withLease granted from the queue: work shorter than a third of the claim window makes no claim call", async () => {
+    const { stub, coordinator, calls } = counting(fresh());
+    const leases = new Leases(coordinator);
+    const held = [await grantNow(stub), await grantNow(stub), await grantNow(stub)];
+    let lease: { expiresAt: number; grantedAt: number } | undefined;
+    const queued = leases.withLease(
+      async (scope) => {
+        lease = scope.lease;
+        await new Promise((r) => setTimeout(r, 20));
+      },
+      { waitMs: 5000 },
+    );
+    await expect.poll(async () => (await stub.stats()).waiting).toBe(1);
+    await stub.release({ leaseId: held[0]!.id, fence: held[0]!.fence });
+    await queued;
+    // The work ran under the unclaimed grant (it lives the claim window); its release is all the object heard.
+    expect(lease!.expiresAt - lease!.grantedAt).toBe(DEFAULT_CLAIM_MS);
+    expect(calls).toEqual({ acquire: 1, release: 1 });
+    expect((await stub.stats()).counters).toMatchObject({ released: 2, expired: 0 });
     for (const l of held.slice(1)) await stub.release({ leaseId: l.id, fence: l.fence });
   });
 
