@@ -92,6 +92,18 @@ start_server() {
 }
 stop_server() { kill -- -"$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; sleep 0.5; }
 
+# CPU time, in clock ticks: the whole machine's busy time (/proc/stat: all but idle and iowait), and
+# that of every process in one session (the server: wrangler, its proxy and the workerd running the
+# Worker and the Durable Object). Per 2xx they are steadier than goodput on a shared machine.
+machine_busy() { awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
+session_cpu() {
+  local sid=$1 total=0 pid
+  for pid in $(ps -o pid= -s "$sid" 2>/dev/null); do
+    total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$total"
+}
+
 # wrk's latency lines ("50%  123.45ms") in ms.
 ms_of() { awk -v p="$1" '$1 == p { v = $2; if (v ~ /us$/) { sub(/us$/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000 } printf "%.0f", v }'; }
 
@@ -103,8 +115,10 @@ run() {
   start_server "$mode" "$url" LEASE_WAIT_MS=10000 LEASE_LIMIT="$limit" "$@"
   bench/sample-connections.sh $ROLE $((DURATION + 2)) >"/tmp/leasegate-peak-$PORT.txt" &
   local sampler=$!
-  local out
+  local out machine0 server0 machine1 server1
+  machine0=$(machine_busy); server0=$(session_cpu "$server")
   out=$(wrk -t2 -c200 -d"${DURATION}s" --timeout 15s --latency "http://127.0.0.1:$PORT/api/pitches/trending")
+  machine1=$(machine_busy); server1=$(session_cpu "$server")
   wait $sampler
   stop_server
   local total non2xx sockerr ok p50 p99 peak goodput errors
@@ -116,13 +130,16 @@ run() {
   p50=$(ms_of 50% <<<"$out"); p99=$(ms_of 99% <<<"$out")
   peak=$(cat "/tmp/leasegate-peak-$PORT.txt")
   goodput=$(awk -v ok=$ok -v d=$DURATION 'BEGIN { printf "%.1f", ok / d }')
-  printf '| %-12s | %6s | %6s | %6s | %7s | %6s ms | %6s ms | %4s |\n' "$name" "$total" "$ok" "$errors" "$goodput" "$p50" "$p99" "$peak"
+  local tick=$(getconf CLK_TCK) cpu_machine cpu_server
+  cpu_machine=$(awk -v t=$((machine1 - machine0)) -v ok=$ok -v hz=$tick 'BEGIN { printf "%.2f", ok ? t * 1000 / hz / ok : 0 }')
+  cpu_server=$(awk -v t=$((server1 - server0)) -v ok=$ok -v hz=$tick 'BEGIN { printf "%.2f", ok ? t * 1000 / hz / ok : 0 }')
+  printf '| %-12s | %6s | %6s | %6s | %7s | %6s ms | %6s ms | %4s | %5s | %5s |\n' "$name" "$total" "$ok" "$errors" "$goodput" "$p50" "$p99" "$peak" "$cpu_machine" "$cpu_server"
   [ "$json" = "[" ] || json+=","
-  json+="{\"mode\":\"$name\",\"requests\":$total,\"ok\":$ok,\"errors\":$errors,\"goodput\":$goodput,\"p50\":\"$p50 ms\",\"p99\":\"$p99 ms\",\"peak\":$peak}"
+  json+="{\"mode\":\"$name\",\"requests\":$total,\"ok\":$ok,\"errors\":$errors,\"goodput\":$goodput,\"p50\":\"$p50 ms\",\"p99\":\"$p99 ms\",\"peak\":$peak,\"cpuMs\":$cpu_machine,\"serverCpuMs\":$cpu_server}"
 }
 
-echo "| setup | requests | 2xx | errors | goodput (2xx/s) | p50 | p99 | peak connections (limit 20) |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| setup | requests | 2xx | errors | goodput (2xx/s) | p50 | p99 | peak connections (limit 20) | CPU ms per 2xx, machine | server |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 # ROUNDS > 1 runs the setups in turn that many times (alternating, so load changes hit all alike).
 for round in $(seq "${ROUNDS:-1}"); do
 for mode in $MODES; do

@@ -219,6 +219,10 @@ interface OverloadRow {
   p50: string;
   p99: string;
   peak: number;
+  /** CPU time of the whole machine per 2xx, ms. */
+  cpuMs: number;
+  /** CPU time of the server's processes (wrangler, workerd) per 2xx, ms. */
+  serverCpuMs: number;
 }
 interface P4 {
   other: Record<string, number>;
@@ -349,7 +353,10 @@ if (overload.length > 0 && p4) {
     "`npm start` servers (real workerd, the Durable Object, Hyperdrive local mode: one connection per",
     "request) on `/api/pitches/trending`, `wrk -c200 --latency`; PgBouncer 1.18 (Debian) in",
     "transaction mode, `default_pool_size=18`, `max_client_conn=1000`; leasegate `LEASE_LIMIT=18`.",
-    "Peak connections sampled from `pg_stat_activity` every 20 ms. Command: `npm run bench:overload`.",
+    "Peak connections sampled from `pg_stat_activity` every 20 ms (a loop inside Postgres: one backend,",
+    "no process per sample). CPU per 2xx: the machine's busy time (`/proc/stat`) and that of the server's",
+    "processes (wrangler and its workerd: the Worker and the Durable Object), over the 2xx of the run.",
+    "Command: `npm run bench:overload`.",
     "The setups run one after another in the same run (8 s each). In front of PgBouncer, PgBouncer",
     "already caps the server side at 18, so the lease limit only decides how many callers PgBouncer",
     "queues itself (no deadlines, no visibility) and how many wait in leasegate's queue: shown with",
@@ -362,15 +369,15 @@ if (overload.length > 0 && p4) {
     `Each setup ran ${overload[0]!.rounds.length} times, the setups taking turns; a row is the round with the median goodput,`,
     '"rounds" lists every round\'s goodput, "vs PgBouncer" divides medians.',
     "",
-    "| setup | requests | 2xx | errors | goodput (2xx/s) | rounds | vs PgBouncer | p50 | p99 | peak connections |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "| setup | requests | 2xx | errors | goodput (2xx/s) | rounds | vs PgBouncer | p50 | p99 | peak connections | CPU ms per 2xx: machine, server |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
     ...overload.map((r) => {
       const bouncer = overload.find((o) => o.mode === "pgbouncer");
       const ratio =
         bouncer && r.mode.includes("pgbouncer") && r.mode !== "pgbouncer"
           ? `**${f((r.goodput / bouncer.goodput) * 100)} %**`
           : "";
-      return `| ${r.mode} | ${r.requests} | ${r.ok} | ${r.errors} | ${f(r.goodput, 1)} | ${r.rounds.map((g) => f(g)).join(", ")} | ${ratio} | ${r.p50} | ${r.p99} | ${r.peak} |`;
+      return `| ${r.mode} | ${r.requests} | ${r.ok} | ${r.errors} | ${f(r.goodput, 1)} | ${r.rounds.map((g) => f(g)).join(", ")} | ${ratio} | ${r.p50} | ${r.p99} | ${r.peak} | ${f(r.cpuMs, 2)}, ${f(r.serverCpuMs, 2)} |`;
     }),
     "",
     "## P4 no queue collapse: sustained overload, 2 s deadline",

@@ -43,16 +43,25 @@ function shardStateFor(pool: PoolSettings): IsolateShards | undefined {
   return state;
 }
 
+/**
+ * Coordinator ids by namespace and pool name, kept for the isolate's life: an id is plain data
+ * (unlike a stub, which belongs to the request that made it), and deriving it from the name on
+ * every request cost more CPU than the request's lease calls.
+ */
+const coordinatorIds = new WeakMap<DurableObjectNamespace, Map<string, DurableObjectId>>();
+
 /** A coordinator object, created near the database when `LEASE_LOCATION_HINT` is set. */
 function coordinatorStub(
   env: WorkerPoolEnv,
   hint: string | undefined,
   name: string,
 ): DurableObjectStub<ConnectionCoordinator> {
-  const id = env.COORDINATOR_DO.idFromName(name);
-  return hint
-    ? env.COORDINATOR_DO.get(id, { locationHint: hint as DurableObjectLocationHint })
-    : env.COORDINATOR_DO.get(id);
+  const namespace = env.COORDINATOR_DO;
+  const ids = coordinatorIds.get(namespace) ?? new Map<string, DurableObjectId>();
+  coordinatorIds.set(namespace, ids);
+  const id = ids.get(name) ?? namespace.idFromName(name);
+  ids.set(name, id);
+  return hint ? namespace.get(id, { locationHint: hint as DurableObjectLocationHint }) : namespace.get(id);
 }
 
 /** The pool's leases and controls: one object, shards, or none (`COORDINATOR=off`). */
