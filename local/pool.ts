@@ -74,7 +74,7 @@ export async function localPool<Client = unknown>(
     });
     await coordinator.ready();
   }
-  const leases: LeaseClient | undefined = coordinator && new Leases(coordinator, { pool: name });
+  const leases: LeaseClient | undefined = coordinator && new Leases(coordinator, { pool: name, claimMs: settings.pool.claimMs });
   const driver = bindDriver(module, config);
   const db = new Database({ name, driver, leases, config });
   return {

@@ -105,6 +105,8 @@ export interface PoolEnv {
   LEASE_BLOCK_IDLE_MS?: string | undefined;
   /** Where coordinator objects are created (`locationHint`, e.g. `weur`): near the database. */
   LEASE_LOCATION_HINT?: string | undefined;
+  /** How long a grant from the queue lives until its holder claims it, ms; 0 = no claim. Default 500. */
+  LEASE_CLAIM_MS?: string | undefined;
   /** `off` bypasses leasing: for side-by-side comparisons only. */
   COORDINATOR?: string | undefined;
 }
@@ -123,6 +125,8 @@ export interface PoolSettings {
   readonly blockIdleMs: number;
   /** `LEASE_LOCATION_HINT`, or undefined. */
   readonly locationHint: string | undefined;
+  /** `LEASE_CLAIM_MS` (the clients' `claimMs`), or undefined: the clients' default. */
+  readonly claimMs: number | undefined;
   /** False with `COORDINATOR=off`. */
   readonly coordinator: boolean;
   /** `LEASE_LIMIT=auto`: how the limit is learned (`LEASE_HEADROOM`, `LEASE_LIMIT_MAX`, `LEASE_LEARN_INTERVAL_MS`); null for a fixed limit. */
@@ -211,6 +215,7 @@ export function poolSettings(env: PoolEnv): PoolSettings {
     blockMax: intFromEnv("LEASE_BLOCK", env.LEASE_BLOCK, 0, 0, 1000),
     blockIdleMs: intFromEnv("LEASE_BLOCK_IDLE_MS", env.LEASE_BLOCK_IDLE_MS, DEFAULT_BLOCK_IDLE_MS, 0, 60_000),
     locationHint: text(env.LEASE_LOCATION_HINT) || undefined,
+    claimMs: intFromEnv("LEASE_CLAIM_MS", env.LEASE_CLAIM_MS, undefined, 0, config.leaseTtlMs),
     // Only `off` turns leasing off: a Worker may bind its coordinator namespace under this name.
     coordinator: text(env.COORDINATOR) !== "off",
     learn,

@@ -82,7 +82,7 @@ function coordination(
   const sharded = shardStateFor(pool);
   if (!sharded) {
     const stub = coordinatorStub(env, locationHint, name);
-    const leases = new Leases(stub, { pool: name, waitUntil });
+    const leases = new Leases(stub, { pool: name, waitUntil, claimMs: pool.claimMs });
     const controls = coordinatorControls(stub, target);
     if (!learn) return { leases, operator: controls };
     // LEASE_LIMIT=auto: a stale learning is redone in waitUntil, never on this request's lease.
@@ -98,6 +98,7 @@ function coordination(
     waitUntil,
     reconnect: stubFor,
     pool: name,
+    claimMs: pool.claimMs,
   });
   return { leases, operator: shardedControls(stubs, target) };
 }

@@ -24,6 +24,7 @@ describe("settings parsed once", () => {
       LEASE_BLOCK: "4",
       LEASE_LOCATION_HINT: " weur ",
       LEASE_RESERVED: "2",
+      LEASE_CLAIM_MS: "250",
       DB_CONNECT_TIMEOUT_MS: "1500",
     });
     expect(settings.pool).toEqual({
@@ -41,6 +42,7 @@ describe("settings parsed once", () => {
       blockMax: 4,
       blockIdleMs: 20,
       locationHint: "weur",
+      claimMs: 250,
       coordinator: true,
       learn: null,
     });
@@ -54,6 +56,7 @@ describe("settings parsed once", () => {
       name: "main",
       shards: 1,
       blockMax: 0,
+      claimMs: undefined,
       coordinator: false,
     });
     // `[vars]` may hold numbers, and a Worker may bind its coordinator namespace as `COORDINATOR`.
@@ -90,6 +93,7 @@ describe("settings parsed once", () => {
     ["LEASE_SHARDS", { LEASE_LIMIT: "3", LEASE_SHARDS: "4" }, "an integer from 1 to 3"],
     ["LEASE_BLOCK", { LEASE_BLOCK: "x" }, "an integer from 0 to 1000"],
     ["LEASE_BLOCK_IDLE_MS", { LEASE_BLOCK_IDLE_MS: "60001" }, "an integer from 0 to 60000"],
+    ["LEASE_CLAIM_MS", { LEASE_CLAIM_MS: "1501" }, "an integer from 0 to 1500"],
     ["DB_CONNECT_TIMEOUT_MS", { DB_CONNECT_TIMEOUT_MS: "50" }, "an integer from 100 to 120000"],
     ["DB_DEADLINE_MS", { DB_DEADLINE_MS: "ten" }, "an integer from 100 to 600000"],
   ])("names %s in its INVALID_CONFIG message, as the operator spelled it", (name, env, expected) => {
