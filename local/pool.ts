@@ -74,7 +74,8 @@ export async function localPool<Client = unknown>(
     });
     await coordinator.ready();
   }
-  const leases: LeaseClient | undefined = coordinator && new Leases(coordinator, { pool: name, claimMs: settings.pool.claimMs });
+  const leases: LeaseClient | undefined =
+    coordinator && new Leases(coordinator, { pool: name, claimMs: settings.pool.claimMs });
   const driver = bindDriver(module, config);
   const db = new Database({ name, driver, leases, config });
   return {

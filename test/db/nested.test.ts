@@ -7,6 +7,7 @@ import { isLeaseError } from "../../src/core/index.ts";
 import { driver } from "../../src/drivers/postgres.ts";
 import { leased } from "../../src/hono.ts";
 import { TEST_URL } from "./helpers.ts";
+import { forgetPools } from "../local/helpers.ts";
 
 // A request that holds the pool's only slot and asks for another would wait on itself until its
 // deadline (and under saturation, every request would): it fails at once with NESTED_LEASE.
@@ -33,8 +34,7 @@ async function onePool(name = `${base}-${++seq}`): Promise<LocalPool<Sql>> {
 afterAll(async () => {
   for (const pool of pools) await pool.close();
   const admin = postgres(TEST_URL, { max: 1, onnotice: () => {} });
-  for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"])
-    await admin`DELETE FROM ${admin(t)} WHERE pool LIKE ${`${base}-%`}`;
+  await forgetPools(admin, `${base}-%`);
   await admin.end();
 });
 

@@ -12,6 +12,7 @@ import { PostgresCoordinator } from "../../local/postgres-coordinator.ts";
 import { Leases } from "../../src/client/leases.ts";
 import { isLeaseError } from "../../src/core/index.ts";
 import { leased } from "../../src/hono.ts";
+import { forgetPools } from "../local/helpers.ts";
 
 // A real Hono app, real Postgres (the database of `npm test`), the real local coordinator.
 const url = process.env.LEASEGATE_TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/leasegate_test";
@@ -26,8 +27,7 @@ let seq = 0;
 
 afterAll(async () => {
   for (const c of coordinators) await c.close();
-  for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"])
-    await admin`DELETE FROM ${admin(t)} WHERE pool LIKE ${`${base}-%`}`;
+  await forgetPools(admin, `${base}-%`);
   for (const s of clients) await s.end();
   await admin.end();
 });

@@ -3,6 +3,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { type LocalPool, localPool } from "../../local/pool.ts";
 import { driver } from "../../src/drivers/postgres.ts";
 import { TEST_URL } from "../db/helpers.ts";
+import { forgetPools } from "./helpers.ts";
 
 // LEASE_CLAIM_MS reaches the local coordinator through localPool: real Postgres, LEASE_LIMIT=1.
 const base = `claim-setting-${process.pid}-${Date.now()}`;
@@ -12,8 +13,7 @@ let seq = 0;
 afterAll(async () => {
   for (const pool of pools) await pool.close();
   const admin = postgres(TEST_URL, { max: 1, onnotice: () => {} });
-  for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"])
-    await admin`DELETE FROM ${admin(t)} WHERE pool LIKE ${`${base}-%`}`;
+  await forgetPools(admin, `${base}-%`);
   await admin.end();
 });
 

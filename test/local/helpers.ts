@@ -6,6 +6,13 @@ import type { PoolConfig } from "../../src/core/index.ts";
 /** The real Postgres of `npm test`. */
 export const url = process.env.LEASEGATE_TEST_DATABASE_URL!;
 
+/** Deletes the local coordinator's rows of the pools whose names match `pattern` (SQL `LIKE`). */
+export async function forgetPools(sql: postgres.Sql, pattern: string): Promise<void> {
+  for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"]) {
+    await sql`DELETE FROM ${sql(t)} WHERE pool LIKE ${pattern}`;
+  }
+}
+
 /**
  * Coordinators for one test file, each on a client of its own (as separate processes would be),
  * in pools named `<prefix>-<pid>-<time>-<n>`; `cleanup()` closes them and deletes their rows.
@@ -30,11 +37,7 @@ export function localPools(prefix: string, defaults: PoolConfig) {
     async cleanup(): Promise<void> {
       for (const c of coordinators) await c.close();
       const sql = clients[0];
-      if (sql) {
-        for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"]) {
-          await sql`DELETE FROM ${sql(t)} WHERE pool LIKE ${`${base}-%`}`;
-        }
-      }
+      if (sql) await forgetPools(sql, `${base}-%`);
       for (const s of clients) await s.end();
     },
   };

@@ -6,7 +6,7 @@ import { DEFAULT_CONFIG, isLeaseError } from "../../src/core/index.ts";
 import { databaseConfig } from "../../src/db/config.ts";
 import { openDriver } from "../../src/db/connect.ts";
 import { Database } from "../../src/db/database.ts";
-import { url } from "./helpers.ts";
+import { forgetPools, url } from "./helpers.ts";
 
 /**
  * A live holder is never reaped: a real `pg_sleep(45)` under a default lease (1500 ms TTL) through
@@ -18,8 +18,7 @@ const pool = `long-holder-${process.pid}-${Date.now()}`;
 const coordinator = new PostgresCoordinator({ sql, pool, config: { ...DEFAULT_CONFIG, limit: 1 } });
 afterAll(async () => {
   await coordinator.close();
-  for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"])
-    await sql`DELETE FROM ${sql(t)} WHERE pool = ${pool}`;
+  await forgetPools(sql, pool);
   await sql.end();
 });
 

@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import postgres from "postgres";
 import { afterAll, describe, expect, it } from "vitest";
+import { forgetPools } from "./helpers.ts";
 
 // The real entry points, as a developer starts them: `npm run start:local` (Node) and
 // `npm run start:deno` (deno.json's `start` task), each its own OS process on its own port, one shared pool.
@@ -45,8 +46,7 @@ async function boot(command: string, args: string[]): Promise<string> {
 afterAll(async () => {
   for (const c of children) if (c.pid !== undefined) process.kill(-c.pid, "SIGTERM");
   const sql = postgres(url, { max: 1, onnotice: () => {} });
-  for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"])
-    await sql`DELETE FROM ${sql(t)} WHERE pool = ${POOL}`;
+  await forgetPools(sql, POOL);
   await sql.end();
 });
 

@@ -4,6 +4,7 @@ import { PostgresCoordinator } from "../../local/postgres-coordinator.ts";
 import { Leases } from "../../src/client/leases.ts";
 import { DEFAULT_CONFIG } from "../../src/core/index.ts";
 import { type Proc, answered, startWorker } from "./procs.ts";
+import { forgetPools } from "./helpers.ts";
 
 /**
  * Callers that vanish, as production loses them: real OS processes killed with SIGKILL while they
@@ -23,8 +24,7 @@ let seq = 0;
 
 afterAll(async () => {
   for (const p of started) if (p.child.exitCode === null && p.child.signalCode === null) p.child.kill("SIGKILL");
-  for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"])
-    await admin`DELETE FROM ${admin(t)} WHERE pool LIKE ${`${RUN}-%`}`;
+  await forgetPools(admin, `${RUN}-%`);
   await admin.end();
   console.log(`[reliability] vanish (local): ${figures.join("; ")}`);
 });
