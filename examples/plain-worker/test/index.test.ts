@@ -2,7 +2,8 @@ import { createExecutionContext, createScheduledController, waitOnExecutionConte
 import { env, exports } from "cloudflare:workers";
 import { driver } from "leasegate/postgres";
 import { beforeAll, describe, expect, it } from "vitest";
-import worker from "../src/index.ts";
+// The Worker module itself, for its `scheduled` handler (`#worker`: this package's own import map).
+import worker from "#worker";
 
 // The Worker as deployed, in real workerd: its routes through `exports.default.fetch`, the real
 // coordinator Durable Object (LEASE_LIMIT 2 in vitest.config.ts), Hyperdrive's local mode to a real
