@@ -6,6 +6,28 @@ import type { PoolConfig } from "../../src/core/index.ts";
 /** The real Postgres of `npm test`. */
 export const url = process.env.LEASEGATE_TEST_DATABASE_URL!;
 
+/**
+ * Reads until `ok` holds; how long that took, or an error with the last value after `timeoutMs`.
+ *
+ * @example
+ * const { ms } = await until(() => stats(), (s) => s.limit === 7, 5000);
+ */
+export async function until<T>(
+  read: () => Promise<T>,
+  ok: (v: T) => boolean,
+  timeoutMs: number,
+  pollMs = 25,
+): Promise<{ value: T; ms: number }> {
+  const start = Date.now();
+  for (;;) {
+    const value = await read();
+    if (ok(value)) return { value, ms: Date.now() - start };
+    if (Date.now() - start > timeoutMs)
+      throw new Error(`not reached in ${timeoutMs} ms: ${JSON.stringify(value).slice(0, 500)}`);
+    await new Promise((r) => setTimeout(r, pollMs));
+  }
+}
+
 /** Deletes the local coordinator's rows of the pools whose names match `pattern` (SQL `LIKE`). */
 export async function forgetPools(sql: postgres.Sql, pattern: string): Promise<void> {
   for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"]) {

@@ -12,6 +12,7 @@ import postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { migrate, seed } from "../../examples/pitches/src/schema.ts";
 import type { OperatorStats } from "../../src/core/index.ts";
+import { until } from "./helpers.ts";
 import { loadWithOthers } from "./learned-limit-load.ts";
 import { type PrivateCluster, privateCluster } from "./learned-limit-pg.ts";
 
@@ -122,7 +123,7 @@ describe("LEASE_LIMIT=auto in workerd (wrangler dev), max_connections 16", () =>
   it("a request learns the limit in waitUntil; the cron and an operator learn; a load with others coming and going never meets 53300", async () => {
     // The first request finds no learning and learns in waitUntil (its own lease does not wait for it).
     expect((await fetch(`${base}/api/pitches/trending?limit=1`)).status).toBe(200);
-    const { value: learned } = await until(stats, (s) => s.limitSource === "learned", 10_000);
+    const { value: learned } = await until(stats, (s) => s.limitSource === "learned", 10_000, 50);
     expect(learned.learned!.bound).toBe("server");
     expect(learned.learned!.terms).toMatchObject({
       maxConnections: MAX_CONNECTIONS,
@@ -196,18 +197,3 @@ describe("LEASE_LIMIT=auto in workerd (wrangler dev), max_connections 16", () =>
     expect(report.limits.changes).toBeGreaterThan(2);
   }, 60_000);
 });
-
-async function until<T>(
-  read: () => Promise<T>,
-  ok: (v: T) => boolean,
-  timeoutMs: number,
-): Promise<{ value: T; ms: number }> {
-  const start = Date.now();
-  for (;;) {
-    const value = await read();
-    if (ok(value)) return { value, ms: Date.now() - start };
-    if (Date.now() - start > timeoutMs)
-      throw new Error(`not reached in ${timeoutMs} ms: ${JSON.stringify(value).slice(0, 500)}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}

@@ -10,7 +10,7 @@ import type { OperatorStats } from "../../src/core/index.ts";
 import parsePrometheusTextFormat from "parse-prometheus-text-format";
 import { driver } from "../../src/drivers/postgres.ts";
 import { operatorHandler } from "../../src/http/operator.ts";
-import { url } from "./helpers.ts";
+import { until, url } from "./helpers.ts";
 import { leasedQuery, limitOf, loadWithOthers } from "./learned-limit-load.ts";
 
 const ROLE_LIMIT = 12;
@@ -73,20 +73,6 @@ async function openOthers(n: number): Promise<postgres.Sql[]> {
   );
   others.push(...opened);
   return opened;
-}
-
-async function until<T>(
-  read: () => Promise<T>,
-  ok: (v: T) => boolean,
-  timeoutMs: number,
-): Promise<{ value: T; ms: number }> {
-  const start = Date.now();
-  for (;;) {
-    const value = await read();
-    if (ok(value)) return { value, ms: Date.now() - start };
-    if (Date.now() - start > timeoutMs) throw new Error(`not reached in ${timeoutMs} ms: ${JSON.stringify(value)}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
 }
 
 beforeAll(async () => {
