@@ -6,6 +6,9 @@
 #   on             leasegate (LEASE_LIMIT=18), straight to Postgres
 #   on+pgbouncer   leasegate in front of PgBouncer (LEASE_LIMIT=$PGB_LEASE_LIMIT, default 150; and 54)
 #   on-block, on+pgbouncer-block   the same with the per-isolate lease block (LEASE_BLOCK=$BLOCK)
+#   floor1, floor2 no coordinator, through PgBouncer, plus 1 or 2 no-op Durable Object calls per
+#                  request (bench/p3-floor-worker.ts): what per-request coordinator calls cost in
+#                  this one-thread shape, whatever they decide
 # then P4: leasegate with a 2 s deadline and a short queue under the same overload (bench/load.ts).
 # Prints a table: requests, 2xx, errors, goodput, p50/p99 and the role's peak connections from
 # pg_stat_activity; with RESULTS_DIR set, also writes p3.json and p4.json there (npm run bench).
@@ -15,7 +18,7 @@ export PATH="$PWD/node_modules/.bin:$PATH"
 DURATION=${DURATION:-10}
 PORT=${PORT:-8832}
 PGB_PORT=${PGB_PORT:-6430}
-MODES=${MODES:-"off pgbouncer on on-block on+pgbouncer on+pgbouncer-54 on+pgbouncer-block"}
+MODES=${MODES:-"off pgbouncer floor1 floor2 on on-block on+pgbouncer on+pgbouncer-54 on+pgbouncer-block"}
 ROLE=${ROLE:-leasegate_app}
 # leasegate in front of PgBouncer: PgBouncer caps the server connections, so the lease limit only
 # bounds the client side: how many callers PgBouncer itself queues (without deadlines); the rest
@@ -24,6 +27,11 @@ PGB_LEASE_LIMIT=${PGB_LEASE_LIMIT:-150}
 # The per-isolate lease block (LEASE_BLOCK) of the *-block setups: leases the isolate keeps and hands
 # to its own next requests without a coordinator call.
 BLOCK=${BLOCK:-18}
+# wrangler dev attaches a local trace collector (a streaming tail Worker) to the Worker and its
+# Durable Objects by default, on the same workerd thread: every request and every Durable Object
+# call also produces trace events for it, which cost about as much as the call. Production has
+# no such collector unless one is configured, so these servers run without it.
+export X_LOCAL_OBSERVABILITY=${X_LOCAL_OBSERVABILITY:-false}
 ADMIN=(psql -h 127.0.0.1 -U postgres -d postgres -v ON_ERROR_STOP=1 -q)
 
 "${ADMIN[@]}" <<SQL
@@ -90,6 +98,16 @@ start_server() {
   for _ in $(seq 120); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && return; sleep 0.5; done
   echo "server did not start; see /tmp/leasegate-overload-$PORT.log" >&2; return 1
 }
+# The floor Worker (bench/p3-floor-worker.ts) under wrangler dev itself: the schema is already seeded.
+start_floor() {
+  local calls=$1 url=$2
+  CLOUDFLARE_HYPERDRIVE_LOCAL_CONNECTION_STRING_HYPERDRIVE=$url setsid wrangler dev --config bench/wrangler.p3-floor.toml \
+    --ip 127.0.0.1 --port "$PORT" --show-interactive-dev-session=false --var "FLOOR_CALLS:$calls" \
+    >"/tmp/leasegate-overload-$PORT.log" 2>&1 &
+  server=$!
+  for _ in $(seq 120); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && return; sleep 0.5; done
+  echo "floor server did not start; see /tmp/leasegate-overload-$PORT.log" >&2; return 1
+}
 stop_server() { kill -- -"$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; sleep 0.5; }
 
 # CPU time, in clock ticks: the whole machine's busy time (/proc/stat: all but idle and iowait), and
@@ -104,6 +122,20 @@ session_cpu() {
   echo "$total"
 }
 
+# Every thread of the server's session with its CPU ticks ("pid/tid ticks"): under wrangler dev one
+# workerd thread runs the Worker and the Durable Object, and it is the server's bottleneck. The
+# fields after the command name (which may hold spaces) are counted from its closing parenthesis.
+thread_ticks() {
+  local pid task
+  for pid in $(ps -o pid= -s "$1" 2>/dev/null); do
+    for task in /proc/"$pid"/task/*; do
+      echo "$pid/${task##*/} $(sed 's/.*) //' "$task/stat" 2>/dev/null | awk '{ print $12 + $13 }')"
+    done
+  done | sort
+}
+# The busiest thread's ticks between two thread_ticks listings.
+busiest_thread() { join "$1" "$2" | awk '{ d = $3 - $2; if (d > max) max = d } END { print max + 0 }'; }
+
 # wrk's latency lines ("50%  123.45ms") in ms.
 ms_of() { awk -v p="$1" '$1 == p { v = $2; if (v ~ /us$/) { sub(/us$/, "", v); v /= 1000 } else if (v ~ /ms$/) { sub(/ms$/, "", v) } else if (v ~ /s$/) { sub(/s$/, "", v); v *= 1000 } printf "%.0f", v }'; }
 
@@ -112,13 +144,22 @@ run() {
   local name=$1 mode=$2 url=$3 limit=${4:-18}
   shift $(($# < 4 ? $# : 4))
   wait_idle
-  start_server "$mode" "$url" LEASE_WAIT_MS=10000 LEASE_LIMIT="$limit" "$@"
+  case $mode in
+    floor*) start_floor "${mode#floor}" "$url" ;;
+    *) start_server "$mode" "$url" LEASE_WAIT_MS=10000 LEASE_LIMIT="$limit" "$@" ;;
+  esac
   bench/sample-connections.sh $ROLE $((DURATION + 2)) >"/tmp/leasegate-peak-$PORT.txt" &
   local sampler=$!
-  local out machine0 server0 machine1 server1
+  local out machine0 server0 machine1 server1 threads0 threads1
+  threads0=$(mktemp); threads1=$(mktemp)
+  thread_ticks "$server" >"$threads0"
   machine0=$(machine_busy); server0=$(session_cpu "$server")
   out=$(wrk -t2 -c200 -d"${DURATION}s" --timeout 15s --latency "http://127.0.0.1:$PORT/api/pitches/trending")
   machine1=$(machine_busy); server1=$(session_cpu "$server")
+  thread_ticks "$server" >"$threads1"
+  local busiest
+  busiest=$(busiest_thread "$threads0" "$threads1")
+  rm -f "$threads0" "$threads1"
   wait $sampler
   stop_server
   local total non2xx sockerr ok p50 p99 peak goodput errors
@@ -130,22 +171,26 @@ run() {
   p50=$(ms_of 50% <<<"$out"); p99=$(ms_of 99% <<<"$out")
   peak=$(cat "/tmp/leasegate-peak-$PORT.txt")
   goodput=$(awk -v ok=$ok -v d=$DURATION 'BEGIN { printf "%.1f", ok / d }')
-  local tick=$(getconf CLK_TCK) cpu_machine cpu_server
+  local tick=$(getconf CLK_TCK) cpu_machine cpu_server cpu_thread thread_busy
   cpu_machine=$(awk -v t=$((machine1 - machine0)) -v ok=$ok -v hz=$tick 'BEGIN { printf "%.2f", ok ? t * 1000 / hz / ok : 0 }')
   cpu_server=$(awk -v t=$((server1 - server0)) -v ok=$ok -v hz=$tick 'BEGIN { printf "%.2f", ok ? t * 1000 / hz / ok : 0 }')
-  printf '| %-12s | %6s | %6s | %6s | %7s | %6s ms | %6s ms | %4s | %5s | %5s |\n' "$name" "$total" "$ok" "$errors" "$goodput" "$p50" "$p99" "$peak" "$cpu_machine" "$cpu_server"
+  cpu_thread=$(awk -v t="$busiest" -v ok=$ok -v hz=$tick 'BEGIN { printf "%.2f", ok ? t * 1000 / hz / ok : 0 }')
+  thread_busy=$(awk -v t="$busiest" -v d=$DURATION -v hz=$tick 'BEGIN { printf "%.0f", t * 100 / hz / d }')
+  printf '| %-12s | %6s | %6s | %6s | %7s | %6s ms | %6s ms | %4s | %5s | %5s | %5s (%s %%) |\n' "$name" "$total" "$ok" "$errors" "$goodput" "$p50" "$p99" "$peak" "$cpu_machine" "$cpu_server" "$cpu_thread" "$thread_busy"
   [ "$json" = "[" ] || json+=","
-  json+="{\"mode\":\"$name\",\"requests\":$total,\"ok\":$ok,\"errors\":$errors,\"goodput\":$goodput,\"p50\":\"$p50 ms\",\"p99\":\"$p99 ms\",\"peak\":$peak,\"cpuMs\":$cpu_machine,\"serverCpuMs\":$cpu_server}"
+  json+="{\"mode\":\"$name\",\"requests\":$total,\"ok\":$ok,\"errors\":$errors,\"goodput\":$goodput,\"p50\":\"$p50 ms\",\"p99\":\"$p99 ms\",\"peak\":$peak,\"cpuMs\":$cpu_machine,\"serverCpuMs\":$cpu_server,\"threadCpuMs\":$cpu_thread,\"threadBusy\":$thread_busy}"
 }
 
-echo "| setup | requests | 2xx | errors | goodput (2xx/s) | p50 | p99 | peak connections (limit 20) | CPU ms per 2xx, machine | server |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "| setup | requests | 2xx | errors | goodput (2xx/s) | p50 | p99 | peak connections (limit 20) | CPU ms per 2xx, machine | server | busiest thread (busy) |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 # ROUNDS > 1 runs the setups in turn that many times (alternating, so load changes hit all alike).
 for round in $(seq "${ROUNDS:-1}"); do
 for mode in $MODES; do
   case $mode in
     off) kill_pgbouncer; run off off "$DIRECT" ;;
     pgbouncer) start_pgbouncer; run pgbouncer off "$BOUNCED" ;;
+    floor1) start_pgbouncer; run "pgbouncer, 1 no-op call" floor1 "$BOUNCED" ;;
+    floor2) start_pgbouncer; run "pgbouncer, 2 no-op calls" floor2 "$BOUNCED" ;;
     on) kill_pgbouncer; run leasegate on "$DIRECT" ;;
     on+pgbouncer) start_pgbouncer; run "leasegate($PGB_LEASE_LIMIT)+pgbouncer" on "$BOUNCED" "$PGB_LEASE_LIMIT" ;;
     on+pgbouncer-54) start_pgbouncer; run "leasegate(54)+pgbouncer" on "$BOUNCED" 54 ;;

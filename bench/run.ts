@@ -223,6 +223,10 @@ interface OverloadRow {
   cpuMs: number;
   /** CPU time of the server's processes (wrangler, workerd) per 2xx, ms. */
   serverCpuMs: number;
+  /** CPU time of the server's busiest thread (workerd's, running the Worker and the Durable Object) per 2xx, ms. */
+  threadCpuMs: number;
+  /** How busy that thread was over the run, %. */
+  threadBusy: number;
 }
 interface P4 {
   other: Record<string, number>;
@@ -355,7 +359,9 @@ if (overload.length > 0 && p4) {
     "transaction mode, `default_pool_size=18`, `max_client_conn=1000`; leasegate `LEASE_LIMIT=18`.",
     "Peak connections sampled from `pg_stat_activity` every 20 ms (a loop inside Postgres: one backend,",
     "no process per sample). CPU per 2xx: the machine's busy time (`/proc/stat`) and that of the server's",
-    "processes (wrangler and its workerd: the Worker and the Durable Object), over the 2xx of the run.",
+    "processes (wrangler and its workerd: the Worker and the Durable Object), over the 2xx of the run;",
+    "and that of the server's busiest thread, with how busy it was: under `wrangler dev` one workerd thread",
+    "runs the Worker and every Durable Object, and it is the server's bottleneck.",
     "Command: `npm run bench:overload`.",
     "The setups run one after another in the same run (8 s each). In front of PgBouncer, PgBouncer",
     "already caps the server side at 18, so the lease limit only decides how many callers PgBouncer",
@@ -365,19 +371,23 @@ if (overload.length > 0 && p4) {
     "the per-isolate lease block (`LEASE_BLOCK=18`): a finished lease serves the isolate's next request",
     "without a coordinator call, and the isolate holds at most 18 leases (`npm start` runs one isolate,",
     "so it keeps up to 18 and nearly every request is served from them).",
+    "The `no-op call` setups are the floor of any admission that makes its own coordinator calls per",
+    "request in this shape: PgBouncer alone, plus 1 or 2 calls per request to a Durable Object that does",
+    "nothing (bench/p3-floor-worker.ts; 1 before the work, where an acquire goes, 1 after it, where a",
+    "release goes). Each call is paid on the one workerd thread by both its sides.",
     "",
     `Each setup ran ${overload[0]!.rounds.length} times, the setups taking turns; a row is the round with the median goodput,`,
     '"rounds" lists every round\'s goodput, "vs PgBouncer" divides medians.',
     "",
-    "| setup | requests | 2xx | errors | goodput (2xx/s) | rounds | vs PgBouncer | p50 | p99 | peak connections | CPU ms per 2xx: machine, server |",
-    "|---|---|---|---|---|---|---|---|---|---|---|",
+    "| setup | requests | 2xx | errors | goodput (2xx/s) | rounds | vs PgBouncer | p50 | p99 | peak connections | CPU ms per 2xx: machine, server | busiest thread: ms per 2xx (busy) |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ...overload.map((r) => {
       const bouncer = overload.find((o) => o.mode === "pgbouncer");
       const ratio =
         bouncer && r.mode.includes("pgbouncer") && r.mode !== "pgbouncer"
           ? `**${f((r.goodput / bouncer.goodput) * 100)} %**`
           : "";
-      return `| ${r.mode} | ${r.requests} | ${r.ok} | ${r.errors} | ${f(r.goodput, 1)} | ${r.rounds.map((g) => f(g)).join(", ")} | ${ratio} | ${r.p50} | ${r.p99} | ${r.peak} | ${f(r.cpuMs, 2)}, ${f(r.serverCpuMs, 2)} |`;
+      return `| ${r.mode} | ${r.requests} | ${r.ok} | ${r.errors} | ${f(r.goodput, 1)} | ${r.rounds.map((g) => f(g)).join(", ")} | ${ratio} | ${r.p50} | ${r.p99} | ${r.peak} | ${f(r.cpuMs, 2)}, ${f(r.serverCpuMs, 2)} | ${f(r.threadCpuMs, 2)} (${f(r.threadBusy)} %) |`;
     }),
     "",
     "## P4 no queue collapse: sustained overload, 2 s deadline",

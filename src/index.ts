@@ -21,6 +21,7 @@ export type {
   WithLeaseOptions,
   ClientAcquireOptions,
 } from "./client/leases.ts";
+export { ReleaseOutbox } from "./client/outbox.ts";
 export { heartbeat } from "./client/heartbeat.ts";
 export type { Heartbeat, HeartbeatOptions } from "./client/heartbeat.ts";
 export { LeaseError, isLeaseError, isRetryableCode, ErrorCodes } from "./core/errors.ts";

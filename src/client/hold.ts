@@ -29,6 +29,11 @@ export interface HoldingClient {
   /** The client's claim window, ms (`LeasesOptions.claimMs`); undefined: its grants need no claim. */
   readonly claimMs?: number | undefined;
   release(lease: LeaseGrant): Promise<void>;
+  /**
+   * Gives a finished lease back when nobody needs the answer; never throws. The lifecycle uses it
+   * when the client has it (`Leases`: carried by the isolate's next acquire), else `release`.
+   */
+  giveBack?(lease: LeaseGrant): Promise<void>;
   renew(lease: LeaseGrant, ttlMs?: number): Promise<LeaseGrant>;
 }
 
@@ -237,6 +242,7 @@ async function finish(
   }
   withoutLease?.();
   if (!client || !lease) return;
+  if (client.giveBack) return await client.giveBack(lease);
   try {
     await client.release(lease);
   } catch {

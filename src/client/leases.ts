@@ -14,6 +14,7 @@ import {
 } from "../core/index.ts";
 import type { Coordinator } from "../engine/coordinator.ts";
 import { Coalescer } from "./coalesce.ts";
+import type { ReleaseOutbox } from "./outbox.ts";
 import {
   type ClientAcquireOptions,
   type HoldingClient,
@@ -112,6 +113,13 @@ export interface LeasesOptions {
    * gave up (`signal`) is released as soon as it arrives.
    */
   waitUntil?: WaitUntil | undefined;
+  /**
+   * Where `withLease` (and everything built on it) leaves a finished lease's release for the next
+   * acquire to carry (shared by an isolate's requests; see `ReleaseOutbox`). Without it each
+   * release is a call of its own. Needs `waitUntil`: a release waits up to the outbox's
+   * `carryMs` for a ride, in the background.
+   */
+  outbox?: ReleaseOutbox | undefined;
 }
 
 /** See `LeasesOptions.claimMs`. */
@@ -130,6 +138,7 @@ export class Leases implements LeaseClient {
   readonly #coordinator: Coordinator;
   readonly #waitUntil: WaitUntil | undefined;
   readonly #holder: string;
+  readonly #outbox: ReleaseOutbox | undefined;
   readonly claimMs: number | undefined;
   #acquires: Coalescer<AcquireOptions, AcquireResult | null> | undefined;
   #releases: Coalescer<LeaseRef, ReleaseResult | null> | undefined;
@@ -140,6 +149,7 @@ export class Leases implements LeaseClient {
     this.pool = options.pool;
     this.#waitUntil = options.waitUntil;
     this.claimMs = claimWindow(options.claimMs);
+    this.#outbox = options.waitUntil ? options.outbox : undefined;
     const { acquireMany, releaseMany } = coordinator;
     if (options.coalesce === false || typeof acquireMany !== "function" || typeof releaseMany !== "function") return;
     // Every property of a Durable Object stub is a function: whether the object really has the
@@ -202,10 +212,46 @@ export class Leases implements LeaseClient {
 
   async #send(request: AcquireOptions, signal?: AbortSignal): Promise<AcquireResult> {
     const coordinator = this.#coordinator;
-    if (signal && coordinator.abortable === true) return await call(() => coordinator.acquire(request, signal));
-    const acquires = this.#acquires;
-    // Alone: a single call. In a batch: granted if a slot is free now, else queued by a call of its own.
-    return (acquires && (await call(() => acquires.call(request)))) ?? (await call(() => coordinator.acquire(request)));
+    // The releases waiting in the outbox ride along; a call that fails sends them on their own.
+    const carried = this.#outbox?.take() ?? [];
+    const sent = carried.length === 0 ? request : { ...request, release: carried };
+    try {
+      if (signal && coordinator.abortable === true) return await call(() => coordinator.acquire(sent, signal));
+      const acquires = this.#acquires;
+      // Alone: a single call. In a batch: granted if a slot is free now, else queued by a call of
+      // its own (the batch delivered the releases).
+      if (!acquires) return await call(() => coordinator.acquire(sent));
+      return (await call(() => acquires.call(sent))) ?? (await call(() => coordinator.acquire(request)));
+    } catch (error) {
+      if (carried.length > 0) this.#waitUntil?.(this.#releaseAll(carried));
+      throw error;
+    }
+  }
+
+  /**
+   * Gives a finished lease back without waiting for an answer anyone reads: with an outbox, the
+   * release waits up to its `carryMs` for an acquire of this isolate to carry it, then goes out on
+   * its own (with any others still waiting); without one, it is a `release`. Never throws: a lease
+   * the coordinator no longer counts is already back.
+   *
+   * @example
+   * ctx.waitUntil(leases.giveBack(lease));
+   */
+  async giveBack(lease: LeaseGrant): Promise<void> {
+    const outbox = this.#outbox;
+    if (!outbox) return await this.release(lease).catch(() => {});
+    const ref = { leaseId: lease.id, fence: lease.fence };
+    outbox.add(ref);
+    await new Promise((resolve) => setTimeout(resolve, outbox.carryMs));
+    if (outbox.has(ref)) await this.#releaseAll(outbox.take());
+  }
+
+  /**
+   * Sends releases nobody waits on (together, coalesced into a batch). Never throws: a lease whose
+   * release cannot be sent comes back at its TTL, as for any holder that vanished.
+   */
+  async #releaseAll(refs: LeaseRef[]): Promise<void> {
+    await Promise.all(refs.map((ref) => this.#release(ref).catch(() => {})));
   }
 
   /**
@@ -216,11 +262,13 @@ export class Leases implements LeaseClient {
    * await leases.release(lease);
    */
   async release(lease: LeaseGrant): Promise<void> {
-    const ref = { leaseId: lease.id, fence: lease.fence };
-    const releases = this.#releases;
-    const result =
-      (releases && (await call(() => releases.call(ref)))) ?? (await call(() => this.#coordinator.release(ref)));
+    const result = await this.#release({ leaseId: lease.id, fence: lease.fence });
     if (!result.ok) throw toError(result);
+  }
+
+  async #release(ref: LeaseRef): Promise<ReleaseResult> {
+    const releases = this.#releases;
+    return (releases && (await call(() => releases.call(ref)))) ?? (await call(() => this.#coordinator.release(ref)));
   }
 
   /**

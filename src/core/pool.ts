@@ -70,7 +70,13 @@ function checkId(name: string, value: unknown): string {
   return value;
 }
 
-function checkRef(ref: LeaseRef): void {
+/**
+ * A lease reference as received over RPC, or `INVALID_ARGUMENT`.
+ *
+ * @example
+ * checkRef({ leaseId: lease.id, fence: lease.fence });
+ */
+export function checkRef(ref: LeaseRef): void {
   if (typeof ref !== "object" || ref === null) {
     throw new LeaseError("INVALID_ARGUMENT", expected("lease", "an object with `leaseId` and `fence`", ref));
   }

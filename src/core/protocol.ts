@@ -1,5 +1,5 @@
 import { type ErrorCode, LeaseError, expected } from "./errors.ts";
-import type { Priority } from "./types.ts";
+import type { LeaseRef, Priority } from "./types.ts";
 import type { Reconciliation } from "./reconcile.ts";
 import type { ShardLoad, ShardRef } from "./shard.ts";
 
@@ -81,6 +81,13 @@ export interface AcquireOptions {
    * enforces its part of the limit (`shardConfig`), persisted once, kept across restarts.
    */
   shard?: ShardRef | undefined;
+  /**
+   * Leases this call gives back before it asks (1 to `MAX_BATCH`): their holders finished, and a
+   * client sends their releases with its next acquire instead of one call each (`Leases`'s
+   * `outbox`). Applied first, in order; one already released or reaped changes nothing; a
+   * malformed one fails the acquire with `INVALID_ARGUMENT` before anything is applied.
+   */
+  release?: LeaseRef[] | undefined;
 }
 
 /** The answer to an operator control (pause, resume, limit change): the pool's settings after it. */

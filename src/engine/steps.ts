@@ -97,6 +97,21 @@ export function acquire(leaseId: string, options: AcquireOptions, queue: boolean
 }
 
 /**
+ * The releases an acquire carries (`AcquireOptions.release`), all checked before any is applied:
+ * none, or 1 to `MAX_BATCH` well-formed refs; else `INVALID_ARGUMENT`.
+ *
+ * @example
+ * for (const ref of steps.carried(options)) run(steps.release(ref));
+ */
+export function carried(options: AcquireOptions | undefined): readonly LeaseRef[] {
+  const refs = typeof options === "object" && options !== null ? options.release : undefined;
+  if (refs === undefined) return [];
+  core.checkBatch("release", refs);
+  for (const ref of refs) core.checkRef(ref);
+  return refs;
+}
+
+/**
  * A release: an unknown id or a stale fence fails with its code and frees nothing.
  *
  * @example

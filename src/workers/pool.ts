@@ -1,5 +1,6 @@
 import type { ConnectionCoordinator } from "../../durable-objects/connection-coordinator.ts";
 import { Leases } from "../client/leases.ts";
+import { DEFAULT_CARRY_MS, ReleaseOutbox } from "../client/outbox.ts";
 import { type IsolateShards, ShardedLeases, createIsolateShards, shardName } from "../client/sharded-leases.ts";
 import { LeaseError, type PoolSettings } from "../core/index.ts";
 import { CircuitBreaker } from "../db/circuit-breaker.ts";
@@ -29,6 +30,25 @@ export interface WorkerPoolOptions<Client> {
 // Kept per isolate, across requests: a pool's breaker and safe mode, and its shard state.
 const isolate = new Map<string, { breaker: CircuitBreaker; safeMode: SafeMode }>();
 const shardStates = new Map<string, IsolateShards>();
+/**
+ * A pool's finished leases waiting for the isolate's next acquire to carry their release: under
+ * load most requests then make one coordinator call, not two.
+ */
+const outboxes = new WeakMap<DurableObjectNamespace, Map<string, ReleaseOutbox>>();
+
+function outboxFor(env: WorkerPoolEnv, name: string): ReleaseOutbox {
+  let byName = outboxes.get(env.COORDINATOR_DO);
+  if (!byName) {
+    byName = new Map();
+    outboxes.set(env.COORDINATOR_DO, byName);
+  }
+  let outbox = byName.get(name);
+  if (!outbox) {
+    outbox = new ReleaseOutbox(DEFAULT_CARRY_MS);
+    byName.set(name, outbox);
+  }
+  return outbox;
+}
 
 /** The isolate's shard state for this pool, or undefined for one object without batching. */
 function shardStateFor(pool: PoolSettings): IsolateShards | undefined {
@@ -82,7 +102,7 @@ function coordination(
   const sharded = shardStateFor(pool);
   if (!sharded) {
     const stub = coordinatorStub(env, locationHint, name);
-    const leases = new Leases(stub, { pool: name, waitUntil, claimMs: pool.claimMs });
+    const leases = new Leases(stub, { pool: name, waitUntil, claimMs: pool.claimMs, outbox: outboxFor(env, name) });
     const controls = coordinatorControls(stub, target);
     if (!learn) return { leases, operator: controls };
     // LEASE_LIMIT=auto: a stale learning is redone in waitUntil, never on this request's lease.

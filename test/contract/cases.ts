@@ -122,6 +122,36 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       expect(woken.load).toEqual({ held: 3, waiting: 0, limit: LIMIT });
     });
 
+    it("an acquire that carries releases gives them back first; a malformed one fails it and applies none", async () => {
+      const { coordinator: c } = await fresh();
+      const held = await fill(c);
+      // A good ref before a malformed one: nothing is released, the acquire fails.
+      expect(
+        await c.acquire({ holder: "bad", waitMs: 0, release: [refOf(held[0]!), { leaseId: "", fence: 1 }] }),
+      ).toEqual({
+        ok: false,
+        code: "INVALID_ARGUMENT",
+        message: 'Expected `leaseId` to be a non-empty string of at most 128 characters, got `""` (string)',
+      });
+      expect(await c.acquire({ holder: "none", waitMs: 0, release: [] })).toMatchObject({
+        ok: false,
+        code: "INVALID_ARGUMENT",
+      });
+      expect(await c.stats()).toMatchObject({ held: LIMIT, counters: { released: 0 } });
+      // A full pool and no wait: granted because the carried release went first. The same ref
+      // twice: the second finds nothing and changes nothing.
+      const next = await c.acquire({ holder: "next", waitMs: 0, release: [refOf(held[0]!), refOf(held[0]!)] });
+      expect(next).toMatchObject({ ok: true, lease: { holder: "next", fence: LIMIT + 1 } });
+      expect(await c.stats()).toMatchObject({ held: LIMIT, counters: { granted: LIMIT + 1, released: 1 } });
+      expect(await c.release(refOf(held[0]!))).toMatchObject({ ok: false, code: "LEASE_NOT_FOUND" });
+      // A waiter is served by a release another caller's acquire carries, in its turn.
+      const waiter = c.acquire({ holder: "waiter", waitMs: 3000 });
+      await waitingIs(c, 1);
+      const behind = await c.acquire({ holder: "behind", waitMs: 0, release: [refOf(held[1]!)] });
+      expect(behind).toMatchObject({ ok: false, code: "ACQUIRE_TIMEOUT" });
+      expect(await waiter).toMatchObject({ ok: true, lease: { holder: "waiter" } });
+    });
+
     it("a grant from the queue lives claimMs until claimed; unclaimed it lapses and the next waiter gets the slot", async () => {
       const { coordinator: c } = await fresh();
       const held = await fill(c);

@@ -1,6 +1,7 @@
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { type Coordinator, DEFAULT_CLAIM_MS, Leases } from "../../src/client/leases.ts";
+import { ReleaseOutbox } from "../../src/client/outbox.ts";
 import { MAX_BATCH } from "../../src/core/index.ts";
 import { grantNow, restartCoordinator } from "../support/coordinator.ts";
 
@@ -177,6 +178,55 @@ describe("Leases coalesces concurrent calls", () => {
     expect(calls).toEqual({ acquire: 1, release: 1 });
     expect((await stub.stats()).counters).toMatchObject({ released: 2, expired: 0 });
     for (const l of held.slice(1)) await stub.release({ leaseId: l.id, fence: l.fence });
+  });
+
+  it("with an outbox, withLease's release rides on the next acquire; with none coming, it goes out after carryMs", async () => {
+    const { stub, coordinator, calls } = counting(fresh());
+    const background: Array<Promise<unknown>> = [];
+    const waitUntil = (p: Promise<unknown>) => void background.push(p);
+    const outbox = new ReleaseOutbox(200);
+    // Two requests' clients over one outbox, as workerPool makes them in one isolate.
+    const first = new Leases(coordinator, { outbox, waitUntil });
+    const second = new Leases(coordinator, { outbox, waitUntil });
+    await first.withLease(() => {}, { waitUntil });
+    expect(calls).toEqual({ acquire: 1 });
+    expect((await stub.stats()).held).toBe(1);
+    let during: number | undefined;
+    await second.withLease(
+      async () => {
+        during = (await stub.stats()).held;
+      },
+      { waitUntil },
+    );
+    // The second acquire carried the first release: the object held only the second lease.
+    expect(during).toBe(1);
+    expect(calls).toEqual({ acquire: 2 });
+    const sentAt = Date.now();
+    await Promise.all(background);
+    // Nothing came to carry the second release: it went out on its own after carryMs.
+    expect(Date.now() - sentAt).toBeGreaterThanOrEqual(150);
+    expect(calls).toEqual({ acquire: 2, release: 1 });
+    expect((await stub.stats()).counters).toMatchObject({ granted: 2, released: 2 });
+  });
+
+  it("releases an acquire carried are sent on their own when that acquire's call fails", async () => {
+    const { stub, coordinator, calls } = counting(fresh());
+    const background: Array<Promise<unknown>> = [];
+    const waitUntil = (p: Promise<unknown>) => void background.push(p);
+    const outbox = new ReleaseOutbox(1000);
+    let down = false;
+    const flaky: Coordinator = {
+      ...coordinator,
+      acquire: (o) => (down ? Promise.reject(new Error("connection reset")) : coordinator.acquire(o)),
+    };
+    const leases = new Leases(flaky, { outbox, waitUntil, coalesce: false });
+    await leases.withLease(() => {}, { waitUntil });
+    down = true;
+    await expect(leases.acquire()).rejects.toMatchObject({ code: "COORDINATOR_UNAVAILABLE" });
+    await Promise.all(background);
+    // The outbox no longer held it when its own wait ended: the failed carrier sent it itself.
+    expect(calls).toEqual({ acquire: 1, release: 1 });
+    expect(await stub.stats()).toMatchObject({ held: 0, counters: { released: 1 } });
   });
 
   it("callers arriving one by one while a batch is in flight go together in the next batch", async () => {
