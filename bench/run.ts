@@ -16,6 +16,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { acquire, createPool } from "../src/core/index.ts";
 import { renderChart } from "./chart.ts";
+import { WRANGLER_BENCH_ENV } from "./wrangler-env.ts";
 
 const smoke = process.argv.includes("--smoke");
 const withOverload = !smoke && !process.argv.includes("--no-overload");
@@ -48,7 +49,7 @@ async function startBenchWorker(): Promise<() => Promise<void>> {
       state,
       "--show-interactive-dev-session=false",
     ],
-    { stdio: ["ignore", "pipe", "pipe"], detached: true },
+    { stdio: ["ignore", "pipe", "pipe"], detached: true, env: { ...process.env, ...WRANGLER_BENCH_ENV } },
   );
   let log = "";
   child.stdout.on("data", (d) => (log += d));
@@ -296,6 +297,10 @@ const lines = [
   "with `performance.now()` (bench/coordinator-bench-worker.ts, bench/wrangler.bench.toml). A concurrent (P2) timing",
   "closes with one no-op round trip: answers to many concurrent calls can leave before workerd has finished its own",
   "work for them, and that backlog is charged to the loop that caused it, not to the next one.",
+  "Every `wrangler dev` of the benches runs without wrangler's local trace collector (`X_LOCAL_OBSERVABILITY=false`,",
+  "bench/wrangler-env.ts): by default a streaming tail Worker receives trace events of every request and Durable",
+  "Object call on the same workerd thread, about doubling a call's cost there; production has no such collector",
+  "unless one is configured.",
   "",
   '"durable write" is the same no-op object changing one SQLite row per call: its answer waits for',
   'the commit — the floor of any call whose answer waits for a write. "before" is the coordinator as',
@@ -362,7 +367,7 @@ if (overload.length > 0 && p4) {
     "processes (wrangler and its workerd: the Worker and the Durable Object), over the 2xx of the run;",
     "and that of the server's busiest thread, with how busy it was: under `wrangler dev` one workerd thread",
     "runs the Worker and every Durable Object, and it is the server's bottleneck.",
-    "Command: `npm run bench:overload`.",
+    "Command: `npm run bench:overload` (without wrangler's local trace collector, as above).",
     "The setups run one after another in the same run (8 s each). In front of PgBouncer, PgBouncer",
     "already caps the server side at 18, so the lease limit only decides how many callers PgBouncer",
     "queues itself (no deadlines, no visibility) and how many wait in leasegate's queue: shown with",

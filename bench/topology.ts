@@ -38,6 +38,7 @@ import { join } from "node:path";
 import postgres from "postgres";
 import { withPassword } from "../scripts/database.ts";
 import { addedLatency, simulate } from "./simulate.ts";
+import { WRANGLER_BENCH_ENV } from "./wrangler-env.ts";
 
 const smoke = process.argv.includes("--smoke");
 const jsonOut = process.argv.find((a) => a.startsWith("--json="))?.slice(7);
@@ -130,7 +131,7 @@ async function wranglerDev(
   const child = spawn("wrangler", args, {
     stdio: ["ignore", "pipe", "pipe"],
     detached: true,
-    env: { ...process.env, ...env },
+    env: { ...process.env, ...WRANGLER_BENCH_ENV, ...env },
   });
   children.push(child);
   let log = "";

@@ -1,7 +1,4 @@
-import { type LeaseRef, MAX_BATCH, checkInt } from "../core/index.ts";
-
-/** How long a finished lease waits for an acquire to carry its release, ms, by default. */
-export const DEFAULT_CARRY_MS = 5;
+import { DEFAULT_CARRY_MS, type LeaseRef, MAX_BATCH, checkInt } from "../core/index.ts";
 
 /**
  * Releases waiting for a ride: the leases an isolate's finished work gave back, sent to the
@@ -19,7 +16,7 @@ export class ReleaseOutbox {
   #refs: LeaseRef[] = [];
 
   constructor(carryMs: number = DEFAULT_CARRY_MS) {
-    this.carryMs = checkInt("carryMs", carryMs, 0, 1000);
+    this.carryMs = checkInt("carryMs", carryMs, 1, 1000);
   }
 
   /** Leaves a finished lease's release for the next acquire (or its own send, after `carryMs`). */

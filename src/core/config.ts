@@ -107,6 +107,8 @@ export interface PoolEnv {
   LEASE_LOCATION_HINT?: string | undefined;
   /** How long a grant from the queue lives until its holder claims it, ms; 0 = no claim. Default 500. */
   LEASE_CLAIM_MS?: string | undefined;
+  /** How long a finished lease's release waits for an acquire of the isolate to carry it, ms; 0 = a call of its own. Default 5. */
+  LEASE_RELEASE_CARRY_MS?: string | undefined;
   /** `off` bypasses leasing: for side-by-side comparisons only. */
   COORDINATOR?: string | undefined;
 }
@@ -127,6 +129,8 @@ export interface PoolSettings {
   readonly locationHint: string | undefined;
   /** `LEASE_CLAIM_MS` (the clients' `claimMs`), or undefined: the clients' default. */
   readonly claimMs: number | undefined;
+  /** `LEASE_RELEASE_CARRY_MS` (the Worker's `ReleaseOutbox`); 0 = each release a call of its own. */
+  readonly carryMs: number;
   /** False with `COORDINATOR=off`. */
   readonly coordinator: boolean;
   /** `LEASE_LIMIT=auto`: how the limit is learned (`LEASE_HEADROOM`, `LEASE_LIMIT_MAX`, `LEASE_LEARN_INTERVAL_MS`); null for a fixed limit. */
@@ -172,6 +176,9 @@ function oneOf<T extends string>(name: string, raw: string | undefined, choices:
 /** The block a lease may idle in an isolate by default, ms (`LEASE_BLOCK_IDLE_MS`). */
 export const DEFAULT_BLOCK_IDLE_MS = 20;
 
+/** How long a finished lease's release waits for an acquire to carry it, ms (`LEASE_RELEASE_CARRY_MS`). */
+export const DEFAULT_CARRY_MS = 5;
+
 /**
  * Reads every `LEASE_*` variable (and `COORDINATOR`) into one validated object; a malformed value
  * fails with `INVALID_CONFIG` naming the variable. Unset ones take their defaults. To add a
@@ -216,6 +223,7 @@ export function poolSettings(env: PoolEnv): PoolSettings {
     blockIdleMs: intFromEnv("LEASE_BLOCK_IDLE_MS", env.LEASE_BLOCK_IDLE_MS, DEFAULT_BLOCK_IDLE_MS, 0, 60_000),
     locationHint: text(env.LEASE_LOCATION_HINT) || undefined,
     claimMs: intFromEnv("LEASE_CLAIM_MS", env.LEASE_CLAIM_MS, undefined, 0, config.leaseTtlMs),
+    carryMs: intFromEnv("LEASE_RELEASE_CARRY_MS", env.LEASE_RELEASE_CARRY_MS, DEFAULT_CARRY_MS, 0, 1000),
     // Only `off` turns leasing off: a Worker may bind its coordinator namespace under this name.
     coordinator: text(env.COORDINATOR) !== "off",
     learn,

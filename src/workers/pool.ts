@@ -1,6 +1,6 @@
 import type { ConnectionCoordinator } from "../../durable-objects/connection-coordinator.ts";
 import { Leases } from "../client/leases.ts";
-import { DEFAULT_CARRY_MS, ReleaseOutbox } from "../client/outbox.ts";
+import { ReleaseOutbox } from "../client/outbox.ts";
 import { type IsolateShards, ShardedLeases, createIsolateShards, shardName } from "../client/sharded-leases.ts";
 import { LeaseError, type PoolSettings } from "../core/index.ts";
 import { CircuitBreaker } from "../db/circuit-breaker.ts";
@@ -36,16 +36,19 @@ const shardStates = new Map<string, IsolateShards>();
  */
 const outboxes = new WeakMap<DurableObjectNamespace, Map<string, ReleaseOutbox>>();
 
-function outboxFor(env: WorkerPoolEnv, name: string): ReleaseOutbox {
-  let byName = outboxes.get(env.COORDINATOR_DO);
-  if (!byName) {
-    byName = new Map();
-    outboxes.set(env.COORDINATOR_DO, byName);
+/** The isolate's outbox for this pool (`LEASE_RELEASE_CARRY_MS`), or none with `0`. */
+function outboxFor(env: WorkerPoolEnv, pool: PoolSettings): ReleaseOutbox | undefined {
+  if (pool.carryMs === 0) return undefined;
+  let byPool = outboxes.get(env.COORDINATOR_DO);
+  if (!byPool) {
+    byPool = new Map();
+    outboxes.set(env.COORDINATOR_DO, byPool);
   }
-  let outbox = byName.get(name);
+  const key = `${pool.name}|${pool.carryMs}`;
+  let outbox = byPool.get(key);
   if (!outbox) {
-    outbox = new ReleaseOutbox(DEFAULT_CARRY_MS);
-    byName.set(name, outbox);
+    outbox = new ReleaseOutbox(pool.carryMs);
+    byPool.set(key, outbox);
   }
   return outbox;
 }
@@ -102,7 +105,7 @@ function coordination(
   const sharded = shardStateFor(pool);
   if (!sharded) {
     const stub = coordinatorStub(env, locationHint, name);
-    const leases = new Leases(stub, { pool: name, waitUntil, claimMs: pool.claimMs, outbox: outboxFor(env, name) });
+    const leases = new Leases(stub, { pool: name, waitUntil, claimMs: pool.claimMs, outbox: outboxFor(env, pool) });
     const controls = coordinatorControls(stub, target);
     if (!learn) return { leases, operator: controls };
     // LEASE_LIMIT=auto: a stale learning is redone in waitUntil, never on this request's lease.

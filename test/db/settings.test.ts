@@ -25,6 +25,7 @@ describe("settings parsed once", () => {
       LEASE_LOCATION_HINT: " weur ",
       LEASE_RESERVED: "2",
       LEASE_CLAIM_MS: "250",
+      LEASE_RELEASE_CARRY_MS: "10",
       DB_CONNECT_TIMEOUT_MS: "1500",
     });
     expect(settings.pool).toEqual({
@@ -43,6 +44,7 @@ describe("settings parsed once", () => {
       blockIdleMs: 20,
       locationHint: "weur",
       claimMs: 250,
+      carryMs: 10,
       coordinator: true,
       learn: null,
     });
@@ -57,6 +59,7 @@ describe("settings parsed once", () => {
       shards: 1,
       blockMax: 0,
       claimMs: undefined,
+      carryMs: 5,
       coordinator: false,
     });
     // `[vars]` may hold numbers, and a Worker may bind its coordinator namespace as `COORDINATOR`.
@@ -94,6 +97,7 @@ describe("settings parsed once", () => {
     ["LEASE_BLOCK", { LEASE_BLOCK: "x" }, "an integer from 0 to 1000"],
     ["LEASE_BLOCK_IDLE_MS", { LEASE_BLOCK_IDLE_MS: "60001" }, "an integer from 0 to 60000"],
     ["LEASE_CLAIM_MS", { LEASE_CLAIM_MS: "1501" }, "an integer from 0 to 1500"],
+    ["LEASE_RELEASE_CARRY_MS", { LEASE_RELEASE_CARRY_MS: "1001" }, "an integer from 0 to 1000"],
     ["DB_CONNECT_TIMEOUT_MS", { DB_CONNECT_TIMEOUT_MS: "50" }, "an integer from 100 to 120000"],
     ["DB_DEADLINE_MS", { DB_DEADLINE_MS: "ten" }, "an integer from 100 to 600000"],
   ])("names %s in its INVALID_CONFIG message, as the operator spelled it", (name, env, expected) => {
