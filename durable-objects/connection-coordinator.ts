@@ -85,7 +85,8 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
   private configError: LeaseError | undefined;
   private readonly store: CoordinatorStore;
   private readonly waiters = new Waiters();
-  private readonly timer = new WakeTimer(() => this.onTimer());
+  // Set on a grant and left to fire once after the last release: no timer is set per call.
+  private readonly timer = new WakeTimer(() => this.onTimer(), { keepWhenIdle: true });
   /** Shard `index/count` as persisted in meta, or null for an unsharded pool. */
   private shard: string | null = null;
   /** The bounds known to be durable (any fence and expiry inside them is answered at once) and the last written. */

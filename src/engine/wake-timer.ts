@@ -11,15 +11,22 @@ export class WakeTimer {
   #timer: ReturnType<typeof setTimeout> | undefined;
   #at = Infinity;
   readonly #onWake: () => void;
+  readonly #keepWhenIdle: boolean;
 
-  constructor(onWake: () => void) {
+  /**
+   * `keepWhenIdle`: when nothing is due (`arm(null)`), a timer already set is left to fire once
+   * for nothing instead of being cleared. A coordinator that answers an acquire and a release per
+   * request would otherwise set a timer on every grant and clear it on every release.
+   */
+  constructor(onWake: () => void, options: { keepWhenIdle?: boolean } = {}) {
     this.#onWake = onWake;
+    this.#keepWhenIdle = options.keepWhenIdle === true;
   }
 
-  /** Fires at `at` (ms since the epoch) unless it already fires earlier; null stops it. */
+  /** Fires at `at` (ms since the epoch) unless it already fires earlier; null: nothing is due (see `keepWhenIdle`). */
   arm(at: number | null): void {
     if (at === null) {
-      this.clear();
+      if (!this.#keepWhenIdle) this.clear();
       return;
     }
     if (this.#timer !== undefined && this.#at <= at) return;
