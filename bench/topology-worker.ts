@@ -15,6 +15,7 @@
  * this process made to the coordinator for its requests; `/held` reads the coordinator's held leases.
  */
 import { Leases } from "../src/client/leases.ts";
+import { ReleaseOutbox } from "../src/client/outbox.ts";
 import type { Coordinator, LeaseClient } from "../src/client/leases.ts";
 import { type IsolateShards, ShardedLeases, createIsolateShards } from "../src/client/sharded-leases.ts";
 import { closeConnection, connectFromWorker } from "../src/db/hyperdrive.ts";
@@ -55,9 +56,21 @@ function counted(stub: DurableObjectStub<ConnectionCoordinator>): Coordinator {
   };
 }
 
+/** The isolate's release outbox per pool (workerPool keeps one the same way). */
+const outboxes = new Map<string, ReleaseOutbox>();
+function outboxFor(pool: string): ReleaseOutbox {
+  let outbox = outboxes.get(pool);
+  if (!outbox) {
+    outbox = new ReleaseOutbox();
+    outboxes.set(pool, outbox);
+  }
+  return outbox;
+}
+
 function leasesFor(mode: string, pool: string, env: Env, ctx: ExecutionContext): LeaseClient {
   const stub = counted(env.COORDINATOR_DO.getByName(pool));
-  if (mode === "lease") return new Leases(stub);
+  // One lease per request, as workerPool makes it: releases ride on the isolate's next acquire.
+  if (mode === "lease") return new Leases(stub, { outbox: outboxFor(pool), waitUntil: (p) => ctx.waitUntil(p) });
   let isolate = blocks.get(`${mode}|${pool}`);
   if (!isolate) {
     const limit = Number(env.LEASE_LIMIT);
@@ -139,7 +152,8 @@ export default {
         lease && leases
           ? closed.then(async () => {
               const t2 = Date.now();
-              await leases.release(lease);
+              // As the library's lifecycle does: a release with an outbox may ride on the next acquire.
+              await (leases instanceof Leases ? leases.giveBack(lease) : leases.release(lease));
               afterResponse.push([t2 - t1, Date.now() - t2]);
             })
           : closed;
