@@ -161,8 +161,10 @@ function memoryProbe(waiters: number): { heapMb: number; bytesPerWaiter: number 
   return { heapMb: used / 1e6, bytesPerWaiter: used / waiters };
 }
 
+// workerd's clock moves in whole milliseconds, and only with I/O: even the smoke makes enough calls
+// for every timing to span several ticks (a no-op call takes ~25 µs).
 const micro = smoke
-  ? { p1: "/p1?n=20&rounds=1", p2: "/p2?n=200&c=8&rounds=1", shed: "/shed?n=20", block: "/block?n=50&c=8&block=4" }
+  ? { p1: "/p1?n=400&rounds=1", p2: "/p2?n=400&c=8&rounds=1", shed: "/shed?n=100", block: "/block?n=400&c=8&block=4" }
   : {
       p1: "/p1?n=400&rounds=5",
       p2: "/p2?n=2000&c=32&rounds=5",
