@@ -19,6 +19,7 @@
  */
 import { acquire, createPool, release, tick } from "../src/core/pool.ts";
 import type { Lease } from "../src/core/types.ts";
+import { DEFAULT_CARRY_MS } from "../src/core/config.ts";
 import {
   type BlockEffect,
   type BlockState,
@@ -55,6 +56,12 @@ export interface Scenario {
   seed: number;
   /** With a block: hand finished leases back while callers wait at the coordinator (default true). */
   yieldToQueue?: boolean;
+  /**
+   * One object, no block: a finished lease's release waits this long for the isolate's next acquire
+   * to carry it (`LEASE_RELEASE_CARRY_MS`), then goes out as a call of its own; 0 (the default):
+   * every release is a call of its own.
+   */
+  carryMs?: number;
 }
 
 export interface Result {
@@ -204,7 +211,9 @@ export function simulate(s: Scenario): Result {
     const a = usable[Math.floor(random() * usable.length)]!;
     const b = usable[Math.floor(random() * usable.length)]!;
     const shard = pickShard(loads[iso]!, a, b);
+    const carried = outboxes[iso]!.splice(0);
     onShard(shard, now + s.oneWayMs, (t) => {
+      releaseAll(carried, t);
       const sh = shards[shard]!;
       const id = `l${seq++}`;
       const reply = (lease: Lease | null, at: number) => {
@@ -240,10 +249,33 @@ export function simulate(s: Scenario): Result {
     };
   }
 
-  function sendRelease(held: Held, now: number): void {
-    onShard(held.shard, now + s.oneWayMs, (t) => {
+  /** Releases on the object's thread at `t`, in order (one call, or carried by an acquire). */
+  function releaseAll(list: readonly Held[], t: number): void {
+    for (const held of list) {
       const sh = shards[held.shard]!;
       settle(held.shard, release(sh.pool, { leaseId: held.lease.id, fence: held.lease.fence }, t).effects);
+    }
+  }
+
+  function sendRelease(held: Held, now: number): void {
+    onShard(held.shard, now + s.oneWayMs, (t) => releaseAll([held], t));
+  }
+
+  // Per isolate, finished leases whose release waits for an acquire to carry it (`carryMs`).
+  const carryMs = s.shards === 1 && s.maxBlock === 0 ? (s.carryMs ?? 0) : 0;
+  const outboxes: Held[][] = Array.from({ length: s.isolates }, () => []);
+
+  function giveBack(iso: number, held: Held, now: number): void {
+    if (carryMs === 0) {
+      sendRelease(held, now);
+      return;
+    }
+    outboxes[iso]!.push(held);
+    events.push(now + carryMs, () => {
+      const waiting = outboxes[iso]!;
+      if (!waiting.includes(held)) return;
+      outboxes[iso] = [];
+      onShard(held.shard, now + carryMs + s.oneWayMs, (t) => releaseAll(waiting, t));
     });
   }
 
@@ -267,7 +299,7 @@ export function simulate(s: Scenario): Result {
       inUse--;
       completed++;
       lastCompletion = done;
-      if (s.maxBlock === 0) return sendRelease(held, done);
+      if (s.maxBlock === 0) return giveBack(iso, held, done);
       perform(iso, finished(blocks[iso]!, held, done), done);
       events.push(done + s.idleMs, () => perform(iso, expireIdle(blocks[iso]!, done + s.idleMs), done + s.idleMs));
     });
@@ -377,8 +409,9 @@ export function addedLatency(
       out.push({
         oneWayMs,
         maxBlock,
+        // Before: every grant written and each release a call; after: from memory, releases carried.
         before: simulate({ ...scenario, commitWaitMs }),
-        after: simulate({ ...scenario, commitWaitMs: 0 }),
+        after: simulate({ ...scenario, commitWaitMs: 0, carryMs: DEFAULT_CARRY_MS }),
       });
     }
   }

@@ -39,6 +39,7 @@ import postgres from "postgres";
 import { withPassword } from "../scripts/database.ts";
 import { addedLatency, simulate } from "./simulate.ts";
 import { WRANGLER_BENCH_ENV } from "./wrangler-env.ts";
+import { DEFAULT_CARRY_MS } from "../src/core/config.ts";
 
 const smoke = process.argv.includes("--smoke");
 const jsonOut = process.argv.find((a) => a.startsWith("--json="))?.slice(7);
@@ -539,6 +540,8 @@ async function main(): Promise<void> {
         serviceMs: Math.max(0.1, pct(r.light.off!.queries, 0.5)),
         callCostMs: 0.5,
         commitWaitMs: 0,
+        // One lease per request: its release rides on the isolate's next acquire, as in the Workers.
+        carryMs: DEFAULT_CARRY_MS,
         waitMs: WAIT_MS,
         seed: 7,
       });

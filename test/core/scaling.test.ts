@@ -157,6 +157,36 @@ describe("simulator", () => {
     expect(many.callsPerRequest).toBeLessThan(2);
     expect(one.callsPerRequest).toBeGreaterThanOrEqual(2);
   });
+
+  it("one object with releases carried by the next acquire: fewer calls, the limit held, no request lost", () => {
+    const common = {
+      name: "carry",
+      ratePerSec: 800,
+      isolates: 2,
+      shards: 1,
+      limit: 20,
+      maxBlock: 0,
+      idleMs: 0,
+      durationMs: 2000,
+      oneWayMs: 2,
+      serviceMs: 10,
+      callCostMs: 0.2,
+      waitMs: 1000,
+      seed: 5,
+    };
+    const own = simulate(common);
+    const carried = simulate({ ...common, carryMs: 5 });
+    for (const r of [own, carried]) {
+      expect(r.peakHeld).toBeLessThanOrEqual(20);
+      expect(r.completed + r.shed).toBe(r.offered);
+    }
+    expect(own.callsPerRequest).toBeGreaterThanOrEqual(2);
+    expect(carried.callsPerRequest).toBeLessThan(1.3);
+    // A quiet pool: nothing comes to carry a release, which goes out on its own after carryMs.
+    const quiet = simulate({ ...common, ratePerSec: 20, carryMs: 5 });
+    expect(quiet.callsPerRequest).toBeGreaterThanOrEqual(1.8);
+    expect(quiet.completed + quiet.shed).toBe(quiet.offered);
+  });
 });
 
 describe("shardConfig", () => {
