@@ -88,6 +88,11 @@ trap stop_pgbouncer EXIT
 DIRECT=postgres://$ROLE:leasegate@127.0.0.1:5432/postgres
 BOUNCED=postgres://$ROLE:leasegate@127.0.0.1:$PGB_PORT/postgres
 
+# Waits until the server on $PORT answers its health check; names its log when it never does.
+wait_healthy() {
+  for _ in $(seq 120); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && return; sleep 0.5; done
+  echo "server did not start; see /tmp/leasegate-overload-$PORT.log" >&2; return 1
+}
 # start_server COORDINATOR DATABASE_URL [VAR=value...]: npm start in the background; sets $server.
 start_server() {
   local mode=$1 url=$2; shift 2
@@ -95,8 +100,7 @@ start_server() {
   # server's in-flight leases would otherwise stay held (correctly) until their TTL.
   env LEASE_LIMIT=18 LEASE_POOL="bench-$RANDOM$RANDOM" "$@" PORT=$PORT DATABASE_URL=$url COORDINATOR=$mode setsid npm start >"/tmp/leasegate-overload-$PORT.log" 2>&1 &
   server=$!
-  for _ in $(seq 120); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && return; sleep 0.5; done
-  echo "server did not start; see /tmp/leasegate-overload-$PORT.log" >&2; return 1
+  wait_healthy
 }
 # The floor Worker (bench/p3-floor-worker.ts) under wrangler dev itself: the schema is already seeded.
 start_floor() {
@@ -105,8 +109,7 @@ start_floor() {
     --ip 127.0.0.1 --port "$PORT" --show-interactive-dev-session=false --var "FLOOR_CALLS:$calls" \
     >"/tmp/leasegate-overload-$PORT.log" 2>&1 &
   server=$!
-  for _ in $(seq 120); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && return; sleep 0.5; done
-  echo "floor server did not start; see /tmp/leasegate-overload-$PORT.log" >&2; return 1
+  wait_healthy
 }
 stop_server() { kill -- -"$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; sleep 0.5; }
 

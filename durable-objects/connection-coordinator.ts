@@ -317,8 +317,6 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
     const pool = this.requirePool();
     if (typeof options === "object" && options !== null && options.shard !== undefined)
       this.applyShard(pool, options.shard);
-    // Releases this call carries go first: the slots they free are there for this acquire's turn.
-    for (const ref of steps.carried(options)) this.releaseOne(ref);
     const leaseId = crypto.randomUUID();
     const { step, durable } = this.run(steps.acquire(leaseId, options, queue));
     const answer = step.answer;

@@ -333,16 +333,12 @@ export class PostgresCoordinator implements CoordinatorBackend {
   async acquire(options: AcquireOptions = {}, signal?: AbortSignal): Promise<AcquireResult> {
     if (this.#closed) return CLOSED;
     if (signal?.aborted) return ABORTED;
-    let carried: readonly LeaseRef[];
     try {
       wholePool(options?.shard);
-      carried = steps.carried(options);
     } catch (error) {
       return failureOf(error);
     }
     await this.ready();
-    // Releases this call carries go first, each its own transition, answered to nobody.
-    for (const ref of carried) await this.release(ref);
     const leaseId = crypto.randomUUID();
     // Parked before the transaction: a grant by another process can be announced before our own
     // commit's answer reaches us.

@@ -197,7 +197,7 @@ export class Leases implements LeaseClient {
     signal?.throwIfAborted();
     const request = coordinatorRequest(options, this.#holder, this.claimMs);
     const result = signal
-      ? await untilAborted(this.#send(request, signal), signal, (late) => late.ok && this.#giveBack(late.lease))
+      ? await untilAborted(this.#send(request, signal), signal, (late) => late.ok && this.#releaseLate(late.lease))
       : await this.#send(request);
     if (!result.ok) throw toError(result);
     if (claim === "later") return result.lease;
@@ -205,7 +205,7 @@ export class Leases implements LeaseClient {
   }
 
   /** Releases a lease nobody will use, in the background. */
-  #giveBack(lease: LeaseGrant): void {
+  #releaseLate(lease: LeaseGrant): void {
     const done = this.release(lease).catch(() => {});
     this.#waitUntil?.(done);
   }

@@ -55,7 +55,9 @@ export type AcquireAnswer =
   | { readonly kind: "deferred" };
 
 /**
- * An acquire under `leaseId` (chosen by the backend), as sent over RPC.
+ * An acquire under `leaseId` (chosen by the backend), as sent over RPC. The releases it carries
+ * (`AcquireOptions.release`) go first, in the same step: the slots they free are there for this
+ * acquire's turn, and they stand even when the acquire itself is refused.
  *
  * @example
  * const { answer, effects } = steps.acquire(crypto.randomUUID(), options, true)(pool, Date.now());
@@ -66,45 +68,67 @@ export function acquire(leaseId: string, options: AcquireOptions, queue: boolean
     if (typeof options !== "object" || options === null || Array.isArray(options)) {
       throw new LeaseError("INVALID_ARGUMENT", expected("options", "an object", options));
     }
-    const { waitMs, ttlMs, claimMs, priority, tenant } = options;
-    // Only a missing holder defaults; null or another type is refused like any bad field.
-    const holder = options.holder === undefined ? "" : options.holder;
-    const { outcome, effects } = core.acquire(
-      state,
-      { leaseId, holder, waitMs, ttlMs, claimMs, priority, tenant, queue },
-      now,
-    );
-    switch (outcome.status) {
-      case "granted":
-        return {
-          answer: { kind: "result", result: grantResult(outcome.lease, loadOf(state)) },
-          effects,
-          written: [outcome.lease],
-        };
-      case "queued":
-        return { answer: { kind: "queued", deadline: outcome.deadline }, effects };
-      case "deferred":
-        return { answer: { kind: "deferred" }, effects };
-      default: {
-        const { code, message, retryAfterMs } = outcome;
-        return {
-          answer: { kind: "result", result: { ok: false, code, message, retryAfterMs, load: loadOf(state) } },
-          effects,
-        };
-      }
+    const refs = carried(options);
+    if (refs.length === 0) return decide(leaseId, options, queue, state, now);
+    const effects: Effects = { granted: [], timedOut: [], expired: [] };
+    const removed: string[] = [];
+    for (const ref of refs) {
+      const done = release(ref)(state, now);
+      mergeEffects(effects, done.effects);
+      removed.push(...(done.removed ?? []));
     }
+    let decided: Step<AcquireAnswer>;
+    try {
+      decided = decide(leaseId, options, queue, state, now);
+    } catch (error) {
+      if (!isLeaseError(error)) throw error;
+      return { answer: { kind: "result", result: failureOf(error) }, effects, removed };
+    }
+    mergeEffects(effects, decided.effects);
+    return { ...decided, effects, removed };
   };
 }
 
-/**
- * The releases an acquire carries (`AcquireOptions.release`), all checked before any is applied:
- * none, or 1 to `MAX_BATCH` well-formed refs; else `INVALID_ARGUMENT`.
- *
- * @example
- * for (const ref of steps.carried(options)) run(steps.release(ref));
- */
-export function carried(options: AcquireOptions | undefined): readonly LeaseRef[] {
-  const refs = typeof options === "object" && options !== null ? options.release : undefined;
+/** The acquire itself, on a pool that has taken back what the call carried. */
+function decide(
+  leaseId: string,
+  options: AcquireOptions,
+  queue: boolean,
+  state: PoolState,
+  now: number,
+): Step<AcquireAnswer> {
+  const { waitMs, ttlMs, claimMs, priority, tenant } = options;
+  // Only a missing holder defaults; null or another type is refused like any bad field.
+  const holder = options.holder === undefined ? "" : options.holder;
+  const { outcome, effects } = core.acquire(
+    state,
+    { leaseId, holder, waitMs, ttlMs, claimMs, priority, tenant, queue },
+    now,
+  );
+  switch (outcome.status) {
+    case "granted":
+      return {
+        answer: { kind: "result", result: grantResult(outcome.lease, loadOf(state)) },
+        effects,
+        written: [outcome.lease],
+      };
+    case "queued":
+      return { answer: { kind: "queued", deadline: outcome.deadline }, effects };
+    case "deferred":
+      return { answer: { kind: "deferred" }, effects };
+    default: {
+      const { code, message, retryAfterMs } = outcome;
+      return {
+        answer: { kind: "result", result: { ok: false, code, message, retryAfterMs, load: loadOf(state) } },
+        effects,
+      };
+    }
+  }
+}
+
+/** The releases an acquire carries, all checked before any is applied: none, or 1 to `MAX_BATCH` well-formed refs. */
+function carried(options: AcquireOptions): readonly LeaseRef[] {
+  const refs = options.release;
   if (refs === undefined) return [];
   core.checkBatch("release", refs);
   for (const ref of refs) core.checkRef(ref);

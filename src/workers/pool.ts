@@ -27,6 +27,16 @@ export interface WorkerPoolOptions<Client> {
   pool?: string | undefined;
 }
 
+/** `map`'s value for `key`, made by `make` the first time it is asked for. */
+function kept<K, V>(map: { get(key: K): V | undefined; set(key: K, value: V): unknown }, key: K, make: () => V): V {
+  let value = map.get(key);
+  if (value === undefined) {
+    value = make();
+    map.set(key, value);
+  }
+  return value;
+}
+
 // Kept per isolate, across requests: a pool's breaker and safe mode, and its shard state.
 const isolate = new Map<string, { breaker: CircuitBreaker; safeMode: SafeMode }>();
 const shardStates = new Map<string, IsolateShards>();
@@ -39,18 +49,8 @@ const outboxes = new WeakMap<DurableObjectNamespace, Map<string, ReleaseOutbox>>
 /** The isolate's outbox for this pool (`LEASE_RELEASE_CARRY_MS`), or none with `0`. */
 function outboxFor(env: WorkerPoolEnv, pool: PoolSettings): ReleaseOutbox | undefined {
   if (pool.carryMs === 0) return undefined;
-  let byPool = outboxes.get(env.COORDINATOR_DO);
-  if (!byPool) {
-    byPool = new Map();
-    outboxes.set(env.COORDINATOR_DO, byPool);
-  }
-  const key = `${pool.name}|${pool.carryMs}`;
-  let outbox = byPool.get(key);
-  if (!outbox) {
-    outbox = new ReleaseOutbox(pool.carryMs);
-    byPool.set(key, outbox);
-  }
-  return outbox;
+  const byPool = kept(outboxes, env.COORDINATOR_DO, () => new Map<string, ReleaseOutbox>());
+  return kept(byPool, `${pool.name}|${pool.carryMs}`, () => new ReleaseOutbox(pool.carryMs));
 }
 
 /** The isolate's shard state for this pool, or undefined for one object without batching. */
@@ -58,12 +58,9 @@ function shardStateFor(pool: PoolSettings): IsolateShards | undefined {
   const { name, shards, blockMax, blockIdleMs, config } = pool;
   if (shards === 1 && blockMax === 0) return undefined;
   const key = `${name}|${shards}|${config.limit}|${blockMax}|${blockIdleMs}`;
-  let state = shardStates.get(key);
-  if (!state) {
-    state = createIsolateShards({ shards, limit: config.limit, maxBlock: blockMax, idleMs: blockIdleMs });
-    shardStates.set(key, state);
-  }
-  return state;
+  return kept(shardStates, key, () =>
+    createIsolateShards({ shards, limit: config.limit, maxBlock: blockMax, idleMs: blockIdleMs }),
+  );
 }
 
 /**
@@ -80,16 +77,8 @@ function coordinatorStub(
   name: string,
 ): DurableObjectStub<ConnectionCoordinator> {
   const namespace = env.COORDINATOR_DO;
-  let ids = coordinatorIds.get(namespace);
-  if (!ids) {
-    ids = new Map();
-    coordinatorIds.set(namespace, ids);
-  }
-  let id = ids.get(name);
-  if (!id) {
-    id = namespace.idFromName(name);
-    ids.set(name, id);
-  }
+  const ids = kept(coordinatorIds, namespace, () => new Map<string, DurableObjectId>());
+  const id = kept(ids, name, () => namespace.idFromName(name));
   return hint ? namespace.get(id, { locationHint: hint as DurableObjectLocationHint }) : namespace.get(id);
 }
 
@@ -159,17 +148,16 @@ export function workerPool<Client>(
   const { name } = pool;
   const config = settings.database;
   const waitUntil = (p: Promise<unknown>) => ctx.waitUntil(p);
-  let kept = isolate.get(name);
-  if (!kept) {
-    kept = { breaker: new CircuitBreaker(name, config.breaker), safeMode: new SafeMode(config.safeMode) };
-    isolate.set(name, kept);
-  }
+  const guards = kept(isolate, name, () => ({
+    breaker: new CircuitBreaker(name, config.breaker),
+    safeMode: new SafeMode(config.safeMode),
+  }));
   const target = {
     connect: (applicationName: string) => driver.connect({ ...targetOf(config), applicationName }),
     applicationName: config.applicationName,
   };
   const { leases, operator } = coordination(env, pool, waitUntil, target);
   const bound = bindDriver(driver, config);
-  const db = new Database({ name, driver: bound, leases, config, ...kept, waitUntil });
+  const db = new Database({ name, driver: bound, leases, config, ...guards, waitUntil });
   return { name, leases, db, operator, sql: leasedSql(db, bound) };
 }

@@ -122,7 +122,7 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       expect(woken.load).toEqual({ held: 3, waiting: 0, limit: LIMIT });
     });
 
-    it("an acquire that carries releases gives them back first; a malformed one fails it and applies none", async () => {
+    it("an acquire that carries releases gives them back first, also when refused; a malformed one applies none", async () => {
       const { coordinator: c } = await fresh();
       const held = await fill(c);
       // A good ref before a malformed one: nothing is released, the acquire fails.
@@ -144,6 +144,15 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       expect(next).toMatchObject({ ok: true, lease: { holder: "next", fence: LIMIT + 1 } });
       expect(await c.stats()).toMatchObject({ held: LIMIT, counters: { granted: LIMIT + 1, released: 1 } });
       expect(await c.release(refOf(held[0]!))).toMatchObject({ ok: false, code: "LEASE_NOT_FOUND" });
+      // An acquire refused for its own options still gives back what it carried: the waiter gets the slot.
+      const first = c.acquire({ holder: "first-waiter", waitMs: 3000 });
+      await waitingIs(c, 1);
+      expect(await c.acquire({ holder: "bad-wait", waitMs: -1, release: [refOf(held[2]!)] })).toMatchObject({
+        ok: false,
+        code: "INVALID_ARGUMENT",
+      });
+      expect(await first).toMatchObject({ ok: true, lease: { holder: "first-waiter" } });
+      expect(await c.stats()).toMatchObject({ held: LIMIT, counters: { released: 2 } });
       // A waiter is served by a release another caller's acquire carries, in its turn.
       const waiter = c.acquire({ holder: "waiter", waitMs: 3000 });
       await waitingIs(c, 1);
