@@ -5,7 +5,8 @@
  * The two are measured in alternating rounds, so machine noise hits both alike.
  *
  * GET /p1?n=N           sequential: no-op RPC vs acquire alone and acquire+release, per call in µs (also
- *                       through `Leases`), today's coordinator and the one before (bench/baseline/)
+ *                       through `Leases`), taken in turn call by call; today's coordinator and the one
+ *                       before (bench/baseline/) in rounds of their own
  * GET /p2?n=N&c=C       C concurrent loops sharing N calls: no-op RPCs/s vs acquire+release pairs/s,
  *                       each caller with its own calls, and all callers sharing one `Leases` client
  *                       (which coalesces concurrent calls into batches; calls per pair counted)
@@ -34,6 +35,18 @@ export class BenchCoordinator extends ConnectionCoordinator {
   /** @example await stub.crash().catch(() => {}) */
   async crash(): Promise<void> {
     this.ctx.abort("bench restart");
+  }
+
+  /**
+   * `n` acquire + release pairs called inside the object, no RPC between them: what deciding
+   * costs, timed by the caller around this one call. @example await stub.pairsInside(20_000)
+   */
+  async pairsInside(n: number): Promise<void> {
+    for (let i = 0; i < n; i++) {
+      const r = await this.acquire({ holder: "bench", waitMs: 2000 });
+      if (!r.ok) throw new Error(`acquire failed: ${r.code}`);
+      await this.release({ leaseId: r.lease.id, fence: r.lease.fence });
+    }
   }
 }
 
@@ -124,6 +137,38 @@ async function timeAcquire(n: number, stub: Coordinator): Promise<number> {
   return (total * 1000) / n;
 }
 
+/**
+ * µs per call of each of `ops`, measured in one loop that takes them in turn, a block of `block`
+ * calls at a time (the first op rotating each time): every op sees the machine as it is at that
+ * moment, so a speed that drifts within a round cannot favour one. A block spans a few ticks of
+ * workerd's millisecond clock (one call would read 0 or 1 ms). What an op returns runs after its
+ * block, untimed (an acquire's release).
+ */
+async function timeInterleaved<K extends string>(
+  n: number,
+  block: number,
+  ops: Record<K, () => Promise<(() => Promise<unknown>) | undefined>>,
+): Promise<Record<K, number>> {
+  const names = Object.keys(ops) as K[];
+  const totals = Object.fromEntries(names.map((name) => [name, 0])) as Record<K, number>;
+  const blocks = Math.max(1, Math.round(n / block));
+  for (let i = 0; i < blocks; i++) {
+    for (let j = 0; j < names.length; j++) {
+      const name = names[(i + j) % names.length]!;
+      const after: Array<() => Promise<unknown>> = [];
+      const t0 = performance.now();
+      for (let k = 0; k < block; k++) {
+        const then = await ops[name]();
+        if (then) after.push(then);
+      }
+      totals[name] += performance.now() - t0;
+      for (const then of after) await then();
+    }
+  }
+  for (const name of names) totals[name] = (totals[name] * 1000) / (blocks * block);
+  return totals;
+}
+
 async function timeSequential(n: number, fn: () => Promise<unknown>): Promise<number> {
   const t0 = performance.now();
   for (let i = 0; i < n; i++) await fn();
@@ -154,14 +199,22 @@ async function timeConcurrent(
   return n / ((performance.now() - t0) / 1000);
 }
 
-/** Each measurement once per round, taking turns (machine noise hits all alike); every round's figure by name. */
+/**
+ * Each measurement once per round, taking turns (machine noise hits all alike), in reverse order
+ * every other round: what one measurement leaves behind (a durable write's checkpoint still going
+ * to disk) would otherwise always fall on the same next one. List a figure and its no-op floor
+ * next to each other, and the durable writers last. Every round's figure by name; bench/run.ts
+ * divides figures round by round.
+ */
 async function alternate<K extends string>(
   rounds: number,
   measures: Record<K, () => Promise<number>>,
 ): Promise<Record<K, number[]>> {
   const names = Object.keys(measures) as K[];
   const figures = Object.fromEntries(names.map((name) => [name, [] as number[]])) as Record<K, number[]>;
-  for (let r = 0; r < rounds; r++) for (const name of names) figures[name].push(await measures[name]());
+  for (let r = 0; r < rounds; r++) {
+    for (const name of r % 2 === 0 ? names : [...names].reverse()) figures[name].push(await measures[name]());
+  }
   return figures;
 }
 
@@ -191,13 +244,38 @@ export default {
     if (url.pathname === "/p1") {
       const n = int(url, "n", 500);
       const leases = new Leases(coord);
-      const { ping, writes, unconfirmed, acquires, pairs, client, beforeAcquires, before } = await alternate(rounds, {
-        ping: () => timeSequential(n, () => noop.ping()),
-        writes: () => timeSequential(n, () => noop.write()),
+      // The no-op floor and what is compared with it, call by call; the durable writers apart.
+      const ping: number[] = [];
+      const acquires: number[] = [];
+      const pairs: number[] = [];
+      const client: number[] = [];
+      const { inside, writes, unconfirmed, beforeAcquires, before } = await alternate(rounds, {
+        calls: async () => {
+          // Blocks of 32 acquires leave at most 32 of the bench pool's 64 slots held.
+          const us = await timeInterleaved(n, 32, {
+            ping: async () => void (await noop.ping()),
+            acquire: async () => {
+              const r = await coord.acquire({ holder: "bench", waitMs: 2000 });
+              if (!r.ok) throw new Error(`acquire failed: ${r.code}`);
+              return () => coord.release({ leaseId: r.lease.id, fence: r.lease.fence });
+            },
+            pair: async () => void (await pair(coord)),
+            client: async () => void (await clientPair(leases)),
+          });
+          ping.push(us.ping);
+          acquires.push(us.acquire);
+          pairs.push(us.pair);
+          client.push(us.client);
+          return us.ping;
+        },
+        // One RPC that runs 20 × n pairs inside the object (its own round trip is lost in them).
+        inside: async () => {
+          const t0 = performance.now();
+          await coord.pairsInside(20 * n);
+          return ((performance.now() - t0) * 1000) / (20 * n);
+        },
         unconfirmed: () => timeSequential(n, () => noop.writeUnconfirmed()),
-        acquires: () => timeAcquire(n, coord),
-        pairs: () => timeSequential(n, () => pair(coord)),
-        client: () => timeSequential(n, () => clientPair(leases)),
+        writes: () => timeSequential(n, () => noop.write()),
         beforeAcquires: () => timeAcquire(Math.max(10, Math.floor(n / 2)), baseline),
         before: () => timeSequential(Math.max(10, Math.floor(n / 2)), () => pair(baseline)),
       });
@@ -210,6 +288,7 @@ export default {
         acquireUs: median(acquires),
         pairUs: median(pairs),
         clientUs: median(client),
+        insideUs: median(inside),
         beforeAcquireUs: median(beforeAcquires),
         beforeUs: median(before),
         ping,
@@ -218,6 +297,7 @@ export default {
         acquires,
         pairs,
         client,
+        inside,
         beforeAcquires,
         before,
       });
@@ -230,9 +310,9 @@ export default {
       const settle = () => noop.ping();
       const { ping, writes, pairs, coalesced, before } = await alternate(rounds, {
         ping: () => timeConcurrent(n, c, () => noop.ping(), settle),
-        writes: () => timeConcurrent(n, c, () => noop.write(), settle),
         pairs: () => timeConcurrent(n, c, () => pair(coord), settle),
         coalesced: () => timeConcurrent(n, c, () => clientPair(shared), settle),
+        writes: () => timeConcurrent(n, c, () => noop.write(), settle),
         // The baseline is several times slower: a quarter of the calls keeps the run short.
         before: () => timeConcurrent(Math.max(c, Math.floor(n / 4)), c, () => pair(baseline), settle),
       });

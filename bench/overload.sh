@@ -18,7 +18,8 @@ export PATH="$PWD/node_modules/.bin:$PATH"
 DURATION=${DURATION:-10}
 PORT=${PORT:-8832}
 PGB_PORT=${PGB_PORT:-6430}
-MODES=${MODES:-"off pgbouncer floor1 floor2 on on-block on+pgbouncer on+pgbouncer-54 on+pgbouncer-block"}
+# PgBouncer alone next to the setups compared with it (and every other round in reverse order).
+MODES=${MODES:-"off on on-block pgbouncer on+pgbouncer-54 floor1 floor2 on+pgbouncer on+pgbouncer-block"}
 ROLE=${ROLE:-leasegate_app}
 # leasegate in front of PgBouncer: PgBouncer caps the server connections, so the lease limit only
 # bounds the client side: how many callers PgBouncer itself queues (without deadlines); the rest
@@ -186,9 +187,12 @@ run() {
 
 echo "| setup | requests | 2xx | errors | goodput (2xx/s) | p50 | p99 | peak connections (limit 20) | CPU ms per 2xx, machine | server | busiest thread (busy) |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
-# ROUNDS > 1 runs the setups in turn that many times (alternating, so load changes hit all alike).
+# ROUNDS > 1 runs the setups in turn that many times (alternating, so load changes hit all alike),
+# every other round in reverse order (what one setup leaves behind does not always fall on the same next one).
 for round in $(seq "${ROUNDS:-1}"); do
-for mode in $MODES; do
+modes=$MODES
+[ $((round % 2)) -eq 1 ] || modes=$(echo "$MODES" | tr ' ' '\n' | tac | tr '\n' ' ')
+for mode in $modes; do
   case $mode in
     off) kill_pgbouncer; run off off "$DIRECT" ;;
     pgbouncer) start_pgbouncer; run pgbouncer off "$BOUNCED" ;;

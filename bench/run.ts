@@ -89,6 +89,7 @@ interface P1 {
   acquireUs: number;
   pairUs: number;
   clientUs: number;
+  insideUs: number;
   beforeAcquireUs: number;
   beforeUs: number;
   writes: number[];
@@ -166,8 +167,8 @@ function memoryProbe(waiters: number): { heapMb: number; bytesPerWaiter: number 
 const micro = smoke
   ? { p1: "/p1?n=400&rounds=1", p2: "/p2?n=400&c=8&rounds=1", shed: "/shed?n=100", block: "/block?n=400&c=8&block=4" }
   : {
-      p1: "/p1?n=400&rounds=5",
-      p2: "/p2?n=2000&c=32&rounds=5",
+      p1: "/p1?n=1000&rounds=9",
+      p2: "/p2?n=2000&c=32&rounds=9",
       shed: "/shed?n=400",
       block: "/block?n=2000&c=32&block=8",
     };
@@ -197,6 +198,7 @@ if (
     p1.acquireUs > 0 &&
     p1.beforeAcquireUs > 0 &&
     p1.clientUs > 0 &&
+    p1.insideUs > 0 &&
     p2.pairsPerS > 0 &&
     p2.coalescedPerS > 0 &&
     p2.heldAfter === 0 &&
@@ -269,7 +271,7 @@ if (withOverload) {
   const out = mkdtempSync(join(tmpdir(), "leasegate-overload-"));
   const run = spawnSync("bash", ["bench/overload.sh"], {
     stdio: "inherit",
-    env: { ROLE: "leasegate_bench", DURATION: "8", ROUNDS: "3", ...process.env, RESULTS_DIR: out },
+    env: { ROLE: "leasegate_bench", DURATION: "8", ROUNDS: "5", ...process.env, RESULTS_DIR: out },
   });
   if (run.status !== 0) throw new Error("bench/overload.sh failed");
   overload = medianRounds(JSON.parse(readFileSync(join(out, "p3.json"), "utf8")) as OverloadRow[]);
@@ -278,8 +280,21 @@ if (withOverload) {
 }
 
 const f = (x: number, d = 0) => x.toFixed(d);
-const p1Ratio = p1.pairUs / p1.pingUs;
-const p2Ratio = p2.pairsPerS / p2.pingPerS;
+/**
+ * `xs` against `ys`, round by round (figures of the same round were measured next to each other),
+ * then the median: the machine's speed drifts between rounds, a ratio of two medians would mix them.
+ */
+function perRound(xs: readonly number[], ys: readonly number[]): number {
+  if (xs.length !== ys.length || xs.length === 0) throw new Error("perRound: figures of different runs");
+  return median(xs.map((x, i) => x / ys[i]!));
+}
+function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 === 1 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+}
+const p1AcquireRatio = perRound(p1.acquires, p1.ping);
+const p1Ratio = perRound(p1.pairs, p1.ping);
+const p2Ratio = perRound(p2.pairs, p2.ping);
 const when = new Date().toISOString().slice(0, 16).replace("T", " ");
 const lines = [
   "# Benchmarks",
@@ -303,11 +318,17 @@ const lines = [
   "bench/wrangler-env.ts): by default a streaming tail Worker receives trace events of every request and Durable",
   "Object call on the same workerd thread, about doubling a call's cost there; production has no such collector",
   "unless one is configured.",
+  "The measurements take turns in rounds, in reverse order every other round (what one leaves behind, such as a",
+  "durable write's checkpoint still going to disk, does not always fall on the same next one), and each one runs",
+  'next to its no-op floor. "ratio to no-op" divides round by round and takes the median: the machine\'s speed',
+  "drifts between rounds, and a ratio of two medians would mix rounds.",
   "",
   '"durable write" is the same no-op object changing one SQLite row per call: its answer waits for',
   'the commit — the floor of any call whose answer waits for a write. "before" is the coordinator as',
   "it was before leases moved to memory (a lease row per grant, group commit, each grant answered",
   "once durable; bench/baseline/), measured in the same alternating rounds.",
+  `Deciding is a small part of a call: an acquire and a release called inside the object, with no RPC between them,`,
+  `took ${f(p1.insideUs, 1)} µs per pair (${f((p1.insideUs / p1.pairUs) * 100, 1)} % of a pair over RPC); the rest of a call is the RPC and its arguments and answers.`,
   `A write whose answer does not wait for its commit (\`allowUnconfirmed\`) took ${f(p1.unconfirmedUs)} µs (${f(p1.unconfirmedUs / p1.pingUs, 2)}× no-op,`,
   `${f(p1.unconfirmedUs / p1.writeUs, 2)}× the durable write; rounds ${p1.unconfirmed.map((x) => f(x)).join(", ")}): ${
     p1.unconfirmedUs >= 0.8 * p1.writeUs
@@ -317,11 +338,11 @@ const lines = [
   "",
   "| | no-op DO RPC | durable write | now | ratio to no-op | ratio to the durable floor | before: rows, group commit | target |",
   "|---|---|---|---|---|---|---|---|",
-  `| P1 acquire alone (1 RPC), µs | ${f(p1.pingUs)} | ${f(p1.writeUs)} (${f(p1.writeUs / p1.pingUs, 2)}×) | ${f(p1.acquireUs)} | **${f(p1.acquireUs / p1.pingUs, 2)}×** | ${f(p1.acquireUs / p1.writeUs, 2)}× of ${f(p1.writeUs)} | ${f(p1.beforeAcquireUs)} (${f(p1.beforeAcquireUs / p1.pingUs, 2)}×) | ≤ 1.3× no-op |`,
+  `| P1 acquire alone (1 RPC), µs | ${f(p1.pingUs)} | ${f(p1.writeUs)} (${f(p1.writeUs / p1.pingUs, 2)}×) | ${f(p1.acquireUs)} | **${f(p1AcquireRatio, 2)}×** | ${f(p1.acquireUs / p1.writeUs, 2)}× of ${f(p1.writeUs)} | ${f(p1.beforeAcquireUs)} (${f(p1.beforeAcquireUs / p1.pingUs, 2)}×) | ≤ 1.3× no-op |`,
   `| P1 acquire + release (2 RPCs), µs | ${f(p1.pingUs)} | | ${f(p1.pairUs)} | **${f(p1Ratio, 2)}×** | ${f(p1.pairUs / (2 * p1.writeUs), 2)}× of ${f(2 * p1.writeUs)} | ${f(p1.beforeUs)} (${f(p1.beforeUs / p1.pingUs, 2)}×) | ≤ 2.5× no-op |`,
   `| P2 ${p2.c} concurrent callers, ops/s | ${f(p2.pingPerS)} | ${f(p2.writePerS)} (${f((p2.writePerS / p2.pingPerS) * 100)} %) | ${f(p2.pairsPerS)} pairs/s | **${f(p2Ratio * 100)} %** | ${f((p2.pairsPerS / (p2.writePerS / 2)) * 100)} % of ${f(p2.writePerS / 2)} | ${f(p2.beforePerS)} (${f((p2.beforePerS / p2.pingPerS) * 100, 1)} %) | ≥ 40 % of no-op |`,
-  `| P1 through \`Leases\` (a lone caller: single calls), µs | ${f(p1.pingUs)} | | ${f(p1.clientUs)} | **${f(p1.clientUs / p1.pingUs, 2)}×** | ${f(p1.clientUs / (2 * p1.writeUs), 2)}× | | ≤ 1.5× no-op |`,
-  `| P2 ${p2.c} callers sharing one \`Leases\` client (coalesced: ${f(p2.coalescedCallsPerPair, 2)} calls per pair), ops/s | ${f(p2.pingPerS)} | | ${f(p2.coalescedPerS)} pairs/s | **${f((p2.coalescedPerS / p2.pingPerS) * 100)} %** | ${f((p2.coalescedPerS / (p2.writePerS / 2)) * 100)} % | | ≥ 50 % of no-op |`,
+  `| P1 through \`Leases\` (a lone caller: single calls), µs | ${f(p1.pingUs)} | | ${f(p1.clientUs)} | **${f(perRound(p1.client, p1.ping), 2)}×** | ${f(p1.clientUs / (2 * p1.writeUs), 2)}× | | ≤ 1.5× no-op |`,
+  `| P2 ${p2.c} callers sharing one \`Leases\` client (coalesced: ${f(p2.coalescedCallsPerPair, 2)} calls per pair), ops/s | ${f(p2.pingPerS)} | | ${f(p2.coalescedPerS)} pairs/s | **${f(perRound(p2.coalesced, p2.ping) * 100)} %** | ${f((p2.coalescedPerS / (p2.writePerS / 2)) * 100)} % | | ≥ 50 % of no-op |`,
   `| P1 through the lease block (\`ShardedLeases\`, \`LEASE_BLOCK=${block.maxBlock}\`), µs per pair, amortized | ${f(block.sequential.pingUs)} | | ${f(block.sequential.pairUs, 2)} | **${f(block.sequential.pairUs / block.sequential.pingUs, 3)}×** | | | ≤ 1.5× no-op |`,
   `| P2 ${block.c} callers through the lease block, ops/s | ${f(p2.pingPerS)} | | ${f(1e6 / block.concurrent.pairUs)} pairs/s | **${f((1e6 / block.concurrent.pairUs / p2.pingPerS) * 100)} %** | | | ≥ 50 % of no-op |`,
   `| shed: \`QUEUE_FULL\` answer, µs | ${f(shed.pingUs)} | | ${f(shed.shedUs)} (one RPC) | ${f(shed.shedUs / shed.pingUs, 2)}× | | | < 5 ms |`,
@@ -383,8 +404,8 @@ if (overload.length > 0 && p4) {
     "nothing (bench/p3-floor-worker.ts; 1 before the work, where an acquire goes, 1 after it, where a",
     "release goes). Each call is paid on the one workerd thread by both its sides.",
     "",
-    `Each setup ran ${overload[0]!.rounds.length} times, the setups taking turns; a row is the round with the median goodput,`,
-    '"rounds" lists every round\'s goodput, "vs PgBouncer" divides medians.',
+    `Each setup ran ${overload[0]!.rounds.length} times, the setups taking turns (every other round in reverse order); a row is the round with the median goodput,`,
+    '"rounds" lists every round\'s goodput; "vs PgBouncer" divides round by round and takes the median.',
     "",
     "| setup | requests | 2xx | errors | goodput (2xx/s) | rounds | vs PgBouncer | p50 | p99 | peak connections | CPU ms per 2xx: machine, server | busiest thread: ms per 2xx (busy) |",
     "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -392,7 +413,7 @@ if (overload.length > 0 && p4) {
       const bouncer = overload.find((o) => o.mode === "pgbouncer");
       const ratio =
         bouncer && r.mode.includes("pgbouncer") && r.mode !== "pgbouncer"
-          ? `**${f((r.goodput / bouncer.goodput) * 100)} %**`
+          ? `**${f(perRound(r.rounds, bouncer.rounds) * 100)} %**`
           : "";
       return `| ${r.mode} | ${r.requests} | ${r.ok} | ${r.errors} | ${f(r.goodput, 1)} | ${r.rounds.map((g) => f(g)).join(", ")} | ${ratio} | ${r.p50} | ${r.p99} | ${r.peak} | ${f(r.cpuMs, 2)}, ${f(r.serverCpuMs, 2)} | ${f(r.threadCpuMs, 2)} (${f(r.threadBusy)} %) |`;
     }),
