@@ -15,6 +15,8 @@ export const ErrorCodes = [
   "DATABASE_UNAVAILABLE",
   "DATABASE_ERROR",
   "NESTED_LEASE",
+  "LEASE_LOST",
+  "DEADLINE_EXCEEDED",
   "INTERNAL",
 ] as const;
 
@@ -26,7 +28,17 @@ const RETRYABLE: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   "ACQUIRE_TIMEOUT",
   "COORDINATOR_UNAVAILABLE",
   "DATABASE_UNAVAILABLE",
+  "LEASE_LOST",
+  "DEADLINE_EXCEEDED",
 ]);
+
+/**
+ * Whether the statement of a failed call may have run on the database: `"no"` (it never started:
+ * no slot, no connection), `"maybe"` (it was sent and then cut off: cancelled, connection lost, no
+ * answer in time — it may have committed), `"yes"` (it ran and the failure came after). A retry of
+ * a write is safe only after `"no"`, or when the write is idempotent.
+ */
+export type Executed = "no" | "maybe" | "yes";
 
 const BRAND = "leasegate.LeaseError";
 
@@ -46,13 +58,20 @@ export class LeaseError extends Error {
   readonly retryable: boolean;
   /** A hint for when a retry may succeed, in milliseconds; set for overload codes. */
   readonly retryAfterMs: number | undefined;
+  /** Whether the statement may have run (see {@link Executed}); undefined where no statement was involved. */
+  readonly executed: Executed | undefined;
 
-  constructor(code: ErrorCode, message: string, options: { retryAfterMs?: number; cause?: unknown } = {}) {
+  constructor(
+    code: ErrorCode,
+    message: string,
+    options: { retryAfterMs?: number | undefined; cause?: unknown; executed?: Executed | undefined } = {},
+  ) {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = "LeaseError";
     this.code = code;
     this.retryable = RETRYABLE.has(code);
     this.retryAfterMs = options.retryAfterMs;
+    this.executed = options.executed;
   }
 }
 
