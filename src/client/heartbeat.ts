@@ -11,13 +11,24 @@ export type SetTimer = (fn: () => void, ms: number) => () => void;
 export interface HeartbeatOptions {
   /**
    * Renew every this many ms while the work runs; `0` turns renewal off (the lease then lives
-   * exactly its TTL). Default: a third of the lease's lifetime, so two beats can fail before it
-   * expires, and work shorter than that makes no extra call.
+   * exactly its TTL, and the holder stops when it ends). Default: a third of the lease's lifetime,
+   * so two beats can fail before it expires, and work shorter than that makes no extra call.
    */
   heartbeatMs?: number | undefined;
   /** Timers (the database layer injects its runtime's); default `setTimeout`. */
   setTimer?: SetTimer | undefined;
-  /** The coordinator refused a renewal: the lease is gone (expired, reaped or revoked). */
+  /** The holder's clock, ms (durations only are read from it). Default `performance.now()`. */
+  now?: (() => number) | undefined;
+  /**
+   * When the call that was answered with `granted` was sent, on `now`'s clock: the lease ends, as
+   * the holder counts, `granted.validForMs` after it. Default: now (the call just returned).
+   */
+  sentAt?: number | undefined;
+  /**
+   * The lease ended while the work ran: the coordinator refused a renewal (expired, reaped,
+   * revoked), or no renewal succeeded before the lease's end on the holder's own clock. Called once;
+   * the heartbeat has stopped.
+   */
   onLost?: ((error: LeaseError) => void) | undefined;
   /** A renewal could not be made (coordinator unreachable); the next beat tries again. */
   onError?: ((error: unknown) => void) | undefined;
@@ -35,6 +46,12 @@ export interface Heartbeat {
   readonly lease: LeaseGrant;
   /** Renewals that succeeded so far. */
   readonly beats: number;
+  /**
+   * Throws `LEASE_LOST` when the lease has ended (also when the holder's own clock says so and no
+   * timer has run yet: an event loop that stalls past the end wakes here first). Call it before
+   * sending anything the lease pays for.
+   */
+  check(): void;
   stop(): void;
 }
 
@@ -43,8 +60,10 @@ const systemTimer: SetTimer = (fn, ms) => {
   return () => clearTimeout(id);
 };
 
+const systemNow = () => performance.now();
+
 /** Codes that mean the coordinator no longer counts the lease: renewing again cannot help. */
-const LOST = new Set(["LEASE_EXPIRED", "LEASE_NOT_FOUND", "STALE_FENCE"]);
+const LOST = new Set(["LEASE_EXPIRED", "LEASE_NOT_FOUND", "STALE_FENCE", "LEASE_LOST"]);
 
 /**
  * The default beat of a lease: a third of its lifetime (durations, not timestamps: the caller's
@@ -58,49 +77,97 @@ export function defaultHeartbeatMs(lease: Pick<LeaseGrant, "grantedAt" | "expire
 }
 
 /**
- * Keeps a lease alive while its holder is alive: renews it by its own lifetime every
- * `heartbeatMs`. A holder whose request was cancelled runs no timers, so its lease is renewed no
- * more and comes back within one lifetime of its last beat — that, not a `finally`, is what bounds
- * the slot a vanished caller holds.
+ * How long a lease lasts from the send time of the call that answered it: `validForMs`, or, from an
+ * older coordinator, the lifetime it was granted or renewed with.
  *
  * @example
- * const beat = heartbeat(leases, lease);
- * try { await longQuery(); } finally { beat.stop(); await leases.release(beat.lease); }
+ * validFor({ grantedAt: 0, expiresAt: 1500, validForMs: 1400 } as LeaseGrant) // 1400
+ */
+export function validFor(lease: LeaseGrant, renewedForMs?: number): number {
+  return lease.validForMs ?? renewedForMs ?? lease.expiresAt - lease.grantedAt;
+}
+
+/**
+ * How long before the lease's end, as the holder counts it, the holder stops: time for the cancel
+ * and the close to reach the database before the coordinator may grant the slot again (and for
+ * clock rates, which drift by parts per million). A fifth of the lifetime, at most 250 ms.
+ *
+ * @example
+ * stopMarginMs(1500) // 250
+ */
+export function stopMarginMs(lifetimeMs: number): number {
+  return Math.min(250, Math.floor(lifetimeMs / 5));
+}
+
+/**
+ * Keeps a lease alive while its holder is alive, and ends it when it cannot: renews it by its own
+ * lifetime every `heartbeatMs`, and keeps its own clock — the lease ends, as the holder counts, a
+ * lifetime after the *send* time of the last call that succeeded (the grant or a renewal), less
+ * {@link stopMarginMs}. Past that, or when the coordinator refuses a renewal, `onLost` is called
+ * once and the heartbeat stops: the holder must stop using the connection (cancel, close) before
+ * it gives the slot back. A holder whose request was cancelled runs no timers, so its lease is
+ * renewed no more and comes back within one lifetime of its last beat.
+ *
+ * @example
+ * const sentAt = performance.now();
+ * const beat = heartbeat(leases, await leases.acquire(), { sentAt, onLost: () => controller.abort() });
+ * try { beat.check(); await longQuery(controller.signal); } finally { beat.stop(); await leases.release(beat.lease); }
  */
 export function heartbeat(leases: Renewer, granted: LeaseGrant, options: HeartbeatOptions = {}): Heartbeat {
   const fixedMs =
     options.heartbeatMs === undefined ? undefined : checkInt("heartbeatMs", options.heartbeatMs, 0, BOUNDS.leaseTtlMs);
   const setTimer = options.setTimer ?? systemTimer;
-  const startedAt = Date.now();
+  const now = options.now ?? systemNow;
+  const sentAt = options.sentAt ?? now();
   let everyMs = fixedMs ?? defaultHeartbeatMs(granted);
   let current = granted;
   // Unclaimed, the lease lives the claim window: the claim asks for the full TTL, and comes early enough.
   let claiming = options.claim !== undefined;
   const ttlMs = options.claim ? options.claim.ttlMs : Math.max(1, granted.expiresAt - granted.grantedAt);
+  // When the lease ends as this holder counts: only a renewal that succeeds moves it.
+  let endsAt = sentAt + validFor(granted) - stopMarginMs(validFor(granted));
   let beats = 0;
   let stopped = false;
-  let cancel: () => void = () => {};
+  let lost: LeaseError | undefined;
+  let cancelBeat: () => void = () => {};
+  let cancelEnd: () => void = () => {};
+  const lose = (error: LeaseError) => {
+    if (stopped) return;
+    stopped = true;
+    cancelBeat();
+    cancelEnd();
+    lost = leaseLost(error);
+    options.onLost?.(lost);
+  };
+  const expired = () =>
+    new LeaseError("LEASE_EXPIRED", "No renewal succeeded before the lease ended, as its holder counts time");
+  const watchEnd = () => {
+    cancelEnd();
+    // A timer may fire early by a millisecond or late by a stall; it looks at the clock either way.
+    const onEnd = () => (now() >= endsAt ? lose(expired()) : watchEnd());
+    cancelEnd = setTimer(onEnd, Math.max(1, Math.ceil(endsAt - now())));
+  };
   const beat = () => {
+    const renewSentAt = now();
     leases.renew(current, ttlMs).then(
       (renewed) => {
         if (stopped) return;
+        // Late: the lease ended on this clock before the answer came — the coordinator may agree any moment.
+        if (now() >= endsAt) return lose(expired());
         current = renewed;
         beats++;
+        const lifetimeMs = validFor(renewed, ttlMs);
+        endsAt = Math.max(endsAt, renewSentAt + lifetimeMs - stopMarginMs(lifetimeMs));
+        watchEnd();
         if (claiming) {
           claiming = false;
-          // Its lifetime from the claim on: the new expiry less the time since the grant, as this clock saw it.
-          const lifetimeMs = renewed.expiresAt - renewed.grantedAt - (Date.now() - startedAt);
           everyMs = fixedMs ?? Math.max(1, Math.floor(lifetimeMs / 3));
         }
         schedule();
       },
       (error: unknown) => {
         if (stopped) return;
-        if (isLeaseError(error) && LOST.has(error.code)) {
-          stopped = true;
-          options.onLost?.(error);
-          return;
-        }
+        if (isLeaseError(error) && LOST.has(error.code)) return lose(error);
         options.onError?.(error);
         schedule();
       },
@@ -109,8 +176,9 @@ export function heartbeat(leases: Renewer, granted: LeaseGrant, options: Heartbe
   const schedule = () => {
     const claimBy = defaultHeartbeatMs(granted);
     const delayMs = claiming ? (everyMs > 0 ? Math.min(everyMs, claimBy) : claimBy) : everyMs;
-    if (delayMs > 0) cancel = setTimer(beat, delayMs);
+    if (delayMs > 0) cancelBeat = setTimer(beat, delayMs);
   };
+  watchEnd();
   schedule();
   return {
     get lease() {
@@ -119,14 +187,31 @@ export function heartbeat(leases: Renewer, granted: LeaseGrant, options: Heartbe
     get beats() {
       return beats;
     },
+    check() {
+      if (!stopped && now() >= endsAt) lose(expired());
+      if (lost) throw lost;
+    },
     stop() {
       stopped = true;
-      cancel();
+      cancelBeat();
+      cancelEnd();
     },
   };
 }
 
-/** The error a lease's scope is aborted with when its heartbeat learns the lease is gone. */
+/**
+ * The error a lease's scope is aborted with when the lease ends while the work runs: `LEASE_LOST`,
+ * the coordinator's refusal (or the holder's own clock) as its cause. The work was cut off, so
+ * whatever it had sent may have run.
+ *
+ * @example
+ * controller.abort(leaseLost(error));
+ */
 export function leaseLost(cause: LeaseError): LeaseError {
-  return new LeaseError(cause.code, "The lease was lost while the work ran: stop using its connection", { cause });
+  if (cause.code === "LEASE_LOST" && cause.executed !== undefined) return cause;
+  return new LeaseError("LEASE_LOST", `The lease ended while the work ran: ${cause.message}`, {
+    cause,
+    retryAfterMs: 0,
+    executed: "maybe",
+  });
 }

@@ -1,6 +1,6 @@
 import { AsyncLocalStorage } from "node:async_hooks";
-import { type AcquireOptions, type LeaseGrant, LeaseError } from "../core/index.ts";
-import { type SetTimer, heartbeat, leaseLost } from "./heartbeat.ts";
+import { type AcquireOptions, type LeaseGrant, BOUNDS, LeaseError, checkInt } from "../core/index.ts";
+import { type Heartbeat, type SetTimer, heartbeat } from "./heartbeat.ts";
 
 /** Registers background work that must finish even after the response is sent (`ctx.waitUntil`). */
 export type WaitUntil = (promise: Promise<unknown>) => void;
@@ -43,10 +43,18 @@ export interface LeaseScope {
   /** Runs `cleanup` before the release, e.g. closing the connection the lease pays for. */
   beforeRelease(cleanup: () => Promise<unknown> | unknown): void;
   /**
-   * Aborted when the heartbeat learns the lease is gone (it expired while the coordinator was
-   * unreachable, or an operator revoked it): stop using the connection, the slot is someone else's.
+   * Aborted, with a `LEASE_LOST` error, when the lease ends while the work runs: the coordinator
+   * refused a renewal (an operator revoked it, it expired), or no renewal succeeded before its end
+   * on the holder's own clock. Cancel what runs on the connection: the slot is given back once the
+   * work has settled and the cleanups (closing the connection) have run.
    */
   readonly signal: AbortSignal;
+  /**
+   * Throws the `LEASE_LOST` error when the lease has ended — also when the holder's own clock says
+   * so and no timer has run yet (an event loop that stalled past the end). Call it before sending
+   * anything the lease pays for.
+   */
+  assertHeld(): void;
 }
 
 /**
@@ -74,6 +82,8 @@ export interface HoldOptions extends ClientAcquireOptions {
   heartbeatMs?: number | undefined;
   /** The heartbeat's timers. Default `setTimeout`. */
   setTimer?: SetTimer | undefined;
+  /** The holder's clock, ms, for the heartbeat (durations only). Default `performance.now()`. */
+  now?: (() => number) | undefined;
   /** A renewal failed: the lease is gone (the scope's signal is aborted too) or the coordinator was unreachable. */
   onRenewError?: ((error: unknown) => void) | undefined;
   /**
@@ -169,11 +179,16 @@ export async function holdLease<T>(
     if (held !== undefined) throw nestedLease(held);
   }
   const { waitUntil, signal } = options;
+  // Checked before anything is acquired: a bad option must not leave a lease behind.
+  if (options.heartbeatMs !== undefined) checkInt("heartbeatMs", options.heartbeatMs, 0, BOUNDS.leaseTtlMs);
+  const now = options.now ?? (() => performance.now());
   // Registered before the wait (see `waitUntil`); settled once the slot is given back.
   let settle: (done: Promise<void>) => void = () => {};
   if (waitUntil) waitUntil(new Promise<void>((resolve) => (settle = (done) => void done.then(resolve, resolve))));
   let lease: LeaseGrant | undefined;
   let withoutLease: (() => void) | undefined;
+  // The lease ends, as this holder counts, its `validForMs` after this moment (see `heartbeat`).
+  const sentAt = now();
   if (client) {
     try {
       lease = await client.acquire(options, "later");
@@ -188,33 +203,33 @@ export async function holdLease<T>(
     }
   }
   const cleanups: Array<() => Promise<unknown> | unknown> = [];
-  if (signal?.aborted) {
-    // Granted after the caller gave up: nobody will use this slot.
-    const done = finish(client, lease, cleanups, withoutLease);
-    settle(done);
-    if (!waitUntil) await done;
-    throw signal.reason;
-  }
   const lost = new AbortController();
-  const beat =
-    client && lease
-      ? heartbeat(client, lease, {
-          heartbeatMs: options.heartbeatMs,
-          setTimer: options.setTimer,
-          onLost: (error) => {
-            options.onRenewError?.(error);
-            lost.abort(leaseLost(error));
-          },
-          onError: options.onRenewError,
-          // Short work makes no claim call: the release is all the coordinator hears of it.
-          claim: needsClaim(lease, client.claimMs) ? { ttlMs: options.ttlMs } : undefined,
-        })
-      : undefined;
+  let beat: Heartbeat | undefined;
   const frame = options.frame ?? leaseFrame();
-  if (lease) frame.pool = pool;
+  // From here on the lease is given back on every path, a throw included.
   try {
+    // Granted after the caller gave up: nobody will use this slot.
+    signal?.throwIfAborted();
+    if (client && lease) {
+      beat = heartbeat(client, lease, {
+        heartbeatMs: options.heartbeatMs,
+        setTimer: options.setTimer,
+        now,
+        sentAt,
+        onLost: (error) => {
+          options.onRenewError?.(error);
+          lost.abort(error);
+        },
+        onError: options.onRenewError,
+        // Short work makes no claim call: the release is all the coordinator hears of it.
+        claim: needsClaim(lease, client.claimMs) ? { ttlMs: options.ttlMs } : undefined,
+      });
+    }
+    const held = beat;
+    const assertHeld = held ? () => held.check() : () => {};
+    if (lease) frame.pool = pool;
     return await frames.run(frame, () =>
-      work({ lease, beforeRelease: (cleanup) => void cleanups.push(cleanup), signal: lost.signal }),
+      work({ lease, beforeRelease: (cleanup) => void cleanups.push(cleanup), signal: lost.signal, assertHeld }),
     );
   } finally {
     // Code the work left running is no longer inside a lease.

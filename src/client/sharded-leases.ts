@@ -27,6 +27,7 @@ import {
   request,
   retired,
 } from "../core/lease-block.ts";
+import { validFor } from "./heartbeat.ts";
 import type { ClientAcquireOptions } from "./hold.ts";
 import {
   type Coordinator,
@@ -62,8 +63,11 @@ export interface IsolateShards {
   /** Until when (local clock) a shard that could not be reached is left out of the choice. */
   readonly downUntil: number[];
   readonly block: BlockState<ShardedGrant> | undefined;
-  /** Block leases by id: when the isolate got them (local clock) and whether a request uses one. */
-  readonly blockLeases: Map<string, { receivedAt: number; ttlMs: number; inUse: boolean }>;
+  /**
+   * Block leases by id: when the isolate got them and when they end as it counts (local clock:
+   * the acquire's send time plus the grant's `validForMs`), and whether a request uses one.
+   */
+  readonly blockLeases: Map<string, { receivedAt: number; endsAt: number; ttlMs: number; inUse: boolean }>;
   readonly waiters: Map<string, LocalWaiter>;
   seq: number;
 }
@@ -296,7 +300,8 @@ export class ShardedLeases implements LeaseClient {
         if (w) {
           isolate.waiters.delete(fx.request);
           clearTimeout(w.timer);
-          w.resolve(fx.lease);
+          // Handed on: valid for what is left of it, so its new holder's clock starts from now.
+          w.resolve(meta ? { ...fx.lease, validForMs: Math.max(0, meta.endsAt - Date.now()) } : fx.lease);
         }
       } else if (fx.kind === "release") {
         isolate.blockLeases.delete(fx.lease.id);
@@ -306,10 +311,12 @@ export class ShardedLeases implements LeaseClient {
         const covered = block.waiting[Math.min(block.inFlight, block.waiting.length) - 1];
         const w = covered === undefined ? undefined : isolate.waiters.get(covered);
         const waitMs = w ? Math.max(0, w.deadline - Date.now()) : 0;
+        const sentAt = Date.now();
         const sent = this.#acquireOn(this.#pick(), { ...w?.options, waitMs }).then(
           (lease) => {
             isolate.blockLeases.set(lease.id, {
               receivedAt: Date.now(),
+              endsAt: sentAt + validFor(lease),
               ttlMs: Math.max(1, lease.expiresAt - lease.grantedAt),
               inUse: false,
             });

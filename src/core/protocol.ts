@@ -13,6 +13,13 @@ export interface LeaseGrant {
   readonly holder: string;
   readonly grantedAt: number;
   readonly expiresAt: number;
+  /**
+   * How long the lease is valid counted from the moment the coordinator took up the call this
+   * answers (the acquire's arrival, including its time in the queue; the renewal's arrival), ms on
+   * the coordinator's clock. A holder adds it to the time it *sent* the call, on its own clock, to
+   * know when the lease ends without comparing clocks. Absent from older coordinators.
+   */
+  readonly validForMs?: number | undefined;
 }
 
 export interface Failure {

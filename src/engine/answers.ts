@@ -15,14 +15,18 @@ import {
   isLeaseError,
 } from "../core/index.ts";
 
-/** A lease as it crosses RPC: the core's lease without its scheduling fields. */
-export function grantOf(lease: Lease): LeaseGrant {
+/**
+ * A lease as it crosses RPC: the core's lease without its scheduling fields, valid for what is left
+ * of it from `takenUpAt` (when the call it answers arrived; default: the grant).
+ */
+export function grantOf(lease: Lease, takenUpAt: number = lease.grantedAt): LeaseGrant {
   return {
     id: lease.id,
     fence: lease.fence,
     holder: lease.holder,
     grantedAt: lease.grantedAt,
     expiresAt: lease.expiresAt,
+    validForMs: lease.expiresAt - takenUpAt,
   };
 }
 

@@ -159,7 +159,7 @@ export function renew(ref: LeaseRef, ttlMs?: number): StepFn<RenewResult> {
   return (state, now) => {
     const { outcome, effects } = core.renew(state, ref, now, ttlMs);
     if (outcome.status !== "ok") return { answer: leaseFailure(outcome), effects };
-    return { answer: { ok: true, lease: grantOf(outcome.lease) }, effects, written: [outcome.lease] };
+    return { answer: { ok: true, lease: grantOf(outcome.lease, now) }, effects, written: [outcome.lease] };
   };
 }
 

@@ -54,12 +54,18 @@ export class Waiters {
     if (p) p.deadline = deadline;
   }
 
-  /** Answers a parked caller once; later settlements of the same id do nothing. */
+  /**
+   * Answers a parked caller once; later settlements of the same id do nothing. A grant is valid
+   * for what is left of it from the moment the caller was parked: its wait counts, so the holder,
+   * who measures from when it sent the call, never believes the lease lasts longer than it does.
+   */
   settle(leaseId: string, result: AcquireResult): void {
     const p = this.#parked.get(leaseId);
     if (!p) return;
     this.#parked.delete(leaseId);
-    p.resolve(result);
+    p.resolve(
+      result.ok ? { ...result, lease: { ...result.lease, validForMs: result.lease.expiresAt - p.enqueuedAt } } : result,
+    );
   }
 
   /** Answers every settlement that names a caller parked here (others belong to other processes). */

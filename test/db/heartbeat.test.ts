@@ -74,17 +74,96 @@ describe("heartbeat", () => {
     await leases.release(beat.lease);
   });
 
-  it("a lease lost while the work runs aborts the scope's signal with the coordinator's code", async () => {
+  it("a holder that cannot renew stops by its own clock, before the coordinator's expiry, with LEASE_LOST", async () => {
     const { coordinator, leases } = counted();
     let reason: unknown;
-    await leases.withLease(async ({ signal }) => {
+    let abortedAt = 0;
+    let expiresAt = 0;
+    await leases.withLease(async ({ signal, lease }) => {
+      expiresAt = lease.expiresAt;
       coordinator.down = true;
+      signal.addEventListener("abort", () => (abortedAt = Date.now()), { once: true });
       await sleep(400); // longer than the 300 ms lease: it lapses
       coordinator.down = false;
+      reason = signal.reason;
+    });
+    expect(isLeaseError(reason) && reason.code).toBe("LEASE_LOST");
+    expect(isLeaseError(reason) && reason.executed).toBe("maybe");
+    // Stopped before the coordinator could count the slot free: the margin (a fifth of 300 ms) left.
+    expect(abortedAt).toBeGreaterThan(0);
+    expect(abortedAt).toBeLessThanOrEqual(expiresAt - 40);
+  });
+
+  it("a refused renewal (an operator's revoke) aborts the scope's signal with LEASE_LOST, its cause the refusal", async () => {
+    const { coordinator, leases } = counted(600);
+    let reason: unknown;
+    await leases.withLease(async ({ signal, lease }) => {
+      await coordinator.release({ leaseId: lease.id, fence: lease.fence }); // the slot is gone behind the holder's back
       await new Promise((resolve) => signal.addEventListener("abort", resolve, { once: true }));
       reason = signal.reason;
     });
-    expect(isLeaseError(reason) && reason.code).toMatch(/LEASE_EXPIRED|LEASE_NOT_FOUND/);
+    expect(isLeaseError(reason) && reason.code).toBe("LEASE_LOST");
+    expect(isLeaseError((reason as Error).cause) && ((reason as Error).cause as { code: string }).code).toBe(
+      "LEASE_NOT_FOUND",
+    );
+  });
+
+  it("an event loop that stalls past the lease's end finds it lost before it sends anything more", async () => {
+    const { leases } = counted();
+    let thrown: unknown;
+    let renewedDuringStall = false;
+    await leases.withLease(async ({ assertHeld, signal }) => {
+      assertHeld(); // held: nothing thrown
+      const until = Date.now() + 450; // longer than the 300 ms lease; no timer runs meanwhile
+      while (Date.now() < until) {}
+      // Straight after the stall, before any timer or answer is handled: the holder's clock decides.
+      try {
+        assertHeld();
+      } catch (error) {
+        thrown = error;
+      }
+      renewedDuringStall = !signal.aborted && thrown === undefined;
+    });
+    expect(renewedDuringStall).toBe(false);
+    expect(isLeaseError(thrown) && thrown.code).toBe("LEASE_LOST");
+  });
+
+  it("with renewal off the lease still ends on the holder's clock", async () => {
+    const { calls, leases } = counted();
+    let reason: unknown;
+    await leases.withLease(
+      async ({ signal }) => {
+        await new Promise((resolve) => signal.addEventListener("abort", resolve, { once: true }));
+        reason = signal.reason;
+      },
+      { heartbeatMs: 0 },
+    );
+    expect(calls.renew).toBe(0);
+    expect(isLeaseError(reason) && reason.code).toBe("LEASE_LOST");
+  });
+
+  it("a bad option is refused before anything is acquired: no lease is left behind", async () => {
+    const { coordinator, calls, leases } = counted();
+    await expect(leases.withLease(() => "never", { heartbeatMs: -1 })).rejects.toMatchObject({
+      code: "INVALID_ARGUMENT",
+    });
+    expect(calls.acquire).toBe(0);
+    expect((await coordinator.stats()).held).toBe(0);
+  });
+
+  it("a caller that gave up while its grant was on the way gives the slot back at once", async () => {
+    const { coordinator, calls, leases } = counted();
+    const controller = new AbortController();
+    const acquire = leases.acquire.bind(leases);
+    // The grant arrives, and the caller's signal is aborted in the same turn, before the work starts.
+    leases.acquire = async (...args) => {
+      const lease = await acquire(...args);
+      controller.abort(new Error("caller gone"));
+      return lease;
+    };
+    await expect(leases.withLease(() => "never", { signal: controller.signal })).rejects.toThrow("caller gone");
+    expect(calls.release).toBe(1);
+    expect((await coordinator.stats()).held).toBe(0);
   });
 
   describe("a grant from the queue (claim window 300 ms, TTL 1500 ms)", () => {
@@ -124,11 +203,27 @@ describe("heartbeat", () => {
         c.coordinator.down = true;
         await sleep(450); // every claim attempt inside the window fails; the grant lapses
         c.coordinator.down = false;
-        await new Promise((resolve) => signal.addEventListener("abort", resolve, { once: true }));
         reason = signal.reason;
       });
-      expect(isLeaseError(reason) && reason.code).toMatch(/LEASE_EXPIRED|LEASE_NOT_FOUND/);
+      expect(isLeaseError(reason) && reason.code).toBe("LEASE_LOST");
       expect((await c.coordinator.stats()).held).toBe(0);
+    });
+
+    it("a grant from the queue is valid from when its call arrived: its wait counts, not only its window", async () => {
+      const c = counted(1500, 300);
+      const first = await c.leases.acquire();
+      const sentAt = Date.now();
+      const second = c.leases.acquire({}, "later");
+      await expect.poll(async () => (await c.coordinator.stats()).waiting).toBe(1);
+      await sleep(200);
+      await c.leases.release(first);
+      const lease = await second;
+      const waited = Date.now() - sentAt;
+      // It lives the 300 ms window from its grant; counted from the call, that is the wait plus the window.
+      expect(lease.expiresAt - lease.grantedAt).toBe(300);
+      expect(lease.validForMs).toBeGreaterThanOrEqual(300 + 190);
+      expect(lease.validForMs).toBeLessThanOrEqual(300 + waited);
+      await c.leases.release(lease);
     });
 
     it("`acquire` itself claims before it returns", async () => {

@@ -22,6 +22,7 @@ import {
   stats,
   tick,
 } from "../../src/core/index.ts";
+import { grantOf } from "../../src/engine/answers.ts";
 
 /** The shared test database (npm test creates and migrates it). */
 export const TEST_URL = process.env.LEASEGATE_TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/leasegate_test";
@@ -34,19 +35,16 @@ export function memoryCoordinator(
   config = { limit: 2, maxQueue: 10, waitMs: 2000, leaseTtlMs: 30_000 },
 ): Coordinator & { down: boolean } {
   const pool = createPool(config);
-  const waiting = new Map<string, (result: AcquireResult) => void>();
+  // Parked callers, with when their call arrived: a grant from the queue is valid from then (see `grantOf`).
+  const waiting = new Map<string, { resolve: (result: AcquireResult) => void; at: number }>();
   let timer: ReturnType<typeof setTimeout> | undefined;
-  const grant = (lease: Lease) => ({
-    id: lease.id,
-    fence: lease.fence,
-    holder: lease.holder,
-    grantedAt: lease.grantedAt,
-    expiresAt: lease.expiresAt,
-  });
   const settle = (fx: { granted: Lease[]; timedOut: Array<{ leaseId: string }> }) => {
-    for (const l of fx.granted) waiting.get(l.id)?.({ ok: true, lease: grant(l) });
+    for (const l of fx.granted) {
+      const w = waiting.get(l.id);
+      w?.resolve({ ok: true, lease: grantOf(l, w.at) });
+    }
     for (const w of fx.timedOut)
-      waiting.get(w.leaseId)?.({ ok: false, code: "ACQUIRE_TIMEOUT", message: "timed out", retryAfterMs: 100 });
+      waiting.get(w.leaseId)?.resolve({ ok: false, code: "ACQUIRE_TIMEOUT", message: "timed out", retryAfterMs: 100 });
     for (const id of [...fx.granted.map((l) => l.id), ...fx.timedOut.map((w) => w.leaseId)]) waiting.delete(id);
     clearTimeout(timer);
     const wake = nextWakeAt(pool);
@@ -61,6 +59,7 @@ export function memoryCoordinator(
     async acquire(options: AcquireOptions = {}): Promise<AcquireResult> {
       self.check();
       const leaseId = crypto.randomUUID();
+      const at = Date.now();
       const { outcome, effects } = acquire(
         pool,
         {
@@ -70,15 +69,15 @@ export function memoryCoordinator(
           ttlMs: options.ttlMs,
           claimMs: options.claimMs,
         },
-        Date.now(),
+        at,
       );
       if (outcome.status === "granted") {
         settle(effects);
-        return { ok: true, lease: grant(outcome.lease) };
+        return { ok: true, lease: grantOf(outcome.lease) };
       }
       if (outcome.status === "rejected")
         return { ok: false, code: outcome.code, message: outcome.message, retryAfterMs: outcome.retryAfterMs };
-      const result = new Promise<AcquireResult>((resolve) => waiting.set(leaseId, resolve));
+      const result = new Promise<AcquireResult>((resolve) => waiting.set(leaseId, { resolve, at }));
       settle(effects);
       return result;
     },
@@ -92,10 +91,11 @@ export function memoryCoordinator(
     },
     async renew(ref: { leaseId: string; fence: number }, ttlMs?: number) {
       self.check();
-      const { outcome, effects } = renew(pool, ref, Date.now(), ttlMs);
+      const now = Date.now();
+      const { outcome, effects } = renew(pool, ref, now, ttlMs);
       settle(effects);
       return outcome.status === "ok"
-        ? { ok: true as const, lease: grant(outcome.lease) }
+        ? { ok: true as const, lease: grantOf(outcome.lease, now) }
         : { ok: false as const, code: outcome.code, message: outcome.message };
     },
     async stats() {
