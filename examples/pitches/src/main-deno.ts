@@ -3,7 +3,7 @@
  * (default 8787). Same env vars as the Worker and the Node server.
  */
 import { preflight } from "leasegate/local";
-import { DEFAULT_DATABASE_URL, createLocalApp } from "./server.ts";
+import { DEFAULT_DATABASE_URL, createLocalApp, startFailure } from "./server.ts";
 
 /** The few Deno APIs used here (the project's type check runs with Node's types). */
 declare const Deno: {
@@ -29,7 +29,11 @@ if (failure) {
   console.error(failure.line);
   Deno.exit(1);
 }
-const app = await createLocalApp(env);
+// Anything that fails after the preflight (the example's migration, say) ends the start in one line too.
+const app = await createLocalApp(env).catch((error: unknown) => {
+  console.error(startFailure(error));
+  return Deno.exit(1);
+});
 const server = Deno.serve(
   {
     port: Number(env.PORT || "8787"),

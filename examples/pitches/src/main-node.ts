@@ -5,7 +5,7 @@
  */
 import { listen } from "./node-listener.ts";
 import { preflight } from "leasegate/local";
-import { DEFAULT_DATABASE_URL, createLocalApp } from "./server.ts";
+import { DEFAULT_DATABASE_URL, createLocalApp, startFailure } from "./server.ts";
 
 // A bad setting or an unreachable database ends the start here, in one line, before anything runs.
 const failure = await preflight(process.env, {
@@ -19,7 +19,11 @@ if (failure) {
   process.exit(1);
 }
 
-const app = await createLocalApp(process.env);
+// Anything that fails after the preflight (the example's migration, say) ends the start in one line too.
+const app = await createLocalApp(process.env).catch((error: unknown) => {
+  console.error(startFailure(error));
+  return process.exit(1);
+});
 const listener = await listen(Number(process.env.PORT || "8787"), "127.0.0.1", (request) => app.fetch(request));
 console.log(`leasegate local server (Node ${process.version}) on http://127.0.0.1:${listener.port}`);
 

@@ -35,6 +35,19 @@ export interface LocalApp {
   close(): Promise<void>;
 }
 
+/**
+ * The one line a start that failed after its preflight prints: what failed, its code, no stack.
+ *
+ * @example
+ * try { app = await createLocalApp(env) } catch (e) { console.error(startFailure(e)); process.exit(1) }
+ */
+export function startFailure(error: unknown): string {
+  const e = error as { code?: unknown; message?: unknown } | null;
+  const code = typeof e?.code === "string" ? ` (${e.code})` : "";
+  const message = String(e?.message ?? error).split("\n")[0];
+  return `leasegate: the app could not start${code}: ${message}`;
+}
+
 /** How often the local server compares held leases with `pg_stat_activity` (the Worker's cron: once a minute). */
 const RECONCILE_EVERY_MS = 60_000;
 
