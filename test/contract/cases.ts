@@ -91,7 +91,10 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       expect(leases.map((l) => l.fence)).toEqual([1, 2, 3]);
       expect(new Set(leases.map((l) => l.id)).size).toBe(3);
       for (const l of leases) {
-        expect(keysOf(l)).toEqual(["expiresAt", "fence", "grantedAt", "holder", "id"]);
+        expect(keysOf(l)).toEqual(["expiresAt", "fence", "grantedAt", "holder", "id", "validForMs"]);
+        // Granted at once: valid for its lifetime counted from the call's arrival, at or before the grant.
+        expect(l.validForMs).toBeGreaterThanOrEqual(l.expiresAt - l.grantedAt);
+        expect(l.validForMs).toBeLessThanOrEqual(l.expiresAt - l.grantedAt + (after - before));
         expect(l.id).toMatch(UUID);
         expect(l.grantedAt).toBeGreaterThanOrEqual(before);
         expect(l.grantedAt).toBeLessThanOrEqual(after);

@@ -85,8 +85,8 @@ describe("processes that start together on a new database", () => {
         for (const o of outcomes) expect(o, JSON.stringify(o)).toMatchObject({ listening: true });
         const check = postgres(urlOf(database), { max: 1, onnotice: () => {} });
         try {
-          const [{ n }] = await check<{ n: number }[]>`SELECT count(*)::int AS n FROM pitches`;
-          expect(n).toBe(200);
+          const [row] = await check<{ n: number }[]>`SELECT count(*)::int AS n FROM pitches`;
+          expect(row?.n).toBe(200);
         } finally {
           await check.end();
         }
