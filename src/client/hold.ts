@@ -235,19 +235,18 @@ export async function holdLease<T>(
     // Code the work left running is no longer inside a lease.
     frame.pool = undefined;
     beat?.stop();
-    const done = finish(client, beat?.lease ?? lease, cleanups, withoutLease);
+    // The connection first, then the slot: the database never counts more connections than leases.
+    const closed = closeAll(cleanups).then(withoutLease);
+    const done = closed.then(() => giveBack(client, beat?.lease ?? lease));
     if (waitUntil) settle(done);
+    // A lost lease's caller is told once its connection is closed: the release may not reach a
+    // coordinator that is away, and the slot comes back at its expiry anyway.
+    else if (lost.signal.aborted) await closed;
     else await done;
   }
 }
 
-// The connection first, then the slot: the database never counts more connections than leases.
-async function finish(
-  client: HoldingClient | undefined,
-  lease: LeaseGrant | undefined,
-  cleanups: Array<() => Promise<unknown> | unknown>,
-  withoutLease: (() => void) | undefined,
-): Promise<void> {
+async function closeAll(cleanups: Array<() => Promise<unknown> | unknown>): Promise<void> {
   for (const cleanup of cleanups) {
     try {
       await cleanup();
@@ -255,7 +254,10 @@ async function finish(
       // A failed cleanup must not keep the slot: the connection is gone either way.
     }
   }
-  withoutLease?.();
+}
+
+/** Gives the slot back; never throws. */
+async function giveBack(client: HoldingClient | undefined, lease: LeaseGrant | undefined): Promise<void> {
   if (!client || !lease) return;
   if (client.giveBack) return await client.giveBack(lease);
   try {

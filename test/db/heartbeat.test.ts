@@ -94,6 +94,27 @@ describe("heartbeat", () => {
     expect(abortedAt).toBeLessThanOrEqual(expiresAt - 40);
   });
 
+  it("a lost lease's caller is answered once its connection is closed, not after a release that cannot arrive", async () => {
+    const { coordinator, leases } = counted();
+    let closedAt = 0;
+    // Cut off: every call hangs, as across a partition (nothing refuses, nothing answers).
+    const hang = () => new Promise<never>(() => {});
+    const call = leases.withLease(async ({ signal, beforeRelease }) => {
+      beforeRelease(async () => {
+        await sleep(20);
+        closedAt = Date.now();
+      });
+      coordinator.renew = hang;
+      coordinator.release = hang;
+      await new Promise((resolve) => signal.addEventListener("abort", resolve, { once: true }));
+      throw signal.reason;
+    });
+    await expect(call).rejects.toMatchObject({ code: "LEASE_LOST" });
+    const answeredAt = Date.now();
+    expect(closedAt).toBeGreaterThan(0);
+    expect(answeredAt - closedAt).toBeLessThan(50);
+  });
+
   it("a refused renewal (an operator's revoke) aborts the scope's signal with LEASE_LOST, its cause the refusal", async () => {
     const { coordinator, leases } = counted(600);
     let reason: unknown;
