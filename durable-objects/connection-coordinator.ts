@@ -354,7 +354,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
    * Gives a slot back. Unknown ids and stale fences fail with a code and change nothing.
    *
    * @example
-   * await stub.release({ leaseId: lease.id, fence: lease.fence });
+   * await stub.release(leaseRef(lease));
    */
   async release(ref: LeaseRef): Promise<ReleaseResult> {
     return this.releaseOne(ref);
@@ -364,7 +364,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
    * Several releases in one call, in order; each answers as `release` would.
    *
    * @example
-   * const r = await stub.releaseMany([{ leaseId: a.id, fence: a.fence }, { leaseId: b.id, fence: b.fence }]);
+   * const r = await stub.releaseMany([leaseRef(a), leaseRef(b)]);
    */
   async releaseMany(refs: LeaseRef[]): Promise<ReleaseManyResult> {
     try {
