@@ -598,7 +598,7 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
 
     it("across a restart: live earlier leases keep their slots and renew, the limit counts them, fences increase", async () => {
       // What both backends guarantee. How: Postgres keeps the lease rows; the Durable Object keeps
-      // leases in memory and relearns them from renewals, granting nothing until it has.
+      // leases in memory and recovers them from verified renewals, granting nothing until it has.
       const pool = await fresh();
       const ttlMs = 1000;
       const a = await grant(pool.coordinator, "a", { ttlMs });
