@@ -37,6 +37,9 @@ type Unlisted<T, K extends readonly PropertyKey[]> = Exclude<keyof T, K[number]>
  * What a lease reference carries, declared once: every path that turns a lease into a reference
  * (renewal, release, the outbox, batches) builds it with `leaseRef`, so a new field of `LeaseRef`
  * is one edit here — the check below stops the build while a field of `LeaseRef` is missing.
+ *
+ * @example
+ * for (const key of LEASE_REF_KEYS) console.log(key); // leaseId, fence, expiresAt, token
  */
 export const LEASE_REF_KEYS = ["leaseId", "fence", "expiresAt", "token"] as const satisfies readonly (keyof LeaseRef)[];
 const everyRefKey: [Unlisted<LeaseRef, typeof LEASE_REF_KEYS>] extends [never]
@@ -100,6 +103,9 @@ export function checkBatch<T>(name: string, items: readonly T[]): readonly T[] {
  * client forwards them (`coordinatorRequest`), the engine hands them to the core (`steps.acquire`).
  * The check below stops the build while a field of `AcquireOptions` is neither listed nor one the
  * coordinator handles itself (`shard`, `release`).
+ *
+ * @example
+ * const fields = requestFields(options); // only the keys in ACQUIRE_REQUEST_KEYS
  */
 export const ACQUIRE_REQUEST_KEYS = [
   "holder",

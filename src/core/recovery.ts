@@ -43,6 +43,9 @@ export const CLOCK_MARGIN_MS = 250;
  * It bounds the recovery window, so a restart never pauses granting longer than
  * `TTL_CAP_FACTOR × leaseTtlMs + HORIZON_STEP_MS + CLOCK_MARGIN_MS` (32.25 s with the default
  * 1.5 s TTL): the horizon reaches the longest lifetime ever handed out, not only those in use.
+ *
+ * @example
+ * acquire(pool, { leaseId, holder, ttlMs: TTL_CAP_FACTOR * pool.config.leaseTtlMs }, now); // the longest allowed
  */
 export const TTL_CAP_FACTOR = 20;
 
@@ -61,6 +64,9 @@ export function maxTtlMs(config: { readonly leaseTtlMs: number }): number {
  * Whether a lease reference carries a token the coordinator itself issued for its id, fence and
  * `expiresAt`. Supplied by the shell that signs its answers (the Durable Object: an HMAC with a
  * key of its own): the core has no crypto, it only asks.
+ *
+ * @example
+ * renew(pool, leaseRef(lease), now, undefined, (ref) => tokens.verify(ref));
  */
 export type VerifyRef = (ref: LeaseRef) => boolean;
 
