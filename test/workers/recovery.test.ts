@@ -1,7 +1,16 @@
 import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
-import { CLOCK_MARGIN_MS, HORIZON_STEP_MS, type LeaseGrant, TTL_CAP_FACTOR, leaseRef } from "../../src/core/index.ts";
+import { type Coordinator, Leases } from "../../src/client/leases.ts";
+import { ReleaseOutbox } from "../../src/client/outbox.ts";
+import {
+  CLOCK_MARGIN_MS,
+  HORIZON_STEP_MS,
+  type LeaseGrant,
+  type LeaseRef,
+  TTL_CAP_FACTOR,
+  leaseRef,
+} from "../../src/core/index.ts";
 import { type CoordinatorStub, restartCoordinator } from "../support/coordinator.ts";
 
 /**
@@ -70,6 +79,58 @@ describe("recovery window in workerd", () => {
     // Its next renewal is an ordinary one, with a new token.
     const next = await again.renew(ref, 5000);
     expect(next.ok && next.lease.token).toMatch(/^[A-Za-z0-9_-]{22}$/);
+  });
+
+  it("the client sends each lease's expiry and token back on every path: renew, release, batches, the outbox", async () => {
+    const { stub } = fresh();
+    const refs: LeaseRef[] = [];
+    const seen = (ref: LeaseRef) => {
+      refs.push(ref);
+      return ref;
+    };
+    // The object's own calls, with every lease reference that reaches it recorded.
+    const coordinator: Coordinator = {
+      acquire: (o) => {
+        for (const ref of o?.release ?? []) seen(ref);
+        return stub.acquire(o);
+      },
+      release: (ref) => stub.release(seen(ref)),
+      renew: (ref, ttlMs) => stub.renew(seen(ref), ttlMs),
+      stats: (s) => stub.stats(s),
+      acquireMany: (list) => {
+        for (const o of list) for (const ref of o.release ?? []) seen(ref);
+        return stub.acquireMany(list);
+      },
+      releaseMany: (list) => stub.releaseMany(list.map(seen)),
+    };
+    const background: Array<Promise<unknown>> = [];
+    const waitUntil = (p: Promise<unknown>) => void background.push(p);
+    const leases = new Leases(coordinator, { outbox: new ReleaseOutbox(1000), waitUntil });
+    let a = await leases.acquire();
+    a = await leases.renew(a);
+    await leases.release(a);
+    // Two at once: one acquireMany and one releaseMany.
+    const [b, c] = await Promise.all([leases.acquire(), leases.acquire()]);
+    await Promise.all([leases.release(b), leases.release(c)]);
+    // A release left in the outbox rides on the next acquire.
+    const d = await leases.acquire();
+    const back = leases.giveBack(d);
+    const e = await leases.acquire();
+    await leases.release(e);
+    await back;
+    await Promise.all(background);
+    expect(refs.map((r) => r.leaseId)).toEqual([a.id, a.id, b.id, c.id, d.id, e.id]);
+    for (const ref of refs) {
+      expect(ref).toEqual({
+        leaseId: ref.leaseId,
+        fence: expect.any(Number),
+        expiresAt: expect.any(Number),
+        token: expect.stringMatching(/^[A-Za-z0-9_-]{22}$/),
+      });
+    }
+    // The release names what the renewal answered, not what the grant did.
+    expect(refs[1]).toEqual(leaseRef(a));
+    expect(await stub.stats()).toMatchObject({ held: 0 });
   });
 
   it("a lease revoked before a restart is not recovered by its holder's renewal after it", async () => {
