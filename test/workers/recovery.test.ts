@@ -162,18 +162,20 @@ describe("recovery window in workerd", () => {
       const again = await restartCoordinator(name);
       const restartedAt = Date.now();
       const s = await again.stats();
+      const statsAt = Date.now();
       const bound = CAP_MS + HORIZON_STEP_MS + CLOCK_MARGIN_MS;
       // The horizon reaches the long lease (no lease is in use, but the object cannot know that).
       expect(s.recovery!.endsInMs).toBeGreaterThan(CAP_MS - 10_000);
       expect(s.recovery!.endsInMs).toBeLessThanOrEqual(bound);
       expect(await again.acquire({ holder: "early", waitMs: 0 })).toMatchObject({ ok: false, code: "ACQUIRE_TIMEOUT" });
+      // The clock moves to the window's end: granting resumes there, not later.
       offset += s.recovery!.endsInMs;
       const resumed = await again.acquire({ holder: "resumed", waitMs: 0 });
       expect(resumed).toMatchObject({ ok: true, lease: { holder: "resumed" } });
-      // The pause a restart caused, and how long after the long lease was handed out granting resumed.
-      const pausedMs = Date.now() - restartedAt;
-      expect(pausedMs).toBeLessThanOrEqual(bound);
-      expect(Date.now() - long.grantedAt).toBeLessThanOrEqual(bound + 50);
+      // The pause the restart caused: from the restart to the window's end (the clock read by the
+      // test and by the object may differ by a millisecond).
+      const pausedMs = statsAt + s.recovery!.endsInMs - restartedAt;
+      expect(pausedMs).toBeLessThanOrEqual(bound + 1);
       console.log(
         `[reliability] longest per-call lease (${CAP_MS} ms) released ${releasedAt - long.grantedAt} ms after its grant, then a restart: granting paused ${pausedMs} ms (bound ${bound} ms)`,
       );
