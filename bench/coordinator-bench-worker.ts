@@ -24,6 +24,7 @@ import { ConnectionCoordinator } from "../durable-objects/connection-coordinator
 import { DurableRowsCoordinator } from "./baseline/durable-rows-coordinator.ts";
 import { type Coordinator as LeaseCoordinator, Leases } from "../src/client/leases.ts";
 import { ShardedLeases, createIsolateShards } from "../src/client/sharded-leases.ts";
+import { leaseRef } from "../src/core/protocol.ts";
 
 export { DurableRowsCoordinator };
 
@@ -359,15 +360,13 @@ export default {
       const s = await again.stats();
       const refused = await again.acquire({ holder: "newcomer", waitMs: 0 });
       const first = results.find((r) => r.ok);
-      const renewed = first?.ok
-        ? await again.renew({ leaseId: first.lease.id, fence: first.lease.fence, expiresAt: first.lease.expiresAt })
-        : null;
+      const renewed = first?.ok ? await again.renew(leaseRef(first.lease)) : null;
       return Response.json({
         granted,
         heldAfterRestart: s.held,
-        learningMs: s.learning?.endsInMs ?? 0,
+        recoveryMs: s.recovery?.endsInMs ?? 0,
         refusedInWindow: !refused.ok && refused.code === "ACQUIRE_TIMEOUT",
-        relearned: renewed?.ok === true,
+        recovered: renewed?.ok === true,
       });
     }
     if (url.pathname === "/block") {

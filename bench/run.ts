@@ -123,9 +123,9 @@ interface Shed {
 interface Restart {
   granted: number;
   heldAfterRestart: number;
-  learningMs: number;
+  recoveryMs: number;
   refusedInWindow: boolean;
-  relearned: boolean;
+  recovered: boolean;
 }
 interface BlockCalls {
   callsPerPair: number;
@@ -205,9 +205,9 @@ if (
     p2.pingPerS > 0 &&
     restart.granted > 0 &&
     restart.heldAfterRestart === 0 &&
-    restart.learningMs > 0 &&
+    restart.recoveryMs > 0 &&
     restart.refusedInWindow &&
-    restart.relearned &&
+    restart.recovered &&
     blockDrained
   )
 ) {
@@ -309,7 +309,7 @@ const lines = [
   "## Coordinator micro-benchmarks, inside workerd",
   "",
   "A Worker loops RPCs to the production `ConnectionCoordinator` (leases in memory, no storage write per",
-  "call, restart-safe by its learning window: docs/reliability.md#durability-of-leases) and",
+  "call, restart-safe by its recovery window: docs/reliability.md#durability-of-leases) and",
   "to a bench-only no-op Durable Object (`ping()` does nothing: the floor for any DO call), timing",
   "with `performance.now()` (bench/coordinator-bench-worker.ts, bench/wrangler.bench.toml). A concurrent (P2) timing",
   "closes with one no-op round trip: answers to many concurrent calls can leave before workerd has finished its own",
@@ -354,8 +354,8 @@ const lines = [
   "caller gains nothing from it and loses nothing.",
   "",
   `Restart check in the same run: ${restart.granted} leases granted concurrently, the object restarted:`,
-  `it knew ${restart.heldAfterRestart} of them, granted nothing in its ${f(restart.learningMs)} ms learning window${restart.refusedInWindow ? " (a newcomer was refused)" : ""},`,
-  `and ${restart.relearned ? "re-registered" : "did NOT re-register"} one whose holder renewed (the bench pool's leases last 30 s).`,
+  `it knew ${restart.heldAfterRestart} of them, granted nothing in its ${f(restart.recoveryMs)} ms recovery window${restart.refusedInWindow ? " (a newcomer was refused)" : ""},`,
+  `and ${restart.recovered ? "re-registered" : "did NOT re-register"} one whose holder renewed (the bench pool's leases last 30 s).`,
   "",
   `Through the Worker's client with a per-isolate lease block (\`LEASE_BLOCK=${block.maxBlock}\`, \`ShardedLeases\`), ${block.n}`,
   `acquire + release pairs made **${block.sequential.callsPerPair.toFixed(3)}** coordinator calls per pair one after another and`,

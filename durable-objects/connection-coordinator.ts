@@ -37,7 +37,7 @@ import {
   boundsLog,
   confirmBounds,
   planBounds,
-  startLearning,
+  startRecovery,
   reconfigure,
   restore,
   shardConfig,
@@ -47,6 +47,7 @@ import {
 } from "../src/core/index.ts";
 import { type CoordinatorBackend, checkCounts } from "../src/engine/coordinator.ts";
 import {
+  type Settlements,
   type Step,
   type StepFn,
   WakeTimer,
@@ -58,6 +59,7 @@ import {
 } from "../src/engine/index.ts";
 import type { LearnAnswer } from "../src/workers/learn.ts";
 import { CoordinatorStore } from "./storage.ts";
+import { LeaseTokens } from "./tokens.ts";
 
 /** The variables the coordinator reads; the same names as everywhere else in leasegate. */
 export interface CoordinatorEnv extends PoolEnv {}
@@ -72,9 +74,10 @@ const SNAPSHOT_EVERY_MS = 1_000;
  * an acquire, renewal or release is answered as soon as the core has decided, with no storage
  * write on its path. Waiters are parked as pending RPC promises resolved the moment a slot frees.
  * What survives a restart: fences keep growing and the limit holds, because the object writes a
- * small bounds record ahead of need (`src/core/learning.ts`) and a restarted object relearns the
- * live leases from their holders' renewals before it grants again. Operator state is written when
- * it changes; counters and the wait histogram at most once a second, off the request path.
+ * small bounds record ahead of need (`src/core/recovery.ts`) and a restarted object recovers the
+ * live leases from their holders' renewals before it grants again — only those whose token (a MAC
+ * with the object's own key, on every grant and renewal: `./tokens.ts`) verifies. Operator state is
+ * written when it changes; counters and the wait histogram at most once a second, off the request path.
  *
  * @example
  * const stub = env.COORDINATOR_DO.get(env.COORDINATOR_DO.idFromName("main"));
@@ -84,6 +87,8 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
   private pool: PoolState | undefined;
   private configError: LeaseError | undefined;
   private readonly store: CoordinatorStore;
+  /** Signs every grant and renewal answered, and checks the tokens renewals bring back after a restart. */
+  private tokens: LeaseTokens | undefined;
   private readonly waiters = new Waiters();
   // Set on a grant and left to fire once after the last release: no timer is set per call.
   private readonly timer = new WakeTimer(() => this.onTimer(), { keepWhenIdle: true });
@@ -109,11 +114,13 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
   }
 
   /**
-   * Before any call: the snapshot and bounds are read, the learning window starts if leases from
-   * before may still be alive, and bounds for the first grants are made durable.
+   * Before any call: the snapshot, bounds and token key are read (the key is created on the first
+   * start), the recovery window starts if leases from before may still be alive, and bounds for the
+   * first grants are made durable.
    */
   private async load(): Promise<void> {
     const { snapshot: snap, bounds, earlier } = this.store.load();
+    this.tokens = new LeaseTokens(this.store.tokenKey());
     let pool: PoolState;
     try {
       // A shard enforces its part of LEASE_LIMIT (persisted when a sharded client first said so).
@@ -125,7 +132,8 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
       this.configError = isLeaseError(error) ? error : new LeaseError("INVALID_CONFIG", String(error));
       return;
     }
-    // An object stored by an earlier version kept lease rows: those leases are relearned like any.
+    // An object stored by an earlier version kept lease rows: the window lasts until they expire
+    // (they carry no token, so none is recovered: their holders are told LEASE_NOT_FOUND and stop).
     const stored =
       earlier === null
         ? bounds
@@ -134,7 +142,9 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
             horizon: Math.max(bounds?.horizon ?? 0, earlier.maxExpiresAt),
           };
     const now = Date.now();
-    startLearning(pool, stored, now);
+    // Revoked leases stay revoked across a restart: their holders cannot recover them.
+    const revoked = this.store.readMeta("revoked");
+    startRecovery(pool, stored, now, revoked === null ? [] : (JSON.parse(revoked) as string[]));
     this.pool = pool;
     this.bounds = boundsLog(stored);
     // Fences for the first grants, durable before any: a restarted object never waits for them.
@@ -179,6 +189,15 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
     return this.pool;
   }
 
+  /** The token check the core asks in a recovery window (the core has no crypto). */
+  private readonly verify = (ref: LeaseRef): boolean => this.tokens?.verify(ref) ?? false;
+
+  /** A result as answered: a lease in it carries its token. */
+  private signed<R extends AcquireResult | RenewResult>(result: R): R {
+    if (!result.ok || this.tokens === undefined) return result;
+    return { ...result, lease: this.tokens.signed(result.lease) };
+  }
+
   /** Runs one step on the pool now; see `afterStep` for `durable`. */
   private run<T>(step: StepFn<T>): { step: Step<T>; durable: Promise<void> | null } {
     const done = step(this.requirePool(), Date.now());
@@ -196,7 +215,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
     const fx = step.effects;
     const handed = fx.granted.length === 0 ? (step.written ?? []) : [...(step.written ?? []), ...fx.granted];
     const durable = handed.length === 0 ? null : this.cover(pool, handed);
-    const settled = settlementsOf(pool, fx);
+    const settled: Settlements = settlementsOf(pool, fx).map(([id, r]) => [id, this.signed(r)] as const);
     if (durable === null) this.waiters.settleAll(settled);
     else {
       this.waiters.settleAll(settled.filter(([, r]) => !r.ok));
@@ -318,12 +337,12 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
     if (typeof options === "object" && options !== null && options.shard !== undefined)
       this.applyShard(pool, options.shard);
     const leaseId = crypto.randomUUID();
-    const { step, durable } = this.run(steps.acquire(leaseId, options, queue));
+    const { step, durable } = this.run(steps.acquire(leaseId, options, queue, this.verify));
     const answer = step.answer;
     if (answer.kind === "deferred") return null;
     if (answer.kind === "result") {
       if (answer.result.ok && durable !== null) await durable;
-      return answer.result;
+      return this.signed(answer.result);
     }
     const waiting = this.waiters.park(leaseId, options.holder ?? "", Date.now());
     this.waiters.queued(leaseId, answer.deadline);
@@ -335,7 +354,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
    * Gives a slot back. Unknown ids and stale fences fail with a code and change nothing.
    *
    * @example
-   * await stub.release({ leaseId: lease.id, fence: lease.fence });
+   * await stub.release(leaseRef(lease));
    */
   async release(ref: LeaseRef): Promise<ReleaseResult> {
     return this.releaseOne(ref);
@@ -345,7 +364,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
    * Several releases in one call, in order; each answers as `release` would.
    *
    * @example
-   * const r = await stub.releaseMany([{ leaseId: a.id, fence: a.fence }, { leaseId: b.id, fence: b.fence }]);
+   * const r = await stub.releaseMany([leaseRef(a), leaseRef(b)]);
    */
   async releaseMany(refs: LeaseRef[]): Promise<ReleaseManyResult> {
     try {
@@ -358,23 +377,24 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
   private releaseOne(ref: LeaseRef): ReleaseResult {
     try {
       // Waiters it granted may wait for bounds (see afterStep); the release's own answer does not.
-      return this.run(guarded(steps.release(ref))).step.answer;
+      return this.run(guarded(steps.release(ref, this.verify))).step.answer;
     } catch (error) {
       return failureOf(error);
     }
   }
 
   /**
-   * Extends a live lease by `ttlMs` (default: the pool's TTL) from now.
+   * Extends a live lease by `ttlMs` (default: the pool's TTL) from now; the answer carries the
+   * lease's new token. In a recovery window, an earlier lease is recovered only with its token.
    *
    * @example
-   * const r = await stub.renew({ leaseId: lease.id, fence: lease.fence });
+   * const r = await stub.renew(leaseRef(lease));
    */
   async renew(ref: LeaseRef, ttlMs?: number): Promise<RenewResult> {
     try {
-      const { step, durable } = this.run(guarded(steps.renew(ref, ttlMs)));
+      const { step, durable } = this.run(guarded(steps.renew(ref, ttlMs, this.verify)));
       if (step.answer.ok && durable !== null) await durable;
-      return step.answer;
+      return this.signed(step.answer);
     } catch (error) {
       return failureOf(error);
     }
@@ -448,14 +468,24 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
   }
 
   /**
-   * Frees a stuck lease by its id or an unambiguous prefix of at least 8 characters (stats show
-   * the first 8). The holder's later release or renewal fails with `LEASE_NOT_FOUND`.
+   * Revokes a lease by its id or an unambiguous prefix of at least 8 characters (stats show the
+   * first 8). Its holder's next renewal fails with `LEASE_LOST`; the lease stays held — its
+   * statement may still run — until the holder releases it or it expires.
    *
    * @example
    * await stub.revoke("3f2a9c1b");
    */
   async revoke(idOrPrefix: string): Promise<RevokeResult> {
-    return this.operator(guarded(steps.revoke(idOrPrefix)));
+    return this.operator(
+      guarded((state, now) => {
+        const step = steps.revoke(idOrPrefix)(state, now);
+        // Kept with the revoke (the output gate holds the answer until it is durable): the ids of
+        // the leases revoked and still held, so a restarted object does not recover them.
+        const held = [...state.leases.values()].filter((l) => l.revoked).map((l) => l.id);
+        this.store.writeMeta("revoked", JSON.stringify(held));
+        return step;
+      }),
+    );
   }
 
   /**

@@ -1,18 +1,20 @@
 /**
  * The Durable Object's storage. No lease is stored: leases and waiters live in memory, and a
- * restarted object relearns them (`src/core/learning.ts`). What is stored, in the object's SQLite:
+ * restarted object recovers them (`src/core/recovery.ts`). What is stored, in the object's SQLite:
  * - `bounds` (key-value): the fence ceiling and the expiry horizon, written ahead of need;
+ * - `tokenKey` (key-value): the key of the lease tokens, written once when the object first starts;
  * - `snapshot` (key-value): counters, wait histogram, hold statistics, paused flag, limit override;
- * - the `meta` table: the shard this object is, the last reconciliation.
+ * - the `meta` table: the shard this object is, the last reconciliation, the ids of revoked leases.
  * Objects stored by earlier versions kept lease rows and their snapshot in `meta`: `load` reads
  * them once as the leases granted before the restart and drops them.
  */
 import type { Bounds, PoolSnapshot } from "../src/core/index.ts";
+import { newTokenKey } from "./tokens.ts";
 
 /** Writes that must not hold the object's answers: their confirmation is awaited with `sync()`. */
 const BACKGROUND = { allowUnconfirmed: true } as const;
 
-/** What an object stored by an earlier version held as leases: what a restart must relearn. */
+/** What an object stored by an earlier version held as leases: what a restart must wait out. */
 export interface EarlierLeases {
   maxFence: number;
   maxExpiresAt: number;
@@ -62,6 +64,18 @@ export class CoordinatorStore {
       this.#storage.sql.exec("DROP TABLE IF EXISTS leases");
       this.writeMeta("snapshot", null);
     });
+  }
+
+  /**
+   * The key of the object's lease tokens: generated and written once, on the object's first start
+   * (held by the output gate like any write before the first answer), then read back forever.
+   */
+  tokenKey(): string {
+    const stored = this.#storage.kv.get<string>("tokenKey");
+    if (typeof stored === "string") return stored;
+    const key = newTokenKey();
+    this.#storage.kv.put("tokenKey", key);
+    return key;
   }
 
   readMeta(key: string): string | null {

@@ -45,8 +45,11 @@ export const LEASE_FIELDS = [
   { key: "grantedAt", column: "granted_at", type: "bigint" },
   { key: "expiresAt", column: "expires_at", type: "bigint", mutable: true },
   { key: "priority", column: "priority", type: "text", optional: true },
-  // Re-registered after a restart (the Durable Object's learning window); kept like any field.
-  { key: "relearned", column: "relearned", type: "boolean", optional: true },
+  // Re-registered after a restart (the Durable Object's recovery window); kept like any field.
+  // (Tables of earlier versions also have a `relearned` column of the same meaning: unused, null.)
+  { key: "recovered", column: "recovered", type: "boolean", optional: true },
+  // Revoked by an operator: still held (until released or expired), never renewed.
+  { key: "revoked", column: "revoked", type: "boolean", optional: true, mutable: true },
 ] as const satisfies readonly Field<Lease>[];
 
 /** A waiter row (`leasegate_waiters`, keyed by pool and id, in queue order by `seq`). */

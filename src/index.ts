@@ -28,7 +28,16 @@ export { LeaseError, isLeaseError, isRetryableCode, ErrorCodes } from "./core/er
 export type { ErrorCode } from "./core/errors.ts";
 export { configFromEnv, DEFAULT_CONFIG } from "./core/config.ts";
 export type { PoolEnv } from "./core/config.ts";
-export type { PoolConfig, PoolStats, HeldLease, Counters, Priority, AdaptiveConfig } from "./core/types.ts";
+export type {
+  PoolConfig,
+  PoolStats,
+  HeldLease,
+  Counters,
+  Priority,
+  AdaptiveConfig,
+  LeaseRef,
+} from "./core/types.ts";
+export { leaseRef } from "./core/protocol.ts";
 export type {
   AcquireManyResult,
   AcquireOptions,

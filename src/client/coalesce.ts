@@ -15,7 +15,7 @@ interface Entry<I, O> {
  *
  * @example
  * const releases = new Coalescer((ref) => stub.release(ref), (refs) => releaseAll(refs));
- * await Promise.all(leases.map((l) => releases.call({ leaseId: l.id, fence: l.fence })));
+ * await Promise.all(leases.map((l) => releases.call(leaseRef(l))));
  */
 export class Coalescer<I, O> {
   readonly #one: (item: I) => Promise<O>;

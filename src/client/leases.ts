@@ -11,6 +11,8 @@ import {
   LeaseError,
   checkInt,
   isLeaseError,
+  leaseRef,
+  requestFields,
 } from "../core/index.ts";
 import type { Coordinator } from "../engine/coordinator.ts";
 import { Coalescer } from "./coalesce.ts";
@@ -240,7 +242,7 @@ export class Leases implements LeaseClient {
   async giveBack(lease: LeaseGrant): Promise<void> {
     const outbox = this.#outbox;
     if (!outbox) return await this.release(lease).catch(() => {});
-    const ref = { leaseId: lease.id, fence: lease.fence };
+    const ref = leaseRef(lease);
     outbox.add(ref);
     await new Promise((resolve) => setTimeout(resolve, outbox.carryMs));
     if (outbox.has(ref)) await this.#releaseAll(outbox.take());
@@ -255,14 +257,15 @@ export class Leases implements LeaseClient {
   }
 
   /**
-   * Gives the slot back; throws `LEASE_EXPIRED`, `LEASE_NOT_FOUND` or `STALE_FENCE` when the
-   * coordinator no longer counts this lease (the slot is not freed twice).
+   * Gives the slot back (with the lease's expiry and token: a restarted coordinator then knows a
+   * late heartbeat of it must not bring it back); throws `LEASE_EXPIRED`, `LEASE_NOT_FOUND` or
+   * `STALE_FENCE` when the coordinator no longer counts this lease (the slot is not freed twice).
    *
    * @example
    * await leases.release(lease);
    */
   async release(lease: LeaseGrant): Promise<void> {
-    const result = await this.#release({ leaseId: lease.id, fence: lease.fence });
+    const result = await this.#release(leaseRef(lease));
     if (!result.ok) throw toError(result);
   }
 
@@ -272,15 +275,14 @@ export class Leases implements LeaseClient {
   }
 
   /**
-   * Extends the lease; returns the renewed lease with its new `expiresAt`.
+   * Extends the lease; returns the renewed lease with its new `expiresAt` (and token). Throws
+   * `LEASE_LOST` when an operator revoked it: stop the work, then release it.
    *
    * @example
    * lease = await leases.renew(lease, 30_000);
    */
   async renew(lease: LeaseGrant, ttlMs?: number): Promise<LeaseGrant> {
-    const result = await call(() =>
-      this.#coordinator.renew({ leaseId: lease.id, fence: lease.fence, expiresAt: lease.expiresAt }, ttlMs),
-    );
+    const result = await call(() => this.#coordinator.renew(leaseRef(lease), ttlMs));
     if (!result.ok) throw toError(result);
     return result.lease;
   }
@@ -309,24 +311,20 @@ export class Leases implements LeaseClient {
 }
 
 /**
- * What a client sends the coordinator for an acquire: the caller's options (never its signal),
- * its holder or the client's, and the client's claim window.
+ * What a client sends the coordinator for an acquire: the caller's fields as declared once
+ * (`ACQUIRE_REQUEST_KEYS`; never its signal, nor a `shard` or `release` of its own), its holder or
+ * the client's, and the client's claim window (not the caller's).
  *
  * @example
- * coordinatorRequest({ waitMs: 100 }, "req-1", 500) // { holder: "req-1", waitMs: 100, …, claimMs: 500 }
+ * coordinatorRequest({ waitMs: 100 }, "req-1", 500) // { holder: "req-1", waitMs: 100, claimMs: 500 }
  */
 export function coordinatorRequest(
   options: AcquireOptions,
   holder: string,
   claimMs: number | undefined,
 ): AcquireOptions {
-  const request: AcquireOptions = {
-    holder: options.holder ?? holder,
-    waitMs: options.waitMs,
-    ttlMs: options.ttlMs,
-    priority: options.priority,
-    tenant: options.tenant,
-  };
+  const { claimMs: _callers, ...fields } = requestFields(options);
+  const request: AcquireOptions = { ...fields, holder: options.holder ?? holder };
   if (claimMs !== undefined) request.claimMs = claimMs;
   return request;
 }

@@ -11,6 +11,7 @@ import {
   LeaseError,
   checkInt,
   isLeaseError,
+  leaseRef,
   percentile,
   pickShard,
 } from "../core/index.ts";
@@ -359,7 +360,7 @@ export class ShardedLeases implements LeaseClient {
 
   async #releaseOn(lease: LeaseGrant): Promise<void> {
     const shard = (lease as Partial<ShardedGrant>).shard ?? 0;
-    const ref = { leaseId: lease.id, fence: lease.fence };
+    const ref = leaseRef(lease);
     let result: ReleaseResult;
     try {
       result = await this.#coordinators[shard]!.release(ref);
@@ -414,10 +415,7 @@ export class ShardedLeases implements LeaseClient {
     const shard = (lease as Partial<ShardedGrant>).shard ?? 0;
     let result: RenewResult;
     try {
-      result = await this.#coordinators[shard]!.renew(
-        { leaseId: lease.id, fence: lease.fence, expiresAt: lease.expiresAt },
-        ttlMs,
-      );
+      result = await this.#coordinators[shard]!.renew(leaseRef(lease), ttlMs);
     } catch (error) {
       throw isLeaseError(error) ? error : unavailable(error);
     }

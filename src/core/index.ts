@@ -4,7 +4,7 @@ export * from "./errors.ts";
 export * from "./histogram.ts";
 export * from "./pool.ts";
 export * from "./snapshot.ts";
-export * from "./learning.ts";
+export * from "./recovery.ts";
 export * from "./protocol.ts";
 export * from "./shard.ts";
 export * as block from "./lease-block.ts";

@@ -1,6 +1,7 @@
 import { BOUNDS, checkInt, validateConfig } from "./config.ts";
 import { LeaseError, expected } from "./errors.ts";
 import { createHistogram, percentile, record } from "./histogram.ts";
+import { CLOCK_MARGIN_MS, TTL_CAP_FACTOR, type VerifyRef, maxTtlMs } from "./recovery.ts";
 import { capacity, eligible, observeHold, pickNext, served } from "./scheduling.ts";
 import {
   type AcquireOutcome,
@@ -59,6 +60,8 @@ function initialAdaptive(config: PoolConfig): AdaptiveState | undefined {
 
 const MAX_ID = 128;
 const MAX_HOLDER = 200;
+/** Longest token a reference may carry (the Durable Object's are 22 characters). */
+const MAX_TOKEN = 64;
 
 function checkId(name: string, value: unknown): string {
   if (typeof value !== "string" || value.length === 0 || value.length > MAX_ID) {
@@ -88,6 +91,25 @@ export function checkRef(ref: LeaseRef): void {
       expected("expiresAt", "a finite number (ms since the epoch)", ref.expiresAt),
     );
   }
+  if (ref.token !== undefined && (typeof ref.token !== "string" || ref.token.length > MAX_TOKEN)) {
+    throw new LeaseError(
+      "INVALID_ARGUMENT",
+      expected("token", `a string of at most ${MAX_TOKEN} characters (the lease's token)`, ref.token),
+    );
+  }
+}
+
+/**
+ * A per-call lease lifetime (acquire or renew), or `INVALID_ARGUMENT`: from 1 ms to
+ * `TTL_CAP_FACTOR` times the pool's TTL, which bounds how long a restart can pause granting.
+ */
+function checkTtl(state: PoolState, ttlMs: unknown): number {
+  const max = maxTtlMs(state.config);
+  if (typeof ttlMs !== "number" || !Number.isInteger(ttlMs) || ttlMs < 1 || ttlMs > max) {
+    const what = `an integer from 1 to ${max} (at most ${TTL_CAP_FACTOR} × the pool's leaseTtlMs of ${state.config.leaseTtlMs} ms)`;
+    throw new LeaseError("INVALID_ARGUMENT", expected("ttlMs", what, ttlMs));
+  }
+  return ttlMs;
 }
 
 /** Estimated time until a slot could be free for one more caller, from observed hold times. */
@@ -120,8 +142,8 @@ function grantTo(
  * with classes and tenants, to the most urgent class that may take one, tenants taking turns.
  */
 function fill(state: PoolState, now: number, fx: Effects): void {
-  // A pool relearning the leases granted before its restart cannot know a slot is free.
-  if (state.learning) return;
+  // A pool recovering the leases granted before its restart cannot know a slot is free.
+  if (state.recovery) return;
   for (let i = pickNext(state); i >= 0; i = pickNext(state)) {
     const w = i === 0 ? state.queue.shift()! : state.queue.splice(i, 1)[0]!;
     served(state, w);
@@ -136,8 +158,9 @@ function fill(state: PoolState, now: number, fx: Effects): void {
  * time out (a waiter is never granted after its deadline), then free slots go to the queue.
  */
 function advance(state: PoolState, now: number, fx: Effects): void {
-  // Every lease granted before the restart has been renewed (and is known again) or has expired.
-  if (state.learning && now >= state.learning.until) state.learning = undefined;
+  // Every lease granted before the restart has been renewed (and is known again) or has expired
+  // by any clock within the margin of the one that answered it; its tombstones go with the window.
+  if (state.recovery && now >= state.recovery.until) state.recovery = undefined;
   for (const lease of state.leases.values()) {
     if (lease.expiresAt <= now) {
       state.leases.delete(lease.id);
@@ -183,7 +206,7 @@ export function acquire(
   advance(state, now, fx);
   // After `advance`, every waiter still queued is one that may not take a slot now; so a newcomer
   // that may take one passes no one who could have had it.
-  if (!state.learning && eligible(state, r.priority)) {
+  if (!state.recovery && eligible(state, r.priority)) {
     served(state, { ...r, enqueuedAt: now, deadline: now });
     record(state.waits, 0);
     return { outcome: { status: "granted", lease: grantTo(state, r, now) }, effects: fx };
@@ -213,7 +236,7 @@ function checkRequest(state: PoolState, req: AcquireRequest) {
     );
   }
   const waitMs = req.waitMs === undefined ? state.config.waitMs : checkInt("waitMs", req.waitMs, 0, BOUNDS.waitMs);
-  const ttlMs = req.ttlMs === undefined ? state.config.leaseTtlMs : checkInt("ttlMs", req.ttlMs, 1, BOUNDS.leaseTtlMs);
+  const ttlMs = req.ttlMs === undefined ? state.config.leaseTtlMs : checkTtl(state, req.ttlMs);
   const claimMs =
     req.claimMs === undefined ? undefined : Math.min(ttlMs, checkInt("claimMs", req.claimMs, 1, BOUNDS.leaseTtlMs));
   const priority = req.priority ?? "normal";
@@ -241,7 +264,7 @@ function refusal(state: PoolState, waitMs: number): Extract<AcquireOutcome, { st
   const where = `limit ${capacity(state)}, ${state.leases.size} held, ${state.queue.length} waiting`;
   if (waitMs === 0) {
     state.counters.timedOut++;
-    const why = state.learning ? ", relearning leases after a restart" : state.paused ? ", paused" : "";
+    const why = state.recovery ? ", in the recovery window after a restart" : state.paused ? ", paused" : "";
     const message = `No connection slot free (${where}${why}) and the caller would not wait`;
     return { status: "rejected", code: "ACQUIRE_TIMEOUT", message, retryAfterMs: retryAfterMs(state) };
   }
@@ -290,30 +313,48 @@ export function formatTimeout(f: TimeoutFacts): string {
   return `Timed out after ${f.waitedMs} ms waiting for a connection slot (limit ${f.limit}, ${f.held} held, ${f.waiting} waiting)`;
 }
 
-/** True when `ref` may name a lease granted before the restart the pool is relearning from. */
+/** True when `ref` may name a lease granted before the restart the pool is recovering from. */
 function earlier(state: PoolState, ref: LeaseRef, now: number): boolean {
-  const l = state.learning;
-  return l !== undefined && now < l.until && ref.fence < l.relearnBelowFence;
+  const r = state.recovery;
+  return r !== undefined && now < r.until && ref.fence < r.recoverBelowFence;
 }
 
 /**
- * Whether a renewal of an earlier lease re-registers it: its holder says it is still alive (a late
- * heartbeat of an expired lease must not bring it back while another holder may use its slot),
- * and the relearned leases stay within the limit (the leases alive at the restart were no more).
+ * Whether a renewal of an unknown earlier lease re-registers it. Only a lease the pool can verify
+ * as its own, for no longer than it was granted, and never past the limit:
+ * - not released or revoked in this window (a late heartbeat sent before the release);
+ * - its token verifies for (id, fence, `expiresAt`): no invented id, no tokenless renewal (a
+ *   client of an earlier version: it is told `LEASE_NOT_FOUND` and stops), no forged expiry;
+ * - `expiresAt` is within the stored horizon (nothing answered before the restart lies past it);
+ * - `expiresAt` is still ahead by more than the clock margin: this machine's clock may read behind
+ *   the one that answered it, and a lease that lapsed there must not come back here;
+ * - the leases re-registered stay within the limit (those alive at the restart were no more).
  */
-function relearnable(state: PoolState, ref: LeaseRef, now: number): boolean {
-  return (ref.expiresAt === undefined || ref.expiresAt > now) && state.leases.size < state.config.limit;
+function recoverable(state: PoolState, ref: LeaseRef, now: number, verify: VerifyRef | undefined): boolean {
+  const r = state.recovery!;
+  return (
+    !r.tombstones.has(ref.leaseId) &&
+    ref.expiresAt !== undefined &&
+    ref.expiresAt <= r.horizon &&
+    ref.expiresAt - CLOCK_MARGIN_MS > now &&
+    state.leases.size < state.config.limit &&
+    ref.token !== undefined &&
+    verify?.(ref) === true
+  );
 }
+
+/** Remembers an earlier lease given back (or revoked) in the window, so no late heartbeat brings it back. */
+function bury(state: PoolState, ref: LeaseRef, now: number): void {
+  if (earlier(state, ref, now)) state.recovery!.tombstones.add(ref.leaseId);
+}
+
+const NOT_FOUND = "No such lease: it was never granted, or is already released or reaped";
+const REVOKED = "An operator revoked this lease: stop the work that uses its connection, then release it";
 
 function findLive(state: PoolState, ref: LeaseRef, now: number): LeaseOutcome {
   checkRef(ref);
   const lease = state.leases.get(ref.leaseId);
-  if (!lease)
-    return {
-      status: "failed",
-      code: "LEASE_NOT_FOUND",
-      message: "No such lease: it was never granted, or is already released or reaped",
-    };
+  if (!lease) return { status: "failed", code: "LEASE_NOT_FOUND", message: NOT_FOUND };
   if (lease.fence !== ref.fence) {
     return { status: "failed", code: "STALE_FENCE", message: `Fence ${ref.fence} does not match the lease's fence` };
   }
@@ -324,24 +365,34 @@ function findLive(state: PoolState, ref: LeaseRef, now: number): LeaseOutcome {
 }
 
 /**
- * Gives a slot back. A release that names an unknown lease or a stale fence changes nothing, so
- * a late or repeated release can never free a slot twice or free someone else's.
+ * Gives a slot back (also a revoked lease's: its holder has stopped). A release that names an
+ * unknown lease or a stale fence changes nothing, so a late or repeated release can never free a
+ * slot twice or free someone else's. In a recovery window, a release of an earlier lease (known
+ * again or not) leaves a tombstone — for an unknown one only when its token verifies, so garbage
+ * cannot fill memory — and a late heartbeat of it is not recovered.
  *
  * @example
- * release(pool, { leaseId: lease.id, fence: lease.fence }, now)
+ * release(pool, leaseRef(lease), now)
  */
-export function release(state: PoolState, ref: LeaseRef, now: number): { outcome: LeaseOutcome; effects: Effects } {
+export function release(
+  state: PoolState,
+  ref: LeaseRef,
+  now: number,
+  verify?: VerifyRef,
+): { outcome: LeaseOutcome; effects: Effects } {
   checkTime(now);
   let found = findLive(state, ref, now);
   if (found.status === "failed" && found.code === "LEASE_NOT_FOUND" && earlier(state, ref, now)) {
     // A lease granted before the restart, given back before its holder renewed it: nothing to free.
-    found = { status: "ok", lease: relearned(ref, now, 0) };
+    if (ref.token !== undefined && ref.expiresAt !== undefined && verify?.(ref)) bury(state, ref, now);
+    found = { status: "ok", lease: recovered(ref, now) };
     state.counters.released++;
   } else if (found.status === "ok") {
     state.leases.delete(found.lease.id);
     state.counters.released++;
-    // A relearned lease's hold began before the restart, at an unknown time.
-    if (!found.lease.relearned) {
+    bury(state, ref, now);
+    // A recovered lease's hold began before the restart, at an unknown time.
+    if (!found.lease.recovered) {
       state.holdMsSum += now - found.lease.grantedAt;
       state.holdCount++;
       observeHold(state, found.lease, now - found.lease.grantedAt, now);
@@ -353,51 +404,79 @@ export function release(state: PoolState, ref: LeaseRef, now: number): { outcome
 }
 
 /**
- * Extends a live lease to `now + ttlMs` (default: the pool's TTL). An expired lease cannot be
- * renewed: its slot may already belong to someone else.
+ * Extends a live lease to `now + ttlMs` (default: the pool's TTL; at most `TTL_CAP_FACTOR` times
+ * it). An expired lease cannot be renewed: its slot may already belong to someone else; nor can a
+ * revoked one (`LEASE_LOST`). In a recovery window, a renewal of an unknown earlier lease that
+ * `verify` vouches for re-registers it with the expiry its holder was told — its original one —
+ * and its next renewal is an ordinary one.
  *
  * @example
- * renew(pool, { leaseId: lease.id, fence: lease.fence }, now)
+ * renew(pool, leaseRef(lease), now)
  */
 export function renew(
   state: PoolState,
   ref: LeaseRef,
   now: number,
   ttlMs?: number,
+  verify?: VerifyRef,
 ): { outcome: LeaseOutcome; effects: Effects } {
   checkTime(now);
-  const ttl = ttlMs === undefined ? state.config.leaseTtlMs : checkInt("ttlMs", ttlMs, 1, BOUNDS.leaseTtlMs);
+  const ttl = ttlMs === undefined ? state.config.leaseTtlMs : checkTtl(state, ttlMs);
   let found = findLive(state, ref, now);
   if (
     found.status === "failed" &&
     found.code === "LEASE_NOT_FOUND" &&
     earlier(state, ref, now) &&
-    relearnable(state, ref, now)
+    recoverable(state, ref, now, verify)
   ) {
     // Its holder still works under a lease granted before the restart: it keeps its slot.
-    found = { status: "ok", lease: relearned(ref, now, ttl) };
+    found = { status: "ok", lease: recovered(ref, now) };
     state.leases.set(found.lease.id, found.lease);
-    state.learning!.relearned++;
-  } else if (found.status === "ok") found.lease.expiresAt = now + ttl;
+    state.recovery!.recovered++;
+  } else if (found.status === "ok") {
+    if (found.lease.revoked) found = { status: "failed", code: "LEASE_LOST", message: REVOKED };
+    else found.lease.expiresAt = now + ttl;
+  }
   const fx = noEffects();
   advance(state, now, fx);
   return { outcome: found, effects: fx };
 }
 
-/** A lease granted before a restart, as its holder's renewal or release names it. */
-function relearned(ref: LeaseRef, now: number, ttlMs: number): Lease {
+/** A lease granted before a restart, as its holder's renewal or release names it: until the expiry it was told. */
+function recovered(ref: LeaseRef, now: number): Lease {
   return {
     id: ref.leaseId,
     fence: ref.fence,
-    holder: RELEARNED_HOLDER,
+    holder: RECOVERED_HOLDER,
     grantedAt: now,
-    expiresAt: now + ttlMs,
-    relearned: true,
+    expiresAt: ref.expiresAt ?? now,
+    recovered: true,
   };
 }
 
 /** The holder shown for a lease re-registered after a restart (its real holder is not sent on renewal). */
-export const RELEARNED_HOLDER = "relearned";
+export const RECOVERED_HOLDER = "recovered";
+
+/**
+ * Revokes a held lease (an operator's word; `prefix` as in {@link findByPrefix}). The lease stays
+ * counted as held — its holder hears of the revoke only at its next renewal and may be running a
+ * statement until then — so its slot is not granted again until the holder releases it or it
+ * expires, whichever is first. Its renewal fails with `LEASE_LOST`. Revoking it again changes nothing.
+ *
+ * @example
+ * const { lease } = revoke(pool, "3f2a9c1b", now);
+ */
+export function revoke(state: PoolState, prefix: string, now: number): { lease: Lease; effects: Effects } {
+  checkTime(now);
+  const lease = findByPrefix(state, prefix);
+  lease.revoked = true;
+  // An earlier lease revoked in a recovery window stays revoked after it is reaped.
+  bury(state, { leaseId: lease.id, fence: lease.fence }, now);
+  // An already-expired lease is reaped by the same transition: its slot is free either way.
+  const fx = noEffects();
+  advance(state, now, fx);
+  return { lease, effects: fx };
+}
 
 /**
  * Removes a waiter whose caller gave up (disconnected, aborted). Returns whether it was queued.
@@ -461,7 +540,7 @@ export function tick(state: PoolState, now: number): Effects {
  * const at = nextWakeAt(pool); // the shell arms one timer for `at - now`
  */
 export function nextWakeAt(state: PoolState): number | null {
-  let at = state.learning?.until ?? Infinity;
+  let at = state.recovery?.until ?? Infinity;
   for (const lease of state.leases.values()) if (lease.expiresAt < at) at = lease.expiresAt;
   for (const w of state.queue) if (w.deadline < at) at = w.deadline;
   return at === Infinity ? null : at;
@@ -542,11 +621,12 @@ export function stats(state: PoolState, now: number): PoolStats {
       fence: l.fence,
       ageMs: now - l.grantedAt,
       expiresInMs: l.expiresAt - now,
+      ...(l.revoked ? { revoked: true as const } : {}),
     })),
     paused: state.paused,
-    learning:
-      state.learning && now < state.learning.until
-        ? { endsInMs: state.learning.until - now, relearned: state.learning.relearned }
+    recovery:
+      state.recovery && now < state.recovery.until
+        ? { endsInMs: state.recovery.until - now, recovered: state.recovery.recovered }
         : null,
   };
 }

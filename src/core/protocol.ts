@@ -1,5 +1,5 @@
 import { type ErrorCode, LeaseError, expected } from "./errors.ts";
-import type { LeaseRef, Priority } from "./types.ts";
+import type { AcquireRequest, LeaseRef, Priority } from "./types.ts";
 import type { Reconciliation } from "./reconcile.ts";
 import type { ShardLoad, ShardRef } from "./shard.ts";
 
@@ -20,6 +20,12 @@ export interface LeaseGrant {
    * know when the lease ends without comparing clocks. Absent from older coordinators.
    */
   readonly validForMs?: number | undefined;
+  /**
+   * Proof that this id, fence and expiry came from the coordinator (the Durable Object's; the
+   * Postgres backend keeps its leases in tables and sets none). Send it back with `expiresAt` on
+   * renewal and release (`leaseRef`): after a restart only a lease with a token is recovered.
+   */
+  readonly token?: string | undefined;
 }
 
 export interface Failure {
@@ -30,6 +36,40 @@ export interface Failure {
 }
 
 export type Result<T> = ({ readonly ok: true } & T) | Failure;
+
+/** The keys of `T` a list leaves out: `never` when the list names every one. */
+type Unlisted<T, K extends readonly PropertyKey[]> = Exclude<keyof T, K[number]>;
+
+/**
+ * What a lease reference carries, declared once: every path that turns a lease into a reference
+ * (renewal, release, the outbox, batches) builds it with `leaseRef`, so a new field of `LeaseRef`
+ * is one edit here — the check below stops the build while a field of `LeaseRef` is missing.
+ *
+ * @example
+ * for (const key of LEASE_REF_KEYS) console.log(key); // leaseId, fence, expiresAt, token
+ */
+export const LEASE_REF_KEYS = ["leaseId", "fence", "expiresAt", "token"] as const satisfies readonly (keyof LeaseRef)[];
+const everyRefKey: [Unlisted<LeaseRef, typeof LEASE_REF_KEYS>] extends [never]
+  ? true
+  : Unlisted<LeaseRef, typeof LEASE_REF_KEYS> = true;
+void everyRefKey;
+
+/**
+ * The reference a holder sends to renew or release `lease`: its id, fence, the expiry it was last
+ * told and the token that came with it.
+ *
+ * @example
+ * await coordinator.renew(leaseRef(lease));
+ */
+export function leaseRef(lease: LeaseGrant): LeaseRef {
+  const ref: { -readonly [K in keyof LeaseRef]: LeaseRef[K] } = { leaseId: lease.id, fence: lease.fence };
+  for (const key of LEASE_REF_KEYS) {
+    if (key === "leaseId" || key === "fence") continue;
+    const value = lease[key];
+    if (value !== undefined) ref[key] = value as never;
+  }
+  return ref;
+}
 
 /**
  * `load`: the answering coordinator's held, waiting and limit right after the call (a sharded
@@ -63,6 +103,42 @@ export function checkBatch<T>(name: string, items: readonly T[]): readonly T[] {
     throw new LeaseError("INVALID_ARGUMENT", expected(name, `an array of 1 to ${MAX_BATCH} items`, items));
   }
   return items;
+}
+
+/**
+ * The fields of an acquire that travel from a caller to the core unchanged, declared once: the
+ * client forwards them (`coordinatorRequest`), the engine hands them to the core (`steps.acquire`).
+ * The check below stops the build while a field of `AcquireOptions` is neither listed nor one the
+ * coordinator handles itself (`shard`, `release`).
+ *
+ * @example
+ * const fields = requestFields(options); // only the keys in ACQUIRE_REQUEST_KEYS
+ */
+export const ACQUIRE_REQUEST_KEYS = [
+  "holder",
+  "waitMs",
+  "ttlMs",
+  "claimMs",
+  "priority",
+  "tenant",
+] as const satisfies readonly (keyof AcquireOptions & keyof AcquireRequest)[];
+const everyRequestKey: [Exclude<Unlisted<AcquireOptions, typeof ACQUIRE_REQUEST_KEYS>, "shard" | "release">] extends [
+  never,
+]
+  ? true
+  : Unlisted<AcquireOptions, typeof ACQUIRE_REQUEST_KEYS> = true;
+void everyRequestKey;
+
+/**
+ * The listed fields of an acquire's options (absent ones left out).
+ *
+ * @example
+ * requestFields({ holder: "a", waitMs: 0, shard }) // { holder: "a", waitMs: 0 }
+ */
+export function requestFields(options: AcquireOptions): Pick<AcquireOptions, (typeof ACQUIRE_REQUEST_KEYS)[number]> {
+  const out: Record<string, unknown> = {};
+  for (const key of ACQUIRE_REQUEST_KEYS) if (options[key] !== undefined) out[key] = options[key];
+  return out as Pick<AcquireOptions, (typeof ACQUIRE_REQUEST_KEYS)[number]>;
 }
 
 /** Options of one acquire, as sent to a coordinator. */
@@ -100,8 +176,11 @@ export interface AcquireOptions {
 /** The answer to an operator control (pause, resume, limit change): the pool's settings after it. */
 export type ControlResult = Result<{ paused: boolean; limit: number; limitOverride: number | null }>;
 
-/** The answer to an operator's forced release: who held the lease that was freed. */
-export type RevokeResult = Result<{ released: true; idPrefix: string; holder: string }>;
+/**
+ * The answer to an operator's revoke: who holds the lease, and how long its slot may stay taken
+ * (the lease counts as held until its holder releases it or it expires, whichever is first).
+ */
+export type RevokeResult = Result<{ revoked: true; idPrefix: string; holder: string; expiresInMs: number }>;
 
 /** The answer to a reconciliation: the comparison, as kept for `operatorStats()`. */
 export type ReconcileResult = Result<Reconciliation>;

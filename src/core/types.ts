@@ -74,8 +74,14 @@ export interface Lease {
   expiresAt: number;
   /** The class it was granted in, when not `normal`. */
   readonly priority?: Priority | undefined;
-  /** True for a lease granted before a restart and re-registered by its holder's renewal. */
-  readonly relearned?: true | undefined;
+  /** True for a lease granted before a restart and re-registered in the recovery window by its holder's renewal. */
+  readonly recovered?: true | undefined;
+  /**
+   * Set when an operator revoked it. A revoked lease still counts as held — its holder may still be
+   * running a statement, and hears of the revoke only at its next renewal — until it is released
+   * or reaches its expiry; it is never renewed again.
+   */
+  revoked?: true | undefined;
 }
 
 /** A request queued for a slot. It is granted under `leaseId` or times out at `deadline`. */
@@ -129,17 +135,27 @@ export interface PoolState {
   limitOverride: number | null;
   /**
    * After a restart that forgot its leases: until `until`, nothing is granted and the holders of
-   * leases granted before the restart (fences below `relearnBelowFence`) re-register them by
-   * renewing. Undefined when the pool knows every lease it granted.
+   * leases granted before the restart (fences below `recoverBelowFence`) re-register them by
+   * renewing with a token that verifies. Undefined when the pool knows every lease it granted.
    */
-  learning?: Learning | undefined;
+  recovery?: Recovery | undefined;
 }
 
-/** A learning window (see `PoolState.learning`); `relearned` counts the leases re-registered in it. */
-export interface Learning {
+/** A recovery window (see `PoolState.recovery`, `src/core/recovery.ts`). */
+export interface Recovery {
+  /** The window ends here: the stored horizon plus the clock margin. */
   readonly until: number;
-  readonly relearnBelowFence: number;
-  relearned: number;
+  /** Every expiry answered before the restart is at or before this (the stored horizon). */
+  readonly horizon: number;
+  /** Leases granted before the restart have fences below this (the stored fence ceiling). */
+  readonly recoverBelowFence: number;
+  /** Leases re-registered in this window so far. */
+  recovered: number;
+  /**
+   * Ids of earlier leases released or revoked in this window: a late heartbeat of one (sent before
+   * its release) must not register it again as a phantom that takes a live holder's slot.
+   */
+  readonly tombstones: Set<string>;
 }
 
 /** What a transition did besides its own answer: the shell wakes, fails or forgets these. */
@@ -168,7 +184,8 @@ export type LeaseOutcome =
   | { readonly status: "ok"; readonly lease: Lease }
   | {
       readonly status: "failed";
-      readonly code: "LEASE_NOT_FOUND" | "STALE_FENCE" | "LEASE_EXPIRED";
+      /** `LEASE_LOST`: an operator revoked the lease (its renewal is refused; its release frees the slot). */
+      readonly code: "LEASE_NOT_FOUND" | "STALE_FENCE" | "LEASE_EXPIRED" | "LEASE_LOST";
       readonly message: string;
     };
 
@@ -198,11 +215,16 @@ export interface LeaseRef {
   leaseId: string;
   fence: number;
   /**
-   * On renewal: the expiry the holder was last told. A coordinator relearning its leases after a
-   * restart re-registers a lease only while this is still ahead (a late heartbeat of an expired
-   * lease must not bring it back); without it, only while fewer than the limit are relearned.
+   * The expiry the holder was last told (sent on renewal and release). A coordinator in its
+   * recovery window after a restart re-registers an earlier lease only with this and its `token`,
+   * only while it is still ahead (less the clock margin), and only until this expiry.
    */
   expiresAt?: number | undefined;
+  /**
+   * The token the lease was last answered with (`LeaseGrant.token`), sent back as is: it proves
+   * the id, fence and `expiresAt` came from the coordinator. Without it a lease is not recovered.
+   */
+  token?: string | undefined;
 }
 
 export interface HeldLease {
@@ -211,6 +233,8 @@ export interface HeldLease {
   fence: number;
   ageMs: number;
   expiresInMs: number;
+  /** Present when an operator revoked it: still counted until released or expired. */
+  revoked?: true | undefined;
 }
 
 export interface PoolStats {
@@ -232,8 +256,9 @@ export interface PoolStats {
   /** True while an operator has paused granting (drain). */
   paused: boolean;
   /**
-   * While a restarted pool relearns the leases granted before the restart (nothing is granted):
-   * how long it still lasts and how many leases their holders re-registered so far; else null.
+   * While a restarted pool is in its recovery window (nothing is granted; verified renewals of
+   * leases granted before the restart re-register them): how long it still lasts and how many
+   * leases their holders re-registered so far; else null.
    */
-  learning: { endsInMs: number; relearned: number } | null;
+  recovery: { endsInMs: number; recovered: number } | null;
 }

@@ -16,8 +16,9 @@ import {
 } from "../core/index.ts";
 
 /**
- * A lease as it crosses RPC: the core's lease without its scheduling fields, valid for what is left
- * of it from `takenUpAt` (when the call it answers arrived; default: the grant).
+ * A lease as it crosses RPC: the core's lease without its scheduling fields (a shell that signs
+ * adds `token`), valid for what is left of it from `takenUpAt` (when the call it answers arrived;
+ * default: the grant).
  */
 export function grantOf(lease: Lease, takenUpAt: number = lease.grantedAt): LeaseGrant {
   return {
@@ -36,12 +37,12 @@ export function failureOf(error: unknown): Failure {
   return { ok: false, code: "INTERNAL", message: "The coordinator failed to handle the call" };
 }
 
-/** What a sharded client picks shards by: held, waiting, and the slots grantable now (0 while paused or relearning). */
+/** What a sharded client picks shards by: held, waiting, and the slots grantable now (0 while paused or recovering). */
 export function loadOf(state: PoolState): ShardLoad {
   return {
     held: state.leases.size,
     waiting: state.queue.length,
-    limit: state.paused || state.learning ? 0 : capacity(state),
+    limit: state.paused || state.recovery ? 0 : capacity(state),
   };
 }
 

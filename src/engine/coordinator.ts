@@ -34,7 +34,7 @@ import {
  * @example
  * const coordinator: CoordinatorBackend = new PostgresCoordinator({ sql, config }); // or a Durable Object stub
  * const r = await coordinator.acquire({ holder: "req-1", waitMs: 2000 });
- * if (r.ok) await coordinator.release({ leaseId: r.lease.id, fence: r.lease.fence });
+ * if (r.ok) await coordinator.release(leaseRef(r.lease));
  */
 export interface CoordinatorBackend {
   // ── Lease calls ──

@@ -18,6 +18,7 @@ import {
   type ReleaseResult,
   type RenewResult,
   type RevokeResult,
+  type VerifyRef,
   LeaseError,
   expected,
   isLeaseError,
@@ -57,12 +58,17 @@ export type AcquireAnswer =
 /**
  * An acquire under `leaseId` (chosen by the backend), as sent over RPC. The releases it carries
  * (`AcquireOptions.release`) go first, in the same step: the slots they free are there for this
- * acquire's turn, and they stand even when the acquire itself is refused.
+ * acquire's turn, and they stand even when the acquire itself is refused. `verify`: see `release`.
  *
  * @example
  * const { answer, effects } = steps.acquire(crypto.randomUUID(), options, true)(pool, Date.now());
  */
-export function acquire(leaseId: string, options: AcquireOptions, queue: boolean): StepFn<AcquireAnswer> {
+export function acquire(
+  leaseId: string,
+  options: AcquireOptions,
+  queue: boolean,
+  verify?: VerifyRef,
+): StepFn<AcquireAnswer> {
   return (state, now) => {
     // An array is an object too, and would otherwise be taken as "all defaults".
     if (typeof options !== "object" || options === null || Array.isArray(options)) {
@@ -73,7 +79,7 @@ export function acquire(leaseId: string, options: AcquireOptions, queue: boolean
     const effects: Effects = { granted: [], timedOut: [], expired: [] };
     const removed: string[] = [];
     for (const ref of refs) {
-      const done = release(ref)(state, now);
+      const done = release(ref, verify)(state, now);
       mergeEffects(effects, done.effects);
       removed.push(...(done.removed ?? []));
     }
@@ -97,14 +103,11 @@ function decide(
   state: PoolState,
   now: number,
 ): Step<AcquireAnswer> {
-  const { waitMs, ttlMs, claimMs, priority, tenant } = options;
-  // Only a missing holder defaults; null or another type is refused like any bad field.
-  const holder = options.holder === undefined ? "" : options.holder;
-  const { outcome, effects } = core.acquire(
-    state,
-    { leaseId, holder, waitMs, ttlMs, claimMs, priority, tenant, queue },
-    now,
-  );
+  // The caller's fields as declared once (`ACQUIRE_REQUEST_KEYS`); only a missing holder
+  // defaults, null or another type is refused like any bad field.
+  const fields = core.requestFields(options);
+  const holder = fields.holder === undefined ? "" : fields.holder;
+  const { outcome, effects } = core.acquire(state, { ...fields, leaseId, holder, queue }, now);
   switch (outcome.status) {
     case "granted":
       return {
@@ -136,28 +139,31 @@ function carried(options: AcquireOptions): readonly LeaseRef[] {
 }
 
 /**
- * A release: an unknown id or a stale fence fails with its code and frees nothing.
+ * A release: an unknown id or a stale fence fails with its code and frees nothing. `verify`
+ * (the Durable Object's token check) lets a recovery window remember a verified earlier lease
+ * released before it was recovered; a backend without a window passes none.
  *
  * @example
- * steps.release({ leaseId: lease.id, fence: lease.fence })(pool, Date.now())
+ * steps.release(leaseRef(lease))(pool, Date.now())
  */
-export function release(ref: LeaseRef): StepFn<ReleaseResult> {
+export function release(ref: LeaseRef, verify?: VerifyRef): StepFn<ReleaseResult> {
   return (state, now) => {
-    const { outcome, effects } = core.release(state, ref, now);
+    const { outcome, effects } = core.release(state, ref, now, verify);
     if (outcome.status !== "ok") return { answer: leaseFailure(outcome), effects };
     return { answer: { ok: true, released: true }, effects, removed: [outcome.lease.id] };
   };
 }
 
 /**
- * A renewal to now + `ttlMs` (default: the pool's TTL).
+ * A renewal to now + `ttlMs` (default: the pool's TTL); a revoked lease's fails with `LEASE_LOST`.
+ * `verify`: the token check a recovery window needs to recover an earlier lease (see `core.renew`).
  *
  * @example
- * steps.renew({ leaseId: lease.id, fence: lease.fence }, 30_000)(pool, Date.now())
+ * steps.renew(leaseRef(lease), 30_000)(pool, Date.now())
  */
-export function renew(ref: LeaseRef, ttlMs?: number): StepFn<RenewResult> {
+export function renew(ref: LeaseRef, ttlMs?: number, verify?: VerifyRef): StepFn<RenewResult> {
   return (state, now) => {
-    const { outcome, effects } = core.renew(state, ref, now, ttlMs);
+    const { outcome, effects } = core.renew(state, ref, now, ttlMs, verify);
     if (outcome.status !== "ok") return { answer: leaseFailure(outcome), effects };
     return { answer: { ok: true, lease: grantOf(outcome.lease, now) }, effects, written: [outcome.lease] };
   };
@@ -188,19 +194,25 @@ export function setLimit(limit: number | null, configured: number): StepFn<Contr
 }
 
 /**
- * Frees a stuck lease by its id or an unambiguous prefix of at least 8 characters. The holder's
- * later release or renewal fails with `LEASE_NOT_FOUND`.
+ * Revokes a lease by its id or an unambiguous prefix of at least 8 characters. Its slot is not
+ * granted again while its statement may still run: the lease stays held until its holder releases
+ * it (the holder's next renewal fails with `LEASE_LOST`: stop, then release) or it expires.
  *
  * @example
  * steps.revoke("3f2a9c1b")(pool, Date.now())
  */
 export function revoke(idOrPrefix: string): StepFn<RevokeResult> {
   return (state, now) => {
-    const lease = core.findByPrefix(state, idOrPrefix);
-    // An already-expired lease is reaped by the same transition: the slot is free either way.
-    const { effects } = core.release(state, { leaseId: lease.id, fence: lease.fence }, now);
-    const answer = { ok: true, released: true, idPrefix: lease.id.slice(0, 8), holder: lease.holder } as const;
-    return { answer, effects, removed: [lease.id] };
+    const { lease, effects } = core.revoke(state, idOrPrefix, now);
+    const answer = {
+      ok: true,
+      revoked: true,
+      idPrefix: lease.id.slice(0, 8),
+      holder: lease.holder,
+      expiresInMs: Math.max(0, lease.expiresAt - now),
+    } as const;
+    // The lease changed in place (or was reaped, in `effects`, if it had expired): nothing handed out.
+    return { answer, effects };
   };
 }
 

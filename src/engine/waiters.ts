@@ -94,10 +94,10 @@ export class Waiters {
   /**
    * When this instance must next look at the pool: the earliest deadline of its parked callers,
    * the pool's next lease expiry (a dead holder's slot frees only by time) or the end of its
-   * learning window (queued callers are granted then), or null.
+   * recovery window (queued callers are granted then), or null.
    */
   wakeAt(state: PoolState): number | null {
-    let at = Math.min(nextExpiryAt(state) ?? Infinity, state.learning?.until ?? Infinity);
+    let at = Math.min(nextExpiryAt(state) ?? Infinity, state.recovery?.until ?? Infinity);
     for (const p of this.#parked.values()) if (p.deadline < at) at = p.deadline;
     return at === Infinity ? null : at;
   }

@@ -188,10 +188,10 @@ export const DASHBOARD_HTML = `<!doctype html>
     $("occupancy").textContent = s.held + " / " + s.limit + " held";
     $("waitingNow").textContent = s.waiting ? s.waiting + " waiting" : "";
     const st = $("state");
-    // After a restart nothing is granted until the leases from before are relearned (or expired).
-    const learning = s.learning ? "RELEARNING " + (s.learning.endsInMs / 1000).toFixed(1) + " s (" + s.learning.relearned + " relearned)" : "";
-    st.textContent = s.paused ? "PAUSED (draining)" : learning || "granting";
-    st.className = "badge " + (s.paused || learning ? "bad" : "good");
+    // After a restart nothing is granted until the leases from before are recovered (or expired).
+    const recovery = s.recovery ? "RECOVERING " + (s.recovery.endsInMs / 1000).toFixed(1) + " s (" + s.recovery.recovered + " recovered)" : "";
+    st.textContent = s.paused ? "PAUSED (draining)" : recovery || "granting";
+    st.className = "badge " + (s.paused || recovery ? "bad" : "good");
     if (document.activeElement !== $("limit")) $("limit").value = s.limit;
     const c = s.counters;
     cells($("counters"), [["granted", c.granted], ["released", c.released], ["expired", c.expired],
@@ -221,7 +221,7 @@ export const DASHBOARD_HTML = `<!doctype html>
       ["last failure", s.learnFailure ? s.learnFailure.code + " " + new Date(s.learnFailure.at).toLocaleTimeString() : "none"]] : []);
     const rows = s.leases.map((l) => {
       const tr = document.createElement("tr");
-      for (const v of [l.idPrefix, l.holder, l.fence, ms(l.ageMs), ms(l.expiresInMs)]) {
+      for (const v of [l.idPrefix, l.holder, l.fence, ms(l.ageMs), ms(l.expiresInMs) + (l.revoked ? " (revoked)" : "")]) {
         const td = document.createElement("td");
         td.textContent = String(v);
         if (v === l.holder) td.className = "holder";
@@ -229,8 +229,10 @@ export const DASHBOARD_HTML = `<!doctype html>
       }
       const td = document.createElement("td");
       const b = document.createElement("button");
-      b.textContent = "Release";
-      b.onclick = () => control("/release", { id: l.idPrefix }, "released " + l.idPrefix);
+      // A revoked lease stays held until its holder releases it or it expires (its statement may still run).
+      b.textContent = "Revoke";
+      b.disabled = Boolean(l.revoked);
+      b.onclick = () => control("/release", { id: l.idPrefix }, "revoked " + l.idPrefix);
       td.append(b);
       tr.append(td);
       return tr;

@@ -50,16 +50,16 @@ export function formatMetrics(pool: string, s: OperatorStats): string {
   );
   one("leasegate_paused", "gauge", "1 while an operator has paused granting (drain), else 0.", s.paused ? 1 : 0);
   one(
-    "leasegate_learning_seconds",
+    "leasegate_recovery_seconds",
     "gauge",
-    "Time left in the learning window after a restart (nothing is granted while leases from before are relearned), else 0.",
-    (s.learning?.endsInMs ?? 0) / 1000,
+    "Time left in the recovery window after a restart (nothing is granted while leases from before may be alive), else 0.",
+    (s.recovery?.endsInMs ?? 0) / 1000,
   );
   one(
-    "leasegate_relearned_leases",
+    "leasegate_recovered_leases",
     "gauge",
-    "Leases re-registered by their holders' renewals in the current learning window.",
-    s.learning?.relearned ?? 0,
+    "Leases re-registered by their holders' verified renewals in the current recovery window.",
+    s.recovery?.recovered ?? 0,
   );
 
   one("leasegate_leases_granted_total", "counter", "Leases granted.", s.counters.granted);

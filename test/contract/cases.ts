@@ -7,7 +7,13 @@
  * Timing bounds are generous (the machines are small and noisy); TTLs and deadlines are short.
  */
 import { describe, expect, it } from "vitest";
-import type { AcquireOptions, LeaseGrant, LeaseRef, PoolStats } from "../../src/core/index.ts";
+import {
+  type AcquireOptions,
+  type LeaseGrant,
+  type PoolStats,
+  TTL_CAP_FACTOR,
+  leaseRef,
+} from "../../src/core/index.ts";
 import { CONTRACT_CONFIG, type ContractBackend, type ContractCoordinator } from "./backend.ts";
 
 export { CONTRACT_CONFIG } from "./backend.ts";
@@ -22,13 +28,13 @@ const STATS_KEYS = [
   "counters",
   "effectiveLimit",
   "held",
-  "learning",
   "leaseTtlMs",
   "leases",
   "limit",
   "maxQueue",
   "maxWaitMs",
   "paused",
+  "recovery",
   "reserved",
   "waitHistogram",
   "waitMs",
@@ -38,7 +44,11 @@ const STATS_KEYS = [
 const NOT_FOUND = "No such lease: it was never granted, or is already released or reaped";
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-const refOf = (lease: LeaseGrant): LeaseRef => ({ leaseId: lease.id, fence: lease.fence });
+/** What a holder sends to renew or release: id, fence, the expiry it was told and its token. */
+const refOf = leaseRef;
+/** The message of a per-call `ttlMs` out of range (at most `TTL_CAP_FACTOR` × the pool's TTL). */
+const badTtl = (got: number) =>
+  `Expected \`ttlMs\` to be an integer from 1 to ${TTL_CAP_FACTOR * TTL_MS} (at most ${TTL_CAP_FACTOR} × the pool's leaseTtlMs of ${TTL_MS} ms), got \`${got}\` (number)`;
 const keysOf = (value: object) => Object.keys(value).sort();
 
 /** A lease that must be granted at once; fails the case with the answer otherwise. */
@@ -91,7 +101,17 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       expect(leases.map((l) => l.fence)).toEqual([1, 2, 3]);
       expect(new Set(leases.map((l) => l.id)).size).toBe(3);
       for (const l of leases) {
-        expect(keysOf(l)).toEqual(["expiresAt", "fence", "grantedAt", "holder", "id", "validForMs"]);
+        // `token`: the Durable Object's proof of the lease (it recovers leases after a restart by
+        // it); the Postgres backend keeps leases in tables and sets none.
+        expect(keysOf(l).filter((k) => k !== "token")).toEqual([
+          "expiresAt",
+          "fence",
+          "grantedAt",
+          "holder",
+          "id",
+          "validForMs",
+        ]);
+        if (l.token !== undefined) expect(l.token).toMatch(/^[A-Za-z0-9_-]{22}$/);
         // Granted at once: valid for its lifetime counted from the call's arrival, at or before the grant.
         expect(l.validForMs).toBeGreaterThanOrEqual(l.expiresAt - l.grantedAt);
         expect(l.validForMs).toBeLessThanOrEqual(l.expiresAt - l.grantedAt + (after - before));
@@ -388,7 +408,7 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       expect(await c.renew(refOf(lease), -5)).toEqual({
         ok: false,
         code: "INVALID_ARGUMENT",
-        message: "Expected `ttlMs` to be an integer from 1 to 86400000, got `-5` (number)",
+        message: badTtl(-5),
       });
     });
 
@@ -451,25 +471,61 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       expect((await c.stats()).limit).toBe(LIMIT);
     });
 
-    it("revoke frees a lease by its 8-character prefix; the holder's release then finds nothing", async () => {
+    it("revoke: the lease stays held while its statement may run; the queue waits, renewal is LEASE_LOST, release frees", async () => {
       const { coordinator: c } = await fresh();
       const stuck = await grant(c, "stuck-holder");
+      await fill(c, LIMIT - 1);
       const short = stuck.id.slice(0, 7);
       expect(await c.revoke(short)).toEqual({
         ok: false,
         code: "INVALID_ARGUMENT",
         message: `Expected \`id\` to be a lease id or its prefix of 8 to 128 characters, got \`"${short}"\` (string)`,
       });
-      expect((await c.stats()).held).toBe(1);
       const prefix = stuck.id.slice(0, 8);
-      expect(await c.revoke(prefix)).toEqual({ ok: true, released: true, idPrefix: prefix, holder: "stuck-holder" });
+      const revoked = await c.revoke(prefix);
+      expect(revoked).toMatchObject({ ok: true, revoked: true, idPrefix: prefix, holder: "stuck-holder" });
+      expect(revoked.ok && revoked.expiresInMs).toBeGreaterThan(TTL_MS - 5000);
+      // Counted as held and shown as revoked; revoking again changes nothing.
+      const s = await c.stats();
+      expect(s.held).toBe(LIMIT);
+      expect(s.leases.find((l) => l.idPrefix === prefix)).toMatchObject({ holder: "stuck-holder", revoked: true });
+      expect(await c.revoke(prefix)).toMatchObject({ ok: true, revoked: true });
+      // The next caller is not granted its slot while the revoked holder may still run a statement.
+      const next = c.acquire({ holder: "next", waitMs: 3000 });
+      await waitingIs(c, 1);
+      expect(await c.renew(refOf(stuck))).toEqual({
+        ok: false,
+        code: "LEASE_LOST",
+        message: "An operator revoked this lease: stop the work that uses its connection, then release it",
+      });
+      await sleep(100);
+      expect(await c.stats()).toMatchObject({ held: LIMIT, waiting: 1 });
+      // The holder stops and releases: the slot is free at once, and goes to the waiter.
+      expect(await c.release(refOf(stuck))).toEqual({ ok: true, released: true });
+      const granted = await next;
+      expect(granted).toMatchObject({ ok: true, lease: { holder: "next" } });
       expect(await c.revoke(prefix)).toEqual({
         ok: false,
         code: "LEASE_NOT_FOUND",
         message: `No held lease has an id starting with \`${prefix}\``,
       });
       expect(await c.release(refOf(stuck))).toEqual({ ok: false, code: "LEASE_NOT_FOUND", message: NOT_FOUND });
-      expect(await c.stats()).toMatchObject({ held: 0, counters: { granted: 1, released: 1 } });
+      expect(await c.stats()).toMatchObject({ held: LIMIT, counters: { released: 1, expired: 0 } });
+    });
+
+    it("revoke: a revoked lease whose holder never releases comes back at its expiry, not before", async () => {
+      const { coordinator: c } = await fresh();
+      const ttlMs = 700;
+      const stuck = await grant(c, "stuck-holder", { ttlMs });
+      await fill(c, LIMIT - 1);
+      expect(await c.revoke(stuck.id)).toMatchObject({ ok: true, revoked: true });
+      const started = Date.now();
+      const next = await c.acquire({ holder: "next", waitMs: 3000 });
+      expect(next).toMatchObject({ ok: true, lease: { holder: "next" } });
+      // Not before the revoked lease's expiry (as its grant said), and soon after it.
+      expect(Date.now()).toBeGreaterThanOrEqual(stuck.expiresAt);
+      expect(Date.now() - started).toBeLessThan(ttlMs + SLACK_MS * 3);
+      expect(await c.stats()).toMatchObject({ held: LIMIT, counters: { expired: 1 } });
     });
 
     it("reconcile compares counts with the leases held and keeps the result for operators; bad counts change nothing", async () => {
@@ -552,7 +608,7 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
 
     it("across a restart: live earlier leases keep their slots and renew, the limit counts them, fences increase", async () => {
       // What both backends guarantee. How: Postgres keeps the lease rows; the Durable Object keeps
-      // leases in memory and relearns them from renewals, granting nothing until it has.
+      // leases in memory and recovers them from verified renewals, granting nothing until it has.
       const pool = await fresh();
       const ttlMs = 1000;
       const a = await grant(pool.coordinator, "a", { ttlMs });
@@ -565,7 +621,7 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       const beat = async (first: LeaseGrant) => {
         let l = first;
         while (beating) {
-          const r = await c.renew({ ...refOf(l), expiresAt: l.expiresAt }, ttlMs);
+          const r = await c.renew(refOf(l), ttlMs);
           expect(r).toMatchObject({ ok: true, lease: { id: first.id, fence: first.fence } });
           if (r.ok) l = r.lease;
           await sleep(ttlMs / 4);
@@ -634,7 +690,7 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       expect(await c.acquire({ holder: "x", ttlMs: -1 })).toEqual({
         ok: false,
         code: "INVALID_ARGUMENT",
-        message: "Expected `ttlMs` to be an integer from 1 to 86400000, got `-1` (number)",
+        message: badTtl(-1),
       });
       expect(await c.acquire({ holder: 5 as never })).toEqual({
         ok: false,

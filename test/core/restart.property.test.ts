@@ -5,7 +5,9 @@ import {
   type BoundsLog,
   type Effects,
   type Lease,
+  type LeaseRef,
   type PoolState,
+  type VerifyRef,
   acquire,
   boundsLog,
   confirmBounds,
@@ -14,17 +16,22 @@ import {
   release,
   renew,
   restore,
+  revoke,
   snapshot,
-  startLearning,
+  startRecovery,
   tick,
 } from "../../src/core/index.ts";
 
 /**
  * A backend that keeps leases in memory and restarts at random points (the Durable Object's way,
- * `src/core/learning.ts`), against what its holders really do: some renew, some finish, some die,
- * some wait. After every step, the leases that are really alive — not released, and not past the
- * expiry their holder was last told — never exceed the limit, and fences only grow, across any
- * number of restarts. A bounds write is durable only once confirmed; a restart loses the rest.
+ * `src/core/recovery.ts`), against what its holders really do: some renew, some finish, some die,
+ * some wait, some send late or stale heartbeats, clients of an earlier version send no token, an
+ * operator revokes, and an attacker forges renewals. After every step, the leases that are really
+ * alive — as their holders see them: not released, and not past the expiry they were last told
+ * (a holder whose renewal is refused stops at that expiry at the latest, by its own clock) —
+ * never exceed the limit, and fences only grow, across any number of restarts. A bounds write is
+ * durable only once confirmed; a restart loses the rest. A forged renewal that is accepted makes
+ * its sender a holder too: the invariant then counts it.
  */
 const RUNS = Number(process.env.LEASEGATE_PROPERTY_RUNS ?? 3_000);
 
@@ -35,7 +42,12 @@ type Op =
   | { kind: "die"; pick: number }
   | { kind: "advance"; ms: number }
   | { kind: "confirm" }
-  | { kind: "restart" };
+  | { kind: "restart" }
+  | { kind: "forge"; variant: number; fence: number; aheadMs: number }
+  | { kind: "tokenless"; pick: number }
+  | { kind: "stale"; pick: number }
+  | { kind: "late"; pick: number }
+  | { kind: "revoke"; pick: number };
 
 const op: fc.Arbitrary<Op> = fc.oneof(
   {
@@ -64,8 +76,26 @@ const op: fc.Arbitrary<Op> = fc.oneof(
     weight: 4,
   },
   { arbitrary: fc.constant({ kind: "confirm" as const }), weight: 2 },
-  { arbitrary: fc.constant({ kind: "restart" as const }), weight: 1 },
+  { arbitrary: fc.constant({ kind: "restart" as const }), weight: 2 },
+  {
+    arbitrary: fc.record({
+      kind: fc.constant("forge" as const),
+      variant: fc.integer({ min: 0, max: 4 }),
+      fence: fc.integer({ min: 1, max: 400 }),
+      aheadMs: fc.integer({ min: -500, max: 6000 }),
+    }),
+    weight: 1,
+  },
+  { arbitrary: fc.record({ kind: fc.constant("tokenless" as const), pick: fc.nat() }), weight: 1 },
+  { arbitrary: fc.record({ kind: fc.constant("stale" as const), pick: fc.nat() }), weight: 1 },
+  { arbitrary: fc.record({ kind: fc.constant("late" as const), pick: fc.nat() }), weight: 1 },
+  { arbitrary: fc.record({ kind: fc.constant("revoke" as const), pick: fc.nat() }), weight: 1 },
 );
+
+/** The object's tokens (a MAC in the Durable Object; any function only the object computes here). */
+const tokenOf = (id: string, fence: number, expiresAt: number) => `mac(${id},${fence},${expiresAt})`;
+const verify: VerifyRef = (ref) =>
+  ref.expiresAt !== undefined && ref.token === tokenOf(ref.leaseId, ref.fence, ref.expiresAt);
 
 /** A holder as it sees itself: the lease it was last told about, and whether it still works. */
 interface Holder {
@@ -73,6 +103,8 @@ interface Holder {
   fence: number;
   /** The expiry in the last answer it received: it may use its connection until then. */
   expiresAt: number;
+  /** Every expiry it was told, oldest first: a stale heartbeat sends an older one (with its token). */
+  told: number[];
   released: boolean;
   /** Dead holders stop calling, but may be counted as using their connection until `expiresAt`. */
   dead: boolean;
@@ -120,7 +152,7 @@ class Backend {
   restart(now: number): void {
     this.unconfirmed = [];
     this.pool = restore(this.config, snapshot(this.pool), []);
-    startLearning(this.pool, this.stored, now);
+    startRecovery(this.pool, this.stored, now);
     this.log = boundsLog(this.stored);
     this.start(now);
   }
@@ -128,9 +160,10 @@ class Backend {
 
 let checked = 0;
 let restarts = 0;
-let relearnedTotal = 0;
+let recoveredTotal = 0;
+let refusedInWindow = 0;
 
-describe("restarts with leases in memory (learning window)", () => {
+describe("restarts with leases in memory (recovery window)", () => {
   it(`never lets the leases really alive exceed the limit, and fences only grow, over ${RUNS} sequences`, {
     timeout: 120_000,
   }, () => {
@@ -149,7 +182,41 @@ describe("restarts with leases in memory (learning window)", () => {
           // Fences only grow, across restarts too.
           expect(l.fence).toBeGreaterThan(maxFence);
           maxFence = l.fence;
-          holders.push({ id: l.id, fence: l.fence, expiresAt: l.expiresAt, released: false, dead: false });
+          holders.push({
+            id: l.id,
+            fence: l.fence,
+            expiresAt: l.expiresAt,
+            told: [l.expiresAt],
+            released: false,
+            dead: false,
+          });
+        };
+        /** What a holder sends: the expiry it names and the token that came with it (none: an earlier client). */
+        const refOf = (h: Holder, expiresAt: number, token = true): LeaseRef => ({
+          leaseId: h.id,
+          fence: h.fence,
+          expiresAt,
+          ...(token ? { token: tokenOf(h.id, h.fence, expiresAt) } : {}),
+        });
+        /** A renewal from `h` naming `expiresAt`: an answer extends what the holder may use; a refusal stops it at its expiry. */
+        const heartbeat = (h: Holder, ref: LeaseRef, ttlMs: number): void => {
+          const inWindow = b.pool.recovery !== undefined;
+          const before = b.pool.recovery?.recovered ?? 0;
+          const { outcome, effects } = renew(b.pool, ref, now, ttlMs, verify);
+          if (b.pool.recovery && b.pool.recovery.recovered > before) recoveredTotal++;
+          apply(effects);
+          if (outcome.status === "ok") {
+            b.handOut([outcome.lease], now);
+            // The holder goes by its latest answer (as the client's heartbeat does), also when it names an
+            // earlier expiry (a stale heartbeat's recovery keeps the expiry that heartbeat named).
+            h.expiresAt = outcome.lease.expiresAt;
+            h.told.push(outcome.lease.expiresAt);
+          } else {
+            if (inWindow) refusedInWindow++;
+            // The holder hears its lease is gone; it stops calling, and may use its connection
+            // until the expiry it was last told (its own clock stops it there at the latest).
+            h.dead = true;
+          }
         };
         const apply = (fx: Effects): void => {
           b.handOut(fx.granted, now);
@@ -168,7 +235,7 @@ describe("restarts with leases in memory (learning window)", () => {
         for (const o of ops) {
           switch (o.kind) {
             case "acquire": {
-              const id = `l${seq++}`;
+              const id = `lease-${String(seq++).padStart(4, "0")}`;
               const { outcome, effects } = acquire(
                 b.pool,
                 { leaseId: id, holder: "h", waitMs: o.waitMs, ttlMs: o.ttlMs },
@@ -186,21 +253,61 @@ describe("restarts with leases in memory (learning window)", () => {
               const live = holders.filter((h) => !h.released && !h.dead);
               if (live.length === 0) break;
               const h = live[o.pick % live.length]!;
-              const { outcome, effects } = renew(
-                b.pool,
-                { leaseId: h.id, fence: h.fence, expiresAt: h.expiresAt },
-                now,
-                o.ttlMs,
-              );
+              heartbeat(h, refOf(h, h.expiresAt), o.ttlMs);
+              break;
+            }
+            case "tokenless": {
+              // A client of the previous version (no token) heartbeats through a deploy.
+              const live = holders.filter((h) => !h.released && !h.dead);
+              if (live.length === 0) break;
+              const h = live[o.pick % live.length]!;
+              heartbeat(h, refOf(h, h.expiresAt, false), config.leaseTtlMs);
+              break;
+            }
+            case "stale": {
+              // A heartbeat delayed in flight: it names an expiry the holder was told earlier.
+              const live = holders.filter((h) => !h.released && !h.dead);
+              if (live.length === 0) break;
+              const h = live[o.pick % live.length]!;
+              heartbeat(h, refOf(h, h.told[0]!), config.leaseTtlMs);
+              break;
+            }
+            case "late": {
+              // A heartbeat sent before its holder's release arrives after it: whatever it is
+              // answered, the holder is done (a phantom would take a slot, never a connection).
+              const done = holders.filter((h) => h.released);
+              if (done.length === 0) break;
+              const h = done[o.pick % done.length]!;
+              const inWindow = b.pool.recovery !== undefined;
+              const { outcome, effects } = renew(b.pool, refOf(h, h.told.at(-1)!), now, config.leaseTtlMs, verify);
               apply(effects);
-              if (outcome.status === "ok") {
-                if (outcome.lease.relearned) relearnedTotal++;
-                b.handOut([outcome.lease], now);
-                h.expiresAt = outcome.lease.expiresAt;
-              } else {
-                // The holder hears its lease is gone and stops using the connection.
-                h.released = true;
-              }
+              if (outcome.status === "ok") b.handOut([outcome.lease], now);
+              else if (inWindow) refusedInWindow++;
+              break;
+            }
+            case "forge": {
+              // Someone who never held the lease: an invented id or a fence from before the
+              // restart, with no token, a made-up one, a token of another expiry, or no expiry.
+              const id = `forged${seq++}`;
+              const expiresAt = now + o.aheadMs;
+              const refs: LeaseRef[] = [
+                { leaseId: id, fence: o.fence },
+                { leaseId: id, fence: o.fence, expiresAt },
+                { leaseId: id, fence: o.fence, expiresAt, token: "A".repeat(22) },
+                { leaseId: id, fence: o.fence, expiresAt, token: tokenOf(id, o.fence, expiresAt - 1) },
+                { leaseId: id, fence: o.fence + 1, expiresAt, token: tokenOf(id, o.fence, expiresAt) },
+              ];
+              if (b.pool.recovery) refusedInWindow++;
+              const { outcome, effects } = renew(b.pool, refs[o.variant]!, now, config.leaseTtlMs, verify);
+              apply(effects);
+              expect(outcome.status).toBe("failed");
+              break;
+            }
+            case "revoke": {
+              const known = [...b.pool.leases.values()];
+              if (known.length === 0) break;
+              const l = known[o.pick % known.length]!;
+              apply(revoke(b.pool, l.id, now).effects);
               break;
             }
             case "release": {
@@ -208,7 +315,7 @@ describe("restarts with leases in memory (learning window)", () => {
               if (live.length === 0) break;
               const h = live[o.pick % live.length]!;
               h.released = true;
-              apply(release(b.pool, { leaseId: h.id, fence: h.fence }, now).effects);
+              apply(release(b.pool, refOf(h, h.expiresAt), now, verify).effects);
               break;
             }
             case "die": {
@@ -242,11 +349,12 @@ describe("restarts with leases in memory (learning window)", () => {
         ...(process.env.LEASEGATE_PROPERTY_SEED ? { seed: Number(process.env.LEASEGATE_PROPERTY_SEED) } : {}),
       },
     );
-    // The sequences must reach the interesting part: leases relearned after restarts.
+    // The sequences must reach the interesting part: leases recovered, and renewals refused, in windows.
     expect(restarts).toBeGreaterThan(RUNS / 2);
-    expect(relearnedTotal).toBeGreaterThan(RUNS / 10);
+    expect(recoveredTotal).toBeGreaterThan(RUNS / 10);
+    expect(refusedInWindow).toBeGreaterThan(RUNS / 10);
     console.log(
-      `[reliability] restarts model: ${RUNS} sequences, ${checked} steps checked, ${restarts} restarts, ${relearnedTotal} leases relearned`,
+      `[reliability] restarts model: ${RUNS} sequences, ${checked} steps checked, ${restarts} restarts, ${recoveredTotal} leases recovered, ${refusedInWindow} renewals refused in a window (forged, tokenless, stale, late)`,
     );
   });
 });

@@ -113,8 +113,16 @@ describe("lease and waiter fields declared once", () => {
           tenant: "t1",
         },
       ]);
-      // The waiter waits (two held, limit 2) until an operator frees the old lease.
-      expect(await c.revoke(held.lease.id)).toMatchObject({ ok: true, holder: "before-upgrade" });
+      // An operator revokes the old lease: the flag is written back (a mutable field) and read
+      // again; the waiter waits (two held, limit 2) until the revoked holder releases.
+      expect(await c.revoke(held.lease.id)).toMatchObject({ ok: true, revoked: true, holder: "before-upgrade" });
+      const revoked = await loaded(sql, "older");
+      expect(revoked.state.leases.get(held.lease.id)).toEqual<Lease>({ ...held.lease, revoked: true });
+      expect((await c.stats()).waiting).toBe(1);
+      expect(await c.release({ leaseId: held.lease.id, fence: held.lease.fence })).toEqual({
+        ok: true,
+        released: true,
+      });
       expect(await waiting).toMatchObject({ ok: true, lease: { holder: "waiter" } });
     } finally {
       await c.close();

@@ -105,7 +105,7 @@ describe("local server operator surface", () => {
     await other.release(lease);
   });
 
-  it("revokes a stuck lease of another process by its 8-character prefix", async () => {
+  it("revokes a stuck lease of another process by its 8-character prefix: held until released, renewal LEASE_LOST", async () => {
     const a = await app();
     const other = holderOfPool();
     const stuck = await other.acquire({ holder: "stuck-holder" });
@@ -115,13 +115,19 @@ describe("local server operator surface", () => {
     });
     expect(await call(a, "/__coordinator/release", { id: stuck.id.slice(0, 8) })).toMatchObject({
       status: 200,
-      json: { released: true, idPrefix: stuck.id.slice(0, 8), holder: "stuck-holder" },
+      json: { revoked: true, idPrefix: stuck.id.slice(0, 8), holder: "stuck-holder" },
     });
+    // Still held (its statement may still run); revoking again changes nothing.
+    expect(await call(a, "/__coordinator/release", { id: stuck.id })).toMatchObject({
+      status: 200,
+      json: { revoked: true },
+    });
+    expect(await codeOf(other.renew(stuck))).toBe("LEASE_LOST");
+    await other.release(stuck);
     expect(await call(a, "/__coordinator/release", { id: stuck.id })).toMatchObject({
       status: 404,
       json: { error: { code: "LEASE_NOT_FOUND" } },
     });
-    expect(await codeOf(other.release(stuck))).toBe("LEASE_NOT_FOUND");
   });
 
   it("reconciles held leases with the app's connections in pg_stat_activity", async () => {

@@ -81,7 +81,8 @@ describe("PostgresCoordinator", () => {
     expect(waited).toBeGreaterThanOrEqual(100);
     expect(waited).toBeLessThan(500);
     expect(await codeOf(leases.release(dead))).toBe("LEASE_NOT_FOUND");
-    const renewed = await leases.renew(next, 10_000);
+    // At most 20 × the pool's TTL (150 ms): 3 s.
+    const renewed = await leases.renew(next, 3_000);
     expect(renewed.expiresAt).toBeGreaterThan(next.expiresAt);
     expect((await leases.stats()).counters.expired).toBe(1);
   });

@@ -2,7 +2,7 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { type Coordinator, DEFAULT_CLAIM_MS, Leases } from "../../src/client/leases.ts";
 import { ReleaseOutbox } from "../../src/client/outbox.ts";
-import { MAX_BATCH } from "../../src/core/index.ts";
+import { MAX_BATCH, leaseRef } from "../../src/core/index.ts";
 import { grantNow, restartCoordinator } from "../support/coordinator.ts";
 
 // Pool config of the workerd tests: limit 3, queue cap 5, wait 400 ms.
@@ -57,9 +57,9 @@ describe("batch calls", () => {
     ]);
     const s = await stub.stats();
     expect(s).toMatchObject({ held: 3, waiting: 0, counters: { granted: 3, rejected: 0, timedOut: 0 } });
-    // A restarted object forgot them but grants nothing while they may be alive (it relearns).
+    // A restarted object forgot them but grants nothing while they may be alive (it recovers them).
     const restarted = await restartCoordinator(name);
-    expect(await restarted.stats()).toMatchObject({ held: 0, learning: { relearned: 0 } });
+    expect(await restarted.stats()).toMatchObject({ held: 0, recovery: { recovered: 0 } });
     expect(await restarted.acquire({ holder: "e", waitMs: 0 })).toMatchObject({ ok: false, code: "ACQUIRE_TIMEOUT" });
   });
 
@@ -95,10 +95,10 @@ describe("batch calls", () => {
       "LEASE_NOT_FOUND",
     ]);
     expect((await stub.stats()).leases.map((l) => l.holder)).toEqual(["b"]);
-    // After a restart b's holder renews it back (the object relearns it).
+    // After a restart b's holder renews it back with its token (the object recovers it).
     const restarted = await restartCoordinator(name);
-    expect(await restarted.renew({ leaseId: b.id, fence: b.fence })).toMatchObject({ ok: true });
-    expect((await restarted.stats()).leases.map((l) => l.holder)).toEqual(["relearned"]);
+    expect(await restarted.renew(leaseRef(b))).toMatchObject({ ok: true });
+    expect((await restarted.stats()).leases.map((l) => l.holder)).toEqual(["recovered"]);
   });
 });
 

@@ -10,8 +10,10 @@ import {
   type PoolConfig,
   type PoolStats,
   type ShardRef,
+  type VerifyRef,
   acquire,
   createPool,
+  leaseRef,
   restore,
   snapshot,
   release,
@@ -149,6 +151,19 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
     let model: PoolState = createPool(CONFIG);
     let seq = 0;
     const held: Held[] = [];
+    /**
+     * The model's token check: the object's (an HMAC with its own key) vouches for exactly the
+     * id, fence, expiry and token it last answered a holder — so does this, from what holders hold.
+     */
+    const verifyModel: VerifyRef = (ref) =>
+      held.some(
+        (h) =>
+          h.model.id === ref.leaseId &&
+          h.real.fence === ref.fence &&
+          h.real.expiresAt === ref.expiresAt &&
+          h.real.token !== undefined &&
+          h.real.token === ref.token,
+      );
     const pending = new Map<string, Pending>();
     // Ids in queue order as clients saw them enter.
     let queued: string[] = [];
@@ -180,8 +195,8 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
         const i = held.findIndex((h) => h.model.id === l.id);
         if (i >= 0) held.splice(i, 1);
       }
-      // A lease forgotten in a restart and not relearned in the window is gone for good.
-      if (!model.learning)
+      // A lease forgotten in a restart and not recovered in the window is gone for good.
+      if (!model.recovery)
         for (let i = held.length - 1; i >= 0; i--) if (!model.leases.has(held[i]!.model.id)) held.splice(i, 1);
     };
 
@@ -192,9 +207,9 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
       // held ≤ limit; no slot lost (a waiter never waits beside a free slot: held + free = limit).
       expect(real.held).toBeLessThanOrEqual(CONFIG.limit);
       if (configured) expect(real.limit).toBe(CONFIG.limit);
-      if (real.waiting > 0 && real.learning === null) expect(real.held).toBe(CONFIG.limit);
+      if (real.waiting > 0 && real.recovery === null) expect(real.held).toBe(CONFIG.limit);
       expect(comparable(real)).toEqual(comparable(expected));
-      expect(real.learning).toEqual(expected.learning);
+      expect(real.recovery).toEqual(expected.recovery);
       expect(real.held).toBe(held.filter((h) => model.leases.has(h.model.id)).length);
       expect(real.waiting).toBe(queued.length);
       totalSteps++;
@@ -255,7 +270,7 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
                 load: {
                   held: model.leases.size,
                   waiting: model.queue.length,
-                  limit: model.learning ? 0 : CONFIG.limit,
+                  limit: model.recovery ? 0 : CONFIG.limit,
                 },
               });
             }
@@ -297,16 +312,14 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
           if (live.length === 0) break;
           // The same lease may be picked twice: the second release finds it gone.
           const picked = o.picks.map((p, i) => ({ h: live[p % live.length]!, stale: o.stale[i]! }));
-          const r = await stub.releaseMany(
-            picked.map(({ h, stale }) => ({ leaseId: h.real.id, fence: stale ? h.real.fence + 1 : h.real.fence })),
-          );
+          const refs = picked.map(({ h, stale }) => ({
+            ...leaseRef(h.real),
+            fence: stale ? h.real.fence + 1 : h.real.fence,
+          }));
+          const r = await stub.releaseMany(refs);
           if (!r.ok) expect.unreachable(`releaseMany failed: ${r.code}`);
-          for (const [i, { h, stale }] of picked.entries()) {
-            const { outcome, effects } = release(
-              model,
-              { leaseId: h.model.id, fence: stale ? h.model.fence + 1 : h.model.fence },
-              now,
-            );
+          for (const [i, { h }] of picked.entries()) {
+            const { outcome, effects } = release(model, { ...refs[i]!, leaseId: h.model.id }, now, verifyModel);
             if (outcome.status === "ok") {
               expect(r.results[i]).toEqual({ ok: true, released: true });
               if (held.includes(h)) held.splice(held.indexOf(h), 1);
@@ -325,8 +338,10 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
           const stale = o.kind === "release" && o.stale;
           const fence = stale ? h.model.fence + 1 : h.model.fence;
           if (o.kind === "release") {
-            const r = await stub.release({ leaseId: h.real.id, fence: stale ? h.real.fence + 1 : h.real.fence });
-            const { outcome, effects } = release(model, { leaseId: h.model.id, fence }, now);
+            // As the client sends it: with the expiry it was last told and its token.
+            const ref = { ...leaseRef(h.real), fence: stale ? h.real.fence + 1 : h.real.fence };
+            const r = await stub.release(ref);
+            const { outcome, effects } = release(model, { ...ref, leaseId: h.model.id, fence }, now, verifyModel);
             if (outcome.status === "ok") {
               expect(r).toEqual({ ok: true, released: true });
               if (held.includes(h)) held.splice(held.indexOf(h), 1);
@@ -335,18 +350,26 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
             }
             await settle(effects, now);
           } else {
-            const r = await stub.renew({ leaseId: h.real.id, fence: h.real.fence }, o.ttlMs);
-            const { outcome, effects } = renew(model, { leaseId: h.model.id, fence }, now, o.ttlMs);
-            if (outcome.status === "ok")
-              expect(r).toMatchObject({ ok: true, lease: { fence: h.real.fence, expiresAt: now + o.ttlMs } });
-            else expect(r).toMatchObject({ ok: false, code: outcome.code });
+            const ref = leaseRef(h.real);
+            const r = await stub.renew(ref, o.ttlMs);
+            const { outcome, effects } = renew(
+              model,
+              { ...ref, leaseId: h.model.id, fence },
+              now,
+              o.ttlMs,
+              verifyModel,
+            );
+            if (outcome.status === "ok") {
+              expect(r).toMatchObject({ ok: true, lease: { fence: h.real.fence, expiresAt: outcome.lease.expiresAt } });
+              if (r.ok) h.real = r.lease;
+            } else expect(r).toMatchObject({ ok: false, code: outcome.code });
             await settle(effects, now);
           }
           break;
         }
         case "forged": {
           // An id nobody was granted frees nothing, whatever fence it names.
-          // (While relearning, a release naming an earlier fence is accepted: it frees nothing either.)
+          // (In a recovery window, a release naming an earlier fence is accepted: it frees nothing either.)
           const r = await stub.release({ leaseId: crypto.randomUUID(), fence: o.fence });
           const { outcome, effects } = release(model, { leaseId: `forged-${seq++}`, fence: o.fence }, now);
           expect(r).toMatchObject(
@@ -378,11 +401,16 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
           pending.clear();
           queued = [];
           // The restarted object forgot its leases. What it kept: fences only grow; counters may
-          // lose the last second, never gain; and its learning window covers every lease that may
-          // still be alive (fence below the relearn floor, expiry before the window ends).
+          // lose the last second, never gain; and its recovery window covers every lease that may
+          // still be alive (fence below the recovery floor, expiry before the window ends).
           const restarted = await runInDurableObject(stub, (instance) => {
             const pool = (instance as unknown as { pool: PoolState }).pool;
-            return { snap: snapshot(pool), learning: pool.learning && { ...pool.learning }, held: pool.leases.size };
+            const r = pool.recovery;
+            return {
+              snap: snapshot(pool),
+              recovery: r && { ...r, tombstones: new Set(r.tombstones) },
+              held: pool.leases.size,
+            };
           });
           expect(restarted.held).toBe(0);
           expect(restarted.snap.nextFence).toBeGreaterThanOrEqual(model.nextFence);
@@ -390,12 +418,12 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
             expect(restarted.snap.counters[k]).toBeLessThanOrEqual(model.counters[k]);
           }
           for (const l of model.leases.values()) {
-            expect(restarted.learning).toBeDefined();
-            expect(l.fence).toBeLessThan(restarted.learning!.relearnBelowFence);
-            expect(l.expiresAt).toBeLessThanOrEqual(restarted.learning!.until);
+            expect(restarted.recovery).toBeDefined();
+            expect(l.fence).toBeLessThan(restarted.recovery!.recoverBelowFence);
+            expect(l.expiresAt).toBeLessThanOrEqual(restarted.recovery!.until);
           }
           model = restore(CONFIG, restarted.snap, []);
-          model.learning = restarted.learning;
+          model.recovery = restarted.recovery;
           await settle(tick(model, now), now);
           break;
         }

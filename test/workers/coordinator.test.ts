@@ -3,7 +3,7 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { Leases } from "../../src/client/leases.ts";
 import { codeOf } from "../support/codes.ts";
-import { createPool, snapshot } from "../../src/core/index.ts";
+import { createPool, leaseRef, snapshot } from "../../src/core/index.ts";
 import { type CoordinatorStub, restartCoordinator } from "../support/coordinator.ts";
 
 /** A lease that must be granted at once (`ttlMs`: its lifetime, default the pool's). */
@@ -104,35 +104,40 @@ describe("ConnectionCoordinator in workerd", () => {
     expect((await stub.stats()).counters.released).toBe(1);
   });
 
-  it("after a restart grants nothing until earlier leases are relearned or expired; renewals re-register them; fences keep growing", async () => {
+  it("after a restart grants nothing until earlier leases are recovered or expired; verified renewals re-register them; fences keep growing", async () => {
     let stub = freshPool();
     const name = `coordinator-test-${poolSeq}`;
-    const a = await grant(stub, "a", 400);
-    const b = await grant(stub, "b", 400);
-    await grant(stub, "c", 400);
+    const a = await grant(stub, "a", 1000);
+    const b = await grant(stub, "b", 1000);
+    await grant(stub, "c", 1000);
     stub = await restartCoordinator(name);
     const s = await stub.stats();
     // It forgot its leases: none is counted, and none is granted while one could be alive.
-    expect(s).toMatchObject({ held: 0, waiting: 0, learning: { relearned: 0 } });
-    expect(s.learning!.endsInMs).toBeGreaterThan(0);
+    expect(s).toMatchObject({ held: 0, waiting: 0, recovery: { recovered: 0 } });
+    expect(s.recovery!.endsInMs).toBeGreaterThan(0);
     expect(await stub.acquire({ holder: "x", waitMs: 0 })).toMatchObject({ ok: false, code: "ACQUIRE_TIMEOUT" });
     expect(await stub.acquireMany([{ holder: "y" }])).toEqual({ ok: true, results: [null] });
-    // a's holder renews: a keeps its slot; b's holder is done; c's holder died.
-    const renewed = await stub.renew({ leaseId: a.id, fence: a.fence }, 3000);
-    expect(renewed).toMatchObject({ ok: true, lease: { id: a.id, fence: a.fence, holder: "relearned" } });
-    expect(await stub.release({ leaseId: b.id, fence: b.fence })).toEqual({ ok: true, released: true });
-    // A renewal cannot invent a lease: a fence the object never handed out is not relearned.
+    // a's holder renews with its token: a keeps its slot, until the expiry it was told; b's holder
+    // is done; c's holder died.
+    const renewed = await stub.renew(leaseRef(a), 3000);
+    expect(renewed).toMatchObject({
+      ok: true,
+      lease: { id: a.id, fence: a.fence, holder: "recovered", expiresAt: a.expiresAt, token: a.token },
+    });
+    expect(await stub.release(leaseRef(b))).toEqual({ ok: true, released: true });
+    // A renewal cannot invent a lease: a fence the object never handed out is not recovered.
     expect(await stub.renew({ leaseId: crypto.randomUUID(), fence: 10_000_000 })).toMatchObject({
       ok: false,
       code: "LEASE_NOT_FOUND",
     });
-    expect(await stub.stats()).toMatchObject({ held: 1, learning: { relearned: 1 } });
+    expect(await stub.stats()).toMatchObject({ held: 1, recovery: { recovered: 1 } });
     // A caller that waits is granted when the window closes, after every earlier lease's expiry.
     const waited = await stub.acquire({ holder: "d", waitMs: 10_000, ttlMs: 400 });
     if (!waited.ok) throw new Error(waited.code);
     expect(Date.now()).toBeGreaterThanOrEqual(a.expiresAt);
     expect(waited.lease.fence).toBeGreaterThan(a.fence);
-    expect(await stub.stats()).toMatchObject({ held: 2, learning: null });
+    // a was recovered until the expiry its holder was told, and not renewed since: it is gone.
+    expect(await stub.stats()).toMatchObject({ held: 1, recovery: null, leases: [{ holder: "d" }] });
     // After the window an unknown lease is gone.
     expect(await stub.renew({ leaseId: b.id, fence: b.fence })).toMatchObject({ ok: false, code: "LEASE_NOT_FOUND" });
     const before = waited.lease.fence;
@@ -145,8 +150,8 @@ describe("ConnectionCoordinator in workerd", () => {
   it("writes nothing per call: no lease rows, no alarm; bounds ahead of need and the counters within a second", async () => {
     const stub = freshPool();
     const lease = await grant(stub, "a");
-    await stub.renew({ leaseId: lease.id, fence: lease.fence });
-    await stub.release({ leaseId: lease.id, fence: lease.fence });
+    await stub.renew(leaseRef(lease));
+    await stub.release(leaseRef(lease));
     const stored = await runInDurableObject(stub, (_, state) => ({
       alarm: state.storage.getAlarm(),
       tables: state.storage.sql
@@ -172,7 +177,7 @@ describe("ConnectionCoordinator in workerd", () => {
       .toBe(1);
   });
 
-  it("an object stored by the previous version: its lease rows are relearned, its counters kept, its rows dropped", async () => {
+  it("an object stored by the previous version: its lease rows are waited out (no token: not recovered), its counters kept, its rows dropped", async () => {
     const stub = freshPool();
     const name = `coordinator-test-${poolSeq}`;
     const now = Date.now();
@@ -201,8 +206,12 @@ describe("ConnectionCoordinator in workerd", () => {
     const restarted = await restartCoordinator(name);
     const s = await restarted.stats();
     expect(s).toMatchObject({ held: 0, counters: { granted: 8 } });
-    expect(s.learning!.endsInMs).toBeGreaterThanOrEqual(900 - (Date.now() - now));
-    expect(await restarted.renew({ leaseId: "old-a", fence: 7 }, 400)).toMatchObject({ ok: true });
+    expect(s.recovery!.endsInMs).toBeGreaterThanOrEqual(900 - (Date.now() - now));
+    // Leases of the previous version carry no token: their holders are told, and stop.
+    expect(await restarted.renew({ leaseId: "old-a", fence: 7, expiresAt: now + 600 }, 400)).toMatchObject({
+      ok: false,
+      code: "LEASE_NOT_FOUND",
+    });
     expect(await restarted.release({ leaseId: "old-b", fence: 8 })).toEqual({ ok: true, released: true });
     const tables = await runInDurableObject(restarted, (_, state) =>
       state.storage.sql.exec("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'leases'").toArray(),
@@ -275,8 +284,8 @@ describe("ConnectionCoordinator in workerd", () => {
     await expect.poll(async () => (await stub.stats()).waiting).toBe(1);
     const again = await restartCoordinator(name);
     expect(await waiting).toBe("COORDINATOR_UNAVAILABLE");
-    // The restarted object relearns: no waiters, and nothing granted while the three may be alive.
-    expect(await again.stats()).toMatchObject({ held: 0, waiting: 0, learning: { relearned: 0 } });
+    // The restarted object recovers: no waiters, and nothing granted while the three may be alive.
+    expect(await again.stats()).toMatchObject({ held: 0, waiting: 0, recovery: { recovered: 0 } });
     const retried = new Leases(again);
     const late = retried.acquire({ waitMs: 5000 });
     await retried.release(held[0]!);

@@ -6,6 +6,7 @@ import type { Sql } from "postgres";
 import { closeConnection, connectFromWorker } from "../../src/db/hyperdrive.ts";
 import worker, { type Env } from "../../examples/pitches/src/worker.ts";
 import { grantNow, restartCoordinator } from "../support/coordinator.ts";
+import { leaseRef } from "../../src/core/index.ts";
 
 // biome-ignore lint/suspicious/noExplicitAny: JSON answers of many shapes, read field by field in assertions.
 type Answer = Record<string, any>;
@@ -102,10 +103,10 @@ describe("live controls on real Postgres", () => {
     expect(await a.stats()).toMatchObject({ paused: true, held: 1 });
     // A paused pool survives a restart of its object.
     await restartCoordinator(a.pool);
-    // The restarted object relearns its leases (the holder's release is still accepted) before granting.
-    expect(await a.stats()).toMatchObject({ paused: true, held: 0, learning: { relearned: 0 } });
+    // The restarted object recovers its leases (the holder's release is still accepted) before granting.
+    expect(await a.stats()).toMatchObject({ paused: true, held: 0, recovery: { recovered: 0 } });
     expect((await a.stub().release({ leaseId: held.id, fence: held.fence })).ok).toBe(true);
-    await expect.poll(async () => (await a.stats()).learning, { timeout: 5000 }).toBeNull();
+    await expect.poll(async () => (await a.stats()).recovery, { timeout: 5000 }).toBeNull();
     // A request queued while paused is granted the moment the pool resumes, and reaches Postgres.
     const queued = a.call("/api/pitches/trending?limit=1");
     await expect.poll(async () => (await a.stats()).waiting).toBe(1);
@@ -131,7 +132,7 @@ describe("live controls on real Postgres", () => {
     const served = await queued;
     expect(served.status).toBe(200);
     await restartCoordinator(a.pool);
-    expect(await a.stats()).toMatchObject({ limit: 4, limitOverride: 4, held: 0, learning: { relearned: 0 } });
+    expect(await a.stats()).toMatchObject({ limit: 4, limitOverride: 4, held: 0, recovery: { recovered: 0 } });
     for (const bad of [0, -1, 1.5, "5", 10_001]) {
       const r = await a.post("/__coordinator/limit", { limit: bad });
       expect(r.status, String(bad)).toBe(400);
@@ -145,7 +146,7 @@ describe("live controls on real Postgres", () => {
     expect(await a.stats()).toMatchObject({ limit: 3, limitOverride: null });
   });
 
-  it("releases a stuck lease by its id prefix; the holder's late release changes nothing", async () => {
+  it("revokes a stuck lease by its id prefix: held until its holder stops and releases; its renewal is LEASE_LOST", async () => {
     const a = app();
     const stuck = await grantNow(a.stub(), "GET /api/stuck");
     const other = await grantNow(a.stub(), "GET /api/fine");
@@ -156,10 +157,17 @@ describe("live controls on real Postgres", () => {
     expect((await a.post("/__coordinator/release", { id: "zzzzzzzz" })).body.error.code).toBe("LEASE_NOT_FOUND");
     expect((await a.post("/__coordinator/release", { id: "abc" })).status).toBe(400);
     const r = await a.post("/__coordinator/release", { id: shown.idPrefix });
-    expect(r.body).toMatchObject({ ok: true, released: true, idPrefix: shown.idPrefix, holder: "GET /api/stuck" });
+    expect(r.body).toMatchObject({ ok: true, revoked: true, idPrefix: shown.idPrefix, holder: "GET /api/stuck" });
+    // Its statement may still run: the slot stays taken, and stats say it is revoked.
+    expect(await a.stats()).toMatchObject({ held: 2 });
+    expect(
+      ((await a.stats()).leases as Array<{ idPrefix: string; revoked?: true }>).find(
+        (l) => l.idPrefix === shown.idPrefix,
+      ),
+    ).toMatchObject({ revoked: true });
+    expect(await a.stub().renew(leaseRef(stuck))).toMatchObject({ ok: false, code: "LEASE_LOST" });
+    expect(await a.stub().release(leaseRef(stuck))).toEqual({ ok: true, released: true });
     expect(await a.stats()).toMatchObject({ held: 1 });
-    const late = await a.stub().release({ leaseId: stuck.id, fence: stuck.fence });
-    expect(late).toMatchObject({ ok: false, code: "LEASE_NOT_FOUND" });
     expect((await a.stub().release({ leaseId: other.id, fence: other.fence })).ok).toBe(true);
   });
 });

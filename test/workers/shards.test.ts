@@ -3,7 +3,7 @@ import { env } from "cloudflare:workers";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { type ShardedGrant, ShardedLeases, createIsolateShards, shardName } from "../../src/client/sharded-leases.ts";
-import { type LeaseGrant, type PoolStats, isLeaseError, shardLimits } from "../../src/core/index.ts";
+import { type LeaseGrant, type PoolStats, isLeaseError, leaseRef, shardLimits } from "../../src/core/index.ts";
 import { handle } from "../../examples/pitches/src/app.ts";
 import { depsFor } from "../../examples/pitches/src/worker.ts";
 
@@ -318,15 +318,13 @@ describe("sharded client against the real shard objects, generated sequences", (
               const idle = (p.isolate.block?.idle ?? []).map((x) => x.lease);
               for (const l of [...inUse, ...idle]) {
                 if (l.shard === o.shard)
-                  expect(await p.stubs()[o.shard]!.renew({ leaseId: l.id, fence: l.fence }, 30_000)).toMatchObject({
-                    ok: true,
-                  });
+                  expect(await p.stubs()[o.shard]!.renew(leaseRef(l), 30_000)).toMatchObject({ ok: true });
               }
             }
             await settle();
             const all = await allStats(p.stubs());
             for (const [i, s] of all.entries()) expect(s.held).toBeLessThanOrEqual(shardLimits(LIMIT, 3)[i]!);
-            // Every lease in use is counted by the shard it names (restarts relearn them).
+            // Every lease in use is counted by the shard it names (restarts recover them).
             for (const l of inUse) expect(all[l.shard]!.leases.map((x) => x.idPrefix)).toContain(l.id.slice(0, 8));
             // Nothing is held that neither a request nor the block accounts for.
             const accounted = inUse.length + (p.isolate.block?.idle.length ?? 0);

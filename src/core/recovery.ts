@@ -1,12 +1,15 @@
 /**
- * Restart safety without a write per call (Google Doorman's "learning mode"). A backend that keeps
- * its leases in memory persists only a small `Bounds` record, written ahead of need: every fence
- * it hands out is below `fenceCeiling`, and every `expiresAt` it answers is at or before `horizon`.
- * After a restart, fences continue from the ceiling, and while the horizon may still be ahead the
- * pool grants nothing and relearns the live leases from their holders' renewals (`startLearning`).
+ * Restart safety without a write per call: the recovery window (after Google Doorman's "learning
+ * mode"). A backend that keeps its leases in memory persists only a small `Bounds` record, written
+ * ahead of need: every fence it hands out is below `fenceCeiling`, and every `expiresAt` it answers
+ * is at or before `horizon`. After a restart, fences continue from the ceiling, and while the
+ * horizon may still be ahead the pool grants nothing and recovers the live leases from their
+ * holders' renewals (`startRecovery`) — only those it can verify (a token over id, fence and
+ * expiry, checked by the shell: see `VerifyRef`), and only for their original remaining life.
  */
+import { BOUNDS } from "./config.ts";
 import { LeaseError, expected } from "./errors.ts";
-import type { Lease, PoolState } from "./types.ts";
+import type { Lease, LeaseRef, PoolState } from "./types.ts";
 
 /** What a restarted pool must know of the leases it granted before: stored, never per call. */
 export interface Bounds {
@@ -25,27 +28,78 @@ export const FENCE_STEP = 100_000;
  */
 export const HORIZON_STEP_MS = 2_000;
 /**
- * Added to a stored horizon after a restart, ms: the restarted object may run on another machine
- * whose clock is a little behind the one that wrote the horizon, and a holder's lease must not be
- * treated as expired by a clock that reads earlier than the clock that granted it.
+ * The clock skew the recovery window tolerates between the machine that answered a lease and the
+ * one that restarts the object, ms, in either direction (NTP keeps servers within tens of
+ * milliseconds of each other; this is several times that). It guards both ways:
+ * - a new clock that reads AHEAD would end the window before the old leases really ended: the
+ *   window lasts until `horizon + CLOCK_MARGIN_MS`;
+ * - a new clock that reads BEHIND would take a lapsed lease for a live one: a renewal is recovered
+ *   only while `expiresAt - CLOCK_MARGIN_MS` is still ahead.
  */
 export const CLOCK_MARGIN_MS = 250;
 
 /**
- * Puts a restored pool (no leases) into its learning window: fences continue from the stored
- * ceiling (they only grow across restarts), and if the stored horizon plus the clock margin is
- * still ahead, nothing is granted until then and renewals of earlier leases re-register them.
- * A pool restarted after its horizon passed (idle, evicted) or never stored has no window.
+ * A per-call `ttlMs` (acquire or renew) may be at most this many times the pool's `leaseTtlMs`.
+ * It bounds the recovery window, so a restart never pauses granting longer than
+ * `TTL_CAP_FACTOR × leaseTtlMs + HORIZON_STEP_MS + CLOCK_MARGIN_MS` (32.25 s with the default
+ * 1.5 s TTL): the horizon reaches the longest lifetime ever handed out, not only those in use.
  *
  * @example
- * startLearning(pool, { fenceCeiling: 200_000, horizon: now + 1500 }, now);
+ * acquire(pool, { leaseId, holder, ttlMs: TTL_CAP_FACTOR * pool.config.leaseTtlMs }, now); // the longest allowed
  */
-export function startLearning(state: PoolState, bounds: Bounds | null, now: number): void {
+export const TTL_CAP_FACTOR = 20;
+
+/**
+ * The longest per-call `ttlMs` a pool accepts: `TTL_CAP_FACTOR` times its lease TTL (and never
+ * more than a day).
+ *
+ * @example
+ * maxTtlMs({ leaseTtlMs: 1500 }) // 30000
+ */
+export function maxTtlMs(config: { readonly leaseTtlMs: number }): number {
+  return Math.min(BOUNDS.leaseTtlMs, TTL_CAP_FACTOR * config.leaseTtlMs);
+}
+
+/**
+ * Whether a lease reference carries a token the coordinator itself issued for its id, fence and
+ * `expiresAt`. Supplied by the shell that signs its answers (the Durable Object: an HMAC with a
+ * key of its own): the core has no crypto, it only asks.
+ *
+ * @example
+ * renew(pool, leaseRef(lease), now, undefined, (ref) => tokens.verify(ref));
+ */
+export type VerifyRef = (ref: LeaseRef) => boolean;
+
+/**
+ * Puts a restored pool (no leases) into its recovery window: fences continue from the stored
+ * ceiling (they only grow across restarts), and if the stored horizon plus the clock margin is
+ * still ahead, nothing is granted until then and verified renewals of earlier leases re-register
+ * them. A pool restarted after its horizon passed (idle, evicted) or never stored has no window.
+ * `revoked`: ids of leases an operator revoked before the restart (the backend keeps them with
+ * the revoke): they start as tombstones, so their holders cannot recover them.
+ *
+ * @example
+ * startRecovery(pool, { fenceCeiling: 200_000, horizon: now + 1500 }, now);
+ */
+export function startRecovery(
+  state: PoolState,
+  bounds: Bounds | null,
+  now: number,
+  revoked: Iterable<string> = [],
+): void {
   if (bounds === null) return;
   checkBounds(bounds);
   if (bounds.fenceCeiling > state.nextFence) state.nextFence = bounds.fenceCeiling;
   const until = bounds.horizon + CLOCK_MARGIN_MS;
-  if (until > now) state.learning = { until, relearnBelowFence: bounds.fenceCeiling, relearned: 0 };
+  if (until > now) {
+    state.recovery = {
+      until,
+      horizon: bounds.horizon,
+      recoverBelowFence: bounds.fenceCeiling,
+      recovered: 0,
+      tombstones: new Set(revoked),
+    };
+  }
 }
 
 function checkBounds(b: Bounds): void {
