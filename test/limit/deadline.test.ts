@@ -98,7 +98,10 @@ describe("a request's deadline passes mid-statement (local adapter, LEASE_LIMIT=
 
   it("grants the next caller at once", () => {
     expect(next).toMatchObject({ settled: true, ok: true });
-    // Its connection opened, too, within this of the first caller's answer.
+    // Its connection opened, too, within this of the first caller's answer…
     expect(nextGrantedAt - first.at).toBeLessThanOrEqual(200);
+    // …and only once the first caller's backend had left (the slot comes back when the server closed it).
+    const app = holderApp(seen, MARKER);
+    expect(nextGrantedAt).toBeGreaterThanOrEqual(seen.goneAt((b) => b.app === app, startedAt)! - 20);
   });
 });
