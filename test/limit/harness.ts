@@ -171,7 +171,7 @@ export function poolName(): string {
 
 /**
  * One scenario's world: the superuser client, the limited role, a sampler of its backends, and the
- * pools opened through {@link Scene.pool} (each a process's view of the same pool: a coordinator of
+ * pools opened through {@link Scene.open} (each a process's view of the same pool: a coordinator of
  * its own on its own client). `end()` stops the sampler, closes the pools and drops the role.
  */
 export interface Scene {

@@ -91,6 +91,7 @@ afterAll(async () => {
       ` its backend last seen ${last ? Math.round(last - wokeAt) : "-"} ms after it woke;` +
       ` next ${next?.settled ? (next.ok ? "ok" : next.code) : "unanswered"}, granted ${nextGrantedAt ? nextGrantedAt - wokeAt : "never"} ms after the holder woke;` +
       ` peak ${seen?.peak()}; refused logins ${[...(s?.log.refused ?? []), ...(done?.refused ?? [])].map((r) => r.code).join(",") || "none"};` +
+      ` lingering ${JSON.stringify(seen?.lingering(new Map([...s.log.closed, ...(done?.closed ?? [])])))};` +
       ` sampling ${JSON.stringify(seen?.gaps())}`,
   );
   await s?.end();
