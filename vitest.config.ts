@@ -10,6 +10,7 @@ export default defineConfig({
       "test/core/**/*.test.ts",
       "test/db/**/*.test.ts",
       "test/hono/**/*.test.ts",
+      "test/limit/*.test.ts",
       "test/local/**/*.test.ts",
       "test/package/**/*.test.ts",
       "test/security/**/*.test.ts",

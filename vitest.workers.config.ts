@@ -8,7 +8,7 @@ const databaseUrl =
 
 export default defineConfig({
   test: {
-    include: ["test/workers/**/*.test.ts"],
+    include: ["test/limit/workerd/**/*.test.ts", "test/workers/**/*.test.ts"],
     testTimeout: 20_000,
     // A TCP server that accepts and never answers, for connect timeouts (`inject("silentPort")`).
     globalSetup: ["test/workers/silent-server.ts"],
