@@ -117,7 +117,7 @@ describe("lease and waiter fields declared once", () => {
       // again; the waiter waits (two held, limit 2) until the revoked holder releases.
       expect(await c.revoke(held.lease.id)).toMatchObject({ ok: true, revoked: true, holder: "before-upgrade" });
       const revoked = await loaded(sql, "older");
-      expect(revoked.state.leases.get(held.lease.id)).toEqual<Lease>({ ...held.lease, revoked: true });
+      expect(revoked.state.leases.get(held.lease.id)).toEqual<Lease>({ ...heldRow, revoked: true });
       expect((await c.stats()).waiting).toBe(1);
       expect(await c.release({ leaseId: held.lease.id, fence: held.lease.fence })).toEqual({
         ok: true,

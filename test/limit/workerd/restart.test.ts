@@ -147,7 +147,7 @@ describe("the object restarts mid-statement after its horizon passed (real worke
     await sleep(Math.max(0, expiresAt + 2_500 - Date.now()));
     await restartCoordinator(NAME);
     restartedAt = Date.now();
-    for (let i = 0; i < 50 && (await stub().stats()).learning !== null; i++) await sleep(100);
+    for (let i = 0; i < 50 && (await stub().stats()).recovery !== null; i++) await sleep(100);
     cut = false;
     // Another request takes the one slot and opens its connection as the same role.
     const other = database(`${NAME}-next`, new Leases(env.COORDINATOR_DO.getByName(NAME), { holder: "next" }));
@@ -211,8 +211,8 @@ describe("renewals the object cannot verify, in its recovery window (real worker
     if (!live.ok) throw new Error(`expected a grant, got ${live.code}`);
     await restartCoordinator(name);
     const before = await stub().stats();
-    expect(before.learning).not.toBeNull();
-    return { stub, lapsed: lapsed.lease, live: live.lease, windowEndsInMs: before.learning!.endsInMs };
+    expect(before.recovery).not.toBeNull();
+    return { stub, lapsed: lapsed.lease, live: live.lease, windowEndsInMs: before.recovery!.endsInMs };
   }
 
   type Window = Awaited<ReturnType<typeof inWindow>>;
@@ -264,13 +264,13 @@ describe("renewals the object cannot verify, in its recovery window (real worker
       console.log(
         `[limit] workerd recovery window, renewal of ${what}: ${r.ok ? "accepted" : r.code};` +
           ` then the live holder's own: ${ownRenewal === null ? "-" : ownRenewal.ok ? "accepted" : ownRenewal.code}; held ${after.held} of ${after.limit};` +
-          ` window ends in ${after.learning?.endsInMs ?? "-"} ms (was ${w.windowEndsInMs} ms)`,
+          ` window ends in ${after.recovery?.endsInMs ?? "-"} ms (was ${w.windowEndsInMs} ms)`,
       );
       expect(r.ok).toBe(false);
       // Nothing it cannot verify counts, nor moves the window's end. (Today a forged lease takes the
       // one slot, and the live holder's own renewal is then refused.)
       expect(after.held).toBeLessThanOrEqual(1);
-      expect(after.learning?.endsInMs ?? 0).toBeLessThanOrEqual(w.windowEndsInMs);
+      expect(after.recovery?.endsInMs ?? 0).toBeLessThanOrEqual(w.windowEndsInMs);
     });
   }
 });
