@@ -236,8 +236,12 @@ export async function holdLease<T>(
     frame.pool = undefined;
     beat?.stop();
     // The connection first, then the slot: the database never counts more connections than leases.
-    const closed = closeAll(cleanups).then(withoutLease);
-    const done = closed.then(() => giveBack(client, beat?.lease ?? lease));
+    let markClosed: () => void = () => {};
+    const closed = new Promise<void>((resolve) => (markClosed = resolve));
+    const done = finish(client, beat?.lease ?? lease, cleanups, () => {
+      withoutLease?.();
+      markClosed();
+    });
     if (waitUntil) settle(done);
     // A lost lease's caller is told once its connection is closed: the release may not reach a
     // coordinator that is away, and the slot comes back at its expiry anyway.
@@ -246,7 +250,14 @@ export async function holdLease<T>(
   }
 }
 
-async function closeAll(cleanups: Array<() => Promise<unknown> | unknown>): Promise<void> {
+// Runs the cleanups (closing the connection), says so, then gives the slot back; never throws.
+// With no cleanup to wait for, the release is sent in the same turn.
+async function finish(
+  client: HoldingClient | undefined,
+  lease: LeaseGrant | undefined,
+  cleanups: Array<() => Promise<unknown> | unknown>,
+  onClosed: () => void,
+): Promise<void> {
   for (const cleanup of cleanups) {
     try {
       await cleanup();
@@ -254,6 +265,8 @@ async function closeAll(cleanups: Array<() => Promise<unknown> | unknown>): Prom
       // A failed cleanup must not keep the slot: the connection is gone either way.
     }
   }
+  onClosed();
+  await giveBack(client, lease);
 }
 
 /** Gives the slot back; never throws. */

@@ -68,10 +68,19 @@ describe("recovery window in workerd", () => {
     expect(await again.renew({ ...ref, fence: ref.fence + 1 })).toMatchObject(NOT_FOUND);
     expect(await again.stats()).toMatchObject({ held: 0, recovery: { recovered: 0 } });
     // a's holder: recovered until the expiry it was told, with the same token.
-    expect(await again.renew(ref, 5000)).toEqual({
+    const recovered = await again.renew(ref, 5000);
+    expect(recovered).toEqual({
       ok: true,
-      lease: { ...renewed.lease, holder: "recovered", grantedAt: expect.any(Number), token: ref.token },
+      lease: {
+        ...renewed.lease,
+        holder: "recovered",
+        grantedAt: expect.any(Number),
+        token: ref.token,
+        validForMs: expect.any(Number),
+      },
     });
+    // Valid for what was left of it, not for a new 5 s: its holder's clock keeps the end it had.
+    expect(recovered.ok && recovered.lease.validForMs).toBeLessThan(renewed.lease.validForMs!);
     // b's holder finished in the window: a late heartbeat of b does not bring it back.
     expect(await again.release(leaseRef(b))).toEqual({ ok: true, released: true });
     expect(await again.renew(leaseRef(b))).toMatchObject(NOT_FOUND);
