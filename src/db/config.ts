@@ -28,6 +28,13 @@ export type DatabaseConfig = {
   readonly deadlineMs: number;
   /** `DB_LOG_DETAIL=on`: error and slow-query logs keep messages, row values and query literals. */
   readonly logDetail: boolean;
+  /**
+   * `DB_STATEMENT_TIMEOUT`: `startup` (default) opens every leased connection with
+   * `statement_timeout` and `idle_in_transaction_session_timeout` set to what is left of the
+   * request's deadline, and `client_connection_check_interval` (100 ms), as startup parameters;
+   * `off` sends none (Postgres < 14, or a pooler that refuses unknown startup parameters).
+   */
+  readonly statementTimeout: "startup" | "off";
 };
 
 /** The variables the database layer reads. Values are strings, as environment variables are. */
@@ -46,6 +53,8 @@ export interface DatabaseEnv {
   LEASE_SAFE_BUDGET?: string | undefined;
   /** `on`: logs keep database error messages and query literals (they may hold row data). Default `off`. */
   DB_LOG_DETAIL?: string | undefined;
+  /** `startup` (default) or `off`: whether leased connections start with the deadline's `statement_timeout`. */
+  DB_STATEMENT_TIMEOUT?: string | undefined;
 }
 
 function invalid(message: string): never {
@@ -122,7 +131,11 @@ export function databaseConfig(env: DatabaseEnv): DatabaseConfig {
   if (applicationName.length > 63) invalid(expected("APPLICATION_NAME", "at most 63 characters", applicationName));
   const detail = (env.DB_LOG_DETAIL ?? "").trim() || "off";
   if (detail !== "on" && detail !== "off") invalid(expected("DB_LOG_DETAIL", "`on` or `off`", detail));
+  const statementTimeout = (env.DB_STATEMENT_TIMEOUT ?? "").trim() || "startup";
+  if (statementTimeout !== "startup" && statementTimeout !== "off")
+    invalid(expected("DB_STATEMENT_TIMEOUT", "`startup` or `off`", statementTimeout));
   const common = {
+    statementTimeout: statementTimeout as DatabaseConfig["statementTimeout"],
     logDetail: detail === "on",
     applicationName,
     connectTimeoutMs,
