@@ -179,7 +179,7 @@ export class Database {
    */
   async transaction<T>(fn: (tx: Transaction) => Promise<T>, options: CallOptions = {}): Promise<T> {
     return this.#run(
-      async (scope, attempt) => {
+      async (scope, attempt, deadline) => {
         const conn = await scope.connect(this.#o.driver);
         // Statements inside the transaction do not count as run: cut off before COMMIT, the
         // server rolls it all back. Only a COMMIT sent and unanswered leaves it "maybe".
@@ -187,7 +187,7 @@ export class Database {
           query: <R = Row>(text: string, params: readonly unknown[] = []) =>
             this.#timed(conn, text, params, options.holder, undefined) as Promise<R[]>,
         };
-        await conn.query("BEGIN");
+        await conn.query(this.#begin(deadline));
         let result: T;
         try {
           result = await fn(tx);
@@ -220,7 +220,7 @@ export class Database {
   }
 
   async #run<T>(
-    work: (scope: AttemptScope, attempt: Attempt) => Promise<T>,
+    work: (scope: AttemptScope, attempt: Attempt, deadline: number) => Promise<T>,
     options: CallOptions,
     kind: Attempt["kind"],
   ): Promise<T> {
@@ -312,7 +312,7 @@ export class Database {
   // their statement and close; only then does the lifecycle give the slot back. One still queued
   // for a slot is withdrawn, and a slot granted after that is given back as soon as it arrives.
   #attempt<T>(
-    work: (scope: AttemptScope, attempt: Attempt) => Promise<T>,
+    work: (scope: AttemptScope, attempt: Attempt, deadline: number) => Promise<T>,
     options: CallOptions,
     deadline: number,
     kind: Attempt["kind"],
@@ -381,7 +381,7 @@ export class Database {
   // the stop signal, the safe mode (work without a lease when the coordinator is unreachable) and
   // its log lines.
   #underLease<T>(
-    work: (scope: AttemptScope, attempt: Attempt) => Promise<T>,
+    work: (scope: AttemptScope, attempt: Attempt, deadline: number) => Promise<T>,
     options: CallOptions,
     deadline: number,
     attempt: Attempt,
@@ -398,7 +398,7 @@ export class Database {
         const lost = () => stop(leaseLost(attempt.executed(), held.signal.reason));
         if (held.signal.aborted) lost();
         else held.signal.addEventListener("abort", lost, { once: true });
-        return work(this.#scope(held, attempt, deadline), attempt);
+        return work(this.#scope(held, attempt, deadline), attempt, deadline);
       },
       {
         holder: options.holder,
@@ -445,6 +445,16 @@ export class Database {
         return conn;
       },
     };
+  }
+
+  // A transaction carries the deadline itself too, in the same round trip as its BEGIN: a pooler in
+  // transaction mode (Hyperdrive, PgBouncer) drops or resets startup parameters, but applies a SET
+  // LOCAL for the transaction it runs in.
+  #begin(deadline: number): string {
+    const limits = this.#limits(deadline);
+    if (!limits?.statementTimeoutMs) return "BEGIN";
+    const ms = Math.ceil(limits.statementTimeoutMs);
+    return `BEGIN; SET LOCAL statement_timeout = ${ms}; SET LOCAL idle_in_transaction_session_timeout = ${ms}`;
   }
 
   #limits(deadline: number): SessionLimits | undefined {

@@ -239,6 +239,46 @@ describe("the startup parameters a leased connection carries", () => {
     10_000,
   );
 
+  it("a transaction sets its own statement_timeout with its BEGIN, for poolers that drop startup parameters", async () => {
+    // A stand-in for a transaction-mode pooler (Hyperdrive in production, PgBouncer): the same
+    // driver, with the startup parameters dropped on the way.
+    const config = databaseConfig({ DATABASE_URL: TEST_URL, DB_DEADLINE_MS: "3000" });
+    const inner = openDriver(config);
+    const db = new Database({
+      name: "pooler",
+      driver: { name: inner.name, connect: () => inner.connect(undefined) },
+      leases: undefined,
+      config,
+      log: () => {},
+    });
+    const [outside] = await db.query<{ st: string }>("SELECT current_setting('statement_timeout') AS st");
+    expect(outside!.st).toBe("0");
+    const inside = await db.transaction(async (tx) => {
+      const [row] = await tx.query<{ st: string; it: string }>(
+        "SELECT current_setting('statement_timeout') AS st, current_setting('idle_in_transaction_session_timeout') AS it",
+      );
+      return row!;
+    });
+    expect(inside.st).toMatch(/^2\d{3}ms$|^3s$/);
+    expect(inside.it).toBe(inside.st);
+    // And it holds: a statement in the transaction past the deadline is stopped by the server.
+    const late: Runtime = { ...SYSTEM_RUNTIME, setTimer: (fn, ms) => SYSTEM_RUNTIME.setTimer(fn, ms + 1500) };
+    const slow = new Database({
+      name: "pooler-late",
+      driver: { name: inner.name, connect: () => inner.connect(undefined) },
+      leases: undefined,
+      config: { ...config, deadlineMs: 500 },
+      runtime: late,
+      log: () => {},
+    });
+    const started = Date.now();
+    await expect(slow.transaction((tx) => tx.query("SELECT pg_sleep(3)"))).rejects.toMatchObject({
+      code: "DEADLINE_EXCEEDED",
+      executed: "no",
+    });
+    expect(Date.now() - started).toBeLessThan(1200);
+  }, 10_000);
+
   it("refuses a DB_STATEMENT_TIMEOUT that is neither startup nor off", async () => {
     await expect(pool("postgres", { DB_STATEMENT_TIMEOUT: "set" })).rejects.toMatchObject({
       code: "INVALID_CONFIG",
