@@ -48,10 +48,13 @@ export async function sendCancelRequest(key: BackendKey, edge: boolean): Promise
 async function viaNode(key: BackendKey, packet: Uint8Array): Promise<void> {
   const { connect } = await import("node:net");
   await new Promise<void>((resolve) => {
-    const socket = connect({ host: key.host, port: key.port }, () => socket.end(packet));
+    // Written, not ended: a half-close right behind the packet makes PgBouncer drop the request as
+    // an unexpected EOF before it forwards it. The server closes once it has the request.
+    const socket = connect({ host: key.host, port: key.port }, () => socket.write(packet));
     socket.on("error", () => resolve());
     socket.on("close", () => resolve());
     // The close that ends the wait is the server's, after it signalled the backend.
+    socket.on("end", () => socket.destroy());
     socket.setTimeout(CANCEL_TIMEOUT_MS, () => socket.destroy());
   });
 }
@@ -65,6 +68,8 @@ async function viaNode(key: BackendKey, packet: Uint8Array): Promise<void> {
 export function keyOf(host: unknown, port: unknown, pid: unknown, secret: unknown): BackendKey | undefined {
   if (typeof host !== "string" || host === "" || host.startsWith("/")) return undefined;
   const p = Number(port ?? 5432);
-  if (!Number.isInteger(p) || typeof pid !== "number" || typeof secret !== "number" || pid <= 0) return undefined;
+  // Any 32-bit pid but 0: a pooler (PgBouncer) hands out random keys, negative ones too as read signed.
+  if (!Number.isInteger(p) || !Number.isInteger(pid) || pid === 0 || !Number.isInteger(secret)) return undefined;
+  if (typeof pid !== "number" || typeof secret !== "number") return undefined;
   return { host, port: p, pid, secret };
 }
