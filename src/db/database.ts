@@ -149,8 +149,10 @@ export class Database {
 
   /**
    * One statement under one lease. Throws `DATABASE_UNAVAILABLE` (503: down, circuit open),
-   * `DATABASE_ERROR` (500: the statement failed), `QUEUE_FULL` / `ACQUIRE_TIMEOUT` /
-   * `COORDINATOR_UNAVAILABLE` (503).
+   * `DATABASE_ERROR` (500: the statement failed), `DEADLINE_EXCEEDED` (504: the deadline passed;
+   * the statement was cancelled), `LEASE_LOST` (503: the lease ended mid-statement; cancelled too),
+   * `QUEUE_FULL` / `ACQUIRE_TIMEOUT` / `COORDINATOR_UNAVAILABLE` (503). `executed` says whether
+   * the statement may have run.
    *
    * @example
    * const [row] = await db.query("SELECT count(*)::int AS n FROM pitches");
