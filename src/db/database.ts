@@ -485,7 +485,7 @@ class Attempt {
 
   /** Whether the attempt is still opening its connection: nothing it runs has reached the database. */
   opening(): boolean {
-    return this.connecting || this.connections.some((c) => c.opened?.() === false);
+    return this.connecting || this.connections.some((c) => c.waiting?.() === true);
   }
 
   /** Whether work cut off now may have run. */

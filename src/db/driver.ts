@@ -20,10 +20,11 @@ export interface Connection {
   /** Closes the connection; never throws, and is done only when the connection is gone. Idempotent. */
   close(): Promise<void>;
   /**
-   * False while a lazy client (postgres.js opens its connection with the first query) has not
-   * opened it yet: a statement handed to it then has not been sent. Absent: open once connected.
+   * True while a statement handed to a lazy client (postgres.js opens its connection with the
+   * first query) still waits for the connection to open: nothing has been sent yet. Absent: the
+   * connection is open once `connect` resolved.
    */
-  opened?(): boolean;
+  waiting?(): boolean;
 }
 
 /**

@@ -51,7 +51,7 @@ export function postgresJsDriver(pg: PostgresJs): DriverModule<Sql> {
         client: tracked.sql,
         query: <R = Row>(text: string, params: readonly unknown[] = []) =>
           tracked.sql.unsafe(text, params as never[]) as unknown as Promise<R[]>,
-        opened: () => tracked.key() !== undefined || tracked.sent(),
+        waiting: () => tracked.waiting(),
         async cancel() {
           const key = tracked.key();
           if (key) await sendCancelRequest(key, target.edge);
@@ -81,13 +81,14 @@ const TRACKED_QUERIES = 16;
 export function trackBackend(sql: Sql): {
   sql: Sql;
   key: () => BackendKey | undefined;
-  sent: () => boolean;
+  waiting: () => boolean;
 } {
   const queries: unknown[] = [];
   let backend: { pid?: unknown; secret?: unknown } | undefined;
   const note = (query: unknown) => {
-    if (backend === undefined && typeof query === "object" && query !== null && queries.length < TRACKED_QUERIES)
-      queries.push(query);
+    // Queries only (they have `cancel`), not the fragments and identifiers `sql(…)` also returns.
+    const isQuery = typeof (query as { cancel?: unknown } | null)?.cancel === "function";
+    if (backend === undefined && isQuery && queries.length < TRACKED_QUERIES) queries.push(query);
     return query;
   };
   const options = (sql as unknown as { options?: { host?: unknown[]; port?: unknown[] } }).options;
@@ -99,8 +100,9 @@ export function trackBackend(sql: Sql): {
       if (backend) queries.length = 0;
       return backend && keyOf(options?.host?.[0], options?.port?.[0], backend.pid, backend.secret);
     },
-    /** Whether a query was handed to the connection (it is open, and the query is on its way). */
-    sent: () => backend !== undefined || queries.some((q) => Boolean((q as { state?: unknown }).state)),
+    /** Whether queries were made but none handed to an open connection yet (it is opening). */
+    waiting: () =>
+      backend === undefined && queries.length > 0 && !queries.some((q) => Boolean((q as { state?: unknown }).state)),
   };
 }
 
