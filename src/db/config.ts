@@ -35,6 +35,11 @@ export type DatabaseConfig = {
    * `off` sends none (Postgres < 14, or a pooler that refuses unknown startup parameters).
    */
   readonly statementTimeout: "startup" | "off";
+  /**
+   * `DB_CONNECTION_CHECK_MS`: with `statementTimeout` `startup`, the `client_connection_check_interval`
+   * leased connections start with, ms (Postgres ≥ 14 on a platform that has it); `0` sends none.
+   */
+  readonly connectionCheckMs: number;
 };
 
 /** The variables the database layer reads. Values are strings, as environment variables are. */
@@ -55,6 +60,8 @@ export interface DatabaseEnv {
   DB_LOG_DETAIL?: string | undefined;
   /** `startup` (default) or `off`: whether leased connections start with the deadline's `statement_timeout`. */
   DB_STATEMENT_TIMEOUT?: string | undefined;
+  /** `client_connection_check_interval` of leased connections, ms; `0` sends none. Default 100. */
+  DB_CONNECTION_CHECK_MS?: string | undefined;
 }
 
 function invalid(message: string): never {
@@ -134,8 +141,10 @@ export function databaseConfig(env: DatabaseEnv): DatabaseConfig {
   const statementTimeout = (env.DB_STATEMENT_TIMEOUT ?? "").trim() || "startup";
   if (statementTimeout !== "startup" && statementTimeout !== "off")
     invalid(expected("DB_STATEMENT_TIMEOUT", "`startup` or `off`", statementTimeout));
+  const connectionCheckMs = int(env, "DB_CONNECTION_CHECK_MS", 100, 0, 60_000);
   const common = {
     statementTimeout: statementTimeout as DatabaseConfig["statementTimeout"],
+    connectionCheckMs,
     logDetail: detail === "on",
     applicationName,
     connectTimeoutMs,

@@ -68,6 +68,10 @@ export interface AttemptScope {
 // ≥ 14): a connection whose socket is closed without a cancel stops its statement within this.
 const CONNECTION_CHECK_MS = 100;
 
+// What a server answers at startup to a parameter it does not have (Postgres < 14) or a value it
+// cannot take (a platform without the check: Windows; macOS before Postgres 15).
+const REFUSED_PARAMETER = new Set(["42704", "22023"]);
+
 // The cause of a deadline that passed while connecting: the database did not answer in time.
 const CONNECTING = Object.freeze({ phase: "connect" });
 
@@ -93,6 +97,8 @@ export interface DatabaseOptions {
     logDetail?: boolean | undefined;
     /** Default `startup`: connections start with the deadline's `statement_timeout` (see `DB_STATEMENT_TIMEOUT`). */
     statementTimeout?: DatabaseConfig["statementTimeout"] | undefined;
+    /** Default 100: `client_connection_check_interval`, ms; `0` sends none (see `DB_CONNECTION_CHECK_MS`). */
+    connectionCheckMs?: number | undefined;
   };
   /** The breaker to use; pass one kept at module scope so it outlives a request. */
   breaker?: CircuitBreaker | undefined;
@@ -372,6 +378,8 @@ export class Database {
   // becomes a LeaseError that says whether the statement may have run.
   #classify(error: unknown, attempt: Attempt, deadline: number): unknown {
     if (attempt.stop.signal.aborted) return attempt.stop.signal.reason;
+    const refused = this.#refusedCheck(error, attempt);
+    if (refused) return refused;
     if (isLeaseError(error)) return error;
     // 57014 query_canceled: the connection's statement_timeout, set from the deadline.
     if (sqlState(error) === "57014" && this.#rt.now() >= deadline - DEADLINE_SLACK_MS)
@@ -449,6 +457,21 @@ export class Database {
     };
   }
 
+  // A server that refuses the connection's check interval at startup refuses every connection:
+  // say which setting to change instead of a query error on every call.
+  #refusedCheck(error: unknown, attempt: Attempt): LeaseError | undefined {
+    if (!this.#limits(this.#rt.now())?.connectionCheckMs) return undefined;
+    // Refused at connect (wrapped there, executed "no") or, for a lazy client, before its first query was sent.
+    const atConnect = isLeaseError(error) && error.executed === "no" && attempt.phase === "working";
+    const cause = atConnect ? error.cause : error;
+    if (!REFUSED_PARAMETER.has(sqlState(cause) ?? "") || !(atConnect || attempt.opening())) return undefined;
+    return new LeaseError(
+      "INVALID_CONFIG",
+      "The database refused `client_connection_check_interval` at connect (Postgres before 14, or a platform without it): set `DB_CONNECTION_CHECK_MS=0`",
+      { cause, executed: "no" },
+    );
+  }
+
   // A transaction carries the deadline itself too, in the same round trip as its BEGIN: a pooler in
   // transaction mode (Hyperdrive, PgBouncer) drops or resets startup parameters, but applies a SET
   // LOCAL for the transaction it runs in.
@@ -461,7 +484,11 @@ export class Database {
 
   #limits(deadline: number): SessionLimits | undefined {
     if ((this.#o.config.statementTimeout ?? "startup") === "off") return undefined;
-    return { statementTimeoutMs: Math.max(1, deadline - this.#rt.now()), connectionCheckMs: CONNECTION_CHECK_MS };
+    const check = this.#o.config.connectionCheckMs ?? CONNECTION_CHECK_MS;
+    return {
+      statementTimeoutMs: Math.max(1, deadline - this.#rt.now()),
+      connectionCheckMs: check > 0 ? check : undefined,
+    };
   }
 }
 

@@ -6,6 +6,7 @@ import { Leases } from "../../src/client/leases.ts";
 import { isLeaseError } from "../../src/core/index.ts";
 import { databaseConfig } from "../../src/db/config.ts";
 import { openDriver } from "../../src/db/connect.ts";
+import type { SessionLimits } from "../../src/db/driver.ts";
 import { Database, type Runtime, SYSTEM_RUNTIME } from "../../src/db/database.ts";
 import { neonDriver } from "../../src/db/drivers/neon.ts";
 import { forgetPools } from "../local/helpers.ts";
@@ -286,6 +287,46 @@ describe("the startup parameters a leased connection carries", () => {
     });
     expect(Date.now() - started).toBeLessThan(1200);
   }, 10_000);
+
+  it.each(["postgres", "pg"] as const)(
+    "%s: a server that refuses client_connection_check_interval at connect answers INVALID_CONFIG naming DB_CONNECTION_CHECK_MS, not retried; with 0 none is sent",
+    async (client) => {
+      // Postgres 13 and servers on a platform without the check (Windows) refuse the parameter at
+      // startup; none runs here, so the real server is made to refuse it by a value out of its
+      // range (the same FATAL, SQLSTATE 22023, at the same moment).
+      const config = databaseConfig({
+        DATABASE_URL: TEST_URL,
+        DATABASE_CLIENT: client,
+        DB_CONNECTION_CHECK_MS: "60000",
+      });
+      const inner = openDriver(config);
+      const refusing = {
+        name: inner.name,
+        connect: (limits?: SessionLimits) =>
+          inner.connect(limits?.connectionCheckMs ? { ...limits, connectionCheckMs: 3_000_000_000 } : limits),
+      };
+      const db = new Database({ name: "refused", driver: refusing, leases: undefined, config, log: () => {} });
+      const error = await db.query("SELECT 1").catch((e: unknown) => e);
+      expect(error).toMatchObject({
+        code: "INVALID_CONFIG",
+        executed: "no",
+        message: expect.stringContaining("DB_CONNECTION_CHECK_MS=0"),
+        cause: { code: "22023" },
+      });
+      expect(db.breaker.state).toEqual({ state: "closed", failures: 0 });
+      const off = new Database({
+        name: "refused-off",
+        driver: refusing,
+        leases: undefined,
+        config: { ...config, connectionCheckMs: 0 },
+        log: () => {},
+      });
+      await expect(off.query("SELECT current_setting('client_connection_check_interval') AS cc")).resolves.toEqual([
+        { cc: "0" },
+      ]);
+    },
+    10_000,
+  );
 
   it("refuses a DB_STATEMENT_TIMEOUT that is neither startup nor off", async () => {
     await expect(pool("postgres", { DB_STATEMENT_TIMEOUT: "set" })).rejects.toMatchObject({
