@@ -92,11 +92,12 @@ async function round(client: Client, url: string, leases: Leases, ms: number): P
   const inner = openDriver(config);
   const driver: Driver = {
     name: inner.name,
-    async connect() {
+    async connect(limits) {
       const t0 = performance.now();
-      const conn = await inner.connect();
+      const conn = await inner.connect(limits);
       return {
         query: (text, params) => conn.query(text, params),
+        cancel: () => conn.cancel(),
         async close() {
           await conn.close();
           result.connectionMs.push(performance.now() - t0);

@@ -64,7 +64,10 @@ auth_file = $PGB_DIR/users.txt
 pool_mode = transaction
 default_pool_size = 18
 max_client_conn = 1000
-ignore_startup_parameters = extra_float_digits,options
+# Leased connections start with the deadline's settings (DB_STATEMENT_TIMEOUT=startup): PgBouncer
+# refuses unknown startup parameters unless listed here, and drops the listed ones. In transaction
+# mode the deadline holds through the cancel request (forwarded) and a transaction's SET LOCAL.
+ignore_startup_parameters = extra_float_digits,options,statement_timeout,idle_in_transaction_session_timeout,client_connection_check_interval
 logfile = $PGB_DIR/pgbouncer.log
 pidfile = $PGB_DIR/pgbouncer.pid
 INI

@@ -218,7 +218,7 @@ async function database(): Promise<{ workerUrl: string; countSql: string; limitL
       "pool_mode = transaction",
       `default_pool_size = ${POOL}`,
       "max_client_conn = 2000",
-      "ignore_startup_parameters = extra_float_digits,options",
+      "ignore_startup_parameters = extra_float_digits,options,statement_timeout,idle_in_transaction_session_timeout,client_connection_check_interval",
       `logfile = ${dir}/pgbouncer.log`,
       "",
     ].join("\n"),

@@ -10,7 +10,9 @@ import { createMiddleware } from "hono/factory";
 import { holdLease, leaseFrame, runInFrame } from "./client/hold.ts";
 import type { LeaseClient } from "./client/leases.ts";
 import { type ErrorCode, BOUNDS, LeaseError, checkInt, expected, isLeaseError } from "./core/index.ts";
-import { closePgClient } from "./db/drivers/node-postgres.ts";
+import { cancelPgClient, closePgClient } from "./db/drivers/node-postgres.ts";
+import { trackBackend } from "./db/drivers/postgres-js.ts";
+import { sendCancelRequest } from "./db/cancel-request.ts";
 import { toDatabaseError } from "./db/errors.ts";
 import { errorResponse } from "./http/respond.ts";
 
@@ -68,6 +70,10 @@ const OVERLOAD: ReadonlySet<ErrorCode> = new Set([
  * driver's own connection failure, by its code) answer 503 with `Retry-After` and
  * `{"error": {"code", "message", "retryAfterMs"}}`; other errors go to the app's `onError`.
  * Use the client only within the request: it is closed when the handler returns.
+ * When the lease is lost while the handler runs (revoked, a renewal refused, no renewal by its
+ * expiry), the statement running on the client is cancelled (a Postgres cancel request with the
+ * client's backend key) and the client closed, then the slot is given back; a handler that fails
+ * after that answers 503 `LEASE_LOST`.
  *
  * @example
  * app.use("/api/*", leased({
@@ -91,6 +97,7 @@ export function leased<C, E extends Env = any>(options: LeasedOptions<E, C>): Mi
     let opened: Promise<C> | undefined;
     let held: Promise<void> | undefined;
     let ended = false;
+    let lost: LeaseError | undefined;
     let end: () => void = () => {};
     const over = new Promise<void>((resolve) => (end = resolve));
     c.set("client", () => {
@@ -103,16 +110,37 @@ export function leased<C, E extends Env = any>(options: LeasedOptions<E, C>): Mi
         // The lease is held until the request ends; the lifecycle closes the client, then releases.
         held = holdLease(
           client,
-          async ({ beforeRelease }) => {
+          async ({ beforeRelease, signal }) => {
+            // Closing alone leaves a running statement running: cancel it first, then close; the
+            // release's cleanup shares that close, so the slot waits for it.
+            let stopping: Promise<unknown> | undefined;
+            let cancel: () => Promise<void> = async () => {};
+            const halt = (client: C) => (stopping ??= cancel().then(() => close(client)));
+            let stopped: Promise<void> = new Promise(() => {});
             try {
-              const opening = await connect(ctx);
-              beforeRelease(() => close(opening));
+              const made = await connect(ctx);
+              const { client: opening, cancel: cancelling } = cancellable(made);
+              cancel = cancelling;
+              beforeRelease(() => stopping ?? close(opening));
+              stopped = new Promise<void>((done) => {
+                const stop = () => {
+                  lost = new LeaseError(
+                    "LEASE_LOST",
+                    "The lease ended while the request ran: its statement was cancelled and its connection closed",
+                    { retryAfterMs: 1000, executed: "maybe", cause: signal.reason },
+                  );
+                  void halt(opening).then(() => done());
+                };
+                if (signal.aborted) stop();
+                else signal.addEventListener("abort", stop, { once: true });
+              });
               await open(opening);
               resolve(opening);
             } catch (error) {
               throw toDatabaseError(error);
             }
-            await over;
+            // The lease is held until the request ends, or until it is lost and the client stopped.
+            await Promise.race([over, stopped]);
           },
           { holder: holder ? holder(ctx) : `${c.req.method} ${c.req.path}`, waitMs, ttlMs, waitUntil, frame },
         );
@@ -133,8 +161,9 @@ export function leased<C, E extends Env = any>(options: LeasedOptions<E, C>): Mi
       // With `waitUntil` the lifecycle registered that already; elsewhere it is awaited here.
       if (held && !waitUntil) await held.catch(() => {});
     }
-    // Hono has caught a handler's error already (`c.error`, answered by onError): overload answers 503.
-    const answer = overloaded(c.error);
+    // Hono has caught a handler's error already (`c.error`, answered by onError): overload answers
+    // 503, and so does a handler that failed after its lease was lost (its statement was cancelled).
+    const answer = c.error !== undefined && lost ? lost : overloaded(c.error);
     if (answer) {
       c.res = undefined;
       c.res = errorResponse(answer);
@@ -184,6 +213,28 @@ function isPostgresJs(client: unknown): client is { end(options: { timeout: numb
     typeof (client as { unsafe?: unknown }).unsafe === "function" &&
     typeof (client as { end?: unknown }).end === "function"
   );
+}
+
+// The client handed to the handler, and how to cancel what runs on it: node-postgres (and Neon)
+// clients carry their backend key once connected; a postgres.js client is tracked (the same client
+// behind a Proxy) so its key can be read off the queries it sends. Anything else has no cancel:
+// closing it is all that is left.
+function cancellable<C>(client: C): { client: C; cancel: () => Promise<void> } {
+  const edge = typeof navigator !== "undefined" && navigator.userAgent === "Cloudflare-Workers";
+  if (isPostgresJs(client)) {
+    const tracked = trackBackend(client as never);
+    return {
+      client: tracked.sql as unknown as C,
+      cancel: async () => {
+        const key = tracked.key();
+        if (key) await sendCancelRequest(key, edge);
+      },
+    };
+  }
+  const pg = client as { processID?: unknown; secretKey?: unknown };
+  if (typeof client === "object" && client !== null && "processID" in pg)
+    return { client, cancel: () => cancelPgClient(pg, edge) };
+  return { client, cancel: async () => {} };
 }
 
 async function defaultClose(client: unknown): Promise<void> {

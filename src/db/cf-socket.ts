@@ -70,3 +70,23 @@ async function pump(reader: ReadableStreamDefaultReader<Uint8Array>, onData: (da
     onData(Buffer.from(value));
   }
 }
+
+/**
+ * Sends `packet` on a new `cloudflare:sockets` connection to `target` and resolves when the server
+ * has closed it: how a Worker sends a Postgres cancel request (see `sendCancelRequest`).
+ *
+ * @example
+ * await sendPacket({ host: "127.0.0.1", port: 5432 }, packet);
+ */
+export async function sendPacket(target: { host: string; port: number }, packet: Uint8Array): Promise<void> {
+  const socket = connect({ hostname: target.host, port: target.port });
+  try {
+    const writer = socket.writable.getWriter();
+    await writer.write(packet);
+    // The server answers a cancel request by closing: reading to the end waits for that.
+    const reader = socket.readable.getReader();
+    for (;;) if ((await reader.read()).done) break;
+  } finally {
+    await socket.close().catch(() => {});
+  }
+}

@@ -28,6 +28,18 @@ export type DatabaseConfig = {
   readonly deadlineMs: number;
   /** `DB_LOG_DETAIL=on`: error and slow-query logs keep messages, row values and query literals. */
   readonly logDetail: boolean;
+  /**
+   * `DB_STATEMENT_TIMEOUT`: `startup` (default) opens every leased connection with
+   * `statement_timeout` and `idle_in_transaction_session_timeout` set to what is left of the
+   * request's deadline, and `client_connection_check_interval` (100 ms), as startup parameters;
+   * `off` sends none (Postgres < 14, or a pooler that refuses unknown startup parameters).
+   */
+  readonly statementTimeout: "startup" | "off";
+  /**
+   * `DB_CONNECTION_CHECK_MS`: with `statementTimeout` `startup`, the `client_connection_check_interval`
+   * leased connections start with, ms (Postgres ≥ 14 on a platform that has it); `0` sends none.
+   */
+  readonly connectionCheckMs: number;
 };
 
 /** The variables the database layer reads. Values are strings, as environment variables are. */
@@ -46,6 +58,10 @@ export interface DatabaseEnv {
   LEASE_SAFE_BUDGET?: string | undefined;
   /** `on`: logs keep database error messages and query literals (they may hold row data). Default `off`. */
   DB_LOG_DETAIL?: string | undefined;
+  /** `startup` (default) or `off`: whether leased connections start with the deadline's `statement_timeout`. */
+  DB_STATEMENT_TIMEOUT?: string | undefined;
+  /** `client_connection_check_interval` of leased connections, ms; `0` sends none. Default 100. */
+  DB_CONNECTION_CHECK_MS?: string | undefined;
 }
 
 function invalid(message: string): never {
@@ -122,7 +138,13 @@ export function databaseConfig(env: DatabaseEnv): DatabaseConfig {
   if (applicationName.length > 63) invalid(expected("APPLICATION_NAME", "at most 63 characters", applicationName));
   const detail = (env.DB_LOG_DETAIL ?? "").trim() || "off";
   if (detail !== "on" && detail !== "off") invalid(expected("DB_LOG_DETAIL", "`on` or `off`", detail));
+  const statementTimeout = (env.DB_STATEMENT_TIMEOUT ?? "").trim() || "startup";
+  if (statementTimeout !== "startup" && statementTimeout !== "off")
+    invalid(expected("DB_STATEMENT_TIMEOUT", "`startup` or `off`", statementTimeout));
+  const connectionCheckMs = int(env, "DB_CONNECTION_CHECK_MS", 100, 0, 60_000);
   const common = {
+    statementTimeout: statementTimeout as DatabaseConfig["statementTimeout"],
+    connectionCheckMs,
     logDetail: detail === "on",
     applicationName,
     connectTimeoutMs,

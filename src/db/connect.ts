@@ -83,9 +83,9 @@ export function openDriver(config: DatabaseConfig, neon: NeonOptions = {}): Driv
   const name = config.driver === "hyperdrive" ? "postgres" : config.driver;
   return {
     name,
-    async connect() {
+    async connect(limits) {
       loading ??= loadDriver(config, neon);
-      return (await loading).connect(target);
+      return (await loading).connect(limits ? { ...target, limits } : target);
     },
   };
 }

@@ -1,10 +1,10 @@
-import { holdLease } from "../client/hold.ts";
+import { type HeldScope, holdLease } from "../client/hold.ts";
 import type { LeaseClient, WaitUntil } from "../client/leases.ts";
-import { type LeaseGrant, LeaseError, isLeaseError } from "../core/index.ts";
+import { type Executed, type LeaseGrant, LeaseError, isLeaseError } from "../core/index.ts";
 import { CircuitBreaker } from "./circuit-breaker.ts";
 import type { DatabaseConfig } from "./config.ts";
-import type { Connection, Driver, Row } from "./driver.ts";
-import { toDatabaseError } from "./errors.ts";
+import type { Connection, Driver, Row, SessionLimits } from "./driver.ts";
+import { sqlState, toDatabaseError } from "./errors.ts";
 import { type RetryOptions, isRetryable, retry } from "./retry.ts";
 import { SafeMode } from "./safe-mode.ts";
 import { serializeError } from "./safe-error.ts";
@@ -40,12 +40,45 @@ export interface CallOptions {
   deadlineMs?: number | undefined;
 }
 
-/** What one attempt may use: the lease it runs under (none on the safe-mode budget or without a coordinator) and a cleanup hook. */
+/**
+ * What one attempt may use: the lease it runs under (none on the safe-mode budget or without a
+ * coordinator), a cleanup hook, the signal that tells it to stop, and a way to open a connection
+ * that stops with it.
+ */
 export interface AttemptScope {
   readonly lease: LeaseGrant | undefined;
   /** Runs `cleanup` before the slot is given back (close the connection the lease pays for). */
   beforeRelease(cleanup: () => Promise<unknown> | unknown): void;
+  /**
+   * Aborted when the attempt must stop: its lease was lost (reason: `LEASE_LOST`) or the request's
+   * deadline passed (reason: `DEADLINE_EXCEEDED`). The caller has its answer by then; what the
+   * work still runs must stop, and connections opened with {@link AttemptScope.connect} do.
+   */
+  readonly signal: AbortSignal;
+  /**
+   * Opens one connection on `driver` for this attempt: it starts with `statement_timeout` from
+   * what is left of the deadline (`DB_STATEMENT_TIMEOUT=startup`); when `signal` aborts, the
+   * statement running on it is cancelled and it is closed; it is closed before the slot is given
+   * back in any case. A failed connect throws `DATABASE_UNAVAILABLE`/`DATABASE_ERROR` with `executed: "no"`.
+   */
+  connect<C extends Connection>(driver: Driver<C>): Promise<C>;
 }
+
+// How often a backend checks that its client is still there while a statement runs (Postgres
+// ≥ 14): a connection whose socket is closed without a cancel stops its statement within this.
+const CONNECTION_CHECK_MS = 100;
+
+// What a server answers at startup to a parameter it does not have (Postgres < 14) or a value it
+// cannot take (a platform without the check: Windows; macOS before Postgres 15).
+const REFUSED_PARAMETER = new Set(["42704", "22023"]);
+
+// The cause of a deadline that passed while connecting: the database did not answer in time.
+const CONNECTING = Object.freeze({ phase: "connect" });
+
+// A statement that the server cancelled for its statement_timeout: the limit was set from the
+// deadline, so it fires at the deadline or later (the statement started after the connect).
+// Tolerance for the two clocks' timers firing in either order.
+const DEADLINE_SLACK_MS = 20;
 
 /** A transaction's handle: queries on the one connection, inside BEGIN … COMMIT. */
 export interface Transaction {
@@ -62,6 +95,10 @@ export interface DatabaseOptions {
   config: Pick<DatabaseConfig, "deadlineMs" | "slowQueryMs" | "secrets" | "safeMode" | "breaker"> & {
     retry: RetryOptions;
     logDetail?: boolean | undefined;
+    /** Default `startup`: connections start with the deadline's `statement_timeout` (see `DB_STATEMENT_TIMEOUT`). */
+    statementTimeout?: DatabaseConfig["statementTimeout"] | undefined;
+    /** Default 100: `client_connection_check_interval`, ms; `0` sends none (see `DB_CONNECTION_CHECK_MS`). */
+    connectionCheckMs?: number | undefined;
   };
   /** The breaker to use; pass one kept at module scope so it outlives a request. */
   breaker?: CircuitBreaker | undefined;
@@ -118,17 +155,23 @@ export class Database {
 
   /**
    * One statement under one lease. Throws `DATABASE_UNAVAILABLE` (503: down, circuit open),
-   * `DATABASE_ERROR` (500: the statement failed), `QUEUE_FULL` / `ACQUIRE_TIMEOUT` /
-   * `COORDINATOR_UNAVAILABLE` (503).
+   * `DATABASE_ERROR` (500: the statement failed), `DEADLINE_EXCEEDED` (504: the deadline passed;
+   * the statement was cancelled), `LEASE_LOST` (503: the lease ended mid-statement; cancelled too),
+   * `QUEUE_FULL` / `ACQUIRE_TIMEOUT` / `COORDINATOR_UNAVAILABLE` (503). `executed` says whether
+   * the statement may have run.
    *
    * @example
    * const [row] = await db.query("SELECT count(*)::int AS n FROM pitches");
    */
   async query<R = Row>(text: string, params: readonly unknown[] = [], options: CallOptions = {}): Promise<R[]> {
-    return this.run(async (scope) => {
-      const conn = await this.#connect(scope);
-      return (await this.#timed(conn, text, params, options.holder)) as R[];
-    }, options);
+    return this.#run(
+      async (scope, attempt) => {
+        const conn = await scope.connect(this.#o.driver);
+        return (await this.#timed(conn, text, params, options.holder, attempt)) as R[];
+      },
+      options,
+      "statements",
+    );
   }
 
   /**
@@ -143,34 +186,52 @@ export class Database {
    * });
    */
   async transaction<T>(fn: (tx: Transaction) => Promise<T>, options: CallOptions = {}): Promise<T> {
-    return this.run(async (scope) => {
-      const conn = await this.#connect(scope);
-      const tx: Transaction = {
-        query: <R = Row>(text: string, params: readonly unknown[] = []) =>
-          this.#timed(conn, text, params, options.holder) as Promise<R[]>,
-      };
-      await conn.query("BEGIN");
-      let result: T;
-      try {
-        result = await fn(tx);
-      } catch (error) {
-        // A failed ROLLBACK means the connection is gone, and the server rolls back by itself.
-        await conn.query("ROLLBACK").catch(() => {});
-        throw error;
-      }
-      await conn.query("COMMIT");
-      return result;
-    }, options);
+    return this.#run(
+      async (scope, attempt, deadline) => {
+        const conn = await scope.connect(this.#o.driver);
+        // Statements inside the transaction do not count as run: cut off before COMMIT, the
+        // server rolls it all back. Only a COMMIT sent and unanswered leaves it "maybe".
+        const tx: Transaction = {
+          query: <R = Row>(text: string, params: readonly unknown[] = []) =>
+            this.#timed(conn, text, params, options.holder, undefined) as Promise<R[]>,
+        };
+        await conn.query(this.#begin(deadline));
+        let result: T;
+        try {
+          result = await fn(tx);
+        } catch (error) {
+          // A failed ROLLBACK means the connection is gone, and the server rolls back by itself.
+          await conn.query("ROLLBACK").catch(() => {});
+          throw error;
+        }
+        attempt.sent = true;
+        await conn.query("COMMIT");
+        return result;
+      },
+      options,
+      "statements",
+    );
   }
 
   /**
    * The policies around any unit of database work: breaker, retries, lease (or safe-mode budget),
-   * renewal, release after the cleanups. `work` runs once per attempt; errors leave as `LeaseError`s.
+   * renewal, the deadline and a lost lease (the scope's `signal`; connections opened with
+   * `scope.connect` are cancelled and closed then), release after the cleanups. `work` runs once
+   * per attempt; errors leave as `LeaseError`s. Whether work of its own ran is not known here: a
+   * deadline or a lost lease mid-work says `executed: "maybe"`.
    *
    * @example
-   * await db.run(async ({ beforeRelease }) => { const sql = connect(); beforeRelease(() => sql.end()); return sql`select 1`; });
+   * await db.run(async ({ connect }) => (await connect(driver)).query("select 1"));
    */
   async run<T>(work: (scope: AttemptScope) => Promise<T>, options: CallOptions = {}): Promise<T> {
+    return this.#run((scope) => work(scope), options, "opaque");
+  }
+
+  async #run<T>(
+    work: (scope: AttemptScope, attempt: Attempt, deadline: number) => Promise<T>,
+    options: CallOptions,
+    kind: Attempt["kind"],
+  ): Promise<T> {
     const rt = this.#rt;
     const deadline = rt.now() + (options.deadlineMs ?? this.#o.config.deadlineMs);
     try {
@@ -179,18 +240,16 @@ export class Database {
           const gate = this.breaker.admit();
           if (!gate.allowed) throw circuitOpen(this.name, gate.retryAfterMs);
           try {
-            const attempt: AttemptState = { phase: "acquiring", abandon: new AbortController() };
-            const result = await this.#beforeDeadline(
-              this.#underLease(work, options, deadline, attempt),
-              deadline,
-              attempt,
-            );
+            const result = await this.#attempt(work, options, deadline, kind);
             this.breaker.succeeded();
             return result;
           } catch (error) {
-            const code = toDatabaseError(error).code;
-            // Only the database being unreachable counts against it; a failed statement means it answered.
-            if (code === "DATABASE_UNAVAILABLE") this.breaker.failed();
+            const e = toDatabaseError(error);
+            const code = e.code;
+            // Only the database being unreachable counts against it (a connect it did not answer
+            // by the deadline too); a failed statement means it answered. A slow statement or a
+            // lost lease says nothing either way: neither counts.
+            if (code === "DATABASE_UNAVAILABLE" || e.cause === CONNECTING) this.breaker.failed();
             else if (code === "DATABASE_ERROR") this.breaker.succeeded();
             throw error;
           }
@@ -207,6 +266,7 @@ export class Database {
             event: "database_error",
             database: this.name,
             code: e.code,
+            executed: e.executed,
             holder: options.holder?.slice(0, 100),
             breaker: this.breaker.state.state,
             error: serializeError(error, {
@@ -223,12 +283,6 @@ export class Database {
   /** Breaker and safe-mode state as plain data, for `/health` and stats. */
   status(): { breaker: ReturnType<CircuitBreaker["toJSON"]>; safeMode: ReturnType<SafeMode["toJSON"]> } {
     return { breaker: this.breaker.toJSON(), safeMode: this.safeMode.toJSON() };
-  }
-
-  async #connect(scope: AttemptScope): Promise<Connection> {
-    const conn = await this.#o.driver.connect();
-    scope.beforeRelease(() => conn.close());
-    return conn;
   }
 
   /**
@@ -250,64 +304,117 @@ export class Database {
     }
   }
 
-  #timed(conn: Connection, text: string, params: readonly unknown[], holder: string | undefined): Promise<Row[]> {
+  #timed(
+    conn: Connection,
+    text: string,
+    params: readonly unknown[],
+    holder: string | undefined,
+    attempt: Attempt | undefined,
+  ): Promise<Row[]> {
+    if (attempt) attempt.sent = true;
     return this.timed(text, () => conn.query(text, params), holder);
   }
 
-  // The caller gets an answer at the deadline at the latest. The abandoned attempt still finishes
-  // in the background (a connect or statement cannot be recalled), then closes its connection and
-  // gives its slot back; one still queued for a slot gives it back as soon as it is granted.
-  #beforeDeadline<T>(running: Promise<T>, deadline: number, attempt: AttemptState): Promise<T> {
+  // One attempt, answered at the first of: its result, its deadline, the loss of its lease. At the
+  // deadline or the loss the attempt is told to stop (`attempt.stop`): connections it opened cancel
+  // their statement and close; only then does the lifecycle give the slot back. One still queued
+  // for a slot is withdrawn, and a slot granted after that is given back as soon as it arrives.
+  #attempt<T>(
+    work: (scope: AttemptScope, attempt: Attempt, deadline: number) => Promise<T>,
+    options: CallOptions,
+    deadline: number,
+    kind: Attempt["kind"],
+  ): Promise<T> {
+    const attempt = new Attempt(kind);
     return new Promise<T>((resolve, reject) => {
-      const ms = Math.max(0, deadline - this.#rt.now());
-      const cancel = this.#rt.setTimer(() => {
-        const error =
-          attempt.phase === "acquiring"
-            ? new LeaseError("ACQUIRE_TIMEOUT", "No connection slot within the request's deadline", {
-                retryAfterMs: 1000,
-              })
-            : new LeaseError("DATABASE_UNAVAILABLE", "The database did not answer within the request's deadline", {
-                retryAfterMs: 1000,
-                cause: { code: "DEADLINE_EXCEEDED" },
-              });
-        running.catch(() => {});
-        attempt.abandon.abort(error);
+      let answered = false;
+      const answer = (error: unknown) => {
+        if (answered) return;
+        answered = true;
+        cancelTimer();
         reject(error);
-      }, ms);
-      running.then(
+      };
+      const cancelTimer = this.#rt.setTimer(
+        () => {
+          const error =
+            attempt.phase === "acquiring"
+              ? new LeaseError("ACQUIRE_TIMEOUT", "No connection slot within the request's deadline", {
+                  retryAfterMs: 1000,
+                  executed: "no",
+                })
+              : attempt.opening()
+                ? new LeaseError(
+                    "DEADLINE_EXCEEDED",
+                    "The request's deadline passed while connecting to the database",
+                    {
+                      retryAfterMs: 1000,
+                      executed: "no",
+                      cause: CONNECTING,
+                    },
+                  )
+                : deadlineExceeded(attempt.executed());
+          attempt.stop.abort(error);
+          answer(error);
+        },
+        Math.max(0, deadline - this.#rt.now()),
+      );
+      const stop = (error: LeaseError) => {
+        attempt.stop.abort(error);
+        answer(error);
+      };
+      this.#underLease(work, options, deadline, attempt, stop).then(
         (value) => {
-          cancel();
+          if (answered) return;
+          answered = true;
+          cancelTimer();
           resolve(value);
         },
-        (error: unknown) => {
-          cancel();
-          reject(error);
-        },
+        (error: unknown) => answer(this.#classify(error, attempt, deadline)),
       );
     });
   }
 
+  // What a failed attempt answers. Errors of the lease lifecycle pass as they are; a driver's error
+  // becomes a LeaseError that says whether the statement may have run.
+  #classify(error: unknown, attempt: Attempt, deadline: number): unknown {
+    if (attempt.stop.signal.aborted) return attempt.stop.signal.reason;
+    const refused = this.#refusedCheck(error, attempt);
+    if (refused) return refused;
+    if (isLeaseError(error)) return error;
+    // 57014 query_canceled: the connection's statement_timeout, set from the deadline.
+    if (sqlState(error) === "57014" && this.#rt.now() >= deadline - DEADLINE_SLACK_MS)
+      return deadlineExceeded(attempt.executed(), error);
+    return toDatabaseError(error, attempt.failedWith(error));
+  }
+
   // One attempt on the one lease lifecycle; this layer adds the deadline (as the acquire's signal),
-  // the safe mode (work without a lease when the coordinator is unreachable) and its log lines.
+  // the stop signal, the safe mode (work without a lease when the coordinator is unreachable) and
+  // its log lines.
   #underLease<T>(
-    work: (scope: AttemptScope) => Promise<T>,
+    work: (scope: AttemptScope, attempt: Attempt, deadline: number) => Promise<T>,
     options: CallOptions,
     deadline: number,
-    attempt: AttemptState,
+    attempt: Attempt,
+    stop: (error: LeaseError) => void,
   ): Promise<T> {
     const left = Math.max(0, deadline - this.#rt.now());
     const log = (code: string) => this.#log(JSON.stringify({ event: "lease_renew_failed", database: this.name, code }));
     return holdLease(
       this.#o.leases,
-      (scope) => {
+      (held) => {
         attempt.phase = "working";
-        return work(scope);
+        // The lease ended while the work runs: answer now, and stop the work (cancel, close);
+        // the lifecycle gives the slot back only after that.
+        const lost = () => stop(leaseLost(attempt.executed(), held.signal.reason));
+        if (held.signal.aborted) lost();
+        else held.signal.addEventListener("abort", lost, { once: true });
+        return work(this.#scope(held, attempt, deadline), attempt, deadline);
       },
       {
         holder: options.holder,
         waitMs: options.waitMs === undefined ? undefined : Math.min(options.waitMs, left),
         ttlMs: this.#o.leaseTtlMs,
-        signal: attempt.abandon.signal,
+        signal: attempt.stop.signal,
         waitUntil: this.#o.waitUntil,
         heartbeatMs: this.#o.heartbeatMs,
         setTimer: this.#rt.setTimer,
@@ -316,12 +423,132 @@ export class Database {
       },
     );
   }
+
+  #scope(held: HeldScope, attempt: Attempt, deadline: number): AttemptScope {
+    const { signal } = attempt.stop;
+    return {
+      lease: held.lease,
+      beforeRelease: held.beforeRelease,
+      signal,
+      connect: async <C extends Connection>(driver: Driver<C>): Promise<C> => {
+        let conn: C;
+        attempt.connecting = true;
+        try {
+          conn = await driver.connect(this.#limits(deadline));
+        } catch (error) {
+          throw toDatabaseError(error, "no");
+        } finally {
+          attempt.connecting = false;
+        }
+        attempt.connections.push(conn);
+        // Closing alone does not stop a running statement (the backend notices a closed socket
+        // only at its next check, or when it next writes): cancel first, then close. Stopping
+        // and the release's cleanup share one close, so the slot waits for it.
+        let stopping: Promise<void> | undefined;
+        const halt = () => (stopping ??= conn.cancel().then(() => conn.close()));
+        held.beforeRelease(() => stopping ?? conn.close());
+        if (signal.aborted) {
+          await halt();
+          throw signal.reason;
+        }
+        signal.addEventListener("abort", () => void halt(), { once: true });
+        return conn;
+      },
+    };
+  }
+
+  // A server that refuses the connection's check interval at startup refuses every connection:
+  // say which setting to change instead of a query error on every call.
+  #refusedCheck(error: unknown, attempt: Attempt): LeaseError | undefined {
+    if (!this.#limits(this.#rt.now())?.connectionCheckMs) return undefined;
+    // Refused at connect (wrapped there, executed "no") or, for a lazy client, before its first query was sent.
+    const atConnect = isLeaseError(error) && error.executed === "no" && attempt.phase === "working";
+    const cause = atConnect ? error.cause : error;
+    if (!REFUSED_PARAMETER.has(sqlState(cause) ?? "") || !(atConnect || attempt.opening())) return undefined;
+    return new LeaseError(
+      "INVALID_CONFIG",
+      "The database refused `client_connection_check_interval` at connect (Postgres before 14, or a platform without it): set `DB_CONNECTION_CHECK_MS=0`",
+      { cause, executed: "no" },
+    );
+  }
+
+  // A transaction carries the deadline itself too, in the same round trip as its BEGIN: a pooler in
+  // transaction mode (Hyperdrive, PgBouncer) drops or resets startup parameters, but applies a SET
+  // LOCAL for the transaction it runs in.
+  #begin(deadline: number): string {
+    const limits = this.#limits(deadline);
+    if (!limits?.statementTimeoutMs) return "BEGIN";
+    const ms = Math.ceil(limits.statementTimeoutMs);
+    return `BEGIN; SET LOCAL statement_timeout = ${ms}; SET LOCAL idle_in_transaction_session_timeout = ${ms}`;
+  }
+
+  #limits(deadline: number): SessionLimits | undefined {
+    if ((this.#o.config.statementTimeout ?? "startup") === "off") return undefined;
+    const check = this.#o.config.connectionCheckMs ?? CONNECTION_CHECK_MS;
+    return {
+      statementTimeoutMs: Math.max(1, deadline - this.#rt.now()),
+      connectionCheckMs: check > 0 ? check : undefined,
+    };
+  }
 }
 
-interface AttemptState {
-  phase: "acquiring" | "working";
-  /** Aborted when the deadline passed: the caller has its answer, the attempt only cleans up. */
-  readonly abandon: AbortController;
+/** What one attempt has done so far, for its answer's `executed`. */
+class Attempt {
+  phase: "acquiring" | "working" = "acquiring";
+  /** A statement whose effect could last was sent (a single statement, or a transaction's COMMIT). */
+  sent = false;
+  /** A connection is being opened for the attempt (`scope.connect`). */
+  connecting = false;
+  /** The connections opened for the attempt. */
+  readonly connections: Connection[] = [];
+  /** Aborted (with the caller's answer) when the deadline passed or the lease was lost. */
+  readonly stop = new AbortController();
+  /** `statements`: the database layer's own query or transaction, whose statements it sees; `opaque`: `run(work)`. */
+  readonly kind: "statements" | "opaque";
+
+  constructor(kind: "statements" | "opaque") {
+    this.kind = kind;
+  }
+
+  /** Whether the attempt is still opening its connection: nothing it runs has reached the database. */
+  opening(): boolean {
+    return this.connecting || this.connections.some((c) => c.waiting?.() === true);
+  }
+
+  /** Whether work cut off now may have run. */
+  executed(): Executed {
+    if (this.phase === "acquiring" || this.opening()) return "no";
+    if (this.kind === "statements") return this.sent ? "maybe" : "no";
+    return "maybe";
+  }
+
+  /** Whether the statement behind a driver's `error` ran. */
+  failedWith(error: unknown): Executed {
+    if (this.phase === "acquiring" || this.opening()) return "no";
+    if (this.kind === "statements" && !this.sent) return "no";
+    // An error the server answered for the statement: it failed, and its transaction rolled back.
+    // A lost connection leaves it unknown.
+    const state = sqlState(error);
+    const serverError = state !== undefined && !/^(08|57P)/.test(state);
+    if (this.kind === "statements" && serverError) return "no";
+    return "maybe";
+  }
+}
+
+function deadlineExceeded(executed: Executed, cause?: unknown): LeaseError {
+  return new LeaseError(
+    "DEADLINE_EXCEEDED",
+    "The request's deadline passed while its statement ran: the statement was cancelled and its connection closed",
+    { retryAfterMs: 1000, executed, cause },
+  );
+}
+
+function leaseLost(executed: Executed, cause: unknown): LeaseError {
+  return new LeaseError(
+    "LEASE_LOST",
+    "The lease ended while the work ran: its statement was cancelled and its connection closed",
+    { retryAfterMs: 1000, executed, cause },
+  );
 }
 
 /**

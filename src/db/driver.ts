@@ -9,8 +9,52 @@ export type Row = Record<string, unknown>;
  */
 export interface Connection {
   query<R = Row>(text: string, params?: readonly unknown[]): Promise<R[]>;
-  /** Closes the connection; never throws, and is done only when the connection is gone. */
+  /**
+   * Cancels the statement running on this connection, if any, with a Postgres cancel request on a
+   * new connection; resolves once the server took it (or gave no sign within 1 s); never throws.
+   * The statement then fails with 57014. Where no request can be sent (no backend key known yet,
+   * a proxy that cannot route it) it does nothing: closing the connection next is what stops the
+   * backend then (`client_connection_check_interval`).
+   */
+  cancel(): Promise<void>;
+  /** Closes the connection; never throws, and is done only when the connection is gone. Idempotent. */
   close(): Promise<void>;
+  /**
+   * True while a statement handed to a lazy client (postgres.js opens its connection with the
+   * first query) still waits for the connection to open: nothing has been sent yet. Absent: the
+   * connection is open once `connect` resolved.
+   */
+  waiting?(): boolean;
+}
+
+/**
+ * Server settings a connection carries from its first byte, sent as startup parameters (no extra
+ * round trip): what is left of the request's deadline becomes the statement's limit, and a check
+ * interval makes a backend whose client closed its socket stop its statement (Postgres ≥ 14).
+ */
+export interface SessionLimits {
+  /** `statement_timeout` and `idle_in_transaction_session_timeout`, ms (≥ 1). */
+  readonly statementTimeoutMs?: number | undefined;
+  /** `client_connection_check_interval`, ms (≥ 1). */
+  readonly connectionCheckMs?: number | undefined;
+}
+
+/**
+ * The startup parameters of `limits`, as Postgres names them (values in ms, as strings).
+ *
+ * @example
+ * startupParameters({ statementTimeoutMs: 900 }) // { statement_timeout: "900", idle_in_transaction_session_timeout: "900" }
+ */
+export function startupParameters(limits: SessionLimits | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  const timeout = limits?.statementTimeoutMs;
+  if (timeout !== undefined && timeout >= 1) {
+    out.statement_timeout = String(Math.ceil(timeout));
+    out.idle_in_transaction_session_timeout = String(Math.ceil(timeout));
+  }
+  const check = limits?.connectionCheckMs;
+  if (check !== undefined && check >= 1) out.client_connection_check_interval = String(Math.ceil(check));
+  return out;
 }
 
 /** A connection that also hands out the driver's own client (postgres.js `Sql`, `pg.Client`, Neon `PoolClient`). */
@@ -26,6 +70,8 @@ export interface ConnectTarget {
   readonly connectTimeoutMs: number;
   /** True inside a Worker (a Hyperdrive binding): the socket is `cloudflare:sockets`. */
   readonly edge: boolean;
+  /** Settings the connection starts with (see {@link SessionLimits}); none when undefined. */
+  readonly limits?: SessionLimits | undefined;
 }
 
 /**
@@ -47,7 +93,8 @@ export interface DriverModule<Client = unknown> {
 /** Opens connections of one kind for one configuration; made by {@link bindDriver} or {@link openDriver}. */
 export interface Driver<C extends Connection = Connection> {
   readonly name: DriverModule["name"];
-  connect(): Promise<C>;
+  /** Opens one connection; `limits` are sent with its startup (see {@link SessionLimits}). */
+  connect(limits?: SessionLimits): Promise<C>;
 }
 
 /** Settings of the Neon driver that only matter off Neon: a WebSocket proxy in front of plain Postgres. */
@@ -81,5 +128,5 @@ export function bindDriver<Client>(
   config: DatabaseConfig,
 ): Driver<ClientConnection<Client>> {
   const target = targetOf(config);
-  return { name: module.name, connect: () => module.connect(target) };
+  return { name: module.name, connect: (limits) => module.connect(limits ? { ...target, limits } : target) };
 }

@@ -1,4 +1,4 @@
-import { LeaseError, isLeaseError } from "../core/index.ts";
+import { type Executed, LeaseError, isLeaseError } from "../core/index.ts";
 
 /**
  * The connection itself failed or the server turned it away (socket errors, postgres.js's own
@@ -28,18 +28,20 @@ const UNAVAILABLE = new Set([
 /**
  * Turns whatever a driver threw into a `LeaseError`: `DATABASE_UNAVAILABLE` (retryable: refused,
  * reset, timeouts, too many connections, shutdown) or `DATABASE_ERROR`. The message never carries
- * the driver's text, which may quote a connection string or query parameters.
+ * the driver's text, which may quote a connection string or query parameters. `executed` says
+ * whether the statement may have run, where the caller knows (a `LeaseError` passes unchanged).
  *
  * @example
- * catch (e) { throw toDatabaseError(e) }
+ * catch (e) { throw toDatabaseError(e, "no") }
  */
-export function toDatabaseError(error: unknown): LeaseError {
+export function toDatabaseError(error: unknown, executed?: Executed): LeaseError {
   if (isLeaseError(error)) return error;
   const code = typeof error === "object" && error !== null ? String((error as { code?: unknown }).code ?? "") : "";
   if (UNAVAILABLE.has(code) || code.startsWith("08")) {
     return new LeaseError("DATABASE_UNAVAILABLE", `The database is unavailable (${code})`, {
       cause: error,
       retryAfterMs: 1000,
+      executed,
     });
   }
   const message = String((error as { message?: unknown })?.message ?? "");
@@ -47,9 +49,22 @@ export function toDatabaseError(error: unknown): LeaseError {
     return new LeaseError("DATABASE_UNAVAILABLE", "The database connection failed", {
       cause: error,
       retryAfterMs: 1000,
+      executed,
     });
   }
   return new LeaseError("DATABASE_ERROR", code ? `The query failed (SQLSTATE ${code})` : "The query failed", {
     cause: error,
+    executed,
   });
+}
+
+/**
+ * The SQLSTATE of an error the server sent (five characters), or undefined for anything else.
+ *
+ * @example
+ * sqlState(Object.assign(new Error("x"), { code: "57014" })) // "57014"
+ */
+export function sqlState(error: unknown): string | undefined {
+  const code = typeof error === "object" && error !== null ? (error as { code?: unknown }).code : undefined;
+  return typeof code === "string" && /^[0-9A-Z]{5}$/.test(code) ? code : undefined;
 }

@@ -28,17 +28,19 @@ export interface LeasedPool<Client = unknown> {
 
 /**
  * The `sql` of a pool: `fn` gets the driver's own client on one fresh connection under one lease
- * of the database layer; the connection is closed before the slot is given back. The client's
- * work is timed as one unit (labelled by the holder) for the slow-query log.
+ * of the database layer; the connection is closed before the slot is given back. It starts with
+ * the deadline's `statement_timeout`; when the deadline passes or the lease is lost, what runs on
+ * it is cancelled and it is closed, and the call fails with `DEADLINE_EXCEEDED` / `LEASE_LOST`
+ * (`executed: "maybe"`). The client's work is timed as one unit (labelled by the holder) for the
+ * slow-query log.
  *
  * @example
  * const sql = leasedSql(db, bindDriver(driver, config));
  */
 export function leasedSql<Client>(db: Database, driver: Driver<ClientConnection<Client>>): LeasedPool<Client>["sql"] {
   return (fn, options = {}) =>
-    db.run(async ({ beforeRelease }) => {
-      const conn = await driver.connect();
-      beforeRelease(() => conn.close());
+    db.run(async ({ connect }) => {
+      const conn = await connect(driver);
       return db.timed(options.holder ?? "sql", () => fn(conn.client), options.holder);
     }, options);
 }

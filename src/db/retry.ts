@@ -31,12 +31,23 @@ const RETRYABLE_CODES = new Set([
   "COORDINATOR_UNAVAILABLE",
 ]);
 
+/** Codes after which the database layer never runs the work again, whatever their causes say. */
+const FINAL_LEASE_CODES: ReadonlySet<string> = new Set([
+  "QUEUE_FULL",
+  "ACQUIRE_TIMEOUT",
+  "INVALID_CONFIG",
+  "DEADLINE_EXCEEDED",
+  "LEASE_LOST",
+]);
+
 /**
  * True when `error` (or one of its causes) is a failure that a fresh attempt may not repeat:
  * refused/reset/timed-out connections, too many connections, terminated backends, serialization
  * failures and deadlocks, an unreachable coordinator, a Durable Object error marked `retryable`.
  * Never for syntax, constraint or permission errors, overload sheds (`QUEUE_FULL`,
- * `ACQUIRE_TIMEOUT`: retrying would add to the load they shed) or an open circuit.
+ * `ACQUIRE_TIMEOUT`: retrying would add to the load they shed), an open circuit, a passed deadline
+ * (`DEADLINE_EXCEEDED`: no time is left) or a lost lease (`LEASE_LOST`: the statement may have run,
+ * and only the caller knows whether running it twice is safe).
  *
  * @example
  * isRetryable(Object.assign(new Error("x"), { code: "40001" })) // true
@@ -53,11 +64,7 @@ export function isRetryable(error: unknown): boolean {
       cause?: unknown;
     };
     if (e.circuit === "open") return false;
-    if (
-      isLeaseError(current) &&
-      (current.code === "QUEUE_FULL" || current.code === "ACQUIRE_TIMEOUT" || current.code === "INVALID_CONFIG")
-    )
-      return false;
+    if (isLeaseError(current) && FINAL_LEASE_CODES.has(current.code)) return false;
     const code = typeof e.code === "string" ? e.code : "";
     if (RETRYABLE_CODES.has(code) || /^08/.test(code)) return true;
     // Durable Object errors carry `retryable`; an overloaded object must not get more calls.
@@ -65,8 +72,10 @@ export function isRetryable(error: unknown): boolean {
     current = e.cause;
   }
   // Runtimes that report a failed connect without a code (workerd's sockets, a WebSocket's error
-  // event) are recognized by the same rule that answers them with DATABASE_UNAVAILABLE.
-  return !isLeaseError(error) && toDatabaseError(error).code === "DATABASE_UNAVAILABLE";
+  // event) are recognized by the same rule that answers them with DATABASE_UNAVAILABLE (also once
+  // the database layer has wrapped them in that code).
+  const root = isLeaseError(error) && error.code === "DATABASE_UNAVAILABLE" ? error.cause : error;
+  return !isLeaseError(root) && toDatabaseError(root).code === "DATABASE_UNAVAILABLE";
 }
 
 /**

@@ -42,6 +42,23 @@ describe("retry policy", () => {
     expect(isRetryable(new LeaseError("DATABASE_UNAVAILABLE", "x", { cause: { circuit: "open" } }))).toBe(false);
   });
 
+  it("never retries a passed deadline or a lost lease, whatever their causes say", () => {
+    // A lost lease's statement may have run (only the caller knows whether twice is safe); a
+    // deadline has no time left. Their causes may be a reset connection or a 57P01.
+    for (const code of ["DEADLINE_EXCEEDED", "LEASE_LOST"] as const)
+      for (const cause of [coded("ECONNRESET"), coded("57P01"), coded("08006")])
+        expect(isRetryable(new LeaseError(code, "x", { cause, executed: "maybe" }))).toBe(false);
+    // A connect failure the database layer wrapped (executed: "no") is still retried, also without a code.
+    expect(
+      isRetryable(new LeaseError("DATABASE_UNAVAILABLE", "x", { cause: coded("ECONNREFUSED"), executed: "no" })),
+    ).toBe(true);
+    expect(
+      isRetryable(
+        new LeaseError("DATABASE_UNAVAILABLE", "x", { cause: new Error("Network connection lost."), executed: "no" }),
+      ),
+    ).toBe(true);
+  });
+
   it("survives a circular cause chain", () => {
     const a: Error & { cause?: unknown } = new Error("a");
     a.cause = a;

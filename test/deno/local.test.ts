@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import postgres from "postgres";
+import { localPool } from "../../local/pool.ts";
 import { PostgresCoordinator } from "../../local/postgres-coordinator.ts";
 import { createLocalApp } from "../../examples/pitches/src/server.ts";
 import { Leases } from "../../src/client/leases.ts";
@@ -195,6 +196,49 @@ Deno.test({
       await app.close();
       await cleanup(sql, pool);
       await sql.end();
+    }
+  },
+});
+
+Deno.test({
+  name: "a deadline reaches Postgres on Deno: DEADLINE_EXCEEDED at ~1 s, the statement cancelled (node:net), the slot free",
+  ...loose,
+  fn: async () => {
+    const app = `${base}-deadline`;
+    const admin = postgres(url, { max: 1, onnotice: () => {} });
+    // DB_STATEMENT_TIMEOUT=off: no statement_timeout, no check interval; only the cancel request can
+    // stop the statement before its 5 s.
+    const pool = await localPool({
+      DATABASE_URL: url,
+      APPLICATION_NAME: app,
+      LEASE_POOL: app,
+      LEASE_LIMIT: "1",
+      DB_DEADLINE_MS: "1000",
+      DB_STATEMENT_TIMEOUT: "off",
+    });
+    try {
+      const started = Date.now();
+      const error = await pool.db.query("SELECT pg_sleep(5)").catch((e: unknown) => e);
+      const answeredAt = Date.now();
+      assert.ok(isLeaseError(error));
+      assert.equal(error.code, "DEADLINE_EXCEEDED");
+      assert.equal(error.executed, "maybe");
+      assert.ok(answeredAt - started >= 990 && answeredAt - started < 1300, `answered at ${answeredAt - started} ms`);
+      let gone = -1;
+      while (Date.now() - answeredAt < 3000) {
+        const [row] = await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${app}`;
+        if (row!.n === 0) {
+          gone = Date.now() - answeredAt;
+          break;
+        }
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      assert.ok(gone >= 0 && gone <= 150, `backend gone ${gone} ms after the answer`);
+      assert.deepEqual([...(await pool.db.query("SELECT 1 AS one"))], [{ one: 1 }]);
+    } finally {
+      await pool.close();
+      await cleanup(admin, app);
+      await admin.end();
     }
   },
 });

@@ -1,5 +1,12 @@
 import type { PoolClient } from "@neondatabase/serverless";
-import type { ClientConnection, ConnectTarget, DriverModule, NeonOptions, Row } from "../driver.ts";
+import {
+  type ClientConnection,
+  type ConnectTarget,
+  type DriverModule,
+  type NeonOptions,
+  type Row,
+  startupParameters,
+} from "../driver.ts";
 
 /** What leasegate uses of `@neondatabase/serverless` 1.x (`import * as neon from "@neondatabase/serverless"`). */
 export type NeonModule = Pick<typeof import("@neondatabase/serverless"), "Pool" | "neonConfig">;
@@ -7,7 +14,9 @@ export type NeonModule = Pick<typeof import("@neondatabase/serverless"), "Pool" 
 /**
  * The Neon serverless driver over the app's own `@neondatabase/serverless` package: one Pool of
  * one client over WebSocket per connection, closed with it. `options` reach plain Postgres
- * through a WebSocket proxy (tests, local development).
+ * through a WebSocket proxy (tests, local development). Session limits go in the startup packet as
+ * for node-postgres; `cancel()` sends the cancel request the driver's own way, over a new
+ * WebSocket (Neon's proxy routes it; a plain TCP request could not reach the backend there).
  *
  * @example
  * import * as neon from "@neondatabase/serverless";
@@ -23,11 +32,19 @@ export function neonDriver(neon: NeonModule, options: NeonOptions = {}): DriverM
       if (options.useSecureWebSocket !== undefined) neonConfig.useSecureWebSocket = options.useSecureWebSocket;
       // Pipelining the startup needs cleartext password auth; off, it works with any method.
       neonConfig.pipelineConnect = false;
+      const p = startupParameters(target.limits);
       const pool = new Pool({
         connectionString: target.connectionString,
         max: 1,
         connectionTimeoutMillis: target.connectTimeoutMs,
         application_name: target.applicationName,
+        ...(p.statement_timeout && {
+          statement_timeout: Number(p.statement_timeout),
+          idle_in_transaction_session_timeout: Number(p.idle_in_transaction_session_timeout),
+        }),
+        ...(p.client_connection_check_interval && {
+          options: `-c client_connection_check_interval=${p.client_connection_check_interval}`,
+        }),
       });
       // An idle client's error (server gone) must not become an uncaught exception.
       pool.on("error", () => {});
@@ -39,17 +56,74 @@ export function neonDriver(neon: NeonModule, options: NeonOptions = {}): DriverM
         throw error;
       }
       client.on("error", () => {});
+      let closing: Promise<void> | undefined;
       return {
         client,
         async query<R = Row>(text: string, params?: readonly unknown[]) {
           const result = await client.query(text, params as unknown[] | undefined);
           return result.rows as R[];
         },
-        async close() {
-          client.release(true);
-          await pool.end().catch(() => {});
-        },
+        cancel: () => cancelOverOwnSocket(client),
+        close: () =>
+          (closing ??= (async () => {
+            client.release(true);
+            await pool.end().catch(() => {});
+          })()),
       };
     },
   };
+}
+
+// How long a cancel request may take over the driver's socket before the caller closes instead.
+const CANCEL_TIMEOUT_MS = 1000;
+
+/**
+ * Sends a cancel request for `client`'s backend the way node-postgres's own `Client#cancel` does —
+ * a new client of the same class (so the same socket: Neon's WebSocket) connects and sends the
+ * key — without its check of the deprecated `activeQuery`. Resolves when the server closed that
+ * connection, or after 1 s; never throws.
+ */
+async function cancelOverOwnSocket(client: PoolClient): Promise<void> {
+  const c = client as unknown as {
+    processID?: number | null;
+    secretKey?: number | null;
+    host?: string;
+    port?: number;
+    connectionParameters?: unknown;
+    constructor: new (config: unknown) => { connection: CancelConnection };
+  };
+  if (!c.processID) return;
+  let con: CancelConnection;
+  try {
+    con = new c.constructor(c.connectionParameters).connection;
+  } catch {
+    return;
+  }
+  await new Promise<void>((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      try {
+        con.end();
+      } catch {
+        // Already closed.
+      }
+      resolve();
+    };
+    const timer = setTimeout(done, CANCEL_TIMEOUT_MS);
+    con.on("connect", () => con.cancel(c.processID!, c.secretKey!));
+    con.on("error", done);
+    con.on("end", done);
+    try {
+      con.connect(c.port ?? 5432, c.host ?? "localhost");
+    } catch {
+      done();
+    }
+  });
+}
+
+interface CancelConnection {
+  connect(port: number, host: string): void;
+  cancel(processID: number, secretKey: number): void;
+  end(): void;
+  on(event: string, listener: (...args: unknown[]) => void): unknown;
 }

@@ -1,5 +1,12 @@
 import type { Client, ClientConfig } from "pg";
-import type { ClientConnection, ConnectTarget, DriverModule, Row } from "../driver.ts";
+import { keyOf, sendCancelRequest } from "../cancel-request.ts";
+import {
+  type ClientConnection,
+  type ConnectTarget,
+  type DriverModule,
+  type Row,
+  startupParameters,
+} from "../driver.ts";
 
 /** What closing needs of a node-postgres client: `pg.Client` or anything shaped like it. */
 export interface PgClientLike {
@@ -18,7 +25,9 @@ const END_GRACE_MS = 2000;
  * The node-postgres driver over the app's own `pg` package: one `pg.Client` per connection.
  * `pg.Client` picks its socket itself (TCP on Node and Deno, `cloudflare:sockets` in workerd with
  * `nodejs_compat`), so the same code serves a Hyperdrive connection string and a plain Postgres
- * URL. A failed connect leaves no socket behind.
+ * URL. A failed connect leaves no socket behind. Session limits go in the startup packet
+ * (`statement_timeout`, `idle_in_transaction_session_timeout`, and `client_connection_check_interval`
+ * through `options`); `cancel()` sends a cancel request with the client's `processID`/`secretKey`.
  *
  * @example
  * import pg from "pg";
@@ -34,6 +43,7 @@ export function pgDriver(pg: PgModule): DriverModule<Client> {
         connectionString: target.connectionString,
         connectionTimeoutMillis: target.connectTimeoutMs,
         application_name: target.applicationName,
+        ...pgStartup(target),
       });
       // A backend terminated between queries surfaces as an 'error' event, and so does, in workerd,
       // pg-cloudflare's read failing once the socket is closed by end(): without a listener either is
@@ -45,16 +55,54 @@ export function pgDriver(pg: PgModule): DriverModule<Client> {
         await closePgClient(client);
         throw connectFailure(error);
       }
+      let closing: Promise<void> | undefined;
       return {
         client,
         async query<R = Row>(text: string, params?: readonly unknown[]) {
           const result = await client.query(text, params as unknown[] | undefined);
           return result.rows as R[];
         },
-        close: () => closePgClient(client),
+        cancel: () => cancelPgClient(client, target.edge),
+        close: () => (closing ??= closePgClient(client)),
       };
     },
   };
+}
+
+// node-postgres sends `statement_timeout` and `idle_in_transaction_session_timeout` as startup
+// parameters itself; any other setting goes in `options` (`-c name=value`), as libpq does.
+function pgStartup(
+  target: ConnectTarget,
+): Pick<ClientConfig, "statement_timeout" | "idle_in_transaction_session_timeout" | "options"> {
+  const p = startupParameters(target.limits);
+  const out: Pick<ClientConfig, "statement_timeout" | "idle_in_transaction_session_timeout" | "options"> = {};
+  if (p.statement_timeout) out.statement_timeout = Number(p.statement_timeout);
+  if (p.idle_in_transaction_session_timeout)
+    out.idle_in_transaction_session_timeout = Number(p.idle_in_transaction_session_timeout);
+  if (p.client_connection_check_interval)
+    out.options = `-c client_connection_check_interval=${p.client_connection_check_interval}`;
+  return out;
+}
+
+/** What cancelling needs of a node-postgres (or Neon) client once connected: its server and backend key. */
+export interface PgCancellable {
+  readonly host?: unknown;
+  readonly port?: unknown;
+  readonly processID?: unknown;
+  readonly secretKey?: unknown;
+}
+
+/**
+ * Cancels the statement running on a connected node-postgres client: a Postgres cancel request
+ * with its `processID` and `secretKey` on a new connection (`edge`: `cloudflare:sockets`). Never
+ * throws; a client not connected yet (no key) has nothing running.
+ *
+ * @example
+ * await cancelPgClient(client, false); await closePgClient(client);
+ */
+export async function cancelPgClient(client: PgCancellable, edge: boolean): Promise<void> {
+  const key = keyOf(client.host, client.port, client.processID, client.secretKey);
+  if (key) await sendCancelRequest(key, edge);
 }
 
 // node-postgres reports its own connect timeout as a bare "timeout expired" with no code; give it

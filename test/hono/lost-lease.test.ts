@@ -1,0 +1,92 @@
+import { Hono } from "hono";
+import pg from "pg";
+import postgres from "postgres";
+import { afterAll, describe, expect, it } from "vitest";
+import { PostgresCoordinator } from "../../local/postgres-coordinator.ts";
+import { Leases } from "../../src/client/leases.ts";
+import { leased } from "../../src/hono.ts";
+import { forgetPools } from "../local/helpers.ts";
+
+// The Hono middleware on a real Hono app, real Postgres, the real local coordinator: an operator
+// revokes the lease while the handler's statement runs. The holder hears of it at its next renewal;
+// then the statement is cancelled, the client closed, and the request answered 503 LEASE_LOST.
+const url = process.env.LEASEGATE_TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/leasegate_test";
+const admin = postgres(url, { max: 2, onnotice: () => {} });
+const base = `hono-lost-${process.pid}-${Date.now()}`;
+const coordinators: PostgresCoordinator[] = [];
+const clients: postgres.Sql[] = [];
+let seq = 0;
+
+afterAll(async () => {
+  for (const c of coordinators) await c.close();
+  await forgetPools(admin, `${base}-%`);
+  for (const s of clients) await s.end();
+  await admin.end();
+});
+
+function coordinator(): PostgresCoordinator {
+  const sql = postgres(url, { max: 3, onnotice: () => {} });
+  clients.push(sql);
+  const c = new PostgresCoordinator({
+    sql,
+    pool: `${base}-${++seq}`,
+    config: { limit: 1, maxQueue: 10, waitMs: 2000, leaseTtlMs: 900 },
+  });
+  coordinators.push(c);
+  return c;
+}
+
+const backends = async (app: string) =>
+  Number((await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${app}`)[0]!.n);
+
+/** The first time (ms after `t`) the sampler, every 10 ms, sees no backend of `app`. */
+async function goneAfter(app: string, t: number, timeoutMs = 3000): Promise<number> {
+  for (;;) {
+    if ((await backends(app)) === 0) return Date.now() - t;
+    if (Date.now() - t > timeoutMs) throw new Error(`backends of ${app} still there ${timeoutMs} ms after the answer`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+const CLIENTS: Record<
+  string,
+  (app: string) => { connect: () => unknown; sleep: (client: unknown) => Promise<unknown> }
+> = {
+  "node-postgres": (app: string) => ({
+    connect: () => new pg.Client({ connectionString: url, application_name: app }),
+    sleep: async (client: unknown) => (client as pg.Client).query("SELECT pg_sleep(5)"),
+  }),
+  "postgres.js": (app: string) => ({
+    connect: () => postgres(url, { max: 1, onnotice: () => {}, connection: { application_name: app } }),
+    sleep: async (client: unknown) => (client as postgres.Sql)`SELECT pg_sleep(5)`,
+  }),
+};
+
+describe.each(Object.keys(CLIENTS))("leased() with %s", (name) => {
+  it("a revoked lease cancels the handler's statement and closes its client: 503 LEASE_LOST, the backend gone within 100 ms", async () => {
+    const app = `hono-lost-${process.pid}-${++seq}`;
+    const { connect, sleep } = CLIENTS[name]!(app);
+    const c = coordinator();
+    const leases = new Leases(c);
+    const api = new Hono()
+      .onError((_e, ctx) => ctx.text("handler error", 500))
+      .use(leased({ leases, connect }))
+      .get("/sleep", async (ctx) => ctx.json(await sleep(await ctx.var.client())));
+    const response = api.request("/sleep");
+    for (let i = 0; i < 300 && (await backends(app)) === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    const [held] = (await c.operatorStats()).leases;
+    await c.revoke(held!.idPrefix);
+    const revokedAt = Date.now();
+    const res = await response;
+    const answeredAt = Date.now();
+    expect(res.status).toBe(503);
+    expect(await res.json()).toMatchObject({ error: { code: "LEASE_LOST" } });
+    // Heard at the next renewal: a third of the 900 ms TTL.
+    expect(answeredAt - revokedAt).toBeLessThan(600);
+    const goneMs = await goneAfter(app, answeredAt);
+    expect(goneMs).toBeLessThanOrEqual(100);
+    console.log(
+      `figure hono ${name}: answered ${answeredAt - revokedAt} ms after the revoke; backend gone ${goneMs} ms after it`,
+    );
+  }, 15_000);
+});
