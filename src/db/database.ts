@@ -167,7 +167,7 @@ export class Database {
     return this.#run(
       async (scope, attempt) => {
         const conn = await scope.connect(this.#o.driver);
-        return (await this.#timed(conn, text, params, options.holder, attempt)) as R[];
+        return (await this.#timed(conn, text, params, options.holder, attempt, true)) as R[];
       },
       options,
       "statements",
@@ -193,7 +193,7 @@ export class Database {
         // server rolls it all back. Only a COMMIT sent and unanswered leaves it "maybe".
         const tx: Transaction = {
           query: <R = Row>(text: string, params: readonly unknown[] = []) =>
-            this.#timed(conn, text, params, options.holder, undefined) as Promise<R[]>,
+            this.#timed(conn, text, params, options.holder, attempt, false) as Promise<R[]>,
         };
         await conn.query(this.#begin(deadline));
         let result: T;
@@ -204,6 +204,7 @@ export class Database {
           await conn.query("ROLLBACK").catch(() => {});
           throw error;
         }
+        attempt.assertHeld();
         attempt.sent = true;
         await conn.query("COMMIT");
         return result;
@@ -309,9 +310,12 @@ export class Database {
     text: string,
     params: readonly unknown[],
     holder: string | undefined,
-    attempt: Attempt | undefined,
+    attempt: Attempt,
+    lasting: boolean,
   ): Promise<Row[]> {
-    if (attempt) attempt.sent = true;
+    // The holder's own clock first: after a stall past the lease's end, nothing more is sent.
+    attempt.assertHeld();
+    if (lasting) attempt.sent = true;
     return this.timed(text, () => conn.query(text, params), holder);
   }
 
@@ -426,6 +430,7 @@ export class Database {
 
   #scope(held: HeldScope, attempt: Attempt, deadline: number): AttemptScope {
     const { signal } = attempt.stop;
+    attempt.assertHeld = () => held.assertHeld();
     return {
       lease: held.lease,
       beforeRelease: held.beforeRelease,
@@ -503,6 +508,8 @@ class Attempt {
   readonly connections: Connection[] = [];
   /** Aborted (with the caller's answer) when the deadline passed or the lease was lost. */
   readonly stop = new AbortController();
+  /** Throws once the lease has ended, by the holder's own clock too (`LeaseScope.assertHeld`). */
+  assertHeld: () => void = () => {};
   /** `statements`: the database layer's own query or transaction, whose statements it sees; `opaque`: `run(work)`. */
   readonly kind: "statements" | "opaque";
 
