@@ -220,6 +220,8 @@ describe("a reap with LEASE_ENFORCE=terminate (PostgresCoordinator)", () => {
     await admin.unsafe(`GRANT ALL ON ALL TABLES IN SCHEMA public TO ${role}`);
     await admin.unsafe(`GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO ${role}`);
     await admin.unsafe(`GRANT CREATE, USAGE ON SCHEMA public TO ${role}`);
+    // It sees every backend's application_name (else it finds no tagged backend to refuse).
+    await admin.unsafe(`GRANT pg_read_all_stats TO ${role}`);
     const as = new URL(url);
     as.username = role;
     as.password = "";
