@@ -5,9 +5,11 @@
  */
 import type { Sql } from "postgres";
 import { type LeaseClient, Leases } from "../src/client/leases.ts";
+import type { ConnectionCounts } from "../src/core/index.ts";
 import { type SettingsEnv, settingsFromEnv } from "../src/db/config.ts";
 import { type DriverModule, bindDriver, loadDriver, missingDriver } from "../src/db/connect.ts";
 import { Database } from "../src/db/database.ts";
+import { enforceLedger } from "../src/db/enforce.ts";
 import { toDatabaseError } from "../src/db/errors.ts";
 import { type LeasedPool, leasedSql } from "../src/db/pool.ts";
 import { controlsOf } from "../src/http/operator.ts";
@@ -51,6 +53,7 @@ export async function localPool<Client = unknown>(
   const { name } = settings.pool;
   const config = settings.database;
   const { applicationName, connectionString } = config;
+  const { enforce } = settings.pool;
   let coordinator: PostgresCoordinator | undefined;
   let control: Sql | undefined;
   const module = (options.driver ?? (await loadDriver(config))) as DriverModule<Client>;
@@ -71,13 +74,22 @@ export async function localPool<Client = unknown>(
       pool: name,
       config: settings.pool.config,
       learn: learn && { ...learn, applicationName },
+      enforce: enforce !== null,
     });
     await coordinator.ready();
   }
   const leases: LeaseClient | undefined =
     coordinator && new Leases(coordinator, { pool: name, claimMs: settings.pool.claimMs });
+  // Reconciliation's counts; with LEASE_ENFORCE=terminate it also terminates the tagged backends
+  // whose lease is no longer held (the held leases read first: see `enforceLedger`).
+  const observe = async (c: PostgresCoordinator, sql: Sql): Promise<ConnectionCounts> => {
+    const held = enforce ? await c.stats() : undefined;
+    const counts = await c.countConnections(applicationName);
+    if (!enforce || !held) return counts;
+    return { ...counts, terminated: await enforceLedger(sql, applicationName, [held], enforce.graceMs) };
+  };
   const driver = bindDriver(module, config);
-  const db = new Database({ name, driver, leases, config });
+  const db = new Database({ name, driver, leases, config, tagLeases: enforce !== null });
   return {
     name,
     leases,
@@ -87,7 +99,7 @@ export async function localPool<Client = unknown>(
       coordinator &&
       controlsOf(
         coordinator,
-        () => coordinator.countConnections(applicationName).catch((e: unknown) => Promise.reject(toDatabaseError(e))),
+        () => observe(coordinator, control!).catch((e: unknown) => Promise.reject(toDatabaseError(e))),
         settings.pool.learn ? () => coordinator.learnLimit() : undefined,
       ),
     sql: leasedSql(db, driver),

@@ -82,6 +82,14 @@ export interface PostgresCoordinatorOptions {
    * pay for; every other connection, this client's own included, is room taken.
    */
   learn?: (LearnSettings & { applicationName: string }) | null | undefined;
+  /**
+   * `LEASE_ENFORCE=terminate`: a transition that reaps expired leases terminates the backends
+   * tagged with them (see `SessionLimits.leaseId`) and waits for them to exit before it commits,
+   * so the freed slot is granted only once the old backend is gone. This client's role needs the
+   * right to signal the holders' backends (the same role, membership in theirs, or
+   * `pg_signal_backend`); without it the reap goes on without terminating.
+   */
+  enforce?: boolean | undefined;
 }
 
 /** What an operator's "learn now" answers: the limit in force, where it comes from, the learning. */
@@ -190,6 +198,7 @@ export class PostgresCoordinator implements CoordinatorBackend {
       pool,
       channel: this.#channel,
       durable: options.durableCommits === true,
+      enforce: options.enforce === true,
       ownerPid: () => this.#ownerPid,
       committed: (state, effects) => this.#committed(state, effects),
     });

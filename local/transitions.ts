@@ -5,7 +5,8 @@
  * and one write per batch, so throughput grows with load instead of collapsing under it.
  */
 import type { ReservedSql, Sql } from "postgres";
-import { type Effects, type PoolState, cancel, release, withdraw } from "../src/core/index.ts";
+import { type Effects, type Lease, type PoolState, cancel, release, withdraw } from "../src/core/index.ts";
+import { terminateLeaseBackends } from "../src/db/enforce.ts";
 import { type Committable, type Step, GroupCommit, mergeEffects } from "../src/engine/index.ts";
 import { noticesOf } from "./notify.ts";
 import { type Loaded, loadPool, writePool } from "./rows.ts";
@@ -30,6 +31,8 @@ export interface TransitionOptions {
   channel: string;
   /** `synchronous_commit` stays on: see `PostgresCoordinatorOptions.durableCommits`. */
   durable: boolean;
+  /** `LEASE_ENFORCE=terminate`: see `PostgresCoordinatorOptions.enforce`. */
+  enforce: boolean;
   /** The pid stamped on waiter rows this process queues (its LISTEN connection's). */
   ownerPid: () => number | null;
   /** After each commit, with the state it left and what it did. */
@@ -84,6 +87,7 @@ export class Transitions {
       const loaded = await loadPool(tx, o.pool, true);
       const batch = take();
       const { answers, effects } = runSteps(loaded, batch);
+      if (o.enforce && effects.expired.length > 0) await terminateReaped(tx, effects.expired);
       const notices = noticesOf(loaded.state, effects);
       await Promise.all([writePool(tx, o.pool, loaded, o.ownerPid(), { channel: o.channel, notices }), tx`COMMIT`]);
       done = { answers, effects, state: loaded.state, batch };
@@ -97,6 +101,26 @@ export class Transitions {
     }
     for (const [i, call] of done.batch.entries()) call.resolve(done.answers[i]);
     o.committed(done.state, done.effects);
+  }
+}
+
+/**
+ * The backends of leases this transition reaps are terminated before it commits, under the pool's
+ * lock: the grants of their slots are announced (NOTIFY, answers) only after COMMIT, so the next
+ * holder logs in after the old backend has exited (a holder frozen past its TTL keeps its socket,
+ * and Postgres its backend). In a savepoint: a refusal (this role may not signal the holders'
+ * backends) costs the enforcement, never the transition.
+ */
+async function terminateReaped(tx: ReservedSql, expired: readonly Lease[]): Promise<void> {
+  await tx`SAVEPOINT leasegate_enforce`;
+  try {
+    await terminateLeaseBackends(
+      tx,
+      expired.map((l) => l.id),
+    );
+    await tx`RELEASE SAVEPOINT leasegate_enforce`;
+  } catch {
+    await tx`ROLLBACK TO SAVEPOINT leasegate_enforce`;
   }
 }
 

@@ -109,6 +109,10 @@ export interface PoolEnv {
   LEASE_CLAIM_MS?: string | undefined;
   /** How long a finished lease's release waits for an acquire of the isolate to carry it, ms; 0 = a call of its own. Default 5. */
   LEASE_RELEASE_CARRY_MS?: string | undefined;
+  /** `terminate`: leased connections carry their lease in `application_name`, and backends whose lease ended are terminated. Default `off`. */
+  LEASE_ENFORCE?: string | undefined;
+  /** `LEASE_ENFORCE=terminate`: how old a tagged backend with no held lease must be before reconciliation terminates it, ms. Default 2 × `LEASE_TTL_MS`. */
+  LEASE_ENFORCE_GRACE_MS?: string | undefined;
   /** `off` bypasses leasing: for side-by-side comparisons only. */
   COORDINATOR?: string | undefined;
 }
@@ -133,6 +137,8 @@ export interface PoolSettings {
   readonly carryMs: number;
   /** False with `COORDINATOR=off`. */
   readonly coordinator: boolean;
+  /** `LEASE_ENFORCE=terminate` (with `LEASE_ENFORCE_GRACE_MS`); null when off. */
+  readonly enforce: EnforceSettings | null;
   /** `LEASE_LIMIT=auto`: how the limit is learned (`LEASE_HEADROOM`, `LEASE_LIMIT_MAX`, `LEASE_LEARN_INTERVAL_MS`); null for a fixed limit. */
   readonly learn: LearnSettings | null;
 }
@@ -227,7 +233,31 @@ export function poolSettings(env: PoolEnv): PoolSettings {
     // Only `off` turns leasing off: a Worker may bind its coordinator namespace under this name.
     coordinator: text(env.COORDINATOR) !== "off",
     learn,
+    enforce:
+      oneOf("LEASE_ENFORCE", env.LEASE_ENFORCE, ["off", "terminate"], "off") === "terminate"
+        ? {
+            // Two lifetimes: a connection opened for a lease granted just now may show in
+            // pg_stat_activity before the lease shows in the stats read a moment earlier.
+            graceMs: intFromEnv(
+              "LEASE_ENFORCE_GRACE_MS",
+              env.LEASE_ENFORCE_GRACE_MS,
+              2 * config.leaseTtlMs,
+              0,
+              BOUNDS.leaseTtlMs * 2,
+            ),
+          }
+        : null,
   };
+}
+
+/**
+ * `LEASE_ENFORCE=terminate`: every leased connection carries its lease in `application_name`
+ * (`${APPLICATION_NAME}/${leaseId.slice(0, 8)}`); the local adapter terminates the backends of
+ * the leases it reaps, and reconciliation terminates tagged backends whose lease is no longer held.
+ */
+export interface EnforceSettings {
+  /** A tagged backend younger than this is never terminated by reconciliation, ms. */
+  readonly graceMs: number;
 }
 
 /**

@@ -13,8 +13,13 @@ export interface ConnectionCounts {
   readonly applicationName: string;
   /** Client connections of the role on the whole server, any application (the observer excluded). */
   readonly roleConnections: number;
-  /** Those of them that carry the application's `application_name`. */
+  /** Those of them that carry the application's `application_name` (tagged with a lease or not). */
   readonly appConnections: number;
+  /**
+   * `LEASE_ENFORCE=terminate`: the application's backends tagged with a lease no longer held (past
+   * the grace period) that this reconciliation terminated; absent when enforcement is off.
+   */
+  readonly terminated?: number | undefined;
 }
 
 export type ReconcileStatus = "ok" | "drift" | "over_limit";
@@ -57,6 +62,7 @@ export function compareConnections(
     applicationName: counts.applicationName,
     roleConnections: counts.roleConnections,
     appConnections: counts.appConnections,
+    ...(counts.terminated !== undefined && { terminated: counts.terminated }),
     held: pool.held,
     limit: pool.limit,
     drift,

@@ -1,5 +1,6 @@
 import { type PoolEnv, type PoolSettings, LeaseError, expected, intFromEnv, poolSettings } from "../core/index.ts";
 import { DEFAULT_BREAKER, type BreakerOptions } from "./circuit-breaker.ts";
+import { MAX_TAGGED_APPLICATION_NAME } from "./driver.ts";
 import { DEFAULT_RETRY, type RetryOptions } from "./retry.ts";
 import type { SafeModeOptions } from "./safe-mode.ts";
 import { redact } from "./safe-error.ts";
@@ -231,6 +232,17 @@ export function settingsFromEnv(env: SettingsEnv): Settings {
   let settings = parsed.get(env);
   if (!settings) {
     settings = { pool: poolSettings(env), database: databaseConfig(env) };
+    // A lease tag must fit Postgres's 63 bytes: an untagged connection could not be enforced.
+    const name = settings.database.applicationName;
+    if (settings.pool.enforce && new TextEncoder().encode(name).length > MAX_TAGGED_APPLICATION_NAME) {
+      invalid(
+        expected(
+          "APPLICATION_NAME",
+          `at most ${MAX_TAGGED_APPLICATION_NAME} bytes with LEASE_ENFORCE=terminate (the lease tag takes 9 of Postgres's 63)`,
+          name,
+        ),
+      );
+    }
     parsed.set(env, settings);
   }
   return settings;

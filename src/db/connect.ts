@@ -1,6 +1,6 @@
 import { LeaseError } from "../core/errors.ts";
 import type { DatabaseConfig } from "./config.ts";
-import { type Driver, type DriverModule, type NeonOptions, targetOf } from "./driver.ts";
+import { type Driver, type DriverModule, type NeonOptions, bindDriver } from "./driver.ts";
 
 // The Node and Deno side of the drivers: loading one by name with a dynamic import. Workers never
 // import this file (a bundler resolves and may inline every driver a dynamic import names); they
@@ -78,14 +78,13 @@ export function missingDriver(packageName: string, error: unknown): unknown {
  * try { await conn.query("SELECT 1") } finally { await conn.close() }
  */
 export function openDriver(config: DatabaseConfig, neon: NeonOptions = {}): Driver {
-  let loading: Promise<DriverModule> | undefined;
-  const target = targetOf(config);
+  let loading: Promise<Driver> | undefined;
   const name = config.driver === "hyperdrive" ? "postgres" : config.driver;
   return {
     name,
     async connect(limits) {
-      loading ??= loadDriver(config, neon);
-      return (await loading).connect(limits ? { ...target, limits } : target);
+      loading ??= loadDriver(config, neon).then((module) => bindDriver(module, config));
+      return (await loading).connect(limits);
     },
   };
 }

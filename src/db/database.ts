@@ -110,6 +110,11 @@ export interface DatabaseOptions {
    * Default: a third of the lease's lifetime, so a statement shorter than that makes no extra call.
    */
   heartbeatMs?: number | undefined;
+  /**
+   * `LEASE_ENFORCE=terminate`: each leased connection carries its lease in `application_name`
+   * (see `SessionLimits.leaseId`), so the coordinator and reconciliation can end its backend.
+   */
+  tagLeases?: boolean | undefined;
   /** Workers: `ctx.waitUntil`, so closing and releasing run off the response path. */
   waitUntil?: WaitUntil | undefined;
   runtime?: Runtime | undefined;
@@ -439,7 +444,9 @@ export class Database {
         let conn: C;
         attempt.connecting = true;
         try {
-          conn = await driver.connect(this.#limits(deadline));
+          const limits = this.#limits(deadline);
+          const leaseId = this.#o.tagLeases ? held.lease?.id : undefined;
+          conn = await driver.connect(leaseId ? { ...limits, leaseId } : limits);
         } catch (error) {
           throw toDatabaseError(error, "no");
         } finally {

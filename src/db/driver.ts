@@ -37,6 +37,28 @@ export interface SessionLimits {
   readonly statementTimeoutMs?: number | undefined;
   /** `client_connection_check_interval`, ms (≥ 1). */
   readonly connectionCheckMs?: number | undefined;
+  /**
+   * `LEASE_ENFORCE=terminate`: the lease the connection is opened for. {@link bindDriver} tags the
+   * connection with it: `application_name` becomes `${applicationName}/${leaseId.slice(0, 8)}`, so
+   * the database shows whose lease pays for each backend. An application name longer than
+   * {@link MAX_TAGGED_APPLICATION_NAME} bytes is left untagged (Postgres cuts names at 63 bytes).
+   */
+  readonly leaseId?: string | undefined;
+}
+
+/** The longest `application_name` a lease tag is added to, bytes: 54 + `/` + 8 = Postgres's 63. */
+export const MAX_TAGGED_APPLICATION_NAME = 54;
+
+/**
+ * `applicationName` tagged with the lease `leaseId` (its first 8 characters), or as it is when the
+ * tag would not fit Postgres's 63 bytes.
+ *
+ * @example
+ * taggedApplicationName("web", "3f2a9c1b-0d4e-…") // "web/3f2a9c1b"
+ */
+export function taggedApplicationName(applicationName: string, leaseId: string): string {
+  if (new TextEncoder().encode(applicationName).length > MAX_TAGGED_APPLICATION_NAME) return applicationName;
+  return `${applicationName}/${leaseId.slice(0, 8)}`;
 }
 
 /**
@@ -128,5 +150,13 @@ export function bindDriver<Client>(
   config: DatabaseConfig,
 ): Driver<ClientConnection<Client>> {
   const target = targetOf(config);
-  return { name: module.name, connect: (limits) => module.connect(limits ? { ...target, limits } : target) };
+  return {
+    name: module.name,
+    connect: (limits) => {
+      if (!limits) return module.connect(target);
+      const { leaseId } = limits;
+      const applicationName = leaseId ? taggedApplicationName(target.applicationName, leaseId) : target.applicationName;
+      return module.connect({ ...target, applicationName, limits });
+    },
+  };
 }

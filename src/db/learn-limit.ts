@@ -13,7 +13,8 @@ const ROOM_TERMS = `
            count(*) FILTER (WHERE a.datname = current_database())::int AS others_in_database
     FROM pg_stat_activity a
     WHERE (a.backend_type = 'client backend' OR (a.backend_type IS NULL AND a.datid IS NOT NULL AND a.usesysid IS NOT NULL))
-      AND a.application_name IS DISTINCT FROM $1`;
+      AND NOT (coalesce(a.application_name, '') = $1
+               OR left(coalesce(a.application_name, ''), length($1) + 1) = $1 || '/')`;
 
 interface TermsRow {
   max_connections: number;
@@ -32,7 +33,8 @@ interface TermsRow {
  * client connections that are not the application's — on the server, of the role, in the database.
  *
  * The application's connections are those whose `application_name` is `applicationName` (every
- * connection a lease pays for carries it, `APPLICATION_NAME`). Everything else is room taken:
+ * connection a lease pays for carries it, `APPLICATION_NAME`), or that name tagged with a lease
+ * (`${applicationName}/${leaseId8}`, `LEASE_ENFORCE=terminate`). Everything else is room taken:
  * other clients, and leasegate's own connections that no lease pays for (the local adapter's
  * control and LISTEN connections, and the connection this query runs on, which is not left out).
  *

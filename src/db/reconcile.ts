@@ -5,14 +5,16 @@ import type { Connection } from "./driver.ts";
 const COUNT_CONNECTIONS = `
     SELECT current_user::text AS role,
            count(*)::int AS role_connections,
-           count(*) FILTER (WHERE application_name = $1)::int AS app_connections
+           count(*) FILTER (WHERE application_name = $1
+                              OR left(application_name, length($1) + 1) = $1 || '/')::int AS app_connections
     FROM pg_stat_activity
     WHERE usename = current_user AND backend_type = 'client backend' AND pid <> pg_backend_pid()`;
 
 /**
  * Reads the database's own count of the role's client connections in one short query: all of
  * them on the server (a role's `CONNECTION LIMIT` is server-wide) and those that carry the
- * application's `application_name`. The observer's own connection is left out. Runs on a
+ * application's `application_name`, or that name tagged with a lease (`${name}/${leaseId8}`,
+ * `LEASE_ENFORCE=terminate`). The observer's own connection is left out. Runs on a
  * postgres.js `Sql` or on any driver's connection.
  *
  * @example

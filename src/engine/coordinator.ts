@@ -130,5 +130,6 @@ export function checkCounts(counts: ConnectionCounts): ConnectionCounts {
   }
   checkInt("roleConnections", counts.roleConnections, 0, Number.MAX_SAFE_INTEGER);
   checkInt("appConnections", counts.appConnections, 0, Number.MAX_SAFE_INTEGER);
+  if (counts.terminated !== undefined) checkInt("terminated", counts.terminated, 0, Number.MAX_SAFE_INTEGER);
   return counts;
 }

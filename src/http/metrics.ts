@@ -177,6 +177,13 @@ export function formatMetrics(pool: string, s: OperatorStats): string {
       "1 when the role held more connections than the limit at the last reconciliation.",
       r.overLimit ? 1 : 0,
     );
+    if (r.terminated !== undefined)
+      one(
+        "leasegate_reconcile_terminated_backends",
+        "gauge",
+        "LEASE_ENFORCE=terminate: backends of leases no longer held that the last reconciliation terminated.",
+        r.terminated,
+      );
     one(
       "leasegate_reconcile_timestamp_seconds",
       "gauge",

@@ -8,13 +8,16 @@ import { mergeStats } from "../client/sharded-leases.ts";
 import {
   type ConnectionCounts,
   type ControlResult,
+  type EnforceSettings,
+  type PoolStats,
   type Reconciliation,
   compareConnections,
   expected,
   shardLimits,
 } from "../core/index.ts";
-import { toDatabaseError } from "../db/errors.ts";
 import type { Connection } from "../db/driver.ts";
+import { enforceLedger } from "../db/enforce.ts";
+import { toDatabaseError } from "../db/errors.ts";
 import { countConnections } from "../db/reconcile.ts";
 import { type OperatorControls, controlsOf } from "../http/operator.ts";
 
@@ -28,17 +31,28 @@ export interface ReconcileTarget {
   /** Opens one connection outside any lease, named `applicationName`. */
   connect(applicationName: string): Promise<Connection>;
   applicationName: string;
+  /** `LEASE_ENFORCE=terminate`: also terminate tagged backends whose lease is no longer held. */
+  enforce?: EnforceSettings | null | undefined;
 }
 
 /**
  * Reads `pg_stat_activity` through one short-lived connection outside any lease (an observer must
- * not wait behind the pool it observes).
+ * not wait behind the pool it observes). With enforcement on, it then terminates the application's
+ * tagged backends whose lease none of `ledger`'s objects holds: the object cannot reach the
+ * database, so for Workers this is the only enforcement. The counts are those seen before.
  */
-async function observe(target: ReconcileTarget): Promise<ConnectionCounts> {
+async function observe(
+  target: ReconcileTarget,
+  ledger: () => Promise<readonly PoolStats[]>,
+): Promise<ConnectionCounts> {
   let conn: Connection | undefined;
   try {
+    // The held leases first: a lease granted after this read opens a connection younger than the grace period.
+    const held = target.enforce ? await ledger() : undefined;
     conn = await target.connect(OBSERVER_APPLICATION_NAME);
-    return await countConnections(conn, target.applicationName);
+    const counts = await countConnections(conn, target.applicationName);
+    if (!target.enforce || !held) return counts;
+    return { ...counts, terminated: await enforceLedger(conn, target.applicationName, held, target.enforce.graceMs) };
   } catch (error) {
     throw toDatabaseError(error);
   } finally {
@@ -53,7 +67,7 @@ async function observe(target: ReconcileTarget): Promise<ConnectionCounts> {
  * const controls = coordinatorControls(stub, { connect: (name) => driver.connect({ ...target, applicationName: name }), applicationName: "my-app" });
  */
 export function coordinatorControls(coordinator: Stub, target: ReconcileTarget): OperatorControls {
-  return controlsOf(coordinator, () => observe(target));
+  return controlsOf(coordinator, () => observe(target, async () => [await coordinator.stats()]));
 }
 
 /** Every shard's control answer as one: paused if any is, limits summed. */
@@ -106,8 +120,9 @@ export function shardedControls(stubs: Stub[], target: ReconcileTarget): Operato
       return results.find((r) => r.ok) ?? results[0]!;
     },
     reconcile: async () => {
-      const counts = await observe(target);
-      const merged = mergeStats(await Promise.all(stubs.map((s, index) => s.stats({ index, count }))));
+      const ledger = () => Promise.all(stubs.map((s, index) => s.stats({ index, count })));
+      const counts = await observe(target, ledger);
+      const merged = mergeStats(await ledger());
       last = compareConnections({ held: merged.held, limit: merged.limit }, counts, Date.now());
       return last;
     },

@@ -155,9 +155,18 @@ export function workerPool<Client>(
   const target = {
     connect: (applicationName: string) => driver.connect({ ...targetOf(config), applicationName }),
     applicationName: config.applicationName,
+    enforce: pool.enforce,
   };
   const { leases, operator } = coordination(env, pool, waitUntil, target);
   const bound = bindDriver(driver, config);
-  const db = new Database({ name, driver: bound, leases, config, ...guards, waitUntil });
+  const db = new Database({
+    name,
+    driver: bound,
+    leases,
+    config,
+    ...guards,
+    waitUntil,
+    tagLeases: pool.enforce !== null,
+  });
   return { name, leases, db, operator, sql: leasedSql(db, bound) };
 }

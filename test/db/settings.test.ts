@@ -47,6 +47,7 @@ describe("settings parsed once", () => {
       carryMs: 10,
       coordinator: true,
       learn: null,
+      enforce: null,
     });
     expect(settings.database).toMatchObject({
       environment: "local",
@@ -98,6 +99,9 @@ describe("settings parsed once", () => {
     ["LEASE_BLOCK_IDLE_MS", { LEASE_BLOCK_IDLE_MS: "60001" }, "an integer from 0 to 60000"],
     ["LEASE_CLAIM_MS", { LEASE_CLAIM_MS: "1501" }, "an integer from 0 to 1500"],
     ["LEASE_RELEASE_CARRY_MS", { LEASE_RELEASE_CARRY_MS: "1001" }, "an integer from 0 to 1000"],
+    ["LEASE_ENFORCE", { LEASE_ENFORCE: "kill" }, "`off` or `terminate`"],
+    ["LEASE_ENFORCE_GRACE_MS", { LEASE_ENFORCE: "terminate", LEASE_ENFORCE_GRACE_MS: "-1" }, "an integer from 0 to"],
+    ["APPLICATION_NAME", { LEASE_ENFORCE: "terminate", APPLICATION_NAME: "a".repeat(55) }, "at most 54 bytes"],
     ["DB_CONNECT_TIMEOUT_MS", { DB_CONNECT_TIMEOUT_MS: "50" }, "an integer from 100 to 120000"],
     ["DB_DEADLINE_MS", { DB_DEADLINE_MS: "ten" }, "an integer from 100 to 600000"],
   ])("names %s in its INVALID_CONFIG message, as the operator spelled it", (name, env, expected) => {

@@ -15,7 +15,11 @@ const send = (e: StallEvent) => process.send!(e);
 const stallMs = Number(process.env.STALL_MS);
 const log = connectionLog();
 const pool = await localPool(
-  poolEnv(process.env.POOL!, { LEASE_TTL_MS: process.env.LEASE_TTL_MS, APPLICATION_NAME: process.env.APP! }),
+  poolEnv(process.env.POOL!, {
+    LEASE_TTL_MS: process.env.LEASE_TTL_MS,
+    LEASE_ENFORCE: process.env.LEASE_ENFORCE,
+    APPLICATION_NAME: process.env.APP!,
+  }),
   { driver: leasedDriver(process.env.ROLE_URL!, log) },
 );
 

@@ -10,6 +10,11 @@ import { AFTER_STALL, DURING_STALL, type StallEvent } from "./stall-events.ts";
 // When the holder wakes, its lease has ended by its own clock: it must stop before it touches the
 // database again — its next statement never runs, its connection is closed, its caller is told
 // LEASE_LOST — and the database never shows more leased backends than the limit.
+//
+// A frozen process keeps its socket, so Postgres keeps its backend: only the database can end it.
+// Both pools run with LEASE_ENFORCE=terminate: the holder's connections carry its lease in
+// `application_name`, and the coordinator that reaps the lease terminates that backend (and waits
+// for it to exit) before it commits the grant of the slot.
 const TTL_MS = 900;
 const STALL_MS = 2500;
 const HOLDER = fileURLToPath(new URL("./stall-holder.ts", import.meta.url));
@@ -37,7 +42,7 @@ function nextEvent(name: StallEvent["event"], timeoutMs: number): Promise<StallE
 
 beforeAll(async () => {
   s = await scene(1);
-  const other = await s.open({ LEASE_TTL_MS: String(TTL_MS) });
+  const other = await s.open({ LEASE_TTL_MS: String(TTL_MS), LEASE_ENFORCE: "terminate" });
   child = fork(HOLDER, [], {
     env: {
       ...process.env,
@@ -45,6 +50,7 @@ beforeAll(async () => {
       APP: stalledApp(),
       ROLE_URL: s.role.url,
       LEASE_TTL_MS: String(TTL_MS),
+      LEASE_ENFORCE: "terminate",
       STALL_MS: String(STALL_MS),
     },
     stdio: ["ignore", "inherit", "inherit", "ipc"],

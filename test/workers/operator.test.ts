@@ -224,6 +224,40 @@ describe("reconciliation with pg_stat_activity", () => {
       .toBe(0);
   });
 
+  it("with LEASE_ENFORCE=terminate, terminates a tagged backend whose lease is not held past the grace period, never a held or a fresh one", async () => {
+    const appName = `ops-enf-${Date.now().toString(36)}`;
+    const a = app({ APPLICATION_NAME: appName, LEASE_ENFORCE: "terminate", LEASE_ENFORCE_GRACE_MS: "1500" });
+    const lease = await grantNow(a.stub(), "enforce-probe");
+    const tagged = (tag: string) => connectFromWorker(env.HYPERDRIVE.connectionString, `${appName}/${tag}`);
+    const held = tagged(lease.id.slice(0, 8));
+    const stale = tagged("deadbeef");
+    const probe = connectFromWorker(env.HYPERDRIVE.connectionString, "ops-enf-probe");
+    const open: Sql[] = [held, stale, probe];
+    const names = async () =>
+      (
+        await probe`SELECT application_name AS app FROM pg_stat_activity
+                    WHERE application_name LIKE ${`${appName}/%`} ORDER BY 1`
+      ).map((r) => r.app as string);
+    try {
+      await Promise.all([held`SELECT 1`, stale`SELECT 1`]);
+      // Past the grace period for the two opened first; the fresh one stays well inside it, even
+      // on a loaded machine.
+      await new Promise((r) => setTimeout(r, 1700));
+      const fresh = tagged("cafebabe");
+      open.push(fresh);
+      await fresh`SELECT 1`;
+      const r = (await a.post("/__coordinator/reconcile")).body;
+      expect(r).toMatchObject({ held: 1, appConnections: 3, terminated: 1 });
+      expect(await names()).toEqual([`${appName}/${lease.id.slice(0, 8)}`, `${appName}/cafebabe`]);
+      const metrics = await (await a.call("/__coordinator/metrics", { headers: auth })).text();
+      const families = new Map(parsePrometheusTextFormat(metrics).map((f) => [f.name, f]));
+      expect(families.get("leasegate_reconcile_terminated_backends")?.metrics[0]?.value).toBe("1");
+    } finally {
+      await Promise.all(open.map(closeConnection));
+      await a.stub().release({ leaseId: lease.id, fence: lease.fence });
+    }
+  });
+
   it("runs periodically from the cron trigger", async () => {
     const before = Date.now();
     const ctx = createExecutionContext();
