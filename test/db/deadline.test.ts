@@ -10,6 +10,7 @@ import type { SessionLimits } from "../../src/db/driver.ts";
 import { Database, type Runtime, SYSTEM_RUNTIME } from "../../src/db/database.ts";
 import { neonDriver } from "../../src/db/drivers/neon.ts";
 import { forgetPools } from "../local/helpers.ts";
+import { startSampler } from "../limit/sampler.ts";
 import { TEST_URL, memoryCoordinator, wsBridge } from "./helpers.ts";
 
 // A deadline or a lost lease must reach the database: the statement is cancelled, the connection
@@ -41,43 +42,7 @@ afterAll(async () => {
 });
 
 /** Leased backends of `app` as Postgres counts them, sampled every 10 ms while the test runs. */
-function sampler(app: string) {
-  const samples: Array<{ at: number; n: number }> = [];
-  let running = true;
-  const loop = (async () => {
-    while (running) {
-      const [row] = await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${app}`;
-      samples.push({ at: Date.now(), n: row!.n as number });
-      await new Promise((r) => setTimeout(r, 10));
-    }
-  })();
-  return {
-    samples,
-    /** The first sample at or after `t` that shows no backend: ms after `t`. */
-    async goneAfter(t: number, timeoutMs = 3000): Promise<number> {
-      const end = Date.now() + timeoutMs;
-      for (;;) {
-        const s = samples.find((x) => x.at >= t && x.n === 0);
-        if (s) return s.at - t;
-        if (Date.now() > end) throw new Error(`backends of ${app} still there ${timeoutMs} ms after the answer`);
-        await new Promise((r) => setTimeout(r, 10));
-      }
-    },
-    /** Resolves once a backend is seen. */
-    async seen(timeoutMs = 3000): Promise<void> {
-      const end = Date.now() + timeoutMs;
-      while (!samples.some((x) => x.n > 0)) {
-        if (Date.now() > end) throw new Error(`no backend of ${app} seen`);
-        await new Promise((r) => setTimeout(r, 5));
-      }
-    },
-    peak: () => Math.max(0, ...samples.map((x) => x.n)),
-    stop: async () => {
-      running = false;
-      await loop;
-    },
-  };
-}
+const sampler = (app: string) => startSampler((text, params) => admin.unsafe(text, params as never[]), { app });
 
 type Client = "postgres" | "pg" | "neon";
 
@@ -137,7 +102,7 @@ describe.each(CASES)("%s, pool.%s", (client, door) => {
     "a 5 s statement with a 1000 ms deadline (DB_STATEMENT_TIMEOUT=%s): DEADLINE_EXCEEDED at ~1 s, the backend gone within 100 ms, the slot free at once",
     async (mode) => {
       const { pool: p, app } = await pool(client, { DB_STATEMENT_TIMEOUT: mode });
-      const watch = sampler(app);
+      const watch = await sampler(app);
       const started = Date.now();
       const error = await sleep(p, client, door, 5).catch((e: unknown) => e);
       const answeredAt = Date.now();
@@ -167,9 +132,9 @@ describe.each(CASES)("%s, pool.%s", (client, door) => {
 
   it("a lost lease mid-statement (an operator revoke, refused at the next renewal): LEASE_LOST, the backend gone within 100 ms", async () => {
     const { pool: p, app } = await pool(client, { DB_DEADLINE_MS: "10000" });
-    const watch = sampler(app);
+    const watch = await sampler(app);
     const running = sleep(p, client, door, 5).catch((e: unknown) => e);
-    await watch.seen();
+    await watch.until((s) => s.backends.length > 0);
     const [held] = (await p.operator!.stats()).leases;
     await p.operator!.revoke(held!.idPrefix);
     const revokedAt = Date.now();

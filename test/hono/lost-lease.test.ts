@@ -5,6 +5,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { PostgresCoordinator } from "../../local/postgres-coordinator.ts";
 import { Leases } from "../../src/client/leases.ts";
 import { leased } from "../../src/hono.ts";
+import { startSampler } from "../limit/sampler.ts";
 import { forgetPools } from "../local/helpers.ts";
 
 // The Hono middleware on a real Hono app, real Postgres, the real local coordinator: an operator
@@ -36,17 +37,8 @@ function coordinator(): PostgresCoordinator {
   return c;
 }
 
-const backends = async (app: string) =>
-  Number((await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${app}`)[0]!.n);
-
-/** The first time (ms after `t`) the sampler, every 10 ms, sees no backend of `app`. */
-async function goneAfter(app: string, t: number, timeoutMs = 3000): Promise<number> {
-  for (;;) {
-    if ((await backends(app)) === 0) return Date.now() - t;
-    if (Date.now() - t > timeoutMs) throw new Error(`backends of ${app} still there ${timeoutMs} ms after the answer`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+/** Backends of `app` as Postgres counts them, sampled every 10 ms while the test runs. */
+const sampler = (app: string) => startSampler((text, params) => admin.unsafe(text, params as never[]), { app });
 
 const CLIENTS: Record<
   string,
@@ -72,8 +64,9 @@ describe.each(Object.keys(CLIENTS))("leased() with %s", (name) => {
       .onError((_e, ctx) => ctx.text("handler error", 500))
       .use(leased({ leases, connect }))
       .get("/sleep", async (ctx) => ctx.json(await sleep(await ctx.var.client())));
+    const watch = await sampler(app);
     const response = api.request("/sleep");
-    for (let i = 0; i < 300 && (await backends(app)) === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    await watch.until((s) => s.backends.length > 0);
     const [held] = (await c.operatorStats()).leases;
     await c.revoke(held!.idPrefix);
     const revokedAt = Date.now();
@@ -83,7 +76,8 @@ describe.each(Object.keys(CLIENTS))("leased() with %s", (name) => {
     expect(await res.json()).toMatchObject({ error: { code: "LEASE_LOST" } });
     // Heard at the next renewal: a third of the 900 ms TTL.
     expect(answeredAt - revokedAt).toBeLessThan(600);
-    const goneMs = await goneAfter(app, answeredAt);
+    const goneMs = await watch.goneAfter(answeredAt);
+    await watch.stop();
     expect(goneMs).toBeLessThanOrEqual(100);
     console.log(
       `figure hono ${name}: answered ${answeredAt - revokedAt} ms after the revoke; backend gone ${goneMs} ms after it`,

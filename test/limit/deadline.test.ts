@@ -5,7 +5,9 @@ import {
   type Scene,
   holderApp,
   isTooMany,
+  nextCaller,
   scene,
+  sceneFigures,
   untilGone,
   waitFor,
   watch,
@@ -37,15 +39,9 @@ beforeAll(async () => {
   const call = watch(pool.db.query(`SELECT ${MARKER}`, [], { holder: "deadline" }));
   // Bounded: the old code answers at the deadline but its statement runs its 4 s.
   first = await call.within(6000);
-  const after = watch(
-    pool.sql(
-      async (sql) => {
-        nextGrantedAt = Date.now();
-        return await sql`SELECT 1 AS one`;
-      },
-      { holder: "next" },
-    ),
-  );
+  const after = nextCaller(pool, {}, (at) => {
+    nextGrantedAt = at;
+  });
   next = await after.within(6000);
   await untilGone(s.sampler, MARKER, 5000);
   seen = await s.sampler.stop();
@@ -58,8 +54,7 @@ afterAll(async () => {
     `[limit] deadline ${DEADLINE_MS} ms at limit 1: caller ${first?.settled ? (first.ok ? "ok" : first.code) : "unanswered"}` +
       ` at ${first?.at ? first.at - startedAt : "-"} ms; backend last seen ${last && first?.at ? Math.round(last - first.at) : "-"} ms after the answer;` +
       ` next ${next?.settled ? (next.ok ? "ok" : next.code) : "unanswered"}, granted ${nextGrantedAt && first?.at ? nextGrantedAt - first.at : "never"} ms after the answer;` +
-      ` statement_timeout ${timeout}; peak ${seen?.peak()}; refused logins ${s.log.refused.map((r) => r.code).join(",") || "none"};` +
-      ` lingering ${JSON.stringify(seen?.lingering(s.log.closed))}; sampling ${JSON.stringify(seen?.gaps())}`,
+      ` statement_timeout ${timeout};${sceneFigures(s, seen)}`,
   );
   await s?.end();
 });

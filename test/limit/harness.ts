@@ -281,6 +281,42 @@ export function holderApp(seen: Sampled, marker: string): string {
   return "";
 }
 
+/** Waits (at most `timeoutMs`) until a sample shows a backend running `marker`; throws if none did. */
+export async function untilRunning(sampler: Sampler, marker: string, timeoutMs = 3000): Promise<void> {
+  await sampler
+    .until((s) => s.backends.some(running(marker)), timeoutMs)
+    .catch((cause: unknown) => {
+      throw new Error(`the holder's statement never showed in pg_stat_activity`, { cause });
+    });
+}
+
+/**
+ * A caller that runs `SELECT 1` through `pool.sql` as holder "next" (queued behind the scenario's
+ * holder), watched; `granted` hears when its lease and connection were had (this process's clock).
+ *
+ * @example
+ * const queued = nextCaller(b, { waitMs: 5000 }, (at) => { nextGrantedAt = at; }); ...; await queued.within(8000);
+ */
+export function nextCaller(pool: LocalPool<postgres.Sql>, options: { waitMs?: number }, granted: (at: number) => void) {
+  return watch(
+    pool.sql(
+      async (sql) => {
+        granted(Date.now());
+        return await sql`SELECT 1 AS one`;
+      },
+      { holder: "next", ...options },
+    ),
+  );
+}
+
+/** The end of every scenario's report line: peak, refused logins, lingering backends, sampling gaps. */
+export function sceneFigures(s: Scene, seen: Sampled | undefined): string {
+  return (
+    ` peak ${seen?.peak()}; refused logins ${s.log.refused.map((r) => r.code).join(",") || "none"};` +
+    ` lingering ${JSON.stringify(seen?.lingering(s.log.closed))}; sampling ${JSON.stringify(seen?.gaps())}`
+  );
+}
+
 /**
  * Waits (at most `timeoutMs`) until the latest sample shows no backend running `marker`, so a
  * report covers the old code's run-on too, then samples `tailMs` more.

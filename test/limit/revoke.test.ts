@@ -5,9 +5,11 @@ import {
   type Scene,
   holderApp,
   isTooMany,
-  running,
+  nextCaller,
   scene,
+  sceneFigures,
   untilGone,
+  untilRunning,
   waitFor,
   watch,
 } from "./harness.ts";
@@ -35,18 +37,11 @@ beforeAll(async () => {
   const a = await s.open({ LEASE_TTL_MS: String(TTL_MS) });
   const b = await s.open({ LEASE_TTL_MS: String(TTL_MS) });
   const call = watch(a.sql((sql) => sql.unsafe(`SELECT ${MARKER}`), { holder: "revoked" }));
-  const started = await waitFor(() => s.sampler.seen(running(MARKER)) !== null, 3000);
-  if (started === null) throw new Error("the holder's statement never showed in pg_stat_activity");
+  await untilRunning(s.sampler, MARKER);
   // Queued behind the holder, from another process's view of the pool.
-  const queued = watch(
-    b.sql(
-      async (sql) => {
-        nextGrantedAt = Date.now();
-        return await sql`SELECT 1 AS one`;
-      },
-      { holder: "next", waitMs: 5000 },
-    ),
-  );
+  const queued = nextCaller(b, { waitMs: 5000 }, (at) => {
+    nextGrantedAt = at;
+  });
   await waitFor(async () => (await b.operator!.stats()).waiting === 1, 1000);
   const stats = await a.operator!.stats();
   const lease = stats.leases.find((l) => l.holder === "revoked");
@@ -69,8 +64,7 @@ afterAll(async () => {
     `[limit] revoke at limit 1: holder ${holder?.settled ? (holder.ok ? "ok" : holder.code) : "unanswered"}` +
       ` ${holder?.at ? holder.at - revokedAt : "-"} ms after the revoke; statement gone ${gone ? Math.round(gone - revokedAt) : "never"} ms after it;` +
       ` next ${next?.settled ? (next.ok ? "ok" : next.code) : "unanswered"}, granted ${nextGrantedAt ? nextGrantedAt - revokedAt : "never"} ms after it (lease expiry +${expiresAt - revokedAt} ms);` +
-      ` peak ${seen?.peak()}; refused logins ${s.log.refused.map((r) => r.code).join(",") || "none"};` +
-      ` lingering ${JSON.stringify(seen?.lingering(s.log.closed))}; sampling ${JSON.stringify(seen?.gaps())}`,
+      sceneFigures(s, seen),
   );
   await s?.end();
 });

@@ -7,9 +7,11 @@ import {
   cuttableProxy,
   holderApp,
   isTooMany,
-  running,
+  nextCaller,
   scene,
+  sceneFigures,
   untilGone,
+  untilRunning,
   waitFor,
   watch,
 } from "./harness.ts";
@@ -39,17 +41,10 @@ beforeAll(async () => {
   const cutOff = await s.open({ LEASE_TTL_MS: String(TTL_MS), DATABASE_URL: proxy.via(ADMIN_URL) });
   const other = await s.open({ LEASE_TTL_MS: String(TTL_MS) });
   const call = watch(cutOff.sql((sql) => sql.unsafe(`SELECT ${MARKER}`), { holder: "cut-off" }));
-  if ((await waitFor(() => s.sampler.seen(running(MARKER)) !== null, 3000)) === null)
-    throw new Error("the holder's statement never showed in pg_stat_activity");
-  const queued = watch(
-    other.sql(
-      async (sql) => {
-        nextGrantedAt = Date.now();
-        return await sql`SELECT 1 AS one`;
-      },
-      { holder: "next", waitMs: 5000 },
-    ),
-  );
+  await untilRunning(s.sampler, MARKER);
+  const queued = nextCaller(other, { waitMs: 5000 }, (at) => {
+    nextGrantedAt = at;
+  });
   await waitFor(async () => (await other.operator!.stats()).waiting === 1, 1000);
   proxy.block();
   cutAt = Date.now();
@@ -75,8 +70,7 @@ afterAll(async () => {
       ` holder ${holder?.settled ? (holder.ok ? "ok" : holder.code) : "unanswered"} at ${holder?.settled ? holder.at - expiresAt : "-"} ms after its expiry;` +
       ` its backend last seen ${last ? Math.round(last - expiresAt) : "-"} ms after the expiry;` +
       ` next ${next?.settled ? (next.ok ? "ok" : next.code) : "unanswered"}, granted ${nextGrantedAt ? nextGrantedAt - expiresAt : "never"} ms after the expiry;` +
-      ` peak ${seen?.peak()}; refused logins ${s.log.refused.map((r) => r.code).join(",") || "none"};` +
-      ` lingering ${JSON.stringify(seen?.lingering(s.log.closed))}; sampling ${JSON.stringify(seen?.gaps())}`,
+      sceneFigures(s, seen),
   );
   await s?.end();
   await proxy?.close();

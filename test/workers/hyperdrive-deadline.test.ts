@@ -13,6 +13,7 @@ import { leasedSql } from "../../src/db/pool.ts";
 import { driver as pgDriver } from "../../src/drivers/pg.ts";
 import { driver as postgresDriver } from "../../src/drivers/postgres.ts";
 import { workerPool } from "../../src/workers/pool.ts";
+import { startSampler } from "../limit/sampler.ts";
 
 // What reaches Postgres through Hyperdrive's local mode, in real workerd: a leased connection's
 // startup parameters (statement_timeout from the deadline, client_connection_check_interval), and
@@ -28,10 +29,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await admin.end();
 });
-
-const backends = async (app: string) =>
-  (await admin.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1", [app])).rows[0]
-    .n as number;
 
 function database(client: "postgres" | "pg", app: string, statementTimeout = "startup") {
   const config = databaseConfig({
@@ -99,36 +96,16 @@ function sleep(p: ReturnType<typeof pool>["pool"], client: keyof typeof DRIVERS,
   );
 }
 
-/** Backends of `app`, sampled every 10 ms until `stop()`. */
-function sampler(app: string) {
-  const samples: Array<{ at: number; n: number }> = [];
-  let sampling = true;
-  const loop = (async () => {
-    while (sampling) {
-      const n = await backends(app).catch(() => undefined);
-      if (n === undefined) return;
-      samples.push({ at: Date.now(), n });
-      await new Promise((r) => setTimeout(r, 10));
-    }
-  })();
-  return {
-    samples,
-    async goneAfter(t: number): Promise<number> {
-      for (let i = 0; i < 300 && !samples.some((s) => s.at >= t && s.n === 0); i++)
-        await new Promise((r) => setTimeout(r, 10));
-      sampling = false;
-      await loop;
-      const gone = samples.find((s) => s.at >= t && s.n === 0);
-      if (!gone) throw new Error(`backends of ${app} still there 3 s after the answer`);
-      return gone.at - t;
-    },
-  };
-}
+/** Backends of `app` as Postgres counts them, sampled every 10 ms until `stop()`. */
+const sampler = (app: string) =>
+  startSampler(async (text, params) => (await admin.query(text, params)).rows as Array<Record<string, unknown>>, {
+    app,
+  });
 
 describe.each(CASES)("workerPool with leasegate/%s, pool.%s, through Hyperdrive's local mode", (client, door) => {
   it("a pg_sleep(5) with a 1000 ms deadline: DEADLINE_EXCEEDED at ~1 s, its cancel request passes Hyperdrive, the backend gone", async () => {
     const { pool: p, app } = pool(client);
-    const watch = sampler(app);
+    const watch = await sampler(app);
     const started = Date.now();
     const error = await sleep(p, client, door).catch((e: unknown) => e);
     const answeredAt = Date.now();
@@ -139,7 +116,8 @@ describe.each(CASES)("workerPool with leasegate/%s, pool.%s, through Hyperdrive'
     expect(answeredAt - started).toBeGreaterThanOrEqual(990);
     expect(answeredAt - started).toBeLessThan(1300);
     const goneMs = await watch.goneAfter(answeredAt);
-    expect(Math.max(...watch.samples.map((s) => s.n))).toBe(1);
+    await watch.stop();
+    expect(watch.peak()).toBe(1);
     expect(goneMs).toBeLessThanOrEqual(150);
     await expect.poll(async () => (await p.leases!.stats()).held, { timeout: 1000 }).toBe(0);
     console.log(
@@ -170,9 +148,9 @@ describe.each(CASES)("workerPool with leasegate/%s, pool.%s, through Hyperdrive'
       log: () => {},
     });
     const p = { db, sql: leasedSql(db, bound) } as unknown as ReturnType<typeof pool>["pool"];
-    const watch = sampler(app);
+    const watch = await sampler(app);
     const running = sleep(p, client, door).catch((e: unknown) => e);
-    for (let i = 0; i < 300 && !watch.samples.some((s) => s.n > 0); i++) await new Promise((r) => setTimeout(r, 10));
+    await watch.until((s) => s.backends.length > 0);
     const [held] = (await stub.stats()).leases;
     await stub.revoke(held!.idPrefix);
     const revokedAt = Date.now();
@@ -184,6 +162,7 @@ describe.each(CASES)("workerPool with leasegate/%s, pool.%s, through Hyperdrive'
     });
     expect(answeredAt - revokedAt).toBeLessThan(600);
     const goneMs = await watch.goneAfter(answeredAt);
+    await watch.stop();
     expect(goneMs).toBeLessThanOrEqual(150);
     console.log(
       `figure workerd hyperdrive-local ${client} pool.${door}: lease lost ${answeredAt - revokedAt} ms after the revoke; backend gone ${goneMs} ms after it`,
