@@ -46,7 +46,7 @@ type Unlisted<T, K extends readonly PropertyKey[]> = Exclude<keyof T, K[number]>
  * is one edit here — the check below stops the build while a field of `LeaseRef` is missing.
  *
  * @example
- * for (const key of LEASE_REF_KEYS) console.log(key); // leaseId, fence, expiresAt, token
+ * LEASE_REF_KEYS // ["leaseId", "fence", "expiresAt", "token"]
  */
 export const LEASE_REF_KEYS = ["leaseId", "fence", "expiresAt", "token"] as const satisfies readonly (keyof LeaseRef)[];
 const everyRefKey: [Unlisted<LeaseRef, typeof LEASE_REF_KEYS>] extends [never]
