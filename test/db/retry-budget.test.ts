@@ -110,6 +110,19 @@ describe("retry budget math (injected clock)", () => {
   });
 });
 
+describe("DB_RETRY_BUDGET", () => {
+  it("is on by default, `off` turns it off, anything else is INVALID_CONFIG", () => {
+    const base = { DATABASE_URL: TEST_URL };
+    expect(databaseConfig(base).retryBudget).toEqual(DEFAULT_RETRY_BUDGET);
+    expect(databaseConfig({ ...base, DB_RETRY_BUDGET: " on " }).retryBudget).toEqual(DEFAULT_RETRY_BUDGET);
+    expect(databaseConfig({ ...base, DB_RETRY_BUDGET: "off" }).retryBudget).toBeNull();
+    for (const bad of ["yes", "1", "OFF"])
+      expect(() => databaseConfig({ ...base, DB_RETRY_BUDGET: bad })).toThrow(
+        expect.objectContaining({ code: "INVALID_CONFIG", message: expect.stringContaining("DB_RETRY_BUDGET") }),
+      );
+  });
+});
+
 describe("what is retried", () => {
   it("never a failure whose statement may have run, except a serialization failure or deadlock", () => {
     const lost = (executed: "no" | "maybe" | "yes") =>
