@@ -219,6 +219,7 @@ describe("retry budget against a real Postgres", () => {
     const driver = counted(openDriver(config));
     const database = new Database({ name: "maybe", driver, leases: undefined, config, log: () => {} });
     const call = database.query("SELECT pg_sleep(2)");
+    call.catch(() => {}); // asserted below; it may reject before the terminate call answers
     // Terminate the backend while its statement runs: the connection is lost mid-statement.
     let terminated = 0;
     for (let i = 0; i < 100 && terminated === 0; i++) {
