@@ -11,6 +11,8 @@ import { databaseConfig } from "../../src/db/config.ts";
 import { openDriver } from "../../src/db/connect.ts";
 import { Database } from "../../src/db/database.ts";
 import type { Driver } from "../../src/db/driver.ts";
+import { driver as postgresDriver } from "../../src/drivers/postgres.ts";
+import { workerPool } from "../../src/workers/pool.ts";
 import { DEFAULT_RETRY_BUDGET, RetryBudget, outcomeOf, refusalChance } from "../../src/db/retry-budget.ts";
 import { isRetryable } from "../../src/db/retry.ts";
 import { TEST_URL, captureLog, memoryCoordinator } from "./helpers.ts";
@@ -120,6 +122,20 @@ describe("DB_RETRY_BUDGET", () => {
       expect(() => databaseConfig({ ...base, DB_RETRY_BUDGET: bad })).toThrow(
         expect.objectContaining({ code: "INVALID_CONFIG", message: expect.stringContaining("DB_RETRY_BUDGET") }),
       );
+  });
+});
+
+describe("one budget per pool per isolate", () => {
+  it("workerPool hands every request of the isolate the same budget for a pool, another to another pool", () => {
+    // COORDINATOR=off: no Durable Object is needed to build the pool (workerd runs the full path).
+    const env = { DATABASE_URL: TEST_URL, COORDINATOR: "off" } as Parameters<typeof workerPool>[0];
+    const ctx = { waitUntil() {} };
+    const first = workerPool(env, ctx, { driver: postgresDriver, pool: `${dbName}-a` });
+    const second = workerPool(env, ctx, { driver: postgresDriver, pool: `${dbName}-a` });
+    const other = workerPool(env, ctx, { driver: postgresDriver, pool: `${dbName}-b` });
+    expect(first.db.retryBudget).toBeInstanceOf(RetryBudget);
+    expect(second.db.retryBudget).toBe(first.db.retryBudget);
+    expect(other.db.retryBudget).not.toBe(first.db.retryBudget);
   });
 });
 
