@@ -2,6 +2,7 @@ import { type PoolEnv, type PoolSettings, LeaseError, expected, intFromEnv, pool
 import { DEFAULT_BREAKER, type BreakerOptions } from "./circuit-breaker.ts";
 import { MAX_TAGGED_APPLICATION_NAME } from "./driver.ts";
 import { DEFAULT_RETRY, type RetryOptions } from "./retry.ts";
+import { DEFAULT_RETRY_BUDGET, type RetryBudgetOptions } from "./retry-budget.ts";
 import type { SafeModeOptions } from "./safe-mode.ts";
 import { redact } from "./safe-error.ts";
 
@@ -25,6 +26,11 @@ export type DatabaseConfig = {
   readonly safeMode: SafeModeOptions;
   readonly retry: RetryOptions;
   readonly breaker: BreakerOptions;
+  /**
+   * `DB_RETRY_BUDGET`: `on` (default) refuses retries locally as attempts keep failing (see
+   * `RetryBudget`); `off` (null) retries every retryable failure up to `retry.maxAttempts`.
+   */
+  readonly retryBudget: RetryBudgetOptions | null;
   /** A request's whole budget for database work, retries included, ms. */
   readonly deadlineMs: number;
   /** `DB_LOG_DETAIL=on`: error and slow-query logs keep messages, row values and query literals. */
@@ -63,6 +69,8 @@ export interface DatabaseEnv {
   DB_STATEMENT_TIMEOUT?: string | undefined;
   /** `client_connection_check_interval` of leased connections, ms; `0` sends none. Default 100. */
   DB_CONNECTION_CHECK_MS?: string | undefined;
+  /** `on` (default) or `off`: the per-isolate retry budget. */
+  DB_RETRY_BUDGET?: string | undefined;
 }
 
 function invalid(message: string): never {
@@ -143,7 +151,10 @@ export function databaseConfig(env: DatabaseEnv): DatabaseConfig {
   if (statementTimeout !== "startup" && statementTimeout !== "off")
     invalid(expected("DB_STATEMENT_TIMEOUT", "`startup` or `off`", statementTimeout));
   const connectionCheckMs = int(env, "DB_CONNECTION_CHECK_MS", 100, 0, 60_000);
+  const retryBudget = (env.DB_RETRY_BUDGET ?? "").trim() || "on";
+  if (retryBudget !== "on" && retryBudget !== "off") invalid(expected("DB_RETRY_BUDGET", "`on` or `off`", retryBudget));
   const common = {
+    retryBudget: retryBudget === "on" ? DEFAULT_RETRY_BUDGET : null,
     statementTimeout: statementTimeout as DatabaseConfig["statementTimeout"],
     connectionCheckMs,
     logDetail: detail === "on",

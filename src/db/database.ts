@@ -6,6 +6,7 @@ import type { DatabaseConfig } from "./config.ts";
 import type { Connection, Driver, Row, SessionLimits } from "./driver.ts";
 import { sqlState, toDatabaseError } from "./errors.ts";
 import { type RetryOptions, isRetryable, retry } from "./retry.ts";
+import { DEFAULT_RETRY_BUDGET, RetryBudget } from "./retry-budget.ts";
 import { SafeMode } from "./safe-mode.ts";
 import { serializeError } from "./safe-error.ts";
 import { slowQueryLog } from "./slow-query.ts";
@@ -99,9 +100,13 @@ export interface DatabaseOptions {
     statementTimeout?: DatabaseConfig["statementTimeout"] | undefined;
     /** Default 100: `client_connection_check_interval`, ms; `0` sends none (see `DB_CONNECTION_CHECK_MS`). */
     connectionCheckMs?: number | undefined;
+    /** Default on with {@link DEFAULT_RETRY_BUDGET}; `null` turns it off (see `DB_RETRY_BUDGET`). */
+    retryBudget?: DatabaseConfig["retryBudget"] | undefined;
   };
   /** The breaker to use; pass one kept at module scope so it outlives a request. */
   breaker?: CircuitBreaker | undefined;
+  /** The retry budget to use; pass one kept at module scope, like the breaker. `null`: none. */
+  retryBudget?: RetryBudget | null | undefined;
   safeMode?: SafeMode | undefined;
   /** Lease lifetime asked for, ms. Default: the pool's TTL (`LEASE_TTL_MS`). */
   leaseTtlMs?: number | undefined;
@@ -136,6 +141,8 @@ export interface DatabaseOptions {
 export class Database {
   readonly name: string;
   readonly breaker: CircuitBreaker;
+  /** Null with `DB_RETRY_BUDGET=off`. */
+  readonly retryBudget: RetryBudget | null;
   readonly safeMode: SafeMode;
   readonly #o: DatabaseOptions;
   readonly #rt: Runtime;
@@ -149,6 +156,8 @@ export class Database {
     this.#log = options.log ?? writeLogLine;
     this.breaker =
       options.breaker ?? new CircuitBreaker(options.name, options.config.breaker, undefined, () => this.#rt.now());
+    this.retryBudget =
+      options.retryBudget !== undefined ? options.retryBudget : retryBudgetFor(options.name, options.config, this.#rt);
     this.safeMode = options.safeMode ?? new SafeMode(options.config.safeMode);
     this.#slow = slowQueryLog({
       thresholdMs: options.config.slowQueryMs,
@@ -263,6 +272,7 @@ export class Database {
         this.#o.config.retry,
         { deadline, now: rt.now, random: rt.random, sleep: rt.sleep },
         isRetryable,
+        this.retryBudget ?? undefined,
       );
     } catch (error) {
       const e = toDatabaseError(error);
@@ -275,6 +285,7 @@ export class Database {
             executed: e.executed,
             holder: options.holder?.slice(0, 100),
             breaker: this.breaker.state.state,
+            retryBudget: this.retryBudget?.refusedRetryOf(error) ? "refused" : undefined,
             error: serializeError(error, {
               secrets: this.#o.config.secrets,
               detail: this.#o.config.logDetail ?? false,
@@ -286,9 +297,17 @@ export class Database {
     }
   }
 
-  /** Breaker and safe-mode state as plain data, for `/health` and stats. */
-  status(): { breaker: ReturnType<CircuitBreaker["toJSON"]>; safeMode: ReturnType<SafeMode["toJSON"]> } {
-    return { breaker: this.breaker.toJSON(), safeMode: this.safeMode.toJSON() };
+  /** Breaker, retry budget and safe-mode state as plain data, for `/health` and stats. */
+  status(): {
+    breaker: ReturnType<CircuitBreaker["toJSON"]>;
+    retryBudget: ReturnType<RetryBudget["toJSON"]> | null;
+    safeMode: ReturnType<SafeMode["toJSON"]>;
+  } {
+    return {
+      breaker: this.breaker.toJSON(),
+      retryBudget: this.retryBudget?.toJSON() ?? null,
+      safeMode: this.safeMode.toJSON(),
+    };
   }
 
   /**
@@ -502,6 +521,22 @@ export class Database {
       connectionCheckMs: check > 0 ? check : undefined,
     };
   }
+}
+
+/**
+ * A new retry budget for a database as `config` asks (`DB_RETRY_BUDGET`), or null when it is off.
+ * `workerPool` keeps the one it makes per pool per isolate.
+ *
+ * @example
+ * const retryBudget = retryBudgetFor("main", config, SYSTEM_RUNTIME);
+ */
+export function retryBudgetFor(
+  name: string,
+  config: { retryBudget?: DatabaseConfig["retryBudget"] | undefined },
+  runtime: Pick<Runtime, "now" | "random"> = SYSTEM_RUNTIME,
+): RetryBudget | null {
+  const options = config.retryBudget === undefined ? DEFAULT_RETRY_BUDGET : config.retryBudget;
+  return options && new RetryBudget(name, options, { now: () => runtime.now(), random: () => runtime.random() });
 }
 
 /** What one attempt has done so far, for its answer's `executed`. */

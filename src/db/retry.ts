@@ -23,6 +23,18 @@ export interface RetryRuntime {
   sleep(ms: number): Promise<void>;
 }
 
+/** What a retry loop asks before each retry and tells after each attempt (a retry budget). */
+export interface RetryGate {
+  /** One attempt ended: `undefined` when it succeeded, else its error. */
+  record(error: unknown): void;
+  /** Whether a retry of `error` may start now; false ends the call with that error. */
+  mayRetry(error: unknown): boolean;
+}
+
+// Failures whose transaction the server rolled back whole: rerunning it is the documented remedy,
+// even where the failed attempt's statements had run (`executed: "maybe"`).
+const ROLLED_BACK = new Set(["40001", "40P01"]);
+
 /** SQLSTATEs and driver codes after which the same statement may succeed on a fresh attempt. */
 const RETRYABLE_CODES = new Set([
   ...CONNECTION_FAILURE_CODES,
@@ -47,12 +59,16 @@ const FINAL_LEASE_CODES: ReadonlySet<string> = new Set([
  * Never for syntax, constraint or permission errors, overload sheds (`QUEUE_FULL`,
  * `ACQUIRE_TIMEOUT`: retrying would add to the load they shed), an open circuit, a passed deadline
  * (`DEADLINE_EXCEEDED`: no time is left) or a lost lease (`LEASE_LOST`: the statement may have run,
- * and only the caller knows whether running it twice is safe).
+ * and only the caller knows whether running it twice is safe). Never, either, for a failure whose
+ * `executed` is `"maybe"` or `"yes"` (a connection lost mid-statement): the statement may have run,
+ * and the database layer cannot know that it is idempotent — except a serialization failure or a
+ * deadlock, which rolled the transaction back.
  *
  * @example
  * isRetryable(Object.assign(new Error("x"), { code: "40001" })) // true
  */
 export function isRetryable(error: unknown): boolean {
+  if (mayHaveRun(error) && !rolledBack(error)) return false;
   let current: unknown = error;
   // Bounded walk: a cause chain may be circular.
   for (let depth = 0; depth < 5 && typeof current === "object" && current !== null; depth++) {
@@ -78,6 +94,25 @@ export function isRetryable(error: unknown): boolean {
   return !isLeaseError(root) && toDatabaseError(root).code === "DATABASE_UNAVAILABLE";
 }
 
+// Walks a cause chain (bounded: it may be circular), true when `test` holds for a link.
+function someCause(error: unknown, test: (link: { code?: unknown; executed?: unknown }) => boolean): boolean {
+  let current: unknown = error;
+  for (let depth = 0; depth < 5 && typeof current === "object" && current !== null; depth++) {
+    if (test(current as { code?: unknown })) return true;
+    current = (current as { cause?: unknown }).cause;
+  }
+  return false;
+}
+
+// A lease error on the chain says the statement may have run (a driver's own error never says).
+function mayHaveRun(error: unknown): boolean {
+  return someCause(error, (e) => isLeaseError(e) && (e.executed === "maybe" || e.executed === "yes"));
+}
+
+function rolledBack(error: unknown): boolean {
+  return someCause(error, (e) => typeof e.code === "string" && ROLLED_BACK.has(e.code));
+}
+
 /**
  * The wait before attempt `attempt + 1` (attempt counts from 1): "full jitter", a uniform draw
  * from [0, min(maxDelayMs, baseDelayMs · 2^(attempt-1))), so retrying callers spread out instead of
@@ -92,8 +127,9 @@ export function backoffMs(attempt: number, options: RetryOptions, random: number
 }
 
 /**
- * Runs `fn` until it succeeds, fails with a non-retryable error, runs out of attempts, or the next
- * wait would end past the deadline; then throws the last error. `fn` receives the attempt number.
+ * Runs `fn` until it succeeds, fails with a non-retryable error, runs out of attempts, the next
+ * wait would end past the deadline, or `gate` refuses the retry; then throws the last error. `fn`
+ * receives the attempt number; `gate` hears every attempt's outcome.
  *
  * @example
  * await retry((n) => db.query("select 1"), DEFAULT_RETRY, {
@@ -105,16 +141,24 @@ export async function retry<T>(
   options: RetryOptions,
   runtime: RetryRuntime,
   retryable: (error: unknown) => boolean = isRetryable,
+  gate?: RetryGate,
 ): Promise<T> {
   for (let attempt = 1; ; attempt++) {
+    let result: T;
     try {
-      return await fn(attempt);
+      result = await fn(attempt);
     } catch (error) {
+      gate?.record(error);
       if (attempt >= options.maxAttempts || !retryable(error)) throw error;
       const delay = backoffMs(attempt, options, runtime.random());
       // Never past the request's deadline: an answer after it is no use to the caller.
       if (runtime.now() + delay >= runtime.deadline) throw error;
+      // Asked last, so only a retry that would really start is counted as refused.
+      if (gate && !gate.mayRetry(error)) throw error;
       await runtime.sleep(delay);
+      continue;
     }
+    gate?.record(undefined);
+    return result;
   }
 }

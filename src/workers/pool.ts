@@ -6,7 +6,8 @@ import { LeaseError, type PoolSettings } from "../core/index.ts";
 import { CircuitBreaker } from "../db/circuit-breaker.ts";
 import { type SettingsEnv, settingsFromEnv } from "../db/config.ts";
 import { type DriverModule, bindDriver, targetOf } from "../db/driver.ts";
-import { Database } from "../db/database.ts";
+import { Database, retryBudgetFor } from "../db/database.ts";
+import type { RetryBudget } from "../db/retry-budget.ts";
 import { SafeMode } from "../db/safe-mode.ts";
 import { type LeasedPool, leasedSql } from "../db/pool.ts";
 import { learnNow, learnWhenStale } from "./learn.ts";
@@ -37,8 +38,8 @@ function kept<K, V>(map: { get(key: K): V | undefined; set(key: K, value: V): un
   return value;
 }
 
-// Kept per isolate, across requests: a pool's breaker and safe mode, and its shard state.
-const isolate = new Map<string, { breaker: CircuitBreaker; safeMode: SafeMode }>();
+// Kept per isolate, across requests: a pool's breaker, retry budget and safe mode, and its shard state.
+const isolate = new Map<string, { breaker: CircuitBreaker; retryBudget: RetryBudget | null; safeMode: SafeMode }>();
 const shardStates = new Map<string, IsolateShards>();
 /**
  * A pool's finished leases waiting for the isolate's next acquire to carry their release: under
@@ -150,6 +151,7 @@ export function workerPool<Client>(
   const waitUntil = (p: Promise<unknown>) => ctx.waitUntil(p);
   const guards = kept(isolate, name, () => ({
     breaker: new CircuitBreaker(name, config.breaker),
+    retryBudget: retryBudgetFor(name, config),
     safeMode: new SafeMode(config.safeMode),
   }));
   const target = {

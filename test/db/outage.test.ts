@@ -127,7 +127,7 @@ describe("the database stops mid-run and comes back", () => {
 });
 
 describe("backends killed with pg_terminate_backend", () => {
-  it("retries a statement whose backend was terminated (57P01) and succeeds on a fresh connection", async () => {
+  it("never reruns a statement whose backend was terminated mid-run (57P01): executed maybe, one attempt", async () => {
     const { db, coordinator } = setup();
     const admin = postgres(url, { max: 1, onnotice: () => {} });
     try {
@@ -138,6 +138,7 @@ describe("backends killed with pg_terminate_backend", () => {
         beforeRelease(() => sql.end({ timeout: 0 }).catch(() => {}));
         return sql`SELECT pg_sleep(${attempts === 1 ? 5 : 0}), ${attempts}::int AS attempt`;
       });
+      result.catch(() => {}); // asserted below; it may reject before the terminate call answers
       await expect
         .poll(
           async () =>
@@ -147,10 +148,10 @@ describe("backends killed with pg_terminate_backend", () => {
         )
         .toBe(1);
       await admin`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'victim'`;
-      const [row] = await result;
-      expect(row).toMatchObject({ attempt: 2 });
-      expect(attempts).toBe(2);
-      expect(db.breaker.state).toEqual({ state: "closed", failures: 0 });
+      // The statement may have run: only the caller knows whether running it twice is safe.
+      await expect(result).rejects.toMatchObject({ code: "DATABASE_UNAVAILABLE", executed: "maybe" });
+      expect(attempts).toBe(1);
+      expect(db.breaker.state).toEqual({ state: "closed", failures: 1 });
       await expect.poll(async () => (await coordinator.stats()).held).toBe(0);
     } finally {
       await admin.end();
