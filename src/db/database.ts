@@ -39,6 +39,12 @@ export interface CallOptions {
   waitMs?: number | undefined;
   /** The request's whole budget for this call, retries included, ms. Default: the database's. */
   deadlineMs?: number | undefined;
+  /**
+   * The work is safe to run twice (a read, an upsert): a failure that may have run — a backend
+   * terminated or a connection lost mid-statement — is retried too. Default `false`: only failures
+   * that cannot have run are (and serialization failures or deadlocks, which rolled back).
+   */
+  idempotent?: boolean | undefined;
 }
 
 /**
@@ -271,7 +277,7 @@ export class Database {
         },
         this.#o.config.retry,
         { deadline, now: rt.now, random: rt.random, sleep: rt.sleep },
-        isRetryable,
+        (error) => isRetryable(error, options.idempotent === true),
         this.retryBudget ?? undefined,
       );
     } catch (error) {

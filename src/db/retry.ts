@@ -62,13 +62,13 @@ const FINAL_LEASE_CODES: ReadonlySet<string> = new Set([
  * and only the caller knows whether running it twice is safe). Never, either, for a failure whose
  * `executed` is `"maybe"` or `"yes"` (a connection lost mid-statement): the statement may have run,
  * and the database layer cannot know that it is idempotent — except a serialization failure or a
- * deadlock, which rolled the transaction back.
+ * deadlock, which rolled the transaction back, or when the caller says the work is `idempotent`.
  *
  * @example
  * isRetryable(Object.assign(new Error("x"), { code: "40001" })) // true
  */
-export function isRetryable(error: unknown): boolean {
-  if (mayHaveRun(error) && !rolledBack(error)) return false;
+export function isRetryable(error: unknown, idempotent = false): boolean {
+  if (!idempotent && mayHaveRun(error) && !rolledBack(error)) return false;
   let current: unknown = error;
   // Bounded walk: a cause chain may be circular.
   for (let depth = 0; depth < 5 && typeof current === "object" && current !== null; depth++) {

@@ -149,6 +149,8 @@ describe("what is retried", () => {
     expect(isRetryable(lost("no"))).toBe(true);
     expect(isRetryable(lost("maybe"))).toBe(false);
     expect(isRetryable(lost("yes"))).toBe(false);
+    // Work the caller says is safe to run twice (`idempotent`) is retried all the same.
+    expect(isRetryable(lost("maybe"), true)).toBe(true);
     for (const code of ["40001", "40P01"]) {
       const rolledBack = new LeaseError("DATABASE_ERROR", "x", {
         executed: "maybe",
@@ -248,6 +250,28 @@ describe("retry budget against a real Postgres", () => {
     expect(terminated).toBe(1);
     await expect(call).rejects.toMatchObject({ code: "DATABASE_UNAVAILABLE", executed: "maybe" });
     expect(driver.connects).toBe(1);
+  }, 20_000);
+
+  it("retries it when the caller says the statement is idempotent: a fresh backend answers", async () => {
+    const app = `${dbName}-idempotent`;
+    const config = configFor(TEST_URL, { APPLICATION_NAME: app });
+    const driver = counted(openDriver(config));
+    const database = new Database({ name: "idempotent", driver, leases: undefined, config, log: () => {} });
+    const call = database.query<{ backend: number }>("SELECT pg_backend_pid() AS backend FROM pg_sleep(1)", [], {
+      idempotent: true,
+    });
+    let victim: number | undefined;
+    for (let i = 0; i < 100 && victim === undefined; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      const rows = await admin<{ pid: number }[]>`
+        SELECT pid FROM pg_stat_activity WHERE application_name = ${app} AND state = 'active' AND query LIKE '%pg_sleep%'`;
+      victim = rows[0]?.pid;
+    }
+    expect(victim).toBeDefined();
+    await admin`SELECT pg_terminate_backend(${victim!})`;
+    const [row] = await call;
+    expect(row!.backend).not.toBe(victim);
+    expect(driver.connects).toBe(2);
   }, 20_000);
 });
 

@@ -94,14 +94,15 @@ app.post("/notes/pair", async (c) => {
   return c.json(pair, 201);
 });
 
-// A slow report through the database layer: a backend that dies under it (57P01, a reset) is
-// retried on a fresh connection and a new lease within DB_DEADLINE_MS.
+// A slow report through the database layer: a read, so safe to run twice (`idempotent`) — a
+// backend that dies under it (57P01, a reset) is retried on a fresh connection and a new lease
+// within DB_DEADLINE_MS.
 app.get("/report", async (c) => {
   const { db } = workerPool(c.env, c.executionCtx, { driver });
   const [row] = await db.query(
     "SELECT count(*)::int AS notes, pg_backend_pid() AS backend FROM notes, pg_sleep(1)",
     [],
-    { holder: "GET /report" },
+    { holder: "GET /report", idempotent: true },
   );
   return c.json(row);
 });
