@@ -405,7 +405,7 @@ export function release(
 
 /**
  * Extends a live lease to `now + ttlMs` (default: the pool's TTL; at most `TTL_CAP_FACTOR` times
- * it). An expired lease cannot be renewed: its slot may already belong to someone else; nor can a
+ * it); a renewal never shortens a lease. An expired lease cannot be renewed: its slot may already belong to someone else; nor can a
  * revoked one (`LEASE_LOST`). In a recovery window, a renewal of an unknown earlier lease that
  * `verify` vouches for re-registers it with the expiry its holder was told — its original one —
  * and its next renewal is an ordinary one.
@@ -435,7 +435,9 @@ export function renew(
     state.recovery!.recovered++;
   } else if (found.status === "ok") {
     if (found.lease.revoked) found = { status: "failed", code: "LEASE_LOST", message: REVOKED };
-    else found.lease.expiresAt = now + ttl;
+    // Never shortened: every token handed out for this lease names an expiry at or before its
+    // current one, so an old copy of it can never outlive the lease in a recovery window.
+    else found.lease.expiresAt = Math.max(found.lease.expiresAt, now + ttl);
   }
   const fx = noEffects();
   advance(state, now, fx);

@@ -351,3 +351,23 @@ describe("revoke", () => {
     expect(fx.granted.map((l) => l.id)).toEqual(["b"]);
   });
 });
+
+describe("a renewal never shortens a lease", () => {
+  it("so an old copy of its grant, with a token for a later expiry, cannot outlive it after a restart", () => {
+    const p = createPool({ ...config, limit: 1 });
+    const a = acquire(p, { leaseId: "a", holder: "a", ttlMs: 1000 }, 0).outcome;
+    if (a.status !== "granted") throw new Error("not granted");
+    // A renewal asking for less than is left keeps the later expiry.
+    const r = renew(p, { leaseId: "a", fence: a.lease.fence }, 10, 5).outcome;
+    expect(r.status === "ok" && r.lease.expiresAt).toBe(1000);
+    // At its expiry the slot goes to b; then the object restarts with a horizon past both.
+    const b = acquire(p, { leaseId: "b", holder: "b", ttlMs: 1000 }, 1000).outcome;
+    expect(b.status).toBe("granted");
+    const q = createPool({ ...config, limit: 1 });
+    startRecovery(q, { fenceCeiling: 100, horizon: 2000 }, 1001);
+    // The first grant's copy (expiry 1000, a token that verifies) has lapsed: not recovered.
+    const stale = renew(q, held("a", a.lease.fence, 1000), 1001, undefined, verify).outcome;
+    expect(stale.status).toBe("failed");
+    expect(stats(q, 1001).held).toBe(0);
+  });
+});
