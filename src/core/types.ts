@@ -36,7 +36,10 @@ export interface PoolConfig {
   readonly batchMax?: number | undefined;
   /** Moves the limit between a floor and `limit` by observed hold times. Default: off. */
   readonly adaptive?: AdaptiveConfig | undefined;
-  /** How equal waiters are picked (`LEASE_QUEUE`): see {@link QUEUE_MODES}. Default `fifo`. */
+  /**
+   * How equal waiters are picked: see {@link QUEUE_MODES}. Absent here means `fifo`; `LEASE_QUEUE`
+   * unset means `adaptive` (`DEFAULT_QUEUE_MODE`).
+   */
   readonly queue?: QueueMode | undefined;
 }
 

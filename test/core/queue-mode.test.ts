@@ -1,3 +1,4 @@
+import parsePrometheusTextFormat from "parse-prometheus-text-format";
 import { describe, expect, it } from "vitest";
 import {
   type AcquireRequest,
@@ -17,6 +18,7 @@ import {
   tick,
   validateConfig,
 } from "../../src/core/index.ts";
+import { formatMetrics } from "../../src/http/metrics.ts";
 
 // Tables of (state, event, now) → result for the queue modes: no clock, no timers.
 const T = QUEUE_TARGET_MS;
@@ -54,7 +56,7 @@ function drain(p: PoolState, first: Lease, now: number, times: number): string[]
   return order;
 }
 
-describe("LEASE_QUEUE=fifo (the default)", () => {
+describe("LEASE_QUEUE=fifo (and a PoolConfig without `queue`)", () => {
   it("serves the oldest first however long the queue stands", () => {
     const p = pool();
     const held = hold(p, "held", 0);
@@ -207,8 +209,9 @@ describe("LEASE_QUEUE=adaptive", () => {
 });
 
 describe("the LEASE_QUEUE setting", () => {
-  it("is fifo by default, adaptive when asked, and INVALID_CONFIG for anything else", () => {
-    expect(poolSettings({}).config.queue ?? "fifo").toBe("fifo");
+  it("is adaptive by default, fifo when asked, and INVALID_CONFIG for anything else", () => {
+    expect(poolSettings({}).config.queue).toBe("adaptive");
+    expect(poolSettings({ LEASE_QUEUE: "" }).config.queue).toBe("adaptive");
     expect(poolSettings({ LEASE_QUEUE: "fifo" }).config.queue ?? "fifo").toBe("fifo");
     expect(poolSettings({ LEASE_QUEUE: " adaptive " }).config.queue).toBe("adaptive");
     for (const bad of ["lifo", "ADAPTIVE", "on", "1"]) {
@@ -228,5 +231,26 @@ describe("the LEASE_QUEUE setting", () => {
     expect(() => validateConfig({ ...base, queue: "lifo" as never })).toThrow(
       expect.objectContaining({ code: "INVALID_CONFIG" }),
     );
+  });
+});
+
+describe("the queue mode in the metrics", () => {
+  const metrics = (p: PoolState, now: number) => {
+    const text = formatMetrics("main", { ...stats(p, now), limitOverride: null, reconciliation: null });
+    return new Map(parsePrometheusTextFormat(text).map((f) => [f.name, f.metrics]));
+  };
+
+  it("shows the mode configured and whether LIFO is in force now", () => {
+    const p = pool({ queue: "adaptive" });
+    hold(p, "held", 0);
+    for (const id of ["w1", "w2"]) ask(p, id, 0);
+    const before = metrics(p, 0);
+    expect(before.get("leasegate_queue_mode")).toEqual([{ labels: { pool: "main", mode: "adaptive" }, value: "1" }]);
+    expect(before.get("leasegate_queue_lifo")?.[0]?.value).toBe("0");
+    tick(p, T + I);
+    expect(metrics(p, T + I).get("leasegate_queue_lifo")?.[0]?.value).toBe("1");
+    const fifo = metrics(pool(), 0);
+    expect(fifo.get("leasegate_queue_mode")?.[0]?.labels).toEqual({ pool: "main", mode: "fifo" });
+    expect(fifo.get("leasegate_queue_lifo")?.[0]?.value).toBe("0");
   });
 });
