@@ -8,10 +8,11 @@
  *   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres npm run bench:spike
  *
  * Two runs, side by side, on the same engine:
- *   before — a 30 s lease, no heartbeat, no claim (the old defaults: a vanished caller's slot waits
- *            for its TTL, also one granted to it after it was gone);
+ *   before — a 30 s lease, no heartbeat, no claim, FIFO (the old defaults: a vanished caller's slot
+ *            waits for its TTL, also one granted to it after it was gone);
  *   after  — the defaults: a 1.5 s lease renewed by `withLease`'s heartbeat every 500 ms, and a grant
- *            from the queue that lives 500 ms until its caller claims it;
+ *            from the queue that lives 500 ms until its caller claims it, and the default queue order
+ *            (`LEASE_QUEUE=adaptive`);
  *   after + signal — the same, and a caller that gives up also aborts its `signal` (what a Node or
  *            Deno caller can do; a cancelled Worker request cannot): the local adapter withdraws it.
  *   adaptive, fifo — `after` with `LEASE_QUEUE` set (the default, `adaptive`, is what `after` runs):
@@ -190,7 +191,7 @@ function pct(values: number[], q: number): number {
 
 const only = process.env.BENCH_RUNS?.split(",").map((s) => s.trim());
 const all: Mode[] = [
-  { name: "before", ttlMs: 30_000, heartbeatMs: 0, claimMs: 0 },
+  { name: "before", ttlMs: 30_000, heartbeatMs: 0, claimMs: 0, queue: "fifo" },
   { name: "after", ttlMs: DEFAULT_CONFIG.leaseTtlMs, heartbeatMs: undefined, claimMs: undefined },
   {
     name: "after + signal",

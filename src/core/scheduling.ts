@@ -71,8 +71,9 @@ export const QUEUE_INTERVAL_MS = 100;
  */
 export function observeQueue(state: PoolState, now: number): void {
   const s = state.standing;
-  const oldest = state.queue.length === 0 ? undefined : oldestEnqueuedAt(state);
-  if (state.config.queue !== "adaptive" || oldest === undefined || now - oldest <= QUEUE_TARGET_MS) {
+  // FIFO pools never scan for it.
+  const oldest = state.config.queue !== "adaptive" || state.queue.length === 0 ? undefined : oldestEnqueuedAt(state);
+  if (oldest === undefined || now - oldest <= QUEUE_TARGET_MS) {
     s.since = null;
     s.lifo = false;
     return;
@@ -81,7 +82,7 @@ export function observeQueue(state: PoolState, now: number): void {
   if (now - s.since >= QUEUE_INTERVAL_MS) s.lifo = true;
 }
 
-/** The queue is in arrival order, except that a restored one may not be: take the minimum. */
+/** The queue is in arrival order, which is not enqueue-time order after the clock stepped back: take the minimum. */
 function oldestEnqueuedAt(state: PoolState): number {
   let at = Infinity;
   for (const w of state.queue) if (w.enqueuedAt < at) at = w.enqueuedAt;

@@ -286,8 +286,8 @@ export interface PoolStats {
   /** True while an operator has paused granting (drain). */
   paused: boolean;
   /**
-   * The queue mode configured (`LEASE_QUEUE`) and whether newest-first is in force now (a standing
-   * queue under `adaptive`; always false under `fifo`).
+   * The queue mode configured (`LEASE_QUEUE`) and whether newest-first is in force (a standing
+   * queue under `adaptive`, as of the pool's last transition; always false under `fifo`).
    */
   queue: { mode: QueueMode; lifo: boolean };
   /**
