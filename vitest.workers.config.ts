@@ -24,6 +24,8 @@ export default defineConfig({
           LEASE_WAIT_MS: "400",
           LEASE_TTL_MS: "30000",
           LEASE_MAX_QUEUE: "5",
+          // The contract's config (test/contract/backend.ts): cases that want the adaptive queue ask for it.
+          LEASE_QUEUE: "fifo",
           DEBUG_TOKEN: "test-token",
           APPLICATION_NAME: process.env.LEASEGATE_TEST_APP_NAME ?? "leasegate-test",
         },

@@ -8,24 +8,36 @@
  *   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres npm run bench:spike
  *
  * Two runs, side by side, on the same engine:
- *   before — a 30 s lease, no heartbeat, no claim (the old defaults: a vanished caller's slot waits
- *            for its TTL, also one granted to it after it was gone);
+ *   before — a 30 s lease, no heartbeat, no claim, FIFO (the old defaults: a vanished caller's slot
+ *            waits for its TTL, also one granted to it after it was gone);
  *   after  — the defaults: a 1.5 s lease renewed by `withLease`'s heartbeat every 500 ms, and a grant
- *            from the queue that lives 500 ms until its caller claims it;
+ *            from the queue that lives 500 ms until its caller claims it, and the default queue order
+ *            (`LEASE_QUEUE=adaptive`);
  *   after + signal — the same, and a caller that gives up also aborts its `signal` (what a Node or
  *            Deno caller can do; a cancelled Worker request cannot): the local adapter withdraws it.
+ *   adaptive, fifo — `after` with `LEASE_QUEUE` set (the default, `adaptive`, is what `after` runs):
+ *            under a standing queue `adaptive` serves the newest waiter first (the one most likely
+ *            still there) and the oldest meet their deadlines; `fifo` serves the oldest first.
  *
  * It drives the local adapter (PostgresCoordinator: the same core and engine as the Durable Object)
  * on the real Postgres, in this one process: a Durable Object behind `wrangler dev` would cap the
  * run at the dev proxy's ~1,200 req/s and add nothing the engine does not already decide alike.
  * The work under a lease is a timer, not a query: this measures who holds the pool, not Postgres.
  *
- * Env: BENCH_SECONDS (15 per run), BENCH_CLIENTS (200), LEASE_LIMIT (20).
+ * Env: BENCH_SECONDS (15 per run), BENCH_CLIENTS (200), LEASE_LIMIT (20), BENCH_RUNS (the runs to
+ * make, by name, comma-separated; default all).
  */
 import postgres from "postgres";
 import { PostgresCoordinator } from "../local/postgres-coordinator.ts";
 import { type Coordinator, DEFAULT_CLAIM_MS, Leases } from "../src/client/leases.ts";
-import { type AcquireOptions, DEFAULT_CONFIG, type LeaseRef, isLeaseError } from "../src/core/index.ts";
+import {
+  type AcquireOptions,
+  DEFAULT_CONFIG,
+  type LeaseRef,
+  type QueueMode,
+  isLeaseError,
+  poolSettings,
+} from "../src/core/index.ts";
 
 const url = process.env.DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres";
 const seconds = Number(process.env.BENCH_SECONDS ?? "15");
@@ -71,6 +83,8 @@ interface Mode {
   claimMs: number | undefined;
   /** Impatient callers also abort a signal when they give up (a Node or Deno caller can). */
   signal?: boolean;
+  /** `LEASE_QUEUE`; unset: the default. */
+  queue?: QueueMode;
 }
 
 interface Outcome {
@@ -90,7 +104,14 @@ async function run(mode: Mode): Promise<Outcome> {
   const coordinator = new PostgresCoordinator({
     sql,
     pool,
-    config: { ...DEFAULT_CONFIG, limit, maxQueue: 10_000, waitMs: WAIT_MS, leaseTtlMs: mode.ttlMs },
+    // The queue mode as the setting reads it: LEASE_QUEUE, or the default when the run names none.
+    config: {
+      ...poolSettings({ LEASE_QUEUE: mode.queue }).config,
+      limit,
+      maxQueue: 10_000,
+      waitMs: WAIT_MS,
+      leaseTtlMs: mode.ttlMs,
+    },
   });
   await coordinator.ready();
   const gone = new Set<string>();
@@ -168,8 +189,9 @@ function pct(values: number[], q: number): number {
   return sorted.length === 0 ? 0 : sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
 }
 
-const modes: Mode[] = [
-  { name: "before", ttlMs: 30_000, heartbeatMs: 0, claimMs: 0 },
+const only = process.env.BENCH_RUNS?.split(",").map((s) => s.trim());
+const all: Mode[] = [
+  { name: "before", ttlMs: 30_000, heartbeatMs: 0, claimMs: 0, queue: "fifo" },
   { name: "after", ttlMs: DEFAULT_CONFIG.leaseTtlMs, heartbeatMs: undefined, claimMs: undefined },
   {
     name: "after + signal",
@@ -178,7 +200,11 @@ const modes: Mode[] = [
     claimMs: undefined,
     signal: true,
   },
+  // Same as `after` but for LEASE_QUEUE; run last but one, so the two are compared side by side.
+  { name: "adaptive", ttlMs: DEFAULT_CONFIG.leaseTtlMs, heartbeatMs: undefined, claimMs: undefined, queue: "adaptive" },
+  { name: "fifo", ttlMs: DEFAULT_CONFIG.leaseTtlMs, heartbeatMs: undefined, claimMs: undefined, queue: "fifo" },
 ];
+const modes = only ? all.filter((m) => only.includes(m.name)) : all;
 console.log(
   `spike: ${clients} clients (half give up after ${GIVE_UP_MS} ms and retry), ${limit} slots, work 100-300 ms, ${seconds} s per run, local adapter on ${new URL(url).host}`,
 );
@@ -188,7 +214,7 @@ const row = (cells: Array<string | number>) => `| ${cells.join(" | ")} |`;
 console.log(
   row([
     "run",
-    "lease TTL / heartbeat / claim",
+    "lease TTL / heartbeat / claim / queue",
     "goodput req/s",
     "p50 ms",
     "p99 ms",
@@ -196,9 +222,10 @@ console.log(
     "refused",
     "pool fully held by gone callers",
     "slots held by gone callers (mean)",
+    "gone callers' slot share",
   ]),
 );
-console.log(row(["---", "---", "---", "---", "---", "---", "---", "---", "---"]));
+console.log(row(["---", "---", "---", "---", "---", "---", "---", "---", "---", "---"]));
 for (const r of results) {
   const refused =
     Object.entries(r.refused)
@@ -208,7 +235,7 @@ for (const r of results) {
   console.log(
     row([
       r.mode.name,
-      `${r.mode.ttlMs} ms / ${beat} / ${r.mode.claimMs === 0 ? "none" : `${DEFAULT_CLAIM_MS} ms`}`,
+      `${r.mode.ttlMs} ms / ${beat} / ${r.mode.claimMs === 0 ? "none" : `${DEFAULT_CLAIM_MS} ms`} / ${r.mode.queue ?? "default"}`,
       (r.done / seconds).toFixed(1),
       pct(r.latenciesMs, 0.5).toFixed(0),
       pct(r.latenciesMs, 0.99).toFixed(0),
@@ -216,6 +243,7 @@ for (const r of results) {
       refused,
       `${(r.fullyGoneMs / 1000).toFixed(1)} s of ${seconds} s`,
       `${(r.goneSlotSeconds / seconds).toFixed(1)} of ${limit}`,
+      `${((100 * r.goneSlotSeconds) / seconds / limit).toFixed(0)} %`,
     ]),
   );
 }

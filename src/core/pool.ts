@@ -2,7 +2,7 @@ import { BOUNDS, checkInt, validateConfig } from "./config.ts";
 import { LeaseError, expected } from "./errors.ts";
 import { createHistogram, percentile, record } from "./histogram.ts";
 import { CLOCK_MARGIN_MS, TTL_CAP_FACTOR, type VerifyRef, maxTtlMs } from "./recovery.ts";
-import { capacity, eligible, observeHold, pickNext, served } from "./scheduling.ts";
+import { capacity, eligible, noStandingQueue, observeHold, observeQueue, pickNext, served } from "./scheduling.ts";
 import {
   type AcquireOutcome,
   type AcquireRequest,
@@ -33,6 +33,7 @@ export function createPool(config: PoolConfig, restored?: { leases: Iterable<Lea
     nextFence: 1,
     leases: new Map(),
     queue: [],
+    standing: noStandingQueue(),
     counters: { granted: 0, released: 0, expired: 0, timedOut: 0, rejected: 0, cancelled: 0 },
     waits: createHistogram(),
     holdMsSum: 0,
@@ -138,10 +139,13 @@ function grantTo(
 }
 
 /**
- * Free slots go to the queue: in plain FIFO pools to the head, in order, never skipping a waiter;
- * with classes and tenants, to the most urgent class that may take one, tenants taking turns.
+ * Free slots go to the queue: in plain pools to the head, in order, never skipping a waiter (or,
+ * under a standing queue with `queue: "adaptive"`, to the tail: the newest first); with classes
+ * and tenants, to the most urgent class that may take one, tenants taking turns. The mode is
+ * decided once per transition, before the slots are handed out, and looked at again after.
  */
 function fill(state: PoolState, now: number, fx: Effects): void {
+  observeQueue(state, now);
   // A pool recovering the leases granted before its restart cannot know a slot is free.
   if (state.recovery) return;
   for (let i = pickNext(state); i >= 0; i = pickNext(state)) {
@@ -151,6 +155,8 @@ function fill(state: PoolState, now: number, fx: Effects): void {
     // A waiter's caller may have gone while it waited: its grant lives `claimMs` until claimed.
     fx.granted.push(grantTo(state, w.claimMs === undefined ? w : { ...w, ttlMs: w.claimMs }, now));
   }
+  // The queue drained below the target (or emptied): back to FIFO for the next transition.
+  observeQueue(state, now);
 }
 
 /**
@@ -626,6 +632,7 @@ export function stats(state: PoolState, now: number): PoolStats {
       ...(l.revoked ? { revoked: true as const } : {}),
     })),
     paused: state.paused,
+    queue: { mode: state.config.queue ?? "fifo", lifo: state.standing.lifo },
     recovery:
       state.recovery && now < state.recovery.until
         ? { endsInMs: state.recovery.until - now, recovered: state.recovery.recovered }

@@ -1,4 +1,4 @@
-import type { Lease, PoolState, Priority, Waiter } from "./types.ts";
+import type { Lease, PoolState, Priority, StandingQueue, Waiter } from "./types.ts";
 import { PRIORITIES } from "./types.ts";
 
 /**
@@ -41,13 +41,70 @@ export function eligible(state: PoolState, priority: Priority): boolean {
 }
 
 /**
+ * `queue: "adaptive"`: a queue whose oldest waiter has waited longer than this, ms, is standing
+ * (CoDel's target). A healthy pool at its limit shows waits of a hold time over the limit in
+ * passing (milliseconds); 50 ms is a tenth of the 500 ms claim window, what a grant to a caller
+ * that left costs, and already longer than the statements a lease is for. CoDel's 5 ms (and
+ * Facebook's M = 5 ms) is for packets and RPCs of microseconds; a wait here includes a round trip to
+ * the coordinator and one to the database, so 5 ms would call every burst a standing queue.
+ */
+export const QUEUE_TARGET_MS = 50;
+/**
+ * `queue: "adaptive"`: how long the queue must stay above the target before newest-first is in
+ * force, ms (CoDel's interval; Facebook's N = 100 ms). Long enough that a burst that drains in a
+ * hold time or two (a cron tick, a cold start) never flips the order; short next to how long
+ * callers wait before they give up (a client's ~1 s, the 500 ms claim window, a third of the
+ * 1.5 s TTL), so the newest waiters are served while they are still there.
+ */
+export const QUEUE_INTERVAL_MS = 100;
+
+/**
+ * Brings the standing-queue detector of `queue: "adaptive"` to `now`; called whenever the queue
+ * may have changed (before and after free slots are handed out). The queue is standing while its
+ * oldest waiter is older than the target without a break; newest-first is in force once that has
+ * lasted the interval, and ends when the queue drains below the target (empty, or every waiter
+ * left younger than it). With `queue: "fifo"` it stays off.
+ *
+ * The oldest waiter's age only grows between transitions and only drops when a waiter leaves
+ * (in a transition), so a check per transition sees every break; a queue that crossed the target
+ * between two transitions is standing from the moment it crossed, not from when it was seen.
+ */
+export function observeQueue(state: PoolState, now: number): void {
+  const s = state.standing;
+  // FIFO pools never scan for it.
+  const oldest = state.config.queue !== "adaptive" || state.queue.length === 0 ? undefined : oldestEnqueuedAt(state);
+  if (oldest === undefined || now - oldest <= QUEUE_TARGET_MS) {
+    s.since = null;
+    s.lifo = false;
+    return;
+  }
+  s.since ??= oldest + QUEUE_TARGET_MS;
+  if (now - s.since >= QUEUE_INTERVAL_MS) s.lifo = true;
+}
+
+/** The queue is in arrival order, which is not enqueue-time order after the clock stepped back: take the minimum. */
+function oldestEnqueuedAt(state: PoolState): number {
+  let at = Infinity;
+  for (const w of state.queue) if (w.enqueuedAt < at) at = w.enqueuedAt;
+  return at;
+}
+
+/** A fresh standing-queue detector: no standing queue, FIFO. */
+export function noStandingQueue(): StandingQueue {
+  return { since: null, lifo: false };
+}
+
+/**
  * The index in the queue of the waiter to grant next, or -1 when none may take a slot now.
- * Plain FIFO pools (no classes, no tenants queued) take the head.
+ * Plain pools (no classes, no tenants queued) take the head — or, while a standing queue has
+ * newest-first in force, the tail. With classes and tenants the class and the tenants' turns
+ * decide as ever; only the pick among equal candidates follows the mode.
  */
 export function pickNext(state: PoolState): number {
   // Nobody may take a slot (full, or paused): no scan, whatever the queue holds.
   if (state.queue.length === 0 || !eligible(state, "critical")) return -1;
-  if (!state.queue.some(isScheduled)) return eligible(state, "normal") ? 0 : -1;
+  const lifo = state.standing.lifo;
+  if (!state.queue.some(isScheduled)) return eligible(state, "normal") ? (lifo ? state.queue.length - 1 : 0) : -1;
   for (const priority of PRIORITIES) {
     if (!eligible(state, priority)) continue;
     let best = -1;
@@ -56,8 +113,9 @@ export function pickNext(state: PoolState): number {
       const w = state.queue[i]!;
       if ((w.priority ?? "normal") !== priority) continue;
       const turn = state.lastServed.get(w.tenant ?? "") ?? -1;
-      // Earlier index wins ties: arrival order within a tenant, and between equal turns.
-      if (turn < bestTurn) {
+      // Ties (within a tenant, and between equal turns) go by the mode: FIFO keeps the earlier
+      // index (arrival order), LIFO takes the later one (the newest).
+      if (turn < bestTurn || (lifo && turn === bestTurn)) {
         best = i;
         bestTurn = turn;
       }

@@ -1,6 +1,6 @@
 import { LeaseError, expected } from "./errors.ts";
 import { createPool } from "./pool.ts";
-import type { AdaptiveState, Counters, Lease, PoolConfig, PoolState, Waiter } from "./types.ts";
+import type { AdaptiveState, Counters, Lease, PoolConfig, PoolState, StandingQueue, Waiter } from "./types.ts";
 
 /**
  * What a backend stores of a pool besides its lease rows (and, in Postgres, its waiter rows): one
@@ -19,6 +19,12 @@ export interface PoolSnapshot {
   readonly adaptive: AdaptiveState | null;
   readonly paused: boolean;
   readonly limitOverride: number | null;
+  /**
+   * The standing-queue detector (`queue: "adaptive"`). The local adapter loads the pool afresh for
+   * every transition, so without it a standing queue could never last an interval. Absent in
+   * snapshots written before it existed: read as no standing queue.
+   */
+  readonly standing?: StandingQueue | undefined;
 }
 
 /**
@@ -42,6 +48,7 @@ export function snapshot(state: PoolState): PoolSnapshot {
     adaptive: state.adaptive === undefined ? null : { ...state.adaptive },
     paused: state.paused,
     limitOverride: state.limitOverride,
+    standing: { ...state.standing },
   };
 }
 
@@ -91,5 +98,8 @@ export function restore(
   if (state.adaptive && snap.adaptive !== null) state.adaptive = { ...snap.adaptive };
   state.paused = snap.paused;
   state.limitOverride = snap.limitOverride;
+  // A detector stored under `adaptive` means nothing to a pool now configured `fifo`.
+  if (snap.standing && state.config.queue === "adaptive")
+    state.standing = { since: snap.standing.since, lifo: snap.standing.lifo };
   return state;
 }

@@ -11,6 +11,15 @@
 export const PRIORITIES = ["critical", "normal", "batch"] as const;
 export type Priority = (typeof PRIORITIES)[number];
 
+/**
+ * How the queue picks among waiters of equal standing (same class, same tenant turn):
+ * `fifo` — oldest first, always; `adaptive` — oldest first until a standing queue forms (the
+ * oldest waiter has waited longer than `QUEUE_TARGET_MS` for `QUEUE_INTERVAL_MS`), then newest
+ * first until the queue drains below the target (Facebook's adaptive LIFO with CoDel).
+ */
+export const QUEUE_MODES = ["fifo", "adaptive"] as const;
+export type QueueMode = (typeof QUEUE_MODES)[number];
+
 /** The limits of one pool. All durations are milliseconds. */
 export interface PoolConfig {
   /** Slots in the pool: leases held at once never exceed it. */
@@ -27,6 +36,11 @@ export interface PoolConfig {
   readonly batchMax?: number | undefined;
   /** Moves the limit between a floor and `limit` by observed hold times. Default: off. */
   readonly adaptive?: AdaptiveConfig | undefined;
+  /**
+   * How equal waiters are picked: see {@link QUEUE_MODES}. Absent here means `fifo`; `LEASE_QUEUE`
+   * unset means `adaptive` (`DEFAULT_QUEUE_MODE`).
+   */
+  readonly queue?: QueueMode | undefined;
 }
 
 /** How an adaptive limit moves: a floor it never goes below, and how much slowness it tolerates. */
@@ -46,6 +60,17 @@ export interface AdaptiveState {
   samples: number;
   /** When the last sample came, so the baseline moves by time, not by sample count. */
   lastSampleAt?: number | undefined;
+}
+
+/**
+ * The standing-queue detector of `queue: "adaptive"` (CoDel's memory, as plain data). `since`: from
+ * when the oldest waiter has been older than the target without a break (null: no standing queue);
+ * `lifo`: newest-first is in force (the standing queue has lasted the interval). Both stay
+ * null/false with `queue: "fifo"`.
+ */
+export interface StandingQueue {
+  since: number | null;
+  lifo: boolean;
 }
 
 /**
@@ -117,8 +142,13 @@ export interface PoolState {
   config: PoolConfig;
   nextFence: number;
   leases: Map<string, Lease>;
-  /** FIFO: index 0 is granted first. */
+  /**
+   * In arrival order: index 0 waited longest. FIFO grants it first; LIFO (under a standing queue,
+   * `queue: "adaptive"`) grants the last first.
+   */
   queue: Waiter[];
+  /** Whether a standing queue has formed and newest-first is in force (`queue: "adaptive"`). */
+  standing: StandingQueue;
   counters: Counters;
   waits: Histogram;
   /** Sum and count of completed hold times, for the Retry-After estimate. */
@@ -255,6 +285,11 @@ export interface PoolStats {
   leases: HeldLease[];
   /** True while an operator has paused granting (drain). */
   paused: boolean;
+  /**
+   * The queue mode configured (`LEASE_QUEUE`) and whether newest-first is in force (a standing
+   * queue under `adaptive`, as of the pool's last transition; always false under `fifo`).
+   */
+  queue: { mode: QueueMode; lifo: boolean };
   /**
    * While a restarted pool is in its recovery window (nothing is granted; verified renewals of
    * leases granted before the restart re-register them): how long it still lasts and how many

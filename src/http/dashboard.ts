@@ -51,6 +51,7 @@ export const DASHBOARD_HTML = `<!doctype html>
   <span>pool <b id="pool">…</b></span>
   <span id="state" class="badge">connecting</span>
   <span id="recon" class="badge">not reconciled</span>
+  <span id="queueMode" class="badge" data-lifo="false">queue fifo</span>
   <span id="error"></span>
 </header>
 <form id="login" class="row" style="padding:14px 20px">
@@ -192,6 +193,10 @@ export const DASHBOARD_HTML = `<!doctype html>
     const recovery = s.recovery ? "RECOVERING " + (s.recovery.endsInMs / 1000).toFixed(1) + " s (" + s.recovery.recovered + " recovered)" : "";
     st.textContent = s.paused ? "PAUSED (draining)" : recovery || "granting";
     st.className = "badge " + (s.paused || recovery ? "bad" : "good");
+    // The queue mode (LEASE_QUEUE) and, under a standing queue, newest-first in force.
+    const q = s.queue || { mode: "fifo", lifo: false };
+    $("queueMode").textContent = "queue " + q.mode + (q.lifo ? ": LIFO now (standing queue)" : q.mode === "adaptive" ? ": FIFO now" : "");
+    $("queueMode").dataset.lifo = String(q.lifo);
     if (document.activeElement !== $("limit")) $("limit").value = s.limit;
     const c = s.counters;
     cells($("counters"), [["granted", c.granted], ["released", c.released], ["expired", c.expired],

@@ -49,6 +49,17 @@ export function formatMetrics(pool: string, s: OperatorStats): string {
     s.maxQueue,
   );
   one("leasegate_paused", "gauge", "1 while an operator has paused granting (drain), else 0.", s.paused ? 1 : 0);
+  // Older coordinators answer without `queue`: they serve FIFO.
+  const queue = s.queue ?? { mode: "fifo", lifo: false };
+  family("leasegate_queue_mode", "gauge", "The queue mode configured (LEASE_QUEUE): 1 for the mode in force.", [
+    [`{${p},mode="${label(queue.mode)}"}`, 1],
+  ]);
+  one(
+    "leasegate_queue_lifo",
+    "gauge",
+    "1 while a standing queue has the newest waiters served first (LEASE_QUEUE=adaptive), else 0.",
+    queue.lifo ? 1 : 0,
+  );
   one(
     "leasegate_recovery_seconds",
     "gauge",

@@ -194,6 +194,8 @@ describe("dashboard in headless Chromium", () => {
       // Where the limit comes from, in words: this Worker's LEASE_LIMIT.
       expect(await page.locator("#limitWhy").textContent()).toBe("limit 3: configured (LEASE_LIMIT)");
       expect(await page.locator("#limitWhy").getAttribute("data-source")).toBe("configured");
+      // The queue mode: this Worker sets no LEASE_QUEUE, so the default; whether LIFO is in force moves with the load.
+      expect(await page.locator("#queueMode").textContent()).toMatch(/^queue adaptive: (FIFO|LIFO) now/);
       await page.click("#reconcile");
       await expect.poll(() => page.locator("#recon").textContent(), { timeout: 5000 }).toMatch(/^db: /);
       mkdirSync(ARTIFACTS, { recursive: true });

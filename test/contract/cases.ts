@@ -11,13 +11,15 @@ import {
   type AcquireOptions,
   type LeaseGrant,
   type PoolStats,
+  QUEUE_INTERVAL_MS,
+  QUEUE_TARGET_MS,
   TTL_CAP_FACTOR,
   leaseRef,
 } from "../../src/core/index.ts";
-import { CONTRACT_CONFIG, type ContractBackend, type ContractCoordinator } from "./backend.ts";
+import { CONTRACT_CONFIG, type ContractBackend, type ContractCoordinator, type ContractOptions } from "./backend.ts";
 
 export { CONTRACT_CONFIG } from "./backend.ts";
-export type { ContractBackend, ContractCoordinator, ContractPool } from "./backend.ts";
+export type { ContractBackend, ContractCoordinator, ContractOptions, ContractPool } from "./backend.ts";
 
 const { limit: LIMIT, maxQueue: MAX_QUEUE, waitMs: WAIT_MS, leaseTtlMs: TTL_MS } = CONTRACT_CONFIG;
 /** Slack on every time bound: deadline + this is still on time. */
@@ -34,6 +36,7 @@ const STATS_KEYS = [
   "maxQueue",
   "maxWaitMs",
   "paused",
+  "queue",
   "recovery",
   "reserved",
   "waitHistogram",
@@ -90,7 +93,7 @@ function steady(s: PoolStats) {
  * defineContract("PostgresCoordinator on Postgres", () => postgresBackend);
  */
 export function defineContract(name: string, backend: () => ContractBackend): void {
-  const fresh = () => backend().fresh();
+  const fresh = (options?: ContractOptions) => backend().fresh(options);
 
   describe(`coordinator contract: ${name}`, () => {
     it("grants up to the limit with strictly increasing fences and the lease shape", async () => {
@@ -573,6 +576,39 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       for (const l of held) await c.release(refOf(l));
       await Promise.all(waiters);
       expect(order).toEqual(["c1", "n1", "n2"]);
+    });
+
+    it("LEASE_QUEUE=adaptive: under a standing queue the newest waiter is granted first", async () => {
+      const { coordinator: c } = await fresh({ queue: "adaptive" });
+      expect((await c.stats()).queue).toEqual({ mode: "adaptive", lifo: false });
+      const held = await fill(c);
+      const order: string[] = [];
+      const waiters: Array<Promise<LeaseGrant>> = [];
+      for (const [i, holder] of ["w1", "w2", "w3"].entries()) {
+        waiters.push(
+          c.acquire({ holder, waitMs: 5000 }).then((r) => {
+            if (!r.ok) throw new Error(`${holder}: ${r.code}`);
+            order.push(holder);
+            return r.lease;
+          }),
+        );
+        await waitingIs(c, i + 1);
+      }
+      // The oldest has now waited past the target for longer than the interval: a standing queue.
+      await sleep(QUEUE_TARGET_MS + QUEUE_INTERVAL_MS + 50);
+      await c.release(refOf(held[0]!));
+      await expect.poll(() => order.length, { timeout: 3000, interval: 10 }).toBe(1);
+      expect(order).toEqual(["w3"]);
+      // w1 and w2 still stand past the target: LIFO stays in force (and so in the stored state).
+      expect((await c.stats()).queue).toEqual({ mode: "adaptive", lifo: true });
+      await c.release(refOf(held[1]!));
+      await c.release(refOf(held[2]!));
+      await Promise.all(waiters);
+      expect(order).toEqual(["w3", "w2", "w1"]);
+      // The queue drained: FIFO again.
+      expect((await c.stats()).queue).toEqual({ mode: "adaptive", lifo: false });
+      // A pool of the default mode says so (its order is the arrival-order case above).
+      expect((await (await fresh()).coordinator.stats()).queue).toEqual({ mode: "fifo", lifo: false });
     });
 
     it("two tenants take turns for slots", async () => {

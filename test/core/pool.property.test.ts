@@ -4,6 +4,11 @@ import {
   type Effects,
   type Lease,
   type PoolState,
+  type Priority,
+  type QueueMode,
+  PRIORITIES,
+  QUEUE_INTERVAL_MS,
+  QUEUE_TARGET_MS,
   acquire,
   cancel,
   createPool,
@@ -20,7 +25,7 @@ import {
 const PROPERTY_RUNS = Number(process.env.LEASEGATE_PROPERTY_RUNS ?? 10_000);
 
 type Op =
-  | { kind: "acquire"; waitMs: number; ttlMs: number }
+  | { kind: "acquire"; waitMs: number; ttlMs: number; priority: Priority | undefined; tenant: string | undefined }
   | { kind: "release"; pick: number; stale: boolean }
   | { kind: "renew"; pick: number; ttlMs: number }
   | { kind: "cancel"; pick: number }
@@ -33,6 +38,9 @@ const op: fc.Arbitrary<Op> = fc.oneof(
     kind: fc.constant("acquire" as const),
     waitMs: fc.integer({ min: 0, max: 500 }),
     ttlMs: fc.integer({ min: 1, max: 2000 }),
+    // Mostly plain callers (the FIFO/LIFO head-or-tail path), sometimes classes and tenants.
+    priority: fc.oneof({ weight: 8, arbitrary: fc.constant(undefined) }, fc.constantFrom(...PRIORITIES)),
+    tenant: fc.oneof({ weight: 8, arbitrary: fc.constant(undefined) }, fc.constantFrom("a", "b")),
   }),
   fc.record({ kind: fc.constant("release" as const), pick: fc.nat(), stale: fc.boolean() }),
   fc.record({ kind: fc.constant("renew" as const), pick: fc.nat(), ttlMs: fc.integer({ min: 1, max: 2000 }) }),
@@ -44,6 +52,28 @@ const op: fc.Arbitrary<Op> = fc.oneof(
   }),
   // The shell's clock stepping backwards (an NTP correction, a move to another machine).
   fc.record({ kind: fc.constant("jumpBack" as const), ms: fc.integer({ min: 1, max: 3000 }) }),
+);
+
+/**
+ * A crowded pool: callers that wait long enough, and leases that live long enough, for a queue to
+ * stand past the target and the interval, so the adaptive mode's newest-first is reached often
+ * (the generator above, which favours small numbers, reaches it a few times in 10,000 sequences).
+ */
+const crowdedOp: fc.Arbitrary<Op> = fc.oneof(
+  {
+    weight: 4,
+    arbitrary: fc.record({
+      kind: fc.constant("acquire" as const),
+      waitMs: fc.integer({ min: 100, max: 1000 }),
+      ttlMs: fc.integer({ min: 200, max: 2000 }),
+      priority: fc.oneof({ weight: 4, arbitrary: fc.constant(undefined) }, fc.constantFrom(...PRIORITIES)),
+      tenant: fc.oneof({ weight: 4, arbitrary: fc.constant(undefined) }, fc.constantFrom("a", "b")),
+    }),
+  },
+  { weight: 2, arbitrary: fc.record({ kind: fc.constant("release" as const), pick: fc.nat(), stale: fc.boolean() }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant("cancel" as const), pick: fc.nat() }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant("crash" as const), pick: fc.nat() }) },
+  { weight: 3, arbitrary: fc.record({ kind: fc.constant("advance" as const), ms: fc.integer({ min: 10, max: 80 }) }) },
 );
 
 function checkInvariants(p: PoolState, now: number, fx: Effects): void {
@@ -60,6 +90,187 @@ function checkInvariants(p: PoolState, now: number, fx: Effects): void {
 
 let steps = 0;
 
+/** Runs one generated sequence against the core and the model, checking the invariants after each step. */
+function sequence(limit: number, maxQueue: number, ops: Op[], mode: QueueMode): number {
+  let lifoGrants = 0;
+  const p = createPool({ limit, maxQueue, waitMs: 200, leaseTtlMs: 1000, queue: mode });
+  let now = 0;
+  let latest = 0;
+  let seq = 0;
+  let lastFence = 0;
+  const held: Lease[] = [];
+  const crashed = new Set<string>();
+  // Queue order as the client saw it: an id enters at enqueue, leaves at grant/timeout/cancel.
+  const queued: string[] = [];
+  const asked = new Map<string, { at: number; deadline: number; rank: number; tenant: string }>();
+  // The model's own record of the tenants' turns and of the standing queue (the documented rules).
+  const turns = new Map<string, number>();
+  let turn = 0;
+  let since: number | null = null;
+  let lifo = false;
+  const observe = () => {
+    // The oldest by the clock (after the clock stepped back, not always the first to arrive).
+    const oldest = queued.length === 0 ? undefined : Math.min(...queued.map((id) => asked.get(id)!.at));
+    if (mode === "fifo" || oldest === undefined || now - oldest <= QUEUE_TARGET_MS) {
+      since = null;
+      lifo = false;
+    } else {
+      since ??= oldest + QUEUE_TARGET_MS;
+      if (now - since >= QUEUE_INTERVAL_MS) lifo = true;
+    }
+  };
+  const fence = (l: Lease) => {
+    // Fences only grow.
+    expect(l.fence).toBeGreaterThan(lastFence);
+    lastFence = l.fence;
+  };
+
+  const apply = (fx: Effects): void => {
+    // Time-outs happen before freed slots are filled, so settle them first.
+    for (const w of fx.timedOut) queued.splice(queued.indexOf(w.leaseId), 1);
+    observe();
+    for (const l of fx.granted) {
+      const g = asked.get(l.id)!;
+      // No waiter granted after its deadline.
+      expect(g.deadline).toBeGreaterThan(now);
+      // Classes first: nobody of a more urgent class is still queued (no reserve, no batch cap here).
+      const rank = Math.min(...queued.map((id) => asked.get(id)!.rank));
+      expect(g.rank).toBe(rank);
+      // Tenants take turns: the granted tenant was served least recently of its class.
+      const peers = queued.filter((id) => asked.get(id)!.rank === rank);
+      const turnOf = (id: string) => turns.get(asked.get(id)!.tenant) ?? -1;
+      const least = Math.min(...peers.map(turnOf));
+      expect(turnOf(l.id)).toBe(least);
+      // Among equals, the mode decides: the oldest (FIFO), or the newest under a standing queue.
+      const equals = peers.filter((id) => turnOf(id) === least);
+      expect(l.id).toBe(lifo ? equals[equals.length - 1] : equals[0]);
+      if (lifo && equals.length > 1) lifoGrants++;
+      // Newest first among equals only when the oldest waiter has waited past the target.
+      if (l.id !== equals[0]) expect(now - since!).toBeGreaterThanOrEqual(QUEUE_INTERVAL_MS);
+      queued.splice(queued.indexOf(l.id), 1);
+      turns.set(g.tenant, ++turn);
+      fence(l);
+      expect(l.grantedAt).toBeLessThanOrEqual(now);
+      held.push(l);
+    }
+    observe();
+    expect(p.standing.lifo).toBe(lifo);
+    expect(stats(p, now).queue).toEqual({ mode, lifo });
+    for (const l of fx.expired)
+      held.splice(
+        held.findIndex((h) => h.id === l.id),
+        1,
+      );
+    checkInvariants(p, now, fx);
+  };
+
+  for (const o of ops) {
+    steps++;
+    switch (o.kind) {
+      case "acquire": {
+        const id = `l${seq++}`;
+        const { outcome, effects } = acquire(
+          p,
+          { leaseId: id, holder: "h", waitMs: o.waitMs, ttlMs: o.ttlMs, priority: o.priority, tenant: o.tenant },
+          now,
+        );
+        const rank = PRIORITIES.indexOf(o.priority ?? "normal");
+        asked.set(id, { at: now, deadline: now + o.waitMs, rank, tenant: o.tenant ?? "" });
+        apply(effects);
+        if (outcome.status === "granted") {
+          // Granted at once only when nobody waits (every waiter is one that may not take a slot).
+          expect(queued).toHaveLength(0);
+          turns.set(o.tenant ?? "", ++turn);
+          fence(outcome.lease);
+          held.push(outcome.lease);
+        }
+        if (outcome.status === "queued") {
+          expect(outcome.deadline).toBe(now + o.waitMs);
+          queued.push(id);
+        }
+        if (outcome.status === "rejected" && outcome.code === "QUEUE_FULL") expect(p.queue.length).toBe(maxQueue);
+        break;
+      }
+      case "release": {
+        const live = held.filter((l) => !crashed.has(l.id));
+        if (live.length === 0) break;
+        const l = live[o.pick % live.length]!;
+        const before = stats(p, now);
+        const fence = o.stale ? l.fence + 1 : l.fence;
+        const { outcome, effects } = release(p, { leaseId: l.id, fence }, now);
+        if (o.stale) {
+          // A stale fence frees nothing: the only changes are what time alone does.
+          expect(outcome.status).toBe("failed");
+          if (effects.expired.length === 0 && effects.timedOut.length === 0) {
+            expect(stats(p, now).held).toBe(before.held);
+            expect(stats(p, now).counters.released).toBe(before.counters.released);
+          }
+        } else if (outcome.status === "ok") {
+          held.splice(held.indexOf(l), 1);
+          // A second release of the same lease changes nothing.
+          const again = release(p, { leaseId: l.id, fence: l.fence }, now);
+          expect(again.outcome.status).toBe("failed");
+          expect(again.effects.granted).toHaveLength(0);
+        }
+        apply(effects);
+        break;
+      }
+      case "renew": {
+        const live = held.filter((l) => !crashed.has(l.id));
+        if (live.length === 0) break;
+        const l = live[o.pick % live.length]!;
+        const before = p.leases.get(l.id)?.expiresAt ?? -Infinity;
+        const { outcome, effects } = renew(p, { leaseId: l.id, fence: l.fence }, now, o.ttlMs);
+        // Extended to now + ttl, never shortened.
+        if (outcome.status === "ok") expect(outcome.lease.expiresAt).toBe(Math.max(before, now + o.ttlMs));
+        apply(effects);
+        break;
+      }
+      case "cancel": {
+        if (queued.length === 0) break;
+        const id = queued[o.pick % queued.length]!;
+        const { removed, effects } = cancel(p, id, now);
+        expect(removed).toBe(true);
+        queued.splice(queued.indexOf(id), 1);
+        apply(effects);
+        break;
+      }
+      case "crash": {
+        // The holder dies: it never calls again; only expiry can return its slot.
+        if (held.length > 0) crashed.add(held[o.pick % held.length]!.id);
+        break;
+      }
+      case "advance": {
+        now += o.ms;
+        latest = Math.max(latest, now);
+        apply(tick(p, now));
+        break;
+      }
+      case "jumpBack": {
+        // Nothing may be granted, freed twice or lost when time runs backwards; deadlines and
+        // expiries simply come later by the same amount.
+        now -= o.ms;
+        const fx = tick(p, now);
+        expect(fx.expired).toHaveLength(0);
+        expect(fx.timedOut).toHaveLength(0);
+        apply(fx);
+        break;
+      }
+    }
+    expect(p.leases.size).toBe(held.length);
+    expect(p.queue.map((w) => w.leaseId)).toEqual(queued);
+  }
+  // Let time run out: every crashed holder's slot comes back, every waiter is settled
+  // (past anything granted before the clock stepped back, too).
+  now = Math.max(now, latest) + 10_000;
+  apply(tick(p, now));
+  expect(p.leases.size).toBe(0);
+  expect(p.queue).toHaveLength(0);
+  const c = p.counters;
+  expect(c.granted).toBe(c.released + c.expired);
+  return lifoGrants;
+}
+
 describe("core under generated interleavings", () => {
   it(`keeps its invariants over ${PROPERTY_RUNS} generated sequences`, { timeout: 60_000 }, () => {
     fc.assert(
@@ -67,131 +278,8 @@ describe("core under generated interleavings", () => {
         fc.integer({ min: 1, max: 4 }),
         fc.integer({ min: 0, max: 6 }),
         fc.array(op, { minLength: 5, maxLength: 60 }),
-        (limit, maxQueue, ops) => {
-          const p = createPool({ limit, maxQueue, waitMs: 200, leaseTtlMs: 1000 });
-          let now = 0;
-          let latest = 0;
-          let seq = 0;
-          const held: Lease[] = [];
-          const crashed = new Set<string>();
-          // Queue order as the client saw it: an id enters at enqueue, leaves at grant/timeout/cancel.
-          const queued: string[] = [];
-
-          const apply = (fx: Effects): void => {
-            // Time-outs happen before freed slots are filled, so settle them first.
-            for (const w of fx.timedOut) queued.splice(queued.indexOf(w.leaseId), 1);
-            for (const l of fx.granted) {
-              // The granted waiter must be the oldest still queued.
-              expect(queued.shift()).toBe(l.id);
-              expect(l.grantedAt).toBeLessThanOrEqual(now);
-              held.push(l);
-            }
-            for (const l of fx.expired)
-              held.splice(
-                held.findIndex((h) => h.id === l.id),
-                1,
-              );
-            checkInvariants(p, now, fx);
-          };
-
-          for (const o of ops) {
-            steps++;
-            switch (o.kind) {
-              case "acquire": {
-                const id = `l${seq++}`;
-                const { outcome, effects } = acquire(
-                  p,
-                  { leaseId: id, holder: "h", waitMs: o.waitMs, ttlMs: o.ttlMs },
-                  now,
-                );
-                apply(effects);
-                if (outcome.status === "granted") held.push(outcome.lease);
-                if (outcome.status === "queued") {
-                  expect(outcome.deadline).toBe(now + o.waitMs);
-                  queued.push(id);
-                }
-                if (outcome.status === "rejected" && outcome.code === "QUEUE_FULL")
-                  expect(p.queue.length).toBe(maxQueue);
-                break;
-              }
-              case "release": {
-                const live = held.filter((l) => !crashed.has(l.id));
-                if (live.length === 0) break;
-                const l = live[o.pick % live.length]!;
-                const before = stats(p, now);
-                const fence = o.stale ? l.fence + 1 : l.fence;
-                const { outcome, effects } = release(p, { leaseId: l.id, fence }, now);
-                if (o.stale) {
-                  // A stale fence frees nothing: the only changes are what time alone does.
-                  expect(outcome.status).toBe("failed");
-                  if (effects.expired.length === 0 && effects.timedOut.length === 0) {
-                    expect(stats(p, now).held).toBe(before.held);
-                    expect(stats(p, now).counters.released).toBe(before.counters.released);
-                  }
-                } else if (outcome.status === "ok") {
-                  held.splice(held.indexOf(l), 1);
-                  // A second release of the same lease changes nothing.
-                  const again = release(p, { leaseId: l.id, fence: l.fence }, now);
-                  expect(again.outcome.status).toBe("failed");
-                  expect(again.effects.granted).toHaveLength(0);
-                }
-                apply(effects);
-                break;
-              }
-              case "renew": {
-                const live = held.filter((l) => !crashed.has(l.id));
-                if (live.length === 0) break;
-                const l = live[o.pick % live.length]!;
-                const before = p.leases.get(l.id)?.expiresAt ?? -Infinity;
-                const { outcome, effects } = renew(p, { leaseId: l.id, fence: l.fence }, now, o.ttlMs);
-                // Extended to now + ttl, never shortened.
-                if (outcome.status === "ok") expect(outcome.lease.expiresAt).toBe(Math.max(before, now + o.ttlMs));
-                apply(effects);
-                break;
-              }
-              case "cancel": {
-                if (queued.length === 0) break;
-                const id = queued[o.pick % queued.length]!;
-                const { removed, effects } = cancel(p, id, now);
-                expect(removed).toBe(true);
-                queued.splice(queued.indexOf(id), 1);
-                apply(effects);
-                break;
-              }
-              case "crash": {
-                // The holder dies: it never calls again; only expiry can return its slot.
-                if (held.length > 0) crashed.add(held[o.pick % held.length]!.id);
-                break;
-              }
-              case "advance": {
-                now += o.ms;
-                latest = Math.max(latest, now);
-                apply(tick(p, now));
-                break;
-              }
-              case "jumpBack": {
-                // Nothing may be granted, freed twice or lost when time runs backwards; deadlines and
-                // expiries simply come later by the same amount.
-                now -= o.ms;
-                const fx = tick(p, now);
-                expect(fx.expired).toHaveLength(0);
-                expect(fx.timedOut).toHaveLength(0);
-                apply(fx);
-                break;
-              }
-            }
-            expect(p.leases.size).toBe(held.length);
-            expect(p.queue.map((w) => w.leaseId)).toEqual(queued);
-          }
-          // Let time run out: every crashed holder's slot comes back, every waiter is settled
-          // (past anything granted before the clock stepped back, too).
-          now = Math.max(now, latest) + 10_000;
-          apply(tick(p, now));
-          expect(p.leases.size).toBe(0);
-          expect(p.queue).toHaveLength(0);
-          const c = p.counters;
-          expect(c.granted).toBe(c.released + c.expired);
-        },
+        fc.constantFrom<QueueMode>("fifo", "adaptive"),
+        (limit, maxQueue, ops, mode) => void sequence(limit, maxQueue, ops, mode),
       ),
       {
         numRuns: PROPERTY_RUNS,
@@ -201,5 +289,25 @@ describe("core under generated interleavings", () => {
     console.log(
       `[reliability] core model: ${PROPERTY_RUNS} sequences, ${steps} operations checked (shrinking included)`,
     );
+  });
+
+  it(`keeps them in crowded pools, where queues stand and the adaptive mode turns LIFO`, { timeout: 60_000 }, () => {
+    let lifoGrants = 0;
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 3 }),
+        fc.array(crowdedOp, { minLength: 20, maxLength: 80 }),
+        fc.constantFrom<QueueMode>("fifo", "adaptive"),
+        (limit, ops, mode) => {
+          lifoGrants += sequence(limit, 50, ops, mode);
+        },
+      ),
+      {
+        numRuns: Math.ceil(PROPERTY_RUNS / 5),
+        ...(process.env.LEASEGATE_PROPERTY_SEED ? { seed: Number(process.env.LEASEGATE_PROPERTY_SEED) } : {}),
+      },
+    );
+    // The generator reaches what it is for: grants of the newest among several equal waiters.
+    expect(lifoGrants).toBeGreaterThan(100);
   });
 });

@@ -291,7 +291,7 @@ describe("restore, reconfigure, stats", () => {
   });
 
   it("configFromEnv reads defaults and overrides", () => {
-    expect(configFromEnv({})).toEqual({ limit: 10, maxQueue: 1000, waitMs: 5000, leaseTtlMs: 1500 });
+    expect(configFromEnv({})).toEqual({ limit: 10, maxQueue: 1000, waitMs: 5000, leaseTtlMs: 1500, queue: "adaptive" });
     expect(configFromEnv({ LEASE_LIMIT: "18", LEASE_MAX_QUEUE: "0" })).toMatchObject({ limit: 18, maxQueue: 0 });
   });
 });

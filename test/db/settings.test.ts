@@ -38,6 +38,7 @@ describe("settings parsed once", () => {
         reserved: 2,
         batchMax: undefined,
         adaptive: undefined,
+        queue: "adaptive",
       },
       shards: 3,
       blockMax: 4,

@@ -1,6 +1,6 @@
 import { afterAll } from "vitest";
 import type { PostgresCoordinator } from "../../local/postgres-coordinator.ts";
-import { CONTRACT_CONFIG, type ContractPool, defineContract } from "../contract/cases.ts";
+import { CONTRACT_CONFIG, type ContractOptions, type ContractPool, defineContract } from "../contract/cases.ts";
 import { localPools } from "./helpers.ts";
 
 // The contract against PostgresCoordinator on the real Postgres of `npm test`, with the same
@@ -10,9 +10,10 @@ const pools = localPools("contract", CONTRACT_CONFIG);
 afterAll(() => pools.cleanup());
 
 defineContract("PostgresCoordinator (Postgres)", () => ({
-  async fresh(): Promise<ContractPool> {
+  async fresh(options: ContractOptions = {}): Promise<ContractPool> {
     const name = pools.name();
-    let current: PostgresCoordinator = pools.coordinator({}, name);
+    const config = options.queue === undefined ? {} : { queue: options.queue };
+    let current: PostgresCoordinator = pools.coordinator(config, name);
     const pool: ContractPool = {
       coordinator: current,
       async restart() {
@@ -20,7 +21,7 @@ defineContract("PostgresCoordinator (Postgres)", () => ({
         // (the cases restart with none queued); the pool's rows stay and a new coordinator of the
         // same pool, on a client of its own, takes over.
         await current.close();
-        current = pools.coordinator({}, name);
+        current = pools.coordinator(config, name);
         pool.coordinator = current;
         return current;
       },

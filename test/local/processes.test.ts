@@ -20,6 +20,10 @@ function start(): Promise<Proc> {
     LEASE_TTL_MS: String(TTL_MS),
     LEASE_WAIT_MS: "5000",
     LEASE_MAX_QUEUE: "100",
+    // What these cases check is the global arrival order across processes (and every process served
+    // in turn under it): FIFO's promise. LEASE_QUEUE=adaptive serves the newest first under a
+    // standing queue by design (test/core/queue-mode.test.ts, the contract's adaptive case).
+    LEASE_QUEUE: "fifo",
   });
 }
 

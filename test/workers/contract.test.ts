@@ -1,5 +1,12 @@
+import { runInDurableObject } from "cloudflare:test";
 import { env } from "cloudflare:workers";
-import { type ContractCoordinator, type ContractPool, defineContract } from "../contract/cases.ts";
+import { type PoolState, reconfigure } from "../../src/core/index.ts";
+import {
+  type ContractCoordinator,
+  type ContractOptions,
+  type ContractPool,
+  defineContract,
+} from "../contract/cases.ts";
 import { restartCoordinator } from "../support/coordinator.ts";
 
 // The contract against the real Durable Object in workerd. Its config is the pool's bindings in
@@ -11,8 +18,16 @@ let seq = 0;
 const asCoordinator = (stub: unknown) => stub as ContractCoordinator;
 
 defineContract("ConnectionCoordinator (Durable Object in workerd)", () => ({
-  async fresh(): Promise<ContractPool> {
+  async fresh(options: ContractOptions = {}): Promise<ContractPool> {
     const name = `contract-${++seq}-${Date.now().toString(36)}`;
+    if (options.queue !== undefined) {
+      // The bindings are the suite's: the object's pool takes the mode LEASE_QUEUE would give it.
+      const queue = options.queue;
+      await runInDurableObject(env.COORDINATOR_DO.getByName(name), (instance) => {
+        const pool = (instance as unknown as { pool: PoolState }).pool;
+        reconfigure(pool, { ...pool.config, queue }, Date.now());
+      });
+    }
     const pool: ContractPool = {
       coordinator: asCoordinator(env.COORDINATOR_DO.getByName(name)),
       async restart() {
