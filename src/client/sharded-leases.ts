@@ -484,6 +484,8 @@ export function mergeStats(list: readonly PoolStats[]): PoolStats {
     waitHistogram: { bounds: hist.bounds, counts },
     leases: list.flatMap((s) => s.leases),
     paused: list.some((s) => s.paused),
+    // The mode is the pool's; newest-first is in force where any shard has a standing queue.
+    queue: { ...first.queue, lifo: list.some((s) => s.queue?.lifo === true) },
   };
 }
 
