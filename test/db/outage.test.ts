@@ -134,7 +134,13 @@ describe("backends killed with pg_terminate_backend", () => {
       let attempts = 0;
       const result = db.run(async ({ beforeRelease }) => {
         attempts++;
-        const sql = postgres(url, { max: 1, onnotice: () => {}, connection: { application_name: "victim" } });
+        // No type fetch first: the only statement on this connection is the one terminated below.
+        const sql = postgres(url, {
+          max: 1,
+          onnotice: () => {},
+          fetch_types: false,
+          connection: { application_name: "victim" },
+        });
         beforeRelease(() => sql.end({ timeout: 0 }).catch(() => {}));
         return sql`SELECT pg_sleep(${attempts === 1 ? 5 : 0}), ${attempts}::int AS attempt`;
       });
@@ -143,7 +149,7 @@ describe("backends killed with pg_terminate_backend", () => {
         .poll(
           async () =>
             (
-              await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'victim' AND state = 'active'`
+              await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'victim' AND state = 'active' AND query LIKE '%pg_sleep%'`
             )[0]!.n,
         )
         .toBe(1);
