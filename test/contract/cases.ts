@@ -68,6 +68,23 @@ async function fill(c: ContractCoordinator, n = LIMIT): Promise<LeaseGrant[]> {
 }
 
 /** Waits (test-side) until the pool reports `n` waiters. */
+/** Queues w1, w2 and w3 in that order; `order` records who is granted, as they are. */
+async function queueThree(c: ContractCoordinator): Promise<{ order: string[]; waiters: Array<Promise<LeaseGrant>> }> {
+  const order: string[] = [];
+  const waiters: Array<Promise<LeaseGrant>> = [];
+  for (const [i, holder] of ["w1", "w2", "w3"].entries()) {
+    waiters.push(
+      c.acquire({ holder, waitMs: 5000 }).then((r) => {
+        if (!r.ok) throw new Error(`${holder}: ${r.code}`);
+        order.push(holder);
+        return r.lease;
+      }),
+    );
+    await waitingIs(c, i + 1);
+  }
+  return { order, waiters };
+}
+
 async function waitingIs(c: ContractCoordinator, n: number): Promise<void> {
   await expect.poll(async () => (await c.stats()).waiting, { timeout: 3000, interval: 10 }).toBe(n);
 }
@@ -227,18 +244,7 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
     it("wakes queued waiters in arrival order as slots free", async () => {
       const { coordinator: c } = await fresh();
       const held = await fill(c);
-      const order: string[] = [];
-      const waiters: Array<Promise<LeaseGrant>> = [];
-      for (const [i, holder] of ["w1", "w2", "w3"].entries()) {
-        waiters.push(
-          c.acquire({ holder, waitMs: 5000 }).then((r) => {
-            if (!r.ok) throw new Error(`${holder}: ${r.code}`);
-            order.push(holder);
-            return r.lease;
-          }),
-        );
-        await waitingIs(c, i + 1);
-      }
+      const { order, waiters } = await queueThree(c);
       expect(order).toEqual([]);
       for (const l of held) expect(await c.release(refOf(l))).toEqual({ ok: true, released: true });
       const granted = await Promise.all(waiters);
@@ -582,18 +588,7 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       const { coordinator: c } = await fresh({ queue: "adaptive" });
       expect((await c.stats()).queue).toEqual({ mode: "adaptive", lifo: false });
       const held = await fill(c);
-      const order: string[] = [];
-      const waiters: Array<Promise<LeaseGrant>> = [];
-      for (const [i, holder] of ["w1", "w2", "w3"].entries()) {
-        waiters.push(
-          c.acquire({ holder, waitMs: 5000 }).then((r) => {
-            if (!r.ok) throw new Error(`${holder}: ${r.code}`);
-            order.push(holder);
-            return r.lease;
-          }),
-        );
-        await waitingIs(c, i + 1);
-      }
+      const { order, waiters } = await queueThree(c);
       // The oldest has now waited past the target for longer than the interval: a standing queue.
       await sleep(QUEUE_TARGET_MS + QUEUE_INTERVAL_MS + 50);
       await c.release(refOf(held[0]!));
