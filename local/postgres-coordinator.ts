@@ -20,6 +20,7 @@ import {
   type RevokeResult,
   type ShardRef,
   LeaseError,
+  checkCountsFit,
   compareConnections,
   expected,
   isLeaseError,
@@ -190,7 +191,11 @@ export class PostgresCoordinator implements CoordinatorBackend {
     }
     this.pool = pool;
     this.#sql = options.sql;
-    this.#config = validateConfig(options.config);
+    // The fixed counts fit the configured limit, or with `learn` the cap LEASE_LIMIT_MAX.
+    this.#config = checkCountsFit(
+      validateConfig(options.config),
+      options.learn ? options.learn.limitMax : options.config.limit,
+    );
     this.#channel = `leasegate.${pool}`;
     this.#learn = options.learn ?? null;
     this.#transitions = new Transitions({

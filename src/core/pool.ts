@@ -2,7 +2,16 @@ import { BOUNDS, checkInt, validateConfig } from "./config.ts";
 import { LeaseError, expected } from "./errors.ts";
 import { createHistogram, percentile, record } from "./histogram.ts";
 import { CLOCK_MARGIN_MS, TTL_CAP_FACTOR, type VerifyRef, maxTtlMs } from "./recovery.ts";
-import { capacity, eligible, noStandingQueue, observeHold, observeQueue, pickNext, served } from "./scheduling.ts";
+import {
+  capacity,
+  eligible,
+  noStandingQueue,
+  observeHold,
+  observeQueue,
+  pickNext,
+  reservedSlots,
+  served,
+} from "./scheduling.ts";
 import {
   type AcquireOutcome,
   type AcquireRequest,
@@ -606,7 +615,7 @@ export function stats(state: PoolState, now: number): PoolStats {
   return {
     limit: state.config.limit,
     effectiveLimit: capacity(state),
-    reserved: state.config.reserved ?? 0,
+    reserved: reservedSlots(state),
     held: state.leases.size,
     waiting: state.queue.length,
     maxWaitMs: oldest === Infinity ? 0 : now - oldest,

@@ -166,17 +166,4 @@ describe("LEASE_LIMIT=auto settings", () => {
       expect.objectContaining({ code: "INVALID_CONFIG", message: expect.stringContaining(name) }),
     );
   });
-  it.each(["LEASE_RESERVED", "LEASE_BATCH_MAX"])(
-    "refuses %s with auto: a fixed slot count cannot follow a moving limit",
-    (name) => {
-      expect(() => configFromEnv({ LEASE_LIMIT: "auto", [name]: "1" })).toThrow(
-        expect.objectContaining({ code: "INVALID_CONFIG", message: expect.stringContaining(name) }),
-      );
-    },
-  );
-  it("refuses LEASE_ADAPTIVE=on with auto", () => {
-    expect(() => configFromEnv({ LEASE_LIMIT: "auto", LEASE_ADAPTIVE: "on" })).toThrow(
-      expect.objectContaining({ code: "INVALID_CONFIG", message: expect.stringContaining("LEASE_ADAPTIVE") }),
-    );
-  });
 });
