@@ -11,6 +11,7 @@ import { type DriverModule, bindDriver, loadDriver, missingDriver } from "../src
 import { Database } from "../src/db/database.ts";
 import { enforceLedger } from "../src/db/enforce.ts";
 import { toDatabaseError } from "../src/db/errors.ts";
+import { readRoomCounts, roomReading } from "../src/db/learn-limit.ts";
 import { type LeasedPool, leasedSql } from "../src/db/pool.ts";
 import { controlsOf } from "../src/http/operator.ts";
 import { PostgresCoordinator } from "./postgres-coordinator.ts";
@@ -100,7 +101,7 @@ export async function localPool<Client = unknown>(
       controlsOf(
         coordinator,
         () => observe(coordinator, control!).catch((e: unknown) => Promise.reject(toDatabaseError(e))),
-        settings.pool.learn ? () => coordinator.learnLimit() : undefined,
+        settings.pool.learn ? () => roomReading(() => readRoomCounts(control!, applicationName)) : undefined,
       ),
     sql: leasedSql(db, driver),
     close: async () => {

@@ -7,6 +7,7 @@ import {
   type Effects,
   type Failure,
   type LearnFailure,
+  type LearnResult,
   type LearnSettings,
   type LearnedLimit,
   type LeaseRef,
@@ -18,20 +19,24 @@ import {
   type ReleaseResult,
   type RenewResult,
   type RevokeResult,
+  type RoomReading,
   type ShardRef,
+  FIXED_LIMIT,
   LeaseError,
+  checkReading,
   checkCountsFit,
   compareConnections,
   expected,
   isLeaseError,
+  learnState,
   learnedLimit,
-  limitSource,
   stats,
   tick,
   validateConfig,
+  withCaps,
 } from "../src/core/index.ts";
 import { toDatabaseError } from "../src/db/errors.ts";
-import { readRoomTerms } from "../src/db/learn-limit.ts";
+import { readRoomCounts } from "../src/db/learn-limit.ts";
 import { countConnections } from "../src/db/reconcile.ts";
 import {
   type AcquireAnswer,
@@ -91,13 +96,6 @@ export interface PostgresCoordinatorOptions {
    * `pg_signal_backend`); without it the reap goes on without terminating.
    */
   enforce?: boolean | undefined;
-}
-
-/** What an operator's "learn now" answers: the limit in force, where it comes from, the learning. */
-export interface LearnAnswer {
-  limit: number;
-  limitSource: "configured" | "learned" | "operator";
-  learned: LearnedLimit | null;
 }
 
 const POOL_NAME = /^[A-Za-z0-9_.:-]{1,48}$/;
@@ -264,15 +262,18 @@ export class PostgresCoordinator implements CoordinatorBackend {
     try {
       const max = (this.#sql as { options?: { max?: number } }).options?.max ?? 1;
       await Promise.all(Array.from({ length: max }, () => this.#sql`SELECT 1`));
-      const t = await readRoomTerms(this.#sql, learn.applicationName, learn);
+      const t = await readRoomCounts(this.#sql, learn.applicationName);
       const listen = 1;
       return learnedLimit(
-        {
-          ...t,
-          othersOnServer: t.othersOnServer + listen,
-          othersOfRole: t.othersOfRole + listen,
-          othersInDatabase: t.othersInDatabase + listen,
-        },
+        withCaps(
+          {
+            ...t,
+            othersOnServer: t.othersOnServer + listen,
+            othersOfRole: t.othersOfRole + listen,
+            othersInDatabase: t.othersInDatabase + listen,
+          },
+          learn,
+        ),
         Date.now(),
       );
     } catch (error) {
@@ -303,23 +304,52 @@ export class PostgresCoordinator implements CoordinatorBackend {
   }
 
   /**
-   * `LEASE_LIMIT=auto`: learns the limit from the database now (an operator's request), in force
-   * at once for every process unless an operator's override holds. Throws `INVALID_ARGUMENT` on a
-   * pool with a fixed limit, a database error when the database cannot be read (the limit stays).
+   * `LEASE_LIMIT=auto`: true when the learned limit in the pool's row is older than the interval
+   * (or there is none). This backend learns on its own timer, one process at a time (an advisory
+   * lock), so the answer claims nothing. Always false for a fixed limit.
    *
    * @example
-   * const { limit, limitSource, learned } = await coordinator.learnLimit();
+   * if (await coordinator.learnDue()) await coordinator.learnLimit(await roomReading(() => readRoomCounts(sql, "my-app")));
    */
-  async learnLimit(): Promise<LearnAnswer> {
-    if (!this.#learn)
-      throw new LeaseError(
-        "INVALID_ARGUMENT",
-        "This pool's limit is fixed: set LEASE_LIMIT=auto to learn it from the database",
-      );
+  async learnDue(): Promise<boolean> {
+    if (!this.#learn) return false;
     await this.ready();
-    const learned = await this.#learnNow(true);
-    const { state } = await this.#read();
-    return { limit: state.config.limit, limitSource: limitSource(state.limitOverride, learned), learned };
+    const { learned } = await readRecord(this.#sql, this.pool);
+    return learned === null || Date.now() - learned.learnedAt >= this.#learn.intervalMs;
+  }
+
+  /**
+   * `LEASE_LIMIT=auto`: a reading of the database (`readRoomCounts`, outside any lease). The limit
+   * is worked out with this coordinator's own caps, written to the pool's row (in force at once
+   * for every process unless an operator's override holds) and queued callers a raise lets in are
+   * granted. A failed reading is noted in the row (the limit stays) and answered as that failure.
+   * A pool with a fixed limit answers `INVALID_ARGUMENT`.
+   *
+   * @example
+   * const r = await coordinator.learnLimit(await roomReading(() => readRoomCounts(sql, "my-app")));
+   */
+  async learnLimit(reading: RoomReading): Promise<LearnResult> {
+    try {
+      if (!this.#learn) throw new LeaseError("INVALID_ARGUMENT", FIXED_LIMIT);
+      await this.ready();
+      const checked = checkReading(reading, Date.now());
+      if (!checked.ok) {
+        this.#learnFailure = checked.failure;
+        await noteLearnFailure(this.#sql, this.pool, checked.failure).catch(() => {});
+        return checked.answer;
+      }
+      const learned = learnedLimit(withCaps(checked.counts, this.#learn), Date.now());
+      await this.#sql.begin((tx) => writeLearned(tx, this.pool, learned));
+      this.#learnFailure = null;
+      // A raise grants queued callers now; a drop revokes nothing (grants wait below the new limit).
+      const pool = await this.#transitions.run((s, now) => ({
+        answer: { limit: s.config.limit, limitOverride: s.limitOverride },
+        effects: tick(s, now),
+      }));
+      return { ok: true, ...learnState(pool, learned, null, Date.now()) };
+    } catch (error) {
+      return failureOf(error);
+    }
   }
 
   /** After a LISTEN reconnect: stamp our queued waiters with the new connection's pid. */
@@ -528,14 +558,14 @@ export class PostgresCoordinator implements CoordinatorBackend {
       this.#read(),
       this.#learn ? readRecord(this.#sql, this.pool) : null,
     ]);
-    return {
-      ...stats(state, Date.now()),
-      limitOverride: state.limitOverride,
-      reconciliation,
-      limitSource: limitSource(state.limitOverride, record?.learned ?? null),
-      learned: record?.learned ?? null,
-      learnFailure: record ? (record.learnFailure ?? this.#learnFailure) : null,
-    };
+    const now = Date.now();
+    const { limit: _, ...learning } = learnState(
+      { limit: state.config.limit, limitOverride: state.limitOverride },
+      record?.learned ?? null,
+      record ? (record.learnFailure ?? this.#learnFailure) : null,
+      now,
+    );
+    return { ...stats(state, now), limitOverride: state.limitOverride, reconciliation, ...learning };
   }
 
   /**

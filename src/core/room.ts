@@ -4,6 +4,7 @@
  * the connections others hold now). Pure: the shell runs the query and passes the terms.
  */
 import { LeaseError, expected } from "./errors.ts";
+import type { Failure, Result } from "./protocol.ts";
 
 /** What the learning query read, plus the two settings that shape the result. */
 export interface RoomTerms {
@@ -27,6 +28,113 @@ export interface RoomTerms {
   readonly headroom: number;
   /** Never learn more than this (`LEASE_LIMIT_MAX`), null: no cap. */
   readonly limitMax: number | null;
+}
+
+/**
+ * What one reading of the database gives: the terms without the pool's own caps. Whoever reads
+ * them (a Worker through Hyperdrive, a process on its own client) hands these to the coordinator,
+ * which adds `LEASE_HEADROOM` and `LEASE_LIMIT_MAX` from its own settings: a caller cannot raise
+ * a pool's cap.
+ */
+export type RoomCounts = Omit<RoomTerms, "headroom" | "limitMax">;
+
+/** What a pool with a fixed limit answers a learning (`INVALID_ARGUMENT`). */
+export const FIXED_LIMIT = "This pool's limit is fixed: set LEASE_LIMIT=auto to learn it from the database";
+
+/** A reading handed to `learnLimit`: the counts, or why the database could not be read. */
+export type RoomReading = Result<{ readonly counts: RoomCounts }>;
+
+/** A learning that failed: the last learned limit stays in force. */
+export interface LearnFailure {
+  /** When the coordinator was told, ms since the epoch. */
+  readonly at: number;
+  readonly code: string;
+  readonly message: string;
+}
+
+/**
+ * The learned limit as a pool has it now: what `learnLimit` answers and what the operator stats
+ * carry (`LEASE_LIMIT=auto`).
+ */
+export interface LearnState {
+  /** The limit in force. */
+  readonly limit: number;
+  /** Where it comes from: an operator's override wins over the learning. */
+  readonly limitSource: LimitSource;
+  /** The last learning with its terms, or null before the first one. */
+  readonly learned: LearnedLimit | null;
+  /** How old `learned` is, ms; null before the first learning. */
+  readonly learnedAgeMs: number | null;
+  /** The last learning that failed after the last one that worked (the limit stayed), or null. */
+  readonly learnFailure: LearnFailure | null;
+}
+
+/** What `learnLimit` answers: the state after the reading, or the reading's failure (kept for operators). */
+export type LearnResult = Result<LearnState>;
+
+/**
+ * The learned limit's state at `now`.
+ *
+ * @example
+ * learnState({ limit: 17, limitOverride: null, learned, learnFailure: null }, Date.now()).learnedAgeMs
+ */
+export function learnState(
+  pool: { readonly limit: number; readonly limitOverride: number | null },
+  learned: LearnedLimit | null,
+  learnFailure: LearnFailure | null,
+  now: number,
+): LearnState {
+  return {
+    limit: pool.limit,
+    limitSource: limitSource(pool.limitOverride, learned),
+    learned,
+    learnedAgeMs: learned === null ? null : Math.max(0, now - learned.learnedAt),
+    learnFailure,
+  };
+}
+
+/**
+ * Checks a reading handed in over RPC: the counts (`learnedLimit` checks each one), or a failure
+ * whose code and message are cut to a sane length and stamped with `now`. Anything else fails
+ * with `INVALID_ARGUMENT`.
+ *
+ * @example
+ * const r = checkReading({ ok: false, code: "DATABASE_UNAVAILABLE", message: "refused" }, Date.now());
+ */
+export function checkReading(
+  reading: RoomReading,
+  now: number,
+): { ok: true; counts: RoomCounts } | { ok: false; failure: LearnFailure; answer: Failure } {
+  if (typeof reading !== "object" || reading === null || typeof reading.ok !== "boolean")
+    throw new LeaseError(
+      "INVALID_ARGUMENT",
+      expected("reading", "{ ok: true, counts } or { ok: false, code, message }", reading),
+    );
+  if (reading.ok) {
+    if (typeof reading.counts !== "object" || reading.counts === null)
+      throw new LeaseError("INVALID_ARGUMENT", expected("reading.counts", "an object of room counts", reading.counts));
+    return { ok: true, counts: reading.counts };
+  }
+  if (typeof reading.code !== "string" || typeof reading.message !== "string")
+    throw new LeaseError(
+      "INVALID_ARGUMENT",
+      expected("reading", "a failure with a string `code` and `message`", reading),
+    );
+  const failure = { at: now, code: reading.code.slice(0, 64), message: reading.message.slice(0, 500) };
+  return { ok: false, failure, answer: { ok: false, code: reading.code, message: failure.message } };
+}
+
+/**
+ * The terms of one learning: the counts read, with the pool's own caps.
+ *
+ * @example
+ * learnedLimit(withCaps(counts, settings), Date.now())
+ */
+export function withCaps(
+  counts: RoomCounts,
+  caps: { readonly headroom: number; readonly limitMax: number | null },
+): RoomTerms {
+  return { ...counts, headroom: caps.headroom, limitMax: caps.limitMax };
 }
 
 /** Which term decided the learned limit. */

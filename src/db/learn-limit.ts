@@ -1,6 +1,7 @@
 import type { Sql, TransactionSql } from "postgres";
-import type { LearnSettings, RoomTerms } from "../core/index.ts";
+import type { RoomCounts, RoomReading } from "../core/index.ts";
 import type { Connection } from "./driver.ts";
+import { toDatabaseError } from "./errors.ts";
 
 const ROOM_TERMS = `
     SELECT current_setting('max_connections')::int AS max_connections,
@@ -28,29 +29,31 @@ interface TermsRow {
 }
 
 /**
- * Reads the terms of `LEASE_LIMIT=auto` in one short query outside any lease: the server's
+ * Reads the counts of `LEASE_LIMIT=auto` in one short query outside any lease: the server's
  * `max_connections` and reserved slots, the role's and the database's `CONNECTION LIMIT`, and the
  * client connections that are not the application's — on the server, of the role, in the database.
+ * The pool's caps (`LEASE_HEADROOM`, `LEASE_LIMIT_MAX`) are not read here: the coordinator adds its
+ * own (`withCaps`).
  *
  * The application's connections are those whose `application_name` is `applicationName` (every
- * connection a lease pays for carries it, `APPLICATION_NAME`), or that name tagged with a lease
- * (`${applicationName}/${leaseId8}`, `LEASE_ENFORCE=terminate`). Everything else is room taken:
- * other clients, and leasegate's own connections that no lease pays for (the local adapter's
- * control and LISTEN connections, and the connection this query runs on, which is not left out).
+ * connection a lease pays for carries it, `APPLICATION_NAME`, by default one name per pool), or
+ * that name tagged with a lease (`${applicationName}/${leaseId8}`, `LEASE_ENFORCE=terminate`).
+ * Everything else is room taken: other clients — another pool's connections too — and leasegate's
+ * own connections that no lease pays for (the local adapter's control and LISTEN connections, and
+ * the connection this query runs on, which is not left out).
  *
  * Runs on a postgres.js `Sql` or on any driver's connection. A role without `pg_read_all_stats` sees other roles' sessions with `backend_type` NULL; those are
  * counted as client connections when they have a database and a user (a client backend always
  * does): a background worker of another role may count too, which errs on the safe side.
  *
  * @example
- * const terms = await readRoomTerms(sql, "my-app", { headroom: 2, limitMax: null });
- * const learned = learnedLimit(terms, Date.now());
+ * const counts = await readRoomCounts(sql, "my-app");
+ * const learned = learnedLimit(withCaps(counts, settings), Date.now());
  */
-export async function readRoomTerms(
+export async function readRoomCounts(
   db: Sql | TransactionSql | Pick<Connection, "query">,
   applicationName: string,
-  settings: Pick<LearnSettings, "headroom" | "limitMax">,
-): Promise<RoomTerms> {
+): Promise<RoomCounts> {
   const params = [applicationName];
   const [r] =
     "unsafe" in db
@@ -65,7 +68,21 @@ export async function readRoomTerms(
     othersOnServer: r!.others_on_server,
     othersOfRole: r!.others_of_role,
     othersInDatabase: r!.others_in_database,
-    headroom: settings.headroom,
-    limitMax: settings.limitMax,
   };
+}
+
+/**
+ * One reading for `learnLimit`: the counts `read` answers, or its failure as a database error's
+ * code and message (the coordinator keeps it for operators; the limit stays).
+ *
+ * @example
+ * await coordinator.learnLimit(await roomReading(() => readRoomCounts(sql, "my-app")));
+ */
+export async function roomReading(read: () => Promise<RoomCounts>): Promise<RoomReading> {
+  try {
+    return { ok: true, counts: await read() };
+  } catch (error) {
+    const e = toDatabaseError(error);
+    return { ok: false, code: e.code, message: e.message };
+  }
 }

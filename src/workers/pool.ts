@@ -99,8 +99,8 @@ function coordination(
     const controls = coordinatorControls(stub, target);
     if (!learn) return { leases, operator: controls };
     // LEASE_LIMIT=auto: a stale learning is redone in waitUntil, never on this request's lease.
-    learnWhenStale(stub, target, learn, name, waitUntil);
-    return { leases, operator: { ...controls, learn: () => learnNow(stub, target, learn) } };
+    learnWhenStale(stub, target, learn.intervalMs, name, waitUntil);
+    return { leases, operator: { ...controls, learn: () => learnNow(stub, target) } };
   }
   const stubFor = (i: number) => coordinatorStub(env, locationHint, shardName(name, i, sharded.count));
   const stubs = Array.from({ length: sharded.count }, (_, i) => stubFor(i));

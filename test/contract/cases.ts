@@ -771,7 +771,15 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       expect(keysOf(busy.leases[0]!)).toEqual(["ageMs", "expiresInMs", "fence", "holder", "idPrefix"]);
       const o = await c.operatorStats();
       expect(keysOf(o)).toEqual(
-        [...STATS_KEYS, "learnFailure", "learned", "limitOverride", "limitSource", "reconciliation"].sort(),
+        [
+          ...STATS_KEYS,
+          "learnFailure",
+          "learned",
+          "learnedAgeMs",
+          "limitOverride",
+          "limitSource",
+          "reconciliation",
+        ].sort(),
       );
       expect(o).toMatchObject({
         limitOverride: null,
