@@ -6,7 +6,7 @@
 import type { Sql } from "postgres";
 import { type LeaseClient, Leases } from "../src/client/leases.ts";
 import type { ConnectionCounts } from "../src/core/index.ts";
-import { type SettingsEnv, settingsFromEnv } from "../src/db/config.ts";
+import { type SettingsEnv, databaseOf, settingsFromEnv, withPoolApplicationName } from "../src/db/config.ts";
 import { type DriverModule, bindDriver, loadDriver, missingDriver } from "../src/db/connect.ts";
 import { Database } from "../src/db/database.ts";
 import { enforceLedger } from "../src/db/enforce.ts";
@@ -52,7 +52,13 @@ export async function localPool<Client = unknown>(
 ): Promise<LocalPool<Client>> {
   const settings = settingsFromEnv(env.DATABASE_URL ? env : { ...env, DATABASE_URL: DEFAULT_DATABASE_URL });
   const { name } = settings.pool;
-  const config = settings.database;
+  // Without APPLICATION_NAME, the pool's connections carry a name of its own: a local pool is its
+  // database and its pool name (every process naming both shares it).
+  const config = withPoolApplicationName(
+    settings.database,
+    env,
+    `${databaseOf(settings.database.connectionString)}/${name}`,
+  );
   const { applicationName, connectionString } = config;
   const { enforce } = settings.pool;
   let coordinator: PostgresCoordinator | undefined;

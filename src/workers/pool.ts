@@ -4,7 +4,7 @@ import { ReleaseOutbox } from "../client/outbox.ts";
 import { type IsolateShards, ShardedLeases, createIsolateShards, shardName } from "../client/sharded-leases.ts";
 import { LeaseError, type PoolSettings } from "../core/index.ts";
 import { CircuitBreaker } from "../db/circuit-breaker.ts";
-import { type SettingsEnv, settingsFromEnv } from "../db/config.ts";
+import { type SettingsEnv, settingsFromEnv, withPoolApplicationName } from "../db/config.ts";
 import { type DriverModule, bindDriver, targetOf } from "../db/driver.ts";
 import { Database, retryBudgetFor } from "../db/database.ts";
 import type { RetryBudget } from "../db/retry-budget.ts";
@@ -70,6 +70,14 @@ function shardStateFor(pool: PoolSettings): IsolateShards | undefined {
  * every request cost about as much CPU as the request's lease calls (measured under P3's load).
  */
 const coordinatorIds = new WeakMap<DurableObjectNamespace, Map<string, DurableObjectId>>();
+
+/** What names a pool among every deployment on a server: its coordinator object's id (its name without a namespace). */
+function poolIdentity(env: WorkerPoolEnv, name: string): string {
+  const namespace = env.COORDINATOR_DO;
+  if (!namespace) return name;
+  const ids = kept(coordinatorIds, namespace, () => new Map<string, DurableObjectId>());
+  return kept(ids, name, () => namespace.idFromName(name)).toString();
+}
 
 /** A coordinator object, created near the database when `LEASE_LOCATION_HINT` is set. */
 function coordinatorStub(
@@ -147,7 +155,9 @@ export function workerPool<Client>(
   const settings = settingsFromEnv(env);
   const pool = options.pool === undefined ? settings.pool : { ...settings.pool, name: options.pool };
   const { name } = pool;
-  const config = settings.database;
+  // Without APPLICATION_NAME, the pool's connections carry a name of its own: the coordinator
+  // object's id is unique to this namespace (this deployment) and pool name.
+  const config = withPoolApplicationName(settings.database, env, poolIdentity(env, name));
   const waitUntil = (p: Promise<unknown>) => ctx.waitUntil(p);
   const guards = kept(isolate, name, () => ({
     breaker: new CircuitBreaker(name, config.breaker),

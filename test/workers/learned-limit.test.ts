@@ -11,6 +11,9 @@ import { describe, expect, it } from "vitest";
 import worker, { type Env } from "../../examples/pitches/src/worker.ts";
 import type { ConnectionCoordinator } from "../../durable-objects/connection-coordinator.ts";
 import type { RoomCounts } from "../../src/core/index.ts";
+import { poolApplicationName } from "../../src/db/config.ts";
+import { driver } from "../../src/drivers/postgres.ts";
+import { workerPool } from "../../src/workers/pool.ts";
 
 const counts: RoomCounts = {
   maxConnections: 100,
@@ -120,5 +123,22 @@ describe("a coordinator object with LEASE_LIMIT=auto", () => {
     const r = await stub.learnLimit(reading as never);
     expect(r).toMatchObject({ ok: false, code: "INVALID_ARGUMENT" });
     expect(await stub.operatorStats()).toMatchObject({ learned: null, learnFailure: null });
+  });
+});
+
+describe("the default application_name on Workers", () => {
+  it("without APPLICATION_NAME, each pool's connections carry a name of its own: its coordinator object's id", async () => {
+    const e = { ...env, APPLICATION_NAME: undefined };
+    const nameOf = async (pool: string) => {
+      const ctx = createExecutionContext();
+      const p = workerPool(e, ctx, { driver, pool });
+      const [row] = await p.db.query<{ name: string }>("SELECT current_setting('application_name') AS name");
+      await waitOnExecutionContext(ctx);
+      return row!.name;
+    };
+    const a = await nameOf("appname-a");
+    expect(await nameOf("appname-a")).toBe(a);
+    expect(await nameOf("appname-b")).not.toBe(a);
+    expect(a).toBe(poolApplicationName(env.COORDINATOR_DO.idFromName("appname-a").toString()));
   });
 });
