@@ -44,7 +44,10 @@ export async function learnOnce(
     const now = Date.now();
     if (!force && before.learned && now - before.learned.learnedAt < settings.intervalMs / 2)
       return { changed: false, record: before };
-    const learned = learnedLimit(withCaps(await readRoomCounts(tx, settings.applicationName), settings), now);
+    const learned = learnedLimit(
+      withCaps(await readRoomCounts(tx, settings.applicationName, settings.intervalMs), settings),
+      now,
+    );
     await writeLearned(tx, pool, learned);
     return { changed: before.learned?.limit !== learned.limit, record: { learned, learnFailure: null } };
   });

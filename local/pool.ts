@@ -107,7 +107,9 @@ export async function localPool<Client = unknown>(
       controlsOf(
         coordinator,
         () => observe(coordinator, control!).catch((e: unknown) => Promise.reject(toDatabaseError(e))),
-        settings.pool.learn ? () => roomReading(() => readRoomCounts(control!, applicationName)) : undefined,
+        settings.pool.learn
+          ? () => roomReading(() => readRoomCounts(control!, applicationName, settings.pool.learn!.intervalMs))
+          : undefined,
       ),
     sql: leasedSql(db, driver),
     close: async () => {

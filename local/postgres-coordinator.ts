@@ -262,7 +262,7 @@ export class PostgresCoordinator implements CoordinatorBackend {
     try {
       const max = (this.#sql as { options?: { max?: number } }).options?.max ?? 1;
       await Promise.all(Array.from({ length: max }, () => this.#sql`SELECT 1`));
-      const t = await readRoomCounts(this.#sql, learn.applicationName);
+      const t = await readRoomCounts(this.#sql, learn.applicationName, learn.intervalMs);
       const listen = 1;
       return learnedLimit(
         withCaps(

@@ -24,6 +24,19 @@ export interface RoomTerms {
   readonly othersOfRole: number;
   /** Those of them connected to the same database, any role. */
   readonly othersInDatabase: number;
+  /**
+   * Pools that learn their limit on this database now, this one included (`leasegate_learners`):
+   * the room is split among them equally. Absent: 1.
+   */
+  readonly pools?: number | undefined;
+  /** Of `pools`, those connected as the same role: the role's room is split among them. Absent: 1. */
+  readonly poolsOfRole?: number | undefined;
+  /** Of `othersOnServer`, the connections of the other pools that learn (their part of the room). Absent: 0. */
+  readonly learningOnServer?: number | undefined;
+  /** Of `othersOfRole`, those of the other pools that learn. Absent: 0. */
+  readonly learningOfRole?: number | undefined;
+  /** Of `othersInDatabase`, those of the other pools that learn. Absent: 0. */
+  readonly learningInDatabase?: number | undefined;
   /** Slots kept free below the room (`LEASE_HEADROOM`). */
   readonly headroom: number;
   /** Never learn more than this (`LEASE_LIMIT_MAX`), null: no cap. */
@@ -147,13 +160,16 @@ export type LimitSource = "configured" | "learned" | "operator";
 export interface LearnedLimit {
   /** The limit to apply: at least 1. */
   readonly limit: number;
-  /** The least room of the three scopes, before the headroom. */
+  /** The least room of the three scopes, before the headroom: this pool's share of it. */
   readonly room: number;
-  /** Room on the server: max_connections − reserved slots − others' client connections. */
+  /**
+   * This pool's share of the room on the server: max_connections − reserved slots − the client
+   * connections of others that do not learn, split equally among the pools that learn (`pools`).
+   */
   readonly server: number;
-  /** Room under the role's limit, null when the role has none. */
+  /** Its share of the room under the role's limit, null when the role has none. */
   readonly role: number | null;
-  /** Room under the database's limit, null when the database has none. */
+  /** Its share of the room under the database's limit, null when the database has none. */
   readonly database: number | null;
   /** The term that decided `limit`. */
   readonly bound: RoomBound;
@@ -179,6 +195,15 @@ function count(name: string, value: unknown, min = 0): number {
     );
   }
   return value;
+}
+
+/** A part of `whole` (absent: 0): a count no larger than the whole it is part of. */
+function part(name: string, value: unknown, whole: unknown): number {
+  if (value === undefined) return 0;
+  const n = count(name, value);
+  if (typeof whole === "number" && n > whole)
+    throw new LeaseError("INVALID_ARGUMENT", expected(`terms.${name}`, `at most ${whole} (a part of the others)`, n));
+  return n;
 }
 
 /** A `CONNECTION LIMIT`: null, or any negative value (Postgres writes -1), means none. */
@@ -210,14 +235,27 @@ export function learnedLimit(terms: RoomTerms, now: number): LearnedLimit {
     othersOnServer: count("othersOnServer", terms.othersOnServer),
     othersOfRole: count("othersOfRole", terms.othersOfRole),
     othersInDatabase: count("othersInDatabase", terms.othersInDatabase),
+    pools: terms.pools === undefined ? 1 : count("pools", terms.pools, 1),
+    poolsOfRole: terms.poolsOfRole === undefined ? 1 : count("poolsOfRole", terms.poolsOfRole, 1),
+    learningOnServer: part("learningOnServer", terms.learningOnServer, terms.othersOnServer),
+    learningOfRole: part("learningOfRole", terms.learningOfRole, terms.othersOfRole),
+    learningInDatabase: part("learningInDatabase", terms.learningInDatabase, terms.othersInDatabase),
     headroom: count("headroom", terms.headroom),
     limitMax: terms.limitMax === null || terms.limitMax === undefined ? null : count("limitMax", terms.limitMax, 1),
   };
   if (typeof now !== "number" || !Number.isFinite(now))
     throw new LeaseError("INVALID_ARGUMENT", expected("now", "a finite number of ms", now));
-  const server = t.maxConnections - t.superuserReserved - (t.reserved ?? 0) - t.othersOnServer;
-  const role = t.roleLimit === null ? null : t.roleLimit - t.othersOfRole;
-  const database = t.databaseLimit === null ? null : t.databaseLimit - t.othersInDatabase;
+  // The connections of the other pools that learn are their share, not room taken: the room left
+  // by everyone else is split equally among the pools that learn, so their limits sum to it.
+  // The role's room is split among the pools of the role only.
+  const share = (room: number, pools = t.pools ?? 1) => Math.floor(room / pools);
+  const server = share(
+    t.maxConnections - t.superuserReserved - (t.reserved ?? 0) - (t.othersOnServer - (t.learningOnServer ?? 0)),
+  );
+  const role =
+    t.roleLimit === null ? null : share(t.roleLimit - (t.othersOfRole - (t.learningOfRole ?? 0)), t.poolsOfRole ?? 1);
+  const database =
+    t.databaseLimit === null ? null : share(t.databaseLimit - (t.othersInDatabase - (t.learningInDatabase ?? 0)));
   // Ties go to the widest scope: the server's room is named only when nothing narrower is as tight.
   let room = server;
   let bound: RoomBound = "server";

@@ -12,11 +12,13 @@ import type { CoordinatorBackend } from "../engine/coordinator.ts";
 /** `application_name` of the learning's own connection: room taken, like any other client's. */
 const LEARNER_APPLICATION_NAME = "leasegate-learn";
 
-/** How the learning reaches the database (the pool's driver), and the application's `application_name`. */
+/** How the learning reaches the database (the pool's driver), the application's `application_name`, and how often it learns. */
 export interface LearnTarget {
   /** Opens one connection outside any lease, named `applicationName`. */
   connect(applicationName: string): Promise<Connection>;
   applicationName: string;
+  /** `LEASE_LEARN_INTERVAL_MS`: the pool's registration among the pools that learn lives three of them. */
+  intervalMs: number;
 }
 
 /**
@@ -24,13 +26,13 @@ export interface LearnTarget {
  * database's failure as a code and message.
  *
  * @example
- * const reading = await readRoom({ connect: (name) => driver.connect({ ...target, applicationName: name }), applicationName: "app" });
+ * const reading = await readRoom({ connect: (name) => driver.connect({ ...target, applicationName: name }), applicationName: "app", intervalMs: 10_000 });
  */
 export function readRoom(target: LearnTarget): Promise<RoomReading> {
   return roomReading(async () => {
     const conn = await target.connect(LEARNER_APPLICATION_NAME);
     try {
-      return await readRoomCounts(conn, target.applicationName);
+      return await readRoomCounts(conn, target.applicationName, target.intervalMs);
     } finally {
       await conn.close();
     }
@@ -61,18 +63,17 @@ const askedAt = new Map<string, number>();
  * it. Across isolates the object's claim keeps it to about one learning per its own interval.
  *
  * @example
- * learnWhenStale(stub, target, settings.intervalMs, "main", (p) => ctx.waitUntil(p));
+ * learnWhenStale(stub, target, "main", (p) => ctx.waitUntil(p));
  */
 export function learnWhenStale(
   coordinator: Pick<CoordinatorBackend, "learnDue" | "learnLimit">,
   target: LearnTarget,
-  intervalMs: number,
   pool: string,
   waitUntil: (promise: Promise<unknown>) => void,
 ): void {
   const now = Date.now();
   const last = askedAt.get(pool);
-  if (last !== undefined && now - last < intervalMs) return;
+  if (last !== undefined && now - last < target.intervalMs) return;
   askedAt.set(pool, now);
   waitUntil(
     (async () => {

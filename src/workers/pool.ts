@@ -107,8 +107,9 @@ function coordination(
     const controls = coordinatorControls(stub, target);
     if (!learn) return { leases, operator: controls };
     // LEASE_LIMIT=auto: a stale learning is redone in waitUntil, never on this request's lease.
-    learnWhenStale(stub, target, learn.intervalMs, name, waitUntil);
-    return { leases, operator: { ...controls, learn: () => learnNow(stub, target) } };
+    const learning = { ...target, intervalMs: learn.intervalMs };
+    learnWhenStale(stub, learning, name, waitUntil);
+    return { leases, operator: { ...controls, learn: () => learnNow(stub, learning) } };
   }
   const stubFor = (i: number) => coordinatorStub(env, locationHint, shardName(name, i, sharded.count));
   const stubs = Array.from({ length: sharded.count }, (_, i) => stubFor(i));

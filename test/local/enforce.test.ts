@@ -154,8 +154,8 @@ describe("what the application's connections are, with lease tags", () => {
     const name = app();
     await connection(`${name}/deadbeef`);
     // Only this file uses its test database: nothing else comes or goes between the two reads.
-    const mine = await readRoomCounts(admin, name);
-    const others = await readRoomCounts(admin, `${name}-not`);
+    const mine = await readRoomCounts(admin, name, 1000);
+    const others = await readRoomCounts(admin, `${name}-not`, 1000);
     expect(others.othersInDatabase - mine.othersInDatabase).toBe(1);
   });
 

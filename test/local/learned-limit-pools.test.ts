@@ -4,12 +4,15 @@
  * own. On the real Postgres of `npm test`, sampled from `pg_stat_activity`.
  */
 import postgres from "postgres";
-import { afterAll, afterEach, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type LocalPool, localPool } from "../../local/pool.ts";
+import { ensureSchema } from "../../local/schema.ts";
 import type { LearnResult, OperatorStats } from "../../src/core/index.ts";
 import { poolApplicationName } from "../../src/db/config.ts";
+import { createLearners } from "../../src/db/learn-limit.ts";
 import { driver } from "../../src/drivers/postgres.ts";
 import { forgetPools, until, url } from "./helpers.ts";
+import { leasedQuery, loadWithOthers } from "./learned-limit-load.ts";
 
 const tag = `${process.pid}-${Date.now().toString(36)}`;
 const admin = postgres(url, { max: 2, onnotice: () => {} });
@@ -36,12 +39,51 @@ async function names(): Promise<Map<string, number>> {
   return new Map(rows.map((r) => [r.name, r.n]));
 }
 
+// Two pools that learn, on one role with CONNECTION LIMIT 20 (the role's room is what they split).
+const ROLE_LIMIT = 20;
+const HEADROOM = 2;
+const role = `lg_pools_${tag.replace(/-/g, "_")}`;
+const roleUrl = (() => {
+  const u = new URL(url);
+  u.username = role;
+  u.password = "";
+  return u.toString();
+})();
+const apps = [`lg-pools-a-${tag}`, `lg-pools-b-${tag}`];
+/** An acquire that may not wait and finds no slot it may take. */
+const REFUSED = expect.stringMatching(/^(ACQUIRE_TIMEOUT|QUEUE_FULL)$/);
+
+beforeAll(async () => {
+  await admin.unsafe(`CREATE ROLE ${role} LOGIN CONNECTION LIMIT ${ROLE_LIMIT}`);
+  await ensureSchema(admin, `pools-${tag}-setup`, { limit: 1, maxQueue: 10, waitMs: 100, leaseTtlMs: 1000 });
+  await createLearners(admin);
+  await admin.unsafe(
+    `GRANT SELECT, INSERT, UPDATE, DELETE ON leasegate_pools, leasegate_leases, leasegate_waiters, leasegate_learners TO ${role}`,
+  );
+  await admin.unsafe(`GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO ${role}`);
+});
+
 afterEach(async () => {
   for (const p of opened.splice(0)) await p.close();
 });
 
 afterAll(async () => {
   await forgetPools(admin, `pools-${tag}-%`);
+  // The registrations of this file's pools: other files' pools must not split with them later.
+  const mine = [...apps, poolApplicationName(`${database}/pools-${tag}-auto`)];
+  await admin`DELETE FROM leasegate_learners WHERE role = ${role} OR application_name = ANY(${mine})`;
+  await admin.unsafe(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '${role}'`);
+  await until(
+    async () =>
+      (await admin<{ n: number }[]>`SELECT count(*)::int AS n FROM pg_stat_activity WHERE usename = ${role}`)[0]!.n,
+    (n) => n === 0,
+    5000,
+  );
+  await admin.unsafe(
+    `REVOKE ALL ON leasegate_pools, leasegate_leases, leasegate_waiters, leasegate_learners FROM ${role}`,
+  );
+  await admin.unsafe(`REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM ${role}`);
+  await admin.unsafe(`DROP ROLE ${role}`);
   await admin.end();
 });
 
@@ -92,5 +134,119 @@ describe("the default application_name is the pool's own", () => {
     opened.push(p);
     const [row] = await p.db.query<{ name: string }>("SELECT current_setting('application_name') AS name");
     expect(row!.name).toBe(`named-${tag}`);
+  });
+});
+
+describe("two pools with LEASE_LIMIT=auto on one role", () => {
+  async function autoPool(i: number, env: Record<string, string> = {}): Promise<LocalPool> {
+    const p = await localPool(
+      {
+        DATABASE_URL: roleUrl,
+        APPLICATION_NAME: apps[i]!,
+        LEASE_POOL: `pools-${tag}-split-${i}`,
+        LEASE_LIMIT: "auto",
+        LEASE_HEADROOM: String(HEADROOM),
+        LEASE_LEARN_INTERVAL_MS: "250",
+        LEASE_WAIT_MS: "10000",
+        SLOW_QUERY_MS: "60000",
+        ...env,
+      },
+      { driver },
+    );
+    opened.push(p);
+    return p;
+  }
+  const statsOf = async (p: LocalPool) => (await p.operator!.stats()) as OperatorStats;
+
+  it("split the role's room: their limits and headrooms sum to at most it, and each knows of the other", async () => {
+    const [a, b] = [await autoPool(0), await autoPool(1)];
+    // Steady: each sees the other registered, and both coordinators' own 3 connections open.
+    const both = async () => [await statsOf(a), await statsOf(b)];
+    const { value } = await until(
+      both,
+      (ss) => ss.every((s) => s.learned?.terms.poolsOfRole === 2 && s.learned.terms.othersOfRole === 6),
+      5000,
+    );
+    const [sa, sb] = value;
+    // Room left by everyone else: the role's limit − the 6 coordinator connections = 14; 7 each.
+    expect(sa!.learned!.role).toBe(7);
+    expect(sb!.learned!.role).toBe(7);
+    expect(sa!.limit + sb!.limit + 2 * HEADROOM).toBeLessThanOrEqual(ROLE_LIMIT - 6);
+  });
+
+  it("under load on both, with others of the role coming and going: 0 × 53300 and the role never above its limit", async () => {
+    const pools = [await autoPool(0), await autoPool(1)];
+    await until(
+      async () => Promise.all(pools.map(statsOf)),
+      (ss) => ss.every((s) => s.learned?.terms.poolsOfRole === 2),
+      5000,
+    );
+    const calls = pools.map((p, i) => leasedQuery(p, roleUrl, apps[i]!));
+    let turn = 0;
+    const report = await loadWithOthers({
+      call: () => calls[turn++ % 2]!(),
+      limit: async () => (await Promise.all(pools.map(statsOf))).reduce((n, s) => n + s.limit, 0),
+      url: roleUrl,
+      admin,
+      scope: { kind: "role", role, limit: ROLE_LIMIT },
+      headroom: HEADROOM,
+      durationMs: 5000,
+      callers: 16,
+      othersMax: 3,
+      stepMs: 300,
+    });
+    console.log(`two auto pools on one role, CONNECTION LIMIT ${ROLE_LIMIT}: ${JSON.stringify(report)}`);
+    expect(report.requests).toBeGreaterThan(100);
+    expect(report.failed53300).toBe(0);
+    expect(report.failedOther).toEqual({});
+    expect(report.peak).toBeLessThanOrEqual(ROLE_LIMIT);
+  }, 30_000);
+
+  it("LEASE_RESERVED and LEASE_BATCH_MAX under the learned limit: never more leases than it, the reserve left free", async () => {
+    const p = await autoPool(0, { LEASE_RESERVED: "4", LEASE_BATCH_MAX: "2" });
+    // (The registrations of the last test's pools lapse within three intervals.)
+    const { value: s } = await until(
+      () => statsOf(p),
+      (x) => x.limit === 15,
+      5000,
+    );
+    // Alone on the role: 20 − its own 3 − headroom 2 = 15, the 4 reserved of it for critical callers.
+    expect(s).toMatchObject({ limit: 15, reserved: 4 });
+    const leases = p.leases!;
+    const normal = [];
+    for (let i = 0; i < 11; i++) normal.push(await leases.acquire({ waitMs: 0 }));
+    await expect(leases.acquire({ waitMs: 0 })).rejects.toMatchObject({ code: REFUSED });
+    const critical = await leases.acquire({ waitMs: 0, priority: "critical" });
+    // Others of the role take 12 connections: the learned limit falls below the reserve.
+    const others = await Promise.all(
+      Array.from({ length: 12 }, async () => {
+        const sql = postgres(roleUrl, { max: 1, onnotice: () => {}, connection: { application_name: "someone-else" } });
+        await sql`SELECT 1`;
+        return sql;
+      }),
+    ).catch((e: unknown) => {
+      throw new Error(`others could not connect: ${String(e)}`);
+    });
+    try {
+      const low = await until(
+        () => statsOf(p),
+        (x) => x.limit === 3,
+        3000,
+      );
+      // The reserve is clamped to leave one slot of the limit in force.
+      expect(low.value).toMatchObject({ limit: 3, reserved: 2, held: 12 });
+      for (const l of normal.splice(0)) await leases.release(l);
+      await leases.release(critical);
+      // Within the limit of 3: one normal lease (3 − the reserve of 2), one batch, none more.
+      const one = await leases.acquire({ waitMs: 0 });
+      await expect(leases.acquire({ waitMs: 0, priority: "batch" })).rejects.toMatchObject({ code: REFUSED });
+      const c1 = await leases.acquire({ waitMs: 0, priority: "critical" });
+      const c2 = await leases.acquire({ waitMs: 0, priority: "critical" });
+      await expect(leases.acquire({ waitMs: 0, priority: "critical" })).rejects.toMatchObject({ code: REFUSED });
+      expect((await statsOf(p)).held).toBe(3);
+      for (const l of [one, c1, c2]) await leases.release(l);
+    } finally {
+      for (const sql of others) await sql.end({ timeout: 0 });
+    }
   });
 });
