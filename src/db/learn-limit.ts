@@ -107,7 +107,7 @@ export async function readRoomCounts(
       ? ((await db.unsafe(text, values as never[])) as unknown as TermsRow[])
       : await db.query<TermsRow>(text, values);
   await ensureLearners(run);
-  const [r] = await run(ROOM_TERMS, params);
+  const [r] = await run(ROOM_TERMS, params).catch((error: unknown) => Promise.reject(learnersRefused(error)));
   return {
     maxConnections: r!.max_connections,
     superuserReserved: r!.superuser_reserved,
@@ -130,15 +130,16 @@ export async function readRoomCounts(
  * may not create tables fails with `INVALID_CONFIG` saying what to run instead.
  */
 async function ensureLearners(run: (text: string, values: unknown[]) => Promise<unknown>): Promise<void> {
-  try {
-    await run(LEARNERS, []);
-  } catch (error) {
-    if ((error as { code?: unknown }).code !== "42501") throw error;
-    throw new LeaseError(
-      "INVALID_CONFIG",
-      "LEASE_LIMIT=auto needs the table leasegate_learners and this role may not create it: run `CREATE TABLE leasegate_learners (application_name text PRIMARY KEY, role name NOT NULL, live_until timestamptz NOT NULL)` as its owner and grant SELECT, INSERT, UPDATE on it",
-    );
-  }
+  await run(LEARNERS, []).catch((error: unknown) => Promise.reject(learnersRefused(error)));
+}
+
+/** A permission error on `leasegate_learners` as what to do about it; any other error as it is. */
+function learnersRefused(error: unknown): unknown {
+  if ((error as { code?: unknown }).code !== "42501") return error;
+  return new LeaseError(
+    "INVALID_CONFIG",
+    "LEASE_LIMIT=auto needs the table leasegate_learners, which this role may not create or write: run `CREATE TABLE leasegate_learners (application_name text PRIMARY KEY, role name NOT NULL, live_until timestamptz NOT NULL)` as a role that may, and `GRANT SELECT, INSERT, UPDATE ON leasegate_learners TO` this role",
+  );
 }
 
 /**

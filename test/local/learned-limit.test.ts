@@ -100,6 +100,8 @@ afterAll(async () => {
     `REVOKE ALL ON leasegate_pools, leasegate_leases, leasegate_waiters, leasegate_learners FROM ${role}`,
   );
   await admin.unsafe(`REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM ${role}`);
+  // Its pools' registrations among the pools that learn: later pools must not split with them.
+  await admin`DELETE FROM leasegate_learners WHERE role = ${role}`;
   await admin.unsafe(`DROP ROLE ${role}`);
   await admin.end();
 });
@@ -260,6 +262,11 @@ describe("LEASE_LIMIT=auto with localPool on a role with CONNECTION LIMIT 12", (
     expect(value("leasegate_limit_source", { source: "learned" })).toBe("1");
     expect(value("leasegate_limit_source", { source: "configured" })).toBe("0");
     expect(value("leasegate_learned_limit_leases")).toBe(String(body.limit));
+    // How old the value in force is, and among how many pools the room is split.
+    expect(Number(value("leasegate_learned_age_seconds"))).toBeGreaterThanOrEqual(0);
+    expect(Number(value("leasegate_learned_age_seconds"))).toBeLessThan(60);
+    expect(stats.learnedAgeMs).toBeGreaterThanOrEqual(0);
+    expect(Number(value("leasegate_learned_pools"))).toBeGreaterThanOrEqual(1);
     expect(value("leasegate_learned_room_connections", { scope: "role" })).toBe(String(body.limit + HEADROOM));
     expect(value("leasegate_learned_others_connections", { scope: "role" })).toBe(
       String(ROLE_LIMIT - HEADROOM - body.limit),
