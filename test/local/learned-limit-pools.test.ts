@@ -6,6 +6,7 @@
 import postgres from "postgres";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type LocalPool, localPool } from "../../local/pool.ts";
+import { PostgresCoordinator } from "../../local/postgres-coordinator.ts";
 import { ensureSchema } from "../../local/schema.ts";
 import type { LearnResult, OperatorStats } from "../../src/core/index.ts";
 import { poolApplicationName } from "../../src/db/config.ts";
@@ -248,5 +249,26 @@ describe("two pools with LEASE_LIMIT=auto on one role", () => {
     } finally {
       for (const sql of others) await sql.end({ timeout: 0 });
     }
+  });
+});
+
+describe("a PostgresCoordinator's fixed counts", () => {
+  const base = { limit: 4, maxQueue: 10, waitMs: 100, leaseTtlMs: 1000 };
+  const learn = { headroom: 2, limitMax: 5, intervalMs: 1000, applicationName: "x" };
+  it.each([
+    ["reserved at the limit", { ...base, reserved: 4 }, null, "reserved"],
+    ["batchMax above the limit", { ...base, batchMax: 5 }, null, "batchMax"],
+    ["an adaptive floor above the limit", { ...base, adaptive: { floor: 5 } }, null, "adaptive.floor"],
+    ["reserved at LEASE_LIMIT_MAX with learn", { ...base, limit: 1, reserved: 5 }, learn, "reserved"],
+  ])("refuses %s with INVALID_CONFIG naming it", (_, config, withLearn, name) => {
+    expect(() => new PostgresCoordinator({ sql: admin, pool: "fits", config, learn: withLearn })).toThrow(
+      expect.objectContaining({ code: "INVALID_CONFIG", message: expect.stringContaining(name) }),
+    );
+  });
+  it("takes any count with learn and no LEASE_LIMIT_MAX: the learned limit clamps it", () => {
+    const config = { ...base, limit: 1, reserved: 50, batchMax: 60 };
+    expect(
+      () => new PostgresCoordinator({ sql: admin, pool: "fits", config, learn: { ...learn, limitMax: null } }),
+    ).not.toThrow();
   });
 });
