@@ -101,15 +101,19 @@ function coordination(
   if (!pool.coordinator) return { leases: undefined, operator: undefined };
   const { name, locationHint, learn } = pool;
   const sharded = shardStateFor(pool);
+  // One object (also behind a lease block): its controls, and with LEASE_LIMIT=auto its learning —
+  // a stale one is redone in waitUntil, never on this request's lease.
+  const one = (stub: DurableObjectStub<ConnectionCoordinator>) => {
+    const controls = coordinatorControls(stub, target);
+    if (!learn) return controls;
+    const learning = { ...target, intervalMs: learn.intervalMs };
+    learnWhenStale(stub, learning, name, waitUntil);
+    return { ...controls, learn: () => learnNow(stub, learning) };
+  };
   if (!sharded) {
     const stub = coordinatorStub(env, locationHint, name);
     const leases = new Leases(stub, { pool: name, waitUntil, claimMs: pool.claimMs, outbox: outboxFor(env, pool) });
-    const controls = coordinatorControls(stub, target);
-    if (!learn) return { leases, operator: controls };
-    // LEASE_LIMIT=auto: a stale learning is redone in waitUntil, never on this request's lease.
-    const learning = { ...target, intervalMs: learn.intervalMs };
-    learnWhenStale(stub, learning, name, waitUntil);
-    return { leases, operator: { ...controls, learn: () => learnNow(stub, learning) } };
+    return { leases, operator: one(stub) };
   }
   const stubFor = (i: number) => coordinatorStub(env, locationHint, shardName(name, i, sharded.count));
   const stubs = Array.from({ length: sharded.count }, (_, i) => stubFor(i));
@@ -122,7 +126,7 @@ function coordination(
     pool: name,
     claimMs: pool.claimMs,
   });
-  return { leases, operator: shardedControls(stubs, target) };
+  return { leases, operator: sharded.count === 1 ? one(stubs[0]!) : shardedControls(stubs, target) };
 }
 
 /**
