@@ -142,3 +142,23 @@ describe("the default application_name on Workers", () => {
     expect(a).toBe(poolApplicationName(env.COORDINATOR_DO.idFromName("appname-a").toString()));
   });
 });
+
+describe("a Worker with LEASE_LIMIT=auto behind a lease block", () => {
+  it("learns: a request asks the object in waitUntil, reads the room through Hyperdrive and hands it in", async () => {
+    const stub = await autoObject({ LEASE_HEADROOM: "2", LEASE_BLOCK: "4" });
+    const name = await runInDurableObject(stub, (_instance, state) => state.id.name ?? "");
+    const e: Env = { ...env, LEASE_POOL: name, LEASE_LIMIT: "auto", LEASE_BLOCK: "4" };
+    const ctx = createExecutionContext();
+    const r = await worker.fetch(
+      new Request("http://example.test/api/pitches/trending?limit=1") as Request<unknown, IncomingRequestCfProperties>,
+      e,
+      ctx,
+    );
+    expect(r.status).toBe(200);
+    await waitOnExecutionContext(ctx);
+    const s = await stub.operatorStats();
+    expect(s).toMatchObject({ limitSource: "learned", learnFailure: null });
+    expect(s.learned!.terms.headroom).toBe(2);
+    expect(s.limit).toBe(s.learned!.limit);
+  });
+});
