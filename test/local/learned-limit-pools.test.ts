@@ -252,6 +252,50 @@ describe("two pools with LEASE_LIMIT=auto on one role", () => {
   });
 });
 
+describe("a role that may not write leasegate_learners", () => {
+  it("fails the learning with INVALID_CONFIG saying what to run, and the start limit stays", async () => {
+    const bare = `${role}_bare`;
+    await admin.unsafe(`CREATE ROLE ${bare} LOGIN`);
+    await admin.unsafe(
+      `GRANT SELECT, INSERT, UPDATE, DELETE ON leasegate_pools, leasegate_leases, leasegate_waiters TO ${bare}`,
+    );
+    await admin.unsafe(`GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO ${bare}`);
+    const u = new URL(roleUrl);
+    u.username = bare;
+    try {
+      const p = await localPool(
+        {
+          DATABASE_URL: u.toString(),
+          LEASE_POOL: `pools-${tag}-bare`,
+          LEASE_LIMIT: "auto",
+          LEASE_LEARN_INTERVAL_MS: "3600000",
+        },
+        { driver },
+      );
+      opened.push(p);
+      const r = await p.operator!.learn!();
+      expect(r).toMatchObject({
+        ok: false,
+        code: "INVALID_CONFIG",
+        message: expect.stringContaining("GRANT SELECT, INSERT, UPDATE ON leasegate_learners"),
+      });
+      expect((await p.operator!.stats()) as OperatorStats).toMatchObject({
+        limit: 1,
+        limitSource: "configured",
+        learnFailure: { code: "INVALID_CONFIG" },
+      });
+      await p.close();
+    } finally {
+      opened.splice(0);
+      await admin.unsafe(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '${bare}'`);
+      await admin.unsafe(`REVOKE ALL ON leasegate_pools, leasegate_leases, leasegate_waiters FROM ${bare}`);
+      await admin.unsafe(`REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM ${bare}`);
+      await new Promise((r) => setTimeout(r, 200));
+      await admin.unsafe(`DROP ROLE ${bare}`);
+    }
+  });
+});
+
 describe("a PostgresCoordinator's fixed counts", () => {
   const base = { limit: 4, maxQueue: 10, waitMs: 100, leaseTtlMs: 1000 };
   const learn = { headroom: 2, limitMax: 5, intervalMs: 1000, applicationName: "x" };
