@@ -102,12 +102,14 @@ export async function readRoomCounts(
   // Three intervals: a pool that missed a learning or two is still there; one gone for good
   // leaves the split within half a minute at the default interval.
   const params = [applicationName, Math.min(3 * intervalMs, 86_400_000)];
-  const run = async (text: string, values: unknown[]) =>
-    "unsafe" in db
-      ? ((await db.unsafe(text, values as never[])) as unknown as TermsRow[])
-      : await db.query<TermsRow>(text, values);
-  await ensureLearners(run);
-  const [r] = await run(ROOM_TERMS, params).catch((error: unknown) => Promise.reject(learnersRefused(error)));
+  const [r] = await (async () => {
+    if ("unsafe" in db) {
+      await db.unsafe(LEARNERS);
+      return (await db.unsafe(ROOM_TERMS, params)) as unknown as TermsRow[];
+    }
+    await db.query(LEARNERS);
+    return await db.query<TermsRow>(ROOM_TERMS, params);
+  })().catch((error: unknown) => Promise.reject(learnersRefused(error)));
   return {
     maxConnections: r!.max_connections,
     superuserReserved: r!.superuser_reserved,
@@ -126,14 +128,9 @@ export async function readRoomCounts(
 }
 
 /**
- * Creates the table of pools that learn (`leasegate_learners`) when it is missing; a role that
- * may not create tables fails with `INVALID_CONFIG` saying what to run instead.
+ * A permission error on `leasegate_learners` (the table is created when missing) as what to do
+ * about it: `INVALID_CONFIG` naming the statement and the grant; any other error as it is.
  */
-async function ensureLearners(run: (text: string, values: unknown[]) => Promise<unknown>): Promise<void> {
-  await run(LEARNERS, []).catch((error: unknown) => Promise.reject(learnersRefused(error)));
-}
-
-/** A permission error on `leasegate_learners` as what to do about it; any other error as it is. */
 function learnersRefused(error: unknown): unknown {
   if ((error as { code?: unknown }).code !== "42501") return error;
   return new LeaseError(
