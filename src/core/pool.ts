@@ -11,6 +11,7 @@ import {
   pickNext,
   reservedSlots,
   served,
+  adaptiveFollowsLimit,
 } from "./scheduling.ts";
 import {
   type AcquireOutcome,
@@ -598,6 +599,7 @@ export function reconfigure(state: PoolState, config: PoolConfig, now: number): 
   state.config = validateConfig(config);
   if (!state.config.adaptive) state.adaptive = undefined;
   else if (!wasAdaptive || !state.adaptive) state.adaptive = initialAdaptive(state.config);
+  else adaptiveFollowsLimit(state);
   const fx = noEffects();
   advance(state, now, fx);
   return fx;

@@ -37,6 +37,15 @@ export function reservedSlots(state: PoolState): number {
   return Math.max(0, Math.min(state.config.reserved ?? 0, capacity(state) - 1));
 }
 
+/**
+ * An adaptive limit that has observed no hold yet starts at the limit in force: a limit that moved
+ * before any lease came back (`LEASE_LIMIT=auto`'s first learning lifts the start limit of 1)
+ * carries it along, rather than leaving it to creep up from where it was.
+ */
+export function adaptiveFollowsLimit(state: PoolState): void {
+  if (state.adaptive && state.adaptive.samples === 0) state.adaptive.limit = state.config.limit;
+}
+
 /** Whether a waiter of `priority` may take a slot now. */
 export function eligible(state: PoolState, priority: Priority): boolean {
   // An operator drain: nobody is granted, whatever their class.

@@ -17,7 +17,9 @@ import {
   createPool,
   reconfigure,
   release,
+  restore,
   setLimit,
+  snapshot,
   stats,
 } from "../../src/core/index.ts";
 
@@ -145,6 +147,25 @@ describe("LEASE_LIMIT=auto with the fixed counts", () => {
     expect(config).toMatchObject({ limit: 1, reserved: 3, batchMax: 5, adaptive: { floor: 4 } });
     // Before the first learning the pool has one slot: the reserve leaves it to everyone.
     expect(stats(createPool(config), 0)).toMatchObject({ limit: 1, reserved: 0 });
+  });
+
+  it("LEASE_ADAPTIVE: the first learning lifts the adaptive limit with the start limit of 1, as a restore does", () => {
+    const pool = createPool(configFromEnv({ LEASE_LIMIT: "auto", LEASE_ADAPTIVE: "on" }));
+    reconfigure(pool, { ...pool.config, limit: 20 }, 1);
+    expect(stats(pool, 1)).toMatchObject({ limit: 20, effectiveLimit: 20 });
+    const restored = restore(
+      { ...pool.config, limit: 30 },
+      snapshot(createPool(configFromEnv({ LEASE_LIMIT: "auto", LEASE_ADAPTIVE: "on" }))),
+      [],
+    );
+    expect(stats(restored, 1)).toMatchObject({ limit: 30, effectiveLimit: 30 });
+    // Once it has observed holds, the adaptive limit is its own: a raise lets it probe upward.
+    const lease = acquire(pool, { leaseId: "a", holder: "h" }, 2).outcome;
+    if (lease.status !== "granted") throw new Error(lease.status);
+    release(pool, { leaseId: "a", fence: lease.lease.fence }, 50);
+    const observed = pool.adaptive!.limit;
+    reconfigure(pool, { ...pool.config, limit: 40 }, 60);
+    expect(pool.adaptive!.limit).toBe(observed);
   });
 
   it("the adaptive floor defaults to a quarter of LEASE_LIMIT_MAX, else 1", () => {
