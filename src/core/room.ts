@@ -3,7 +3,7 @@
  * query reads (max_connections, reserved slots, the role's and the database's `CONNECTION LIMIT`,
  * the connections others hold now). Pure: the shell runs the query and passes the terms.
  */
-import { LeaseError, expected } from "./errors.ts";
+import { ErrorCodes, LeaseError, expected } from "./errors.ts";
 import type { Failure, Result } from "./protocol.ts";
 
 /** What the learning query read, plus the two settings that shape the result. */
@@ -128,12 +128,13 @@ export function checkReading(
       throw new LeaseError("INVALID_ARGUMENT", expected("reading.counts", "an object of room counts", reading.counts));
     return { ok: true, counts: reading.counts };
   }
-  if (typeof reading.code !== "string" || typeof reading.message !== "string")
+  // A stable code (what a database error becomes): anything else is no failure this library names.
+  if (!(ErrorCodes as readonly unknown[]).includes(reading.code) || typeof reading.message !== "string")
     throw new LeaseError(
       "INVALID_ARGUMENT",
-      expected("reading", "a failure with a string `code` and `message`", reading),
+      expected("reading", "a failure with one of leasegate's error codes and a string `message`", reading),
     );
-  const failure = { at: now, code: reading.code.slice(0, 64), message: reading.message.slice(0, 500) };
+  const failure = { at: now, code: reading.code, message: reading.message.slice(0, 500) };
   return { ok: false, failure, answer: { ok: false, code: reading.code, message: failure.message } };
 }
 

@@ -118,6 +118,7 @@ describe("a coordinator object with LEASE_LIMIT=auto", () => {
     ["counts missing", { ok: true }],
     ["a count that is not a count", { ok: true, counts: { ...counts, othersOnServer: -1 } }],
     ["a failure without a code", { ok: false, message: "x" }],
+    ["a failure with a code leasegate does not have", { ok: false, code: "x".repeat(5000), message: "x" }],
   ])("refuses a reading with %s (INVALID_ARGUMENT), state unchanged", async (_, reading) => {
     const stub = await autoObject({});
     const r = await stub.learnLimit(reading as never);
