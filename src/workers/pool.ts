@@ -4,7 +4,7 @@ import { ReleaseOutbox } from "../client/outbox.ts";
 import { type IsolateShards, ShardedLeases, createIsolateShards, shardName } from "../client/sharded-leases.ts";
 import { LeaseError, type PoolSettings } from "../core/index.ts";
 import { CircuitBreaker } from "../db/circuit-breaker.ts";
-import { type SettingsEnv, settingsFromEnv, withPoolApplicationName } from "../db/config.ts";
+import { type DatabaseConfig, type SettingsEnv, settingsFromEnv, withPoolApplicationName } from "../db/config.ts";
 import { type DriverModule, bindDriver, targetOf } from "../db/driver.ts";
 import { Database, retryBudgetFor } from "../db/database.ts";
 import type { RetryBudget } from "../db/retry-budget.ts";
@@ -70,6 +70,9 @@ function shardStateFor(pool: PoolSettings): IsolateShards | undefined {
  * every request cost about as much CPU as the request's lease calls (measured under P3's load).
  */
 const coordinatorIds = new WeakMap<DurableObjectNamespace, Map<string, DurableObjectId>>();
+
+/** The database config of each pool, with its own `application_name`, kept per parsed settings (per env). */
+const named = new WeakMap<DatabaseConfig, Map<string, DatabaseConfig>>();
 
 /** What names a pool among every deployment on a server: its coordinator object's id (its name without a namespace). */
 function poolIdentity(env: WorkerPoolEnv, name: string): string {
@@ -162,7 +165,11 @@ export function workerPool<Client>(
   const { name } = pool;
   // Without APPLICATION_NAME, the pool's connections carry a name of its own: the coordinator
   // object's id is unique to this namespace (this deployment) and pool name.
-  const config = withPoolApplicationName(settings.database, env, poolIdentity(env, name));
+  const config = kept(
+    kept(named, settings.database, () => new Map<string, DatabaseConfig>()),
+    name,
+    () => withPoolApplicationName(settings.database, env, poolIdentity(env, name)),
+  );
   const waitUntil = (p: Promise<unknown>) => ctx.waitUntil(p);
   const guards = kept(isolate, name, () => ({
     breaker: new CircuitBreaker(name, config.breaker),
