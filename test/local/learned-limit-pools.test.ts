@@ -208,7 +208,8 @@ describe("two pools with LEASE_LIMIT=auto on one role", () => {
     await admin.unsafe(`ALTER ROLE ${role} CONNECTION LIMIT 12`);
     const others: postgres.Sql[] = [];
     try {
-      const p = await autoPool(0, { LEASE_RESERVED: "4", LEASE_BATCH_MAX: "2" });
+      // A pool of its own: a learning the last test's pool had in flight when it closed lands in that pool's row.
+      const p = await autoPool(0, { LEASE_POOL: `pools-${tag}-reserve`, LEASE_RESERVED: "4", LEASE_BATCH_MAX: "2" });
       // Alone on the role: 12 − its own 3 − headroom 2 = 7, 4 of them reserved for critical callers.
       // (The registrations of the last test's pools lapse within three intervals.)
       const { value: s } = await until(
