@@ -168,6 +168,8 @@ export class PostgresCoordinator implements CoordinatorBackend {
   #lastState: PoolState | undefined;
   readonly #learn: (LearnSettings & { applicationName: string }) | null;
   #learnTimer: ReturnType<typeof setInterval> | undefined;
+  /** The timer's learnings in flight. */
+  readonly #learning = new Set<Promise<void>>();
   /** This process's last failed learning, when even noting it in the pool's row failed. */
   #learnFailure: LearnFailure | null = null;
 
@@ -284,7 +286,13 @@ export class PostgresCoordinator implements CoordinatorBackend {
 
   /** One learning of the interval timer: a failure keeps the last learned limit and is noted. */
   async #learnQuietly(force: boolean): Promise<void> {
-    await this.#learnNow(force).catch(() => {});
+    const learning = this.#learnNow(force).then(
+      () => {},
+      () => {},
+    );
+    this.#learning.add(learning);
+    await learning;
+    this.#learning.delete(learning);
   }
 
   async #learnNow(force: boolean): Promise<LearnedLimit | null> {
@@ -580,6 +588,8 @@ export class PostgresCoordinator implements CoordinatorBackend {
     this.#closed = true;
     this.#timer.clear();
     clearInterval(this.#learnTimer);
+    // A learning in flight ends before close does: a closed coordinator writes no limit after it.
+    await Promise.all(this.#learning);
     const ids = this.#waiters.ids();
     for (const id of ids) this.#waiters.settle(id, CLOSED);
     if (ids.length > 0 && this.#ready) {
