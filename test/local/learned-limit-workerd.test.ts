@@ -1,8 +1,8 @@
 /**
  * `LEASE_LIMIT=auto` on Workers, in real workerd: the pitches Worker under `wrangler dev` (the
  * coordinator Durable Object, Hyperdrive's local mode) in front of a private Postgres cluster with
- * `max_connections` 16. Requests learn the limit in `waitUntil`; other clients come and go. Reserved
- * slots (`LEASE_RESERVED=2`) run under the learned limit.
+ * `max_connections` 16. Requests learn the limit in `waitUntil`; other clients come and go. The lease
+ * block (`LEASE_BLOCK=4`) and reserved slots (`LEASE_RESERVED=2`) run under the learned limit.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -58,7 +58,8 @@ beforeAll(async () => {
     LEASE_LEARN_INTERVAL_MS: String(INTERVAL_MS),
     LEASE_WAIT_MS: "10000",
     LEASE_POOL: "learned",
-    // Reserved slots compose with a learned limit (a fixed count clamped to it).
+    // The lease block and reserved slots compose with a learned limit (a fixed count clamped to it).
+    LEASE_BLOCK: "4",
     LEASE_RESERVED: "2",
     APPLICATION_NAME: APP,
     SLOW_QUERY_MS: "60000",
