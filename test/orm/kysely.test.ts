@@ -128,6 +128,25 @@ describe.each([
 });
 
 describe("LeasedDialect's connections end with their deadline", () => {
+  it("cancels a single query at the deadline and answers DEADLINE_EXCEEDED, not the driver's cancel", async () => {
+    const { pool, db } = await open(pgDriver as DriverModule<unknown>);
+    const deadlined = new Kysely<Database>({ dialect: new LeasedDialect({ pool, deadlineMs: 800 }) });
+    try {
+      const marker = "pg_sleep(5) /* kysely-query-deadline */";
+      const error = await sql
+        .raw(`SELECT ${marker}`)
+        .execute(deadlined)
+        .catch((e: unknown) => e);
+      expect(codeOf(error)).toBe("DEADLINE_EXCEEDED");
+      await s.sampler.until((x) => x.local > Date.now() - 1 && !x.backends.some((b) => b.query.includes(marker)), 3000);
+      await expect.poll(async () => (await pool.operator!.stats()).held, { timeout: 3000 }).toBe(0);
+    } finally {
+      await deadlined.destroy();
+      await db.destroy();
+      await pool.close();
+    }
+  });
+
   it("cancels a transaction's statement at the deadline, answers DEADLINE_EXCEEDED, and its backend is gone", async () => {
     const { pool, db } = await open(postgresDriver as DriverModule<postgres.Sql>);
     const deadlined = new Kysely<Database>({ dialect: new LeasedDialect({ pool, deadlineMs: 800 }) });
