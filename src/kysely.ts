@@ -1,5 +1,5 @@
 /**
- * leasegate for Kysely (`npm install kysely`, 0.28 or later): a dialect whose every connection is
+ * leasegate for Kysely (`npm install kysely`, 0.29): a dialect whose every connection is
  * paid for by one lease of a leased pool (`workerPool`, `localPool`), on whichever driver the pool
  * was given (postgres.js, node-postgres, Neon). This entry imports `kysely` and no driver.
  *

@@ -1,4 +1,4 @@
-import { type Generated, Kysely, sql } from "kysely";
+import { type Generated, Kysely, isAbortedTransactionError, sql } from "kysely";
 import type postgres from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { LocalPool } from "../../local/pool.ts";
@@ -117,6 +117,31 @@ describe.each([
     expect((await pool.operator!.stats()).held).toBe(0);
     const rows = await db.selectFrom("kysely_notes").select("id").where("body", "=", marker).execute();
     expect(rows).toEqual([]);
+  });
+
+  it("throws Kysely's AbortedTransactionError for a COMMIT the database answered with ROLLBACK", async () => {
+    const marker = `aborted-${Date.now()}-${Math.random()}`;
+    const error = await db
+      .transaction()
+      .execute(async (trx) => {
+        await trx.insertInto("kysely_notes").values({ body: marker }).execute();
+        // The app swallows a failed statement; the transaction is aborted all the same.
+        await sql`SELECT * FROM kysely_no_such_table`.execute(trx).catch(() => {});
+      })
+      .catch((e: unknown) => e);
+    expect(isAbortedTransactionError(error)).toBe(true);
+    expect(await db.selectFrom("kysely_notes").select("id").where("body", "=", marker).execute()).toEqual([]);
+    expect((await pool.operator!.stats()).held).toBe(0);
+  });
+
+  it("streams rows in chunks", async () => {
+    const rows: number[] = [];
+    for await (const row of db
+      .selectFrom(sql<{ n: number }>`(SELECT generate_series(1, 5) AS n)`.as("s"))
+      .select("s.n")
+      .stream(2))
+      rows.push(Number(row.n));
+    expect(rows).toEqual([1, 2, 3, 4, 5]);
   });
 
   it("fails a statement with the driver's own error, and still closes and releases", async () => {
