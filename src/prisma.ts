@@ -92,7 +92,7 @@ function leasedPgPool(pool: SqlPool<PgQueryClient>, calls: CallOptions): pg.Pool
   return Object.assign(leased, {
     query: (config: unknown, values?: unknown) =>
       pool
-        .sql((client) => client.query(config, values), calls)
+        .sql((client) => pgClient(client).query(config, values), calls)
         .catch((error: unknown) => {
           throw forPrisma(error);
         }),
@@ -100,7 +100,13 @@ function leasedPgPool(pool: SqlPool<PgQueryClient>, calls: CallOptions): pg.Pool
       const held = await holdConnection(pool, calls).catch((error: unknown) => {
         throw forPrisma(error);
       });
-      const { client } = held;
+      let client: PgQueryClient;
+      try {
+        client = pgClient(held.client);
+      } catch (error) {
+        await held.release();
+        throw error;
+      }
       const query = async (config: unknown, values?: unknown) => {
         const stopped = held.stopped();
         if (stopped) throw forPrisma(stopped);
@@ -122,6 +128,17 @@ function leasedPgPool(pool: SqlPool<PgQueryClient>, calls: CallOptions): pg.Pool
     // The pool opens nothing of its own; the leased connections are closed with their leases.
     end: async () => {},
   });
+}
+
+// The pool's driver must hand out node-postgres clients: Prisma's adapter speaks their API.
+function pgClient(client: PgQueryClient): PgQueryClient {
+  const c = client as Partial<PgQueryClient> | null;
+  if (typeof c?.query === "function" && typeof c.on === "function" && typeof c.removeListener === "function")
+    return client;
+  throw new LeaseError(
+    "INVALID_CONFIG",
+    'leasegate/prisma runs on node-postgres clients: give the pool `driver` from "leasegate/pg"',
+  );
 }
 
 /**

@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type LocalPool, localPool } from "../../local/pool.ts";
 import type { DriverModule } from "../../src/db/driver.ts";
 import { driver as pgDriver } from "../../src/drivers/pg.ts";
+import { driver as postgresDriver } from "../../src/drivers/postgres.ts";
 import { errorResponse } from "../../src/http/respond.ts";
 import { type PgQueryClient, leaseErrorOf, leasedAdapter } from "../../src/prisma.ts";
 import { type Scene, codeOf, isTooMany, leasedDriver, poolEnv, scene, sleep } from "../limit/harness.ts";
@@ -130,6 +131,21 @@ describe("leasedAdapter with a generated Prisma client on Node", () => {
       await expect.poll(async () => (await pool.operator!.stats()).held, { timeout: 3000 }).toBe(0);
     } finally {
       await short.$disconnect();
+    }
+  });
+
+  it("refuses a pool on a driver whose clients Prisma's adapter cannot speak, with INVALID_CONFIG", async () => {
+    const other = await localPool(poolEnv(s.pool, { LEASE_LIMIT: "3" }), {
+      driver: leasedDriver(s.role.url, s.log, postgresDriver as DriverModule<unknown>),
+    });
+    const client = new PrismaClient({ adapter: leasedAdapter(other as unknown as LocalPool<PgQueryClient>) });
+    try {
+      const error = await client.note.count({ where: { body: "x" } }).catch((e: unknown) => e);
+      expect(leaseErrorOf(error)?.code).toBe("INVALID_CONFIG");
+      expect((await other.operator!.stats()).held).toBe(0);
+    } finally {
+      await client.$disconnect();
+      await other.close();
     }
   });
 
