@@ -28,22 +28,13 @@ import {
 } from "kysely";
 import { LeaseError } from "./core/index.ts";
 import type { CallOptions } from "./db/database.ts";
-import { type HeldConnection, type SqlPool, holdConnection } from "./orm/held.ts";
+import { type HeldConnection, type LeaseOptions, type SqlPool, callOptionsOf, holdConnection } from "./orm/held.ts";
 import { type RunStatement, type StatementResult, statementsOn } from "./orm/statement.ts";
 
 /** What {@link LeasedDialect} is given: the pool, and how each connection's lease is asked for. */
-export interface LeasedDialectConfig<Client = unknown> {
+export interface LeasedDialectConfig<Client = unknown> extends LeaseOptions {
   /** The pool whose leases pay for the connections: `workerPool(env, ctx, { driver })` or `localPool(env)`. */
   pool: SqlPool<Client>;
-  /** Who holds the leases, shown to operators (a request id, `GET /notes`). Default `sql`. */
-  holder?: string | undefined;
-  /** Queue deadline for each lease, ms. Default: the pool's (`LEASE_WAIT_MS`). */
-  waitMs?: number | undefined;
-  /**
-   * Budget of each connection, ms, from the acquire to the release: past it the running statement
-   * is cancelled, the connection closed and the slot given back. Default: the pool's (`DB_DEADLINE_MS`).
-   */
-  deadlineMs?: number | undefined;
 }
 
 /**
@@ -61,7 +52,8 @@ export interface LeasedDialectConfig<Client = unknown> {
  * const notes = await db.selectFrom("notes").selectAll().execute();
  */
 export class LeasedDialect implements Dialect {
-  readonly #config: LeasedDialectConfig;
+  readonly #pool: SqlPool<unknown>;
+  readonly #calls: CallOptions;
 
   constructor(config: LeasedDialectConfig) {
     if (typeof config?.pool?.sql !== "function")
@@ -69,11 +61,12 @@ export class LeasedDialect implements Dialect {
         "INVALID_ARGUMENT",
         "LeasedDialect needs `{ pool }`: a leased pool from `workerPool(env, ctx, { driver })` or `localPool(env)`",
       );
-    this.#config = config;
+    this.#pool = config.pool;
+    this.#calls = callOptionsOf(config);
   }
 
   createDriver(): Driver {
-    return new LeasedDriver(this.#config);
+    return new LeasedDriver(this.#pool, this.#calls);
   }
 
   createQueryCompiler(): QueryCompiler {
@@ -136,18 +129,18 @@ class LeasedConnection implements DatabaseConnection {
 
 /** Kysely's driver over a leased pool: acquire = a lease and a fresh connection, release = close then give back. */
 class LeasedDriver implements Driver {
-  readonly #config: LeasedDialectConfig;
-  readonly #options: CallOptions;
+  readonly #pool: SqlPool<unknown>;
+  readonly #calls: CallOptions;
 
-  constructor(config: LeasedDialectConfig) {
-    this.#config = config;
-    this.#options = { holder: config.holder, waitMs: config.waitMs, deadlineMs: config.deadlineMs };
+  constructor(pool: SqlPool<unknown>, calls: CallOptions) {
+    this.#pool = pool;
+    this.#calls = calls;
   }
 
   async init(): Promise<void> {}
 
   async acquireConnection(): Promise<DatabaseConnection> {
-    const held = await holdConnection(this.#config.pool, this.#options);
+    const held = await holdConnection(this.#pool, this.#calls);
     try {
       return new LeasedConnection(held);
     } catch (error) {

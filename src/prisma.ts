@@ -9,10 +9,10 @@
  */
 import { PrismaPg } from "@prisma/adapter-pg";
 import pg from "pg";
-import { LeaseError, isLeaseError } from "./core/index.ts";
+import { LeaseError, expected, isLeaseError } from "./core/index.ts";
 import type { CallOptions } from "./db/database.ts";
 import { sqlState } from "./db/errors.ts";
-import { type SqlPool, holdConnection } from "./orm/held.ts";
+import { type LeaseOptions, type SqlPool, callOptionsOf, holdConnection } from "./orm/held.ts";
 
 /** What the adapter needs of the pool's driver client: node-postgres's `pg.Client` (`leasegate/pg`). */
 export interface PgQueryClient {
@@ -24,18 +24,11 @@ export interface PgQueryClient {
 /** A Prisma driver adapter factory, as `new PrismaClient({ adapter })` takes it. */
 export type LeasedAdapter = Pick<PrismaPg, "provider" | "adapterName" | "connect">;
 
-/** How the adapter's leases are asked for, and what it passes to `PrismaPg`. */
-export interface LeasedAdapterOptions {
-  /** Who holds the leases, shown to operators (a request id, `GET /notes`). Default `sql`. */
-  holder?: string | undefined;
-  /** Queue deadline for each lease, ms. Default: the pool's (`LEASE_WAIT_MS`). */
-  waitMs?: number | undefined;
-  /**
-   * Budget of each query or interactive transaction, ms, from the acquire to the release: past it
-   * the running statement is cancelled, the connection closed and the slot given back. Default:
-   * the pool's (`DB_DEADLINE_MS`).
-   */
-  deadlineMs?: number | undefined;
+/**
+ * How the adapter's leases are asked for (`deadlineMs`: the budget of each query or interactive
+ * transaction), and what it passes to `PrismaPg`.
+ */
+export interface LeasedAdapterOptions extends LeaseOptions {
   /** The Postgres schema of the models (`PrismaPg`'s `schema`). Default: the connection's search path. */
   schema?: string | undefined;
 }
@@ -46,9 +39,10 @@ export interface LeasedAdapterOptions {
  * interactive transaction (`$transaction(async (tx) => …)`, and a batch `$transaction([…])`)
  * holds one lease and one connection from BEGIN to COMMIT or ROLLBACK. Overload reaches the caller
  * as a Prisma error whose `code` is leasegate's (`QUEUE_FULL`, `ACQUIRE_TIMEOUT`, …), answered 503
- * with `Retry-After` by `errorResponse(leaseErrorOf(error) ?? error)`; a statement the database refused reaches Prisma as the driver's error, so
- * Prisma's own codes (`P2002`, …) stand. Build the client per request on Workers (the pool is
- * per request), once per process on Node.
+ * with `Retry-After` by `errorResponse(leaseErrorOf(error) ?? error)`; a statement the database
+ * refused reaches Prisma as the driver's error, so Prisma's own codes (`P2002`, …) stand. Bad
+ * options throw `INVALID_ARGUMENT`. Build the client per request on Workers (the pool is per
+ * request), once per process on Node.
  *
  * @example
  * const prisma = new PrismaClient({ adapter: leasedAdapter(workerPool(env, ctx, { driver })) });
@@ -60,7 +54,9 @@ export function leasedAdapter(pool: SqlPool<PgQueryClient>, options: LeasedAdapt
       "INVALID_ARGUMENT",
       'leasedAdapter needs a leased pool on the node-postgres driver: `workerPool(env, ctx, { driver })` with `driver` from "leasegate/pg"',
     );
-  const calls: CallOptions = { holder: options.holder, waitMs: options.waitMs, deadlineMs: options.deadlineMs };
+  const calls = callOptionsOf(options);
+  if (options.schema !== undefined && typeof options.schema !== "string")
+    throw new LeaseError("INVALID_ARGUMENT", expected("schema", "a string", options.schema));
   const leased = leasedPgPool(pool, calls);
   const factory = new PrismaPg(leased, options.schema === undefined ? undefined : { schema: options.schema });
   return {

@@ -4,11 +4,40 @@
  * `connect`/`release` under Prisma's transactions) needs of a leased pool, whose own `sql(fn)`
  * holds the lease only while `fn` runs.
  */
+import { BOUNDS, LeaseError, checkInt, expected } from "../core/index.ts";
 import type { CallOptions } from "../db/database.ts";
 import type { LeasedPool } from "../db/pool.ts";
 
 /** What a hold needs of a pool (`workerPool`, `localPool`): its `sql`, one fresh connection under one lease. */
 export type SqlPool<Client> = Pick<LeasedPool<Client>, "sql">;
+
+/** How an ORM front door asks for its leases: who holds them, the queue's deadline, each connection's budget. */
+export interface LeaseOptions {
+  /** Who holds the leases, shown to operators (a request id, `GET /notes`). Default `sql`. */
+  holder?: string | undefined;
+  /** Queue deadline for each lease, ms. Default: the pool's (`LEASE_WAIT_MS`). */
+  waitMs?: number | undefined;
+  /**
+   * Budget of each connection, ms, from the acquire to the release: past it the running statement
+   * is cancelled, the connection closed and the slot given back. Default: the pool's (`DB_DEADLINE_MS`).
+   */
+  deadlineMs?: number | undefined;
+}
+
+/**
+ * The pool's call options of `options`, checked: a bad value throws `INVALID_ARGUMENT` naming it.
+ *
+ * @example
+ * const calls = callOptionsOf({ holder: "GET /notes", waitMs: 2000 });
+ */
+export function callOptionsOf(options: LeaseOptions): CallOptions {
+  const { holder, waitMs, deadlineMs } = options;
+  if (holder !== undefined && typeof holder !== "string")
+    throw new LeaseError("INVALID_ARGUMENT", expected("holder", "a string", holder));
+  if (waitMs !== undefined) checkInt("waitMs", waitMs, 0, BOUNDS.waitMs);
+  if (deadlineMs !== undefined) checkInt("deadlineMs", deadlineMs, 1, BOUNDS.waitMs);
+  return { holder, waitMs, deadlineMs };
+}
 
 /** A connection under a lease, held until {@link HeldConnection.release}. */
 export interface HeldConnection<Client> {

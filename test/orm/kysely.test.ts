@@ -8,6 +8,7 @@ import { driver as pgDriver } from "../../src/drivers/pg.ts";
 import { driver as postgresDriver } from "../../src/drivers/postgres.ts";
 import { errorResponse } from "../../src/http/respond.ts";
 import { LeasedDialect } from "../../src/kysely.ts";
+import { leasedAdapter } from "../../src/prisma.ts";
 import { type Scene, codeOf, isTooMany, leasedDriver, poolEnv, scene, sleep } from "../limit/harness.ts";
 
 // Kysely on the local adapter against the real Postgres: the leased connections log in as a role
@@ -149,6 +150,33 @@ describe.each([
     await expect(sql`SELECT * FROM kysely_no_such_table`.execute(db)).rejects.toMatchObject({ code: "42P01" });
     expect((await granted(pool)) - before).toBe(1);
     expect((await pool.operator!.stats()).held).toBe(0);
+  });
+});
+
+describe("LeasedDialect and leasedAdapter check their options", () => {
+  const pool = { sql: async () => undefined } as unknown as LocalPool<never>;
+  it.each([
+    [{ waitMs: -1 }, "waitMs"],
+    [{ waitMs: 1.5 }, "waitMs"],
+    [{ deadlineMs: 0 }, "deadlineMs"],
+    [{ holder: 7 as unknown as string }, "holder"],
+  ])("refuses %o with INVALID_ARGUMENT naming %s", (options, name) => {
+    for (const make of [() => new LeasedDialect({ pool, ...options }), () => leasedAdapter(pool, options)]) {
+      const error = (() => {
+        try {
+          make();
+        } catch (e) {
+          return e;
+        }
+      })();
+      expect(error).toMatchObject({ code: "INVALID_ARGUMENT" });
+      expect((error as Error).message).toContain(`\`${name}\``);
+    }
+  });
+
+  it("refuses a missing pool with INVALID_ARGUMENT", () => {
+    expect(() => new LeasedDialect({} as never)).toThrow(expect.objectContaining({ code: "INVALID_ARGUMENT" }));
+    expect(() => leasedAdapter(undefined as never)).toThrow(expect.objectContaining({ code: "INVALID_ARGUMENT" }));
   });
 });
 
