@@ -134,6 +134,23 @@ describe("lease block in workerd: a slot is never stranded", () => {
   });
 });
 
+describe("lease block in workerd: a renewed lease", () => {
+  it("keeps its generation and its new end: not reaped while renewed, released by its holder", async () => {
+    const { stub, isolate, client, pending } = freshBlock(1);
+    const lease = await client().acquire({ ttlMs: 300 });
+    const renewed = await client().renew(lease, 30_000);
+    expect(renewed.generation).toBe(lease.generation);
+    await sleep(400);
+    // Past the end it was granted with: a call reaps, and the renewed lease stays in use.
+    await expect(client().acquire({ waitMs: 0 })).rejects.toMatchObject({ code: "ACQUIRE_TIMEOUT" });
+    expect(isolate.block?.inUse.size).toBe(1);
+    await client().release(renewed);
+    expect(isolate.block?.inUse.size).toBe(0);
+    for (let i = 0; i < 50 && (await stub().stats()).held > 0; i++) await Promise.all([sleep(20), ...pending]);
+    expect((await stub().stats()).held).toBe(0);
+  });
+});
+
 describe("lease block in workerd: global order held within the bound", () => {
   it("a stream of one-at-a-time requests does not reuse its lease past ~50 ms while callers wait at the coordinator", async () => {
     const { stub, client, pending } = freshBlock(2, 20);
