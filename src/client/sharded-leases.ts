@@ -422,10 +422,11 @@ export class ShardedLeases implements LeaseClient {
     }
     if (!result.ok) throw new LeaseError(result.code, result.message, { retryAfterMs: result.retryAfterMs });
     const block = this.#o.isolate.block;
-    if (!block || generation === undefined) return { ...result.lease, shard };
-    // A block lease's holder keeps it alive: the block counts its new end, and it keeps its generation.
-    this.#perform(renewed(block, generation, sentAt + validFor(result.lease, ttlMs), Date.now()));
-    return { ...result.lease, shard, generation };
+    const fresh: ShardedGrant = { ...result.lease, shard };
+    if (!block || generation === undefined) return fresh;
+    // A block lease's holder keeps it alive: the block keeps the renewed lease and its new end.
+    this.#perform(renewed(block, generation, fresh, sentAt + validFor(result.lease, ttlMs), Date.now()));
+    return { ...fresh, generation };
   }
 
   /**

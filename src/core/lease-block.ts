@@ -277,16 +277,24 @@ export function finished<L>(s: BlockState<L>, generation: number, now: number): 
 }
 
 /**
- * Hand-on `generation`'s lease was renewed: it now ends at `endsAt` (the renewal's send time plus
- * its `validForMs`), so it is not reaped while its holder keeps it alive.
+ * Hand-on `generation`'s lease was renewed: the block keeps the renewed `lease` (its new expiry and
+ * proof go out with its release or next hand-on) and its new end, `endsAt` (the renewal's send time
+ * plus its `validForMs`), so it is not reaped while its holder keeps it alive.
  *
  * @example
- * for (const fx of renewed(block, lease.generation, sentAt + validFor(renewedLease), now)) perform(fx);
+ * for (const fx of renewed(block, lease.generation, renewedLease, sentAt + validFor(renewedLease), now)) perform(fx);
  */
-export function renewed<L>(s: BlockState<L>, generation: number, endsAt: number, now: number): BlockEffect<L>[] {
+export function renewed<L>(
+  s: BlockState<L>,
+  generation: number,
+  lease: L,
+  endsAt: number,
+  now: number,
+): BlockEffect<L>[] {
   const hand = s.inUse.get(generation);
-  if (hand !== undefined && now < hand.life.endsAt)
-    hand.life = { ...hand.life, endsAt: Math.max(hand.life.endsAt, endsAt) };
+  if (hand !== undefined && now < hand.life.endsAt) {
+    s.inUse.set(generation, { lease, life: { ...hand.life, endsAt: Math.max(hand.life.endsAt, endsAt) } });
+  }
   return reap(s, now);
 }
 

@@ -201,9 +201,10 @@ describe("lease block: nothing stranded (reaped on every call)", () => {
 
   it("a renewal moves a lease's end: it is not reaped while its holder keeps it alive", () => {
     const { block, hands, now } = run(vanished);
-    renewed(block, hands.get("r1")!, 500, now);
+    renewed(block, hands.get("r1")!, "L1-renewed", 500, now);
     expect(reap(block, 150).filter((f) => f.kind === "acquire")).toHaveLength(1);
-    expect([...block.inUse.values()].map((h) => h.lease)).toEqual(["L1"]);
+    // The renewed lease (its new expiry and proof) is what goes out next.
+    expect([...block.inUse.values()].map((h) => h.lease)).toEqual(["L1-renewed"]);
   });
 
   it("a holder's release past its lease's end sends it back, never hands it on", () => {
@@ -540,7 +541,7 @@ describe("lease block: invariants under any interleaving", () => {
               const [generation, r] = running.entries().next().value!;
               const life = ends.get(r.lease)!;
               if (now < life.endsAt) ends.set(r.lease, { ...life, endsAt: Math.max(life.endsAt, now + 100) });
-              apply(renewed(b, generation, now + 100, now), false);
+              apply(renewed(b, generation, r.lease, now + 100, now), false);
             } else if (o === "reap") apply(reap(b, now), false);
             else if (o === "abandon" && b.waiting.length > 0) {
               const id = b.waiting[grants % b.waiting.length]!.id;
