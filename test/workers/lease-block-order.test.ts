@@ -99,6 +99,9 @@ describe("lease block in workerd: a slot is never shared", () => {
     // A releases again, then a copy of its lease arrives late: B still holds the slot, C gets nothing.
     await expect(client().release(a)).rejects.toMatchObject({ code: "LEASE_NOT_FOUND" });
     await expect(client().release({ ...a })).rejects.toMatchObject({ code: "LEASE_NOT_FOUND" });
+    // Without its generation (a copy that lost it), a block lease is not sent to the coordinator either.
+    const { generation: _, ...bare } = a;
+    await expect(client().release(bare)).rejects.toMatchObject({ code: "LEASE_NOT_FOUND" });
     expect(await settled(c)).toBe(false);
     expect((await stub().stats()).held).toBe(1);
     // B's own release hands it on.
