@@ -158,6 +158,7 @@ export function workerPool<Client>(
     connect: (applicationName: string) => driver.connect({ ...targetOf(config), applicationName }),
     applicationName: config.applicationName,
     enforce: pool.enforce,
+    pooler: config.pooler,
   };
   const { leases, operator } = coordination(env, pool, waitUntil, target);
   const bound = bindDriver(driver, config);
