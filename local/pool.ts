@@ -14,6 +14,7 @@ import { enforceLedger } from "../src/db/enforce.ts";
 import { toDatabaseError } from "../src/db/errors.ts";
 import { type LeasedPool, leasedSql } from "../src/db/pool.ts";
 import { controlsOf } from "../src/http/operator.ts";
+import type { LeaseTracer } from "../src/tracing.ts";
 import { PostgresCoordinator } from "./postgres-coordinator.ts";
 
 /**
@@ -54,7 +55,7 @@ export interface LocalPool<Client = unknown> extends LeasedPool<Client> {
  */
 export async function localPool<Client = unknown>(
   env: LocalPoolEnv,
-  options: { driver?: DriverModule<Client> } = {},
+  options: { driver?: DriverModule<Client>; tracer?: LeaseTracer | undefined } = {},
 ): Promise<LocalPool<Client>> {
   const settings = settingsFromEnv(env.DATABASE_URL ? env : { ...env, DATABASE_URL: DEFAULT_DATABASE_URL });
   const { name } = settings.pool;
@@ -87,7 +88,7 @@ export async function localPool<Client = unknown>(
     await coordinator.ready();
   }
   const leases: LeaseClient | undefined =
-    coordinator && new Leases(coordinator, { pool: name, claimMs: settings.pool.claimMs });
+    coordinator && new Leases(coordinator, { pool: name, claimMs: settings.pool.claimMs, tracer: options.tracer });
   // Reconciliation's counts; with LEASE_ENFORCE=terminate it also terminates the tagged backends
   // whose lease is no longer held (the held leases read first: see `enforceLedger`).
   const observe = async (c: PostgresCoordinator, sql: Sql): Promise<ConnectionCounts> => {

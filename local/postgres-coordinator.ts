@@ -380,7 +380,7 @@ export class PostgresCoordinator implements CoordinatorBackend {
     }
     if (decided.kind === "result") this.#waiters.settle(leaseId, decided.result);
     else if (decided.kind === "queued") {
-      this.#waiters.queued(leaseId, decided.deadline);
+      this.#waiters.queued(leaseId, decided.deadline, decided.position);
       this.#rearm();
     }
     return await answer;
