@@ -9,6 +9,7 @@
  * runs so the work's own spans (queries) nest under it.
  */
 import type { LeaseGrant } from "./core/protocol.ts";
+import type { PoolStats } from "./core/types.ts";
 
 /** An attribute value as OpenTelemetry takes it. */
 export type TraceValue = string | number | boolean;
@@ -139,4 +140,82 @@ export function watchLease(tracer: LeaseTracer | undefined, pool: string, now: (
       held = undefined;
     },
   };
+}
+
+/** An instrument OpenTelemetry's meter made, passed back to it as is. */
+export type LeaseInstrument = object;
+
+/** The part of an OpenTelemetry `Meter` leasegate calls: pass `metrics.getMeter("my-app")`. */
+export interface LeaseMeter {
+  createObservableGauge(name: string, options?: { description?: string; unit?: string }): LeaseInstrument;
+  createObservableCounter(name: string, options?: { description?: string; unit?: string }): LeaseInstrument;
+  addBatchObservableCallback(
+    callback: (observer: {
+      observe(instrument: never, value: number, attributes?: Record<string, TraceValue>): void;
+    }) => Promise<void> | void,
+    instruments: never[],
+  ): void;
+}
+
+/** The pool stats a metric reads, by the instrument's name: the same figures `/__coordinator/metrics` exposes. */
+const GAUGES = [
+  ["leasegate.limit", "{lease}", "Slots in the pool: leases that may be held at once.", (s) => s.limit],
+  ["leasegate.held", "{lease}", "Leases held now.", (s) => s.held],
+  ["leasegate.waiting", "{request}", "Callers queued for a slot now.", (s) => s.waiting],
+  ["leasegate.oldest_wait", "s", "Age of the oldest queued caller (0 when none waits).", (s) => s.maxWaitMs / 1000],
+  ["leasegate.paused", "1", "1 while an operator has paused granting (drain), else 0.", (s) => (s.paused ? 1 : 0)],
+] as const satisfies ReadonlyArray<readonly [string, string, string, (s: PoolStats) => number]>;
+const COUNTERS = [
+  ["leasegate.granted", "{lease}", "Leases granted.", (s) => s.counters.granted],
+  [
+    "leasegate.released",
+    "{lease}",
+    "Leases released by their holders (or by an operator).",
+    (s) => s.counters.released,
+  ],
+  [
+    "leasegate.expired",
+    "{lease}",
+    "Leases reaped: their holder neither released nor renewed them.",
+    (s) => s.counters.expired,
+  ],
+  ["leasegate.timed_out", "{request}", "Acquires that failed with ACQUIRE_TIMEOUT.", (s) => s.counters.timedOut],
+  ["leasegate.rejected", "{request}", "Acquires shed at once with QUEUE_FULL.", (s) => s.counters.rejected],
+  ["leasegate.cancelled", "{request}", "Queued acquires whose caller gave up.", (s) => s.counters.cancelled],
+] as const satisfies ReadonlyArray<readonly [string, string, string, (s: PoolStats) => number]>;
+
+/**
+ * Reports pools' stats as OpenTelemetry metrics (gauges and counters, each with `leasegate.pool`),
+ * read once per collection with one `stats()` call per pool. A pool whose stats cannot be read
+ * then reports nothing for that collection. For Node and Deno (`localPool`); a Worker's
+ * coordinator is read by its Prometheus endpoint (`/__coordinator/metrics`).
+ *
+ * @example
+ * import { metrics } from "@opentelemetry/api";
+ * leaseMetrics(metrics.getMeter("my-app"), [pool.leases!]);
+ */
+export function leaseMetrics(
+  meter: LeaseMeter,
+  pools: ReadonlyArray<{ readonly pool?: string | undefined; stats(): Promise<PoolStats> }>,
+): void {
+  const gauges = GAUGES.map(([name, unit, description, read]) => ({
+    instrument: meter.createObservableGauge(name, { unit, description }),
+    read,
+  }));
+  const counters = COUNTERS.map(([name, unit, description, read]) => ({
+    instrument: meter.createObservableCounter(name, { unit, description }),
+    read,
+  }));
+  const all = [...gauges, ...counters];
+  meter.addBatchObservableCallback(
+    async (observer) => {
+      const read = await Promise.all(pools.map((p) => p.stats().catch(() => undefined)));
+      read.forEach((stats, i) => {
+        if (!stats) return;
+        const attributes = { [ATTRIBUTES.pool]: pools[i]!.pool ?? "" };
+        for (const { instrument, read } of all) observer.observe(instrument as never, read(stats), attributes);
+      });
+    },
+    all.map((x) => x.instrument as never),
+  );
 }

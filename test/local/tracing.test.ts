@@ -6,13 +6,14 @@ import {
   type ReadableSpan,
   SimpleSpanProcessor,
 } from "@opentelemetry/sdk-trace-base";
+import { MeterProvider, MetricReader } from "@opentelemetry/sdk-metrics";
 import postgres, { type Sql } from "postgres";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type LocalPool, localPool } from "../../local/pool.ts";
 import type { Leases } from "../../src/client/leases.ts";
 import { LeaseError } from "../../src/core/errors.ts";
 import { driver } from "../../src/drivers/postgres.ts";
-import { ATTRIBUTES, SPANS } from "../../src/tracing.ts";
+import { ATTRIBUTES, SPANS, leaseMetrics } from "../../src/tracing.ts";
 import { TEST_URL } from "../db/helpers.ts";
 import { forgetPools } from "./helpers.ts";
 
@@ -146,6 +147,41 @@ describe("lease spans", () => {
     pools.push(pool);
     await pool.sql((sql) => sql`SELECT 1`);
     expect(spansOf(name).waits).toHaveLength(0);
+  });
+});
+
+/** A reader the test collects from when it asks (no export timer). */
+class OnDemandReader extends MetricReader {
+  protected async onForceFlush(): Promise<void> {}
+  protected async onShutdown(): Promise<void> {}
+}
+
+describe("lease metrics", () => {
+  it("reports the pool's stats through an OpenTelemetry meter, with the pool as attribute", async () => {
+    const p = await traced({ LEASE_LIMIT: "3" });
+    const reader = new OnDemandReader();
+    // OpenTelemetry's `Meter`, passed where leasegate's structural `LeaseMeter` is expected.
+    const meter = new MeterProvider({ readers: [reader] }).getMeter("leasegate-test");
+    leaseMetrics(meter, [p.leases!]);
+    const leases = p.leases as Leases;
+    await leases.withLease(() => "first");
+    const held = await leases.acquire();
+    const { resourceMetrics, errors } = await reader.collect();
+    await leases.release(held);
+    expect(errors).toEqual([]);
+    const points = new Map(
+      resourceMetrics.scopeMetrics
+        .flatMap((s) => s.metrics)
+        .map((m) => [m.descriptor.name, m.dataPoints.find((d) => d.attributes[ATTRIBUTES.pool] === p.pool)?.value]),
+    );
+    expect(Object.fromEntries(points)).toMatchObject({
+      "leasegate.limit": 3,
+      "leasegate.held": 1,
+      "leasegate.waiting": 0,
+      "leasegate.granted": 2,
+      "leasegate.released": 1,
+      "leasegate.rejected": 0,
+    });
   });
 });
 
