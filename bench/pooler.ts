@@ -1,29 +1,33 @@
 /**
- * `npm run bench:pooler`: leasegate in front of transaction-mode poolers. Two PgBouncers
- * (`pool_mode = transaction`, `default_pool_size` POOL_SIZE each: two regions of Hyperdrive, two
- * Supavisor nodes) reach one Postgres role whose `CONNECTION LIMIT` is LEASE_LIMIT: together they
- * may open twice what the role allows. Many callers run short statements through them, split
- * across two local pools (one coordinator, one limit: `localPool` with `DB_POOLER=transaction`,
- * the coordinator on `DATABASE_DIRECT_URL`), in alternating rounds with `COORDINATOR=off`.
- * Counted: callers' errors by code, "too many connections" anywhere (`53300` at a caller, or the
- * poolers' own server logins refused, from their logs), and the role's server connections in
- * `pg_stat_activity`, sampled every 10 ms. Exits 1 when a leasegate round saw one `53300` or more
- * server connections than the limit.
+ * `npm run bench:pooler`: leasegate in front of a transaction-mode pooler. PgBouncer
+ * (`pool_mode = transaction`, `default_pool_size` POOL_SIZE) reaches one Postgres role whose
+ * `CONNECTION LIMIT` is LEASE_LIMIT: the pooler alone may open more than the role allows. Many
+ * callers run short statements through it with `localPool` (`DB_POOLER=transaction`, the
+ * coordinator on `DATABASE_DIRECT_URL`), in rounds that alternate with `COORDINATOR=off`. With
+ * BENCH_POOLERS > 1, that many PgBouncers (Hyperdrive's regions, Supavisor's nodes) share the
+ * role, callers split between them, one limit across them. Counted: callers' errors by code,
+ * "too many connections" anywhere (`53300` at a caller, or the poolers' own server logins refused,
+ * from their logs), and the role's server connections in `pg_stat_activity`, sampled every 10 ms.
+ * Exits 1 when a leasegate round saw one `53300` or more server connections than the limit.
  *
  *   npm run bench:pooler
  *
  * Env: DATABASE_URL (a superuser on Postgres itself; default the local cluster), POOLER_PORT
- * (18700; the second PgBouncer listens on the next port), BENCH_CALLERS (60), BENCH_SECONDS (4),
- * BENCH_ROUNDS (2), LEASE_LIMIT (8), POOL_SIZE (8). Needs the `pgbouncer` binary: installed with
- * apt-get when missing and the process may (root).
+ * (18700; further poolers on the next ports), BENCH_POOLERS (1), POOL_SIZE (20), BENCH_CALLERS
+ * (60), BENCH_SECONDS (4), BENCH_ROUNDS (2), LEASE_LIMIT (8), LEASE_QUEUE, BENCH_DRIVER
+ * (`postgres`, `pg`, `postgres-prepared`). Needs the `pgbouncer` binary: installed with apt-get
+ * when missing and the process may (root). BENCH_LOGS: a folder to keep the poolers' logs in.
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import pg from "pg";
 import postgres from "postgres";
 import { type LocalPool, localPool } from "../local/pool.ts";
+import type { DriverModule } from "../src/db/driver.ts";
+import { pgDriver } from "../src/db/drivers/node-postgres.ts";
 import { postgresJsDriver } from "../src/db/drivers/postgres-js.ts";
 import { countConnections } from "../src/db/reconcile.ts";
 import { startSampler } from "../test/limit/sampler.ts";
@@ -85,7 +89,7 @@ default_pool_size = ${poolSize}
 max_client_conn = 2000
 ; leasegate's deadline travels as startup parameters, which PgBouncer refuses unless told to
 ; ignore them; a transaction carries it again as SET LOCAL (docs/poolers.md).
-ignore_startup_parameters = statement_timeout,idle_in_transaction_session_timeout,client_connection_check_interval
+ignore_startup_parameters = statement_timeout,idle_in_transaction_session_timeout,client_connection_check_interval,options
 `,
   );
   // PgBouncer refuses to run as root.
@@ -116,7 +120,17 @@ ignore_startup_parameters = statement_timeout,idle_in_transaction_session_timeou
 /** postgres.js with `prepare: false`: PgBouncer before 1.21 keeps no prepared statement across transactions. */
 const unprepared = ((url: string, options: Record<string, unknown>) =>
   postgres(url, { ...options, prepare: false })) as unknown as typeof postgres;
-const driver = postgresJsDriver(unprepared);
+/**
+ * BENCH_DRIVER: `postgres` (postgres.js, `prepare: false`), `pg` (node-postgres: unnamed
+ * statements, as it is) or `postgres-prepared` (postgres.js as leasegate's driver sets it up).
+ */
+const driverName = process.env.BENCH_DRIVER ?? "postgres";
+const drivers: Record<string, () => DriverModule<unknown>> = {
+  postgres: () => postgresJsDriver(unprepared) as DriverModule<unknown>,
+  pg: () => pgDriver(pg) as DriverModule<unknown>,
+  "postgres-prepared": () => postgresJsDriver(postgres) as DriverModule<unknown>,
+};
+const driver = (drivers[driverName] ?? drivers.postgres!)();
 
 /** "53300" when the failure is the database refusing a connection, else its code. */
 function kind(error: unknown): string {
@@ -149,10 +163,10 @@ async function round(binary: string, dir: string, mode: Round["mode"], n: number
   const direct = new URL(admin_url);
   direct.pathname = `/${DB}`;
   const admin = postgres(direct.href, { max: 2, onnotice: () => {} });
-  const pools: LocalPool<postgres.Sql>[] = [];
+  const pools: LocalPool[] = [];
   for (const p of poolers) {
     pools.push(
-      await localPool<postgres.Sql>(
+      await localPool(
         {
           DATABASE_URL: `postgres://${ROLE}@127.0.0.1:${p.port}/${DB}`,
           DATABASE_DIRECT_URL: direct.href,
@@ -163,6 +177,7 @@ async function round(binary: string, dir: string, mode: Round["mode"], n: number
           LEASE_WAIT_MS: "10000",
           LEASE_MAX_QUEUE: String(callers * 2),
           APPLICATION_NAME: APP,
+          ...(process.env.LEASE_QUEUE ? { LEASE_QUEUE: process.env.LEASE_QUEUE } : {}),
         },
         { driver },
       ),
@@ -179,7 +194,7 @@ async function round(binary: string, dir: string, mode: Round["mode"], n: number
       while (Date.now() < end) {
         const t0 = performance.now();
         try {
-          await pool.sql((sql) => sql`SELECT pg_sleep(0.01)`);
+          await pool.db.query("SELECT pg_sleep(0.01)");
           latencies.push(performance.now() - t0);
           ok++;
         } catch (error) {
@@ -252,7 +267,7 @@ async function main(): Promise<void> {
   chmodSync(join(dir, "users.txt"), 0o644);
   print(
     `${version}; ${poolerCount} pooler(s) × default_pool_size ${poolSize}, role CONNECTION LIMIT ${limit}, LEASE_LIMIT ${limit}, ` +
-      `${callers} callers, ${seconds} s per round, SELECT pg_sleep(0.01) per request\n`,
+      `${callers} callers, ${seconds} s per round, SELECT pg_sleep(0.01) per request, driver ${driverName}, LEASE_QUEUE ${process.env.LEASE_QUEUE ?? "default"}\n`,
   );
   print(
     "| round | mode | ok | req/s | p50 ms | p99 ms | errors | 53300 at callers | logins refused (poolers) | peak server conns |",
