@@ -30,6 +30,7 @@ import {
   renewed,
   request,
 } from "../core/lease-block.ts";
+import type { LeaseTracer } from "../tracing.ts";
 import { validFor } from "./heartbeat.ts";
 import type { ClientAcquireOptions } from "./hold.ts";
 import {
@@ -149,6 +150,8 @@ export interface ShardedLeasesOptions {
   pool?: string | undefined;
   /** The claim window of a grant from a shard's queue, ms, as `LeasesOptions.claimMs`. Default 500; `0` = none. */
   claimMs?: number | undefined;
+  /** Spans of each lease's wait and hold, as `LeasesOptions.tracer` (with the lease's shard). */
+  tracer?: LeaseTracer | undefined;
 }
 
 function unavailable(cause: unknown): LeaseError {
@@ -183,6 +186,7 @@ export class ShardedLeases implements LeaseClient {
   readonly #o: ShardedLeasesOptions;
   readonly #coordinators: Coordinator[];
   readonly claimMs: number | undefined;
+  readonly tracer: LeaseTracer | undefined;
 
   constructor(options: ShardedLeasesOptions) {
     if (options.coordinators.length !== options.isolate.count) {
@@ -195,6 +199,7 @@ export class ShardedLeases implements LeaseClient {
     this.#coordinators = [...options.coordinators];
     this.claimMs = claimWindow(options.claimMs);
     this.pool = options.pool;
+    this.tracer = options.tracer;
   }
 
   #pick(): number {
