@@ -108,7 +108,7 @@ class LeasedConnection implements DatabaseConnection {
       return await this.#run(text, parameters);
     } catch (error) {
       // A statement cut off by the deadline or the lease's end says so, not "connection closed".
-      throw this.#held.stopped() ?? error;
+      throw await this.#held.failure(error);
     }
   }
 

@@ -110,7 +110,7 @@ function leasedPgPool(pool: SqlPool<PgQueryClient>, calls: CallOptions): pg.Pool
           return await client.query(config, values);
         } catch (error) {
           // A statement cut off by the deadline or the lease's end says so, not "connection closed".
-          throw forPrisma(held.stopped() ?? error);
+          throw forPrisma(await held.failure(error));
         }
       };
       return {

@@ -6,6 +6,7 @@
  */
 import { BOUNDS, LeaseError, checkInt, expected } from "../core/index.ts";
 import type { CallOptions } from "../db/database.ts";
+import { sqlState } from "../db/errors.ts";
 import type { LeasedPool } from "../db/pool.ts";
 
 /** What a hold needs of a pool (`workerPool`, `localPool`): its `sql`, one fresh connection under one lease. */
@@ -50,10 +51,26 @@ export interface HeldConnection<Client> {
    */
   stopped(): unknown;
   /**
+   * What to report for a statement that failed with `error`: the hold's own error when it was
+   * stopped — also when the server's `statement_timeout`, set from the same deadline, cancelled the
+   * statement (57014) a moment before the deadline's timer ran here — else `error` itself.
+   */
+  failure(error: unknown): Promise<unknown>;
+  /**
    * Gives the connection back: it is closed, then the slot released — awaited where the pool has
    * no `waitUntil` (Node, Deno), in `ctx.waitUntil` on Workers. Never throws; idempotent.
    */
   release(): Promise<void>;
+}
+
+// How long a statement cancelled by the server (57014) waits for the deadline's timer here before
+// it is reported as the driver's error: the server's timer and ours end at about the same moment.
+const TIMEOUT_SLACK_MS = 100;
+
+async function settledWithin(promise: Promise<unknown>, ms: number): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  await Promise.race([promise, new Promise((resolve) => (timer = setTimeout(resolve, ms)))]);
+  clearTimeout(timer);
 }
 
 /**
@@ -85,7 +102,11 @@ export function holdConnection<Client>(
         end();
         return finished;
       };
-      held = { client, stopped: () => stop, release };
+      const failure = async (error: unknown) => {
+        if (stop === undefined && sqlState(error) === "57014") await settledWithin(finished, TIMEOUT_SLACK_MS);
+        return stop ?? error;
+      };
+      held = { client, stopped: () => stop, failure, release };
       resolve(held);
       await released;
     }, options);
