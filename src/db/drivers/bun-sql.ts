@@ -86,7 +86,8 @@ export function bunSqlDriver(SQL: BunSqlClass | undefined): ConfigurableDriver<B
         client,
         async query<R = Row>(text: string, params: readonly unknown[] = []) {
           try {
-            return (await client.unsafe(text, [...params])) as unknown as R[];
+            // A plain array, as every driver answers (Bun's carries `count` and `command` besides).
+            return Array.from(await client.unsafe(text, [...params])) as R[];
           } catch (error) {
             throw withCode(error);
           }
