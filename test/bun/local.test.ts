@@ -158,6 +158,20 @@ test("the example app answers the HTTP contract on Bun with Bun's SQL client", a
   }
 }, 30_000);
 
+test("DATABASE_CLIENT=bun loads Bun's SQL client by name from the driver registry", async () => {
+  const pool = `${base}-by-name`;
+  const p = await localPool({ DATABASE_URL: url, LEASE_POOL: pool, LEASE_LIMIT: "1", DATABASE_CLIENT: "bun" });
+  try {
+    // Bun's SQL client, not postgres.js: it has Bun's distributed transactions.
+    const bunClient = await p.sql(async (client) => typeof (client as { beginDistributed?: unknown }).beginDistributed);
+    assert.equal(bunClient, "function");
+    assert.equal((await p.leases!.stats()).held, 0);
+  } finally {
+    await p.close();
+    await forget(pool);
+  }
+});
+
 test("localPool's default driver (postgres.js) runs on Bun too", async () => {
   const pool = `${base}-default`;
   const p = await localPool({ DATABASE_URL: url, LEASE_POOL: pool, LEASE_LIMIT: "1" });

@@ -69,8 +69,12 @@ function alive(pid: number): boolean {
   }
 }
 
-/** Starts `command` as `npm start` would run, and resolves once wrangler dev serves. */
-async function start(command: string, args: readonly string[]): Promise<ChildProcess> {
+/** Starts `command` as a user would, and resolves with its port once it serves (its output says `ready`). */
+async function start(
+  command: string,
+  args: readonly string[],
+  ready: string,
+): Promise<{ child: ChildProcess; port: number }> {
   const port = await freePort();
   const child = spawn(command, args, {
     cwd: root,
@@ -82,7 +86,7 @@ async function start(command: string, args: readonly string[]): Promise<ChildPro
     const timer = setTimeout(() => reject(new Error(`not ready after 90 s:\n${output}`)), 90_000);
     const read = (d: Buffer) => {
       output += d.toString();
-      if (output.includes("Ready on")) {
+      if (output.includes(ready)) {
         clearTimeout(timer);
         resolve();
       }
@@ -94,23 +98,34 @@ async function start(command: string, args: readonly string[]): Promise<ChildPro
       reject(new Error(`exited (${code}) before it was ready:\n${output}`));
     });
   });
-  return child;
+  return { child, port };
 }
 
+const WRANGLER = "Ready on";
 const CASES = [
   { via: "npm start", command: "npm", args: ["start"], signal: "SIGTERM" },
   { via: "npm start", command: "npm", args: ["start"], signal: "SIGINT" },
   // npm killed outright: the start, orphaned, stops as on SIGTERM.
   { via: "npm start", command: "npm", args: ["start"], signal: "SIGKILL" },
-  { via: "node scripts/start.ts", command: process.execPath, args: ["scripts/start.ts"], signal: "SIGTERM" },
-  { via: "node scripts/start.ts", command: process.execPath, args: ["scripts/start.ts"], signal: "SIGINT" },
+  {
+    via: "node scripts/start.ts",
+    command: process.execPath,
+    args: ["scripts/start.ts"],
+    signal: "SIGTERM",
+  },
+  {
+    via: "node scripts/start.ts",
+    command: process.execPath,
+    args: ["scripts/start.ts"],
+    signal: "SIGINT",
+  },
 ] as const;
 
 describe("npm start stops its children", () => {
   it.each(CASES)(
     "$signal to `$via`: wrangler dev, workerd and esbuild are gone within 30 s",
     async ({ command, args, signal }) => {
-      const child = await start(command, args);
+      const { child } = await start(command, args, WRANGLER);
       const before = tree(child.pid!);
       try {
         expect(
@@ -133,4 +148,25 @@ describe("npm start stops its children", () => {
     },
     150_000,
   );
+});
+
+describe("npm run start:bun", () => {
+  it("serves the example app on Bun (its leased connections on Bun.SQL), and SIGTERM ends it and its bun", async () => {
+    const { child, port } = await start("npm", ["run", "start:bun"], "leasegate local server (Bun");
+    const before = tree(child.pid!);
+    try {
+      const health = await fetch(`http://127.0.0.1:${port}/health`);
+      expect(health.status).toBe(200);
+      expect(await health.json()).toMatchObject({ status: "ok", database: "up", coordinator: "up" });
+      const trending = await fetch(`http://127.0.0.1:${port}/api/pitches/trending?limit=2`);
+      expect(((await trending.json()) as { pitches: unknown[] }).pitches).toHaveLength(2);
+      child.kill("SIGTERM");
+      const deadline = Date.now() + 30_000;
+      while (Date.now() < deadline && before.some((p) => alive(p.pid)))
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      expect(before.filter((p) => alive(p.pid))).toEqual([]);
+    } finally {
+      for (const p of before.reverse()) if (alive(p.pid)) process.kill(p.pid, "SIGKILL");
+    }
+  }, 150_000);
 });
