@@ -158,6 +158,44 @@ test("the example app answers the HTTP contract on Bun with Bun's SQL client", a
   }
 }, 30_000);
 
+test("Bun's errors are classified as the other drivers' are: a refused connection is DATABASE_UNAVAILABLE, a bad query DATABASE_ERROR with its SQLSTATE", async () => {
+  const refused = await localPool(
+    { DATABASE_URL: "postgres://postgres@127.0.0.1:1/postgres", COORDINATOR: "off", DB_DEADLINE_MS: "1000" },
+    { driver },
+  );
+  try {
+    const error = await refused.db.query("SELECT 1").then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    assert.ok(isLeaseError(error), String(error));
+    assert.equal(error.code, "DATABASE_UNAVAILABLE");
+  } finally {
+    await refused.close();
+  }
+  const p = await localPool({ DATABASE_URL: url, COORDINATOR: "off" }, { driver });
+  // The log line of the failure: its codes and names, never the server's message (it may quote row data).
+  const lines: string[] = [];
+  const log = console.log;
+  console.log = (line: unknown) => lines.push(String(line));
+  try {
+    const error = await p.db.query("SELECT * FROM no_such_table_here").then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    assert.ok(isLeaseError(error), String(error));
+    assert.equal(error.code, "DATABASE_ERROR");
+    assert.match(error.message, /42P01/);
+  } finally {
+    console.log = log;
+    await p.close();
+  }
+  const line = lines.find((l) => l.includes('"database_error"'));
+  assert.ok(line, lines.join("\n"));
+  assert.match(line, /"code":"42P01"/);
+  assert.doesNotMatch(line, /does not exist|no_such_table_here/);
+});
+
 test("DATABASE_CLIENT=bun loads Bun's SQL client by name from the driver registry", async () => {
   const pool = `${base}-by-name`;
   const p = await localPool({ DATABASE_URL: url, LEASE_POOL: pool, LEASE_LIMIT: "1", DATABASE_CLIENT: "bun" });

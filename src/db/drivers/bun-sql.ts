@@ -141,7 +141,9 @@ const BUN_CODES: Record<string, string> = {
 
 /**
  * A Bun SQL error with the code leasegate classifies: the server's SQLSTATE (Bun keeps it in
- * `errno`), or a connection code; other errors as they came. The original is the `cause`.
+ * `errno`), or a connection code; other errors as they came. Its other fields (severity, detail,
+ * table, …) are kept as they are, not as a `cause`: a server error then reads as the other drivers'
+ * do, so the logs keep its codes and names and leave out its message and detail.
  *
  * @example
  * catch (e) { throw withCode(e) } // code "57014" for a cancelled statement
@@ -152,5 +154,9 @@ export function withCode(error: unknown): unknown {
   const state = typeof e.errno === "string" && /^[0-9A-Z]{5}$/.test(e.errno) ? e.errno : undefined;
   const code = state ?? BUN_CODES[e.code];
   if (!code) return error;
-  return Object.assign(new Error(String(e.message ?? code), { cause: error }), { code });
+  const fields: Record<string, unknown> = {};
+  for (const key of Object.keys(e)) fields[key] = (e as Record<string, unknown>)[key];
+  const out = Object.assign(new Error(String(e.message ?? code)), fields, { code });
+  out.name = error instanceof Error ? error.name : "Error";
+  return out;
 }
