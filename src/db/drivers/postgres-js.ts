@@ -1,5 +1,5 @@
 import type postgres from "postgres";
-import type { Options, Sql } from "postgres";
+import type { Options, PostgresType, Sql } from "postgres";
 import { type BackendKey, keyOf, sendCancelRequest } from "../cancel-request.ts";
 import {
   type ClientConnection,
@@ -19,7 +19,7 @@ export type PostgresJs = typeof postgres;
  * `max` is 1; the connect timeout and the socket are leasegate's; `connection` is merged with the
  * application name and the session limits.
  */
-export type PostgresJsOptions = Omit<Options<Record<string, never>>, "max" | "connect_timeout" | "socket">;
+export type PostgresJsOptions = Omit<Options<Record<string, PostgresType>>, "max" | "connect_timeout" | "socket">;
 
 /**
  * The postgres.js driver over the app's own `postgres` package: one client per connection
