@@ -7,18 +7,31 @@ import { DRIVER_PACKAGES, type Driver, type DriverModule, type DriverName, bindD
 // they pass their driver and get `bindDriver` and the types from `driver.ts`.
 export * from "./driver.ts";
 
-/** A driver's package entry (`src/drivers/<name>.ts`): it exports its driver as `driver`. */
+/**
+ * A driver's package entry (`src/drivers/<name>.ts`): it exports its driver, configurable, as `driver`.
+ *
+ * @example
+ * const { driver }: DriverEntry = await import("../drivers/pg.ts");
+ */
 export interface DriverEntry {
   readonly driver: DriverModule & ((options: never) => DriverModule);
 }
 
-/** For each driver name, how to load its package entry. */
+/**
+ * For each driver name, how to load its package entry.
+ *
+ * @example
+ * const registry: DriverRegistry<"pg"> = { pg: () => import("../drivers/pg.ts") };
+ */
 export type DriverRegistry<Names extends string> = { readonly [N in Names]: () => Promise<DriverEntry> };
 
 /**
  * How each of leasegate's drivers is loaded for `DATABASE_CLIENT`: its package entry, imported
  * when named. One line per driver; the compiler checks that every name of {@link DRIVER_PACKAGES}
  * has one, that there is none besides, and that each entry exports a configurable `driver`.
+ *
+ * @example
+ * const { driver } = await DRIVERS.pg();
  */
 export const DRIVERS: DriverRegistry<DriverName> = {
   postgres: () => import("../drivers/postgres.ts"),

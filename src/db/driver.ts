@@ -129,6 +129,9 @@ export interface DriverDefinition<Client, Options> {
 /**
  * A driver with no options of the app's, that called with options is the same driver with those:
  * `driver` is ready to pass, `driver({ prepare: false })` too.
+ *
+ * @example
+ * const behindPgBouncer: DriverModule<Sql> = driver({ prepare: false });
  */
 export type ConfigurableDriver<Client, Options> = DriverModule<Client> & ((options: Options) => DriverModule<Client>);
 
@@ -159,6 +162,9 @@ export function defineDriver<Client, Options extends object>(
  * leasegate's drivers by the name `DATABASE_CLIENT` gives them, with the npm package each needs:
  * the one list of them. `connect.ts` loads each by its entry (`src/drivers/<name>.ts`), and the
  * compiler holds the two lists together (see "Adding a driver" in docs/api.md).
+ *
+ * @example
+ * DRIVER_PACKAGES.neon // "@neondatabase/serverless"
  */
 export const DRIVER_PACKAGES = {
   postgres: "postgres",

@@ -50,6 +50,9 @@ describe("the driver registry", () => {
     expect(driver.packageName).toBe(DRIVER_PACKAGES[name]);
     // Configurable: called with options, the same driver.
     expect(driver({} as never)).toMatchObject({ name, packageName: DRIVER_PACKAGES[name] });
+    expect(() => driver("prepare=false" as never)).toThrow(
+      expect.objectContaining({ code: "INVALID_ARGUMENT", message: expect.stringContaining(`${name} driver options`) }),
+    );
     expect(manifest.exports[`./${name}`]).toEqual({
       source: `./src/drivers/${name}.ts`,
       types: `./dist/src/drivers/${name}.d.ts`,
