@@ -47,6 +47,13 @@ export type DatabaseConfig = {
    * leased connections start with, ms (Postgres ≥ 14 on a platform that has it); `0` sends none.
    */
   readonly connectionCheckMs: number;
+  /**
+   * `DB_POOLER`: `transaction` when `DATABASE_URL` (or Hyperdrive) reaches Postgres through a
+   * transaction-mode pooler (PgBouncer, Supavisor, Hyperdrive in production): a lease then bounds
+   * the transactions in flight, and reconciliation counts the server connections in a transaction.
+   * Default `none`. See docs/poolers.md.
+   */
+  readonly pooler: "none" | "transaction";
 };
 
 /** The variables the database layer reads. Values are strings, as environment variables are. */
@@ -71,6 +78,8 @@ export interface DatabaseEnv {
   DB_CONNECTION_CHECK_MS?: string | undefined;
   /** `on` (default) or `off`: the per-isolate retry budget. */
   DB_RETRY_BUDGET?: string | undefined;
+  /** `none` (default) or `transaction`: the database is reached through a transaction-mode pooler. */
+  DB_POOLER?: string | undefined;
 }
 
 function invalid(message: string): never {
@@ -153,7 +162,10 @@ export function databaseConfig(env: DatabaseEnv): DatabaseConfig {
   const connectionCheckMs = int(env, "DB_CONNECTION_CHECK_MS", 100, 0, 60_000);
   const retryBudget = (env.DB_RETRY_BUDGET ?? "").trim() || "on";
   if (retryBudget !== "on" && retryBudget !== "off") invalid(expected("DB_RETRY_BUDGET", "`on` or `off`", retryBudget));
+  const pooler = (env.DB_POOLER ?? "").trim() || "none";
+  if (pooler !== "none" && pooler !== "transaction") invalid(expected("DB_POOLER", "`none` or `transaction`", pooler));
   const common = {
+    pooler: pooler as DatabaseConfig["pooler"],
     retryBudget: retryBudget === "on" ? DEFAULT_RETRY_BUDGET : null,
     statementTimeout: statementTimeout as DatabaseConfig["statementTimeout"],
     connectionCheckMs,
@@ -253,7 +265,26 @@ export function settingsFromEnv(env: SettingsEnv): Settings {
         ),
       );
     }
+    if (settings.database.pooler === "transaction") checkPooled(settings.pool);
     parsed.set(env, settings);
   }
   return settings;
+}
+
+/**
+ * Behind a transaction-mode pooler, `pg_stat_activity` shows the pooler's server connections, and
+ * a server backend serves whichever client's transaction comes next: what cannot mean the same
+ * there is refused, with what to set instead (docs/poolers.md).
+ */
+function checkPooled(pool: PoolSettings): void {
+  if (pool.learn && pool.learn.limitMax === null) {
+    invalid(
+      "`LEASE_LIMIT=auto` with `DB_POOLER=transaction` needs `LEASE_LIMIT_MAX` set to the pooler's server connections for this database and role (PgBouncer `default_pool_size`, Supavisor's pool size, Hyperdrive's origin connection limit): the database cannot show the pooler's own bound. Or set `LEASE_LIMIT` to a number.",
+    );
+  }
+  if (pool.enforce) {
+    invalid(
+      "`LEASE_ENFORCE=terminate` cannot be combined with `DB_POOLER=transaction`: a pooler's server backend carries other clients' transactions, so terminating it ends work a lease pays for. Unset `LEASE_ENFORCE`.",
+    );
+  }
 }
