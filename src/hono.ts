@@ -38,7 +38,11 @@ export interface LeasedOptions<E extends Env, C> {
   driver: DriverModule<C>;
   /** The database of the request: a Postgres URL (Workers: `c.env.HYPERDRIVE.connectionString`). */
   connectionString: (c: Context<E>) => string;
-  /** The connections' `application_name`. Default `leasegate`. */
+  /**
+   * The connections' `application_name`. Default: `APPLICATION_NAME` of the app's bindings (as the
+   * pool's own connections, so reconciliation and `LEASE_LIMIT=auto` count them as the app's), else
+   * `leasegate`.
+   */
   applicationName?: string | undefined;
   /** Gives up connecting after this long, ms. Default 5000. */
   connectTimeoutMs?: number | undefined;
@@ -88,7 +92,6 @@ const OVERLOAD: ReadonlySet<ErrorCode> = new Set([
 export function leased<C, E extends Env = any>(options: LeasedOptions<E, C>): MiddlewareHandler<LeasedEnv<E, C>> {
   check(options);
   const { leases, driver, connectionString, waitMs, ttlMs, holder } = options;
-  const applicationName = options.applicationName ?? "leasegate";
   const connectTimeoutMs = options.connectTimeoutMs ?? 5000;
   const edge = typeof navigator !== "undefined" && navigator.userAgent === "Cloudflare-Workers";
   return createMiddleware<LeasedEnv<E, C>>(async (c, next) => {
@@ -120,6 +123,7 @@ export function leased<C, E extends Env = any>(options: LeasedOptions<E, C>): Mi
             const halt = (conn: ClientConnection<C>) => (stopping ??= conn.cancel().then(() => conn.close()));
             let stopped: Promise<void> = new Promise(() => {});
             try {
+              const applicationName = options.applicationName ?? bindingName(ctx) ?? "leasegate";
               const target = { connectionString: connectionString(ctx), applicationName, connectTimeoutMs, edge };
               const conn = await driver.connect(target);
               beforeRelease(() => stopping ?? conn.close());
@@ -206,6 +210,12 @@ function check(options: unknown): void {
     throw new LeaseError("INVALID_ARGUMENT", expected("holder", "a function of the context", o.holder));
   if (o.waitMs !== undefined) checkInt("waitMs", o.waitMs, 0, BOUNDS.waitMs);
   if (o.ttlMs !== undefined) checkInt("ttlMs", o.ttlMs, 1, BOUNDS.leaseTtlMs);
+}
+
+// `APPLICATION_NAME` of the app's bindings, when it is one (Workers: `env`; elsewhere often none).
+function bindingName(c: Context): string | undefined {
+  const name = (c.env as { APPLICATION_NAME?: unknown } | undefined)?.APPLICATION_NAME;
+  return typeof name === "string" && name.trim() !== "" && name.length <= 63 ? name.trim() : undefined;
 }
 
 function executionWaitUntil(c: Context): ((promise: Promise<unknown>) => void) | undefined {

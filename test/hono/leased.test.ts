@@ -327,6 +327,19 @@ describe("leased() on Node with node-postgres", () => {
     expect(await backends()).toBe(0);
   });
 
+  it("names its connections by the app's APPLICATION_NAME binding when given no applicationName, as the pool's are", async () => {
+    const p = pool();
+    const app = quiet().use(leased({ leases: p.leases, driver: pgDriver, connectionString: () => url }));
+    app.get("/name", async (c) =>
+      c.json((await (await c.var.client()).query("SELECT current_setting('application_name') AS name")).rows[0]),
+    );
+    const named = await app.request("/name", {}, { APPLICATION_NAME: appName });
+    expect(await named.json()).toEqual({ name: appName });
+    const unnamed = await app.request("/name");
+    expect(await unnamed.json()).toEqual({ name: "leasegate" });
+    expect(await backends()).toBe(0);
+  });
+
   it("rejects c.var.client() once its request has ended", async () => {
     const p = pool();
     let late: (() => Promise<unknown>) | undefined;
