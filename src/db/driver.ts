@@ -21,6 +21,12 @@ export interface Connection {
   /** Closes the connection; never throws, and is done only when the connection is gone. Idempotent. */
   close(): Promise<void>;
   /**
+   * An error of the driver's own client (`pool.sql(fn)`) as the database layer reads errors: `code`
+   * a SQLSTATE or a connection code (`ECONNREFUSED`, `CONNECTION_CLOSED`), a server error's
+   * `severity` beside it. Absent: the driver's errors read that way already (postgres.js, pg, Neon).
+   */
+  errorOf?(error: unknown): unknown;
+  /**
    * True while a statement handed to a lazy client (postgres.js opens its connection with the
    * first query) still waits for the connection to open: nothing has been sent yet. Absent: the
    * connection is open once `connect` resolved.

@@ -186,14 +186,26 @@ test("Bun's errors are classified as the other drivers' are: a refused connectio
     assert.ok(isLeaseError(error), String(error));
     assert.equal(error.code, "DATABASE_ERROR");
     assert.match(error.message, /42P01/);
+    // The same through Bun's own client (`pool.sql`), read through the driver's `errorOf`.
+    const own = await p
+      .sql((sql) => sql`SELECT * FROM no_such_table_here`)
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+    assert.ok(isLeaseError(own), String(own));
+    assert.equal(own.code, "DATABASE_ERROR");
+    assert.match(own.message, /42P01/);
   } finally {
     console.log = log;
     await p.close();
   }
-  const line = lines.find((l) => l.includes('"database_error"'));
-  assert.ok(line, lines.join("\n"));
-  assert.match(line, /"code":"42P01"/);
-  assert.doesNotMatch(line, /does not exist|no_such_table_here/);
+  const failures = lines.filter((l) => l.includes('"database_error"'));
+  assert.equal(failures.length, 2, lines.join("\n"));
+  for (const line of failures) {
+    assert.match(line, /"code":"42P01"/);
+    assert.doesNotMatch(line, /does not exist|no_such_table_here/);
+  }
 });
 
 test("DATABASE_CLIENT=bun loads Bun's SQL client by name from the driver registry", async () => {

@@ -50,8 +50,8 @@ const TRACKED_QUERIES = 16;
  * opened with its first query. Session limits and the application name go in the startup packet
  * (`connection`); `cancel()` cancels the newest queries made on it (Bun sends the Postgres cancel
  * request), the app's own queries on `client` included. Bun's error codes become the ones the
- * database layer classifies: a server error's SQLSTATE, `ECONNREFUSED`, `CONNECT_TIMEOUT`,
- * `CONNECTION_CLOSED`. Outside Bun (no `SQL` class) `connect` fails with `INVALID_CONFIG`.
+ * database layer classifies (in `query`, and through `errorOf` for the app's own queries on
+ * `client`): a server error's SQLSTATE, `ECONNREFUSED`, `CONNECT_TIMEOUT`, `CONNECTION_CLOSED`. Outside Bun (no `SQL` class) `connect` fails with `INVALID_CONFIG`.
  *
  * @example
  * const driver = bunSqlDriver(Bun.SQL)({ prepare: false });
@@ -92,6 +92,7 @@ export function bunSqlDriver(SQL: BunSqlClass | undefined): ConfigurableDriver<B
             throw withCode(error);
           }
         },
+        errorOf: withCode,
         async cancel() {
           for (const query of queries.splice(0)) {
             try {
@@ -150,7 +151,8 @@ const BUN_CODES: Record<string, string> = {
  */
 export function withCode(error: unknown): unknown {
   const e = error as { code?: unknown; errno?: unknown; message?: unknown } | null;
-  if (typeof e !== "object" || e === null || typeof e.code !== "string") return error;
+  if (typeof e !== "object" || e === null || typeof e.code !== "string" || !e.code.startsWith("ERR_POSTGRES_"))
+    return error;
   const state = typeof e.errno === "string" && /^[0-9A-Z]{5}$/.test(e.errno) ? e.errno : undefined;
   const code = state ?? BUN_CODES[e.code];
   if (!code) return error;
