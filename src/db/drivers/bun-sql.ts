@@ -87,7 +87,7 @@ export function bunSqlDriver(SQL: BunSqlClass | undefined): ConfigurableDriver<B
         async query<R = Row>(text: string, params: readonly unknown[] = []) {
           try {
             // A plain array, as every driver answers (Bun's carries `count` and `command` besides).
-            return Array.from(await client.unsafe(text, [...params])) as R[];
+            return Array.from(await client.unsafe(text, params as unknown[])) as R[];
           } catch (error) {
             throw withCode(error);
           }
