@@ -214,6 +214,16 @@ describe("the published package", () => {
     for (const driver of Object.keys(DRIVER_MARKERS) as DriverName[]) bundle(app, driver);
   }, 300_000);
 
+  it("installs the plain-Worker example on node-postgres with @types/pg: tsc and its workerd tests pass, and it bundles pg alone", () => {
+    const app = installExample("plain-worker-pg");
+    expect(existsSync(join(app, "node_modules", "postgres"))).toBe(false);
+    // Its `npm test` is `tsc --noEmit && vitest run`: the pg.Client typed by @types/pg, then the Worker against the real Postgres.
+    const test = run("npm", ["test"], app, { EXAMPLE_DATABASE_URL: database() });
+    expect(test.status, test.output).toBe(0);
+    expect(plain(test.output)).toMatch(/Tests\s+4 passed \(4\)/);
+    bundle(app, "pg");
+  }, 400_000);
+
   it("installs into the Hono + Drizzle example, whose types check against the tarball's declarations and whose tests pass in workerd", () => {
     const app = installExample("hono-drizzle");
     // Its `npm test` is `tsc --noEmit && vitest run`: the types users get, then the Worker against the real Postgres.
