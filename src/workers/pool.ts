@@ -6,6 +6,7 @@ import { LeaseError, type PoolSettings } from "../core/index.ts";
 import { CircuitBreaker } from "../db/circuit-breaker.ts";
 import { type DatabaseConfig, type SettingsEnv, settingsFromEnv, withPoolApplicationName } from "../db/config.ts";
 import { type DriverModule, bindDriver, targetOf } from "../db/driver.ts";
+import type { LeaseTracer } from "../tracing.ts";
 import { Database, retryBudgetFor } from "../db/database.ts";
 import type { RetryBudget } from "../db/retry-budget.ts";
 import { SafeMode } from "../db/safe-mode.ts";
@@ -26,6 +27,8 @@ export interface WorkerPoolOptions<Client> {
   driver: DriverModule<Client>;
   /** Pool name: one coordinator object per name. Default: `LEASE_POOL`, else `main`. */
   pool?: string | undefined;
+  /** An OpenTelemetry tracer (`trace.getTracer("my-worker")`): spans of each lease's wait and hold (docs/tracing.md). */
+  tracer?: LeaseTracer | undefined;
 }
 
 /** `map`'s value for `key`, made by `make` the first time it is asked for. */
@@ -100,6 +103,7 @@ function coordination(
   pool: PoolSettings,
   waitUntil: (p: Promise<unknown>) => void,
   target: ReconcileTarget,
+  tracer: LeaseTracer | undefined,
 ) {
   if (!pool.coordinator) return { leases: undefined, operator: undefined };
   const { name, locationHint, learn } = pool;
@@ -115,7 +119,8 @@ function coordination(
   };
   if (!sharded) {
     const stub = coordinatorStub(env, locationHint, name);
-    const leases = new Leases(stub, { pool: name, waitUntil, claimMs: pool.claimMs, outbox: outboxFor(env, pool) });
+    const outbox = outboxFor(env, pool);
+    const leases = new Leases(stub, { pool: name, waitUntil, claimMs: pool.claimMs, outbox, tracer });
     return { leases, operator: one(stub) };
   }
   const stubFor = (i: number) => coordinatorStub(env, locationHint, shardName(name, i, sharded.count));
@@ -128,6 +133,7 @@ function coordination(
     reconnect: stubFor,
     pool: name,
     claimMs: pool.claimMs,
+    tracer,
   });
   return { leases, operator: sharded.count === 1 ? one(stubs[0]!) : shardedControls(stubs, target) };
 }
@@ -180,8 +186,9 @@ export function workerPool<Client>(
     connect: (applicationName: string) => driver.connect({ ...targetOf(config), applicationName }),
     applicationName: config.applicationName,
     enforce: pool.enforce,
+    pooler: config.pooler,
   };
-  const { leases, operator } = coordination(env, pool, waitUntil, target);
+  const { leases, operator } = coordination(env, pool, waitUntil, target, options.tracer);
   const bound = bindDriver(driver, config);
   const db = new Database({
     name,
