@@ -5,9 +5,11 @@ import {
   type AcquireResult,
   type Bounds,
   type ConnectionCounts,
+  type Failure,
   type LearnFailure,
+  type LearnResult,
   type LearnedLimit,
-  type RoomTerms,
+  type RoomReading,
   type ControlResult,
   type Effects,
   type Lease,
@@ -25,14 +27,17 @@ import {
   type ShardRef,
   LeaseError,
   checkBatch,
-  checkInt,
   compareConnections,
   configFromEnv,
   expected,
   isLeaseError,
+  FIXED_LIMIT,
+  checkReading,
   learnSettingsFromEnv,
+  learnState,
   learnedLimit,
   limitSource,
+  withCaps,
   type BoundsLog,
   boundsLog,
   confirmBounds,
@@ -57,7 +62,6 @@ import {
   settlementsOf,
   steps,
 } from "../src/engine/index.ts";
-import type { LearnAnswer } from "../src/workers/learn.ts";
 import { CoordinatorStore } from "./storage.ts";
 import { LeaseTokens } from "./tokens.ts";
 
@@ -125,8 +129,12 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
     try {
       // A shard enforces its part of LEASE_LIMIT (persisted when a sharded client first said so).
       this.shard = this.store.readMeta("shard");
+      // The last learning, worked out again with the caps of this object's env now (a deploy that
+      // lowered LEASE_LIMIT_MAX applies at once, not at the next learning).
       const learned = this.store.readMeta("learned");
-      this.learned = learned === null ? null : (JSON.parse(learned) as LearnedLimit);
+      const learn = learnSettingsFromEnv(this.env);
+      const kept = learned === null ? null : (JSON.parse(learned) as LearnedLimit);
+      this.learned = kept && learn && learnedLimit(withCaps(kept.terms, learn), kept.learnedAt);
       pool = restore(this.baseConfig(), snap, []);
     } catch (error) {
       this.configError = isLeaseError(error) ? error : new LeaseError("INVALID_CONFIG", String(error));
@@ -518,88 +526,92 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
     if (shard !== undefined) this.applyShard(pool, shard);
     const reconciliation = this.store.readMeta("reconciliation");
     const learns = learnSettingsFromEnv(this.env) !== null;
+    const { limit: _, ...learning } = learns
+      ? this.learnState(pool)
+      : {
+          limit: 0,
+          limitSource: limitSource(pool.limitOverride, null),
+          learned: null,
+          learnedAgeMs: null,
+          learnFailure: null,
+        };
     return {
       ...stats(pool, Date.now()),
       limitOverride: pool.limitOverride,
-      limitSource: limitSource(pool.limitOverride, learns ? this.learned : null),
-      learned: learns ? this.learned : null,
-      learnFailure: learns ? this.learnFailure : null,
+      ...learning,
       reconciliation: reconciliation === null ? null : (JSON.parse(reconciliation) as Reconciliation),
     };
   }
 
   // ── LEASE_LIMIT=auto: the Worker reads the database, the object keeps and applies the limit. ──
 
+  /** The learned limit's state now, for `learnLimit` and the operator stats. */
+  private learnState(pool: PoolState) {
+    return learnState(
+      { limit: pool.config.limit, limitOverride: pool.limitOverride },
+      this.learned,
+      this.learnFailure,
+      Date.now(),
+    );
+  }
+
   /**
-   * True when the learned limit is older than `intervalMs` (or there is none) and no other Worker
-   * claimed the learning in the last 30 s; the caller then learns and reports. Cheap: no storage.
+   * True when the learned limit is older than this object's `LEASE_LEARN_INTERVAL_MS` (or there is
+   * none) and no other Worker claimed the learning in the last 30 s; the caller then reads the room
+   * and hands it to `learnLimit`. Cheap: no storage. Always false for a fixed limit.
    *
    * @example
-   * if (await stub.learnDue(10_000)) await learnNow(stub, target, settings);
+   * if (await stub.learnDue()) await learnNow(stub, target);
    */
-  async learnDue(intervalMs: number): Promise<boolean> {
-    checkInt("intervalMs", intervalMs, 1, 24 * 60 * 60_000);
+  async learnDue(): Promise<boolean> {
+    const learn = learnSettingsFromEnv(this.env);
+    if (learn === null) return false;
     const now = Date.now();
-    if (learnSettingsFromEnv(this.env) === null) return false;
-    if (this.learned && now - this.learned.learnedAt < intervalMs) return false;
+    if (this.learned && now - this.learned.learnedAt < learn.intervalMs) return false;
     if (this.learnClaimedAt !== null && now - this.learnClaimedAt < 30_000) return false;
     this.learnClaimedAt = now;
     return true;
   }
 
   /**
-   * The terms a Worker read from the database: the learned limit is worked out here
-   * (`src/core/room.ts`), kept (a restarted object starts from it) and applied as a live limit
-   * change — a raise grants queued callers, a drop revokes nothing — unless an operator's limit
-   * holds. A pool with a fixed `LEASE_LIMIT` refuses with `INVALID_ARGUMENT`.
+   * A reading a Worker took of the database: the learned limit is worked out here with this
+   * object's own caps (`LEASE_HEADROOM`, `LEASE_LIMIT_MAX` from its env; any the caller sends are
+   * ignored), kept (a restarted object starts from it) and applied as a live limit change — a
+   * raise grants queued callers, a drop revokes nothing — unless an operator's limit holds. A
+   * failed reading is kept for operators and answered as that failure; the limit stays. A pool
+   * with a fixed `LEASE_LIMIT` refuses with `INVALID_ARGUMENT`.
    *
    * @example
-   * const answer = await stub.learnedLimit(await readRoomTerms(sql, "my-app", settings));
+   * const result = await stub.learnLimit({ ok: true, counts: await readRoomCounts(sql, "my-app") });
    */
-  async learnedLimit(terms: RoomTerms): Promise<LearnAnswer> {
+  async learnLimit(reading: RoomReading): Promise<LearnResult> {
     try {
-      if (learnSettingsFromEnv(this.env) === null) {
-        throw new LeaseError(
-          "INVALID_ARGUMENT",
-          "This pool's limit is fixed: set LEASE_LIMIT=auto to learn it from the database",
-        );
+      const learn = learnSettingsFromEnv(this.env);
+      if (learn === null) throw new LeaseError("INVALID_ARGUMENT", FIXED_LIMIT);
+      const now = Date.now();
+      const checked = checkReading(reading, now);
+      this.learnClaimedAt = null;
+      if (!checked.ok) {
+        this.learnFailure = checked.failure;
+        return checked.answer;
       }
-      const learned = learnedLimit(terms, Date.now());
+      const learned = learnedLimit(withCaps(checked.counts, learn), now);
       this.learned = learned;
       this.learnFailure = null;
-      this.learnClaimedAt = null;
       this.store.writeMeta("learned", JSON.stringify(learned));
-      const config = this.baseConfig();
-      const answer = await this.operator((state, now) => ({
+      const limit = learned.limit;
+      const answer = await this.operator((state, at) => ({
         answer: null,
         effects:
           state.limitOverride === null
-            ? reconfigure(state, { ...state.config, limit: config.limit }, now)
+            ? reconfigure(state, { ...state.config, limit }, at)
             : { granted: [], timedOut: [], expired: [] },
       }));
-      if (answer !== null) return answer as LearnAnswer;
-      const pool = this.requirePool();
-      return { ok: true, limit: pool.config.limit, limitSource: limitSource(pool.limitOverride, learned), learned };
+      if (answer !== null) return answer as Failure;
+      return { ok: true, ...this.learnState(this.requirePool()) };
     } catch (error) {
       return failureOf(error);
     }
-  }
-
-  /**
-   * A learning that failed (the database could not be read): the last learned limit stays, and
-   * operators see when and why.
-   *
-   * @example
-   * await stub.learnFailed({ at: Date.now(), code: "DATABASE_UNAVAILABLE", message });
-   */
-  async learnFailed(failure: LearnFailure): Promise<void> {
-    this.learnClaimedAt = null;
-    if (typeof failure !== "object" || failure === null) return;
-    this.learnFailure = {
-      at: Number(failure.at) || Date.now(),
-      code: String(failure.code).slice(0, 64),
-      message: String(failure.message).slice(0, 500),
-    };
   }
 }
 

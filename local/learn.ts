@@ -4,8 +4,8 @@
  * it as the configured limit (an operator's override still wins, as it does over `LEASE_LIMIT`).
  */
 import type { Sql, TransactionSql } from "postgres";
-import { type LearnFailure, type LearnSettings, type LearnedLimit, learnedLimit } from "../src/core/index.ts";
-import { readRoomTerms } from "../src/db/learn-limit.ts";
+import { type LearnFailure, type LearnSettings, type LearnedLimit, learnedLimit, withCaps } from "../src/core/index.ts";
+import { readRoomCounts } from "../src/db/learn-limit.ts";
 
 /** First key of the two-key advisory lock one learner holds (a space apart from the pools' locks). */
 const LEARN_LOCK = 7_401_310;
@@ -44,7 +44,10 @@ export async function learnOnce(
     const now = Date.now();
     if (!force && before.learned && now - before.learned.learnedAt < settings.intervalMs / 2)
       return { changed: false, record: before };
-    const learned = learnedLimit(await readRoomTerms(tx, settings.applicationName, settings), now);
+    const learned = learnedLimit(
+      withCaps(await readRoomCounts(tx, settings.applicationName, settings.intervalMs), settings),
+      now,
+    );
     await writeLearned(tx, pool, learned);
     return { changed: before.learned?.limit !== learned.limit, record: { learned, learnFailure: null } };
   });

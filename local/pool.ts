@@ -7,11 +7,18 @@ import type { Sql } from "postgres";
 import { type LeaseClient, Leases } from "../src/client/leases.ts";
 import type { ConnectionCounts } from "../src/core/index.ts";
 import { LeaseError } from "../src/core/errors.ts";
-import { type SettingsEnv, parseConnectionString, settingsFromEnv } from "../src/db/config.ts";
+import {
+  type SettingsEnv,
+  databaseOf,
+  parseConnectionString,
+  settingsFromEnv,
+  withPoolApplicationName,
+} from "../src/db/config.ts";
 import { type DriverModule, bindDriver, loadDriver, missingDriver } from "../src/db/connect.ts";
 import { Database } from "../src/db/database.ts";
 import { enforceLedger } from "../src/db/enforce.ts";
 import { toDatabaseError } from "../src/db/errors.ts";
+import { readRoomCounts, roomReading } from "../src/db/learn-limit.ts";
 import { type LeasedPool, leasedSql } from "../src/db/pool.ts";
 import { controlsOf } from "../src/http/operator.ts";
 import type { LeaseTracer } from "../src/tracing.ts";
@@ -59,7 +66,13 @@ export async function localPool<Client = unknown>(
 ): Promise<LocalPool<Client>> {
   const settings = settingsFromEnv(env.DATABASE_URL ? env : { ...env, DATABASE_URL: DEFAULT_DATABASE_URL });
   const { name } = settings.pool;
-  const config = settings.database;
+  // Without APPLICATION_NAME, the pool's connections carry a name of its own: a local pool is its
+  // database and its pool name (every process naming both shares it).
+  const config = withPoolApplicationName(
+    settings.database,
+    env,
+    `${databaseOf(settings.database.connectionString)}/${name}`,
+  );
   const { applicationName, connectionString } = config;
   const { enforce } = settings.pool;
   const direct = directUrl(env, config.pooler, settings.pool.coordinator) ?? connectionString;
@@ -109,7 +122,9 @@ export async function localPool<Client = unknown>(
       controlsOf(
         coordinator,
         () => observe(coordinator, control!).catch((e: unknown) => Promise.reject(toDatabaseError(e))),
-        settings.pool.learn ? () => coordinator.learnLimit() : undefined,
+        settings.pool.learn
+          ? () => roomReading(() => readRoomCounts(control!, applicationName, settings.pool.learn!.intervalMs))
+          : undefined,
       ),
     sql: leasedSql(db, driver),
     close: async () => {

@@ -7,6 +7,7 @@ import {
   type Effects,
   type Failure,
   type LearnFailure,
+  type LearnResult,
   type LearnSettings,
   type LearnedLimit,
   type LeaseRef,
@@ -18,19 +19,24 @@ import {
   type ReleaseResult,
   type RenewResult,
   type RevokeResult,
+  type RoomReading,
   type ShardRef,
+  FIXED_LIMIT,
   LeaseError,
+  checkReading,
+  checkCountsFit,
   compareConnections,
   expected,
   isLeaseError,
+  learnState,
   learnedLimit,
-  limitSource,
   stats,
   tick,
   validateConfig,
+  withCaps,
 } from "../src/core/index.ts";
 import { toDatabaseError } from "../src/db/errors.ts";
-import { readRoomTerms } from "../src/db/learn-limit.ts";
+import { readRoomCounts } from "../src/db/learn-limit.ts";
 import { countConnections } from "../src/db/reconcile.ts";
 import {
   type AcquireAnswer,
@@ -90,13 +96,6 @@ export interface PostgresCoordinatorOptions {
    * `pg_signal_backend`); without it the reap goes on without terminating.
    */
   enforce?: boolean | undefined;
-}
-
-/** What an operator's "learn now" answers: the limit in force, where it comes from, the learning. */
-export interface LearnAnswer {
-  limit: number;
-  limitSource: "configured" | "learned" | "operator";
-  learned: LearnedLimit | null;
 }
 
 const POOL_NAME = /^[A-Za-z0-9_.:-]{1,48}$/;
@@ -169,6 +168,8 @@ export class PostgresCoordinator implements CoordinatorBackend {
   #lastState: PoolState | undefined;
   readonly #learn: (LearnSettings & { applicationName: string }) | null;
   #learnTimer: ReturnType<typeof setInterval> | undefined;
+  /** The timer's learnings in flight. */
+  readonly #learning = new Set<Promise<void>>();
   /** This process's last failed learning, when even noting it in the pool's row failed. */
   #learnFailure: LearnFailure | null = null;
 
@@ -190,7 +191,11 @@ export class PostgresCoordinator implements CoordinatorBackend {
     }
     this.pool = pool;
     this.#sql = options.sql;
-    this.#config = validateConfig(options.config);
+    // The fixed counts fit the configured limit, or with `learn` the cap LEASE_LIMIT_MAX.
+    this.#config = checkCountsFit(
+      validateConfig(options.config),
+      options.learn ? options.learn.limitMax : options.config.limit,
+    );
     this.#channel = `leasegate.${pool}`;
     this.#learn = options.learn ?? null;
     this.#transitions = new Transitions({
@@ -259,15 +264,18 @@ export class PostgresCoordinator implements CoordinatorBackend {
     try {
       const max = (this.#sql as { options?: { max?: number } }).options?.max ?? 1;
       await Promise.all(Array.from({ length: max }, () => this.#sql`SELECT 1`));
-      const t = await readRoomTerms(this.#sql, learn.applicationName, learn);
+      const t = await readRoomCounts(this.#sql, learn.applicationName, learn.intervalMs);
       const listen = 1;
       return learnedLimit(
-        {
-          ...t,
-          othersOnServer: t.othersOnServer + listen,
-          othersOfRole: t.othersOfRole + listen,
-          othersInDatabase: t.othersInDatabase + listen,
-        },
+        withCaps(
+          {
+            ...t,
+            othersOnServer: t.othersOnServer + listen,
+            othersOfRole: t.othersOfRole + listen,
+            othersInDatabase: t.othersInDatabase + listen,
+          },
+          learn,
+        ),
         Date.now(),
       );
     } catch (error) {
@@ -278,7 +286,13 @@ export class PostgresCoordinator implements CoordinatorBackend {
 
   /** One learning of the interval timer: a failure keeps the last learned limit and is noted. */
   async #learnQuietly(force: boolean): Promise<void> {
-    await this.#learnNow(force).catch(() => {});
+    const learning = this.#learnNow(force).then(
+      () => {},
+      () => {},
+    );
+    this.#learning.add(learning);
+    await learning;
+    this.#learning.delete(learning);
   }
 
   async #learnNow(force: boolean): Promise<LearnedLimit | null> {
@@ -298,23 +312,52 @@ export class PostgresCoordinator implements CoordinatorBackend {
   }
 
   /**
-   * `LEASE_LIMIT=auto`: learns the limit from the database now (an operator's request), in force
-   * at once for every process unless an operator's override holds. Throws `INVALID_ARGUMENT` on a
-   * pool with a fixed limit, a database error when the database cannot be read (the limit stays).
+   * `LEASE_LIMIT=auto`: true when the learned limit in the pool's row is older than the interval
+   * (or there is none). This backend learns on its own timer, one process at a time (an advisory
+   * lock), so the answer claims nothing. Always false for a fixed limit.
    *
    * @example
-   * const { limit, limitSource, learned } = await coordinator.learnLimit();
+   * if (await coordinator.learnDue()) await coordinator.learnLimit(await roomReading(() => readRoomCounts(sql, "my-app")));
    */
-  async learnLimit(): Promise<LearnAnswer> {
-    if (!this.#learn)
-      throw new LeaseError(
-        "INVALID_ARGUMENT",
-        "This pool's limit is fixed: set LEASE_LIMIT=auto to learn it from the database",
-      );
+  async learnDue(): Promise<boolean> {
+    if (!this.#learn) return false;
     await this.ready();
-    const learned = await this.#learnNow(true);
-    const { state } = await this.#read();
-    return { limit: state.config.limit, limitSource: limitSource(state.limitOverride, learned), learned };
+    const { learned } = await readRecord(this.#sql, this.pool);
+    return learned === null || Date.now() - learned.learnedAt >= this.#learn.intervalMs;
+  }
+
+  /**
+   * `LEASE_LIMIT=auto`: a reading of the database (`readRoomCounts`, outside any lease). The limit
+   * is worked out with this coordinator's own caps, written to the pool's row (in force at once
+   * for every process unless an operator's override holds) and queued callers a raise lets in are
+   * granted. A failed reading is noted in the row (the limit stays) and answered as that failure.
+   * A pool with a fixed limit answers `INVALID_ARGUMENT`.
+   *
+   * @example
+   * const r = await coordinator.learnLimit(await roomReading(() => readRoomCounts(sql, "my-app")));
+   */
+  async learnLimit(reading: RoomReading): Promise<LearnResult> {
+    try {
+      if (!this.#learn) throw new LeaseError("INVALID_ARGUMENT", FIXED_LIMIT);
+      await this.ready();
+      const checked = checkReading(reading, Date.now());
+      if (!checked.ok) {
+        this.#learnFailure = checked.failure;
+        await noteLearnFailure(this.#sql, this.pool, checked.failure).catch(() => {});
+        return checked.answer;
+      }
+      const learned = learnedLimit(withCaps(checked.counts, this.#learn), Date.now());
+      await this.#sql.begin((tx) => writeLearned(tx, this.pool, learned));
+      this.#learnFailure = null;
+      // A raise grants queued callers now; a drop revokes nothing (grants wait below the new limit).
+      const pool = await this.#transitions.run((s, now) => ({
+        answer: { limit: s.config.limit, limitOverride: s.limitOverride },
+        effects: tick(s, now),
+      }));
+      return { ok: true, ...learnState(pool, learned, null, Date.now()) };
+    } catch (error) {
+      return failureOf(error);
+    }
   }
 
   /** After a LISTEN reconnect: stamp our queued waiters with the new connection's pid. */
@@ -523,14 +566,14 @@ export class PostgresCoordinator implements CoordinatorBackend {
       this.#read(),
       this.#learn ? readRecord(this.#sql, this.pool) : null,
     ]);
-    return {
-      ...stats(state, Date.now()),
-      limitOverride: state.limitOverride,
-      reconciliation,
-      limitSource: limitSource(state.limitOverride, record?.learned ?? null),
-      learned: record?.learned ?? null,
-      learnFailure: record ? (record.learnFailure ?? this.#learnFailure) : null,
-    };
+    const now = Date.now();
+    const { limit: _, ...learning } = learnState(
+      { limit: state.config.limit, limitOverride: state.limitOverride },
+      record?.learned ?? null,
+      record ? (record.learnFailure ?? this.#learnFailure) : null,
+      now,
+    );
+    return { ...stats(state, now), limitOverride: state.limitOverride, reconciliation, ...learning };
   }
 
   /**
@@ -545,6 +588,8 @@ export class PostgresCoordinator implements CoordinatorBackend {
     this.#closed = true;
     this.#timer.clear();
     clearInterval(this.#learnTimer);
+    // A learning in flight ends before close does: a closed coordinator writes no limit after it.
+    await Promise.all(this.#learning);
     const ids = this.#waiters.ids();
     for (const id of ids) this.#waiters.settle(id, CLOSED);
     if (ids.length > 0 && this.#ready) {

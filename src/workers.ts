@@ -13,6 +13,7 @@
  *   scheduled: reconcileOnSchedule({ driver }),
  * } satisfies ExportedHandler<Env>;
  */
+import { LeaseError } from "./core/errors.ts";
 import type { DriverModule } from "./db/driver.ts";
 import { type WorkerPoolEnv, workerPool } from "./workers/pool.ts";
 
@@ -24,7 +25,7 @@ export type { WorkerPoolEnv, WorkerPoolOptions } from "./workers/pool.ts";
  * A `scheduled` handler (the cron in `wrangler.toml`'s `[triggers]`) that reconciles the pool's
  * leases with the database's own count of connections (`pg_stat_activity`), as
  * `POST /__coordinator/reconcile` does on demand; with `LEASE_LIMIT=auto` it learns the limit
- * first, as `POST /__coordinator/learn` does. A failed run (database down) rejects, so it shows
+ * first, as `POST /__coordinator/learn` does. A failed run (database down) rejects after both, so it shows
  * as a failed cron invocation. Does nothing with `COORDINATOR=off`.
  *
  * @example
@@ -36,7 +37,9 @@ export function reconcileOnSchedule<Client>(options: {
 }): (controller: unknown, env: WorkerPoolEnv, ctx: { waitUntil(promise: Promise<unknown>): void }) => Promise<void> {
   return async (_controller, env, ctx) => {
     const operator = workerPool(env, ctx, options).operator;
-    await operator?.learn?.();
+    const learned = await operator?.learn?.();
     await operator?.reconcile();
+    // The coordinator kept the failed reading for operators; the cron run shows it failed too.
+    if (learned && !learned.ok) throw new LeaseError(learned.code, learned.message);
   };
 }

@@ -1,4 +1,4 @@
-import { LeaseError, expected } from "./errors.ts";
+import { LeaseError, expected, isLeaseError } from "./errors.ts";
 import { type PoolConfig, QUEUE_MODES, type QueueMode } from "./types.ts";
 
 /** Upper bounds that keep a single bad setting or request from pinning the coordinator. */
@@ -42,12 +42,21 @@ export function checkInt(
 }
 
 /**
- * Validates a complete pool configuration.
+ * Validates a complete pool configuration. The fixed counts (`reserved`, `batchMax`,
+ * `adaptive.floor`) are checked against the bounds only, not against `limit`: a limit that moves
+ * (`LEASE_LIMIT=auto`, an operator's limit) leaves them as they are, and the pool clamps them to
+ * the limit in force (`reservedSlots`, the adaptive floor; a batch cap above the limit caps
+ * nothing). What is configured is checked against its own limit by {@link checkCountsFit}.
  *
  * @example
  * validateConfig({ limit: 18, maxQueue: 1000, waitMs: 5000, leaseTtlMs: 30000 })
  */
 export function validateConfig(config: PoolConfig): PoolConfig {
+  if (typeof config !== "object" || config === null)
+    throw new LeaseError(
+      "INVALID_CONFIG",
+      expected("config", "an object { limit, maxQueue, waitMs, leaseTtlMs }", config),
+    );
   const limit = checkInt("limit", config.limit, 1, BOUNDS.limit, "INVALID_CONFIG");
   const optional = (name: string, value: number | undefined, min: number, max: number) =>
     value === undefined ? undefined : checkInt(name, value, min, max, "INVALID_CONFIG");
@@ -56,7 +65,7 @@ export function validateConfig(config: PoolConfig): PoolConfig {
     if (typeof adaptive !== "object" || adaptive === null) {
       throw new LeaseError("INVALID_CONFIG", expected("adaptive", "an object with `floor`", adaptive));
     }
-    checkInt("adaptive.floor", adaptive.floor, 1, limit, "INVALID_CONFIG");
+    checkInt("adaptive.floor", adaptive.floor, 1, BOUNDS.limit, "INVALID_CONFIG");
     if (adaptive.tolerance !== undefined && !(adaptive.tolerance >= 1 && adaptive.tolerance <= 10)) {
       throw new LeaseError(
         "INVALID_CONFIG",
@@ -73,12 +82,36 @@ export function validateConfig(config: PoolConfig): PoolConfig {
     maxQueue: checkInt("maxQueue", config.maxQueue, 0, BOUNDS.maxQueue, "INVALID_CONFIG"),
     waitMs: checkInt("waitMs", config.waitMs, 0, BOUNDS.waitMs, "INVALID_CONFIG"),
     leaseTtlMs: checkInt("leaseTtlMs", config.leaseTtlMs, 1, BOUNDS.leaseTtlMs, "INVALID_CONFIG"),
-    reserved: optional("reserved", config.reserved, 0, limit - 1),
-    batchMax: optional("batchMax", config.batchMax, 0, limit),
+    reserved: optional("reserved", config.reserved, 0, BOUNDS.limit - 1),
+    batchMax: optional("batchMax", config.batchMax, 0, BOUNDS.limit),
     adaptive: adaptive === undefined ? undefined : { floor: adaptive.floor, tolerance: adaptive.tolerance },
     // Absent means `fifo`; kept absent so configs stored before the setting existed compare equal.
     ...(queue === undefined || queue === "fifo" ? {} : { queue }),
   };
+}
+
+/**
+ * Checks that a configuration's fixed counts fit under `limit` — the configured limit, or with
+ * `LEASE_LIMIT=auto` the cap `LEASE_LIMIT_MAX` (null: no cap, nothing to check): `reserved` at
+ * most `limit − 1` (one slot stays for everyone), `batchMax` and `adaptive.floor` at most `limit`.
+ * Fails with `INVALID_CONFIG` naming the count; answers `config`.
+ *
+ * @example
+ * checkCountsFit({ limit: 10, maxQueue: 10, waitMs: 100, leaseTtlMs: 1000, reserved: 2 }, 10)
+ */
+export function checkCountsFit(config: PoolConfig, limit: number | null): PoolConfig {
+  if (limit === null) return config;
+  const check = (name: string, value: number | undefined, max: number) => {
+    if (value !== undefined && value > max)
+      throw new LeaseError(
+        "INVALID_CONFIG",
+        expected(name, `an integer from 0 to ${max} (the limit is ${limit})`, value),
+      );
+  };
+  check("reserved", config.reserved, limit - 1);
+  check("batchMax", config.batchMax, limit);
+  check("adaptive.floor", config.adaptive?.floor, limit);
+  return config;
 }
 
 /**
@@ -214,6 +247,24 @@ export function poolSettings(env: PoolEnv): PoolSettings {
   const limit = learn
     ? LEARN_DEFAULTS.startLimit
     : intFromEnv("LEASE_LIMIT", env.LEASE_LIMIT, DEFAULT_CONFIG.limit, 1, BOUNDS.limit);
+  // The fixed counts are checked against the limit they serve: LEASE_LIMIT, or with `auto` the
+  // cap LEASE_LIMIT_MAX (no cap: the bounds). Under a learned limit they are clamped to it.
+  const fits = learn ? (learn.limitMax ?? BOUNDS.limit) : limit;
+  const count = <T extends number | undefined>(
+    name: string,
+    raw: string | undefined,
+    fallback: T,
+    min: number,
+    max: number,
+  ) => {
+    try {
+      return intFromEnv(name, raw, fallback, min, max);
+    } catch (error) {
+      if (!learn || !isLeaseError(error)) throw error;
+      const why = learn.limitMax === null ? "" : `, LEASE_LIMIT_MAX being ${learn.limitMax}`;
+      throw new LeaseError("INVALID_CONFIG", `${error.message} (a fixed count under LEASE_LIMIT=auto${why})`);
+    }
+  };
   const adaptive = oneOf("LEASE_ADAPTIVE", env.LEASE_ADAPTIVE, ["on", "off"], "off") === "on";
   const queue = oneOf<QueueMode>("LEASE_QUEUE", env.LEASE_QUEUE, QUEUE_MODES, DEFAULT_QUEUE_MODE);
   const config: PoolConfig = {
@@ -221,16 +272,17 @@ export function poolSettings(env: PoolEnv): PoolSettings {
     maxQueue: intFromEnv("LEASE_MAX_QUEUE", env.LEASE_MAX_QUEUE, DEFAULT_CONFIG.maxQueue, 0, BOUNDS.maxQueue),
     waitMs: intFromEnv("LEASE_WAIT_MS", env.LEASE_WAIT_MS, DEFAULT_CONFIG.waitMs, 0, BOUNDS.waitMs),
     leaseTtlMs: intFromEnv("LEASE_TTL_MS", env.LEASE_TTL_MS, DEFAULT_CONFIG.leaseTtlMs, 1, BOUNDS.leaseTtlMs),
-    reserved: intFromEnv("LEASE_RESERVED", env.LEASE_RESERVED, undefined, 0, limit - 1),
-    batchMax: intFromEnv("LEASE_BATCH_MAX", env.LEASE_BATCH_MAX, undefined, 0, limit),
+    reserved: count("LEASE_RESERVED", env.LEASE_RESERVED, undefined, 0, fits - 1),
+    batchMax: count("LEASE_BATCH_MAX", env.LEASE_BATCH_MAX, undefined, 0, fits),
     adaptive: adaptive
       ? {
-          floor: intFromEnv(
+          // Default: a quarter of the limit (with `auto`: of LEASE_LIMIT_MAX, else 1).
+          floor: count(
             "LEASE_ADAPTIVE_FLOOR",
             env.LEASE_ADAPTIVE_FLOOR,
-            Math.max(1, Math.floor(limit / 4)),
+            Math.max(1, Math.floor((learn ? (learn.limitMax ?? 1) : limit) / 4)),
             1,
-            limit,
+            fits,
           ),
         }
       : undefined,
@@ -315,24 +367,18 @@ export const LEARN_DEFAULTS = {
   startLimit: 1,
 } as const;
 
-/** Settings that fix a count against the limit (or split it) cannot follow a limit that moves. */
-const NOT_WITH_AUTO = ["LEASE_RESERVED", "LEASE_BATCH_MAX", "LEASE_ADAPTIVE", "LEASE_SHARDS", "LEASE_BLOCK"] as const;
-
+/**
+ * `LEASE_SHARDS` splits a fixed limit into parts; a learned one is not split (one coordinator
+ * learns it). The fixed counts (`LEASE_RESERVED`, `LEASE_BATCH_MAX`, `LEASE_ADAPTIVE_FLOOR`) and
+ * the lease block compose with `auto`: the counts are clamped to the limit in force.
+ */
 function checkAutoCompatible(env: PoolEnv): void {
-  for (const name of NOT_WITH_AUTO) {
-    const value = text(env[name]);
-    const set =
-      name === "LEASE_ADAPTIVE"
-        ? value === "on"
-        : name === "LEASE_SHARDS"
-          ? value !== "" && value !== "1"
-          : value !== "" && !(name === "LEASE_BLOCK" && value === "0");
-    if (set)
-      throw new LeaseError(
-        "INVALID_CONFIG",
-        `\`${name}\` cannot be combined with \`LEASE_LIMIT=auto\` (the learned limit moves; one coordinator learns it)`,
-      );
-  }
+  const shards = text(env.LEASE_SHARDS);
+  if (shards !== "" && shards !== "1")
+    throw new LeaseError(
+      "INVALID_CONFIG",
+      "`LEASE_SHARDS` cannot be combined with `LEASE_LIMIT=auto` (the learned limit moves; one coordinator learns it)",
+    );
 }
 
 /**

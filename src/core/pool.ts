@@ -2,7 +2,17 @@ import { BOUNDS, checkInt, validateConfig } from "./config.ts";
 import { LeaseError, expected } from "./errors.ts";
 import { createHistogram, percentile, record } from "./histogram.ts";
 import { CLOCK_MARGIN_MS, TTL_CAP_FACTOR, type VerifyRef, maxTtlMs } from "./recovery.ts";
-import { capacity, eligible, noStandingQueue, observeHold, observeQueue, pickNext, served } from "./scheduling.ts";
+import {
+  capacity,
+  eligible,
+  noStandingQueue,
+  observeHold,
+  observeQueue,
+  pickNext,
+  reservedSlots,
+  served,
+  adaptiveFollowsLimit,
+} from "./scheduling.ts";
 import {
   type AcquireOutcome,
   type AcquireRequest,
@@ -589,6 +599,7 @@ export function reconfigure(state: PoolState, config: PoolConfig, now: number): 
   state.config = validateConfig(config);
   if (!state.config.adaptive) state.adaptive = undefined;
   else if (!wasAdaptive || !state.adaptive) state.adaptive = initialAdaptive(state.config);
+  else adaptiveFollowsLimit(state);
   const fx = noEffects();
   advance(state, now, fx);
   return fx;
@@ -606,7 +617,7 @@ export function stats(state: PoolState, now: number): PoolStats {
   return {
     limit: state.config.limit,
     effectiveLimit: capacity(state),
-    reserved: state.config.reserved ?? 0,
+    reserved: reservedSlots(state),
     held: state.leases.size,
     waiting: state.queue.length,
     maxWaitMs: oldest === Infinity ? 0 : now - oldest,

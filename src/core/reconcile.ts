@@ -2,7 +2,7 @@
  * Reconciliation: what the coordinator believes (leases held) against what the database sees
  * (connections in `pg_stat_activity`). Pure: the shell runs the query and passes the counts.
  */
-import type { LearnedLimit, LimitSource } from "./room.ts";
+import type { LearnFailure, LearnedLimit, LimitSource } from "./room.ts";
 import type { PoolStats } from "./types.ts";
 
 /** Connection counts read from `pg_stat_activity` by one short query outside any lease. */
@@ -80,14 +80,8 @@ export interface OperatorStats extends PoolStats {
   limitSource?: LimitSource | undefined;
   /** The last learning with its terms (`LEASE_LIMIT=auto`), or null before the first one. */
   learned?: LearnedLimit | null | undefined;
+  /** How old `learned` is, ms (`LEASE_LIMIT=auto`); null before the first learning. */
+  learnedAgeMs?: number | null | undefined;
   /** The last learning that failed after the last one that worked (the limit stays), or null. */
   learnFailure?: LearnFailure | null | undefined;
-}
-
-/** A learning that failed: the last learned limit stays in force. */
-export interface LearnFailure {
-  /** When it failed, ms since the epoch. */
-  readonly at: number;
-  readonly code: string;
-  readonly message: string;
 }

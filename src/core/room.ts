@@ -3,7 +3,8 @@
  * query reads (max_connections, reserved slots, the role's and the database's `CONNECTION LIMIT`,
  * the connections others hold now). Pure: the shell runs the query and passes the terms.
  */
-import { LeaseError, expected } from "./errors.ts";
+import { ErrorCodes, LeaseError, expected } from "./errors.ts";
+import type { Failure, Result } from "./protocol.ts";
 
 /** What the learning query read, plus the two settings that shape the result. */
 export interface RoomTerms {
@@ -23,10 +24,131 @@ export interface RoomTerms {
   readonly othersOfRole: number;
   /** Those of them connected to the same database, any role. */
   readonly othersInDatabase: number;
+  /**
+   * Pools that learn their limit on this database now, this one included (`leasegate_learners`):
+   * the room is split among them equally. Absent: 1.
+   */
+  readonly pools?: number | undefined;
+  /** Of `pools`, those connected as the same role: the role's room is split among them. Absent: 1. */
+  readonly poolsOfRole?: number | undefined;
+  /** Of `othersOnServer`, the connections of the other pools that learn (their part of the room). Absent: 0. */
+  readonly learningOnServer?: number | undefined;
+  /** Of `othersOfRole`, those of the other pools that learn. Absent: 0. */
+  readonly learningOfRole?: number | undefined;
+  /** Of `othersInDatabase`, those of the other pools that learn. Absent: 0. */
+  readonly learningInDatabase?: number | undefined;
   /** Slots kept free below the room (`LEASE_HEADROOM`). */
   readonly headroom: number;
   /** Never learn more than this (`LEASE_LIMIT_MAX`), null: no cap. */
   readonly limitMax: number | null;
+}
+
+/**
+ * What one reading of the database gives: the terms without the pool's own caps. Whoever reads
+ * them (a Worker through Hyperdrive, a process on its own client) hands these to the coordinator,
+ * which adds `LEASE_HEADROOM` and `LEASE_LIMIT_MAX` from its own settings: a caller cannot raise
+ * a pool's cap.
+ */
+export type RoomCounts = Omit<RoomTerms, "headroom" | "limitMax">;
+
+/** What a pool with a fixed limit answers a learning (`INVALID_ARGUMENT`). */
+export const FIXED_LIMIT = "This pool's limit is fixed: set LEASE_LIMIT=auto to learn it from the database";
+
+/** A reading handed to `learnLimit`: the counts, or why the database could not be read. */
+export type RoomReading = Result<{ readonly counts: RoomCounts }>;
+
+/** A learning that failed: the last learned limit stays in force. */
+export interface LearnFailure {
+  /** When the coordinator was told, ms since the epoch. */
+  readonly at: number;
+  readonly code: string;
+  readonly message: string;
+}
+
+/**
+ * The learned limit as a pool has it now: what `learnLimit` answers and what the operator stats
+ * carry (`LEASE_LIMIT=auto`).
+ */
+export interface LearnState {
+  /** The limit in force. */
+  readonly limit: number;
+  /** Where it comes from: an operator's override wins over the learning. */
+  readonly limitSource: LimitSource;
+  /** The last learning with its terms, or null before the first one. */
+  readonly learned: LearnedLimit | null;
+  /** How old `learned` is, ms; null before the first learning. */
+  readonly learnedAgeMs: number | null;
+  /** The last learning that failed after the last one that worked (the limit stayed), or null. */
+  readonly learnFailure: LearnFailure | null;
+}
+
+/** What `learnLimit` answers: the state after the reading, or the reading's failure (kept for operators). */
+export type LearnResult = Result<LearnState>;
+
+/**
+ * The learned limit's state at `now`.
+ *
+ * @example
+ * learnState({ limit: 17, limitOverride: null, learned, learnFailure: null }, Date.now()).learnedAgeMs
+ */
+export function learnState(
+  pool: { readonly limit: number; readonly limitOverride: number | null },
+  learned: LearnedLimit | null,
+  learnFailure: LearnFailure | null,
+  now: number,
+): LearnState {
+  return {
+    limit: pool.limit,
+    limitSource: limitSource(pool.limitOverride, learned),
+    learned,
+    learnedAgeMs: learned === null ? null : Math.max(0, now - learned.learnedAt),
+    learnFailure,
+  };
+}
+
+/**
+ * Checks a reading handed in over RPC: the counts (`learnedLimit` checks each one), or a failure
+ * whose code and message are cut to a sane length and stamped with `now`. Anything else fails
+ * with `INVALID_ARGUMENT`.
+ *
+ * @example
+ * const r = checkReading({ ok: false, code: "DATABASE_UNAVAILABLE", message: "refused" }, Date.now());
+ */
+export function checkReading(
+  reading: RoomReading,
+  now: number,
+): { ok: true; counts: RoomCounts } | { ok: false; failure: LearnFailure; answer: Failure } {
+  if (typeof reading !== "object" || reading === null || typeof reading.ok !== "boolean")
+    throw new LeaseError(
+      "INVALID_ARGUMENT",
+      expected("reading", "{ ok: true, counts } or { ok: false, code, message }", reading),
+    );
+  if (reading.ok) {
+    if (typeof reading.counts !== "object" || reading.counts === null)
+      throw new LeaseError("INVALID_ARGUMENT", expected("reading.counts", "an object of room counts", reading.counts));
+    return { ok: true, counts: reading.counts };
+  }
+  // A stable code (what a database error becomes): anything else is no failure this library names.
+  if (!(ErrorCodes as readonly unknown[]).includes(reading.code) || typeof reading.message !== "string")
+    throw new LeaseError(
+      "INVALID_ARGUMENT",
+      expected("reading", "a failure with one of leasegate's error codes and a string `message`", reading),
+    );
+  const failure = { at: now, code: reading.code, message: reading.message.slice(0, 500) };
+  return { ok: false, failure, answer: { ok: false, code: reading.code, message: failure.message } };
+}
+
+/**
+ * The terms of one learning: the counts read, with the pool's own caps.
+ *
+ * @example
+ * learnedLimit(withCaps(counts, settings), Date.now())
+ */
+export function withCaps(
+  counts: RoomCounts,
+  caps: { readonly headroom: number; readonly limitMax: number | null },
+): RoomTerms {
+  return { ...counts, headroom: caps.headroom, limitMax: caps.limitMax };
 }
 
 /** Which term decided the learned limit. */
@@ -39,13 +161,16 @@ export type LimitSource = "configured" | "learned" | "operator";
 export interface LearnedLimit {
   /** The limit to apply: at least 1. */
   readonly limit: number;
-  /** The least room of the three scopes, before the headroom. */
+  /** The least room of the three scopes, before the headroom: this pool's share of it. */
   readonly room: number;
-  /** Room on the server: max_connections − reserved slots − others' client connections. */
+  /**
+   * This pool's share of the room on the server: max_connections − reserved slots − the client
+   * connections of others that do not learn, split equally among the pools that learn (`pools`).
+   */
   readonly server: number;
-  /** Room under the role's limit, null when the role has none. */
+  /** Its share of the room under the role's limit, null when the role has none. */
   readonly role: number | null;
-  /** Room under the database's limit, null when the database has none. */
+  /** Its share of the room under the database's limit, null when the database has none. */
   readonly database: number | null;
   /** The term that decided `limit`. */
   readonly bound: RoomBound;
@@ -71,6 +196,15 @@ function count(name: string, value: unknown, min = 0): number {
     );
   }
   return value;
+}
+
+/** A part of `whole` (absent: 0): a count no larger than the whole it is part of. */
+function part(name: string, value: unknown, whole: unknown): number {
+  if (value === undefined) return 0;
+  const n = count(name, value);
+  if (typeof whole === "number" && n > whole)
+    throw new LeaseError("INVALID_ARGUMENT", expected(`terms.${name}`, `at most ${whole} (a part of the others)`, n));
+  return n;
 }
 
 /** A `CONNECTION LIMIT`: null, or any negative value (Postgres writes -1), means none. */
@@ -102,14 +236,27 @@ export function learnedLimit(terms: RoomTerms, now: number): LearnedLimit {
     othersOnServer: count("othersOnServer", terms.othersOnServer),
     othersOfRole: count("othersOfRole", terms.othersOfRole),
     othersInDatabase: count("othersInDatabase", terms.othersInDatabase),
+    pools: terms.pools === undefined ? 1 : count("pools", terms.pools, 1),
+    poolsOfRole: terms.poolsOfRole === undefined ? 1 : count("poolsOfRole", terms.poolsOfRole, 1),
+    learningOnServer: part("learningOnServer", terms.learningOnServer, terms.othersOnServer),
+    learningOfRole: part("learningOfRole", terms.learningOfRole, terms.othersOfRole),
+    learningInDatabase: part("learningInDatabase", terms.learningInDatabase, terms.othersInDatabase),
     headroom: count("headroom", terms.headroom),
     limitMax: terms.limitMax === null || terms.limitMax === undefined ? null : count("limitMax", terms.limitMax, 1),
   };
   if (typeof now !== "number" || !Number.isFinite(now))
     throw new LeaseError("INVALID_ARGUMENT", expected("now", "a finite number of ms", now));
-  const server = t.maxConnections - t.superuserReserved - (t.reserved ?? 0) - t.othersOnServer;
-  const role = t.roleLimit === null ? null : t.roleLimit - t.othersOfRole;
-  const database = t.databaseLimit === null ? null : t.databaseLimit - t.othersInDatabase;
+  // The connections of the other pools that learn are their share, not room taken: the room left
+  // by everyone else is split equally among the pools that learn, so their limits sum to it.
+  // The role's room is split among the pools of the role only.
+  const share = (room: number, pools = t.pools ?? 1) => Math.floor(room / pools);
+  const server = share(
+    t.maxConnections - t.superuserReserved - (t.reserved ?? 0) - (t.othersOnServer - (t.learningOnServer ?? 0)),
+  );
+  const role =
+    t.roleLimit === null ? null : share(t.roleLimit - (t.othersOfRole - (t.learningOfRole ?? 0)), t.poolsOfRole ?? 1);
+  const database =
+    t.databaseLimit === null ? null : share(t.databaseLimit - (t.othersInDatabase - (t.learningInDatabase ?? 0)));
   // Ties go to the widest scope: the server's room is named only when nothing narrower is as tight.
   let room = server;
   let bound: RoomBound = "server";

@@ -28,6 +28,24 @@ function batchHeld(state: PoolState): number {
   return n;
 }
 
+/**
+ * The reserved slots in force: `reserved`, clamped to leave one slot of the limit in force
+ * (`capacity`) to everyone. A limit that moves under the fixed count — learned (`LEASE_LIMIT=auto`),
+ * set by an operator, or shrunk by the adaptive limit — never lets the reserve take the whole pool.
+ */
+export function reservedSlots(state: PoolState): number {
+  return Math.max(0, Math.min(state.config.reserved ?? 0, capacity(state) - 1));
+}
+
+/**
+ * An adaptive limit that has observed no hold yet starts at the limit in force: a limit that moved
+ * before any lease came back (`LEASE_LIMIT=auto`'s first learning lifts the start limit of 1)
+ * carries it along, rather than leaving it to creep up from where it was.
+ */
+export function adaptiveFollowsLimit(state: PoolState): void {
+  if (state.adaptive && state.adaptive.samples === 0) state.adaptive.limit = state.config.limit;
+}
+
 /** Whether a waiter of `priority` may take a slot now. */
 export function eligible(state: PoolState, priority: Priority): boolean {
   // An operator drain: nobody is granted, whatever their class.
@@ -35,7 +53,7 @@ export function eligible(state: PoolState, priority: Priority): boolean {
   const held = state.leases.size;
   const cap = capacity(state);
   if (priority === "critical") return held < cap;
-  if (held >= cap - (state.config.reserved ?? 0)) return false;
+  if (held >= cap - reservedSlots(state)) return false;
   if (priority === "batch" && state.config.batchMax !== undefined) return batchHeld(state) < state.config.batchMax;
   return true;
 }

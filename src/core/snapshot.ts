@@ -1,5 +1,6 @@
 import { LeaseError, expected } from "./errors.ts";
 import { createPool } from "./pool.ts";
+import { adaptiveFollowsLimit } from "./scheduling.ts";
 import type { AdaptiveState, Counters, Lease, PoolConfig, PoolState, StandingQueue, Waiter } from "./types.ts";
 
 /**
@@ -96,6 +97,7 @@ export function restore(
   state.serveSeq = snap.serveSeq;
   // A pool whose config turned adaptive on starts from a fresh adaptive state; off drops it.
   if (state.adaptive && snap.adaptive !== null) state.adaptive = { ...snap.adaptive };
+  adaptiveFollowsLimit(state);
   state.paused = snap.paused;
   state.limitOverride = snap.limitOverride;
   // A detector stored under `adaptive` means nothing to a pool now configured `fifo`.

@@ -152,7 +152,7 @@ export function databaseConfig(env: DatabaseEnv): DatabaseConfig {
   const mode = (env.LEASE_SAFE_MODE ?? "").trim() || "closed";
   if (mode !== "closed" && mode !== "budget") invalid(expected("LEASE_SAFE_MODE", "`closed` or `budget`", mode));
   const safeMode: SafeModeOptions = mode === "budget" ? { mode: "budget", budget } : { mode: "closed" };
-  const applicationName = (env.APPLICATION_NAME ?? "").trim() || "leasegate";
+  const applicationName = (env.APPLICATION_NAME ?? "").trim() || DEFAULT_APPLICATION_NAME;
   if (applicationName.length > 63) invalid(expected("APPLICATION_NAME", "at most 63 characters", applicationName));
   const detail = (env.DB_LOG_DETAIL ?? "").trim() || "off";
   if (detail !== "on" && detail !== "off") invalid(expected("DB_LOG_DETAIL", "`on` or `off`", detail));
@@ -225,6 +225,56 @@ export function databaseConfig(env: DatabaseEnv): DatabaseConfig {
 export function describeConfig(config: DatabaseConfig): Record<string, unknown> {
   const { connectionString, secrets, ...rest } = config;
   return { ...rest, database: redact(connectionString, secrets) };
+}
+
+/** `APPLICATION_NAME` when unset: this, `-`, and 8 hex digits of the pool's identity. */
+export const DEFAULT_APPLICATION_NAME = "leasegate";
+
+/**
+ * `application_name` of a pool's connections when `APPLICATION_NAME` is unset: one name per pool,
+ * `leasegate-` and 8 hex digits of `identity` (FNV-1a) — the coordinator object's id on Workers,
+ * the database and pool name on the local adapter. The learned limit and reconciliation count
+ * the connections with this name as the pool's own and every other one as someone else's, so two
+ * deployments that both keep the default no longer take each other's connections for their own.
+ *
+ * @example
+ * poolApplicationName("main") // "leasegate-…" (the same for the same identity, everywhere)
+ */
+export function poolApplicationName(identity: string): string {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < identity.length; i++) {
+    h ^= identity.charCodeAt(i);
+    h = Math.imul(h, 0x01000193) >>> 0;
+  }
+  return `${DEFAULT_APPLICATION_NAME}-${h.toString(16).padStart(8, "0")}`;
+}
+
+/**
+ * `config` with the pool's own `application_name` (`poolApplicationName(identity)`) when `env`
+ * sets no `APPLICATION_NAME`; as it is otherwise.
+ *
+ * @example
+ * const database = withPoolApplicationName(settings.database, env, `${dbName}/${pool}`);
+ */
+export function withPoolApplicationName(config: DatabaseConfig, env: DatabaseEnv, identity: string): DatabaseConfig {
+  if ((env.APPLICATION_NAME ?? "").trim() !== "") return config;
+  return { ...config, applicationName: poolApplicationName(identity) };
+}
+
+/**
+ * The database a connection string names (its path, else its user, as libpq defaults), for a
+ * local pool's identity. Never throws: an unparsable string names nothing.
+ *
+ * @example
+ * databaseOf("postgres://app@db:5432/shop") // "shop"
+ */
+export function databaseOf(connectionString: string): string {
+  try {
+    const url = new URL(connectionString);
+    return decodeURIComponent(url.pathname.replace(/^\//, "")) || decodeURIComponent(url.username) || "";
+  } catch {
+    return "";
+  }
 }
 
 /** Every variable a pool is wired from: `LEASE_*`, `COORDINATOR`, and the database's. */

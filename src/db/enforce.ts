@@ -83,7 +83,7 @@ export async function terminateUnheld(
 /**
  * Reconciliation's enforcement against the coordinator objects' `stats()` (one, or every shard's),
  * read before: {@link terminateUnheld} with the leases they hold. Nothing is terminated while any
- * of them is in its recovery window: it is still relearning its leases from heartbeats, so a live
+ * of them is in its recovery window: it is still recovering its leases from heartbeats, so a live
  * holder's lease may not be listed yet.
  *
  * @example

@@ -12,6 +12,7 @@ import {
   type AcquireResult,
   type ConnectionCounts,
   type ControlResult,
+  type LearnResult,
   type LeaseRef,
   type OperatorStats,
   type PoolStats,
@@ -20,6 +21,7 @@ import {
   type ReleaseResult,
   type RenewResult,
   type RevokeResult,
+  type RoomReading,
   type ShardRef,
   LeaseError,
   checkInt,
@@ -86,6 +88,23 @@ export interface CoordinatorBackend {
    * Counts that are not what `countConnections` answers fail with `INVALID_ARGUMENT`.
    */
   reconcile(counts: ConnectionCounts): Promise<ReconcileResult>;
+
+  // ── The learned limit (`LEASE_LIMIT=auto`; a fixed limit answers `INVALID_ARGUMENT`) ──
+
+  /**
+   * True when the learned limit is older than the pool's own `LEASE_LEARN_INTERVAL_MS` (or there
+   * is none) and nobody else is reading the room now: the caller has the claim, reads the room
+   * outside any lease and hands the reading to `learnLimit`. Always false for a fixed limit.
+   */
+  learnDue(): Promise<boolean>;
+  /**
+   * What one reading of the database found (`readRoomCounts`), or why it could not be read. The
+   * backend works out the limit with its own caps (`LEASE_HEADROOM`, `LEASE_LIMIT_MAX` from its
+   * own settings, never the caller's), keeps it and applies it — a raise grants queued callers, a
+   * drop revokes nothing — unless an operator's limit holds. A failed reading is kept for
+   * operators (the limit stays) and answered as that failure.
+   */
+  learnLimit(reading: RoomReading): Promise<LearnResult>;
 }
 
 /**

@@ -152,8 +152,10 @@ export const DASHBOARD_HTML = `<!doctype html>
     const scope = { server: "server: max_connections " + t.maxConnections + " − reserved " + (t.superuserReserved + (t.reserved || 0)) + " − others " + t.othersOnServer,
       role: "role: CONNECTION LIMIT " + t.roleLimit + " − others of the role " + t.othersOfRole,
       database: "database: CONNECTION LIMIT " + t.databaseLimit + " − others in it " + t.othersInDatabase };
+    const pools = L.bound === "role" ? t.poolsOfRole : t.pools;
+    const split = pools > 1 ? ", split among " + pools + " pools that learn" : "";
     if (L.bound === "limitMax") return "limit " + s.limit + ": learned, capped by LEASE_LIMIT_MAX " + t.limitMax + " (room " + L.room + ")";
-    return "limit " + s.limit + ": learned = room " + L.room + " (" + scope[L.bound] + ") − headroom " + t.headroom + (L.starved ? ", held at 1: no room left" : "");
+    return "limit " + s.limit + ": learned = room " + L.room + " (" + scope[L.bound] + split + ") − headroom " + t.headroom + (L.starved ? ", held at 1: no room left" : "");
   }
 
   function ms(v) { return v >= 10000 ? (v / 1000).toFixed(0) + " s" : Math.round(v) + " ms"; }
@@ -222,8 +224,9 @@ export const DASHBOARD_HTML = `<!doctype html>
     cells($("limitTerms"), L ? [["max_connections", L.terms.maxConnections], ["superuser reserved", L.terms.superuserReserved],
       ["reserved_connections", none(L.terms.reserved)], ["role limit", none(L.terms.roleLimit)], ["database limit", none(L.terms.databaseLimit)],
       ["others on server", L.terms.othersOnServer], ["others of role", L.terms.othersOfRole], ["others in database", L.terms.othersInDatabase],
-      ["headroom", L.terms.headroom], ["LEASE_LIMIT_MAX", none(L.terms.limitMax)], ["learned", new Date(L.learnedAt).toLocaleTimeString()],
-      ["last failure", s.learnFailure ? s.learnFailure.code + " " + new Date(s.learnFailure.at).toLocaleTimeString() : "none"]] : []);
+      ["headroom", L.terms.headroom], ["LEASE_LIMIT_MAX", none(L.terms.limitMax)], ["pools that learn", L.terms.pools || 1],
+      ["learned", new Date(L.learnedAt).toLocaleTimeString() + (s.learnedAgeMs != null ? " (" + ms(s.learnedAgeMs) + " ago)" : "")],
+      ["last failure", s.learnFailure ? s.learnFailure.code + " at " + new Date(s.learnFailure.at).toLocaleTimeString() + ": " + s.learnFailure.message : "none"]] : []);
     const rows = s.leases.map((l) => {
       const tr = document.createElement("tr");
       for (const v of [l.idPrefix, l.holder, l.fence, ms(l.ageMs), ms(l.expiresInMs) + (l.revoked ? " (revoked)" : "")]) {

@@ -156,13 +156,26 @@ export function formatMetrics(pool: string, s: OperatorStats): string {
       "When the last learning read the database (Unix time).",
       l.learnedAt / 1000,
     );
+    if (s.learnedAgeMs != null)
+      one(
+        "leasegate_learned_age_seconds",
+        "gauge",
+        "How old the learned limit in force is: alert when it grows past a few LEASE_LEARN_INTERVAL_MS.",
+        s.learnedAgeMs / 1000,
+      );
+    one(
+      "leasegate_learned_pools",
+      "gauge",
+      "Pools with LEASE_LIMIT=auto on this database at the last learning (this one included): the room is split among them.",
+      t.pools ?? 1,
+    );
   }
   if (s.learnFailure)
-    one(
+    family(
       "leasegate_learn_failure_timestamp_seconds",
       "gauge",
-      "When the last learning failed, since the last one that worked (Unix time).",
-      s.learnFailure.at / 1000,
+      "When the last learning failed, since the last one that worked (Unix time), by the failure's code.",
+      [[`{${p},code="${label(s.learnFailure.code)}"}`, s.learnFailure.at / 1000]],
     );
   const r = s.reconciliation;
   if (r) {

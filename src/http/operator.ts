@@ -6,9 +6,12 @@
 import {
   type ConnectionCounts,
   type Failure,
+  type LearnResult,
   type OperatorStats,
   type PoolStats,
   type Reconciliation,
+  type RoomReading,
+  FIXED_LIMIT,
   LeaseError,
   expected,
 } from "../core/index.ts";
@@ -27,17 +30,19 @@ export type { OperatorCoordinator } from "../engine/coordinator.ts";
  * Derived from the interface: a call added to `CoordinatorBackend` shows up here, and in every place
  * that must answer it (`controlsOf`, the sharded controls, the endpoint table below).
  */
-export interface OperatorControls extends Omit<OperatorCoordinator, "operatorStats" | "reconcile"> {
+export interface OperatorControls
+  extends Omit<OperatorCoordinator, "operatorStats" | "reconcile" | "learnDue" | "learnLimit"> {
   stats(): Promise<OperatorStats>;
   /** Reads `pg_stat_activity` now and compares it with the held leases. */
   reconcile(): Promise<Reconciliation>;
-  /** `LEASE_LIMIT=auto`: learns the limit from the database now; absent for a fixed limit. */
-  learn?: (() => Promise<object>) | undefined;
+  /** `LEASE_LIMIT=auto`: reads the room now and hands it to `learnLimit`; absent for a fixed limit. */
+  learn?: (() => Promise<LearnResult>) | undefined;
 }
 
 /**
  * The controls of one coordinator; `counts` reads `pg_stat_activity` the way the runtime can
- * (Workers: a short connection through Hyperdrive; Node and Deno: the coordinator's own client).
+ * (Workers: a short connection through Hyperdrive; Node and Deno: the coordinator's own client),
+ * and `room`, with `LEASE_LIMIT=auto`, the room the learned limit is made of.
  *
  * @example
  * const controls = controlsOf(coordinator, () => coordinator.countConnections("my-app"));
@@ -45,10 +50,10 @@ export interface OperatorControls extends Omit<OperatorCoordinator, "operatorSta
 export function controlsOf(
   coordinator: OperatorCoordinator,
   counts: () => Promise<ConnectionCounts>,
-  learn?: () => Promise<object>,
+  room?: () => Promise<RoomReading>,
 ): OperatorControls {
   return {
-    ...(learn && { learn }),
+    ...(room && { learn: async () => coordinator.learnLimit(await room()) }),
     stats: () => coordinator.operatorStats(),
     pause: () => coordinator.pause(),
     resume: () => coordinator.resume(),
@@ -133,13 +138,9 @@ const CONTROLS: {
   reconcile: { path: "reconcile", run: (op) => op.reconcile() },
   learn: {
     path: "learn",
-    run: (op) => {
-      if (!op.learn)
-        throw new LeaseError(
-          "INVALID_ARGUMENT",
-          "This pool's limit is fixed: set LEASE_LIMIT=auto to learn it from the database",
-        );
-      return op.learn();
+    run: async (op) => {
+      if (!op.learn) throw new LeaseError("INVALID_ARGUMENT", FIXED_LIMIT);
+      return controlled(await op.learn());
     },
   },
 };

@@ -4,7 +4,7 @@ import { ReleaseOutbox } from "../client/outbox.ts";
 import { type IsolateShards, ShardedLeases, createIsolateShards, shardName } from "../client/sharded-leases.ts";
 import { LeaseError, type PoolSettings } from "../core/index.ts";
 import { CircuitBreaker } from "../db/circuit-breaker.ts";
-import { type SettingsEnv, settingsFromEnv } from "../db/config.ts";
+import { type DatabaseConfig, type SettingsEnv, settingsFromEnv, withPoolApplicationName } from "../db/config.ts";
 import { type DriverModule, bindDriver, targetOf } from "../db/driver.ts";
 import type { LeaseTracer } from "../tracing.ts";
 import { Database, retryBudgetFor } from "../db/database.ts";
@@ -74,6 +74,17 @@ function shardStateFor(pool: PoolSettings): IsolateShards | undefined {
  */
 const coordinatorIds = new WeakMap<DurableObjectNamespace, Map<string, DurableObjectId>>();
 
+/** The database config of each pool, with its own `application_name`, kept per parsed settings (per env). */
+const named = new WeakMap<DatabaseConfig, Map<string, DatabaseConfig>>();
+
+/** What names a pool among every deployment on a server: its coordinator object's id (its name without a namespace). */
+function poolIdentity(env: WorkerPoolEnv, name: string): string {
+  const namespace = env.COORDINATOR_DO;
+  if (!namespace) return name;
+  const ids = kept(coordinatorIds, namespace, () => new Map<string, DurableObjectId>());
+  return kept(ids, name, () => namespace.idFromName(name)).toString();
+}
+
 /** A coordinator object, created near the database when `LEASE_LOCATION_HINT` is set. */
 function coordinatorStub(
   env: WorkerPoolEnv,
@@ -97,15 +108,20 @@ function coordination(
   if (!pool.coordinator) return { leases: undefined, operator: undefined };
   const { name, locationHint, learn } = pool;
   const sharded = shardStateFor(pool);
+  // One object (also behind a lease block): its controls, and with LEASE_LIMIT=auto its learning —
+  // a stale one is redone in waitUntil, never on this request's lease.
+  const one = (stub: DurableObjectStub<ConnectionCoordinator>) => {
+    const controls = coordinatorControls(stub, target);
+    if (!learn) return controls;
+    const learning = { ...target, intervalMs: learn.intervalMs };
+    learnWhenStale(stub, learning, name, waitUntil);
+    return { ...controls, learn: () => learnNow(stub, learning) };
+  };
   if (!sharded) {
     const stub = coordinatorStub(env, locationHint, name);
     const outbox = outboxFor(env, pool);
     const leases = new Leases(stub, { pool: name, waitUntil, claimMs: pool.claimMs, outbox, tracer });
-    const controls = coordinatorControls(stub, target);
-    if (!learn) return { leases, operator: controls };
-    // LEASE_LIMIT=auto: a stale learning is redone in waitUntil, never on this request's lease.
-    learnWhenStale(stub, target, learn, name, waitUntil);
-    return { leases, operator: { ...controls, learn: () => learnNow(stub, target, learn) } };
+    return { leases, operator: one(stub) };
   }
   const stubFor = (i: number) => coordinatorStub(env, locationHint, shardName(name, i, sharded.count));
   const stubs = Array.from({ length: sharded.count }, (_, i) => stubFor(i));
@@ -119,7 +135,7 @@ function coordination(
     claimMs: pool.claimMs,
     tracer,
   });
-  return { leases, operator: shardedControls(stubs, target) };
+  return { leases, operator: sharded.count === 1 ? one(stubs[0]!) : shardedControls(stubs, target) };
 }
 
 /**
@@ -153,7 +169,13 @@ export function workerPool<Client>(
   const settings = settingsFromEnv(env);
   const pool = options.pool === undefined ? settings.pool : { ...settings.pool, name: options.pool };
   const { name } = pool;
-  const config = settings.database;
+  // Without APPLICATION_NAME, the pool's connections carry a name of its own: the coordinator
+  // object's id is unique to this namespace (this deployment) and pool name.
+  const config = kept(
+    kept(named, settings.database, () => new Map<string, DatabaseConfig>()),
+    name,
+    () => withPoolApplicationName(settings.database, env, poolIdentity(env, name)),
+  );
   const waitUntil = (p: Promise<unknown>) => ctx.waitUntil(p);
   const guards = kept(isolate, name, () => ({
     breaker: new CircuitBreaker(name, config.breaker),

@@ -13,6 +13,7 @@ import { type Browser, chromium } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type LocalPool, localPool } from "../../local/pool.ts";
 import { ensureSchema } from "../../local/schema.ts";
+import { createLearners } from "../../src/db/learn-limit.ts";
 import { operatorHandler } from "../../src/http/operator.ts";
 
 const TOKEN = "learned-dashboard-token";
@@ -64,8 +65,9 @@ beforeAll(async () => {
   admin = postgres(url, { max: 1, onnotice: () => {} });
   await admin.unsafe(`CREATE ROLE ${role} LOGIN CONNECTION LIMIT 20`);
   await ensureSchema(admin, `dash-${tag}-setup`, { limit: 1, maxQueue: 10, waitMs: 100, leaseTtlMs: 1000 });
+  await createLearners(admin);
   await admin.unsafe(
-    `GRANT SELECT, INSERT, UPDATE, DELETE ON leasegate_pools, leasegate_leases, leasegate_waiters TO ${role}`,
+    `GRANT SELECT, INSERT, UPDATE, DELETE ON leasegate_pools, leasegate_leases, leasegate_waiters, leasegate_learners TO ${role}`,
   );
   await admin.unsafe(`GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO ${role}`);
   const u = new URL(url);
@@ -112,7 +114,11 @@ afterAll(async () => {
     if (row!.n === 0) break;
     await new Promise((r) => setTimeout(r, 100));
   }
-  await admin.unsafe(`REVOKE ALL ON leasegate_pools, leasegate_leases, leasegate_waiters FROM ${role}`);
+  await admin.unsafe(
+    `REVOKE ALL ON leasegate_pools, leasegate_leases, leasegate_waiters, leasegate_learners FROM ${role}`,
+  );
+  // Its pools' registrations among the pools that learn: later pools must not split with them.
+  await admin`DELETE FROM leasegate_learners WHERE role = ${role}`;
   await admin.unsafe(`REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM ${role}`);
   await admin.unsafe(`DROP ROLE ${role}`);
   await admin.end();
@@ -132,6 +138,9 @@ describe("dashboard of a learned limit in headless Chromium", () => {
       .toBe("limit 14: learned = room 16 (role: CONNECTION LIMIT 20 − others of the role 4) − headroom 2");
     expect(await why.getAttribute("data-source")).toBe("learned");
     expect(await page.locator("#limitTerms").textContent()).toContain("role limit20");
+    // How old the learned value is, and how many pools share the room.
+    expect(await page.locator("#limitTerms").textContent()).toMatch(/learned.* \(\d+ (ms|s) ago\)/);
+    expect(await page.locator("#limitTerms").textContent()).toMatch(/pools that learn\d/);
 
     await page.fill("#limit", "5");
     await page.click("#setLimit");

@@ -744,6 +744,33 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       expect(steady(await c.stats())).toEqual(before);
     });
 
+    it("a fixed limit learns nothing: learnDue is false and learnLimit refuses with INVALID_ARGUMENT, state unchanged", async () => {
+      const { coordinator: c } = await fresh();
+      expect(await c.learnDue()).toBe(false);
+      const counts = {
+        maxConnections: 100,
+        superuserReserved: 3,
+        reserved: null,
+        roleLimit: null,
+        databaseLimit: null,
+        othersOnServer: 0,
+        othersOfRole: 0,
+        othersInDatabase: 0,
+      };
+      expect(await c.learnLimit({ ok: true, counts })).toMatchObject({ ok: false, code: "INVALID_ARGUMENT" });
+      expect(await c.learnLimit({ ok: false, code: "DATABASE_UNAVAILABLE", message: "down" })).toMatchObject({
+        ok: false,
+        code: "INVALID_ARGUMENT",
+      });
+      expect(await c.operatorStats()).toMatchObject({
+        limit: LIMIT,
+        limitSource: "configured",
+        learned: null,
+        learnedAgeMs: null,
+        learnFailure: null,
+      });
+    });
+
     it("stats and operatorStats have the same keys and a fresh pool's values", async () => {
       const { coordinator: c } = await fresh();
       const s = await c.stats();
@@ -774,7 +801,15 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       expect(keysOf(busy.leases[0]!)).toEqual(["ageMs", "expiresInMs", "fence", "holder", "idPrefix"]);
       const o = await c.operatorStats();
       expect(keysOf(o)).toEqual(
-        [...STATS_KEYS, "learnFailure", "learned", "limitOverride", "limitSource", "reconciliation"].sort(),
+        [
+          ...STATS_KEYS,
+          "learnFailure",
+          "learned",
+          "learnedAgeMs",
+          "limitOverride",
+          "limitSource",
+          "reconciliation",
+        ].sort(),
       );
       expect(o).toMatchObject({
         limitOverride: null,

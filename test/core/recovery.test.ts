@@ -119,7 +119,7 @@ describe("recovery window after a restart", () => {
     expect(stats(p, 1300).held).toBe(0);
   });
 
-  // Issue #31, "Recovery relearns what it cannot verify", 1: a renewal of a lease id that was
+  // Issue #31, item 1 (recovery took back what it could not verify): a renewal of a lease id that was
   // never granted (random id, fence 1, no expiresAt) was accepted: 2 valid leases at limit 1.
   it("hole 1: a renewal of a lease never granted — no token, a forged token, or no expiresAt — is refused, and takes no slot", () => {
     const p = restarted(1000, 1);

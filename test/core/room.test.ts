@@ -84,12 +84,48 @@ describe("learnedLimit", () => {
       }).toEqual(want);
       expect(r.learnedAt).toBe(1000);
       expect(r.terms).toEqual({
+        pools: 1,
+        poolsOfRole: 1,
+        learningOnServer: 0,
+        learningOfRole: 0,
+        learningInDatabase: 0,
         ...base,
         ...terms,
         roleLimit: (terms.roleLimit ?? 0) < 0 ? null : (terms.roleLimit ?? null),
       });
     });
   }
+
+  it("splits the room among the pools that learn: their connections are their share, not room taken", () => {
+    // 100 − 3 reserved − 10 others = 87 for everyone; two pools learn, the other holds 20 of the 30 counted.
+    const alone = learnedLimit({ ...base, othersOnServer: 10 }, 0);
+    const two = learnedLimit({ ...base, othersOnServer: 30, pools: 2, learningOnServer: 20 }, 0);
+    expect(alone).toMatchObject({ server: 87, limit: 85 });
+    expect(two).toMatchObject({ server: 43, limit: 41, bound: "server" });
+    // However busy the other pool is, this one's share stays: the two never count on the same room.
+    const busy = learnedLimit({ ...base, othersOnServer: 60, pools: 2, learningOnServer: 50 }, 0);
+    expect(busy.server).toBe(43);
+    // Three pools: each a third, rounded down; the limits (before headroom) sum to at most the room.
+    const three = learnedLimit({ ...base, othersOnServer: 10, pools: 3 }, 0);
+    expect(3 * three.server).toBeLessThanOrEqual(87);
+    // The role's room is split among the pools of the role only.
+    const role = learnedLimit(
+      { ...base, roleLimit: 20, othersOfRole: 4, pools: 3, poolsOfRole: 2, learningOfRole: 4, othersOnServer: 4 },
+      0,
+    );
+    expect(role).toMatchObject({ role: 10, server: 31, bound: "role", limit: 8 });
+  });
+
+  it.each([
+    ["pools 0", { pools: 0 }],
+    ["poolsOfRole 0", { poolsOfRole: 0 }],
+    ["learningOnServer above othersOnServer", { othersOnServer: 2, learningOnServer: 3 }],
+    ["learningOfRole not a count", { learningOfRole: -1 }],
+  ])("refuses %s with INVALID_ARGUMENT", (_, terms) => {
+    expect(() => learnedLimit({ ...base, ...terms } as RoomTerms, 0)).toThrow(
+      expect.objectContaining({ code: "INVALID_ARGUMENT" }),
+    );
+  });
 
   it("shows each scope's room", () => {
     const r = learnedLimit(
@@ -164,19 +200,6 @@ describe("LEASE_LIMIT=auto settings", () => {
   ])("refuses %j with INVALID_CONFIG naming the variable", (env, name) => {
     expect(() => learnSettingsFromEnv({ LEASE_LIMIT: "auto", ...env })).toThrow(
       expect.objectContaining({ code: "INVALID_CONFIG", message: expect.stringContaining(name) }),
-    );
-  });
-  it.each(["LEASE_RESERVED", "LEASE_BATCH_MAX"])(
-    "refuses %s with auto: a fixed slot count cannot follow a moving limit",
-    (name) => {
-      expect(() => configFromEnv({ LEASE_LIMIT: "auto", [name]: "1" })).toThrow(
-        expect.objectContaining({ code: "INVALID_CONFIG", message: expect.stringContaining(name) }),
-      );
-    },
-  );
-  it("refuses LEASE_ADAPTIVE=on with auto", () => {
-    expect(() => configFromEnv({ LEASE_LIMIT: "auto", LEASE_ADAPTIVE: "on" })).toThrow(
-      expect.objectContaining({ code: "INVALID_CONFIG", message: expect.stringContaining("LEASE_ADAPTIVE") }),
     );
   });
 });

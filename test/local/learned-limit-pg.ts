@@ -25,12 +25,30 @@ function pgTool(args: string[]): void {
   execFileSync(cmd as string, argv as string[], { stdio: ["ignore", "ignore", "inherit"], cwd: tmpdir() });
 }
 
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
+/** `LEASEGATE_TEST_PORTS=from-to`: the ports this run's servers may take (a shared machine's share). */
+const range = /^(\d+)-(\d+)$/.exec(process.env.LEASEGATE_TEST_PORTS ?? "");
+let next = range ? Number(range[1]) : 0;
+
+/**
+ * A port free now: the next free one of `LEASEGATE_TEST_PORTS` when set, else one the system picks.
+ *
+ * @example
+ * const port = await freePort();
+ */
+export async function freePort(): Promise<number> {
+  for (;;) {
+    if (range && next > Number(range[2])) throw new Error(`no free port left in LEASEGATE_TEST_PORTS ${range[0]}`);
+    const server = createServer();
+    const want = range ? next++ : 0;
+    const ok = await new Promise<boolean>((resolve) => {
+      server.once("error", () => resolve(false));
+      server.listen(want, "127.0.0.1", () => resolve(true));
+    });
+    if (!ok) continue;
+    const { port } = server.address() as { port: number };
+    await new Promise((resolve) => server.close(resolve));
+    return port;
+  }
 }
 
 export interface PrivateCluster {

@@ -1,11 +1,11 @@
 /**
  * `LEASE_LIMIT=auto` on Workers, in real workerd: the pitches Worker under `wrangler dev` (the
  * coordinator Durable Object, Hyperdrive's local mode) in front of a private Postgres cluster with
- * `max_connections` 16. Requests learn the limit in `waitUntil`; other clients come and go.
+ * `max_connections` 16. Requests learn the limit in `waitUntil`; other clients come and go. The lease
+ * block (`LEASE_BLOCK=4`) and reserved slots (`LEASE_RESERVED=2`) run under the learned limit.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import postgres from "postgres";
@@ -14,7 +14,7 @@ import { migrate, seed } from "../../examples/pitches/src/schema.ts";
 import type { OperatorStats } from "../../src/core/index.ts";
 import { until } from "./helpers.ts";
 import { loadWithOthers } from "./learned-limit-load.ts";
-import { type PrivateCluster, privateCluster } from "./learned-limit-pg.ts";
+import { type PrivateCluster, freePort, privateCluster } from "./learned-limit-pg.ts";
 
 const MAX_CONNECTIONS = 16;
 const SUPERUSER_RESERVED = 3;
@@ -29,14 +29,6 @@ let wrangler: ChildProcess | undefined;
 let persistDir = "";
 let output = "";
 let base = "";
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 async function stats(): Promise<OperatorStats> {
   const r = await fetch(`${base}/__coordinator/stats`, { headers: { authorization: `Bearer ${TOKEN}` } });
@@ -66,6 +58,9 @@ beforeAll(async () => {
     LEASE_LEARN_INTERVAL_MS: String(INTERVAL_MS),
     LEASE_WAIT_MS: "10000",
     LEASE_POOL: "learned",
+    // The lease block and reserved slots compose with a learned limit (a fixed count clamped to it).
+    LEASE_BLOCK: "4",
+    LEASE_RESERVED: "2",
     APPLICATION_NAME: APP,
     SLOW_QUERY_MS: "60000",
   };

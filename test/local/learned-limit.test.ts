@@ -6,6 +6,7 @@ import postgres from "postgres";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type LocalPool, localPool } from "../../local/pool.ts";
 import { ensureSchema } from "../../local/schema.ts";
+import { createLearners } from "../../src/db/learn-limit.ts";
 import type { OperatorStats } from "../../src/core/index.ts";
 import parsePrometheusTextFormat from "parse-prometheus-text-format";
 import { driver } from "../../src/drivers/postgres.ts";
@@ -79,8 +80,10 @@ beforeAll(async () => {
   await admin.unsafe(`CREATE ROLE ${role} LOGIN CONNECTION LIMIT ${ROLE_LIMIT}`);
   // The tables exist before the role uses them (it may not create them in a PG15+ public schema).
   await ensureSchema(admin, `learn-${tag}-setup`, { limit: 1, maxQueue: 10, waitMs: 100, leaseTtlMs: 1000 });
+  // And the table of pools that learn: the role may not create it either (what the error says to do).
+  await createLearners(admin);
   await admin.unsafe(
-    `GRANT SELECT, INSERT, UPDATE, DELETE ON leasegate_pools, leasegate_leases, leasegate_waiters TO ${role}`,
+    `GRANT SELECT, INSERT, UPDATE, DELETE ON leasegate_pools, leasegate_leases, leasegate_waiters, leasegate_learners TO ${role}`,
   );
   await admin.unsafe(`GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO ${role}`);
 });
@@ -93,8 +96,12 @@ afterAll(async () => {
   await admin`DELETE FROM leasegate_pools WHERE pool LIKE ${`learn-${tag}-%`}`;
   await admin.unsafe(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '${role}'`);
   await until(roleConnections, (c) => c.app + c.own + c.other === 0, 5000);
-  await admin.unsafe(`REVOKE ALL ON leasegate_pools, leasegate_leases, leasegate_waiters FROM ${role}`);
+  await admin.unsafe(
+    `REVOKE ALL ON leasegate_pools, leasegate_leases, leasegate_waiters, leasegate_learners FROM ${role}`,
+  );
   await admin.unsafe(`REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM ${role}`);
+  // Its pools' registrations among the pools that learn: later pools must not split with them.
+  await admin`DELETE FROM leasegate_learners WHERE role = ${role}`;
   await admin.unsafe(`DROP ROLE ${role}`);
   await admin.end();
 });
@@ -255,6 +262,11 @@ describe("LEASE_LIMIT=auto with localPool on a role with CONNECTION LIMIT 12", (
     expect(value("leasegate_limit_source", { source: "learned" })).toBe("1");
     expect(value("leasegate_limit_source", { source: "configured" })).toBe("0");
     expect(value("leasegate_learned_limit_leases")).toBe(String(body.limit));
+    // How old the value in force is, and among how many pools the room is split.
+    expect(Number(value("leasegate_learned_age_seconds"))).toBeGreaterThanOrEqual(0);
+    expect(Number(value("leasegate_learned_age_seconds"))).toBeLessThan(60);
+    expect(stats.learnedAgeMs).toBeGreaterThanOrEqual(0);
+    expect(Number(value("leasegate_learned_pools"))).toBeGreaterThanOrEqual(1);
     expect(value("leasegate_learned_room_connections", { scope: "role" })).toBe(String(body.limit + HEADROOM));
     expect(value("leasegate_learned_others_connections", { scope: "role" })).toBe(
       String(ROLE_LIMIT - HEADROOM - body.limit),

@@ -1,16 +1,21 @@
 /**
  * `LEASE_LIMIT=auto` seen from the Durable Object's side in workerd. The objects of this suite run
- * with a fixed `LEASE_LIMIT` (the config's bindings), so here they must refuse a learning and say
- * their limit is configured; the learned path itself runs in real workerd under `wrangler dev`
- * (test/local/learned-limit-workerd.test.ts), where the object's own env says `auto`.
+ * with a fixed `LEASE_LIMIT` (the config's bindings), so they must refuse a learning and say their
+ * limit is configured. An object given an env of its own that says `auto` (set inside it before
+ * its first learning) shows what a caller can and cannot decide; the whole learned path runs in
+ * real workerd under `wrangler dev` (test/local/learned-limit-workerd.test.ts).
  */
-import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test";
+import { createExecutionContext, runInDurableObject, waitOnExecutionContext } from "cloudflare:test";
 import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import worker, { type Env } from "../../examples/pitches/src/worker.ts";
-import type { RoomTerms } from "../../src/core/index.ts";
+import type { ConnectionCoordinator } from "../../durable-objects/connection-coordinator.ts";
+import type { RoomCounts } from "../../src/core/index.ts";
+import { poolApplicationName } from "../../src/db/config.ts";
+import { driver } from "../../src/drivers/postgres.ts";
+import { workerPool } from "../../src/workers/pool.ts";
 
-const terms: RoomTerms = {
+const counts: RoomCounts = {
   maxConnections: 100,
   superuserReserved: 3,
   reserved: null,
@@ -19,8 +24,6 @@ const terms: RoomTerms = {
   othersOnServer: 11,
   othersOfRole: 1,
   othersInDatabase: 5,
-  headroom: 2,
-  limitMax: null,
 };
 let seq = 0;
 
@@ -40,8 +43,8 @@ function app(overrides: Partial<Env> = {}) {
 describe("a coordinator object with a fixed LEASE_LIMIT", () => {
   it("is never due to learn, refuses learned terms with INVALID_ARGUMENT and says its limit is configured", async () => {
     const { stub } = app();
-    expect(await stub().learnDue(1000)).toBe(false);
-    const answer = await stub().learnedLimit(terms);
+    expect(await stub().learnDue()).toBe(false);
+    const answer = await stub().learnLimit({ ok: true, counts });
     expect(answer).toMatchObject({ ok: false, code: "INVALID_ARGUMENT" });
     const stats = await stub().operatorStats();
     expect(stats).toMatchObject({ limit: 3, limitSource: "configured", learned: null });
@@ -64,5 +67,99 @@ describe("a coordinator object with a fixed LEASE_LIMIT", () => {
     const body = (await r.json()) as { error: { code: string; message: string } };
     expect(body.error.code).toBe("INVALID_CONFIG");
     expect(body.error.message).toContain("LEASE_SHARDS");
+  });
+});
+
+/** An object of its own whose env says `auto` with these caps (as its deploy would set them). */
+async function autoObject(vars: Record<string, string>) {
+  const stub = env.COORDINATOR_DO.getByName(`auto-${++seq}-${Date.now().toString(36)}`);
+  await runInDurableObject(stub, (instance: ConnectionCoordinator) => {
+    const own = instance as unknown as { env: Record<string, unknown> };
+    own.env = { ...own.env, LEASE_LIMIT: "auto", ...vars };
+  });
+  return stub;
+}
+
+describe("a coordinator object with LEASE_LIMIT=auto", () => {
+  it("works the limit out with its own LEASE_HEADROOM and LEASE_LIMIT_MAX: a caller's caps are ignored", async () => {
+    const stub = await autoObject({ LEASE_HEADROOM: "3", LEASE_LIMIT_MAX: "12" });
+    expect(await stub.learnDue()).toBe(true);
+    // A second caller in the same interval: the first holds the claim.
+    expect(await stub.learnDue()).toBe(false);
+    // The caller tries to raise the cap and drop the headroom: the object's own env decides.
+    const sneaky = { ...counts, headroom: 0, limitMax: 1000 } as RoomCounts;
+    const r = await stub.learnLimit({ ok: true, counts: sneaky });
+    expect(r).toMatchObject({ ok: true, limit: 12, limitSource: "learned", learnFailure: null });
+    if (!r.ok) throw new Error(r.message);
+    expect(r.learned!.terms).toMatchObject({ headroom: 3, limitMax: 12 });
+    expect(r.learned!.room).toBe(19);
+    expect(r.learnedAgeMs).toBeGreaterThanOrEqual(0);
+    expect(r.learnedAgeMs).toBeLessThan(1000);
+    expect(await stub.operatorStats()).toMatchObject({ limit: 12, limitSource: "learned" });
+  });
+
+  it("keeps a failed reading for operators (the limit stays), answers it as that failure, and shows the age", async () => {
+    const stub = await autoObject({ LEASE_HEADROOM: "2" });
+    await stub.learnLimit({ ok: true, counts });
+    const failed = await stub.learnLimit({ ok: false, code: "DATABASE_UNAVAILABLE", message: "refused" });
+    expect(failed).toMatchObject({ ok: false, code: "DATABASE_UNAVAILABLE", message: "refused" });
+    await new Promise((r) => setTimeout(r, 30));
+    const s = await stub.operatorStats();
+    expect(s).toMatchObject({ limit: 17, limitSource: "learned", learnFailure: { code: "DATABASE_UNAVAILABLE" } });
+    expect(s.learnFailure!.at).toBeGreaterThanOrEqual(s.learned!.learnedAt);
+    expect(s.learnedAgeMs).toBeGreaterThanOrEqual(25);
+    // The next learning that works clears the failure.
+    expect(await stub.learnLimit({ ok: true, counts })).toMatchObject({ ok: true, learnFailure: null });
+  });
+
+  it.each([
+    ["not an object", 5],
+    ["no ok", { counts }],
+    ["counts missing", { ok: true }],
+    ["a count that is not a count", { ok: true, counts: { ...counts, othersOnServer: -1 } }],
+    ["a failure without a code", { ok: false, message: "x" }],
+    ["a failure with a code leasegate does not have", { ok: false, code: "x".repeat(5000), message: "x" }],
+  ])("refuses a reading with %s (INVALID_ARGUMENT), state unchanged", async (_, reading) => {
+    const stub = await autoObject({});
+    const r = await stub.learnLimit(reading as never);
+    expect(r).toMatchObject({ ok: false, code: "INVALID_ARGUMENT" });
+    expect(await stub.operatorStats()).toMatchObject({ learned: null, learnFailure: null });
+  });
+});
+
+describe("the default application_name on Workers", () => {
+  it("without APPLICATION_NAME, each pool's connections carry a name of its own: its coordinator object's id", async () => {
+    const e = { ...env, APPLICATION_NAME: undefined };
+    const nameOf = async (pool: string) => {
+      const ctx = createExecutionContext();
+      const p = workerPool(e, ctx, { driver, pool });
+      const [row] = await p.db.query<{ name: string }>("SELECT current_setting('application_name') AS name");
+      await waitOnExecutionContext(ctx);
+      return row!.name;
+    };
+    const a = await nameOf("appname-a");
+    expect(await nameOf("appname-a")).toBe(a);
+    expect(await nameOf("appname-b")).not.toBe(a);
+    expect(a).toBe(poolApplicationName(env.COORDINATOR_DO.idFromName("appname-a").toString()));
+  });
+});
+
+describe("a Worker with LEASE_LIMIT=auto behind a lease block", () => {
+  it("learns: a request asks the object in waitUntil, reads the room through Hyperdrive and hands it in", async () => {
+    const stub = await autoObject({ LEASE_HEADROOM: "2", LEASE_BLOCK: "4" });
+    const name = await runInDurableObject(stub, (_instance, state) => state.id.name ?? "");
+    const e: Env = { ...env, LEASE_POOL: name, LEASE_LIMIT: "auto", LEASE_BLOCK: "4" };
+    const ctx = createExecutionContext();
+    const r = await worker.fetch(
+      new Request("http://example.test/api/pitches/trending?limit=1") as Request<unknown, IncomingRequestCfProperties>,
+      e,
+      ctx,
+    );
+    expect(r.status).toBe(200);
+    await waitOnExecutionContext(ctx);
+    const s = await stub.operatorStats();
+    expect(s).toMatchObject({ limitSource: "learned", learnFailure: null });
+    expect(s.learned!.terms.headroom).toBe(2);
+    expect(s.limit).toBe(s.learned!.limit);
   });
 });
