@@ -33,7 +33,8 @@ export function statementsOn(client: unknown): RunStatement {
   if (typeof client === "function" && typeof c?.unsafe === "function") {
     const sql = client as unknown as PostgresJsClient;
     return async (text, parameters) => {
-      const result = await sql.unsafe(text, [...parameters]);
+      const params = [...parameters];
+      const result = await sql.unsafe(text, params);
       return { rows: result, command: result.command, rowCount: result.count ?? undefined };
     };
   }
