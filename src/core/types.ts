@@ -164,6 +164,11 @@ export interface PoolState {
   /** The limit an operator set, kept across restarts; null: `config.limit` is the configured one. */
   limitOverride: number | null;
   /**
+   * A shard of a pool whose root shares one limit (`src/core/shares.ts`): the most leases this
+   * pool may grant up to now, which may be 0. Undefined: not a shard, `config.limit` alone counts.
+   */
+  share?: number | undefined;
+  /**
    * After a restart that forgot its leases: until `until`, nothing is granted and the holders of
    * leases granted before the restart (fences below `recoverBelowFence`) re-register them by
    * renewing with a token that verifies. Undefined when the pool knows every lease it granted.
