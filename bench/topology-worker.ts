@@ -50,7 +50,7 @@ function counted(stub: DurableObjectStub<ConnectionCoordinator>): Coordinator {
     acquire: (o) => count(() => c.acquire(o)),
     release: (r) => count(() => c.release(r)),
     renew: (r, t) => count(() => c.renew(r, t)),
-    stats: (s) => count(() => c.stats(s)),
+    stats: () => count(() => c.stats()),
     acquireMany: (r) => count(() => c.acquireMany!(r)),
     releaseMany: (r) => count(() => c.releaseMany!(r)),
   };

@@ -242,7 +242,8 @@ export function poolSettings(env: PoolEnv): PoolSettings {
   return {
     name,
     config,
-    shards: intFromEnv("LEASE_SHARDS", env.LEASE_SHARDS, 1, 1, Math.min(1024, limit)),
+    // With `auto` the limit moves: the root shares whatever it learns among however many shards.
+    shards: intFromEnv("LEASE_SHARDS", env.LEASE_SHARDS, 1, 1, learn ? 1024 : Math.min(1024, limit)),
     blockMax: intFromEnv("LEASE_BLOCK", env.LEASE_BLOCK, 0, 0, 1000),
     blockIdleMs: intFromEnv("LEASE_BLOCK_IDLE_MS", env.LEASE_BLOCK_IDLE_MS, DEFAULT_BLOCK_IDLE_MS, 0, 60_000),
     locationHint: text(env.LEASE_LOCATION_HINT) || undefined,
@@ -316,17 +317,12 @@ export const LEARN_DEFAULTS = {
 } as const;
 
 /** Settings that fix a count against the limit (or split it) cannot follow a limit that moves. */
-const NOT_WITH_AUTO = ["LEASE_RESERVED", "LEASE_BATCH_MAX", "LEASE_ADAPTIVE", "LEASE_SHARDS", "LEASE_BLOCK"] as const;
+const NOT_WITH_AUTO = ["LEASE_RESERVED", "LEASE_BATCH_MAX", "LEASE_ADAPTIVE", "LEASE_BLOCK"] as const;
 
 function checkAutoCompatible(env: PoolEnv): void {
   for (const name of NOT_WITH_AUTO) {
     const value = text(env[name]);
-    const set =
-      name === "LEASE_ADAPTIVE"
-        ? value === "on"
-        : name === "LEASE_SHARDS"
-          ? value !== "" && value !== "1"
-          : value !== "" && !(name === "LEASE_BLOCK" && value === "0");
+    const set = name === "LEASE_ADAPTIVE" ? value === "on" : value !== "" && !(name === "LEASE_BLOCK" && value === "0");
     if (set)
       throw new LeaseError(
         "INVALID_CONFIG",

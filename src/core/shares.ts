@@ -18,22 +18,10 @@
  */
 import { checkInt } from "./config.ts";
 import { LeaseError, expected } from "./errors.ts";
+import type { Result } from "./protocol.ts";
 import { reconfigure } from "./pool.ts";
 import { capacity } from "./scheduling.ts";
-import type { Effects, PoolConfig, PoolState } from "./types.ts";
-
-/**
- * How a root splits its limit: `demand` (default) by each shard's demand, max-min fair, what no
- * shard wants kept free at the root; `even` in equal fixed parts among the layout's shards.
- */
-export const SHARE_SPLITS = ["demand", "even"] as const;
-export type ShareSplit = (typeof SHARE_SPLITS)[number];
-
-/** The shards a root plans for: `count` objects `${pool}#i` (1: the root's own pool alone), split `split`. */
-export interface Layout {
-  readonly count: number;
-  readonly split: ShareSplit;
-}
+import { type Effects, type Layout, type PoolConfig, type PoolState, SHARE_SPLITS, type ShareView } from "./types.ts";
 
 /** The root's own pool, as a shard (it serves callers that name the pool alone, e.g. `LEASE_SHARDS=1`). */
 export const ROOT_SHARD = "root";
@@ -41,13 +29,15 @@ export const ROOT_SHARD = "root";
 /** A shard: `ROOT_SHARD`, or the index of the object `${pool}#${index}` as a decimal string. */
 export type ShardKey = string;
 
-/** How often a shard with a share, leases or waiters reports to its root, ms. */
+/** How often a shard with leases, waiters or a recent peak reports to its root, ms. */
 export const REPORT_EVERY_MS = 1_000;
+/** How often a shard that only holds a share (no leases, nobody waiting) reports, ms: its root asks sooner when it needs the slots. */
+export const IDLE_REPORT_EVERY_MS = 10_000;
 /** A shard whose callers wait for want of a share reports at once, but not more often than this, ms. */
 export const EAGER_REPORT_GAP_MS = 200;
 /** Demand is the largest peak of held + waiting reported within this window, ms. */
 export const DEMAND_WINDOW_MS = 3_000;
-/** Slots a layout's shard gets beyond its demand (demand split), so a caller arriving at a quiet shard needs no report. */
+/** Slots a shard with demand gets beyond it (demand split), so one more caller needs no report. */
 export const SPARE_SLOTS = 1;
 
 /** What a shard tells its root. */
@@ -74,6 +64,12 @@ export interface ShareAccount {
   reportedAt: number;
 }
 
+/** A root's answer to a report: the shard's share of the global `limit`. */
+export type ShareAnswer = Result<{ share: number; limit: number }>;
+
+/** The answer to an operator's layout change: the layout in force after it. */
+export type LayoutResult = Result<{ layout: Layout }>;
+
 /** The root's state: the global limit, the layout and an account per shard that ever reported. */
 export interface RootState {
   limit: number;
@@ -89,20 +85,19 @@ export interface RootSnapshot {
 }
 
 /**
- * Checks a layout (`INVALID_ARGUMENT`, or `code`): 1 to 1024 shards, at most `limit` of them
- * (each needs a slot to be worth an object), a known split.
+ * Checks a layout (`INVALID_ARGUMENT`, or `code`): 1 to 1024 shards and a known split (`demand`
+ * when absent).
  *
  * @example
- * checkLayout({ count: 4, split: "demand" }, 40)
+ * checkLayout({ count: 4, split: "demand" })
  */
 export function checkLayout(
-  layout: Layout,
-  limit: number,
+  layout: Partial<Layout>,
   code: "INVALID_ARGUMENT" | "INVALID_CONFIG" = "INVALID_ARGUMENT",
 ): Layout {
   if (typeof layout !== "object" || layout === null)
     throw new LeaseError(code, expected("layout", "an object { count, split }", layout));
-  const count = checkInt("layout.count", layout.count, 1, Math.min(1024, Math.max(1, limit)), code);
+  const count = checkInt("layout.count", layout.count, 1, 1024, code);
   const split = layout.split ?? "demand";
   if (!(SHARE_SPLITS as readonly unknown[]).includes(split))
     throw new LeaseError(code, expected("layout.split", SHARE_SPLITS.map((s) => `\`${s}\``).join(" or "), split));
@@ -191,8 +186,8 @@ export function maxMin(capacity: number, wants: readonly number[]): number[] {
 
 /**
  * The share each known shard should have now: `even`, the layout's shards in equal parts and the
- * others none; `demand`, max-min fair by demand (plus `SPARE_SLOTS` for the layout's shards), what
- * nobody wants left free at the root for the next shard that asks.
+ * others none; `demand`, max-min fair by demand (plus `SPARE_SLOTS` for a shard with any), and
+ * what nobody wants spread over the layout's shards.
  *
  * @example
  * targets(root, now).get("0")
@@ -210,12 +205,22 @@ export function targets(state: RootState, now: number): Map<ShardKey, number> {
     }
     return out;
   }
+  // A shard without demand in the window wants nothing: an idle object stops reporting, and its
+  // first caller waits one report for a share from the slots nobody wants.
   const wants = keys.map((key) => {
-    const a = state.accounts.get(key)!;
-    return demandOf(a, now) + (inLayout(layout, key) ? SPARE_SLOTS : 0);
+    const demand = demandOf(state.accounts.get(key)!, now);
+    return demand > 0 ? demand + SPARE_SLOTS : 0;
   });
   const fair = maxMin(limit, wants);
-  for (const [i, key] of keys.entries()) out.set(key, fair[i]!);
+  // What no demand takes is spread over the layout's shards, as an even split would: a burst at a
+  // shard that was quiet is served at once. A layout shard that has not reported leaves its part free.
+  const left = limit - fair.reduce((a, b) => a + b, 0);
+  const base = Math.floor(left / layout.count);
+  const extra = left % layout.count;
+  for (const [i, key] of keys.entries()) {
+    const at = key === ROOT_SHARD ? 0 : Number(key);
+    out.set(key, fair[i]! + (inLayout(layout, key) ? base + (at < extra ? 1 : 0) : 0));
+  }
   return out;
 }
 
@@ -274,7 +279,8 @@ function answer(state: RootState, key: ShardKey, bound: number, now: number): nu
  * pool counts as a shard once any other has an account) and answers the shard's new share. The
  * share moves toward the shard's target, growing only into slots no other reserve covers; the
  * reserve becomes the most the shard may hold until its next report. Bad reports throw
- * `INVALID_ARGUMENT`. `effects`: grants on the root's own pool (a larger own share).
+ * `INVALID_ARGUMENT`. `effects`: grants on the root's own pool (a larger own share); `ask`: when
+ * the shard got less than its target, the shards to ask for a report now (`aboveTarget`).
  *
  * @example
  * const { share } = report(root, pool, side.peak, { shard: "0", enforced: 4, held: 4, peak: 9 }, now);
@@ -285,7 +291,7 @@ export function report(
   peak: number,
   r: ShareReport,
   now: number,
-): { share: number; effects: Effects } {
+): { share: number; effects: Effects; ask: ShardKey[] } {
   if (typeof r === "object" && r !== null && r.shard === ROOT_SHARD)
     throw new LeaseError("INVALID_ARGUMENT", "The root's own pool does not report over a call");
   // The root's own pool enforces its whole capacity until it first takes a share: counted before anyone grows.
@@ -302,7 +308,23 @@ export function report(
   }
   const bound = record(state, r, now);
   const effects = shareOwn(state, pool, peak, now);
-  return { share: answer(state, r.shard, bound, now), effects };
+  const share = answer(state, r.shard, bound, now);
+  return { share, effects, ask: share < (targets(state, now).get(r.shard) ?? 0) ? aboveTarget(state, now) : [] };
+}
+
+/**
+ * The shards that hold more than their target now (other than the root's own pool, which
+ * rebalances at once): when a shard gets less than its target, the root asks these to report now
+ * rather than at their next periodic report, so the slots move within a round trip.
+ *
+ * @example
+ * for (const key of aboveTarget(root, now)) void shardStub(key).reportNow();
+ */
+export function aboveTarget(state: RootState, now: number): ShardKey[] {
+  const goal = targets(state, now);
+  return [...state.accounts]
+    .filter(([key, a]) => key !== ROOT_SHARD && a.reserve > (goal.get(key) ?? 0))
+    .map(([key]) => key);
 }
 
 /**
@@ -376,19 +398,6 @@ export function setRootLimit(state: RootState, limit: number): void {
   state.limit = checkInt("limit", limit, 1, Number.MAX_SAFE_INTEGER);
 }
 
-/** One shard's line in the root's stats. */
-export interface ShareView {
-  readonly shard: ShardKey;
-  readonly share: number;
-  readonly reserve: number;
-  readonly demand: number;
-  readonly held: number;
-  /** Whether the shard is one of the layout's (others drain to what their callers still ask). */
-  readonly inLayout: boolean;
-  /** How long ago the shard last reported, ms; null: not since the root started. */
-  readonly reportedAgoMs: number | null;
-}
-
 /**
  * The root's accounts for operators.
  *
@@ -450,8 +459,9 @@ export function reportDue(side: ShardSide, held: number, waiting: number, now: n
   if (side.inFlight) return false;
   const since = now - side.reportedAt;
   if (waiting > 0 && held >= side.enforced && since >= EAGER_REPORT_GAP_MS) return true;
-  if (side.enforced === 0 && held === 0 && waiting === 0 && side.peak === 0) return false;
-  return since >= REPORT_EVERY_MS;
+  const idle = held === 0 && waiting === 0 && side.peak === 0;
+  if (idle && side.enforced === 0) return false;
+  return since >= (idle ? IDLE_REPORT_EVERY_MS : REPORT_EVERY_MS);
 }
 
 /**

@@ -56,12 +56,10 @@ function outboxFor(env: WorkerPoolEnv, pool: PoolSettings): ReleaseOutbox | unde
 
 /** The isolate's shard state for this pool, or undefined for one object without batching. */
 function shardStateFor(pool: PoolSettings): IsolateShards | undefined {
-  const { name, shards, blockMax, blockIdleMs, config } = pool;
+  const { name, shards, blockMax, blockIdleMs } = pool;
   if (shards === 1 && blockMax === 0) return undefined;
-  const key = `${name}|${shards}|${config.limit}|${blockMax}|${blockIdleMs}`;
-  return kept(shardStates, key, () =>
-    createIsolateShards({ shards, limit: config.limit, maxBlock: blockMax, idleMs: blockIdleMs }),
-  );
+  const key = `${name}|${shards}|${blockMax}|${blockIdleMs}`;
+  return kept(shardStates, key, () => createIsolateShards({ shards, maxBlock: blockMax, idleMs: blockIdleMs }));
 }
 
 /**
@@ -104,8 +102,11 @@ function coordination(
   }
   const stubFor = (i: number) => coordinatorStub(env, locationHint, shardName(name, i, sharded.count));
   const stubs = Array.from({ length: sharded.count }, (_, i) => stubFor(i));
+  // With shards, the object named after the pool is their root: it owns the limit (and learns it).
+  const root = sharded.count === 1 ? undefined : coordinatorStub(env, locationHint, name);
   const leases = new ShardedLeases({
     coordinators: stubs,
+    root,
     isolate: sharded,
     waitMs: pool.config.waitMs,
     waitUntil,
@@ -113,7 +114,11 @@ function coordination(
     pool: name,
     claimMs: pool.claimMs,
   });
-  return { leases, operator: shardedControls(stubs, target) };
+  const owner = root ?? stubs[0]!;
+  const controls = root ? shardedControls(stubs, root, target) : coordinatorControls(owner, target);
+  if (!learn) return { leases, operator: controls };
+  learnWhenStale(owner, target, learn, name, waitUntil);
+  return { leases, operator: { ...controls, learn: () => learnNow(owner, target, learn) } };
 }
 
 /**

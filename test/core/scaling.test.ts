@@ -13,7 +13,8 @@ import {
   retired,
 } from "../../src/core/lease-block.ts";
 import { validateConfig } from "../../src/core/config.ts";
-import { pickShard, shardConfig, shardLimits } from "../../src/core/shard.ts";
+import { shareConfig } from "../../src/core/shares.ts";
+import { pickShard, shardLimits, shardOf } from "../../src/core/shard.ts";
 import { simulate } from "../../bench/simulate.ts";
 
 describe("shardLimits", () => {
@@ -189,7 +190,7 @@ describe("simulator", () => {
   });
 });
 
-describe("shardConfig", () => {
+describe("shareConfig", () => {
   const base = {
     limit: 10,
     maxQueue: 7,
@@ -199,22 +200,36 @@ describe("shardConfig", () => {
     batchMax: 5,
     adaptive: { floor: 3 },
   };
-  it("splits the limit, queue cap, reserve and batch cap so each sums to at most the whole", () => {
+  it("a share's pool: limit the share, reserve, batch cap and adaptive floor scaled to it, always valid", () => {
     fc.assert(
-      fc.property(fc.integer({ min: 1, max: 10 }), (count) => {
-        const parts = Array.from({ length: count }, (_, i) => shardConfig(base, i, count));
-        expect(parts.reduce((a, c) => a + c.limit, 0)).toBe(base.limit);
-        expect(parts.reduce((a, c) => a + c.maxQueue, 0)).toBe(base.maxQueue);
-        expect(parts.reduce((a, c) => a + (c.reserved ?? 0), 0)).toBeLessThanOrEqual(base.reserved);
-        expect(parts.reduce((a, c) => a + (c.batchMax ?? 0), 0)).toBeLessThanOrEqual(base.batchMax);
-        for (const c of parts) expect(validateConfig(c)).toEqual(c);
+      fc.property(fc.integer({ min: 1, max: 40 }), fc.nat(40), (limit, raw) => {
+        const share = raw % (limit + 1);
+        const c = shareConfig({ ...base, limit }, limit, share);
+        expect(c.limit).toBe(Math.max(1, share));
+        expect(c.reserved ?? 0).toBeLessThanOrEqual(Math.floor((base.reserved * share) / limit));
+        expect(c.maxQueue).toBe(base.maxQueue);
+        expect(validateConfig(c)).toEqual(c);
       }),
     );
+    expect(shareConfig(base, 10, 10)).toMatchObject({ limit: 10, reserved: 3, batchMax: 5, adaptive: { floor: 3 } });
+    expect(shareConfig(base, 10, 4)).toMatchObject({ limit: 4, reserved: 1, batchMax: 2, adaptive: { floor: 1 } });
   });
-  it("leaves an unsharded config as it is and refuses more shards than slots", () => {
-    expect(shardConfig(base, 0, 1)).toBe(base);
-    expect(() => shardConfig(base, 0, 11)).toThrow(expect.objectContaining({ code: "INVALID_ARGUMENT" }));
-    expect(() => shardConfig(base, 2, 2)).toThrow(expect.objectContaining({ code: "INVALID_ARGUMENT" }));
+});
+
+describe("shardOf", () => {
+  it.each([
+    ["main", { pool: "main", shard: "root" }],
+    ["main#0", { pool: "main", shard: "0" }],
+    ["a#b#12", { pool: "a#b", shard: "12" }],
+    ["main#01", { pool: "main#01", shard: "root" }],
+    ["main#1024", { pool: "main#1024", shard: "root" }],
+    ["#3", { pool: "#3", shard: "root" }],
+  ])("%s is %o", (name, expected) => {
+    expect(shardOf(name)).toEqual(expected);
+  });
+  it("an object without a name is no part of a pool", () => {
+    expect(shardOf(undefined)).toBeNull();
+    expect(shardOf("")).toBeNull();
   });
 });
 
