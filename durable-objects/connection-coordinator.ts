@@ -170,7 +170,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
     this.tokens = new LeaseTokens(this.store.tokenKey());
     let pool: PoolState;
     try {
-      this.identity = shardOf(this.ctx.id.name);
+      this.identity = shardOf(this.ctx.id.name ?? this.store.readMeta("name"));
       const learned = this.store.readMeta("learned");
       this.learned = learned === null ? null : (JSON.parse(learned) as LearnedLimit);
       pool = restore(this.baseConfig(), snap, []);
@@ -229,6 +229,20 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
       this.side = createShardSide(share);
       applyShare(pool, configFromEnv(this.env), limit, share, Date.now());
     }
+  }
+
+  /**
+   * Learns this object's name where the runtime does not tell it (`ctx.id.name` unset): a caller's
+   * word counts only if the id derived from it is this object's id, so no caller can make it
+   * another object. Kept in meta; a shard then starts from no share, a root from its layout.
+   */
+  private identify(name: unknown): void {
+    if (this.identity !== null || typeof name !== "string" || name === "" || name.length > 256) return;
+    const ns = this.env.COORDINATOR_DO;
+    if (!ns || !ns.idFromName(name).equals(this.ctx.id)) return;
+    this.store.writeMeta("name", name);
+    this.identity = shardOf(name);
+    this.loadShares(this.requirePool());
   }
 
   /** The root's layout: an operator's (kept in meta), else `LEASE_SHARDS` from this object's env, split by demand. */
@@ -303,7 +317,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
           "A shard reaches its pool's root through the `COORDINATOR_DO` binding (this class's own namespace)",
         );
       }
-      answer = await ns.getByName(this.identity!.pool).shareReport(sent);
+      answer = await ns.getByName(this.identity!.pool).shareReport(sent, this.identity!.pool);
     } catch (error) {
       answer = failureOf(error);
     }
@@ -339,8 +353,9 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
    * @example
    * const answer = await env.COORDINATOR_DO.getByName("main").shareReport({ shard: "0", enforced: 2, held: 2, peak: 5 });
    */
-  async shareReport(r: ShareReport): Promise<ShareAnswer> {
+  async shareReport(r: ShareReport, name?: string): Promise<ShareAnswer> {
     try {
+      this.identify(name);
       if (!this.root) {
         throw new LeaseError(
           "INVALID_ARGUMENT",
@@ -396,11 +411,14 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
    * `LEASE_SHARDS` split by demand. Kept across restarts. A change revokes nothing: a shard's
    * share shrinks only as it gives slots back, and grows only into what the others returned.
    *
+   * `name`: the name the object was reached by, for a runtime that does not tell an object its own.
+   *
    * @example
-   * await stub.setLayout({ count: 4, split: "demand" });
+   * await stub.setLayout({ count: 4, split: "demand" }, "main");
    */
-  async setLayout(layout: Layout | null): Promise<LayoutResult> {
+  async setLayout(layout: Layout | null, name?: string): Promise<LayoutResult> {
     try {
+      this.identify(name);
       if (!this.root) {
         throw new LeaseError("INVALID_ARGUMENT", "A layout is set on a pool's root object (named after the pool)");
       }
@@ -583,6 +601,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
   /** One acquire; with `queue` false, `null` instead of waiting or being shed. */
   private async acquireOne(options: AcquireOptions, queue: boolean): Promise<AcquireResult | null> {
     const pool = this.requirePool();
+    if (typeof options === "object" && options !== null) this.identify(options.object);
     const leaseId = crypto.randomUUID();
     const { step, durable } = this.run(steps.acquire(leaseId, options, queue, this.verify));
     const answer = step.answer;

@@ -225,9 +225,11 @@ export class ShardedLeases implements LeaseClient {
     const { isolate } = this.#o;
     let result: AcquireResult;
     try {
-      result = await this.#coordinators[shard]!.acquire(
-        coordinatorRequest(options, this.#o.holder ?? "", this.claimMs),
-      );
+      const request = coordinatorRequest(options, this.#o.holder ?? "", this.claimMs);
+      // The object's name, for a runtime that does not tell an object its own (it checks it against its id).
+      const pool = this.#o.pool;
+      const object = pool === undefined || isolate.count === 1 ? undefined : shardName(pool, shard, isolate.count);
+      result = await this.#coordinators[shard]!.acquire(object === undefined ? request : { ...request, object });
     } catch (error) {
       isolate.downUntil[shard] = Date.now() + SHARD_RETRY_AFTER_MS;
       throw isLeaseError(error) ? error : unavailable(error);

@@ -109,7 +109,7 @@ export function checkBatch<T>(name: string, items: readonly T[]): readonly T[] {
  * The fields of an acquire that travel from a caller to the core unchanged, declared once: the
  * client forwards them (`coordinatorRequest`), the engine hands them to the core (`steps.acquire`).
  * The check below stops the build while a field of `AcquireOptions` is neither listed nor one the
- * coordinator handles itself (`release`).
+ * coordinator handles itself (`release`, `object`).
  *
  * @example
  * const fields = requestFields(options); // only the keys in ACQUIRE_REQUEST_KEYS
@@ -122,7 +122,9 @@ export const ACQUIRE_REQUEST_KEYS = [
   "priority",
   "tenant",
 ] as const satisfies readonly (keyof AcquireOptions & keyof AcquireRequest)[];
-const everyRequestKey: [Exclude<Unlisted<AcquireOptions, typeof ACQUIRE_REQUEST_KEYS>, "release">] extends [never]
+const everyRequestKey: [Exclude<Unlisted<AcquireOptions, typeof ACQUIRE_REQUEST_KEYS>, "release" | "object">] extends [
+  never,
+]
   ? true
   : Unlisted<AcquireOptions, typeof ACQUIRE_REQUEST_KEYS> = true;
 void everyRequestKey;
@@ -157,6 +159,13 @@ export interface AcquireOptions {
   priority?: Priority | undefined;
   /** Fairness key (customer, API key): tenants take turns for slots within a class. */
   tenant?: string | undefined;
+  /**
+   * The name the caller reached the object by (`idFromName`), sent by a sharded client: an object
+   * the runtime does not tell its own name checks it against its id and keeps it, so it knows
+   * whether it is a pool's root or shard `i` (`${pool}#${i}`). A name that does not derive the
+   * object's id is ignored.
+   */
+  object?: string | undefined;
   /**
    * Leases this call gives back before it asks (1 to `MAX_BATCH`): their holders finished, and a
    * client sends their releases with its next acquire instead of one call each (`Leases`'s
