@@ -238,8 +238,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
    */
   private identify(name: unknown): void {
     if (this.identity !== null || typeof name !== "string" || name === "" || name.length > 256) return;
-    const ns = this.env.COORDINATOR_DO;
-    if (!ns || !ns.idFromName(name).equals(this.ctx.id)) return;
+    if (!this.env.COORDINATOR_DO?.idFromName(name).equals(this.ctx.id)) return;
     this.store.writeMeta("name", name);
     this.identity = shardOf(name);
     this.loadShares(this.requirePool());
