@@ -13,6 +13,8 @@ import {
   retired,
 } from "../../src/core/lease-block.ts";
 import { validateConfig } from "../../src/core/config.ts";
+import { mergeStats } from "../../src/client/sharded-leases.ts";
+import { acquire, createPool, stats } from "../../src/core/index.ts";
 import { shareConfig } from "../../src/core/shares.ts";
 import { pickShard, shardLimits, shardOf } from "../../src/core/shard.ts";
 import { simulate } from "../../bench/simulate.ts";
@@ -245,5 +247,46 @@ describe("lease block: retired and abandoned", () => {
     // L1 is too old to hand on: it goes back; b is still waiting, so the block asks again.
     expect(retired(s, 3)).toEqual([{ kind: "acquire" }]);
     expect(s).toMatchObject({ inUse: 0, inFlight: 1, waiting: ["b"] });
+  });
+});
+
+describe("mergeStats", () => {
+  it("merges every field of the shards' and the root's stats on purpose, none copied from the first", () => {
+    const now = 1_000_000;
+    const a = createPool({ limit: 4, maxQueue: 5, waitMs: 100, leaseTtlMs: 1000 });
+    const b = createPool({ limit: 4, maxQueue: 7, waitMs: 300, leaseTtlMs: 3000, queue: "adaptive" });
+    a.share = 1;
+    b.share = 3;
+    acquire(a, { leaseId: "a1", holder: "x" }, now);
+    acquire(a, { leaseId: "a2", holder: "x", waitMs: 50 }, now);
+    acquire(b, { leaseId: "b1", holder: "y" }, now);
+    const sa = { ...stats(a, now + 10), share: { share: 1, peak: 2, failure: null } };
+    const sb = {
+      ...stats(b, now + 10),
+      share: { share: 3, peak: 1, failure: "COORDINATOR_UNAVAILABLE: gone" },
+      recovery: { endsInMs: 500, recovered: 2 },
+    };
+    const root = {
+      ...stats(createPool({ limit: 10, maxQueue: 1, waitMs: 100, leaseTtlMs: 1000 }), now + 10),
+      shares: { limit: 10, layout: { count: 2, split: "demand" as const }, shards: [] },
+    };
+    const m = mergeStats([sa, sb, root]);
+    expect(m).toMatchObject({
+      limit: 10,
+      held: 2,
+      waiting: 1,
+      maxWaitMs: 10,
+      maxQueue: 13,
+      waitMs: 300,
+      leaseTtlMs: 3000,
+      recovery: { endsInMs: 500, recovered: 2 },
+      share: { share: 4, peak: 3, failure: "COORDINATOR_UNAVAILABLE: gone" },
+      shares: root.shares,
+    });
+    expect(m.effectiveLimit).toBe(sa.effectiveLimit + sb.effectiveLimit + root.effectiveLimit);
+    expect(m.leases.map((l) => l.idPrefix).sort()).toEqual(["a1", "b1"]);
+    expect(m.counters.granted).toBe(2);
+    // Without a root: the shards' limits summed, no recovery, no shares.
+    expect(mergeStats([stats(a, now), stats(b, now)])).toMatchObject({ limit: 8, recovery: null, shares: undefined });
   });
 });

@@ -384,3 +384,25 @@ describe("sharded client against the real shard objects, generated sequences", (
     );
   });
 });
+
+describe("an object the runtime does not tell its name", () => {
+  it("takes a caller's name only when it derives the object's own id", async () => {
+    const pool = `shards-unnamed-${++poolSeq}`;
+    // An id from its string form carries no name: the object is reached, but not told what it is.
+    const unnamed = (name: string) =>
+      env.COORDINATOR_DO.get(env.COORDINATOR_DO.idFromString(env.COORDINATOR_DO.idFromName(name).toString()));
+    const shard = unnamed(`${pool}#1`);
+    // Another object's name is ignored: the object stays a pool of its own (no share).
+    const r = await shard.acquire({ waitMs: 0, object: `${pool}#2` });
+    expect((await shard.stats()).share).toBeUndefined();
+    if (r.ok) await shard.release(leaseRef(r.lease));
+    // Its own name is kept: it is shard 1 of the pool, with no share until the root answers.
+    await env.COORDINATOR_DO.getByName(pool).setLayout({ count: 2, split: "demand" });
+    const lease = await shard.acquire({ waitMs: 5000, object: `${pool}#1` });
+    expect(lease).toMatchObject({ ok: true });
+    expect((await shard.stats()).share).toMatchObject({ share: expect.any(Number) });
+    const root = await env.COORDINATOR_DO.getByName(pool).stats();
+    expect(root.shares!.shards.map((s) => s.shard)).toContain("1");
+    if (lease.ok) await shard.release(leaseRef(lease.lease));
+  });
+});
