@@ -217,7 +217,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
    * reports again) and its own pool takes the share it had; a shard enforces the share it kept
    * (0 on its first start) until the root answers its first report.
    */
-  private loadShares(pool: PoolState): void {
+  private loadShares(pool: PoolState): Effects | null {
     if (this.identity?.shard === ROOT_SHARD) {
       const kept = this.store.readMeta("shares");
       this.root = createRoot(pool.config.limit, this.layout(), kept === null ? null : JSON.parse(kept));
@@ -227,8 +227,9 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
       const { share, limit } =
         kept === null ? { share: 0, limit: 1 } : (JSON.parse(kept) as { share: number; limit: number });
       this.side = createShardSide(share);
-      applyShare(pool, configFromEnv(this.env), limit, share, Date.now());
+      return applyShare(pool, configFromEnv(this.env), limit, share, Date.now());
     }
+    return null;
   }
 
   /**
@@ -241,7 +242,8 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
     if (!this.env.COORDINATOR_DO?.idFromName(name).equals(this.ctx.id)) return;
     this.store.writeMeta("name", name);
     this.identity = shardOf(name);
-    this.loadShares(this.requirePool());
+    const fx = this.loadShares(this.requirePool());
+    if (fx) void this.afterStep({ answer: null, effects: fx });
   }
 
   /** The root's layout: an operator's (kept in meta), else `LEASE_SHARDS` from this object's env, split by demand. */
