@@ -177,15 +177,16 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
 /**
  * Leases from a pool split across N coordinator objects, with optional per-isolate batching.
  *
- * Each shard enforces its part of the limit (`shardConfig`; the acquire tells the object which
- * part it is), so the sum of held leases across shards never exceeds the global limit. A shard is
- * picked by power of two choices on the load the shards last reported. With a block
+ * Each shard enforces the share of the limit its pool's root gives it by demand
+ * (`src/core/shares.ts`), so the sum of held leases across shards never exceeds the global limit;
+ * the client only picks a shard, by power of two choices on the load the shards last reported,
+ * and names the object it calls (`pool`), for a runtime that does not tell an object its name. With a block
  * (`maxBlock` > 0), a finished lease stays in the isolate for `idleMs` and serves the next local
  * request without a round trip; idle ones go back in the background (the TTL covers isolate death).
  *
  * @example
- * const kept = createIsolateShards({ shards: 4, limit: 40 }); // module scope
- * const leases = new ShardedLeases({ coordinators: names.map((n) => ns.getByName(n)), isolate: kept, waitMs: 5000 });
+ * const kept = createIsolateShards({ shards: 4 }); // module scope
+ * const leases = new ShardedLeases({ coordinators: names.map((n) => ns.getByName(n)), isolate: kept, waitMs: 5000, pool: "main" });
  * const lease = await leases.acquire(); try { work(); } finally { await leases.release(lease); }
  */
 export class ShardedLeases implements LeaseClient {
