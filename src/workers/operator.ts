@@ -86,9 +86,9 @@ async function all(stubs: Stub[], fn: (s: Stub) => Promise<ControlResult>): Prom
  * summed held leases and is kept in this isolate, not in the objects.
  *
  * @example
- * const controls = shardedControls(stubs, rootStub, target);
+ * const controls = shardedControls(stubs, rootStub, target, "main");
  */
-export function shardedControls(stubs: Stub[], root: Stub, target: ReconcileTarget): OperatorControls {
+export function shardedControls(stubs: Stub[], root: Stub, target: ReconcileTarget, pool?: string): OperatorControls {
   const everyone = [...stubs, root];
   let last: Reconciliation | null = null;
   return {
@@ -105,6 +105,7 @@ export function shardedControls(stubs: Stub[], root: Stub, target: ReconcileTarg
     pause: () => all(everyone, (s) => s.pause()),
     resume: () => all(everyone, (s) => s.resume()),
     setLimit: (limit) => root.setLimit(limit),
+    setLayout: (layout) => root.setLayout(layout, pool),
     revoke: async (id) => {
       const results = await Promise.all(everyone.map((s) => s.revoke(id)));
       return results.find((r) => r.ok) ?? results[0]!;

@@ -115,7 +115,7 @@ function coordination(
     claimMs: pool.claimMs,
   });
   const owner = root ?? stubs[0]!;
-  const controls = root ? shardedControls(stubs, root, target) : coordinatorControls(owner, target);
+  const controls = root ? shardedControls(stubs, root, target, name) : coordinatorControls(owner, target);
   if (!learn) return { leases, operator: controls };
   learnWhenStale(owner, target, learn, name, waitUntil);
   return { leases, operator: { ...controls, learn: () => learnNow(owner, target, learn) } };

@@ -279,6 +279,30 @@ describe("sharded coordinator in workerd", () => {
     const body = (await r.json()) as PoolStats;
     expect(body).toMatchObject({ limit: 3, held: 0 });
     expect(body.shares!.shards.length).toBeGreaterThan(1);
+    // An operator changes the layout on the root; a bad one is refused with a code.
+    const layout = async (json: unknown) => {
+      const c = createExecutionContext();
+      const res = await handle(
+        new Request("http://example.test/__coordinator/layout", {
+          method: "POST",
+          headers: { authorization: "Bearer test-token", "content-type": "application/json" },
+          body: JSON.stringify(json),
+        }),
+        depsFor(shardedEnv, c),
+      );
+      await waitOnExecutionContext(c);
+      return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+    };
+    expect(await layout({ count: 3, split: "even" })).toMatchObject({
+      status: 200,
+      body: { layout: { count: 3, split: "even" } },
+    });
+    expect((await env.COORDINATOR_DO.getByName(pool).stats()).shares!.layout).toEqual({ count: 3, split: "even" });
+    expect(await layout({ count: 0 })).toMatchObject({ status: 400, body: { error: { code: "INVALID_ARGUMENT" } } });
+    expect(await layout({ count: null })).toMatchObject({
+      status: 200,
+      body: { layout: { count: 1, split: "demand" } },
+    });
   });
 
   it("a shard that cannot be reached is left out of the choice for a while: its part is lost, not the limit", async () => {
