@@ -12,6 +12,7 @@ export default defineConfig({
       "test/hono/**/*.test.ts",
       "test/limit/*.test.ts",
       "test/local/**/*.test.ts",
+      "test/orm/**/*.test.ts",
       "test/package/**/*.test.ts",
       "test/security/**/*.test.ts",
       "test/start/**/*.test.ts",

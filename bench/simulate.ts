@@ -24,10 +24,10 @@ import {
   type BlockEffect,
   type BlockState,
   createBlock,
-  expireIdle,
   finished,
   granted,
   observe,
+  reap,
   refused,
   request,
 } from "../src/core/lease-block.ts";
@@ -233,19 +233,15 @@ export function simulate(s: Scenario): Result {
     });
   }
 
-  /** The block's answer to an acquire it sent. */
-  function blockReply(iso: number): (held: Held | null, at: number) => void {
+  /** The block's answer to acquire `ask` it sent. */
+  function blockReply(iso: number, ask: number): (held: Held | null, at: number) => void {
     return (held, at) => {
-      if (held) {
-        perform(iso, granted(blocks[iso]!, held, at), at);
-        // The queue of the shard that just answered (others' reports may be old).
-        return perform(iso, observe(blocks[iso]!, loads[iso]![held.shard]!.waiting, at), at);
-      }
-      const failed = refused(blocks[iso]!);
-      if (failed !== undefined) {
-        shed++;
-        arrivals.delete(failed);
-      }
+      if (!held) return perform(iso, refused(blocks[iso]!, ask, at, false), at);
+      // The simulator's queries are short: a lease lives its TTL and may be reused all along.
+      const life = { endsAt: held.lease.expiresAt, reuseUntil: Number.POSITIVE_INFINITY };
+      perform(iso, granted(blocks[iso]!, ask, held, life, at), at);
+      // The queue of the shard that just answered (others' reports may be old).
+      perform(iso, observe(blocks[iso]!, loads[iso]![held.shard]!.waiting, at), at);
     };
   }
 
@@ -281,14 +277,17 @@ export function simulate(s: Scenario): Result {
 
   function perform(iso: number, effects: BlockEffect<Held>[], now: number): void {
     for (const fx of effects) {
-      if (fx.kind === "acquire") sendAcquire(iso, now, blockReply(iso));
+      if (fx.kind === "acquire") sendAcquire(iso, now, blockReply(iso, fx.ask));
       else if (fx.kind === "release") sendRelease(fx.lease, now);
-      else start(iso, fx.request, fx.lease, now);
+      else if (fx.kind === "fail") {
+        shed++;
+        arrivals.delete(fx.request);
+      } else start(iso, fx.request, fx.lease, now, fx.generation);
     }
   }
 
-  /** Runs one request's query with `held`; then hands the lease on (batching) or releases it. */
-  function start(iso: number, requestId: string, held: Held, now: number): void {
+  /** Runs one request's query with `held` (hand-on `generation` when batching); then hands the lease on or releases it. */
+  function start(iso: number, requestId: string, held: Held, now: number, generation = 0): void {
     const arrived = arrivals.get(requestId)!;
     arrivals.delete(requestId);
     waits.push(now - arrived);
@@ -300,8 +299,8 @@ export function simulate(s: Scenario): Result {
       completed++;
       lastCompletion = done;
       if (s.maxBlock === 0) return giveBack(iso, held, done);
-      perform(iso, finished(blocks[iso]!, held, done), done);
-      events.push(done + s.idleMs, () => perform(iso, expireIdle(blocks[iso]!, done + s.idleMs), done + s.idleMs));
+      perform(iso, finished(blocks[iso]!, generation, done) ?? [], done);
+      events.push(done + s.idleMs, () => perform(iso, reap(blocks[iso]!, done + s.idleMs), done + s.idleMs));
     });
   }
 
@@ -315,7 +314,7 @@ export function simulate(s: Scenario): Result {
     const id = `r${offered}`;
     events.push(t, () => {
       arrivals.set(id, t);
-      if (s.maxBlock > 0) return perform(iso, request(blocks[iso]!, id, t), t);
+      if (s.maxBlock > 0) return perform(iso, request(blocks[iso]!, id, t, t + s.waitMs), t);
       // No batching: one acquire and one release per request.
       sendAcquire(iso, t, (held, at) => {
         // The caller gives up at its deadline, also while its call waits in a busy object's input.

@@ -612,7 +612,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
       return this.signed(answer.result);
     }
     const waiting = this.waiters.park(leaseId, options.holder ?? "", Date.now());
-    this.waiters.queued(leaseId, answer.deadline);
+    this.waiters.queued(leaseId, answer.deadline, answer.position);
     this.timer.arm(this.waiters.wakeAt(pool));
     return await waiting;
   }

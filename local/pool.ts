@@ -6,13 +6,15 @@
 import type { Sql } from "postgres";
 import { type LeaseClient, Leases } from "../src/client/leases.ts";
 import type { ConnectionCounts } from "../src/core/index.ts";
-import { type SettingsEnv, settingsFromEnv } from "../src/db/config.ts";
+import { LeaseError } from "../src/core/errors.ts";
+import { type SettingsEnv, parseConnectionString, settingsFromEnv } from "../src/db/config.ts";
 import { type DriverModule, bindDriver, loadDriver, missingDriver } from "../src/db/connect.ts";
 import { Database } from "../src/db/database.ts";
 import { enforceLedger } from "../src/db/enforce.ts";
 import { toDatabaseError } from "../src/db/errors.ts";
 import { type LeasedPool, leasedSql } from "../src/db/pool.ts";
 import { controlsOf } from "../src/http/operator.ts";
+import type { LeaseTracer } from "../src/tracing.ts";
 import { PostgresCoordinator } from "./postgres-coordinator.ts";
 
 /**
@@ -24,7 +26,13 @@ import { PostgresCoordinator } from "./postgres-coordinator.ts";
 export const DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /** The variables a local pool reads: the same names as a Worker's (`HYPERDRIVE` aside). */
-export interface LocalPoolEnv extends Omit<SettingsEnv, "HYPERDRIVE"> {}
+export interface LocalPoolEnv extends Omit<SettingsEnv, "HYPERDRIVE"> {
+  /**
+   * Postgres itself, not through the pooler: the coordinator's tables, locks and LISTEN need a
+   * session of their own. Required with `DB_POOLER=transaction`; default `DATABASE_URL`.
+   */
+  DATABASE_DIRECT_URL?: string | undefined;
+}
 
 /** A local pool; `close()` withdraws this process's waiters and ends the coordinator's connections. */
 export interface LocalPool<Client = unknown> extends LeasedPool<Client> {
@@ -47,13 +55,14 @@ export interface LocalPool<Client = unknown> extends LeasedPool<Client> {
  */
 export async function localPool<Client = unknown>(
   env: LocalPoolEnv,
-  options: { driver?: DriverModule<Client> } = {},
+  options: { driver?: DriverModule<Client>; tracer?: LeaseTracer | undefined } = {},
 ): Promise<LocalPool<Client>> {
   const settings = settingsFromEnv(env.DATABASE_URL ? env : { ...env, DATABASE_URL: DEFAULT_DATABASE_URL });
   const { name } = settings.pool;
   const config = settings.database;
   const { applicationName, connectionString } = config;
   const { enforce } = settings.pool;
+  const direct = directUrl(env, config.pooler, settings.pool.coordinator) ?? connectionString;
   let coordinator: PostgresCoordinator | undefined;
   let control: Sql | undefined;
   const module = (options.driver ?? (await loadDriver(config))) as DriverModule<Client>;
@@ -63,7 +72,7 @@ export async function localPool<Client = unknown>(
       (e: unknown) => Promise.reject(missingDriver("postgres", e)),
     );
     // The coordinator's bookkeeping connections are its own, apart from the leased ones.
-    control = postgres(connectionString, {
+    control = postgres(direct, {
       max: 2,
       onnotice: () => {},
       connection: { application_name: `${applicationName}-coordinator` },
@@ -79,12 +88,12 @@ export async function localPool<Client = unknown>(
     await coordinator.ready();
   }
   const leases: LeaseClient | undefined =
-    coordinator && new Leases(coordinator, { pool: name, claimMs: settings.pool.claimMs });
+    coordinator && new Leases(coordinator, { pool: name, claimMs: settings.pool.claimMs, tracer: options.tracer });
   // Reconciliation's counts; with LEASE_ENFORCE=terminate it also terminates the tagged backends
   // whose lease is no longer held (the held leases read first: see `enforceLedger`).
   const observe = async (c: PostgresCoordinator, sql: Sql): Promise<ConnectionCounts> => {
     const held = enforce ? await c.stats() : undefined;
-    const counts = await c.countConnections(applicationName);
+    const counts = await c.countConnections(applicationName, config.pooler);
     if (!enforce || !held) return counts;
     return { ...counts, terminated: await enforceLedger(sql, applicationName, [held], enforce.graceMs) };
   };
@@ -108,4 +117,20 @@ export async function localPool<Client = unknown>(
       await control?.end({ timeout: 1 });
     },
   };
+}
+
+/**
+ * `DATABASE_DIRECT_URL`, checked: behind a transaction-mode pooler the coordinator's LISTEN
+ * connection would be handed to other clients between transactions, so it is required there.
+ */
+function directUrl(env: LocalPoolEnv, pooler: "none" | "transaction", coordinator: boolean): string | undefined {
+  const raw = env.DATABASE_DIRECT_URL?.trim();
+  if (raw) return parseConnectionString("DATABASE_DIRECT_URL", raw) && raw;
+  if (pooler === "transaction" && coordinator) {
+    throw new LeaseError(
+      "INVALID_CONFIG",
+      "`DB_POOLER=transaction` needs `DATABASE_DIRECT_URL`: the local coordinator keeps a session (LISTEN, its tables) that a transaction-mode pooler would hand to other clients. Set it to Postgres itself, not the pooler.",
+    );
+  }
+  return undefined;
 }

@@ -356,7 +356,7 @@ export class PostgresCoordinator implements CoordinatorBackend {
     }
     if (decided.kind === "result") this.#waiters.settle(leaseId, decided.result);
     else if (decided.kind === "queued") {
-      this.#waiters.queued(leaseId, decided.deadline);
+      this.#waiters.queued(leaseId, decided.deadline, decided.position);
       this.#rearm();
     }
     return await answer;
@@ -473,16 +473,16 @@ export class PostgresCoordinator implements CoordinatorBackend {
   /**
    * Reads `pg_stat_activity` through this coordinator's own client: the connections of its role
    * on the whole server, and those that carry `applicationName` (the application's connections,
-   * not the coordinator's). What {@link reconcile} compares.
+   * not the coordinator's). What {@link reconcile} compares. `pooler`: see `countConnections` in src/db/reconcile.ts.
    *
    * @example
    * const counts = await coordinator.countConnections("my-app"); // { roleConnections, appConnections, … }
    */
-  async countConnections(applicationName: string): Promise<ConnectionCounts> {
+  async countConnections(applicationName: string, pooler: "none" | "transaction" = "none"): Promise<ConnectionCounts> {
     if (typeof applicationName !== "string")
       throw new LeaseError("INVALID_ARGUMENT", expected("applicationName", "a string", applicationName));
     await this.ready();
-    return await countConnections(this.#sql, applicationName);
+    return await countConnections(this.#sql, applicationName, pooler);
   }
 
   /**

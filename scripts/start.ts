@@ -52,13 +52,24 @@ const wrangler = spawn(
   },
 );
 
+// Stopping passes the signal to wrangler, which ends workerd and esbuild before it exits; then the
+// embedded database stops and so does this process.
 let stopping = false;
-for (const signal of ["SIGINT", "SIGTERM"] as const) {
-  process.on(signal, () => {
-    stopping = true;
-    wrangler.kill(signal);
-  });
-}
+const stop = (signal: "SIGINT" | "SIGTERM") => {
+  if (stopping) return;
+  stopping = true;
+  wrangler.kill(signal);
+};
+for (const signal of ["SIGINT", "SIGTERM"] as const) process.on(signal, () => stop(signal));
+// npm runs a script under `sh -c`, and passes a signal it gets (`timeout 60 npm start`: SIGTERM) to
+// the shell only: a shell that ran this as its child would die of SIGTERM without passing it on and
+// sit out SIGINT. So `npm start` is `exec node scripts/start.ts` (the shell becomes this process),
+// and should this process be orphaned all the same (npm killed outright), it stops as on SIGTERM:
+// wrangler and workerd never outlive the command that started them.
+const parent = process.ppid;
+setInterval(() => {
+  if (process.ppid !== parent) stop("SIGTERM");
+}, 200).unref();
 wrangler.on("exit", async (code) => {
   await db.stop();
   process.exit(stopping ? 0 : (code ?? 1));

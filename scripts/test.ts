@@ -2,7 +2,7 @@
  * `npm test`: brings up a Postgres (the local cluster, started if it is down; embedded PGlite when
  * none is installed), creates and migrates the test database, then runs every suite: the core and
  * local adapter on Node, and the Worker and Durable Object in real workerd, then the local adapter
- * on Deno (`deno task test`).
+ * on Deno (`deno task test`) and on Bun (`bun test test/bun/`).
  */
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, readdirSync } from "node:fs";
@@ -105,6 +105,21 @@ if (denoSummary) {
   broken = true;
 }
 if (deno.status !== 0) broken = true;
+// The local adapter, Bun's SQL client as a driver and the example app on Bun (bun from npm), counted alike.
+const bun = spawnSync("bun", ["test", "--conditions=source", "test/bun/"], {
+  env: { ...env, NO_COLOR: "1" },
+  encoding: "utf8",
+});
+process.stdout.write(bun.stdout ?? "");
+process.stderr.write(bun.stderr ?? "");
+const bunSummary = /(\d+) pass\s+(\d+) fail/.exec(`${bun.stdout}${bun.stderr}`);
+if (bunSummary) {
+  passed += Number(bunSummary[1]);
+  failed += Number(bunSummary[2]);
+} else {
+  broken = true;
+}
+if (bun.status !== 0) broken = true;
 
 // Benchmarks are not tests: CI only checks that the bench harness starts and runs one short
 // iteration (inside workerd, no wrk or PgBouncer needed). Counts as one test.

@@ -10,9 +10,7 @@ import { createMiddleware } from "hono/factory";
 import { holdLease, leaseFrame, runInFrame } from "./client/hold.ts";
 import type { LeaseClient } from "./client/leases.ts";
 import { type ErrorCode, BOUNDS, LeaseError, checkInt, expected, isLeaseError } from "./core/index.ts";
-import { cancelPgClient, closePgClient } from "./db/drivers/node-postgres.ts";
-import { trackBackend } from "./db/drivers/postgres-js.ts";
-import { sendCancelRequest } from "./db/cancel-request.ts";
+import type { ClientConnection, DriverModule } from "./db/driver.ts";
 import { toDatabaseError } from "./db/errors.ts";
 import { errorResponse } from "./http/respond.ts";
 
@@ -33,17 +31,21 @@ export interface LeasedOptions<E extends Env, C> {
    */
   leases: LeaseClient | ((c: Context<E>) => LeaseClient);
   /**
-   * Builds the request's client, not yet connected: a node-postgres `Client`
-   * (`new pg.Client({ connectionString })`, connected here) or a postgres.js `Sql` with `max: 1`
-   * (it connects on its first query). One client per request: the lease pays for its one connection.
+   * The driver that opens, cancels and closes the request's one connection: `driver` of
+   * `leasegate/pg`, `leasegate/postgres`, `leasegate/neon` (with options: `driver({ ssl: true })`),
+   * or any `DriverModule`. `c.var.client()` hands out its client (`pg.Client`, postgres.js `Sql`, …).
    */
-  connect: (c: Context<E>) => C | Promise<C>;
+  driver: DriverModule<C>;
+  /** The database of the request: a Postgres URL (Workers: `c.env.HYPERDRIVE.connectionString`). */
+  connectionString: (c: Context<E>) => string;
   /**
-   * Closes the client; must resolve once its connection is gone. Default: `end()` for a pg
-   * `Client` (socket destroyed after 2 s without the server's goodbye), `end({ timeout: 0 })` for
-   * postgres.js. Errors it throws are ignored: the slot is released all the same.
+   * The connections' `application_name`. Default: `APPLICATION_NAME` of the app's bindings (as the
+   * pool's own connections, so reconciliation and `LEASE_LIMIT=auto` count them as the app's), else
+   * `leasegate`.
    */
-  close?: ((client: C) => Promise<unknown> | unknown) | undefined;
+  applicationName?: string | undefined;
+  /** Gives up connecting after this long, ms. Default 5000. */
+  connectTimeoutMs?: number | undefined;
   /** Queue deadline for the lease, ms. Default: the pool's (`LEASE_WAIT_MS`). */
   waitMs?: number | undefined;
   /** Lease lifetime, ms, renewed every third of it while the request runs. Default: the pool's (`LEASE_TTL_MS`). */
@@ -76,9 +78,11 @@ const OVERLOAD: ReadonlySet<ErrorCode> = new Set([
  * after that answers 503 `LEASE_LOST`.
  *
  * @example
+ * import { driver } from "leasegate/pg";
  * app.use("/api/*", leased({
  *   leases: (c) => new Leases(c.env.COORDINATOR.getByName("main")),
- *   connect: (c) => new pg.Client({ connectionString: c.env.HYPERDRIVE.connectionString }),
+ *   driver,
+ *   connectionString: (c) => c.env.HYPERDRIVE.connectionString,
  *   waitMs: 2000,
  * }));
  * app.get("/api/pitches", async (c) => c.json(await drizzle(await c.var.client()).select().from(pitches)));
@@ -87,7 +91,9 @@ const OVERLOAD: ReadonlySet<ErrorCode> = new Set([
 // biome-ignore lint/suspicious/noExplicitAny: Hono's own default for an app's env; narrowed by the app's annotation.
 export function leased<C, E extends Env = any>(options: LeasedOptions<E, C>): MiddlewareHandler<LeasedEnv<E, C>> {
   check(options);
-  const { leases, connect, close = defaultClose, waitMs, ttlMs, holder } = options;
+  const { leases, driver, connectionString, waitMs, ttlMs, holder } = options;
+  const connectTimeoutMs = options.connectTimeoutMs ?? 5000;
+  const edge = typeof navigator !== "undefined" && navigator.userAgent === "Cloudflare-Workers";
   return createMiddleware<LeasedEnv<E, C>>(async (c, next) => {
     const ctx = c as unknown as Context<E>;
     const waitUntil = executionWaitUntil(c);
@@ -114,14 +120,13 @@ export function leased<C, E extends Env = any>(options: LeasedOptions<E, C>): Mi
             // Closing alone leaves a running statement running: cancel it first, then close; the
             // release's cleanup shares that close, so the slot waits for it.
             let stopping: Promise<unknown> | undefined;
-            let cancel: () => Promise<void> = async () => {};
-            const halt = (client: C) => (stopping ??= cancel().then(() => close(client)));
+            const halt = (conn: ClientConnection<C>) => (stopping ??= conn.cancel().then(() => conn.close()));
             let stopped: Promise<void> = new Promise(() => {});
             try {
-              const made = await connect(ctx);
-              const { client: opening, cancel: cancelling } = cancellable(made);
-              cancel = cancelling;
-              beforeRelease(() => stopping ?? close(opening));
+              const applicationName = options.applicationName ?? bindingName(ctx) ?? "leasegate";
+              const target = { connectionString: connectionString(ctx), applicationName, connectTimeoutMs, edge };
+              const conn = await driver.connect(target);
+              beforeRelease(() => stopping ?? conn.close());
               stopped = new Promise<void>((done) => {
                 const stop = () => {
                   lost = new LeaseError(
@@ -129,13 +134,12 @@ export function leased<C, E extends Env = any>(options: LeasedOptions<E, C>): Mi
                     "The lease ended while the request ran: its statement was cancelled and its connection closed",
                     { retryAfterMs: 1000, executed: "maybe", cause: signal.reason },
                   );
-                  void halt(opening).then(() => done());
+                  void halt(conn).then(() => done());
                 };
                 if (signal.aborted) stop();
                 else signal.addEventListener("abort", stop, { once: true });
               });
-              await open(opening);
-              resolve(opening);
+              resolve(conn.client);
             } catch (error) {
               throw toDatabaseError(error);
             }
@@ -185,69 +189,33 @@ function check(options: unknown): void {
       "INVALID_ARGUMENT",
       expected("leases", "a LeaseClient or a function of the context returning one", o.leases),
     );
-  if (typeof o.connect !== "function")
+  const d = o.driver as Partial<DriverModule> | undefined;
+  if (typeof d?.connect !== "function" || typeof d.name !== "string" || typeof d.packageName !== "string")
     throw new LeaseError(
       "INVALID_ARGUMENT",
-      expected("connect", "a function of the context returning a client", o.connect),
+      expected("driver", 'a driver (`import { driver } from "leasegate/pg"`)', o.driver),
     );
-  if (o.close !== undefined && typeof o.close !== "function")
-    throw new LeaseError("INVALID_ARGUMENT", expected("close", "a function", o.close));
+  if (typeof o.connectionString !== "function")
+    throw new LeaseError(
+      "INVALID_ARGUMENT",
+      expected("connectionString", "a function of the context returning a Postgres URL", o.connectionString),
+    );
+  if (o.applicationName !== undefined && (typeof o.applicationName !== "string" || o.applicationName.length > 63))
+    throw new LeaseError(
+      "INVALID_ARGUMENT",
+      expected("applicationName", "a string of at most 63 characters", o.applicationName),
+    );
+  if (o.connectTimeoutMs !== undefined) checkInt("connectTimeoutMs", o.connectTimeoutMs, 100, 120_000);
   if (o.holder !== undefined && typeof o.holder !== "function")
     throw new LeaseError("INVALID_ARGUMENT", expected("holder", "a function of the context", o.holder));
   if (o.waitMs !== undefined) checkInt("waitMs", o.waitMs, 0, BOUNDS.waitMs);
   if (o.ttlMs !== undefined) checkInt("ttlMs", o.ttlMs, 1, BOUNDS.leaseTtlMs);
 }
 
-// A pg Client connects explicitly; postgres.js (a function with `unsafe`) connects on its first query.
-async function open(client: unknown): Promise<void> {
-  if (isPostgresJs(client)) return;
-  const pg = client as { connect?: unknown; on?: unknown };
-  // An idle client's backend terminated between queries emits 'error': never an uncaught exception.
-  if (typeof pg.on === "function") (pg.on as (e: string, f: () => void) => void).call(client, "error", () => {});
-  if (typeof pg.connect === "function") await (pg.connect as () => Promise<unknown>).call(client);
-}
-
-function isPostgresJs(client: unknown): client is { end(options: { timeout: number }): Promise<void> } {
-  return (
-    typeof client === "function" &&
-    typeof (client as { unsafe?: unknown }).unsafe === "function" &&
-    typeof (client as { end?: unknown }).end === "function"
-  );
-}
-
-// The client handed to the handler, and how to cancel what runs on it: node-postgres (and Neon)
-// clients carry their backend key once connected; a postgres.js client is tracked (the same client
-// behind a Proxy) so its key can be read off the queries it sends. Anything else has no cancel:
-// closing it is all that is left.
-function cancellable<C>(client: C): { client: C; cancel: () => Promise<void> } {
-  const edge = typeof navigator !== "undefined" && navigator.userAgent === "Cloudflare-Workers";
-  if (isPostgresJs(client)) {
-    const tracked = trackBackend(client as never);
-    return {
-      client: tracked.sql as unknown as C,
-      cancel: async () => {
-        const key = tracked.key();
-        if (key) await sendCancelRequest(key, edge);
-      },
-    };
-  }
-  const pg = client as { processID?: unknown; secretKey?: unknown };
-  if (typeof client === "object" && client !== null && "processID" in pg)
-    return { client, cancel: () => cancelPgClient(pg, edge) };
-  return { client, cancel: async () => {} };
-}
-
-async function defaultClose(client: unknown): Promise<void> {
-  if (isPostgresJs(client)) {
-    await client.end({ timeout: 0 });
-    return;
-  }
-  const pg = client as { end?: unknown; on?: unknown };
-  if (typeof pg.end === "function" && typeof pg.on === "function") {
-    await closePgClient(client as Parameters<typeof closePgClient>[0]);
-    return;
-  }
-  if (typeof pg.end === "function") await (pg.end as () => Promise<unknown>).call(client);
+// `APPLICATION_NAME` of the app's bindings, when it is one (Workers: `env`; elsewhere often none).
+function bindingName(c: Context): string | undefined {
+  const name = (c.env as { APPLICATION_NAME?: unknown } | undefined)?.APPLICATION_NAME;
+  return typeof name === "string" && name.trim() !== "" && name.length <= 63 ? name.trim() : undefined;
 }
 
 function executionWaitUntil(c: Context): ((promise: Promise<unknown>) => void) | undefined {

@@ -59,3 +59,5 @@ export type { DatabaseConfig, DatabaseEnv } from "./db/config.ts";
 export { bindDriver } from "./db/driver.ts";
 export type { ClientConnection, Connection, ConnectTarget, Driver, DriverModule, Row } from "./db/driver.ts";
 export type { LeasedPool } from "./db/pool.ts";
+export { leaseMetrics } from "./tracing.ts";
+export type { LeaseMeter, LeaseTracer } from "./tracing.ts";

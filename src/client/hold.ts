@@ -1,5 +1,6 @@
 import { AsyncLocalStorage } from "node:async_hooks";
 import { type AcquireOptions, type LeaseGrant, BOUNDS, LeaseError, checkInt } from "../core/index.ts";
+import { type LeaseTracer, watchLease } from "../tracing.ts";
 import { type Heartbeat, type SetTimer, heartbeat } from "./heartbeat.ts";
 
 /** Registers background work that must finish even after the response is sent (`ctx.waitUntil`). */
@@ -35,6 +36,8 @@ export interface HoldingClient {
    */
   giveBack?(lease: LeaseGrant): Promise<void>;
   renew(lease: LeaseGrant, ttlMs?: number): Promise<LeaseGrant>;
+  /** Spans of the wait and the hold of every lease taken through the lifecycle (src/tracing.ts). */
+  readonly tracer?: LeaseTracer | undefined;
 }
 
 /** Cleanups registered while a lease is held; they run, in order, before the slot is given back. */
@@ -189,10 +192,13 @@ export async function holdLease<T>(
   let withoutLease: (() => void) | undefined;
   // The lease ends, as this holder counts, its `validForMs` after this moment (see `heartbeat`).
   const sentAt = now();
+  const watch = client && watchLease(client.tracer, pool, now);
   if (client) {
     try {
       lease = await client.acquire(options, "later");
+      watch?.granted(lease);
     } catch (error) {
+      watch?.refused(error);
       try {
         if (signal?.aborted || !options.withoutLease) throw error;
         withoutLease = options.withoutLease(error);
@@ -217,6 +223,7 @@ export async function holdLease<T>(
         now,
         sentAt,
         onLost: (error) => {
+          watch?.lost(error);
           options.onRenewError?.(error);
           lost.abort(error);
         },
@@ -228,9 +235,9 @@ export async function holdLease<T>(
     const held = beat;
     const assertHeld = held ? () => held.check() : () => {};
     if (lease) frame.pool = pool;
-    return await frames.run(frame, () =>
-      work({ lease, beforeRelease: (cleanup) => void cleanups.push(cleanup), signal: lost.signal, assertHeld }),
-    );
+    const run = () =>
+      work({ lease, beforeRelease: (cleanup) => void cleanups.push(cleanup), signal: lost.signal, assertHeld });
+    return await frames.run(frame, () => (lease && watch ? watch.hold(run) : run()));
   } finally {
     // Code the work left running is no longer inside a lease.
     frame.pool = undefined;
@@ -242,6 +249,7 @@ export async function holdLease<T>(
       withoutLease?.();
       markClosed();
     });
+    if (watch) void done.then(() => watch.done());
     if (waitUntil) settle(done);
     // A lost lease's caller is told once its connection is closed: the release may not reach a
     // coordinator that is away, and the slot comes back at its expiry anyway.

@@ -15,6 +15,7 @@ import {
   requestFields,
 } from "../core/index.ts";
 import type { Coordinator } from "../engine/coordinator.ts";
+import type { LeaseTracer } from "../tracing.ts";
 import { Coalescer } from "./coalesce.ts";
 import type { ReleaseOutbox } from "./outbox.ts";
 import {
@@ -122,6 +123,11 @@ export interface LeasesOptions {
    * `carryMs` for a ride, in the background.
    */
   outbox?: ReleaseOutbox | undefined;
+  /**
+   * An OpenTelemetry tracer (`trace.getTracer("my-app")`): every lease taken through `withLease`
+   * and the database layer gets a `leasegate.wait` and a `leasegate.hold` span (docs/tracing.md).
+   */
+  tracer?: LeaseTracer | undefined;
 }
 
 /** See `LeasesOptions.claimMs`. */
@@ -142,6 +148,7 @@ export class Leases implements LeaseClient {
   readonly #holder: string;
   readonly #outbox: ReleaseOutbox | undefined;
   readonly claimMs: number | undefined;
+  readonly tracer: LeaseTracer | undefined;
   #acquires: Coalescer<AcquireOptions, AcquireResult | null> | undefined;
   #releases: Coalescer<LeaseRef, ReleaseResult | null> | undefined;
 
@@ -151,6 +158,7 @@ export class Leases implements LeaseClient {
     this.pool = options.pool;
     this.#waitUntil = options.waitUntil;
     this.claimMs = claimWindow(options.claimMs);
+    this.tracer = options.tracer;
     this.#outbox = options.waitUntil ? options.outbox : undefined;
     const { acquireMany, releaseMany } = coordinator;
     if (options.coalesce === false || typeof acquireMany !== "function" || typeof releaseMany !== "function") return;

@@ -20,14 +20,17 @@ import {
   type BlockState,
   abandon,
   createBlock,
-  expireIdle,
   finished,
   granted,
+  holds,
+  nextReapAt,
   observe,
+  reap,
   refused,
+  renewed,
   request,
-  retired,
 } from "../core/lease-block.ts";
+import type { LeaseTracer } from "../tracing.ts";
 import { validFor } from "./heartbeat.ts";
 import type { ClientAcquireOptions } from "./hold.ts";
 import {
@@ -43,13 +46,14 @@ import {
 /** A lease from a sharded pool: it remembers its shard, so release and renew go to that object. */
 export interface ShardedGrant extends LeaseGrant {
   readonly shard: number;
+  /** A lease from the isolate's block: which hand-on this is. Its release must present it (renewals keep it). */
+  readonly generation?: number | undefined;
 }
 
 interface LocalWaiter {
   resolve(lease: ShardedGrant): void;
   reject(error: unknown): void;
   timer: ReturnType<typeof setTimeout> | undefined;
-  deadline: number;
   options: AcquireOptions;
 }
 
@@ -64,11 +68,7 @@ export interface IsolateShards {
   /** Until when (local clock) a shard that could not be reached is left out of the choice. */
   readonly downUntil: number[];
   readonly block: BlockState<ShardedGrant> | undefined;
-  /**
-   * Block leases by id: when the isolate got them and when they end as it counts (local clock:
-   * the acquire's send time plus the grant's `validForMs`), and whether a request uses one.
-   */
-  readonly blockLeases: Map<string, { receivedAt: number; endsAt: number; ttlMs: number; inUse: boolean }>;
+  /** Requests waiting in the block, by id: how to answer them. */
   readonly waiters: Map<string, LocalWaiter>;
   seq: number;
 }
@@ -115,7 +115,6 @@ export function createIsolateShards(options: IsolateShardsOptions): IsolateShard
     loads,
     downUntil: new Array<number>(count).fill(0),
     block,
-    blockLeases: new Map(),
     waiters: new Map(),
     seq: 0,
   };
@@ -159,6 +158,8 @@ export interface ShardedLeasesOptions {
   pool?: string | undefined;
   /** The claim window of a grant from a shard's queue, ms, as `LeasesOptions.claimMs`. Default 500; `0` = none. */
   claimMs?: number | undefined;
+  /** Spans of each lease's wait and hold, as `LeasesOptions.tracer` (with the lease's shard). */
+  tracer?: LeaseTracer | undefined;
 }
 
 function unavailable(cause: unknown): LeaseError {
@@ -194,6 +195,7 @@ export class ShardedLeases implements LeaseClient {
   readonly #o: ShardedLeasesOptions;
   readonly #coordinators: Coordinator[];
   readonly claimMs: number | undefined;
+  readonly tracer: LeaseTracer | undefined;
 
   constructor(options: ShardedLeasesOptions) {
     if (options.coordinators.length !== options.isolate.count) {
@@ -206,6 +208,7 @@ export class ShardedLeases implements LeaseClient {
     this.#coordinators = [...options.coordinators];
     this.claimMs = claimWindow(options.claimMs);
     this.pool = options.pool;
+    this.tracer = options.tracer;
   }
 
   #pick(): number {
@@ -267,17 +270,8 @@ export class ShardedLeases implements LeaseClient {
     const waitMs = asked.waitMs ?? this.#o.waitMs;
     const now = Date.now();
     const done = new Promise<ShardedGrant>((resolve, reject) => {
-      isolate.waiters.set(id, { resolve, reject, timer: undefined, deadline: now + waitMs, options: asked });
+      isolate.waiters.set(id, { resolve, reject, timer: undefined, options: asked });
     });
-    const waiter = isolate.waiters.get(id)!;
-    // The local deadline: a request is answered by it even if no lease comes back in time.
-    waiter.timer = setTimeout(() => {
-      if (abandon(block, id))
-        this.#fail(
-          id,
-          new LeaseError("ACQUIRE_TIMEOUT", `No slot within ${waitMs} ms (isolate block)`, { retryAfterMs: 100 }),
-        );
-    }, waitMs);
     if (signal) {
       // Given up: the local waiter leaves the block's queue; a lease coming for it serves the next one.
       const onAbort = () => abandon(block, id) && this.#fail(id, signal.reason);
@@ -287,8 +281,28 @@ export class ShardedLeases implements LeaseClient {
         () => signal.removeEventListener("abort", onAbort),
       );
     }
-    this.#perform(request(block, id, now));
+    this.#perform(request(block, id, now, now + waitMs));
+    this.#wake(id, now + waitMs);
     return done;
+  }
+
+  /**
+   * A local waiter's timer: the block is reaped when its next lifetime ends (a vanished holder's
+   * lease, an unanswered acquire) and at the waiter's deadline, so the waiter gets the room freed,
+   * or its `ACQUIRE_TIMEOUT` by its deadline, even if no other call comes.
+   */
+  #wake(id: string, deadline: number): void {
+    const { isolate } = this.#o;
+    const w = isolate.waiters.get(id);
+    if (!w) return;
+    const at = Math.min(deadline, nextReapAt(isolate.block!) ?? deadline);
+    w.timer = setTimeout(
+      () => {
+        this.#perform(reap(isolate.block!, Date.now()));
+        this.#wake(id, deadline);
+      },
+      Math.max(0, at - Date.now()),
+    );
   }
 
   #fail(id: string, error: unknown): void {
@@ -299,50 +313,46 @@ export class ShardedLeases implements LeaseClient {
     w.reject(error);
   }
 
-  #perform(effects: BlockEffect<ShardedGrant>[]): void {
+  /** Performs the block's effects; `refusal` is the error of the acquire a `refused` call answers. */
+  #perform(effects: BlockEffect<ShardedGrant>[], refusal?: LeaseError): void {
     const { isolate } = this.#o;
     const block = isolate.block!;
     for (const fx of effects) {
       if (fx.kind === "start") {
         const w = isolate.waiters.get(fx.request);
-        const meta = isolate.blockLeases.get(fx.lease.id);
-        if (meta) meta.inUse = true;
         if (w) {
           isolate.waiters.delete(fx.request);
           clearTimeout(w.timer);
-          // Handed on: valid for what is left of it, so its new holder's clock starts from now.
-          w.resolve(meta ? { ...fx.lease, validForMs: Math.max(0, meta.endsAt - Date.now()) } : fx.lease);
+          // Valid for what is left of it, so its holder's clock starts from now; released by its generation.
+          w.resolve({ ...fx.lease, validForMs: Math.max(0, fx.endsAt - Date.now()), generation: fx.generation });
         }
       } else if (fx.kind === "release") {
-        isolate.blockLeases.delete(fx.lease.id);
         this.#background(this.#releaseOn(fx.lease).catch(() => {}));
+      } else if (fx.kind === "fail") {
+        const waitMs = isolate.waiters.get(fx.request)?.options.waitMs ?? this.#o.waitMs;
+        const timeout = () =>
+          new LeaseError("ACQUIRE_TIMEOUT", `No slot within ${waitMs} ms (isolate block)`, { retryAfterMs: 100 });
+        this.#fail(fx.request, fx.reason === "refused" && refusal ? refusal : timeout());
       } else {
-        // The acquire covers the newest local waiter not yet covered: its options, its deadline.
-        const covered = block.waiting[Math.min(block.inFlight, block.waiting.length) - 1];
-        const w = covered === undefined ? undefined : isolate.waiters.get(covered);
-        const waitMs = w ? Math.max(0, w.deadline - Date.now()) : 0;
+        // The acquire carries the options and deadline of the waiter it was sent for.
+        const options = isolate.waiters.get(fx.request)?.options;
         const sentAt = Date.now();
-        const sent = this.#acquireOn(this.#pick(), { ...w?.options, waitMs }).then(
+        const sent = this.#acquireOn(this.#pick(), { ...options, waitMs: Math.max(0, fx.deadline - sentAt) }).then(
           (lease) => {
-            isolate.blockLeases.set(lease.id, {
-              receivedAt: Date.now(),
+            const now = Date.now();
+            // Handed on only while young: a reused lease keeps three quarters of its TTL.
+            const life = {
               endsAt: sentAt + validFor(lease),
-              ttlMs: Math.max(1, lease.expiresAt - lease.grantedAt),
-              inUse: false,
-            });
-            this.#perform(granted(block, lease, Date.now()));
+              reuseUntil: now + (lease.expiresAt - lease.grantedAt) / 4,
+            };
+            this.#perform(granted(block, fx.ask, lease, life, now));
             this.#observe(lease.shard);
             this.#sweepLater();
           },
           (error: unknown) => {
-            const failed = refused(block);
-            if (failed === undefined) return;
-            const fw = isolate.waiters.get(failed);
             const err = isLeaseError(error) ? error : unavailable(error);
-            // Someone else's deadline passed at the coordinator: this waiter still has time.
-            if (fw && err.code === "ACQUIRE_TIMEOUT" && fw.deadline > Date.now())
-              this.#perform(request(block, failed, Date.now()));
-            else this.#fail(failed, err);
+            // ACQUIRE_TIMEOUT: the coordinator's wait ran out; a waiter with time left asks again.
+            this.#perform(refused(block, fx.ask, Date.now(), err.code === "ACQUIRE_TIMEOUT"), err);
           },
         );
         this.#background(sent);
@@ -364,7 +374,7 @@ export class ShardedLeases implements LeaseClient {
   #sweepLater(): void {
     const block = this.#o.isolate.block!;
     if (block.idle.length === 0) return;
-    this.#background(sleep(block.config.idleMs + 1).then(() => this.#perform(expireIdle(block, Date.now()))));
+    this.#background(sleep(block.config.idleMs + 1).then(() => this.#perform(reap(block, Date.now()))));
   }
 
   async #releaseOn(lease: LeaseGrant): Promise<void> {
@@ -389,29 +399,24 @@ export class ShardedLeases implements LeaseClient {
 
   /**
    * Gives the slot back: to the isolate's block (the next local request gets it) or to its shard.
-   * A block lease is handed on only while young (a quarter of its TTL, idle time included), so a
-   * reused lease always has most of its TTL left.
+   * A block lease is handed on only while young (a quarter of its TTL), so a reused lease always
+   * has most of its TTL left. Only the current holder's release counts: a repeated or late one
+   * fails with `LEASE_NOT_FOUND` and frees nothing.
    *
    * @example
    * await leases.release(lease);
    */
   async release(lease: LeaseGrant): Promise<void> {
-    const { isolate } = this.#o;
-    const block = isolate.block;
-    const meta = isolate.blockLeases.get(lease.id);
-    if (!block || !meta) return this.#releaseOn(lease);
-    if (!meta.inUse) throw new LeaseError("LEASE_NOT_FOUND", "This lease was already given back");
-    meta.inUse = false;
-    const now = Date.now();
-    const own = { ...lease, shard: (lease as Partial<ShardedGrant>).shard ?? 0 } as ShardedGrant;
-    if (now - meta.receivedAt + block.config.idleMs < meta.ttlMs / 4) {
-      this.#perform(finished(block, own, now));
-      this.#sweepLater();
-      return;
-    }
-    isolate.blockLeases.delete(lease.id);
-    this.#perform(retired(block, now));
-    return this.#releaseOn(own);
+    const block = this.#o.isolate.block;
+    const generation = (lease as Partial<ShardedGrant>).generation;
+    if (!block || (generation === undefined && !holds(block, (l) => l.id === lease.id))) return this.#releaseOn(lease);
+    const effects = generation === undefined ? null : finished(block, generation, Date.now());
+    if (!effects) throw new LeaseError("LEASE_NOT_FOUND", "This lease was already given back");
+    // Its own release, when it goes back, is this call's answer.
+    const own = effects.find((fx) => fx.kind === "release" && fx.lease.id === lease.id);
+    this.#perform(effects.filter((fx) => fx !== own));
+    this.#sweepLater();
+    if (own?.kind === "release") return this.#releaseOn(own.lease);
   }
 
   /**
@@ -421,7 +426,8 @@ export class ShardedLeases implements LeaseClient {
    * lease = await leases.renew(lease, 30_000);
    */
   async renew(lease: LeaseGrant, ttlMs?: number): Promise<ShardedGrant> {
-    const shard = (lease as Partial<ShardedGrant>).shard ?? 0;
+    const { shard = 0, generation } = lease as Partial<ShardedGrant>;
+    const sentAt = Date.now();
     let result: RenewResult;
     try {
       result = await this.#coordinators[shard]!.renew(leaseRef(lease), ttlMs);
@@ -429,7 +435,12 @@ export class ShardedLeases implements LeaseClient {
       throw isLeaseError(error) ? error : unavailable(error);
     }
     if (!result.ok) throw new LeaseError(result.code, result.message, { retryAfterMs: result.retryAfterMs });
-    return { ...result.lease, shard };
+    const block = this.#o.isolate.block;
+    const fresh: ShardedGrant = { ...result.lease, shard };
+    if (!block || generation === undefined) return fresh;
+    // A block lease's holder keeps it alive: the block keeps the renewed lease and its new end.
+    this.#perform(renewed(block, generation, fresh, sentAt + validFor(result.lease, ttlMs), Date.now()));
+    return { ...fresh, generation };
   }
 
   /**

@@ -26,6 +26,11 @@ export interface LeaseGrant {
    * renewal and release (`leaseRef`): after a restart only a lease with a token is recovered.
    */
   readonly token?: string | undefined;
+  /**
+   * The caller's place in the queue when it was queued (1: next in line), or 0 when the slot was
+   * granted at once: for traces (`leasegate.queue_position`). Absent from older coordinators.
+   */
+  readonly queuePosition?: number | undefined;
 }
 
 export interface Failure {

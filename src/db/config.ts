@@ -1,21 +1,21 @@
 import { type PoolEnv, type PoolSettings, LeaseError, expected, intFromEnv, poolSettings } from "../core/index.ts";
 import { DEFAULT_BREAKER, type BreakerOptions } from "./circuit-breaker.ts";
-import { MAX_TAGGED_APPLICATION_NAME } from "./driver.ts";
+import { DRIVER_PACKAGES, MAX_TAGGED_APPLICATION_NAME, isDriverName } from "./driver.ts";
 import { DEFAULT_RETRY, type RetryOptions } from "./retry.ts";
 import { DEFAULT_RETRY_BUDGET, type RetryBudgetOptions } from "./retry-budget.ts";
 import type { SafeModeOptions } from "./safe-mode.ts";
 import { redact } from "./safe-error.ts";
 
 /**
- * Where the code runs decides the driver; `DATABASE_CLIENT` picks the client library:
- * - `edge`: a Worker with a Hyperdrive binding → `hyperdrive` (postgres.js over `cloudflare:sockets`)
- *   or, with `DATABASE_CLIENT=pg`, `pg` (node-postgres, which brings its own workerd socket).
- * - `production`: a Neon URL (or `DATABASE_DRIVER=neon`) without Hyperdrive → `neon` (a one-connection `@neondatabase/serverless` connection pool over WebSocket).
- * - `local`: any other Postgres URL → `postgres` (postgres.js over TCP) or, with `DATABASE_CLIENT=pg`, `pg`.
+ * Where the code runs: `edge` (a Worker with a Hyperdrive binding), `production` (a Neon URL, or
+ * `DATABASE_DRIVER=neon`, without Hyperdrive), `local` (any other Postgres URL). `driver` names the
+ * driver Node, Deno and Bun load (`DATABASE_CLIENT`: `postgres` by default, `neon` for a Neon
+ * URL); a Worker uses the driver it passes to `workerPool`.
  */
 export type DatabaseConfig = {
   readonly environment: "edge" | "production" | "local";
-  readonly driver: "hyperdrive" | "neon" | "postgres" | "pg";
+  /** One of leasegate's drivers by name (`postgres`, `pg`, `neon`, `bun`): see `DRIVER_PACKAGES`. */
+  readonly driver: string;
   /** Never log this: it holds the password. Use {@link describeConfig}. */
   readonly connectionString: string;
   /** The password alone, so logs can blank it wherever it appears. */
@@ -47,6 +47,13 @@ export type DatabaseConfig = {
    * leased connections start with, ms (Postgres ≥ 14 on a platform that has it); `0` sends none.
    */
   readonly connectionCheckMs: number;
+  /**
+   * `DB_POOLER`: `transaction` when `DATABASE_URL` (or Hyperdrive) reaches Postgres through a
+   * transaction-mode pooler (PgBouncer, Supavisor, Hyperdrive in production): a lease then bounds
+   * the transactions in flight, and reconciliation counts the server connections in a transaction.
+   * Default `none`. See docs/poolers.md.
+   */
+  readonly pooler: "none" | "transaction";
 };
 
 /** The variables the database layer reads. Values are strings, as environment variables are. */
@@ -55,7 +62,7 @@ export interface DatabaseEnv {
   DATABASE_URL?: string | undefined;
   /** `neon` or `postgres`: overrides the choice by host name (for a Neon-compatible proxy). */
   DATABASE_DRIVER?: string | undefined;
-  /** `postgres` (postgres.js, the default) or `pg` (node-postgres), on Hyperdrive and plain Postgres. */
+  /** The driver Node, Deno and Bun load: `postgres` (postgres.js, the default), `pg`, `neon` or `bun`. */
   DATABASE_CLIENT?: string | undefined;
   APPLICATION_NAME?: string | undefined;
   DB_CONNECT_TIMEOUT_MS?: string | undefined;
@@ -71,6 +78,8 @@ export interface DatabaseEnv {
   DB_CONNECTION_CHECK_MS?: string | undefined;
   /** `on` (default) or `off`: the per-isolate retry budget. */
   DB_RETRY_BUDGET?: string | undefined;
+  /** `none` (default) or `transaction`: the database is reached through a transaction-mode pooler. */
+  DB_POOLER?: string | undefined;
 }
 
 function invalid(message: string): never {
@@ -153,7 +162,10 @@ export function databaseConfig(env: DatabaseEnv): DatabaseConfig {
   const connectionCheckMs = int(env, "DB_CONNECTION_CHECK_MS", 100, 0, 60_000);
   const retryBudget = (env.DB_RETRY_BUDGET ?? "").trim() || "on";
   if (retryBudget !== "on" && retryBudget !== "off") invalid(expected("DB_RETRY_BUDGET", "`on` or `off`", retryBudget));
+  const pooler = (env.DB_POOLER ?? "").trim() || "none";
+  if (pooler !== "none" && pooler !== "transaction") invalid(expected("DB_POOLER", "`none` or `transaction`", pooler));
   const common = {
+    pooler: pooler as DatabaseConfig["pooler"],
     retryBudget: retryBudget === "on" ? DEFAULT_RETRY_BUDGET : null,
     statementTimeout: statementTimeout as DatabaseConfig["statementTimeout"],
     connectionCheckMs,
@@ -171,16 +183,15 @@ export function databaseConfig(env: DatabaseEnv): DatabaseConfig {
   if (forced !== "" && forced !== "neon" && forced !== "postgres")
     invalid(expected("DATABASE_DRIVER", "`neon` or `postgres`", forced));
   const client = (env.DATABASE_CLIENT ?? "").trim();
-  if (client !== "" && client !== "postgres" && client !== "pg")
-    invalid(expected("DATABASE_CLIENT", "`postgres` or `pg`", client));
-  const pg = client === "pg";
+  if (client !== "" && !isDriverName(client))
+    invalid(expected("DATABASE_CLIENT", `one of \`${Object.keys(DRIVER_PACKAGES).join("`, `")}\``, client));
 
   if (env.HYPERDRIVE && typeof env.HYPERDRIVE.connectionString === "string") {
     const { password } = parseConnectionString("HYPERDRIVE.connectionString", env.HYPERDRIVE.connectionString);
     return {
       ...common,
       environment: "edge",
-      driver: pg ? "pg" : "hyperdrive",
+      driver: client || "postgres",
       connectionString: env.HYPERDRIVE.connectionString,
       secrets: password ? [password] : [],
     };
@@ -190,8 +201,8 @@ export function databaseConfig(env: DatabaseEnv): DatabaseConfig {
     invalid("Set `DATABASE_URL` (or bind `HYPERDRIVE` on Workers): no database is configured");
   const { url, password } = parseConnectionString("DATABASE_URL", raw);
   const neon = forced === "neon" || (forced === "" && /\.neon\.tech$/i.test(url.hostname));
-  // Neon's driver is its own (WebSocket) client: a client choice there would be silently ignored.
-  if (neon && client !== "") {
+  // Neon's driver is its own (WebSocket) client: another client choice there would be silently ignored.
+  if (neon && client !== "" && client !== "neon") {
     invalid(
       `\`DATABASE_CLIENT\` applies to Hyperdrive and plain Postgres, not to the Neon driver (chosen by ${forced === "neon" ? "`DATABASE_DRIVER=neon`" : "the *.neon.tech host"}): unset it, or set \`DATABASE_DRIVER=postgres\` to reach Neon over TCP`,
     );
@@ -199,7 +210,7 @@ export function databaseConfig(env: DatabaseEnv): DatabaseConfig {
   return {
     ...common,
     environment: neon ? "production" : "local",
-    driver: neon ? "neon" : pg ? "pg" : "postgres",
+    driver: neon ? "neon" : client || "postgres",
     connectionString: raw.trim(),
     secrets: password ? [password] : [],
   };
@@ -254,7 +265,26 @@ export function settingsFromEnv(env: SettingsEnv): Settings {
         ),
       );
     }
+    if (settings.database.pooler === "transaction") checkPooled(settings.pool);
     parsed.set(env, settings);
   }
   return settings;
+}
+
+/**
+ * Behind a transaction-mode pooler, `pg_stat_activity` shows the pooler's server connections, and
+ * a server backend serves whichever client's transaction comes next: what cannot mean the same
+ * there is refused, with what to set instead (docs/poolers.md).
+ */
+function checkPooled(pool: PoolSettings): void {
+  if (pool.learn && pool.learn.limitMax === null) {
+    invalid(
+      "`LEASE_LIMIT=auto` with `DB_POOLER=transaction` needs `LEASE_LIMIT_MAX` set to the pooler's server connections for this database and role (PgBouncer `default_pool_size`, Supavisor's pool size, Hyperdrive's origin connection limit): the database cannot show the pooler's own bound. Or set `LEASE_LIMIT` to a number.",
+    );
+  }
+  if (pool.enforce) {
+    invalid(
+      "`LEASE_ENFORCE=terminate` cannot be combined with `DB_POOLER=transaction`: a pooler's server backend carries other clients' transactions, so terminating it ends work a lease pays for. Unset `LEASE_ENFORCE`.",
+    );
+  }
 }

@@ -410,8 +410,10 @@ export class Database {
 
   // What a failed attempt answers. Errors of the lease lifecycle pass as they are; a driver's error
   // becomes a LeaseError that says whether the statement may have run.
-  #classify(error: unknown, attempt: Attempt, deadline: number): unknown {
+  #classify(thrown: unknown, attempt: Attempt, deadline: number): unknown {
     if (attempt.stop.signal.aborted) return attempt.stop.signal.reason;
+    // A driver whose client speaks its own codes says what they mean (`Connection.errorOf`).
+    const error = attempt.connections.reduce((e, conn) => (conn.errorOf ? conn.errorOf(e) : e), thrown);
     const refused = this.#refusedCheck(error, attempt);
     if (refused) return refused;
     if (isLeaseError(error)) return error;

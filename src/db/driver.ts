@@ -1,3 +1,4 @@
+import { LeaseError, expected } from "../core/index.ts";
 import type { DatabaseConfig } from "./config.ts";
 
 /** Rows as every driver returns them: plain objects keyed by column name. */
@@ -19,6 +20,12 @@ export interface Connection {
   cancel(): Promise<void>;
   /** Closes the connection; never throws, and is done only when the connection is gone. Idempotent. */
   close(): Promise<void>;
+  /**
+   * An error of the driver's own client (`pool.sql(fn)`) as the database layer reads errors: `code`
+   * a SQLSTATE or a connection code (`ECONNREFUSED`, `CONNECTION_CLOSED`), a server error's
+   * `severity` beside it. Absent: the driver's errors read that way already (postgres.js, pg, Neon).
+   */
+  errorOf?(error: unknown): unknown;
   /**
    * True while a statement handed to a lazy client (postgres.js opens its connection with the
    * first query) still waits for the connection to open: nothing has been sent yet. Absent: the
@@ -97,34 +104,99 @@ export interface ConnectTarget {
 }
 
 /**
- * A Postgres driver as leasegate uses it: open exactly one connection, query it, close it. One per
- * driver package, exported as `driver` by `leasegate/postgres`, `leasegate/pg` and `leasegate/neon`;
- * each of those entries imports only its own driver, so a Worker bundles only the one it uses.
+ * A Postgres driver as leasegate uses it: open exactly one connection, query it, cancel what runs
+ * on it, close it. Any object of this shape is a driver: `workerPool`, `localPool` and `leased`
+ * take it as it is. leasegate's own are `driver` of `leasegate/postgres`, `leasegate/pg`,
+ * `leasegate/neon` and `leasegate/bun` (each entry imports only its own package, so a Worker
+ * bundles only the one it uses), listed by name for `DATABASE_CLIENT` in {@link DRIVER_PACKAGES}.
  *
  * @example
  * import { driver } from "leasegate/postgres";
- * const pool = workerPool(env, ctx, { driver });
+ * const pool = workerPool(env, ctx, { driver: driver({ prepare: false }) });
  */
 export interface DriverModule<Client = unknown> {
-  readonly name: "postgres" | "pg" | "neon";
+  /** The driver's name: its `DATABASE_CLIENT` value for leasegate's own drivers. */
+  readonly name: string;
   /** The npm package the driver comes from. */
   readonly packageName: string;
   connect(target: ConnectTarget): Promise<ClientConnection<Client>>;
 }
 
-/** Opens connections of one kind for one configuration; made by {@link bindDriver} or {@link openDriver}. */
-export interface Driver<C extends Connection = Connection> {
-  readonly name: DriverModule["name"];
-  /** Opens one connection; `limits` are sent with its startup (see {@link SessionLimits}). */
-  connect(limits?: SessionLimits): Promise<C>;
+/**
+ * A driver as its module writes it: how to open one connection to `target` with the app's own
+ * `options` of the client library (passed through; leasegate sets only what a lease needs).
+ */
+export interface DriverDefinition<Client, Options> {
+  readonly name: string;
+  readonly packageName: string;
+  connect(target: ConnectTarget, options: Options): Promise<ClientConnection<Client>>;
 }
 
-/** Settings of the Neon driver that only matter off Neon: a WebSocket proxy in front of plain Postgres. */
-export interface NeonOptions {
-  /** `host:port/path` of a WebSocket-to-TCP proxy, or a function of the database's host and port. */
-  wsProxy?: string | ((host: string, port: number | string) => string);
-  /** `false` for a `ws://` proxy (tests, a proxy on localhost). */
-  useSecureWebSocket?: boolean;
+/**
+ * A driver with no options of the app's, that called with options is the same driver with those:
+ * `driver` is ready to pass, `driver({ prepare: false })` too.
+ *
+ * @example
+ * const behindPgBouncer: DriverModule<Sql> = driver({ prepare: false });
+ */
+export type ConfigurableDriver<Client, Options> = DriverModule<Client> & ((options: Options) => DriverModule<Client>);
+
+/**
+ * A driver of `definition`: usable as it is (no options of the app's) and callable with options.
+ *
+ * @example
+ * export const driver = defineDriver({ name: "pg", packageName: "pg", connect: (target, options) => open(target, options) });
+ */
+export function defineDriver<Client, Options extends object>(
+  definition: DriverDefinition<Client, Options>,
+): ConfigurableDriver<Client, Options> {
+  const { name, packageName } = definition;
+  const withOptions = (options: Options): DriverModule<Client> => {
+    if (typeof options !== "object" || options === null)
+      throw new LeaseError("INVALID_ARGUMENT", expected(`${name} driver options`, "an object", options));
+    return { name, packageName, connect: (target) => definition.connect(target, options) };
+  };
+  // A function's own `name` is its identifier: the driver's name replaces it.
+  return Object.defineProperties(withOptions, {
+    name: { value: name, enumerable: true },
+    packageName: { value: packageName, enumerable: true },
+    connect: { value: (target: ConnectTarget) => definition.connect(target, {} as Options), enumerable: true },
+  }) as ConfigurableDriver<Client, Options>;
+}
+
+/**
+ * leasegate's drivers by the name `DATABASE_CLIENT` gives them, with the npm package each needs:
+ * the one list of them. `connect.ts` loads each by its entry (`src/drivers/<name>.ts`), and the
+ * compiler holds the two lists together (see "Adding a driver" in docs/api.md).
+ *
+ * @example
+ * DRIVER_PACKAGES.neon // "@neondatabase/serverless"
+ */
+export const DRIVER_PACKAGES = {
+  postgres: "postgres",
+  pg: "pg",
+  neon: "@neondatabase/serverless",
+  bun: "bun",
+} as const satisfies Record<string, string>;
+
+/** The name of one of leasegate's drivers: a `DATABASE_CLIENT` value. */
+export type DriverName = keyof typeof DRIVER_PACKAGES;
+
+/**
+ * Whether `name` is one of leasegate's drivers (a valid `DATABASE_CLIENT`).
+ *
+ * @example
+ * isDriverName("pg") // true
+ */
+export function isDriverName(name: string): name is DriverName {
+  return Object.hasOwn(DRIVER_PACKAGES, name);
+}
+
+/** Opens connections of one kind for one configuration; made by {@link bindDriver} or {@link openDriver}. */
+export interface Driver<C extends Connection = Connection> {
+  readonly name: string;
+  /** Opens one connection; `limits` are sent with its startup (see {@link SessionLimits}). */
+  connect(limits?: SessionLimits): Promise<C>;
 }
 
 /** Where a configuration's connections go. */

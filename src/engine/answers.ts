@@ -57,8 +57,9 @@ export function timeoutResult(facts: TimeoutFacts, load?: ShardLoad): AcquireRes
   return load === undefined ? result : { ...result, load };
 }
 
-/** The answer of a waiter (or caller) granted `lease`. */
-export function grantResult(lease: Lease | LeaseGrant, load?: ShardLoad): AcquireResult {
-  const granted = { ok: true, lease: grantOf(lease as Lease) } as const;
+/** The answer of a waiter (or caller) granted `lease`; `queuePosition`: see `LeaseGrant.queuePosition`. */
+export function grantResult(lease: Lease | LeaseGrant, load?: ShardLoad, queuePosition?: number): AcquireResult {
+  const grant = grantOf(lease as Lease);
+  const granted = { ok: true, lease: queuePosition === undefined ? grant : { ...grant, queuePosition } } as const;
   return load === undefined ? granted : { ...granted, load };
 }

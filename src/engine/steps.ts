@@ -52,7 +52,7 @@ function leaseFailure(outcome: Exclude<LeaseOutcome, { status: "ok" }>): Failure
  */
 export type AcquireAnswer =
   | { readonly kind: "result"; readonly result: AcquireResult }
-  | { readonly kind: "queued"; readonly deadline: number }
+  | { readonly kind: "queued"; readonly deadline: number; readonly position: number }
   | { readonly kind: "deferred" };
 
 /**
@@ -111,12 +111,12 @@ function decide(
   switch (outcome.status) {
     case "granted":
       return {
-        answer: { kind: "result", result: grantResult(outcome.lease, loadOf(state)) },
+        answer: { kind: "result", result: grantResult(outcome.lease, loadOf(state), 0) },
         effects,
         written: [outcome.lease],
       };
     case "queued":
-      return { answer: { kind: "queued", deadline: outcome.deadline }, effects };
+      return { answer: { kind: "queued", deadline: outcome.deadline, position: outcome.position }, effects };
     case "deferred":
       return { answer: { kind: "deferred" }, effects };
     default: {

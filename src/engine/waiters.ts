@@ -11,6 +11,8 @@ interface Parked {
   readonly enqueuedAt: number;
   /** Infinity until the pool queued it (a caller is parked before its transition runs). */
   deadline: number;
+  /** Its place in the queue when queued (`LeaseGrant.queuePosition`). */
+  position?: number | undefined;
   readonly resolve: (result: AcquireResult) => void;
 }
 
@@ -48,10 +50,13 @@ export class Waiters {
     return new Promise((resolve) => this.#parked.set(leaseId, { holder, enqueuedAt, deadline: Infinity, resolve }));
   }
 
-  /** Records the deadline the pool queued the caller with (its wake-up time if nothing frees). */
-  queued(leaseId: string, deadline: number): void {
+  /** Records the deadline the pool queued the caller with (its wake-up time if nothing frees), and its place. */
+  queued(leaseId: string, deadline: number, position?: number): void {
     const p = this.#parked.get(leaseId);
-    if (p) p.deadline = deadline;
+    if (p) {
+      p.deadline = deadline;
+      p.position = position;
+    }
   }
 
   /**
@@ -63,9 +68,9 @@ export class Waiters {
     const p = this.#parked.get(leaseId);
     if (!p) return;
     this.#parked.delete(leaseId);
-    p.resolve(
-      result.ok ? { ...result, lease: { ...result.lease, validForMs: result.lease.expiresAt - p.enqueuedAt } } : result,
-    );
+    const validForMs = result.ok ? result.lease.expiresAt - p.enqueuedAt : 0;
+    const position = p.position === undefined ? {} : { queuePosition: p.position };
+    p.resolve(result.ok ? { ...result, lease: { ...result.lease, validForMs, ...position } } : result);
   }
 
   /** Answers every settlement that names a caller parked here (others belong to other processes). */

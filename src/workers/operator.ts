@@ -31,6 +31,8 @@ export interface ReconcileTarget {
   applicationName: string;
   /** `LEASE_ENFORCE=terminate`: also terminate tagged backends whose lease is no longer held. */
   enforce?: EnforceSettings | null | undefined;
+  /** `DB_POOLER`: behind a transaction-mode pooler only connections in a transaction are counted. */
+  pooler?: "none" | "transaction" | undefined;
 }
 
 /**
@@ -48,7 +50,7 @@ async function observe(
     // The held leases first: a lease granted after this read opens a connection younger than the grace period.
     const held = target.enforce ? await ledger() : undefined;
     conn = await target.connect(OBSERVER_APPLICATION_NAME);
-    const counts = await countConnections(conn, target.applicationName);
+    const counts = await countConnections(conn, target.applicationName, target.pooler);
     if (!target.enforce || !held) return counts;
     return { ...counts, terminated: await enforceLedger(conn, target.applicationName, held, target.enforce.graceMs) };
   } catch (error) {

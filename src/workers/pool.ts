@@ -6,6 +6,7 @@ import { LeaseError, type PoolSettings } from "../core/index.ts";
 import { CircuitBreaker } from "../db/circuit-breaker.ts";
 import { type SettingsEnv, settingsFromEnv } from "../db/config.ts";
 import { type DriverModule, bindDriver, targetOf } from "../db/driver.ts";
+import type { LeaseTracer } from "../tracing.ts";
 import { Database, retryBudgetFor } from "../db/database.ts";
 import type { RetryBudget } from "../db/retry-budget.ts";
 import { SafeMode } from "../db/safe-mode.ts";
@@ -26,6 +27,8 @@ export interface WorkerPoolOptions<Client> {
   driver: DriverModule<Client>;
   /** Pool name: one coordinator object per name. Default: `LEASE_POOL`, else `main`. */
   pool?: string | undefined;
+  /** An OpenTelemetry tracer (`trace.getTracer("my-worker")`): spans of each lease's wait and hold (docs/tracing.md). */
+  tracer?: LeaseTracer | undefined;
 }
 
 /** `map`'s value for `key`, made by `make` the first time it is asked for. */
@@ -87,13 +90,15 @@ function coordination(
   pool: PoolSettings,
   waitUntil: (p: Promise<unknown>) => void,
   target: ReconcileTarget,
+  tracer: LeaseTracer | undefined,
 ) {
   if (!pool.coordinator) return { leases: undefined, operator: undefined };
   const { name, locationHint, learn } = pool;
   const sharded = shardStateFor(pool);
   if (!sharded) {
     const stub = coordinatorStub(env, locationHint, name);
-    const leases = new Leases(stub, { pool: name, waitUntil, claimMs: pool.claimMs, outbox: outboxFor(env, pool) });
+    const outbox = outboxFor(env, pool);
+    const leases = new Leases(stub, { pool: name, waitUntil, claimMs: pool.claimMs, outbox, tracer });
     const controls = coordinatorControls(stub, target);
     if (!learn) return { leases, operator: controls };
     // LEASE_LIMIT=auto: a stale learning is redone in waitUntil, never on this request's lease.
@@ -113,6 +118,7 @@ function coordination(
     reconnect: stubFor,
     pool: name,
     claimMs: pool.claimMs,
+    tracer,
   });
   const owner = root ?? stubs[0]!;
   const controls = root ? shardedControls(stubs, root, target, name) : coordinatorControls(owner, target);
@@ -163,8 +169,9 @@ export function workerPool<Client>(
     connect: (applicationName: string) => driver.connect({ ...targetOf(config), applicationName }),
     applicationName: config.applicationName,
     enforce: pool.enforce,
+    pooler: config.pooler,
   };
-  const { leases, operator } = coordination(env, pool, waitUntil, target);
+  const { leases, operator } = coordination(env, pool, waitUntil, target, options.tracer);
   const bound = bindDriver(driver, config);
   const db = new Database({
     name,

@@ -129,8 +129,11 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
           "grantedAt",
           "holder",
           "id",
+          "queuePosition",
           "validForMs",
         ]);
+        // Granted at once: no place in the queue (what a trace shows as `leasegate.queue_position`).
+        expect(l.queuePosition).toBe(0);
         if (l.token !== undefined) expect(l.token).toMatch(/^[A-Za-z0-9_-]{22}$/);
         // Granted at once: valid for its lifetime counted from the call's arrival, at or before the grant.
         expect(l.validForMs).toBeGreaterThanOrEqual(l.expiresAt - l.grantedAt);
@@ -249,10 +252,10 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
       for (const l of held) expect(await c.release(refOf(l))).toEqual({ ok: true, released: true });
       const granted = await Promise.all(waiters);
       expect(order).toEqual(["w1", "w2", "w3"]);
-      expect(granted.map((l) => [l.holder, l.fence])).toEqual([
-        ["w1", 4],
-        ["w2", 5],
-        ["w3", 6],
+      expect(granted.map((l) => [l.holder, l.fence, l.queuePosition])).toEqual([
+        ["w1", 4, 1],
+        ["w2", 5, 2],
+        ["w3", 6, 3],
       ]);
       const s = await c.stats();
       expect(s).toMatchObject({ held: 3, waiting: 0, counters: { granted: 6, released: 3, timedOut: 0 } });

@@ -1,17 +1,5 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import {
-  type BlockEffect,
-  abandon,
-  createBlock,
-  expireIdle,
-  finished,
-  granted,
-  observe,
-  refused,
-  request,
-  retired,
-} from "../../src/core/lease-block.ts";
 import { validateConfig } from "../../src/core/config.ts";
 import { mergeStats } from "../../src/client/sharded-leases.ts";
 import { acquire, createPool, stats } from "../../src/core/index.ts";
@@ -50,91 +38,6 @@ describe("pickShard", () => {
     expect(pickShard(loads, 1, 0)).toBe(1);
     expect(pickShard(loads, 2, 0)).toBe(0);
     expect(pickShard(loads, 1, 1)).toBe(1);
-  });
-});
-
-describe("lease block", () => {
-  type L = { n: number };
-  it("serves a second local request from the idle block without a round trip", () => {
-    const b = createBlock<L>({ maxBlock: 2, idleMs: 10 });
-    expect(request(b, "r1", 0)).toEqual([{ kind: "acquire" }]);
-    expect(granted(b, { n: 1 }, 5)).toEqual([{ kind: "start", request: "r1", lease: { n: 1 } }]);
-    expect(finished(b, { n: 1 }, 8)).toEqual([]);
-    expect(request(b, "r2", 9)).toEqual([{ kind: "start", request: "r2", lease: { n: 1 } }]);
-  });
-
-  it("hands a finished lease straight to a local waiter", () => {
-    const b = createBlock<L>({ maxBlock: 1, idleMs: 10 });
-    request(b, "r1", 0);
-    granted(b, { n: 1 }, 1);
-    observe(b, 0, 1); // the grant's answer: nobody waits at the coordinator
-    expect(request(b, "r2", 2)).toEqual([]);
-    expect(finished(b, { n: 1 }, 3)).toEqual([{ kind: "start", request: "r2", lease: { n: 1 } }]);
-  });
-
-  it("returns leases idle for idleMs", () => {
-    const b = createBlock<L>({ maxBlock: 2, idleMs: 10 });
-    request(b, "r1", 0);
-    granted(b, { n: 1 }, 1);
-    finished(b, { n: 1 }, 2);
-    expect(expireIdle(b, 11)).toEqual([]);
-    expect(expireIdle(b, 12)).toEqual([{ kind: "release", lease: { n: 1 } }]);
-  });
-
-  it("never holds or asks for more than maxBlock, and loses no lease or request", () => {
-    fc.assert(
-      fc.property(
-        fc.integer({ min: 1, max: 4 }),
-        fc.array(fc.constantFrom("request", "grant", "refuse", "finish", "tick"), { maxLength: 80 }),
-        (maxBlock, steps) => {
-          const b = createBlock<L>({ maxBlock, idleMs: 3 });
-          let now = 0;
-          let seq = 0;
-          let inFlight = 0;
-          const running: L[] = [];
-          const released: L[] = [];
-          let granted_ = 0;
-          let started = 0;
-          let failed = 0;
-          let requested = 0;
-          const apply = (fx: BlockEffect<L>[]) => {
-            for (const f of fx) {
-              if (f.kind === "acquire") inFlight++;
-              if (f.kind === "start") {
-                started++;
-                running.push(f.lease);
-              }
-              if (f.kind === "release") released.push(f.lease);
-            }
-          };
-          for (const step of steps) {
-            now++;
-            if (step === "request") {
-              requested++;
-              apply(request(b, `r${seq++}`, now));
-            }
-            if (step === "grant" && inFlight > 0) {
-              inFlight--;
-              granted_++;
-              apply(granted(b, { n: granted_ }, now));
-            }
-            if (step === "refuse" && inFlight > 0) {
-              inFlight--;
-              if (refused(b) !== undefined) failed++;
-            }
-            if (step === "finish" && running.length > 0) apply(finished(b, running.shift()!, now));
-            if (step === "tick") apply(expireIdle(b, now));
-            expect(b.idle.length + b.inUse + b.inFlight).toBeLessThanOrEqual(maxBlock);
-            expect(b.inFlight).toBe(inFlight);
-            // Every lease granted is running, idle or released: none is lost.
-            expect(running.length + b.idle.length + released.length).toBe(granted_);
-            // Every request is started, failed or still waiting locally.
-            expect(started + failed + b.waiting.length).toBe(requested);
-          }
-        },
-      ),
-      { numRuns: 2000 },
-    );
   });
 });
 
@@ -232,21 +135,6 @@ describe("shardOf", () => {
   it("an object without a name is no part of a pool", () => {
     expect(shardOf(undefined)).toBeNull();
     expect(shardOf("")).toBeNull();
-  });
-});
-
-describe("lease block: retired and abandoned", () => {
-  it("a retired lease frees room for an acquire for a local waiter; an abandoned waiter leaves the queue", () => {
-    const s = createBlock<string>({ maxBlock: 1, idleMs: 5 });
-    expect(request(s, "a", 0)).toEqual([{ kind: "acquire" }]);
-    expect(granted(s, "L1", 1)).toEqual([{ kind: "start", request: "a", lease: "L1" }]);
-    expect(request(s, "b", 2)).toEqual([]);
-    expect(request(s, "c", 2)).toEqual([]);
-    expect(abandon(s, "c")).toBe(true);
-    expect(abandon(s, "c")).toBe(false);
-    // L1 is too old to hand on: it goes back; b is still waiting, so the block asks again.
-    expect(retired(s, 3)).toEqual([{ kind: "acquire" }]);
-    expect(s).toMatchObject({ inUse: 0, inFlight: 1, waiting: ["b"] });
   });
 });
 

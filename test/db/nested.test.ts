@@ -103,9 +103,7 @@ describe("nested leases on Node (the local coordinator, LEASE_LIMIT=1)", () => {
 
   it("a Hono handler holding its request's lease that queries the same pool again answers NESTED_LEASE at once", async () => {
     const pool = await onePool();
-    const app = new Hono().use(
-      leased({ leases: pool.leases!, connect: () => postgres(TEST_URL, { max: 1, onnotice: () => {} }) }),
-    );
+    const app = new Hono().use(leased({ leases: pool.leases!, driver, connectionString: () => TEST_URL }));
     app.onError((error, c) => c.json({ code: isLeaseError(error) ? error.code : "other" }, 500));
     app.get("/x", async (c) => {
       const sql = await c.var.client();

@@ -61,7 +61,7 @@ describe("DATABASE_CLIENT picks node-postgres", () => {
       driver: "postgres",
     });
     expect(databaseConfig({ HYPERDRIVE: { connectionString: "postgres://u:p@hd.local:5432/db" } })).toMatchObject({
-      driver: "hyperdrive",
+      driver: "postgres",
     });
     expect(databaseConfig({ DATABASE_URL: TEST_URL })).toMatchObject({ driver: "postgres" });
   });
@@ -80,7 +80,7 @@ describe("DATABASE_CLIENT picks node-postgres", () => {
     const bad = fails({ DATABASE_URL: TEST_URL, DATABASE_CLIENT: "node-postgres" });
     expect(bad.code).toBe("INVALID_CONFIG");
     expect(bad.message).toContain("DATABASE_CLIENT");
-    expect(bad.message).toContain("`postgres` or `pg`");
+    expect(bad.message).toContain("one of `postgres`, `pg`, `neon`, `bun`");
     const neon = fails({
       DATABASE_URL: "postgres://u:p@ep-cool-1.us-east-2.aws.neon.tech/db?sslmode=require",
       DATABASE_CLIENT: "pg",

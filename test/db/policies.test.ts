@@ -242,7 +242,7 @@ describe("configuration", () => {
   it("picks the driver by environment", () => {
     expect(databaseConfig({ HYPERDRIVE: { connectionString: "postgres://u:p@hd.local:5432/db" } })).toMatchObject({
       environment: "edge",
-      driver: "hyperdrive",
+      driver: "postgres",
     });
     expect(
       databaseConfig({ DATABASE_URL: "postgres://u:p@ep-cool-1.us-east-2.aws.neon.tech/db?sslmode=require" }),

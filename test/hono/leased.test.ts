@@ -11,6 +11,9 @@ import { pitches } from "../support/pitches-table.ts";
 import { PostgresCoordinator } from "../../local/postgres-coordinator.ts";
 import { Leases } from "../../src/client/leases.ts";
 import { isLeaseError } from "../../src/core/index.ts";
+import type { DriverModule } from "../../src/db/driver.ts";
+import { driver as pgDriver } from "../../src/drivers/pg.ts";
+import { driver as postgresDriver } from "../../src/drivers/postgres.ts";
 import { leased } from "../../src/hono.ts";
 import { forgetPools } from "../local/helpers.ts";
 
@@ -53,12 +56,13 @@ const backends = async () =>
   Number((await admin`SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = ${appName}`)[0]!.n);
 /** An app whose onError answers quietly (Hono's default logs every handler error). */
 const quiet = () => new Hono().onError((_e, c) => c.text("handler error", 500));
-const pgClient = () => new pg.Client({ connectionString: url, application_name: appName });
+/** The middleware's database options: node-postgres to the test database, named for the current pool. */
+const onPg = () => ({ driver: pgDriver, connectionString: () => url, applicationName: appName });
 
 describe("leased() on Node with node-postgres", () => {
   it("acquires on the first call of c.var.client(), hands out the same client after, then closes and releases", async () => {
     const p = pool();
-    const app = quiet().use(leased({ leases: p.leases, connect: pgClient }));
+    const app = quiet().use(leased({ leases: p.leases, ...onPg() }));
     let during: number | undefined;
     app.get("/x", async (c) => {
       expect(p.calls).toEqual([]);
@@ -80,7 +84,7 @@ describe("leased() on Node with node-postgres", () => {
 
   it("renews the lease of a request that outlives its TTL: held throughout, never reaped", async () => {
     const p = pool({ leaseTtlMs: 300 });
-    const app = quiet().use(leased({ leases: p.leases, connect: pgClient }));
+    const app = quiet().use(leased({ leases: p.leases, ...onPg() }));
     app.get("/long", async (c) => {
       const client = await c.var.client();
       // Three lease lifetimes of work: without renewal the slot would be reaped under it.
@@ -101,9 +105,10 @@ describe("leased() on Node with node-postgres", () => {
     const app = quiet().use(
       leased({
         leases: p.leases,
-        connect: () => {
+        ...onPg(),
+        connectionString: () => {
           built++;
-          return pgClient();
+          return url;
         },
       }),
     );
@@ -115,7 +120,7 @@ describe("leased() on Node with node-postgres", () => {
 
   it("releases the lease and closes the connection when the handler throws", async () => {
     const p = pool();
-    const app = quiet().use(leased({ leases: p.leases, connect: pgClient }));
+    const app = quiet().use(leased({ leases: p.leases, ...onPg() }));
     app.get("/boom", async (c) => {
       await (await c.var.client()).query("SELECT 1");
       throw new Error("handler failed");
@@ -133,7 +138,7 @@ describe("leased() on Node with node-postgres", () => {
       .onError((error) => {
         throw error;
       })
-      .use(leased({ leases: p.leases, connect: pgClient }));
+      .use(leased({ leases: p.leases, ...onPg() }));
     app.get("/escape", async (c) => {
       await (await c.var.client()).query("SELECT 1");
       throw new Error("escapes");
@@ -146,7 +151,7 @@ describe("leased() on Node with node-postgres", () => {
 
   it("closes and releases what a handler started opening but never awaited", async () => {
     const p = pool();
-    const app = quiet().use(leased({ leases: p.leases, connect: pgClient }));
+    const app = quiet().use(leased({ leases: p.leases, ...onPg() }));
     app.get("/forgot", (c) => {
       void c.var.client();
       return c.text("answered before the lease came");
@@ -160,7 +165,7 @@ describe("leased() on Node with node-postgres", () => {
   it("a refusal of a lease nobody awaited is no unhandled rejection", async () => {
     const p = pool({ limit: 1, maxQueue: 0 });
     const holder = await p.leases.acquire({ holder: "test" });
-    const app = quiet().use(leased({ leases: p.leases, connect: pgClient }));
+    const app = quiet().use(leased({ leases: p.leases, ...onPg() }));
     app.get("/ignored", async (c) => {
       void c.var.client();
       // The refusal (QUEUE_FULL) arrives while the handler is still busy with something else.
@@ -176,7 +181,7 @@ describe("leased() on Node with node-postgres", () => {
   it("answers 503 with Retry-After and the code for QUEUE_FULL and ACQUIRE_TIMEOUT, and gives the slot back", async () => {
     const p = pool({ limit: 1, maxQueue: 0 });
     // Hono's own default onError here: the 503 replaces whatever onError answered.
-    const app = new Hono().use(leased({ leases: p.leases, connect: pgClient, waitMs: 150 }));
+    const app = new Hono().use(leased({ leases: p.leases, ...onPg(), waitMs: 150 }));
     app.get("/q", async (c) => c.json((await (await c.var.client()).query("SELECT 1 AS one")).rows));
     const holder = await p.leases.acquire({ holder: "test" });
     const full = await app.request("/q");
@@ -188,7 +193,7 @@ describe("leased() on Node with node-postgres", () => {
     expect(body.error.retryAfterMs).toBeGreaterThan(0);
 
     const waiting = pool({ limit: 1, maxQueue: 5 });
-    const slow = quiet().use(leased({ leases: waiting.leases, connect: pgClient, waitMs: 150 }));
+    const slow = quiet().use(leased({ leases: waiting.leases, ...onPg(), waitMs: 150 }));
     slow.get("/q", async (c) => c.json((await (await c.var.client()).query("SELECT 1 AS one")).rows));
     const other = await waiting.leases.acquire({ holder: "test" });
     const timedOut = await slow.request("/q");
@@ -208,7 +213,8 @@ describe("leased() on Node with node-postgres", () => {
     const app = quiet().use(
       leased({
         leases: p.leases,
-        connect: () => new pg.Client({ connectionString: "postgres://postgres@127.0.0.1:1/postgres" }),
+        ...onPg(),
+        connectionString: () => "postgres://postgres@127.0.0.1:1/postgres",
       }),
     );
     app.get("/down", async (c) => c.json((await (await c.var.client()).query("SELECT 1")).rows));
@@ -222,7 +228,7 @@ describe("leased() on Node with node-postgres", () => {
 
   it("a backend terminated mid-query (57P01 from pg) answers 503, and the slot comes back", async () => {
     const p = pool();
-    const app = quiet().use(leased({ leases: p.leases, connect: pgClient }));
+    const app = quiet().use(leased({ leases: p.leases, ...onPg() }));
     app.get("/sleep", async (c) => c.json((await (await c.var.client()).query("SELECT pg_sleep(10)")).rows));
     const answer = app.request("/sleep");
     await expect
@@ -247,7 +253,7 @@ describe("leased() on Node with node-postgres", () => {
     await admin`CREATE TABLE IF NOT EXISTS hono_leased_notes (note text NOT NULL)`;
     await admin`DELETE FROM hono_leased_notes`;
     const notes = pgTable("hono_leased_notes", { note: text("note").notNull() });
-    const app = quiet().use("/api/*", leased({ leases: p.leases, connect: pgClient }));
+    const app = quiet().use("/api/*", leased({ leases: p.leases, ...onPg() }));
     app.get("/api/trending", async (c) => {
       const db = drizzlePg(await c.var.client());
       return c.json(
@@ -282,15 +288,9 @@ describe("leased() on Node with node-postgres", () => {
     await admin`DROP TABLE hono_leased_notes`;
   });
 
-  it("serves a postgres.js client too (Drizzle over postgres-js), closed with end({ timeout: 0 })", async () => {
+  it("serves a postgres.js client too (Drizzle over postgres-js), with postgres.js options passed through", async () => {
     const p = pool();
-    const app = quiet().use(
-      leased({
-        leases: p.leases,
-        connect: () =>
-          postgres(url, { max: 1, onnotice: () => {}, fetch_types: false, connection: { application_name: appName } }),
-      }),
-    );
+    const app = quiet().use(leased({ leases: p.leases, ...onPg(), driver: postgresDriver({ prepare: false }) }));
     app.get("/count", async (c) => {
       const db = drizzlePostgresJs(await c.var.client());
       const [row] = await db.select({ n: dsql<number>`count(*)::int` }).from(pitches);
@@ -303,28 +303,47 @@ describe("leased() on Node with node-postgres", () => {
     expect(await backends()).toBe(0);
   });
 
-  it("runs a close option, and closes before the slot is given back", async () => {
+  it("takes any driver: a trial one's close runs before the slot is given back", async () => {
     const p = pool();
-    const app = quiet().use(
-      leased({
-        leases: p.leases,
-        connect: pgClient,
-        close: async (client) => {
-          p.calls.push("close");
-          await client.end();
-        },
-      }),
-    );
+    // A driver of the app's own, by the interface alone: node-postgres underneath, its close noted.
+    const trial: DriverModule<pg.Client> = {
+      name: "trial",
+      packageName: "pg",
+      async connect(target) {
+        const conn = await pgDriver.connect(target);
+        return {
+          ...conn,
+          close: async () => {
+            p.calls.push("close");
+            await conn.close();
+          },
+        };
+      },
+    };
+    const app = quiet().use(leased({ leases: p.leases, ...onPg(), driver: trial }));
     app.get("/x", async (c) => c.json((await (await c.var.client()).query("SELECT 1 AS one")).rows));
     expect((await app.request("/x")).status).toBe(200);
     expect(p.calls).toEqual(["acquire", "close", "release"]);
     expect(await backends()).toBe(0);
   });
 
+  it("names its connections by the app's APPLICATION_NAME binding when given no applicationName, as the pool's are", async () => {
+    const p = pool();
+    const app = quiet().use(leased({ leases: p.leases, driver: pgDriver, connectionString: () => url }));
+    app.get("/name", async (c) =>
+      c.json((await (await c.var.client()).query("SELECT current_setting('application_name') AS name")).rows[0]),
+    );
+    const named = await app.request("/name", {}, { APPLICATION_NAME: appName });
+    expect(await named.json()).toEqual({ name: appName });
+    const unnamed = await app.request("/name");
+    expect(await unnamed.json()).toEqual({ name: "leasegate" });
+    expect(await backends()).toBe(0);
+  });
+
   it("rejects c.var.client() once its request has ended", async () => {
     const p = pool();
     let late: (() => Promise<unknown>) | undefined;
-    const app = quiet().use(leased({ leases: p.leases, connect: pgClient }));
+    const app = quiet().use(leased({ leases: p.leases, ...onPg() }));
     app.get("/late", (c) => {
       late = c.var.client;
       return c.text("ok");
@@ -345,11 +364,21 @@ describe("leased() on Node with node-postgres", () => {
       return "accepted";
     };
     expect(fails(undefined)).toMatch(/^INVALID_ARGUMENT: .*leased\(options\)/);
-    expect(fails({ connect: pgClient })).toMatch(/^INVALID_ARGUMENT: .*`leases`/);
-    expect(fails({ leases: p.leases })).toMatch(/^INVALID_ARGUMENT: .*`connect`/);
-    expect(fails({ leases: p.leases, connect: pgClient, waitMs: -1 })).toMatch(/^INVALID_ARGUMENT: .*`waitMs`.*-1/);
-    expect(fails({ leases: p.leases, connect: pgClient, ttlMs: "5s" })).toMatch(/^INVALID_ARGUMENT: .*`ttlMs`/);
-    expect(fails({ leases: p.leases, connect: pgClient, close: "end" })).toMatch(/^INVALID_ARGUMENT: .*`close`/);
-    expect(fails({ leases: () => p.leases, connect: pgClient, waitMs: 0 })).toBe("accepted");
+    expect(fails({ ...onPg() })).toMatch(/^INVALID_ARGUMENT: .*`leases`/);
+    expect(fails({ leases: p.leases, connectionString: () => url })).toMatch(/^INVALID_ARGUMENT: .*`driver`/);
+    // A client where the driver belongs (the `connect` of old built one): named, not sniffed.
+    expect(fails({ leases: p.leases, driver: new pg.Client(), connectionString: () => url })).toMatch(
+      /^INVALID_ARGUMENT: .*`driver`/,
+    );
+    expect(fails({ leases: p.leases, driver: pgDriver })).toMatch(/^INVALID_ARGUMENT: .*`connectionString`/);
+    expect(fails({ leases: p.leases, ...onPg(), waitMs: -1 })).toMatch(/^INVALID_ARGUMENT: .*`waitMs`.*-1/);
+    expect(fails({ leases: p.leases, ...onPg(), ttlMs: "5s" })).toMatch(/^INVALID_ARGUMENT: .*`ttlMs`/);
+    expect(fails({ leases: p.leases, ...onPg(), applicationName: "x".repeat(64) })).toMatch(
+      /^INVALID_ARGUMENT: .*`applicationName`/,
+    );
+    expect(fails({ leases: p.leases, ...onPg(), connectTimeoutMs: 5 })).toMatch(
+      /^INVALID_ARGUMENT: .*`connectTimeoutMs`/,
+    );
+    expect(fails({ leases: () => p.leases, ...onPg(), waitMs: 0 })).toBe("accepted");
   });
 });

@@ -1,9 +1,12 @@
 import { Hono } from "hono";
-import pg from "pg";
+import type pg from "pg";
 import postgres from "postgres";
 import { afterAll, describe, expect, it } from "vitest";
 import { PostgresCoordinator } from "../../local/postgres-coordinator.ts";
 import { Leases } from "../../src/client/leases.ts";
+import type { DriverModule } from "../../src/db/driver.ts";
+import { driver as pgDriver } from "../../src/drivers/pg.ts";
+import { driver as postgresDriver } from "../../src/drivers/postgres.ts";
 import { leased } from "../../src/hono.ts";
 import { startSampler } from "../limit/sampler.ts";
 import { forgetPools } from "../local/helpers.ts";
@@ -40,29 +43,26 @@ function coordinator(): PostgresCoordinator {
 /** Backends of `app` as Postgres counts them, sampled every 10 ms while the test runs. */
 const sampler = (app: string) => startSampler((text, params) => admin.unsafe(text, params as never[]), { app });
 
-const CLIENTS: Record<
-  string,
-  (app: string) => { connect: () => unknown; sleep: (client: unknown) => Promise<unknown> }
-> = {
-  "node-postgres": (app: string) => ({
-    connect: () => new pg.Client({ connectionString: url, application_name: app }),
+const CLIENTS: Record<string, { driver: DriverModule; sleep: (client: unknown) => Promise<unknown> }> = {
+  "node-postgres": {
+    driver: pgDriver,
     sleep: async (client: unknown) => (client as pg.Client).query("SELECT pg_sleep(5)"),
-  }),
-  "postgres.js": (app: string) => ({
-    connect: () => postgres(url, { max: 1, onnotice: () => {}, connection: { application_name: app } }),
+  },
+  "postgres.js": {
+    driver: postgresDriver,
     sleep: async (client: unknown) => (client as postgres.Sql)`SELECT pg_sleep(5)`,
-  }),
+  },
 };
 
 describe.each(Object.keys(CLIENTS))("leased() with %s", (name) => {
   it("a revoked lease cancels the handler's statement and closes its client: 503 LEASE_LOST, the backend gone within 100 ms", async () => {
     const app = `hono-lost-${process.pid}-${++seq}`;
-    const { connect, sleep } = CLIENTS[name]!(app);
+    const { driver, sleep } = CLIENTS[name]!;
     const c = coordinator();
     const leases = new Leases(c);
     const api = new Hono()
       .onError((_e, ctx) => ctx.text("handler error", 500))
-      .use(leased({ leases, connect }))
+      .use(leased({ leases, driver, connectionString: () => url, applicationName: app }))
       .get("/sleep", async (ctx) => ctx.json(await sleep(await ctx.var.client())));
     const watch = await sampler(app);
     const response = api.request("/sleep");

@@ -90,8 +90,8 @@ describe("lease and waiter fields declared once", () => {
       // The row from before the upgrade reads back with its optional fields absent.
       if (!held.ok) throw new Error(held.message);
       const before = await loaded(sql, "older");
-      // (What the answer adds, `validForMs`, is not stored: it belongs to the call.)
-      const { validForMs: _held, ...heldRow } = held.lease;
+      // (What the answer adds, `validForMs` and `queuePosition`, is not stored: it belongs to the call.)
+      const { validForMs: _held, queuePosition: _position, ...heldRow } = held.lease;
       expect([...before.state.leases.values()]).toEqual([heldRow]);
       // Every optional field set, on a lease and on a queued waiter, written and read back.
       const critical = await c.acquire({ holder: "critical", priority: "critical" });
@@ -99,7 +99,7 @@ describe("lease and waiter fields declared once", () => {
       const waiting = c.acquire({ holder: "waiter", priority: "batch", tenant: "t1", claimMs: 700, waitMs: 5000 });
       await expect.poll(async () => (await c.stats()).waiting).toBe(1);
       const after = await loaded(sql, "older");
-      const { validForMs: _critical, ...criticalRow } = critical.lease;
+      const { validForMs: _critical, queuePosition: _criticalPosition, ...criticalRow } = critical.lease;
       expect(after.state.leases.get(critical.lease.id)).toEqual<Lease>({ ...criticalRow, priority: "critical" });
       expect(after.state.queue).toEqual<Waiter[]>([
         {

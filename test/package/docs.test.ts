@@ -12,11 +12,15 @@ const root = join(import.meta.dirname, "..", "..");
 const snippetDir = "docs/snippets";
 // The Worker guide shows every file a user of either example Worker writes.
 const WORKER_GUIDE = "docs/workers.md";
-const EXAMPLE_FILES = ["plain-worker", "hono-drizzle"].flatMap((example) =>
-  ["package.json", "wrangler.toml", "src/index.ts", "tsconfig.json", "vitest.config.ts"].map(
-    (f) => `examples/${example}/${f}`,
+const EXAMPLE_FILES = [
+  ...["plain-worker", "hono-drizzle"].flatMap((example) =>
+    ["package.json", "wrangler.toml", "src/index.ts", "tsconfig.json", "vitest.config.ts"].map(
+      (f) => `examples/${example}/${f}`,
+    ),
   ),
-);
+  // The node-postgres plain Worker: what differs from the postgres.js one.
+  ...["package.json", "src/index.ts"].map((f) => `examples/plain-worker-pg/${f}`),
+];
 const MARKER = /^<!--\s*snippet:\s*(\S+)\s*-->$/;
 const TS_LANGS = new Set(["ts", "typescript", "tsx", "mts"]);
 

@@ -27,14 +27,20 @@ function packed(): string {
   return tarball;
 }
 
-/** Copies `examples/<name>` into a fresh folder with the tarball as `leasegate.tgz`, and installs it. */
-function installExample(name: string): string {
+/**
+ * Copies `examples/<name>` into a fresh folder with the tarball as `leasegate.tgz`, and installs it.
+ * `seed`: an example installed before lends its packages (hard links, no copy), and npm adds and
+ * removes only what differs — the tree it leaves is the one a fresh install makes, in less time.
+ */
+function installExample(name: string, seed?: string): string {
   const app = join(work, name);
   cpSync(join(root, "examples", name), app, {
     recursive: true,
-    filter: (src) => !/node_modules|[/\\]dist$|[/\\]\.wrangler$|\.tgz$/.test(src),
+    filter: (src) => !/node_modules|[/\\]dist$|[/\\]\.wrangler$|\.tgz$|[/\\]src[/\\]generated$/.test(src),
   });
   cpSync(packed(), join(app, "leasegate.tgz"));
+  const lent = seed && join(work, seed, "node_modules");
+  if (lent && existsSync(lent)) expect(run("cp", ["-al", lent, join(app, "node_modules")], work).status).toBe(0);
   const install = run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline"], app);
   expect(install.status, install.output).toBe(0);
   return app;
@@ -208,6 +214,16 @@ describe("the published package", () => {
     for (const driver of Object.keys(DRIVER_MARKERS) as DriverName[]) bundle(app, driver);
   }, 300_000);
 
+  it("installs the plain-Worker example on node-postgres with @types/pg: tsc and its workerd tests pass, and it bundles pg alone", () => {
+    const app = installExample("plain-worker-pg");
+    expect(existsSync(join(app, "node_modules", "postgres"))).toBe(false);
+    // Its `npm test` is `tsc --noEmit && vitest run`: the pg.Client typed by @types/pg, then the Worker against the real Postgres.
+    const test = run("npm", ["test"], app, { EXAMPLE_DATABASE_URL: database() });
+    expect(test.status, test.output).toBe(0);
+    expect(plain(test.output)).toMatch(/Tests\s+4 passed \(4\)/);
+    bundle(app, "pg");
+  }, 400_000);
+
   it("installs into the Hono + Drizzle example, whose types check against the tarball's declarations and whose tests pass in workerd", () => {
     const app = installExample("hono-drizzle");
     // Its `npm test` is `tsc --noEmit && vitest run`: the types users get, then the Worker against the real Postgres.
@@ -215,6 +231,48 @@ describe("the published package", () => {
     expect(test.status, test.output).toBe(0);
     expect(plain(test.output)).toMatch(/Tests\s+7 passed \(7\)/);
   }, 300_000);
+
+  it("installs the Kysely + Prisma example: a generated client, its types, both Workers in workerd, both Node scripts, and bundles with only their own ORM", () => {
+    const app = installExample("kysely-prisma", "hono-drizzle");
+    // Its `npm test` is `prisma generate && tsc --noEmit && vitest run` for each Worker. Generating needs
+    // no engine binary, but Prisma's CLI first fetches the schema engine (for migrations) from
+    // binaries.prisma.sh, which this machine cannot reach: any existing file stands in, never run.
+    const test = run("npm", ["test"], app, {
+      EXAMPLE_DATABASE_URL: database(),
+      PRISMA_SCHEMA_ENGINE_BINARY: "/bin/false",
+    });
+    expect(test.status, test.output).toBe(0);
+    expect(plain(test.output).match(/Tests\s+3 passed \(3\)/g)).toHaveLength(2);
+    for (const line of plain(test.output).match(/(kysely|prisma): 60 concurrent at limit 2: .*/g) ?? [])
+      console.log(line);
+    // The same front doors on Node, each connection leased from the local adapter.
+    const local = {
+      DATABASE_URL: process.env.LEASEGATE_TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/postgres",
+      LEASE_POOL: `orm-example-${process.pid}`,
+    };
+    for (const orm of ["kysely", "prisma"] as const) {
+      const script = run("node", [`scripts/${orm}.ts`], app, local);
+      expect(script.status, script.output).toBe(0);
+      expect(script.output).toMatch(new RegExp(`${orm}: wrote note \\d+`));
+    }
+    // Each Worker bundles its ORM and node-postgres, and no other ORM or driver.
+    const ORMS = { kysely: "Kysely", prisma: "PrismaClient", drizzle: "drizzle-orm" } as const;
+    for (const orm of ["kysely", "prisma"] as const) {
+      const out = join(app, `out-${orm}`);
+      const build = run("npx", ["wrangler", "deploy", "--dry-run", "-c", `wrangler.${orm}.toml`, "--outdir", out], app);
+      expect(build.status, build.output).toBe(0);
+      const upload = /Total Upload: ([\d.]+) KiB \/ gzip: ([\d.]+) KiB/.exec(plain(build.output));
+      console.log(`bundle of the ${orm} Worker (with node-postgres): ${upload?.[1]} KiB (gzip ${upload?.[2]} KiB)`);
+      const text = readFileSync(join(out, `${orm}-worker.js`), "utf8");
+      expect(text).toContain("ConnectionCoordinator");
+      expect(text, `the ${orm} Worker bundles node-postgres`).toContain(DRIVER_MARKERS.pg);
+      for (const other of ["postgres", "neon"] as const)
+        expect(text.includes(DRIVER_MARKERS[other]), `the ${orm} Worker bundles ${other}`).toBe(false);
+      expect(text, `the ${orm} Worker bundles ${orm}`).toContain(ORMS[orm]);
+      for (const [name, marker] of Object.entries(ORMS))
+        if (name !== orm) expect(text.includes(marker), `the ${orm} Worker bundles ${name}`).toBe(false);
+    }
+  }, 400_000);
 
   it("bundles the demo Worker for production with wrangler deploy --dry-run", () => {
     const out = join(work, "demo-bundle");

@@ -35,6 +35,7 @@ const ENTRIES = [
     args: ["--conditions=source", "examples/pitches/src/main-node.ts"],
   },
   { name: "npm run start:deno", command: "npm", args: ["run", "--silent", "start:deno"] },
+  { name: "npm run start:bun", command: "npm", args: ["run", "--silent", "start:bun"] },
 ];
 
 const sockets = new Set<Socket>();
@@ -277,7 +278,7 @@ describe("bad start hints", () => {
   it("npm start says how to fall back to the embedded database; the local servers, to the local cluster", async () => {
     const npmStart = (await results.get(key("npm start", "a refused port"))!).stderr;
     expect(npmStart).toContain("is Postgres running? unset DATABASE_URL to use the embedded database");
-    for (const entry of ["npm run start:local", "npm run start:deno"]) {
+    for (const entry of ["npm run start:local", "npm run start:deno", "npm run start:bun"]) {
       expect((await results.get(key(entry, "a refused port"))!).stderr).toContain(
         "unset DATABASE_URL to use the local cluster",
       );

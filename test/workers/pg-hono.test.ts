@@ -8,6 +8,7 @@ import { describe, expect, it } from "vitest";
 import { counted } from "../support/counted.ts";
 import { pitches } from "../support/pitches-table.ts";
 import { Leases } from "../../src/client/leases.ts";
+import { driver } from "../../src/drivers/pg.ts";
 import { leased } from "../../src/hono.ts";
 
 // The Hono middleware in real workerd: the real coordinator Durable Object (LEASE_LIMIT 3,
@@ -46,7 +47,9 @@ function setup() {
       "/api/*",
       leased({
         leases: (c) => counted(new Leases(c.env.COORDINATOR_DO.getByName(name)), calls),
-        connect: (c) => new pg.Client({ connectionString: c.env.HYPERDRIVE.connectionString, application_name: app }),
+        driver,
+        connectionString: (c) => c.env.HYPERDRIVE.connectionString,
+        applicationName: app,
       }),
     );
   const request = async (path: string, init?: RequestInit) => {

@@ -34,7 +34,7 @@ describe("database layer in workerd", () => {
 
   it("runs query and transaction through Hyperdrive under leases of the real Durable Object", async () => {
     const config = databaseConfig(env);
-    expect(config).toMatchObject({ environment: "edge", driver: "hyperdrive" });
+    expect(config).toMatchObject({ environment: "edge", driver: "postgres" });
     const leases = new Leases(env.COORDINATOR_DO.getByName("resilience-tx"));
     const db = new Database({ name: "tx", driver: openDriver(config), leases, config, log: () => {} });
     const [row] = await db.query("SELECT count(*)::int AS n FROM pitches WHERE is_public = $1", [true]);

@@ -213,7 +213,7 @@ describe("sharded coordinator in workerd", () => {
     const coordinatorGrants = all.reduce((a, s) => a + s.counters.granted, 0);
     // Block leases served several requests each: fewer grants at the coordinators than requests served.
     expect(coordinatorGrants).toBeLessThan(r.granted);
-    expect(p.isolate.block).toMatchObject({ idle: [], inUse: 0, inFlight: 0, waiting: [] });
+    expect(p.isolate.block).toMatchObject({ idle: [], inUse: new Map(), asks: new Map(), waiting: [] });
   });
 
   it("a block lease is not handed on twice, and an old one goes back to its shard instead of being reused", async () => {
@@ -234,7 +234,7 @@ describe("sharded coordinator in workerd", () => {
       Date.now = realNow;
     }
     expect((await allStats(p.stubs())).reduce((a, s) => a + s.held, 0)).toBe(0);
-    expect(p.isolate.block).toMatchObject({ idle: [], inUse: 0 });
+    expect(p.isolate.block).toMatchObject({ idle: [], inUse: new Map() });
     await drained(p);
   });
 
@@ -358,7 +358,7 @@ describe("sharded client against the real shard objects, generated sequences", (
           let leases = p.leases;
           const settle = async () => {
             // In-flight block acquires answer at once (waitMs 0): wait for them before comparing.
-            await expect.poll(() => p.isolate.block?.inFlight ?? 0).toBe(0);
+            await expect.poll(() => p.isolate.block?.asks.size ?? 0).toBe(0);
           };
           for (const o of ops) {
             if (o.kind === "acquire") {

@@ -8,7 +8,7 @@ import { errorResponse, healthResponse, operatorHandler, readJson } from "leaseg
 import { LeaseError, Leases } from "leasegate";
 import { driver } from "leasegate/pg";
 import { ConnectionCoordinator, type WorkerPoolEnv, workerPool } from "leasegate/workers";
-import pg from "pg";
+import type pg from "pg";
 
 // The coordinator Durable Object lives in this Worker (wrangler.toml binds it as COORDINATOR_DO).
 export { ConnectionCoordinator };
@@ -59,7 +59,8 @@ app.use(
   "/notes/*",
   leased({
     leases: (c) => new Leases(c.env.COORDINATOR_DO.getByName(c.env.LEASE_POOL || "main")),
-    connect: (c) => new pg.Client({ connectionString: c.env.HYPERDRIVE.connectionString }),
+    driver,
+    connectionString: (c) => c.env.HYPERDRIVE.connectionString,
   }),
 );
 // A Drizzle client per request, on that request's connection.

@@ -1,12 +1,13 @@
 /**
- * The pitches app served from a plain process (Node or Deno): the same `handle()` and HTTP
+ * The pitches app served from a plain process (Node, Deno or Bun): the same `handle()` and HTTP
  * contract as the Worker, with a `localPool` (the Postgres-backed coordinator) instead of the
- * Durable Object. Runtime specifics (the HTTP listener, env, signals) live in `main-node.ts` and
- * `main-deno.ts`.
+ * Durable Object. Runtime specifics (the HTTP listener, env, signals, Bun's own SQL client) live
+ * in `main-node.ts`, `main-deno.ts` and `main-bun.ts`.
  */
-import postgres from "postgres";
+import postgres, { type Sql } from "postgres";
+import type { DriverModule } from "leasegate";
 import { DEFAULT_DATABASE_URL, type LocalPoolEnv, localPool } from "leasegate/local";
-import { driver } from "leasegate/postgres";
+import { driver as postgresJs } from "leasegate/postgres";
 import { handle } from "./app.ts";
 import { migrate, seed } from "./schema.ts";
 
@@ -52,13 +53,14 @@ export function startFailure(error: unknown): string {
 const RECONCILE_EVERY_MS = 60_000;
 
 /**
- * Migrates and seeds the example schema, then returns the app on this process's pool.
+ * Migrates and seeds the example schema, then returns the app on this process's pool, whose leased
+ * connections `driver` opens (default postgres.js; Bun's own SQL client on Bun).
  *
  * @example
  * const app = await createLocalApp(process.env);
  * const res = await app.fetch(new Request("http://x/health"));
  */
-export async function createLocalApp(env: LocalEnv): Promise<LocalApp> {
+export async function createLocalApp(env: LocalEnv, driver: DriverModule<Sql> = postgresJs): Promise<LocalApp> {
   const setup = postgres(env.DATABASE_URL || DEFAULT_DATABASE_URL, { max: 1, onnotice: () => {} });
   try {
     await migrate(setup);

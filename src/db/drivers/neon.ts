@@ -1,12 +1,20 @@
 import type { PoolClient } from "@neondatabase/serverless";
 import {
   type ClientConnection,
+  type ConfigurableDriver,
   type ConnectTarget,
-  type DriverModule,
-  type NeonOptions,
   type Row,
+  defineDriver,
   startupParameters,
 } from "../driver.ts";
+
+/** Options of the Neon driver; they matter off Neon only: a WebSocket proxy in front of plain Postgres. */
+export interface NeonOptions {
+  /** `host:port/path` of a WebSocket-to-TCP proxy, or a function of the database's host and port. */
+  wsProxy?: string | ((host: string, port: number | string) => string);
+  /** `false` for a `ws://` proxy (tests, a proxy on localhost). */
+  useSecureWebSocket?: boolean;
+}
 
 /** What leasegate uses of `@neondatabase/serverless` 1.x (`import * as neon from "@neondatabase/serverless"`). */
 export type NeonModule = Pick<typeof import("@neondatabase/serverless"), "Pool" | "neonConfig">;
@@ -20,13 +28,14 @@ export type NeonModule = Pick<typeof import("@neondatabase/serverless"), "Pool" 
  *
  * @example
  * import * as neon from "@neondatabase/serverless";
- * const driver = neonDriver(neon);
+ * const driver = neonDriver(neon)({ wsProxy: (host) => `${host}:5433/v1` });
  */
-export function neonDriver(neon: NeonModule, options: NeonOptions = {}): DriverModule<PoolClient> {
-  return {
+export function neonDriver(neon: NeonModule, defaults: NeonOptions = {}): ConfigurableDriver<PoolClient, NeonOptions> {
+  return defineDriver({
     name: "neon",
     packageName: "@neondatabase/serverless",
-    async connect(target: ConnectTarget): Promise<ClientConnection<PoolClient>> {
+    async connect(target: ConnectTarget, own: NeonOptions): Promise<ClientConnection<PoolClient>> {
+      const options = { ...defaults, ...own };
       const { Pool, neonConfig } = neon;
       if (options.wsProxy !== undefined) neonConfig.wsProxy = options.wsProxy;
       if (options.useSecureWebSocket !== undefined) neonConfig.useSecureWebSocket = options.useSecureWebSocket;
@@ -71,7 +80,7 @@ export function neonDriver(neon: NeonModule, options: NeonOptions = {}): DriverM
           })()),
       };
     },
-  };
+  });
 }
 
 // How long a cancel request may take over the driver's socket before the caller closes instead.

@@ -2,9 +2,10 @@ import type { Client, ClientConfig } from "pg";
 import { keyOf, sendCancelRequest } from "../cancel-request.ts";
 import {
   type ClientConnection,
+  type ConfigurableDriver,
   type ConnectTarget,
-  type DriverModule,
   type Row,
+  defineDriver,
   startupParameters,
 } from "../driver.ts";
 
@@ -16,6 +17,13 @@ export interface PgClientLike {
 
 /** node-postgres's default export (`import pg from "pg"`), 8.13 or later: whichever the app installed. */
 export type PgModule = { Client: new (config: ClientConfig) => Client };
+
+/**
+ * node-postgres's own `Client` options (`ssl`, `types`, `keepAlive`, more `options`), passed
+ * through. Where to connect, the connect timeout and the application name are leasegate's (the
+ * target's); the session limits win over the same settings given here.
+ */
+export type PgOptions = Omit<ClientConfig, "connectionString" | "connectionTimeoutMillis" | "application_name">;
 
 // How long `end()` may take before the socket is destroyed outright. A graceful end is one round
 // trip on loopback; past this the server or the network is gone and only our side is left.
@@ -31,19 +39,20 @@ const END_GRACE_MS = 2000;
  *
  * @example
  * import pg from "pg";
- * const conn = await pgDriver(pg).connect({ connectionString, applicationName: "app", connectTimeoutMs: 5000, edge: false });
+ * const conn = await pgDriver(pg)({ ssl: false }).connect({ connectionString, applicationName: "app", connectTimeoutMs: 5000, edge: false });
  * try { await conn.query("SELECT $1::int AS n", [1]) } finally { await conn.close() }
  */
-export function pgDriver(pg: PgModule): DriverModule<Client> {
-  return {
+export function pgDriver(pg: PgModule): ConfigurableDriver<Client, PgOptions> {
+  return defineDriver({
     name: "pg",
     packageName: "pg",
-    async connect(target: ConnectTarget): Promise<ClientConnection<Client>> {
+    async connect(target: ConnectTarget, own: PgOptions): Promise<ClientConnection<Client>> {
       const client = new pg.Client({
+        ...own,
         connectionString: target.connectionString,
         connectionTimeoutMillis: target.connectTimeoutMs,
         application_name: target.applicationName,
-        ...pgStartup(target),
+        ...pgStartup(target, own.options),
       });
       // A backend terminated between queries surfaces as an 'error' event, and so does, in workerd,
       // pg-cloudflare's read failing once the socket is closed by end(): without a listener either is
@@ -66,13 +75,14 @@ export function pgDriver(pg: PgModule): DriverModule<Client> {
         close: () => (closing ??= closePgClient(client)),
       };
     },
-  };
+  });
 }
 
 // node-postgres sends `statement_timeout` and `idle_in_transaction_session_timeout` as startup
 // parameters itself; any other setting goes in `options` (`-c name=value`), as libpq does.
 function pgStartup(
   target: ConnectTarget,
+  options: string | undefined,
 ): Pick<ClientConfig, "statement_timeout" | "idle_in_transaction_session_timeout" | "options"> {
   const p = startupParameters(target.limits);
   const out: Pick<ClientConfig, "statement_timeout" | "idle_in_transaction_session_timeout" | "options"> = {};
@@ -80,7 +90,9 @@ function pgStartup(
   if (p.idle_in_transaction_session_timeout)
     out.idle_in_transaction_session_timeout = Number(p.idle_in_transaction_session_timeout);
   if (p.client_connection_check_interval)
-    out.options = `-c client_connection_check_interval=${p.client_connection_check_interval}`;
+    out.options = [options, `-c client_connection_check_interval=${p.client_connection_check_interval}`]
+      .filter(Boolean)
+      .join(" ");
   return out;
 }
 

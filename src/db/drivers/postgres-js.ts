@@ -1,16 +1,25 @@
 import type postgres from "postgres";
-import type { Sql } from "postgres";
+import type { Options, PostgresType, Sql } from "postgres";
 import { type BackendKey, keyOf, sendCancelRequest } from "../cancel-request.ts";
 import {
   type ClientConnection,
+  type ConfigurableDriver,
   type ConnectTarget,
-  type DriverModule,
   type Row,
+  defineDriver,
   startupParameters,
 } from "../driver.ts";
 
 /** postgres.js's default export, 3.4.5 or later and 4.x: whichever the app installed. */
 export type PostgresJs = typeof postgres;
+
+/**
+ * postgres.js's own options (`prepare: false` behind a transaction-mode pooler, `ssl`, `types`,
+ * `transform`, more `connection` parameters), passed through. A lease pays for one connection, so
+ * `max` is 1; the connect timeout and the socket are leasegate's; `connection` is merged with the
+ * application name and the session limits.
+ */
+export type PostgresJsOptions = Omit<Options<Record<string, PostgresType>>, "max" | "connect_timeout" | "socket">;
 
 /**
  * The postgres.js driver over the app's own `postgres` package: one client per connection
@@ -24,20 +33,25 @@ export type PostgresJs = typeof postgres;
  *
  * @example
  * import postgres from "postgres";
- * const driver = postgresJsDriver(postgres);
+ * const driver = postgresJsDriver(postgres)({ prepare: false });
  */
-export function postgresJsDriver(pg: PostgresJs): DriverModule<Sql> {
-  return {
+export function postgresJsDriver(pg: PostgresJs): ConfigurableDriver<Sql, PostgresJsOptions> {
+  return defineDriver({
     name: "postgres",
     packageName: "postgres",
-    async connect(target: ConnectTarget): Promise<ClientConnection<Sql>> {
+    async connect(target: ConnectTarget, own: PostgresJsOptions): Promise<ClientConnection<Sql>> {
       const options = {
-        max: 1,
         fetch_types: false,
+        onnotice: () => {},
+        ...own,
+        max: 1,
         // postgres.js counts whole seconds; round up so a short timeout never becomes none.
         connect_timeout: Math.max(1, Math.ceil(target.connectTimeoutMs / 1000)),
-        onnotice: () => {},
-        connection: { application_name: target.applicationName, ...startupParameters(target.limits) },
+        connection: {
+          ...own.connection,
+          application_name: target.applicationName,
+          ...startupParameters(target.limits),
+        },
       };
       let sql = pg(target.connectionString, options) as unknown as Sql;
       // Only 4.x has `batch`; creating a client opens nothing, so the probe costs no connection.
@@ -59,7 +73,7 @@ export function postgresJsDriver(pg: PostgresJs): DriverModule<Sql> {
         close: () => (closing ??= closeSql(sql)),
       };
     },
-  };
+  });
 }
 
 // How many queries not yet sent a client remembers while it has no backend key: the key comes
