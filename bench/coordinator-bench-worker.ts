@@ -93,7 +93,7 @@ function counted(stub: DurableObjectStub<BenchCoordinator>, calls: { n: number }
       calls.n++;
       return stub.renew(r, t);
     },
-    stats: (s) => stub.stats(s),
+    stats: () => stub.stats(),
     acquireMany: (list) => {
       calls.n++;
       return stub.acquireMany(list);

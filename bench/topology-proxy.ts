@@ -22,7 +22,7 @@ function pipe(from: Socket, to: Socket): void {
   from.on("close", () => setTimeout(() => to.destroy(), oneWayMs + 1));
 }
 
-process.on("message", (message: { target?: string; oneWayMs?: number }) => {
+process.on("message", (message: { target?: string; oneWayMs?: number; port?: number }) => {
   if (message.oneWayMs !== undefined) {
     oneWayMs = message.oneWayMs;
     process.send!({ ok: true });
@@ -36,6 +36,8 @@ process.on("message", (message: { target?: string; oneWayMs?: number }) => {
     pipe(client, upstream);
     pipe(upstream, client);
   });
-  server.listen(0, "127.0.0.1", () => process.send!({ port: (server.address() as { port: number }).port }));
+  server.listen(message.port ?? 0, "127.0.0.1", () =>
+    process.send!({ port: (server.address() as { port: number }).port }),
+  );
 });
 process.on("disconnect", () => process.exit(0));

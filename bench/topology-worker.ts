@@ -9,6 +9,9 @@
  *   callers wait at the coordinator (the default).
  * - `block-keep`: the block as it was before: finished leases stay in the isolate while young,
  *   whoever waits at the coordinator.
+ * - `shard`: one lease per request from the shard object `${pool}#${home}` (`?home=`), whose
+ *   share of the pool's limit its root (the object `${pool}`) gives it: a process that reaches
+ *   one shard, as a region's Workers reach the shard placed near them.
  *
  * Each answer carries how long the request waited for its lease (`x-lease-wait-ms`, the isolate's
  * clock) and how long its query took (`x-query-ms`); `/ping` times a no-op call to the coordinator's process, and an acquire on an idle pool; `/calls` counts the calls
@@ -39,18 +42,18 @@ const releaseFailures: Record<string, number> = {};
 let afterResponse: Array<[number, number]> = [];
 const blocks = new Map<string, IsolateShards>();
 
-/** The coordinator stub with every call counted. */
-function counted(stub: DurableObjectStub<ConnectionCoordinator>): Coordinator {
+/** The coordinator stub with every call counted; `object`: its name, sent with each acquire (a shard checks it against its id). */
+function counted(stub: DurableObjectStub<ConnectionCoordinator>, object?: string): Coordinator {
   const c = stub as unknown as Coordinator;
   const count = <T>(call: () => Promise<T>): Promise<T> => {
     calls++;
     return call();
   };
   return {
-    acquire: (o) => count(() => c.acquire(o)),
+    acquire: (o) => count(() => c.acquire(object === undefined ? o : { ...o, object })),
     release: (r) => count(() => c.release(r)),
     renew: (r, t) => count(() => c.renew(r, t)),
-    stats: (s) => count(() => c.stats(s)),
+    stats: () => count(() => c.stats()),
     acquireMany: (r) => count(() => c.acquireMany!(r)),
     releaseMany: (r) => count(() => c.releaseMany!(r)),
   };
@@ -67,7 +70,14 @@ function outboxFor(pool: string): ReleaseOutbox {
   return outbox;
 }
 
-function leasesFor(mode: string, pool: string, env: Env, ctx: ExecutionContext): LeaseClient {
+function leasesFor(mode: string, pool: string, env: Env, ctx: ExecutionContext, home: string | null): LeaseClient {
+  if (mode === "shard") {
+    const shard = `${pool}#${Number(home ?? 0)}`;
+    return new Leases(counted(env.COORDINATOR_DO.getByName(shard), shard), {
+      outbox: outboxFor(shard),
+      waitUntil: (p) => ctx.waitUntil(p),
+    });
+  }
   const stub = counted(env.COORDINATOR_DO.getByName(pool));
   // One lease per request, as workerPool makes it: releases ride on the isolate's next acquire.
   if (mode === "lease") return new Leases(stub, { outbox: outboxFor(pool), waitUntil: (p) => ctx.waitUntil(p) });
@@ -122,13 +132,26 @@ export default {
     const pool = url.searchParams.get("pool") ?? "main";
     if (url.pathname === "/held")
       return Response.json({ held: (await env.COORDINATOR_DO.getByName(pool).stats()).held });
+    // A sharded pool: held across the root and its shards, and the root's shares.
+    if (url.pathname === "/shares") {
+      const n = Number(url.searchParams.get("shards") ?? 0);
+      const names = [pool, ...Array.from({ length: n }, (_, i) => `${pool}#${i}`)];
+      const all = await Promise.all(names.map((name) => env.COORDINATOR_DO.getByName(name).stats()));
+      return Response.json({ held: all.reduce((a, s) => a + s.held, 0), shares: all[0]!.shares ?? null });
+    }
+    // A sharded pool's layout (the operator control on its root).
+    if (url.pathname === "/layout") {
+      const count = Number(url.searchParams.get("count"));
+      const split = url.searchParams.get("split") === "even" ? "even" : "demand";
+      return Response.json(await env.COORDINATOR_DO.getByName(pool).setLayout({ count, split }, pool));
+    }
     // A pool's own limit (the operator control), for a check on fewer slots than LEASE_LIMIT.
     if (url.pathname === "/limit")
       return Response.json(await env.COORDINATOR_DO.getByName(pool).setLimit(Number(url.searchParams.get("n"))));
     const mode = url.searchParams.get("mode") ?? "lease";
     requests++;
     const t0 = Date.now();
-    const leases = mode === "off" ? undefined : leasesFor(mode, pool, env, ctx);
+    const leases = mode === "off" ? undefined : leasesFor(mode, pool, env, ctx, url.searchParams.get("home"));
     let lease: Awaited<ReturnType<LeaseClient["acquire"]>> | undefined;
     try {
       lease = await leases?.acquire({ waitMs: Number(env.LEASE_WAIT_MS) });

@@ -17,18 +17,23 @@
  * `COORDINATOR=off`, one lease per request, and the lease block (`?mode=` per request). Then the
  * uneven-load fairness check: one busy process, the others light, the block keeping leases (as it
  * did before) against handing them back while others wait. Then the simulator's prediction for the
- * same settings.
+ * same settings. Then sharded pools under uneven load: 3 shards, each Worker process reaching one
+ * (its region's), one process busy and two light, the limit split evenly (static) against shared by
+ * demand by the pools' root, in alternating rounds, with the shares sampled throughout.
  *
  *   npm run bench:topology                 # the full run (needs pgbouncer; a few minutes)
  *   npm run bench:topology -- --smoke      # CI: direct Postgres, short phases, no apt packages
  *   npm run bench:topology -- --json=FILE  # also writes the figures as JSON
  *   npm run bench:topology -- --write      # and replaces its section of BENCHMARKS.md
+ *   TOPOLOGY_ONLY=shards npm run bench:topology  # the sharded comparison alone
  *
  * Settings (environment): TOPOLOGY_WORKERS (3), TOPOLOGY_DISTANCES_MS ("0,10,40"),
  * TOPOLOGY_PHASE_S (5), TOPOLOGY_POOL (PgBouncer's pool, 18; the role's limit is 2 more),
  * TOPOLOGY_LIMIT (LEASE_LIMIT, 54: in front of a pool the lease limit bounds the client side, as in
- * BENCHMARKS.md's P3), TOPOLOGY_BLOCK (LEASE_BLOCK, the limit), DATABASE_URL (a superuser URL;
- * default the local cluster or LEASEGATE_TEST_DATABASE_URL).
+ * BENCHMARKS.md's P3), TOPOLOGY_BLOCK (LEASE_BLOCK, the limit), TOPOLOGY_PORTS (a first port: the
+ * processes listen on ports counted up from it; default any free port), TOPOLOGY_ONLY (`shards`:
+ * only the sharded comparison), TOPOLOGY_QUERY (the leased statement, default `SELECT 1`), DATABASE_URL (a superuser URL; default the local cluster or
+ * LEASEGATE_TEST_DATABASE_URL).
  */
 import { type ChildProcess, fork, spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, utimesSync, writeFileSync } from "node:fs";
@@ -69,7 +74,11 @@ const children: ChildProcess[] = [];
 const cleanups: Array<() => void | Promise<void>> = [];
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+const ONLY = process.env.TOPOLOGY_ONLY;
+let nextPort = Number(process.env.TOPOLOGY_PORTS ?? 0);
+
 async function freePort(): Promise<number> {
+  if (nextPort > 0) return nextPort++;
   return new Promise((resolve) => {
     const srv = createServer().listen(0, "127.0.0.1", () => {
       const { port } = srv.address() as { port: number };
@@ -158,7 +167,7 @@ async function startProxy(target: string): Promise<{ port: number; setOneWayMs(m
   children.push(child);
   const next = () => new Promise<{ port?: number }>((resolve) => child.once("message", resolve));
   const started = next();
-  child.send({ target });
+  child.send({ target, port: nextPort > 0 ? nextPort++ : 0 });
   const { port } = await started;
   return {
     port: port!,
@@ -349,7 +358,7 @@ async function phase(
     }
   })();
   const loop = async (i: number) => {
-    const url = `http://127.0.0.1:${ports[i]}/q?mode=${mode}&pool=${pool}`;
+    const url = `http://127.0.0.1:${ports[i]}/q?mode=${mode}&pool=${pool}&home=${i}`;
     while (performance.now() < end) {
       if (pauseMs[i]) await sleep(pauseMs[i]!);
       const t0 = performance.now();
@@ -411,6 +420,132 @@ async function ping(ports: number[]): Promise<{ pingMs: number; acquireMs: numbe
   return { pingMs: round1(pct(times, 0.5)), acquireMs: round1(pct(acquires, 0.5)) };
 }
 
+/** One sharded setup's figures, summed over its rounds. */
+interface SharedRun {
+  lightWaits: number[];
+  busyWaits: number[];
+  lightOk: number;
+  busyOk: number;
+  ms: number;
+  errors: Record<string, number>;
+  peakShares: number;
+  peakReserved: number;
+  peakHeld: number;
+  peakConnections: number;
+  /** Samples of the root's accounts, and those whose shares or reserves summed above the limit. */
+  samples: number;
+  over: number;
+  /** The busy process's shard's share, mean over the samples. */
+  busyShare: number;
+}
+
+/**
+ * Sharded pools under uneven load: 3 shards, process i reaching shard i only (its region's), one
+ * process busy and the others light; the same limit split evenly (`even`, the static split) or
+ * shared by demand by the pools' root, in alternating rounds of `ms`, the shares sampled every 50 ms.
+ */
+async function sharedComparison(
+  ports: number[],
+  count: postgres.Sql,
+  countSql: string,
+  ms: number,
+): Promise<{ lines: string[]; runs: Record<string, SharedRun> }> {
+  const SHARDS = 3;
+  const limit = smoke ? 6 : 12;
+  const busy = smoke ? 8 : 4 * limit;
+  const light = smoke ? 1 : 2;
+  const splits = ["even", "demand"] as const;
+  const pools = { even: "shards-even", demand: "shards-demand" };
+  for (const split of splits) {
+    const base = `http://127.0.0.1:${ports[0]}`;
+    await (await fetch(`${base}/limit?pool=${pools[split]}&n=${limit}`)).text();
+    await (await fetch(`${base}/layout?pool=${pools[split]}&count=${SHARDS}&split=${split}`)).text();
+  }
+  const load = (split: (typeof splits)[number]): Load => ({
+    pool: pools[split],
+    clients: ports.map((_, i) => (i === 0 ? busy : i < SHARDS ? light : 0)),
+    pauseMs: ports.map((_, i) => (i === 0 ? 0 : 20)),
+  });
+  const runs: Record<string, SharedRun> = {};
+  for (const split of splits) {
+    runs[split] = {
+      lightWaits: [],
+      busyWaits: [],
+      lightOk: 0,
+      busyOk: 0,
+      ms: 0,
+      errors: {},
+      peakShares: 0,
+      peakReserved: 0,
+      peakHeld: 0,
+      peakConnections: 0,
+      samples: 0,
+      over: 0,
+      busyShare: 0,
+    };
+  }
+  // A short warm-up of each, then alternating rounds.
+  for (const split of splits) await phase(ports, "shard", load(split), smoke ? 300 : 1000, count, countSql);
+  const rounds = smoke ? 1 : 2;
+  for (let round = 0; round < rounds; round++) {
+    for (const split of splits) {
+      const run = runs[split]!;
+      let sampling = true;
+      let shareSum = 0;
+      const sampler = (async () => {
+        while (sampling) {
+          const r = (await (
+            await fetch(`http://127.0.0.1:${ports[0]}/shares?pool=${pools[split]}&shards=${SHARDS}`)
+          ).json()) as {
+            held: number;
+            shares: { limit: number; shards: Array<{ shard: string; share: number; reserve: number }> } | null;
+          };
+          const accounts = r.shares?.shards ?? [];
+          const shares = accounts.reduce((a, x) => a + x.share, 0);
+          const reserved = accounts.reduce((a, x) => a + x.reserve, 0);
+          run.samples++;
+          if (shares > limit || reserved > limit || r.held > limit) run.over++;
+          run.peakShares = Math.max(run.peakShares, shares);
+          run.peakReserved = Math.max(run.peakReserved, reserved);
+          run.peakHeld = Math.max(run.peakHeld, r.held);
+          shareSum += accounts.find((x) => x.shard === "0")?.share ?? 0;
+          await sleep(50);
+        }
+      })();
+      const samplesBefore = run.samples;
+      const p = await phase(ports, "shard", load(split), ms, count, countSql);
+      sampling = false;
+      await sampler;
+      run.busyShare += shareSum;
+      run.lightWaits.push(...p.waits.slice(1).flat());
+      run.busyWaits.push(...p.waits[0]!);
+      run.lightOk += p.waits.slice(1).flat().length;
+      run.busyOk += p.waits[0]!.length;
+      run.ms += ms;
+      run.peakConnections = Math.max(run.peakConnections, p.peakConnections);
+      for (const [k, v] of Object.entries(p.kinds)) run.errors[k] = (run.errors[k] ?? 0) + v;
+      if (run.samples === samplesBefore) throw new Error("no sample of the shares was taken");
+    }
+  }
+  const lines = [
+    "",
+    `sharded pools under uneven load: limit ${limit} over ${SHARDS} shards, process i reaching shard i only; process 0 busy (${busy} clients), processes 1–2 light (${light} clients each, 20 ms between requests); ${rounds} alternating rounds of ${ms / 1000} s per setup; lease wait ms as the Workers saw it; shares sampled every 50 ms at the root`,
+    "",
+    "| split | light wait p50 / p99 | light goodput | busy wait p50 / p99 | busy goodput | busy shard's share (mean) | peak Σ shares / Σ reserves / held | samples over the limit | peak connections | errors |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+  ];
+  for (const split of splits) {
+    const r = runs[split]!;
+    const name = split === "even" ? "static (even)" : "shared by demand";
+    const perSec = (n: number) => `${Math.round((n / r.ms) * 1000)}/s`;
+    const errors = Object.values(r.errors).reduce((a, b) => a + b, 0);
+    lines.push(
+      `| ${name} | ${pct(r.lightWaits, 0.5)} / ${pct(r.lightWaits, 0.99)} | ${perSec(r.lightOk)} | ${pct(r.busyWaits, 0.5)} / ${pct(r.busyWaits, 0.99)} | ${perSec(r.busyOk)} | ${round1(r.busyShare / Math.max(1, r.samples))} | ${r.peakShares} / ${r.peakReserved} / ${r.peakHeld} (limit ${limit}) | ${r.over} of ${r.samples} | ${r.peakConnections} | ${errors === 0 ? "0" : JSON.stringify(r.errors)} |`,
+    );
+  }
+  return { lines, runs };
+}
+
 const spread = (total: number) => Array.from({ length: K }, (_, i) => Math.floor(total / K) + (i < total % K ? 1 : 0));
 
 async function main(): Promise<void> {
@@ -443,7 +578,12 @@ async function main(): Promise<void> {
   const fresh = setInterval(() => utimesSync(proxiedEntry, new Date(), new Date()), 10_000);
   cleanups.push(() => clearInterval(fresh));
 
-  const workerVars = { LEASE_LIMIT: String(LIMIT), LEASE_BLOCK: String(BLOCK), LEASE_WAIT_MS: String(WAIT_MS) };
+  const workerVars = {
+    LEASE_LIMIT: String(LIMIT),
+    LEASE_BLOCK: String(BLOCK),
+    LEASE_WAIT_MS: String(WAIT_MS),
+    QUERY: process.env.TOPOLOGY_QUERY ?? "SELECT 1",
+  };
   const workerEnv = {
     CLOUDFLARE_DEV_REGISTRY_PATH: proxied,
     CLOUDFLARE_HYPERDRIVE_LOCAL_CONNECTION_STRING_HYPERDRIVE: db.workerUrl,
@@ -458,6 +598,14 @@ async function main(): Promise<void> {
   const count = postgres(adminUrl(), { max: 1, onnotice: () => {} });
   cleanups.push(() => count.end({ timeout: 1 }).catch(() => {}));
 
+  if (ONLY === "shards") {
+    await proxy.setOneWayMs(DISTANCES.includes(10) ? 10 : DISTANCES[DISTANCES.length - 1]!);
+    const { lines, runs } = await sharedComparison(ports, count, db.countSql, PHASE_MS);
+    console.log(`${lines.join("\n")}`);
+    if (jsonOut) writeFileSync(jsonOut, JSON.stringify({ K, shards: runs }, null, 2));
+    checkShared(runs);
+    return;
+  }
   // Warm up every process and mode (the first call of a process opens its registry connection).
   for (const mode of ["off", "lease", "block", "block-keep"])
     await phase(ports, mode, spread(K), smoke ? 300 : 1000, count, db.countSql);
@@ -624,6 +772,9 @@ async function main(): Promise<void> {
       `| ${r.oneWayMs} ms | ${r.maxBlock ? `${r.maxBlock}, idle 20 ms` : "none"} | ${b.waitP50} → ${a.waitP50} | ${b.waitP99} → ${a.waitP99} | ${b.callsPerRequest} → ${a.callsPerRequest} |`,
     );
   }
+  await proxy.setOneWayMs(fairDistance);
+  const shared = await sharedComparison(ports, count, db.countSql, PHASE_MS);
+  out.push(...shared.lines);
   console.log(`\n${out.join("\n")}`);
   if (write) writeSection(out, rows.map((r) => `${r.distance} ms → ${r.pingMs} ms`).join(", "));
   if (jsonOut)
@@ -638,9 +789,20 @@ async function main(): Promise<void> {
     throw new Error(
       `limit exceeded or nothing served: ${JSON.stringify(broken.map((p) => [p.peakHeld, p.peakConnections, p.ok]))}`,
     );
+  checkShared(shared.runs);
   const far = rows[rows.length - 1]!;
   if (far.distance > 0 && far.pingMs < 2 * far.distance)
     throw new Error(`the injected delay did not show: ${far.pingMs} ms round trip at ${far.distance} ms one-way`);
+}
+
+/** The sharded runs must keep the limit at every sample, and serve every process. */
+function checkShared(runs: Record<string, SharedRun>): void {
+  for (const [split, r] of Object.entries(runs)) {
+    if (r.over > 0 || r.lightOk === 0 || r.busyOk === 0)
+      throw new Error(
+        `${split}: ${r.over} samples over the limit, ${r.lightOk} light and ${r.busyOk} busy requests served`,
+      );
+  }
 }
 
 const START = "<!-- bench:topology start -->";

@@ -10,6 +10,7 @@ import {
   type LearnResult,
   type LearnedLimit,
   type RoomReading,
+  type Layout,
   type ControlResult,
   type Effects,
   type Lease,
@@ -24,12 +25,10 @@ import {
   type ReleaseResult,
   type RenewResult,
   type RevokeResult,
-  type ShardRef,
   LeaseError,
   checkBatch,
   compareConnections,
   configFromEnv,
-  expected,
   isLeaseError,
   FIXED_LIMIT,
   checkReading,
@@ -45,7 +44,9 @@ import {
   startRecovery,
   reconfigure,
   restore,
-  shardConfig,
+  capacity,
+  intFromEnv,
+  shardOf,
   snapshot,
   stats,
   tick,
@@ -62,11 +63,42 @@ import {
   settlementsOf,
   steps,
 } from "../src/engine/index.ts";
+import {
+  EAGER_REPORT_GAP_MS,
+  IDLE_REPORT_EVERY_MS,
+  type LayoutResult,
+  REPORT_EVERY_MS,
+  ROOT_SHARD,
+  type RootState,
+  type ShardSide,
+  type ShareAnswer,
+  type ShareReport,
+  applyShare,
+  checkLayout,
+  createRoot,
+  createShardSide,
+  notePeak,
+  report,
+  reportDue,
+  rootSnapshot,
+  setRootLimit,
+  settleReport,
+  shareOwn,
+  sharesView,
+  sharing,
+  takeReport,
+} from "../src/core/shares.ts";
 import { CoordinatorStore } from "./storage.ts";
 import { LeaseTokens } from "./tokens.ts";
 
 /** The variables the coordinator reads; the same names as everywhere else in leasegate. */
-export interface CoordinatorEnv extends PoolEnv {}
+export interface CoordinatorEnv extends PoolEnv {
+  /**
+   * This class's own namespace (the binding `workerPool` uses): a shard (`${pool}#i`) reports to
+   * its pool's root through it. Needed only by a sharded pool's objects.
+   */
+  COORDINATOR_DO?: DurableObjectNamespace<ConnectionCoordinator> | undefined;
+}
 
 /** Counters and histograms are written at most this often while they change, ms (a crash loses at most this much). */
 const SNAPSHOT_EVERY_MS = 1_000;
@@ -96,8 +128,23 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
   private readonly waiters = new Waiters();
   // Set on a grant and left to fire once after the last release: no timer is set per call.
   private readonly timer = new WakeTimer(() => this.onTimer(), { keepWhenIdle: true });
-  /** Shard `index/count` as persisted in meta, or null for an unsharded pool. */
-  private shard: string | null = null;
+  /** What this object is, from its own name: a pool's root (`ROOT_SHARD`) or shard `i` of it; null: unnamed. */
+  private identity: { pool: string; shard: string } | null = null;
+  /** A pool's root: the global limit, the layout and every shard's share (`src/core/shares.ts`). */
+  private root: RootState | null = null;
+  /** The root's own pool: the most held + waiting since its share was last set, and when that was. */
+  private ownPeak = 0;
+  private ownSharedAt = 0;
+  /** When the root last asked each shard to report now. */
+  private readonly askedAt = new Map<string, number>();
+  /** A shard: the share in force and its reports to the root. */
+  private side: ShardSide | null = null;
+  /** A shard: why its last report failed (null once one is answered). */
+  private reportFailure: string | null = null;
+  /** Callers wait for want of a share: the next look (one at a time). */
+  private shareTimer: ReturnType<typeof setTimeout> | undefined;
+  /** A shard: its next periodic report while the object lives (an alarm covers its eviction). */
+  private reportTimer: ReturnType<typeof setTimeout> | undefined;
   /** The bounds known to be durable (any fence and expiry inside them is answered at once) and the last written. */
   private bounds: BoundsLog = boundsLog(null);
   /** Resolves once the last bounds written are durable. */
@@ -127,8 +174,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
     this.tokens = new LeaseTokens(this.store.tokenKey());
     let pool: PoolState;
     try {
-      // A shard enforces its part of LEASE_LIMIT (persisted when a sharded client first said so).
-      this.shard = this.store.readMeta("shard");
+      this.identity = shardOf(this.ctx.id.name ?? this.store.readMeta("name"));
       // The last learning, worked out again with the caps of this object's env now (a deploy that
       // lowered LEASE_LIMIT_MAX applies at once, not at the next learning).
       const learned = this.store.readMeta("learned");
@@ -136,6 +182,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
       const kept = learned === null ? null : (JSON.parse(learned) as LearnedLimit);
       this.learned = kept && learn && learnedLimit(withCaps(kept.terms, learn), kept.learnedAt);
       pool = restore(this.baseConfig(), snap, []);
+      this.loadShares(pool);
     } catch (error) {
       this.configError = isLeaseError(error) ? error : new LeaseError("INVALID_CONFIG", String(error));
       return;
@@ -165,31 +212,248 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
     await this.confirming;
   }
 
-  /** LEASE_* from env (with `LEASE_LIMIT=auto`, the learned limit once there is one), split to this object's part when it is a shard. */
+  /** LEASE_* from env (with `LEASE_LIMIT=auto`, the learned limit once there is one). */
   private baseConfig() {
     const env = configFromEnv(this.env);
-    const config = this.learned && learnSettingsFromEnv(this.env) ? { ...env, limit: this.learned.limit } : env;
-    if (this.shard === null) return config;
-    const [index, count] = this.shard.split("/").map(Number);
-    return shardConfig(config, index!, count!);
+    return this.learned && learnSettingsFromEnv(this.env) ? { ...env, limit: this.learned.limit } : env;
+  }
+
+  // ── One limit shared by demand (src/core/shares.ts): the root owns it, shards report to it. ──
+
+  /**
+   * At start: a root reads its layout and the shards' accounts (their reserves stand until each
+   * reports again) and its own pool takes the share it had; a shard enforces the share it kept
+   * (0 on its first start) until the root answers its first report.
+   */
+  private loadShares(pool: PoolState): Effects | null {
+    if (this.identity?.shard === ROOT_SHARD) {
+      const kept = this.store.readMeta("shares");
+      this.root = createRoot(pool.config.limit, this.layout(), kept === null ? null : JSON.parse(kept));
+      if (sharing(this.root)) pool.share = this.root.accounts.get(ROOT_SHARD)?.share ?? 0;
+    } else if (this.identity !== null) {
+      const kept = this.store.readMeta("share");
+      const { share, limit } =
+        kept === null ? { share: 0, limit: 1 } : (JSON.parse(kept) as { share: number; limit: number });
+      this.side = createShardSide(share);
+      return applyShare(pool, configFromEnv(this.env), limit, share, Date.now());
+    }
+    return null;
   }
 
   /**
-   * A sharded client names the part this object is. Applied once (one transition, persisted in
-   * meta) and again only if the client's split changes, e.g. a new LEASE_SHARDS. An operator's
-   * limit override still wins: it is the operator's word for this object.
+   * Learns this object's name where the runtime does not tell it (`ctx.id.name` unset): a caller's
+   * word counts only if the id derived from it is this object's id, so no caller can make it
+   * another object. Kept in meta; a shard then starts from no share, a root from its layout.
    */
-  private applyShard(pool: PoolState, ref: ShardRef): void {
-    if (typeof ref !== "object" || ref === null)
-      throw new LeaseError("INVALID_ARGUMENT", expected("shard", "an object { index, count }", ref));
-    // Validated on every call, also when it matches what is persisted.
-    const next = shardConfig(configFromEnv(this.env), ref.index, ref.count);
-    const key = `${ref.index}/${ref.count}`;
-    if (key === this.shard) return;
-    const fx = reconfigure(pool, { ...next, limit: pool.limitOverride ?? next.limit }, Date.now());
-    this.store.writeMeta("shard", key);
-    this.shard = key;
+  private identify(name: unknown): void {
+    if (this.identity !== null || typeof name !== "string" || name === "" || name.length > 256) return;
+    if (!this.env.COORDINATOR_DO?.idFromName(name).equals(this.ctx.id)) return;
+    this.store.writeMeta("name", name);
+    this.identity = shardOf(name);
+    const fx = this.loadShares(this.requirePool());
+    if (fx) void this.afterStep({ answer: null, effects: fx });
+  }
+
+  /** The root's layout: an operator's (kept in meta), else `LEASE_SHARDS` from this object's env, split by demand. */
+  private layout(): Layout {
+    const kept = this.store.readMeta("layout");
+    if (kept !== null) return checkLayout(JSON.parse(kept) as Layout);
+    return { count: intFromEnv("LEASE_SHARDS", this.env.LEASE_SHARDS, 1, 1, 1024), split: "demand" };
+  }
+
+  /**
+   * After every transition: a shard notes its demand and reports when one is due (callers wait
+   * with its share used up, or the periodic report); the root's own pool takes a new share at
+   * once when its callers wait with its share used up. No storage and no call on this path
+   * otherwise.
+   */
+  private shareStep(pool: PoolState): void {
+    const held = pool.leases.size;
+    const waiting = pool.queue.length;
+    const now = Date.now();
+    const short = waiting > 0 && held >= capacity(pool);
+    if (this.side) {
+      notePeak(this.side, held, waiting);
+      if (reportDue(this.side, held, waiting, now)) void this.sendReport();
+      else if (short && !this.side.inFlight) this.shareSoon(this.side.reportedAt + EAGER_REPORT_GAP_MS - now);
+    } else if (this.root && sharing(this.root)) {
+      if (held + waiting > this.ownPeak) this.ownPeak = held + waiting;
+      if (short && now - this.ownSharedAt >= EAGER_REPORT_GAP_MS) this.shareOwn(pool);
+      else if (short) this.shareSoon(this.ownSharedAt + EAGER_REPORT_GAP_MS - now);
+    }
+  }
+
+  /** Callers wait for want of a share and the last report was just now: look again in `ms` (one timer at a time). */
+  private shareSoon(ms: number): void {
+    if (this.shareTimer !== undefined) return;
+    this.shareTimer = setTimeout(
+      () => {
+        this.shareTimer = undefined;
+        if (this.pool) this.shareStep(this.pool);
+      },
+      Math.max(1, ms),
+    );
+  }
+
+  /** The root's own pool takes its share now (kept with the accounts before any answer leaves). */
+  private shareOwn(pool: PoolState): void {
+    const root = this.root!;
+    const now = Date.now();
+    setRootLimit(root, pool.config.limit);
+    const fx = shareOwn(root, pool, this.ownPeak, now);
+    this.ownPeak = pool.leases.size + pool.queue.length;
+    this.ownSharedAt = now;
+    this.store.writeMeta("shares", JSON.stringify(rootSnapshot(root)));
     void this.afterStep({ answer: null, effects: fx });
+  }
+
+  /**
+   * A shard's report to its root, one at a time. The answer is kept (meta, before any grant it
+   * allows is answered) and applied; a failed call leaves the share in force. The next report is
+   * due in `REPORT_EVERY_MS` while the shard has a share, leases or callers (an alarm, so an
+   * evicted shard still gives its share back).
+   */
+  private async sendReport(): Promise<void> {
+    const side = this.side!;
+    const pool = this.requirePool();
+    const sent = takeReport(side, this.identity!.shard, pool.leases.size, pool.queue.length, Date.now());
+    let answer: ShareAnswer;
+    try {
+      const ns = this.env.COORDINATOR_DO;
+      if (!ns) {
+        throw new LeaseError(
+          "INVALID_CONFIG",
+          "A shard reaches its pool's root through the `COORDINATOR_DO` binding (this class's own namespace)",
+        );
+      }
+      answer = await ns.getByName(this.identity!.pool).shareReport(sent, this.identity!.pool);
+    } catch (error) {
+      answer = failureOf(error);
+    }
+    if (answer.ok) {
+      this.store.writeMeta("share", JSON.stringify({ share: answer.share, limit: answer.limit }));
+      settleReport(side, answer.share);
+      this.reportFailure = null;
+      void this.afterStep({
+        answer: null,
+        effects: applyShare(pool, configFromEnv(this.env), answer.limit, answer.share, Date.now()),
+      });
+    } else {
+      settleReport(side, null);
+      this.reportFailure = `${answer.code}: ${answer.message}`;
+    }
+    const idle = pool.leases.size === 0 && pool.queue.length === 0 && side.peak === 0;
+    if (idle && side.enforced === 0) return;
+    // The next report: a timer while the object lives, and an alarm in case it is evicted first.
+    const inMs = idle ? IDLE_REPORT_EVERY_MS : REPORT_EVERY_MS;
+    clearTimeout(this.reportTimer);
+    this.reportTimer = setTimeout(() => {
+      this.reportTimer = undefined;
+      if (this.side && !this.side.inFlight) void this.sendReport();
+    }, inMs);
+    await this.ctx.storage.setAlarm(Date.now() + inMs + REPORT_EVERY_MS).catch(() => {});
+  }
+
+  /**
+   * The root: a shard's report (see `src/core/shares.ts`). Answers the shard's share of the
+   * global limit; the accounts are kept (the output gate holds the answer until they are durable),
+   * so a restarted root still counts every share it gave. Not an application's call.
+   *
+   * @example
+   * const answer = await env.COORDINATOR_DO.getByName("main").shareReport({ shard: "0", enforced: 2, held: 2, peak: 5 });
+   */
+  async shareReport(r: ShareReport, name?: string): Promise<ShareAnswer> {
+    try {
+      this.identify(name);
+      if (!this.root) {
+        throw new LeaseError(
+          "INVALID_ARGUMENT",
+          "Only a pool's root object (named after the pool) takes shard reports",
+        );
+      }
+      const pool = this.requirePool();
+      const root = this.root;
+      setRootLimit(root, pool.config.limit);
+      const { share, effects, ask } = report(root, pool, this.ownPeak, r, Date.now());
+      this.ownPeak = pool.leases.size + pool.queue.length;
+      this.ownSharedAt = Date.now();
+      this.store.writeMeta("shares", JSON.stringify(rootSnapshot(root)));
+      void this.afterStep({ answer: null, effects });
+      this.askReports(ask);
+      return { ok: true, share, limit: root.limit };
+    } catch (error) {
+      return failureOf(error);
+    }
+  }
+
+  /** The root asks shards above their target to report now (at most once per `EAGER_REPORT_GAP_MS` each). */
+  private askReports(keys: readonly string[]): void {
+    const ns = this.env.COORDINATOR_DO;
+    if (!ns || !this.identity || keys.length === 0) return;
+    const now = Date.now();
+    for (const key of keys) {
+      if (now - (this.askedAt.get(key) ?? 0) < EAGER_REPORT_GAP_MS) continue;
+      this.askedAt.set(key, now);
+      // Not awaited and never failing the report: the shard's periodic report is the fallback.
+      ns.getByName(`${this.identity.pool}#${key}`)
+        .reportNow()
+        .catch(() => {});
+    }
+  }
+
+  /**
+   * A shard: its root needs slots back, so it reports now (if none is in flight and the last was
+   * more than `EAGER_REPORT_GAP_MS` ago). Not an application's call.
+   *
+   * @example
+   * await env.COORDINATOR_DO.getByName("main#2").reportNow();
+   */
+  async reportNow(): Promise<void> {
+    const side = this.side;
+    if (!side || side.inFlight || Date.now() - side.reportedAt < EAGER_REPORT_GAP_MS) return;
+    await this.sendReport();
+  }
+
+  /**
+   * An operator's layout for a sharded pool (on its root): how many shard objects (`${pool}#i`)
+   * it plans for and how it splits the limit (`demand` or `even`); `null` returns to
+   * `LEASE_SHARDS` split by demand. Kept across restarts. A change revokes nothing: a shard's
+   * share shrinks only as it gives slots back, and grows only into what the others returned.
+   *
+   * `name`: the name the object was reached by, for a runtime that does not tell an object its own.
+   *
+   * @example
+   * await stub.setLayout({ count: 4, split: "demand" }, "main");
+   */
+  async setLayout(layout: Layout | null, name?: string): Promise<LayoutResult> {
+    try {
+      this.identify(name);
+      if (!this.root) {
+        throw new LeaseError("INVALID_ARGUMENT", "A layout is set on a pool's root object (named after the pool)");
+      }
+      const next = layout === null ? null : checkLayout(layout);
+      this.store.writeMeta("layout", next === null ? null : JSON.stringify(next));
+      this.root.layout = this.layout();
+      return { ok: true, layout: this.root.layout };
+    } catch (error) {
+      return failureOf(error);
+    }
+  }
+
+  /** Stats with the share this object enforces (a shard) or every shard's (the root). */
+  private withShares(s: PoolStats, pool: PoolState): PoolStats {
+    const now = Date.now();
+    if (this.side)
+      return { ...s, share: { share: this.side.enforced, peak: this.side.peak, failure: this.reportFailure } };
+    if (!this.root) return s;
+    const shared = sharing(this.root);
+    if (!shared && this.root.layout.count === 1) return s;
+    setRootLimit(this.root, pool.config.limit);
+    return {
+      ...s,
+      ...(shared ? { share: { share: pool.share ?? pool.config.limit, peak: this.ownPeak, failure: null } } : {}),
+      shares: { limit: this.root.limit, layout: this.root.layout, shards: sharesView(this.root, now) },
+    };
   }
 
   private requirePool(): PoolState {
@@ -237,6 +501,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
     }
     this.timer.arm(this.waiters.wakeAt(pool));
     this.changed();
+    this.shareStep(pool);
     return durable;
   }
 
@@ -300,6 +565,9 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
   override async alarm(): Promise<void> {
     if (!this.pool) return;
     await this.afterStep({ answer: null, effects: tick(this.pool, Date.now()) });
+    // A shard's periodic report when its timer did not run (the object was evicted meanwhile).
+    if (this.side && !this.side.inFlight && Date.now() - this.side.reportedAt >= REPORT_EVERY_MS)
+      await this.sendReport();
   }
 
   /**
@@ -342,8 +610,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
   /** One acquire; with `queue` false, `null` instead of waiting or being shed. */
   private async acquireOne(options: AcquireOptions, queue: boolean): Promise<AcquireResult | null> {
     const pool = this.requirePool();
-    if (typeof options === "object" && options !== null && options.shard !== undefined)
-      this.applyShard(pool, options.shard);
+    if (typeof options === "object" && options !== null) this.identify(options.object);
     const leaseId = crypto.randomUUID();
     const { step, durable } = this.run(steps.acquire(leaseId, options, queue, this.verify));
     const answer = step.answer;
@@ -430,10 +697,9 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
    * @example
    * const { held, limit } = await stub.stats();
    */
-  async stats(shard?: ShardRef): Promise<PoolStats> {
-    // A sharded client names the part, so a shard not yet used shows its part, not LEASE_LIMIT.
-    if (shard !== undefined) this.applyShard(this.requirePool(), shard);
-    return stats(this.requirePool(), Date.now());
+  async stats(): Promise<PoolStats> {
+    const pool = this.requirePool();
+    return this.withShares(stats(pool, Date.now()), pool);
   }
 
   // ── Operator controls. Each is one transition, persisted before it answers (rare, so it may wait). ──
@@ -469,6 +735,12 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
    */
   async setLimit(limit: number | null): Promise<ControlResult> {
     try {
+      if (this.side) {
+        throw new LeaseError(
+          "INVALID_ARGUMENT",
+          "A shard's limit is its share of the pool's limit: set the limit on the pool's root object",
+        );
+      }
       return await this.operator(guarded(steps.setLimit(limit, this.baseConfig().limit)));
     } catch (error) {
       return failureOf(error);
@@ -521,9 +793,8 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
    * @example
    * const { paused, reconciliation } = await stub.operatorStats();
    */
-  async operatorStats(shard?: ShardRef): Promise<OperatorStats> {
+  async operatorStats(): Promise<OperatorStats> {
     const pool = this.requirePool();
-    if (shard !== undefined) this.applyShard(pool, shard);
     const reconciliation = this.store.readMeta("reconciliation");
     const learns = learnSettingsFromEnv(this.env) !== null;
     const { limit: _, ...learning } = learns
@@ -536,7 +807,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
           learnFailure: null,
         };
     return {
-      ...stats(pool, Date.now()),
+      ...this.withShares(stats(pool, Date.now()), pool),
       limitOverride: pool.limitOverride,
       ...learning,
       reconciliation: reconciliation === null ? null : (JSON.parse(reconciliation) as Reconciliation),
@@ -567,6 +838,8 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
     const learn = learnSettingsFromEnv(this.env);
     if (learn === null) return false;
     const now = Date.now();
+    // A sharded pool's limit is learned by its root alone.
+    if (this.side) return false;
     if (this.learned && now - this.learned.learnedAt < learn.intervalMs) return false;
     if (this.learnClaimedAt !== null && now - this.learnClaimedAt < 30_000) return false;
     this.learnClaimedAt = now;
@@ -586,6 +859,7 @@ export class ConnectionCoordinator extends DurableObject<CoordinatorEnv> impleme
    */
   async learnLimit(reading: RoomReading): Promise<LearnResult> {
     try {
+      if (this.side) throw new LeaseError("INVALID_ARGUMENT", "A sharded pool's limit is learned by its root object");
       const learn = learnSettingsFromEnv(this.env);
       if (learn === null) throw new LeaseError("INVALID_ARGUMENT", FIXED_LIMIT);
       const now = Date.now();

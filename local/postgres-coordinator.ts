@@ -20,7 +20,6 @@ import {
   type RenewResult,
   type RevokeResult,
   type RoomReading,
-  type ShardRef,
   FIXED_LIMIT,
   LeaseError,
   checkReading,
@@ -112,24 +111,6 @@ const ABORTED: Failure = {
   message: "The caller gave up the wait (its signal aborted)",
   retryAfterMs: 0,
 };
-
-/**
- * A pool here is never split: one pool already spans every process that names it. A part of it
- * would be taken for the whole (the limit multiplied by the parts), so only the whole is accepted.
- */
-function wholePool(shard: ShardRef | undefined): void {
-  if (shard === undefined) return;
-  const what =
-    "none or the whole pool { index: 0, count: 1 } (a PostgresCoordinator pool spans every process and is never split)";
-  if (typeof shard !== "object" || shard === null)
-    throw new LeaseError("INVALID_ARGUMENT", expected("shard", what, shard));
-  if (shard.index !== 0 || shard.count !== 1) {
-    throw new LeaseError(
-      "INVALID_ARGUMENT",
-      `Expected \`shard\` to be ${what}, got shard ${String(shard.index)} of ${String(shard.count)}`,
-    );
-  }
-}
 
 /**
  * A {@link CoordinatorBackend} for Node and Deno: the same engine as the Durable Object (`src/core/`
@@ -385,11 +366,6 @@ export class PostgresCoordinator implements CoordinatorBackend {
   async acquire(options: AcquireOptions = {}, signal?: AbortSignal): Promise<AcquireResult> {
     if (this.#closed) return CLOSED;
     if (signal?.aborted) return ABORTED;
-    try {
-      wholePool(options?.shard);
-    } catch (error) {
-      return failureOf(error);
-    }
     await this.ready();
     const leaseId = crypto.randomUUID();
     // Parked before the transaction: a grant by another process can be announced before our own
@@ -456,14 +432,12 @@ export class PostgresCoordinator implements CoordinatorBackend {
   }
 
   /**
-   * The pool's live state across all processes (a read: nothing is reaped by looking). A
-   * `shard` other than the whole pool throws `INVALID_ARGUMENT`: see {@link CoordinatorBackend.stats}.
+   * The pool's live state across all processes (a read: nothing is reaped by looking).
    *
    * @example
    * const { held, waiting, counters } = await coordinator.stats();
    */
-  async stats(shard?: ShardRef): Promise<PoolStats> {
-    wholePool(shard);
+  async stats(): Promise<PoolStats> {
     return stats((await this.#read()).state, Date.now());
   }
 
@@ -560,8 +534,7 @@ export class PostgresCoordinator implements CoordinatorBackend {
    * @example
    * const { paused, limitOverride, reconciliation } = await coordinator.operatorStats();
    */
-  async operatorStats(shard?: ShardRef): Promise<OperatorStats> {
-    wholePool(shard);
+  async operatorStats(): Promise<OperatorStats> {
     const [{ state, reconciliation }, record] = await Promise.all([
       this.#read(),
       this.#learn ? readRecord(this.#sql, this.pool) : null,

@@ -21,18 +21,14 @@ import {
   type ReleaseResult,
   type RenewResult,
   type RevokeResult,
-  type ShardRef,
   LeaseError,
   checkBatch,
   checkInt,
   compareConnections,
   configFromEnv,
-  expected,
   isLeaseError,
   nextExpiryAt,
-  reconfigure,
   restore,
-  shardConfig,
   snapshot,
   stats,
   tick,
@@ -79,8 +75,6 @@ export class DurableRowsCoordinator extends DurableObject<CoordinatorEnv> {
   private readonly timer = new WakeTimer(() => this.onTimer());
   /** The alarm time we last stored; the alarm only has to be early enough, never exact. */
   private alarmAt: number | null = null;
-  /** Shard `index/count` as persisted in meta, or null for an unsharded pool. */
-  private shard: string | null = null;
   /** Lease rows to write at the next flush, by id: the lease to upsert, or null to delete. */
   private readonly staged = new Map<string, Lease | null>();
   private readonly commits = new GroupCommit<Flush>((take) => this.flush(take));
@@ -98,8 +92,6 @@ export class DurableRowsCoordinator extends DurableObject<CoordinatorEnv> {
   private load(): void {
     const { leases, snapshot: snap } = this.store.load();
     try {
-      // A shard enforces its part of LEASE_LIMIT (persisted when a sharded client first said so).
-      this.shard = this.store.readMeta("shard");
       this.pool = restore(this.baseConfig(), snap, leases);
     } catch (error) {
       this.configError = isLeaseError(error) ? error : new LeaseError("INVALID_CONFIG", String(error));
@@ -109,30 +101,9 @@ export class DurableRowsCoordinator extends DurableObject<CoordinatorEnv> {
     void this.afterStep({ answer: null, effects: tick(this.pool, Date.now()) });
   }
 
-  /** LEASE_* from env, split to this object's part when it is a shard. */
+  /** LEASE_* from env. */
   private baseConfig() {
-    const config = configFromEnv(this.env);
-    if (this.shard === null) return config;
-    const [index, count] = this.shard.split("/").map(Number);
-    return shardConfig(config, index!, count!);
-  }
-
-  /**
-   * A sharded client names the part this object is. Applied once (one transition, persisted in
-   * meta) and again only if the client's split changes, e.g. a new LEASE_SHARDS. An operator's
-   * limit override still wins: it is the operator's word for this object.
-   */
-  private applyShard(pool: PoolState, ref: ShardRef): void {
-    if (typeof ref !== "object" || ref === null)
-      throw new LeaseError("INVALID_ARGUMENT", expected("shard", "an object { index, count }", ref));
-    // Validated on every call, also when it matches what is persisted.
-    const next = shardConfig(configFromEnv(this.env), ref.index, ref.count);
-    const key = `${ref.index}/${ref.count}`;
-    if (key === this.shard) return;
-    const fx = reconfigure(pool, { ...next, limit: pool.limitOverride ?? next.limit }, Date.now());
-    this.store.writeMeta("shard", key);
-    this.shard = key;
-    void this.afterStep({ answer: null, effects: fx });
+    return configFromEnv(this.env);
   }
 
   private requirePool(): PoolState {
@@ -257,8 +228,6 @@ export class DurableRowsCoordinator extends DurableObject<CoordinatorEnv> {
   /** One acquire; with `queue` false, `null` instead of waiting or being shed. */
   private async acquireOne(options: AcquireOptions, queue: boolean): Promise<AcquireResult | null> {
     const pool = this.requirePool();
-    if (typeof options === "object" && options !== null && options.shard !== undefined)
-      this.applyShard(pool, options.shard);
     const leaseId = crypto.randomUUID();
     const { step, written } = this.run(steps.acquire(leaseId, options, queue));
     const answer = step.answer;
@@ -333,9 +302,7 @@ export class DurableRowsCoordinator extends DurableObject<CoordinatorEnv> {
    * @example
    * const { held, limit } = await stub.stats();
    */
-  async stats(shard?: ShardRef): Promise<PoolStats> {
-    // A sharded client names the part, so a shard not yet used shows its part, not LEASE_LIMIT.
-    if (shard !== undefined) this.applyShard(this.requirePool(), shard);
+  async stats(): Promise<PoolStats> {
     return stats(this.requirePool(), Date.now());
   }
 
@@ -411,9 +378,8 @@ export class DurableRowsCoordinator extends DurableObject<CoordinatorEnv> {
    * @example
    * const { paused, reconciliation } = await stub.operatorStats();
    */
-  async operatorStats(shard?: ShardRef): Promise<OperatorStats> {
+  async operatorStats(): Promise<OperatorStats> {
     const pool = this.requirePool();
-    if (shard !== undefined) this.applyShard(pool, shard);
     const reconciliation = this.store.readMeta("reconciliation");
     return {
       ...stats(pool, Date.now()),

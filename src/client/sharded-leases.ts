@@ -76,8 +76,8 @@ export interface IsolateShards {
 export interface IsolateShardsOptions {
   /** Coordinator objects the pool's limit is split across (`LEASE_SHARDS`). At most the limit. */
   shards: number;
-  /** The pool's global limit (`LEASE_LIMIT`). */
-  limit: number;
+  /** The pool's global limit (`LEASE_LIMIT`), when fixed: the shards may not outnumber it. */
+  limit?: number | undefined;
   /** Most leases this isolate holds or asks for at once (`LEASE_BLOCK`); 0 = no batching. */
   maxBlock?: number | undefined;
   /** How long a block lease may idle before it goes back, ms (`LEASE_BLOCK_IDLE_MS`). */
@@ -97,7 +97,10 @@ export interface IsolateShardsOptions {
  * const kept = createIsolateShards({ shards: 4, limit: 40, maxBlock: 4, idleMs: 20 }); // module scope
  */
 export function createIsolateShards(options: IsolateShardsOptions): IsolateShards {
-  const limit = checkInt("LEASE_LIMIT", options.limit, 1, Number.MAX_SAFE_INTEGER, "INVALID_CONFIG");
+  const limit =
+    options.limit === undefined
+      ? 1024
+      : checkInt("LEASE_LIMIT", options.limit, 1, Number.MAX_SAFE_INTEGER, "INVALID_CONFIG");
   const count = checkInt("LEASE_SHARDS", options.shards, 1, Math.min(1024, limit), "INVALID_CONFIG");
   const maxBlock = checkInt("LEASE_BLOCK", options.maxBlock ?? 0, 0, 1000, "INVALID_CONFIG");
   const idleMs = checkInt("LEASE_BLOCK_IDLE_MS", options.idleMs ?? DEFAULT_BLOCK_IDLE_MS, 0, 60_000, "INVALID_CONFIG");
@@ -144,6 +147,11 @@ export interface ShardedLeasesOptions {
    * its TTL (idle block leases are released in the background, often on an older stub).
    */
   reconnect?: ((index: number) => Coordinator) | undefined;
+  /**
+   * The pool's root object (named after the pool), when it is not one of `coordinators`: its stats
+   * carry the global limit and every shard's share and demand.
+   */
+  root?: Coordinator | undefined;
   /** Shard choice randomness; `Math.random` by default. */
   random?: (() => number) | undefined;
   /** The pool's name, for `NESTED_LEASE` (see `LeasesOptions.pool`). */
@@ -170,15 +178,16 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
 /**
  * Leases from a pool split across N coordinator objects, with optional per-isolate batching.
  *
- * Each shard enforces its part of the limit (`shardConfig`; the acquire tells the object which
- * part it is), so the sum of held leases across shards never exceeds the global limit. A shard is
- * picked by power of two choices on the load the shards last reported. With a block
+ * Each shard enforces the share of the limit its pool's root gives it by demand
+ * (`src/core/shares.ts`), so the sum of held leases across shards never exceeds the global limit;
+ * the client only picks a shard, by power of two choices on the load the shards last reported,
+ * and names the object it calls (`pool`), for a runtime that does not tell an object its name. With a block
  * (`maxBlock` > 0), a finished lease stays in the isolate for `idleMs` and serves the next local
  * request without a round trip; idle ones go back in the background (the TTL covers isolate death).
  *
  * @example
- * const kept = createIsolateShards({ shards: 4, limit: 40 }); // module scope
- * const leases = new ShardedLeases({ coordinators: names.map((n) => ns.getByName(n)), isolate: kept, waitMs: 5000 });
+ * const kept = createIsolateShards({ shards: 4 }); // module scope
+ * const leases = new ShardedLeases({ coordinators: names.map((n) => ns.getByName(n)), isolate: kept, waitMs: 5000, pool: "main" });
  * const lease = await leases.acquire(); try { work(); } finally { await leases.release(lease); }
  */
 export class ShardedLeases implements LeaseClient {
@@ -220,11 +229,11 @@ export class ShardedLeases implements LeaseClient {
     const { isolate } = this.#o;
     let result: AcquireResult;
     try {
-      result = await this.#coordinators[shard]!.acquire({
-        ...coordinatorRequest(options, this.#o.holder ?? "", this.claimMs),
-        // Unsharded pools send nothing: one object keeps today's whole-limit config.
-        shard: isolate.count === 1 ? undefined : { index: shard, count: isolate.count },
-      });
+      const request = coordinatorRequest(options, this.#o.holder ?? "", this.claimMs);
+      // The object's name, for a runtime that does not tell an object its own (it checks it against its id).
+      const pool = this.#o.pool;
+      const object = pool === undefined || isolate.count === 1 ? undefined : shardName(pool, shard, isolate.count);
+      result = await this.#coordinators[shard]!.acquire(object === undefined ? request : { ...request, object });
     } catch (error) {
       isolate.downUntil[shard] = Date.now() + SHARD_RETRY_AFTER_MS;
       throw isLeaseError(error) ? error : unavailable(error);
@@ -443,10 +452,8 @@ export class ShardedLeases implements LeaseClient {
   async stats(): Promise<PoolStats & { shards: PoolStats[] }> {
     let all: PoolStats[];
     try {
-      const count = this.#o.isolate.count;
-      all = await Promise.all(
-        this.#coordinators.map((c, index) => c.stats(count === 1 ? undefined : { index, count })),
-      );
+      const root = this.#o.root;
+      all = await Promise.all([...this.#coordinators, ...(root ? [root] : [])].map((c) => c.stats()));
     } catch (error) {
       throw isLeaseError(error) ? error : unavailable(error);
     }
@@ -455,8 +462,10 @@ export class ShardedLeases implements LeaseClient {
 }
 
 /**
- * One snapshot for a sharded pool: counts, limits and counters summed, the oldest wait the
- * largest, percentiles read from the summed histograms.
+ * One snapshot for a sharded pool, every field merged on purpose: the limit is the root's global
+ * one (else the shards' limits summed), counts and counters summed, the oldest wait and the
+ * longest deadline and TTL the largest, percentiles read from the summed histograms, paused or
+ * recovering where any shard is, and the root's shares as they are.
  *
  * @example
  * mergeStats(await Promise.all(stubs.map((s) => s.stats()))).held
@@ -464,6 +473,7 @@ export class ShardedLeases implements LeaseClient {
 export function mergeStats(list: readonly PoolStats[]): PoolStats {
   const first = list[0]!;
   const sum = (f: (s: PoolStats) => number) => list.reduce((a, s) => a + f(s), 0);
+  const most = (f: (s: PoolStats) => number) => Math.max(...list.map(f));
   const counters = {} as Counters;
   for (const k of Object.keys(first.counters) as Array<keyof Counters>) counters[k] = sum((s) => s.counters[k]);
   const counts = first.waitHistogram.counts.map((_, i) => sum((s) => s.waitHistogram.counts[i] ?? 0));
@@ -472,17 +482,22 @@ export function mergeStats(list: readonly PoolStats[]): PoolStats {
     counts,
     count: sum((s) => s.waitTimeMs.count),
     sum: sum((s) => s.waitTimeMs.sum),
-    max: Math.max(...list.map((s) => s.waitTimeMs.max)),
+    max: most((s) => s.waitTimeMs.max),
   };
-  return {
-    ...first,
-    limit: sum((s) => s.limit),
+  const shares = list.find((s) => s.shares !== undefined)?.shares;
+  const recovering = list.filter((s) => s.recovery !== null);
+  const shared = list.filter((s) => s.share !== undefined);
+  // Every field of PoolStats is named here: a new one is a compile error until it is merged.
+  const merged: { [K in keyof Required<PoolStats>]: PoolStats[K] } = {
+    limit: shares?.limit ?? sum((s) => s.limit),
     effectiveLimit: sum((s) => s.effectiveLimit),
     reserved: sum((s) => s.reserved),
     held: sum((s) => s.held),
     waiting: sum((s) => s.waiting),
-    maxWaitMs: Math.max(...list.map((s) => s.maxWaitMs)),
+    maxWaitMs: most((s) => s.maxWaitMs),
     maxQueue: sum((s) => s.maxQueue),
+    waitMs: most((s) => s.waitMs),
+    leaseTtlMs: most((s) => s.leaseTtlMs),
     counters,
     waitTimeMs: {
       p50: percentile(hist, 0.5),
@@ -496,8 +511,25 @@ export function mergeStats(list: readonly PoolStats[]): PoolStats {
     leases: list.flatMap((s) => s.leases),
     paused: list.some((s) => s.paused),
     // The mode is the pool's; newest-first is in force where any shard has a standing queue.
-    queue: { ...first.queue, lifo: list.some((s) => s.queue?.lifo === true) },
+    queue: { mode: first.queue.mode, lifo: list.some((s) => s.queue?.lifo === true) },
+    recovery:
+      recovering.length === 0
+        ? null
+        : {
+            endsInMs: Math.max(...recovering.map((s) => s.recovery!.endsInMs)),
+            recovered: recovering.reduce((a, s) => a + s.recovery!.recovered, 0),
+          },
+    share:
+      shared.length === 0
+        ? undefined
+        : {
+            share: shared.reduce((a, s) => a + s.share!.share, 0),
+            peak: shared.reduce((a, s) => a + s.share!.peak, 0),
+            failure: shared.map((s) => s.share!.failure).find((f) => f !== null) ?? null,
+          },
+    shares,
   };
+  return merged;
 }
 
 /**

@@ -294,7 +294,8 @@ export function poolSettings(env: PoolEnv): PoolSettings {
   return {
     name,
     config,
-    shards: intFromEnv("LEASE_SHARDS", env.LEASE_SHARDS, 1, 1, Math.min(1024, limit)),
+    // With `auto` the limit moves: the root shares whatever it learns among however many shards.
+    shards: intFromEnv("LEASE_SHARDS", env.LEASE_SHARDS, 1, 1, learn ? 1024 : Math.min(1024, limit)),
     blockMax: intFromEnv("LEASE_BLOCK", env.LEASE_BLOCK, 0, 0, 1000),
     blockIdleMs: intFromEnv("LEASE_BLOCK_IDLE_MS", env.LEASE_BLOCK_IDLE_MS, DEFAULT_BLOCK_IDLE_MS, 0, 60_000),
     locationHint: text(env.LEASE_LOCATION_HINT) || undefined,
@@ -368,20 +369,6 @@ export const LEARN_DEFAULTS = {
 } as const;
 
 /**
- * `LEASE_SHARDS` splits a fixed limit into parts; a learned one is not split (one coordinator
- * learns it). The fixed counts (`LEASE_RESERVED`, `LEASE_BATCH_MAX`, `LEASE_ADAPTIVE_FLOOR`) and
- * the lease block compose with `auto`: the counts are clamped to the limit in force.
- */
-function checkAutoCompatible(env: PoolEnv): void {
-  const shards = text(env.LEASE_SHARDS);
-  if (shards !== "" && shards !== "1")
-    throw new LeaseError(
-      "INVALID_CONFIG",
-      "`LEASE_SHARDS` cannot be combined with `LEASE_LIMIT=auto` (the learned limit moves; one coordinator learns it)",
-    );
-}
-
-/**
  * The learning settings of a pool with `LEASE_LIMIT=auto`, or null for a fixed limit.
  * `LEASE_HEADROOM` (default 2), `LEASE_LIMIT_MAX` (default none), `LEASE_LEARN_INTERVAL_MS`
  * (default 10000) are checked either way; a malformed one fails with `INVALID_CONFIG`.
@@ -402,6 +389,5 @@ export function learnSettingsFromEnv(env: PoolEnv): LearnSettings | null {
     ),
   };
   if (text(env.LEASE_LIMIT).toLowerCase() !== "auto") return null;
-  checkAutoCompatible(env);
   return settings;
 }

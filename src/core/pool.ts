@@ -127,7 +127,7 @@ function checkTtl(state: PoolState, ttlMs: unknown): number {
 function retryAfterMs(state: PoolState): number {
   const meanHold = state.holdCount === 0 ? 100 : state.holdMsSum / state.holdCount;
   const ahead = state.queue.length + 1;
-  return Math.min(30_000, Math.max(50, Math.ceil((meanHold * ahead) / capacity(state))));
+  return Math.min(30_000, Math.max(50, Math.ceil((meanHold * ahead) / Math.max(1, capacity(state)))));
 }
 
 function grantTo(

@@ -1,7 +1,7 @@
 import { type ErrorCode, LeaseError, expected } from "./errors.ts";
 import type { AcquireRequest, LeaseRef, Priority } from "./types.ts";
 import type { Reconciliation } from "./reconcile.ts";
-import type { ShardLoad, ShardRef } from "./shard.ts";
+import type { ShardLoad } from "./shard.ts";
 
 /**
  * What crosses a process or RPC boundary. Errors lose their class and fields over Durable Object
@@ -114,7 +114,7 @@ export function checkBatch<T>(name: string, items: readonly T[]): readonly T[] {
  * The fields of an acquire that travel from a caller to the core unchanged, declared once: the
  * client forwards them (`coordinatorRequest`), the engine hands them to the core (`steps.acquire`).
  * The check below stops the build while a field of `AcquireOptions` is neither listed nor one the
- * coordinator handles itself (`shard`, `release`).
+ * coordinator handles itself (`release`, `object`).
  *
  * @example
  * const fields = requestFields(options); // only the keys in ACQUIRE_REQUEST_KEYS
@@ -127,7 +127,7 @@ export const ACQUIRE_REQUEST_KEYS = [
   "priority",
   "tenant",
 ] as const satisfies readonly (keyof AcquireOptions & keyof AcquireRequest)[];
-const everyRequestKey: [Exclude<Unlisted<AcquireOptions, typeof ACQUIRE_REQUEST_KEYS>, "shard" | "release">] extends [
+const everyRequestKey: [Exclude<Unlisted<AcquireOptions, typeof ACQUIRE_REQUEST_KEYS>, "release" | "object">] extends [
   never,
 ]
   ? true
@@ -138,7 +138,7 @@ void everyRequestKey;
  * The listed fields of an acquire's options (absent ones left out).
  *
  * @example
- * requestFields({ holder: "a", waitMs: 0, shard }) // { holder: "a", waitMs: 0 }
+ * requestFields({ holder: "a", waitMs: 0, release: [] }) // { holder: "a", waitMs: 0 }
  */
 export function requestFields(options: AcquireOptions): Pick<AcquireOptions, (typeof ACQUIRE_REQUEST_KEYS)[number]> {
   const out: Record<string, unknown> = {};
@@ -165,10 +165,12 @@ export interface AcquireOptions {
   /** Fairness key (customer, API key): tenants take turns for slots within a class. */
   tenant?: string | undefined;
   /**
-   * Sent by a sharded client (`ShardedLeases`): the object is shard `index` of `count` and
-   * enforces its part of the limit (`shardConfig`), persisted once, kept across restarts.
+   * The name the caller reached the object by (`idFromName`), sent by a sharded client: an object
+   * the runtime does not tell its own name checks it against its id and keeps it, so it knows
+   * whether it is a pool's root or shard `i` (`${pool}#${i}`). A name that does not derive the
+   * object's id is ignored.
    */
-  shard?: ShardRef | undefined;
+  object?: string | undefined;
   /**
    * Leases this call gives back before it asks (1 to `MAX_BATCH`): their holders finished, and a
    * client sends their releases with its next acquire instead of one call each (`Leases`'s

@@ -16,10 +16,11 @@ export const BASELINE_FALL_MS = 2_000;
  */
 export const NOISE_MS = 2;
 
-/** The limit in force now: the adaptive one when enabled, never above the configured maximum. */
+/** The limit in force now: the adaptive one when enabled, never above the configured maximum, nor a shard's share. */
 export function capacity(state: PoolState): number {
   const max = state.config.limit;
-  return state.adaptive ? Math.max(1, Math.min(max, Math.floor(state.adaptive.limit))) : max;
+  const own = state.adaptive ? Math.max(1, Math.min(max, Math.floor(state.adaptive.limit))) : max;
+  return state.share === undefined ? own : Math.min(own, state.share);
 }
 
 function batchHeld(state: PoolState): number {

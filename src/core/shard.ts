@@ -1,5 +1,4 @@
 import { checkInt } from "./config.ts";
-import type { PoolConfig } from "./types.ts";
 
 /**
  * Splits a pool's global limit across `shards` coordinator objects. The parts sum to exactly
@@ -44,40 +43,19 @@ export function pickShard(loads: readonly ShardLoad[], a: number, b: number): nu
   return pressure(lb) < pressure(la) ? b : a;
 }
 
-/** Which part of a sharded pool a coordinator object is: shard `index` of `count`. */
-export interface ShardRef {
-  index: number;
-  count: number;
-}
-
-function partOf(total: number, index: number, count: number): number {
-  return Math.floor(total / count) + (index < total % count ? 1 : 0);
-}
-
 /**
- * The configuration shard `index` of `count` enforces: the limit split by `shardLimits`, and the
- * queue cap, reserved slots, batch cap and adaptive floor split the same way (clamped so each
- * shard's config stays valid). Waits and TTLs are per request and stay as they are. Every shard
- * needs a slot, so `count` may not exceed the limit (`INVALID_ARGUMENT`).
+ * What a coordinator object is, from its name: shard `index` of pool `pool` (`${pool}#${index}`),
+ * or the root of pool `name` (any other name; with one shard the root is the pool's only object).
+ * Null for an object without a name. The object reads its own name, so no caller can make it
+ * another part of another split.
  *
  * @example
- * shardConfig({ limit: 18, maxQueue: 1000, waitMs: 5000, leaseTtlMs: 30000 }, 3, 4).limit // 4
+ * shardOf("main#2") // { pool: "main", shard: "2" }
+ * shardOf("main") // { pool: "main", shard: "root" }
  */
-export function shardConfig(config: PoolConfig, index: number, count: number): PoolConfig {
-  checkInt("shards", count, 1, Math.min(1024, config.limit));
-  checkInt("shard", index, 0, count - 1);
-  if (count === 1) return config;
-  const limit = shardLimits(config.limit, count)[index]!;
-  const { reserved, batchMax, adaptive } = config;
-  return {
-    ...config,
-    limit,
-    maxQueue: partOf(config.maxQueue, index, count),
-    reserved: reserved === undefined ? undefined : Math.min(partOf(reserved, index, count), limit - 1),
-    batchMax: batchMax === undefined ? undefined : Math.min(partOf(batchMax, index, count), limit),
-    adaptive:
-      adaptive === undefined
-        ? undefined
-        : { ...adaptive, floor: Math.max(1, Math.min(limit, partOf(adaptive.floor, index, count))) },
-  };
+export function shardOf(name: string | undefined | null): { pool: string; shard: string } | null {
+  if (typeof name !== "string" || name === "") return null;
+  const m = /^(.+)#(\d{1,4})$/.exec(name);
+  if (m && Number(m[2]) < 1024 && String(Number(m[2])) === m[2]) return { pool: m[1]!, shard: m[2]! };
+  return { pool: name, shard: "root" };
 }

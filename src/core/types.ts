@@ -164,6 +164,11 @@ export interface PoolState {
   /** The limit an operator set, kept across restarts; null: `config.limit` is the configured one. */
   limitOverride: number | null;
   /**
+   * A shard of a pool whose root shares one limit (`src/core/shares.ts`): the most leases this
+   * pool may grant up to now, which may be 0. Undefined: not a shard, `config.limit` alone counts.
+   */
+  share?: number | undefined;
+  /**
    * After a restart that forgot its leases: until `until`, nothing is granted and the holders of
    * leases granted before the restart (fences below `recoverBelowFence`) re-register them by
    * renewing with a token that verifies. Undefined when the pool knows every lease it granted.
@@ -296,4 +301,41 @@ export interface PoolStats {
    * leases their holders re-registered so far; else null.
    */
   recovery: { endsInMs: number; recovered: number } | null;
+  /**
+   * A shard of a pool whose root shares one limit by demand (`src/core/shares.ts`): the share in
+   * force, the most held + waiting since its last report, and why its last report failed (null
+   * when it was answered). Absent on a pool that is not shared.
+   */
+  share?: { share: number; peak: number; failure: string | null } | undefined;
+  /** The root of a shared pool: the global limit, the layout and every shard's account. */
+  shares?: { limit: number; layout: Layout; shards: ShareView[] } | undefined;
+}
+
+/**
+ * How a root splits its limit among shards: `demand` (default) by each shard's demand, max-min
+ * fair, what no shard wants kept free at the root; `even` in equal fixed parts among the layout's shards.
+ */
+export const SHARE_SPLITS = ["demand", "even"] as const;
+export type ShareSplit = (typeof SHARE_SPLITS)[number];
+
+/** The shards a root plans for: `count` objects `${pool}#i` (1: the root's own pool alone), split `split`. */
+export interface Layout {
+  readonly count: number;
+  readonly split: ShareSplit;
+}
+
+/** One shard's line in a root's stats. */
+export interface ShareView {
+  /** `root` (the root's own pool) or the shard's index. */
+  readonly shard: string;
+  readonly share: number;
+  /** The most leases the shard may hold until it reports again: its share, or more while it gives slots back. */
+  readonly reserve: number;
+  /** The largest held + waiting it reported within the demand window. */
+  readonly demand: number;
+  readonly held: number;
+  /** Whether the shard is one of the layout's. */
+  readonly inLayout: boolean;
+  /** How long ago the shard last reported, ms; null: not since the root started. */
+  readonly reportedAgoMs: number | null;
 }

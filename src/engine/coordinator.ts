@@ -22,7 +22,6 @@ import {
   type RenewResult,
   type RevokeResult,
   type RoomReading,
-  type ShardRef,
   LeaseError,
   checkInt,
   expected,
@@ -63,17 +62,13 @@ export interface CoordinatorBackend {
   acquireMany?(requests: AcquireOptions[]): Promise<AcquireManyResult>;
   /** Several releases in order, each answered as `release` would. */
   releaseMany?(refs: LeaseRef[]): Promise<ReleaseManyResult>;
-  /**
-   * The pool's live state. `shard`: sent by a sharded client (`ShardedLeases`), so an object not
-   * yet used answers with its part of the limit. A backend that is never sharded (Postgres) takes
-   * only the whole pool, `{ index: 0, count: 1 }`, and refuses another part with `INVALID_ARGUMENT`.
-   */
-  stats(shard?: ShardRef): Promise<PoolStats>;
+  /** The pool's live state (a shard of a shared pool: its share; the root: every shard's). */
+  stats(): Promise<PoolStats>;
 
   // ── Operator calls (the operator handler's endpoints) ──
 
   /** `stats()` plus what only operators need: the limit override and the last reconciliation. */
-  operatorStats(shard?: ShardRef): Promise<OperatorStats>;
+  operatorStats(): Promise<OperatorStats>;
   /** Stops granting (drain): held leases run on, callers queue and time out. Kept until `resume()`. */
   pause(): Promise<ControlResult>;
   /** Grants again; queued callers get free slots at once, in order. */

@@ -88,6 +88,10 @@ export const DASHBOARD_HTML = `<!doctype html>
       <span id="ack" style="color:var(--dim)"></span>
     </div>
   </section>
+  <section class="wide" id="sharesBox" hidden>
+    <h2>Shards <span id="layout" style="color:var(--dim)"></span></h2>
+    <table><thead><tr><th>shard</th><th>share</th><th>demand</th><th>held</th><th>reserve</th><th>reported</th></tr></thead><tbody id="shares"></tbody></table>
+  </section>
   <section class="wide">
     <h2>Held leases</h2>
     <table><thead><tr><th>id</th><th>holder</th><th>fence</th><th>age</th><th>expires in</th><th></th></tr></thead><tbody id="leases"></tbody></table>
@@ -227,6 +231,23 @@ export const DASHBOARD_HTML = `<!doctype html>
       ["headroom", L.terms.headroom], ["LEASE_LIMIT_MAX", none(L.terms.limitMax)], ["pools that learn", L.terms.pools || 1],
       ["learned", new Date(L.learnedAt).toLocaleTimeString() + (s.learnedAgeMs != null ? " (" + ms(s.learnedAgeMs) + " ago)" : "")],
       ["last failure", s.learnFailure ? s.learnFailure.code + " at " + new Date(s.learnFailure.at).toLocaleTimeString() + ": " + s.learnFailure.message : "none"]] : []);
+    // A sharded pool: the root's limit shared among its shards, each one's share and demand.
+    const sh = s.shares;
+    $("sharesBox").hidden = !sh;
+    if (sh) {
+      $("layout").textContent = "limit " + sh.limit + " over " + sh.layout.count + " shards, split by " + sh.layout.split;
+      $("shares").replaceChildren(...sh.shards.map((a) => {
+        const tr = document.createElement("tr");
+        tr.dataset.shard = a.shard;
+        for (const v of [a.shard === "root" ? "root (" + s.pool + ")" : s.pool + "#" + a.shard + (a.inLayout ? "" : " (draining)"),
+          a.share, a.demand, a.held, a.reserve, a.reportedAgoMs == null ? "–" : ms(a.reportedAgoMs) + " ago"]) {
+          const td = document.createElement("td");
+          td.textContent = String(v);
+          tr.append(td);
+        }
+        return tr;
+      }));
+    }
     const rows = s.leases.map((l) => {
       const tr = document.createElement("tr");
       for (const v of [l.idPrefix, l.holder, l.fence, ms(l.ageMs), ms(l.expiresInMs) + (l.revoked ? " (revoked)" : "")]) {

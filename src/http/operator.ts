@@ -7,6 +7,7 @@ import {
   type ConnectionCounts,
   type Failure,
   type LearnResult,
+  type Layout,
   type OperatorStats,
   type PoolStats,
   type Reconciliation,
@@ -15,6 +16,7 @@ import {
   LeaseError,
   expected,
 } from "../core/index.ts";
+import type { LayoutResult } from "../core/shares.ts";
 import type { OperatorCoordinator } from "../engine/coordinator.ts";
 import { OPERATOR_OFF, authorize } from "./auth.ts";
 import { DASHBOARD_HTML } from "./dashboard.ts";
@@ -37,6 +39,8 @@ export interface OperatorControls
   reconcile(): Promise<Reconciliation>;
   /** `LEASE_LIMIT=auto`: reads the room now and hands it to `learnLimit`; absent for a fixed limit. */
   learn?: (() => Promise<LearnResult>) | undefined;
+  /** A sharded pool (`LEASE_SHARDS` > 1): the root's layout, `null` back to `LEASE_SHARDS`; absent otherwise. */
+  setLayout?: ((layout: Layout | null) => Promise<LayoutResult>) | undefined;
 }
 
 /**
@@ -114,6 +118,12 @@ async function limitOf(request: Request): Promise<number | null> {
   return limit;
 }
 
+/** `{"count": n, "split": "demand" | "even"}`, or `{"count": null}` for the configured layout (checked by the root). */
+async function layoutOf(request: Request): Promise<Layout | null> {
+  const body = await readJson(request);
+  return body.count === null ? null : ({ count: body.count, split: body.split ?? "demand" } as Layout);
+}
+
 async function idOf(request: Request): Promise<string> {
   const id = (await readJson(request)).id;
   if (typeof id !== "string")
@@ -136,6 +146,14 @@ const CONTROLS: {
   setLimit: { path: "limit", run: async (op, request) => controlled(await op.setLimit(await limitOf(request))) },
   revoke: { path: "release", run: async (op, request) => controlled(await op.revoke(await idOf(request))) },
   reconcile: { path: "reconcile", run: (op) => op.reconcile() },
+  setLayout: {
+    path: "layout",
+    run: async (op, request) => {
+      if (!op.setLayout)
+        throw new LeaseError("INVALID_ARGUMENT", "This pool has one coordinator object: set LEASE_SHARDS to shard it");
+      return controlled(await op.setLayout(await layoutOf(request)));
+    },
+  },
   learn: {
     path: "learn",
     run: async (op) => {
@@ -170,7 +188,8 @@ async function endpoint(request: Request, name: string, o: OperatorHandlerOption
 /**
  * The operator endpoints under `prefix` (default `/__coordinator`): `GET stats`, `GET metrics`
  * (Prometheus), the dashboard page at the prefix itself, `POST pause`, `resume`, `limit`
- * (`{"limit": n | null}`), `release` (`{"id": "3f2a9c1b"}`), `reconcile`, `learn` (with
+ * (`{"limit": n | null}`), `release` (`{"id": "3f2a9c1b"}`), `reconcile`, `layout` (a sharded
+ * pool: `{"count": n, "split": "demand" | "even"}`, or `{"count": null}`), `learn` (with
  * `LEASE_LIMIT=auto`: learn the limit from the database now) — every one behind the
  * bearer `token` but the page, which holds no data. Answers `undefined` for paths outside the
  * prefix, so the app's own routes go on.

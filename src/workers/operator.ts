@@ -1,7 +1,7 @@
 /**
- * Operator controls of a Worker's pool: one coordinator object, or every shard of a split pool
- * (pause and resume all, a new limit split like LEASE_LIMIT, revoke where the lease is held,
- * stats summed), plus the reconciliation against `pg_stat_activity`.
+ * Operator controls of a Worker's pool: one coordinator object, or every object of a sharded pool
+ * (pause and resume all, a new limit to the root, revoke where the lease is held, stats merged),
+ * plus the reconciliation against `pg_stat_activity`.
  */
 import type { ConnectionCoordinator } from "../../durable-objects/connection-coordinator.ts";
 import { mergeStats } from "../client/sharded-leases.ts";
@@ -12,8 +12,6 @@ import {
   type PoolStats,
   type Reconciliation,
   compareConnections,
-  expected,
-  shardLimits,
 } from "../core/index.ts";
 import type { Connection } from "../db/driver.ts";
 import { enforceLedger } from "../db/enforce.ts";
@@ -72,57 +70,50 @@ export function coordinatorControls(coordinator: Stub, target: ReconcileTarget):
   return controlsOf(coordinator, () => observe(target, async () => [await coordinator.stats()]));
 }
 
-/** Every shard's control answer as one: paused if any is, limits summed. */
-async function all(stubs: Stub[], fn: (s: Stub, i: number) => Promise<ControlResult>): Promise<ControlResult> {
+/** Every object's control answer as one (the root's last): paused if any is, the limit the root's. */
+async function all(stubs: Stub[], fn: (s: Stub) => Promise<ControlResult>): Promise<ControlResult> {
   const results = await Promise.all(stubs.map(fn));
   const failed = results.find((r) => !r.ok);
   if (failed) return failed;
   const ok = results as Array<Extract<ControlResult, { ok: true }>>;
-  const overrides = ok.map((r) => r.limitOverride);
-  return {
-    ok: true,
-    paused: ok.some((r) => r.paused),
-    limit: ok.reduce((a, r) => a + r.limit, 0),
-    limitOverride: overrides.every((o) => o === null) ? null : ok.reduce((a, r) => a + (r.limitOverride ?? r.limit), 0),
-  };
+  const root = ok[ok.length - 1]!;
+  return { ok: true, paused: ok.some((r) => r.paused), limit: root.limit, limitOverride: root.limitOverride };
 }
 
 /**
- * The controls of a pool split across shard objects. The reconciliation compares the summed held
- * leases and is kept in this isolate, not in the objects.
+ * The controls of a pool split across shard objects, whose root (the object named after the
+ * pool) owns the global limit and shares it by demand: stats merge every shard's and the root's
+ * (the root's carry each shard's share and demand), a new limit goes to the root (shares follow
+ * within a report), pause, resume and revoke go to every object. The reconciliation compares the
+ * summed held leases and is kept in this isolate, not in the objects.
  *
  * @example
- * const controls = shardedControls(stubs, target);
+ * const controls = shardedControls(stubs, rootStub, target, "main");
  */
-export function shardedControls(stubs: Stub[], target: ReconcileTarget): OperatorControls {
-  const count = stubs.length;
+export function shardedControls(stubs: Stub[], root: Stub, target: ReconcileTarget, pool?: string): OperatorControls {
+  const everyone = [...stubs, root];
   let last: Reconciliation | null = null;
   return {
     stats: async () => {
-      const list = await Promise.all(stubs.map((s, index) => s.operatorStats({ index, count })));
-      const merged = mergeStats(list);
-      const overridden = list.some((s) => s.limitOverride !== null);
-      return { ...merged, limitOverride: overridden ? merged.limit : null, reconciliation: last };
+      const list = await Promise.all(everyone.map((s) => s.operatorStats()));
+      const own = list[list.length - 1]!;
+      return {
+        ...own,
+        ...mergeStats(list),
+        limitOverride: own.limitOverride,
+        reconciliation: last,
+      };
     },
-    pause: () => all(stubs, (s) => s.pause()),
-    resume: () => all(stubs, (s) => s.resume()),
-    setLimit: async (limit) => {
-      if (limit !== null && (!Number.isInteger(limit) || limit < count)) {
-        return {
-          ok: false,
-          code: "INVALID_ARGUMENT",
-          message: expected("limit", `an integer of at least ${count} (one slot per shard)`, limit),
-        };
-      }
-      const parts = limit === null ? null : shardLimits(limit, count);
-      return all(stubs, (s, i) => s.setLimit(parts === null ? null : parts[i]!));
-    },
+    pause: () => all(everyone, (s) => s.pause()),
+    resume: () => all(everyone, (s) => s.resume()),
+    setLimit: (limit) => root.setLimit(limit),
+    setLayout: (layout) => root.setLayout(layout, pool),
     revoke: async (id) => {
-      const results = await Promise.all(stubs.map((s) => s.revoke(id)));
+      const results = await Promise.all(everyone.map((s) => s.revoke(id)));
       return results.find((r) => r.ok) ?? results[0]!;
     },
     reconcile: async () => {
-      const ledger = () => Promise.all(stubs.map((s, index) => s.stats({ index, count })));
+      const ledger = () => Promise.all(everyone.map((s) => s.stats()));
       const counts = await observe(target, ledger);
       const merged = mergeStats(await ledger());
       last = compareConnections({ held: merged.held, limit: merged.limit }, counts, Date.now());

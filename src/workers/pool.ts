@@ -59,12 +59,10 @@ function outboxFor(env: WorkerPoolEnv, pool: PoolSettings): ReleaseOutbox | unde
 
 /** The isolate's shard state for this pool, or undefined for one object without batching. */
 function shardStateFor(pool: PoolSettings): IsolateShards | undefined {
-  const { name, shards, blockMax, blockIdleMs, config } = pool;
+  const { name, shards, blockMax, blockIdleMs } = pool;
   if (shards === 1 && blockMax === 0) return undefined;
-  const key = `${name}|${shards}|${config.limit}|${blockMax}|${blockIdleMs}`;
-  return kept(shardStates, key, () =>
-    createIsolateShards({ shards, limit: config.limit, maxBlock: blockMax, idleMs: blockIdleMs }),
-  );
+  const key = `${name}|${shards}|${blockMax}|${blockIdleMs}`;
+  return kept(shardStates, key, () => createIsolateShards({ shards, maxBlock: blockMax, idleMs: blockIdleMs }));
 }
 
 /**
@@ -108,15 +106,15 @@ function coordination(
   if (!pool.coordinator) return { leases: undefined, operator: undefined };
   const { name, locationHint, learn } = pool;
   const sharded = shardStateFor(pool);
-  // One object (also behind a lease block): its controls, and with LEASE_LIMIT=auto its learning —
+  // An object's controls, and with LEASE_LIMIT=auto its learning (a sharded pool's root learns) —
   // a stale one is redone in waitUntil, never on this request's lease.
-  const one = (stub: DurableObjectStub<ConnectionCoordinator>) => {
-    const controls = coordinatorControls(stub, target);
+  const learning = <C extends object>(stub: DurableObjectStub<ConnectionCoordinator>, controls: C) => {
     if (!learn) return controls;
-    const learning = { ...target, intervalMs: learn.intervalMs };
-    learnWhenStale(stub, learning, name, waitUntil);
-    return { ...controls, learn: () => learnNow(stub, learning) };
+    const settings = { ...target, intervalMs: learn.intervalMs };
+    learnWhenStale(stub, settings, name, waitUntil);
+    return { ...controls, learn: () => learnNow(stub, settings) };
   };
+  const one = (stub: DurableObjectStub<ConnectionCoordinator>) => learning(stub, coordinatorControls(stub, target));
   if (!sharded) {
     const stub = coordinatorStub(env, locationHint, name);
     const outbox = outboxFor(env, pool);
@@ -125,8 +123,11 @@ function coordination(
   }
   const stubFor = (i: number) => coordinatorStub(env, locationHint, shardName(name, i, sharded.count));
   const stubs = Array.from({ length: sharded.count }, (_, i) => stubFor(i));
+  // With shards, the object named after the pool is their root: it owns the limit (and learns it).
+  const root = sharded.count === 1 ? undefined : coordinatorStub(env, locationHint, name);
   const leases = new ShardedLeases({
     coordinators: stubs,
+    root,
     isolate: sharded,
     waitMs: pool.config.waitMs,
     waitUntil,
@@ -135,7 +136,7 @@ function coordination(
     claimMs: pool.claimMs,
     tracer,
   });
-  return { leases, operator: sharded.count === 1 ? one(stubs[0]!) : shardedControls(stubs, target) };
+  return { leases, operator: root ? learning(root, shardedControls(stubs, root, target, name)) : one(stubs[0]!) };
 }
 
 /**

@@ -1,7 +1,10 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { validateConfig } from "../../src/core/config.ts";
-import { pickShard, shardConfig, shardLimits } from "../../src/core/shard.ts";
+import { mergeStats } from "../../src/client/sharded-leases.ts";
+import { acquire, createPool, stats } from "../../src/core/index.ts";
+import { shareConfig } from "../../src/core/shares.ts";
+import { pickShard, shardLimits, shardOf } from "../../src/core/shard.ts";
 import { simulate } from "../../bench/simulate.ts";
 
 describe("shardLimits", () => {
@@ -92,7 +95,7 @@ describe("simulator", () => {
   });
 });
 
-describe("shardConfig", () => {
+describe("shareConfig", () => {
   const base = {
     limit: 10,
     maxQueue: 7,
@@ -102,21 +105,76 @@ describe("shardConfig", () => {
     batchMax: 5,
     adaptive: { floor: 3 },
   };
-  it("splits the limit, queue cap, reserve and batch cap so each sums to at most the whole", () => {
+  it("a share's pool: limit the share, reserve, batch cap and adaptive floor scaled to it, always valid", () => {
     fc.assert(
-      fc.property(fc.integer({ min: 1, max: 10 }), (count) => {
-        const parts = Array.from({ length: count }, (_, i) => shardConfig(base, i, count));
-        expect(parts.reduce((a, c) => a + c.limit, 0)).toBe(base.limit);
-        expect(parts.reduce((a, c) => a + c.maxQueue, 0)).toBe(base.maxQueue);
-        expect(parts.reduce((a, c) => a + (c.reserved ?? 0), 0)).toBeLessThanOrEqual(base.reserved);
-        expect(parts.reduce((a, c) => a + (c.batchMax ?? 0), 0)).toBeLessThanOrEqual(base.batchMax);
-        for (const c of parts) expect(validateConfig(c)).toEqual(c);
+      fc.property(fc.integer({ min: 1, max: 40 }), fc.nat(40), (limit, raw) => {
+        const share = raw % (limit + 1);
+        const c = shareConfig({ ...base, limit }, limit, share);
+        expect(c.limit).toBe(Math.max(1, share));
+        expect(c.reserved ?? 0).toBeLessThanOrEqual(Math.floor((base.reserved * share) / limit));
+        expect(c.maxQueue).toBe(base.maxQueue);
+        expect(validateConfig(c)).toEqual(c);
       }),
     );
+    expect(shareConfig(base, 10, 10)).toMatchObject({ limit: 10, reserved: 3, batchMax: 5, adaptive: { floor: 3 } });
+    expect(shareConfig(base, 10, 4)).toMatchObject({ limit: 4, reserved: 1, batchMax: 2, adaptive: { floor: 1 } });
   });
-  it("leaves an unsharded config as it is and refuses more shards than slots", () => {
-    expect(shardConfig(base, 0, 1)).toBe(base);
-    expect(() => shardConfig(base, 0, 11)).toThrow(expect.objectContaining({ code: "INVALID_ARGUMENT" }));
-    expect(() => shardConfig(base, 2, 2)).toThrow(expect.objectContaining({ code: "INVALID_ARGUMENT" }));
+});
+
+describe("shardOf", () => {
+  it.each([
+    ["main", { pool: "main", shard: "root" }],
+    ["main#0", { pool: "main", shard: "0" }],
+    ["a#b#12", { pool: "a#b", shard: "12" }],
+    ["main#01", { pool: "main#01", shard: "root" }],
+    ["main#1024", { pool: "main#1024", shard: "root" }],
+    ["#3", { pool: "#3", shard: "root" }],
+  ])("%s is %o", (name, expected) => {
+    expect(shardOf(name)).toEqual(expected);
+  });
+  it("an object without a name is no part of a pool", () => {
+    expect(shardOf(undefined)).toBeNull();
+    expect(shardOf("")).toBeNull();
+  });
+});
+
+describe("mergeStats", () => {
+  it("merges every field of the shards' and the root's stats on purpose, none copied from the first", () => {
+    const now = 1_000_000;
+    const a = createPool({ limit: 4, maxQueue: 5, waitMs: 100, leaseTtlMs: 1000 });
+    const b = createPool({ limit: 4, maxQueue: 7, waitMs: 300, leaseTtlMs: 3000, queue: "adaptive" });
+    a.share = 1;
+    b.share = 3;
+    acquire(a, { leaseId: "a1", holder: "x" }, now);
+    acquire(a, { leaseId: "a2", holder: "x", waitMs: 50 }, now);
+    acquire(b, { leaseId: "b1", holder: "y" }, now);
+    const sa = { ...stats(a, now + 10), share: { share: 1, peak: 2, failure: null } };
+    const sb = {
+      ...stats(b, now + 10),
+      share: { share: 3, peak: 1, failure: "COORDINATOR_UNAVAILABLE: gone" },
+      recovery: { endsInMs: 500, recovered: 2 },
+    };
+    const root = {
+      ...stats(createPool({ limit: 10, maxQueue: 1, waitMs: 100, leaseTtlMs: 1000 }), now + 10),
+      shares: { limit: 10, layout: { count: 2, split: "demand" as const }, shards: [] },
+    };
+    const m = mergeStats([sa, sb, root]);
+    expect(m).toMatchObject({
+      limit: 10,
+      held: 2,
+      waiting: 1,
+      maxWaitMs: 10,
+      maxQueue: 13,
+      waitMs: 300,
+      leaseTtlMs: 3000,
+      recovery: { endsInMs: 500, recovered: 2 },
+      share: { share: 4, peak: 3, failure: "COORDINATOR_UNAVAILABLE: gone" },
+      shares: root.shares,
+    });
+    expect(m.effectiveLimit).toBe(sa.effectiveLimit + sb.effectiveLimit + root.effectiveLimit);
+    expect(m.leases.map((l) => l.idPrefix).sort()).toEqual(["a1", "b1"]);
+    expect(m.counters.granted).toBe(2);
+    // Without a root: the shards' limits summed, no recovery, no shares.
+    expect(mergeStats([stats(a, now), stats(b, now)])).toMatchObject({ limit: 8, recovery: null, shares: undefined });
   });
 });

@@ -13,20 +13,6 @@ const coordinator = pools.coordinator;
 afterAll(() => pools.cleanup());
 
 describe("PostgresCoordinator", () => {
-  it("refuses a part of a sharded pool (one pool already spans every process): only the whole pool", async () => {
-    const c = coordinator();
-    const part = { index: 1, count: 2 };
-    const message =
-      "Expected `shard` to be none or the whole pool { index: 0, count: 1 } (a PostgresCoordinator pool spans every process and is never split), got shard 1 of 2";
-    expect(await c.acquire({ holder: "a", shard: part })).toEqual({ ok: false, code: "INVALID_ARGUMENT", message });
-    await expect(c.stats(part)).rejects.toMatchObject({ code: "INVALID_ARGUMENT", message });
-    await expect(c.operatorStats(part)).rejects.toMatchObject({ code: "INVALID_ARGUMENT", message });
-    const whole = { index: 0, count: 1 };
-    expect(await c.acquire({ holder: "b", shard: whole })).toMatchObject({ ok: true, lease: { holder: "b" } });
-    expect(await c.stats(whole)).toMatchObject({ limit: 2, held: 1 });
-    expect((await c.operatorStats()).counters).toMatchObject({ granted: 1, rejected: 0 });
-  });
-
   it("grants up to the limit with strictly increasing fences, then queues FIFO until a release", async () => {
     const leases = new Leases(coordinator());
     const a = await leases.acquire({ holder: "a" });

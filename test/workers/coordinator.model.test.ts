@@ -9,7 +9,6 @@ import {
   type PoolState,
   type PoolConfig,
   type PoolStats,
-  type ShardRef,
   type VerifyRef,
   acquire,
   createPool,
@@ -18,7 +17,6 @@ import {
   snapshot,
   release,
   renew,
-  shardConfig,
   stats,
   tick,
 } from "../../src/core/index.ts";
@@ -38,16 +36,12 @@ const MAX_STEPS = 30;
 // Must equal the bindings in vitest.workers.config.ts: the object reads its config from them.
 const CONFIG = { limit: 3, maxQueue: 5, waitMs: 400, leaseTtlMs: 30_000 };
 
-/** The object under test: the whole pool, or one shard of a split pool (told by every acquire). */
+/** The object under test: a pool of one object (a shard of a shared pool is tested in shards.test.ts). */
 interface Variant {
   prefix: string;
   config: PoolConfig;
-  shard?: ShardRef;
 }
 const WHOLE: Variant = { prefix: "model", config: CONFIG };
-/** Shard 0 of 2: limit 2, queue cap 3 (`shardConfig`); runs fewer sequences, same checks. */
-const SHARD: Variant = { prefix: "model-shard", config: shardConfig(CONFIG, 0, 2), shard: { index: 0, count: 2 } };
-const SHARD_RUNS = 100;
 
 type Op =
   | { kind: "acquire"; waitMs: number; ttlMs: number }
@@ -140,8 +134,6 @@ let restarts = 0;
 async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
   const CONFIG = variant.config;
   const name = `${variant.prefix}-${++runSeq}`;
-  // A shard learns its part from its first acquire and keeps it (meta) across restarts.
-  let configured = false;
   let stub = env.COORDINATOR_DO.getByName(name);
   const realNow = Date.now;
   const base = realNow();
@@ -206,7 +198,7 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
       const expected = stats(model, now);
       // held ≤ limit; no slot lost (a waiter never waits beside a free slot: held + free = limit).
       expect(real.held).toBeLessThanOrEqual(CONFIG.limit);
-      if (configured) expect(real.limit).toBe(CONFIG.limit);
+      expect(real.limit).toBe(CONFIG.limit);
       if (real.waiting > 0 && real.recovery === null) expect(real.held).toBe(CONFIG.limit);
       expect(comparable(real)).toEqual(comparable(expected));
       expect(real.recovery).toEqual(expected.recovery);
@@ -229,8 +221,7 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
       switch (o.kind) {
         case "acquire": {
           const id = `m${seq++}`;
-          const call = stub.acquire({ holder: id, waitMs: o.waitMs, ttlMs: o.ttlMs, shard: variant.shard });
-          configured = true;
+          const call = stub.acquire({ holder: id, waitMs: o.waitMs, ttlMs: o.ttlMs });
           const { outcome, effects } = acquire(
             model,
             { leaseId: id, holder: id, waitMs: o.waitMs, ttlMs: o.ttlMs },
@@ -279,10 +270,7 @@ async function runSequence(ops: Op[], variant: Variant = WHOLE): Promise<void> {
         }
         case "acquireMany": {
           const ids = o.ttlMs.map(() => `m${seq++}`);
-          const r = await stub.acquireMany(
-            ids.map((id, i) => ({ holder: id, ttlMs: o.ttlMs[i], shard: variant.shard })),
-          );
-          configured = true;
+          const r = await stub.acquireMany(ids.map((id, i) => ({ holder: id, ttlMs: o.ttlMs[i] })));
           if (!r.ok) expect.unreachable(`acquireMany failed: ${r.code}`);
           expect(r.results).toHaveLength(ids.length);
           for (const [i, id] of ids.entries()) {
@@ -456,23 +444,6 @@ describe("ConnectionCoordinator against the core as its model", () => {
     const seconds = (performance.now() - started) / 1000;
     console.log(
       `[reliability] DO model: ${DO_RUNS} sequences, ${totalSteps} steps checked, ${restarts} restarts, ${seconds.toFixed(1)} s`,
-    );
-  });
-
-  it(`answers exactly as the core for one shard of a split pool over ${SHARD_RUNS} sequences`, {
-    timeout: 60_000,
-  }, async () => {
-    const started = performance.now();
-    const [steps, restarted] = [totalSteps, restarts];
-    await fc.assert(
-      fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: MAX_STEPS, size: "max" }), (ops) =>
-        runSequence(ops, SHARD),
-      ),
-      { numRuns: SHARD_RUNS },
-    );
-    const seconds = (performance.now() - started) / 1000;
-    console.log(
-      `[reliability] DO model (shard 0 of 2): ${SHARD_RUNS} sequences, ${totalSteps - steps} steps checked, ${restarts - restarted} restarts, ${seconds.toFixed(1)} s`,
     );
   });
 });

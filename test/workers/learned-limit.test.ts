@@ -60,13 +60,14 @@ describe("a coordinator object with a fixed LEASE_LIMIT", () => {
     expect(((await r.json()) as { error: { code: string } }).error.code).toBe("INVALID_ARGUMENT");
   });
 
-  it("LEASE_LIMIT=auto with LEASE_SHARDS fails with INVALID_CONFIG naming both", async () => {
-    const { call } = app({ LEASE_LIMIT: "auto", LEASE_SHARDS: "2" });
-    const r = await call("/api/pitches/trending?limit=1");
-    expect(r.status).toBe(500);
-    const body = (await r.json()) as { error: { code: string; message: string } };
-    expect(body.error.code).toBe("INVALID_CONFIG");
-    expect(body.error.message).toContain("LEASE_SHARDS");
+  it("LEASE_LIMIT=auto with LEASE_SHARDS: requests run on the shards, and the learning goes to the pool's root", async () => {
+    const { call, stub } = app({ LEASE_LIMIT: "auto", LEASE_SHARDS: "2" });
+    expect((await call("/api/pitches/trending?limit=1")).status).toBe(200);
+    // The root (the object named after the pool) is the one asked: here its own limit is fixed, so it refuses.
+    const r = await call("/__coordinator/learn", { method: "POST", headers: { authorization: "Bearer test-token" } });
+    expect(r.status).toBe(400);
+    expect(((await r.json()) as { error: { code: string } }).error.code).toBe("INVALID_ARGUMENT");
+    expect((await stub().operatorStats()).limitSource).toBe("configured");
   });
 });
 

@@ -3,14 +3,16 @@ import { env } from "cloudflare:workers";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { type ShardedGrant, ShardedLeases, createIsolateShards, shardName } from "../../src/client/sharded-leases.ts";
-import { type LeaseGrant, type PoolStats, isLeaseError, leaseRef, shardLimits } from "../../src/core/index.ts";
+import type { ConnectionCoordinator } from "../../durable-objects/connection-coordinator.ts";
+import { type LeaseGrant, type PoolStats, isLeaseError, leaseRef } from "../../src/core/index.ts";
 import { handle } from "../../examples/pitches/src/app.ts";
 import { depsFor } from "../../examples/pitches/src/worker.ts";
 
 /**
  * Sharding and batching in real workerd, against the real coordinator objects: the same
  * invariants as the single coordinator. LEASE_LIMIT is 3 and LEASE_MAX_QUEUE 5 here
- * (vitest.workers.config.ts), so 3 shards get 1 slot each and 2 shards get [2, 1].
+ * (vitest.workers.config.ts): the pool's root (the object named after the pool) owns the 3 slots
+ * and shares them among the shards `${pool}#i` by demand.
  */
 const LIMIT = 3;
 let poolSeq = 0;
@@ -19,7 +21,7 @@ function shardedPool(count: number, block = 0, idleMs = 20) {
   const pool = `shards-test-${++poolSeq}`;
   const names = Array.from({ length: count }, (_, i) => shardName(pool, i, count));
   const stubs = () => names.map((n) => env.COORDINATOR_DO.getByName(n));
-  const isolate = createIsolateShards({ shards: count, limit: LIMIT, maxBlock: block, idleMs });
+  const isolate = createIsolateShards({ shards: count, maxBlock: block, idleMs });
   const pending: Array<Promise<unknown>> = [];
   // A client as one request builds it: fresh stubs, the isolate's shared state.
   const client = () =>
@@ -30,11 +32,33 @@ function shardedPool(count: number, block = 0, idleMs = 20) {
       waitUntil: (p) => void pending.push(p),
       reconnect: (i) => env.COORDINATOR_DO.getByName(names[i]!),
     });
-  return { pool, names, stubs, isolate, leases: client(), client, pending };
+  const root = () => env.COORDINATOR_DO.getByName(pool);
+  // The layout the root plans for, as LEASE_SHARDS in its env or an operator would set it.
+  const planned = root().setLayout({ count, split: "demand" });
+  return {
+    planned,
+    pool,
+    names,
+    stubs,
+    root,
+    isolate,
+    leases: client(),
+    client,
+    pending,
+  };
 }
 
 async function allStats(stubs: ReturnType<ReturnType<typeof shardedPool>["stubs"]>): Promise<PoolStats[]> {
   return Promise.all(stubs.map((s) => s.stats()));
+}
+
+/** The root's accounts: every reserve (what a shard may hold until it reports) sums to at most the limit. */
+async function checkShares(p: { root: () => DurableObjectStub<ConnectionCoordinator> }): Promise<PoolStats> {
+  const root = await p.root().stats();
+  const shards = root.shares?.shards ?? [];
+  expect(shards.reduce((a, s) => a + s.reserve, 0)).toBeLessThanOrEqual(LIMIT);
+  expect(shards.reduce((a, s) => a + s.share, 0)).toBeLessThanOrEqual(LIMIT);
+  return root;
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -45,16 +69,14 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
  * request is answered (lease or ACQUIRE_TIMEOUT/QUEUE_FULL) by its deadline.
  */
 async function load(p: ReturnType<typeof shardedPool>, requests: number, waitMs: number) {
-  const parts = shardLimits(LIMIT, p.names.length);
   let sampling = true;
   let samples = 0;
   let peak = 0;
   const sampler = (async () => {
     while (sampling) {
-      const all = await allStats(p.stubs());
+      const [all] = await Promise.all([allStats([...p.stubs(), p.root()]), checkShares(p)]);
       const held = all.reduce((a, s) => a + s.held, 0);
       expect(held).toBeLessThanOrEqual(LIMIT);
-      for (const [i, s] of all.entries()) expect(s.held).toBeLessThanOrEqual(parts[i]!);
       peak = Math.max(peak, held);
       samples++;
       await sleep(2);
@@ -102,77 +124,91 @@ async function drained(p: ReturnType<typeof shardedPool>, countersKept = true) {
 }
 
 describe("sharded coordinator in workerd", () => {
-  it("each shard object enforces its part of the limit, and the parts sum to it", async () => {
+  it("the root shares the limit: a shard's share comes from its demand, and the shares sum to the limit", async () => {
     const p = shardedPool(2);
-    const a = await p.leases.acquire({ waitMs: 0 });
-    const b = await p.leases.acquire({ waitMs: 0 });
-    const c = await p.leases.acquire({ waitMs: 0 });
-    // Both shards were told their part by the first acquire each received (or are still unused).
-    await expect(p.leases.acquire({ waitMs: 0 })).rejects.toMatchObject({ code: "ACQUIRE_TIMEOUT" });
+    await p.planned;
+    // A shard starts with no share: its first caller waits one report to the root for one.
+    const a = await p.leases.acquire({ waitMs: 5000 });
+    const b = await p.leases.acquire({ waitMs: 5000 });
+    const c = await p.leases.acquire({ waitMs: 5000 });
+    await expect(p.leases.acquire({ waitMs: 300 })).rejects.toMatchObject({ code: "ACQUIRE_TIMEOUT" });
     const all = await allStats(p.stubs());
-    expect(all.map((s) => s.held)).toEqual([2, 1]);
-    expect(all.map((s) => s.limit)).toEqual([2, 1]);
+    expect(all.reduce((x, s) => x + s.held, 0)).toBe(3);
+    // Each shard shows its share; the root shows every shard's share and demand.
+    for (const s of all) expect(s.share!.share).toBeGreaterThanOrEqual(s.held);
+    const root = await checkShares(p);
+    expect(root.shares).toMatchObject({ limit: 3, layout: { count: 2, split: "demand" } });
+    expect(root.shares!.shards.map((s) => s.shard).sort()).toEqual(["0", "1", "root"]);
     // A lease remembers its shard: release and renew go to the object that granted it.
     const renewed = await p.leases.renew(b, 60_000);
     expect(renewed.shard).toBe(b.shard);
     for (const l of [a, b, c]) await p.leases.release(l);
     expect((await allStats(p.stubs())).map((s) => s.held)).toEqual([0, 0]);
     const merged = await p.leases.stats();
-    expect(merged).toMatchObject({ limit: 3, held: 0, waiting: 0 });
+    expect(merged).toMatchObject({ held: 0, waiting: 0 });
     expect(merged.shards).toHaveLength(2);
   });
 
-  it("keeps each shard's part across a restart and under an operator override", async () => {
+  it("a shard's share and a root's accounts survive restarts; no caller's argument changes a share", async () => {
     const p = shardedPool(3);
-    // Each object learns its part from the first sharded acquire it receives.
-    for (const [i, stub] of p.stubs().entries()) {
-      const r = await stub.acquire({ waitMs: 0, shard: { index: i, count: 3 } });
-      if (r.ok) await stub.release({ leaseId: r.lease.id, fence: r.lease.fence });
-    }
-    // Restart every shard: the part is in meta, so the limit holds before any client speaks again.
-    for (const stub of p.stubs()) await runInDurableObject(stub, (_, state) => state.abort("restart")).catch(() => {});
-    expect((await allStats(p.stubs())).map((s) => s.limit)).toEqual([1, 1, 1]);
-    // An operator's override wins over the part the client names; null goes back to the part.
+    await p.planned;
+    const held = [];
+    for (let i = 0; i < 3; i++) held.push(await p.leases.acquire({ waitMs: 5000 }));
+    const before = await allStats(p.stubs());
+    // Restart every shard and the root: each shard enforces the share it kept, the root counts every reserve.
+    for (const stub of [...p.stubs(), p.root()])
+      await runInDurableObject(stub, (_, state) => state.abort("restart")).catch(() => {});
+    const after = await allStats(p.stubs());
+    expect(after.map((s) => s.share?.share)).toEqual(before.map((s) => s.share?.share));
+    const root = await checkShares(p);
+    expect(root.shares!.shards.reduce((x, s) => x + s.reserve, 0)).toBe(3);
+    // Holders re-register their leases (the heartbeat), then give them back.
+    const leases = p.client();
+    for (const l of held) await leases.renew(l, 30_000);
+    for (const l of held) await leases.release(l);
+    // An older client's `shard` argument is ignored: it no longer re-splits anything.
     const shard0 = p.stubs()[0]!;
-    await shard0.setLimit(2);
-    const r = await shard0.acquire({ waitMs: 0, shard: { index: 0, count: 3 } });
-    if (r.ok) await shard0.release({ leaseId: r.lease.id, fence: r.lease.fence });
-    expect((await shard0.stats()).limit).toBe(2);
-    await shard0.setLimit(null);
-    expect((await shard0.stats()).limit).toBe(1);
-    // A split that names more shards than slots, or a bad index, is refused and changes nothing.
-    expect(await shard0.acquire({ shard: { index: 0, count: 4 } })).toMatchObject({
-      ok: false,
-      code: "INVALID_ARGUMENT",
-    });
-    expect(await shard0.acquire({ shard: { index: 3, count: 3 } })).toMatchObject({
-      ok: false,
-      code: "INVALID_ARGUMENT",
-    });
-    for (const bad of [null, "0/3", { index: "0", count: 3 }, { index: 0.5, count: 3 }, { index: -1, count: 3 }]) {
-      expect(await shard0.acquire({ shard: bad as never }), JSON.stringify(bad)).toMatchObject({
+    const r = await shard0.acquire({ waitMs: 0, shard: { index: 0, count: 1 } } as never);
+    if (r.ok) await shard0.release(leaseRef(r.lease));
+    expect((await shard0.stats()).share!.share).toBeLessThanOrEqual(3);
+    await checkShares(p);
+    // A shard's limit is its share: an operator sets the pool's limit on the root.
+    expect(await shard0.setLimit(10)).toMatchObject({ ok: false, code: "INVALID_ARGUMENT" });
+    expect(await p.root().setLimit(2)).toMatchObject({ ok: true, limit: 2 });
+    expect((await p.root().stats()).shares!.limit).toBe(2);
+    await p.root().setLimit(null);
+    // A bad layout is refused and changes nothing.
+    for (const bad of [null as never, { count: 0 }, { count: 2, split: "random" }, { count: 1.5 }]) {
+      if (bad === null) continue;
+      expect(await p.root().setLayout(bad as never), JSON.stringify(bad)).toMatchObject({
         ok: false,
         code: "INVALID_ARGUMENT",
       });
     }
-    expect((await shard0.stats()).limit).toBe(1);
+    expect(await shard0.setLayout({ count: 2, split: "demand" })).toMatchObject({
+      ok: false,
+      code: "INVALID_ARGUMENT",
+    });
+    expect((await p.root().stats()).shares!.layout).toEqual({ count: 3, split: "demand" });
+    await drained(p, false);
   });
 
   it("holds the global limit under concurrent load; every request answered by its deadline; no slot lost", async () => {
     const p = shardedPool(3);
+    await p.planned;
     const r = await load(p, 60, 250);
     expect(r.granted).toBeGreaterThan(10);
     expect(r.samples).toBeGreaterThan(3);
     const all = await drained(p);
-    // Every answer carried the shard's load: the client knows each shard's limit.
-    expect(p.isolate.loads.map((l) => l.limit)).toEqual([1, 1, 1]);
     expect(all.reduce((a, s) => a + s.counters.granted, 0)).toBe(r.granted);
   });
 
   it("with batching: same invariants, fewer coordinator calls than requests, idle leases go back", async () => {
     const p = shardedPool(3, 2, 20);
+    await p.planned;
     const r = await load(p, 60, 250);
-    expect(r.granted).toBeGreaterThan(10);
+    // Each cold shard's first caller waits one report to the root for a share.
+    expect(r.granted).toBeGreaterThan(5);
     const all = await drained(p);
     const coordinatorGrants = all.reduce((a, s) => a + s.counters.granted, 0);
     // Block leases served several requests each: fewer grants at the coordinators than requests served.
@@ -182,6 +218,7 @@ describe("sharded coordinator in workerd", () => {
 
   it("a block lease is not handed on twice, and an old one goes back to its shard instead of being reused", async () => {
     const p = shardedPool(3, 1, 20);
+    await p.planned;
     const lease = await p.leases.acquire({ ttlMs: 30_000 });
     await p.leases.release(lease);
     await expect(p.leases.release(lease)).rejects.toMatchObject({ code: "LEASE_NOT_FOUND" });
@@ -238,13 +275,39 @@ describe("sharded coordinator in workerd", () => {
       new Request("http://example.test/__coordinator/stats", { headers: { authorization: "Bearer test-token" } }),
       depsFor(shardedEnv, ctx),
     );
-    // The operator view sums the shards, each at its part (a shard not used yet learns it from the stats call).
-    expect(await r.json()).toMatchObject({ limit: 3, held: 0 });
-    expect((await Promise.all(stubs.map((s) => s.stats()))).map((s) => s.limit)).toEqual([1, 1, 1]);
+    // The operator view merges the shards and the root: the root's limit, every shard's share and demand.
+    const body = (await r.json()) as PoolStats;
+    expect(body).toMatchObject({ limit: 3, held: 0 });
+    expect(body.shares!.shards.length).toBeGreaterThan(1);
+    // An operator changes the layout on the root; a bad one is refused with a code.
+    const layout = async (json: unknown) => {
+      const c = createExecutionContext();
+      const res = await handle(
+        new Request("http://example.test/__coordinator/layout", {
+          method: "POST",
+          headers: { authorization: "Bearer test-token", "content-type": "application/json" },
+          body: JSON.stringify(json),
+        }),
+        depsFor(shardedEnv, c),
+      );
+      await waitOnExecutionContext(c);
+      return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+    };
+    expect(await layout({ count: 3, split: "even" })).toMatchObject({
+      status: 200,
+      body: { layout: { count: 3, split: "even" } },
+    });
+    expect((await env.COORDINATOR_DO.getByName(pool).stats()).shares!.layout).toEqual({ count: 3, split: "even" });
+    expect(await layout({ count: 0 })).toMatchObject({ status: 400, body: { error: { code: "INVALID_ARGUMENT" } } });
+    expect(await layout({ count: null })).toMatchObject({
+      status: 200,
+      body: { layout: { count: 1, split: "demand" } },
+    });
   });
 
   it("a shard that cannot be reached is left out of the choice for a while: its part is lost, not the limit", async () => {
     const p = shardedPool(2);
+    await p.planned;
     // Old stubs, no reconnect: shard 0's stub breaks when the object restarts (a real broken stub).
     const stubs = p.stubs();
     const leases = new ShardedLeases({ coordinators: stubs, isolate: p.isolate, waitMs: 400, random: () => 0 });
@@ -252,15 +315,16 @@ describe("sharded coordinator in workerd", () => {
     await runInDurableObject(stubs[0]!, (_, state) => state.abort("restart")).catch(() => {});
     // random 0 draws shards 0 and 1; equal loads go to 0, which fails: COORDINATOR_UNAVAILABLE.
     await expect(leases.acquire({ waitMs: 0 })).rejects.toMatchObject({ code: "COORDINATOR_UNAVAILABLE" });
-    const l = await leases.acquire({ waitMs: 0 });
+    const l = await leases.acquire({ waitMs: 2000 });
     expect(l.shard).toBe(1);
     await leases.release(l);
   });
 
-  it("refuses more shards than slots with INVALID_CONFIG", () => {
+  it("refuses more shards than a fixed limit's slots with INVALID_CONFIG", () => {
     expect(() => createIsolateShards({ shards: 4, limit: 3 })).toThrow(
       expect.objectContaining({ code: "INVALID_CONFIG" }),
     );
+    expect(createIsolateShards({ shards: 4 }).count).toBe(4);
   });
 });
 
@@ -289,6 +353,7 @@ describe("sharded client against the real shard objects, generated sequences", (
         fc.constantFrom(0, 2),
         async (ops, block) => {
           const p = shardedPool(3, block, 15);
+          await p.planned;
           const inUse: ShardedGrant[] = [];
           let leases = p.leases;
           const settle = async () => {
@@ -323,7 +388,8 @@ describe("sharded client against the real shard objects, generated sequences", (
             }
             await settle();
             const all = await allStats(p.stubs());
-            for (const [i, s] of all.entries()) expect(s.held).toBeLessThanOrEqual(shardLimits(LIMIT, 3)[i]!);
+            expect(all.reduce((a, s) => a + s.held, 0)).toBeLessThanOrEqual(LIMIT);
+            await checkShares(p);
             // Every lease in use is counted by the shard it names (restarts recover them).
             for (const l of inUse) expect(all[l.shard]!.leases.map((x) => x.idPrefix)).toContain(l.id.slice(0, 8));
             // Nothing is held that neither a request nor the block accounts for.
@@ -340,5 +406,27 @@ describe("sharded client against the real shard objects, generated sequences", (
     console.log(
       `[reliability] sharded client model: ${CLIENT_RUNS} sequences, ${steps} steps checked, ${((performance.now() - started) / 1000).toFixed(1)} s`,
     );
+  });
+});
+
+describe("an object the runtime does not tell its name", () => {
+  it("takes a caller's name only when it derives the object's own id", async () => {
+    const pool = `shards-unnamed-${++poolSeq}`;
+    // An id from its string form carries no name: the object is reached, but not told what it is.
+    const unnamed = (name: string) =>
+      env.COORDINATOR_DO.get(env.COORDINATOR_DO.idFromString(env.COORDINATOR_DO.idFromName(name).toString()));
+    const shard = unnamed(`${pool}#1`);
+    // Another object's name is ignored: the object stays a pool of its own (no share).
+    const r = await shard.acquire({ waitMs: 0, object: `${pool}#2` });
+    expect((await shard.stats()).share).toBeUndefined();
+    if (r.ok) await shard.release(leaseRef(r.lease));
+    // Its own name is kept: it is shard 1 of the pool, with no share until the root answers.
+    await env.COORDINATOR_DO.getByName(pool).setLayout({ count: 2, split: "demand" });
+    const lease = await shard.acquire({ waitMs: 5000, object: `${pool}#1` });
+    expect(lease).toMatchObject({ ok: true });
+    expect((await shard.stats()).share).toMatchObject({ share: expect.any(Number) });
+    const root = await env.COORDINATOR_DO.getByName(pool).stats();
+    expect(root.shares!.shards.map((s) => s.shard)).toContain("1");
+    if (lease.ok) await shard.release(leaseRef(lease.lease));
   });
 });

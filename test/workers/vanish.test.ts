@@ -208,11 +208,12 @@ describe("the sharded client gives up a wait like the plain one (LEASE_SHARDS=2,
       waitUntil: (p) => void pending.push(p),
     });
     const heldBefore = async () => (await Promise.all(stubs().map((s) => s.stats()))).reduce((a, s) => a + s.held, 0);
-    // Every slot of both parts ([2, 1]) held.
+    // The pool's root shares the limit between the two shards; every slot held.
+    await env.COORDINATOR_DO.getByName(name).setLayout({ count: 2, split: "demand" });
     const held = [
-      await leases.acquire({ waitMs: 0, ttlMs: 30_000 }),
-      await leases.acquire({ waitMs: 0, ttlMs: 30_000 }),
-      await leases.acquire({ waitMs: 0, ttlMs: 30_000 }),
+      await leases.acquire({ waitMs: 5000, ttlMs: 30_000 }),
+      await leases.acquire({ waitMs: 5000, ttlMs: 30_000 }),
+      await leases.acquire({ waitMs: 5000, ttlMs: 30_000 }),
     ];
     expect(await heldBefore()).toBe(LIMIT);
     const gaveUp = new AbortController();
