@@ -248,7 +248,7 @@ describe("reconciliation with pg_stat_activity", () => {
       await fresh`SELECT 1`;
       const r = (await a.post("/__coordinator/reconcile")).body;
       expect(r).toMatchObject({ held: 1, appConnections: 3, terminated: 1 });
-      expect(await names()).toEqual([`${appName}/${lease.id.slice(0, 8)}`, `${appName}/cafebabe`]);
+      expect(await names()).toEqual([`${appName}/${lease.id.slice(0, 8)}`, `${appName}/cafebabe`].sort());
       const metrics = await (await a.call("/__coordinator/metrics", { headers: auth })).text();
       const families = new Map(parsePrometheusTextFormat(metrics).map((f) => [f.name, f]));
       expect(families.get("leasegate_reconcile_terminated_backends")?.metrics[0]?.value).toBe("1");
