@@ -15,6 +15,7 @@ import {
   acquire,
   configFromEnv,
   createPool,
+  poolSettings,
   reconfigure,
   release,
   restore,
@@ -190,7 +191,7 @@ describe("LEASE_LIMIT=auto with the fixed counts", () => {
     ],
     [{ LEASE_RESERVED: "x" }, "LEASE_RESERVED", "an integer"],
     [{ LEASE_RESERVED: "10000" }, "LEASE_RESERVED", "from 0 to 9999"],
-    [{ LEASE_SHARDS: "2" }, "LEASE_SHARDS", "cannot be combined"],
+    [{ LEASE_SHARDS: "2000" }, "LEASE_SHARDS", "from 1 to 1024"],
   ])("refuses %j with INVALID_CONFIG naming %s", (env, name, what) => {
     expect(() => configFromEnv({ LEASE_LIMIT: "auto", ...env })).toThrow(
       expect.objectContaining({
@@ -198,6 +199,10 @@ describe("LEASE_LIMIT=auto with the fixed counts", () => {
         message: expect.stringMatching(new RegExp(`${name}[\\s\\S]*${what}|${what}[\\s\\S]*${name}`)),
       }),
     );
+  });
+
+  it("takes shards: the pool's root learns the limit and shares it", () => {
+    expect(poolSettings({ LEASE_LIMIT: "auto", LEASE_SHARDS: "3" }).shards).toBe(3);
   });
 
   it("a fixed limit still refuses counts that do not fit it", () => {
