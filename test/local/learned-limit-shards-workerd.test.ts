@@ -1,5 +1,5 @@
 /**
- * `LEASE_LIMIT=auto` with `LEASE_SHARDS=3` in real workerd: the pitches Worker under `wrangler dev`
+ * `LEASE_LIMIT=auto` with `LEASE_SHARDS=3` and `LEASE_BLOCK=4` in real workerd: the pitches Worker under `wrangler dev`
  * in front of a private Postgres cluster with `max_connections` 16. The pool's root (the object
  * named after the pool) learns the limit and shares it among the three shard objects by demand;
  * other clients come and go. Ports from `LEASEGATE_TEST_PORTS` when set (else any free ones).
@@ -22,6 +22,8 @@ const SUPERUSER_RESERVED = 3;
 const HEADROOM = 2;
 const INTERVAL_MS = 250;
 const SHARDS = 3;
+// Each isolate's lease block keeps up to this many leases for its next requests (they count in the shares).
+const BLOCK = 4;
 const TOKEN = "learn-shards-token";
 
 let pg: PrivateCluster;
@@ -66,6 +68,7 @@ beforeAll(async () => {
     DEBUG_TOKEN: TOKEN,
     LEASE_LIMIT: "auto",
     LEASE_SHARDS: String(SHARDS),
+    LEASE_BLOCK: String(BLOCK),
     LEASE_HEADROOM: String(HEADROOM),
     LEASE_LEARN_INTERVAL_MS: String(INTERVAL_MS),
     LEASE_WAIT_MS: "10000",
@@ -112,7 +115,7 @@ afterAll(async () => {
   pg?.remove();
 });
 
-describe(`LEASE_LIMIT=auto with LEASE_SHARDS=${SHARDS} in workerd (wrangler dev), max_connections 16`, () => {
+describe(`LEASE_LIMIT=auto with LEASE_SHARDS=${SHARDS} and LEASE_BLOCK=${BLOCK} in workerd (wrangler dev), max_connections 16`, () => {
   it("the root learns the limit and shares it among the shards; a load with others coming and going never meets 53300", async () => {
     expect((await fetch(`${base}/api/pitches/trending?limit=1`)).status).toBe(200);
     const { value: learned } = await until(stats, (s) => s.limitSource === "learned", 10_000, 50);
@@ -152,7 +155,7 @@ describe(`LEASE_LIMIT=auto with LEASE_SHARDS=${SHARDS} in workerd (wrangler dev)
     });
     const after = await stats();
     console.log(
-      `workerd, LEASE_SHARDS ${SHARDS}, max_connections ${MAX_CONNECTIONS}, interval ${INTERVAL_MS} ms: ${JSON.stringify({ ...report, statuses: Object.fromEntries(statuses), refusedInLog: pg.refused(), shares: after.shares?.shards.map((s) => [s.shard, s.share, s.demand]) })}`,
+      `workerd, LEASE_SHARDS ${SHARDS}, LEASE_BLOCK ${BLOCK}, max_connections ${MAX_CONNECTIONS}, interval ${INTERVAL_MS} ms: ${JSON.stringify({ ...report, statuses: Object.fromEntries(statuses), refusedInLog: pg.refused(), shares: after.shares?.shards.map((s) => [s.shard, s.share, s.demand]) })}`,
     );
     // Why a request failed, as the Worker logged it.
     for (const line of output
