@@ -113,7 +113,7 @@ export interface PoolEnv {
   LEASE_BLOCK_IDLE_MS?: string | undefined;
   /** Where coordinator objects are created (`locationHint`, e.g. `weur`): near the database. */
   LEASE_LOCATION_HINT?: string | undefined;
-  /** How long a grant from the queue lives until its holder claims it, ms; 0 = no claim. Default 500. */
+  /** How long a grant from the queue lives until its holder claims it, ms; 0 = no claim. Unset: follows the measured round trip. */
   LEASE_CLAIM_MS?: string | undefined;
   /** How long a finished lease's release waits for an acquire of the isolate to carry it, ms; 0 = a call of its own. Default 5. */
   LEASE_RELEASE_CARRY_MS?: string | undefined;
