@@ -116,9 +116,10 @@ export interface LeasesOptions {
    * vanished while it waited (its request cancelled) never claims, so that slot comes back this
    * soon instead of at the lease TTL. A lease granted at once is never claimed.
    *
-   * Default: follows this client's measured round trips to the coordinator — four of them (the
-   * smoothed round trip plus four deviations), at least 100 ms and at most 1000 ms; 500 until the
-   * first is measured (see `CLAIM_WINDOW`). A number fixes the window; `0` sends no claim, and
+   * Default: follows the measured round trips to the coordinator — of this isolate's clients of
+   * the same `pool` name, or of this client when unnamed — four of them (the smoothed round trip
+   * plus four deviations), at least 100 ms and at most 1000 ms; 500 until the first is measured
+   * (see `CLAIM_WINDOW`). A number fixes the window; `0` sends no claim, and
    * grants from the queue live their full TTL.
    */
   claimMs?: number | undefined;
@@ -141,6 +142,23 @@ export interface LeasesOptions {
   outbox?: ReleaseOutbox | undefined;
 }
 
+/**
+ * Round trips measured per pool name in this isolate (or process): `workerPool` makes a client per
+ * request, which starts from what its isolate's earlier requests measured. A client with no pool
+ * name keeps its own.
+ */
+const tripsByPool = new Map<string, RoundTrips>();
+
+function roundTripsOf(pool: string | undefined): RoundTrips {
+  if (pool === undefined) return new RoundTrips();
+  let trips = tripsByPool.get(pool);
+  if (!trips) {
+    trips = new RoundTrips();
+    tripsByPool.set(pool, trips);
+  }
+  return trips;
+}
+
 /** The claim window before any round trip was measured, and `ShardedLeases`' fixed default; see `LeasesOptions.claimMs`. */
 export const DEFAULT_CLAIM_MS = CLAIM_WINDOW.initialMs;
 
@@ -160,7 +178,7 @@ export class Leases implements LeaseClient {
   readonly #outbox: ReleaseOutbox | undefined;
   /** A fixed claim window (undefined: none), or `"measured"`: from {@link RoundTrips}. */
   readonly #claim: number | undefined | "measured";
-  readonly #trips = new RoundTrips();
+  readonly #trips: RoundTrips;
   /** Grants from the queue returned unclaimed (`claim: "later"`), with the window each was asked with. */
   readonly #unclaimed = new WeakMap<LeaseGrant, number>();
   #acquires: Coalescer<AcquireOptions, AcquireResult | null> | undefined;
@@ -172,6 +190,7 @@ export class Leases implements LeaseClient {
     this.pool = options.pool;
     this.#waitUntil = options.waitUntil;
     this.#claim = options.claimMs === undefined ? "measured" : claimWindow(options.claimMs);
+    this.#trips = roundTripsOf(options.pool);
     this.#outbox = options.waitUntil ? options.outbox : undefined;
     const { acquireMany, releaseMany } = coordinator;
     if (options.coalesce === false || typeof acquireMany !== "function" || typeof releaseMany !== "function") return;

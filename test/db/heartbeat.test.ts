@@ -306,6 +306,18 @@ describe("the claim window follows the measured round trip", () => {
     expect(fixed.claimMs).toBe(300);
   });
 
+  it("clients of one pool name in a process share the measure: a client made per request starts from it", async () => {
+    const { far } = distant(60);
+    const pool = `shared-${crypto.randomUUID()}`;
+    const first = new Leases(far, { pool });
+    for (let i = 0; i < 3; i++) await first.release(await first.acquire());
+    const next = new Leases(far, { pool });
+    expect(next.claimMs).toBe(first.claimMs);
+    expect(next.claimMs).toBeGreaterThanOrEqual(4 * 120);
+    // Unnamed, a client keeps its own.
+    expect(new Leases(far).claimMs).toBe(CLAIM_WINDOW.initialMs);
+  });
+
   it("holders of a slow coordinator still claim in time: no LEASE_LOST, no ACQUIRE_TIMEOUT, no lapsed lease", async () => {
     const { coordinator, far } = distant(60);
     const leases = new Leases(far);
