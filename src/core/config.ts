@@ -76,8 +76,8 @@ export function validateConfig(config: PoolConfig): PoolConfig {
     reserved: optional("reserved", config.reserved, 0, limit - 1),
     batchMax: optional("batchMax", config.batchMax, 0, limit),
     adaptive: adaptive === undefined ? undefined : { floor: adaptive.floor, tolerance: adaptive.tolerance },
-    // Absent means `fifo`; kept absent so configs stored before the setting existed compare equal.
-    ...(queue === undefined || queue === "fifo" ? {} : { queue }),
+    // Absent means the default (`DEFAULT_QUEUE_MODE`), as `LEASE_QUEUE` unset does.
+    queue: queue ?? DEFAULT_QUEUE_MODE,
   };
 }
 
@@ -191,7 +191,7 @@ function oneOf<T extends string>(name: string, raw: string | undefined, choices:
  * `LEASE_QUEUE` when unset: `adaptive`. In `npm run bench:spike` (200 callers on 20 slots, half of
  * them gone after 1 s, none able to abort) it served 98.9 req/s against FIFO's 26.2 and 27.5 in the
  * same run, and callers that had gone held 0 % of the slots against 73 % and 69 % (figures in
- * docs/configuration.md). A `PoolConfig` written in code without `queue` is `fifo`.
+ * docs/configuration.md). A `PoolConfig` written in code without `queue` is the same.
  */
 export const DEFAULT_QUEUE_MODE: QueueMode = "adaptive";
 
@@ -234,7 +234,7 @@ export function poolSettings(env: PoolEnv): PoolSettings {
           ),
         }
       : undefined,
-    ...(queue === "fifo" ? {} : { queue }),
+    queue,
   };
   const name = text(env.LEASE_POOL) || "main";
   if (name.length > 200)

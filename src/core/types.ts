@@ -37,8 +37,8 @@ export interface PoolConfig {
   /** Moves the limit between a floor and `limit` by observed hold times. Default: off. */
   readonly adaptive?: AdaptiveConfig | undefined;
   /**
-   * How equal waiters are picked: see {@link QUEUE_MODES}. Absent here means `fifo`; `LEASE_QUEUE`
-   * unset means `adaptive` (`DEFAULT_QUEUE_MODE`).
+   * How equal waiters are picked: see {@link QUEUE_MODES}. Absent here, as `LEASE_QUEUE` unset,
+   * means `adaptive` (`DEFAULT_QUEUE_MODE`).
    */
   readonly queue?: QueueMode | undefined;
 }

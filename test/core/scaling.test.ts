@@ -12,7 +12,7 @@ import {
   request,
   retired,
 } from "../../src/core/lease-block.ts";
-import { validateConfig } from "../../src/core/config.ts";
+import { DEFAULT_QUEUE_MODE, validateConfig } from "../../src/core/config.ts";
 import { pickShard, shardConfig, shardLimits } from "../../src/core/shard.ts";
 import { simulate } from "../../bench/simulate.ts";
 
@@ -207,7 +207,7 @@ describe("shardConfig", () => {
         expect(parts.reduce((a, c) => a + c.maxQueue, 0)).toBe(base.maxQueue);
         expect(parts.reduce((a, c) => a + (c.reserved ?? 0), 0)).toBeLessThanOrEqual(base.reserved);
         expect(parts.reduce((a, c) => a + (c.batchMax ?? 0), 0)).toBeLessThanOrEqual(base.batchMax);
-        for (const c of parts) expect(validateConfig(c)).toEqual(c);
+        for (const c of parts) expect(validateConfig(c)).toEqual({ ...c, queue: c.queue ?? DEFAULT_QUEUE_MODE });
       }),
     );
   });

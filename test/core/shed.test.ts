@@ -23,7 +23,8 @@ import { formatMetrics } from "../../src/http/metrics.ts";
  * `ACQUIRE_TIMEOUT` now, with that prediction as Retry-After — once predictions are trusted.
  */
 const HOLD_MS = 100;
-const config: PoolConfig = { limit: 1, maxQueue: 100, waitMs: 10_000, leaseTtlMs: 60_000 };
+// FIFO unless a case says otherwise: the training serves its queues in arrival order, as predicted.
+const config: PoolConfig = { limit: 1, maxQueue: 100, waitMs: 10_000, leaseTtlMs: 60_000, queue: "fifo" };
 let seq = 0;
 const id = () => `w${++seq}`;
 
