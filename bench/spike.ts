@@ -12,7 +12,7 @@
  *            waits for its TTL, also one granted to it after it was gone);
  *   after  — the defaults: a 1.5 s lease renewed by `withLease`'s heartbeat every 500 ms, a grant
  *            from the queue that lives one claim window until its caller claims it (four measured
- *            round trips, 100–1000 ms), and the default queue order (`LEASE_QUEUE=adaptive`);
+ *            round trips, 250–1000 ms), and the default queue order (`LEASE_QUEUE=adaptive`);
  *   after + signal — the same, and a caller that gives up also aborts its `signal` (what a Node or
  *            Deno caller can do; a cancelled Worker request cannot): the local adapter withdraws it.
  *   adaptive, fifo — `after` with `LEASE_QUEUE` set (the default, `adaptive`, is what `after` runs):

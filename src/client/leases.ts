@@ -118,7 +118,7 @@ export interface LeasesOptions {
    *
    * Default: follows the measured round trips to the coordinator — of this isolate's clients of
    * the same `pool` name, or of this client when unnamed — four of them (the smoothed round trip
-   * plus four deviations), at least 100 ms and at most 1000 ms; 500 until the first is measured
+   * plus four deviations), at least 250 ms and at most 1000 ms; 500 until the first is measured
    * (see `CLAIM_WINDOW`). A number fixes the window; `0` sends no claim, and
    * grants from the queue live their full TTL.
    */

@@ -59,15 +59,16 @@ describe("the claim window from measured round trips", () => {
     expect(new RoundTrips().claimWindowMs()).toBe(CLAIM_WINDOW.initialMs);
     // One sample of 40 ms: a bound of 40 + 4 × 20, four of them.
     expect(measured([40]).claimWindowMs()).toBe(480);
-    // Steady 40 ms round trips: the deviation decays and the window closes in on 4 × 40.
-    expect(measured(Array(60).fill(40)).claimWindowMs()).toBe(160);
+    // Steady 80 ms round trips: the deviation decays and the window closes in on 4 × 80.
+    expect(measured(Array(60).fill(80)).claimWindowMs()).toBe(320);
   });
 
   it("tracks the round trip as it moves: a coordinator that slows down widens the window, one that speeds up narrows it", () => {
     const slowing = measured([...Array(30).fill(20), ...Array(30).fill(120)]);
     expect(slowing.claimWindowMs()).toBeGreaterThanOrEqual(4 * 120);
-    const speeding = measured([...Array(30).fill(120), ...Array(60).fill(20)]);
-    expect(speeding.claimWindowMs()).toBeLessThan(4 * 40);
+    const speeding = measured([...Array(30).fill(120), ...Array(60).fill(70)]);
+    expect(speeding.claimWindowMs()).toBeLessThan(slowing.claimWindowMs());
+    expect(speeding.claimWindowMs()).toBeLessThan(4 * 90);
   });
 
   it("is bounded below and above, and ignores samples that are not durations", () => {
