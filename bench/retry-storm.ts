@@ -67,6 +67,8 @@ interface Outcome {
   attempts: number;
   failed: Record<string, number>;
   clientRetries: number;
+  /** Acquires the coordinator answered at once, their predicted wait hopeless. */
+  toldAtOnce: number;
 }
 
 let seq = 0;
@@ -97,7 +99,7 @@ function database(setup: Setup) {
   const pool = `retries-${process.pid}-${++seq}`;
   const leases = new Leases(coordinator, { pool, claimMs: claimMs === undefined ? undefined : Number(claimMs) });
   const db = new Database({ name: pool, driver, leases, config, log: () => {} });
-  return { db, counted };
+  return { db, counted, coordinator };
 }
 
 /** One user request as the docs tell a client: a 503 is retried after Retry-After (whole seconds), at most twice. */
@@ -141,8 +143,17 @@ async function capacity(): Promise<number> {
 }
 
 async function run(setup: Setup, rate: number): Promise<Outcome> {
-  const { db, counted } = database(setup);
-  const out: Outcome = { setup, users: 0, ok: 0, okTotal: 0, attempts: 0, failed: {}, clientRetries: 0 };
+  const { db, counted, coordinator } = database(setup);
+  const out: Outcome = {
+    setup,
+    users: 0,
+    ok: 0,
+    okTotal: 0,
+    attempts: 0,
+    failed: {},
+    clientRetries: 0,
+    toldAtOnce: 0,
+  };
   const started = Date.now();
   const endAt = started + seconds * 1000;
   const running: Array<Promise<void>> = [];
@@ -158,6 +169,7 @@ async function run(setup: Setup, rate: number): Promise<Outcome> {
   const okInTime = out.ok;
   await Promise.all(running);
   out.attempts = counted.attempts;
+  out.toldAtOnce = (await coordinator.stats()).prediction?.shed ?? 0;
   return { ...out, ok: okInTime, okTotal: out.ok };
 }
 
@@ -194,10 +206,11 @@ console.log(
     "attempts per user request",
     "attempts per success",
     "client retries (after Retry-After)",
+    "acquires told at once (hopeless)",
     "failed",
   ]),
 );
-console.log(row(["---", "---", "---", "---", "---", "---", "---", "---", "---", "---"]));
+console.log(row(["---", "---", "---", "---", "---", "---", "---", "---", "---", "---", "---"]));
 for (const o of results) {
   const failed =
     Object.entries(o.failed)
@@ -215,6 +228,7 @@ for (const o of results) {
       (o.attempts / o.users).toFixed(2),
       (o.attempts / Math.max(1, o.okTotal)).toFixed(2),
       o.clientRetries,
+      o.toldAtOnce,
       failed,
     ]),
   );
