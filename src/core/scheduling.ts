@@ -43,7 +43,7 @@ export function eligible(state: PoolState, priority: Priority): boolean {
 /**
  * `queue: "adaptive"`: a queue whose oldest waiter has waited longer than this, ms, is standing
  * (CoDel's target). A healthy pool at its limit shows waits of a hold time over the limit in
- * passing (milliseconds); 50 ms is a tenth of the 500 ms claim window, what a grant to a caller
+ * passing (milliseconds); 50 ms is a fifth of the claim window at its 250 ms floor, what a grant to a caller
  * that left costs, and already longer than the statements a lease is for. CoDel's 5 ms (and
  * Facebook's M = 5 ms) is for packets and RPCs of microseconds; a wait here includes a round trip to
  * the coordinator and one to the database, so 5 ms would call every burst a standing queue.
@@ -53,7 +53,7 @@ export const QUEUE_TARGET_MS = 50;
  * `queue: "adaptive"`: how long the queue must stay above the target before newest-first is in
  * force, ms (CoDel's interval; Facebook's N = 100 ms). Long enough that a burst that drains in a
  * hold time or two (a cron tick, a cold start) never flips the order; short next to how long
- * callers wait before they give up (a client's ~1 s, the 500 ms claim window, a third of the
+ * callers wait before they give up (a client's ~1 s, the 250–1000 ms claim window, a third of the
  * 1.5 s TTL), so the newest waiters are served while they are still there.
  */
 export const QUEUE_INTERVAL_MS = 100;
