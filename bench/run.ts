@@ -448,6 +448,8 @@ lines.push(
   "- A spike of callers that give up (200 clients on 20 slots, half give up after 1 s and retry), before",
   "  and after short leases with a heartbeat: `npm run bench:spike`, figures in",
   "  [docs/reliability.md](docs/reliability.md#callers-that-vanish).",
+  "- Sustained 5× overload from clients that retry after Retry-After, with and without the retry",
+  "  budget, counting database attempts per request: `npm run bench:retries` (bench/retry-storm.ts).",
   "",
   `Suite time: ${f((Date.now() - started) / 1000)} s.`,
   "",

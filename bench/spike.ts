@@ -10,9 +10,9 @@
  * Two runs, side by side, on the same engine:
  *   before — a 30 s lease, no heartbeat, no claim, FIFO (the old defaults: a vanished caller's slot
  *            waits for its TTL, also one granted to it after it was gone);
- *   after  — the defaults: a 1.5 s lease renewed by `withLease`'s heartbeat every 500 ms, and a grant
- *            from the queue that lives 500 ms until its caller claims it, and the default queue order
- *            (`LEASE_QUEUE=adaptive`);
+ *   after  — the defaults: a 1.5 s lease renewed by `withLease`'s heartbeat every 500 ms, a grant
+ *            from the queue that lives one claim window until its caller claims it (four measured
+ *            round trips, 250–1000 ms), and the default queue order (`LEASE_QUEUE=adaptive`);
  *   after + signal — the same, and a caller that gives up also aborts its `signal` (what a Node or
  *            Deno caller can do; a cancelled Worker request cannot): the local adapter withdraws it.
  *   adaptive, fifo — `after` with `LEASE_QUEUE` set (the default, `adaptive`, is what `after` runs):
@@ -29,7 +29,7 @@
  */
 import postgres from "postgres";
 import { PostgresCoordinator } from "../local/postgres-coordinator.ts";
-import { type Coordinator, DEFAULT_CLAIM_MS, Leases } from "../src/client/leases.ts";
+import { type Coordinator, Leases } from "../src/client/leases.ts";
 import {
   type AcquireOptions,
   DEFAULT_CONFIG,
@@ -96,6 +96,8 @@ interface Outcome {
   fullyGoneMs: number;
   goneSlotSeconds: number;
   samples: number;
+  /** The claim window the run's clients asked for at its end, ms (undefined: no claim). */
+  claimWindowMs: number | undefined;
 }
 
 async function run(mode: Mode): Promise<Outcome> {
@@ -124,6 +126,7 @@ async function run(mode: Mode): Promise<Outcome> {
     fullyGoneMs: 0,
     goneSlotSeconds: 0,
     samples: 0,
+    claimWindowMs: undefined,
   };
   const endAt = Date.now() + seconds * 1000;
   let seq = 0;
@@ -132,7 +135,8 @@ async function run(mode: Mode): Promise<Outcome> {
     while (Date.now() < endAt) {
       const holder = `r${++seq}`;
       const view = new Vanishing(coordinator);
-      const leases = new Leases(view, { holder, claimMs: mode.claimMs });
+      // Named like workerPool's clients: a client per request, round trips kept per pool in the process.
+      const leases = new Leases(view, { holder, claimMs: mode.claimMs, pool });
       const started = performance.now();
       const giveUp = new AbortController();
       const signal = mode.signal && impatient ? giveUp.signal : undefined;
@@ -177,6 +181,7 @@ async function run(mode: Mode): Promise<Outcome> {
   })();
 
   await Promise.all([sampler, ...Array.from({ length: clients }, (_, i) => client(i % 2 === 0))]);
+  out.claimWindowMs = new Leases(coordinator, { claimMs: mode.claimMs, pool }).claimMs;
   await coordinator.close();
   for (const t of ["leasegate_leases", "leasegate_waiters", "leasegate_pools"])
     await sql`DELETE FROM ${sql(t)} WHERE pool = ${pool}`;
@@ -235,7 +240,7 @@ for (const r of results) {
   console.log(
     row([
       r.mode.name,
-      `${r.mode.ttlMs} ms / ${beat} / ${r.mode.claimMs === 0 ? "none" : `${DEFAULT_CLAIM_MS} ms`} / ${r.mode.queue ?? "default"}`,
+      `${r.mode.ttlMs} ms / ${beat} / ${r.claimWindowMs === undefined ? "none" : `${r.claimWindowMs} ms`} / ${r.mode.queue ?? "default"}`,
       (r.done / seconds).toFixed(1),
       pct(r.latenciesMs, 0.5).toFixed(0),
       pct(r.latenciesMs, 0.99).toFixed(0),

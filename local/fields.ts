@@ -63,6 +63,8 @@ export const WAITER_FIELDS = [
   { key: "claimMs", column: "claim_ms", type: "bigint", optional: true },
   { key: "priority", column: "priority", type: "text", optional: true },
   { key: "tenant", column: "tenant", type: "text", optional: true },
+  // The wait predicted at enqueue, ms: its error is measured at the grant.
+  { key: "predictedMs", column: "predicted_ms", type: "bigint", optional: true },
 ] as const satisfies readonly Field<Waiter>[];
 
 /**

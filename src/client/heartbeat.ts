@@ -34,11 +34,18 @@ export interface HeartbeatOptions {
   onError?: ((error: unknown) => void) | undefined;
   /**
    * The lease is a grant from the queue not claimed yet (it lives the client's claim window, see
-   * `LeasesOptions.claimMs`): the first beat, a third of the way into that window, is its claim —
-   * it renews the lease to `ttlMs` (undefined: the pool's TTL) — also when renewal is off. Work that
-   * ends sooner makes no claim call: its release is all the coordinator hears.
+   * `LeasesOptions.claimMs`): the first beat, `inMs` after the grant arrived (default: a third of
+   * the way into that window), is its claim — it renews the lease to `ttlMs` (undefined: the pool's
+   * TTL) — also when renewal is off. Work that ends sooner makes no claim call: its release is all
+   * the coordinator hears.
    */
-  claim?: { ttlMs: number | undefined } | undefined;
+  claim?: HeartbeatClaim | undefined;
+}
+
+/** See `HeartbeatOptions.claim`. */
+export interface HeartbeatClaim {
+  ttlMs: number | undefined;
+  inMs?: number | undefined;
 }
 
 /** A running heartbeat: the lease as last renewed, and the switch that stops it. */
@@ -87,6 +94,11 @@ export function validFor(lease: LeaseGrant, renewedForMs?: number): number {
   return lease.validForMs ?? renewedForMs ?? lease.expiresAt - lease.grantedAt;
 }
 
+/** A lease's lifetime from its grant (or last renewal), ms. */
+function lifetimeOf(lease: LeaseGrant): number {
+  return Math.max(1, lease.expiresAt - lease.grantedAt);
+}
+
 /**
  * How long before the lease's end, as the holder counts it, the holder stops: time for the cancel
  * and the close to reach the database before the coordinator may grant the slot again (and for
@@ -123,10 +135,13 @@ export function heartbeat(leases: Renewer, granted: LeaseGrant, options: Heartbe
   let current = granted;
   // Unclaimed, the lease lives the claim window: the claim asks for the full TTL, and comes early enough.
   let claiming = options.claim !== undefined;
-  const ttlMs = options.claim ? options.claim.ttlMs : Math.max(1, granted.expiresAt - granted.grantedAt);
+  const ttlMs = options.claim ? options.claim.ttlMs : lifetimeOf(granted);
   // When the lease ends as this holder counts: only a renewal that succeeds moves it.
-  let endsAt = sentAt + validFor(granted) - stopMarginMs(validFor(granted));
+  // The margin follows the lease's own lifetime from its grant, not the wait before it: a short
+  // claim window after a long wait keeps a short margin.
+  let endsAt = sentAt + validFor(granted) - stopMarginMs(Math.min(validFor(granted), lifetimeOf(granted)));
   let beats = 0;
+  let failures = 0;
   let stopped = false;
   let lost: LeaseError | undefined;
   let cancelBeat: () => void = () => {};
@@ -168,15 +183,19 @@ export function heartbeat(leases: Renewer, granted: LeaseGrant, options: Heartbe
       (error: unknown) => {
         if (stopped) return;
         if (isLeaseError(error) && LOST.has(error.code)) return lose(error);
+        failures++;
         options.onError?.(error);
         schedule();
       },
     );
   };
   const schedule = () => {
-    const claimBy = defaultHeartbeatMs(granted);
+    const claimBy = options.claim?.inMs ?? defaultHeartbeatMs(granted);
     const delayMs = claiming ? (everyMs > 0 ? Math.min(everyMs, claimBy) : claimBy) : everyMs;
-    if (delayMs > 0) cancelBeat = setTimer(beat, delayMs);
+    // A claim is sent however soon it is due (a beat of 0 ms is renewal turned off); one that failed
+    // is tried again no sooner than 25 ms later.
+    if (claiming) cancelBeat = setTimer(beat, failures > 0 ? Math.max(25, delayMs) : delayMs);
+    else if (delayMs > 0) cancelBeat = setTimer(beat, delayMs);
   };
   watchEnd();
   schedule();

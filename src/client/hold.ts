@@ -1,7 +1,7 @@
 import { AsyncLocalStorage } from "node:async_hooks";
 import { type AcquireOptions, type LeaseGrant, BOUNDS, LeaseError, checkInt } from "../core/index.ts";
 import { type LeaseTracer, watchLease } from "../tracing.ts";
-import { type Heartbeat, type SetTimer, heartbeat } from "./heartbeat.ts";
+import { type Heartbeat, type HeartbeatClaim, type SetTimer, heartbeat } from "./heartbeat.ts";
 
 /** Registers background work that must finish even after the response is sent (`ctx.waitUntil`). */
 export type WaitUntil = (promise: Promise<unknown>) => void;
@@ -29,6 +29,11 @@ export interface HoldingClient {
   acquire(options?: ClientAcquireOptions, claim?: "now" | "later"): Promise<LeaseGrant>;
   /** The client's claim window, ms (`LeasesOptions.claimMs`); undefined: its grants need no claim. */
   readonly claimMs?: number | undefined;
+  /**
+   * When a lease it returned unclaimed must be claimed, ms after its answer arrived; undefined: no
+   * claim. Without it, a grant from the queue ({@link needsClaim}) is claimed a third of the way into `claimMs`.
+   */
+  claimDueMs?(lease: LeaseGrant): number | undefined;
   release(lease: LeaseGrant): Promise<void>;
   /**
    * Gives a finished lease back when nobody needs the answer; never throws. The lifecycle uses it
@@ -70,6 +75,15 @@ export interface LeaseScope {
  */
 export function needsClaim(lease: LeaseGrant, claimMs: number | undefined): boolean {
   return claimMs !== undefined && lease.expiresAt - lease.grantedAt === claimMs;
+}
+
+/** The heartbeat's claim of a lease `client` returned unclaimed: when to send it, and the TTL it asks for. */
+function claimOf(client: HoldingClient, lease: LeaseGrant, ttlMs: number | undefined): HeartbeatClaim | undefined {
+  if (client.claimDueMs) {
+    const inMs = client.claimDueMs(lease);
+    return inMs === undefined ? undefined : { ttlMs, inMs };
+  }
+  return needsClaim(lease, client.claimMs) ? { ttlMs } : undefined;
 }
 
 /** A scope whose lease may be absent: no coordinator (`COORDINATOR=off`) or the safe mode's budget. */
@@ -229,7 +243,7 @@ export async function holdLease<T>(
         },
         onError: options.onRenewError,
         // Short work makes no claim call: the release is all the coordinator hears of it.
-        claim: needsClaim(lease, client.claimMs) ? { ttlMs: options.ttlMs } : undefined,
+        claim: claimOf(client, lease, options.ttlMs),
       });
     }
     const held = beat;

@@ -17,6 +17,7 @@ import {
 import type { Coordinator } from "../engine/coordinator.ts";
 import type { LeaseTracer } from "../tracing.ts";
 import { Coalescer } from "./coalesce.ts";
+import { RoundTrips, CLAIM_WINDOW, claimDelayMs } from "./round-trips.ts";
 import type { ReleaseOutbox } from "./outbox.ts";
 import {
   type ClientAcquireOptions,
@@ -61,6 +62,18 @@ export interface WithLeaseOptions extends ClientAcquireOptions {
   heartbeatMs?: number | undefined;
 }
 
+/**
+ * How long an acquire's answer waited at the coordinator, ms: a grant is valid `validForMs` from
+ * when its call arrived and lives `expiresAt − grantedAt` from its grant, so the difference is its
+ * wait (0 when granted at once). Undefined when not known: a grant from an older coordinator, a
+ * refusal after a wait.
+ */
+function queuedFor(result: AcquireResult): number | undefined {
+  if (!result.ok) return result.code === "QUEUE_FULL" ? 0 : undefined;
+  const { validForMs, expiresAt, grantedAt } = result.lease;
+  return validForMs === undefined ? undefined : Math.max(0, validForMs - (expiresAt - grantedAt));
+}
+
 function toError(failure: Failure): LeaseError {
   return new LeaseError(failure.code, failure.message, { retryAfterMs: failure.retryAfterMs });
 }
@@ -99,11 +112,16 @@ export interface LeasesOptions {
   /**
    * A lease granted after a wait lives this long, ms, until its holder claims it (renews it to
    * its TTL). `acquire` claims before it returns; `withLease` (and everything built on it) lets
-   * the heartbeat's first beat, a third of the way into the window, be the claim — work that ends
-   * sooner makes no claim call. A caller that vanished while it waited (its request cancelled)
-   * never claims, so that slot comes back this soon instead of at the lease TTL. Default 500 (a
-   * cross-region round trip fits well inside a third of it); `0` sends none, and grants from the
-   * queue live their full TTL. A lease granted at once is never claimed.
+   * the heartbeat's first beat be the claim — a third of the way into the window, or sooner when
+   * the round trip asks for it — so work that ends sooner makes no claim call. A caller that
+   * vanished while it waited (its request cancelled) never claims, so that slot comes back this
+   * soon instead of at the lease TTL. A lease granted at once is never claimed.
+   *
+   * Default: follows the measured round trips to the coordinator — of this isolate's clients of
+   * the same `pool` name, or of this client when unnamed — four of them (the smoothed round trip
+   * plus four deviations), at least 250 ms and at most 1000 ms; 500 until the first is measured
+   * (see `CLAIM_WINDOW`). A number fixes the window; `0` sends no claim, and
+   * grants from the queue live their full TTL.
    */
   claimMs?: number | undefined;
   /**
@@ -130,8 +148,25 @@ export interface LeasesOptions {
   tracer?: LeaseTracer | undefined;
 }
 
-/** See `LeasesOptions.claimMs`. */
-export const DEFAULT_CLAIM_MS = 500;
+/**
+ * Round trips measured per pool name in this isolate (or process): `workerPool` makes a client per
+ * request, which starts from what its isolate's earlier requests measured. A client with no pool
+ * name keeps its own.
+ */
+const tripsByPool = new Map<string, RoundTrips>();
+
+function roundTripsOf(pool: string | undefined): RoundTrips {
+  if (pool === undefined) return new RoundTrips();
+  let trips = tripsByPool.get(pool);
+  if (!trips) {
+    trips = new RoundTrips();
+    tripsByPool.set(pool, trips);
+  }
+  return trips;
+}
+
+/** The claim window before any round trip was measured, and `ShardedLeases`' fixed default; see `LeasesOptions.claimMs`. */
+export const DEFAULT_CLAIM_MS = CLAIM_WINDOW.initialMs;
 
 /**
  * Application-facing leases for one pool: `acquire`, `release`, `renew` throw `LeaseError`s with
@@ -147,7 +182,11 @@ export class Leases implements LeaseClient {
   readonly #waitUntil: WaitUntil | undefined;
   readonly #holder: string;
   readonly #outbox: ReleaseOutbox | undefined;
-  readonly claimMs: number | undefined;
+  /** A fixed claim window (undefined: none), or `"measured"`: from {@link RoundTrips}. */
+  readonly #claim: number | undefined | "measured";
+  readonly #trips: RoundTrips;
+  /** Grants from the queue returned unclaimed (`claim: "later"`), with the window each was asked with. */
+  readonly #unclaimed = new WeakMap<LeaseGrant, number>();
   readonly tracer: LeaseTracer | undefined;
   #acquires: Coalescer<AcquireOptions, AcquireResult | null> | undefined;
   #releases: Coalescer<LeaseRef, ReleaseResult | null> | undefined;
@@ -157,7 +196,8 @@ export class Leases implements LeaseClient {
     this.#holder = options.holder ?? "";
     this.pool = options.pool;
     this.#waitUntil = options.waitUntil;
-    this.claimMs = claimWindow(options.claimMs);
+    this.#claim = options.claimMs === undefined ? "measured" : claimWindow(options.claimMs);
+    this.#trips = roundTripsOf(options.pool);
     this.tracer = options.tracer;
     this.#outbox = options.waitUntil ? options.outbox : undefined;
     const { acquireMany, releaseMany } = coordinator;
@@ -172,6 +212,41 @@ export class Leases implements LeaseClient {
       (ref) => coordinator.release(ref),
       (refs) => this.#batch(refs, () => coordinator.releaseMany!(refs)),
     );
+  }
+
+  /**
+   * The claim window this client asks for now, ms (see `LeasesOptions.claimMs`); undefined: none.
+   *
+   * @example
+   * new Leases(stub).claimMs // 500 until a round trip is measured
+   */
+  get claimMs(): number | undefined {
+    return this.#claim === "measured" ? this.#trips.claimWindowMs() : this.#claim;
+  }
+
+  /**
+   * When a lease this client returned unclaimed (`acquire(options, "later")`) must be claimed, ms
+   * after its answer arrived: early enough for the claim to arrive inside its window given the
+   * measured round trip. Undefined: it needs no claim.
+   *
+   * @example
+   * const lease = await leases.acquire({}, "later"); leases.claimDueMs(lease) // 33, or undefined
+   */
+  claimDueMs(lease: LeaseGrant): number | undefined {
+    const windowMs = this.#unclaimed.get(lease);
+    return windowMs === undefined ? undefined : claimDelayMs(windowMs, this.#trips.boundMs);
+  }
+
+  /**
+   * Runs a call and counts its round trip: the time to its answer, less what `waited` says the
+   * answer spent waiting at the coordinator (undefined: unknown, not counted).
+   */
+  async #timed<T>(send: () => Promise<T>, waited: (answer: T) => number | undefined = () => 0): Promise<T> {
+    const sentAt = performance.now();
+    const answer = await send();
+    const waitedMs = waited(answer);
+    if (waitedMs !== undefined) this.#trips.record(performance.now() - sentAt - waitedMs);
+    return answer;
   }
 
   /**
@@ -205,13 +280,18 @@ export class Leases implements LeaseClient {
   async acquire(options: ClientAcquireOptions = {}, claim: "now" | "later" = "now"): Promise<LeaseGrant> {
     const signal = options.signal;
     signal?.throwIfAborted();
-    const request = coordinatorRequest(options, this.#holder, this.claimMs);
+    const windowMs = this.claimMs;
+    const request = coordinatorRequest(options, this.#holder, windowMs);
+    const sent = this.#timed(() => this.#send(request, signal), queuedFor);
     const result = signal
-      ? await untilAborted(this.#send(request, signal), signal, (late) => late.ok && this.#releaseLate(late.lease))
-      : await this.#send(request);
+      ? await untilAborted(sent, signal, (late) => late.ok && this.#releaseLate(late.lease))
+      : await sent;
     if (!result.ok) throw toError(result);
-    if (claim === "later") return result.lease;
-    return await claimNow(result.lease, this.claimMs, (lease) => this.renew(lease, options.ttlMs));
+    if (claim === "later") {
+      if (windowMs !== undefined && needsClaim(result.lease, windowMs)) this.#unclaimed.set(result.lease, windowMs);
+      return result.lease;
+    }
+    return await claimNow(result.lease, windowMs, (lease) => this.renew(lease, options.ttlMs));
   }
 
   /** Releases a lease nobody will use, in the background. */
@@ -279,7 +359,10 @@ export class Leases implements LeaseClient {
 
   async #release(ref: LeaseRef): Promise<ReleaseResult> {
     const releases = this.#releases;
-    return (releases && (await call(() => releases.call(ref)))) ?? (await call(() => this.#coordinator.release(ref)));
+    return await this.#timed(
+      async () =>
+        (releases && (await call(() => releases.call(ref)))) ?? (await call(() => this.#coordinator.release(ref))),
+    );
   }
 
   /**
@@ -290,7 +373,7 @@ export class Leases implements LeaseClient {
    * lease = await leases.renew(lease, 30_000);
    */
   async renew(lease: LeaseGrant, ttlMs?: number): Promise<LeaseGrant> {
-    const result = await call(() => this.#coordinator.renew(leaseRef(lease), ttlMs));
+    const result = await this.#timed(() => call(() => this.#coordinator.renew(leaseRef(lease), ttlMs)));
     if (!result.ok) throw toError(result);
     return result.lease;
   }

@@ -528,8 +528,29 @@ export function mergeStats(list: readonly PoolStats[]): PoolStats {
             failure: shared.map((s) => s.share!.failure).find((f) => f !== null) ?? null,
           },
     shares,
+    prediction: mergePredictions(list),
   };
   return merged;
+}
+
+/** The shards' wait predictions as one: counts summed, means weighted by each shard's waits. */
+function mergePredictions(list: readonly PoolStats[]): PoolStats["prediction"] {
+  const all = list.flatMap((s) => (s.prediction ? [s.prediction] : []));
+  if (all.length === 0) return undefined;
+  const waits = all.reduce((a, p) => a + p.waits, 0);
+  const mean = (f: (p: NonNullable<PoolStats["prediction"]>) => number) =>
+    waits === 0 ? 0 : all.reduce((a, p) => a + f(p) * p.waits, 0) / waits;
+  return {
+    shed: all.reduce((a, p) => a + p.shed, 0),
+    waits,
+    meanPredictedMs: mean((p) => p.meanPredictedMs),
+    meanActualMs: mean((p) => p.meanActualMs),
+    meanAbsErrorMs: mean((p) => p.meanAbsErrorMs),
+    early: all.reduce((a, p) => a + p.early, 0),
+    earlyShare: mean((p) => p.earlyShare),
+    holdMs: mean((p) => p.holdMs),
+    shedding: all.some((p) => p.shedding),
+  };
 }
 
 /**

@@ -85,8 +85,8 @@ export function validateConfig(config: PoolConfig): PoolConfig {
     reserved: optional("reserved", config.reserved, 0, BOUNDS.limit - 1),
     batchMax: optional("batchMax", config.batchMax, 0, BOUNDS.limit),
     adaptive: adaptive === undefined ? undefined : { floor: adaptive.floor, tolerance: adaptive.tolerance },
-    // Absent means `fifo`; kept absent so configs stored before the setting existed compare equal.
-    ...(queue === undefined || queue === "fifo" ? {} : { queue }),
+    // Absent means the default (`DEFAULT_QUEUE_MODE`), as `LEASE_QUEUE` unset does.
+    queue: queue ?? DEFAULT_QUEUE_MODE,
   };
 }
 
@@ -146,7 +146,7 @@ export interface PoolEnv {
   LEASE_BLOCK_IDLE_MS?: string | undefined;
   /** Where coordinator objects are created (`locationHint`, e.g. `weur`): near the database. */
   LEASE_LOCATION_HINT?: string | undefined;
-  /** How long a grant from the queue lives until its holder claims it, ms; 0 = no claim. Default 500. */
+  /** How long a grant from the queue lives until its holder claims it, ms; 0 = no claim. Unset: follows the measured round trip. */
   LEASE_CLAIM_MS?: string | undefined;
   /** How long a finished lease's release waits for an acquire of the isolate to carry it, ms; 0 = a call of its own. Default 5. */
   LEASE_RELEASE_CARRY_MS?: string | undefined;
@@ -224,7 +224,7 @@ function oneOf<T extends string>(name: string, raw: string | undefined, choices:
  * `LEASE_QUEUE` when unset: `adaptive`. In `npm run bench:spike` (200 callers on 20 slots, half of
  * them gone after 1 s, none able to abort) it served 98.9 req/s against FIFO's 26.2 and 27.5 in the
  * same run, and callers that had gone held 0 % of the slots against 73 % and 69 % (figures in
- * docs/configuration.md). A `PoolConfig` written in code without `queue` is `fifo`.
+ * docs/configuration.md). A `PoolConfig` written in code without `queue` is the same.
  */
 export const DEFAULT_QUEUE_MODE: QueueMode = "adaptive";
 
@@ -286,7 +286,7 @@ export function poolSettings(env: PoolEnv): PoolSettings {
           ),
         }
       : undefined,
-    ...(queue === "fifo" ? {} : { queue }),
+    queue,
   };
   const name = text(env.LEASE_POOL) || "main";
   if (name.length > 200)

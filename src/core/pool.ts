@@ -3,15 +3,23 @@ import { LeaseError, expected } from "./errors.ts";
 import { createHistogram, percentile, record } from "./histogram.ts";
 import { CLOCK_MARGIN_MS, TTL_CAP_FACTOR, type VerifyRef, maxTtlMs } from "./recovery.ts";
 import {
+  SHED_MARGIN,
+  adaptiveFollowsLimit,
   capacity,
   eligible,
+  hopeless,
+  hopelessUnderLifo,
+  noPrediction,
   noStandingQueue,
   observeHold,
+  observeHoldTime,
   observeQueue,
+  observeWait,
   pickNext,
+  predictWaitMs,
   reservedSlots,
   served,
-  adaptiveFollowsLimit,
+  sheddingOn,
 } from "./scheduling.ts";
 import {
   type AcquireOutcome,
@@ -48,6 +56,7 @@ export function createPool(config: PoolConfig, restored?: { leases: Iterable<Lea
     waits: createHistogram(),
     holdMsSum: 0,
     holdCount: 0,
+    prediction: noPrediction(),
     lastServed: new Map(),
     serveSeq: 0,
     adaptive: undefined,
@@ -127,7 +136,12 @@ function checkTtl(state: PoolState, ttlMs: unknown): number {
 function retryAfterMs(state: PoolState): number {
   const meanHold = state.holdCount === 0 ? 100 : state.holdMsSum / state.holdCount;
   const ahead = state.queue.length + 1;
-  return Math.min(30_000, Math.max(50, Math.ceil((meanHold * ahead) / Math.max(1, capacity(state)))));
+  return retryHint((meanHold * ahead) / Math.max(1, capacity(state)));
+}
+
+/** A Retry-After hint, ms: at least 50, at most 30 s. */
+function retryHint(ms: number): number {
+  return Math.min(30_000, Math.max(50, Math.ceil(ms)));
 }
 
 function grantTo(
@@ -158,10 +172,20 @@ function fill(state: PoolState, now: number, fx: Effects): void {
   observeQueue(state, now);
   // A pool recovering the leases granted before its restart cannot know a slot is free.
   if (state.recovery) return;
+  // Under newest-first, the oldest whose turn cannot come in time are told now (see
+  // `hopelessUnderLifo`), before the slots go to the newest: the mode just decided stands for both.
+  for (const w of hopelessUnderLifo(state, now)) {
+    state.counters.timedOut++;
+    state.prediction.shed++;
+    record(state.waits, now - w.enqueuedAt);
+    // Its answer says how long it really waited.
+    fx.timedOut.push({ ...w, deadline: now });
+  }
   for (let i = pickNext(state); i >= 0; i = pickNext(state)) {
     const w = i === 0 ? state.queue.shift()! : state.queue.splice(i, 1)[0]!;
     served(state, w);
     record(state.waits, now - w.enqueuedAt);
+    observeWait(state, w, now);
     // A waiter's caller may have gone while it waited: its grant lives `claimMs` until claimed.
     fx.granted.push(grantTo(state, w.claimMs === undefined ? w : { ...w, ttlMs: w.claimMs }, now));
   }
@@ -230,8 +254,13 @@ export function acquire(
   if (req.queue === false) return { outcome: { status: "deferred" }, effects: fx };
   const shed = refusal(state, r.waitMs);
   if (shed) return { outcome: shed, effects: fx };
+  // A wait that cannot end in time is told so now, not at its deadline (see `hopeless`).
+  const forecast = predictWaitMs(state, r.priority, r.tenant, now);
+  if (hopeless(state, forecast, r.waitMs)) return { outcome: hopelessWait(state, forecast!.ms, r.waitMs), effects: fx };
   const deadline = now + r.waitMs;
   const waiter: Waiter = { leaseId: r.leaseId, holder: r.holder, enqueuedAt: now, deadline, ttlMs: r.ttlMs };
+  // Measured only where a shed could happen: behind at least one waiter certain to go first.
+  if (forecast && forecast.ahead >= 1) (waiter as { predictedMs?: number }).predictedMs = forecast.ms;
   if (r.claimMs !== undefined) (waiter as { claimMs?: number }).claimMs = r.claimMs;
   if (r.priority !== "normal") (waiter as { priority?: Priority }).priority = r.priority;
   if (r.tenant) (waiter as { tenant?: string }).tenant = r.tenant;
@@ -290,6 +319,24 @@ function refusal(state: PoolState, waitMs: number): Extract<AcquireOutcome, { st
     return { status: "rejected", code: "QUEUE_FULL", message, retryAfterMs: retryAfterMs(state) };
   }
   return null;
+}
+
+/**
+ * The answer to a caller whose predicted wait is hopeless: `ACQUIRE_TIMEOUT` now, as it would have
+ * been at its deadline, counted as a time-out (and as a shed); Retry-After is the predicted wait.
+ */
+function hopelessWait(
+  state: PoolState,
+  predictedMs: number,
+  waitMs: number,
+): Extract<AcquireOutcome, { status: "rejected" }> {
+  state.counters.timedOut++;
+  state.prediction.shed++;
+  const where = `limit ${capacity(state)}, ${state.leases.size} held, ${state.queue.length} waiting`;
+  const message =
+    `No connection slot within the ${waitMs} ms deadline: the predicted wait is ${predictedMs} ms (${where}), ` +
+    `at least ${SHED_MARGIN} × the deadline, so the caller is answered now rather than at its deadline`;
+  return { status: "rejected", code: "ACQUIRE_TIMEOUT", message, retryAfterMs: retryHint(predictedMs) };
 }
 
 /** What a waiter that timed out is told; a backend that wakes it in another process sends these. */
@@ -411,6 +458,7 @@ export function release(
     if (!found.lease.recovered) {
       state.holdMsSum += now - found.lease.grantedAt;
       state.holdCount++;
+      observeHoldTime(state, now - found.lease.grantedAt);
       observeHold(state, found.lease, now - found.lease.grantedAt, now);
     }
   }
@@ -644,10 +692,27 @@ export function stats(state: PoolState, now: number): PoolStats {
     })),
     paused: state.paused,
     queue: { mode: state.config.queue ?? "fifo", lifo: state.standing.lifo },
+    prediction: predictionStats(state),
     recovery:
       state.recovery && now < state.recovery.until
         ? { endsInMs: state.recovery.until - now, recovered: state.recovery.recovered }
         : null,
+  };
+}
+
+function predictionStats(state: PoolState): NonNullable<PoolStats["prediction"]> {
+  const p = state.prediction;
+  const mean = (sum: number) => (p.waits === 0 ? 0 : Math.round(sum / p.waits));
+  return {
+    shed: p.shed,
+    waits: p.waits,
+    meanPredictedMs: mean(p.predictedSumMs),
+    meanActualMs: mean(p.actualSumMs),
+    meanAbsErrorMs: mean(p.absErrorSumMs),
+    early: p.early,
+    earlyShare: Math.round(p.earlyShare * 1000) / 1000,
+    holdMs: Math.round(p.holdMs),
+    shedding: sheddingOn(state),
   };
 }
 

@@ -1,4 +1,4 @@
-import type { Lease, PoolState, Priority, StandingQueue, Waiter } from "./types.ts";
+import type { Lease, PoolState, Priority, StandingQueue, WaitPrediction, Waiter } from "./types.ts";
 import { PRIORITIES } from "./types.ts";
 
 /**
@@ -62,7 +62,7 @@ export function eligible(state: PoolState, priority: Priority): boolean {
 /**
  * `queue: "adaptive"`: a queue whose oldest waiter has waited longer than this, ms, is standing
  * (CoDel's target). A healthy pool at its limit shows waits of a hold time over the limit in
- * passing (milliseconds); 50 ms is a tenth of the 500 ms claim window, what a grant to a caller
+ * passing (milliseconds); 50 ms is a tenth of the claim window at its 500 ms floor, what a grant to a caller
  * that left costs, and already longer than the statements a lease is for. CoDel's 5 ms (and
  * Facebook's M = 5 ms) is for packets and RPCs of microseconds; a wait here includes a round trip to
  * the coordinator and one to the database, so 5 ms would call every burst a standing queue.
@@ -72,7 +72,7 @@ export const QUEUE_TARGET_MS = 50;
  * `queue: "adaptive"`: how long the queue must stay above the target before newest-first is in
  * force, ms (CoDel's interval; Facebook's N = 100 ms). Long enough that a burst that drains in a
  * hold time or two (a cron tick, a cold start) never flips the order; short next to how long
- * callers wait before they give up (a client's ~1 s, the 500 ms claim window, a third of the
+ * callers wait before they give up (a client's ~1 s, the 500–1000 ms claim window, a third of the
  * 1.5 s TTL), so the newest waiters are served while they are still there.
  */
 export const QUEUE_INTERVAL_MS = 100;
@@ -187,4 +187,161 @@ export function observeHold(state: PoolState, lease: Lease, holdMs: number, now:
   const target = gradient < 1 ? a.limit * gradient : a.limit + Math.sqrt(a.limit);
   const next = a.limit * 0.8 + target * 0.2;
   a.limit = Math.max(cfg.floor, Math.min(state.config.limit, next));
+}
+
+/**
+ * A waiter is answered at once (`ACQUIRE_TIMEOUT`) only when its predicted wait is at least this
+ * many times what is left of its deadline: a prediction that is off by less than this factor never
+ * sheds a caller who would have been served in time.
+ */
+export const SHED_MARGIN = 1.5;
+/** No shed before this many waiters were granted from the queue with a prediction (its error is then known). */
+export const SHED_MIN_SAMPLES = 20;
+/**
+ * Shedding pauses while more than this share of recent waits granted from the queue came in under
+ * their prediction divided by {@link SHED_MARGIN} — the waits a shed on that prediction would have
+ * got wrong: the stated bound on callers shed who would have been served in time.
+ */
+export const SHED_MAX_EARLY_SHARE = 0.05;
+
+/** A fresh prediction: nothing observed. */
+export function noPrediction(): WaitPrediction {
+  return {
+    holdMs: 0,
+    holds: 0,
+    waits: 0,
+    predictedSumMs: 0,
+    actualSumMs: 0,
+    absErrorSumMs: 0,
+    early: 0,
+    earlyShare: 0,
+    shed: 0,
+  };
+}
+
+/** Feeds one hold time (grant to release) into the prediction's recent mean. */
+export function observeHoldTime(state: PoolState, holdMs: number): void {
+  const p = state.prediction;
+  p.holdMs = p.holds === 0 ? holdMs : p.holdMs + (holdMs - p.holdMs) / 16;
+  p.holds++;
+}
+
+/** Records a waiter's actual wait against its prediction as it is granted from the queue (oldest first). */
+export function observeWait(state: PoolState, w: Waiter, now: number): void {
+  // Newest-first serves out of the order the forecast assumed: such a wait says nothing of it.
+  if (w.predictedMs === undefined || state.standing.lifo) return;
+  const p = state.prediction;
+  const actual = Math.max(0, now - w.enqueuedAt);
+  const early = actual < w.predictedMs / SHED_MARGIN ? 1 : 0;
+  p.waits++;
+  p.predictedSumMs += w.predictedMs;
+  p.actualSumMs += actual;
+  p.absErrorSumMs += Math.abs(actual - w.predictedMs);
+  p.early += early;
+  p.earlyShare += (early - p.earlyShare) / 32;
+}
+
+/** Each class's place in `PRIORITIES`, most urgent first. */
+const RANK: Record<Priority, number> = { critical: 0, normal: 1, batch: 2 };
+
+/** A predicted wait: ms, and how many waiters it counted as certain to go first. */
+export interface WaitForecast {
+  ms: number;
+  ahead: number;
+}
+
+/** How many slots a waiter of `priority` may use: the reserve is for `critical`, `batch` has its cap. */
+function slotsFor(state: PoolState, priority: Priority): number {
+  const cap = capacity(state);
+  const slots = priority === "critical" ? cap : cap - (state.config.reserved ?? 0);
+  const batch = priority === "batch" && state.config.batchMax !== undefined ? state.config.batchMax : slots;
+  return Math.max(1, Math.min(slots, batch));
+}
+
+/**
+ * How long a newcomer of `priority` and `tenant` would wait for a slot at `now`, from the recent
+ * mean hold time and the waiters certain to go before it: the slots it may use free one every
+ * `holdMs / slots` on average, and it is served after those ahead of it — every waiter of a more
+ * urgent class, and of its own class the earlier waiters of its own tenant (tenants take turns, so
+ * others' waiters may or may not go first: not counted), none of them while newest-first is in
+ * force — each only if its own deadline lets it still be there at its turn. Counting only the
+ * certain ones errs short: a short prediction sheds no one. Undefined before any hold time.
+ *
+ * @example
+ * predictWaitMs(pool, "normal", undefined, now) // { ms: 400, ahead: 3 }: 100 ms holds, 1 slot
+ */
+export function predictWaitMs(
+  state: PoolState,
+  priority: Priority,
+  tenant: string | undefined,
+  now: number,
+): WaitForecast | undefined {
+  const p = state.prediction;
+  if (p.holds === 0) return undefined;
+  const rank = RANK[priority];
+  const key = tenant ?? "";
+  const lifo = state.standing.lifo;
+  const every = p.holdMs / slotsFor(state, priority);
+  let ahead = 0;
+  for (const w of state.queue) {
+    const r = w.priority === undefined ? 1 : RANK[w.priority];
+    if (r > rank || (r === rank && (lifo || (w.tenant ?? "") !== key))) continue;
+    // One that gives up before its turn takes no slot.
+    if (w.deadline - now >= (ahead + 1) * every) ahead++;
+  }
+  return { ms: Math.ceil((ahead + 1) * every), ahead };
+}
+
+/**
+ * Whether a caller predicted to wait `forecast` with `remainingMs` left of its deadline is told at
+ * once: only when at least one waiter is certain to go first (the wait of one next in line is the
+ * remainder of a hold, too uncertain to call), the predicted wait is at least {@link SHED_MARGIN}
+ * times the time left, and predictions are trusted now ({@link sheddingOn}).
+ */
+export function hopeless(
+  state: PoolState,
+  forecast: WaitForecast | undefined,
+  remainingMs: number,
+  trust: "measured" | "holds" = "measured",
+): boolean {
+  return (
+    forecast !== undefined &&
+    forecast.ahead >= 1 &&
+    forecast.ms >= SHED_MARGIN * remainingMs &&
+    sheddingOn(state, trust)
+  );
+}
+
+/**
+ * Whether predictions are trusted enough to shed now. Always: slots free at the observed pace (not
+ * paused, not recovering), {@link SHED_MIN_SAMPLES} hold times observed, and the recent share of
+ * waits served far sooner than predicted is small once enough were measured. A newcomer's forecast
+ * (`"measured"`) also needs that many waits measured; the oldest waiters' under newest-first
+ * (`"holds"`, see {@link hopelessUnderLifo}) does not: newest-first leaves few waits to measure,
+ * and counting only the waiters already there, its forecast errs short.
+ */
+export function sheddingOn(state: PoolState, trust: "measured" | "holds" = "measured"): boolean {
+  const p = state.prediction;
+  if (state.paused || state.recovery || p.holds < SHED_MIN_SAMPLES) return false;
+  if (p.waits < SHED_MIN_SAMPLES) return trust === "holds";
+  return p.earlyShare <= SHED_MAX_EARLY_SHARE;
+}
+
+/**
+ * Under newest-first (`queue: "adaptive"` with a standing queue) the oldest waiters are served
+ * last: every newer one goes first. In a plain queue (no classes, no tenants), the oldest waiters
+ * whose wait behind all the newer ones is hopeless by {@link hopeless} (counting no newcomer yet to
+ * come: it errs short) leave the queue now and are returned, oldest first, rather than at their deadlines.
+ */
+export function hopelessUnderLifo(state: PoolState, now: number): Waiter[] {
+  if (!state.standing.lifo || state.queue.length < 2 || !sheddingOn(state, "holds")) return [];
+  if (state.queue.some(isScheduled)) return [];
+  const every = state.prediction.holdMs / slotsFor(state, "normal");
+  let n = 0;
+  for (const w of state.queue) {
+    const ahead = state.queue.length - 1 - n;
+    if (!hopeless(state, { ms: Math.ceil((ahead + 1) * every), ahead }, w.deadline - now, "holds")) break;
+    n++;
+  }
+  return n === 0 ? [] : state.queue.splice(0, n);
 }

@@ -1,7 +1,16 @@
 import { LeaseError, expected } from "./errors.ts";
 import { createPool } from "./pool.ts";
-import { adaptiveFollowsLimit } from "./scheduling.ts";
-import type { AdaptiveState, Counters, Lease, PoolConfig, PoolState, StandingQueue, Waiter } from "./types.ts";
+import { adaptiveFollowsLimit, noPrediction } from "./scheduling.ts";
+import type {
+  AdaptiveState,
+  Counters,
+  Lease,
+  PoolConfig,
+  PoolState,
+  StandingQueue,
+  WaitPrediction,
+  Waiter,
+} from "./types.ts";
 
 /**
  * What a backend stores of a pool besides its lease rows (and, in Postgres, its waiter rows): one
@@ -26,6 +35,12 @@ export interface PoolSnapshot {
    * snapshots written before it existed: read as no standing queue.
    */
   readonly standing?: StandingQueue | undefined;
+  /**
+   * What predicts waits (the recent hold time) and how good the predictions were. The local
+   * adapter loads the pool afresh for every transition, so without it nothing would be learned.
+   * Absent in snapshots written before it existed: read as nothing observed.
+   */
+  readonly prediction?: WaitPrediction | undefined;
 }
 
 /**
@@ -50,6 +65,7 @@ export function snapshot(state: PoolState): PoolSnapshot {
     paused: state.paused,
     limitOverride: state.limitOverride,
     standing: { ...state.standing },
+    prediction: { ...state.prediction },
   };
 }
 
@@ -100,6 +116,7 @@ export function restore(
   adaptiveFollowsLimit(state);
   state.paused = snap.paused;
   state.limitOverride = snap.limitOverride;
+  state.prediction = snap.prediction ? { ...noPrediction(), ...snap.prediction } : noPrediction();
   // A detector stored under `adaptive` means nothing to a pool now configured `fifo`.
   if (snap.standing && state.config.queue === "adaptive")
     state.standing = { since: snap.standing.since, lifo: snap.standing.lifo };

@@ -37,8 +37,8 @@ export interface PoolConfig {
   /** Moves the limit between a floor and `limit` by observed hold times. Default: off. */
   readonly adaptive?: AdaptiveConfig | undefined;
   /**
-   * How equal waiters are picked: see {@link QUEUE_MODES}. Absent here means `fifo`; `LEASE_QUEUE`
-   * unset means `adaptive` (`DEFAULT_QUEUE_MODE`).
+   * How equal waiters are picked: see {@link QUEUE_MODES}. Absent here, as `LEASE_QUEUE` unset,
+   * means `adaptive` (`DEFAULT_QUEUE_MODE`).
    */
   readonly queue?: QueueMode | undefined;
 }
@@ -123,6 +123,34 @@ export interface Waiter {
   readonly claimMs?: number | undefined;
   readonly priority?: Priority | undefined;
   readonly tenant?: string | undefined;
+  /** The wait predicted when it was queued, ms (see `predictWaitMs`): its error is measured at its grant. */
+  readonly predictedMs?: number | undefined;
+}
+
+/**
+ * What the pool has learned for predicting waits, and how good its predictions were (plain data,
+ * kept in the snapshot): a recent mean hold time, and for waiters granted from the queue their
+ * predicted and actual waits.
+ */
+export interface WaitPrediction {
+  /** Recent mean hold time (grant to release), ms: an EWMA with gain 1/16. */
+  holdMs: number;
+  /** Hold times observed. */
+  holds: number;
+  /** Waiters granted from the queue with a prediction: their errors are summed below. */
+  waits: number;
+  predictedSumMs: number;
+  actualSumMs: number;
+  absErrorSumMs: number;
+  /**
+   * Of those, the ones served in less than their prediction divided by `SHED_MARGIN`: a caller
+   * shed on such a prediction would have been served in time.
+   */
+  early: number;
+  /** The recent share of such waits (an EWMA with gain 1/32): shedding pauses while it is above `SHED_MAX_EARLY_SHARE`. */
+  earlyShare: number;
+  /** Callers answered at once because their predicted wait exceeded their deadline. */
+  shed: number;
 }
 
 export interface Counters {
@@ -154,6 +182,8 @@ export interface PoolState {
   /** Sum and count of completed hold times, for the Retry-After estimate. */
   holdMsSum: number;
   holdCount: number;
+  /** Predicted waits: what a hopeless waiter is told at once, and how good the predictions were. */
+  prediction: WaitPrediction;
   /** Per tenant, the turn it was last served in; `serveSeq` counts turns. */
   lastServed: Map<string, number>;
   serveSeq: number;
@@ -301,6 +331,25 @@ export interface PoolStats {
    * leases their holders re-registered so far; else null.
    */
   recovery: { endsInMs: number; recovered: number } | null;
+  /**
+   * Predicted waits (see `predictWaitMs`): `shed` callers were answered at once because their
+   * predicted wait exceeded their deadline; for the `waits` granted from the queue, the mean
+   * predicted and actual wait and the mean absolute error, ms, and the share served in under their
+   * prediction divided by the shed margin (`earlyShare` recent, `early` all time): the share such a
+   * shed would have got wrong. `shedding`: whether a hopeless wait would be answered at once now.
+   * Merged across shards: counts summed, means weighted by each shard's waits.
+   */
+  prediction?: {
+    shed: number;
+    waits: number;
+    meanPredictedMs: number;
+    meanActualMs: number;
+    meanAbsErrorMs: number;
+    early: number;
+    earlyShare: number;
+    holdMs: number;
+    shedding: boolean;
+  };
   /**
    * A shard of a pool whose root shares one limit by demand (`src/core/shares.ts`): the share in
    * force, the most held + waiting since its last report, and why its last report failed (null

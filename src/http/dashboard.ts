@@ -52,6 +52,7 @@ export const DASHBOARD_HTML = `<!doctype html>
   <span id="state" class="badge">connecting</span>
   <span id="recon" class="badge">not reconciled</span>
   <span id="queueMode" class="badge" data-lifo="false">queue fifo</span>
+  <span id="prediction" class="badge" title="Callers told at once that their predicted wait exceeded their deadline; for waits granted from the queue, the mean error of that prediction"></span>
   <span id="error"></span>
 </header>
 <form id="login" class="row" style="padding:14px 20px">
@@ -203,6 +204,10 @@ export const DASHBOARD_HTML = `<!doctype html>
     const q = s.queue || { mode: "fifo", lifo: false };
     $("queueMode").textContent = "queue " + q.mode + (q.lifo ? ": LIFO now (standing queue)" : q.mode === "adaptive" ? ": FIFO now" : "");
     $("queueMode").dataset.lifo = String(q.lifo);
+    // Hopeless waits told at once, and how far off the predictions were (predicted vs actual).
+    const pr = s.prediction;
+    $("prediction").textContent = pr ? "told at once " + pr.shed + " · wait forecast ±" + pr.meanAbsErrorMs + " ms over " + pr.waits +
+      (pr.shedding ? "" : " (not shedding: " + (pr.waits < 20 ? "too few waits" : "forecasts off") + ")") : "";
     if (document.activeElement !== $("limit")) $("limit").value = s.limit;
     const c = s.counters;
     cells($("counters"), [["granted", c.granted], ["released", c.released], ["expired", c.expired],

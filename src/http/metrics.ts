@@ -89,6 +89,43 @@ export function formatMetrics(pool: string, s: OperatorStats): string {
   one("leasegate_acquire_timeouts_total", "counter", "Acquires that failed with ACQUIRE_TIMEOUT.", s.counters.timedOut);
   one("leasegate_acquire_rejected_total", "counter", "Acquires shed at once with QUEUE_FULL.", s.counters.rejected);
   one("leasegate_acquire_cancelled_total", "counter", "Queued acquires whose caller gave up.", s.counters.cancelled);
+  const pr = s.prediction;
+  if (pr) {
+    one(
+      "leasegate_acquire_hopeless_total",
+      "counter",
+      "Acquires answered ACQUIRE_TIMEOUT at once, their predicted wait past their deadline (also counted as timeouts).",
+      pr.shed,
+    );
+    one(
+      "leasegate_wait_forecasts_total",
+      "counter",
+      "Waits granted from the queue measured against their forecast.",
+      pr.waits,
+    );
+    family("leasegate_wait_forecast_mean_seconds", "gauge", "Mean forecast and actual wait of the measured waits.", [
+      [`{${p},of="forecast"}`, pr.meanPredictedMs / 1000],
+      [`{${p},of="actual"}`, pr.meanActualMs / 1000],
+    ]);
+    one(
+      "leasegate_wait_forecast_error_seconds",
+      "gauge",
+      "Mean absolute error of the wait forecast (actual − forecast) over the measured waits.",
+      pr.meanAbsErrorMs / 1000,
+    );
+    one(
+      "leasegate_wait_forecast_early_ratio",
+      "gauge",
+      "Recent share of measured waits served in under their forecast ÷ the shed margin: the share a shed would get wrong.",
+      pr.earlyShare,
+    );
+    one(
+      "leasegate_shedding",
+      "gauge",
+      "1 while hopeless waits are told at once (forecasts trusted), else 0.",
+      pr.shedding ? 1 : 0,
+    );
+  }
 
   // Prometheus buckets are cumulative; ours count each bucket alone, the last one being +Inf.
   const { bounds, counts } = s.waitHistogram;

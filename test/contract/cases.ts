@@ -36,6 +36,7 @@ const STATS_KEYS = [
   "maxQueue",
   "maxWaitMs",
   "paused",
+  "prediction",
   "queue",
   "recovery",
   "reserved",
@@ -789,6 +790,8 @@ export function defineContract(name: string, backend: () => ContractBackend): vo
         paused: false,
       });
       expect(s.counters).toEqual({ granted: 0, released: 0, expired: 0, timedOut: 0, rejected: 0, cancelled: 0 });
+      // Nothing learned yet: no wait forecast measured, no shedding.
+      expect(s.prediction).toMatchObject({ shed: 0, waits: 0, holdMs: 0, shedding: false });
       expect(keysOf(s.waitTimeMs)).toEqual(["count", "max", "p50", "p90", "p99", "sum"]);
       expect(keysOf(s.waitHistogram)).toEqual(["bounds", "counts"]);
       expect(s.waitHistogram.counts.length).toBe(s.waitHistogram.bounds.length + 1);

@@ -1,4 +1,6 @@
 import { describe, expect, it } from "vitest";
+import { stopMarginMs } from "../../src/client/heartbeat.ts";
+import { CLAIM_WINDOW, RoundTrips, claimDelayMs } from "../../src/client/round-trips.ts";
 import { type PoolConfig, acquire, createPool, isLeaseError, release, renew, tick } from "../../src/core/index.ts";
 
 const config: PoolConfig = { limit: 1, maxQueue: 5, waitMs: 5000, leaseTtlMs: 2000 };
@@ -42,5 +44,52 @@ describe("claim window of grants from the queue", () => {
     } catch (error) {
       expect(isLeaseError(error) && error.code).toBe("INVALID_ARGUMENT");
     }
+  });
+});
+
+/** The window a client asks for follows its measured round trips, within bounds (src/client/round-trips.ts). */
+describe("the claim window from measured round trips", () => {
+  const measured = (samples: number[]) => {
+    const trips = new RoundTrips();
+    for (const ms of samples) trips.record(ms);
+    return trips;
+  };
+
+  it("is the initial window before any round trip, then four bounded round trips", () => {
+    expect(new RoundTrips().claimWindowMs()).toBe(CLAIM_WINDOW.initialMs);
+    // One sample of 40 ms: a bound of 40 + 4 × 20, four of them.
+    expect(measured([40]).claimWindowMs()).toBe(480);
+    // Steady 80 ms round trips: the deviation decays and the window closes in on 4 × 80.
+    expect(measured(Array(60).fill(80)).claimWindowMs()).toBe(320);
+  });
+
+  it("tracks the round trip as it moves: a coordinator that slows down widens the window, one that speeds up narrows it", () => {
+    const slowing = measured([...Array(30).fill(20), ...Array(30).fill(120)]);
+    expect(slowing.claimWindowMs()).toBeGreaterThanOrEqual(4 * 120);
+    const speeding = measured([...Array(30).fill(120), ...Array(60).fill(70)]);
+    expect(speeding.claimWindowMs()).toBeLessThan(slowing.claimWindowMs());
+    expect(speeding.claimWindowMs()).toBeLessThan(4 * 90);
+  });
+
+  it("is bounded below and above, and ignores samples that are not durations", () => {
+    expect(measured(Array(20).fill(0.3)).claimWindowMs()).toBe(CLAIM_WINDOW.minMs);
+    expect(measured(Array(20).fill(900)).claimWindowMs()).toBe(CLAIM_WINDOW.maxMs);
+    expect(measured([Number.NaN, -5, Number.POSITIVE_INFINITY]).claimWindowMs()).toBe(CLAIM_WINDOW.initialMs);
+  });
+
+  it("the claim goes a third into the window, sooner when the round trip needs it, a third in before any round trip", () => {
+    expect(claimDelayMs(480, 40)).toBe(160);
+    // 1000 − a 200 ms stop margin − two 300 ms round trips.
+    expect(claimDelayMs(1000, 300)).toBe(200);
+    expect(claimDelayMs(1000, 600)).toBe(0);
+    expect(claimDelayMs(500, undefined)).toBe(166);
+    // Whatever the round trip, the claim's answer is due back before the window less its margin.
+    for (const rtt of [1, 10, 50, 100, 250, 400])
+      for (const trips of [measured([rtt]), measured(Array(20).fill(rtt))]) {
+        const windowMs = trips.claimWindowMs();
+        const bound = trips.boundMs!;
+        if (windowMs < CLAIM_WINDOW.maxMs)
+          expect(claimDelayMs(windowMs, bound) + 2 * bound).toBeLessThanOrEqual(windowMs - stopMarginMs(windowMs));
+      }
   });
 });

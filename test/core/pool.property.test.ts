@@ -9,6 +9,9 @@ import {
   PRIORITIES,
   QUEUE_INTERVAL_MS,
   QUEUE_TARGET_MS,
+  SHED_MARGIN,
+  SHED_MAX_EARLY_SHARE,
+  SHED_MIN_SAMPLES,
   acquire,
   cancel,
   createPool,
@@ -31,6 +34,8 @@ type Op =
   | { kind: "cancel"; pick: number }
   | { kind: "crash"; pick: number }
   | { kind: "advance"; ms: number }
+  /** Time passes and every live holder of at least `holdMs` finishes: steady service, which the wait prediction learns. */
+  | { kind: "work"; ms: number; holdMs: number }
   | { kind: "jumpBack"; ms: number };
 
 const op: fc.Arbitrary<Op> = fc.oneof(
@@ -76,19 +81,48 @@ const crowdedOp: fc.Arbitrary<Op> = fc.oneof(
   { weight: 3, arbitrary: fc.record({ kind: fc.constant("advance" as const), ms: fc.integer({ min: 10, max: 80 }) }) },
 );
 
+/**
+ * A busy pool over a long run: enough waiters granted from the queue for the wait prediction to be
+ * trusted, then callers with deadlines short and long next to it, so some are told at once.
+ */
+const sheddingOp: fc.Arbitrary<Op> = fc.oneof(
+  {
+    weight: 11,
+    arbitrary: fc.record({
+      kind: fc.constant("acquire" as const),
+      waitMs: fc.oneof(fc.integer({ min: 1, max: 60 }), fc.integer({ min: 60, max: 660 })),
+      ttlMs: fc.integer({ min: 500, max: 2000 }),
+      priority: fc.oneof({ weight: 4, arbitrary: fc.constant(undefined) }, fc.constantFrom(...PRIORITIES)),
+      tenant: fc.oneof({ weight: 4, arbitrary: fc.constant(undefined) }, fc.constantFrom("a", "b")),
+    }),
+  },
+  {
+    weight: 9,
+    arbitrary: fc.record({
+      kind: fc.constant("work" as const),
+      ms: fc.integer({ min: 2, max: 10 }),
+      holdMs: fc.integer({ min: 15, max: 25 }),
+    }),
+  },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant("cancel" as const), pick: fc.nat() }) },
+);
+
 function checkInvariants(p: PoolState, now: number, fx: Effects): void {
   // held ≤ limit, always.
   expect(p.leases.size).toBeLessThanOrEqual(p.config.limit);
   // No slot lost: nobody waits while a slot is free.
   if (p.queue.length > 0) expect(p.leases.size).toBe(p.config.limit);
   // Nothing queued past its deadline, nothing held past its expiry (crashed holders' leases are
-  // reaped by time alone), and nobody timed out before its deadline.
+  // reaped by time alone), and nobody timed out before its deadline (a hopeless waiter told early
+  // is answered as if its deadline were now).
   for (const w of p.queue) expect(w.deadline).toBeGreaterThan(now);
   for (const l of p.leases.values()) expect(l.expiresAt).toBeGreaterThan(now);
   for (const w of fx.timedOut) expect(w.deadline).toBeLessThanOrEqual(now);
 }
 
 let steps = 0;
+/** Callers told at once that their predicted wait was hopeless, over all sequences. */
+let sheds = 0;
 
 /** Runs one generated sequence against the core and the model, checking the invariants after each step. */
 function sequence(limit: number, maxQueue: number, ops: Op[], mode: QueueMode): number {
@@ -127,8 +161,25 @@ function sequence(limit: number, maxQueue: number, ops: Op[], mode: QueueMode): 
 
   const apply = (fx: Effects): void => {
     // Time-outs happen before freed slots are filled, so settle them first.
-    for (const w of fx.timedOut) queued.splice(queued.indexOf(w.leaseId), 1);
+    const early = fx.timedOut.filter((w) => asked.get(w.leaseId)!.deadline > now);
+    for (const w of fx.timedOut) if (!early.includes(w)) queued.splice(queued.indexOf(w.leaseId), 1);
     observe();
+    // Waiters told before their deadline: only under newest-first (as just decided), in a plain
+    // queue, the oldest first, each hopeless behind every newer waiter at the pool's recent hold time.
+    if (early.length > 0) {
+      expect(lifo).toBe(true);
+      expect(p.prediction.holds).toBeGreaterThanOrEqual(SHED_MIN_SAMPLES);
+      expect(queued.every((id) => asked.get(id)!.rank === 1 && asked.get(id)!.tenant === "")).toBe(true);
+      early.forEach((w, i) => {
+        expect(w.leaseId).toBe(queued[i]);
+        const predicted = Math.ceil((queued.length - i) * (p.prediction.holdMs / limit));
+        expect(predicted).toBeGreaterThanOrEqual(SHED_MARGIN * (asked.get(w.leaseId)!.deadline - now));
+        // Its answer says how long it really waited.
+        expect(w.deadline).toBe(now);
+      });
+      queued.splice(0, early.length);
+      sheds += early.length;
+    }
     for (const l of fx.granted) {
       const g = asked.get(l.id)!;
       // No waiter granted after its deadline.
@@ -177,6 +228,31 @@ function sequence(limit: number, maxQueue: number, ops: Op[], mode: QueueMode): 
         const rank = PRIORITIES.indexOf(o.priority ?? "normal");
         asked.set(id, { at: now, deadline: now + o.waitMs, rank, tenant: o.tenant ?? "" });
         apply(effects);
+        // The wait prediction, from the model's queue: the pool's recent hold time over its slots,
+        // times one plus the waiters certain to go first (more urgent classes; of its own class
+        // and tenant, the earlier ones — none while newest-first is in force).
+        // A waiter ahead whose deadline passes before its turn takes no slot.
+        const pr = p.prediction;
+        const every = pr.holdMs / limit;
+        let ahead = 0;
+        for (const q of queued) {
+          const a = asked.get(q)!;
+          const first = a.rank < rank || (a.rank === rank && !lifo && a.tenant === (o.tenant ?? ""));
+          if (first && a.deadline - now >= (ahead + 1) * every) ahead++;
+        }
+        const predicted = pr.holds === 0 ? undefined : Math.ceil((ahead + 1) * every);
+        const trusted =
+          pr.holds >= SHED_MIN_SAMPLES && pr.waits >= SHED_MIN_SAMPLES && pr.earlyShare <= SHED_MAX_EARLY_SHARE;
+        // Never one next in line: its wait is the rest of a hold.
+        const hopeless = trusted && predicted !== undefined && ahead >= 1 && predicted >= SHED_MARGIN * o.waitMs;
+        if (outcome.status === "rejected" && outcome.code === "ACQUIRE_TIMEOUT" && o.waitMs > 0) {
+          // Told at once only on a trusted prediction past the margin; Retry-After is that prediction.
+          expect(hopeless).toBe(true);
+          expect(outcome.retryAfterMs).toBe(Math.min(30_000, Math.max(50, predicted!)));
+          sheds++;
+        }
+        // Every hopeless caller who would have queued is told at once.
+        if (outcome.status === "queued") expect(hopeless).toBe(false);
         if (outcome.status === "granted") {
           // Granted at once only when nobody waits (every waiter is one that may not take a slot).
           expect(queued).toHaveLength(0);
@@ -207,12 +283,15 @@ function sequence(limit: number, maxQueue: number, ops: Op[], mode: QueueMode): 
           }
         } else if (outcome.status === "ok") {
           held.splice(held.indexOf(l), 1);
-          // A second release of the same lease changes nothing.
+          apply(effects);
+          // A second release of the same lease frees nothing. It is a transition all the same: a
+          // hopeless waiter may be told now (the first one's grants may have left a plain queue,
+          // or enough measured waits to trust the forecast).
           const again = release(p, { leaseId: l.id, fence: l.fence }, now);
           expect(again.outcome.status).toBe("failed");
           expect(again.effects.granted).toHaveLength(0);
-        }
-        apply(effects);
+          apply(again.effects);
+        } else apply(effects);
         break;
       }
       case "renew": {
@@ -244,6 +323,18 @@ function sequence(limit: number, maxQueue: number, ops: Op[], mode: QueueMode): 
         now += o.ms;
         latest = Math.max(latest, now);
         apply(tick(p, now));
+        break;
+      }
+      case "work": {
+        now += o.ms;
+        latest = Math.max(latest, now);
+        apply(tick(p, now));
+        for (const l of held.filter((h) => !crashed.has(h.id) && now - h.grantedAt >= o.holdMs)) {
+          const { outcome, effects } = release(p, { leaseId: l.id, fence: l.fence }, now);
+          expect(outcome.status).toBe("ok");
+          held.splice(held.indexOf(l), 1);
+          apply(effects);
+        }
         break;
       }
       case "jumpBack": {
@@ -289,6 +380,26 @@ describe("core under generated interleavings", () => {
     console.log(
       `[reliability] core model: ${PROPERTY_RUNS} sequences, ${steps} operations checked (shrinking included)`,
     );
+  });
+
+  it("keeps them while hopeless waits are told at once, in both queue modes, with classes and tenants", {
+    timeout: 60_000,
+  }, () => {
+    const before = sheds;
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 3 }),
+        fc.array(sheddingOp, { minLength: 100, maxLength: 250 }),
+        fc.constantFrom<QueueMode>("fifo", "adaptive"),
+        (limit, ops, mode) => void sequence(limit, 50, ops, mode),
+      ),
+      {
+        numRuns: Math.ceil(PROPERTY_RUNS / 20),
+        ...(process.env.LEASEGATE_PROPERTY_SEED ? { seed: Number(process.env.LEASEGATE_PROPERTY_SEED) } : {}),
+      },
+    );
+    // The generator reaches what it is for: callers shed on their predicted wait.
+    expect(sheds - before).toBeGreaterThan(PROPERTY_RUNS / 200);
   });
 
   it(`keeps them in crowded pools, where queues stand and the adaptive mode turns LIFO`, { timeout: 60_000 }, () => {

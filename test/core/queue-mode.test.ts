@@ -56,9 +56,9 @@ function drain(p: PoolState, first: Lease, now: number, times: number): string[]
   return order;
 }
 
-describe("LEASE_QUEUE=fifo (and a PoolConfig without `queue`)", () => {
+describe("LEASE_QUEUE=fifo", () => {
   it("serves the oldest first however long the queue stands", () => {
-    const p = pool();
+    const p = pool({ queue: "fifo" });
     const held = hold(p, "held", 0);
     for (const id of ["w1", "w2", "w3"]) ask(p, id, 0);
     const late = 10 * (T + I);
@@ -212,7 +212,7 @@ describe("the LEASE_QUEUE setting", () => {
   it("is adaptive by default, fifo when asked, and INVALID_CONFIG for anything else", () => {
     expect(poolSettings({}).config.queue).toBe("adaptive");
     expect(poolSettings({ LEASE_QUEUE: "" }).config.queue).toBe("adaptive");
-    expect(poolSettings({ LEASE_QUEUE: "fifo" }).config.queue ?? "fifo").toBe("fifo");
+    expect(poolSettings({ LEASE_QUEUE: "fifo" }).config.queue).toBe("fifo");
     expect(poolSettings({ LEASE_QUEUE: " adaptive " }).config.queue).toBe("adaptive");
     for (const bad of ["lifo", "ADAPTIVE", "on", "1"]) {
       try {
@@ -228,6 +228,10 @@ describe("the LEASE_QUEUE setting", () => {
   it("is checked in a pool configuration too", () => {
     const base = { limit: 1, maxQueue: 1, waitMs: 1, leaseTtlMs: 1 };
     expect(validateConfig({ ...base, queue: "adaptive" }).queue).toBe("adaptive");
+    expect(validateConfig({ ...base, queue: "fifo" }).queue).toBe("fifo");
+    // Written in code without `queue`: the same default as LEASE_QUEUE unset.
+    expect(validateConfig(base).queue).toBe("adaptive");
+    expect(stats(createPool(base), 0).queue.mode).toBe("adaptive");
     expect(() => validateConfig({ ...base, queue: "lifo" as never })).toThrow(
       expect.objectContaining({ code: "INVALID_CONFIG" }),
     );
@@ -249,7 +253,7 @@ describe("the queue mode in the metrics", () => {
     expect(before.get("leasegate_queue_lifo")?.[0]?.value).toBe("0");
     tick(p, T + I);
     expect(metrics(p, T + I).get("leasegate_queue_lifo")?.[0]?.value).toBe("1");
-    const fifo = metrics(pool(), 0);
+    const fifo = metrics(pool({ queue: "fifo" }), 0);
     expect(fifo.get("leasegate_queue_mode")?.[0]?.labels).toEqual({ pool: "main", mode: "fifo" });
     expect(fifo.get("leasegate_queue_lifo")?.[0]?.value).toBe("0");
   });

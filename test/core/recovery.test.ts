@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import {
+  type PoolConfig,
   CLOCK_MARGIN_MS,
   FENCE_STEP,
   HORIZON_STEP_MS,
@@ -22,7 +23,8 @@ import {
 } from "../../src/core/index.ts";
 import { formatMetrics } from "../../src/http/metrics.ts";
 
-const config = { limit: 2, maxQueue: 5, waitMs: 1000, leaseTtlMs: 1500 };
+// FIFO: the cases check that waiters are granted in arrival order once the window ends.
+const config: PoolConfig = { limit: 2, maxQueue: 5, waitMs: 1000, leaseTtlMs: 1500, queue: "fifo" };
 const HORIZON = 2000;
 const UNTIL = HORIZON + CLOCK_MARGIN_MS;
 

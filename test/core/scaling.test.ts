@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { validateConfig } from "../../src/core/config.ts";
+import { DEFAULT_QUEUE_MODE, validateConfig } from "../../src/core/config.ts";
 import { mergeStats } from "../../src/client/sharded-leases.ts";
 import { acquire, createPool, stats } from "../../src/core/index.ts";
 import { shareConfig } from "../../src/core/shares.ts";
@@ -113,7 +113,7 @@ describe("shareConfig", () => {
         expect(c.limit).toBe(Math.max(1, share));
         expect(c.reserved ?? 0).toBeLessThanOrEqual(Math.floor((base.reserved * share) / limit));
         expect(c.maxQueue).toBe(base.maxQueue);
-        expect(validateConfig(c)).toEqual(c);
+        expect(validateConfig(c)).toEqual({ ...c, queue: c.queue ?? DEFAULT_QUEUE_MODE });
       }),
     );
     expect(shareConfig(base, 10, 10)).toMatchObject({ limit: 10, reserved: 3, batchMax: 5, adaptive: { floor: 3 } });

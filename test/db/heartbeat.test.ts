@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { heartbeat } from "../../src/client/heartbeat.ts";
 import { Leases } from "../../src/client/leases.ts";
+import { CLAIM_WINDOW } from "../../src/client/round-trips.ts";
 import { isLeaseError } from "../../src/core/index.ts";
 import { memoryCoordinator } from "./helpers.ts";
 
@@ -268,5 +269,119 @@ describe("heartbeat", () => {
     beat.stop();
     expect(calls.renew).toBe(0);
     expect(() => heartbeat(leases, lease, { heartbeatMs: -1 })).toThrow(/heartbeatMs/);
+  });
+});
+
+/** The in-process coordinator `oneWayMs` away: every call and every answer takes that long to travel. */
+function distant(oneWayMs: number, config = { limit: 2, maxQueue: 50, waitMs: 5000, leaseTtlMs: 1500 }) {
+  const coordinator = memoryCoordinator(config);
+  const far = { ...coordinator } as typeof coordinator;
+  for (const name of ["acquire", "release", "renew", "stats"] as const) {
+    const inner = coordinator[name] as (...args: unknown[]) => Promise<unknown>;
+    (far as Record<string, unknown>)[name] = async (...args: unknown[]) => {
+      await sleep(oneWayMs);
+      const answer = await inner(...args);
+      await sleep(oneWayMs);
+      return answer;
+    };
+  }
+  return { coordinator, far };
+}
+
+describe("the claim window follows the measured round trip", () => {
+  it("a nearby coordinator's window is the lower bound; one 60 ms away each way gets about four of its round trips", async () => {
+    const near = new Leases(memoryCoordinator({ limit: 2, maxQueue: 5, waitMs: 2000, leaseTtlMs: 1500 }));
+    const { far: farCoordinator } = distant(60);
+    const far = new Leases(farCoordinator);
+    expect(near.claimMs).toBe(CLAIM_WINDOW.initialMs); // nothing measured yet
+    for (const leases of [near, far]) for (let i = 0; i < 4; i++) await leases.release(await leases.acquire());
+    expect(near.claimMs).toBeGreaterThanOrEqual(CLAIM_WINDOW.minMs);
+    expect(near.claimMs).toBeLessThan(far.claimMs!);
+    // Every round trip to `far` takes at least 120 ms: the window asked for is at least four of them.
+    expect(far.claimMs).toBeGreaterThanOrEqual(4 * 120);
+    expect(far.claimMs).toBeLessThanOrEqual(CLAIM_WINDOW.maxMs);
+    // A fixed window stays fixed.
+    const fixed = new Leases(farCoordinator, { claimMs: 300 });
+    await fixed.release(await fixed.acquire());
+    expect(fixed.claimMs).toBe(300);
+  });
+
+  it("clients of one pool name in a process share the measure: a client made per request starts from it", async () => {
+    const { far } = distant(60);
+    const pool = `shared-${crypto.randomUUID()}`;
+    const first = new Leases(far, { pool });
+    for (let i = 0; i < 3; i++) await first.release(await first.acquire());
+    const next = new Leases(far, { pool });
+    expect(next.claimMs).toBe(first.claimMs);
+    expect(next.claimMs).toBeGreaterThanOrEqual(4 * 120);
+    // Unnamed, a client keeps its own.
+    expect(new Leases(far).claimMs).toBe(CLAIM_WINDOW.initialMs);
+  });
+
+  it("holders of a slow coordinator still claim in time: no LEASE_LOST, no ACQUIRE_TIMEOUT, no lapsed lease", async () => {
+    const { coordinator, far } = distant(60);
+    const leases = new Leases(far);
+    const failures: unknown[] = [];
+    let lost = 0;
+    let maxHeld = 0;
+    let fromQueue = 0;
+    const sampling = setInterval(() => void coordinator.stats().then((s) => (maxHeld = Math.max(maxHeld, s.held))), 20);
+    const until = Date.now() + 2500;
+    // Six callers on two slots: most grants come from the queue and are claimed by the first beat.
+    await Promise.all(
+      Array.from({ length: 6 }, async () => {
+        while (Date.now() < until) {
+          await leases
+            .withLease(async ({ lease, signal }) => {
+              if (lease.expiresAt - lease.grantedAt < 1500) fromQueue++;
+              await sleep(250);
+              if (signal.aborted) lost++;
+            })
+            .catch((error: unknown) => failures.push(error));
+        }
+      }),
+    );
+    clearInterval(sampling);
+    expect(failures).toEqual([]);
+    expect(lost).toBe(0);
+    expect(fromQueue).toBeGreaterThan(3);
+    expect((await coordinator.stats()).counters).toMatchObject({ expired: 0, timedOut: 0 });
+    expect(maxHeld).toBeLessThanOrEqual(2);
+  });
+
+  it("a window fixed below the round trip loses a live holder's grant from the queue (why the window follows it)", async () => {
+    const { far } = distant(60, { limit: 1, maxQueue: 5, waitMs: 5000, leaseTtlMs: 1500 });
+    const leases = new Leases(far, { claimMs: 100 });
+    const first = await leases.acquire();
+    let reason: unknown;
+    const held = leases.withLease(async ({ signal }) => {
+      await sleep(400);
+      reason = signal.reason;
+    });
+    await sleep(200);
+    await leases.release(first);
+    await held;
+    expect(isLeaseError(reason) && reason.code).toBe("LEASE_LOST");
+  });
+
+  it("a vanished waiter's slot comes back one window after its grant: a few round trips, not the initial 500 ms", async () => {
+    const coordinator = memoryCoordinator({ limit: 1, maxQueue: 5, waitMs: 5000, leaseTtlMs: 1500 });
+    const leases = new Leases(coordinator);
+    for (let i = 0; i < 4; i++) await leases.release(await leases.acquire());
+    const windowMs = leases.claimMs!;
+    expect(windowMs).toBeLessThan(CLAIM_WINDOW.initialMs);
+    const first = await leases.acquire();
+    void leases.acquire({}, "later"); // its caller is gone: it never claims
+    await expect.poll(async () => (await coordinator.stats()).waiting).toBe(1);
+    const next = leases.acquire({ holder: "next" });
+    await expect.poll(async () => (await coordinator.stats()).waiting).toBe(2);
+    const releasedAt = Date.now();
+    await leases.release(first);
+    const lease = await next;
+    const backMs = Date.now() - releasedAt;
+    expect(backMs).toBeGreaterThanOrEqual(windowMs - 5);
+    expect(backMs).toBeLessThan(CLAIM_WINDOW.initialMs + 250);
+    console.log(`a vanished waiter's slot came back ${backMs} ms after its grant (claim window ${windowMs} ms)`);
+    await leases.release(lease);
   });
 });

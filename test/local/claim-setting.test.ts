@@ -1,6 +1,7 @@
 import postgres, { type Sql } from "postgres";
 import { afterAll, describe, expect, it } from "vitest";
 import { type LocalPool, localPool } from "../../local/pool.ts";
+import { CLAIM_WINDOW } from "../../src/client/round-trips.ts";
 import { driver } from "../../src/drivers/postgres.ts";
 import { TEST_URL } from "../db/helpers.ts";
 import { forgetPools } from "./helpers.ts";
@@ -9,6 +10,7 @@ import { forgetPools } from "./helpers.ts";
 const base = `claim-setting-${process.pid}-${Date.now()}`;
 const pools: LocalPool<Sql>[] = [];
 let seq = 0;
+const asked: Array<number | undefined> = [];
 
 afterAll(async () => {
   for (const pool of pools) await pool.close();
@@ -26,6 +28,7 @@ async function queuedLifetime(settings: Record<string, string>): Promise<number>
   pools.push(pool);
   const leases = pool.leases!;
   const first = await leases.acquire();
+  asked.push(leases.claimMs);
   const next = leases.acquire({}, "later");
   await expect.poll(async () => (await leases.stats()).waiting).toBe(1);
   await leases.release(first);
@@ -38,5 +41,12 @@ describe("LEASE_CLAIM_MS under localPool", () => {
   it("sets the claim window of grants from the queue; 0 turns the claim off", async () => {
     expect(await queuedLifetime({ LEASE_CLAIM_MS: "250" })).toBe(250);
     expect(await queuedLifetime({ LEASE_CLAIM_MS: "0", LEASE_TTL_MS: "1500" })).toBe(1500);
+  });
+
+  it("unset, the window follows the client's measured round trips to the coordinator, within its bounds", async () => {
+    const lifetimeMs = await queuedLifetime({});
+    expect(lifetimeMs).toBe(asked.at(-1));
+    expect(lifetimeMs).toBeGreaterThanOrEqual(CLAIM_WINDOW.minMs);
+    expect(lifetimeMs).toBeLessThanOrEqual(CLAIM_WINDOW.maxMs);
   });
 });

@@ -12,7 +12,8 @@ afterAll(() => pools.cleanup());
 defineContract("PostgresCoordinator (Postgres)", () => ({
   async fresh(options: ContractOptions = {}): Promise<ContractPool> {
     const name = pools.name();
-    const config = options.queue === undefined ? {} : { queue: options.queue };
+    // FIFO unless the case asks otherwise, as the Durable Object suite's bindings (LEASE_QUEUE=fifo).
+    const config = { queue: options.queue ?? "fifo" };
     let current: PostgresCoordinator = pools.coordinator(config, name);
     const pool: ContractPool = {
       coordinator: current,

@@ -68,7 +68,8 @@ describe("PostgresCoordinator scheduling across coordinators", () => {
   });
 
   it("lets tenants take turns: a quiet tenant queued behind a burst is served second", async () => {
-    const [a, b] = pair({ limit: 1 }).map((c) => new Leases(c));
+    // FIFO within a tenant: the burst's own order is checked too.
+    const [a, b] = pair({ limit: 1, queue: "fifo" }).map((c) => new Leases(c));
     const held = await a!.acquire({ holder: "blocker" });
     const order: string[] = [];
     const take = (leases: Leases, tenant: string, name: string) =>
