@@ -57,18 +57,20 @@ describe("the claim window from measured round trips", () => {
 
   it("is the initial window before any round trip, then four bounded round trips", () => {
     expect(new RoundTrips().claimWindowMs()).toBe(CLAIM_WINDOW.initialMs);
-    // One sample of 40 ms: a bound of 40 + 4 × 20, four of them.
-    expect(measured([40]).claimWindowMs()).toBe(480);
-    // Steady 80 ms round trips: the deviation decays and the window closes in on 4 × 80.
-    expect(measured(Array(60).fill(80)).claimWindowMs()).toBe(320);
+    // One sample of 60 ms: a bound of 60 + 4 × 30, four of them.
+    expect(measured([60]).claimWindowMs()).toBe(720);
+    // Steady 150 ms round trips: the deviation decays and the window closes in on 4 × 150.
+    expect(measured(Array(60).fill(150)).claimWindowMs()).toBe(600);
+    // Next to the coordinator, the floor.
+    expect(measured([40]).claimWindowMs()).toBe(CLAIM_WINDOW.minMs);
   });
 
   it("tracks the round trip as it moves: a coordinator that slows down widens the window, one that speeds up narrows it", () => {
-    const slowing = measured([...Array(30).fill(20), ...Array(30).fill(120)]);
-    expect(slowing.claimWindowMs()).toBeGreaterThanOrEqual(4 * 120);
-    const speeding = measured([...Array(30).fill(120), ...Array(60).fill(70)]);
+    const slowing = measured([...Array(30).fill(40), ...Array(30).fill(200)]);
+    expect(slowing.claimWindowMs()).toBeGreaterThanOrEqual(4 * 200);
+    const speeding = measured([...Array(30).fill(200), ...Array(60).fill(140)]);
     expect(speeding.claimWindowMs()).toBeLessThan(slowing.claimWindowMs());
-    expect(speeding.claimWindowMs()).toBeLessThan(4 * 90);
+    expect(speeding.claimWindowMs()).toBeLessThan(4 * 150);
   });
 
   it("is bounded below and above, and ignores samples that are not durations", () => {
