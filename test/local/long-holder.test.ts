@@ -9,7 +9,7 @@ import { Database } from "../../src/db/database.ts";
 import { forgetPools, url } from "./helpers.ts";
 
 /**
- * A live holder is never reaped: a real `pg_sleep(45)` under a default lease (1500 ms TTL) through
+ * A live holder is never reaped: a real `pg_sleep(20)` under a default lease (1500 ms TTL) through
  * the database layer, whose renewal is the client's heartbeat. Meanwhile nobody else gets the one
  * slot. The only long test of the suite; it runs beside the others.
  */
@@ -23,7 +23,7 @@ afterAll(async () => {
 });
 
 describe("a live holder with a long query", () => {
-  it("keeps its lease through a 45 s pg_sleep: renewed, never expired, the slot never handed on", async () => {
+  it("keeps its lease through a 20 s pg_sleep: renewed, never expired, the slot never handed on", async () => {
     const config = {
       ...databaseConfig({ DATABASE_URL: url, DB_DEADLINE_MS: "60000" }),
       retry: { maxAttempts: 1, baseDelayMs: 10, maxDelayMs: 10 },
@@ -37,13 +37,13 @@ describe("a live holder with a long query", () => {
       log: (l) => lines.push(l),
     });
     const other = new Leases(coordinator, { holder: "other" });
-    const query = db.query("SELECT pg_sleep(45), 1 AS done", [], { holder: "long" });
+    const query = db.query("SELECT pg_sleep(20), 1 AS done", [], { holder: "long" });
     let probes = 0;
     let stolen = 0;
     let minExpiresInMs = Infinity;
     const started = Date.now();
     await expect.poll(async () => (await coordinator.stats()).held).toBe(1);
-    while (Date.now() - started < 44_000) {
+    while (Date.now() - started < 19_000) {
       await new Promise((r) => setTimeout(r, 1000));
       const s = await coordinator.stats();
       if (s.held === 1) minExpiresInMs = Math.min(minExpiresInMs, s.leases[0]!.expiresInMs);
@@ -62,7 +62,7 @@ describe("a live holder with a long query", () => {
     expect(lines.filter((l) => l.includes("lease_renew_failed"))).toEqual([]);
     expect(minExpiresInMs).toBeGreaterThan(0);
     console.log(
-      `[reliability] long holder: 45 s pg_sleep under a ${DEFAULT_CONFIG.leaseTtlMs} ms lease, ${probes} probes for its slot all refused, lowest time to expiry seen ${minExpiresInMs} ms, expired 0`,
+      `[reliability] long holder: 20 s pg_sleep under a ${DEFAULT_CONFIG.leaseTtlMs} ms lease, ${probes} probes for its slot all refused, lowest time to expiry seen ${minExpiresInMs} ms, expired 0`,
     );
   }, 70_000);
 });
