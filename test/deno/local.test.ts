@@ -36,7 +36,8 @@ Deno.test({
   ...loose,
   fn: async () => {
     const pool = `${base}-fifo`;
-    const config = { limit: 1, maxQueue: 10, waitMs: 2000, leaseTtlMs: 5000 };
+    // Strict arrival order (the default newest-first mode may serve w2 first under a standing queue).
+    const config = { limit: 1, maxQueue: 10, waitMs: 2000, leaseTtlMs: 5000, queue: "fifo" as const };
     const a = postgres(url, { max: 2, onnotice: () => {} });
     const b = postgres(url, { max: 2, onnotice: () => {} });
     const ca = new PostgresCoordinator({ sql: a, pool, config });
