@@ -181,7 +181,7 @@ function expire<L>(s: BlockState<L>, now: number): BlockEffect<L>[] {
  * When `reap` next has something to do, on the shell's clock (`undefined`: nothing to reap).
  *
  * @example
- * const at = nextReapAt(block); if (at !== undefined) setTimeout(() => perform(reap(block, Date.now())), at - now);
+ * const at = nextReapAt(block); if (at !== undefined) setTimeout(() => perform(reap(block, clock())), at - now);
  */
 export function nextReapAt<L>(s: BlockState<L>): number | undefined {
   let at = Number.POSITIVE_INFINITY;

@@ -89,7 +89,7 @@ export type LearnResult = Result<LearnState>;
  * The learned limit's state at `now`.
  *
  * @example
- * learnState({ limit: 17, limitOverride: null, learned, learnFailure: null }, Date.now()).learnedAgeMs
+ * learnState({ limit: 17, limitOverride: null, learned, learnFailure: null }, now).learnedAgeMs
  */
 export function learnState(
   pool: { readonly limit: number; readonly limitOverride: number | null },
@@ -112,7 +112,7 @@ export function learnState(
  * with `INVALID_ARGUMENT`.
  *
  * @example
- * const r = checkReading({ ok: false, code: "DATABASE_UNAVAILABLE", message: "refused" }, Date.now());
+ * const r = checkReading({ ok: false, code: "DATABASE_UNAVAILABLE", message: "refused" }, now);
  */
 export function checkReading(
   reading: RoomReading,
@@ -142,7 +142,7 @@ export function checkReading(
  * The terms of one learning: the counts read, with the pool's own caps.
  *
  * @example
- * learnedLimit(withCaps(counts, settings), Date.now())
+ * learnedLimit(withCaps(counts, settings), now)
  */
 export function withCaps(
   counts: RoomCounts,

@@ -3,7 +3,7 @@ import { Kysely, sql } from "kysely";
 import { LeasedDialect } from "leasegate/kysely";
 import { localPool } from "leasegate/local";
 import { driver } from "leasegate/pg";
-import { CREATE_NOTES, type Database } from "../src/schema.ts";
+import { CREATE_NOTES, type Database } from "#schema";
 
 // DATABASE_URL, LEASE_LIMIT, LEASE_WAIT_MS, …: the same variables as the Worker's.
 const pool = await localPool(process.env, { driver });

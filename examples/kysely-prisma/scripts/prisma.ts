@@ -2,8 +2,8 @@
 import { localPool } from "leasegate/local";
 import { driver } from "leasegate/pg";
 import { leasedAdapter } from "leasegate/prisma";
-import { PrismaClient } from "../src/generated/node/client.ts";
-import { CREATE_NOTES } from "../src/schema.ts";
+import { PrismaClient } from "#prisma-client";
+import { CREATE_NOTES } from "#schema";
 
 // DATABASE_URL, LEASE_LIMIT, LEASE_WAIT_MS, …: the same variables as the Worker's.
 const pool = await localPool(process.env, { driver });

@@ -2,7 +2,7 @@ import { createExecutionContext, waitOnExecutionContext } from "cloudflare:test"
 import { env } from "cloudflare:workers";
 import pg from "pg";
 import { beforeAll, describe, expect, it } from "vitest";
-import { CREATE_NOTES } from "../src/schema.ts";
+import { CREATE_NOTES } from "#schema";
 
 // What both Workers' tests share: the test's own connection (a superuser, through Hyperdrive's
 // local mode), a login role with `CONNECTION LIMIT` for the leased connections, and a count of
