@@ -34,7 +34,7 @@ const DO_RUNS = 250;
 const MAX_STEPS = 30;
 
 // Must equal the bindings in vitest.workers.config.ts: the object reads its config from them.
-const CONFIG = { limit: 3, maxQueue: 5, waitMs: 400, leaseTtlMs: 30_000 };
+const CONFIG: PoolConfig = { limit: 3, maxQueue: 5, waitMs: 400, leaseTtlMs: 30_000, queue: "fifo" };
 
 /** The object under test: a pool of one object (a shard of a shared pool is tested in shards.test.ts). */
 interface Variant {
