@@ -18,6 +18,8 @@ interface Sample {
   leaseMs: number;
   dbMs: number;
   code: string;
+  /** A shed answered in the Worker's isolate without a coordinator call (`LEASE_LOCAL_SHED`). */
+  local: boolean;
   retryAfter: boolean;
 }
 const samples: Sample[] = [];
@@ -31,7 +33,12 @@ async function client(): Promise<void> {
       const body = await r.text();
       const ms = performance.now() - t0;
       let code = "";
-      if (r.status !== 200) code = (JSON.parse(body) as { error?: { code?: string } }).error?.code ?? String(r.status);
+      let local = false;
+      if (r.status !== 200) {
+        const error = (JSON.parse(body) as { error?: { code?: string; message?: string } }).error;
+        code = error?.code ?? String(r.status);
+        local = error?.message?.startsWith("Shed in this isolate") === true;
+      }
       // The Worker's own time (Server-Timing: app, and its lease wait and query), without the dev proxy's queue.
       const timing = r.headers.get("server-timing") ?? "";
       const part = (name: string) => Number(new RegExp(`${name};dur=([\\d.]+)`).exec(timing)?.[1] ?? NaN);
@@ -42,6 +49,7 @@ async function client(): Promise<void> {
         leaseMs: part("lease"),
         dbMs: part("db"),
         code,
+        local,
         retryAfter: r.headers.has("retry-after"),
       });
       const retryAfterS = Number(r.headers.get("retry-after") ?? 0);
@@ -84,6 +92,7 @@ console.log(
       99,
     ),
     shed: shed.length,
+    shedLocal: shed.filter((s) => s.local).length,
     shedP50: pct(
       shed.map((s) => s.ms),
       50,

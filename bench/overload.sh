@@ -212,14 +212,26 @@ done
 json+="]"
 
 # P4: a 2 s deadline and a queue of 40 under 200 clients; the service time is measured unloaded first.
+# P4_LOCAL_SHED lists the LEASE_LOCAL_SHED settings to run side by side (rounds alternate their
+# order, ROUNDS of them); the first setting's last run is the one written to p4.json.
+P4_LOCAL_SHED=${P4_LOCAL_SHED:-on}
+p4_first=""
 kill_pgbouncer
-wait_idle
-start_server on "$DIRECT" LEASE_WAIT_MS=2000 LEASE_MAX_QUEUE=40
-service=$(for _ in $(seq 20); do curl -s -o /dev/null -w '%{http_code} %{time_total}\n' "http://127.0.0.1:$PORT/api/pitches/trending"; done | awk '$1 == 200 {print $2}' | sort -n | awk '{a[NR]=$1} END {printf "%.1f", a[int(NR/2)+1] * 1000}')
-p4=$(node bench/load.ts "http://127.0.0.1:$PORT/api/pitches/trending" 200 "$DURATION")
-stop_server
-p4=${p4%\}},\"serviceMs\":$service,\"deadlineMs\":2000\}
-echo "P4 (2 s deadline, queue 40, 200 clients): $p4"
+for round in $(seq "${P4_ROUNDS:-1}"); do
+  settings=$P4_LOCAL_SHED
+  [ $((round % 2)) -eq 1 ] || settings=$(echo "$P4_LOCAL_SHED" | tr ' ' '\n' | tac | tr '\n' ' ')
+  for shed in $settings; do
+    wait_idle
+    start_server on "$DIRECT" LEASE_WAIT_MS=2000 LEASE_MAX_QUEUE=40 LEASE_LOCAL_SHED="$shed"
+    service=$(for _ in $(seq 20); do curl -s -o /dev/null -w '%{http_code} %{time_total}\n' "http://127.0.0.1:$PORT/api/pitches/trending"; done | awk '$1 == 200 {print $2}' | sort -n | awk '{a[NR]=$1} END {printf "%.1f", a[int(NR/2)+1] * 1000}')
+    p4=$(node bench/load.ts "http://127.0.0.1:$PORT/api/pitches/trending" 200 "$DURATION")
+    stop_server
+    p4=${p4%\}},\"serviceMs\":$service,\"deadlineMs\":2000,\"localShed\":\"$shed\"\}
+    echo "P4 (2 s deadline, queue 40, 200 clients, LEASE_LOCAL_SHED=$shed): $p4"
+    [ "$shed" != "${P4_LOCAL_SHED%% *}" ] || p4_first=$p4
+  done
+done
+p4=$p4_first
 if [ -n "${RESULTS_DIR:-}" ]; then
   echo "$json" >"$RESULTS_DIR/p3.json"
   echo "$p4" >"$RESULTS_DIR/p4.json"

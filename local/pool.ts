@@ -101,7 +101,13 @@ export async function localPool<Client = unknown>(
     await coordinator.ready();
   }
   const leases: LeaseClient | undefined =
-    coordinator && new Leases(coordinator, { pool: name, claimMs: settings.pool.claimMs, tracer: options.tracer });
+    coordinator &&
+    new Leases(coordinator, {
+      pool: name,
+      claimMs: settings.pool.claimMs,
+      localShed: settings.pool.localShed,
+      tracer: options.tracer,
+    });
   // Reconciliation's counts; with LEASE_ENFORCE=terminate it also terminates the tagged backends
   // whose lease is no longer held (the held leases read first: see `enforceLedger`).
   const observe = async (c: PostgresCoordinator, sql: Sql): Promise<ConnectionCounts> => {

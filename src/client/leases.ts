@@ -17,6 +17,7 @@ import {
 import type { Coordinator } from "../engine/coordinator.ts";
 import type { LeaseTracer } from "../tracing.ts";
 import { Coalescer } from "./coalesce.ts";
+import { LOCAL_SHED, LocalShed } from "./local-shed.ts";
 import { RoundTrips, CLAIM_WINDOW, claimDelayMs } from "./round-trips.ts";
 import type { ReleaseOutbox } from "./outbox.ts";
 import {
@@ -119,11 +120,20 @@ export interface LeasesOptions {
    *
    * Default: follows the measured round trips to the coordinator — of this isolate's clients of
    * the same `pool` name, or of this client when unnamed — four of them (the smoothed round trip
-   * plus four deviations), at least 250 ms and at most 1000 ms; 500 until the first is measured
+   * plus four deviations), at least 500 ms and at most 1000 ms; 500 until the first is measured
    * (see `CLAIM_WINDOW`). A number fixes the window; `0` sends no claim, and
    * grants from the queue live their full TTL.
    */
   claimMs?: number | undefined;
+  /**
+   * Refuse acquires in this isolate, without a coordinator call, while the coordinator refuses most
+   * of them (see `LocalShed`): of the acquires of a priority and tenant answered in the last 2 s,
+   * once grants fall below `1/K` of them, the coordinator is sent about `K` times what it grants and
+   * the surplus is answered `QUEUE_FULL` at once, with the coordinator's last Retry-After. `true`
+   * (default): K = 2; a number: K (1 to 10); `false`: every acquire goes to the coordinator. Shared
+   * per pool name in an isolate, like the round trips.
+   */
+  localShed?: boolean | number | undefined;
   /**
    * The pool's name (one limit, one queue): work holding a lease of this pool that asks for
    * another of it fails at once with `NESTED_LEASE`. Unnamed clients count as any pool.
@@ -165,6 +175,29 @@ function roundTripsOf(pool: string | undefined): RoundTrips {
   return trips;
 }
 
+/** Local sheds per pool name in this isolate (or process), shared like the round trips. */
+const shedsByPool = new Map<string, LocalShed>();
+
+function localShedOf(pool: string | undefined, setting: boolean | number | undefined): LocalShed | undefined {
+  if (setting === false) return undefined;
+  const ratio = setting === undefined || setting === true ? LOCAL_SHED.ratio : checkRatio(setting);
+  const make = () => new LocalShed({ ...LOCAL_SHED, ratio }, { now: Date.now, random: Math.random });
+  if (pool === undefined) return make();
+  const key = `${pool}|${ratio}`;
+  let shed = shedsByPool.get(key);
+  if (!shed) {
+    shed = make();
+    shedsByPool.set(key, shed);
+  }
+  return shed;
+}
+
+function checkRatio(ratio: number): number {
+  if (!(ratio >= 1 && ratio <= 10))
+    throw new LeaseError("INVALID_ARGUMENT", `localShed must be a boolean or a ratio from 1 to 10, got ${ratio}`);
+  return ratio;
+}
+
 /** The claim window before any round trip was measured, and `ShardedLeases`' fixed default; see `LeasesOptions.claimMs`. */
 export const DEFAULT_CLAIM_MS = CLAIM_WINDOW.initialMs;
 
@@ -185,6 +218,7 @@ export class Leases implements LeaseClient {
   /** A fixed claim window (undefined: none), or `"measured"`: from {@link RoundTrips}. */
   readonly #claim: number | undefined | "measured";
   readonly #trips: RoundTrips;
+  readonly #shed: LocalShed | undefined;
   /** Grants from the queue returned unclaimed (`claim: "later"`), with the window each was asked with. */
   readonly #unclaimed = new WeakMap<LeaseGrant, number>();
   readonly tracer: LeaseTracer | undefined;
@@ -198,6 +232,7 @@ export class Leases implements LeaseClient {
     this.#waitUntil = options.waitUntil;
     this.#claim = options.claimMs === undefined ? "measured" : claimWindow(options.claimMs);
     this.#trips = roundTripsOf(options.pool);
+    this.#shed = localShedOf(options.pool, options.localShed);
     this.tracer = options.tracer;
     this.#outbox = options.waitUntil ? options.outbox : undefined;
     const { acquireMany, releaseMany } = coordinator;
@@ -282,10 +317,13 @@ export class Leases implements LeaseClient {
     signal?.throwIfAborted();
     const windowMs = this.claimMs;
     const request = coordinatorRequest(options, this.#holder, windowMs);
+    const refusal = this.#shed?.refuse(request);
+    if (refusal) throw refusal;
     const sent = this.#timed(() => this.#send(request, signal), queuedFor);
     const result = signal
       ? await untilAborted(sent, signal, (late) => late.ok && this.#releaseLate(late.lease))
       : await sent;
+    this.#shed?.answered(request, result, queuedFor(result));
     if (!result.ok) throw toError(result);
     if (claim === "later") {
       if (windowMs !== undefined && needsClaim(result.lease, windowMs)) this.#unclaimed.set(result.lease, windowMs);

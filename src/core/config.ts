@@ -150,6 +150,8 @@ export interface PoolEnv {
   LEASE_CLAIM_MS?: string | undefined;
   /** How long a finished lease's release waits for an acquire of the isolate to carry it, ms; 0 = a call of its own. Default 5. */
   LEASE_RELEASE_CARRY_MS?: string | undefined;
+  /** `off`: every acquire goes to the coordinator, even while it refuses most of them; a number from 1 to 10: the ratio `K` (the clients' `localShed`). Default `on` (K = 2). */
+  LEASE_LOCAL_SHED?: string | undefined;
   /** `terminate`: leased connections carry their lease in `application_name`, and backends whose lease ended are terminated. Default `off`. */
   LEASE_ENFORCE?: string | undefined;
   /** `LEASE_ENFORCE=terminate`: how old a tagged backend with no held lease must be before reconciliation terminates it, ms. Default 2 × `LEASE_TTL_MS`. */
@@ -176,6 +178,8 @@ export interface PoolSettings {
   readonly claimMs: number | undefined;
   /** `LEASE_RELEASE_CARRY_MS` (the Worker's `ReleaseOutbox`); 0 = each release a call of its own. */
   readonly carryMs: number;
+  /** `LEASE_LOCAL_SHED` (the clients' `localShed`): the ratio `K`, or false: off. */
+  readonly localShed: number | false;
   /** False with `COORDINATOR=off`. */
   readonly coordinator: boolean;
   /** `LEASE_ENFORCE=terminate` (with `LEASE_ENFORCE_GRACE_MS`); null when off. */
@@ -218,6 +222,25 @@ function oneOf<T extends string>(name: string, raw: string | undefined, choices:
   if (!(choices as readonly string[]).includes(value))
     throw new LeaseError("INVALID_CONFIG", expected(name, choices.map((c) => `\`${c}\``).join(" or "), raw));
   return value as T;
+}
+
+/** `K` of the clients' local shed when `LEASE_LOCAL_SHED` is unset or `on` (see `LocalShed`). */
+export const DEFAULT_LOCAL_SHED_RATIO = 1.25;
+
+/**
+ * `LEASE_LOCAL_SHED`: `on` (or unset) = the default ratio, `off` = false, or a ratio from 1 to 10.
+ *
+ * @example
+ * localShedFromEnv("1.5") // 1.5
+ */
+export function localShedFromEnv(raw: string | undefined): number | false {
+  const value = text(raw);
+  if (value === "" || value === "on") return DEFAULT_LOCAL_SHED_RATIO;
+  if (value === "off") return false;
+  const ratio = /^\d{1,2}(\.\d{1,3})?$/.test(value) ? Number(value) : Number.NaN;
+  if (!(ratio >= 1 && ratio <= 10))
+    throw new LeaseError("INVALID_CONFIG", expected("LEASE_LOCAL_SHED", "`on`, `off` or a ratio from 1 to 10", raw));
+  return ratio;
 }
 
 /**
@@ -301,6 +324,7 @@ export function poolSettings(env: PoolEnv): PoolSettings {
     locationHint: text(env.LEASE_LOCATION_HINT) || undefined,
     claimMs: intFromEnv("LEASE_CLAIM_MS", env.LEASE_CLAIM_MS, undefined, 0, config.leaseTtlMs),
     carryMs: intFromEnv("LEASE_RELEASE_CARRY_MS", env.LEASE_RELEASE_CARRY_MS, DEFAULT_CARRY_MS, 0, 1000),
+    localShed: localShedFromEnv(env.LEASE_LOCAL_SHED),
     // Only `off` turns leasing off: a Worker may bind its coordinator namespace under this name.
     coordinator: text(env.COORDINATOR) !== "off",
     learn,

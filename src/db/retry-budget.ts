@@ -1,5 +1,8 @@
 import { toDatabaseError } from "./errors.ts";
+import { AcceptWindow, type BudgetCounts, refusalChance } from "../core/throttle.ts";
 import { isRetryable } from "./retry.ts";
+
+export { type BudgetCounts, refusalChance } from "../core/throttle.ts";
 
 /** How much retrying a budget allows. Durations are milliseconds. */
 export interface RetryBudgetOptions {
@@ -26,25 +29,6 @@ export const DEFAULT_RETRY_BUDGET: RetryBudgetOptions = {
   bucketMs: 1000,
   minRequests: 10,
 };
-
-/** The window's counts: attempts asked for (refused retries included) and attempts the database accepted. */
-export interface BudgetCounts {
-  readonly requests: number;
-  readonly accepts: number;
-}
-
-/**
- * The chance that a retry is refused locally (Google SRE book, "Handling Overload", client-side
- * throttling): `max(0, (requests − K·accepts) / (requests + 1))`. Zero while failures stay under
- * `1 − 1/K` of attempts; near one when nearly every attempt fails, so a storm costs the database
- * about one attempt per call instead of `maxAttempts`.
- *
- * @example
- * refusalChance({ requests: 100, accepts: 0 }, 2) // 0.990…
- */
-export function refusalChance(counts: BudgetCounts, ratio: number): number {
-  return Math.max(0, (counts.requests - ratio * counts.accepts) / (counts.requests + 1));
-}
 
 /** What an attempt's outcome tells the budget: the database `accepted` it, `failed` it, or says nothing. */
 export type AttemptOutcome = "accepted" | "failed" | "neutral";
@@ -85,10 +69,7 @@ export class RetryBudget {
   readonly name: string;
   readonly options: RetryBudgetOptions;
   readonly #rt: { now(): number; random(): number };
-  // A ring of buckets; `#epochs[i]` says which bucket number (now / bucketMs) slot i counts for.
-  readonly #requests: number[];
-  readonly #accepts: number[];
-  readonly #epochs: number[];
+  readonly #window: AcceptWindow;
   #refused = 0;
   // The errors that ended a call because their retry was refused: its log line says so.
   readonly #refusedErrors = new WeakSet<object>();
@@ -97,19 +78,16 @@ export class RetryBudget {
     this.name = name;
     this.options = options;
     this.#rt = runtime;
-    const n = Math.max(1, Math.ceil(options.windowMs / options.bucketMs));
-    this.#requests = new Array<number>(n).fill(0);
-    this.#accepts = new Array<number>(n).fill(0);
-    this.#epochs = new Array<number>(n).fill(-1);
+    this.#window = new AcceptWindow(options.windowMs, options.bucketMs);
   }
 
   /** Records one attempt's result (`undefined` = success); see {@link outcomeOf}. */
   record(error: unknown): void {
     const outcome = outcomeOf(error);
     if (outcome === "neutral") return;
-    const i = this.#slot();
-    this.#requests[i]! += 1;
-    if (outcome === "accepted") this.#accepts[i]! += 1;
+    const now = this.#rt.now();
+    this.#window.request(now);
+    if (outcome === "accepted") this.#window.accept(now);
   }
 
   /**
@@ -121,7 +99,7 @@ export class RetryBudget {
     const counts = this.counts();
     const chance = counts.requests < this.options.minRequests ? 0 : refusalChance(counts, this.options.ratio);
     if (chance > 0 && this.#rt.random() < chance) {
-      this.#requests[this.#slot()]! += 1;
+      this.#window.request(this.#rt.now());
       this.#refused++;
       if (typeof error === "object" && error !== null) this.#refusedErrors.add(error);
       return false;
@@ -141,18 +119,7 @@ export class RetryBudget {
 
   /** The window's counts now. */
   counts(): BudgetCounts {
-    const current = Math.floor(this.#rt.now() / this.options.bucketMs);
-    const n = this.#epochs.length;
-    let requests = 0;
-    let accepts = 0;
-    for (let i = 0; i < n; i++) {
-      // Only buckets of the last `n` bucket numbers count: an old slot not yet reused is stale.
-      if (current - this.#epochs[i]! < n) {
-        requests += this.#requests[i]!;
-        accepts += this.#accepts[i]!;
-      }
-    }
-    return { requests, accepts };
+    return this.#window.counts(this.#rt.now());
   }
 
   /** The budget as shown to operators: plain JSON. */
@@ -164,16 +131,5 @@ export class RetryBudget {
       refused: this.#refused,
       refusalChance: refusalChance(counts, this.options.ratio),
     };
-  }
-
-  #slot(): number {
-    const epoch = Math.floor(this.#rt.now() / this.options.bucketMs);
-    const i = ((epoch % this.#epochs.length) + this.#epochs.length) % this.#epochs.length;
-    if (this.#epochs[i] !== epoch) {
-      this.#epochs[i] = epoch;
-      this.#requests[i] = 0;
-      this.#accepts[i] = 0;
-    }
-    return i;
   }
 }

@@ -118,7 +118,8 @@ function coordination(
   if (!sharded) {
     const stub = coordinatorStub(env, locationHint, name);
     const outbox = outboxFor(env, pool);
-    const leases = new Leases(stub, { pool: name, waitUntil, claimMs: pool.claimMs, outbox, tracer });
+    const { claimMs, localShed } = pool;
+    const leases = new Leases(stub, { pool: name, waitUntil, claimMs, localShed, outbox, tracer });
     return { leases, operator: one(stub) };
   }
   const stubFor = (i: number) => coordinatorStub(env, locationHint, shardName(name, i, sharded.count));

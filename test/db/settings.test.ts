@@ -26,6 +26,7 @@ describe("settings parsed once", () => {
       LEASE_RESERVED: "2",
       LEASE_CLAIM_MS: "250",
       LEASE_RELEASE_CARRY_MS: "10",
+      LEASE_LOCAL_SHED: "2",
       DB_CONNECT_TIMEOUT_MS: "1500",
     });
     expect(settings.pool).toEqual({
@@ -46,6 +47,7 @@ describe("settings parsed once", () => {
       locationHint: "weur",
       claimMs: 250,
       carryMs: 10,
+      localShed: 2,
       coordinator: true,
       learn: null,
       enforce: null,
@@ -62,6 +64,7 @@ describe("settings parsed once", () => {
       blockMax: 0,
       claimMs: undefined,
       carryMs: 5,
+      localShed: 1.25,
       coordinator: false,
     });
     // `[vars]` may hold numbers, and a Worker may bind its coordinator namespace as `COORDINATOR`.

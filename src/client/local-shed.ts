@@ -1,0 +1,133 @@
+import { type AcquireOptions, type AcquireResult, LeaseError } from "../core/index.ts";
+import { DEFAULT_LOCAL_SHED_RATIO } from "../core/config.ts";
+import { AcceptWindow, refusalChance } from "../core/throttle.ts";
+
+/** How an isolate sheds acquires itself while the coordinator refuses most of them. Durations are ms. */
+export interface LocalShedOptions {
+  /**
+   * `K` of client-side adaptive throttling: the coordinator keeps receiving about `K` times the
+   * acquires it grants; the surplus is refused where it arises, without a call.
+   */
+  readonly ratio: number;
+  /** How far back acquires and grants count. */
+  readonly windowMs: number;
+  /** The window's granularity. */
+  readonly bucketMs: number;
+  /** Below this many answered acquires in the window nothing is shed: one refusal of a quiet isolate says little. */
+  readonly minRequests: number;
+}
+
+export const LOCAL_SHED: LocalShedOptions = {
+  ratio: DEFAULT_LOCAL_SHED_RATIO,
+  windowMs: 2000,
+  bucketMs: 100,
+  minRequests: 20,
+};
+
+/** Kinds of request kept apart (priority and tenant), at most this many: the oldest kind is forgotten first. */
+const MAX_KINDS = 256;
+
+interface Kind {
+  readonly window: AcceptWindow;
+  /** The coordinator's last `retryAfterMs` for this kind: what a local refusal tells its caller. */
+  retryAfterMs: number;
+  /** When the coordinator last refused one of this kind. */
+  refusedAt: number;
+}
+
+/**
+ * One isolate's view of a pool under overload: acquires the coordinator refused on arrival
+ * (`QUEUE_FULL`, `ACQUIRE_TIMEOUT`) against those it granted, over the last `windowMs`, per
+ * priority and tenant (a tenant or priority the coordinator still serves is never shed for another's
+ * refusals). While grants fall below `1/K` of answers, an acquire is refused here with probability
+ * `max(0, (requests − K·grants) / (requests + 1))` — `QUEUE_FULL` at once, with the coordinator's
+ * last Retry-After — instead of after a round trip to a coordinator that would refuse it. The
+ * coordinator still receives `K` times what it grants, so its queue stays full and no slot idles.
+ * Local refusals count as requests (so a shed that goes on sheds more surely), but only while the
+ * coordinator's own last refusal is under half a window old; and a grant without a wait — the
+ * coordinator's queue was empty — ends the kind's shedding at once.
+ *
+ * @example
+ * const shed = new LocalShed(LOCAL_SHED, { now: Date.now, random: Math.random });
+ * const refusal = shed.refuse(request); if (refusal) throw refusal;
+ * shed.answered(request, await coordinator.acquire(request), waitedMs);
+ */
+export class LocalShed {
+  readonly options: LocalShedOptions;
+  readonly #rt: { now(): number; random(): number };
+  readonly #kinds = new Map<string, Kind>();
+  #shed = 0;
+
+  constructor(options: LocalShedOptions, runtime: { now(): number; random(): number }) {
+    this.options = options;
+    this.#rt = runtime;
+  }
+
+  /** Acquires refused here since the isolate started. */
+  get shed(): number {
+    return this.#shed;
+  }
+
+  /** The refusal for `request` now, or undefined: send it. A request that would not wait is never shed here. */
+  refuse(request: AcquireOptions): LeaseError | undefined {
+    if (request.waitMs === 0) return undefined;
+    const kind = this.#kinds.get(kindOf(request));
+    if (!kind) return undefined;
+    const now = this.#rt.now();
+    const counts = kind.window.counts(now);
+    if (counts.requests < this.options.minRequests || now - kind.refusedAt > this.options.windowMs / 2)
+      return undefined;
+    const chance = refusalChance(counts, this.options.ratio);
+    if (chance === 0 || this.#rt.random() >= chance) return undefined;
+    kind.window.request(now);
+    this.#shed++;
+    return new LeaseError(
+      "QUEUE_FULL",
+      `Shed in this isolate without a coordinator call: the coordinator granted ${counts.accepts} of the last ` +
+        `${counts.requests} acquires of this kind within ${this.options.windowMs} ms`,
+      { retryAfterMs: kind.retryAfterMs },
+    );
+  }
+
+  /**
+   * Counts the coordinator's answer to `request`: a grant (`waitedMs`: how long it waited in the
+   * queue, 0 = granted at once; undefined = not known), or an overload refusal; other answers (an
+   * invalid request, say) tell nothing of overload.
+   */
+  answered(request: AcquireOptions, result: AcquireResult, waitedMs: number | undefined): void {
+    if (request.waitMs === 0) return;
+    const key = kindOf(request);
+    if (result.ok && waitedMs === 0) {
+      this.#kinds.delete(key);
+      return;
+    }
+    if (!result.ok && result.code !== "QUEUE_FULL" && result.code !== "ACQUIRE_TIMEOUT") return;
+    const now = this.#rt.now();
+    const kind = this.#kind(key);
+    kind.window.request(now);
+    if (result.ok) {
+      kind.window.accept(now);
+      return;
+    }
+    kind.refusedAt = now;
+    if (result.retryAfterMs !== undefined) kind.retryAfterMs = result.retryAfterMs;
+  }
+
+  #kind(key: string): Kind {
+    let kind = this.#kinds.get(key);
+    if (!kind) {
+      if (this.#kinds.size >= MAX_KINDS) this.#kinds.delete(this.#kinds.keys().next().value!);
+      kind = {
+        window: new AcceptWindow(this.options.windowMs, this.options.bucketMs),
+        retryAfterMs: 100,
+        refusedAt: -Infinity,
+      };
+      this.#kinds.set(key, kind);
+    }
+    return kind;
+  }
+}
+
+function kindOf(request: AcquireOptions): string {
+  return `${request.priority ?? "normal"}\u0000${request.tenant ?? ""}`;
+}
