@@ -31,7 +31,7 @@ interface Kind {
   readonly window: AcceptWindow;
   /** The coordinator's last `retryAfterMs` for this kind: what a local refusal tells its caller. */
   retryAfterMs: number;
-  /** When the coordinator last refused one of this kind. */
+  /** When the coordinator last refused one of this kind; −∞ after a grant without a wait. */
   refusedAt: number;
 }
 
@@ -43,9 +43,9 @@ interface Kind {
  * `max(0, (requests − K·grants) / (requests + 1))` — `QUEUE_FULL` at once, with the coordinator's
  * last Retry-After — instead of after a round trip to a coordinator that would refuse it. The
  * coordinator still receives `K` times what it grants, so its queue stays full and no slot idles.
- * Local refusals count as requests (so a shed that goes on sheds more surely), but only while the
- * coordinator's own last refusal is under half a window old; and a grant without a wait — the
- * coordinator's queue was empty — ends the kind's shedding at once.
+ * Local refusals count as requests (so a shed that goes on sheds more surely), but nothing is shed
+ * unless the coordinator itself refused one of the kind within half a window and has granted none
+ * at once since (a grant without a wait: it had a free slot and nobody waiting).
  *
  * @example
  * const shed = new LocalShed(LOCAL_SHED, { now: Date.now, random: Math.random });
@@ -96,17 +96,15 @@ export class LocalShed {
    */
   answered(request: AcquireOptions, result: AcquireResult, waitedMs: number | undefined): void {
     if (request.waitMs === 0) return;
-    const key = kindOf(request);
-    if (result.ok && waitedMs === 0) {
-      this.#kinds.delete(key);
-      return;
-    }
     if (!result.ok && result.code !== "QUEUE_FULL" && result.code !== "ACQUIRE_TIMEOUT") return;
     const now = this.#rt.now();
-    const kind = this.#kind(key);
+    const kind = this.#kind(kindOf(request));
     kind.window.request(now);
     if (result.ok) {
       kind.window.accept(now);
+      // Granted at once: the coordinator had a free slot and nobody waiting. No shedding until it
+      // refuses again; the window is kept, so a standing overload resumes at its first refusal.
+      if (waitedMs === 0) kind.refusedAt = Number.NEGATIVE_INFINITY;
       return;
     }
     kind.refusedAt = now;

@@ -32,7 +32,9 @@ describe("LocalShed", () => {
     const refusal = shed.refuse(request);
     expect(isLeaseError(refusal) && refusal.code).toBe("QUEUE_FULL");
     expect(refusal?.retryAfterMs).toBe(340);
-    expect(refusal?.message).toMatch(/^Shed in this isolate without a coordinator call: the coordinator granted 0 of the last 20/);
+    expect(refusal?.message).toMatch(
+      /^Shed in this isolate without a coordinator call: the coordinator granted 0 of the last 20/,
+    );
     expect(shed.shed).toBe(1);
   });
 
@@ -68,15 +70,17 @@ describe("LocalShed", () => {
     expect(shed.refuse(request)).toBeUndefined();
   });
 
-  it("a grant without a wait (the coordinator's queue was empty) ends the shedding at once", () => {
+  it("a grant without a wait (a free slot, nobody waiting) pauses the shedding until the coordinator refuses again", () => {
     const clock = { now: 10_000 };
     const shed = shedAt(clock);
     answer(shed, request, 40, 0);
     expect(shed.refuse(request)).toBeDefined();
     shed.answered(request, granted, 0);
     expect(shed.refuse(request)).toBeUndefined();
-    // A grant after a wait does not: the queue was standing.
-    answer(shed, request, 40, 0);
+    // Its next refusal resumes it with the window as it was: no new 20 answers needed.
+    answer(shed, request, 1, 0);
+    expect(shed.refuse(request)).toBeDefined();
+    // A grant after a wait does not pause it: the queue was standing.
     shed.answered(request, granted, 80);
     expect(shed.refuse(request)).toBeDefined();
   });
@@ -100,7 +104,7 @@ describe("LocalShed", () => {
     // 10 s of 10 ms steps: 30 acquires offered per step to a coordinator that serves 3 per step
     // from a queue of 40 (the rest refused). Randomness seeded.
     let seed = 42;
-    const random = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+    const random = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
     const clock = { now: 0 };
     const shed = shedAt(clock, random);
     let queue = 0;
@@ -124,7 +128,9 @@ describe("LocalShed", () => {
       served += serve;
     }
     const perStep = sent / steps;
-    console.log(`local shed simulation: ${perStep.toFixed(2)} sent per step for 3 served, ${idleSteps} steps with a slot idle`);
+    console.log(
+      `local shed simulation: ${perStep.toFixed(2)} sent per step for 3 served, ${idleSteps} steps with a slot idle`,
+    );
     // Without the shed it would receive 30 per step.
     expect(perStep).toBeGreaterThan(3 * LOCAL_SHED.ratio * 0.9);
     expect(perStep).toBeLessThan(3 * LOCAL_SHED.ratio * 1.3);

@@ -41,8 +41,9 @@ describe("local shed under workerPool", () => {
       expect((error as { retryAfterMs?: number }).retryAfterMs).toBeGreaterThan(0);
       outcomes.push(localShedOf(error) ? "local" : "coordinator");
     }
-    // The first answers all come from the object; once the window holds enough, most are local.
-    expect(outcomes.slice(0, LOCAL_SHED.minRequests).every((o) => o === "coordinator")).toBe(true);
+    // The first answers all come from the object (the window counts the held leases' grants too);
+    // once it holds enough, most are local.
+    expect(outcomes.slice(0, LOCAL_SHED.minRequests - held.length).every((o) => o === "coordinator")).toBe(true);
     const local = outcomes.filter((o) => o === "local").length;
     expect(local).toBeGreaterThanOrEqual(60);
     // The object counted exactly the refusals it sent.
@@ -51,7 +52,7 @@ describe("local shed under workerPool", () => {
     // Everything back: the parked waiters take the slots and give them back.
     await Promise.all(held.map((l) => leases.release(l)));
     await Promise.all(parked.map((p) => p.then((l) => leases.release(l))));
-    // Within a few acquires one reaches the object, is granted at once, and the shedding ends.
+    // Within a few acquires one reaches the object and is granted at once: the shedding stops.
     let attempts = 0;
     for (;;) {
       attempts++;
@@ -64,7 +65,9 @@ describe("local shed under workerPool", () => {
         break;
       }
     }
-    expect(attempts).toBeLessThanOrEqual(50);
+    // Each is shed with a chance of about (requests − K·grants) / (requests + 1), ~0.96 here: over
+    // 300 in a row is a chance of ~5e-6.
+    expect(attempts).toBeLessThanOrEqual(300);
     for (let i = 0; i < 20; i++) await leases.release(await leases.acquire({ waitMs: 5000 }));
     console.log(`local shed: ${local} of 100 refusals answered in the isolate; ${attempts} acquires to recover`);
     await waitOnExecutionContext(ctx);
