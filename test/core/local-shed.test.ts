@@ -104,7 +104,10 @@ describe("LocalShed", () => {
     // 10 s of 10 ms steps: 30 acquires offered per step to a coordinator that serves 3 per step
     // from a queue of 40 (the rest refused). Randomness seeded.
     let seed = 42;
-    const random = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+    const random = () => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed / 2 ** 31;
+    };
     const clock = { now: 0 };
     const shed = shedAt(clock, random);
     let queue = 0;
