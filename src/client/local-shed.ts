@@ -44,8 +44,9 @@ interface Kind {
  * last Retry-After — instead of after a round trip to a coordinator that would refuse it. The
  * coordinator still receives `K` times what it grants, so its queue stays full and no slot idles.
  * Local refusals count as requests (so a shed that goes on sheds more surely), but nothing is shed
- * unless the coordinator itself refused one of the kind within half a window and has granted none
- * at once since (a grant without a wait: it had a free slot and nobody waiting).
+ * unless the coordinator itself refused one of the kind within the window and has granted none at
+ * once since (a grant without a wait: it had a free slot and nobody waiting). Callers told to come
+ * back after a Retry-After of about a second arrive in waves; a window of 2 s spans the gaps.
  *
  * @example
  * const shed = new LocalShed(LOCAL_SHED, { now: Date.now, random: Math.random });
@@ -75,7 +76,7 @@ export class LocalShed {
     if (!kind) return undefined;
     const now = this.#rt.now();
     const counts = kind.window.counts(now);
-    if (counts.requests < this.options.minRequests || now - kind.refusedAt > this.options.windowMs / 2)
+    if (counts.requests < this.options.minRequests || now - kind.refusedAt > this.options.windowMs)
       return undefined;
     const chance = refusalChance(counts, this.options.ratio);
     if (chance === 0 || this.#rt.random() >= chance) return undefined;
