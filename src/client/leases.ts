@@ -17,7 +17,7 @@ import {
 import type { Coordinator } from "../engine/coordinator.ts";
 import type { LeaseTracer } from "../tracing.ts";
 import { Coalescer } from "./coalesce.ts";
-import { LOCAL_SHED, LocalShed } from "./local-shed.ts";
+import { type LocalShed, localShedOf } from "./local-shed.ts";
 import { RoundTrips, CLAIM_WINDOW, claimDelayMs } from "./round-trips.ts";
 import type { ReleaseOutbox } from "./outbox.ts";
 import {
@@ -173,29 +173,6 @@ function roundTripsOf(pool: string | undefined): RoundTrips {
     tripsByPool.set(pool, trips);
   }
   return trips;
-}
-
-/** Local sheds per pool name in this isolate (or process), shared like the round trips. */
-const shedsByPool = new Map<string, LocalShed>();
-
-function localShedOf(pool: string | undefined, setting: boolean | number | undefined): LocalShed | undefined {
-  if (setting === false) return undefined;
-  const ratio = setting === undefined || setting === true ? LOCAL_SHED.ratio : checkRatio(setting);
-  const make = () => new LocalShed({ ...LOCAL_SHED, ratio }, { now: Date.now, random: Math.random });
-  if (pool === undefined) return make();
-  const key = `${pool}|${ratio}`;
-  let shed = shedsByPool.get(key);
-  if (!shed) {
-    shed = make();
-    shedsByPool.set(key, shed);
-  }
-  return shed;
-}
-
-function checkRatio(ratio: number): number {
-  if (!(ratio >= 1 && ratio <= 10))
-    throw new LeaseError("INVALID_ARGUMENT", `localShed must be a boolean or a ratio from 1 to 10, got ${ratio}`);
-  return ratio;
 }
 
 /** The claim window before any round trip was measured, and `ShardedLeases`' fixed default; see `LeasesOptions.claimMs`. */

@@ -76,8 +76,7 @@ export class LocalShed {
     if (!kind) return undefined;
     const now = this.#rt.now();
     const counts = kind.window.counts(now);
-    if (counts.requests < this.options.minRequests || now - kind.refusedAt > this.options.windowMs)
-      return undefined;
+    if (counts.requests < this.options.minRequests || now - kind.refusedAt > this.options.windowMs) return undefined;
     const chance = refusalChance(counts, this.options.ratio);
     if (chance === 0 || this.#rt.random() >= chance) return undefined;
     kind.window.request(now);
@@ -129,4 +128,34 @@ export class LocalShed {
 
 function kindOf(request: AcquireOptions): string {
   return `${request.priority ?? "normal"}\u0000${request.tenant ?? ""}`;
+}
+
+/** Local sheds per pool name in this isolate (or process), shared like the round trips. */
+const shedsByPool = new Map<string, LocalShed>();
+
+/**
+ * The isolate's local shed of a pool (`LeasesOptions.localShed`): `false` = none, `true` or
+ * undefined = the default ratio, a number = that ratio (1 to 10). Unnamed pools get one of their own.
+ *
+ * @example
+ * localShedOf("main", undefined) // the isolate's shed of pool `main`, K = 1.25
+ */
+export function localShedOf(pool: string | undefined, setting: boolean | number | undefined): LocalShed | undefined {
+  if (setting === false) return undefined;
+  const ratio = setting === undefined || setting === true ? LOCAL_SHED.ratio : checkRatio(setting);
+  const make = () => new LocalShed({ ...LOCAL_SHED, ratio }, { now: Date.now, random: Math.random });
+  if (pool === undefined) return make();
+  const key = `${pool}|${ratio}`;
+  let shed = shedsByPool.get(key);
+  if (!shed) {
+    shed = make();
+    shedsByPool.set(key, shed);
+  }
+  return shed;
+}
+
+function checkRatio(ratio: number): number {
+  if (!(ratio >= 1 && ratio <= 10))
+    throw new LeaseError("INVALID_ARGUMENT", `localShed must be a boolean or a ratio from 1 to 10, got ${ratio}`);
+  return ratio;
 }
