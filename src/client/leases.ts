@@ -300,7 +300,7 @@ export class Leases implements LeaseClient {
     const result = signal
       ? await untilAborted(sent, signal, (late) => late.ok && this.#releaseLate(late.lease))
       : await sent;
-    this.#shed?.answered(request, result, queuedFor(result));
+    this.#shed?.answered(request, result);
     if (!result.ok) throw toError(result);
     if (claim === "later") {
       if (windowMs !== undefined && needsClaim(result.lease, windowMs)) this.#unclaimed.set(result.lease, windowMs);

@@ -31,7 +31,7 @@ interface Kind {
   readonly window: AcceptWindow;
   /** The coordinator's last `retryAfterMs` for this kind: what a local refusal tells its caller. */
   retryAfterMs: number;
-  /** When the coordinator last refused one of this kind; −∞ after a grant without a wait. */
+  /** When the coordinator last refused one of this kind. */
   refusedAt: number;
 }
 
@@ -44,14 +44,13 @@ interface Kind {
  * last Retry-After — instead of after a round trip to a coordinator that would refuse it. The
  * coordinator still receives `K` times what it grants, so its queue stays full and no slot idles.
  * Local refusals count as requests (so a shed that goes on sheds more surely), but nothing is shed
- * unless the coordinator itself refused one of the kind within the window and has granted none at
- * once since (a grant without a wait: it had a free slot and nobody waiting). Callers told to come
- * back after a Retry-After of about a second arrive in waves; a window of 2 s spans the gaps.
+ * unless the coordinator itself refused one of the kind within the window: callers told to come
+ * back after a Retry-After of about a second arrive in waves, and a window of 2 s spans the gaps.
  *
  * @example
  * const shed = new LocalShed(LOCAL_SHED, { now: Date.now, random: Math.random });
  * const refusal = shed.refuse(request); if (refusal) throw refusal;
- * shed.answered(request, await coordinator.acquire(request), waitedMs);
+ * shed.answered(request, await coordinator.acquire(request));
  */
 export class LocalShed {
   readonly options: LocalShedOptions;
@@ -90,11 +89,10 @@ export class LocalShed {
   }
 
   /**
-   * Counts the coordinator's answer to `request`: a grant (`waitedMs`: how long it waited in the
-   * queue, 0 = granted at once; undefined = not known), or an overload refusal; other answers (an
-   * invalid request, say) tell nothing of overload.
+   * Counts the coordinator's answer to `request`: a grant, or an overload refusal; other answers
+   * (an invalid request, say) tell nothing of overload.
    */
-  answered(request: AcquireOptions, result: AcquireResult, waitedMs: number | undefined): void {
+  answered(request: AcquireOptions, result: AcquireResult): void {
     if (request.waitMs === 0) return;
     if (!result.ok && result.code !== "QUEUE_FULL" && result.code !== "ACQUIRE_TIMEOUT") return;
     const now = this.#rt.now();
@@ -102,9 +100,6 @@ export class LocalShed {
     kind.window.request(now);
     if (result.ok) {
       kind.window.accept(now);
-      // Granted at once: the coordinator had a free slot and nobody waiting. No shedding until it
-      // refuses again; the window is kept, so a standing overload resumes at its first refusal.
-      if (waitedMs === 0) kind.refusedAt = Number.NEGATIVE_INFINITY;
       return;
     }
     kind.refusedAt = now;

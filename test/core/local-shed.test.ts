@@ -15,9 +15,9 @@ function shedAt(clock: { now: number }, random = () => 0) {
   return new LocalShed(LOCAL_SHED, { now: () => clock.now, random });
 }
 
-/** `n` answers of the coordinator to requests of `kind`: `grants` of them granted after a wait, the rest refused. */
+/** `n` answers of the coordinator to `request`: `grants` of them granted, the rest refused. */
 function answer(shed: LocalShed, request: AcquireOptions, n: number, grants: number): void {
-  for (let i = 0; i < n; i++) shed.answered(request, i < grants ? granted : full, i < grants ? 120 : undefined);
+  for (let i = 0; i < n; i++) shed.answered(request, i < grants ? granted : full);
 }
 
 describe("LocalShed", () => {
@@ -73,21 +73,6 @@ describe("LocalShed", () => {
     expect(shed.refuse(request)).toBeUndefined();
   });
 
-  it("a grant without a wait (a free slot, nobody waiting) pauses the shedding until the coordinator refuses again", () => {
-    const clock = { now: 10_000 };
-    const shed = shedAt(clock);
-    answer(shed, request, 40, 0);
-    expect(shed.refuse(request)).toBeDefined();
-    shed.answered(request, granted, 0);
-    expect(shed.refuse(request)).toBeUndefined();
-    // Its next refusal resumes it with the window as it was: no new 20 answers needed.
-    answer(shed, request, 1, 0);
-    expect(shed.refuse(request)).toBeDefined();
-    // A grant after a wait does not pause it: the queue was standing.
-    shed.answered(request, granted, 80);
-    expect(shed.refuse(request)).toBeDefined();
-  });
-
   it("keeps priorities and tenants apart, and never sheds a request that would not wait", () => {
     const clock = { now: 10_000 };
     const shed = shedAt(clock);
@@ -99,7 +84,7 @@ describe("LocalShed", () => {
     // Other answers (an invalid request, say) say nothing of overload.
     const other = shedAt(clock);
     const invalid: AcquireResult = { ok: false, code: "INVALID_ARGUMENT", message: "bad" };
-    for (let i = 0; i < 40; i++) other.answered(request, invalid, undefined);
+    for (let i = 0; i < 40; i++) other.answered(request, invalid);
     expect(other.refuse(request)).toBeUndefined();
   });
 
@@ -125,8 +110,8 @@ describe("LocalShed", () => {
         sent++;
         if (queue < 40) {
           queue++;
-          shed.answered(request, granted, 50);
-        } else shed.answered(request, full, undefined);
+          shed.answered(request, granted);
+        } else shed.answered(request, full);
       }
       const serve = Math.min(3, queue);
       if (serve < 3) idleSteps++;
