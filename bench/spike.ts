@@ -8,13 +8,15 @@
  *   DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres npm run bench:spike
  *
  * Two runs, side by side, on the same engine:
- *   before — a 30 s lease, no heartbeat, no claim, FIFO (the old defaults: a vanished caller's slot
+ *   before — a 30 s lease, no heartbeat, no claim, FIFO, no local shed (the old defaults: a vanished caller's slot
  *            waits for its TTL, also one granted to it after it was gone);
  *   after  — the defaults: a 1.5 s lease renewed by `withLease`'s heartbeat every 500 ms, a grant
  *            from the queue that lives one claim window until its caller claims it (four measured
- *            round trips, 250–1000 ms), and the default queue order (`LEASE_QUEUE=adaptive`);
+ *            round trips, 500–1000 ms), the default queue order (`LEASE_QUEUE=adaptive`) and the
+ *            isolate's local shed (`LEASE_LOCAL_SHED`);
  *   after + signal — the same, and a caller that gives up also aborts its `signal` (what a Node or
  *            Deno caller can do; a cancelled Worker request cannot): the local adapter withdraws it.
+ *   no local shed — `after` with `LEASE_LOCAL_SHED=off`: every acquire goes to the coordinator.
  *   adaptive, fifo — `after` with `LEASE_QUEUE` set (the default, `adaptive`, is what `after` runs):
  *            under a standing queue `adaptive` serves the newest waiter first (the one most likely
  *            still there) and the oldest meet their deadlines; `fifo` serves the oldest first.
@@ -85,6 +87,8 @@ interface Mode {
   signal?: boolean;
   /** `LEASE_QUEUE`; unset: the default. */
   queue?: QueueMode;
+  /** `false`: every acquire goes to the coordinator (`LEASE_LOCAL_SHED=off`); unset: the default. */
+  localShed?: false;
 }
 
 interface Outcome {
@@ -136,7 +140,7 @@ async function run(mode: Mode): Promise<Outcome> {
       const holder = `r${++seq}`;
       const view = new Vanishing(coordinator);
       // Named like workerPool's clients: a client per request, round trips kept per pool in the process.
-      const leases = new Leases(view, { holder, claimMs: mode.claimMs, pool });
+      const leases = new Leases(view, { holder, claimMs: mode.claimMs, pool, localShed: mode.localShed });
       const started = performance.now();
       const giveUp = new AbortController();
       const signal = mode.signal && impatient ? giveUp.signal : undefined;
@@ -196,7 +200,7 @@ function pct(values: number[], q: number): number {
 
 const only = process.env.BENCH_RUNS?.split(",").map((s) => s.trim());
 const all: Mode[] = [
-  { name: "before", ttlMs: 30_000, heartbeatMs: 0, claimMs: 0, queue: "fifo" },
+  { name: "before", ttlMs: 30_000, heartbeatMs: 0, claimMs: 0, queue: "fifo", localShed: false },
   { name: "after", ttlMs: DEFAULT_CONFIG.leaseTtlMs, heartbeatMs: undefined, claimMs: undefined },
   {
     name: "after + signal",
@@ -208,6 +212,14 @@ const all: Mode[] = [
   // Same as `after` but for LEASE_QUEUE; run last but one, so the two are compared side by side.
   { name: "adaptive", ttlMs: DEFAULT_CONFIG.leaseTtlMs, heartbeatMs: undefined, claimMs: undefined, queue: "adaptive" },
   { name: "fifo", ttlMs: DEFAULT_CONFIG.leaseTtlMs, heartbeatMs: undefined, claimMs: undefined, queue: "fifo" },
+  // Same as `after` but every acquire goes to the coordinator (LEASE_LOCAL_SHED=off).
+  {
+    name: "no local shed",
+    ttlMs: DEFAULT_CONFIG.leaseTtlMs,
+    heartbeatMs: undefined,
+    claimMs: undefined,
+    localShed: false,
+  },
 ];
 const modes = only ? all.filter((m) => only.includes(m.name)) : all;
 console.log(
