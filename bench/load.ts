@@ -114,6 +114,7 @@ console.log(
       50,
     ),
     timeouts: timeouts.length,
+    timeoutsLocal: timeouts.filter((s) => s.local).length,
     retryAfter: samples.filter((s) => s.status === 503 && s.retryAfter).length,
     other: Object.fromEntries(
       [

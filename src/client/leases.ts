@@ -129,7 +129,7 @@ export interface LeasesOptions {
    * Refuse acquires in this isolate, without a coordinator call, while the coordinator refuses most
    * of them (see `LocalShed`): of the acquires of a priority and tenant answered in the last 2 s,
    * once grants fall below `1/K` of them, the coordinator is sent about `K` times what it grants and
-   * the surplus is answered `QUEUE_FULL` at once, with the coordinator's last Retry-After. `true`
+   * the surplus is answered at once with the code and Retry-After of the coordinator's last refusal. `true`
    * (default): K = 2; a number: K (1 to 10); `false`: every acquire goes to the coordinator. Shared
    * per pool name in an isolate, like the round trips.
    */

@@ -29,7 +29,8 @@ const MAX_KINDS = 256;
 
 interface Kind {
   readonly window: AcceptWindow;
-  /** The coordinator's last `retryAfterMs` for this kind: what a local refusal tells its caller. */
+  /** The coordinator's last refusal of this kind, code and `retryAfterMs`: what a local refusal tells its caller. */
+  code: "QUEUE_FULL" | "ACQUIRE_TIMEOUT";
   retryAfterMs: number;
   /** When the coordinator last refused one of this kind. */
   refusedAt: number;
@@ -40,8 +41,8 @@ interface Kind {
  * (`QUEUE_FULL`, `ACQUIRE_TIMEOUT`) against those it granted, over the last `windowMs`, per
  * priority and tenant (a tenant or priority the coordinator still serves is never shed for another's
  * refusals). While grants fall below `1/K` of answers, an acquire is refused here with probability
- * `max(0, (requests − K·grants) / (requests + 1))` — `QUEUE_FULL` at once, with the coordinator's
- * last Retry-After — instead of after a round trip to a coordinator that would refuse it. The
+ * `max(0, (requests − K·grants) / (requests + 1))` — at once, with the code and Retry-After of the
+ * coordinator's last refusal — instead of after a round trip to a coordinator that would refuse it. The
  * coordinator still receives `K` times what it grants, so its queue stays full and no slot idles.
  * Local refusals count as requests (so a shed that goes on sheds more surely), but nothing is shed
  * unless the coordinator itself refused one of the kind within the window: callers told to come
@@ -81,7 +82,7 @@ export class LocalShed {
     kind.window.request(now);
     this.#shed++;
     return new LeaseError(
-      "QUEUE_FULL",
+      kind.code,
       `Shed in this isolate without a coordinator call: the coordinator granted ${counts.accepts} of the last ` +
         `${counts.requests} acquires of this kind within ${this.options.windowMs} ms`,
       { retryAfterMs: kind.retryAfterMs },
@@ -94,7 +95,8 @@ export class LocalShed {
    */
   answered(request: AcquireOptions, result: AcquireResult): void {
     if (request.waitMs === 0) return;
-    if (!result.ok && result.code !== "QUEUE_FULL" && result.code !== "ACQUIRE_TIMEOUT") return;
+    const code = result.ok ? undefined : result.code;
+    if (code !== undefined && code !== "QUEUE_FULL" && code !== "ACQUIRE_TIMEOUT") return;
     const now = this.#rt.now();
     const kind = this.#kind(kindOf(request));
     kind.window.request(now);
@@ -103,6 +105,7 @@ export class LocalShed {
       return;
     }
     kind.refusedAt = now;
+    if (code) kind.code = code;
     if (result.retryAfterMs !== undefined) kind.retryAfterMs = result.retryAfterMs;
   }
 
@@ -112,6 +115,7 @@ export class LocalShed {
       if (this.#kinds.size >= MAX_KINDS) this.#kinds.delete(this.#kinds.keys().next().value!);
       kind = {
         window: new AcceptWindow(this.options.windowMs, this.options.bucketMs),
+        code: "QUEUE_FULL",
         retryAfterMs: 100,
         refusedAt: -Infinity,
       };

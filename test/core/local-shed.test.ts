@@ -38,6 +38,17 @@ describe("LocalShed", () => {
     expect(shed.shed).toBe(1);
   });
 
+  it("answers with the code of the coordinator's last refusal: a hopeless wait is ACQUIRE_TIMEOUT", () => {
+    const clock = { now: 10_000 };
+    const shed = shedAt(clock);
+    answer(shed, request, 30, 0);
+    const hopeless: AcquireResult = { ok: false, code: "ACQUIRE_TIMEOUT", message: "hopeless", retryAfterMs: 2600 };
+    shed.answered(request, hopeless);
+    const refusal = shed.refuse(request);
+    expect(refusal?.code).toBe("ACQUIRE_TIMEOUT");
+    expect(refusal?.retryAfterMs).toBe(2600);
+  });
+
   it("refuses with max(0, (requests − K·grants) / (requests + 1))", () => {
     const clock = { now: 10_000 };
     const K = LOCAL_SHED.ratio;
