@@ -51,6 +51,8 @@ export interface ShardedGrant extends LeaseGrant {
 }
 
 interface LocalWaiter {
+  /** When the request called `acquire` (the clock of the block's effects). */
+  since: number;
   resolve(lease: ShardedGrant): void;
   reject(error: unknown): void;
   timer: ReturnType<typeof setTimeout> | undefined;
@@ -270,7 +272,7 @@ export class ShardedLeases implements LeaseClient {
     const waitMs = asked.waitMs ?? this.#o.waitMs;
     const now = Date.now();
     const done = new Promise<ShardedGrant>((resolve, reject) => {
-      isolate.waiters.set(id, { resolve, reject, timer: undefined, options: asked });
+      isolate.waiters.set(id, { since: now, resolve, reject, timer: undefined, options: asked });
     });
     if (signal) {
       // Given up: the local waiter leaves the block's queue; a lease coming for it serves the next one.
@@ -323,8 +325,9 @@ export class ShardedLeases implements LeaseClient {
         if (w) {
           isolate.waiters.delete(fx.request);
           clearTimeout(w.timer);
-          // Valid for what is left of it, so its holder's clock starts from now; released by its generation.
-          w.resolve({ ...fx.lease, validForMs: Math.max(0, fx.endsAt - Date.now()), generation: fx.generation });
+          // Valid until its end counted from the request's own call, as a holder counts (`validForMs`:
+          // from when the call was taken up, its wait in the block included); released by its generation.
+          w.resolve({ ...fx.lease, validForMs: Math.max(0, fx.endsAt - w.since), generation: fx.generation });
         }
       } else if (fx.kind === "release") {
         this.#background(this.#releaseOn(fx.lease).catch(() => {}));
@@ -346,7 +349,7 @@ export class ShardedLeases implements LeaseClient {
               reuseUntil: now + (lease.expiresAt - lease.grantedAt) / 4,
             };
             this.#perform(granted(block, fx.ask, lease, life, now));
-            this.#observe(lease.shard);
+            this.#observe(lease.shard, sentAt);
             this.#sweepLater();
           },
           (error: unknown) => {
@@ -360,10 +363,13 @@ export class ShardedLeases implements LeaseClient {
     }
   }
 
-  /** The queue of the shard that just granted: while others wait there, block leases go back. */
-  #observe(shard: number): void {
+  /**
+   * The queue of the shard that just granted the acquire sent at `sentAt`: while others wait there,
+   * block leases go back; an empty one lets the block serve the local requests older than `sentAt`.
+   */
+  #observe(shard: number, sentAt: number): void {
     const { isolate } = this.#o;
-    this.#perform(observe(isolate.block!, isolate.loads[shard]?.waiting ?? 0, Date.now()));
+    this.#perform(observe(isolate.block!, isolate.loads[shard]?.waiting ?? 0, Date.now(), sentAt));
   }
 
   #background(p: Promise<unknown>): void {

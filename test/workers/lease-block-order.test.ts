@@ -117,9 +117,12 @@ describe("lease block in workerd: a slot is never stranded", () => {
   it("two requests that vanish holding their block leases do not block the isolate past the leases' lifetime", async () => {
     const { stub, client, pending } = freshBlock(2);
     // Two requests torn down while holding (CPU limit, waitUntil cap): they never release.
-    const vanished = [await client().acquire({ ttlMs: 300 }), await client().acquire({ ttlMs: 300 })];
-    // When they end as the isolate counts (their holders would have stopped by then).
-    const firstEnd = Date.now() + Math.min(...vanished.map((l) => l.validForMs ?? 0));
+    const calledAt = [Date.now()];
+    const vanished = [await client().acquire({ ttlMs: 300 })];
+    calledAt.push(Date.now());
+    vanished.push(await client().acquire({ ttlMs: 300 }));
+    // When they end as the isolate counts (their holders, counting from their calls, would have stopped by then).
+    const firstEnd = Math.min(...vanished.map((l, i) => calledAt[i]! + (l.validForMs ?? 0)));
     // The block is full; a request now waits in the isolate while the coordinator has a free slot.
     const started = Date.now();
     const lease = await client().acquire({ waitMs: 3000, ttlMs: 30_000 });
@@ -132,6 +135,30 @@ describe("lease block in workerd: a slot is never stranded", () => {
     expect((await stub().stats()).held).toBeLessThanOrEqual(3);
     await client().release(lease);
     await client().release(later);
+    for (let i = 0; i < 50 && (await stub().stats()).held > 0; i++) await Promise.all([sleep(20), ...pending]);
+    expect((await stub().stats()).held).toBe(0);
+  });
+});
+
+describe("lease block in workerd: the lifetime a waiting request is given", () => {
+  it("is counted from the request's own call, its wait in the block included, as its holder counts", async () => {
+    const { stub, client, pending } = freshBlock(1, 1000);
+    const a = await client().acquire();
+    // b waits in the isolate 300 ms behind a (the block holds its one lease).
+    const bCalledAt = Date.now();
+    const b = client().acquire();
+    await sleep(300);
+    // The report is stale: a's lease goes back and an acquire goes out for b, its lease living the TTL (30 s) from now.
+    const askedAt = Date.now();
+    await client().release(a);
+    const leaseB = await b;
+    const gotAt = Date.now();
+    // b's holder adds validForMs to when it called: its lease ends 30 s after the acquire sent for
+    // it, not 300 ms before that (a request long in a backlog would take a lease it counts as
+    // nearly or already over), and never later than the block counts.
+    expect(bCalledAt + leaseB.validForMs!).toBeGreaterThanOrEqual(askedAt + 30_000 - 30);
+    expect(bCalledAt + leaseB.validForMs!).toBeLessThanOrEqual(gotAt + 30_000);
+    await client().release(leaseB);
     for (let i = 0; i < 50 && (await stub().stats()).held > 0; i++) await Promise.all([sleep(20), ...pending]);
     expect((await stub().stats()).held).toBe(0);
   });
@@ -151,6 +178,68 @@ describe("lease block in workerd: a renewed lease", () => {
     expect(isolate.block?.inUse.size).toBe(0);
     for (let i = 0; i < 50 && (await stub().stats()).held > 0; i++) await Promise.all([sleep(20), ...pending]);
     expect((await stub().stats()).held).toBe(0);
+  });
+});
+
+describe("lease block in workerd: a backlog older than the last report", () => {
+  it("is served from the block however old the report, when the coordinator's queue was empty; a newer request is not", async () => {
+    const { stub, client, pending } = freshBlock(3, 1000);
+    // Nobody else uses this pool: the coordinator's queue stays empty.
+    const [a, b, c] = [await client().acquire(), await client().acquire(), await client().acquire()];
+    // The block is full: d, e and f wait in the isolate.
+    const [d, e, f] = [client().acquire(), client().acquire(), client().acquire()];
+    await sleep(100);
+    // Every report is stale now, and none was asked for after d came: a's lease goes back and d
+    // asks the coordinator. That acquire, sent after e and f came, finds the queue empty.
+    await client().release(a);
+    const leaseD = await d;
+    expect(leaseD.id).not.toBe(a.id);
+    await sleep(100);
+    // Stale again, but e and f have waited since before that acquire was sent: whoever waits at
+    // the coordinator now came after them. b's and c's leases are handed on in the isolate.
+    await client().release(b);
+    expect((await e).id).toBe(b.id);
+    await client().release(c);
+    const leaseF = await f;
+    expect(leaseF.id).toBe(c.id);
+    // g comes after that acquire was sent: the old report covers it no longer. d's lease goes back.
+    const g = client().acquire();
+    await sleep(100);
+    await client().release(leaseD);
+    const leaseG = await g;
+    expect(leaseG.id).not.toBe(leaseD.id);
+    // Never more than the limit, nor than the block's bound.
+    expect((await stub().stats()).held).toBeLessThanOrEqual(3);
+    for (const lease of [await e, leaseF, leaseG]) await client().release(lease);
+    for (let i = 0; i < 50 && (await stub().stats()).held > 0; i++) await Promise.all([sleep(20), ...pending]);
+    expect((await stub().stats()).held).toBe(0);
+  });
+
+  it("a busy isolate with a backlog of its own makes few coordinator calls while nobody else waits", async () => {
+    const { stub, client, pending } = freshBlock(3, 20);
+    // Six workers on three slots, each holding its lease 60 ms: every report is stale by the time a
+    // lease is finished, yet the backlog is older than the last acquire sent.
+    let stop = false;
+    let served = 0;
+    const worker = async () => {
+      while (!stop) {
+        const lease = await client().acquire({ waitMs: 3000, ttlMs: 30_000 });
+        await sleep(60);
+        await client().release(lease);
+        served++;
+      }
+    };
+    const workers = [0, 1, 2, 3, 4, 5].map(() => worker());
+    await sleep(1500);
+    stop = true;
+    await Promise.all(workers);
+    for (let i = 0; i < 50 && (await stub().stats()).held > 0; i++) await Promise.all([sleep(20), ...pending]);
+    const { counters, held } = await stub().stats();
+    expect(held).toBe(0);
+    // Each time the head of the backlog came after the last acquire sent, one lease goes back and is
+    // asked for again, and that acquire's report covers the backlog (3 deep) behind it.
+    expect(served).toBeGreaterThan(30);
+    expect(counters.granted).toBeLessThan(served / 2);
   });
 });
 
