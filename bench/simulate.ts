@@ -241,7 +241,9 @@ export function simulate(s: Scenario): Result {
       const life = { endsAt: held.lease.expiresAt, reuseUntil: Number.POSITIVE_INFINITY };
       perform(iso, granted(blocks[iso]!, ask, held, life, at), at);
       // The queue of the shard that just answered (others' reports may be old), as of the call sent at sentAt.
-      perform(iso, observe(blocks[iso]!, loads[iso]![held.shard]!.waiting, at, sentAt), at);
+      // Only one shard's queue says who waits for every lease the block holds (as in ShardedLeases).
+      const asked = shards.length === 1 ? sentAt : Number.NEGATIVE_INFINITY;
+      perform(iso, observe(blocks[iso]!, loads[iso]![held.shard]!.waiting, at, asked), at);
     };
   }
 

@@ -365,11 +365,14 @@ export class ShardedLeases implements LeaseClient {
 
   /**
    * The queue of the shard that just granted the acquire sent at `sentAt`: while others wait there,
-   * block leases go back; an empty one lets the block serve the local requests older than `sentAt`.
+   * block leases go back. An empty one lets the block serve the local requests older than `sentAt`
+   * — with one coordinator only: one shard's empty queue says nothing of the queue of another,
+   * whose lease the block may hand on.
    */
   #observe(shard: number, sentAt: number): void {
     const { isolate } = this.#o;
-    this.#perform(observe(isolate.block!, isolate.loads[shard]?.waiting ?? 0, Date.now(), sentAt));
+    const asked = isolate.count === 1 ? sentAt : Number.NEGATIVE_INFINITY;
+    this.#perform(observe(isolate.block!, isolate.loads[shard]?.waiting ?? 0, Date.now(), asked));
   }
 
   #background(p: Promise<unknown>): void {

@@ -321,7 +321,8 @@ export function renewed<L>(
 
 /**
  * The coordinator answered a grant with its queue length (`load.waiting` of the shard that
- * granted), for the call sent at `sentAt` (default: `now`). Its queue counts this isolate's own
+ * granted), for the call sent at `sentAt` (default: `now`; `-Infinity`: the report covers no
+ * request by its age — with shards, where one shard's queue says nothing of another's). Its queue counts this isolate's own
  * acquires still in flight too; what is left is taken as others waiting (a lower bound: an acquire
  * still on its way is not counted there yet). Only an empty queue says for sure that nobody else
  * waited: then local requests waiting since before `sentAt` may be handed leases however old the
