@@ -2,6 +2,7 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { Leases } from "../../src/client/leases.ts";
 import { ShardedLeases, createIsolateShards } from "../../src/client/sharded-leases.ts";
+import type { Coordinator } from "../../src/engine/coordinator.ts";
 
 /**
  * The lease block against the real coordinator object in workerd: a busy isolate whose block holds
@@ -211,6 +212,49 @@ describe("lease block in workerd: a backlog older than the last report", () => {
     // Never more than the limit, nor than the block's bound.
     expect((await stub().stats()).held).toBeLessThanOrEqual(3);
     for (const lease of [await e, leaseF, leaseG]) await client().release(lease);
+    for (let i = 0; i < 50 && (await stub().stats()).held > 0; i++) await Promise.all([sleep(20), ...pending]);
+    expect((await stub().stats()).held).toBe(0);
+  });
+});
+
+describe("lease block in workerd: a lease going back while a local request waits", () => {
+  it("rides on the acquire sent for that request: one coordinator call, not two", async () => {
+    const pool = `block-carry-${++seq}`;
+    const stub = () => env.COORDINATOR_DO.getByName(pool);
+    // The real object, with the calls made to it counted.
+    const calls = { acquire: 0, release: 0 };
+    const counted = (): Coordinator => {
+      const s = stub();
+      return {
+        acquire: (options) => {
+          calls.acquire++;
+          return s.acquire(options);
+        },
+        release: (ref) => {
+          calls.release++;
+          return s.release(ref);
+        },
+        renew: (ref, ttlMs) => s.renew(ref, ttlMs),
+        stats: () => s.stats(),
+      };
+    };
+    const isolate = createIsolateShards({ shards: 1, limit: 3, maxBlock: 1, idleMs: 1000 });
+    const pending: Array<Promise<unknown>> = [];
+    const client = () =>
+      new ShardedLeases({ coordinators: [counted()], isolate, waitMs: 3000, waitUntil: (p) => void pending.push(p) });
+    const a = await client().acquire();
+    const b = client().acquire();
+    await sleep(100);
+    // The report is stale and older than b: a's lease goes back, and an acquire goes out for b.
+    await client().release(a);
+    const leaseB = await b;
+    expect(leaseB.id).not.toBe(a.id);
+    expect(calls).toEqual({ acquire: 2, release: 0 });
+    // a's release went first, in the same call: the coordinator counts b's lease only.
+    const stats = await stub().stats();
+    expect(stats.counters.released).toBe(1);
+    expect(stats.held).toBe(1);
+    await client().release(leaseB);
     for (let i = 0; i < 50 && (await stub().stats()).held > 0; i++) await Promise.all([sleep(20), ...pending]);
     expect((await stub().stats()).held).toBe(0);
   });
