@@ -39,8 +39,9 @@ export interface BlockConfig {
   /** How long a lease may sit unused before it is released, ms. */
   idleMs: number;
   /**
-   * Whether leases go back while callers wait at the coordinator or its report is stale (the
-   * default, `true`). `false` hands on young leases whoever waits: for side-by-side comparisons only.
+   * Whether leases go back while callers wait at the coordinator, or its report neither is fresh
+   * nor covers the request (the default, `true`; see the global order above). `false` hands on
+   * young leases whoever waits: for side-by-side comparisons only.
    */
   yieldToQueue?: boolean | undefined;
   /** How long the coordinator's report that nobody waits there is trusted, ms (default 50). */
