@@ -446,9 +446,11 @@ export class ShardedLeases implements LeaseClient {
     if (!effects) throw new LeaseError("LEASE_NOT_FOUND", "This lease was already given back");
     // Its own release, when it goes back, is this call's answer. With one coordinator, a lease going
     // back while a local request waits rides on the acquire sent for that request: one call, not two
-    // (the slot it frees goes to whoever waits there first, that request's acquire included).
+    // (the slot it frees goes to whoever waits there first, that request's acquire included). This
+    // call then ends with that acquire: only with `waitUntil`, where nobody waits on it.
     const own = effects.find((fx) => fx.kind === "release" && fx.lease.id === lease.id);
-    const ask = own && this.#o.isolate.count === 1 ? effects.find((fx) => fx.kind === "acquire") : undefined;
+    const carries = this.#o.isolate.count === 1 && this.#o.waitUntil !== undefined;
+    const ask = own && carries ? effects.find((fx) => fx.kind === "acquire") : undefined;
     const carry: { ask: number; lease: ShardedGrant; sent?: Promise<void> } | undefined =
       own?.kind === "release" && ask?.kind === "acquire" ? { ask: ask.ask, lease: own.lease } : undefined;
     this.#perform(
