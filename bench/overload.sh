@@ -9,7 +9,7 @@
 #   floor1, floor2 no coordinator, through PgBouncer, plus 1 or 2 no-op Durable Object calls per
 #                  request (bench/p3-floor-worker.ts): what per-request coordinator calls cost in
 #                  this one-thread shape, whatever they decide
-# then P4: leasegate with a 2 s deadline and a short queue under the same overload (bench/load.ts).
+# then P4 (unless P4=0): leasegate with a 2 s deadline and a short queue under the same overload (bench/load.ts).
 # Prints a table: requests, 2xx, errors, goodput, p50/p99 and the role's peak connections from
 # pg_stat_activity; with RESULTS_DIR set, also writes p3.json and p4.json there (npm run bench).
 # Needs wrk and pgbouncer (Debian packages) and the local Postgres; run from the repository root.
@@ -102,7 +102,8 @@ start_server() {
   local mode=$1 url=$2; shift 2
   # A pool of its own per server: the coordinator's state persists under .wrangler/, and a killed
   # server's in-flight leases would otherwise stay held (correctly) until their TTL.
-  env LEASE_LIMIT=18 LEASE_POOL="bench-$RANDOM$RANDOM" "$@" PORT=$PORT DATABASE_URL=$url COORDINATOR=$mode setsid npm start >"/tmp/leasegate-overload-$PORT.log" 2>&1 &
+  env LEASE_LIMIT=18 LEASE_POOL="bench-$RANDOM$RANDOM" DEBUG_TOKEN=$STATS_TOKEN "$@" PORT=$PORT DATABASE_URL=$url COORDINATOR=$mode \
+    setsid bash -c 'cd "$0" && exec npm start' "$SERVER_DIR" >"/tmp/leasegate-overload-$PORT.log" 2>&1 &
   server=$!
   wait_healthy
 }
@@ -114,6 +115,13 @@ start_floor() {
     >"/tmp/leasegate-overload-$PORT.log" 2>&1 &
   server=$!
   wait_healthy
+}
+# The coordinator's counters at the end of a run ("granted released"; empty without a coordinator):
+# its calls per 2xx, where the block's hand-ons show as the calls it saved.
+STATS_TOKEN=bench-$RANDOM$RANDOM
+coordinator_calls() {
+  curl -sf -H "Authorization: Bearer $STATS_TOKEN" "http://127.0.0.1:$PORT/__coordinator/stats" 2>/dev/null |
+    node -e 'let s = ""; process.stdin.on("data", (d) => (s += d)).on("end", () => { try { const c = JSON.parse(s).counters; console.log(c.granted + c.timedOut + c.rejected + c.cancelled, c.released); } catch {} })' || true
 }
 stop_server() { kill -- -"$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; sleep 0.5; }
 
@@ -164,6 +172,8 @@ run() {
   out=$(wrk -t2 -c200 -d"${DURATION}s" --timeout 15s --latency "http://127.0.0.1:$PORT/api/pitches/trending")
   machine1=$(machine_busy); server1=$(session_cpu "$server")
   thread_ticks "$server" >"$threads1"
+  local calls=""
+  case $mode in floor* | off) ;; *) calls=$(coordinator_calls) ;; esac
   local busiest
   busiest=$(busiest_thread "$threads0" "$threads1")
   rm -f "$threads0" "$threads1"
@@ -183,35 +193,47 @@ run() {
   cpu_server=$(awk -v t=$((server1 - server0)) -v ok=$ok -v hz=$tick 'BEGIN { printf "%.2f", ok ? t * 1000 / hz / ok : 0 }')
   cpu_thread=$(awk -v t="$busiest" -v ok=$ok -v hz=$tick 'BEGIN { printf "%.2f", ok ? t * 1000 / hz / ok : 0 }')
   thread_busy=$(awk -v t="$busiest" -v d=$DURATION -v hz=$tick 'BEGIN { printf "%.0f", t * 100 / hz / d }')
-  printf '| %-12s | %6s | %6s | %6s | %7s | %6s ms | %6s ms | %4s | %5s | %5s | %5s (%s %%) |\n' "$name" "$total" "$ok" "$errors" "$goodput" "$p50" "$p99" "$peak" "$cpu_machine" "$cpu_server" "$cpu_thread" "$thread_busy"
+  # Acquires and releases the coordinator answered, per 2xx (its own counters; renewals not counted).
+  local per_ok="-"
+  [ -z "$calls" ] || per_ok=$(awk -v a="${calls% *}" -v r="${calls#* }" -v ok=$ok 'BEGIN { printf "%.2f+%.2f", ok ? a / ok : 0, ok ? r / ok : 0 }')
+  printf '| %-12s | %6s | %6s | %6s | %7s | %6s ms | %6s ms | %4s | %5s | %5s | %5s (%s %%) | %s |\n' "$name" "$total" "$ok" "$errors" "$goodput" "$p50" "$p99" "$peak" "$cpu_machine" "$cpu_server" "$cpu_thread" "$thread_busy" "$per_ok"
   [ "$json" = "[" ] || json+=","
-  json+="{\"mode\":\"$name\",\"requests\":$total,\"ok\":$ok,\"errors\":$errors,\"goodput\":$goodput,\"p50\":\"$p50 ms\",\"p99\":\"$p99 ms\",\"peak\":$peak,\"cpuMs\":$cpu_machine,\"serverCpuMs\":$cpu_server,\"threadCpuMs\":$cpu_thread,\"threadBusy\":$thread_busy}"
+  json+="{\"mode\":\"$name\",\"requests\":$total,\"ok\":$ok,\"errors\":$errors,\"goodput\":$goodput,\"p50\":\"$p50 ms\",\"p99\":\"$p99 ms\",\"peak\":$peak,\"cpuMs\":$cpu_machine,\"serverCpuMs\":$cpu_server,\"threadCpuMs\":$cpu_thread,\"threadBusy\":$thread_busy,\"coordinatorCalls\":\"$per_ok\"}"
 }
 
-echo "| setup | requests | 2xx | errors | goodput (2xx/s) | p50 | p99 | peak connections (limit 20) | CPU ms per 2xx, machine | server | busiest thread (busy) |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| setup | requests | 2xx | errors | goodput (2xx/s) | p50 | p99 | peak connections (limit 20) | CPU ms per 2xx, machine | server | busiest thread (busy) | acquires+releases per 2xx |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 # ROUNDS > 1 runs the setups in turn that many times (alternating, so load changes hit all alike),
 # every other round in reverse order (what one setup leaves behind does not always fall on the same next one).
-for round in $(seq "${ROUNDS:-1}"); do
-modes=$MODES
-[ $((round % 2)) -eq 1 ] || modes=$(echo "$MODES" | tr ' ' '\n' | tac | tr '\n' ' ')
-for mode in $modes; do
+# A mode ending in @before runs the same setup from the checkout in $BEFORE_DIR (another worktree,
+# say): the code before a change and after it, in one run.
+SERVER_DIR=$PWD
+LABEL=""
+run_mode() {
+  local mode=$1
   case $mode in
+    *@before) SERVER_DIR=${BEFORE_DIR:?"$mode needs BEFORE_DIR"} LABEL=" (before)" run_mode "${mode%@before}"; return ;;
     off) kill_pgbouncer; run off off "$DIRECT" ;;
     pgbouncer) start_pgbouncer; run pgbouncer off "$BOUNCED" ;;
     floor1) start_pgbouncer; run "pgbouncer, 1 no-op call" floor1 "$BOUNCED" ;;
     floor2) start_pgbouncer; run "pgbouncer, 2 no-op calls" floor2 "$BOUNCED" ;;
-    on) kill_pgbouncer; run leasegate on "$DIRECT" ;;
-    on+pgbouncer) start_pgbouncer; run "leasegate($PGB_LEASE_LIMIT)+pgbouncer" on "$BOUNCED" "$PGB_LEASE_LIMIT" ;;
-    on+pgbouncer-54) start_pgbouncer; run "leasegate(54)+pgbouncer" on "$BOUNCED" 54 ;;
-    on-block) kill_pgbouncer; run "leasegate, block $BLOCK" on "$DIRECT" 18 LEASE_BLOCK="$BLOCK" ;;
-    on+pgbouncer-block) start_pgbouncer; run "leasegate(54, block $BLOCK)+pgbouncer" on "$BOUNCED" 54 LEASE_BLOCK="$BLOCK" ;;
+    on) kill_pgbouncer; run "leasegate$LABEL" on "$DIRECT" ;;
+    on+pgbouncer) start_pgbouncer; run "leasegate($PGB_LEASE_LIMIT)+pgbouncer$LABEL" on "$BOUNCED" "$PGB_LEASE_LIMIT" ;;
+    on+pgbouncer-54) start_pgbouncer; run "leasegate(54)+pgbouncer$LABEL" on "$BOUNCED" 54 ;;
+    on-block) kill_pgbouncer; run "leasegate, block $BLOCK$LABEL" on "$DIRECT" 18 LEASE_BLOCK="$BLOCK" ;;
+    on+pgbouncer-block) start_pgbouncer; run "leasegate(54, block $BLOCK)+pgbouncer$LABEL" on "$BOUNCED" 54 LEASE_BLOCK="$BLOCK" ;;
   esac
-done
+}
+for round in $(seq "${ROUNDS:-1}"); do
+modes=$MODES
+[ $((round % 2)) -eq 1 ] || modes=$(echo "$MODES" | tr ' ' '\n' | tac | tr '\n' ' ')
+for mode in $modes; do run_mode "$mode"; done
 done
 json+="]"
 
 # P4: a 2 s deadline and a queue of 40 under 200 clients; the service time is measured unloaded first.
+# P4=0 skips it (P3 alone).
+[ "${P4:-1}" != 0 ] || { [ -z "${RESULTS_DIR:-}" ] || echo "$json" >"$RESULTS_DIR/p3.json"; exit 0; }
 # P4_LOCAL_SHED lists the LEASE_LOCAL_SHED settings to run side by side (rounds alternate their
 # order, ROUNDS of them); the first setting's last run is the one written to p4.json.
 P4_LOCAL_SHED=${P4_LOCAL_SHED:-on}

@@ -234,14 +234,16 @@ export function simulate(s: Scenario): Result {
   }
 
   /** The block's answer to acquire `ask` it sent. */
-  function blockReply(iso: number, ask: number): (held: Held | null, at: number) => void {
+  function blockReply(iso: number, ask: number, sentAt: number): (held: Held | null, at: number) => void {
     return (held, at) => {
       if (!held) return perform(iso, refused(blocks[iso]!, ask, at, false), at);
       // The simulator's queries are short: a lease lives its TTL and may be reused all along.
       const life = { endsAt: held.lease.expiresAt, reuseUntil: Number.POSITIVE_INFINITY };
       perform(iso, granted(blocks[iso]!, ask, held, life, at), at);
-      // The queue of the shard that just answered (others' reports may be old).
-      perform(iso, observe(blocks[iso]!, loads[iso]![held.shard]!.waiting, at), at);
+      // The queue of the shard that just answered (others' reports may be old), as of the call sent at sentAt.
+      // Only one shard's queue says who waits for every lease the block holds (as in ShardedLeases).
+      const asked = shards.length === 1 ? sentAt : Number.NEGATIVE_INFINITY;
+      perform(iso, observe(blocks[iso]!, loads[iso]![held.shard]!.waiting, at, asked), at);
     };
   }
 
@@ -277,7 +279,7 @@ export function simulate(s: Scenario): Result {
 
   function perform(iso: number, effects: BlockEffect<Held>[], now: number): void {
     for (const fx of effects) {
-      if (fx.kind === "acquire") sendAcquire(iso, now, blockReply(iso, fx.ask));
+      if (fx.kind === "acquire") sendAcquire(iso, now, blockReply(iso, fx.ask, now));
       else if (fx.kind === "release") sendRelease(fx.lease, now);
       else if (fx.kind === "fail") {
         shed++;

@@ -51,6 +51,8 @@ export interface ShardedGrant extends LeaseGrant {
 }
 
 interface LocalWaiter {
+  /** When the request called `acquire` (the clock of the block's effects). */
+  since: number;
   resolve(lease: ShardedGrant): void;
   reject(error: unknown): void;
   timer: ReturnType<typeof setTimeout> | undefined;
@@ -224,18 +226,29 @@ export class ShardedLeases implements LeaseClient {
     return pickShard([seen(a), seen(b)], 0, 1) === 0 ? a : b;
   }
 
-  /** One acquire on one shard; records the load it answers with. Throws `LeaseError`s. */
-  async #acquireOn(shard: number, options: AcquireOptions, claim: "now" | "later" = "now"): Promise<ShardedGrant> {
+  /**
+   * One acquire on one shard; records the load it answers with. Throws `LeaseError`s. `carried`: a
+   * lease of that shard whose release rides on the call (it goes first); if the call fails, it is
+   * released on its own.
+   */
+  async #acquireOn(
+    shard: number,
+    options: AcquireOptions,
+    claim: "now" | "later" = "now",
+    carried?: ShardedGrant,
+  ): Promise<ShardedGrant> {
     const { isolate } = this.#o;
     let result: AcquireResult;
     try {
-      const request = coordinatorRequest(options, this.#o.holder ?? "", this.claimMs);
+      const asked = coordinatorRequest(options, this.#o.holder ?? "", this.claimMs);
+      const request = carried === undefined ? asked : { ...asked, release: [leaseRef(carried)] };
       // The object's name, for a runtime that does not tell an object its own (it checks it against its id).
       const pool = this.#o.pool;
       const object = pool === undefined || isolate.count === 1 ? undefined : shardName(pool, shard, isolate.count);
       result = await this.#coordinators[shard]!.acquire(object === undefined ? request : { ...request, object });
     } catch (error) {
       isolate.downUntil[shard] = Date.now() + SHARD_RETRY_AFTER_MS;
+      if (carried !== undefined) this.#background(this.#releaseOn(carried).catch(() => {}));
       throw isLeaseError(error) ? error : unavailable(error);
     }
     isolate.downUntil[shard] = 0;
@@ -270,7 +283,7 @@ export class ShardedLeases implements LeaseClient {
     const waitMs = asked.waitMs ?? this.#o.waitMs;
     const now = Date.now();
     const done = new Promise<ShardedGrant>((resolve, reject) => {
-      isolate.waiters.set(id, { resolve, reject, timer: undefined, options: asked });
+      isolate.waiters.set(id, { since: now, resolve, reject, timer: undefined, options: asked });
     });
     if (signal) {
       // Given up: the local waiter leaves the block's queue; a lease coming for it serves the next one.
@@ -313,8 +326,16 @@ export class ShardedLeases implements LeaseClient {
     w.reject(error);
   }
 
-  /** Performs the block's effects; `refusal` is the error of the acquire a `refused` call answers. */
-  #perform(effects: BlockEffect<ShardedGrant>[], refusal?: LeaseError): void {
+  /**
+   * Performs the block's effects; `refusal` is the error of the acquire a `refused` call answers.
+   * `carry`: a lease going back whose release rides on acquire `ask` (one call, not two); its
+   * `sent` is set to that acquire's end.
+   */
+  #perform(
+    effects: BlockEffect<ShardedGrant>[],
+    refusal?: LeaseError,
+    carry?: { ask: number; lease: ShardedGrant; sent?: Promise<void> },
+  ): void {
     const { isolate } = this.#o;
     const block = isolate.block!;
     for (const fx of effects) {
@@ -323,8 +344,9 @@ export class ShardedLeases implements LeaseClient {
         if (w) {
           isolate.waiters.delete(fx.request);
           clearTimeout(w.timer);
-          // Valid for what is left of it, so its holder's clock starts from now; released by its generation.
-          w.resolve({ ...fx.lease, validForMs: Math.max(0, fx.endsAt - Date.now()), generation: fx.generation });
+          // Valid until its end counted from the request's own call, as a holder counts (`validForMs`:
+          // from when the call was taken up, its wait in the block included); released by its generation.
+          w.resolve({ ...fx.lease, validForMs: Math.max(0, fx.endsAt - w.since), generation: fx.generation });
         }
       } else if (fx.kind === "release") {
         this.#background(this.#releaseOn(fx.lease).catch(() => {}));
@@ -337,7 +359,10 @@ export class ShardedLeases implements LeaseClient {
         // The acquire carries the options and deadline of the waiter it was sent for.
         const options = isolate.waiters.get(fx.request)?.options;
         const sentAt = Date.now();
-        const sent = this.#acquireOn(this.#pick(), { ...options, waitMs: Math.max(0, fx.deadline - sentAt) }).then(
+        const rides = carry?.ask === fx.ask ? carry.lease : undefined;
+        const shard = rides === undefined ? this.#pick() : rides.shard;
+        const asked = { ...options, waitMs: Math.max(0, fx.deadline - sentAt) };
+        const sent = this.#acquireOn(shard, asked, "now", rides).then(
           (lease) => {
             const now = Date.now();
             // Handed on only while young: a reused lease keeps three quarters of its TTL.
@@ -346,7 +371,7 @@ export class ShardedLeases implements LeaseClient {
               reuseUntil: now + (lease.expiresAt - lease.grantedAt) / 4,
             };
             this.#perform(granted(block, fx.ask, lease, life, now));
-            this.#observe(lease.shard);
+            this.#observe(lease.shard, sentAt);
             this.#sweepLater();
           },
           (error: unknown) => {
@@ -356,14 +381,21 @@ export class ShardedLeases implements LeaseClient {
           },
         );
         this.#background(sent);
+        if (carry !== undefined && rides !== undefined) carry.sent = sent;
       }
     }
   }
 
-  /** The queue of the shard that just granted: while others wait there, block leases go back. */
-  #observe(shard: number): void {
+  /**
+   * The queue of the shard that just granted the acquire sent at `sentAt`: while others wait there,
+   * block leases go back. An empty one lets the block serve the local requests older than `sentAt`
+   * — with one coordinator only: one shard's empty queue says nothing of the queue of another,
+   * whose lease the block may hand on.
+   */
+  #observe(shard: number, sentAt: number): void {
     const { isolate } = this.#o;
-    this.#perform(observe(isolate.block!, isolate.loads[shard]?.waiting ?? 0, Date.now()));
+    const asked = isolate.count === 1 ? sentAt : Number.NEGATIVE_INFINITY;
+    this.#perform(observe(isolate.block!, isolate.loads[shard]?.waiting ?? 0, Date.now(), asked));
   }
 
   #background(p: Promise<unknown>): void {
@@ -412,10 +444,22 @@ export class ShardedLeases implements LeaseClient {
     if (!block || (generation === undefined && !holds(block, (l) => l.id === lease.id))) return this.#releaseOn(lease);
     const effects = generation === undefined ? null : finished(block, generation, Date.now());
     if (!effects) throw new LeaseError("LEASE_NOT_FOUND", "This lease was already given back");
-    // Its own release, when it goes back, is this call's answer.
+    // Its own release, when it goes back, is this call's answer. With one coordinator, a lease going
+    // back while a local request waits rides on the acquire sent for that request: one call, not two
+    // (the slot it frees goes to whoever waits there first, that request's acquire included). This
+    // call then ends with that acquire: only with `waitUntil`, where nobody waits on it.
     const own = effects.find((fx) => fx.kind === "release" && fx.lease.id === lease.id);
-    this.#perform(effects.filter((fx) => fx !== own));
+    const carries = this.#o.isolate.count === 1 && this.#o.waitUntil !== undefined;
+    const ask = own && carries ? effects.find((fx) => fx.kind === "acquire") : undefined;
+    const carry: { ask: number; lease: ShardedGrant; sent?: Promise<void> } | undefined =
+      own?.kind === "release" && ask?.kind === "acquire" ? { ask: ask.ask, lease: own.lease } : undefined;
+    this.#perform(
+      effects.filter((fx) => fx !== own),
+      undefined,
+      carry,
+    );
     this.#sweepLater();
+    if (carry?.sent) return carry.sent;
     if (own?.kind === "release") return this.#releaseOn(own.lease);
   }
 

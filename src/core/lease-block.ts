@@ -17,13 +17,21 @@
  * coordinator expires it by its TTL), an acquire unanswered past its deadline, a local waiter past
  * its deadline, and idle leases past `idleMs` or too old to hand on.
  *
- * Global order: the coordinator's queue is FIFO across isolates, and a block must not jump it. A
- * lease is handed on inside the isolate only while the coordinator last said nobody else waits
- * there (`observe`, fed from the load its answers carry) and that report is at most `staleAfterMs`
- * old. Otherwise the lease goes back and the request asks the coordinator, queueing behind whoever
- * waits there. So a caller waiting at a coordinator is overtaken by a block's hand-ons for at most
- * `staleAfterMs` (plus the one-way trip of the report that said nobody waited), whether the block
- * is busy or serves one request at a time.
+ * Global order: a block must not serve its own request ahead of an older caller waiting at the
+ * coordinator. A lease is handed on inside the isolate only while the coordinator last said nobody
+ * else waits there (`observe`, fed from the load its answers carry), and only to a request that
+ * report covers:
+ * - any request, while the report is at most `staleAfterMs` old: a caller that queued at the
+ *   coordinator since is overtaken for at most `staleAfterMs` plus the report's one-way trip;
+ * - whatever the report's age, a request that has waited in the isolate since before the call that
+ *   brought the report was sent, when that report found the coordinator's queue empty (nobody at
+ *   all waited, so none of its waiters can be another isolate's hidden behind this one's acquires
+ *   in flight). Every caller waiting at the coordinator now queued after the report, so after that
+ *   request began to wait: it goes first in arrival order, and nobody older is overtaken (up to the
+ *   one-way trip of a caller's acquire to the coordinator).
+ * Otherwise the lease goes back and the request asks the coordinator, queueing behind whoever waits
+ * there. A busy isolate with a backlog of its own keeps its leases under an old report this way; a
+ * request that finds an idle lease needs a fresh report.
  */
 export interface BlockConfig {
   /** Most leases this isolate may hold or have requested at once. */
@@ -31,8 +39,9 @@ export interface BlockConfig {
   /** How long a lease may sit unused before it is released, ms. */
   idleMs: number;
   /**
-   * Whether leases go back while callers wait at the coordinator or its report is stale (the
-   * default, `true`). `false` hands on young leases whoever waits: for side-by-side comparisons only.
+   * Whether leases go back while callers wait at the coordinator, or its report neither is fresh
+   * nor covers the request (the default, `true`; see the global order above). `false` hands on
+   * young leases whoever waits: for side-by-side comparisons only.
    */
   yieldToQueue?: boolean | undefined;
   /** How long the coordinator's report that nobody waits there is trusted, ms (default 50). */
@@ -73,14 +82,20 @@ export interface BlockState<L> {
   inUse: Map<number, { lease: L; life: LeaseLife }>;
   /** Acquires sent and not answered yet, by number: until when an answer may come. */
   asks: Map<number, number>;
-  /** Local requests waiting for a lease, in arrival order, with their deadlines. */
-  waiting: Array<{ id: string; deadline: number }>;
+  /** Local requests waiting for a lease, in arrival order, with when they came and their deadlines. */
+  waiting: Array<{ id: string; since: number; deadline: number }>;
   /** The last generation or acquire number given out. */
   seq: number;
   /** Callers of other isolates waiting at the coordinator, as it last reported (`observe`). */
   queuedElsewhere: number;
   /** When that report came (the shell's clock); -Infinity before the first. */
   observedAt: number;
+  /**
+   * When the call that brought that report was sent, if the report found the coordinator's queue
+   * empty (else -Infinity): a local request waiting since before then is older than every caller
+   * waiting at the coordinator since.
+   */
+  emptySince: number;
 }
 
 export type BlockEffect<L> =
@@ -108,6 +123,7 @@ export function createBlock<L>(config: BlockConfig): BlockState<L> {
     seq: 0,
     queuedElsewhere: 0,
     observedAt: Number.NEGATIVE_INFINITY,
+    emptySince: Number.NEGATIVE_INFINITY,
   };
 }
 
@@ -119,10 +135,14 @@ function keeps<L>(s: BlockState<L>): boolean {
   return s.config.yieldToQueue === false;
 }
 
-/** Whether a lease may be handed on now: nobody waits at the coordinator, as it said lately. */
-function mayHandOn<L>(s: BlockState<L>, now: number): boolean {
+/**
+ * Whether a lease may be handed on now to a local request waiting since `since`: nobody waits at
+ * the coordinator, as it said lately, or as it said with its queue empty after the request came.
+ */
+function mayHandOn<L>(s: BlockState<L>, now: number, since: number): boolean {
   if (keeps(s)) return true;
-  return s.queuedElsewhere === 0 && now - s.observedAt <= (s.config.staleAfterMs ?? DEFAULT_STALE_AFTER_MS);
+  if (s.queuedElsewhere > 0) return false;
+  return now - s.observedAt <= (s.config.staleAfterMs ?? DEFAULT_STALE_AFTER_MS) || since < s.emptySince;
 }
 
 function start<L>(s: BlockState<L>, request: string, lease: L, life: LeaseLife): BlockEffect<L> {
@@ -204,9 +224,9 @@ export function nextReapAt<L>(s: BlockState<L>): number | undefined {
 export function request<L>(s: BlockState<L>, id: string, now: number, deadline: number): BlockEffect<L>[] {
   const out = expire(s, now);
   const free = s.idle.pop();
-  if (free && mayHandOn(s, now)) return [...out, start(s, id, free.lease, free.life), ...cover(s)];
+  if (free && mayHandOn(s, now, now)) return [...out, start(s, id, free.lease, free.life), ...cover(s)];
   if (free) out.push({ kind: "release", lease: free.lease });
-  s.waiting.push({ id, deadline });
+  s.waiting.push({ id, since: now, deadline });
   return [...out, ...cover(s)];
 }
 
@@ -254,9 +274,10 @@ export function refused<L>(s: BlockState<L>, ask: number, now: number, retry: bo
 }
 
 /**
- * The request given hand-on `generation` finished with its lease: it goes straight to the next
- * local waiter while it may be handed on and is young enough (`reuseUntil`), idles if nobody waits
- * locally, and otherwise goes back — the local waiters then queue at the coordinator too. `null`:
+ * The request given hand-on `generation` finished with its lease: it goes straight to the oldest
+ * local waiter while it may be handed on to that waiter (see the module's global order) and is
+ * young enough (`reuseUntil`), idles if nobody waits locally, and otherwise goes back — the local
+ * waiters then queue at the coordinator too. `null`:
  * `generation` is not a hand-on in use (a repeated or late release, or one reaped past its end),
  * and nothing changes.
  *
@@ -271,7 +292,8 @@ export function finished<L>(s: BlockState<L>, generation: number, now: number): 
   const { lease, life } = hand;
   // Past its end it goes back too: its holder's release, sent in case the coordinator still counts it.
   const reusable = now <= life.reuseUntil && now < life.endsAt;
-  if (reusable && (s.waiting.length === 0 || mayHandOn(s, now)))
+  const next = s.waiting[0];
+  if (reusable && (next === undefined || mayHandOn(s, now, next.since)))
     return [...out, ...place(s, lease, life, now), ...cover(s)];
   return [...out, { kind: "release", lease }, ...cover(s)];
 }
@@ -300,16 +322,25 @@ export function renewed<L>(
 
 /**
  * The coordinator answered a grant with its queue length (`load.waiting` of the shard that
- * granted). Its queue counts this isolate's own acquires still in flight too; what is left is
- * taken as others waiting (a lower bound: an acquire still on its way is not counted there yet).
- * While others wait, idle block leases go back at once.
+ * granted), for the call sent at `sentAt` (default: `now`; `-Infinity`: the report covers no
+ * request by its age — with shards, where one shard's queue says nothing of another's). Its queue counts this isolate's own
+ * acquires still in flight too; what is left is taken as others waiting (a lower bound: an acquire
+ * still on its way is not counted there yet). Only an empty queue says for sure that nobody else
+ * waited: then local requests waiting since before `sentAt` may be handed leases however old the
+ * report grows. While others wait, idle block leases go back at once.
  *
  * @example
- * for (const fx of observe(block, result.load.waiting, now)) perform(fx);
+ * for (const fx of observe(block, result.load.waiting, now, sentAt)) perform(fx);
  */
-export function observe<L>(s: BlockState<L>, waitingAtCoordinator: number, now: number): BlockEffect<L>[] {
+export function observe<L>(
+  s: BlockState<L>,
+  waitingAtCoordinator: number,
+  now: number,
+  sentAt: number = now,
+): BlockEffect<L>[] {
   s.queuedElsewhere = Math.max(0, waitingAtCoordinator - s.asks.size);
   s.observedAt = now;
+  s.emptySince = waitingAtCoordinator === 0 ? Math.min(sentAt, now) : Number.NEGATIVE_INFINITY;
   const out = expire(s, now);
   if (s.queuedElsewhere === 0 || keeps(s) || s.idle.length === 0) return [...out, ...cover(s)];
   for (const entry of s.idle) out.push({ kind: "release", lease: entry.lease });

@@ -2,6 +2,7 @@ import { env } from "cloudflare:workers";
 import { describe, expect, it } from "vitest";
 import { Leases } from "../../src/client/leases.ts";
 import { ShardedLeases, createIsolateShards } from "../../src/client/sharded-leases.ts";
+import type { Coordinator } from "../../src/engine/coordinator.ts";
 
 /**
  * The lease block against the real coordinator object in workerd: a busy isolate whose block holds
@@ -117,9 +118,12 @@ describe("lease block in workerd: a slot is never stranded", () => {
   it("two requests that vanish holding their block leases do not block the isolate past the leases' lifetime", async () => {
     const { stub, client, pending } = freshBlock(2);
     // Two requests torn down while holding (CPU limit, waitUntil cap): they never release.
-    const vanished = [await client().acquire({ ttlMs: 300 }), await client().acquire({ ttlMs: 300 })];
-    // When they end as the isolate counts (their holders would have stopped by then).
-    const firstEnd = Date.now() + Math.min(...vanished.map((l) => l.validForMs ?? 0));
+    const calledAt = [Date.now()];
+    const vanished = [await client().acquire({ ttlMs: 300 })];
+    calledAt.push(Date.now());
+    vanished.push(await client().acquire({ ttlMs: 300 }));
+    // When they end as the isolate counts (their holders, counting from their calls, would have stopped by then).
+    const firstEnd = Math.min(...vanished.map((l, i) => calledAt[i]! + (l.validForMs ?? 0)));
     // The block is full; a request now waits in the isolate while the coordinator has a free slot.
     const started = Date.now();
     const lease = await client().acquire({ waitMs: 3000, ttlMs: 30_000 });
@@ -137,6 +141,30 @@ describe("lease block in workerd: a slot is never stranded", () => {
   });
 });
 
+describe("lease block in workerd: the lifetime a waiting request is given", () => {
+  it("is counted from the request's own call, its wait in the block included, as its holder counts", async () => {
+    const { stub, client, pending } = freshBlock(1, 1000);
+    const a = await client().acquire();
+    // b waits in the isolate 300 ms behind a (the block holds its one lease).
+    const bCalledAt = Date.now();
+    const b = client().acquire();
+    await sleep(300);
+    // The report is stale: a's lease goes back and an acquire goes out for b, its lease living the TTL (30 s) from now.
+    const askedAt = Date.now();
+    await client().release(a);
+    const leaseB = await b;
+    const gotAt = Date.now();
+    // b's holder adds validForMs to when it called: its lease ends 30 s after the acquire sent for
+    // it, not 300 ms before that (a request long in a backlog would take a lease it counts as
+    // nearly or already over), and never later than the block counts.
+    expect(bCalledAt + leaseB.validForMs!).toBeGreaterThanOrEqual(askedAt + 30_000 - 30);
+    expect(bCalledAt + leaseB.validForMs!).toBeLessThanOrEqual(gotAt + 30_000);
+    await client().release(leaseB);
+    for (let i = 0; i < 50 && (await stub().stats()).held > 0; i++) await Promise.all([sleep(20), ...pending]);
+    expect((await stub().stats()).held).toBe(0);
+  });
+});
+
 describe("lease block in workerd: a renewed lease", () => {
   it("keeps its generation and its new end: not reaped while renewed, released by its holder", async () => {
     const { stub, isolate, client, pending } = freshBlock(1);
@@ -149,6 +177,84 @@ describe("lease block in workerd: a renewed lease", () => {
     expect(isolate.block?.inUse.size).toBe(1);
     await client().release(renewed);
     expect(isolate.block?.inUse.size).toBe(0);
+    for (let i = 0; i < 50 && (await stub().stats()).held > 0; i++) await Promise.all([sleep(20), ...pending]);
+    expect((await stub().stats()).held).toBe(0);
+  });
+});
+
+describe("lease block in workerd: a backlog older than the last report", () => {
+  it("is served from the block however old the report, when the coordinator's queue was empty; a newer request is not", async () => {
+    const { stub, client, pending } = freshBlock(3, 1000);
+    // Nobody else uses this pool: the coordinator's queue stays empty.
+    const [a, b, c] = [await client().acquire(), await client().acquire(), await client().acquire()];
+    // The block is full: d, e and f wait in the isolate.
+    const [d, e, f] = [client().acquire(), client().acquire(), client().acquire()];
+    await sleep(100);
+    // Every report is stale now, and none was asked for after d came: a's lease goes back and d
+    // asks the coordinator. That acquire, sent after e and f came, finds the queue empty.
+    await client().release(a);
+    const leaseD = await d;
+    expect(leaseD.id).not.toBe(a.id);
+    await sleep(100);
+    // Stale again, but e and f have waited since before that acquire was sent: whoever waits at
+    // the coordinator now came after them. b's and c's leases are handed on in the isolate.
+    await client().release(b);
+    expect((await e).id).toBe(b.id);
+    await client().release(c);
+    const leaseF = await f;
+    expect(leaseF.id).toBe(c.id);
+    // g comes after that acquire was sent: the old report covers it no longer. d's lease goes back.
+    const g = client().acquire();
+    await sleep(100);
+    await client().release(leaseD);
+    const leaseG = await g;
+    expect(leaseG.id).not.toBe(leaseD.id);
+    // Never more than the limit, nor than the block's bound.
+    expect((await stub().stats()).held).toBeLessThanOrEqual(3);
+    for (const lease of [await e, leaseF, leaseG]) await client().release(lease);
+    for (let i = 0; i < 50 && (await stub().stats()).held > 0; i++) await Promise.all([sleep(20), ...pending]);
+    expect((await stub().stats()).held).toBe(0);
+  });
+});
+
+describe("lease block in workerd: a lease going back while a local request waits", () => {
+  it("rides on the acquire sent for that request: one coordinator call, not two", async () => {
+    const pool = `block-carry-${++seq}`;
+    const stub = () => env.COORDINATOR_DO.getByName(pool);
+    // The real object, with the calls made to it counted.
+    const calls = { acquire: 0, release: 0 };
+    const counted = (): Coordinator => {
+      const s = stub();
+      return {
+        acquire: (options) => {
+          calls.acquire++;
+          return s.acquire(options);
+        },
+        release: (ref) => {
+          calls.release++;
+          return s.release(ref);
+        },
+        renew: (ref, ttlMs) => s.renew(ref, ttlMs),
+        stats: () => s.stats(),
+      };
+    };
+    const isolate = createIsolateShards({ shards: 1, limit: 3, maxBlock: 1, idleMs: 1000 });
+    const pending: Array<Promise<unknown>> = [];
+    const client = () =>
+      new ShardedLeases({ coordinators: [counted()], isolate, waitMs: 3000, waitUntil: (p) => void pending.push(p) });
+    const a = await client().acquire();
+    const b = client().acquire();
+    await sleep(100);
+    // The report is stale and older than b: a's lease goes back, and an acquire goes out for b.
+    await client().release(a);
+    const leaseB = await b;
+    expect(leaseB.id).not.toBe(a.id);
+    expect(calls).toEqual({ acquire: 2, release: 0 });
+    // a's release went first, in the same call: the coordinator counts b's lease only.
+    const stats = await stub().stats();
+    expect(stats.counters.released).toBe(1);
+    expect(stats.held).toBe(1);
+    await client().release(leaseB);
     for (let i = 0; i < 50 && (await stub().stats()).held > 0; i++) await Promise.all([sleep(20), ...pending]);
     expect((await stub().stats()).held).toBe(0);
   });
