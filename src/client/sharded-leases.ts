@@ -33,6 +33,7 @@ import {
 import type { LeaseTracer } from "../tracing.ts";
 import { validFor } from "./heartbeat.ts";
 import type { ClientAcquireOptions } from "./hold.ts";
+import { type LocalShed, localShedOf } from "./local-shed.ts";
 import {
   type Coordinator,
   type LeaseClient,
@@ -162,6 +163,8 @@ export interface ShardedLeasesOptions {
   claimMs?: number | undefined;
   /** Spans of each lease's wait and hold, as `LeasesOptions.tracer` (with the lease's shard). */
   tracer?: LeaseTracer | undefined;
+  /** Acquires refused in the isolate while the shards refuse most of them, as `LeasesOptions.localShed`. */
+  localShed?: boolean | number | undefined;
 }
 
 function unavailable(cause: unknown): LeaseError {
@@ -198,6 +201,7 @@ export class ShardedLeases implements LeaseClient {
   readonly #coordinators: Coordinator[];
   readonly claimMs: number | undefined;
   readonly tracer: LeaseTracer | undefined;
+  readonly #shed: LocalShed | undefined;
 
   constructor(options: ShardedLeasesOptions) {
     if (options.coordinators.length !== options.isolate.count) {
@@ -211,6 +215,7 @@ export class ShardedLeases implements LeaseClient {
     this.claimMs = claimWindow(options.claimMs);
     this.pool = options.pool;
     this.tracer = options.tracer;
+    this.#shed = localShedOf(options.pool, options.localShed);
   }
 
   #pick(): number {
@@ -238,9 +243,14 @@ export class ShardedLeases implements LeaseClient {
     carried?: ShardedGrant,
   ): Promise<ShardedGrant> {
     const { isolate } = this.#o;
+    const asked = coordinatorRequest(options, this.#o.holder ?? "", this.claimMs);
+    const refusal = this.#shed?.refuse(asked);
+    if (refusal) {
+      if (carried !== undefined) this.#background(this.#releaseOn(carried).catch(() => {}));
+      throw refusal;
+    }
     let result: AcquireResult;
     try {
-      const asked = coordinatorRequest(options, this.#o.holder ?? "", this.claimMs);
       const request = carried === undefined ? asked : { ...asked, release: [leaseRef(carried)] };
       // The object's name, for a runtime that does not tell an object its own (it checks it against its id).
       const pool = this.#o.pool;
@@ -253,6 +263,7 @@ export class ShardedLeases implements LeaseClient {
     }
     isolate.downUntil[shard] = 0;
     if (result.load) isolate.loads[shard] = result.load;
+    this.#shed?.answered(asked, result);
     if (!result.ok) throw toError(result);
     // A grant from the shard's queue is claimed here, before the block uses it (or by its holder's heartbeat).
     const lease: ShardedGrant = { ...result.lease, shard };

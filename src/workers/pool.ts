@@ -135,6 +135,7 @@ function coordination(
     reconnect: stubFor,
     pool: name,
     claimMs: pool.claimMs,
+    localShed: pool.localShed,
     tracer,
   });
   return { leases, operator: root ? learning(root, shardedControls(stubs, root, target, name)) : one(stubs[0]!) };

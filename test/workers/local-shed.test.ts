@@ -59,6 +59,24 @@ describe("local shed under workerPool", () => {
     await waitOnExecutionContext(ctx);
   });
 
+  it("with shards (ShardedLeases) too: a paused pool's refusals are answered in the isolate, with their code", async () => {
+    const ctx = createExecutionContext();
+    const e = { ...env, LEASE_POOL: `local-shed-${Date.now()}-${++seq}`, LEASE_SHARDS: "2" };
+    const { leases, operator } = workerPool(e, ctx, { driver });
+    await operator!.pause();
+    const before = (await leases!.stats()).counters.timedOut;
+    let local = 0;
+    for (let i = 0; i < 100; i++) {
+      const error = await leases!.acquire({ waitMs: 1 }).catch((e: unknown) => e);
+      expect(isLeaseError(error) && error.code).toBe("ACQUIRE_TIMEOUT");
+      if (isLeaseError(error) && error.message.startsWith("Shed in this isolate")) local++;
+    }
+    expect(local).toBeGreaterThanOrEqual(50);
+    expect((await leases!.stats()).counters.timedOut - before).toBe(100 - local);
+    await operator!.resume();
+    await waitOnExecutionContext(ctx);
+  });
+
   it("LEASE_LOCAL_SHED=off sends every acquire to the object", async () => {
     const { ctx, leases, held, parked } = await overloaded({ LEASE_LOCAL_SHED: "off" });
     const before = (await leases.stats()).counters.rejected;
