@@ -2,10 +2,10 @@
  * `npm test`: brings up a Postgres (the local cluster, started if it is down; embedded PGlite when
  * none is installed), creates and migrates the test database, then runs every suite: the core and
  * local adapter on Node, and the Worker and Durable Object in real workerd, then the packed package
- * in the examples beside the browser and fault suites, the local adapter on Deno (`deno task test`)
- * and on Bun (`bun test test/bun/`) and the two bench smokes.
+ * in the examples beside the type check and the linter, the browser and fault suites, the local
+ * adapter on Deno (`deno task test`) and on Bun (`bun test test/bun/`) and the two bench smokes.
  */
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, readdirSync } from "node:fs";
 import postgres from "postgres";
 import { migrate, seed } from "../examples/pitches/src/schema.ts";
@@ -47,18 +47,6 @@ const env = {
   LEASEGATE_TEST_HYPERDRIVE_URL: withPassword(url),
   LEASEGATE_TEST_APP_NAME: `${TEST_DB}-app`,
 };
-// Strict types and the linter first (Biome: lint rules and formatting): a finding fails the run
-// like a failing test.
-for (const [name, command, args] of [
-  ["typecheck", "tsc", ["--noEmit", "-p", "."]],
-  ["lint", "biome", ["check", "."]],
-] as const) {
-  if (spawnSync(command, args, { stdio: "inherit" }).status !== 0) {
-    console.log(`\n0 passed, 1 failed (${name})`);
-    process.exit(1);
-  }
-}
-
 // The node suite runs its files one at a time, so timed tests keep their CPU; the packed-package
 // test (npm installs, tsc, wrangler bundles, the examples' own workerd tests) runs apart, later.
 const suites = [
@@ -119,6 +107,18 @@ for (const suite of suites) await vitest(suite);
 // examples' workerd, and the suites beside it wait seconds where they wait at all. Its output is
 // held back and printed whole when it ends.
 const packageRun = vitest(packageSuite, true);
+// Strict types and the linter (Biome: lint rules and formatting): a finding fails the run like a
+// failing test. They wait on no clock, so they too run beside the package test.
+for (const [name, command, args] of [
+  ["typecheck", "tsc", ["--noEmit", "-p", "."]],
+  ["lint", "biome", ["check", "."]],
+] as const) {
+  const check = await run(command, args, process.env, false);
+  if (check.status === 0) continue;
+  failed++;
+  broken = true;
+  console.log(`${name}: FAILED`);
+}
 for (const suite of tail) await vitest(suite);
 
 // The local adapter and server on Deno (deno from npm), counted like the vitest suites.
