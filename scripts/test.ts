@@ -105,8 +105,10 @@ for (const suite of suites) await vitest(suite);
 
 // The packed-package test runs beside everything after it: its own timed checks run in its
 // examples' workerd, and the suites beside it wait seconds where they wait at all. Its output is
-// held back and printed whole when it ends.
+// held back and printed whole when it ends. The embedded database answers every suite from this one
+// process, a query at a time, so with it the package test still runs alone.
 const packageRun = vitest(packageSuite, true);
+if (server.kind === "embedded") await packageRun;
 // Strict types and the linter (Biome: lint rules and formatting): a finding fails the run like a
 // failing test. They wait on no clock, so they too run beside the package test.
 for (const [name, command, args] of [
