@@ -1,8 +1,8 @@
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { withPassword } from "../../scripts/database.ts";
 
 // What a user gets: the packed tarball, installed into a fresh project. A broken export, a file
@@ -15,6 +15,18 @@ afterAll(() => rmSync(work, { recursive: true, force: true }), 120_000);
 function run(command: string, args: string[], cwd: string, env: Record<string, string> = {}) {
   const result = spawnSync(command, args, { cwd, encoding: "utf8", env: { ...process.env, ...env }, timeout: 240_000 });
   return { status: result.status, output: `${result.stdout}\n${result.stderr}` };
+}
+
+/** `run`, without blocking: installs in separate folders go side by side. */
+function runAsync(command: string, args: string[], cwd: string): Promise<{ status: number | null; output: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(command, args, { cwd, env: process.env, stdio: ["ignore", "pipe", "pipe"], timeout: 240_000 });
+    let output = "";
+    child.stdout.on("data", (d) => (output += d));
+    child.stderr.on("data", (d) => (output += d));
+    child.on("error", (e) => resolve({ status: null, output: `${output}\n${e}` }));
+    child.on("close", (status) => resolve({ status, output }));
+  });
 }
 
 /** Packs the package once for every test here: the tarball users would install. */
@@ -30,21 +42,39 @@ function packed(): string {
 /**
  * Copies `examples/<name>` into a fresh folder with the tarball as `leasegate.tgz`, and installs it.
  * `seed`: an example installed before lends its packages (hard links, no copy), and npm adds and
- * removes only what differs — the tree it leaves is the one a fresh install makes, in less time.
+ * removes only what differs — the packages it leaves are the ones a fresh install makes (but for the
+ * `node` package's install-time download, whose binary it already holds), in less time. The seed's
+ * record of its tree (`node_modules/.package-lock.json`) is not lent: npm reads the folder as it is,
+ * and installs side by side never write through a shared file.
  */
-function installExample(name: string, seed?: string): string {
+async function installExample(name: string, seed?: string): Promise<void> {
   const app = join(work, name);
   cpSync(join(root, "examples", name), app, {
     recursive: true,
     filter: (src) => !/node_modules|[/\\]dist$|[/\\]\.wrangler$|\.tgz$|[/\\]src[/\\]generated$/.test(src),
   });
   cpSync(packed(), join(app, "leasegate.tgz"));
-  const lent = seed && join(work, seed, "node_modules");
-  if (lent && existsSync(lent)) expect(run("cp", ["-al", lent, join(app, "node_modules")], work).status).toBe(0);
-  const install = run("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline"], app);
-  expect(install.status, install.output).toBe(0);
-  return app;
+  if (seed) {
+    expect(run("cp", ["-al", join(work, seed, "node_modules"), join(app, "node_modules")], work).status).toBe(0);
+    rmSync(join(app, "node_modules", ".package-lock.json"));
+  }
+  const install = await runAsync("npm", ["install", "--no-audit", "--no-fund", "--prefer-offline"], app);
+  expect(install.status, `npm install in ${name}\n${install.output}`).toBe(0);
 }
+
+/**
+ * Every example, installed before the first test: the first from nothing, the others seeded from it
+ * (before its own tests write anything under it) and installed side by side.
+ */
+beforeAll(async () => {
+  await installExample("worker-app");
+  await Promise.all(
+    ["plain-worker", "plain-worker-pg", "hono-drizzle", "kysely-prisma"].map((name) =>
+      installExample(name, "worker-app"),
+    ),
+  );
+}, 600_000);
+const installed = (name: string): string => join(work, name);
 
 const installedVersion = (app: string, name: string): string =>
   JSON.parse(readFileSync(join(app, "node_modules", name, "package.json"), "utf8")).version;
@@ -127,7 +157,7 @@ describe("the published package", () => {
     expect(manifest.dependencies ?? {}).toEqual({});
     for (const name of ["postgres", "pg", "@neondatabase/serverless"])
       expect(manifest.peerDependenciesMeta[name]).toEqual({ optional: true });
-    const app = installExample("worker-app");
+    const app = installed("worker-app");
     expect(installedVersion(app, "postgres")).toMatch(/^4\./);
     expect(existsSync(join(app, "node_modules", "pg"))).toBe(false);
     expect(existsSync(join(app, "node_modules", "@neondatabase", "serverless"))).toBe(false);
@@ -182,7 +212,7 @@ describe("the published package", () => {
   }, 300_000);
 
   it("installs the plain-Worker example with postgres.js 4.x and 3.4.x: tsc and its workerd tests pass with both", () => {
-    const app = installExample("plain-worker");
+    const app = installed("plain-worker");
     // The latest (the example's own range), then the oldest the peer range allows, in the same folder.
     for (const [version, spec] of [
       ["4.", undefined],
@@ -215,7 +245,7 @@ describe("the published package", () => {
   }, 300_000);
 
   it("installs the plain-Worker example on node-postgres with @types/pg: tsc and its workerd tests pass, and it bundles pg alone", () => {
-    const app = installExample("plain-worker-pg");
+    const app = installed("plain-worker-pg");
     expect(existsSync(join(app, "node_modules", "postgres"))).toBe(false);
     // Its `npm test` is `tsc --noEmit && vitest run`: the pg.Client typed by @types/pg, then the Worker against the real Postgres.
     const test = run("npm", ["test"], app, { EXAMPLE_DATABASE_URL: database() });
@@ -225,7 +255,7 @@ describe("the published package", () => {
   }, 400_000);
 
   it("installs into the Hono + Drizzle example, whose types check against the tarball's declarations and whose tests pass in workerd", () => {
-    const app = installExample("hono-drizzle");
+    const app = installed("hono-drizzle");
     // Its `npm test` is `tsc --noEmit && vitest run`: the types users get, then the Worker against the real Postgres.
     const test = run("npm", ["test"], app, { EXAMPLE_DATABASE_URL: database() });
     expect(test.status, test.output).toBe(0);
@@ -233,7 +263,7 @@ describe("the published package", () => {
   }, 300_000);
 
   it("installs the Kysely + Prisma example: a generated client, its types, both Workers in workerd, both Node scripts, and bundles with only their own ORM", () => {
-    const app = installExample("kysely-prisma", "hono-drizzle");
+    const app = installed("kysely-prisma");
     // Its `npm test` is `prisma generate && tsc --noEmit && vitest run` for each Worker. Generating needs
     // no engine binary, but Prisma's CLI first fetches the schema engine (for migrations) from
     // binaries.prisma.sh, which this machine cannot reach: any existing file stands in, never run.
