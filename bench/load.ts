@@ -115,6 +115,13 @@ console.log(
     ),
     timeouts: timeouts.length,
     timeoutsLocal: timeouts.filter((s) => s.local).length,
+    // Every refused caller (QUEUE_FULL and ACQUIRE_TIMEOUT, in the isolate or at the coordinator):
+    // how long its answer took inside the Worker.
+    refusedServerP50: pct(
+      [...shed, ...timeouts].map((s) => s.serverMs),
+      50,
+    ),
+    refusedLocal: [...shed, ...timeouts].filter((s) => s.local).length,
     retryAfter: samples.filter((s) => s.status === 503 && s.retryAfter).length,
     other: Object.fromEntries(
       [
