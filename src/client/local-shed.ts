@@ -137,7 +137,7 @@ const shedsByPool = new Map<string, LocalShed>();
  * undefined = the default ratio, a number = that ratio (1 to 10). Unnamed pools get one of their own.
  *
  * @example
- * localShedOf("main", undefined) // the isolate's shed of pool `main`, K = 1.25
+ * localShedOf("main", undefined) // the isolate's shed of pool `main`, K = 1.5
  */
 export function localShedOf(pool: string | undefined, setting: boolean | number | undefined): LocalShed | undefined {
   if (setting === false) return undefined;

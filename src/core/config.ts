@@ -225,7 +225,7 @@ function oneOf<T extends string>(name: string, raw: string | undefined, choices:
 }
 
 /** `K` of the clients' local shed when `LEASE_LOCAL_SHED` is unset or `on` (see `LocalShed`). */
-export const DEFAULT_LOCAL_SHED_RATIO = 1.25;
+export const DEFAULT_LOCAL_SHED_RATIO = 1.5;
 
 /**
  * `LEASE_LOCAL_SHED`: `on` (or unset) = the default ratio, `off` = false, or a ratio from 1 to 10.

@@ -64,7 +64,7 @@ describe("settings parsed once", () => {
       blockMax: 0,
       claimMs: undefined,
       carryMs: 5,
-      localShed: 1.25,
+      localShed: 1.5,
       coordinator: false,
     });
     // `[vars]` may hold numbers, and a Worker may bind its coordinator namespace as `COORDINATOR`.
