@@ -161,11 +161,15 @@ describe("two pools with LEASE_LIMIT=auto on one role", () => {
 
   it("split the role's room: their limits and headrooms sum to at most it, and each knows of the other", async () => {
     const [a, b] = [await autoPool(0), await autoPool(1)];
-    // Steady: each sees the other registered, and both coordinators' own 3 connections open.
+    // Steady: each sees the other registered, both coordinators' own 3 connections open, and the
+    // limits in force within the split (a CI run read both pools' terms at 2 pools while their
+    // limits still summed to 24 − 2 × headroom: the room each had alone).
     const both = async () => [await statsOf(a), await statsOf(b)];
     const { value } = await until(
       both,
-      (ss) => ss.every((s) => s.learned?.terms.poolsOfRole === 2 && s.learned.terms.othersOfRole === 6),
+      (ss) =>
+        ss.every((s) => s.learned?.terms.poolsOfRole === 2 && s.learned.terms.othersOfRole === 6) &&
+        ss.reduce((n, s) => n + s.limit + HEADROOM, 0) <= ROLE_LIMIT - 6,
       5000,
     );
     const [sa, sb] = value;
