@@ -201,7 +201,7 @@ function expire<L>(s: BlockState<L>, now: number): BlockEffect<L>[] {
  * When `reap` next has something to do, on the shell's clock (`undefined`: nothing to reap).
  *
  * @example
- * const at = nextReapAt(block); if (at !== undefined) setTimeout(() => perform(reap(block, clock())), at - now);
+ * nextReapAt(block) // 1520: the shell wakes then and calls reap(block, its time)
  */
 export function nextReapAt<L>(s: BlockState<L>): number | undefined {
   let at = Number.POSITIVE_INFINITY;
