@@ -75,8 +75,10 @@ export class LocalShed {
     const kind = this.#kinds.get(kindOf(request));
     if (!kind) return undefined;
     const now = this.#rt.now();
+    // A pool the coordinator has not refused within the window (the healthy case) costs one comparison.
+    if (now - kind.refusedAt > this.options.windowMs) return undefined;
     const counts = kind.window.counts(now);
-    if (counts.requests < this.options.minRequests || now - kind.refusedAt > this.options.windowMs) return undefined;
+    if (counts.requests < this.options.minRequests) return undefined;
     const chance = refusalChance(counts, this.options.ratio);
     if (chance === 0 || this.#rt.random() >= chance) return undefined;
     kind.window.request(now);
